@@ -1,0 +1,78 @@
+//! Wire types of tandem and the frame codec that carries them.
+//!
+//! The prost types are generated at build time from `proto/*.proto` (protox, no system
+//! `protoc`). Everything that crosses a socket or lands on disk is framed by [`frame`]:
+//! a length, a crc32 of the payload, then the payload, with a hard size limit.
+
+pub mod frame;
+
+/// Daemon-to-daemon messages (`proto/peer.proto`).
+pub mod peer {
+    #![allow(missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/tandem.peer.rs"));
+}
+
+/// Raft log commands and the cluster snapshot (`proto/state.proto`).
+pub mod state {
+    #![allow(missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/tandem.state.rs"));
+}
+
+/// Operator protocol (`proto/admin.proto`).
+pub mod admin {
+    #![allow(missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/tandem.admin.rs"));
+}
+
+pub use prost::Message;
+
+/// Error from decoding a protobuf message that arrived inside a valid frame.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {what}: {source}")]
+pub struct DecodeError {
+    /// What was being decoded, e.g. "peer envelope".
+    pub what: &'static str,
+    /// The prost error.
+    #[source]
+    pub source: prost::DecodeError,
+}
+
+/// Decodes a peer envelope from a frame payload.
+pub fn decode_envelope(payload: &[u8]) -> Result<peer::Envelope, DecodeError> {
+    peer::Envelope::decode(payload).map_err(|source| DecodeError {
+        what: "peer envelope",
+        source,
+    })
+}
+
+/// Decodes a Raft log command.
+pub fn decode_command(payload: &[u8]) -> Result<state::Command, DecodeError> {
+    state::Command::decode(payload).map_err(|source| DecodeError {
+        what: "raft command",
+        source,
+    })
+}
+
+/// Decodes a cluster snapshot.
+pub fn decode_cluster_snapshot(payload: &[u8]) -> Result<state::ClusterSnapshot, DecodeError> {
+    state::ClusterSnapshot::decode(payload).map_err(|source| DecodeError {
+        what: "cluster snapshot",
+        source,
+    })
+}
+
+/// Decodes an admin request.
+pub fn decode_admin_request(payload: &[u8]) -> Result<admin::AdminRequest, DecodeError> {
+    admin::AdminRequest::decode(payload).map_err(|source| DecodeError {
+        what: "admin request",
+        source,
+    })
+}
+
+/// Decodes an admin response.
+pub fn decode_admin_response(payload: &[u8]) -> Result<admin::AdminResponse, DecodeError> {
+    admin::AdminResponse::decode(payload).map_err(|source| DecodeError {
+        what: "admin response",
+        source,
+    })
+}
