@@ -1,0 +1,414 @@
+//! One node's Raft replica: raft-rs `RawNode` over [`WalStorage`], plus the applied cluster model.
+//!
+//! Sans-IO: the owner calls [`Replica::tick`] every tick, [`Replica::step`] for every message
+//! received and [`Replica::propose`] for commands, then [`Replica::process_ready`], which makes
+//! everything durable that must be, and returns the messages to send and the entries applied.
+//! Messages returned may be sent at once: anything that acknowledges a write is only returned
+//! after that write was synced.
+//!
+//! raft-rs draws election timeouts from the thread's RNG. To keep the simulation deterministic
+//! the replica overrides each new timeout with one drawn from its own seeded generator.
+
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole};
+use tandem_core::{ApplyOutcome, ClusterState, Command, NodeId};
+
+use crate::codec::{decode_command, decode_state, encode_command, encode_state};
+use crate::disk::Disk;
+use crate::storage::{RecoveryReport, StorageError, WalOptions, WalStorage};
+
+/// What a replica needs to start.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This node's raft id.
+    pub id: u64,
+    /// Voting members (used only when bootstrapping an empty log).
+    pub voters: Vec<u64>,
+    /// Non-voting members (used only when bootstrapping an empty log).
+    pub learners: Vec<u64>,
+    /// Leader heartbeat period, in ticks.
+    pub heartbeat_ticks: usize,
+    /// Election timeout, in ticks; each timeout is drawn from `[election_ticks, 2 * election_ticks)`.
+    pub election_ticks: usize,
+    /// Take a snapshot and compact the log after this many entries applied since the last one.
+    pub snapshot_interval_entries: u64,
+    /// Seed of the election-timeout generator.
+    pub election_seed: u64,
+    /// Storage tunables.
+    pub wal: WalOptions,
+}
+
+/// Failure of a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The durable storage failed; the node must stop.
+    #[error("raft storage: {0}")]
+    Storage(#[from] StorageError),
+    /// raft-rs refused (e.g. a proposal while there is no leader).
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A snapshot's content could not be decoded; the node must stop.
+    #[error("snapshot at index {index} is unreadable: {reason}")]
+    BadSnapshot {
+        /// Index of the snapshot.
+        index: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// This node is not the leader, so it cannot propose.
+    #[error("this node is not the leader")]
+    NotLeader,
+}
+
+/// One applied log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Its index.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// The proposer's context bytes (the daemon puts a request id there).
+    pub context: Vec<u8>,
+    /// The decoded command; `None` for raft's own empty entries.
+    pub command: Option<Command>,
+    /// What applying it did.
+    pub outcome: ApplyOutcome,
+}
+
+/// What one round of [`Replica::process_ready`] produced.
+#[derive(Debug, Default)]
+pub struct ReadyOutput {
+    /// Messages to send to peers.
+    pub messages: Vec<Message>,
+    /// Entries applied to the cluster model, in order.
+    pub applied: Vec<Applied>,
+    /// Set when a snapshot from the leader replaced the model (no entries were applied for it).
+    pub installed_snapshot: Option<u64>,
+}
+
+/// SplitMix64: a tiny seeded generator for election timeouts.
+#[derive(Debug, Clone)]
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// A node's Raft replica and its applied cluster model.
+pub struct Replica<D: Disk> {
+    /// raft-rs's node over our storage.
+    raw: RawNode<WalStorage<D>>,
+    /// The cluster model with every committed entry up to `applied_index` applied.
+    state: ClusterState,
+    /// Index of the last entry applied to `state`.
+    applied_index: u64,
+    /// Index of the newest snapshot (ours or the leader's).
+    snapshot_index: u64,
+    /// Entries between snapshots.
+    snapshot_interval_entries: u64,
+    /// Election timeout range `[min, max)` in ticks.
+    election_range: (usize, usize),
+    /// Seeded generator for election timeouts.
+    jitter: Jitter,
+    /// (term, role, leader) when the timeout was last drawn; a change means raft reset it.
+    last_reset_key: (u64, StateRole, u64),
+}
+
+impl<D: Disk> std::fmt::Debug for Replica<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.raw.raft.id)
+            .field("term", &self.term())
+            .field("role", &self.raw.raft.state)
+            .field("commit", &self.commit_index())
+            .field("applied", &self.applied_index)
+            .finish()
+    }
+}
+
+impl<D: Disk> Replica<D> {
+    /// Opens (or bootstraps) the replica on `disk`. The model is rebuilt from the newest
+    /// snapshot; committed entries after it are re-applied by the first `process_ready`.
+    pub fn open(
+        config: &ReplicaConfig,
+        disk: D,
+        logger: &slog::Logger,
+    ) -> Result<Self, ReplicaError> {
+        let mut initial_conf = ConfState::default();
+        initial_conf.set_voters(config.voters.clone());
+        initial_conf.set_learners(config.learners.clone());
+        let storage = WalStorage::open(disk, config.wal, initial_conf)?;
+        let snapshot = storage.latest_snapshot().clone();
+        let snapshot_index = snapshot.get_metadata().index;
+        let state = if snapshot_index > 0 {
+            decode_state(snapshot.get_data()).map_err(|error| ReplicaError::BadSnapshot {
+                index: snapshot_index,
+                reason: error.to_string(),
+            })?
+        } else {
+            let conf = storage.conf_state();
+            ClusterState::bootstrap(
+                conf.get_voters()
+                    .iter()
+                    .chain(conf.get_learners())
+                    .map(|id| NodeId(*id)),
+            )
+        };
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            min_election_tick: config.election_ticks,
+            max_election_tick: config.election_ticks * 2,
+            applied: snapshot_index,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let raw = RawNode::new(&raft_config, storage, logger)?;
+        let mut replica = Self {
+            raw,
+            state,
+            applied_index: snapshot_index,
+            snapshot_index,
+            snapshot_interval_entries: config.snapshot_interval_entries.max(1),
+            election_range: (config.election_ticks, config.election_ticks * 2),
+            jitter: Jitter(config.election_seed),
+            last_reset_key: (u64::MAX, StateRole::Follower, u64::MAX),
+        };
+        replica.redraw_election_timeout();
+        Ok(replica)
+    }
+
+    /// Draws a new election timeout whenever raft-rs has reset it (term, role or leader changed).
+    fn redraw_election_timeout(&mut self) {
+        let raft = &self.raw.raft;
+        let key = (raft.term, raft.state, raft.leader_id);
+        if key != self.last_reset_key {
+            self.last_reset_key = key;
+            let (min, max) = self.election_range;
+            let span = (max - min) as u64;
+            let timeout = min + (self.jitter.next() % span) as usize;
+            self.raw.raft.set_randomized_election_timeout(timeout);
+        }
+    }
+
+    /// What recovery found in the storage.
+    pub fn recovery(&self) -> &RecoveryReport {
+        self.raw.store().recovery()
+    }
+
+    /// Advances raft's logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.redraw_election_timeout();
+    }
+
+    /// Feeds a message from a peer. Messages raft-rs refuses (e.g. from unknown peers) are
+    /// reported as errors and change nothing.
+    pub fn step(&mut self, message: Message) -> Result<(), ReplicaError> {
+        let result = self.raw.step(message);
+        self.redraw_election_timeout();
+        result.map_err(ReplicaError::from)
+    }
+
+    /// Proposes a command; `context` comes back with the entry when it is applied.
+    pub fn propose(&mut self, command: &Command, context: Vec<u8>) -> Result<(), ReplicaError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ReplicaError::NotLeader);
+        }
+        self.raw.propose(context, encode_command(command))?;
+        Ok(())
+    }
+
+    /// Makes durable what raft-rs produced, applies committed entries, and returns the messages
+    /// to send and what was applied.
+    pub fn process_ready(&mut self) -> Result<ReadyOutput, ReplicaError> {
+        let mut output = ReadyOutput::default();
+        if !self.raw.has_ready() {
+            self.maybe_snapshot()?;
+            return Ok(output);
+        }
+        let mut ready = self.raw.ready();
+        // A leader may send its appends before its own write is durable (raft thesis 10.2.1).
+        output.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(snapshot, &mut output)?;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed, &mut output);
+        let store = self.raw.mut_store();
+        store.append(ready.entries());
+        if let Some(hard_state) = ready.hs() {
+            store.set_hard_state(hard_state.clone());
+        }
+        store.sync()?;
+        // Votes and append acknowledgements: only now that the writes are durable.
+        output.messages.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            // Not synced here: a lost commit index is re-learned from the leader.
+            self.raw.mut_store().set_commit(commit);
+        }
+        output.messages.extend(light.take_messages());
+        self.apply_entries(light.take_committed_entries(), &mut output);
+        self.raw.advance_apply();
+        self.maybe_snapshot()?;
+        Ok(output)
+    }
+
+    fn install_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        output: &mut ReadyOutput,
+    ) -> Result<(), ReplicaError> {
+        let index = snapshot.get_metadata().index;
+        let state = decode_state(snapshot.get_data()).map_err(|error| ReplicaError::BadSnapshot {
+            index,
+            reason: error.to_string(),
+        })?;
+        self.raw.mut_store().apply_snapshot(snapshot)?;
+        self.state = state;
+        self.applied_index = index;
+        self.snapshot_index = index;
+        output.installed_snapshot = Some(index);
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>, output: &mut ReadyOutput) {
+        for entry in entries {
+            if entry.index <= self.applied_index {
+                continue;
+            }
+            assert_eq!(
+                entry.index,
+                self.applied_index + 1,
+                "committed entries must be applied in order without gaps"
+            );
+            self.applied_index = entry.index;
+            let (command, outcome) = if entry.get_entry_type() != EntryType::EntryNormal
+                || entry.data.is_empty()
+            {
+                // raft-rs's own empty entry at the start of a term, or a configuration change
+                // (not proposed by this version): nothing for the model.
+                (None, ApplyOutcome::Unchanged)
+            } else {
+                match decode_command(&entry.data) {
+                    Ok(command) => {
+                        let outcome = self.state.apply(entry.index, &command);
+                        (Some(command), outcome)
+                    }
+                    Err(error) => {
+                        // Every node holds the same bytes and refuses them alike, so the models
+                        // stay equal; the entry is skipped loudly.
+                        tracing::error!(index = entry.index, %error, "undecodable raft entry skipped");
+                        (None, ApplyOutcome::Refused(error.to_string()))
+                    }
+                }
+            };
+            output.applied.push(Applied {
+                index: entry.index,
+                term: entry.term,
+                context: entry.context.to_vec(),
+                command,
+                outcome,
+            });
+        }
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
+        let wanted = self.raw.store().take_snapshot_wanted();
+        let due = self.applied_index >= self.snapshot_index + self.snapshot_interval_entries;
+        if (wanted || due) && self.applied_index > self.snapshot_index {
+            let conf_state = self.raw.raft.prs().conf().to_conf_state();
+            let data = encode_state(&self.state);
+            self.raw
+                .mut_store()
+                .compact_with_snapshot(self.applied_index, conf_state, data)?;
+            self.snapshot_index = self.applied_index;
+            tracing::debug!(index = self.snapshot_index, "raft snapshot taken, log compacted");
+        }
+        Ok(())
+    }
+
+    /// This node's raft id.
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    /// The applied cluster model.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Last applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Last index in the log.
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// Index of the newest snapshot.
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader_id(&self) -> Option<u64> {
+        match self.raw.raft.leader_id {
+            raft::INVALID_ID => None,
+            id => Some(id),
+        }
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader's match index for `node` (only on the leader).
+    pub fn match_index(&self, node: u64) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.raw.raft.prs().get(node).map(|progress| progress.matched)
+    }
+
+    /// Term of the entry at `index`, if the log still holds it.
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        self.raw.raft.raft_log.term(index).ok()
+    }
+
+    /// Whether `node` is a voter in the current configuration.
+    pub fn is_voter(&self, node: u64) -> bool {
+        self.raw.raft.prs().conf().voters().contains(node)
+    }
+
+    /// Tells raft a peer could not be reached, so it backs off sending to it.
+    pub fn report_unreachable(&mut self, node: u64) {
+        self.raw.report_unreachable(node);
+    }
+}
