@@ -1,0 +1,592 @@
+//! Blocking client of a daemon's admin endpoint, for `tandemctl`, the benchmark and tests.
+//!
+//! The protocol is one framed [`AdminRequest`] answered by one framed [`AdminResponse`]
+//! (see `tandem_proto::frame`). [`call`] opens a connection, asks once and closes;
+//! [`AdminConnection`] keeps one connection for several requests, which is what a benchmark
+//! measuring request latency wants. Everything read from the socket is treated as untrusted:
+//! sizes are bounded, checksums checked, and nothing is unwrapped.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tandem_proto::admin::{
+    admin_request, admin_response, AdminRequest, AdminResponse, NoopReply, NoopRequest, Status,
+    StatusRequest,
+};
+use tandem_proto::frame::{frame_bytes, FrameDecoder, FrameError, DEFAULT_FRAME_LEN_MAX};
+use tandem_proto::{DecodeError, Message};
+
+/// Largest response accepted: a status of a big cluster can exceed the daemons' default
+/// frame limit, and the client is not the side that has to defend its memory.
+pub const RESPONSE_LEN_MAX: usize = DEFAULT_FRAME_LEN_MAX * 4;
+
+/// Shortest timeout used even when a caller passes less, because a zero timeout means
+/// "block forever" to some socket calls and is an error to others.
+const TIMEOUT_MIN: Duration = Duration::from_millis(1);
+
+/// Why an admin request got no usable answer. Each message says what to try next.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminClientError {
+    /// The TCP connection could not be made.
+    #[error(
+        "cannot reach tandemd admin endpoint at {addr}: {source} (is the daemon running? \
+         `tandemctl dev up` starts a local cluster)"
+    )]
+    Connect {
+        /// The admin address.
+        addr: SocketAddr,
+        /// The connect error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No whole answer arrived in time.
+    #[error(
+        "tandemd at {addr} did not answer within {} ms (the cluster may be electing a leader \
+         or overloaded; retry, or check `tandemctl status` and the daemon's log)",
+        .timeout.as_millis()
+    )]
+    Timeout {
+        /// The admin address.
+        addr: SocketAddr,
+        /// The time allowed.
+        timeout: Duration,
+    },
+    /// Reading or writing the socket failed.
+    #[error("i/o error talking to tandemd at {addr}: {source}")]
+    Io {
+        /// The admin address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer's frame was malformed.
+    #[error("bad frame from {addr}: {source} (is {addr} really a tandemd admin endpoint?)")]
+    Frame {
+        /// The admin address.
+        addr: SocketAddr,
+        /// What was wrong with the frame.
+        #[source]
+        source: FrameError,
+    },
+    /// The frame was sound but its payload is not an admin response.
+    #[error(
+        "undecodable answer from {addr}: {source} (are tandemctl and tandemd the same version?)"
+    )]
+    Decode {
+        /// The admin address.
+        addr: SocketAddr,
+        /// The decode error.
+        #[source]
+        source: DecodeError,
+    },
+    /// The daemon closed the connection before a whole answer arrived.
+    #[error(
+        "tandemd at {addr} closed the connection before answering (it may be shutting down; \
+         retry, or check its log)"
+    )]
+    Closed {
+        /// The admin address.
+        addr: SocketAddr,
+    },
+    /// The daemon answered with an error.
+    #[error("tandemd refused the request ({code}): {message}")]
+    Refused {
+        /// Machine-readable code, e.g. `no_leader`.
+        code: String,
+        /// The daemon's explanation.
+        message: String,
+    },
+    /// The daemon answered with a reply of another kind than the request asks for.
+    #[error(
+        "tandemd answered a {expected} request with {got} (are tandemctl and tandemd the \
+         same version?)"
+    )]
+    UnexpectedReply {
+        /// The kind of reply the request calls for.
+        expected: &'static str,
+        /// What came back instead.
+        got: String,
+    },
+}
+
+/// One open connection to an admin endpoint, for several requests in a row.
+#[derive(Debug)]
+pub struct AdminConnection {
+    /// The address connected to, for error messages.
+    addr: SocketAddr,
+    /// The socket.
+    stream: TcpStream,
+    /// Bytes received but not yet decoded; may hold the start of a later frame.
+    buffer: BytesMut,
+    /// Frame decoder with the client's size limit.
+    decoder: FrameDecoder,
+}
+
+impl AdminConnection {
+    /// Connects to the admin endpoint at `addr`, waiting at most `timeout`.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, AdminClientError> {
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout.max(TIMEOUT_MIN)).map_err(|source| {
+                match source.kind() {
+                    ErrorKind::TimedOut | ErrorKind::WouldBlock => {
+                        AdminClientError::Timeout { addr, timeout }
+                    }
+                    _ => AdminClientError::Connect { addr, source },
+                }
+            })?;
+        // Requests are small and latency matters more than packet count.
+        stream
+            .set_nodelay(true)
+            .map_err(|source| AdminClientError::Io { addr, source })?;
+        Ok(Self {
+            addr,
+            stream,
+            buffer: BytesMut::with_capacity(4096),
+            decoder: FrameDecoder::new(RESPONSE_LEN_MAX),
+        })
+    }
+
+    /// The address this connection goes to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `request` and waits at most `timeout` for its whole answer.
+    ///
+    /// After an error the connection may be out of step with the daemon; drop it.
+    pub fn call(
+        &mut self,
+        request: &AdminRequest,
+        timeout: Duration,
+    ) -> Result<AdminResponse, AdminClientError> {
+        let addr = self.addr;
+        let deadline = Instant::now() + timeout;
+        let timed_out = || AdminClientError::Timeout { addr, timeout };
+        let remaining = || {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|left| *left >= TIMEOUT_MIN)
+        };
+        let io_error = |source: std::io::Error| match source.kind() {
+            // A socket timeout shows up as WouldBlock on Unix and TimedOut on Windows.
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                AdminClientError::Timeout { addr, timeout }
+            }
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof => {
+                AdminClientError::Closed { addr }
+            }
+            _ => AdminClientError::Io { addr, source },
+        };
+
+        let frame = frame_bytes(&request.encode_to_vec());
+        let left = remaining().ok_or_else(timed_out)?;
+        self.stream
+            .set_write_timeout(Some(left))
+            .map_err(io_error)?;
+        self.stream.write_all(&frame).map_err(io_error)?;
+
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.decoder.decode(&mut self.buffer) {
+                Ok(Some(payload)) => {
+                    return tandem_proto::decode_admin_response(&payload)
+                        .map_err(|source| AdminClientError::Decode { addr, source });
+                }
+                Ok(None) => {}
+                Err(source) => return Err(AdminClientError::Frame { addr, source }),
+            }
+            let left = remaining().ok_or_else(timed_out)?;
+            self.stream.set_read_timeout(Some(left)).map_err(io_error)?;
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(AdminClientError::Closed { addr }),
+                Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => return Err(io_error(error)),
+            }
+        }
+    }
+}
+
+/// Sends one request to the admin endpoint at `addr` and returns its answer, waiting at most
+/// `timeout` for the connection and again at most `timeout` for the answer.
+pub fn call(
+    addr: SocketAddr,
+    request: &AdminRequest,
+    timeout: Duration,
+) -> Result<AdminResponse, AdminClientError> {
+    AdminConnection::connect(addr, timeout)?.call(request, timeout)
+}
+
+/// Names the kind of a response, for [`AdminClientError::UnexpectedReply`].
+fn describe(kind: &Option<admin_response::Kind>) -> String {
+    match kind {
+        None => "an empty reply".into(),
+        Some(admin_response::Kind::Status(_)) => "a status reply".into(),
+        Some(admin_response::Kind::Noop(_)) => "a noop reply".into(),
+        Some(admin_response::Kind::Error(_)) => "an error".into(),
+    }
+}
+
+/// Turns an error answer into [`AdminClientError::Refused`], an empty one into
+/// [`AdminClientError::UnexpectedReply`], and passes other answers on.
+fn refused_or(
+    response: AdminResponse,
+    expected: &'static str,
+) -> Result<admin_response::Kind, AdminClientError> {
+    match response.kind {
+        Some(admin_response::Kind::Error(error)) => Err(AdminClientError::Refused {
+            code: error.code,
+            message: error.message,
+        }),
+        Some(kind) => Ok(kind),
+        None => Err(AdminClientError::UnexpectedReply {
+            expected,
+            got: describe(&None),
+        }),
+    }
+}
+
+/// Asks the daemon at `addr` for the cluster status.
+pub fn status(addr: SocketAddr, timeout: Duration) -> Result<Status, AdminClientError> {
+    let request = AdminRequest {
+        forwarded: false,
+        kind: Some(admin_request::Kind::Status(StatusRequest {})),
+    };
+    match refused_or(call(addr, &request, timeout)?, "status")? {
+        admin_response::Kind::Status(status) => Ok(status),
+        other => Err(AdminClientError::UnexpectedReply {
+            expected: "status",
+            got: describe(&Some(other)),
+        }),
+    }
+}
+
+/// Asks the daemon at `addr` to commit a no-op entry through Raft; answers once applied.
+pub fn noop(addr: SocketAddr, timeout: Duration) -> Result<NoopReply, AdminClientError> {
+    let request = AdminRequest {
+        forwarded: false,
+        kind: Some(admin_request::Kind::Noop(NoopRequest {})),
+    };
+    match refused_or(call(addr, &request, timeout)?, "noop")? {
+        admin_response::Kind::Noop(reply) => Ok(reply),
+        other => Err(AdminClientError::UnexpectedReply {
+            expected: "noop",
+            got: describe(&Some(other)),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
+    use tandem_proto::admin::AdminError;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Serves one connection on a fresh loopback port: reads one request frame (returned by
+    /// the thread), then does whatever `answer` says with the stream.
+    fn serve_once(
+        answer: impl FnOnce(&mut TcpStream) + Send + 'static,
+        read_request: bool,
+    ) -> (SocketAddr, JoinHandle<Option<AdminRequest>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = None;
+            if read_request {
+                let decoder = FrameDecoder::new(DEFAULT_FRAME_LEN_MAX);
+                let mut buffer = BytesMut::new();
+                let mut chunk = [0u8; 1024];
+                request = loop {
+                    if let Some(payload) = decoder.decode(&mut buffer).unwrap() {
+                        break Some(tandem_proto::decode_admin_request(&payload).unwrap());
+                    }
+                    let read = stream.read(&mut chunk).unwrap();
+                    assert!(read > 0, "client closed before sending a whole request");
+                    buffer.extend_from_slice(&chunk[..read]);
+                };
+            }
+            answer(&mut stream);
+            request
+        });
+        (addr, handle)
+    }
+
+    fn reply(response: AdminResponse) -> impl FnOnce(&mut TcpStream) + Send + 'static {
+        move |stream| {
+            let frame = frame_bytes(&response.encode_to_vec());
+            // Two writes, to check the client reassembles a frame split across reads.
+            stream.write_all(&frame[..5]).unwrap();
+            stream.flush().unwrap();
+            stream.write_all(&frame[5..]).unwrap();
+        }
+    }
+
+    fn sample_status() -> Status {
+        Status {
+            cluster: "demo".into(),
+            answered_by: "n2".into(),
+            leader: "n1".into(),
+            term: 3,
+            commit_index: 42,
+            applied_index: 42,
+            nodes: Vec::new(),
+            from_leader: true,
+        }
+    }
+
+    #[test]
+    fn status_round_trip() {
+        let response = AdminResponse {
+            kind: Some(admin_response::Kind::Status(sample_status())),
+        };
+        let (addr, server) = serve_once(reply(response), true);
+        let status = status(addr, TIMEOUT).unwrap();
+        assert_eq!(status, sample_status());
+        let request = server.join().unwrap().unwrap();
+        assert!(matches!(
+            request.kind,
+            Some(admin_request::Kind::Status(StatusRequest {}))
+        ));
+        assert!(!request.forwarded);
+    }
+
+    #[test]
+    fn noop_round_trip() {
+        let answer = NoopReply {
+            index: 7,
+            term: 2,
+            leader: "n1".into(),
+        };
+        let response = AdminResponse {
+            kind: Some(admin_response::Kind::Noop(answer.clone())),
+        };
+        let (addr, server) = serve_once(reply(response), true);
+        assert_eq!(noop(addr, TIMEOUT).unwrap(), answer);
+        let request = server.join().unwrap().unwrap();
+        assert!(matches!(request.kind, Some(admin_request::Kind::Noop(_))));
+    }
+
+    #[test]
+    fn error_answer_is_refused() {
+        let response = AdminResponse {
+            kind: Some(admin_response::Kind::Error(AdminError {
+                code: "no_leader".into(),
+                message: "no leader yet; retry in a moment".into(),
+            })),
+        };
+        let (addr, server) = serve_once(reply(response), true);
+        let error = status(addr, TIMEOUT).unwrap_err();
+        assert!(
+            matches!(&error, AdminClientError::Refused { code, .. } if code == "no_leader"),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("no leader yet"));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn wrong_kind_is_unexpected() {
+        let response = AdminResponse {
+            kind: Some(admin_response::Kind::Status(sample_status())),
+        };
+        let (addr, server) = serve_once(reply(response), true);
+        let error = noop(addr, TIMEOUT).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                AdminClientError::UnexpectedReply {
+                    expected: "noop",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        server.join().unwrap();
+
+        let (addr, server) = serve_once(reply(AdminResponse { kind: None }), true);
+        let error = status(addr, TIMEOUT).unwrap_err();
+        assert!(
+            matches!(error, AdminClientError::UnexpectedReply { .. }),
+            "{error:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn corrupt_crc_is_a_frame_error() {
+        let corrupt = |stream: &mut TcpStream| {
+            let response = AdminResponse {
+                kind: Some(admin_response::Kind::Status(sample_status())),
+            };
+            let mut frame = frame_bytes(&response.encode_to_vec()).to_vec();
+            let last = frame.len() - 1;
+            frame[last] ^= 0xff;
+            stream.write_all(&frame).unwrap();
+        };
+        let (addr, server) = serve_once(corrupt, true);
+        let error = status(addr, TIMEOUT).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                AdminClientError::Frame {
+                    source: FrameError::BadCrc { .. },
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn oversize_frame_is_refused_from_its_header() {
+        let oversize = |stream: &mut TcpStream| {
+            let mut header = Vec::new();
+            header.extend_from_slice(&u32::MAX.to_be_bytes());
+            header.extend_from_slice(&0u32.to_be_bytes());
+            stream.write_all(&header).unwrap();
+        };
+        let (addr, server) = serve_once(oversize, true);
+        let error = status(addr, TIMEOUT).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                AdminClientError::Frame {
+                    source: FrameError::TooLarge { .. },
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn garbage_payload_is_a_decode_error() {
+        let garbage = |stream: &mut TcpStream| {
+            // A field with wire type 7 does not exist, so this cannot decode.
+            stream.write_all(&frame_bytes(&[0xff, 0xff, 0xff])).unwrap();
+        };
+        let (addr, server) = serve_once(garbage, true);
+        let error = status(addr, TIMEOUT).unwrap_err();
+        assert!(
+            matches!(error, AdminClientError::Decode { .. }),
+            "{error:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn immediate_close_is_closed() {
+        // The server drops the connection without reading; the client sees EOF (or a reset).
+        let (addr, server) = serve_once(|_| {}, false);
+        let error = status(addr, TIMEOUT).unwrap_err();
+        assert!(
+            matches!(error, AdminClientError::Closed { .. }),
+            "{error:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn close_mid_frame_is_closed() {
+        let partial = |stream: &mut TcpStream| {
+            let frame = frame_bytes(&[1, 2, 3, 4]);
+            stream.write_all(&frame[..6]).unwrap();
+        };
+        let (addr, server) = serve_once(partial, true);
+        let error = status(addr, TIMEOUT).unwrap_err();
+        assert!(
+            matches!(error, AdminClientError::Closed { .. }),
+            "{error:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        // Keep the connection open and silent until the client has given up.
+        let (addr, server) = serve_once(
+            move |_| {
+                let _ = wait.recv_timeout(Duration::from_secs(10));
+            },
+            true,
+        );
+        let started = Instant::now();
+        let error = status(addr, Duration::from_millis(200)).unwrap_err();
+        assert!(
+            matches!(error, AdminClientError::Timeout { .. }),
+            "{error:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        release.send(()).unwrap();
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn nothing_listening_is_connect_error_with_a_hint() {
+        // Bind then drop, so the port is (almost certainly) closed.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let error = status(addr, TIMEOUT).unwrap_err();
+        assert!(
+            matches!(error, AdminClientError::Connect { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("tandemctl dev up"));
+    }
+
+    #[test]
+    fn one_connection_carries_several_requests() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let decoder = FrameDecoder::new(DEFAULT_FRAME_LEN_MAX);
+            let mut buffer = BytesMut::new();
+            let mut chunk = [0u8; 1024];
+            for index in 1..=3u64 {
+                let payload = loop {
+                    if let Some(payload) = decoder.decode(&mut buffer).unwrap() {
+                        break payload;
+                    }
+                    let read = stream.read(&mut chunk).unwrap();
+                    buffer.extend_from_slice(&chunk[..read]);
+                };
+                tandem_proto::decode_admin_request(&payload).unwrap();
+                let response = AdminResponse {
+                    kind: Some(admin_response::Kind::Noop(NoopReply {
+                        index,
+                        term: 1,
+                        leader: "n1".into(),
+                    })),
+                };
+                stream
+                    .write_all(&frame_bytes(&response.encode_to_vec()))
+                    .unwrap();
+            }
+        });
+        let mut connection = AdminConnection::connect(addr, TIMEOUT).unwrap();
+        let request = AdminRequest {
+            forwarded: false,
+            kind: Some(admin_request::Kind::Noop(NoopRequest {})),
+        };
+        for index in 1..=3u64 {
+            let response = connection.call(&request, TIMEOUT).unwrap();
+            assert!(
+                matches!(response.kind, Some(admin_response::Kind::Noop(NoopReply { index: i, .. })) if i == index)
+            );
+        }
+        server.join().unwrap();
+    }
+}

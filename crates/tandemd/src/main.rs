@@ -1,1 +1,67 @@
-fn main() {}
+//! `tandemd --config FILE --node NAME`: the tandem availability daemon.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+/// The tandem availability daemon. Run one per node.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The cluster's TOML configuration file.
+    #[arg(long, env = "TANDEM_CONFIG")]
+    config: PathBuf,
+    /// This node's name, as listed under [[nodes]] in the config.
+    #[arg(long, env = "TANDEM_NODE")]
+    node: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal; log files stay greppable.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("tandemd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = tandemd::config::Config::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    runtime.block_on(tandemd::runtime::run(config, &args.node, shutdown_signal()))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,198 @@
+//! The admin endpoint: framed `AdminRequest` → `AdminResponse` over TCP.
+//!
+//! A connection may carry several requests, one after the other. Each request goes to the
+//! event loop, which either answers it (status from its own state, or a no-op once committed)
+//! or names the leader's admin address, in which case the request is forwarded there once
+//! (a forwarded request is never forwarded again, so a stale leader hint cannot loop).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tandem_proto::admin::{admin_response, AdminError, AdminRequest, AdminResponse};
+use tandem_proto::frame::{encode_frame, FrameDecoder};
+use tandem_proto::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::runtime::Event;
+
+/// How the event loop disposes of an admin request.
+#[derive(Debug)]
+pub enum AdminOutcome {
+    /// The answer.
+    Reply(AdminResponse),
+    /// Ask the leader at this address instead; if that fails, use the fallback answer.
+    Forward {
+        /// The leader's admin address.
+        leader: SocketAddr,
+        /// What to answer if the leader cannot be reached.
+        fallback: AdminResponse,
+    },
+}
+
+/// An admin error response.
+pub fn error_response(code: &str, message: impl Into<String>) -> AdminResponse {
+    AdminResponse {
+        kind: Some(admin_response::Kind::Error(AdminError {
+            code: code.to_owned(),
+            message: message.into(),
+        })),
+    }
+}
+
+/// Serves admin connections until the listener fails.
+pub async fn serve_admin(
+    listener: TcpListener,
+    frame_len_max: usize,
+    request_timeout: Duration,
+    events: mpsc::Sender<Event>,
+) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting an admin connection failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let events = events.clone();
+        tokio::spawn(async move {
+            if let Err(reason) =
+                admin_connection(stream, frame_len_max, request_timeout, &events).await
+            {
+                tracing::warn!(%remote, %reason, "admin connection dropped");
+            }
+        });
+    }
+}
+
+async fn admin_connection(
+    mut stream: TcpStream,
+    frame_len_max: usize,
+    request_timeout: Duration,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let decoder = FrameDecoder::new(frame_len_max);
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let payload = loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(payload)) => break payload,
+                Ok(None) => {}
+                Err(error) => {
+                    let response = error_response("bad_request", format!("bad frame: {error}"));
+                    let _ = write_response(&mut stream, &response).await;
+                    return Err(error.to_string());
+                }
+            }
+            let read = stream
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| e.to_string())?;
+            if read == 0 {
+                return Ok(());
+            }
+        };
+        let response = match tandem_proto::decode_admin_request(&payload) {
+            Ok(request) => handle(request, request_timeout, events).await,
+            Err(error) => {
+                let response = error_response("bad_request", error.to_string());
+                let _ = write_response(&mut stream, &response).await;
+                return Err(error.to_string());
+            }
+        };
+        write_response(&mut stream, &response)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+}
+
+async fn write_response(stream: &mut TcpStream, response: &AdminResponse) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    encode_frame(&response.encode_to_vec(), &mut out);
+    stream.write_all(&out).await
+}
+
+async fn handle(
+    request: AdminRequest,
+    request_timeout: Duration,
+    events: &mpsc::Sender<Event>,
+) -> AdminResponse {
+    let (reply, outcome) = oneshot::channel();
+    let forwarded = request.forwarded;
+    if events
+        .send(Event::Admin {
+            request: request.clone(),
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return error_response("shutting_down", "the daemon is shutting down; retry another node");
+    }
+    let outcome = match tokio::time::timeout(request_timeout, outcome).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => {
+            return error_response(
+                "aborted",
+                "the request was dropped (leadership changed or the daemon is stopping); retry",
+            )
+        }
+        Err(_) => {
+            return error_response(
+                "timeout",
+                format!(
+                    "no answer within {} ms (is a quorum of nodes up?)",
+                    request_timeout.as_millis()
+                ),
+            )
+        }
+    };
+    match outcome {
+        AdminOutcome::Reply(response) => response,
+        AdminOutcome::Forward { leader, fallback } => {
+            debug_assert!(!forwarded, "a forwarded request is answered locally");
+            let mut forwarded_request = request;
+            forwarded_request.forwarded = true;
+            match forward(leader, &forwarded_request, request_timeout).await {
+                Ok(response) => response,
+                Err(reason) => {
+                    tracing::debug!(%leader, %reason, "forwarding an admin request failed");
+                    fallback
+                }
+            }
+        }
+    }
+}
+
+/// Sends a request to another daemon's admin endpoint and reads one response.
+async fn forward(
+    addr: SocketAddr,
+    request: &AdminRequest,
+    timeout: Duration,
+) -> Result<AdminResponse, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let mut out = BytesMut::new();
+        encode_frame(&request.encode_to_vec(), &mut out);
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        let decoder = FrameDecoder::new(tandem_proto::frame::DEFAULT_FRAME_LEN_MAX * 4);
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some(payload) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+                return tandem_proto::decode_admin_response(&payload).map_err(|e| e.to_string());
+            }
+            if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("leader closed the connection".to_owned());
+            }
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| "leader did not answer in time".to_owned())?
+}

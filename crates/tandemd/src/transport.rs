@@ -1,0 +1,208 @@
+//! Peer transport: framed envelopes over TCP.
+//!
+//! Inbound, one task per accepted connection decodes frames and hands envelopes to the event
+//! loop. Outbound, one task per peer owns a bounded queue and a connection that it re-opens
+//! with capped backoff. Raft tolerates loss, so when a queue is full or the peer is away,
+//! messages are dropped (and counted) rather than buffered without bound.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tandem_proto::frame::{frame_bytes, FrameDecoder};
+use tandem_proto::peer::Envelope;
+use tandem_proto::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::runtime::Event;
+
+/// Messages queued per peer before new ones are dropped.
+pub const PEER_QUEUE_LEN_MAX: usize = 4096;
+/// First reconnect delay; doubles up to [`RECONNECT_DELAY_MAX`].
+const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(5);
+/// Longest reconnect delay, kept short so a restarted peer is reached again quickly.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(200);
+/// How long a connect may take on loopback before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Counters of the transport, for status and logs.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Messages dropped because a peer's queue was full or it was unreachable.
+    pub dropped: AtomicU64,
+    /// Inbound connections closed because of a bad frame or envelope.
+    pub bad_frames: AtomicU64,
+}
+
+/// Sending side: one bounded queue per peer.
+#[derive(Debug, Clone)]
+pub struct PeerSender {
+    /// Queue of encoded frames per peer id.
+    queues: BTreeMap<u64, mpsc::Sender<Bytes>>,
+    /// Shared counters.
+    stats: Arc<TransportStats>,
+}
+
+impl PeerSender {
+    /// Starts one outbound task per peer in `peers` (id → address).
+    pub fn start(peers: BTreeMap<u64, SocketAddr>, stats: Arc<TransportStats>) -> Self {
+        let mut queues = BTreeMap::new();
+        for (id, addr) in peers {
+            let (sender, receiver) = mpsc::channel(PEER_QUEUE_LEN_MAX);
+            tokio::spawn(outbound(id, addr, receiver, stats.clone()));
+            queues.insert(id, sender);
+        }
+        Self { queues, stats }
+    }
+
+    /// Queues an envelope for its `to` node. Returns false if it was dropped.
+    pub fn send(&self, envelope: &Envelope) -> bool {
+        let Some(queue) = self.queues.get(&envelope.to) else {
+            tracing::warn!(to = envelope.to, "message for an unknown node dropped");
+            return false;
+        };
+        let frame = frame_bytes(&envelope.encode_to_vec());
+        if queue.try_send(frame).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+async fn outbound(
+    id: u64,
+    addr: SocketAddr,
+    mut queue: mpsc::Receiver<Bytes>,
+    stats: Arc<TransportStats>,
+) {
+    let mut delay = RECONNECT_DELAY_MIN;
+    let mut warned = false;
+    loop {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                if !warned {
+                    tracing::info!(peer = id, %addr, %error, "peer unreachable; will keep retrying");
+                    warned = true;
+                }
+                // While the peer is away, what is queued is stale: drop it instead of
+                // delivering a burst of old messages later.
+                while let Ok(_stale) = queue.try_recv() {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+                if queue.is_closed() {
+                    return;
+                }
+                continue;
+            }
+            Err(_elapsed) => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        if warned {
+            tracing::info!(peer = id, %addr, "peer reachable again");
+        }
+        warned = false;
+        delay = RECONNECT_DELAY_MIN;
+        let (_read, mut write) = stream.into_split();
+        let mut batch = BytesMut::new();
+        loop {
+            let Some(frame) = queue.recv().await else {
+                return;
+            };
+            batch.extend_from_slice(&frame);
+            // Coalesce whatever else is already queued into one write.
+            while batch.len() < 256 * 1024 {
+                match queue.try_recv() {
+                    Ok(frame) => batch.extend_from_slice(&frame),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = write.write_all(&batch).await {
+                tracing::debug!(peer = id, %error, "peer connection lost");
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            batch.clear();
+        }
+    }
+}
+
+/// Accepts peer connections and feeds decoded envelopes to the event loop.
+pub async fn serve_peers(
+    listener: TcpListener,
+    cluster: String,
+    self_id: u64,
+    frame_len_max: usize,
+    events: mpsc::Sender<Event>,
+    stats: Arc<TransportStats>,
+) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a peer connection failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let events = events.clone();
+        let cluster = cluster.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            if let Err(reason) =
+                read_peer(stream, &cluster, self_id, frame_len_max, &events).await
+            {
+                stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%remote, %reason, "peer connection dropped");
+            }
+        });
+    }
+}
+
+async fn read_peer(
+    mut stream: TcpStream,
+    cluster: &str,
+    self_id: u64,
+    frame_len_max: usize,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let decoder = FrameDecoder::new(frame_len_max);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        while let Some(payload) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+            let envelope = tandem_proto::decode_envelope(&payload).map_err(|e| e.to_string())?;
+            if envelope.cluster != cluster {
+                return Err(format!(
+                    "frame from cluster {:?}, this is {:?}",
+                    envelope.cluster, cluster
+                ));
+            }
+            if envelope.to != self_id {
+                return Err(format!(
+                    "frame for node {}, this is node {self_id}",
+                    envelope.to
+                ));
+            }
+            if events.send(Event::Peer(envelope)).await.is_err() {
+                return Ok(());
+            }
+        }
+        let read = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
+        if read == 0 {
+            return Ok(());
+        }
+    }
+}

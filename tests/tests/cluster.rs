@@ -1,0 +1,158 @@
+//! End-to-end: real `tandemd` processes on loopback elect a leader, survive `kill -9`,
+//! report the truth in status, recover from their own log, and cut a torn WAL tail.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use tandem_e2e::{wait_for, TestCluster, DEADLINE};
+
+#[test]
+fn three_nodes_elect_one_leader_that_commits() {
+    let cluster = TestCluster::start(3);
+    let status = cluster.wait_leader(&[0, 1, 2]);
+    assert_eq!(status.cluster, "e2e");
+    assert_eq!(status.nodes.len(), 3);
+    assert!(status.term >= 1);
+    // Every node, asked directly, names the same leader (followers forward to it).
+    for index in 0..3 {
+        let seen = wait_for("every node to agree on the leader", DEADLINE, || {
+            cluster
+                .status(index)
+                .filter(|answer| answer.leader == status.leader || answer.term > status.term)
+        });
+        assert!(!seen.leader.is_empty());
+    }
+    let committed = wait_for("a no-op to commit", DEADLINE, || cluster.noop(1));
+    assert!(committed.index > 0);
+    let after = cluster.wait_leader(&[0, 1, 2]);
+    assert!(after.commit_index >= committed.index);
+    assert!(after.nodes.iter().all(|node| node.up), "all nodes up: {after:?}");
+    assert_eq!(
+        after.nodes.iter().filter(|node| node.leader).count(),
+        1,
+        "exactly one leader in {after:?}"
+    );
+}
+
+#[test]
+fn killed_leader_is_replaced_reported_down_and_catches_up_after_restart() {
+    let mut cluster = TestCluster::start(3);
+    let first = cluster.wait_leader(&[0, 1, 2]);
+    wait_for("a first commit", DEADLINE, || cluster.noop(0));
+    let old = cluster.index_of(&first.leader).unwrap();
+    let others: Vec<usize> = (0..3).filter(|&index| index != old).collect();
+
+    cluster.kill9(old);
+    let second = cluster.wait_leader(&others);
+    assert_ne!(second.leader, first.leader);
+    assert!(second.term > first.term);
+    let committed = wait_for("a commit by the new leader", DEADLINE, || {
+        cluster.noop(others[0])
+    });
+    assert_eq!(committed.leader, second.leader);
+    let down = wait_for("status to show the killed node down", DEADLINE, || {
+        let status = cluster.status(others[1])?;
+        let node = status.nodes.iter().find(|node| node.name == first.leader)?;
+        (!node.up).then_some(status)
+    });
+    assert_eq!(down.leader, second.leader);
+
+    for _ in 0..20 {
+        wait_for("more commits while the old leader is away", DEADLINE, || {
+            cluster.noop(others[1])
+        });
+    }
+    let target = cluster.wait_leader(&others).commit_index;
+    cluster.spawn(old);
+    wait_for("the restarted node to be up and caught up", DEADLINE, || {
+        let status = cluster.status(others[0])?;
+        let node = status.nodes.iter().find(|node| node.name == first.leader)?;
+        (node.up && node.applied_index >= target).then_some(())
+    });
+    // It replayed its own log on restart rather than starting empty.
+    let log = cluster.log(old);
+    let restart = log.rfind("tandemd starting").expect("restart logged");
+    assert!(
+        !log[restart..].contains("bootstrapped=true"),
+        "restart must reuse the node's log:\n{log}"
+    );
+}
+
+#[test]
+fn node_with_a_torn_wal_tail_restarts_cleanly() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_leader(&[0, 1, 2]);
+    for _ in 0..10 {
+        wait_for("commits", DEADLINE, || cluster.noop(0));
+    }
+    let victim = 2;
+    cluster.kill9(victim);
+    // Cut the last segment in the middle of its last record, as a power loss could.
+    let mut segments: Vec<_> = std::fs::read_dir(cluster.raft_dir(victim))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    segments.sort();
+    let last = segments.last().expect("a WAL segment");
+    let len = std::fs::metadata(last).unwrap().len();
+    assert!(len > 16, "segment holds records");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+
+    cluster.spawn(victim);
+    let target = cluster.wait_leader(&[0, 1]).commit_index;
+    wait_for("the node with the torn tail to catch up", DEADLINE, || {
+        let status = cluster.status(0)?;
+        let node = &status.nodes[victim];
+        (node.up && node.applied_index >= target).then_some(())
+    });
+    assert!(
+        cluster.log(victim).contains("torn raft log tail"),
+        "the cut is reported in the log:\n{}",
+        cluster.log(victim)
+    );
+}
+
+#[test]
+fn bad_frames_drop_the_connection_and_the_daemon_keeps_serving() {
+    let mut cluster = TestCluster::start(1);
+    cluster.wait_leader(&[0]);
+    // A frame with a wrong crc on the peer port: the connection is closed.
+    let mut peer = TcpStream::connect(cluster.nodes[0].peer).unwrap();
+    peer.write_all(&[0, 0, 0, 3, 1, 2, 3, 4, 9, 9, 9]).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    let closed = peer.read_to_end(&mut rest);
+    assert!(closed.is_ok() || rest.is_empty(), "peer connection closed");
+    // An oversize frame header on the admin port gets an error answer, then the close.
+    let mut admin = TcpStream::connect(cluster.nodes[0].admin).unwrap();
+    admin.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]).unwrap();
+    admin.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    admin.read_to_end(&mut answer).unwrap();
+    let decoder = tandem_proto::frame::FrameDecoder::new(1 << 20);
+    let mut buf = bytes_from(&answer);
+    let payload = decoder.decode(&mut buf).unwrap().expect("an error frame");
+    let response = tandem_proto::decode_admin_response(&payload).unwrap();
+    match response.kind {
+        Some(tandem_proto::admin::admin_response::Kind::Error(error)) => {
+            assert_eq!(error.code, "bad_request");
+            assert!(error.message.contains("exceeds the limit"), "{}", error.message);
+        }
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+    // Still serving.
+    assert!(cluster.noop(0).is_some());
+    assert!(cluster.log(0).contains("peer connection dropped"));
+    assert!(cluster.terminate(0), "clean exit on SIGTERM");
+}
+
+fn bytes_from(data: &[u8]) -> bytes::BytesMut {
+    bytes::BytesMut::from(data)
+}
