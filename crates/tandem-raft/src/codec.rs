@@ -103,10 +103,7 @@ mod tests {
             },
         );
         assert_eq!(decode_state(&encode_state(&state)).unwrap(), state);
-        assert!(matches!(
-            decode_command(&[]),
-            Err(CodecError::EmptyCommand)
-        ));
+        assert!(matches!(decode_command(&[]), Err(CodecError::EmptyCommand)));
         assert!(decode_command(&[0xff, 0xff]).is_err());
     }
 }

@@ -170,7 +170,11 @@ impl MemDisk {
 
     /// Total bytes stored, durable or not.
     pub fn total_len(&self) -> usize {
-        self.files.borrow().values().map(|file| file.data.len()).sum()
+        self.files
+            .borrow()
+            .values()
+            .map(|file| file.data.len())
+            .sum()
     }
 
     /// Overwrites a byte of a file (to model corruption in tests).
@@ -199,14 +203,18 @@ fn not_found(name: &str) -> io::Error {
 impl DiskFile for MemFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
         let mut files = self.disk.files.borrow_mut();
-        let file = files.get_mut(&self.name).ok_or_else(|| not_found(&self.name))?;
+        let file = files
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
         file.data.extend_from_slice(data);
         Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
         let mut files = self.disk.files.borrow_mut();
-        let file = files.get_mut(&self.name).ok_or_else(|| not_found(&self.name))?;
+        let file = files
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
         file.synced_len = file.data.len();
         Ok(())
     }
@@ -238,7 +246,9 @@ impl Disk for MemDisk {
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
         let mut files = self.files.borrow_mut();
         let file = files.get_mut(name).ok_or_else(|| not_found(name))?;
-        let len = usize::try_from(len).unwrap_or(usize::MAX).min(file.data.len());
+        let len = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .min(file.data.len());
         file.data.truncate(len);
         file.synced_len = len;
         Ok(())

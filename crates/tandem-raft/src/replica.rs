@@ -9,7 +9,7 @@
 //! raft-rs draws election timeouts from the thread's RNG. To keep the simulation deterministic
 //! the replica overrides each new timeout with one drawn from its own seeded generator.
 
-use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole};
 use tandem_core::{ApplyOutcome, ClusterState, Command, NodeId};
 
@@ -215,10 +215,64 @@ impl<D: Disk> Replica<D> {
 
     /// Feeds a message from a peer. Messages raft-rs refuses (e.g. from unknown peers) are
     /// reported as errors and change nothing.
-    pub fn step(&mut self, message: Message) -> Result<(), ReplicaError> {
+    pub fn step(&mut self, mut message: Message) -> Result<(), ReplicaError> {
+        // A leader's heartbeat carries min(its commit, what it believes we hold). If this node
+        // lost the tail of its log (a disk that dropped synced bytes, or an operator's
+        // truncation), that belief is stale: raft-rs would panic committing past our last
+        // index, and the leader, trusting its match index, would never resend what we lost.
+        // So we commit only what we hold, and flag our heartbeat response as a rejection
+        // carrying our real last index; the leader then probes us from there.
+        let mut lost_tail_of = None;
+        if message.get_msg_type() == MessageType::MsgHeartbeat {
+            let last_index = self.raw.raft.raft_log.last_index();
+            if message.commit > last_index {
+                tracing::warn!(
+                    leader = message.from,
+                    leader_commit = message.commit,
+                    last_index,
+                    "leader believes this node holds entries it lost; asking it to resend"
+                );
+                message.commit = last_index;
+                lost_tail_of = Some((message.from, last_index));
+            }
+        }
+        if message.get_msg_type() == MessageType::MsgHeartbeatResponse
+            && message.reject
+            && self.is_leader()
+        {
+            self.reset_lost_follower(message.from, message.reject_hint);
+        }
         let result = self.raw.step(message);
+        if let Some((leader, last_index)) = lost_tail_of {
+            if let Some(response) =
+                self.raw.raft.msgs.iter_mut().rev().find(|m| {
+                    m.get_msg_type() == MessageType::MsgHeartbeatResponse && m.to == leader
+                })
+            {
+                response.reject = true;
+                response.reject_hint = last_index;
+            }
+        }
         self.redraw_election_timeout();
         result.map_err(ReplicaError::from)
+    }
+
+    /// On the leader: `node` reports that its log ends at `last_index`, below what it had
+    /// acknowledged. Lowering the match index is safe (the commit index never decreases; the
+    /// leader only resends), and probing from there lets the node catch up.
+    fn reset_lost_follower(&mut self, node: u64, last_index: u64) {
+        if let Some(progress) = self.raw.raft.mut_prs().get_mut(node) {
+            if progress.matched > last_index {
+                tracing::warn!(
+                    node,
+                    acknowledged = progress.matched,
+                    last_index,
+                    "follower lost log entries it had acknowledged; resending them"
+                );
+                progress.matched = last_index;
+                progress.become_probe();
+            }
+        }
     }
 
     /// Proposes a command; `context` comes back with the entry when it is applied.
@@ -273,10 +327,11 @@ impl<D: Disk> Replica<D> {
         output: &mut ReadyOutput,
     ) -> Result<(), ReplicaError> {
         let index = snapshot.get_metadata().index;
-        let state = decode_state(snapshot.get_data()).map_err(|error| ReplicaError::BadSnapshot {
-            index,
-            reason: error.to_string(),
-        })?;
+        let state =
+            decode_state(snapshot.get_data()).map_err(|error| ReplicaError::BadSnapshot {
+                index,
+                reason: error.to_string(),
+            })?;
         self.raw.mut_store().apply_snapshot(snapshot)?;
         self.state = state;
         self.applied_index = index;
@@ -336,7 +391,10 @@ impl<D: Disk> Replica<D> {
                 .mut_store()
                 .compact_with_snapshot(self.applied_index, conf_state, data)?;
             self.snapshot_index = self.applied_index;
-            tracing::debug!(index = self.snapshot_index, "raft snapshot taken, log compacted");
+            tracing::debug!(
+                index = self.snapshot_index,
+                "raft snapshot taken, log compacted"
+            );
         }
         Ok(())
     }
@@ -394,7 +452,11 @@ impl<D: Disk> Replica<D> {
         if !self.is_leader() {
             return None;
         }
-        self.raw.raft.prs().get(node).map(|progress| progress.matched)
+        self.raw
+            .raft
+            .prs()
+            .get(node)
+            .map(|progress| progress.matched)
     }
 
     /// Term of the entry at `index`, if the log still holds it.

@@ -78,7 +78,10 @@ pub enum StorageError {
     },
 }
 
-fn io_error<'a>(action: &'static str, file: &'a str) -> impl FnOnce(io::Error) -> StorageError + 'a {
+fn io_error<'a>(
+    action: &'static str,
+    file: &'a str,
+) -> impl FnOnce(io::Error) -> StorageError + 'a {
     move |source| StorageError::Io {
         action,
         file: file.to_owned(),
@@ -160,7 +163,10 @@ fn snapshot_name(index: u64) -> String {
 }
 
 fn parse_numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
-    name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
+    name.strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
 }
 
 fn record(kind: u8, body: &[u8], out: &mut Vec<u8>) {
@@ -208,8 +214,9 @@ impl<D: Disk> WalStorage<D> {
             let name = snapshot_name(index);
             let data = disk.read(&name).map_err(io_error("read", &name))?;
             let parsed = match parse_frame(&data, options.record_len_max) {
-                SliceFrame::Frame { payload, .. } => Snapshot::parse_from_bytes(payload)
-                    .map_err(|error| error.to_string()),
+                SliceFrame::Frame { payload, .. } => {
+                    Snapshot::parse_from_bytes(payload).map_err(|error| error.to_string())
+                }
                 SliceFrame::Truncated => Err("file is cut short".to_owned()),
                 SliceFrame::Invalid(error) => Err(error.to_string()),
             };
@@ -218,7 +225,9 @@ impl<D: Disk> WalStorage<D> {
                     snapshot = parsed;
                     break;
                 }
-                Ok(_) => tracing::warn!(file = %name, "snapshot index differs from its name; ignored"),
+                Ok(_) => {
+                    tracing::warn!(file = %name, "snapshot index differs from its name; ignored")
+                }
                 Err(reason) => {
                     tracing::warn!(file = %name, %reason, "snapshot unreadable; trying an older one")
                 }
@@ -391,7 +400,8 @@ impl<D: Disk> WalStorage<D> {
                 Ok(Some(index))
             }
             RECORD_HARD_STATE => {
-                *hard_state = HardState::parse_from_bytes(body).map_err(|error| error.to_string())?;
+                *hard_state =
+                    HardState::parse_from_bytes(body).map_err(|error| error.to_string())?;
                 Ok(None)
             }
             RECORD_CONF_STATE => {
@@ -482,7 +492,10 @@ impl<D: Disk> WalStorage<D> {
             self.entries.push(entry.clone());
         }
         let last = self.last_entry_index();
-        let active = self.segments.last_mut().expect("there is always an active segment");
+        let active = self
+            .segments
+            .last_mut()
+            .expect("there is always an active segment");
         active.last_index = active.last_index.max(last);
     }
 
@@ -523,7 +536,10 @@ impl<D: Disk> WalStorage<D> {
     fn start_segment(&mut self) -> Result<(), StorageError> {
         let seq = self.segments.last().map_or(1, |segment| segment.seq + 1);
         let name = segment_name(seq);
-        self.active = self.disk.open_append(&name).map_err(io_error("create", &name))?;
+        self.active = self
+            .disk
+            .open_append(&name)
+            .map_err(io_error("create", &name))?;
         self.segments.push(Segment {
             name,
             seq,
@@ -547,7 +563,10 @@ impl<D: Disk> WalStorage<D> {
         let mut body = metadata.index.to_be_bytes().to_vec();
         body.extend_from_slice(&metadata.term.to_be_bytes());
         self.write_record(RECORD_LOG_RESET, &body);
-        self.write_record(RECORD_CONF_STATE, &encode(&metadata.get_conf_state().clone()));
+        self.write_record(
+            RECORD_CONF_STATE,
+            &encode(&metadata.get_conf_state().clone()),
+        );
         let mut hard_state = self.hard_state.clone();
         hard_state.term = hard_state.term.max(metadata.term);
         hard_state.commit = hard_state.commit.max(metadata.index);
@@ -598,7 +617,10 @@ impl<D: Disk> WalStorage<D> {
 
     /// Deletes snapshot files older than `index` and closed segments whose entries it covers.
     fn remove_obsolete(&mut self, index: u64) -> Result<(), StorageError> {
-        let names = self.disk.list().map_err(io_error("list", "raft directory"))?;
+        let names = self
+            .disk
+            .list()
+            .map_err(io_error("list", "raft directory"))?;
         for name in names {
             if parse_numbered(&name, "snap-", ".snap").is_some_and(|old| old < index) {
                 self.disk.remove(&name).map_err(io_error("remove", &name))?;

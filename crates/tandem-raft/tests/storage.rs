@@ -16,11 +16,12 @@ fn conf() -> ConfState {
 }
 
 fn entry(index: u64, term: u64) -> Entry {
-    let mut entry = Entry::default();
-    entry.index = index;
-    entry.term = term;
-    entry.data = format!("entry {index} of term {term}").into_bytes().into();
-    entry
+    Entry {
+        index,
+        term,
+        data: format!("entry {index} of term {term}").into_bytes().into(),
+        ..Default::default()
+    }
 }
 
 fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
@@ -43,11 +44,12 @@ fn small_segments() -> WalOptions {
 }
 
 fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
-    let mut hard_state = HardState::default();
-    hard_state.term = term;
-    hard_state.vote = vote;
-    hard_state.commit = commit;
-    hard_state
+    HardState {
+        term,
+        vote,
+        commit,
+        ..Default::default()
+    }
 }
 
 fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -64,21 +66,31 @@ fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn entries_and_hard_state_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut storage =
-            WalStorage::open(FsDisk::open(dir.path()).unwrap(), WalOptions::default(), conf())
-                .unwrap();
+        let mut storage = WalStorage::open(
+            FsDisk::open(dir.path()).unwrap(),
+            WalOptions::default(),
+            conf(),
+        )
+        .unwrap();
         assert!(storage.recovery().bootstrapped);
         storage.append(&entries(1..=10, 1));
         storage.set_hard_state(hard_state(1, 2, 7));
         storage.sync().unwrap();
     }
-    let storage =
-        WalStorage::open(FsDisk::open(dir.path()).unwrap(), WalOptions::default(), ConfState::default())
-            .unwrap();
+    let storage = WalStorage::open(
+        FsDisk::open(dir.path()).unwrap(),
+        WalOptions::default(),
+        ConfState::default(),
+    )
+    .unwrap();
     assert!(!storage.recovery().bootstrapped);
     let state = storage.initial_state().unwrap();
     assert_eq!(state.hard_state, hard_state(1, 2, 7));
-    assert_eq!(state.conf_state.get_voters(), &[1, 2, 3], "bootstrap conf is durable");
+    assert_eq!(
+        state.conf_state.get_voters(),
+        &[1, 2, 3],
+        "bootstrap conf is durable"
+    );
     assert_eq!(all_entries(&storage), entries(1..=10, 1));
     assert_eq!(storage.term(10).unwrap(), 1);
     assert_eq!(storage.recovery().torn_tail, None);
@@ -92,15 +104,22 @@ fn torn_tail_is_cut_at_every_byte_and_never_applied() {
     let synced_len;
     let full_len;
     {
-        let mut storage =
-            WalStorage::open(FsDisk::open(dir.path()).unwrap(), WalOptions::default(), conf())
-                .unwrap();
+        let mut storage = WalStorage::open(
+            FsDisk::open(dir.path()).unwrap(),
+            WalOptions::default(),
+            conf(),
+        )
+        .unwrap();
         storage.append(&entries(1..=5, 1));
         storage.sync().unwrap();
-        synced_len = std::fs::metadata(&segment_files(dir.path())[0]).unwrap().len();
+        synced_len = std::fs::metadata(&segment_files(dir.path())[0])
+            .unwrap()
+            .len();
         storage.append(&entries(6..=6, 1));
         storage.sync().unwrap();
-        full_len = std::fs::metadata(&segment_files(dir.path())[0]).unwrap().len();
+        full_len = std::fs::metadata(&segment_files(dir.path())[0])
+            .unwrap()
+            .len();
     }
     let segment = segment_files(dir.path())[0].clone();
     let full = std::fs::read(&segment).unwrap();
@@ -112,7 +131,11 @@ fn torn_tail_is_cut_at_every_byte_and_never_applied() {
             conf(),
         )
         .unwrap();
-        assert_eq!(all_entries(&storage), entries(1..=5, 1), "cut at byte {cut}");
+        assert_eq!(
+            all_entries(&storage),
+            entries(1..=5, 1),
+            "cut at byte {cut}"
+        );
         let (_, offset, dropped) = storage.recovery().torn_tail.clone().expect("cut reported");
         assert_eq!(offset, synced_len);
         assert_eq!(dropped, cut - synced_len);
@@ -125,28 +148,39 @@ fn torn_tail_is_cut_at_every_byte_and_never_applied() {
 fn garbage_tail_is_cut_and_the_log_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut storage =
-            WalStorage::open(FsDisk::open(dir.path()).unwrap(), WalOptions::default(), conf())
-                .unwrap();
+        let mut storage = WalStorage::open(
+            FsDisk::open(dir.path()).unwrap(),
+            WalOptions::default(),
+            conf(),
+        )
+        .unwrap();
         storage.append(&entries(1..=3, 1));
         storage.sync().unwrap();
     }
     let segment = segment_files(dir.path())[0].clone();
     // A whole-looking header with a wrong crc, as a torn sector might leave.
     let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
-    file.write_all(&[0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]).unwrap();
+    file.write_all(&[0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4])
+        .unwrap();
     drop(file);
     {
-        let mut storage =
-            WalStorage::open(FsDisk::open(dir.path()).unwrap(), WalOptions::default(), conf())
-                .unwrap();
+        let mut storage = WalStorage::open(
+            FsDisk::open(dir.path()).unwrap(),
+            WalOptions::default(),
+            conf(),
+        )
+        .unwrap();
         assert!(storage.recovery().torn_tail.is_some());
         assert_eq!(all_entries(&storage), entries(1..=3, 1));
         storage.append(&entries(4..=5, 1));
         storage.sync().unwrap();
     }
-    let storage =
-        WalStorage::open(FsDisk::open(dir.path()).unwrap(), WalOptions::default(), conf()).unwrap();
+    let storage = WalStorage::open(
+        FsDisk::open(dir.path()).unwrap(),
+        WalOptions::default(),
+        conf(),
+    )
+    .unwrap();
     assert_eq!(storage.recovery().torn_tail, None);
     assert_eq!(all_entries(&storage), entries(1..=5, 1));
 }
@@ -168,8 +202,8 @@ fn corruption_in_a_closed_segment_refuses_to_open() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&first, bytes).unwrap();
-    let error = WalStorage::open(FsDisk::open(dir.path()).unwrap(), small_segments(), conf())
-        .unwrap_err();
+    let error =
+        WalStorage::open(FsDisk::open(dir.path()).unwrap(), small_segments(), conf()).unwrap_err();
     match error {
         StorageError::Corrupt { file, .. } => assert!(file.starts_with("wal-")),
         other => panic!("expected corruption, got {other}"),
@@ -225,7 +259,10 @@ fn compaction_drops_covered_segments_and_survives_restart() {
         storage
             .compact_with_snapshot(90, conf(), b"model at 90".to_vec())
             .unwrap();
-        assert!(storage.segment_count() < segments_before / 2, "old segments removed");
+        assert!(
+            storage.segment_count() < segments_before / 2,
+            "old segments removed"
+        );
         assert_eq!(storage.first_index().unwrap(), 91);
         assert!(matches!(
             storage.entries(80, 95, None, GetEntriesContext::empty(false)),
@@ -239,8 +276,11 @@ fn compaction_drops_covered_segments_and_survives_restart() {
     assert_eq!(storage.last_index().unwrap(), 100);
     assert_eq!(storage.term(90).unwrap(), 1 + 90 / 50);
     assert_eq!(all_entries(&storage).len(), 10);
-    assert_eq!(&storage.snapshot(90, 2).unwrap().get_data()[..], b"model at 90");
-    assert!(storage.snapshot(95, 2).is_err(), "a newer snapshot is asked for");
+    assert_eq!(storage.snapshot(90, 2).unwrap().get_data(), b"model at 90");
+    assert!(
+        storage.snapshot(95, 2).is_err(),
+        "a newer snapshot is asked for"
+    );
     assert!(storage.take_snapshot_wanted());
     assert_eq!(storage.initial_state().unwrap().hard_state.commit, 100);
 }
@@ -266,7 +306,11 @@ fn snapshot_from_the_leader_replaces_a_stale_log_for_good() {
     let storage = WalStorage::open(disk, WalOptions::default(), conf()).unwrap();
     assert_eq!(storage.first_index().unwrap(), 13);
     assert_eq!(storage.term(12).unwrap(), 3);
-    assert_eq!(all_entries(&storage), entries(13..=14, 3), "stale entries 13..=20 stay gone");
+    assert_eq!(
+        all_entries(&storage),
+        entries(13..=14, 3),
+        "stale entries 13..=20 stay gone"
+    );
     let hard_state = storage.initial_state().unwrap().hard_state;
     assert_eq!((hard_state.term, hard_state.commit), (3, 12));
 }
@@ -287,5 +331,8 @@ fn segments_rotate_and_replay_in_order() {
     let storage =
         WalStorage::open(FsDisk::open(dir.path()).unwrap(), small_segments(), conf()).unwrap();
     assert_eq!(all_entries(&storage), entries(1..=60, 1));
-    assert_eq!(storage.initial_state().unwrap().hard_state, hard_state(1, 1, 60));
+    assert_eq!(
+        storage.initial_state().unwrap().hard_state,
+        hard_state(1, 1, 60)
+    );
 }
