@@ -92,9 +92,7 @@ impl TestCluster {
     pub fn start(count: usize) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(count * 2);
-        let mut toml = String::from(
-            "[cluster]\nname = \"e2e\"\ndata_dir = \"data\"\n",
-        );
+        let mut toml = String::from("[cluster]\nname = \"e2e\"\ndata_dir = \"data\"\n");
         let mut nodes = Vec::new();
         for index in 0..count {
             let name = format!("n{}", index + 1);
@@ -150,7 +148,10 @@ impl TestCluster {
 
     /// Starts node `index`'s daemon (its log is appended to).
     pub fn spawn(&mut self, index: usize) {
-        assert!(self.nodes[index].child.is_none(), "node {index} already running");
+        assert!(
+            self.nodes[index].child.is_none(),
+            "node {index} already running"
+        );
         let log = File::options()
             .create(true)
             .append(true)
@@ -225,6 +226,16 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows what every daemon said; CI output is all we get.
+            for index in 0..self.nodes.len() {
+                eprintln!(
+                    "----- log of {} -----\n{}",
+                    self.nodes[index].name,
+                    self.log(index)
+                );
+            }
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();

@@ -27,7 +27,10 @@ fn three_nodes_elect_one_leader_that_commits() {
     assert!(committed.index > 0);
     let after = cluster.wait_leader(&[0, 1, 2]);
     assert!(after.commit_index >= committed.index);
-    assert!(after.nodes.iter().all(|node| node.up), "all nodes up: {after:?}");
+    assert!(
+        after.nodes.iter().all(|node| node.up),
+        "all nodes up: {after:?}"
+    );
     assert_eq!(
         after.nodes.iter().filter(|node| node.leader).count(),
         1,
@@ -59,17 +62,23 @@ fn killed_leader_is_replaced_reported_down_and_catches_up_after_restart() {
     assert_eq!(down.leader, second.leader);
 
     for _ in 0..20 {
-        wait_for("more commits while the old leader is away", DEADLINE, || {
-            cluster.noop(others[1])
-        });
+        wait_for(
+            "more commits while the old leader is away",
+            DEADLINE,
+            || cluster.noop(others[1]),
+        );
     }
     let target = cluster.wait_leader(&others).commit_index;
     cluster.spawn(old);
-    wait_for("the restarted node to be up and caught up", DEADLINE, || {
-        let status = cluster.status(others[0])?;
-        let node = status.nodes.iter().find(|node| node.name == first.leader)?;
-        (node.up && node.applied_index >= target).then_some(())
-    });
+    wait_for(
+        "the restarted node to be up and caught up",
+        DEADLINE,
+        || {
+            let status = cluster.status(others[0])?;
+            let node = status.nodes.iter().find(|node| node.name == first.leader)?;
+            (node.up && node.applied_index >= target).then_some(())
+        },
+    );
     // It replayed its own log on restart rather than starting empty.
     let log = cluster.log(old);
     let restart = log.rfind("tandemd starting").expect("restart logged");
@@ -82,11 +91,15 @@ fn killed_leader_is_replaced_reported_down_and_catches_up_after_restart() {
 #[test]
 fn node_with_a_torn_wal_tail_restarts_cleanly() {
     let mut cluster = TestCluster::start(3);
-    cluster.wait_leader(&[0, 1, 2]);
+    let leader = cluster.wait_leader(&[0, 1, 2]).leader;
     for _ in 0..10 {
         wait_for("commits", DEADLINE, || cluster.noop(0));
     }
-    let victim = 2;
+    // A follower: the point is recovery of its own log, not a change of leader.
+    let victim = (0..3)
+        .find(|&index| cluster.nodes[index].name != leader)
+        .unwrap();
+    let reference = (0..3).find(|&index| index != victim).unwrap();
     cluster.kill9(victim);
     // Cut the last segment in the middle of its last record, as a power loss could.
     let mut segments: Vec<_> = std::fs::read_dir(cluster.raft_dir(victim))
@@ -106,9 +119,9 @@ fn node_with_a_torn_wal_tail_restarts_cleanly() {
         .unwrap();
 
     cluster.spawn(victim);
-    let target = cluster.wait_leader(&[0, 1]).commit_index;
+    let target = cluster.wait_leader(&[0, 1, 2]).commit_index;
     wait_for("the node with the torn tail to catch up", DEADLINE, || {
-        let status = cluster.status(0)?;
+        let status = cluster.status(reference)?;
         let node = &status.nodes[victim];
         (node.up && node.applied_index >= target).then_some(())
     });
@@ -126,14 +139,19 @@ fn bad_frames_drop_the_connection_and_the_daemon_keeps_serving() {
     // A frame with a wrong crc on the peer port: the connection is closed.
     let mut peer = TcpStream::connect(cluster.nodes[0].peer).unwrap();
     peer.write_all(&[0, 0, 0, 3, 1, 2, 3, 4, 9, 9, 9]).unwrap();
-    peer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut rest = Vec::new();
     let closed = peer.read_to_end(&mut rest);
     assert!(closed.is_ok() || rest.is_empty(), "peer connection closed");
     // An oversize frame header on the admin port gets an error answer, then the close.
     let mut admin = TcpStream::connect(cluster.nodes[0].admin).unwrap();
-    admin.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]).unwrap();
-    admin.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    admin
+        .write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0])
+        .unwrap();
+    admin
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut answer = Vec::new();
     admin.read_to_end(&mut answer).unwrap();
     let decoder = tandem_proto::frame::FrameDecoder::new(1 << 20);
@@ -143,7 +161,11 @@ fn bad_frames_drop_the_connection_and_the_daemon_keeps_serving() {
     match response.kind {
         Some(tandem_proto::admin::admin_response::Kind::Error(error)) => {
             assert_eq!(error.code, "bad_request");
-            assert!(error.message.contains("exceeds the limit"), "{}", error.message);
+            assert!(
+                error.message.contains("exceeds the limit"),
+                "{}",
+                error.message
+            );
         }
         other => panic!("expected an error answer, got {other:?}"),
     }

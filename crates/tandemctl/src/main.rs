@@ -1,1 +1,96 @@
-fn main() {}
+//! `tandemctl`, the operator CLI of tandem. It talks to any daemon's admin endpoint.
+//!
+//! Modules: [`cli`] parses arguments and picks the cluster, [`cluster`] reaches it,
+//! [`render`] turns answers into tables and JSON, [`dev`] runs a local cluster.
+
+mod cli;
+mod cluster;
+mod dev;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, DevCommand};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are "errors" that go to stdout and succeed.
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, `outer: inner: ...`. A cause whose text the line
+/// already holds is left out: several errors (the admin client's, the config's) quote their
+/// source in their own message, and saying it twice reads badly.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Status(args) => {
+            let target = cli::target_from_environment(cli)?;
+            let status = cluster::status(&target, cli.timeout())?;
+            let text = if args.json {
+                render::status_json(&status)
+            } else {
+                render::status_table(&status)
+            };
+            render::emit(&text)
+        }
+        Command::Dev(DevCommand::Up(args)) => dev::up(args),
+        Command::Dev(DevCommand::Down(args)) => dev::down(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn causes_quoted_by_their_parent_are_said_once() {
+        let io = std::io::Error::other("connection refused");
+        let error = tandemd::admin_client::AdminClientError::Connect {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: io,
+        };
+        let error = Err::<(), _>(error).context("get status").unwrap_err();
+        let line = one_line(&error);
+        assert_eq!(line.matches("connection refused").count(), 1, "{line}");
+        assert!(line.starts_with("get status: cannot reach"), "{line}");
+
+        let error = Err::<(), _>(std::io::Error::other("disk on fire"))
+            .context("write x")
+            .unwrap_err();
+        assert_eq!(one_line(&error), "write x: disk on fire");
+    }
+}

@@ -89,10 +89,7 @@ async fn admin_connection(
                     return Err(error.to_string());
                 }
             }
-            let read = stream
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| e.to_string())?;
+            let read = stream.read_buf(&mut buf).await.map_err(|e| e.to_string())?;
             if read == 0 {
                 return Ok(());
             }
@@ -124,15 +121,22 @@ async fn handle(
 ) -> AdminResponse {
     let (reply, outcome) = oneshot::channel();
     let forwarded = request.forwarded;
+    // The request is kept for forwarding. (Today every request kind is an empty message, so
+    // prost derives Copy; later kinds carry data, so the clone is deliberate.)
+    #[allow(clippy::clone_on_copy)]
+    let for_loop = request.clone();
     if events
         .send(Event::Admin {
-            request: request.clone(),
+            request: for_loop,
             reply,
         })
         .await
         .is_err()
     {
-        return error_response("shutting_down", "the daemon is shutting down; retry another node");
+        return error_response(
+            "shutting_down",
+            "the daemon is shutting down; retry another node",
+        );
     }
     let outcome = match tokio::time::timeout(request_timeout, outcome).await {
         Ok(Ok(outcome)) => outcome,

@@ -162,8 +162,7 @@ pub async fn run(
 
     let mut tick = tokio::time::interval(Duration::from_millis(cluster.raft_tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat =
-        tokio::time::interval(Duration::from_millis(cluster.heartbeat_interval_ms));
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(cluster.heartbeat_interval_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut daemon = Daemon {

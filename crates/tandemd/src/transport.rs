@@ -84,8 +84,7 @@ async fn outbound(
     let mut delay = RECONNECT_DELAY_MIN;
     let mut warned = false;
     loop {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
-        {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 if !warned {
@@ -159,8 +158,7 @@ pub async fn serve_peers(
         let cluster = cluster.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
-            if let Err(reason) =
-                read_peer(stream, &cluster, self_id, frame_len_max, &events).await
+            if let Err(reason) = read_peer(stream, &cluster, self_id, frame_len_max, &events).await
             {
                 stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%remote, %reason, "peer connection dropped");
@@ -197,10 +195,7 @@ async fn read_peer(
                 return Ok(());
             }
         }
-        let read = stream
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
+        let read = stream.read_buf(&mut buf).await.map_err(|e| e.to_string())?;
         if read == 0 {
             return Ok(());
         }

@@ -48,7 +48,9 @@ admin_addr = "127.0.0.1:7201"
 
 #[test]
 fn unknown_key_is_refused() {
-    let config = format!("[cluster]\nname = \"demo\"\ndata_dir = \"data\"\nnode_timout_ms = 5\n{GOOD_NODES}");
+    let config = format!(
+        "[cluster]\nname = \"demo\"\ndata_dir = \"data\"\nnode_timout_ms = 5\n{GOOD_NODES}"
+    );
     let (ok, stderr) = run_tandemd(&config, "n1");
     assert!(!ok);
     assert!(stderr.contains("node_timout_ms"), "{stderr}");

@@ -1,0 +1,265 @@
+//! Command-line arguments, and the rules that decide which cluster a command talks to.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+
+/// The config file `tandemctl dev up` writes by default, relative to the current directory;
+/// commands find it there without `--config`.
+pub const DEFAULT_CONFIG: &str = ".tandem/tandem.toml";
+
+/// Environment variable naming the config file when neither `--endpoint` nor `--config` is
+/// given.
+pub const CONFIG_ENV: &str = "TANDEM_CONFIG";
+
+/// tandemctl: operate a tandem cluster.
+#[derive(Debug, Parser)]
+#[command(name = "tandemctl", version, about, long_about = None)]
+#[command(after_help = "\
+Which cluster: --endpoint ADDR talks to that one admin endpoint; --config FILE tries each \
+node's admin_addr in order. Without either, $TANDEM_CONFIG is used if set, else \
+./.tandem/tandem.toml (written by `tandemctl dev up`) if it exists.")]
+pub struct Cli {
+    /// Admin endpoint (IP:PORT) of any daemon of the cluster.
+    #[arg(long, global = true, value_name = "ADDR", conflicts_with = "config")]
+    pub endpoint: Option<SocketAddr>,
+
+    /// Cluster config file; each node's admin_addr is tried in order until one answers.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// How long to wait for each daemon to answer, in milliseconds.
+    #[arg(long, global = true, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the cluster: leader, term, commit index, and every node's liveness and progress.
+    Status(StatusArgs),
+    /// Run a local cluster for development (every node on 127.0.0.1, in one directory).
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+/// Options of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `dev` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Write DIR/tandem.toml, start one tandemd per node in the background and wait until a
+    /// leader is elected and every node answers.
+    #[command(after_help = "\
+Ports: node nI (I = 1..N) listens for peers on 127.0.0.1:(P+I) and for admin requests on \
+127.0.0.1:(P+100+I); with the default P = 7100, n1 uses 7101 and 7201.
+
+Files in DIR: tandem.toml (the config), data/<node> (Raft log and snapshots), logs/<node>.log \
+(each daemon's output, appended), pids/<node>.pid. The daemons run in their own sessions and \
+outlive tandemctl; stop them with `tandemctl dev down`.
+
+The tandemd binary is $TANDEMD_BIN if set, else the one next to tandemctl.")]
+    Up(DevUpArgs),
+    /// Stop the daemons started by `dev up` in DIR (SIGTERM, then SIGKILL after 10 s).
+    Down(DevDownArgs),
+}
+
+/// Options of `dev up`.
+#[derive(Debug, Args)]
+pub struct DevUpArgs {
+    /// Number of nodes (n1..nN); the first 3 (or 5 from 5 nodes on) vote.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u16).range(1..=7))]
+    pub nodes: u16,
+
+    /// Directory for the config, data, logs and pid files.
+    #[arg(long, value_name = "DIR", default_value = ".tandem")]
+    pub dir: PathBuf,
+
+    /// Port base P: node nI uses peer port P+I and admin port P+100+I.
+    #[arg(long, value_name = "P", default_value_t = 7100,
+          value_parser = clap::value_parser!(u16).range(1..=65000))]
+    pub base_port: u16,
+
+    /// Delete DIR/data first, so the cluster starts from an empty Raft log.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// Options of `dev down`.
+#[derive(Debug, Args)]
+pub struct DevDownArgs {
+    /// Directory given to `dev up`.
+    #[arg(long, value_name = "DIR", default_value = ".tandem")]
+    pub dir: PathBuf,
+}
+
+/// Which cluster a command talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One admin endpoint, from `--endpoint`.
+    Endpoint(SocketAddr),
+    /// A config file whose nodes are tried in order.
+    Config(PathBuf),
+}
+
+/// Applies the rules: `--endpoint`, else `--config`, else `$TANDEM_CONFIG` (when set and not
+/// empty), else [`DEFAULT_CONFIG`] when `default_config_exists`, else an error that says how
+/// to name a cluster. Takes the environment as arguments so that tests need not set it.
+pub fn resolve_target(
+    endpoint: Option<SocketAddr>,
+    config: Option<&Path>,
+    config_env: Option<OsString>,
+    default_config_exists: bool,
+) -> anyhow::Result<Target> {
+    if let Some(addr) = endpoint {
+        return Ok(Target::Endpoint(addr));
+    }
+    if let Some(path) = config {
+        return Ok(Target::Config(path.to_path_buf()));
+    }
+    if let Some(path) = config_env.filter(|value| !value.is_empty()) {
+        return Ok(Target::Config(PathBuf::from(path)));
+    }
+    if default_config_exists {
+        return Ok(Target::Config(PathBuf::from(DEFAULT_CONFIG)));
+    }
+    bail!(
+        "no cluster given: pass --endpoint ADDR or --config FILE (or start one with \
+         `tandemctl dev up`)"
+    )
+}
+
+/// [`resolve_target`] with the real environment and file system.
+pub fn target_from_environment(cli: &Cli) -> anyhow::Result<Target> {
+    resolve_target(
+        cli.endpoint,
+        cli.config.as_deref(),
+        std::env::var_os(CONFIG_ENV),
+        Path::new(DEFAULT_CONFIG).is_file(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    const ADDR: &str = "127.0.0.1:7201";
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn endpoint_wins() {
+        let addr: SocketAddr = ADDR.parse().unwrap();
+        let target = resolve_target(Some(addr), None, Some("env.toml".into()), true).unwrap();
+        assert_eq!(target, Target::Endpoint(addr));
+    }
+
+    #[test]
+    fn config_flag_beats_environment_and_default() {
+        let target = resolve_target(
+            None,
+            Some(Path::new("flag.toml")),
+            Some("env.toml".into()),
+            true,
+        )
+        .unwrap();
+        assert_eq!(target, Target::Config("flag.toml".into()));
+    }
+
+    #[test]
+    fn environment_beats_default() {
+        let target = resolve_target(None, None, Some("env.toml".into()), true).unwrap();
+        assert_eq!(target, Target::Config("env.toml".into()));
+        // An empty variable counts as unset.
+        let target = resolve_target(None, None, Some("".into()), true).unwrap();
+        assert_eq!(target, Target::Config(DEFAULT_CONFIG.into()));
+    }
+
+    #[test]
+    fn nothing_given_is_an_error_that_says_what_to_do() {
+        let error = resolve_target(None, None, None, false).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no cluster given: pass --endpoint ADDR or --config FILE (or start one with \
+             `tandemctl dev up`)"
+        );
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let cli =
+            Cli::try_parse_from(["tandemctl", "status", "--json", "--endpoint", ADDR]).unwrap();
+        assert_eq!(cli.endpoint, Some(ADDR.parse().unwrap()));
+        assert!(matches!(
+            cli.command,
+            Command::Status(StatusArgs { json: true })
+        ));
+        assert_eq!(cli.timeout(), Duration::from_secs(5));
+
+        let cli = Cli::try_parse_from(["tandemctl", "--config", "c.toml", "status"]).unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("c.toml")));
+
+        let cli = Cli::try_parse_from(["tandemctl", "dev", "up"]).unwrap();
+        match cli.command {
+            Command::Dev(DevCommand::Up(args)) => {
+                assert_eq!(args.nodes, 3);
+                assert_eq!(args.dir, PathBuf::from(".tandem"));
+                assert_eq!(args.base_port, 7100);
+                assert!(!args.fresh);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["tandemctl", "dev", "down", "--dir", "/tmp/x"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Dev(DevCommand::Down(DevDownArgs { dir })) if dir == Path::new("/tmp/x"))
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for args in [
+            &["tandemctl", "dev", "up", "--nodes", "0"][..],
+            &["tandemctl", "dev", "up", "--nodes", "8"],
+            &["tandemctl", "status", "--endpoint", "localhost"],
+            &[
+                "tandemctl",
+                "status",
+                "--endpoint",
+                ADDR,
+                "--config",
+                "c.toml",
+            ],
+            &["tandemctl", "status", "--timeout-ms", "0"],
+            &["tandemctl"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Reaching a cluster: one endpoint, or each node of a config file in turn.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tandemd::admin_client::{self, AdminClientError};
+use tandemd::config::Config;
+
+use crate::cli::Target;
+
+/// An admin endpoint to try, with the node name when a config file gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Node name, when known.
+    pub name: Option<String>,
+    /// Admin address.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name} ({})", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// The endpoints of `target`, in the order to try them.
+pub fn endpoints(target: &Target) -> anyhow::Result<Vec<Endpoint>> {
+    match target {
+        Target::Endpoint(addr) => Ok(vec![Endpoint {
+            name: None,
+            addr: *addr,
+        }]),
+        Target::Config(path) => {
+            // The error already names the file, line and key.
+            let config = Config::load(path)?;
+            Ok(config
+                .nodes
+                .iter()
+                .map(|node| Endpoint {
+                    name: Some(node.name.clone()),
+                    addr: node.admin_addr,
+                })
+                .collect())
+        }
+    }
+}
+
+/// Calls `ask` on each endpoint in order and returns the first answer. When every endpoint
+/// fails, returns each one's error, in order.
+pub fn first_answer<T>(
+    endpoints: &[Endpoint],
+    mut ask: impl FnMut(SocketAddr) -> Result<T, AdminClientError>,
+) -> Result<T, Vec<(Endpoint, AdminClientError)>> {
+    let mut failures = Vec::new();
+    for endpoint in endpoints {
+        match ask(endpoint.addr) {
+            Ok(answer) => return Ok(answer),
+            Err(error) => failures.push((endpoint.clone(), error)),
+        }
+    }
+    Err(failures)
+}
+
+/// Runs `ask` against `target`: the one endpoint's error as is, or, when a config's nodes all
+/// fail, one stderr line per node and an error naming the config.
+pub fn ask<T>(
+    target: &Target,
+    what: &str,
+    ask: impl FnMut(SocketAddr) -> Result<T, AdminClientError>,
+) -> anyhow::Result<T> {
+    let endpoints = endpoints(target)?;
+    match first_answer(&endpoints, ask) {
+        Ok(answer) => Ok(answer),
+        Err(mut failures) => match target {
+            Target::Endpoint(_) => {
+                let (_, error) = failures
+                    .pop()
+                    .context("no endpoint was tried (this is a bug)")?;
+                Err(error).with_context(|| format!("get {what}"))
+            }
+            Target::Config(path) => {
+                for (endpoint, error) in &failures {
+                    match error {
+                        // The hint of a connect error goes once, on the last line.
+                        AdminClientError::Connect { source, .. } => {
+                            eprintln!("{endpoint}: cannot connect: {source}")
+                        }
+                        other => eprintln!("{endpoint}: {other}"),
+                    }
+                }
+                bail!(
+                    "get {what}: none of the {} nodes in {} answered (is the cluster running? \
+                     `tandemctl dev up` starts a local one)",
+                    failures.len(),
+                    path.display()
+                )
+            }
+        },
+    }
+}
+
+/// The cluster status from the first daemon of `target` that answers.
+pub fn status(target: &Target, timeout: Duration) -> anyhow::Result<tandem_proto::admin::Status> {
+    ask(target, "status", |addr| admin_client::status(addr, timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(name: &str, port: u16) -> Endpoint {
+        Endpoint {
+            name: Some(name.into()),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    #[test]
+    fn first_answer_skips_failures_in_order() {
+        let endpoints = [endpoint("n1", 1), endpoint("n2", 2), endpoint("n3", 3)];
+        let mut tried = Vec::new();
+        let answer = first_answer(&endpoints, |addr| {
+            tried.push(addr.port());
+            if addr.port() == 2 {
+                Ok("n2 answered")
+            } else {
+                Err(AdminClientError::Closed { addr })
+            }
+        });
+        assert_eq!(answer.unwrap(), "n2 answered");
+        assert_eq!(tried, vec![1, 2]);
+    }
+
+    #[test]
+    fn first_answer_returns_every_failure() {
+        let endpoints = [endpoint("n1", 1), endpoint("n2", 2)];
+        let failures =
+            first_answer::<()>(&endpoints, |addr| Err(AdminClientError::Closed { addr }))
+                .unwrap_err();
+        let names: Vec<String> = failures.iter().map(|(e, _)| e.to_string()).collect();
+        assert_eq!(names, vec!["n1 (127.0.0.1:1)", "n2 (127.0.0.1:2)"]);
+    }
+
+    #[test]
+    fn endpoints_of_a_config_are_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tandem.toml");
+        std::fs::write(
+            &path,
+            "[cluster]\nname = \"t\"\ndata_dir = \"d\"\n\
+             [[nodes]]\nname = \"b\"\npeer_addr = \"127.0.0.1:1\"\nadmin_addr = \"127.0.0.1:2\"\n\
+             [[nodes]]\nname = \"a\"\npeer_addr = \"127.0.0.1:3\"\nadmin_addr = \"127.0.0.1:4\"\n",
+        )
+        .unwrap();
+        let found = endpoints(&Target::Config(path)).unwrap();
+        assert_eq!(found, vec![endpoint("b", 2), endpoint("a", 4)]);
+    }
+
+    #[test]
+    fn missing_config_is_an_error_naming_it() {
+        let error = endpoints(&Target::Config("/nonexistent/t.toml".into())).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/t.toml"));
+    }
+}
