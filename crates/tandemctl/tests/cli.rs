@@ -1,0 +1,119 @@
+//! `tandemctl` as an operator runs it: exit codes, clear errors, JSON, `--config` failover,
+//! and `dev up` / `dev down` of a real local cluster.
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+use tandem_e2e::{wait_for, TestCluster, DEADLINE};
+
+fn tandemctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandemctl"))
+        .args(args)
+        .env_remove("TANDEM_CONFIG")
+        .output()
+        .expect("run tandemctl")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn unreachable_endpoint_fails_with_a_clear_message() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let output = tandemctl(&["--endpoint", &endpoint, "status"]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("cannot reach"), "{message}");
+    assert!(message.contains(&endpoint), "{message}");
+}
+
+#[test]
+fn status_json_names_the_leader_and_config_skips_a_dead_node() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.wait_leader(&[0, 1, 2]).leader;
+    let config = cluster.config_path.to_str().unwrap().to_owned();
+    let output = tandemctl(&["--config", &config, "status", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["leader"], leader.as_str());
+    assert!(json["term"].as_u64().unwrap() >= 1);
+    let nodes = json["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|node| node["up"] == true));
+
+    // n1 is the first node tandemctl tries; with it dead the next one answers.
+    cluster.kill9(0);
+    let survivors = [1, 2];
+    cluster.wait_leader(&survivors);
+    let json = wait_for("status via --config to show n1 down", DEADLINE, || {
+        let output = tandemctl(&["--config", &config, "status", "--json"]);
+        if !output.status.success() {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        (json["nodes"][0]["up"] == false).then_some(json)
+    });
+    assert_ne!(json["leader"], "n1");
+    assert!(json["leader"].is_string());
+
+    let table = tandemctl(&["--config", &config, "status"]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("down"), "{text}");
+    assert!(text.contains("leader"), "{text}");
+}
+
+/// A base port P such that P+1..=P+3 and P+101..=P+103 are all free right now.
+fn free_base_port() -> u16 {
+    for base in (20_000u16..40_000).step_by(217) {
+        let ports = (1..=3).chain(101..=103).map(|offset| base + offset);
+        let listeners: Result<Vec<_>, _> = ports
+            .map(|port| TcpListener::bind(("127.0.0.1", port)))
+            .collect();
+        if listeners.is_ok() {
+            return base;
+        }
+    }
+    panic!("no free port range on loopback");
+}
+
+#[test]
+fn dev_up_starts_a_cluster_and_dev_down_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev_dir = dir.path().join("dev");
+    let dev = dev_dir.to_str().unwrap();
+    let base = free_base_port().to_string();
+    let up = Command::new(env!("CARGO_BIN_EXE_tandemctl"))
+        .args(["dev", "up", "--dir", dev, "--base-port", &base])
+        .env("TANDEMD_BIN", tandem_e2e::binary("tandemd"))
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "dev up failed: {}", stderr(&up));
+    let config = dev_dir.join("tandem.toml");
+    let status = tandemctl(&["--config", config.to_str().unwrap(), "status", "--json"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(json["leader"].is_string(), "{json}");
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 3);
+
+    // A second `dev up` in the same directory is refused while the first is running.
+    let again = tandemctl(&["dev", "up", "--dir", dev, "--base-port", &base]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already running"),
+        "{}",
+        stderr(&again)
+    );
+
+    let down = tandemctl(&["dev", "down", "--dir", dev]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    let after = tandemctl(&["--config", config.to_str().unwrap(), "status"]);
+    assert!(!after.status.success(), "no daemon answers after dev down");
+}
