@@ -20,6 +20,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Path of a binary built from this workspace, next to the test executable's directory.
+///
+/// `cargo test --workspace` builds the binaries before any test runs. Testing one package
+/// alone (`-p tandem-e2e`) does not rebuild `tandemd`, so run `cargo build` first in that case.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // Tests run from target/<profile>/deps/, the benchmark from target/<profile>/.

@@ -195,6 +195,9 @@ mod tests {
             tracker.heartbeat_age(Time::from_millis(1000), NodeId(2)),
             Some(Duration::from_millis(100))
         );
-        assert_eq!(tracker.heartbeat_age(Time::from_millis(1000), NodeId(1)), None);
+        assert_eq!(
+            tracker.heartbeat_age(Time::from_millis(1000), NodeId(1)),
+            None
+        );
     }
 }
