@@ -10,7 +10,9 @@
 //! the replica overrides each new timeout with one drawn from its own seeded generator.
 
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
-use raft::{RawNode, StateRole};
+use std::collections::BTreeMap;
+
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use tandem_core::{ApplyOutcome, ClusterState, Command, NodeId};
 
 use crate::codec::{decode_command, decode_state, encode_command, encode_state};
@@ -118,7 +120,15 @@ pub struct Replica<D: Disk> {
     jitter: Jitter,
     /// (term, role, leader) when the timeout was last drawn; a change means raft reset it.
     last_reset_key: (u64, StateRole, u64),
+    /// On the leader: followers sent a snapshot, with the ticks waited since. raft-rs pauses a
+    /// follower until its snapshot is acknowledged; if the message was lost, only a reported
+    /// failure un-pauses it, so we report one after [`SNAPSHOT_ACK_TICKS_MAX`] ticks.
+    snapshots_in_flight: BTreeMap<u64, usize>,
 }
+
+/// Ticks a leader waits for a snapshot's acknowledgement before it counts the send as failed
+/// and lets raft-rs probe the follower again (which resends the snapshot if still needed).
+const SNAPSHOT_ACK_TICKS_MAX: usize = 50;
 
 impl<D: Disk> std::fmt::Debug for Replica<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -184,6 +194,7 @@ impl<D: Disk> Replica<D> {
             election_range: (config.election_ticks, config.election_ticks * 2),
             jitter: Jitter(config.election_seed),
             last_reset_key: (u64::MAX, StateRole::Follower, u64::MAX),
+            snapshots_in_flight: BTreeMap::new(),
         };
         replica.redraw_election_timeout();
         Ok(replica)
@@ -211,6 +222,34 @@ impl<D: Disk> Replica<D> {
     pub fn tick(&mut self) {
         self.raw.tick();
         self.redraw_election_timeout();
+        self.expire_snapshots_in_flight();
+    }
+
+    fn expire_snapshots_in_flight(&mut self) {
+        if self.snapshots_in_flight.is_empty() {
+            return;
+        }
+        let is_leader = self.is_leader();
+        let mut failed = Vec::new();
+        let prs = self.raw.raft.prs();
+        self.snapshots_in_flight.retain(|node, waited| {
+            *waited += 1;
+            let paused = is_leader
+                && prs
+                    .get(*node)
+                    .is_some_and(|progress| progress.state == ProgressState::Snapshot);
+            if paused && *waited >= SNAPSHOT_ACK_TICKS_MAX {
+                failed.push(*node);
+            }
+            paused && *waited < SNAPSHOT_ACK_TICKS_MAX
+        });
+        for node in failed {
+            tracing::info!(
+                node,
+                "snapshot not acknowledged in time; probing the follower again"
+            );
+            self.raw.report_snapshot(node, SnapshotStatus::Failure);
+        }
     }
 
     /// Feeds a message from a peer. Messages raft-rs refuses (e.g. from unknown peers) are
@@ -317,6 +356,11 @@ impl<D: Disk> Replica<D> {
         output.messages.extend(light.take_messages());
         self.apply_entries(light.take_committed_entries(), &mut output);
         self.raw.advance_apply();
+        for message in &output.messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_in_flight.insert(message.to, 0);
+            }
+        }
         self.maybe_snapshot()?;
         Ok(output)
     }
