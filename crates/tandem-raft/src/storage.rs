@@ -383,6 +383,11 @@ impl<D: Disk> WalStorage<D> {
                 let entry = Entry::parse_from_bytes(body).map_err(|error| error.to_string())?;
                 let index = entry.index;
                 if index <= base {
+                    // The snapshot covers this entry, but when it was written it replaced
+                    // everything after it, so any entry above the snapshot replayed so far
+                    // came before it and was overwritten: keeping it would resurrect a
+                    // conflicting suffix the leader had replaced.
+                    entries.clear();
                     return Ok(Some(index));
                 }
                 let expected_max = entries.last().map_or(base, |last| last.index) + 1;

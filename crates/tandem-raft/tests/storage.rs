@@ -228,6 +228,36 @@ fn conflicting_suffix_is_replaced_across_restart() {
     assert_eq!(all_entries(&storage), expected);
 }
 
+/// Found by the `wal_replay` fuzz target: a conflicting suffix overwritten from an index the
+/// snapshot later covers must stay overwritten after a restart. Replay used to skip the
+/// overwriting record (it lies below the snapshot) and so kept the stale entries after it.
+#[test]
+fn overwritten_suffix_stays_gone_when_the_overwrite_is_below_the_snapshot() {
+    let disk = MemDisk::new();
+    {
+        let mut storage = WalStorage::open(disk.clone(), WalOptions::default(), conf()).unwrap();
+        storage.append(&entries(1..=6, 1));
+        storage.sync().unwrap();
+        // A leader of term 2 overwrites from index 4 and its entry 4 commits; 5 and 6 of term
+        // 1 are gone for good.
+        storage.append(&entries(4..=4, 2));
+        storage.set_commit(4);
+        storage.sync().unwrap();
+        storage
+            .compact_with_snapshot(4, conf(), b"model at 4".to_vec())
+            .unwrap();
+        assert_eq!(storage.last_index().unwrap(), 4);
+    }
+    let storage = WalStorage::open(disk, WalOptions::default(), conf()).unwrap();
+    assert_eq!(storage.recovery().snapshot_index, 4);
+    assert_eq!(
+        storage.last_index().unwrap(),
+        4,
+        "stale entries 5 and 6 came back"
+    );
+    assert_eq!(storage.term(4).unwrap(), 2);
+}
+
 #[test]
 fn unsynced_writes_are_lost_in_a_crash_and_synced_ones_are_not() {
     let disk = MemDisk::new();
