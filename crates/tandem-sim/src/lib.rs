@@ -1,1 +1,310 @@
+//! Deterministic simulation of whole tandem clusters in one thread, from one `u64` seed.
+//!
+//! Every node runs the real [`tandem_raft::Replica`] (raft-rs over tandem's WAL storage) and
+//! the real [`tandem_core::LivenessTracker`]; only the world around them is simulated:
+//!
+//! - **time**: one event queue ordered by (time, sequence number); each node ticks every
+//!   10 ms of its own clock, which drifts by up to ±3 % ([`node`]);
+//! - **network**: per-message delay (1 ms to a per-seed maximum of 5–20 ms, a few messages
+//!   held back up to 200 ms more), loss, duplication, and partitions made of cut directed
+//!   links (symmetric and one-way), healed later ([`net`]). Raft messages travel as the bytes
+//!   of raft-rs's codec;
+//! - **disk**: each node has a [`tandem_raft::disk::MemDisk`]; a crash drops the replica
+//!   (all memory) and keeps, loses or tears each file's unsynced tail. Crashes can strike in
+//!   the middle of a write, and now and then leave garbage after the last record ([`disk`]);
+//! - **faults**: crashes and restarts, pauses (SIGSTOP-like: no ticks, messages queue),
+//!   partitions and bad network weather, drawn from the seed for a `fault_duration`;
+//! - **workload**: clients propose `Noop`s with unique nonces to the leader, and every node
+//!   sends liveness heartbeats to the leader, whose tracker commits `SetNodeLiveness`.
+//!
+//! The checkers ([`check`]) verify election safety, leader completeness, that committed
+//! entries are never lost or changed, ordered progress per node and equal cluster models.
+//! After the fault phase the world calms down (partitions heal, crashed nodes restart, no
+//! more loss or pauses) and the run must show liveness within `liveness_bound` (see
+//! [`SimConfig::liveness_bound`]).
+//!
+//! Everything is drawn from the seed (no thread RNG, no wall clock, no hash-map iteration),
+//! so a failing seed replays exactly:
+//! `TANDEM_SEED=<seed> cargo test -p tandem-sim --test sim -- replay --nocapture`.
 
+pub mod check;
+pub mod disk;
+pub mod net;
+pub mod node;
+pub mod rng;
+mod sim;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use check::LoggedEntry;
+
+/// What to simulate. Build it with [`SimConfig::for_seed`], which is also what the replay
+/// command uses, so only the seed needs to be reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    /// Everything random in the run derives from this.
+    pub seed: u64,
+    /// Cluster size (3 or 5 voters).
+    pub nodes: usize,
+    /// How long faults are injected, in simulated time.
+    pub fault_duration: Duration,
+    /// After the fault phase ends, within this much simulated time there must be a leader and
+    /// a freshly proposed `Noop` must be committed and applied on every node. 10 s is far more
+    /// than an election (100–200 ms timeouts) plus catching up a restarted node by snapshot
+    /// needs; a run that takes longer is stuck, not slow.
+    pub liveness_bound: Duration,
+    /// Mutation mode for testing the checkers: `fsync` lies, so a crash can lose writes that
+    /// were acknowledged (they become durable only at a write-back every second). Runs in
+    /// this mode are expected to fail.
+    pub lying_disk: bool,
+    /// Print every fault, election, recovery and the liveness probe to stderr.
+    pub verbose: bool,
+}
+
+impl SimConfig {
+    /// The standard configuration for `seed`: 3 nodes for even seeds, 5 for odd ones, 4 s of
+    /// faults, a 10 s liveness bound.
+    pub fn for_seed(seed: u64) -> Self {
+        Self {
+            seed,
+            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            fault_duration: Duration::from_secs(4),
+            liveness_bound: Duration::from_secs(10),
+            lying_disk: false,
+            verbose: false,
+        }
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let lying = if self.lying_disk {
+            "TANDEM_LYING_DISK=1 "
+        } else {
+            ""
+        };
+        let standard = Self {
+            lying_disk: self.lying_disk,
+            verbose: self.verbose,
+            ..Self::for_seed(self.seed)
+        };
+        let note = if *self == standard {
+            ""
+        } else {
+            " (the test replays SimConfig::for_seed; this run used a different config)"
+        };
+        format!(
+            "{lying}TANDEM_SEED={} cargo test -p tandem-sim --test sim -- replay --nocapture{note}",
+            self.seed
+        )
+    }
+}
+
+/// What a successful run did. Tests sum these to check that faults really happened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Simulated time at the end, microseconds.
+    pub end_time_us: u64,
+    /// Events handled.
+    pub events: u64,
+    /// Messages sent (raft and liveness heartbeats).
+    pub messages_sent: u64,
+    /// Messages delivered to a running (or paused, then resumed) node.
+    pub messages_delivered: u64,
+    /// Messages lost: by loss, partitions, or a crashed or overloaded receiver.
+    pub messages_dropped: u64,
+    /// Messages delivered twice.
+    pub messages_duplicated: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Crashes that struck in the middle of a write (an fsync that never returned).
+    pub crashes_mid_write: u64,
+    /// Unsynced tails a crash tore at a byte in the middle.
+    pub torn_writes: u64,
+    /// Crashes after which garbage was left after the last record.
+    pub garbage_tails: u64,
+    /// Restarts.
+    pub restarts: u64,
+    /// Restarts whose recovery found and cut a torn tail.
+    pub torn_tails_recovered: u64,
+    /// Pauses.
+    pub pauses: u64,
+    /// Partitions (isolations, splits, one-way cuts).
+    pub partitions: u64,
+    /// Terms that had a leader.
+    pub elections: u64,
+    /// Highest committed (applied) index.
+    pub entries_committed: u64,
+    /// Client proposals the leader accepted.
+    pub proposals: u64,
+    /// Client proposals the proposing leader saw applied (acknowledged to the client).
+    pub proposals_acknowledged: u64,
+    /// `SetNodeLiveness` commands that changed the model.
+    pub liveness_changes: u64,
+    /// Snapshots nodes took of their own model.
+    pub snapshots_taken: u64,
+    /// Snapshots sent by a leader and installed by a follower.
+    pub snapshots_installed: u64,
+    /// Simulated time from the end of the fault phase until a probe was applied everywhere.
+    pub recovery_time_us: u64,
+    /// Digest of the committed log, for determinism checks.
+    pub log_digest: u64,
+}
+
+impl SimReport {
+    /// Adds another run's counts to these (seed, nodes and digest are left alone; times are
+    /// maxed).
+    pub fn accumulate(&mut self, other: &SimReport) {
+        self.end_time_us = self.end_time_us.max(other.end_time_us);
+        self.recovery_time_us = self.recovery_time_us.max(other.recovery_time_us);
+        self.events += other.events;
+        self.messages_sent += other.messages_sent;
+        self.messages_delivered += other.messages_delivered;
+        self.messages_dropped += other.messages_dropped;
+        self.messages_duplicated += other.messages_duplicated;
+        self.crashes += other.crashes;
+        self.crashes_mid_write += other.crashes_mid_write;
+        self.torn_writes += other.torn_writes;
+        self.garbage_tails += other.garbage_tails;
+        self.restarts += other.restarts;
+        self.torn_tails_recovered += other.torn_tails_recovered;
+        self.pauses += other.pauses;
+        self.partitions += other.partitions;
+        self.elections += other.elections;
+        self.entries_committed += other.entries_committed;
+        self.proposals += other.proposals;
+        self.proposals_acknowledged += other.proposals_acknowledged;
+        self.liveness_changes += other.liveness_changes;
+        self.snapshots_taken += other.snapshots_taken;
+        self.snapshots_installed += other.snapshots_installed;
+    }
+}
+
+impl fmt::Display for SimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "events {}, messages {} sent / {} dropped / {} duplicated, crashes {} ({} mid-write, \
+             {} torn, {} garbage), restarts {} ({} torn tails recovered), pauses {}, \
+             partitions {}, elections {}, committed {}, proposals {} ({} acked), liveness \
+             changes {}, snapshots {} taken / {} installed, slowest recovery {:.3} s",
+            self.events,
+            self.messages_sent,
+            self.messages_dropped,
+            self.messages_duplicated,
+            self.crashes,
+            self.crashes_mid_write,
+            self.torn_writes,
+            self.garbage_tails,
+            self.restarts,
+            self.torn_tails_recovered,
+            self.pauses,
+            self.partitions,
+            self.elections,
+            self.entries_committed,
+            self.proposals,
+            self.proposals_acknowledged,
+            self.liveness_changes,
+            self.snapshots_taken,
+            self.snapshots_installed,
+            self.recovery_time_us as f64 / 1e6,
+        )
+    }
+}
+
+/// Which invariant a failed run broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Two leaders in one term.
+    ElectionSafety,
+    /// A new leader lacks an entry that was already committed.
+    LeaderCompleteness,
+    /// Two nodes applied different entries at one index (a committed entry was lost or
+    /// changed).
+    CommittedEntryChanged,
+    /// One client proposal was committed at two indexes.
+    DuplicateCommit,
+    /// A node's applied or commit index went backwards (or skipped) within one life.
+    WentBackwards,
+    /// Two nodes hold different cluster models at the same applied index.
+    StateDiverged,
+    /// After the faults ended, the cluster did not commit a probe everywhere in time.
+    Liveness,
+    /// A replica failed (recovery refused its disk, storage failed without a simulated
+    /// crash, an unreadable snapshot).
+    NodeError,
+    /// A message's bytes could not be decoded.
+    Codec,
+    /// The code under test panicked.
+    Panic,
+    /// The run exceeded its event budget.
+    Stuck,
+}
+
+impl FailureKind {
+    /// Whether this is a violated safety property (rather than a crash of the code under test
+    /// or a liveness failure).
+    pub fn is_safety(self) -> bool {
+        matches!(
+            self,
+            Self::ElectionSafety
+                | Self::LeaderCompleteness
+                | Self::CommittedEntryChanged
+                | Self::DuplicateCommit
+                | Self::WentBackwards
+                | Self::StateDiverged
+        )
+    }
+}
+
+/// A failed run: which invariant broke, when, and how to replay it.
+#[derive(Debug, Clone)]
+pub struct SimFailure {
+    /// The configuration of the run (its seed first of all).
+    pub config: SimConfig,
+    /// Simulated time of the failure, microseconds.
+    pub time_us: u64,
+    /// Number of the event being handled.
+    pub event: u64,
+    /// Which invariant.
+    pub kind: FailureKind,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "simulation failed: seed {} ({} nodes{}), at {} (event #{}): {:?}: {}\n  replay: {}",
+            self.config.seed,
+            self.config.nodes,
+            if self.config.lying_disk {
+                ", lying disk"
+            } else {
+                ""
+            },
+            tandem_core::Time::from_micros(self.time_us),
+            self.event,
+            self.kind,
+            self.detail,
+            self.config.replay_command()
+        )
+    }
+}
+
+impl std::error::Error for SimFailure {}
+
+/// Runs one simulation.
+pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
+    run_with_log(config).map(|(report, _)| report)
+}
+
+/// Runs one simulation and also returns the committed log it produced.
+pub fn run_with_log(config: SimConfig) -> Result<(SimReport, Vec<LoggedEntry>), SimFailure> {
+    sim::Sim::new(config).run()
+}

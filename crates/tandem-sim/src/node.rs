@@ -1,0 +1,72 @@
+//! One simulated node: its disk (which outlives crashes), its replica (which does not), its
+//! clock drift and, while it leads, its liveness tracker.
+
+use tandem_core::{LivenessTracker, Time};
+use tandem_raft::Replica;
+
+use crate::disk::SimDisk;
+use crate::net::Wire;
+
+/// Whether a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Ticking and handling messages.
+    Running,
+    /// Stopped like a process under SIGSTOP or a long GC pause: no ticks, and messages wait in
+    /// its inbox (as in its socket buffers) until it resumes.
+    Paused,
+    /// Down: its memory is gone, only its disk remains. Messages to it are dropped.
+    Crashed,
+}
+
+/// Most messages a paused node queues; later ones are dropped, like a full socket buffer.
+pub const INBOX_LEN_MAX: usize = 1024;
+
+/// A simulated node.
+#[derive(Debug)]
+pub struct SimNode {
+    /// Raft id (1-based).
+    pub id: u64,
+    /// The disk; survives crashes.
+    pub disk: SimDisk,
+    /// The replica while the node runs or is paused; dropped by a crash.
+    pub replica: Option<Replica<SimDisk>>,
+    /// Running, paused or crashed.
+    pub status: Status,
+    /// Bumped on every crash, pause, resume and restart; a timer event that carries an older
+    /// epoch belongs to a previous life of the node and is ignored.
+    pub epoch: u64,
+    /// How many times it was restarted (mixed into its election seed).
+    pub restarts: u64,
+    /// Clock drift in parts per million: its local clock runs at `1 + drift` times real time.
+    pub drift_ppm: i64,
+    /// The liveness tracker, present while this node leads.
+    pub tracker: Option<LivenessTracker>,
+    /// Messages that arrived while paused, in arrival order.
+    pub inbox: Vec<(u64, Wire)>,
+    /// When the disk was armed to crash during a write (it crashes anyway after a while).
+    pub armed_at: Option<u64>,
+    /// Snapshot index last seen, to count the snapshots the node takes.
+    pub snapshot_index: u64,
+}
+
+impl SimNode {
+    /// The node's local clock at simulated time `now_us`, as the liveness tracker sees it.
+    pub fn local_now(&self, now_us: u64) -> Time {
+        let scaled = i128::from(now_us) * (1_000_000 + i128::from(self.drift_ppm)) / 1_000_000;
+        Time::from_micros(scaled as u64)
+    }
+
+    /// How much simulated time `local_us` of the node's clock take.
+    pub fn real_duration(&self, local_us: u64) -> u64 {
+        let scaled = i128::from(local_us) * 1_000_000 / (1_000_000 + i128::from(self.drift_ppm));
+        scaled as u64
+    }
+
+    /// The replica; the caller knows the node is not crashed.
+    pub fn replica(&mut self) -> &mut Replica<SimDisk> {
+        self.replica
+            .as_mut()
+            .expect("a node that is not crashed has a replica")
+    }
+}
