@@ -68,7 +68,7 @@ impl SimConfig {
     pub fn for_seed(seed: u64) -> Self {
         Self {
             seed,
-            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            nodes: if seed.is_multiple_of(2) { 3 } else { 5 },
             fault_duration: Duration::from_secs(4),
             liveness_bound: Duration::from_secs(10),
             lying_disk: false,

@@ -144,7 +144,7 @@ fn sweep() {
             }
         }
         let done = seed - start + 1;
-        if done % 1000 == 0 {
+        if done.is_multiple_of(1000) {
             println!(
                 "sweep: {done}/{seeds} seeds, {} failed, {:.1?}",
                 failures.len(),
