@@ -4,11 +4,15 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["peer.proto", "state.proto", "admin.proto"];
+    let files = ["peer.proto", "state.proto", "admin.proto", "sdk.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={}", proto_dir.join(file).display());
     }
     let descriptors = protox::compile(files, [&proto_dir])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // Maps as BTreeMaps: encoding then follows key order, so the same value always encodes to
+    // the same bytes (a HashMap's order is random per process).
+    prost_build::Config::new()
+        .btree_map(["."])
+        .compile_fds(descriptors)?;
     Ok(())
 }

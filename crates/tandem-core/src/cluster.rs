@@ -1,18 +1,84 @@
 //! The replicated cluster model and the commands that change it.
 //!
 //! Every node applies the same committed commands in the same order, so every node holds the
-//! same `ClusterState` at the same applied index. Later capabilities (services, units, shards,
-//! assignments) extend `Command` and `ClusterState`; the apply function stays deterministic.
+//! same `ClusterState` at the same applied index. `apply` is deterministic and checks each
+//! command against the state it finds (a command proposed on a stale view is refused, never
+//! half-applied), so the safety of an assignment never depends on who proposed it or when.
+//!
+//! Assignment invariants kept by `apply`:
+//! - a shard of a single-ACTIVE model (2n, n+m, none) has at most one unit that is ACTIVE or
+//!   QUIESCING;
+//! - a unit holds roles only for shards of its own service;
+//! - a shard's `epoch` grows whenever a unit becomes ACTIVE for it, and its `version` grows
+//!   with every change of its roles, so agents and the director can tell stale views apart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
-/// A node's Raft id. Ids are assigned from the config: the n-th `[[nodes]]` entry is id n (1-based).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(pub u64);
+use crate::ids::{NodeId, ServiceName, ShardName, UnitName};
+use crate::ladder::{FaultKind, FaultRecord, Ladder, RecoveryAction};
+use crate::topology::{RedundancyModel, ServiceSpec, Topology};
 
-impl std::fmt::Display for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
+/// AMF administrative state of a unit or a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum AdminState {
+    /// In service.
+    #[default]
+    Unlocked,
+    /// Out of service: holds no assignments, but its process runs.
+    Locked,
+    /// Locked, and its process is not run either.
+    LockedInstantiation,
+    /// Giving its assignments away gracefully; becomes `Locked` when it holds none.
+    ShuttingDown,
+}
+
+impl AdminState {
+    /// Lower-case name for status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unlocked => "unlocked",
+            Self::Locked => "locked",
+            Self::LockedInstantiation => "locked-instantiation",
+            Self::ShuttingDown => "shutting-down",
+        }
+    }
+}
+
+/// A unit's HA state for one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Does the shard's work.
+    Active,
+    /// Ready to take over.
+    Standby,
+    /// Finishing in-flight work, taking no new work; becomes QUIESCED.
+    Quiescing,
+    /// Does no work for the shard.
+    Quiesced,
+}
+
+impl Role {
+    /// Upper-case name, as AMF writes HA states.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Standby => "STANDBY",
+            Self::Quiescing => "QUIESCING",
+            Self::Quiesced => "QUIESCED",
+        }
+    }
+
+    /// Whether a unit in this role may be doing the shard's work (ACTIVE, or QUIESCING while
+    /// it finishes).
+    pub fn is_acting(self) -> bool {
+        matches!(self, Self::Active | Self::Quiescing)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -25,6 +91,189 @@ pub struct NodeRecord {
     pub up: bool,
     /// Raft index of the entry that last changed `up` (0: never changed since bootstrap).
     pub changed_at_index: u64,
+    /// Administrative state (applies to every unit on the node).
+    pub admin: AdminState,
+    /// Bumped by an L3 node restart: the node's agent runs the node-restart command once per
+    /// value.
+    pub restart_generation: u64,
+}
+
+/// A fault's identity: the unit instance (generation) and a per-instance sequence number, so a
+/// fault reported again (it is repeated until committed) is applied once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct FaultId {
+    /// The instance's generation.
+    pub generation: u64,
+    /// The agent's number for this fault within the instance (from 1).
+    pub seq: u64,
+}
+
+/// What the cluster agreed about one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitRecord {
+    /// Its name.
+    pub name: UnitName,
+    /// Its service.
+    pub service: ServiceName,
+    /// The node it runs on now (its configured node unless relocated).
+    pub node: NodeId,
+    /// Administrative state.
+    pub admin: AdminState,
+    /// Operational state: false once the ladder gave up, until `repair`.
+    pub enabled: bool,
+    /// The instance the agent should run; a new value means "restart".
+    pub generation: u64,
+    /// An admin or L3 restart waits for the unit's assignments to be handed over first.
+    pub restart_pending: bool,
+    /// The next start rebuilds the unit's local replica (L2).
+    pub reinitialise: bool,
+    /// Bumped by an L0 recovery: the agent calls the unit's `reset` hook once per value.
+    pub reset_requests: u64,
+    /// The newest fault applied, so a repeated report is not counted twice.
+    pub fault_seen: FaultId,
+    /// Restart escalation counters.
+    pub ladder: Ladder,
+}
+
+/// A planned move of a shard's ACTIVE away from a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// The unit giving the ACTIVE up (QUIESCING or QUIESCED while the handover runs).
+    pub from: UnitName,
+    /// The unit taking it (holds STANDBY meanwhile), if there is one.
+    pub to: Option<UnitName>,
+    /// Why.
+    pub reason: HandoverReason,
+}
+
+/// Why a handover runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoverReason {
+    /// An operator's switchover.
+    Switchover,
+    /// The unit or its node was locked (no grace) or shut down (graceful).
+    OutOfService,
+    /// The unit is about to restart (admin restart, L3 node restart).
+    Restart,
+}
+
+impl HandoverReason {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Switchover => "switchover",
+            Self::OutOfService => "out-of-service",
+            Self::Restart => "restart",
+        }
+    }
+}
+
+/// What the cluster agreed about one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardRecord {
+    /// Its name.
+    pub name: ShardName,
+    /// Its service.
+    pub service: ServiceName,
+    /// Grows whenever a unit becomes ACTIVE for the shard; fences stale actors.
+    pub epoch: u64,
+    /// Grows with every change of the roles; agents confirm roles at a version.
+    pub version: u64,
+    /// Every unit holding a role for the shard.
+    pub roles: BTreeMap<UnitName, Role>,
+    /// A handover in progress.
+    pub handover: Option<Handover>,
+}
+
+impl ShardRecord {
+    /// Units holding `role`.
+    pub fn units_in(&self, role: Role) -> impl Iterator<Item = &UnitName> + '_ {
+        self.roles
+            .iter()
+            .filter(move |(_, held)| **held == role)
+            .map(|(unit, _)| unit)
+    }
+
+    /// Units that may be doing the shard's work (ACTIVE or QUIESCING).
+    pub fn acting(&self) -> impl Iterator<Item = &UnitName> + '_ {
+        self.roles
+            .iter()
+            .filter(|(_, role)| role.is_acting())
+            .map(|(unit, _)| unit)
+    }
+}
+
+/// The target of an administrative operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminTarget {
+    /// One unit.
+    Unit(UnitName),
+    /// A node and every unit on it.
+    Node(NodeId),
+}
+
+impl fmt::Display for AdminTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unit(unit) => write!(f, "unit {unit}"),
+            Self::Node(node) => write!(f, "node {node}"),
+        }
+    }
+}
+
+/// An AMF administrative operation on a unit or node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminOp {
+    /// Take assignments away at once (ACTIVE → QUIESCED, then to the standby).
+    Lock,
+    /// Put back in service.
+    Unlock,
+    /// Take assignments away gracefully (ACTIVE → QUIESCING), then lock.
+    Shutdown,
+    /// Stop the process of a locked unit (or of every unit of a locked node).
+    LockInstantiation,
+    /// Start it again (stays locked).
+    UnlockInstantiation,
+    /// Restart the process, after handing its ACTIVE shards over.
+    Restart,
+    /// Clear a disabled unit (or every unit of a node) and its escalation counters.
+    Repair,
+}
+
+impl AdminOp {
+    /// The operation's CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lock => "lock",
+            Self::Unlock => "unlock",
+            Self::Shutdown => "shutdown",
+            Self::LockInstantiation => "lock-instantiation",
+            Self::UnlockInstantiation => "unlock-instantiation",
+            Self::Restart => "restart",
+            Self::Repair => "repair",
+        }
+    }
+}
+
+/// One change of one unit's role in a `Reassign`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleChange {
+    /// The unit.
+    pub unit: UnitName,
+    /// Its new role; `None` removes it from the shard.
+    pub role: Option<Role>,
+}
+
+/// What a `Reassign` does to the shard's handover.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HandoverUpdate {
+    /// Leave it as it is.
+    #[default]
+    Keep,
+    /// Start one.
+    Start(Handover),
+    /// It is over (finished or given up).
+    Clear,
 }
 
 /// A command carried by one Raft log entry.
@@ -35,12 +284,63 @@ pub enum Command {
         /// Chosen by the proposer so that two no-ops are distinguishable in the log.
         nonce: u64,
     },
-    /// The leader's verdict that a node is up or down.
+    /// The leader's verdict that a node is up or down. A down verdict also takes every role
+    /// away from the node's units (their lease ran out before the verdict, so they no longer
+    /// act), promotes the listed STANDBYs and hands each unit that held a role to the ladder as
+    /// a node-class fault, all in this one entry: a node seen down never still holds roles, so
+    /// no lease granted around the verdict can let its units act on an assignment being moved.
     SetNodeLiveness {
         /// The node concerned.
         node: NodeId,
         /// New verdict.
         up: bool,
+        /// The proposing leader's wall clock, ms since the Unix epoch (for the ladder).
+        at_ms: u64,
+        /// With a down verdict: shards whose STANDBY becomes ACTIVE, (shard, standby unit).
+        promotions: Vec<(ShardName, UnitName)>,
+    },
+    /// Installs the topology from the leader's config, keeping the runtime state of every
+    /// unit and shard that is still there.
+    SetTopology(Topology),
+    /// An administrative operation.
+    Admin {
+        /// Unit or node.
+        target: AdminTarget,
+        /// What to do.
+        op: AdminOp,
+    },
+    /// Changes a shard's roles, if its version is still `expected_version`.
+    Reassign {
+        /// The shard.
+        shard: ShardName,
+        /// The version the proposer planned from.
+        expected_version: u64,
+        /// Role changes, applied in order.
+        changes: Vec<RoleChange>,
+        /// What happens to the shard's handover.
+        handover: HandoverUpdate,
+    },
+    /// A unit failed: its roles are taken away (it can no longer act: it is dead, killed, or
+    /// stopped acting before reporting), the listed STANDBYs take over, and the ladder picks a
+    /// recovery.
+    UnitFault {
+        /// The unit.
+        unit: UnitName,
+        /// Which instance and which of its faults.
+        fault: FaultId,
+        /// What went wrong.
+        kind: FaultKind,
+        /// The proposing leader's wall clock, ms since the Unix epoch (for probation windows).
+        at_ms: u64,
+        /// Shards whose STANDBY becomes ACTIVE in the same step: (shard, standby unit).
+        promotions: Vec<(ShardName, UnitName)>,
+    },
+    /// A restart that waited for handovers goes ahead: the unit's generation grows.
+    RestartUnit {
+        /// The unit.
+        unit: UnitName,
+        /// Its generation when the restart was planned.
+        expected_generation: u64,
     },
 }
 
@@ -55,12 +355,198 @@ pub enum ApplyOutcome {
     Refused(String),
 }
 
+/// Something that happened to the model, reported by `apply` (the same on every node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelEvent {
+    /// A node's committed liveness changed.
+    NodeLiveness {
+        /// The node.
+        node: NodeId,
+        /// New verdict.
+        up: bool,
+    },
+    /// A topology was installed.
+    TopologySet {
+        /// Services in it.
+        services: usize,
+        /// Units in it.
+        units: usize,
+        /// Shards in it.
+        shards: usize,
+    },
+    /// An administrative state changed.
+    AdminChanged {
+        /// Unit or node.
+        target: AdminTarget,
+        /// The operation.
+        op: AdminOp,
+        /// The new state.
+        state: AdminState,
+    },
+    /// A unit's role for a shard changed.
+    RoleChanged {
+        /// The shard.
+        shard: ShardName,
+        /// The unit.
+        unit: UnitName,
+        /// Role before (`None`: none).
+        from: Option<Role>,
+        /// Role after (`None`: removed).
+        to: Option<Role>,
+        /// The shard's epoch after the change.
+        epoch: u64,
+    },
+    /// A handover started.
+    HandoverStarted {
+        /// The shard.
+        shard: ShardName,
+        /// The handover.
+        handover: Handover,
+    },
+    /// A handover ended.
+    HandoverEnded {
+        /// The shard.
+        shard: ShardName,
+        /// The unit that held the ACTIVE.
+        from: UnitName,
+        /// Whether the ACTIVE moved (`false`: given up, the old ACTIVE kept it or the shard
+        /// waits for a new one).
+        moved: bool,
+    },
+    /// A fault was handled.
+    UnitFaulted {
+        /// The unit.
+        unit: UnitName,
+        /// What the ladder did.
+        record: FaultRecord,
+    },
+    /// A unit will (re)start as a new instance.
+    UnitRestarting {
+        /// The unit.
+        unit: UnitName,
+        /// The new generation.
+        generation: u64,
+    },
+    /// A unit moved to another node.
+    UnitRelocated {
+        /// The unit.
+        unit: UnitName,
+        /// Old node.
+        from: NodeId,
+        /// New node.
+        to: NodeId,
+    },
+    /// A unit was disabled or repaired.
+    UnitEnabled {
+        /// The unit.
+        unit: UnitName,
+        /// New operational state.
+        enabled: bool,
+    },
+}
+
+impl fmt::Display for ModelEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let role = |role: &Option<Role>| role.map_or("none", Role::name);
+        match self {
+            Self::NodeLiveness { node, up } => {
+                write!(f, "node {node} is {}", if *up { "up" } else { "down" })
+            }
+            Self::TopologySet {
+                services,
+                units,
+                shards,
+            } => write!(
+                f,
+                "topology installed: {services} services, {units} units, {shards} shards"
+            ),
+            Self::AdminChanged { target, op, state } => {
+                write!(f, "{} {target}: now {}", op.name(), state.name())
+            }
+            Self::RoleChanged {
+                shard,
+                unit,
+                from,
+                to,
+                epoch,
+            } => write!(
+                f,
+                "shard {shard}: unit {unit} {} -> {} (epoch {epoch})",
+                role(from),
+                role(to)
+            ),
+            Self::HandoverStarted { shard, handover } => write!(
+                f,
+                "shard {shard}: {} handover from {} to {}",
+                handover.reason.name(),
+                handover.from,
+                handover.to.as_ref().map_or("none", UnitName::as_str)
+            ),
+            Self::HandoverEnded { shard, from, moved } => write!(
+                f,
+                "shard {shard}: handover from {from} {}",
+                if *moved { "done" } else { "given up" }
+            ),
+            Self::UnitFaulted { unit, record } => write!(
+                f,
+                "unit {unit}: {} -> {} {}",
+                record.kind,
+                record.level.label(),
+                record.action
+            ),
+            Self::UnitRestarting { unit, generation } => {
+                write!(f, "unit {unit}: starting instance {generation}")
+            }
+            Self::UnitRelocated { unit, from, to } => {
+                write!(f, "unit {unit}: relocated from node {from} to node {to}")
+            }
+            Self::UnitEnabled { unit, enabled } => write!(
+                f,
+                "unit {unit}: {}",
+                if *enabled {
+                    "repaired"
+                } else {
+                    "disabled until repaired"
+                }
+            ),
+        }
+    }
+}
+
+impl ModelEvent {
+    /// A short machine-readable kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NodeLiveness { .. } => "node-liveness",
+            Self::TopologySet { .. } => "topology",
+            Self::AdminChanged { .. } => "admin",
+            Self::RoleChanged { .. } => "role",
+            Self::HandoverStarted { .. } => "handover-started",
+            Self::HandoverEnded { .. } => "handover-ended",
+            Self::UnitFaulted { .. } => "fault",
+            Self::UnitRestarting { .. } => "restart",
+            Self::UnitRelocated { .. } => "relocated",
+            Self::UnitEnabled { .. } => "operational",
+        }
+    }
+}
+
 /// The replicated cluster model.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterState {
     /// Every configured node, by id. Nodes start `up` at bootstrap: the first leader's liveness
     /// tracker gives each one a full timeout to prove itself before it is declared down.
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// The committed topology (empty until the first leader installs its config's).
+    pub topology: Topology,
+    /// Every unit of the topology, by name.
+    pub units: BTreeMap<UnitName, UnitRecord>,
+    /// Every shard of the topology, by name.
+    pub shards: BTreeMap<ShardName, ShardRecord>,
+}
+
+fn refused(reason: impl Into<String>) -> ApplyOutcome {
+    ApplyOutcome::Refused(reason.into())
 }
 
 impl ClusterState {
@@ -75,38 +561,859 @@ impl ClusterState {
                         id,
                         up: true,
                         changed_at_index: 0,
+                        admin: AdminState::Unlocked,
+                        restart_generation: 0,
                     },
                 )
             })
             .collect();
-        Self { nodes }
+        Self {
+            nodes,
+            ..Self::default()
+        }
     }
 
     /// Applies the command committed at `index`. Deterministic: every node gets the same outcome.
     pub fn apply(&mut self, index: u64, command: &Command) -> ApplyOutcome {
+        let mut events = Vec::new();
+        self.apply_with_events(index, command, &mut events)
+    }
+
+    /// Like [`ClusterState::apply`], and reports what happened to `events`. A refused command
+    /// reports nothing and changes nothing.
+    pub fn apply_with_events(
+        &mut self,
+        index: u64,
+        command: &Command,
+        events: &mut Vec<ModelEvent>,
+    ) -> ApplyOutcome {
+        // Work on a copy for commands that change several records, so that a refusal half-way
+        // leaves nothing behind. Commands touching one field change it only after checking.
         match command {
             Command::Noop { .. } => ApplyOutcome::Unchanged,
-            Command::SetNodeLiveness { node, up } => match self.nodes.get_mut(node) {
-                None => ApplyOutcome::Refused(format!("node {node} is not a member")),
+            Command::SetNodeLiveness {
+                node,
+                up,
+                at_ms,
+                promotions,
+            } => match self.nodes.get(node) {
+                None => refused(format!("node {node} is not a member")),
                 Some(record) if record.up == *up => ApplyOutcome::Unchanged,
+                Some(_) => self.transact(events, |state, events| {
+                    state.set_liveness(index, *node, *up, *at_ms, promotions, events)
+                }),
+            },
+            Command::SetTopology(topology) => {
+                self.transact(events, |state, events| state.set_topology(topology, events))
+            }
+            Command::Admin { target, op } => {
+                self.transact(events, |state, events| state.admin(target, *op, events))
+            }
+            Command::Reassign {
+                shard,
+                expected_version,
+                changes,
+                handover,
+            } => self.transact(events, |state, events| {
+                state.reassign(shard, *expected_version, changes, handover, events)
+            }),
+            Command::UnitFault {
+                unit,
+                fault,
+                kind,
+                at_ms,
+                promotions,
+            } => self.transact(events, |state, events| {
+                state.unit_fault(unit, *fault, kind, *at_ms, promotions, events)
+            }),
+            Command::RestartUnit {
+                unit,
+                expected_generation,
+            } => match self.units.get_mut(unit) {
+                None => refused(format!("unit {unit} does not exist")),
+                Some(record)
+                    if record.generation != *expected_generation || !record.restart_pending =>
+                {
+                    ApplyOutcome::Unchanged
+                }
                 Some(record) => {
-                    record.up = *up;
-                    record.changed_at_index = index;
+                    record.restart_pending = false;
+                    record.generation += 1;
+                    events.push(ModelEvent::UnitRestarting {
+                        unit: unit.clone(),
+                        generation: record.generation,
+                    });
                     ApplyOutcome::Changed
                 }
             },
         }
     }
 
+    /// Runs `change` on a copy and keeps it only if the command was not refused.
+    fn transact(
+        &mut self,
+        events: &mut Vec<ModelEvent>,
+        change: impl FnOnce(&mut ClusterState, &mut Vec<ModelEvent>) -> ApplyOutcome,
+    ) -> ApplyOutcome {
+        let mut draft = self.clone();
+        let mut draft_events = Vec::new();
+        let outcome = change(&mut draft, &mut draft_events);
+        if !matches!(outcome, ApplyOutcome::Refused(_)) {
+            *self = draft;
+            events.extend(draft_events);
+        }
+        outcome
+    }
+
     /// Whether `node` is a member and currently judged up.
     pub fn is_up(&self, node: NodeId) -> bool {
         self.nodes.get(&node).is_some_and(|record| record.up)
     }
+
+    /// The spec of `unit`'s service.
+    pub fn service_of_unit(&self, unit: &UnitName) -> Option<&ServiceSpec> {
+        let record = self.units.get(unit)?;
+        self.topology.service(&record.service)
+    }
+
+    /// Units placed on `node`, by name.
+    pub fn units_on(&self, node: NodeId) -> impl Iterator<Item = &UnitRecord> + '_ {
+        self.units.values().filter(move |unit| unit.node == node)
+    }
+
+    /// Every (shard, role) held by `unit`.
+    pub fn roles_of<'a>(
+        &'a self,
+        unit: &'a UnitName,
+    ) -> impl Iterator<Item = (&'a ShardName, Role)> + 'a {
+        self.shards
+            .values()
+            .filter_map(move |shard| shard.roles.get(unit).map(|role| (&shard.name, *role)))
+    }
+
+    /// Whether the agent should run `unit`'s process: it is enabled and neither it nor its
+    /// node is locked for instantiation.
+    pub fn should_run(&self, unit: &UnitRecord) -> bool {
+        let node_allows = self
+            .nodes
+            .get(&unit.node)
+            .is_some_and(|node| node.admin != AdminState::LockedInstantiation);
+        unit.enabled && unit.admin != AdminState::LockedInstantiation && node_allows
+    }
+
+    /// Whether `unit` may be given new assignments as far as the committed state tells (the
+    /// director also wants its process running and registered): enabled, unlocked, no restart
+    /// pending, on an up and unlocked node.
+    pub fn in_service(&self, unit: &UnitRecord) -> bool {
+        let node_ok = self
+            .nodes
+            .get(&unit.node)
+            .is_some_and(|node| node.up && node.admin == AdminState::Unlocked);
+        unit.enabled && unit.admin == AdminState::Unlocked && !unit.restart_pending && node_ok
+    }
+
+    /// The admin state that governs `unit`: the more restrictive of its own and its node's.
+    pub fn effective_admin(&self, unit: &UnitRecord) -> AdminState {
+        let node = self
+            .nodes
+            .get(&unit.node)
+            .map_or(AdminState::Unlocked, |node| node.admin);
+        let rank = |state: AdminState| match state {
+            AdminState::Unlocked => 0,
+            AdminState::ShuttingDown => 1,
+            AdminState::Locked => 2,
+            AdminState::LockedInstantiation => 3,
+        };
+        if rank(node) > rank(unit.admin) {
+            node
+        } else {
+            unit.admin
+        }
+    }
+
+    // ----- topology -----
+
+    fn set_topology(&mut self, topology: &Topology, events: &mut Vec<ModelEvent>) -> ApplyOutcome {
+        if *topology == self.topology {
+            return ApplyOutcome::Unchanged;
+        }
+        let members: BTreeSet<NodeId> = self.nodes.keys().copied().collect();
+        if let Err(error) = topology.validate(&members) {
+            return refused(format!("invalid topology: {error}"));
+        }
+        // A unit that may be doing a shard's work cannot just vanish: its process would keep
+        // acting while the shard is given to another unit.
+        for shard in self.shards.values() {
+            for unit in shard.acting() {
+                let kept = topology.service(&shard.service).is_some_and(|service| {
+                    service.unit(unit).is_some() && service.shards.contains(&shard.name)
+                });
+                if !kept {
+                    return refused(format!(
+                        "the new topology drops unit {unit} or its shard {} while the unit is \
+                         ACTIVE for it; lock the unit first (tandemctl lock {unit})",
+                        shard.name
+                    ));
+                }
+            }
+        }
+        let old = std::mem::replace(&mut self.topology, topology.clone());
+        let mut units = BTreeMap::new();
+        let mut shards = BTreeMap::new();
+        for service in &topology.services {
+            let old_service = old.service(&service.name);
+            for spec in &service.units {
+                let kept = self
+                    .units
+                    .remove(&spec.name)
+                    .filter(|record| record.service == service.name);
+                let record = match kept {
+                    Some(mut record) => {
+                        // A node changed in the config moves the unit; otherwise a relocated
+                        // unit stays where the ladder put it.
+                        let old_node = old_service
+                            .and_then(|old| old.unit(&spec.name))
+                            .map(|u| u.node);
+                        if old_node != Some(spec.node) && record.node != spec.node {
+                            record.node = spec.node;
+                            record.generation += 1;
+                        }
+                        record
+                    }
+                    None => UnitRecord {
+                        name: spec.name.clone(),
+                        service: service.name.clone(),
+                        node: spec.node,
+                        admin: AdminState::Unlocked,
+                        enabled: true,
+                        generation: 1,
+                        restart_pending: false,
+                        reinitialise: false,
+                        reset_requests: 0,
+                        fault_seen: FaultId::default(),
+                        ladder: Ladder::default(),
+                    },
+                };
+                units.insert(spec.name.clone(), record);
+            }
+            for name in &service.shards {
+                let record = match self.shards.remove(name) {
+                    Some(mut record) if record.service == service.name => {
+                        let before = record.roles.len();
+                        record.roles.retain(|unit, _| service.unit(unit).is_some());
+                        if record
+                            .handover
+                            .as_ref()
+                            .is_some_and(|handover| !record.roles.contains_key(&handover.from))
+                        {
+                            record.handover = None;
+                        }
+                        if record.roles.len() != before {
+                            record.version += 1;
+                        }
+                        record
+                    }
+                    _ => ShardRecord {
+                        name: name.clone(),
+                        service: service.name.clone(),
+                        epoch: 0,
+                        version: 0,
+                        roles: BTreeMap::new(),
+                        handover: None,
+                    },
+                };
+                shards.insert(name.clone(), record);
+            }
+        }
+        self.units = units;
+        self.shards = shards;
+        events.push(ModelEvent::TopologySet {
+            services: topology.services.len(),
+            units: self.units.len(),
+            shards: self.shards.len(),
+        });
+        self.settle_shutdowns(events);
+        ApplyOutcome::Changed
+    }
+
+    // ----- administrative operations -----
+
+    fn admin(
+        &mut self,
+        target: &AdminTarget,
+        op: AdminOp,
+        events: &mut Vec<ModelEvent>,
+    ) -> ApplyOutcome {
+        let state = match target {
+            AdminTarget::Unit(unit) => match self.units.get(unit) {
+                Some(record) => record.admin,
+                None => return refused(format!("unit {unit} does not exist")),
+            },
+            AdminTarget::Node(node) => match self.nodes.get(node) {
+                Some(record) => record.admin,
+                None => return refused(format!("node {node} is not a member")),
+            },
+        };
+        let next = match admin_transition(state, op) {
+            Ok(next) => next,
+            Err(reason) => return refused(format!("{target}: {reason}")),
+        };
+        let units: Vec<UnitName> = match target {
+            AdminTarget::Unit(unit) => vec![unit.clone()],
+            AdminTarget::Node(node) => self.units_on(*node).map(|unit| unit.name.clone()).collect(),
+        };
+        match op {
+            AdminOp::Restart => {
+                for unit in &units {
+                    let record = self.units.get_mut(unit).expect("listed above");
+                    if record.enabled && record.admin != AdminState::LockedInstantiation {
+                        record.restart_pending = true;
+                    }
+                }
+            }
+            AdminOp::Repair => {
+                for unit in &units {
+                    let record = self.units.get_mut(unit).expect("listed above");
+                    if !record.enabled {
+                        events.push(ModelEvent::UnitEnabled {
+                            unit: unit.clone(),
+                            enabled: true,
+                        });
+                    }
+                    record.enabled = true;
+                    record.ladder = Ladder::default();
+                }
+            }
+            _ => {}
+        }
+        match target {
+            AdminTarget::Unit(unit) => self.units.get_mut(unit).expect("checked").admin = next,
+            AdminTarget::Node(node) => self.nodes.get_mut(node).expect("checked").admin = next,
+        }
+        events.push(ModelEvent::AdminChanged {
+            target: target.clone(),
+            op,
+            state: next,
+        });
+        self.settle_shutdowns(events);
+        ApplyOutcome::Changed
+    }
+
+    /// Units and nodes shutting down that hold no assignments any more become locked.
+    fn settle_shutdowns(&mut self, events: &mut Vec<ModelEvent>) {
+        let holding: BTreeSet<UnitName> = self
+            .shards
+            .values()
+            .flat_map(|shard| shard.roles.keys().cloned())
+            .collect();
+        for unit in self.units.values_mut() {
+            if unit.admin == AdminState::ShuttingDown && !holding.contains(&unit.name) {
+                unit.admin = AdminState::Locked;
+                events.push(ModelEvent::AdminChanged {
+                    target: AdminTarget::Unit(unit.name.clone()),
+                    op: AdminOp::Shutdown,
+                    state: AdminState::Locked,
+                });
+            }
+        }
+        let busy_nodes: BTreeSet<NodeId> = self
+            .units
+            .values()
+            .filter(|unit| holding.contains(&unit.name))
+            .map(|unit| unit.node)
+            .collect();
+        for node in self.nodes.values_mut() {
+            if node.admin == AdminState::ShuttingDown && !busy_nodes.contains(&node.id) {
+                node.admin = AdminState::Locked;
+                events.push(ModelEvent::AdminChanged {
+                    target: AdminTarget::Node(node.id),
+                    op: AdminOp::Shutdown,
+                    state: AdminState::Locked,
+                });
+            }
+        }
+    }
+
+    // ----- assignments -----
+
+    fn reassign(
+        &mut self,
+        shard_name: &ShardName,
+        expected_version: u64,
+        changes: &[RoleChange],
+        handover: &HandoverUpdate,
+        events: &mut Vec<ModelEvent>,
+    ) -> ApplyOutcome {
+        let Some(shard) = self.shards.get(shard_name) else {
+            return refused(format!("shard {shard_name} does not exist"));
+        };
+        if shard.version != expected_version {
+            return refused(format!(
+                "shard {shard_name} changed meanwhile (version {} now, {expected_version} planned)",
+                shard.version
+            ));
+        }
+        let Some(service) = self.topology.service(&shard.service) else {
+            return refused(format!("shard {shard_name} has no service"));
+        };
+        for change in changes {
+            if service.unit(&change.unit).is_none() {
+                return refused(format!(
+                    "unit {} is not a unit of service {}",
+                    change.unit, service.name
+                ));
+            }
+        }
+        if let HandoverUpdate::Start(planned) = handover {
+            for unit in std::iter::once(&planned.from).chain(planned.to.as_ref()) {
+                if service.unit(unit).is_none() {
+                    return refused(format!(
+                        "unit {unit} is not a unit of service {}",
+                        service.name
+                    ));
+                }
+            }
+        }
+        let model = service.model;
+        let unit_count = service.units.len();
+        let shard = self.shards.get_mut(shard_name).expect("checked");
+        let mut changed = false;
+        for change in changes {
+            let before = shard.roles.get(&change.unit).copied();
+            if before == change.role {
+                continue;
+            }
+            match change.role {
+                Some(role) => {
+                    shard.roles.insert(change.unit.clone(), role);
+                }
+                None => {
+                    shard.roles.remove(&change.unit);
+                }
+            }
+            if change.role == Some(Role::Active) {
+                shard.epoch += 1;
+            }
+            changed = true;
+            events.push(ModelEvent::RoleChanged {
+                shard: shard_name.clone(),
+                unit: change.unit.clone(),
+                from: before,
+                to: change.role,
+                epoch: shard.epoch,
+            });
+        }
+        let acting = shard.acting().count();
+        if !model.multi_active() && acting > 1 {
+            return refused(format!(
+                "shard {shard_name} would have {acting} units ACTIVE or QUIESCING (model {model} allows one)"
+            ));
+        }
+        if model.multi_active() && acting > unit_count {
+            return refused(format!(
+                "shard {shard_name} would have more ACTIVEs than units"
+            ));
+        }
+        match handover {
+            HandoverUpdate::Keep => {}
+            HandoverUpdate::Start(planned) => {
+                if shard.handover.is_some() {
+                    return refused(format!("shard {shard_name} already has a handover running"));
+                }
+                shard.handover = Some(planned.clone());
+                changed = true;
+                events.push(ModelEvent::HandoverStarted {
+                    shard: shard_name.clone(),
+                    handover: planned.clone(),
+                });
+            }
+            HandoverUpdate::Clear => {
+                if let Some(ended) = shard.handover.take() {
+                    let moved = !shard
+                        .roles
+                        .get(&ended.from)
+                        .is_some_and(|role| role.is_acting());
+                    changed = true;
+                    events.push(ModelEvent::HandoverEnded {
+                        shard: shard_name.clone(),
+                        from: ended.from,
+                        moved,
+                    });
+                }
+            }
+        }
+        if !changed {
+            return ApplyOutcome::Unchanged;
+        }
+        shard.version += 1;
+        self.settle_shutdowns(events);
+        ApplyOutcome::Changed
+    }
+
+    /// The node an L5 relocation of `unit` would go to: an up, unlocked node other than its
+    /// own that hosts no unit of the same service, best node rank first (ties: lowest id).
+    pub fn relocation_target(&self, unit: &UnitRecord) -> Option<NodeId> {
+        let taken: BTreeSet<NodeId> = self
+            .units
+            .values()
+            .filter(|other| other.service == unit.service)
+            .map(|other| other.node)
+            .collect();
+        self.nodes
+            .values()
+            .filter(|node| node.up && node.admin == AdminState::Unlocked)
+            .filter(|node| node.id != unit.node && !taken.contains(&node.id))
+            .min_by_key(|node| (self.topology.node_rank(node.id), node.id))
+            .map(|node| node.id)
+    }
+
+    fn set_liveness(
+        &mut self,
+        index: u64,
+        node: NodeId,
+        up: bool,
+        at_ms: u64,
+        promotions: &[(ShardName, UnitName)],
+        events: &mut Vec<ModelEvent>,
+    ) -> ApplyOutcome {
+        let record = self.nodes.get_mut(&node).expect("checked by the caller");
+        record.up = up;
+        record.changed_at_index = index;
+        events.push(ModelEvent::NodeLiveness { node, up });
+        if up {
+            return ApplyOutcome::Changed;
+        }
+        let holding: Vec<UnitName> = self
+            .units_on(node)
+            .filter(|unit| self.roles_of(&unit.name).next().is_some())
+            .map(|unit| unit.name.clone())
+            .collect();
+        for unit in &holding {
+            self.strip_unit(unit, events);
+        }
+        self.promote(promotions, events);
+        for unit in &holding {
+            let record = &self.units[unit];
+            let seq = if record.fault_seen.generation == record.generation {
+                record.fault_seen.seq + 1
+            } else {
+                1
+            };
+            let fault = FaultId {
+                generation: record.generation,
+                seq,
+            };
+            self.recover(unit, fault, &FaultKind::NodeLost, at_ms, events);
+        }
+        self.settle_shutdowns(events);
+        ApplyOutcome::Changed
+    }
+
+    fn unit_fault(
+        &mut self,
+        unit_name: &UnitName,
+        fault: FaultId,
+        kind: &FaultKind,
+        at_ms: u64,
+        promotions: &[(ShardName, UnitName)],
+        events: &mut Vec<ModelEvent>,
+    ) -> ApplyOutcome {
+        let Some(unit) = self.units.get(unit_name) else {
+            return refused(format!("unit {unit_name} does not exist"));
+        };
+        if fault.generation != unit.generation || fault <= unit.fault_seen {
+            // A report about an instance already replaced, or a fault already applied.
+            return ApplyOutcome::Unchanged;
+        }
+        if self.topology.service(&unit.service).is_none() {
+            return refused(format!("unit {unit_name} has no service"));
+        }
+        self.strip_unit(unit_name, events);
+        self.promote(promotions, events);
+        self.recover(unit_name, fault, kind, at_ms, events);
+        self.settle_shutdowns(events);
+        ApplyOutcome::Changed
+    }
+
+    /// Takes every role from `unit_name` and ends the handovers it was part of.
+    fn strip_unit(&mut self, unit_name: &UnitName, events: &mut Vec<ModelEvent>) {
+        let held: Vec<ShardName> = self
+            .shards
+            .values()
+            .filter(|shard| {
+                shard.roles.contains_key(unit_name)
+                    || shard
+                        .handover
+                        .as_ref()
+                        .is_some_and(|h| h.to.as_ref() == Some(unit_name))
+            })
+            .map(|shard| shard.name.clone())
+            .collect();
+        for name in &held {
+            let shard = self.shards.get_mut(name).expect("listed");
+            if let Some(before) = shard.roles.remove(unit_name) {
+                events.push(ModelEvent::RoleChanged {
+                    shard: name.clone(),
+                    unit: unit_name.clone(),
+                    from: Some(before),
+                    to: None,
+                    epoch: shard.epoch,
+                });
+            }
+            if shard
+                .handover
+                .as_ref()
+                .is_some_and(|h| &h.from == unit_name)
+            {
+                let ended = shard.handover.take().expect("checked");
+                events.push(ModelEvent::HandoverEnded {
+                    shard: name.clone(),
+                    from: ended.from,
+                    moved: false,
+                });
+            } else if let Some(handover) = &mut shard.handover {
+                if handover.to.as_ref() == Some(unit_name) {
+                    handover.to = None;
+                }
+            }
+            shard.version += 1;
+        }
+    }
+
+    /// STANDBYs take over where the proposer planned it and it is still possible.
+    fn promote(&mut self, promotions: &[(ShardName, UnitName)], events: &mut Vec<ModelEvent>) {
+        for (shard_name, standby) in promotions {
+            let Some(shard) = self.shards.get_mut(shard_name) else {
+                continue;
+            };
+            let multi = self
+                .topology
+                .service(&shard.service)
+                .is_some_and(|service| service.model.multi_active());
+            if shard.roles.get(standby) != Some(&Role::Standby)
+                || (!multi && shard.acting().next().is_some())
+            {
+                continue;
+            }
+            shard.roles.insert(standby.clone(), Role::Active);
+            shard.epoch += 1;
+            shard.version += 1;
+            events.push(ModelEvent::RoleChanged {
+                shard: shard_name.clone(),
+                unit: standby.clone(),
+                from: Some(Role::Standby),
+                to: Some(Role::Active),
+                epoch: shard.epoch,
+            });
+        }
+    }
+
+    /// The ladder chooses the recovery for a fault of `unit_name` and it is recorded.
+    fn recover(
+        &mut self,
+        unit_name: &UnitName,
+        fault: FaultId,
+        kind: &FaultKind,
+        at_ms: u64,
+        events: &mut Vec<ModelEvent>,
+    ) {
+        let unit = &self.units[unit_name];
+        let policy = self
+            .topology
+            .service(&unit.service)
+            .map(|service| service.escalation.clone())
+            .unwrap_or_default();
+        let relocation = self.relocation_target(unit);
+        let node = unit.node;
+        let unit = self.units.get_mut(unit_name).expect("checked");
+        unit.fault_seen = fault;
+        let record = unit
+            .ladder
+            .escalate(&policy, kind.clone(), at_ms, relocation);
+        events.push(ModelEvent::UnitFaulted {
+            unit: unit_name.clone(),
+            record: record.clone(),
+        });
+        match record.action {
+            RecoveryAction::Reset => unit.reset_requests += 1,
+            RecoveryAction::Restart | RecoveryAction::Reinitialise => {
+                unit.generation += 1;
+                unit.reinitialise = record.action == RecoveryAction::Reinitialise;
+                unit.restart_pending = false;
+                events.push(ModelEvent::UnitRestarting {
+                    unit: unit_name.clone(),
+                    generation: unit.generation,
+                });
+            }
+            RecoveryAction::NodeRestart => {
+                unit.generation += 1;
+                unit.restart_pending = false;
+                events.push(ModelEvent::UnitRestarting {
+                    unit: unit_name.clone(),
+                    generation: unit.generation,
+                });
+                for other in self.units.values_mut() {
+                    if other.node == node && &other.name != unit_name && other.enabled {
+                        other.restart_pending = true;
+                    }
+                }
+                if let Some(node) = self.nodes.get_mut(&node) {
+                    node.restart_generation += 1;
+                }
+            }
+            RecoveryAction::Relocate { to } => {
+                unit.node = to;
+                unit.generation += 1;
+                unit.restart_pending = false;
+                events.push(ModelEvent::UnitRelocated {
+                    unit: unit_name.clone(),
+                    from: node,
+                    to,
+                });
+                events.push(ModelEvent::UnitRestarting {
+                    unit: unit_name.clone(),
+                    generation: unit.generation,
+                });
+            }
+            RecoveryAction::AwaitNode => {}
+            RecoveryAction::Disable => {
+                unit.enabled = false;
+                unit.restart_pending = false;
+                events.push(ModelEvent::UnitEnabled {
+                    unit: unit_name.clone(),
+                    enabled: false,
+                });
+            }
+        }
+    }
+
+    /// For tests and the simulation: every single-ACTIVE shard has at most one acting unit.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for shard in self.shards.values() {
+            let Some(service) = self.topology.service(&shard.service) else {
+                return Err(format!("shard {} has no service", shard.name));
+            };
+            if !service.model.multi_active() && shard.acting().count() > 1 {
+                return Err(format!(
+                    "shard {} has several acting units: {:?}",
+                    shard.name, shard.roles
+                ));
+            }
+            for unit in shard.roles.keys() {
+                if service.unit(unit).is_none() {
+                    return Err(format!(
+                        "shard {} holds a role for foreign unit {unit}",
+                        shard.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The AMF admin state machine: the state `op` leads to from `state`, or why it is refused.
+pub fn admin_transition(state: AdminState, op: AdminOp) -> Result<AdminState, String> {
+    use AdminState::*;
+    match (op, state) {
+        (AdminOp::Lock, Unlocked | ShuttingDown) => Ok(Locked),
+        (AdminOp::Lock, Locked | LockedInstantiation) => Err("already locked".into()),
+        (AdminOp::Unlock, Locked | ShuttingDown) => Ok(Unlocked),
+        (AdminOp::Unlock, Unlocked) => Err("already unlocked".into()),
+        (AdminOp::Unlock, LockedInstantiation) => {
+            Err("locked for instantiation; unlock-instantiation first".into())
+        }
+        (AdminOp::Shutdown, Unlocked) => Ok(ShuttingDown),
+        (AdminOp::Shutdown, ShuttingDown) => Err("already shutting down".into()),
+        (AdminOp::Shutdown, Locked | LockedInstantiation) => Err("already locked".into()),
+        (AdminOp::LockInstantiation, Locked) => Ok(LockedInstantiation),
+        (AdminOp::LockInstantiation, LockedInstantiation) => {
+            Err("already locked for instantiation".into())
+        }
+        (AdminOp::LockInstantiation, Unlocked | ShuttingDown) => {
+            Err("still in service; lock it first".into())
+        }
+        (AdminOp::UnlockInstantiation, LockedInstantiation) => Ok(Locked),
+        (AdminOp::UnlockInstantiation, _) => Err("not locked for instantiation".into()),
+        (AdminOp::Restart, LockedInstantiation) => {
+            Err("locked for instantiation: nothing runs to restart".into())
+        }
+        (AdminOp::Restart | AdminOp::Repair, state) => Ok(state),
+    }
+}
+
+/// The role model: for every shard of a service, the units of `model` that a complete
+/// assignment has (1 ACTIVE and 1 STANDBY, n ACTIVEs, or 1 ACTIVE).
+pub fn wanted_counts(model: RedundancyModel, unit_count: usize) -> (usize, usize) {
+    match model {
+        RedundancyModel::TwoN | RedundancyModel::NPlusM { .. } => (1, 1),
+        RedundancyModel::NWayActive {
+            actives_per_shard: 0,
+        } => (unit_count, 0),
+        RedundancyModel::NWayActive { actives_per_shard } => (actives_per_shard as usize, 0),
+        RedundancyModel::NoRedundancy => (1, 0),
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::ladder::Severity;
+    use crate::topology::{EscalationPolicy, ProcessSpec, UnitSpec, UnitTimeouts};
+
+    pub(crate) fn two_n_state() -> ClusterState {
+        let mut state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let topology = Topology {
+            services: vec![ServiceSpec {
+                name: "counter".into(),
+                model: RedundancyModel::TwoN,
+                units: vec![
+                    UnitSpec {
+                        name: "a".into(),
+                        node: NodeId(1),
+                        rank: 0,
+                    },
+                    UnitSpec {
+                        name: "b".into(),
+                        node: NodeId(2),
+                        rank: 0,
+                    },
+                ],
+                shards: vec!["s0".into(), "s1".into()],
+                instantiate: ProcessSpec {
+                    argv: vec!["/bin/counter".into()],
+                    ..ProcessSpec::default()
+                },
+                terminate: None,
+                cleanup: None,
+                timeouts: UnitTimeouts::default(),
+                escalation: EscalationPolicy::default(),
+                max_shards_per_unit: 0,
+                allow_colocation: false,
+            }],
+            ..Topology::default()
+        };
+        assert_eq!(
+            state.apply(1, &Command::SetTopology(topology)),
+            ApplyOutcome::Changed
+        );
+        state
+    }
+
+    fn set(shard: &str, version: u64, changes: &[(&str, Option<Role>)]) -> Command {
+        Command::Reassign {
+            shard: shard.into(),
+            expected_version: version,
+            changes: changes
+                .iter()
+                .map(|(unit, role)| RoleChange {
+                    unit: (*unit).into(),
+                    role: *role,
+                })
+                .collect(),
+            handover: HandoverUpdate::Keep,
+        }
+    }
 
     #[test]
     fn liveness_verdicts_apply_once_and_unknown_nodes_are_refused() {
@@ -115,6 +1422,8 @@ mod tests {
         let down = Command::SetNodeLiveness {
             node: NodeId(2),
             up: false,
+            at_ms: 0,
+            promotions: vec![],
         };
         assert_eq!(state.apply(5, &down), ApplyOutcome::Changed);
         assert!(!state.is_up(NodeId(2)));
@@ -126,6 +1435,8 @@ mod tests {
         let unknown = Command::SetNodeLiveness {
             node: NodeId(9),
             up: false,
+            at_ms: 0,
+            promotions: vec![],
         };
         assert!(matches!(state.apply(7, &unknown), ApplyOutcome::Refused(_)));
         assert_eq!(state, before);
@@ -133,5 +1444,238 @@ mod tests {
             state.apply(8, &Command::Noop { nonce: 1 }),
             ApplyOutcome::Unchanged
         );
+    }
+
+    #[test]
+    fn topology_creates_units_and_shards_and_keeps_them_across_reinstall() {
+        let mut state = two_n_state();
+        assert_eq!(state.units.len(), 2);
+        assert_eq!(state.shards.len(), 2);
+        assert_eq!(state.units[&UnitName::from("a")].generation, 1);
+        assert_eq!(
+            state.apply(2, &set("s0", 0, &[("a", Some(Role::Active))])),
+            ApplyOutcome::Changed
+        );
+        // Reinstalling with one more shard keeps s0's roles.
+        let mut topology = state.topology.clone();
+        topology.services[0].shards.push("s2".into());
+        assert_eq!(
+            state.apply(3, &Command::SetTopology(topology.clone())),
+            ApplyOutcome::Changed
+        );
+        assert_eq!(state.shards[&ShardName::from("s0")].roles.len(), 1);
+        assert_eq!(state.shards.len(), 3);
+        // Dropping unit a while it is ACTIVE is refused; once it is only STANDBY, its roles go.
+        topology.services[0].units.remove(0);
+        topology.services[0].model = RedundancyModel::NoRedundancy;
+        assert!(matches!(
+            state.apply(4, &Command::SetTopology(topology.clone())),
+            ApplyOutcome::Refused(reason) if reason.contains("lock the unit first")
+        ));
+        assert_eq!(
+            state.apply(5, &set("s0", 1, &[("a", Some(Role::Standby))])),
+            ApplyOutcome::Changed
+        );
+        assert_eq!(
+            state.apply(6, &Command::SetTopology(topology)),
+            ApplyOutcome::Changed
+        );
+        assert!(state.shards[&ShardName::from("s0")].roles.is_empty());
+        assert!(!state.units.contains_key(&UnitName::from("a")));
+    }
+
+    #[test]
+    fn reassign_checks_version_and_the_one_active_rule_and_bumps_epoch() {
+        let mut state = two_n_state();
+        assert_eq!(
+            state.apply(
+                2,
+                &set(
+                    "s0",
+                    0,
+                    &[("a", Some(Role::Active)), ("b", Some(Role::Standby))]
+                )
+            ),
+            ApplyOutcome::Changed
+        );
+        let shard = &state.shards[&ShardName::from("s0")];
+        assert_eq!((shard.epoch, shard.version), (1, 1));
+        // A stale plan is refused and changes nothing.
+        let before = state.clone();
+        assert!(matches!(
+            state.apply(3, &set("s0", 0, &[("b", None)])),
+            ApplyOutcome::Refused(_)
+        ));
+        assert_eq!(state, before);
+        // Two ACTIVEs are refused, atomically.
+        assert!(matches!(
+            state.apply(3, &set("s0", 1, &[("b", Some(Role::Active))])),
+            ApplyOutcome::Refused(_)
+        ));
+        assert_eq!(state, before);
+        // A unit of another service is refused.
+        assert!(matches!(
+            state.apply(3, &set("s0", 1, &[("zz", Some(Role::Standby))])),
+            ApplyOutcome::Refused(_)
+        ));
+        // Switch: a QUIESCED, b ACTIVE in one step is fine and bumps the epoch.
+        assert_eq!(
+            state.apply(
+                3,
+                &set(
+                    "s0",
+                    1,
+                    &[("a", Some(Role::Quiesced)), ("b", Some(Role::Active))]
+                )
+            ),
+            ApplyOutcome::Changed
+        );
+        assert_eq!(state.shards[&ShardName::from("s0")].epoch, 2);
+        state.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_fault_takes_roles_away_promotes_the_standby_and_restarts_the_unit() {
+        let mut state = two_n_state();
+        for shard in ["s0", "s1"] {
+            state.apply(
+                2,
+                &set(
+                    shard,
+                    0,
+                    &[("a", Some(Role::Active)), ("b", Some(Role::Standby))],
+                ),
+            );
+        }
+        let fault = Command::UnitFault {
+            unit: "a".into(),
+            fault: FaultId {
+                generation: 1,
+                seq: 1,
+            },
+            kind: FaultKind::ProcessExit {
+                code: Some(3),
+                signal: None,
+            },
+            at_ms: 1000,
+            promotions: vec![("s0".into(), "b".into()), ("s1".into(), "b".into())],
+        };
+        let mut events = Vec::new();
+        assert_eq!(
+            state.apply_with_events(3, &fault, &mut events),
+            ApplyOutcome::Changed
+        );
+        for shard in ["s0", "s1"] {
+            let record = &state.shards[&ShardName::from(shard)];
+            assert_eq!(record.roles.get(&UnitName::from("b")), Some(&Role::Active));
+            assert!(!record.roles.contains_key(&UnitName::from("a")));
+            assert_eq!(record.epoch, 2);
+        }
+        let a = &state.units[&UnitName::from("a")];
+        assert_eq!(a.generation, 2, "L1 restart");
+        assert_eq!(a.ladder.faults_total, 1);
+        assert!(events
+            .iter()
+            .any(|event| matches!(event, ModelEvent::UnitFaulted { .. })));
+        // The same report again is a duplicate, and so is one about the old instance.
+        assert_eq!(state.apply(4, &fault), ApplyOutcome::Unchanged);
+    }
+
+    #[test]
+    fn node_loss_relocates_the_unit_to_a_free_node() {
+        let mut state = two_n_state();
+        state.apply(
+            2,
+            &set(
+                "s0",
+                0,
+                &[("a", Some(Role::Active)), ("b", Some(Role::Standby))],
+            ),
+        );
+        let down = Command::SetNodeLiveness {
+            node: NodeId(1),
+            up: false,
+            at_ms: 0,
+            promotions: vec![("s0".into(), "b".into())],
+        };
+        assert_eq!(state.apply(3, &down), ApplyOutcome::Changed);
+        let s0 = &state.shards[&ShardName::from("s0")];
+        assert_eq!(s0.roles.get(&UnitName::from("b")), Some(&Role::Active));
+        assert!(
+            !s0.roles.contains_key(&UnitName::from("a")),
+            "a node seen down holds no role"
+        );
+        let a = &state.units[&UnitName::from("a")];
+        assert_eq!(a.node, NodeId(3), "n2 hosts b, n1 is down");
+        assert_eq!(a.generation, 2);
+        // A reported transient fault asks for a reset and keeps the instance.
+        let b_fault = Command::UnitFault {
+            unit: "b".into(),
+            fault: FaultId {
+                generation: 1,
+                seq: 1,
+            },
+            kind: FaultKind::Reported(Severity::Transient),
+            at_ms: 0,
+            promotions: vec![],
+        };
+        state.apply(4, &b_fault);
+        let b = &state.units[&UnitName::from("b")];
+        assert_eq!((b.generation, b.reset_requests), (1, 1));
+    }
+
+    #[test]
+    fn admin_state_machine_and_shutdown_settles_to_locked() {
+        let mut state = two_n_state();
+        let unit = |name: &str| AdminTarget::Unit(name.into());
+        let admin = |target: AdminTarget, op| Command::Admin { target, op };
+        assert!(matches!(
+            state.apply(2, &admin(unit("a"), AdminOp::LockInstantiation)),
+            ApplyOutcome::Refused(reason) if reason.contains("lock it first")
+        ));
+        assert!(matches!(
+            state.apply(2, &admin(unit("a"), AdminOp::Unlock)),
+            ApplyOutcome::Refused(reason) if reason.contains("already unlocked")
+        ));
+        state.apply(2, &set("s0", 0, &[("a", Some(Role::Active))]));
+        assert_eq!(
+            state.apply(3, &admin(unit("a"), AdminOp::Shutdown)),
+            ApplyOutcome::Changed
+        );
+        assert_eq!(
+            state.units[&UnitName::from("a")].admin,
+            AdminState::ShuttingDown
+        );
+        // When the last role goes, shutting-down becomes locked.
+        state.apply(4, &set("s0", 1, &[("a", None)]));
+        assert_eq!(state.units[&UnitName::from("a")].admin, AdminState::Locked);
+        assert_eq!(
+            state.apply(5, &admin(unit("a"), AdminOp::LockInstantiation)),
+            ApplyOutcome::Changed
+        );
+        assert!(!state.should_run(&state.units[&UnitName::from("a")]));
+        // Node-level lock makes its units out of service.
+        assert_eq!(
+            state.apply(6, &admin(AdminTarget::Node(NodeId(2)), AdminOp::Lock)),
+            ApplyOutcome::Changed
+        );
+        assert!(!state.in_service(&state.units[&UnitName::from("b")]));
+        assert_eq!(
+            state.effective_admin(&state.units[&UnitName::from("b")]),
+            AdminState::Locked
+        );
+        // Restart marks a pending restart; RestartUnit carries it out once.
+        assert_eq!(
+            state.apply(7, &admin(unit("b"), AdminOp::Restart)),
+            ApplyOutcome::Changed
+        );
+        assert!(state.units[&UnitName::from("b")].restart_pending);
+        let go = Command::RestartUnit {
+            unit: "b".into(),
+            expected_generation: 1,
+        };
+        assert_eq!(state.apply(8, &go), ApplyOutcome::Changed);
+        assert_eq!(state.apply(9, &go), ApplyOutcome::Unchanged);
+        assert_eq!(state.units[&UnitName::from("b")].generation, 2);
     }
 }

@@ -1,17 +1,41 @@
 //! tandem's decisions, sans-IO.
 //!
-//! This crate holds the replicated cluster model, the commands the Raft log carries and the
-//! function that applies them, and the leader's liveness tracker. It never reads a clock,
+//! This crate holds the replicated cluster model (nodes, the topology of services, units and
+//! shards, and every shard's assignment), the commands the Raft log carries and the function
+//! that applies them, the restart-escalation ladder, and the decisions made around them: the
+//! leader's liveness tracker and director, and each node's agent. It never reads a clock,
 //! draws a random number, touches a file or a socket: time arrives as [`Time`] inputs and
 //! every decision comes back as a value for the caller to carry out. That is what lets
 //! `tandem-sim` run whole clusters deterministically from one seed.
 
 #![deny(missing_docs)]
 
+pub mod agent;
+pub mod belief;
 pub mod cluster;
+pub mod director;
+pub mod ids;
+pub mod ladder;
+pub mod lease;
 pub mod liveness;
+pub mod report;
 pub mod time;
+pub mod topology;
 
-pub use cluster::{ApplyOutcome, ClusterState, Command, NodeId, NodeRecord};
+pub use agent::{Agent, AgentAction, StopSpec, UnitCommand};
+pub use belief::UnitBelief;
+pub use cluster::{
+    AdminOp, AdminState, AdminTarget, ApplyOutcome, ClusterState, Command, FaultId, Handover,
+    HandoverReason, HandoverUpdate, ModelEvent, NodeRecord, Role, RoleChange, ShardRecord,
+    UnitRecord,
+};
+pub use director::{Director, Refusal, SwitchoverTarget};
+pub use ids::{NodeId, ServiceName, ShardName, UnitName};
+pub use ladder::{FaultKind, FaultRecord, Ladder, Level, RecoveryAction, Severity};
+pub use lease::{check_fencing_timers, AgentLease, QuorumClock, DRIFT_PPM};
 pub use liveness::{LivenessConfig, LivenessTracker, NodeReport};
+pub use report::{AgentReport, Observations, Presence, Settled, UnitReport};
 pub use time::Time;
+pub use topology::{
+    EscalationPolicy, ProcessSpec, RedundancyModel, ServiceSpec, Topology, UnitSpec, UnitTimeouts,
+};

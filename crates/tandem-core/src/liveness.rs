@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::cluster::{ClusterState, Command, NodeId};
+use crate::cluster::{ClusterState, Command};
+use crate::ids::NodeId;
 use crate::time::Time;
 
 /// Timers of the liveness tracker.
@@ -95,7 +96,9 @@ impl LivenessTracker {
 
     /// Compares what the tracker sees at `now` with the committed verdicts in `committed` and
     /// returns the commands to propose. A verdict already proposed is not proposed again until
-    /// a further `node_timeout` has passed without it committing (a bounded retry).
+    /// a further `node_timeout` has passed without it committing (a bounded retry). A down
+    /// verdict comes without promotions and with `at_ms` 0: the proposer fills them in
+    /// ([`crate::director::node_down_promotions`] knows which STANDBYs are ready).
     pub fn decide(&mut self, now: Time, committed: &ClusterState) -> Vec<Command> {
         let mut commands = Vec::new();
         for (id, observed) in &mut self.nodes {
@@ -117,6 +120,8 @@ impl LivenessTracker {
                 commands.push(Command::SetNodeLiveness {
                     node: *id,
                     up: seen_up,
+                    at_ms: 0,
+                    promotions: Vec::new(),
                 });
             }
         }
@@ -164,7 +169,9 @@ mod tests {
             commands,
             vec![Command::SetNodeLiveness {
                 node: NodeId(3),
-                up: false
+                up: false,
+                at_ms: 0,
+                promotions: vec![],
             }]
         );
         // Not proposed again while pending, until a further timeout passes.
@@ -179,7 +186,9 @@ mod tests {
             tracker.decide(Time::from_millis(701), &state),
             vec![Command::SetNodeLiveness {
                 node: NodeId(3),
-                up: true
+                up: true,
+                at_ms: 0,
+                promotions: vec![],
             }]
         );
     }

@@ -24,6 +24,12 @@ pub mod admin {
     include!(concat!(env!("OUT_DIR"), "/tandem.admin.rs"));
 }
 
+/// Unit-to-agent protocol of the SDK (`proto/sdk.proto`).
+pub mod sdk {
+    #![allow(missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/tandem.sdk.rs"));
+}
+
 pub use prost::Message;
 
 /// Error from decoding a protobuf message that arrived inside a valid frame.
@@ -73,6 +79,22 @@ pub fn decode_admin_request(payload: &[u8]) -> Result<admin::AdminRequest, Decod
 pub fn decode_admin_response(payload: &[u8]) -> Result<admin::AdminResponse, DecodeError> {
     admin::AdminResponse::decode(payload).map_err(|source| DecodeError {
         what: "admin response",
+        source,
+    })
+}
+
+/// Decodes what a unit sent its agent.
+pub fn decode_unit_message(payload: &[u8]) -> Result<sdk::UnitToAgent, DecodeError> {
+    sdk::UnitToAgent::decode(payload).map_err(|source| DecodeError {
+        what: "unit message",
+        source,
+    })
+}
+
+/// Decodes what an agent sent its unit.
+pub fn decode_agent_message(payload: &[u8]) -> Result<sdk::AgentToUnit, DecodeError> {
+    sdk::AgentToUnit::decode(payload).map_err(|source| DecodeError {
+        what: "agent message",
         source,
     })
 }

@@ -13,7 +13,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot}
 use std::collections::BTreeMap;
 
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
-use tandem_core::{ApplyOutcome, ClusterState, Command, NodeId};
+use tandem_core::{ApplyOutcome, ClusterState, Command, ModelEvent, NodeId};
 
 use crate::codec::{decode_command, decode_state, encode_command, encode_state};
 use crate::disk::Disk;
@@ -75,6 +75,8 @@ pub struct Applied {
     pub command: Option<Command>,
     /// What applying it did.
     pub outcome: ApplyOutcome,
+    /// What happened to the model (empty unless it changed).
+    pub events: Vec<ModelEvent>,
 }
 
 /// What one round of [`Replica::process_ready`] produced.
@@ -86,6 +88,9 @@ pub struct ReadyOutput {
     pub applied: Vec<Applied>,
     /// Set when a snapshot from the leader replaced the model (no entries were applied for it).
     pub installed_snapshot: Option<u64>,
+    /// Contexts of quorum confirmations ([`Replica::confirm_quorum`]) that completed: a quorum
+    /// acknowledged this leader after the confirmation was asked for.
+    pub quorum_confirmed: Vec<Vec<u8>>,
 }
 
 /// SplitMix64: a tiny seeded generator for election timeouts.
@@ -334,6 +339,12 @@ impl<D: Disk> Replica<D> {
         let mut ready = self.raw.ready();
         // A leader may send its appends before its own write is durable (raft thesis 10.2.1).
         output.messages.extend(ready.take_messages());
+        output.quorum_confirmed.extend(
+            ready
+                .take_read_states()
+                .into_iter()
+                .map(|state| state.request_ctx),
+        );
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             self.install_snapshot(snapshot, &mut output)?;
@@ -395,6 +406,7 @@ impl<D: Disk> Replica<D> {
                 "committed entries must be applied in order without gaps"
             );
             self.applied_index = entry.index;
+            let mut events = Vec::new();
             let (command, outcome) = if entry.get_entry_type() != EntryType::EntryNormal
                 || entry.data.is_empty()
             {
@@ -404,7 +416,9 @@ impl<D: Disk> Replica<D> {
             } else {
                 match decode_command(&entry.data) {
                     Ok(command) => {
-                        let outcome = self.state.apply(entry.index, &command);
+                        let outcome =
+                            self.state
+                                .apply_with_events(entry.index, &command, &mut events);
                         (Some(command), outcome)
                     }
                     Err(error) => {
@@ -421,6 +435,7 @@ impl<D: Disk> Replica<D> {
                 context: entry.context.to_vec(),
                 command,
                 outcome,
+                events,
             });
         }
     }
@@ -441,6 +456,17 @@ impl<D: Disk> Replica<D> {
             );
         }
         Ok(())
+    }
+
+    /// On the leader: asks a quorum to confirm this node still leads (raft-rs's read-index
+    /// round, a heartbeat with `context`). When a quorum has answered, `context` comes back in
+    /// [`ReadyOutput::quorum_confirmed`]: every voter of that quorum heard from this leader
+    /// after the call. raft-rs ignores the request until the leader has committed an entry of
+    /// its term; the caller simply asks again later.
+    pub fn confirm_quorum(&mut self, context: Vec<u8>) {
+        if self.is_leader() {
+            self.raw.read_index(context);
+        }
     }
 
     /// This node's raft id.

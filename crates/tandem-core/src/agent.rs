@@ -1,0 +1,876 @@
+//! The node agent's decisions: which unit processes run, which hooks they are asked to run,
+//! when a unit has faulted, and what the agent reports to the leader.
+//!
+//! The agent works from the committed state (the intent for its node's units) and from what
+//! happens to its units (process started or exited, SDK registration, hook answers, faults
+//! the unit reports). It returns [`AgentAction`]s for the daemon's supervisor and SDK server
+//! to carry out; it owns no process or socket.
+//!
+//! Rules:
+//! - A unit runs when the committed state says it should (`ClusterState::should_run`) as the
+//!   instance (generation) the state names; a newer generation means "restart".
+//! - Each unit has at most one hook outstanding. Demotions and removals go first, then STANDBY,
+//!   then ACTIVE, so a unit gives up work before it takes more.
+//! - A unit may hold ACTIVE or QUIESCING only while the agent's lease is valid and the unit has
+//!   no unhandled fault; otherwise the agent fences it (asks it for QUIESCED), and the unit's
+//!   SDK enforces the same lease deadline by itself.
+//! - A fault is reported only once the unit can no longer act: after its process exited (a
+//!   unit that misses a health check or a hook deadline is killed first), or after it reported
+//!   the fault itself (the SDK quiesces before reporting). Faults are repeated in every report
+//!   until the committed state shows them handled.
+//! - After the agent starts (daemon start or restart), it starts nothing until it has a valid
+//!   lease, i.e. has caught up with the leader's log; units that still held roles then are
+//!   reported with an `AgentRestarted` fault, since their previous instance died with the
+//!   daemon.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::cluster::{ClusterState, FaultId, Role};
+use crate::ids::{NodeId, ServiceName, ShardName, UnitName};
+use crate::ladder::{FaultKind, Severity};
+use crate::lease::AgentLease;
+use crate::report::{AgentReport, Presence, Settled, UnitReport};
+use crate::time::Time;
+use crate::topology::{ProcessSpec, UnitTimeouts};
+
+/// A request the agent sends to a unit through the SDK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitCommand {
+    /// Take `role` (ACTIVE, STANDBY or QUIESCED) for `shard` at `epoch`.
+    Assign {
+        /// The shard.
+        shard: ShardName,
+        /// The role.
+        role: Role,
+        /// The shard's epoch.
+        epoch: u64,
+    },
+    /// Finish in-flight work for `shard`, take no new work; answering means QUIESCED.
+    Quiesce {
+        /// The shard.
+        shard: ShardName,
+        /// The shard's epoch.
+        epoch: u64,
+    },
+    /// Forget `shard`.
+    Remove {
+        /// The shard.
+        shard: ShardName,
+    },
+    /// Answer if healthy.
+    Health,
+    /// Reset the failing part in place (ladder L0).
+    Reset,
+}
+
+/// How a stop should go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopSpec {
+    /// Kill at once (SIGKILL to the process group) instead of a graceful terminate.
+    pub kill: bool,
+    /// The service's terminate command, for a graceful stop.
+    pub terminate: Option<ProcessSpec>,
+    /// The service's cleanup command, run after the process is gone.
+    pub cleanup: Option<ProcessSpec>,
+    /// How long the graceful stop may take before SIGKILL.
+    pub terminate_timeout: Duration,
+    /// How long the cleanup command may run.
+    pub cleanup_timeout: Duration,
+}
+
+/// What the agent asks the daemon to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAction {
+    /// Start instance `generation` of `unit`.
+    Start {
+        /// The unit.
+        unit: UnitName,
+        /// Its service.
+        service: ServiceName,
+        /// The instance.
+        generation: u64,
+        /// How to start it.
+        spec: ProcessSpec,
+        /// Whether it should rebuild its local replica (ladder L2).
+        reinitialise: bool,
+    },
+    /// Stop instance `generation` of `unit` (its whole process group), then clean up.
+    Stop {
+        /// The unit.
+        unit: UnitName,
+        /// The instance.
+        generation: u64,
+        /// How.
+        how: StopSpec,
+    },
+    /// Send a request to the unit; the answer comes back through [`Agent::on_reply`].
+    Send {
+        /// The unit.
+        unit: UnitName,
+        /// The instance.
+        generation: u64,
+        /// The request's id.
+        request: u64,
+        /// What to ask.
+        command: UnitCommand,
+    },
+    /// Tell the unit until when it may act (`None`: it may not). The SDK quiesces its ACTIVE
+    /// roles by itself at the deadline.
+    Lease {
+        /// The unit.
+        unit: UnitName,
+        /// The instance.
+        generation: u64,
+        /// The deadline, on the agent's clock.
+        valid_until: Option<Time>,
+    },
+    /// Run the node-restart command (ladder L3).
+    NodeRestart {
+        /// The command.
+        spec: ProcessSpec,
+    },
+}
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Started at `since`, not registered yet.
+    Starting { since: Time },
+    /// Registered.
+    Running,
+    /// Being stopped; when it exits, `fault` (if any) is reported.
+    Stopping { fault: Option<FaultKind> },
+}
+
+/// What a hook's success means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HookOutcome {
+    /// The unit now holds this role for the shard (`None`: removed).
+    Role(ShardName, Option<Role>),
+    /// The reset request with this number is done.
+    Reset(u64),
+}
+
+/// A hook waiting for its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hook {
+    id: u64,
+    deadline: Time,
+    outcome: HookOutcome,
+}
+
+/// One running (or starting, or stopping) process of a unit.
+#[derive(Debug, Clone)]
+struct Instance {
+    generation: u64,
+    phase: Phase,
+    pid: Option<u32>,
+    /// Roles the unit acknowledged, by shard.
+    confirmed: BTreeMap<ShardName, Role>,
+    hook: Option<Hook>,
+    /// An outstanding health check: (request id, deadline).
+    health: Option<(u64, Time)>,
+    next_health: Time,
+    /// The last reset request carried out.
+    reset_seen: u64,
+    /// The last lease deadline sent to the unit.
+    lease_sent: Option<Option<Time>>,
+    /// How to kill it (the service's cleanup command and timeouts, as when it started).
+    kill: StopSpec,
+    /// It reported a fault and was not reset since: its hooks cannot make it act again.
+    faulted: bool,
+}
+
+/// What the agent knows of one unit.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    instance: Option<Instance>,
+    /// Faults not yet seen committed.
+    faults: Vec<(FaultId, FaultKind)>,
+    /// Last fault number used per generation: (generation, seq).
+    fault_seq: (u64, u64),
+    /// The committed `fault_seen`, last time the agent looked.
+    committed_fault_seen: FaultId,
+    /// The unit's last load report.
+    load: Option<u32>,
+}
+
+impl Slot {
+    fn next_fault_id(&mut self, generation: u64) -> FaultId {
+        let committed = if self.committed_fault_seen.generation == generation {
+            self.committed_fault_seen.seq
+        } else {
+            0
+        };
+        let local = if self.fault_seq.0 == generation {
+            self.fault_seq.1
+        } else {
+            0
+        };
+        let seq = committed.max(local) + 1;
+        self.fault_seq = (generation, seq);
+        FaultId { generation, seq }
+    }
+
+    fn has_fault_for(&self, generation: u64) -> bool {
+        self.faults
+            .iter()
+            .any(|(id, _)| id.generation == generation)
+    }
+}
+
+/// A node's agent.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// This node.
+    node: NodeId,
+    /// The lease granted by the leader.
+    lease: AgentLease,
+    /// Units placed on this node (and units that were, until their process is gone).
+    units: BTreeMap<UnitName, Slot>,
+    /// Next request id.
+    next_request: u64,
+    /// Whether the agent has had a valid lease since it started.
+    caught_up: bool,
+    /// The node-restart generation already acted on.
+    node_restart_seen: Option<u64>,
+}
+
+impl Agent {
+    /// The agent of `node`, with leases of length `lease`.
+    pub fn new(node: NodeId, lease: Duration) -> Self {
+        Self {
+            node,
+            lease: AgentLease::new(lease),
+            units: BTreeMap::new(),
+            next_request: 1,
+            caught_up: false,
+            node_restart_seen: None,
+        }
+    }
+
+    /// The leader granted the heartbeat sent at `sent_at` with its log ending at `floor`.
+    pub fn on_grant(&mut self, sent_at: Time, floor: u64) {
+        self.lease.on_grant(sent_at, floor);
+    }
+
+    /// The lease's deadline, if it is valid at `now` for an agent that applied `applied`.
+    pub fn lease_until(&self, now: Time, applied: u64) -> Option<Time> {
+        self.lease.valid_until(now, applied)
+    }
+
+    /// Reconciles the node's units with the committed `state` (applied up to `applied`) at
+    /// `now`, and returns what to do.
+    pub fn reconcile(&mut self, now: Time, state: &ClusterState, applied: u64) -> Vec<AgentAction> {
+        let mut actions = Vec::new();
+        let lease_until = self.lease.valid_until(now, applied);
+        let node_restart = state
+            .nodes
+            .get(&self.node)
+            .map(|node| node.restart_generation);
+        if lease_until.is_some() && !self.caught_up {
+            self.caught_up = true;
+            self.node_restart_seen = node_restart;
+            // Units that held roles when the daemon stopped lost their instance with it.
+            for unit in state.units_on(self.node) {
+                if state.roles_of(&unit.name).next().is_some() {
+                    let slot = self.units.entry(unit.name.clone()).or_default();
+                    slot.committed_fault_seen = unit.fault_seen;
+                    let id = slot.next_fault_id(unit.generation);
+                    slot.faults.push((id, FaultKind::AgentRestarted));
+                }
+            }
+        }
+        if self.caught_up && node_restart > self.node_restart_seen {
+            self.node_restart_seen = node_restart;
+            if let Some(spec) = &state.topology.node_restart {
+                actions.push(AgentAction::NodeRestart { spec: spec.clone() });
+            }
+        }
+
+        let mut names: BTreeSet<UnitName> = self.units.keys().cloned().collect();
+        names.extend(state.units_on(self.node).map(|unit| unit.name.clone()));
+        for name in names {
+            self.reconcile_unit(now, state, &name, lease_until, &mut actions);
+        }
+        actions
+    }
+
+    fn reconcile_unit(
+        &mut self,
+        now: Time,
+        state: &ClusterState,
+        name: &UnitName,
+        lease_until: Option<Time>,
+        actions: &mut Vec<AgentAction>,
+    ) {
+        let record = state
+            .units
+            .get(name)
+            .filter(|record| record.node == self.node);
+        let service = state.service_of_unit(name);
+        let stop_spec = |kill: bool| StopSpec {
+            kill,
+            terminate: service.and_then(|service| service.terminate.clone()),
+            cleanup: service.and_then(|service| service.cleanup.clone()),
+            terminate_timeout: Duration::from_millis(
+                service.map_or(UnitTimeouts::default().terminate_ms, |s| {
+                    s.timeouts.terminate_ms
+                }),
+            ),
+            cleanup_timeout: Duration::from_millis(
+                service.map_or(UnitTimeouts::default().cleanup_ms, |s| {
+                    s.timeouts.cleanup_ms
+                }),
+            ),
+        };
+        let caught_up = self.caught_up;
+        let slot = self.units.entry(name.clone()).or_default();
+        if let Some(record) = record {
+            slot.committed_fault_seen = record.fault_seen;
+            slot.faults
+                .retain(|(id, _)| id.generation == record.generation && *id > record.fault_seen);
+        }
+        let Some(record) = record else {
+            // Not this node's unit (any more): stop what runs, then forget it.
+            match &mut slot.instance {
+                Some(instance) if !matches!(instance.phase, Phase::Stopping { .. }) => {
+                    instance.phase = Phase::Stopping { fault: None };
+                    actions.push(AgentAction::Stop {
+                        unit: name.clone(),
+                        generation: instance.generation,
+                        how: stop_spec(false),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    self.units.remove(name);
+                }
+            }
+            return;
+        };
+        let service = service.expect("a unit record has a service in the topology");
+        let timeouts = service.timeouts;
+        let should_run = state.should_run(record);
+
+        let Some(instance) = &mut slot.instance else {
+            if caught_up && should_run && !slot.has_fault_for(record.generation) {
+                slot.instance = Some(Instance {
+                    generation: record.generation,
+                    phase: Phase::Starting { since: now },
+                    pid: None,
+                    confirmed: BTreeMap::new(),
+                    hook: None,
+                    health: None,
+                    next_health: now,
+                    reset_seen: record.reset_requests,
+                    lease_sent: None,
+                    kill: stop_spec(true),
+                    faulted: false,
+                });
+                actions.push(AgentAction::Start {
+                    unit: name.clone(),
+                    service: record.service.clone(),
+                    generation: record.generation,
+                    spec: service.instantiate.clone(),
+                    reinitialise: record.reinitialise,
+                });
+            }
+            return;
+        };
+        if matches!(instance.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        if instance.generation != record.generation || !should_run {
+            let kill = matches!(instance.phase, Phase::Starting { .. });
+            instance.phase = Phase::Stopping { fault: None };
+            actions.push(AgentAction::Stop {
+                unit: name.clone(),
+                generation: instance.generation,
+                how: stop_spec(kill),
+            });
+            return;
+        }
+        let kill_with =
+            |instance: &mut Instance, fault: FaultKind, actions: &mut Vec<AgentAction>| {
+                instance.phase = Phase::Stopping { fault: Some(fault) };
+                actions.push(AgentAction::Stop {
+                    unit: name.clone(),
+                    generation: instance.generation,
+                    how: stop_spec(true),
+                });
+            };
+        match instance.phase {
+            Phase::Starting { since } => {
+                if now.saturating_since(since) >= Duration::from_millis(timeouts.instantiate_ms) {
+                    kill_with(instance, FaultKind::InstantiationFailed, actions);
+                }
+                return;
+            }
+            Phase::Stopping { .. } => return,
+            Phase::Running => {}
+        }
+        if instance.health.is_some_and(|(_, deadline)| now >= deadline) {
+            kill_with(instance, FaultKind::HealthTimeout, actions);
+            return;
+        }
+        if instance
+            .hook
+            .as_ref()
+            .is_some_and(|hook| now >= hook.deadline)
+        {
+            kill_with(instance, FaultKind::CallbackFailed, actions);
+            return;
+        }
+
+        // The lease first, so that a unit told ACTIVE already knows until when.
+        if instance.lease_sent != Some(lease_until) {
+            instance.lease_sent = Some(lease_until);
+            actions.push(AgentAction::Lease {
+                unit: name.clone(),
+                generation: instance.generation,
+                valid_until: lease_until,
+            });
+        }
+
+        let faulted = slot
+            .faults
+            .iter()
+            .any(|(id, _)| id.generation == record.generation);
+        if instance.hook.is_none() {
+            let may_act = lease_until.is_some() && !faulted && !instance.faulted;
+            if let Some((command, outcome)) =
+                next_hook(state, name, instance, record.reset_requests, may_act)
+            {
+                let id = self.next_request;
+                self.next_request += 1;
+                instance.hook = Some(Hook {
+                    id,
+                    deadline: now + Duration::from_millis(timeouts.callback_ms),
+                    outcome,
+                });
+                actions.push(AgentAction::Send {
+                    unit: name.clone(),
+                    generation: instance.generation,
+                    request: id,
+                    command,
+                });
+            }
+        }
+        if instance.health.is_none() && now >= instance.next_health {
+            let id = self.next_request;
+            self.next_request += 1;
+            instance.health = Some((id, now + Duration::from_millis(timeouts.health_timeout_ms)));
+            instance.next_health = now + Duration::from_millis(timeouts.health_interval_ms);
+            actions.push(AgentAction::Send {
+                unit: name.clone(),
+                generation: instance.generation,
+                request: id,
+                command: UnitCommand::Health,
+            });
+        }
+    }
+
+    /// The process of `unit`'s instance `generation` started as `pid`.
+    pub fn on_started(&mut self, unit: &UnitName, generation: u64, pid: u32) {
+        if let Some(instance) = self.instance_mut(unit, generation) {
+            instance.pid = Some(pid);
+        }
+    }
+
+    /// The process could not be started at all.
+    pub fn on_start_failed(&mut self, unit: &UnitName, generation: u64) {
+        let Some(slot) = self.units.get_mut(unit) else {
+            return;
+        };
+        if slot
+            .instance
+            .as_ref()
+            .is_some_and(|i| i.generation == generation)
+        {
+            slot.instance = None;
+            let id = slot.next_fault_id(generation);
+            slot.faults.push((id, FaultKind::InstantiationFailed));
+        }
+    }
+
+    /// The process of instance `generation` exited (with `code`, or killed by `signal`).
+    pub fn on_exited(
+        &mut self,
+        unit: &UnitName,
+        generation: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    ) {
+        let Some(slot) = self.units.get_mut(unit) else {
+            return;
+        };
+        let Some(instance) = slot.instance.take_if(|i| i.generation == generation) else {
+            return;
+        };
+        let fault = match instance.phase {
+            // Killed after its SDK connection dropped: the exit itself says more.
+            Phase::Stopping {
+                fault: Some(FaultKind::ProcessExit { .. }),
+            } => Some(FaultKind::ProcessExit { code, signal }),
+            Phase::Stopping { fault } => fault,
+            Phase::Starting { .. } | Phase::Running => {
+                Some(FaultKind::ProcessExit { code, signal })
+            }
+        };
+        if let Some(kind) = fault {
+            let id = slot.next_fault_id(generation);
+            slot.faults.push((id, kind));
+        }
+    }
+
+    /// The unit's instance `generation` registered through the SDK. Returns false if the agent
+    /// does not expect it (an old instance, or one being stopped), in which case the daemon
+    /// refuses the registration.
+    pub fn on_registered(&mut self, now: Time, unit: &UnitName, generation: u64) -> bool {
+        let Some(instance) = self.instance_mut(unit, generation) else {
+            return false;
+        };
+        if !matches!(instance.phase, Phase::Starting { .. }) {
+            return false;
+        }
+        instance.phase = Phase::Running;
+        instance.next_health = now;
+        true
+    }
+
+    /// The unit's SDK connection closed. A unit without its agent cannot be told to stop
+    /// acting, so it is killed (its SDK also quiesces and exits when the connection drops).
+    pub fn on_disconnected(&mut self, unit: &UnitName, generation: u64) -> Option<AgentAction> {
+        let instance = self.instance_mut(unit, generation)?;
+        if matches!(instance.phase, Phase::Stopping { .. }) {
+            return None;
+        }
+        instance.phase = Phase::Stopping {
+            fault: Some(FaultKind::ProcessExit {
+                code: None,
+                signal: None,
+            }),
+        };
+        let how = instance.kill.clone();
+        Some(AgentAction::Stop {
+            unit: unit.clone(),
+            generation,
+            how,
+        })
+    }
+
+    /// The unit answered request `request`: `Ok` or an error message. A failed hook is a
+    /// fault: the unit is killed (see the module rules) and the fault reported once it exited.
+    pub fn on_reply(
+        &mut self,
+        unit: &UnitName,
+        generation: u64,
+        request: u64,
+        result: Result<(), String>,
+    ) -> Option<AgentAction> {
+        let instance = self
+            .units
+            .get_mut(unit)?
+            .instance
+            .as_mut()
+            .filter(|instance| instance.generation == generation)?;
+        if instance.health.is_some_and(|(id, _)| id == request) {
+            instance.health = None;
+            return None;
+        }
+        let hook = instance.hook.take_if(|hook| hook.id == request)?;
+        match result {
+            Ok(()) => {
+                match hook.outcome {
+                    HookOutcome::Role(shard, Some(role)) => {
+                        // A unit that reported a fault does not act again before its reset,
+                        // even when an ACTIVE hook sent earlier completes.
+                        let role = if instance.faulted && role.is_acting() {
+                            Role::Quiesced
+                        } else {
+                            role
+                        };
+                        instance.confirmed.insert(shard, role);
+                    }
+                    HookOutcome::Role(shard, None) => {
+                        instance.confirmed.remove(&shard);
+                    }
+                    HookOutcome::Reset(number) => {
+                        instance.reset_seen = number;
+                        instance.faulted = false;
+                    }
+                }
+                None
+            }
+            Err(_) => {
+                instance.phase = Phase::Stopping {
+                    fault: Some(FaultKind::CallbackFailed),
+                };
+                Some(AgentAction::Stop {
+                    unit: unit.clone(),
+                    generation,
+                    how: instance.kill.clone(),
+                })
+            }
+        }
+    }
+
+    /// The unit reported a fault through the SDK. The SDK stopped its ACTIVE work before
+    /// sending this, so the unit's acting roles count as QUIESCED from now on.
+    pub fn on_unit_fault(&mut self, unit: &UnitName, generation: u64, severity: Severity) {
+        let Some(slot) = self.units.get_mut(unit) else {
+            return;
+        };
+        let Some(instance) = slot
+            .instance
+            .as_mut()
+            .filter(|i| i.generation == generation)
+        else {
+            return;
+        };
+        if matches!(instance.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        for role in instance.confirmed.values_mut() {
+            if role.is_acting() {
+                *role = Role::Quiesced;
+            }
+        }
+        instance.faulted = true;
+        let id = slot.next_fault_id(generation);
+        slot.faults.push((id, FaultKind::Reported(severity)));
+    }
+
+    /// The unit's lease ran out and it quiesced `shards` by itself (its SDK enforces the lease
+    /// on its own clock): those roles count as QUIESCED, so the agent asks for ACTIVE again once
+    /// the lease is back.
+    pub fn on_fenced(&mut self, unit: &UnitName, generation: u64, shards: &[ShardName]) {
+        let Some(instance) = self.instance_mut(unit, generation) else {
+            return;
+        };
+        for shard in shards {
+            if let Some(role) = instance.confirmed.get_mut(shard) {
+                if role.is_acting() {
+                    *role = Role::Quiesced;
+                }
+            }
+        }
+    }
+
+    /// The unit reported its load.
+    pub fn on_load(&mut self, unit: &UnitName, generation: u64, load: u32) {
+        if self.instance_mut(unit, generation).is_some() {
+            if let Some(slot) = self.units.get_mut(unit) {
+                slot.load = Some(load);
+            }
+        }
+    }
+
+    fn instance_mut(&mut self, unit: &UnitName, generation: u64) -> Option<&mut Instance> {
+        self.units
+            .get_mut(unit)?
+            .instance
+            .as_mut()
+            .filter(|instance| instance.generation == generation)
+    }
+
+    /// The agent's report for the leader, given the committed `state` it applied up to
+    /// `applied`, at `now`.
+    pub fn report(&self, now: Time, state: &ClusterState, applied: u64) -> AgentReport {
+        let lease_valid = self.lease.is_valid(now, applied);
+        let mut report = AgentReport {
+            applied_index: applied,
+            units: BTreeMap::new(),
+        };
+        for (name, slot) in &self.units {
+            let record = state
+                .units
+                .get(name)
+                .filter(|record| record.node == self.node);
+            let Some(record) = record else {
+                if slot.faults.is_empty() && slot.instance.is_none() {
+                    continue;
+                }
+                // A unit that moved away: report only its faults and its process.
+                report.units.insert(
+                    name.clone(),
+                    UnitReport {
+                        generation: slot.instance.as_ref().map_or(0, |i| i.generation),
+                        presence: slot
+                            .instance
+                            .as_ref()
+                            .map_or(Presence::Stopped, |_| Presence::Stopping),
+                        pid: slot.instance.as_ref().and_then(|i| i.pid),
+                        faults: slot.faults.clone(),
+                        ..UnitReport::default()
+                    },
+                );
+                continue;
+            };
+            let mut unit_report = UnitReport {
+                generation: record.generation,
+                presence: Presence::Stopped,
+                pid: None,
+                settled: BTreeMap::new(),
+                faults: slot.faults.clone(),
+                load: slot.load,
+            };
+            if let Some(instance) = &slot.instance {
+                unit_report.generation = instance.generation;
+                unit_report.pid = instance.pid;
+                unit_report.presence = match instance.phase {
+                    Phase::Starting { .. } => Presence::Starting,
+                    Phase::Running => Presence::Running,
+                    Phase::Stopping { .. } => Presence::Stopping,
+                };
+                if instance.generation == record.generation && instance.phase == Phase::Running {
+                    for (shard, committed) in state.roles_of(name) {
+                        let expected = if committed == Role::Quiescing {
+                            Role::Quiesced
+                        } else {
+                            committed
+                        };
+                        let faulted = instance.faulted || !slot.faults.is_empty();
+                        if expected.is_acting() && (!lease_valid || faulted) {
+                            continue;
+                        }
+                        // A hook in flight for the shard may be changing what the unit holds
+                        // (it may already act on an ACTIVE it was just given): nothing about
+                        // the shard is settled until it answers.
+                        let in_flight = instance.hook.as_ref().is_some_and(|hook| {
+                            matches!(&hook.outcome, HookOutcome::Role(target, _) if target == shard)
+                        });
+                        if in_flight {
+                            continue;
+                        }
+                        if instance.confirmed.get(shard) == Some(&expected) {
+                            unit_report.settled.insert(
+                                shard.clone(),
+                                Settled {
+                                    role: expected,
+                                    version: state.shards[shard].version,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            report.units.insert(name.clone(), unit_report);
+        }
+        report
+    }
+
+    /// What the agent believes `unit` holds (for status and tests): confirmed roles.
+    pub fn confirmed(&self, unit: &UnitName) -> BTreeMap<ShardName, Role> {
+        self.units
+            .get(unit)
+            .and_then(|slot| slot.instance.as_ref())
+            .map(|instance| instance.confirmed.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The next hook for a running unit, if its confirmed roles differ from what it should hold.
+/// `may_act`: whether it may hold ACTIVE or QUIESCING now (lease valid, no unhandled fault).
+fn next_hook(
+    state: &ClusterState,
+    name: &UnitName,
+    instance: &Instance,
+    reset_requests: u64,
+    may_act: bool,
+) -> Option<(UnitCommand, HookOutcome)> {
+    let mut wanted: BTreeMap<ShardName, Role> = BTreeMap::new();
+    for (shard, role) in state.roles_of(name) {
+        let role = if role.is_acting() && !may_act {
+            // Fenced: nothing else is safe.
+            Role::Quiesced
+        } else {
+            role
+        };
+        wanted.insert(shard.clone(), role);
+    }
+    let epoch = |shard: &ShardName| state.shards.get(shard).map_or(0, |record| record.epoch);
+    // (priority, shard, command, outcome); lower priority goes first.
+    let mut candidates: Vec<(u8, ShardName, UnitCommand, HookOutcome)> = Vec::new();
+    for (shard, held) in &instance.confirmed {
+        if !wanted.contains_key(shard) {
+            candidates.push((
+                0,
+                shard.clone(),
+                UnitCommand::Remove {
+                    shard: shard.clone(),
+                },
+                HookOutcome::Role(shard.clone(), None),
+            ));
+        } else if held.is_acting() && wanted[shard] == Role::Quiesced {
+            candidates.push((
+                0,
+                shard.clone(),
+                UnitCommand::Assign {
+                    shard: shard.clone(),
+                    role: Role::Quiesced,
+                    epoch: epoch(shard),
+                },
+                HookOutcome::Role(shard.clone(), Some(Role::Quiesced)),
+            ));
+        }
+    }
+    if reset_requests > instance.reset_seen {
+        candidates.push((
+            1,
+            ShardName::default(),
+            UnitCommand::Reset,
+            HookOutcome::Reset(reset_requests),
+        ));
+    }
+    for (shard, role) in &wanted {
+        let held = instance.confirmed.get(shard).copied();
+        let (priority, command, outcome) = match role {
+            Role::Quiescing => {
+                if held == Some(Role::Quiesced) {
+                    continue;
+                }
+                (
+                    0,
+                    UnitCommand::Quiesce {
+                        shard: shard.clone(),
+                        epoch: epoch(shard),
+                    },
+                    Role::Quiesced,
+                )
+            }
+            role if held == Some(*role) => continue,
+            Role::Quiesced => (
+                0,
+                assign(shard, Role::Quiesced, epoch(shard)),
+                Role::Quiesced,
+            ),
+            Role::Standby => (2, assign(shard, Role::Standby, epoch(shard)), Role::Standby),
+            Role::Active => (3, assign(shard, Role::Active, epoch(shard)), Role::Active),
+        };
+        candidates.push((
+            priority,
+            shard.clone(),
+            command,
+            HookOutcome::Role(shard.clone(), Some(outcome)),
+        ));
+    }
+    candidates.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    candidates
+        .into_iter()
+        .next()
+        .map(|(_, _, command, outcome)| (command, outcome))
+}
+
+fn assign(shard: &ShardName, role: Role, epoch: u64) -> UnitCommand {
+    UnitCommand::Assign {
+        shard: shard.clone(),
+        role,
+        epoch,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,398 @@
+//! Scenario tests of the agent: one node (n1, unit `a`) against a committed 2n state.
+
+use super::*;
+use crate::cluster::tests::two_n_state;
+use crate::cluster::{AdminOp, AdminTarget, Command, HandoverUpdate, RoleChange};
+
+const LEASE: Duration = Duration::from_millis(200);
+
+fn ms(millis: u64) -> Time {
+    Time::from_millis(millis)
+}
+
+fn a() -> UnitName {
+    "a".into()
+}
+
+struct Harness {
+    agent: Agent,
+    state: ClusterState,
+    applied: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            agent: Agent::new(NodeId(1), LEASE),
+            state: two_n_state(),
+            applied: 1,
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        self.applied += 1;
+        let outcome = self.state.apply(self.applied, &command);
+        assert!(
+            !matches!(outcome, crate::cluster::ApplyOutcome::Refused(_)),
+            "{outcome:?}"
+        );
+    }
+
+    fn set_role(&mut self, shard: &str, role: Option<Role>) {
+        let version = self.state.shards[&ShardName::from(shard)].version;
+        self.apply(Command::Reassign {
+            shard: shard.into(),
+            expected_version: version,
+            changes: vec![RoleChange { unit: a(), role }],
+            handover: HandoverUpdate::Keep,
+        });
+    }
+
+    /// Reconciles; health checks are answered at once (tests of health checks use
+    /// `reconcile_raw`).
+    fn reconcile(&mut self, now: Time) -> Vec<AgentAction> {
+        let actions = self.reconcile_raw(now);
+        for action in &actions {
+            if let AgentAction::Send {
+                unit,
+                generation,
+                request,
+                command: UnitCommand::Health,
+            } = action
+            {
+                assert!(self
+                    .agent
+                    .on_reply(unit, *generation, *request, Ok(()))
+                    .is_none());
+            }
+        }
+        actions
+    }
+
+    fn reconcile_raw(&mut self, now: Time) -> Vec<AgentAction> {
+        self.agent.reconcile(now, &self.state, self.applied)
+    }
+
+    fn grant(&mut self, sent_at: Time) {
+        self.agent.on_grant(sent_at, self.applied);
+    }
+
+    /// Starts unit a's first instance and registers it; returns the generation.
+    fn running(&mut self, now: Time) -> u64 {
+        self.grant(now);
+        let actions = self.reconcile(now);
+        let generation = match &actions[..] {
+            [AgentAction::Start { generation, .. }] => *generation,
+            other => panic!("expected a start: {other:?}"),
+        };
+        self.agent.on_started(&a(), generation, 4242);
+        assert!(self.agent.on_registered(now, &a(), generation));
+        generation
+    }
+
+    /// The hooks sent in `actions`: (request, command).
+    fn sends(actions: &[AgentAction]) -> Vec<(u64, UnitCommand)> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                AgentAction::Send {
+                    request, command, ..
+                } if *command != UnitCommand::Health => Some((*request, command.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn nothing_starts_before_the_first_lease_and_then_the_unit_starts() {
+    let mut h = Harness::new();
+    assert!(h.reconcile(ms(0)).is_empty(), "no lease: not caught up");
+    let generation = h.running(ms(10));
+    assert_eq!(generation, 1);
+    let report = h.agent.report(ms(10), &h.state, h.applied);
+    let unit = &report.units[&a()];
+    assert_eq!((unit.presence, unit.pid), (Presence::Running, Some(4242)));
+}
+
+#[test]
+fn roles_are_assigned_one_hook_at_a_time_and_settle_when_answered() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    h.set_role("s0", Some(Role::Active));
+    h.set_role("s1", Some(Role::Standby));
+    let actions = h.reconcile(ms(1));
+    assert!(actions.iter().any(|action| matches!(
+        action,
+        AgentAction::Lease {
+            valid_until: Some(_),
+            ..
+        }
+    )));
+    let sends = Harness::sends(&actions);
+    assert_eq!(sends.len(), 1, "one hook at a time: {sends:?}");
+    // STANDBY before ACTIVE.
+    assert!(matches!(
+        &sends[0].1,
+        UnitCommand::Assign {
+            role: Role::Standby,
+            ..
+        }
+    ));
+    assert!(h
+        .agent
+        .on_reply(&a(), generation, sends[0].0, Ok(()))
+        .is_none());
+    let sends = Harness::sends(&h.reconcile(ms(2)));
+    assert!(matches!(
+        &sends[0].1,
+        UnitCommand::Assign {
+            role: Role::Active,
+            epoch: 1,
+            ..
+        }
+    ));
+    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    let report = h.agent.report(ms(3), &h.state, h.applied);
+    let settled = &report.units[&a()].settled;
+    assert_eq!(settled.len(), 2);
+    assert_eq!(settled[&ShardName::from("s0")].role, Role::Active);
+    assert!(
+        Harness::sends(&h.reconcile(ms(4))).is_empty(),
+        "nothing left to do"
+    );
+}
+
+#[test]
+fn an_expired_lease_fences_the_active_and_a_new_grant_restores_it() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    h.set_role("s0", Some(Role::Active));
+    h.grant(ms(0));
+    let sends = Harness::sends(&h.reconcile(ms(1)));
+    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    // The lease (granted for a heartbeat sent at 0) ends at 200.
+    let actions = h.reconcile(ms(200));
+    assert!(actions.contains(&AgentAction::Lease {
+        unit: a(),
+        generation,
+        valid_until: None
+    }));
+    let sends = Harness::sends(&actions);
+    assert!(
+        matches!(
+            &sends[0].1,
+            UnitCommand::Assign {
+                role: Role::Quiesced,
+                ..
+            }
+        ),
+        "{sends:?}"
+    );
+    let report = h.agent.report(ms(200), &h.state, h.applied);
+    assert!(
+        report.units[&a()].settled.is_empty(),
+        "a fenced ACTIVE is not settled"
+    );
+    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    // A grant whose floor is not applied yet does not help.
+    h.agent.on_grant(ms(300), h.applied + 1);
+    assert!(Harness::sends(&h.reconcile(ms(301))).is_empty());
+    h.agent.on_grant(ms(310), h.applied);
+    let sends = Harness::sends(&h.reconcile(ms(311)));
+    assert!(matches!(
+        &sends[0].1,
+        UnitCommand::Assign {
+            role: Role::Active,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_crash_is_reported_until_committed_and_the_next_generation_starts() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    h.agent.on_exited(&a(), generation, None, Some(9));
+    let report = h.agent.report(ms(1), &h.state, h.applied);
+    let faults = &report.units[&a()].faults;
+    assert_eq!(faults.len(), 1);
+    let (id, kind) = faults[0].clone();
+    assert_eq!(
+        kind,
+        FaultKind::ProcessExit {
+            code: None,
+            signal: Some(9)
+        }
+    );
+    // No restart of the same generation while the fault is not handled.
+    h.grant(ms(1));
+    assert!(h.reconcile(ms(1)).is_empty());
+    h.apply(Command::UnitFault {
+        unit: a(),
+        fault: id,
+        kind,
+        at_ms: 0,
+        promotions: vec![],
+    });
+    let actions = h.reconcile(ms(2));
+    assert!(
+        matches!(&actions[..], [AgentAction::Start { generation: 2, .. }]),
+        "{actions:?}"
+    );
+    assert!(h.agent.report(ms(2), &h.state, h.applied).units[&a()]
+        .faults
+        .is_empty());
+}
+
+#[test]
+fn a_missed_health_check_kills_the_unit_and_the_fault_follows_its_exit() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    let actions = h.reconcile_raw(ms(0));
+    assert!(actions.iter().any(|action| matches!(
+        action,
+        AgentAction::Send {
+            command: UnitCommand::Health,
+            ..
+        }
+    )));
+    // Default health timeout is 300 ms.
+    h.grant(ms(300));
+    let actions = h.reconcile_raw(ms(300));
+    assert!(
+        actions.iter().any(|action| matches!(
+            action,
+            AgentAction::Stop {
+                how: StopSpec { kill: true, .. },
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+    assert!(
+        h.agent.report(ms(300), &h.state, h.applied).units[&a()]
+            .faults
+            .is_empty(),
+        "not before it exited"
+    );
+    h.agent.on_exited(&a(), generation, None, Some(9));
+    let faults = &h.agent.report(ms(301), &h.state, h.applied).units[&a()].faults;
+    assert_eq!(faults[0].1, FaultKind::HealthTimeout);
+}
+
+#[test]
+fn a_hook_that_fails_kills_the_unit() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    h.set_role("s0", Some(Role::Standby));
+    let sends = Harness::sends(&h.reconcile(ms(1)));
+    let stop = h
+        .agent
+        .on_reply(&a(), generation, sends[0].0, Err("no memory".into()));
+    assert!(matches!(
+        stop,
+        Some(AgentAction::Stop {
+            how: StopSpec { kill: true, .. },
+            ..
+        })
+    ));
+    h.agent.on_exited(&a(), generation, None, Some(9));
+    let faults = &h.agent.report(ms(2), &h.state, h.applied).units[&a()].faults;
+    assert_eq!(faults[0].1, FaultKind::CallbackFailed);
+}
+
+#[test]
+fn a_reported_fault_quiesces_the_unit_until_the_fault_is_handled() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    h.set_role("s0", Some(Role::Active));
+    let sends = Harness::sends(&h.reconcile(ms(1)));
+    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    h.agent.on_unit_fault(&a(), generation, Severity::Transient);
+    assert_eq!(
+        h.agent.confirmed(&a())[&ShardName::from("s0")],
+        Role::Quiesced
+    );
+    // Still ACTIVE in the committed state, but the agent will not re-activate it.
+    assert!(Harness::sends(&h.reconcile(ms(2))).is_empty());
+    let report = h.agent.report(ms(2), &h.state, h.applied);
+    let (id, kind) = report.units[&a()].faults[0].clone();
+    h.apply(Command::UnitFault {
+        unit: a(),
+        fault: id,
+        kind,
+        at_ms: 0,
+        promotions: vec![],
+    });
+    // L0: the committed fault took the role away and asks for a reset.
+    let sends = Harness::sends(&h.reconcile(ms(3)));
+    assert_eq!(sends[0].1, UnitCommand::Remove { shard: "s0".into() });
+    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    let sends = Harness::sends(&h.reconcile(ms(4)));
+    assert_eq!(sends[0].1, UnitCommand::Reset);
+}
+
+#[test]
+fn a_new_generation_stops_the_old_instance_gracefully_then_starts() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    h.apply(Command::Admin {
+        target: AdminTarget::Unit(a()),
+        op: AdminOp::Restart,
+    });
+    h.apply(Command::RestartUnit {
+        unit: a(),
+        expected_generation: 1,
+    });
+    let actions = h.reconcile(ms(1));
+    assert!(
+        matches!(
+            &actions[..],
+            [AgentAction::Stop {
+                generation: 1,
+                how: StopSpec { kill: false, .. },
+                ..
+            }]
+        ),
+        "{actions:?}"
+    );
+    h.agent.on_exited(&a(), generation, Some(0), None);
+    assert!(
+        h.agent.report(ms(2), &h.state, h.applied).units[&a()]
+            .faults
+            .is_empty(),
+        "a requested stop is no fault"
+    );
+    let actions = h.reconcile(ms(2));
+    assert!(matches!(
+        &actions[..],
+        [AgentAction::Start { generation: 2, .. }]
+    ));
+}
+
+#[test]
+fn a_restarted_agent_reports_the_units_that_held_roles() {
+    let mut h = Harness::new();
+    h.set_role("s0", Some(Role::Active));
+    h.grant(ms(0));
+    let actions = h.reconcile(ms(0));
+    assert!(
+        actions.is_empty(),
+        "the unit waits for its fault to be handled: {actions:?}"
+    );
+    let report = h.agent.report(ms(0), &h.state, h.applied);
+    assert_eq!(report.units[&a()].faults[0].1, FaultKind::AgentRestarted);
+}
+
+#[test]
+fn registration_of_an_unexpected_instance_is_refused() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    assert!(
+        !h.agent.on_registered(ms(1), &a(), generation),
+        "already registered"
+    );
+    assert!(!h.agent.on_registered(ms(1), &a(), generation + 1));
+    assert!(!h.agent.on_registered(ms(1), &"zz".into(), 1));
+}

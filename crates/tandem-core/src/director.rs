@@ -1,0 +1,798 @@
+//! The director: the leader's decisions about assignments, failover and recovery.
+//!
+//! It is a planner. Each round it reads the committed [`ClusterState`] (the intent) and the
+//! agents' latest [`Observations`] (what units actually are), and returns commands to propose.
+//! It never changes anything itself: a decision takes effect when its command commits, and
+//! `apply` re-checks every command against the state it finds, so a plan made on a stale view
+//! (an old leader's, a lost race) is refused instead of applied. A new leader's director starts
+//! with no memory and continues from the committed state, which is how an operation begun under
+//! one leader is finished, or rolled back, under the next.
+//!
+//! Rules that keep at most one unit acting ACTIVE per shard (single-ACTIVE models):
+//! - a unit becomes ACTIVE only when no unit holds ACTIVE or QUIESCING (checked by `apply`);
+//! - an ACTIVE or QUIESCING role is taken from a unit only when that unit cannot act: its
+//!   agent confirmed it QUIESCED, or it faulted (a fault is reported only once the unit is
+//!   dead, killed, or stopped acting), or its node was declared down (its agent's lease, and
+//!   with it every unit's permission to act, ran out before that; see `lease`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::cluster::{
+    AdminState, ClusterState, Command, FaultId, Handover, HandoverReason, HandoverUpdate, Role,
+    RoleChange, ShardRecord, UnitRecord,
+};
+use crate::ids::{NodeId, ShardName, UnitName};
+use crate::report::{Observations, Presence, Settled, UnitReport};
+use crate::time::Time;
+use crate::topology::{RedundancyModel, ServiceSpec};
+
+/// How long a proposal is given to commit before the director plans the same thing again.
+pub const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// What the director is waiting for, so it does not propose the same change twice.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum PendingKey {
+    Shard(ShardName),
+    Fault(UnitName, FaultId),
+    Restart(UnitName, u64),
+}
+
+/// The leader's director. Keeps only the proposals in flight.
+#[derive(Debug, Default, Clone)]
+pub struct Director {
+    /// Proposals made and not yet seen committed: key → (when, the shard version planned from).
+    pending: BTreeMap<PendingKey, (Time, u64)>,
+}
+
+/// A read-only view joining the committed state with the observations.
+pub struct View<'a> {
+    /// The committed state.
+    pub state: &'a ClusterState,
+    /// The agents' reports.
+    pub observations: &'a Observations,
+}
+
+impl<'a> View<'a> {
+    /// A view of `state` and `observations`.
+    pub fn new(state: &'a ClusterState, observations: &'a Observations) -> Self {
+        Self {
+            state,
+            observations,
+        }
+    }
+
+    /// The agent's report about `unit`'s current instance, if it has one.
+    pub fn report(&self, unit: &UnitRecord) -> Option<&'a UnitReport> {
+        self.observations
+            .unit(unit.node, &unit.name)
+            .filter(|report| report.generation == unit.generation)
+    }
+
+    /// Whether `unit`'s current instance runs and registered, with no unhandled fault.
+    pub fn running(&self, unit: &UnitRecord) -> bool {
+        self.report(unit).is_some_and(|report| {
+            report.presence == Presence::Running
+                && !report
+                    .faults
+                    .iter()
+                    .any(|(id, _)| id.generation == unit.generation && *id > unit.fault_seen)
+        })
+    }
+
+    /// Whether `unit` may take new assignments: in service and running.
+    pub fn eligible(&self, unit: &UnitRecord) -> bool {
+        self.state.in_service(unit) && self.state.is_up(unit.node) && self.running(unit)
+    }
+
+    /// The role `unit` confirmed for `shard` at the shard's current version.
+    pub fn settled(&self, unit: &UnitRecord, shard: &ShardRecord) -> Option<Role> {
+        let report = self.report(unit)?;
+        match report.settled.get(&shard.name) {
+            Some(Settled { role, version }) if *version == shard.version => Some(*role),
+            _ => None,
+        }
+    }
+
+    /// The unit record of `name`.
+    fn unit(&self, name: &UnitName) -> Option<&'a UnitRecord> {
+        self.state.units.get(name)
+    }
+
+    /// A STANDBY of `shard` that can take over at once: eligible and confirmed STANDBY at the
+    /// current version. Best first by preference.
+    pub fn ready_standby(&self, shard: &ShardRecord, except: &UnitName) -> Option<UnitName> {
+        let service = self.state.topology.service(&shard.service)?;
+        let mut ready: Vec<&UnitRecord> = shard
+            .units_in(Role::Standby)
+            .filter(|name| *name != except)
+            .filter_map(|name| self.unit(name))
+            .filter(|unit| self.eligible(unit) && self.settled(unit, shard) == Some(Role::Standby))
+            .collect();
+        ready.sort_by_key(|unit| self.preference(service, unit));
+        ready.first().map(|unit| unit.name.clone())
+    }
+
+    /// Static preference of a unit: its rank, its node's rank, its place in the config.
+    fn preference(&self, service: &ServiceSpec, unit: &UnitRecord) -> (u32, u32, usize) {
+        let spec_rank = service.unit(&unit.name).map_or(u32::MAX, |spec| spec.rank);
+        (
+            spec_rank,
+            self.state.topology.node_rank(unit.node),
+            service.unit_position(&unit.name).unwrap_or(usize::MAX),
+        )
+    }
+}
+
+/// Counts of roles per unit within one service, for balancing.
+#[derive(Default)]
+struct Load {
+    actives: BTreeMap<UnitName, usize>,
+    standbys: BTreeMap<UnitName, usize>,
+    total: BTreeMap<UnitName, usize>,
+}
+
+impl Load {
+    fn of(state: &ClusterState, service: &ServiceSpec) -> Self {
+        let mut load = Load::default();
+        for shard in state
+            .shards
+            .values()
+            .filter(|shard| shard.service == service.name)
+        {
+            for (unit, role) in &shard.roles {
+                *load.total.entry(unit.clone()).or_default() += 1;
+                match role {
+                    Role::Active | Role::Quiescing => {
+                        *load.actives.entry(unit.clone()).or_default() += 1
+                    }
+                    Role::Standby => *load.standbys.entry(unit.clone()).or_default() += 1,
+                    Role::Quiesced => {}
+                }
+            }
+        }
+        load
+    }
+
+    /// Counts roles a planned `Reassign` gives (removals are left counted: conservative).
+    fn note(&mut self, changes: &[RoleChange]) {
+        for change in changes {
+            let map = match change.role {
+                Some(Role::Active) => &mut self.actives,
+                Some(Role::Standby) => &mut self.standbys,
+                _ => continue,
+            };
+            *map.entry(change.unit.clone()).or_default() += 1;
+            *self.total.entry(change.unit.clone()).or_default() += 1;
+        }
+    }
+
+    fn get(map: &BTreeMap<UnitName, usize>, unit: &UnitName) -> usize {
+        map.get(unit).copied().unwrap_or(0)
+    }
+}
+
+impl Director {
+    /// A director with nothing in flight.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Plans one round: the commands to propose now, given the committed `state`, the agents'
+    /// `observations`, the local time `now` and the wall clock `wall_ms` (ms since the Unix
+    /// epoch, stamped on faults for the ladder's probation windows).
+    pub fn plan(
+        &mut self,
+        now: Time,
+        state: &ClusterState,
+        observations: &Observations,
+        wall_ms: u64,
+    ) -> Vec<Command> {
+        self.expire(now, state);
+        let view = View::new(state, observations);
+        let mut commands = Vec::new();
+        // Shards a fault in this round touches are left for the next round.
+        let mut touched: BTreeSet<ShardName> = BTreeSet::new();
+
+        self.plan_faults(now, &view, wall_ms, &mut commands, &mut touched);
+        // Role counts per service, updated with this round's plans so that shards planned in
+        // one round spread over the units instead of all picking the same one.
+        let mut loads: BTreeMap<crate::ids::ServiceName, Load> = state
+            .topology
+            .services
+            .iter()
+            .map(|service| (service.name.clone(), Load::of(state, service)))
+            .collect();
+        for shard in state.shards.values() {
+            if touched.contains(&shard.name)
+                || self.is_pending(&PendingKey::Shard(shard.name.clone()))
+            {
+                continue;
+            }
+            let Some(load) = loads.get_mut(&shard.service) else {
+                continue;
+            };
+            if let Some(command) = plan_shard(&view, shard, load) {
+                if let Command::Reassign { changes, .. } = &command {
+                    load.note(changes);
+                }
+                self.pending
+                    .insert(PendingKey::Shard(shard.name.clone()), (now, shard.version));
+                commands.push(command);
+            }
+        }
+        for unit in state.units.values() {
+            if !unit.restart_pending || state.roles_of(&unit.name).next().is_some() {
+                continue;
+            }
+            let key = PendingKey::Restart(unit.name.clone(), unit.generation);
+            if self.is_pending(&key) {
+                continue;
+            }
+            self.pending.insert(key, (now, 0));
+            commands.push(Command::RestartUnit {
+                unit: unit.name.clone(),
+                expected_generation: unit.generation,
+            });
+        }
+        commands
+    }
+
+    fn is_pending(&self, key: &PendingKey) -> bool {
+        self.pending.contains_key(key)
+    }
+
+    /// Forgets proposals that committed (the state moved on) or that had their time.
+    fn expire(&mut self, now: Time, state: &ClusterState) {
+        self.pending.retain(|key, (at, version)| {
+            if now.saturating_since(*at) >= RETRY_AFTER {
+                return false;
+            }
+            match key {
+                PendingKey::Shard(shard) => state
+                    .shards
+                    .get(shard)
+                    .is_some_and(|record| record.version == *version),
+                PendingKey::Fault(unit, fault) => state.units.get(unit).is_some_and(|record| {
+                    record.generation == fault.generation && record.fault_seen < *fault
+                }),
+                PendingKey::Restart(unit, generation) => {
+                    state.units.get(unit).is_some_and(|record| {
+                        record.generation == *generation && record.restart_pending
+                    })
+                }
+            }
+        });
+    }
+
+    /// Faults the agents reported, and units on nodes that were declared down.
+    fn plan_faults(
+        &mut self,
+        now: Time,
+        view: &View<'_>,
+        wall_ms: u64,
+        commands: &mut Vec<Command>,
+        touched: &mut BTreeSet<ShardName>,
+    ) {
+        let state = view.state;
+        for unit in state.units.values() {
+            // Units on a down node hold no roles: the down verdict took them away.
+            let fault = view.report(unit).and_then(|report| {
+                report
+                    .faults
+                    .iter()
+                    .find(|(id, _)| id.generation == unit.generation && *id > unit.fault_seen)
+                    .cloned()
+            });
+            let Some((id, kind)) = fault else { continue };
+            let key = PendingKey::Fault(unit.name.clone(), id);
+            if self.is_pending(&key) {
+                continue;
+            }
+            self.pending.insert(key, (now, 0));
+            touched.extend(state.roles_of(&unit.name).map(|(shard, _)| shard.clone()));
+            let promotions = promotions_for(view, std::slice::from_ref(&unit.name));
+            commands.push(Command::UnitFault {
+                unit: unit.name.clone(),
+                fault: id,
+                kind,
+                at_ms: wall_ms,
+                promotions,
+            });
+        }
+    }
+}
+
+/// For shards where one of `leaving` acts alone: a ready STANDBY (not among `leaving`) to
+/// promote when they lose their roles.
+fn promotions_for(view: &View<'_>, leaving: &[UnitName]) -> Vec<(ShardName, UnitName)> {
+    let state = view.state;
+    let mut promotions = Vec::new();
+    for shard in state.shards.values() {
+        let acting: Vec<&UnitName> = shard.acting().collect();
+        if acting.is_empty() || !acting.iter().all(|unit| leaving.contains(unit)) {
+            continue;
+        }
+        let standby = shard
+            .units_in(Role::Standby)
+            .filter(|unit| !leaving.contains(unit))
+            .filter_map(|name| state.units.get(name))
+            .filter(|unit| view.eligible(unit) && view.settled(unit, shard) == Some(Role::Standby))
+            .min_by_key(|unit| {
+                state
+                    .topology
+                    .service(&shard.service)
+                    .map(|service| view.preference(service, unit))
+            });
+        if let Some(standby) = standby {
+            promotions.push((shard.name.clone(), standby.name.clone()));
+        }
+    }
+    promotions
+}
+
+/// The promotions to attach to a down verdict on `node`: a ready STANDBY for every shard whose
+/// acting units are all on that node.
+pub fn node_down_promotions(view: &View<'_>, node: NodeId) -> Vec<(ShardName, UnitName)> {
+    let leaving: Vec<UnitName> = view
+        .state
+        .units_on(node)
+        .map(|unit| unit.name.clone())
+        .collect();
+    promotions_for(view, &leaving)
+}
+
+/// Plans one shard: at most one `Reassign` bringing it one step closer to a complete, valid
+/// assignment.
+fn plan_shard(view: &View<'_>, shard: &ShardRecord, load: &Load) -> Option<Command> {
+    let state = view.state;
+    let service = state.topology.service(&shard.service)?;
+    let reassign = |changes: Vec<RoleChange>, handover: HandoverUpdate| Command::Reassign {
+        shard: shard.name.clone(),
+        expected_version: shard.version,
+        changes,
+        handover,
+    };
+    let change = |unit: &UnitName, role: Option<Role>| RoleChange {
+        unit: unit.clone(),
+        role,
+    };
+
+    // A handover in progress: finish it once the old ACTIVE is confirmed quiesced.
+    if let Some(handover) = &shard.handover {
+        return plan_handover(view, service, shard, handover)
+            .map(|(changes, update)| reassign(changes, update));
+    }
+
+    // Roles held by units that cannot keep them.
+    for (name, role) in &shard.roles {
+        let Some(unit) = state.units.get(name) else {
+            continue;
+        };
+        if !state.is_up(unit.node) {
+            // The fault path handles units on down nodes.
+            continue;
+        }
+        let in_service = state.in_service(unit);
+        match role {
+            Role::Active if !in_service => {
+                // Move the ACTIVE away: gracefully for shutdown and restart, at once for lock.
+                let graceful =
+                    unit.restart_pending || state.effective_admin(unit) == AdminState::ShuttingDown;
+                let reason = if unit.restart_pending
+                    && state.effective_admin(unit) == AdminState::Unlocked
+                {
+                    HandoverReason::Restart
+                } else {
+                    HandoverReason::OutOfService
+                };
+                let to = if service.model.multi_active() {
+                    None
+                } else {
+                    view.ready_standby(shard, name)
+                };
+                let demoted = if graceful {
+                    Role::Quiescing
+                } else {
+                    Role::Quiesced
+                };
+                return Some(reassign(
+                    vec![change(name, Some(demoted))],
+                    HandoverUpdate::Start(Handover {
+                        from: name.clone(),
+                        to,
+                        reason,
+                    }),
+                ));
+            }
+            Role::Standby if !in_service => {
+                return Some(reassign(vec![change(name, None)], HandoverUpdate::Keep));
+            }
+            Role::Quiescing | Role::Quiesced => {
+                // Left over without a handover (its handover was cleared by a fault of the
+                // other side): a quiesced unit can be a standby again, or leave.
+                let settled = view.settled(unit, shard) == Some(Role::Quiesced);
+                if *role == Role::Quiescing && !settled {
+                    continue;
+                }
+                let wants_standby = service.model.has_standby()
+                    && in_service
+                    && view.eligible(unit)
+                    && shard.units_in(Role::Standby).next().is_none();
+                let next = if wants_standby {
+                    Some(Role::Standby)
+                } else {
+                    None
+                };
+                return Some(reassign(vec![change(name, next)], HandoverUpdate::Keep));
+            }
+            _ => {}
+        }
+    }
+
+    let (actives_wanted, standbys_wanted) =
+        crate::cluster::wanted_counts(service.model, service.units.len());
+    let acting: Vec<&UnitName> = shard.acting().collect();
+
+    // Missing ACTIVEs.
+    if acting.len() < actives_wanted && (service.model.multi_active() || acting.is_empty()) {
+        let quiesced_present = shard.units_in(Role::Quiesced).next().is_some();
+        if !service.model.multi_active() && quiesced_present {
+            // Wait for the leftover QUIESCED unit to be settled first (handled above).
+            return None;
+        }
+        if let Some(standby) = view.ready_standby(shard, &UnitName::default()) {
+            if !service.model.multi_active() {
+                return Some(reassign(
+                    vec![change(&standby, Some(Role::Active))],
+                    HandoverUpdate::Keep,
+                ));
+            }
+        }
+        if let Some(unit) = best_candidate(view, service, shard, load, Role::Active) {
+            return Some(reassign(
+                vec![change(&unit, Some(Role::Active))],
+                HandoverUpdate::Keep,
+            ));
+        }
+    }
+
+    // Missing STANDBYs.
+    let standbys = shard.units_in(Role::Standby).count();
+    if standbys < standbys_wanted && !acting.is_empty() {
+        if let Some(unit) = best_candidate(view, service, shard, load, Role::Standby) {
+            return Some(reassign(
+                vec![change(&unit, Some(Role::Standby))],
+                HandoverUpdate::Keep,
+            ));
+        }
+    }
+    None
+}
+
+/// The step of a running handover, if one can be taken now.
+fn plan_handover(
+    view: &View<'_>,
+    service: &ServiceSpec,
+    shard: &ShardRecord,
+    handover: &Handover,
+) -> Option<(Vec<RoleChange>, HandoverUpdate)> {
+    let state = view.state;
+    let Some(from_role) = shard.roles.get(&handover.from).copied() else {
+        // The old ACTIVE lost its role another way (a fault): nothing left to hand over.
+        return Some((Vec::new(), HandoverUpdate::Clear));
+    };
+    let from = state.units.get(&handover.from)?;
+    match from_role {
+        Role::Quiescing | Role::Quiesced => {}
+        // Rolled back already, or never started: the handover is over.
+        Role::Active | Role::Standby => return Some((Vec::new(), HandoverUpdate::Clear)),
+    }
+    if view.settled(from, shard) != Some(Role::Quiesced) {
+        // Still quiescing (or its agent has not reported yet). A hook that takes too long is
+        // a fault the agent reports, which ends the handover through the fault path.
+        return None;
+    }
+    // The planned target, while it can still take over: eligible, and holding STANDBY. Its
+    // agent may not have confirmed the role at the shard's new version yet (it reports after
+    // applying the handover's start); that is worth waiting for, not a reason to give up.
+    let planned = handover
+        .to
+        .as_ref()
+        .and_then(|to| state.units.get(to))
+        .filter(|unit| view.eligible(unit) && shard.roles.get(&unit.name) == Some(&Role::Standby));
+    if let Some(unit) = planned {
+        if view.settled(unit, shard) != Some(Role::Standby) {
+            return None;
+        }
+    }
+    let target = planned.map(|unit| unit.name.clone()).or_else(|| {
+        if service.model.multi_active() {
+            None
+        } else {
+            view.ready_standby(shard, &handover.from)
+        }
+    });
+    let mut changes = Vec::new();
+    let from_stays_standby = service.model.has_standby()
+        && handover.reason == HandoverReason::Switchover
+        && view.eligible(from);
+    match target {
+        Some(to) => {
+            let from_next = if from_stays_standby {
+                Some(Role::Standby)
+            } else {
+                None
+            };
+            changes.push(RoleChange {
+                unit: handover.from.clone(),
+                role: from_next,
+            });
+            changes.push(RoleChange {
+                unit: to,
+                role: Some(Role::Active),
+            });
+        }
+        None if handover.reason == HandoverReason::Switchover && view.eligible(from) => {
+            // Nobody can take over: roll back, the old ACTIVE carries on.
+            changes.push(RoleChange {
+                unit: handover.from.clone(),
+                role: Some(Role::Active),
+            });
+        }
+        None => changes.push(RoleChange {
+            unit: handover.from.clone(),
+            role: None,
+        }),
+    }
+    Some((changes, HandoverUpdate::Clear))
+}
+
+/// The best unit to give `shard` a new `role`, by the service's model: eligible, not already
+/// holding a role in the shard, within the per-unit limit, and (unless colocation is allowed)
+/// not on the node of the shard's other role.
+fn best_candidate(
+    view: &View<'_>,
+    service: &ServiceSpec,
+    shard: &ShardRecord,
+    load: &Load,
+    role: Role,
+) -> Option<UnitName> {
+    let state = view.state;
+    let other_nodes: BTreeSet<NodeId> = shard
+        .roles
+        .keys()
+        .filter_map(|unit| state.units.get(unit))
+        .map(|unit| unit.node)
+        .collect();
+    let active_set: BTreeSet<UnitName> = match service.model {
+        RedundancyModel::NPlusM { active_units } => {
+            let mut ordered: Vec<&UnitRecord> = service
+                .units
+                .iter()
+                .filter_map(|spec| state.units.get(&spec.name))
+                .collect();
+            ordered.sort_by_key(|unit| view.preference(service, unit));
+            ordered
+                .into_iter()
+                .take(active_units as usize)
+                .map(|unit| unit.name.clone())
+                .collect()
+        }
+        _ => BTreeSet::new(),
+    };
+    let mut candidates: Vec<(_, UnitName)> = service
+        .units
+        .iter()
+        .filter_map(|spec| state.units.get(&spec.name))
+        .filter(|unit| view.eligible(unit) && !shard.roles.contains_key(&unit.name))
+        .filter(|unit| {
+            service.max_shards_per_unit == 0
+                || Load::get(&load.total, &unit.name) < service.max_shards_per_unit as usize
+        })
+        .filter(|unit| {
+            service.allow_colocation
+                || service.model.multi_active()
+                || !other_nodes.contains(&unit.node)
+        })
+        .map(|unit| {
+            let name = unit.name.clone();
+            let actives = Load::get(&load.actives, &name) as i64;
+            let standbys = Load::get(&load.standbys, &name) as i64;
+            let in_active_set = active_set.contains(&name);
+            // Lower sorts first.
+            let primary: (i64, i64) = match (service.model, role) {
+                // 2n: follow the unit that already carries the most of that role.
+                (RedundancyModel::TwoN, Role::Active) => (0, -actives),
+                (RedundancyModel::TwoN, _) => (0, -standbys),
+                // n+m: actives on the first N units, standbys on the others, balanced.
+                (RedundancyModel::NPlusM { .. }, Role::Active) => {
+                    (i64::from(!in_active_set), actives)
+                }
+                (RedundancyModel::NPlusM { .. }, _) => (i64::from(in_active_set), standbys),
+                _ => (0, Load::get(&load.total, &name) as i64),
+            };
+            ((primary, view.preference(service, unit)), name)
+        })
+        .collect();
+    candidates.sort();
+    candidates.into_iter().next().map(|(_, name)| name)
+}
+
+/// Why an administrative request cannot be carried out. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// Machine-readable code: `not_found`, `no_standby`, `busy`, `no_op`, `invalid`.
+    pub code: &'static str,
+    /// One sentence for a human: what is wrong and what to do.
+    pub message: String,
+}
+
+fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// What a switchover applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchoverTarget {
+    /// One shard.
+    Shard(ShardName),
+    /// Every shard of a service.
+    Service(crate::ids::ServiceName),
+    /// Every shard whose ACTIVE is on a node.
+    Node(NodeId),
+}
+
+/// Validates a switchover and returns the commands that start it (one per shard), or why it
+/// cannot succeed. Every shard must be switchable, or none is touched.
+pub fn plan_switchover(
+    view: &View<'_>,
+    target: &SwitchoverTarget,
+) -> Result<Vec<Command>, Refusal> {
+    let state = view.state;
+    let shards: Vec<&ShardRecord> = match target {
+        SwitchoverTarget::Shard(name) => vec![state
+            .shards
+            .get(name)
+            .ok_or_else(|| refusal("not_found", format!("there is no shard {name}")))?],
+        SwitchoverTarget::Service(name) => {
+            if state.topology.service(name).is_none() {
+                return Err(refusal("not_found", format!("there is no service {name}")));
+            }
+            state
+                .shards
+                .values()
+                .filter(|shard| &shard.service == name)
+                .collect()
+        }
+        SwitchoverTarget::Node(node) => {
+            if !state.nodes.contains_key(node) {
+                return Err(refusal("not_found", format!("there is no node {node}")));
+            }
+            let shards: Vec<&ShardRecord> = state
+                .shards
+                .values()
+                .filter(|shard| {
+                    shard.units_in(Role::Active).any(|unit| {
+                        state
+                            .units
+                            .get(unit)
+                            .is_some_and(|record| record.node == *node)
+                    })
+                })
+                .collect();
+            if shards.is_empty() {
+                return Err(refusal(
+                    "no_op",
+                    format!("no shard is ACTIVE on node {node}"),
+                ));
+            }
+            shards
+        }
+    };
+    let mut commands = Vec::new();
+    for shard in shards {
+        let service = state
+            .topology
+            .service(&shard.service)
+            .ok_or_else(|| refusal("invalid", format!("shard {} has no service", shard.name)))?;
+        if !service.model.has_standby() {
+            return Err(refusal(
+                "invalid",
+                format!(
+                    "shard {} belongs to service {} with model {}, which has no STANDBY to switch to",
+                    shard.name, service.name, service.model
+                ),
+            ));
+        }
+        if let Some(handover) = &shard.handover {
+            return Err(refusal(
+                "busy",
+                format!(
+                    "shard {} is already handing over from {} ({}); wait for it to finish",
+                    shard.name,
+                    handover.from,
+                    handover.reason.name()
+                ),
+            ));
+        }
+        let active = shard.units_in(Role::Active).next().ok_or_else(|| {
+            refusal(
+                "invalid",
+                format!("shard {} has no ACTIVE to switch over", shard.name),
+            )
+        })?;
+        let active_unit = &state.units[active];
+        if view.settled(active_unit, shard) != Some(Role::Active) {
+            return Err(refusal(
+                "busy",
+                format!(
+                    "shard {}: ACTIVE unit {active} has not confirmed its role yet; retry in a moment",
+                    shard.name
+                ),
+            ));
+        }
+        let standby = view.ready_standby(shard, active).ok_or_else(|| {
+            let detail = shard
+                .units_in(Role::Standby)
+                .filter_map(|name| state.units.get(name))
+                .map(|unit| describe_unready(view, unit, shard))
+                .collect::<Vec<_>>();
+            let why = if detail.is_empty() {
+                "it has no STANDBY".to_owned()
+            } else {
+                detail.join("; ")
+            };
+            refusal(
+                "no_standby",
+                format!("shard {} cannot switch over: {why}", shard.name),
+            )
+        })?;
+        commands.push(Command::Reassign {
+            shard: shard.name.clone(),
+            expected_version: shard.version,
+            changes: vec![RoleChange {
+                unit: active.clone(),
+                role: Some(Role::Quiescing),
+            }],
+            handover: HandoverUpdate::Start(Handover {
+                from: active.clone(),
+                to: Some(standby),
+                reason: HandoverReason::Switchover,
+            }),
+        });
+    }
+    Ok(commands)
+}
+
+/// Why `unit` is not a ready STANDBY of `shard`, for refusals.
+fn describe_unready(view: &View<'_>, unit: &UnitRecord, shard: &ShardRecord) -> String {
+    let state = view.state;
+    let name = &unit.name;
+    if !state.is_up(unit.node) {
+        return format!("STANDBY {name}'s node {} is down", unit.node);
+    }
+    if !state.in_service(unit) {
+        return format!(
+            "STANDBY {name} is out of service ({})",
+            state.effective_admin(unit).name()
+        );
+    }
+    match view.report(unit) {
+        None => format!("STANDBY {name} has not been reported by its agent yet"),
+        Some(report) if report.presence != Presence::Running => {
+            format!("STANDBY {name} is {}", report.presence.name())
+        }
+        Some(_) if view.settled(unit, shard).is_none() => {
+            format!("STANDBY {name} has not confirmed its role yet")
+        }
+        Some(_) => format!("STANDBY {name} is not ready"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,511 @@
+//! Scenario tests of the director: a committed state, agents that report their units, rounds
+//! of planning and applying.
+
+use super::*;
+use crate::cluster::{AdminOp, AdminTarget, ApplyOutcome};
+use crate::ladder::{FaultKind, Severity};
+use crate::report::{AgentReport, UnitReport};
+use crate::topology::{EscalationPolicy, ProcessSpec, Topology, UnitSpec, UnitTimeouts};
+
+/// A cluster state plus agents that do whatever they are told at once.
+struct Harness {
+    state: ClusterState,
+    director: Director,
+    now: Time,
+    index: u64,
+    /// Units whose agents never confirm anything (e.g. a hook that hangs).
+    silent: BTreeSet<UnitName>,
+    /// Faults the agents report: unit → kind.
+    faults: BTreeMap<UnitName, FaultKind>,
+}
+
+fn spec(model: RedundancyModel, units: &[(&str, u64)], shards: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        name: "svc".into(),
+        model,
+        units: units
+            .iter()
+            .map(|(name, node)| UnitSpec {
+                name: (*name).into(),
+                node: NodeId(*node),
+                rank: 0,
+            })
+            .collect(),
+        shards: shards.iter().map(|shard| (*shard).into()).collect(),
+        instantiate: ProcessSpec {
+            argv: vec!["/bin/unit".into()],
+            ..ProcessSpec::default()
+        },
+        terminate: None,
+        cleanup: None,
+        timeouts: UnitTimeouts::default(),
+        escalation: EscalationPolicy::default(),
+        max_shards_per_unit: 0,
+        allow_colocation: false,
+    }
+}
+
+impl Harness {
+    fn new(service: ServiceSpec, nodes: u64) -> Self {
+        let mut state = ClusterState::bootstrap((1..=nodes).map(NodeId));
+        let topology = Topology {
+            services: vec![service],
+            ..Topology::default()
+        };
+        assert_eq!(
+            state.apply(1, &Command::SetTopology(topology)),
+            ApplyOutcome::Changed
+        );
+        Self {
+            state,
+            director: Director::new(),
+            now: Time::from_millis(1000),
+            index: 1,
+            silent: BTreeSet::new(),
+            faults: BTreeMap::new(),
+        }
+    }
+
+    fn unit(&self, name: &str) -> &UnitRecord {
+        &self.state.units[&UnitName::from(name)]
+    }
+
+    fn shard(&self, name: &str) -> &ShardRecord {
+        &self.state.shards[&ShardName::from(name)]
+    }
+
+    fn role(&self, shard: &str, unit: &str) -> Option<Role> {
+        self.shard(shard).roles.get(&UnitName::from(unit)).copied()
+    }
+
+    /// What the agents report: every unit on an up node runs and has settled its committed
+    /// roles (QUIESCING settles as QUIESCED), except silent ones.
+    fn observations(&self) -> Observations {
+        let mut observations = Observations::default();
+        for node in self.state.nodes.values().filter(|node| node.up) {
+            let mut report = AgentReport {
+                applied_index: self.index,
+                ..AgentReport::default()
+            };
+            for unit in self.state.units_on(node.id) {
+                let mut unit_report = UnitReport {
+                    generation: unit.generation,
+                    presence: if self.state.should_run(unit) {
+                        Presence::Running
+                    } else {
+                        Presence::Stopped
+                    },
+                    pid: Some(100),
+                    ..UnitReport::default()
+                };
+                if let Some(kind) = self.faults.get(&unit.name) {
+                    unit_report.faults.push((
+                        FaultId {
+                            generation: unit.generation,
+                            seq: unit.fault_seen.seq + 1,
+                        },
+                        kind.clone(),
+                    ));
+                }
+                if !self.silent.contains(&unit.name) {
+                    for (shard, role) in self.state.roles_of(&unit.name) {
+                        let role = if role == Role::Quiescing {
+                            Role::Quiesced
+                        } else {
+                            role
+                        };
+                        unit_report.settled.insert(
+                            shard.clone(),
+                            Settled {
+                                role,
+                                version: self.state.shards[shard].version,
+                            },
+                        );
+                    }
+                }
+                report.units.insert(unit.name.clone(), unit_report);
+            }
+            observations.record(self.now, node.id, report);
+        }
+        observations
+    }
+
+    fn apply(&mut self, commands: &[Command]) {
+        for command in commands {
+            self.index += 1;
+            let outcome = self.state.apply(self.index, command);
+            assert!(
+                !matches!(outcome, ApplyOutcome::Refused(_)),
+                "{command:?} was refused: {outcome:?}"
+            );
+            if let Command::UnitFault { unit, .. } = command {
+                self.faults.remove(unit);
+            }
+        }
+        self.state.check_invariants().unwrap();
+    }
+
+    /// One round: plan, commit everything planned, move time on.
+    fn round(&mut self) -> Vec<Command> {
+        let observations = self.observations();
+        let commands = self
+            .director
+            .plan(self.now, &self.state, &observations, 1_000_000);
+        self.apply(&commands);
+        self.now = self.now + Duration::from_millis(10);
+        commands
+    }
+
+    /// Rounds until the director has nothing more to do (bounded).
+    fn settle(&mut self) -> usize {
+        for round in 0..50 {
+            if self.round().is_empty() {
+                return round;
+            }
+        }
+        panic!(
+            "the director did not settle in 50 rounds: {:#?}",
+            self.state.shards
+        );
+    }
+}
+
+#[test]
+fn two_n_places_every_shard_active_on_one_unit_and_standby_on_the_other() {
+    let mut h = Harness::new(
+        spec(
+            RedundancyModel::TwoN,
+            &[("a", 1), ("b", 2)],
+            &["s0", "s1", "s2"],
+        ),
+        3,
+    );
+    h.settle();
+    for shard in ["s0", "s1", "s2"] {
+        assert_eq!(h.role(shard, "a"), Some(Role::Active), "{shard}");
+        assert_eq!(h.role(shard, "b"), Some(Role::Standby), "{shard}");
+        assert_eq!(h.shard(shard).epoch, 1);
+    }
+}
+
+#[test]
+fn a_crashed_active_fails_over_to_its_standby_in_one_command() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0", "s1"]),
+        2,
+    );
+    h.settle();
+    h.faults.insert(
+        "a".into(),
+        FaultKind::ProcessExit {
+            code: None,
+            signal: Some(9),
+        },
+    );
+    let commands = h.round();
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    let Command::UnitFault { promotions, .. } = &commands[0] else {
+        panic!("{commands:?}");
+    };
+    assert_eq!(promotions.len(), 2);
+    for shard in ["s0", "s1"] {
+        assert_eq!(h.role(shard, "b"), Some(Role::Active));
+        assert_eq!(h.role(shard, "a"), None);
+        assert_eq!(h.shard(shard).epoch, 2);
+    }
+    assert_eq!(h.unit("a").generation, 2, "restarted by the ladder");
+    // The restarted a comes back as STANDBY.
+    h.settle();
+    for shard in ["s0", "s1"] {
+        assert_eq!(h.role(shard, "a"), Some(Role::Standby));
+        assert_eq!(h.role(shard, "b"), Some(Role::Active));
+    }
+}
+
+#[test]
+fn switchover_quiesces_then_swaps_and_the_old_active_becomes_standby() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        2,
+    );
+    h.settle();
+    // a will not confirm QUIESCED until we let it.
+    h.silent.insert("a".into());
+    let observations = h.observations();
+    let commands = plan_switchover(
+        &View::new(&h.state, &observations),
+        &SwitchoverTarget::Shard("s0".into()),
+    );
+    // a is silent, so its ACTIVE is not confirmed: refused, nothing changed.
+    assert_eq!(commands.unwrap_err().code, "busy");
+    h.silent.clear();
+    let observations = h.observations();
+    let commands = plan_switchover(
+        &View::new(&h.state, &observations),
+        &SwitchoverTarget::Shard("s0".into()),
+    )
+    .unwrap();
+    h.apply(&commands);
+    assert_eq!(h.role("s0", "a"), Some(Role::Quiescing));
+    assert!(h.shard("s0").handover.is_some());
+    // While a is still quiescing the director waits.
+    h.silent.insert("a".into());
+    assert!(h.round().is_empty());
+    h.silent.clear();
+    h.round();
+    assert_eq!(h.role("s0", "a"), Some(Role::Standby));
+    assert_eq!(h.role("s0", "b"), Some(Role::Active));
+    assert!(h.shard("s0").handover.is_none());
+    assert_eq!(h.shard("s0").epoch, 2);
+    // And back.
+    let observations = h.observations();
+    let commands = plan_switchover(
+        &View::new(&h.state, &observations),
+        &SwitchoverTarget::Service("svc".into()),
+    )
+    .unwrap();
+    h.apply(&commands);
+    h.settle();
+    assert_eq!(h.role("s0", "a"), Some(Role::Active));
+    assert_eq!(h.role("s0", "b"), Some(Role::Standby));
+}
+
+#[test]
+fn switchover_is_refused_without_a_ready_standby() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        2,
+    );
+    h.settle();
+    h.silent.insert("b".into());
+    let observations = h.observations();
+    let error = plan_switchover(
+        &View::new(&h.state, &observations),
+        &SwitchoverTarget::Shard("s0".into()),
+    )
+    .unwrap_err();
+    assert_eq!(error.code, "no_standby");
+    assert!(
+        error.message.contains("STANDBY b has not confirmed"),
+        "{error}"
+    );
+    let error = plan_switchover(
+        &View::new(&h.state, &observations),
+        &SwitchoverTarget::Shard("nope".into()),
+    )
+    .unwrap_err();
+    assert_eq!(error.code, "not_found");
+}
+
+#[test]
+fn a_standby_dying_mid_switchover_rolls_it_back() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        2,
+    );
+    h.settle();
+    let observations = h.observations();
+    let commands = plan_switchover(
+        &View::new(&h.state, &observations),
+        &SwitchoverTarget::Shard("s0".into()),
+    )
+    .unwrap();
+    h.apply(&commands);
+    // b dies before a has quiesced.
+    h.silent.insert("a".into());
+    h.faults.insert(
+        "b".into(),
+        FaultKind::ProcessExit {
+            code: Some(1),
+            signal: None,
+        },
+    );
+    h.round();
+    assert_eq!(h.shard("s0").handover.as_ref().unwrap().to, None);
+    h.silent.clear();
+    h.round();
+    // Nobody to take over: a is ACTIVE again, with a new epoch.
+    assert_eq!(h.role("s0", "a"), Some(Role::Active));
+    assert!(h.shard("s0").handover.is_none());
+}
+
+#[test]
+fn locking_the_active_unit_moves_its_shards_and_unlocking_brings_it_back_as_standby() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0", "s1"]),
+        2,
+    );
+    h.settle();
+    h.apply(&[Command::Admin {
+        target: AdminTarget::Unit("a".into()),
+        op: AdminOp::Lock,
+    }]);
+    h.round();
+    assert_eq!(
+        h.role("s0", "a"),
+        Some(Role::Quiesced),
+        "lock gives no grace"
+    );
+    h.settle();
+    for shard in ["s0", "s1"] {
+        assert_eq!(h.role(shard, "a"), None);
+        assert_eq!(h.role(shard, "b"), Some(Role::Active));
+    }
+    h.apply(&[Command::Admin {
+        target: AdminTarget::Unit("a".into()),
+        op: AdminOp::Unlock,
+    }]);
+    h.settle();
+    for shard in ["s0", "s1"] {
+        assert_eq!(h.role(shard, "a"), Some(Role::Standby));
+    }
+}
+
+#[test]
+fn node_loss_fails_over_and_relocates_the_unit() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        3,
+    );
+    h.settle();
+    let observations = h.observations();
+    let promotions = node_down_promotions(&View::new(&h.state, &observations), NodeId(1));
+    assert_eq!(
+        promotions,
+        vec![(ShardName::from("s0"), UnitName::from("b"))]
+    );
+    h.apply(&[Command::SetNodeLiveness {
+        node: NodeId(1),
+        up: false,
+        at_ms: 0,
+        promotions,
+    }]);
+    assert_eq!(h.role("s0", "b"), Some(Role::Active));
+    assert_eq!(h.role("s0", "a"), None);
+    assert_eq!(h.unit("a").node, NodeId(3));
+    h.settle();
+    assert_eq!(
+        h.role("s0", "a"),
+        Some(Role::Standby),
+        "re-created on n3 as STANDBY"
+    );
+}
+
+#[test]
+fn n_plus_m_puts_actives_on_the_first_units_and_standbys_on_the_spare() {
+    let service = spec(
+        RedundancyModel::NPlusM { active_units: 2 },
+        &[("u1", 1), ("u2", 2), ("spare", 3)],
+        &["s0", "s1", "s2", "s3"],
+    );
+    let mut h = Harness::new(service, 3);
+    h.settle();
+    let mut actives = BTreeMap::new();
+    for shard in ["s0", "s1", "s2", "s3"] {
+        let record = h.shard(shard);
+        let active = record.units_in(Role::Active).next().unwrap().clone();
+        *actives.entry(active).or_insert(0) += 1;
+        assert_eq!(
+            record.roles.get(&UnitName::from("spare")),
+            Some(&Role::Standby),
+            "{shard}"
+        );
+    }
+    assert_eq!(actives.get(&UnitName::from("u1")), Some(&2));
+    assert_eq!(actives.get(&UnitName::from("u2")), Some(&2));
+    // u1 fails: the spare takes its two shards.
+    h.faults
+        .insert("u1".into(), FaultKind::Reported(Severity::Restart));
+    h.round();
+    let spare_actives = h
+        .state
+        .shards
+        .values()
+        .filter(|shard| shard.roles.get(&UnitName::from("spare")) == Some(&Role::Active))
+        .count();
+    assert_eq!(spare_actives, 2);
+}
+
+#[test]
+fn n_way_active_puts_every_shard_on_every_unit() {
+    let service = spec(
+        RedundancyModel::NWayActive {
+            actives_per_shard: 0,
+        },
+        &[("f1", 1), ("f2", 2), ("f3", 3)],
+        &["web"],
+    );
+    let mut h = Harness::new(service, 3);
+    h.settle();
+    assert_eq!(h.shard("web").units_in(Role::Active).count(), 3);
+    h.faults.insert(
+        "f2".into(),
+        FaultKind::ProcessExit {
+            code: Some(1),
+            signal: None,
+        },
+    );
+    h.settle();
+    assert_eq!(
+        h.shard("web").units_in(Role::Active).count(),
+        3,
+        "f2 came back"
+    );
+}
+
+#[test]
+fn admin_restart_hands_over_first_then_bumps_the_generation() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        2,
+    );
+    h.settle();
+    h.apply(&[Command::Admin {
+        target: AdminTarget::Unit("a".into()),
+        op: AdminOp::Restart,
+    }]);
+    h.round();
+    assert_eq!(
+        h.role("s0", "a"),
+        Some(Role::Quiescing),
+        "restart is graceful"
+    );
+    h.settle();
+    assert_eq!(h.unit("a").generation, 2);
+    assert!(!h.unit("a").restart_pending);
+    assert_eq!(h.role("s0", "b"), Some(Role::Active));
+    assert_eq!(h.role("s0", "a"), Some(Role::Standby));
+}
+
+#[test]
+fn a_proposal_in_flight_is_not_repeated_until_it_expires() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        2,
+    );
+    let observations = h.observations();
+    let first = h.director.plan(h.now, &h.state, &observations, 0);
+    assert_eq!(first.len(), 1);
+    // Not committed yet: planning again proposes nothing new.
+    assert!(h
+        .director
+        .plan(h.now, &h.state, &observations, 0)
+        .is_empty());
+    // After the retry interval, the same plan comes back (the proposal was lost).
+    let later = h.now + RETRY_AFTER;
+    assert_eq!(h.director.plan(later, &h.state, &observations, 0), first);
+}
+
+#[test]
+fn nothing_is_assigned_to_units_the_agents_have_not_reported() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        2,
+    );
+    let commands = h
+        .director
+        .plan(h.now, &h.state, &Observations::default(), 0);
+    assert!(commands.is_empty());
+    h.settle();
+    assert_eq!(h.role("s0", "a"), Some(Role::Active));
+}

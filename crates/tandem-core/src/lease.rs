@@ -1,0 +1,224 @@
+//! Fencing by leases: an ACTIVE unit may act only while its node holds a lease from the current
+//! quorum.
+//!
+//! **Agent side** ([`AgentLease`]). Every heartbeat an agent sends to the leader carries its
+//! local send time. The leader answers with a grant only while a quorum confirmed its
+//! leadership within the last `freshness` (see [`QuorumClock`]). A grant makes the lease valid
+//! until `send time + lease` on the agent's own clock, measured from the *send*, so message
+//! delays only shorten it. A grant also carries the leader's last log index (`floor`): the
+//! lease counts only once the agent has applied that far, so an agent coming back from a
+//! partition never lets a unit act on an assignment the cluster already moved.
+//!
+//! **Leader side** ([`QuorumClock`]). The leader asks a quorum to confirm it (raft read-index)
+//! every half heartbeat interval, remembering when it asked. A confirmation proves that a
+//! majority heard from it after that time, so no other leader can have been elected before it.
+//!
+//! **Why at most one ACTIVE.** Let ρ bound the rate difference of any two clocks
+//! ([`DRIFT_PPM`], 2 %). A grant to node X answers a heartbeat X sent at s and the leader
+//! received at r ≥ s, while its last quorum confirmation (asked at t0) was at most `freshness`
+//! old. A leader elected later gets votes from a majority, one of which acknowledged the old
+//! leader after t0, so its election is after t0; it then gives X a full `node_timeout` of grace
+//! before declaring X down, and promotes X's shards elsewhere only after that. X's units stop
+//! acting by s + lease (X's clock). The promotion happens no earlier than t0 + node_timeout, and
+//! X stops no later than t0 + freshness + lease, both in real time within ρ. Hence the rule
+//! checked by [`check_fencing_timers`]:
+//! `(freshness + lease) · (1 + ρ) / (1 − ρ) < node_timeout`. The same leader declaring X down
+//! waits node_timeout after r ≥ s, which the rule covers too. The unit process enforces its
+//! lease itself (the SDK quiesces its ACTIVE roles at the deadline), so a paused or killed
+//! daemon cannot keep a unit ACTIVE.
+
+use std::time::Duration;
+
+use crate::time::Time;
+
+/// The clock-drift bound tandem assumes: over any interval, the clocks of two nodes advance at
+/// rates that differ by at most 2 % (20,000 parts per million). Real quartz clocks drift by
+/// about 0.01 %; the margin covers NTP slewing and virtual machines.
+pub const DRIFT_PPM: u64 = 20_000;
+
+/// Checks that leases fence in time: `(freshness + lease) · (1 + ρ)/(1 − ρ) < node_timeout`,
+/// where `freshness` is the heartbeat interval. Also asks the lease to outlive two heartbeat
+/// intervals, so one lost heartbeat does not fence a healthy node.
+pub fn check_fencing_timers(
+    heartbeat_interval: Duration,
+    lease: Duration,
+    node_timeout: Duration,
+) -> Result<(), String> {
+    if lease <= heartbeat_interval * 2 {
+        return Err(format!(
+            "lease_ms ({}) must be more than twice heartbeat_interval_ms ({}), or a single lost \
+             heartbeat would fence a healthy node",
+            lease.as_millis(),
+            heartbeat_interval.as_millis()
+        ));
+    }
+    let fenced_by = (heartbeat_interval + lease).as_micros() * u128::from(1_000_000 + DRIFT_PPM)
+        / u128::from(1_000_000 - DRIFT_PPM);
+    if fenced_by >= node_timeout.as_micros() {
+        return Err(format!(
+            "node_timeout_ms ({}) must exceed (heartbeat_interval_ms + lease_ms) × {:.3} = {:.1} ms, \
+             so that a node's units have stopped acting before its shards move elsewhere \
+             (clock drift bound {} %)",
+            node_timeout.as_millis(),
+            (1_000_000 + DRIFT_PPM) as f64 / (1_000_000 - DRIFT_PPM) as f64,
+            fenced_by as f64 / 1000.0,
+            DRIFT_PPM / 10_000
+        ));
+    }
+    Ok(())
+}
+
+/// Grants an agent remembers: enough to bridge the time until the newest one's floor is applied.
+pub const GRANTS_KEPT: usize = 8;
+
+/// An agent's lease.
+///
+/// Every grant is valid on its own: it covers the lease from its heartbeat's send time once
+/// its floor is applied. Under a steady write load the newest grant's floor is usually a few
+/// entries ahead of what the agent has applied, so the agent keeps the last few grants and
+/// the lease runs until the latest deadline among those whose floor it has applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLease {
+    /// Length of a lease.
+    lease: Duration,
+    /// The newest grants, oldest first: (heartbeat send time, the leader's last index).
+    grants: std::collections::VecDeque<(Time, u64)>,
+}
+
+impl AgentLease {
+    /// No lease yet.
+    pub fn new(lease: Duration) -> Self {
+        Self {
+            lease,
+            grants: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The leader granted the heartbeat sent at `sent_at` (this agent's clock) when its log
+    /// ended at `floor`. A grant for an older heartbeat than the newest kept is ignored.
+    pub fn on_grant(&mut self, sent_at: Time, floor: u64) {
+        if self
+            .grants
+            .back()
+            .is_some_and(|(newest, _)| *newest >= sent_at)
+        {
+            return;
+        }
+        if self.grants.len() == GRANTS_KEPT {
+            self.grants.pop_front();
+        }
+        self.grants.push_back((sent_at, floor));
+    }
+
+    /// Until when the lease runs, if it runs at all, for an agent that applied `applied`.
+    pub fn valid_until(&self, now: Time, applied: u64) -> Option<Time> {
+        self.grants
+            .iter()
+            .rev()
+            .find(|(_, floor)| *floor <= applied)
+            .map(|(sent_at, _)| *sent_at + self.lease)
+            .filter(|until| now < *until)
+    }
+
+    /// Whether the lease is valid at `now` for an agent that applied up to `applied`.
+    pub fn is_valid(&self, now: Time, applied: u64) -> bool {
+        self.valid_until(now, applied).is_some()
+    }
+}
+
+/// The leader's record of its latest quorum confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumClock {
+    /// How old a confirmation may be for the leader to grant leases.
+    freshness: Duration,
+    /// When the newest completed confirmation was asked for.
+    confirmed_asked_at: Option<Time>,
+}
+
+impl QuorumClock {
+    /// A clock that has seen no confirmation.
+    pub fn new(freshness: Duration) -> Self {
+        Self {
+            freshness,
+            confirmed_asked_at: None,
+        }
+    }
+
+    /// A confirmation asked for at `asked_at` completed.
+    pub fn confirmed(&mut self, asked_at: Time) {
+        self.confirmed_asked_at = Some(
+            self.confirmed_asked_at
+                .map_or(asked_at, |t| t.max(asked_at)),
+        );
+    }
+
+    /// Whether the leader may grant leases at `now`.
+    pub fn may_grant(&self, now: Time) -> bool {
+        self.confirmed_asked_at
+            .is_some_and(|asked| now.saturating_since(asked) <= self.freshness)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn defaults_and_tuned_timers_fence_in_time() {
+        check_fencing_timers(MS(50), MS(200), MS(300)).unwrap();
+        check_fencing_timers(MS(10), MS(50), MS(80)).unwrap();
+        let error = check_fencing_timers(MS(50), MS(250), MS(300)).unwrap_err();
+        assert!(
+            error.contains("node_timeout_ms (300) must exceed"),
+            "{error}"
+        );
+        let error = check_fencing_timers(MS(50), MS(100), MS(300)).unwrap_err();
+        assert!(error.contains("more than twice"), "{error}");
+    }
+
+    #[test]
+    fn a_lease_runs_from_the_send_time_and_needs_the_floor_applied() {
+        let mut lease = AgentLease::new(MS(200));
+        assert!(!lease.is_valid(Time::ZERO, 0));
+        lease.on_grant(Time::from_millis(100), 7);
+        assert!(
+            !lease.is_valid(Time::from_millis(150), 6),
+            "floor not applied yet"
+        );
+        assert_eq!(
+            lease.valid_until(Time::from_millis(150), 7),
+            Some(Time::from_millis(300))
+        );
+        assert!(!lease.is_valid(Time::from_millis(300), 7), "expired");
+        // An older grant arriving late changes nothing.
+        lease.on_grant(Time::from_millis(50), 1);
+        assert_eq!(
+            lease.valid_until(Time::from_millis(150), 7),
+            Some(Time::from_millis(300))
+        );
+        lease.on_grant(Time::from_millis(250), 9);
+        assert_eq!(
+            lease.valid_until(Time::from_millis(260), 7),
+            Some(Time::from_millis(300)),
+            "until floor 9 is applied, the grant at 100 still counts"
+        );
+        assert!(!lease.is_valid(Time::from_millis(300), 7));
+        assert!(lease.is_valid(Time::from_millis(440), 9));
+    }
+
+    #[test]
+    fn a_leader_grants_only_with_a_fresh_quorum() {
+        let mut clock = QuorumClock::new(MS(50));
+        assert!(!clock.may_grant(Time::ZERO));
+        clock.confirmed(Time::from_millis(100));
+        assert!(clock.may_grant(Time::from_millis(150)));
+        assert!(!clock.may_grant(Time::from_millis(151)));
+        clock.confirmed(Time::from_millis(90));
+        assert!(
+            !clock.may_grant(Time::from_millis(151)),
+            "an older confirmation does not help"
+        );
+    }
+}

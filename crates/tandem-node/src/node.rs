@@ -1,0 +1,750 @@
+//! The node: replica + liveness tracker + quorum clock + director + agent, driven sans-IO.
+//!
+//! Inputs, each with the node's monotonic `now`:
+//! - [`Node::tick`] every Raft tick;
+//! - [`Node::heartbeat`] every heartbeat interval (liveness, leases, reports, planning);
+//! - [`Node::on_peer`] for every message from a peer;
+//! - [`Node::on_unit`] and [`Node::on_registered`] for what happens to this node's units;
+//! - [`Node::admin`] for operator requests (on the leader).
+//!
+//! After any input the owner calls [`Node::drive`], which makes writes durable, applies
+//! committed entries, lets the agent reconcile and (on the leader) the director plan, and
+//! returns everything to carry out in a [`NodeOutput`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tandem_core::director::{node_down_promotions, View};
+use tandem_core::{
+    Agent, AgentAction, AgentReport, ApplyOutcome, ClusterState, Command, Director, LivenessConfig,
+    LivenessTracker, NodeId, NodeReport, Observations, QuorumClock, Refusal, Time, Topology,
+    UnitName,
+};
+use tandem_raft::disk::Disk;
+use tandem_raft::{Applied, Replica, ReplicaConfig, ReplicaError};
+
+use crate::admin::{self, AdminAction, AdminDone, AdminResult, Waiting};
+use crate::observe::{self, NodeEvent};
+use crate::{Grant, Heartbeat, PeerMessage, UnitEvent};
+
+/// Context bytes on entries the director and the liveness tracker propose (admin requests use
+/// 8-byte request ids; raft's own entries have none).
+const CONTEXT_INTERNAL: &[u8] = b"tandem";
+
+/// How often the leader proposes its config's topology again while the committed one differs.
+const TOPOLOGY_RETRY: Duration = Duration::from_secs(2);
+
+/// Ready rounds per drive: proposals made while driving (director plans) go out in the same
+/// call instead of waiting for the next input.
+const DRIVE_ROUNDS_MAX: usize = 4;
+
+/// What a node needs besides its disk.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The Raft replica's settings (id, members, timers, snapshots, WAL).
+    pub replica: ReplicaConfig,
+    /// Period of agent heartbeats and of the leader's liveness verdicts.
+    pub heartbeat_interval: Duration,
+    /// A node silent this long is declared down.
+    pub node_timeout: Duration,
+    /// Length of an agent's lease.
+    pub lease: Duration,
+    /// Every configured node.
+    pub members: Vec<NodeId>,
+    /// The topology of this node's config; the leader commits it when it differs.
+    pub topology: Topology,
+}
+
+/// Why the node must stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The replica failed (storage error, unreadable snapshot): stop to protect the log.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+/// What one [`Node::drive`] produced.
+#[derive(Debug, Default)]
+pub struct NodeOutput {
+    /// Messages to send: (destination, message).
+    pub messages: Vec<(u64, PeerMessage)>,
+    /// What to do to this node's units.
+    pub actions: Vec<AgentAction>,
+    /// Events for the event log.
+    pub events: Vec<NodeEvent>,
+    /// Answers to admin requests: (request id, answer).
+    pub admin: Vec<(u64, AdminResult)>,
+    /// Entries applied, in order (for the simulation's checkers and the daemon's logs).
+    pub applied: Vec<Applied>,
+    /// Set when a snapshot from the leader replaced the model.
+    pub installed_snapshot: Option<u64>,
+}
+
+impl NodeOutput {
+    /// Whether there is nothing in it.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.actions.is_empty()
+            && self.events.is_empty()
+            && self.admin.is_empty()
+            && self.applied.is_empty()
+            && self.installed_snapshot.is_none()
+    }
+
+    fn extend(&mut self, other: NodeOutput) {
+        self.messages.extend(other.messages);
+        self.actions.extend(other.actions);
+        self.events.extend(other.events);
+        self.admin.extend(other.admin);
+        self.applied.extend(other.applied);
+        if other.installed_snapshot.is_some() {
+            self.installed_snapshot = other.installed_snapshot;
+        }
+    }
+}
+
+/// What only the leader keeps.
+#[derive(Debug)]
+struct Leadership {
+    liveness: LivenessTracker,
+    director: Director,
+    quorum: QuorumClock,
+    observations: Observations,
+    /// When the last quorum confirmation was asked for.
+    quorum_asked_at: Option<Time>,
+    /// When the config's topology was last proposed.
+    topology_proposed_at: Option<Time>,
+    /// Whether the director should plan at the next drive.
+    plan_due: bool,
+    /// Admin requests waiting, by id.
+    waiting: BTreeMap<u64, Waiting>,
+}
+
+/// One node.
+pub struct Node<D: Disk> {
+    settings: NodeSettings,
+    id: NodeId,
+    replica: Replica<D>,
+    agent: Agent,
+    leadership: Option<Leadership>,
+    /// Output gathered between drives (messages and actions from inputs).
+    pending: NodeOutput,
+    /// Whether the agent should reconcile at the next drive.
+    reconcile_due: bool,
+    /// The leader last seen, to report changes.
+    last_leader: Option<u64>,
+    /// The agent's last report sent to the leader (or recorded, on the leader), to send a new
+    /// one as soon as anything in it changes.
+    last_report: Option<AgentReport>,
+}
+
+impl<D: Disk> std::fmt::Debug for Node<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("replica", &self.replica)
+            .field("leader", &self.leadership.is_some())
+            .finish()
+    }
+}
+
+impl<D: Disk> Node<D> {
+    /// Opens the node's replica on `disk` (bootstrapping an empty one).
+    pub fn open(settings: NodeSettings, disk: D, logger: &slog::Logger) -> Result<Self, NodeError> {
+        let replica = Replica::open(&settings.replica, disk, logger)?;
+        let id = NodeId(settings.replica.id);
+        Ok(Self {
+            agent: Agent::new(id, settings.lease),
+            id,
+            replica,
+            leadership: None,
+            pending: NodeOutput::default(),
+            reconcile_due: true,
+            last_leader: None,
+            last_report: None,
+            settings,
+        })
+    }
+
+    /// The replica (read-only).
+    pub fn replica(&self) -> &Replica<D> {
+        &self.replica
+    }
+
+    /// The committed state.
+    pub fn state(&self) -> &ClusterState {
+        self.replica.state()
+    }
+
+    /// The agent (read-only).
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Whether this node leads.
+    pub fn is_leader(&self) -> bool {
+        self.replica.is_leader()
+    }
+
+    /// On the leader: the agents' latest reports.
+    pub fn observations(&self) -> Option<&Observations> {
+        self.leadership
+            .as_ref()
+            .map(|leadership| &leadership.observations)
+    }
+
+    /// On the leader: the liveness tracker.
+    pub fn liveness(&self) -> Option<&LivenessTracker> {
+        self.leadership
+            .as_ref()
+            .map(|leadership| &leadership.liveness)
+    }
+
+    /// This node's own agent report at `now`.
+    pub fn own_report(&self, now: Time) -> AgentReport {
+        self.agent
+            .report(now, self.replica.state(), self.replica.applied_index())
+    }
+
+    /// Whether this node's lease is valid at `now`.
+    pub fn has_lease(&self, now: Time) -> bool {
+        self.agent
+            .lease_until(now, self.replica.applied_index())
+            .is_some()
+    }
+
+    /// Proposes `command` with `context` as it is, for tests and the simulation's client
+    /// workload (the daemon goes through [`Node::admin`]).
+    pub fn propose_raw(&mut self, command: &Command, context: Vec<u8>) -> Result<(), ReplicaError> {
+        self.replica.propose(command, context)
+    }
+
+    // ----- inputs -----
+
+    /// One Raft tick. On the leader, also asks the quorum to confirm it every half heartbeat
+    /// interval.
+    pub fn tick(&mut self, now: Time) {
+        self.replica.tick();
+        self.reconcile_due = true;
+        let half = self.settings.heartbeat_interval / 2;
+        if let Some(leadership) = &mut self.leadership {
+            let due = leadership
+                .quorum_asked_at
+                .is_none_or(|asked| now.saturating_since(asked) >= half);
+            if due {
+                leadership.quorum_asked_at = Some(now);
+                self.replica
+                    .confirm_quorum(now.as_micros().to_be_bytes().to_vec());
+            }
+        }
+    }
+
+    /// The heartbeat timer: a follower's agent sends its heartbeat to the leader; the leader
+    /// judges liveness, grants its own agent a lease and plans.
+    pub fn heartbeat(&mut self, now: Time, wall_ms: u64) {
+        let report = self.own_report(now);
+        if let Some(leadership) = &mut self.leadership {
+            for command in leadership.liveness.decide(now, self.replica.state()) {
+                let command = match command {
+                    Command::SetNodeLiveness {
+                        node, up: false, ..
+                    } => {
+                        let view = View::new(self.replica.state(), &leadership.observations);
+                        Command::SetNodeLiveness {
+                            node,
+                            up: false,
+                            at_ms: wall_ms,
+                            promotions: node_down_promotions(&view, node),
+                        }
+                    }
+                    other => other,
+                };
+                tracing::info!(?command, "proposing a liveness verdict");
+                let _ = self.replica.propose(&command, CONTEXT_INTERNAL.to_vec());
+            }
+            if leadership.quorum.may_grant(now) {
+                self.agent.on_grant(now, self.replica.last_index());
+            }
+            let state = self.replica.state();
+            let topology_due = state.topology != self.settings.topology
+                && leadership
+                    .topology_proposed_at
+                    .is_none_or(|at| now.saturating_since(at) >= TOPOLOGY_RETRY);
+            if topology_due {
+                leadership.topology_proposed_at = Some(now);
+                tracing::info!("proposing this node's config topology");
+                let command = Command::SetTopology(self.settings.topology.clone());
+                let _ = self.replica.propose(&command, CONTEXT_INTERNAL.to_vec());
+            }
+            Self::record_report(leadership, &mut self.pending.events, now, self.id, report);
+            leadership.plan_due = true;
+            return;
+        }
+        if let Some(leader) = self.replica.leader_id() {
+            let heartbeat = Heartbeat {
+                term: self.replica.term(),
+                commit_index: self.replica.commit_index(),
+                applied_index: self.replica.applied_index(),
+                sent_at: now,
+                report,
+            };
+            self.pending
+                .messages
+                .push((leader, PeerMessage::Heartbeat(heartbeat)));
+        }
+    }
+
+    fn record_report(
+        leadership: &mut Leadership,
+        events: &mut Vec<NodeEvent>,
+        now: Time,
+        node: NodeId,
+        report: AgentReport,
+    ) {
+        let before = leadership
+            .observations
+            .nodes
+            .get(&node)
+            .map(|(_, report)| report);
+        for (unit, unit_report) in &report.units {
+            let previous = before.and_then(|before| before.units.get(unit));
+            for change in observe::diff(previous, unit_report) {
+                events.push(NodeEvent::Observed {
+                    node,
+                    unit: unit.clone(),
+                    change,
+                });
+            }
+        }
+        leadership.observations.record(now, node, report);
+        leadership.plan_due = true;
+    }
+
+    /// A message from peer `from`.
+    pub fn on_peer(&mut self, now: Time, from: u64, message: PeerMessage) {
+        match message {
+            PeerMessage::Raft(raft) => {
+                if let Err(error) = self.replica.step(raft) {
+                    tracing::debug!(from, %error, "raft refused a message");
+                }
+            }
+            PeerMessage::Heartbeat(heartbeat) => {
+                let Some(leadership) = &mut self.leadership else {
+                    return;
+                };
+                leadership.liveness.observe(
+                    now,
+                    NodeId(from),
+                    NodeReport {
+                        term: heartbeat.term,
+                        commit_index: heartbeat.commit_index,
+                        applied_index: heartbeat.applied_index,
+                    },
+                );
+                if !self.settings.members.contains(&NodeId(from)) {
+                    return;
+                }
+                // No lease for a node judged down until its return is committed: the director
+                // may be failing its shards over right now, and a lease whose floor predates
+                // that would let the node's units act on the old assignment. Once the node is
+                // committed up again, every failover planned while it was down has a lower
+                // index than the grant's floor.
+                if leadership.quorum.may_grant(now) && self.replica.state().is_up(NodeId(from)) {
+                    let grant = Grant {
+                        sent_at: heartbeat.sent_at,
+                        floor: self.replica.last_index(),
+                        term: self.replica.term(),
+                    };
+                    self.pending
+                        .messages
+                        .push((from, PeerMessage::Grant(grant)));
+                }
+                Self::record_report(
+                    leadership,
+                    &mut self.pending.events,
+                    now,
+                    NodeId(from),
+                    heartbeat.report,
+                );
+            }
+            PeerMessage::Grant(grant) => {
+                self.agent.on_grant(grant.sent_at, grant.floor);
+                self.reconcile_due = true;
+            }
+            PeerMessage::Report(report) => {
+                if let Some(leadership) = &mut self.leadership {
+                    if self.settings.members.contains(&NodeId(from)) {
+                        Self::record_report(
+                            leadership,
+                            &mut self.pending.events,
+                            now,
+                            NodeId(from),
+                            report,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Something happened to one of this node's units.
+    pub fn on_unit(&mut self, _now: Time, event: UnitEvent) {
+        self.reconcile_due = true;
+        match event {
+            UnitEvent::Started {
+                unit,
+                generation,
+                pid,
+            } => self.agent.on_started(&unit, generation, pid),
+            UnitEvent::StartFailed {
+                unit,
+                generation,
+                error,
+            } => {
+                tracing::warn!(%unit, generation, %error, "unit could not be started");
+                self.agent.on_start_failed(&unit, generation);
+            }
+            UnitEvent::Exited {
+                unit,
+                generation,
+                code,
+                signal,
+            } => self.agent.on_exited(&unit, generation, code, signal),
+            UnitEvent::Disconnected { unit, generation } => {
+                if let Some(action) = self.agent.on_disconnected(&unit, generation) {
+                    self.pending.actions.push(action);
+                }
+            }
+            UnitEvent::Reply {
+                unit,
+                generation,
+                request,
+                result,
+            } => {
+                if let Err(error) = &result {
+                    tracing::warn!(%unit, generation, request, %error, "unit hook failed");
+                }
+                if let Some(action) = self.agent.on_reply(&unit, generation, request, result) {
+                    self.pending.actions.push(action);
+                }
+            }
+            UnitEvent::Fault {
+                unit,
+                generation,
+                severity,
+            } => self.agent.on_unit_fault(&unit, generation, severity),
+            UnitEvent::Load {
+                unit,
+                generation,
+                load,
+            } => self.agent.on_load(&unit, generation, load),
+            UnitEvent::Fenced {
+                unit,
+                generation,
+                shards,
+            } => self.agent.on_fenced(&unit, generation, &shards),
+        }
+    }
+
+    /// Instance `generation` of `unit` registered through the SDK; false means refuse it.
+    pub fn on_registered(&mut self, now: Time, unit: &UnitName, generation: u64) -> bool {
+        self.reconcile_due = true;
+        self.agent.on_registered(now, unit, generation)
+    }
+
+    /// An admin request with id `id`, to be answered by `deadline` at the latest. Only the
+    /// leader takes requests; a refusal means nothing was proposed.
+    pub fn admin(
+        &mut self,
+        now: Time,
+        id: u64,
+        action: AdminAction,
+        deadline: Time,
+    ) -> Result<(), Refusal> {
+        let Some(leadership) = &mut self.leadership else {
+            return Err(Refusal {
+                code: "not_leader",
+                message: "this node is not the leader".into(),
+            });
+        };
+        let (commands, goal, summary) =
+            admin::plan(self.replica.state(), &leadership.observations, &action)?;
+        let count = commands.len();
+        for (position, command) in commands.into_iter().enumerate() {
+            let command = match command {
+                Command::Noop { .. } => Command::Noop { nonce: id },
+                other => other,
+            };
+            if let Err(error) = self.replica.propose(&command, id.to_be_bytes().to_vec()) {
+                if position == 0 {
+                    return Err(Refusal {
+                        code: "not_committed",
+                        message: format!("proposal refused: {error}; retry"),
+                    });
+                }
+                // Some commands are proposed already; count only those.
+                leadership.waiting.insert(
+                    id,
+                    Waiting {
+                        outstanding: position,
+                        goal,
+                        deadline,
+                        index: 0,
+                        term: 0,
+                        summary,
+                    },
+                );
+                return Ok(());
+            }
+        }
+        let _ = now;
+        leadership.waiting.insert(
+            id,
+            Waiting {
+                outstanding: count,
+                goal,
+                deadline,
+                index: 0,
+                term: 0,
+                summary,
+            },
+        );
+        Ok(())
+    }
+
+    // ----- drive -----
+
+    /// Makes writes durable, applies committed entries, reconciles the agent, plans (on the
+    /// leader) and answers admin requests; returns everything to carry out.
+    pub fn drive(&mut self, now: Time, wall_ms: u64) -> Result<NodeOutput, NodeError> {
+        let mut output = std::mem::take(&mut self.pending);
+        for round in 0..DRIVE_ROUNDS_MAX {
+            let mut step = NodeOutput::default();
+            let ready = self.replica.process_ready()?;
+            step.messages.extend(
+                ready
+                    .messages
+                    .into_iter()
+                    .map(|message| (message.to, PeerMessage::Raft(message))),
+            );
+            step.installed_snapshot = ready.installed_snapshot;
+            if let Some(leadership) = &mut self.leadership {
+                for context in &ready.quorum_confirmed {
+                    if let Ok(bytes) = <[u8; 8]>::try_from(context.as_slice()) {
+                        leadership
+                            .quorum
+                            .confirmed(Time::from_micros(u64::from_be_bytes(bytes)));
+                    }
+                }
+            }
+            if !ready.applied.is_empty() || ready.installed_snapshot.is_some() {
+                self.reconcile_due = true;
+                if let Some(leadership) = &mut self.leadership {
+                    leadership.plan_due = true;
+                }
+            }
+            for applied in &ready.applied {
+                for event in &applied.events {
+                    step.events.push(NodeEvent::Model {
+                        index: applied.index,
+                        event: event.clone(),
+                    });
+                }
+                self.note_applied(applied, &mut step);
+            }
+            step.applied = ready.applied;
+            self.follow_leadership(now, &mut step);
+
+            if self.reconcile_due {
+                self.reconcile_due = false;
+                let applied = self.replica.applied_index();
+                step.actions
+                    .extend(self.agent.reconcile(now, self.replica.state(), applied));
+                // Anything the director may be waiting for (a role settled at a new shard
+                // version, a fault, a process change) goes out at once.
+                let report = self.own_report(now);
+                if self.last_report.as_ref() != Some(&report) {
+                    self.last_report = Some(report.clone());
+                    match &mut self.leadership {
+                        Some(leadership) => {
+                            Self::record_report(leadership, &mut step.events, now, self.id, report)
+                        }
+                        None => {
+                            if let Some(leader) = self.replica.leader_id() {
+                                step.messages.push((leader, PeerMessage::Report(report)));
+                            }
+                        }
+                    }
+                }
+            }
+            let mut proposed = false;
+            if let Some(leadership) = &mut self.leadership {
+                if leadership.plan_due {
+                    leadership.plan_due = false;
+                    let commands = leadership.director.plan(
+                        now,
+                        self.replica.state(),
+                        &leadership.observations,
+                        wall_ms,
+                    );
+                    for command in commands {
+                        tracing::debug!(?command, "director proposes");
+                        proposed |= self
+                            .replica
+                            .propose(&command, CONTEXT_INTERNAL.to_vec())
+                            .is_ok();
+                    }
+                }
+                Self::check_waiting(leadership, self.replica.state(), now, &mut step.admin);
+            }
+            let idle = step.is_empty() && !proposed;
+            output.extend(step);
+            if idle || round + 1 == DRIVE_ROUNDS_MAX {
+                break;
+            }
+        }
+        Ok(output)
+    }
+
+    /// An applied entry that answers (part of) an admin request.
+    fn note_applied(&mut self, applied: &Applied, step: &mut NodeOutput) {
+        let Ok(bytes) = <[u8; 8]>::try_from(applied.context.as_slice()) else {
+            if let (Some(command), ApplyOutcome::Refused(reason)) =
+                (&applied.command, &applied.outcome)
+            {
+                tracing::info!(index = applied.index, ?command, %reason, "command refused at apply");
+            }
+            return;
+        };
+        let id = u64::from_be_bytes(bytes);
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        let Some(waiting) = leadership.waiting.get_mut(&id) else {
+            return;
+        };
+        waiting.outstanding = waiting.outstanding.saturating_sub(1);
+        waiting.index = applied.index;
+        waiting.term = applied.term;
+        if let ApplyOutcome::Refused(reason) = &applied.outcome {
+            leadership.waiting.remove(&id);
+            step.admin.push((
+                id,
+                Err(Refusal {
+                    code: "refused",
+                    message: format!(
+                        "refused when applied (the state changed meanwhile): {reason}"
+                    ),
+                }),
+            ));
+        }
+    }
+
+    fn check_waiting(
+        leadership: &mut Leadership,
+        state: &ClusterState,
+        now: Time,
+        answers: &mut Vec<(u64, AdminResult)>,
+    ) {
+        let observations = &leadership.observations;
+        leadership.waiting.retain(|id, waiting| {
+            if waiting.outstanding == 0 {
+                match admin::reached(state, observations, &waiting.goal) {
+                    Ok(true) => {
+                        answers.push((
+                            *id,
+                            Ok(AdminDone {
+                                message: waiting.summary.clone(),
+                                index: waiting.index,
+                                term: waiting.term,
+                            }),
+                        ));
+                        return false;
+                    }
+                    Ok(false) => {}
+                    Err(reason) => {
+                        answers.push((
+                            *id,
+                            Err(Refusal {
+                                code: "failed",
+                                message: reason,
+                            }),
+                        ));
+                        return false;
+                    }
+                }
+            }
+            if now >= waiting.deadline {
+                let what = if waiting.outstanding > 0 {
+                    "its commit".to_owned()
+                } else {
+                    admin::outstanding(state, &waiting.goal)
+                };
+                answers.push((
+                    *id,
+                    Err(Refusal {
+                        code: "in_progress",
+                        message: format!(
+                            "accepted, but not finished in time; still waiting for {what} \
+                             (watch with `tandemctl status`)"
+                        ),
+                    }),
+                ));
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Starts or ends the leader's duties when leadership changes.
+    fn follow_leadership(&mut self, now: Time, step: &mut NodeOutput) {
+        let leader = self.replica.leader_id();
+        if leader != self.last_leader {
+            self.last_leader = leader;
+            step.events.push(NodeEvent::Leader {
+                term: self.replica.term(),
+                leader: leader.map(NodeId),
+            });
+        }
+        let is_leader = self.replica.is_leader();
+        if is_leader && self.leadership.is_none() {
+            self.leadership = Some(Leadership {
+                liveness: LivenessTracker::new(
+                    LivenessConfig {
+                        node_timeout: self.settings.node_timeout,
+                    },
+                    self.id,
+                    self.settings.members.iter().copied(),
+                    now,
+                ),
+                director: Director::new(),
+                quorum: QuorumClock::new(self.settings.heartbeat_interval),
+                observations: Observations::default(),
+                quorum_asked_at: None,
+                topology_proposed_at: None,
+                plan_due: true,
+                waiting: BTreeMap::new(),
+            });
+        } else if !is_leader {
+            if let Some(leadership) = self.leadership.take() {
+                // Requests of a deposed leader may never complete here; their callers retry.
+                for id in leadership.waiting.keys() {
+                    step.admin.push((
+                        *id,
+                        Err(Refusal {
+                            code: "aborted",
+                            message: "leadership changed while the request was in progress; \
+                                      what was committed stays, check `tandemctl status`"
+                                .into(),
+                        }),
+                    ));
+                }
+            }
+        }
+    }
+}
