@@ -33,6 +33,9 @@ pub mod net;
 pub mod node;
 pub mod rng;
 mod sim;
+pub mod unit;
+
+pub use sim::topology;
 
 use std::fmt;
 use std::time::Duration;
@@ -58,6 +61,9 @@ pub struct SimConfig {
     /// were acknowledged (they become durable only at a write-back every second). Runs in
     /// this mode are expected to fail.
     pub lying_disk: bool,
+    /// Mutation mode for testing the one-ACTIVE checker: units ignore their lease (they never
+    /// fence themselves). Runs in this mode are expected to fail.
+    pub units_ignore_lease: bool,
     /// Print every fault, election, recovery and the liveness probe to stderr.
     pub verbose: bool,
 }
@@ -72,19 +78,22 @@ impl SimConfig {
             fault_duration: Duration::from_secs(4),
             liveness_bound: Duration::from_secs(10),
             lying_disk: false,
+            units_ignore_lease: false,
             verbose: false,
         }
     }
 
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
-        let lying = if self.lying_disk {
-            "TANDEM_LYING_DISK=1 "
-        } else {
-            ""
+        let lying = match (self.lying_disk, self.units_ignore_lease) {
+            (true, true) => "TANDEM_LYING_DISK=1 TANDEM_NO_FENCING=1 ",
+            (true, false) => "TANDEM_LYING_DISK=1 ",
+            (false, true) => "TANDEM_NO_FENCING=1 ",
+            (false, false) => "",
         };
         let standard = Self {
             lying_disk: self.lying_disk,
+            units_ignore_lease: self.units_ignore_lease,
             verbose: self.verbose,
             ..Self::for_seed(self.seed)
         };
@@ -151,6 +160,32 @@ pub struct SimReport {
     pub snapshots_installed: u64,
     /// Simulated time from the end of the fault phase until a probe was applied everywhere.
     pub recovery_time_us: u64,
+    /// Simulated time from the end of the fault phase until every shard had an ACTIVE unit.
+    pub service_recovery_time_us: u64,
+    /// Unit processes started.
+    pub unit_starts: u64,
+    /// Unit processes crashed by the fault generator.
+    pub unit_crashes: u64,
+    /// Unit processes hung by the fault generator.
+    pub unit_hangs: u64,
+    /// Faults units reported themselves.
+    pub unit_reported_faults: u64,
+    /// Unit faults the cluster handled (committed `UnitFault`s).
+    pub unit_faults_handled: u64,
+    /// STANDBYs promoted to ACTIVE.
+    pub promotions: u64,
+    /// Handovers that moved an ACTIVE (switchovers, locks, restarts).
+    pub handovers: u64,
+    /// Units relocated to another node (ladder L5).
+    pub relocations: u64,
+    /// Node-restart commands run (ladder L3).
+    pub node_restarts: u64,
+    /// Operator requests proposed.
+    pub admin_requests: u64,
+    /// Operator requests completed.
+    pub admin_done: u64,
+    /// Operator requests refused (up front or when applied) or not finished in time.
+    pub admin_refused: u64,
     /// Digest of the committed log, for determinism checks.
     pub log_digest: u64,
 }
@@ -161,6 +196,21 @@ impl SimReport {
     pub fn accumulate(&mut self, other: &SimReport) {
         self.end_time_us = self.end_time_us.max(other.end_time_us);
         self.recovery_time_us = self.recovery_time_us.max(other.recovery_time_us);
+        self.service_recovery_time_us = self
+            .service_recovery_time_us
+            .max(other.service_recovery_time_us);
+        self.unit_starts += other.unit_starts;
+        self.unit_crashes += other.unit_crashes;
+        self.unit_hangs += other.unit_hangs;
+        self.unit_reported_faults += other.unit_reported_faults;
+        self.unit_faults_handled += other.unit_faults_handled;
+        self.promotions += other.promotions;
+        self.handovers += other.handovers;
+        self.relocations += other.relocations;
+        self.node_restarts += other.node_restarts;
+        self.admin_requests += other.admin_requests;
+        self.admin_done += other.admin_done;
+        self.admin_refused += other.admin_refused;
         self.events += other.events;
         self.messages_sent += other.messages_sent;
         self.messages_delivered += other.messages_delivered;
@@ -191,7 +241,10 @@ impl fmt::Display for SimReport {
             "events {}, messages {} sent / {} dropped / {} duplicated, crashes {} ({} mid-write, \
              {} torn, {} garbage), restarts {} ({} torn tails recovered), pauses {}, \
              partitions {}, elections {}, committed {}, proposals {} ({} acked), liveness \
-             changes {}, snapshots {} taken / {} installed, slowest recovery {:.3} s",
+             changes {}, snapshots {} taken / {} installed, slowest recovery {:.3} s; units: \
+             {} starts, {} crashes, {} hangs, {} reported faults, {} faults handled, {} \
+             promotions, {} handovers, {} relocations; operator: {} requests, {} done, {} \
+             refused; slowest service recovery {:.3} s",
             self.events,
             self.messages_sent,
             self.messages_dropped,
@@ -212,6 +265,18 @@ impl fmt::Display for SimReport {
             self.snapshots_taken,
             self.snapshots_installed,
             self.recovery_time_us as f64 / 1e6,
+            self.unit_starts,
+            self.unit_crashes,
+            self.unit_hangs,
+            self.unit_reported_faults,
+            self.unit_faults_handled,
+            self.promotions,
+            self.handovers,
+            self.relocations,
+            self.admin_requests,
+            self.admin_done,
+            self.admin_refused,
+            self.service_recovery_time_us as f64 / 1e6,
         )
     }
 }
@@ -232,7 +297,10 @@ pub enum FailureKind {
     WentBackwards,
     /// Two nodes hold different cluster models at the same applied index.
     StateDiverged,
-    /// After the faults ended, the cluster did not commit a probe everywhere in time.
+    /// Two units acted ACTIVE for one shard (of a single-ACTIVE model) at the same instant.
+    TwoActives,
+    /// After the faults ended, the cluster did not commit a probe everywhere, or did not give
+    /// every shard an ACTIVE unit, in time.
     Liveness,
     /// A replica failed (recovery refused its disk, storage failed without a simulated
     /// crash, an unreadable snapshot).
@@ -257,6 +325,7 @@ impl FailureKind {
                 | Self::DuplicateCommit
                 | Self::WentBackwards
                 | Self::StateDiverged
+                | Self::TwoActives
         )
     }
 }

@@ -8,19 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use tandem_core::NodeReport;
-
 use crate::rng::Rng;
 
-/// What travels between simulated nodes.
+/// What travels between simulated nodes: a peer envelope as the daemon writes it (prost, with
+/// raft-rs messages inside in raft-rs's own codec). It is decoded on arrival, so every codec is
+/// exercised exactly as between daemons.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Wire {
-    /// A raft-rs message, as the bytes raft-rs's own codec produced (decoded on arrival, so
-    /// the codec is exercised exactly as between daemons).
-    Raft(Vec<u8>),
-    /// An agent's liveness heartbeat to the node it believes leads.
-    Heartbeat(NodeReport),
-}
+pub struct Wire(pub Vec<u8>);
 
 /// Knobs and state of the network.
 #[derive(Debug)]

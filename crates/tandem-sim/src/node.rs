@@ -1,8 +1,8 @@
-//! One simulated node: its disk (which outlives crashes), its replica (which does not), its
-//! clock drift and, while it leads, its liveness tracker.
+//! One simulated node: its disk (which outlives crashes), its [`tandem_node::Node`] (which does
+//! not), its clock drift and, while it is paused, the inputs waiting for it.
 
-use tandem_core::{LivenessTracker, Time};
-use tandem_raft::Replica;
+use tandem_core::{Time, UnitName};
+use tandem_node::{Node, UnitEvent};
 
 use crate::disk::SimDisk;
 use crate::net::Wire;
@@ -12,15 +12,26 @@ use crate::net::Wire;
 pub enum Status {
     /// Ticking and handling messages.
     Running,
-    /// Stopped like a process under SIGSTOP or a long GC pause: no ticks, and messages wait in
-    /// its inbox (as in its socket buffers) until it resumes.
+    /// Stopped like a process under SIGSTOP or a long GC pause: no ticks, and inputs wait in
+    /// its inbox (as in its socket buffers) until it resumes. Its units keep running.
     Paused,
-    /// Down: its memory is gone, only its disk remains. Messages to it are dropped.
+    /// Down: its memory is gone, only its disk remains. Its units died with it.
     Crashed,
 }
 
-/// Most messages a paused node queues; later ones are dropped, like a full socket buffer.
+/// Most inputs a paused node queues; later ones are dropped, like a full socket buffer.
 pub const INBOX_LEN_MAX: usize = 1024;
+
+/// An input that waits while the node is paused.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// A peer message.
+    Peer(u64, Wire),
+    /// Something from one of its units.
+    Unit(UnitEvent),
+    /// A unit registering through the SDK.
+    Register(UnitName, u64),
+}
 
 /// A simulated node.
 #[derive(Debug)]
@@ -29,21 +40,21 @@ pub struct SimNode {
     pub id: u64,
     /// The disk; survives crashes.
     pub disk: SimDisk,
-    /// The replica while the node runs or is paused; dropped by a crash.
-    pub replica: Option<Replica<SimDisk>>,
+    /// The node while it runs or is paused; dropped by a crash.
+    pub node: Option<Node<SimDisk>>,
     /// Running, paused or crashed.
     pub status: Status,
     /// Bumped on every crash, pause, resume and restart; a timer event that carries an older
     /// epoch belongs to a previous life of the node and is ignored.
     pub epoch: u64,
+    /// Bumped on every crash: unit events of an older life are dropped.
+    pub life: u64,
     /// How many times it was restarted (mixed into its election seed).
     pub restarts: u64,
     /// Clock drift in parts per million: its local clock runs at `1 + drift` times real time.
     pub drift_ppm: i64,
-    /// The liveness tracker, present while this node leads.
-    pub tracker: Option<LivenessTracker>,
-    /// Messages that arrived while paused, in arrival order.
-    pub inbox: Vec<(u64, Wire)>,
+    /// Inputs that arrived while paused, in arrival order.
+    pub inbox: Vec<Inbound>,
     /// When the disk was armed to crash during a write (it crashes anyway after a while).
     pub armed_at: Option<u64>,
     /// Snapshot index last seen, to count the snapshots the node takes.
@@ -51,7 +62,7 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    /// The node's local clock at simulated time `now_us`, as the liveness tracker sees it.
+    /// The node's local clock at simulated time `now_us`.
     pub fn local_now(&self, now_us: u64) -> Time {
         let scaled = i128::from(now_us) * (1_000_000 + i128::from(self.drift_ppm)) / 1_000_000;
         Time::from_micros(scaled as u64)
@@ -63,10 +74,10 @@ impl SimNode {
         scaled as u64
     }
 
-    /// The replica; the caller knows the node is not crashed.
-    pub fn replica(&mut self) -> &mut Replica<SimDisk> {
-        self.replica
+    /// The node; the caller knows it is not crashed.
+    pub fn node(&mut self) -> &mut Node<SimDisk> {
+        self.node
             .as_mut()
-            .expect("a node that is not crashed has a replica")
+            .expect("a node that is not crashed has its Node")
     }
 }

@@ -1,4 +1,5 @@
-//! The simulation engine: the event queue, the nodes, the fault generator and the workload.
+//! The simulation engine: the event queue, the nodes and their unit processes, the fault
+//! generator and the workload.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
@@ -6,37 +7,44 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use tandem_core::{
-    ApplyOutcome, Command, LivenessConfig, LivenessTracker, NodeId, NodeReport, Time,
+    AdminOp, AdminState, AdminTarget, AgentAction, Command, EscalationPolicy, ModelEvent, NodeId,
+    ProcessSpec, RedundancyModel, Role, ServiceSpec, Severity, ShardName, SwitchoverTarget, Time,
+    Topology, UnitCommand, UnitName, UnitSpec, UnitTimeouts,
 };
-use tandem_raft::{Replica, ReplicaConfig, WalOptions};
+use tandem_node::{AdminAction, Node, NodeEvent, NodeOutput, NodeSettings, PeerMessage, UnitEvent};
+use tandem_proto::Message as _;
+use tandem_raft::{ReplicaConfig, WalOptions};
 
 use crate::check::{self, Checker, LoggedEntry, Violation, CONTEXT_CLIENT, CONTEXT_PROBE};
 use crate::disk::SimDisk;
 use crate::net::{Network, Wire};
-use crate::node::{SimNode, Status, INBOX_LEN_MAX};
+use crate::node::{Inbound, SimNode, Status, INBOX_LEN_MAX};
 use crate::rng::{mix, Rng};
+use crate::unit::SimUnit;
 use crate::{FailureKind, SimConfig, SimFailure, SimReport};
 
 /// A node's raft tick, in microseconds of its own clock.
 const TICK_US: u64 = 10_000;
-/// Liveness heartbeat (and the leader's verdict) period, in microseconds of the node's clock.
-const LIVENESS_PERIOD_US: u64 = 50_000;
+/// Heartbeat period (agent heartbeats, leader verdicts), in microseconds of the node's clock.
+const HEARTBEAT_US: u64 = 50_000;
 /// The liveness tracker's node timeout.
 const NODE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Agents' lease.
+const LEASE: Duration = Duration::from_millis(200);
 /// A disk armed to crash during a write that sees no write for this long crashes anyway.
 const ARMED_CRASH_DEADLINE_US: u64 = 300_000;
 /// Lying mode's write-back period: writes acknowledged within this window before a crash
 /// are lost.
 const WRITE_BACK_US: u64 = 1_000_000;
-/// Clock drift bound, parts per million (±3 %).
-const DRIFT_PPM_MAX: u64 = 30_000;
+/// Clock drift bound per node, parts per million (±1 %): any two clocks then differ in rate by
+/// at most 2 %, the bound tandem's leases assume (`tandem_core::DRIFT_PPM`).
+const DRIFT_PPM_MAX: u64 = 10_000;
 /// Nonces of the liveness probes start here, far from the clients' nonces.
 const PROBE_NONCE_BASE: u64 = 1 << 62;
 /// A run handling more events than this is stuck in a loop.
 const EVENTS_MAX: u64 = 20_000_000;
-/// Ready rounds per drive: `process_ready` may leave work for a next round (entries that
-/// became committed while the previous round was persisted).
-const READY_ROUNDS_MAX: usize = 4;
+/// Admin request ids of the simulated operator start here.
+const ADMIN_ID_BASE: u64 = 1 << 40;
 
 /// Random streams, one per concern (see [`crate::rng`]).
 const STREAM_PARAMS: u64 = 1;
@@ -44,17 +52,18 @@ const STREAM_NET: u64 = 2;
 const STREAM_FAULTS: u64 = 3;
 const STREAM_DISK: u64 = 4;
 const STREAM_WORKLOAD: u64 = 5;
+const STREAM_UNITS: u64 = 6;
 
 /// Something that happens at a point of simulated time.
 #[derive(Debug)]
 enum Event {
     /// A node's raft tick.
     Tick { node: usize, epoch: u64 },
-    /// A node's liveness timer: heartbeat to the leader, or (on the leader) verdicts.
+    /// A node's heartbeat timer.
     Timer { node: usize, epoch: u64 },
     /// A message arrives.
     Deliver { from: u64, to: u64, wire: Wire },
-    /// A client proposes.
+    /// A client proposes (and now and then an operator acts).
     Client,
     /// The fault generator acts.
     Fault,
@@ -70,8 +79,33 @@ enum Event {
     EndFaults,
     /// After the faults: propose a liveness probe through the leader.
     Probe,
+    /// After the faults: the operator unlocks and repairs what the workload left.
+    Tidy,
     /// The liveness bound has passed.
     Deadline,
+    /// A unit process registers through the SDK.
+    UnitRegister { pid: u32 },
+    /// A request reaches a unit process.
+    UnitRequest {
+        pid: u32,
+        request: u64,
+        command: UnitCommand,
+    },
+    /// A unit process's hook completes and it answers.
+    UnitAnswer {
+        pid: u32,
+        request: u64,
+        command: UnitCommand,
+        ok: bool,
+    },
+    /// A unit process exits (a graceful stop finished).
+    UnitExit { pid: u32 },
+    /// An input reaches a node from its own units or supervisor.
+    NodeInput {
+        node: usize,
+        life: u64,
+        input: Inbound,
+    },
 }
 
 /// An event in the queue, ordered by time and then by scheduling order, so ties break the
@@ -108,6 +142,8 @@ struct Params {
     pauses: bool,
     partitions: bool,
     weather: bool,
+    unit_faults: bool,
+    operator: bool,
     /// Longest gap between fault actions, microseconds.
     fault_gap_max_us: u64,
     /// Longest gap between client proposals, microseconds.
@@ -123,10 +159,83 @@ enum CrashKind {
     MidWrite,
 }
 
+/// The topology every run uses: a 2n pair and a no-redundancy singleton on 3 nodes, plus an
+/// n+m pool and an n-way-active front end on 5.
+pub fn topology(nodes: usize) -> Topology {
+    let service = |name: &str, model, units: &[(&str, u64)], shards: &[&str]| ServiceSpec {
+        name: name.into(),
+        model,
+        units: units
+            .iter()
+            .map(|(unit, node)| UnitSpec {
+                name: (*unit).into(),
+                node: NodeId(*node),
+                rank: 0,
+            })
+            .collect(),
+        shards: shards.iter().map(|shard| (*shard).into()).collect(),
+        instantiate: ProcessSpec {
+            argv: vec![format!("/sim/{name}")],
+            ..ProcessSpec::default()
+        },
+        terminate: None,
+        cleanup: None,
+        timeouts: UnitTimeouts {
+            instantiate_ms: 1_000,
+            terminate_ms: 100,
+            cleanup_ms: 100,
+            health_interval_ms: 100,
+            health_timeout_ms: 300,
+            callback_ms: 500,
+        },
+        escalation: EscalationPolicy {
+            window_ms: 2_000,
+            ..EscalationPolicy::default()
+        },
+        max_shards_per_unit: 0,
+        allow_colocation: false,
+    };
+    let mut services = vec![
+        service(
+            "pair",
+            RedundancyModel::TwoN,
+            &[("p1", 1), ("p2", 2)],
+            &["pair-0", "pair-1"],
+        ),
+        service(
+            "solo",
+            RedundancyModel::NoRedundancy,
+            &[("s1", 3)],
+            &["solo-0"],
+        ),
+    ];
+    if nodes >= 5 {
+        services.push(service(
+            "pool",
+            RedundancyModel::NPlusM { active_units: 2 },
+            &[("u1", 1), ("u2", 2), ("u3", 3)],
+            &["pool-0", "pool-1", "pool-2", "pool-3"],
+        ));
+        services.push(service(
+            "front",
+            RedundancyModel::NWayActive {
+                actives_per_shard: 0,
+            },
+            &[("f1", 4), ("f2", 5)],
+            &["front-0"],
+        ));
+    }
+    Topology {
+        services,
+        ..Topology::default()
+    }
+}
+
 /// The whole simulated world.
 pub(crate) struct Sim {
     config: SimConfig,
     params: Params,
+    topology: Topology,
     /// Simulated time, microseconds.
     now: u64,
     /// Scheduling counter, the tie-breaker of the queue.
@@ -134,10 +243,14 @@ pub(crate) struct Sim {
     queue: BinaryHeap<Reverse<Scheduled>>,
     nodes: Vec<SimNode>,
     voters: Vec<u64>,
+    /// Unit processes by pid.
+    processes: BTreeMap<u32, SimUnit>,
+    next_pid: u32,
     net: Network,
     faults: Rng,
     disk_rng: Rng,
     workload: Rng,
+    unit_rng: Rng,
     checker: Checker,
     report: SimReport,
     logger: slog::Logger,
@@ -151,10 +264,14 @@ pub(crate) struct Sim {
     proposals: BTreeMap<u64, u64>,
     /// Nonces of the probes proposed after the fault phase.
     probes: Vec<u64>,
+    /// Set once a probe was applied on every node.
+    probe_done: bool,
     /// Active partitions: id → cut links.
     partitions: BTreeMap<u64, Vec<(u64, u64)>>,
     next_partition: u64,
-    /// Set when a probe was applied everywhere: the run is over.
+    /// Next admin request id.
+    next_admin: u64,
+    /// Set when the run's goals after the faults are met: the run is over.
     done: bool,
 }
 
@@ -171,6 +288,8 @@ impl Sim {
             pauses: params_rng.chance(850_000),
             partitions: params_rng.chance(850_000),
             weather: params_rng.chance(850_000),
+            unit_faults: params_rng.chance(850_000),
+            operator: params_rng.chance(700_000),
             fault_gap_max_us: params_rng.between(100_000, 400_000),
             client_gap_max_us: params_rng.between(5_000, 30_000),
         };
@@ -181,12 +300,12 @@ impl Sim {
             .map(|id| SimNode {
                 id: *id,
                 disk: SimDisk::new(config.lying_disk),
-                replica: None,
+                node: None,
                 status: Status::Crashed,
                 epoch: 0,
+                life: 0,
                 restarts: 0,
                 drift_ppm: params_rng.between(0, 2 * DRIFT_PPM_MAX) as i64 - DRIFT_PPM_MAX as i64,
-                tracker: None,
                 inbox: Vec::new(),
                 armed_at: None,
                 snapshot_index: 0,
@@ -194,16 +313,20 @@ impl Sim {
             .collect();
         Self {
             params,
+            topology: topology(config.nodes),
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
             nodes,
             checker: Checker::new(&voters),
             voters,
+            processes: BTreeMap::new(),
+            next_pid: 100,
             net: Network::new(Rng::new(seed, STREAM_NET), delay_max_us),
             faults: Rng::new(seed, STREAM_FAULTS),
             disk_rng: Rng::new(seed, STREAM_DISK),
             workload: Rng::new(seed, STREAM_WORKLOAD),
+            unit_rng: Rng::new(seed, STREAM_UNITS),
             report: SimReport {
                 seed,
                 nodes: config.nodes,
@@ -215,8 +338,10 @@ impl Sim {
             next_nonce: 1,
             proposals: BTreeMap::new(),
             probes: Vec::new(),
+            probe_done: false,
             partitions: BTreeMap::new(),
             next_partition: 0,
+            next_admin: ADMIN_ID_BASE,
             done: false,
             config,
         }
@@ -284,8 +409,9 @@ impl Sim {
                 });
             }
             self.handle(scheduled.event)?;
+            self.check_one_active()?;
             if self.calm_since.is_some() {
-                self.check_probes();
+                self.check_done();
                 if self.done {
                     return Ok(());
                 }
@@ -351,14 +477,56 @@ impl Sim {
             }
             Event::EndFaults => self.end_faults(),
             Event::Probe => self.on_probe(),
+            Event::Tidy => self.on_tidy(),
             Event::Deadline => Err(Violation {
                 kind: FailureKind::Liveness,
                 detail: format!(
-                    "no probe was applied on every node within {:?} after the faults ended\n{}",
+                    "within {:?} after the faults ended, {}\n{}",
                     self.config.liveness_bound,
+                    if self.probe_done {
+                        "not every shard got an ACTIVE unit".to_owned()
+                    } else {
+                        "no probe was applied on every node".to_owned()
+                    },
                     self.dump()
                 ),
             }),
+            Event::UnitRegister { pid } => self.on_unit_register(pid),
+            Event::UnitRequest {
+                pid,
+                request,
+                command,
+            } => {
+                self.on_unit_request(pid, request, command);
+                Ok(())
+            }
+            Event::UnitAnswer {
+                pid,
+                request,
+                command,
+                ok,
+            } => {
+                self.on_unit_answer(pid, request, command, ok);
+                Ok(())
+            }
+            Event::UnitExit { pid } => {
+                if let Some(process) = self.processes.remove(&pid) {
+                    let unit = self.unit_of(&process);
+                    self.send_input(
+                        process.node,
+                        process.life,
+                        0,
+                        Inbound::Unit(UnitEvent::Exited {
+                            unit,
+                            generation: process.generation,
+                            code: Some(0),
+                            signal: None,
+                        }),
+                    );
+                }
+                Ok(())
+            }
+            Event::NodeInput { node, life, input } => self.on_node_input(node, life, input),
         }
     }
 
@@ -378,7 +546,8 @@ impl Sim {
                 return Ok(());
             }
         }
-        self.nodes[node].replica().tick();
+        let local_now = self.nodes[node].local_now(self.now);
+        self.nodes[node].node().tick(local_now);
         let interval = self.nodes[node].real_duration(TICK_US);
         self.schedule(interval, Event::Tick { node, epoch });
         self.drive(node)
@@ -388,33 +557,12 @@ impl Sim {
         if !self.is_running(node, epoch) {
             return Ok(());
         }
-        let interval = self.nodes[node].real_duration(LIVENESS_PERIOD_US);
+        let interval = self.nodes[node].real_duration(HEARTBEAT_US);
         self.schedule(interval, Event::Timer { node, epoch });
         let local_now = self.nodes[node].local_now(self.now);
-        let sim_node = &mut self.nodes[node];
-        let replica = sim_node
-            .replica
-            .as_mut()
-            .expect("running node has a replica");
-        if let Some(tracker) = &mut sim_node.tracker {
-            let commands = tracker.decide(local_now, replica.state());
-            for command in commands {
-                // A refusal (the node just lost leadership) is fine: the next leader decides
-                // again.
-                let _ = replica.propose(&command, Vec::new());
-            }
-            return self.drive(node);
-        }
-        let id = sim_node.id;
-        if let Some(leader) = replica.leader_id().filter(|leader| *leader != id) {
-            let report = NodeReport {
-                term: replica.term(),
-                commit_index: replica.commit_index(),
-                applied_index: replica.applied_index(),
-            };
-            self.send(id, leader, Wire::Heartbeat(report));
-        }
-        Ok(())
+        let wall_ms = self.now / 1000;
+        self.nodes[node].node().heartbeat(local_now, wall_ms);
+        self.drive(node)
     }
 
     fn on_deliver(&mut self, from: u64, to: u64, wire: Wire) -> Result<(), Violation> {
@@ -423,56 +571,90 @@ impl Sim {
             self.report.messages_dropped += 1;
             return Ok(());
         }
+        let life = self.nodes[node].life;
+        self.on_node_input(node, life, Inbound::Peer(from, wire))
+    }
+
+    /// An input for a node: handled now if it runs, queued if paused, dropped if crashed (or
+    /// if it belongs to a previous life of the node).
+    fn on_node_input(&mut self, node: usize, life: u64, input: Inbound) -> Result<(), Violation> {
+        if self.nodes[node].life != life {
+            return Ok(());
+        }
         match self.nodes[node].status {
             Status::Crashed => {
-                self.report.messages_dropped += 1;
+                if matches!(input, Inbound::Peer(..)) {
+                    self.report.messages_dropped += 1;
+                }
                 Ok(())
             }
             Status::Paused => {
                 if self.nodes[node].inbox.len() < INBOX_LEN_MAX {
-                    self.nodes[node].inbox.push((from, wire));
-                } else {
+                    self.nodes[node].inbox.push(input);
+                } else if matches!(input, Inbound::Peer(..)) {
                     self.report.messages_dropped += 1;
                 }
                 Ok(())
             }
             Status::Running => {
-                self.receive(node, from, wire)?;
+                self.receive(node, input)?;
                 self.drive(node)
             }
         }
     }
 
-    /// Hands one arrived message to a running node.
-    fn receive(&mut self, node: usize, from: u64, wire: Wire) -> Result<(), Violation> {
-        self.report.messages_delivered += 1;
+    /// Hands one input to a running node.
+    fn receive(&mut self, node: usize, input: Inbound) -> Result<(), Violation> {
         let local_now = self.nodes[node].local_now(self.now);
-        let sim_node = &mut self.nodes[node];
-        match wire {
-            Wire::Raft(bytes) => {
-                let message =
-                    tandem_raft::decode_raft_message(&bytes).map_err(|error| Violation {
+        let id = self.nodes[node].id;
+        match input {
+            Inbound::Peer(from, Wire(bytes)) => {
+                self.report.messages_delivered += 1;
+                let envelope =
+                    tandem_proto::decode_envelope(&bytes).map_err(|error| Violation {
                         kind: FailureKind::Codec,
-                        detail: format!("raft message from {from} to {}: {error}", sim_node.id),
+                        detail: format!("envelope from {from} to {id}: {error}"),
                     })?;
-                assert_eq!(
-                    message.to, sim_node.id,
-                    "message delivered to the wrong node"
-                );
-                // raft-rs refuses some messages (e.g. stale ones); that changes nothing.
-                let _ = sim_node.replica().step(message);
+                assert_eq!(envelope.to, id, "message delivered to the wrong node");
+                let message =
+                    tandem_node::wire::decode(envelope.body).map_err(|error| Violation {
+                        kind: FailureKind::Codec,
+                        detail: format!("peer message from {from} to {id}: {error}"),
+                    })?;
+                self.nodes[node].node().on_peer(local_now, from, message);
             }
-            Wire::Heartbeat(report) => {
-                if let Some(tracker) = &mut sim_node.tracker {
-                    tracker.observe(local_now, NodeId(from), report);
+            Inbound::Unit(event) => self.nodes[node].node().on_unit(local_now, event),
+            Inbound::Register(unit, generation) => {
+                let accepted = self.nodes[node]
+                    .node()
+                    .on_registered(local_now, &unit, generation);
+                if !accepted {
+                    // A refused instance exits.
+                    let pid = self
+                        .processes
+                        .iter()
+                        .find(|(_, p)| {
+                            p.node == node && p.generation == generation && self.unit_of(p) == unit
+                        })
+                        .map(|(pid, _)| *pid);
+                    if let Some(pid) = pid {
+                        self.schedule(1_000, Event::UnitExit { pid });
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn send(&mut self, from: u64, to: u64, wire: Wire) {
+    fn send(&mut self, from: u64, to: u64, message: &PeerMessage) {
         self.report.messages_sent += 1;
+        let envelope = tandem_proto::peer::Envelope {
+            cluster: "sim".into(),
+            from,
+            to,
+            body: Some(tandem_node::wire::encode(message)),
+        };
+        let wire = Wire(envelope.encode_to_vec());
         if self.net.is_cut(from, to) {
             self.report.messages_dropped += 1;
             return;
@@ -492,109 +674,131 @@ impl Sim {
         }
     }
 
-    /// Runs a node's ready loop: makes writes durable, sends messages, applies entries, checks
-    /// everything it reports, and follows leadership changes.
+    /// Drives a node: durable writes, sends, applies, agent actions; checks what it reports
+    /// and follows leadership.
     fn drive(&mut self, node: usize) -> Result<(), Violation> {
         let id = self.nodes[node].id;
-        for _ in 0..READY_ROUNDS_MAX {
-            let Some(replica) = self.nodes[node].replica.as_mut() else {
-                return Ok(());
-            };
-            let mut output = match replica.process_ready() {
-                Ok(output) => output,
-                Err(error) => {
-                    if self.nodes[node].disk.fired() {
-                        // The simulated crash struck inside this write; nothing the write
-                        // would have acknowledged was returned.
-                        self.crash(node, CrashKind::MidWrite);
-                        return Ok(());
-                    }
-                    return Err(Violation {
-                        kind: FailureKind::NodeError,
-                        detail: format!("node {id}: process_ready failed: {error}"),
-                    });
+        let local_now = self.nodes[node].local_now(self.now);
+        let wall_ms = self.now / 1000;
+        let Some(sim_node) = self.nodes[node].node.as_mut() else {
+            return Ok(());
+        };
+        let mut output = match sim_node.drive(local_now, wall_ms) {
+            Ok(output) => output,
+            Err(error) => {
+                if self.nodes[node].disk.fired() {
+                    // The simulated crash struck inside this write; nothing the write would
+                    // have acknowledged was returned.
+                    self.crash(node, CrashKind::MidWrite);
+                    return Ok(());
                 }
-            };
-            if self.nodes[node].disk.fired() {
                 return Err(Violation {
                     kind: FailureKind::NodeError,
-                    detail: format!("node {id}: a write failed but process_ready reported success"),
+                    detail: format!("node {id}: drive failed: {error}"),
                 });
             }
-            let idle = output.messages.is_empty()
-                && output.applied.is_empty()
-                && output.installed_snapshot.is_none();
-            // raft-rs builds some message batches by iterating its progress map; a stable
-            // sort by destination makes the order (hence the random draws per message)
-            // independent of that map, while keeping each peer's messages in order.
-            output.messages.sort_by_key(|message| message.to);
-            for message in &output.messages {
-                let bytes = tandem_raft::encode_raft_message(message);
-                self.send(id, message.to, Wire::Raft(bytes));
-            }
-            if let Some(index) = output.installed_snapshot {
-                self.report.snapshots_installed += 1;
-                self.checker.on_snapshot_installed(id, index)?;
-                self.trace(|| format!("node {id} installed the leader's snapshot at {index}"));
-            }
-            let node_term = self.nodes[node].replica.as_ref().map_or(0, |r| r.term());
-            for applied in &output.applied {
-                self.checker.on_applied(id, node_term, applied)?;
-                if let Some((kind, nonce)) = check::decode_context(&applied.context) {
-                    if kind == CONTEXT_CLIENT && self.proposals.get(&nonce) == Some(&id) {
-                        self.proposals.remove(&nonce);
-                        self.report.proposals_acknowledged += 1;
-                    }
-                }
-                if let (Some(command @ Command::SetNodeLiveness { .. }), ApplyOutcome::Changed) =
-                    (&applied.command, &applied.outcome)
-                {
-                    // Every node applies it; count it once, on the leader.
-                    if self.nodes[node].tracker.is_some() {
-                        self.report.liveness_changes += 1;
-                        self.trace(|| format!("index {}: {command:?} committed", applied.index));
-                    }
-                }
-            }
-            let replica = self.nodes[node].replica.as_ref().expect("still running");
-            self.checker.on_round(id, replica)?;
-            let snapshot_index = replica.snapshot_index();
-            if snapshot_index != self.nodes[node].snapshot_index {
-                if output.installed_snapshot != Some(snapshot_index) {
-                    self.report.snapshots_taken += 1;
-                }
-                self.nodes[node].snapshot_index = snapshot_index;
-            }
-            if idle {
-                break;
-            }
+        };
+        if self.nodes[node].disk.fired() {
+            return Err(Violation {
+                kind: FailureKind::NodeError,
+                detail: format!("node {id}: a write failed but drive reported success"),
+            });
+        }
+        // raft-rs builds some message batches by iterating its progress map; a stable sort by
+        // destination makes the order (hence the random draws per message) independent of
+        // that map, while keeping each peer's messages in order.
+        output.messages.sort_by_key(|(to, _)| *to);
+        let messages = std::mem::take(&mut output.messages);
+        for (to, message) in &messages {
+            self.send(id, *to, message);
+        }
+        self.check_output(node, &output)?;
+        let actions = std::mem::take(&mut output.actions);
+        for action in actions {
+            self.carry_out(node, action);
         }
         self.follow_leadership(node)
     }
 
-    fn follow_leadership(&mut self, node: usize) -> Result<(), Violation> {
-        let local_now = self.nodes[node].local_now(self.now);
+    /// Feeds the checkers with what a drive produced.
+    fn check_output(&mut self, node: usize, output: &NodeOutput) -> Result<(), Violation> {
         let id = self.nodes[node].id;
-        let Some(replica) = self.nodes[node].replica.as_ref() else {
+        if let Some(index) = output.installed_snapshot {
+            self.report.snapshots_installed += 1;
+            self.checker.on_snapshot_installed(id, index)?;
+            self.trace(|| format!("node {id} installed the leader's snapshot at {index}"));
+        }
+        let sim_node = &self.nodes[node];
+        let replica = sim_node.node.as_ref().expect("driven").replica();
+        let node_term = replica.term();
+        let is_leader = replica.is_leader();
+        for applied in &output.applied {
+            self.checker.on_applied(id, node_term, applied)?;
+            if let Some((kind, nonce)) = check::decode_context(&applied.context) {
+                if kind == CONTEXT_CLIENT && self.proposals.get(&nonce) == Some(&id) {
+                    self.proposals.remove(&nonce);
+                    self.report.proposals_acknowledged += 1;
+                }
+            }
+            if !is_leader {
+                continue;
+            }
+            // Count what every node applies once, on the leader.
+            for event in &applied.events {
+                match event {
+                    ModelEvent::NodeLiveness { .. } => self.report.liveness_changes += 1,
+                    ModelEvent::RoleChanged {
+                        from: Some(Role::Standby),
+                        to: Some(Role::Active),
+                        ..
+                    } => self.report.promotions += 1,
+                    ModelEvent::UnitFaulted { .. } => self.report.unit_faults_handled += 1,
+                    ModelEvent::HandoverEnded { moved: true, .. } => self.report.handovers += 1,
+                    ModelEvent::UnitRelocated { .. } => self.report.relocations += 1,
+                    _ => {}
+                }
+                if self.config.verbose {
+                    let index = applied.index;
+                    self.trace(|| format!("index {index}: {event}"));
+                }
+            }
+        }
+        for (request, answer) in &output.admin {
+            if *request >= ADMIN_ID_BASE {
+                match answer {
+                    Ok(_) => self.report.admin_done += 1,
+                    Err(_) => self.report.admin_refused += 1,
+                }
+            }
+        }
+        if self.config.verbose {
+            for event in &output.events {
+                if matches!(event, NodeEvent::Observed { .. }) {
+                    self.trace(|| format!("node {id} observed: {event}"));
+                }
+            }
+        }
+        let replica = self.nodes[node].node.as_ref().expect("driven").replica();
+        self.checker.on_round(id, replica)?;
+        let snapshot_index = replica.snapshot_index();
+        if snapshot_index != self.nodes[node].snapshot_index {
+            if output.installed_snapshot != Some(snapshot_index) {
+                self.report.snapshots_taken += 1;
+            }
+            self.nodes[node].snapshot_index = snapshot_index;
+        }
+        Ok(())
+    }
+
+    fn follow_leadership(&mut self, node: usize) -> Result<(), Violation> {
+        let id = self.nodes[node].id;
+        let Some(sim_node) = self.nodes[node].node.as_ref() else {
             return Ok(());
         };
-        if replica.is_leader() {
-            if self.checker.on_leader(id, replica)? {
-                let term = replica.term();
-                self.trace(|| format!("node {id} leads term {term}"));
-            }
-            if self.nodes[node].tracker.is_none() {
-                self.nodes[node].tracker = Some(LivenessTracker::new(
-                    LivenessConfig {
-                        node_timeout: NODE_TIMEOUT,
-                    },
-                    NodeId(id),
-                    self.voters.iter().map(|voter| NodeId(*voter)),
-                    local_now,
-                ));
-            }
-        } else {
-            self.nodes[node].tracker = None;
+        let replica = sim_node.replica();
+        if replica.is_leader() && self.checker.on_leader(id, replica)? {
+            let term = replica.term();
+            self.trace(|| format!("node {id} leads term {term}"));
         }
         Ok(())
     }
@@ -618,9 +822,16 @@ impl Sim {
         }
     }
 
-    /// Opens a node's replica on its disk (start or restart).
+    /// Opens a node on its disk (start or restart).
     fn restart(&mut self, node: usize) -> Result<(), Violation> {
-        let config = self.replica_config(node);
+        let settings = NodeSettings {
+            replica: self.replica_config(node),
+            heartbeat_interval: Duration::from_micros(HEARTBEAT_US),
+            node_timeout: NODE_TIMEOUT,
+            lease: LEASE,
+            members: self.voters.iter().map(|id| NodeId(*id)).collect(),
+            topology: self.topology.clone(),
+        };
         let id = self.nodes[node].id;
         let disk = self.nodes[node].disk.clone();
         // Now and then the node crashes again during recovery's own writes (cutting a torn
@@ -628,8 +839,8 @@ impl Sim {
         if self.faults_active && self.faults.chance(100_000) {
             disk.arm();
         }
-        let replica = match Replica::open(&config, disk.clone(), &self.logger) {
-            Ok(replica) => replica,
+        let opened = match Node::open(settings, disk.clone(), &self.logger) {
+            Ok(opened) => opened,
             Err(_) if disk.fired() => {
                 self.trace(|| format!("node {id} crashed during recovery"));
                 self.crash(node, CrashKind::MidWrite);
@@ -645,6 +856,7 @@ impl Sim {
         if disk.is_armed() {
             self.nodes[node].armed_at = Some(self.now);
         }
+        let replica = opened.replica();
         if let Some((file, offset, dropped)) = &replica.recovery().torn_tail {
             self.report.torn_tails_recovered += 1;
             self.trace(|| {
@@ -660,10 +872,10 @@ impl Sim {
                 replica.last_index()
             )
         });
-        self.checker.on_restart(id, &replica)?;
+        self.checker.on_restart(id, replica)?;
         let sim_node = &mut self.nodes[node];
         sim_node.snapshot_index = replica.snapshot_index();
-        sim_node.replica = Some(replica);
+        sim_node.node = Some(opened);
         sim_node.restarts += 1;
         self.report.restarts += 1;
         self.start_timers(node);
@@ -677,7 +889,7 @@ impl Sim {
         sim_node.epoch += 1;
         let epoch = sim_node.epoch;
         let tick = self.workload.below(TICK_US);
-        let timer = self.workload.below(LIVENESS_PERIOD_US);
+        let timer = self.workload.below(HEARTBEAT_US);
         self.schedule(tick, Event::Tick { node, epoch });
         self.schedule(timer, Event::Timer { node, epoch });
     }
@@ -686,16 +898,23 @@ impl Sim {
         let id = self.nodes[node].id;
         let disk = self.nodes[node].disk.clone();
         let sim_node = &mut self.nodes[node];
-        // Dropping the replica is the crash of the process: everything in memory is gone,
-        // including writes buffered but not yet handed to the disk.
-        sim_node.replica = None;
-        sim_node.tracker = None;
+        // Dropping the Node is the crash of the daemon: everything in memory is gone,
+        // including writes buffered but not yet handed to the disk. Its unit processes die
+        // with it (the supervisor's parent-death signal).
+        sim_node.node = None;
         sim_node.status = Status::Crashed;
         sim_node.epoch += 1;
+        sim_node.life += 1;
         sim_node.armed_at = None;
-        self.report.messages_dropped += sim_node.inbox.len() as u64;
+        let dropped = sim_node
+            .inbox
+            .iter()
+            .filter(|input| matches!(input, Inbound::Peer(..)))
+            .count();
+        self.report.messages_dropped += dropped as u64;
         sim_node.inbox.clear();
         let epoch = sim_node.epoch;
+        self.processes.retain(|_, process| process.node != node);
         let mut garbage = None;
         if self.disk_rng.chance(100_000) {
             let len = self.disk_rng.between(1, 64) as usize;
@@ -757,26 +976,305 @@ impl Sim {
     fn resume(&mut self, node: usize) -> Result<(), Violation> {
         let id = self.nodes[node].id;
         let inbox = std::mem::take(&mut self.nodes[node].inbox);
-        self.trace(|| format!("node {id} resumed with {} queued messages", inbox.len()));
+        self.trace(|| format!("node {id} resumed with {} queued inputs", inbox.len()));
         self.start_timers(node);
-        for (from, wire) in inbox {
-            self.receive(node, from, wire)?;
+        for input in inbox {
+            self.receive(node, input)?;
         }
         self.drive(node)
     }
 
+    // ----- unit processes -----
+
+    fn unit_of(&self, process: &SimUnit) -> UnitName {
+        process.unit.clone()
+    }
+
+    /// Schedules an input for a node from its own units or supervisor, `delay_us` later.
+    fn send_input(&mut self, node: usize, life: u64, delay_us: u64, input: Inbound) {
+        self.schedule(delay_us, Event::NodeInput { node, life, input });
+    }
+
+    fn find_process(&self, node: usize, unit: &UnitName, generation: u64) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|(_, p)| p.node == node && &p.unit == unit && p.generation == generation)
+            .map(|(pid, _)| *pid)
+    }
+
+    /// Carries out an agent's action in the simulated world.
+    fn carry_out(&mut self, node: usize, action: AgentAction) {
+        let life = self.nodes[node].life;
+        match action {
+            AgentAction::Start {
+                unit, generation, ..
+            } => {
+                if self.unit_rng.chance(10_000) {
+                    let input = Inbound::Unit(UnitEvent::StartFailed {
+                        unit,
+                        generation,
+                        error: "simulated exec failure".into(),
+                    });
+                    self.send_input(node, life, 1_000, input);
+                    return;
+                }
+                let pid = self.next_pid;
+                self.next_pid += 1;
+                self.report.unit_starts += 1;
+                self.processes.insert(
+                    pid,
+                    SimUnit {
+                        unit: unit.clone(),
+                        node,
+                        life,
+                        generation,
+                        pid,
+                        belief: tandem_core::UnitBelief::new(),
+                        hung: false,
+                    },
+                );
+                self.send_input(
+                    node,
+                    life,
+                    0,
+                    Inbound::Unit(UnitEvent::Started {
+                        unit,
+                        generation,
+                        pid,
+                    }),
+                );
+                // Now and then a unit never registers (a broken build, a wrong socket path).
+                if !self.unit_rng.chance(20_000) {
+                    let delay = self.unit_rng.between(1_000, 30_000);
+                    self.schedule(delay, Event::UnitRegister { pid });
+                }
+            }
+            AgentAction::Stop {
+                unit,
+                generation,
+                how,
+            } => {
+                match self.find_process(node, &unit, generation) {
+                    Some(pid) if how.kill => {
+                        self.processes.remove(&pid);
+                        let input = Inbound::Unit(UnitEvent::Exited {
+                            unit,
+                            generation,
+                            code: None,
+                            signal: Some(9),
+                        });
+                        let delay = self.unit_rng.between(0, 1_000);
+                        self.send_input(node, life, delay, input);
+                    }
+                    Some(pid) => {
+                        let delay = self.unit_rng.between(1_000, 20_000);
+                        self.schedule(delay, Event::UnitExit { pid });
+                    }
+                    None => {
+                        // Already gone: the supervisor reports it at once.
+                        let input = Inbound::Unit(UnitEvent::Exited {
+                            unit,
+                            generation,
+                            code: None,
+                            signal: Some(9),
+                        });
+                        self.send_input(node, life, 0, input);
+                    }
+                }
+            }
+            AgentAction::Send {
+                unit,
+                generation,
+                request,
+                command,
+            } => {
+                if command != UnitCommand::Health {
+                    self.trace(|| {
+                        format!(
+                            "agent {} -> {unit}/{generation}: #{request} {command:?}",
+                            node + 1
+                        )
+                    });
+                }
+                if let Some(pid) = self.find_process(node, &unit, generation) {
+                    if !self.processes[&pid].hung {
+                        let delay = self.unit_rng.between(50, 300);
+                        self.schedule(
+                            delay,
+                            Event::UnitRequest {
+                                pid,
+                                request,
+                                command,
+                            },
+                        );
+                    }
+                }
+            }
+            AgentAction::Lease {
+                unit,
+                generation,
+                valid_until,
+            } => {
+                if let Some(pid) = self.find_process(node, &unit, generation) {
+                    let ignore = self.config.units_ignore_lease;
+                    let process = self.processes.get_mut(&pid).expect("found");
+                    if ignore {
+                        // Mutation: the unit treats any lease as forever.
+                        process
+                            .belief
+                            .on_lease(Some(Time::from_micros(u64::MAX / 2)));
+                    } else if !process.hung {
+                        process.belief.on_lease(valid_until);
+                    }
+                }
+            }
+            AgentAction::NodeRestart { .. } => self.report.node_restarts += 1,
+        }
+    }
+
+    fn on_unit_register(&mut self, pid: u32) -> Result<(), Violation> {
+        let Some(process) = self.processes.get(&pid) else {
+            return Ok(());
+        };
+        if process.hung {
+            return Ok(());
+        }
+        let input = Inbound::Register(process.unit.clone(), process.generation);
+        let (node, life) = (process.node, process.life);
+        self.on_node_input(node, life, input)
+    }
+
+    fn on_unit_request(&mut self, pid: u32, request: u64, command: UnitCommand) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        if process.hung {
+            return;
+        }
+        process.belief.on_request(&command);
+        let rng = &mut self.unit_rng;
+        let (delay, ok) = if command == UnitCommand::Health {
+            (rng.between(100, 2_000), true)
+        } else if rng.chance(30_000) {
+            // Slower than the hook timeout (500 ms) now and then.
+            (rng.between(100_000, 900_000), true)
+        } else {
+            (rng.between(100, 10_000), !rng.chance(5_000))
+        };
+        self.schedule(
+            delay,
+            Event::UnitAnswer {
+                pid,
+                request,
+                command,
+                ok,
+            },
+        );
+    }
+
+    fn on_unit_answer(&mut self, pid: u32, request: u64, command: UnitCommand, ok: bool) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        if process.hung {
+            return;
+        }
+        if ok {
+            process.belief.on_done(&command);
+        }
+        if command != UnitCommand::Health && self.config.verbose {
+            let unit = process.unit.clone();
+            self.trace(|| format!("{unit} (pid {pid}) answers #{request} ok={ok}"));
+        }
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        let input = Inbound::Unit(UnitEvent::Reply {
+            unit: process.unit.clone(),
+            generation: process.generation,
+            request,
+            result: if ok {
+                Ok(())
+            } else {
+                Err("simulated hook error".into())
+            },
+        });
+        let (node, life) = (process.node, process.life);
+        let delay = self.unit_rng.between(50, 300);
+        self.send_input(node, life, delay, input);
+    }
+
+    /// At most one unit acts for a shard of a single-ACTIVE model at any instant, judged by
+    /// what the units believe (on their own clocks).
+    fn check_one_active(&self) -> Result<(), Violation> {
+        let mut acting: BTreeMap<&ShardName, Vec<(u32, &UnitName)>> = BTreeMap::new();
+        for (pid, process) in &self.processes {
+            let local_now = self.nodes[process.node].local_now(self.now);
+            for (shard, _, _) in process.belief.roles() {
+                if process.belief.is_acting(shard, local_now) {
+                    acting.entry(shard).or_default().push((*pid, &process.unit));
+                }
+            }
+        }
+        for (shard, units) in acting {
+            let multi = self
+                .topology
+                .services
+                .iter()
+                .find(|service| service.shards.contains(shard))
+                .is_some_and(|service| service.model.multi_active());
+            if !multi && units.len() > 1 {
+                return Err(Violation {
+                    kind: FailureKind::TwoActives,
+                    detail: format!(
+                        "shard {shard} has {} units acting ACTIVE at once: {}",
+                        units.len(),
+                        units
+                            .iter()
+                            .map(|(pid, unit)| {
+                                let process = &self.processes[pid];
+                                format!(
+                                    "{unit} (pid {pid}, node {}, belief {:?})",
+                                    process.node + 1,
+                                    process.belief
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     // ----- workload -----
+
+    fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .filter(|node| {
+                self.nodes[*node].status == Status::Running
+                    && self.nodes[*node]
+                        .node
+                        .as_ref()
+                        .is_some_and(|n| n.is_leader())
+            })
+            .max_by_key(|node| self.nodes[*node].node.as_ref().map(|n| n.replica().term()))
+    }
 
     fn on_client(&mut self) -> Result<(), Violation> {
         let gap = self.workload.between(1_000, self.params.client_gap_max_us);
         self.schedule(gap, Event::Client);
+        if self.params.operator && self.faults_active && self.workload.chance(15_000) {
+            self.operator_action()?;
+        }
         // The client asks a random node; a follower that knows the leader redirects it once.
         let mut target = self.workload.pick(self.nodes.len());
-        let Some(replica) = self.running_replica(target) else {
+        let Some(node) = self.running_node(target) else {
             return Ok(());
         };
-        if !replica.is_leader() {
-            match replica.leader_id() {
+        if !node.is_leader() {
+            match node.replica().leader_id() {
                 Some(leader) => target = (leader - 1) as usize,
                 None => return Ok(()),
             }
@@ -785,12 +1283,12 @@ impl Sim {
         if self.nodes[target].status != Status::Running {
             return Ok(());
         }
-        let Some(replica) = self.nodes[target].replica.as_mut() else {
+        let Some(node) = self.nodes[target].node.as_mut() else {
             return Ok(());
         };
         // `NotLeader` (a stale hint) and dropped proposals are normal; the client moves on.
-        if replica
-            .propose(
+        if node
+            .propose_raw(
                 &Command::Noop { nonce },
                 check::encode_context(CONTEXT_CLIENT, nonce),
             )
@@ -805,10 +1303,81 @@ impl Sim {
         Ok(())
     }
 
-    fn running_replica(&self, node: usize) -> Option<&Replica<SimDisk>> {
+    /// A simulated operator: switchovers, locks and unlocks, restarts.
+    fn operator_action(&mut self) -> Result<(), Violation> {
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
+        let units: Vec<UnitName> = self
+            .topology
+            .services
+            .iter()
+            .flat_map(|service| service.units.iter().map(|unit| unit.name.clone()))
+            .collect();
+        let shards: Vec<ShardName> = self
+            .topology
+            .services
+            .iter()
+            .filter(|service| service.model.has_standby())
+            .flat_map(|service| service.shards.iter().cloned())
+            .collect();
+        let state = self.nodes[leader]
+            .node
+            .as_ref()
+            .expect("leader runs")
+            .state();
+        let action = match self.workload.below(4) {
+            0 | 1 => AdminAction::Switchover(SwitchoverTarget::Shard(
+                shards[self.workload.pick(shards.len())].clone(),
+            )),
+            2 => {
+                let unit = units[self.workload.pick(units.len())].clone();
+                let op = match state.units.get(&unit).map(|record| record.admin) {
+                    Some(AdminState::Unlocked) => {
+                        if self.workload.chance(500_000) {
+                            AdminOp::Lock
+                        } else {
+                            AdminOp::Shutdown
+                        }
+                    }
+                    _ => AdminOp::Unlock,
+                };
+                AdminAction::Admin {
+                    target: AdminTarget::Unit(unit),
+                    op,
+                }
+            }
+            _ => AdminAction::Admin {
+                target: AdminTarget::Unit(units[self.workload.pick(units.len())].clone()),
+                op: AdminOp::Restart,
+            },
+        };
+        self.admin(leader, action)
+    }
+
+    fn admin(&mut self, leader: usize, action: AdminAction) -> Result<(), Violation> {
+        let id = self.next_admin;
+        self.next_admin += 1;
+        let local_now = self.nodes[leader].local_now(self.now);
+        let deadline = local_now + Duration::from_secs(5);
+        self.trace(|| format!("operator: {action:?}"));
+        match self.nodes[leader]
+            .node()
+            .admin(local_now, id, action, deadline)
+        {
+            Ok(()) => self.report.admin_requests += 1,
+            Err(refusal) => {
+                self.report.admin_refused += 1;
+                self.trace(|| format!("operator refused: {}", refusal.message));
+            }
+        }
+        self.drive(leader)
+    }
+
+    fn running_node(&self, node: usize) -> Option<&Node<SimDisk>> {
         let sim_node = &self.nodes[node];
         sim_node
-            .replica
+            .node
             .as_ref()
             .filter(|_| sim_node.status == Status::Running)
     }
@@ -832,7 +1401,7 @@ impl Sim {
         let minority = (self.nodes.len() - 1) / 2;
         let may_take_down = down < minority || self.faults.chance(150_000);
         match self.faults.below(100) {
-            0..=24 if self.params.crashes && may_take_down => {
+            0..=19 if self.params.crashes && may_take_down => {
                 let Some(node) = self.pick_node(|node| node.status != Status::Crashed) else {
                     return Ok(());
                 };
@@ -850,13 +1419,13 @@ impl Sim {
                     self.crash(node, CrashKind::Idle);
                 }
             }
-            25..=39 if self.params.pauses && may_take_down => {
+            20..=31 if self.params.pauses && may_take_down => {
                 if let Some(node) = self.pick_node(|node| node.status == Status::Running) {
                     self.pause(node);
                 }
             }
-            40..=64 if self.params.partitions => self.partition(),
-            65..=74 if self.params.weather => {
+            32..=51 if self.params.partitions => self.partition(),
+            52..=59 if self.params.weather => {
                 self.net.loss_per_million = [0, 0, 10_000, 50_000, 200_000][self.faults.pick(5)];
                 self.net.duplicate_per_million = [0, 10_000, 50_000][self.faults.pick(3)];
                 let (loss, duplicate) = (self.net.loss_per_million, self.net.duplicate_per_million);
@@ -868,7 +1437,69 @@ impl Sim {
                     )
                 });
             }
+            60..=84 if self.params.unit_faults => self.unit_fault()?,
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Hurts a unit process: crash, hang, or a fault it reports itself.
+    fn unit_fault(&mut self) -> Result<(), Violation> {
+        let pids: Vec<u32> = self.processes.keys().copied().collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        let pid = pids[self.faults.pick(pids.len())];
+        let process = self.processes[&pid].clone();
+        let (node, life, unit, generation) = (
+            process.node,
+            process.life,
+            process.unit.clone(),
+            process.generation,
+        );
+        match self.faults.below(10) {
+            0..=4 => {
+                self.processes.remove(&pid);
+                self.report.unit_crashes += 1;
+                self.trace(|| format!("unit {unit} (pid {pid}) crashed"));
+                let input = Inbound::Unit(UnitEvent::Exited {
+                    unit,
+                    generation,
+                    code: None,
+                    signal: Some(11),
+                });
+                self.send_input(node, life, 0, input);
+            }
+            5..=6 => {
+                self.processes.get_mut(&pid).expect("listed").hung = true;
+                self.report.unit_hangs += 1;
+                self.trace(|| format!("unit {unit} (pid {pid}) hangs"));
+            }
+            _ => {
+                if process.hung {
+                    return Ok(());
+                }
+                self.processes
+                    .get_mut(&pid)
+                    .expect("listed")
+                    .belief
+                    .on_fault();
+                let severity =
+                    [Severity::Transient, Severity::Restart, Severity::Node][self.faults.pick(3)];
+                self.report.unit_reported_faults += 1;
+                self.trace(|| {
+                    format!(
+                        "unit {unit} (pid {pid}) reports a {} fault",
+                        severity.name()
+                    )
+                });
+                let input = Inbound::Unit(UnitEvent::Fault {
+                    unit,
+                    generation,
+                    severity,
+                });
+                self.send_input(node, life, 100, input);
+            }
         }
         Ok(())
     }
@@ -885,9 +1516,9 @@ impl Sim {
         if self.faults.chance(500_000) {
             if let Some(leader) = candidates.iter().copied().find(|node| {
                 self.nodes[*node]
-                    .replica
+                    .node
                     .as_ref()
-                    .is_some_and(|replica| replica.is_leader())
+                    .is_some_and(|node| node.is_leader())
             }) {
                 return Some(leader);
             }
@@ -951,7 +1582,8 @@ impl Sim {
         self.schedule(duration, Event::Heal { partition });
     }
 
-    /// The end of the fault phase: heal everything and restart everyone, then probe.
+    /// The end of the fault phase: heal everything, restart everyone, un-hang every unit
+    /// (a hung one is killed by its agent anyway), then probe and tidy up.
     fn end_faults(&mut self) -> Result<(), Violation> {
         self.faults_active = false;
         self.calm_since = Some(self.now);
@@ -970,26 +1602,20 @@ impl Sim {
             }
         }
         self.schedule(0, Event::Probe);
+        self.schedule(0, Event::Tidy);
         Ok(())
     }
 
     fn on_probe(&mut self) -> Result<(), Violation> {
-        if self.done {
+        if self.probe_done {
             return Ok(());
         }
-        // The leader of the highest term, if any node leads.
-        let leader = (0..self.nodes.len())
-            .filter(|node| {
-                self.running_replica(*node)
-                    .is_some_and(|replica| replica.is_leader())
-            })
-            .max_by_key(|node| self.nodes[*node].replica.as_ref().map(|r| r.term()));
-        let Some(leader) = leader else {
+        let Some(leader) = self.leader() else {
             self.schedule(50_000, Event::Probe);
             return Ok(());
         };
         let nonce = PROBE_NONCE_BASE + self.probes.len() as u64;
-        let proposed = self.nodes[leader].replica().propose(
+        let proposed = self.nodes[leader].node().propose_raw(
             &Command::Noop { nonce },
             check::encode_context(CONTEXT_PROBE, nonce),
         );
@@ -1003,50 +1629,152 @@ impl Sim {
         self.drive(leader)
     }
 
-    /// Ends the run once some probe is applied on every node.
-    fn check_probes(&mut self) {
-        for nonce in &self.probes {
-            let Some(index) = self.checker.nonce_index(*nonce) else {
-                continue;
-            };
-            let everywhere = self.nodes.iter().all(|node| {
-                node.status == Status::Running
-                    && node
-                        .replica
-                        .as_ref()
-                        .is_some_and(|replica| replica.applied_index() >= index)
-            });
-            if everywhere {
-                let calm_since = self.calm_since.expect("probes run after the faults");
-                self.report.recovery_time_us = self.now - calm_since;
-                self.done = true;
-                self.trace(|| format!("probe {nonce} applied on every node at index {index}"));
-                return;
+    /// The operator puts back in service what the workload or the ladder took out.
+    fn on_tidy(&mut self) -> Result<(), Violation> {
+        if self.done {
+            return Ok(());
+        }
+        self.schedule(300_000, Event::Tidy);
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
+        let state = self.nodes[leader]
+            .node
+            .as_ref()
+            .expect("leader runs")
+            .state();
+        let mut actions = Vec::new();
+        for unit in state.units.values() {
+            let target = AdminTarget::Unit(unit.name.clone());
+            match unit.admin {
+                AdminState::Unlocked => {}
+                AdminState::LockedInstantiation => actions.push(AdminAction::Admin {
+                    target: target.clone(),
+                    op: AdminOp::UnlockInstantiation,
+                }),
+                AdminState::Locked | AdminState::ShuttingDown => actions.push(AdminAction::Admin {
+                    target: target.clone(),
+                    op: AdminOp::Unlock,
+                }),
             }
+            if !unit.enabled {
+                actions.push(AdminAction::Admin {
+                    target,
+                    op: AdminOp::Repair,
+                });
+            }
+        }
+        for action in actions {
+            self.admin(leader, action)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the run once some probe is applied on every node and every shard has a unit
+    /// acting ACTIVE for it, as the leader's committed state says and the unit believes.
+    fn check_done(&mut self) {
+        if !self.probe_done {
+            for nonce in &self.probes {
+                let Some(index) = self.checker.nonce_index(*nonce) else {
+                    continue;
+                };
+                let everywhere = self.nodes.iter().all(|node| {
+                    node.status == Status::Running
+                        && node
+                            .node
+                            .as_ref()
+                            .is_some_and(|n| n.replica().applied_index() >= index)
+                });
+                if everywhere {
+                    self.probe_done = true;
+                    let calm_since = self.calm_since.expect("probes run after the faults");
+                    self.report.recovery_time_us = self.now - calm_since;
+                    self.trace(|| format!("probe {nonce} applied on every node at index {index}"));
+                    break;
+                }
+            }
+        }
+        if !self.probe_done {
+            return;
+        }
+        let Some(leader) = self.leader() else { return };
+        let state = self.nodes[leader]
+            .node
+            .as_ref()
+            .expect("leader runs")
+            .state();
+        let all_active = state.shards.values().all(|shard| {
+            shard.units_in(Role::Active).any(|unit| {
+                self.processes.values().any(|process| {
+                    &process.unit == unit
+                        && process
+                            .belief
+                            .is_acting(&shard.name, self.nodes[process.node].local_now(self.now))
+                })
+            })
+        });
+        if all_active && !state.shards.is_empty() {
+            let calm_since = self.calm_since.expect("after the faults");
+            self.report.service_recovery_time_us = self.now - calm_since;
+            self.done = true;
+            self.trace(|| "every shard has an ACTIVE unit".to_owned());
         }
     }
 
-    /// Every node's raft state, for failure messages.
+    /// Every node's state and every unit process, for failure messages.
     fn dump(&self) -> String {
         let mut out = String::new();
         for node in &self.nodes {
-            let line = match &node.replica {
-                Some(replica) => format!(
-                    "  node {} {:?}: term {}, leader {:?}, is_leader {}, commit {}, applied {}, \
-                     last {}, snapshot {}\n",
-                    node.id,
-                    node.status,
-                    replica.term(),
-                    replica.leader_id(),
-                    replica.is_leader(),
-                    replica.commit_index(),
-                    replica.applied_index(),
-                    replica.last_index(),
-                    replica.snapshot_index()
-                ),
+            let line = match &node.node {
+                Some(n) => {
+                    let replica = n.replica();
+                    format!(
+                        "  node {} {:?}: term {}, leader {:?}, is_leader {}, commit {}, applied {}, \
+                         last {}, snapshot {}\n",
+                        node.id,
+                        node.status,
+                        replica.term(),
+                        replica.leader_id(),
+                        replica.is_leader(),
+                        replica.commit_index(),
+                        replica.applied_index(),
+                        replica.last_index(),
+                        replica.snapshot_index()
+                    )
+                }
                 None => format!("  node {} {:?}\n", node.id, node.status),
             };
             out.push_str(&line);
+        }
+        if let Some(leader) = self.leader() {
+            let state = self.nodes[leader].node.as_ref().expect("runs").state();
+            for shard in state.shards.values() {
+                out.push_str(&format!(
+                    "  shard {} epoch {} version {}: {:?} handover {:?}\n",
+                    shard.name, shard.epoch, shard.version, shard.roles, shard.handover
+                ));
+            }
+            for unit in state.units.values() {
+                out.push_str(&format!(
+                    "  unit {} on node {} gen {} admin {:?} enabled {} pending restart {}\n",
+                    unit.name,
+                    unit.node,
+                    unit.generation,
+                    unit.admin,
+                    unit.enabled,
+                    unit.restart_pending
+                ));
+            }
+        }
+        for (pid, process) in &self.processes {
+            out.push_str(&format!(
+                "  process {pid}: unit {} gen {} on node {} hung {} belief {:?}\n",
+                process.unit,
+                process.generation,
+                process.node + 1,
+                process.hung,
+                process.belief
+            ));
         }
         out.push_str(&format!(
             "  global log: {} entries committed, {} gaps",
