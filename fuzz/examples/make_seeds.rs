@@ -97,6 +97,8 @@ fn wal_seeds() {
                 &Command::SetNodeLiveness {
                     node: NodeId(index % 3 + 1),
                     up: index % 4 == 1,
+                    at_ms: 0,
+                    promotions: Vec::new(),
                 },
             ),
         })
@@ -244,6 +246,8 @@ fn envelope_seeds() {
             term: 3,
             commit_index: 9,
             applied_index: 8,
+            sent_at_us: 1_234_567,
+            report: Some(tandem_node::wire::encode_report(&sample_report())),
         })),
     };
     write_seed("peer_envelope", "heartbeat", &envelope.encode_to_vec());
@@ -252,11 +256,13 @@ fn envelope_seeds() {
 fn admin_seeds() {
     let status = admin::AdminRequest {
         forwarded: false,
+        timeout_ms: 0,
         kind: Some(admin_request::Kind::Status(admin::StatusRequest {})),
     };
     write_seed("admin_request", "status-request", &status.encode_to_vec());
     let noop_forwarded = admin::AdminRequest {
         forwarded: true,
+        timeout_ms: 0,
         kind: Some(admin_request::Kind::Noop(admin::NoopRequest {})),
     };
     write_seed(
@@ -273,6 +279,7 @@ fn admin_seeds() {
         peer_addr: format!("127.0.0.1:{}", 7000 + id),
         admin_addr: format!("127.0.0.1:{}", 8000 + id),
         membership: "voter".to_owned(),
+        admin: "unlocked".to_owned(),
         term: 3,
         commit_index: 9,
         applied_index: 9,
@@ -289,6 +296,9 @@ fn admin_seeds() {
             applied_index: 9,
             nodes: vec![node(1, true), node(2, false), node(3, false)],
             from_leader: true,
+            services: Vec::new(),
+            units: Vec::new(),
+            shards: Vec::new(),
         })),
     };
     write_seed(
@@ -321,6 +331,8 @@ fn command_seeds() {
         &encode_command(&Command::SetNodeLiveness {
             node: NodeId(2),
             up: false,
+            at_ms: 1_000,
+            promotions: vec![("counter-0".into(), "counter-b".into())],
         }),
     );
     let mut state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
@@ -329,9 +341,59 @@ fn command_seeds() {
         &Command::SetNodeLiveness {
             node: NodeId(3),
             up: false,
+            at_ms: 0,
+            promotions: Vec::new(),
         },
     );
     write_seed("raft_command", "cluster-state", &encode_state(&state));
+}
+
+/// An agent report with one unit in each interesting state.
+fn sample_report() -> tandem_core::AgentReport {
+    use tandem_core::{FaultId, FaultKind, Presence, Role, Settled, UnitReport};
+    let mut report = tandem_core::AgentReport {
+        applied_index: 9,
+        units: Default::default(),
+    };
+    report.units.insert(
+        "counter-a".into(),
+        UnitReport {
+            generation: 2,
+            presence: Presence::Running,
+            pid: Some(4242),
+            settled: [(
+                "counter-0".into(),
+                Settled {
+                    role: Role::Active,
+                    version: 5,
+                },
+            )]
+            .into(),
+            faults: vec![],
+            load: Some(30),
+        },
+    );
+    report.units.insert(
+        "counter-b".into(),
+        UnitReport {
+            generation: 1,
+            presence: Presence::Stopped,
+            pid: None,
+            settled: Default::default(),
+            faults: vec![(
+                FaultId {
+                    generation: 1,
+                    seq: 1,
+                },
+                FaultKind::ProcessExit {
+                    code: None,
+                    signal: Some(9),
+                },
+            )],
+            load: None,
+        },
+    );
+    report
 }
 
 fn frame_seeds() {
@@ -378,10 +440,73 @@ fn frame_seeds() {
     );
 }
 
+/// Seeds for the SDK protocol: a registration, a reply with an error, a fault report, a
+/// request and a lease.
+fn sdk_seeds() {
+    use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent};
+    let register = sdk::UnitToAgent {
+        kind: Some(unit_to_agent::Kind::Register(sdk::Register {
+            unit: "counter-a".into(),
+            generation: 3,
+            token: "00112233445566778899aabbccddeeff".into(),
+            protocol: 1,
+        })),
+    };
+    write_seed("sdk_message", "register", &register.encode_to_vec());
+    let reply = sdk::UnitToAgent {
+        kind: Some(unit_to_agent::Kind::Reply(sdk::Reply {
+            request: 17,
+            error: Some("out of memory".into()),
+        })),
+    };
+    write_seed("sdk_message", "reply-error", &reply.encode_to_vec());
+    let fault = sdk::UnitToAgent {
+        kind: Some(unit_to_agent::Kind::Fault(sdk::ReportFault {
+            severity: 2,
+            message: "database gone".into(),
+        })),
+    };
+    write_seed("sdk_message", "fault", &fault.encode_to_vec());
+    let request = sdk::AgentToUnit {
+        kind: Some(agent_to_unit::Kind::Request(sdk::Request {
+            id: 18,
+            kind: Some(sdk::request::Kind::Assign(sdk::Assign {
+                shard: "counter-0".into(),
+                role: 1,
+                epoch: 4,
+            })),
+        })),
+    };
+    write_seed("sdk_message", "assign-active", &request.encode_to_vec());
+    let lease = sdk::AgentToUnit {
+        kind: Some(agent_to_unit::Kind::Lease(sdk::Lease {
+            valid_until_monotonic_ns: Some(123_456_789_000),
+        })),
+    };
+    write_seed("sdk_message", "lease", &lease.encode_to_vec());
+}
+
+/// Seeds for the config parser: a minimal cluster and one with a service.
+fn config_seeds() {
+    let nodes = "[cluster]\nname = \"demo\"\ndata_dir = \"data\"\n\n[[nodes]]\nname = \"n1\"\n\
+                 peer_addr = \"127.0.0.1:7101\"\nadmin_addr = \"127.0.0.1:7201\"\n\n[[nodes]]\n\
+                 name = \"n2\"\npeer_addr = \"127.0.0.1:7102\"\nadmin_addr = \"127.0.0.1:7202\"\n";
+    write_seed("config_parse", "nodes", nodes.as_bytes());
+    let service = format!(
+        "{nodes}\n[[services]]\nname = \"counter\"\nmodel = \"2n\"\nshards = [\"counter-0\"]\n\
+         units = [{{ name = \"counter-a\", node = \"n1\" }}, {{ name = \"counter-b\", node = \"n2\" }}]\n\
+         instantiate = [\"bin/counter\", \"--fast\"]\nhealth_interval_ms = 100\n\
+         [services.escalation]\nrestart_max = 2\n"
+    );
+    write_seed("config_parse", "service", service.as_bytes());
+}
+
 fn main() {
     frame_seeds();
     envelope_seeds();
     admin_seeds();
     command_seeds();
     wal_seeds();
+    sdk_seeds();
+    config_seeds();
 }

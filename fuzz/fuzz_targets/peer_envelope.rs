@@ -4,6 +4,9 @@
 //! Properties:
 //! - an envelope that decodes re-encodes to bytes that decode to an equal envelope, and
 //!   re-encoding is stable (encode ∘ decode is the identity on its own output);
+//! - the body converts to a peer message (`tandem_node::wire::decode`) or is refused, never a
+//!   panic; a tandem message (heartbeat, grant, report) that converts converts back to the same
+//!   body;
 //! - a `raft` body that decodes as a raft message re-encodes (`encode_raft_message`) to bytes
 //!   that decode to an equal message, with stable bytes from then on. Unknown fields are left
 //!   out of the comparison: rust-protobuf keeps them in a hash map, so their order on the wire
@@ -45,6 +48,14 @@ fuzz_target!(|data: &[u8]| {
         bytes,
         "envelope encoding is not stable"
     );
+
+    if let Ok(message) = tandem_node::wire::decode(envelope.body.clone()) {
+        if !matches!(message, tandem_node::PeerMessage::Raft(_)) {
+            let body = tandem_node::wire::encode(&message);
+            let again = tandem_node::wire::decode(Some(body)).expect("a re-encoded peer message converts");
+            assert_eq!(again, message, "peer message changed across encode/decode");
+        }
+    }
 
     if let Some(Body::Raft(raft_bytes)) = &envelope.body {
         if let Ok(message) = tandem_raft::decode_raft_message(raft_bytes) {
