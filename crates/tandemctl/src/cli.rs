@@ -52,11 +52,78 @@ impl Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the cluster: leader, term, commit index, and every node's liveness and progress.
+    /// Show the cluster: nodes (liveness, Raft progress), shards (ACTIVE, STANDBYs, epochs) and
+    /// units (process, pid, admin state, faults).
     Status(StatusArgs),
+    /// Planned role swap: the ACTIVE finishes its in-flight work (QUIESCING), the STANDBY takes
+    /// over, the old ACTIVE becomes STANDBY. Refused when no STANDBY is ready.
+    Switchover(SwitchoverArgs),
+    /// Take a unit's (or a node's) assignments away at once; its process keeps running.
+    Lock(OperationArgs),
+    /// Put a locked unit (or node) back in service.
+    Unlock(OperationArgs),
+    /// Take a unit's (or a node's) assignments away gracefully, then lock it.
+    Shutdown(OperationArgs),
+    /// Stop a locked unit's process (or every unit process of a locked node).
+    LockInstantiation(OperationArgs),
+    /// Start it again (it stays locked).
+    UnlockInstantiation(OperationArgs),
+    /// Restart a unit's process (or every unit of a node), handing its ACTIVE shards to their
+    /// STANDBYs first.
+    Restart(OperationArgs),
+    /// Clear a unit (or every unit of a node) that restart escalation disabled, and its
+    /// escalation counters.
+    Repair(OperationArgs),
+    /// Show the event log of the leader: role changes, faults, recoveries, admin operations.
+    Events(EventsArgs),
     /// Run a local cluster for development (every node on 127.0.0.1, in one directory).
     #[command(subcommand)]
     Dev(DevCommand),
+}
+
+/// What a switchover moves: one shard, every shard of a service, or every shard ACTIVE on a
+/// node.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("switchover_target").required(true).args(["shard", "service", "node"]))]
+pub struct SwitchoverArgs {
+    /// The shard.
+    #[arg(value_name = "SHARD")]
+    pub shard: Option<String>,
+    /// Every shard of this service.
+    #[arg(long, value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// Every shard whose ACTIVE runs on this node.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// How long to wait for the operation to complete, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub wait_ms: u64,
+}
+
+/// The target of an AMF operation: a unit, or a node (all its units).
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("operation_target").required(true).args(["unit", "node"]))]
+pub struct OperationArgs {
+    /// The unit.
+    #[arg(value_name = "UNIT")]
+    pub unit: Option<String>,
+    /// A node (the operation applies to the node and every unit on it).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// How long to wait for the operation to complete, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub wait_ms: u64,
+}
+
+/// Options of `events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep streaming new events until interrupted (reconnects when the leader changes).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `status`.
@@ -106,6 +173,11 @@ pub struct DevUpArgs {
     /// Delete DIR/data first, so the cluster starts from an empty Raft log.
     #[arg(long)]
     pub fresh: bool,
+
+    /// The application to run on the cluster: `counter` (a 2n service with units on n1 and
+    /// n2, built with `cargo build --release --examples`) or `none`.
+    #[arg(long, value_name = "APP", default_value = "counter", value_parser = ["counter", "none"])]
+    pub app: String,
 }
 
 /// Options of `dev down`.
@@ -233,6 +305,7 @@ mod tests {
                 assert_eq!(args.dir, PathBuf::from(".tandem"));
                 assert_eq!(args.base_port, 7100);
                 assert!(!args.fresh);
+                assert_eq!(args.app, "counter");
             }
             other => panic!("{other:?}"),
         }
@@ -240,6 +313,42 @@ mod tests {
         assert!(
             matches!(cli.command, Command::Dev(DevCommand::Down(DevDownArgs { dir })) if dir == Path::new("/tmp/x"))
         );
+    }
+
+    #[test]
+    fn operations_parse_and_need_exactly_one_target() {
+        let cli = Cli::try_parse_from(["tandemctl", "switchover", "counter-0"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Switchover(SwitchoverArgs { shard: Some(ref s), .. }) if s == "counter-0")
+        );
+        let cli = Cli::try_parse_from(["tandemctl", "switchover", "--node", "n1"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Switchover(SwitchoverArgs { node: Some(ref n), .. }) if n == "n1")
+        );
+        let cli =
+            Cli::try_parse_from(["tandemctl", "lock", "--node", "n2", "--wait-ms", "5"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Lock(OperationArgs {
+                node: Some(_),
+                wait_ms: 5,
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["tandemctl", "lock-instantiation", "counter-a"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::LockInstantiation(OperationArgs { unit: Some(_), .. })
+        ));
+        for args in [
+            &["tandemctl", "switchover"][..],
+            &["tandemctl", "switchover", "s0", "--service", "counter"],
+            &["tandemctl", "restart"],
+            &["tandemctl", "repair", "u", "--node", "n1"],
+            &["tandemctl", "dev", "up", "--app", "sip-phone"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
+        }
     }
 
     #[test]

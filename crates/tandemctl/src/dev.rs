@@ -15,6 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use tandem_core::{
+    EscalationPolicy, NodeId, ProcessSpec, RedundancyModel, ServiceSpec, Topology, UnitSpec,
+    UnitTimeouts,
+};
 use tandemd::admin_client;
 use tandemd::config::{self, ClusterConfig, Config, NodeConfig};
 
@@ -25,6 +29,8 @@ use crate::render::say;
 pub const DEV_CLUSTER_NAME: &str = "dev";
 /// Environment variable naming the tandemd binary to start.
 pub const TANDEMD_BIN_ENV: &str = "TANDEMD_BIN";
+/// Environment variable naming the counter example binary.
+pub const COUNTER_BIN_ENV: &str = "TANDEM_COUNTER_BIN";
 /// Offset between a node's peer port and its admin port.
 pub const ADMIN_PORT_OFFSET: u16 = 100;
 /// How long `dev up` waits for a leader and every node to answer.
@@ -54,11 +60,55 @@ pub fn dev_addresses(base_port: u16, index: u16) -> anyhow::Result<(SocketAddr, 
     }
 }
 
+/// The counter service of a dev cluster running `counter` (the example's binary): a 2n pair
+/// with `counter-a` on n1 and `counter-b` on n2 (one unit with no redundancy on a 1-node
+/// cluster), one shard `counter-0`.
+pub fn counter_service(nodes: u16, counter: &Path) -> ServiceSpec {
+    let mut units = vec![UnitSpec {
+        name: "counter-a".into(),
+        node: NodeId(1),
+        rank: 0,
+    }];
+    if nodes >= 2 {
+        units.push(UnitSpec {
+            name: "counter-b".into(),
+            node: NodeId(2),
+            rank: 0,
+        });
+    }
+    ServiceSpec {
+        name: "counter".into(),
+        model: if nodes >= 2 {
+            RedundancyModel::TwoN
+        } else {
+            RedundancyModel::NoRedundancy
+        },
+        units,
+        shards: vec!["counter-0".into()],
+        instantiate: ProcessSpec {
+            argv: vec![counter.display().to_string()],
+            ..ProcessSpec::default()
+        },
+        terminate: None,
+        cleanup: None,
+        timeouts: UnitTimeouts::default(),
+        escalation: EscalationPolicy::default(),
+        max_shards_per_unit: 0,
+        allow_colocation: false,
+    }
+}
+
 /// The config of a dev cluster of `nodes` nodes in `dir` (an absolute path, so that the
 /// daemons need not share tandemctl's working directory): default timers, data in
-/// `dir/data`, nodes `n1..nN` on loopback.
-pub fn dev_config(nodes: u16, base_port: u16, dir: &Path) -> anyhow::Result<Config> {
-    let nodes: Vec<NodeConfig> = (1..=nodes)
+/// `dir/data`, nodes `n1..nN` on loopback, and the counter service when `counter` names its
+/// binary.
+pub fn dev_config(
+    nodes: u16,
+    base_port: u16,
+    dir: &Path,
+    counter: Option<&Path>,
+) -> anyhow::Result<Config> {
+    let node_configs: Vec<NodeConfig> = (1..=nodes)
         .map(|index| {
             let (peer_addr, admin_addr) = dev_addresses(base_port, index)?;
             Ok(NodeConfig {
@@ -66,9 +116,17 @@ pub fn dev_config(nodes: u16, base_port: u16, dir: &Path) -> anyhow::Result<Conf
                 id: u64::from(index),
                 peer_addr,
                 admin_addr,
+                rank: 0,
             })
         })
         .collect::<anyhow::Result<_>>()?;
+    let topology = Topology {
+        services: counter
+            .map(|path| counter_service(nodes, path))
+            .into_iter()
+            .collect(),
+        ..Topology::default()
+    };
     Ok(Config {
         path: dir.join("tandem.toml"),
         cluster: ClusterConfig {
@@ -82,10 +140,39 @@ pub fn dev_config(nodes: u16, base_port: u16, dir: &Path) -> anyhow::Result<Conf
             snapshot_interval_entries: config::DEFAULT_SNAPSHOT_INTERVAL_ENTRIES,
             frame_len_max: config::DEFAULT_FRAME_LEN_MAX,
             admin_timeout_ms: config::DEFAULT_ADMIN_TIMEOUT_MS,
-            voters: config::default_voters(nodes.len()),
+            voters: config::default_voters(node_configs.len()),
+            lease_ms: config::DEFAULT_LEASE_MS,
+            node_restart: None,
         },
-        nodes,
+        nodes: node_configs,
+        topology,
     })
+}
+
+/// Finds the counter example: `$TANDEM_COUNTER_BIN`, else `examples/counter` next to the
+/// running tandemctl (where `cargo build --release --examples` puts it).
+fn find_counter() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(COUNTER_BIN_ENV).filter(|value| !value.is_empty()) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "{COUNTER_BIN_ENV}={} is not a file; point it at the built counter example",
+                path.display()
+            );
+        }
+        return std::path::absolute(&path).with_context(|| format!("resolve {}", path.display()));
+    }
+    let exe = std::env::current_exe().context("find the running tandemctl executable")?;
+    let dir = exe.parent().unwrap_or_else(|| Path::new("."));
+    let candidate = dir.join("examples").join("counter");
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    bail!(
+        "cannot find the counter example at {}; build it with `cargo build --release --examples`, \
+         set {COUNTER_BIN_ENV} to its path, or pass --app none",
+        candidate.display()
+    )
 }
 
 /// Finds the tandemd binary: `$TANDEMD_BIN`, else `tandemd` next to the running executable.
@@ -334,11 +421,14 @@ struct Progress {
     silent: Vec<String>,
     /// The leader, when an answer came from one.
     leader: Option<String>,
+    /// Shards of the configured services that have no confirmed ACTIVE unit yet (as the
+    /// leader sees them), including those the leader has not installed yet.
+    unassigned: Vec<String>,
 }
 
 impl Progress {
     fn done(&self) -> bool {
-        self.leader.is_some() && self.silent.is_empty()
+        self.leader.is_some() && self.silent.is_empty() && self.unassigned.is_empty()
     }
 
     fn describe(&self) -> String {
@@ -349,9 +439,13 @@ impl Progress {
                 self.answered.len(),
                 self.answered.len() + self.silent.len()
             ),
-            Some(leader) => format!(
+            Some(leader) if !self.silent.is_empty() => format!(
                 "leader {leader}; waiting for {} to answer...",
                 self.silent.join(", ")
+            ),
+            Some(leader) => format!(
+                "leader {leader}; waiting for {} to get an ACTIVE unit...",
+                self.unassigned.join(", ")
             ),
         }
     }
@@ -359,7 +453,15 @@ impl Progress {
 
 /// Asks every node for its status once.
 fn probe(config: &Config) -> Progress {
-    let mut progress = Progress::default();
+    let mut progress = Progress {
+        unassigned: config
+            .topology
+            .services
+            .iter()
+            .flat_map(|service| service.shards.iter().map(|shard| shard.0.clone()))
+            .collect(),
+        ..Progress::default()
+    };
     let mut leader_view = None;
     for node in &config.nodes {
         match admin_client::status(node.admin_addr, PROBE_TIMEOUT) {
@@ -383,6 +485,16 @@ fn probe(config: &Config) -> Progress {
                 progress.silent.push(node.name.clone());
             }
         }
+        // The service is up when each of its shards has an ACTIVE unit that confirmed it.
+        progress.unassigned.retain(|name| {
+            !view.shards.iter().any(|shard| {
+                &shard.name == name
+                    && shard
+                        .roles
+                        .iter()
+                        .any(|role| role.role == "ACTIVE" && role.confirmed)
+            })
+        });
     }
     progress
 }
@@ -418,7 +530,11 @@ pub fn up(args: &DevUpArgs) -> anyhow::Result<()> {
     }
 
     let tandemd = find_tandemd()?;
-    let config = dev_config(args.nodes, args.base_port, &dir)?;
+    let counter = match args.app.as_str() {
+        "counter" => Some(find_counter()?),
+        _ => None,
+    };
+    let config = dev_config(args.nodes, args.base_port, &dir, counter.as_deref())?;
     check_ports_free(&config)?;
     if args.fresh {
         match fs::remove_dir_all(&config.cluster.data_dir) {
@@ -712,7 +828,9 @@ mod tests {
     fn dev_config_round_trips_through_the_file() {
         for nodes in 1..=7 {
             let dir = Path::new("/tmp/tandem-dev");
-            let config = dev_config(nodes, 7100, dir).unwrap();
+            let config =
+                dev_config(nodes, 7100, dir, Some(Path::new("/opt/tandem/counter"))).unwrap();
+            assert_eq!(config.topology.services.len(), 1);
             assert_eq!(config.cluster.name, "dev");
             assert_eq!(config.cluster.data_dir, dir.join("data"));
             assert_eq!(config.nodes.len(), usize::from(nodes));
@@ -796,6 +914,7 @@ mod tests {
             answered: vec![],
             silent: vec!["n1".into(), "n2".into()],
             leader: None,
+            unassigned: vec!["counter-0".into()],
         };
         assert_eq!(progress.describe(), "waiting for the daemons to listen...");
         progress.answered.push(progress.silent.remove(0));
@@ -810,6 +929,12 @@ mod tests {
         );
         assert!(!progress.done());
         progress.answered.push(progress.silent.remove(0));
+        assert_eq!(
+            progress.describe(),
+            "leader n1; waiting for counter-0 to get an ACTIVE unit..."
+        );
+        assert!(!progress.done());
+        progress.unassigned.clear();
         assert!(progress.done());
     }
 

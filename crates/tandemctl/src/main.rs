@@ -1,11 +1,13 @@
 //! `tandemctl`, the operator CLI of tandem. It talks to any daemon's admin endpoint.
 //!
 //! Modules: [`cli`] parses arguments and picks the cluster, [`cluster`] reaches it,
-//! [`render`] turns answers into tables and JSON, [`dev`] runs a local cluster.
+//! [`ops`] runs operations and reads the event log, [`render`] turns answers into tables and
+//! JSON, [`dev`] runs a local cluster.
 
 mod cli;
 mod cluster;
 mod dev;
+mod ops;
 mod render;
 
 use std::process::ExitCode;
@@ -65,6 +67,33 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 render::status_table(&status)
             };
             render::emit(&text)
+        }
+        Command::Switchover(args) => ops::switchover(&cli::target_from_environment(cli)?, args),
+        Command::Lock(args) => ops::operation(&cli::target_from_environment(cli)?, "lock", args),
+        Command::Unlock(args) => {
+            ops::operation(&cli::target_from_environment(cli)?, "unlock", args)
+        }
+        Command::Shutdown(args) => {
+            ops::operation(&cli::target_from_environment(cli)?, "shutdown", args)
+        }
+        Command::LockInstantiation(args) => ops::operation(
+            &cli::target_from_environment(cli)?,
+            "lock-instantiation",
+            args,
+        ),
+        Command::UnlockInstantiation(args) => ops::operation(
+            &cli::target_from_environment(cli)?,
+            "unlock-instantiation",
+            args,
+        ),
+        Command::Restart(args) => {
+            ops::operation(&cli::target_from_environment(cli)?, "restart", args)
+        }
+        Command::Repair(args) => {
+            ops::operation(&cli::target_from_environment(cli)?, "repair", args)
+        }
+        Command::Events(args) => {
+            ops::events(&cli::target_from_environment(cli)?, args, cli.timeout())
         }
         Command::Dev(DevCommand::Up(args)) => dev::up(args),
         Command::Dev(DevCommand::Down(args)) => dev::down(args),

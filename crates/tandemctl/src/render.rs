@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use serde::Serialize;
-use tandem_proto::admin::{NodeStatus, Status};
+use tandem_proto::admin::{EventRecord, NodeStatus, ShardStatus, Status, UnitRef, UnitStatus};
 
 /// Lays out rows as left-aligned columns separated by two spaces, without trailing spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -96,7 +96,150 @@ pub fn status_table(status: &Status) -> String {
         })
         .collect();
     out.push_str(&table(&header, &rows));
+    if !status.shards.is_empty() {
+        out.push('\n');
+        out.push_str(&shards_table(&status.shards));
+    }
+    if !status.units.is_empty() {
+        out.push('\n');
+        out.push_str(&units_table(&status.units));
+    }
     out
+}
+
+/// `unit@node`, with `?` when the unit has not confirmed the role yet.
+fn placed(unit: &str, node: &str, confirmed: bool) -> String {
+    format!("{unit}@{node}{}", if confirmed { "" } else { "?" })
+}
+
+/// One row per shard: its ACTIVE(s), STANDBYs, epoch and handover.
+fn shards_table(shards: &[ShardStatus]) -> String {
+    let rows: Vec<Vec<String>> = shards
+        .iter()
+        .map(|shard| {
+            let confirmed = |unit: &str| {
+                shard
+                    .roles
+                    .iter()
+                    .any(|role| role.unit == unit && role.confirmed)
+            };
+            let list = |role: &str| {
+                let units: Vec<String> = shard
+                    .roles
+                    .iter()
+                    .filter(|held| held.role == role)
+                    .map(|held| placed(&held.unit, &held.node, held.confirmed))
+                    .collect();
+                if units.is_empty() {
+                    "-".to_owned()
+                } else {
+                    units.join(" ")
+                }
+            };
+            let active = match &shard.active {
+                Some(UnitRef { unit, node }) => placed(unit, node, confirmed(unit)),
+                None => list("ACTIVE"),
+            };
+            let mut other = Vec::new();
+            for role in ["QUIESCING", "QUIESCED"] {
+                let held = list(role);
+                if held != "-" {
+                    other.push(format!("{role} {held}"));
+                }
+            }
+            if !shard.handover.is_empty() {
+                other.push(format!("handover: {}", shard.handover));
+            }
+            vec![
+                shard.name.clone(),
+                shard.service.clone(),
+                active,
+                list("STANDBY"),
+                shard.epoch.to_string(),
+                if other.is_empty() {
+                    "-".to_owned()
+                } else {
+                    other.join("; ")
+                },
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["SHARD", "SERVICE", "ACTIVE", "STANDBY", "EPOCH", "NOTES"],
+        &rows,
+    );
+    if shards
+        .iter()
+        .any(|shard| shard.roles.iter().any(|role| !role.confirmed))
+    {
+        out.push_str("(? = the unit has not confirmed this role yet)\n");
+    }
+    out
+}
+
+/// One row per unit: process, admin state, escalation.
+fn units_table(units: &[UnitStatus]) -> String {
+    let rows: Vec<Vec<String>> = units
+        .iter()
+        .map(|unit| {
+            let mut state = unit.state.clone();
+            if !unit.enabled {
+                state.push_str(" (disabled)");
+            }
+            if unit.restart_pending {
+                state.push_str(" (restart pending)");
+            }
+            vec![
+                unit.name.clone(),
+                unit.service.clone(),
+                unit.node.clone(),
+                state,
+                if unit.pid == 0 {
+                    "-".into()
+                } else {
+                    unit.pid.to_string()
+                },
+                unit.admin.clone(),
+                unit.generation.to_string(),
+                ladder(unit),
+                if unit.last_fault.is_empty() {
+                    "-".into()
+                } else {
+                    unit.last_fault.clone()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "UNIT",
+            "SERVICE",
+            "NODE",
+            "PROCESS",
+            "PID",
+            "ADMIN",
+            "INSTANCE",
+            "FAULTS",
+            "LAST FAULT",
+        ],
+        &rows,
+    )
+}
+
+/// `total (L1:2 L5:1)`: faults since the last repair, and the counters of the window.
+fn ladder(unit: &UnitStatus) -> String {
+    let levels: Vec<String> = unit
+        .ladder_counts
+        .iter()
+        .enumerate()
+        .filter(|(_, count)| **count > 0)
+        .map(|(level, count)| format!("L{level}:{count}"))
+        .collect();
+    if levels.is_empty() {
+        unit.faults_total.to_string()
+    } else {
+        format!("{} ({})", unit.faults_total, levels.join(" "))
+    }
 }
 
 /// JSON shape of `status --json`. Field order is the output order.
@@ -110,6 +253,65 @@ struct StatusJson<'a> {
     applied_index: u64,
     from_leader: bool,
     nodes: Vec<NodeJson<'a>>,
+    services: Vec<ServiceJson<'a>>,
+    units: Vec<UnitJson<'a>>,
+    shards: Vec<ShardJson<'a>>,
+}
+
+/// JSON shape of one service.
+#[derive(Debug, Serialize)]
+struct ServiceJson<'a> {
+    name: &'a str,
+    model: &'a str,
+    units: &'a [String],
+    shards: &'a [String],
+}
+
+/// JSON shape of one unit.
+#[derive(Debug, Serialize)]
+struct UnitJson<'a> {
+    name: &'a str,
+    service: &'a str,
+    node: &'a str,
+    pid: Option<u32>,
+    state: &'a str,
+    admin: &'a str,
+    enabled: bool,
+    generation: u64,
+    restart_pending: bool,
+    faults_total: u64,
+    ladder_counts: &'a [u32],
+    last_fault: Option<&'a str>,
+    load: Option<u32>,
+}
+
+/// JSON shape of a unit's place.
+#[derive(Debug, Serialize)]
+struct PlaceJson<'a> {
+    unit: &'a str,
+    node: &'a str,
+}
+
+/// JSON shape of one role held.
+#[derive(Debug, Serialize)]
+struct RoleJson<'a> {
+    unit: &'a str,
+    node: &'a str,
+    role: &'a str,
+    confirmed: bool,
+}
+
+/// JSON shape of one shard.
+#[derive(Debug, Serialize)]
+struct ShardJson<'a> {
+    name: &'a str,
+    service: &'a str,
+    active: Option<PlaceJson<'a>>,
+    standbys: Vec<PlaceJson<'a>>,
+    epoch: u64,
+    version: u64,
+    roles: Vec<RoleJson<'a>>,
+    handover: Option<&'a str>,
 }
 
 /// JSON shape of one node in `status --json`.
@@ -127,6 +329,7 @@ struct NodeJson<'a> {
     applied_index: u64,
     match_index: u64,
     heartbeat_age_ms: Option<u64>,
+    admin: &'a str,
 }
 
 impl<'a> From<&'a NodeStatus> for NodeJson<'a> {
@@ -144,6 +347,7 @@ impl<'a> From<&'a NodeStatus> for NodeJson<'a> {
             applied_index: node.applied_index,
             match_index: node.match_index,
             heartbeat_age_ms: node.heartbeat_age_ms,
+            admin: &node.admin,
         }
     }
 }
@@ -159,9 +363,139 @@ pub fn status_json(status: &Status) -> String {
         applied_index: status.applied_index,
         from_leader: status.from_leader,
         nodes: status.nodes.iter().map(NodeJson::from).collect(),
+        services: status
+            .services
+            .iter()
+            .map(|service| ServiceJson {
+                name: &service.name,
+                model: &service.model,
+                units: &service.units,
+                shards: &service.shards,
+            })
+            .collect(),
+        units: status
+            .units
+            .iter()
+            .map(|unit| UnitJson {
+                name: &unit.name,
+                service: &unit.service,
+                node: &unit.node,
+                pid: Some(unit.pid).filter(|pid| *pid != 0),
+                state: &unit.state,
+                admin: &unit.admin,
+                enabled: unit.enabled,
+                generation: unit.generation,
+                restart_pending: unit.restart_pending,
+                faults_total: unit.faults_total,
+                ladder_counts: &unit.ladder_counts,
+                last_fault: Some(unit.last_fault.as_str()).filter(|fault| !fault.is_empty()),
+                load: unit.load,
+            })
+            .collect(),
+        shards: status
+            .shards
+            .iter()
+            .map(|shard| ShardJson {
+                name: &shard.name,
+                service: &shard.service,
+                active: shard.active.as_ref().map(|place| PlaceJson {
+                    unit: &place.unit,
+                    node: &place.node,
+                }),
+                standbys: shard
+                    .standbys
+                    .iter()
+                    .map(|place| PlaceJson {
+                        unit: &place.unit,
+                        node: &place.node,
+                    })
+                    .collect(),
+                epoch: shard.epoch,
+                version: shard.version,
+                roles: shard
+                    .roles
+                    .iter()
+                    .map(|role| RoleJson {
+                        unit: &role.unit,
+                        node: &role.node,
+                        role: &role.role,
+                        confirmed: role.confirmed,
+                    })
+                    .collect(),
+                handover: Some(shard.handover.as_str()).filter(|handover| !handover.is_empty()),
+            })
+            .collect(),
     };
     // Strings, integers, booleans and options always serialize; failing would be a bug here.
     let mut out = serde_json::to_string_pretty(&view).expect("status view serializes to JSON");
+    out.push('\n');
+    out
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for ms since the Unix epoch (UTC, proleptic Gregorian).
+pub fn utc(unix_ms: u64) -> String {
+    let seconds = unix_ms / 1000;
+    let days = (seconds / 86_400) as i64;
+    let time = seconds % 86_400;
+    // Days to civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        time / 3600,
+        time / 60 % 60,
+        time % 60,
+        unix_ms % 1000
+    )
+}
+
+/// One event as a line of text.
+pub fn event_line(event: &EventRecord) -> String {
+    format!(
+        "{} {} {:<14} {}\n",
+        utc(event.time_unix_ms),
+        event.node,
+        event.kind,
+        event.message
+    )
+}
+
+/// JSON shape of one event.
+#[derive(Debug, Serialize)]
+struct EventJson<'a> {
+    seq: u64,
+    time_unix_ms: u64,
+    time: String,
+    node: &'a str,
+    kind: &'a str,
+    message: &'a str,
+    index: Option<u64>,
+}
+
+/// One event as a line of JSON.
+pub fn event_json(event: &EventRecord) -> String {
+    let view = EventJson {
+        seq: event.seq,
+        time_unix_ms: event.time_unix_ms,
+        time: utc(event.time_unix_ms),
+        node: &event.node,
+        kind: &event.kind,
+        message: &event.message,
+        index: Some(event.index).filter(|index| *index != 0),
+    };
+    let mut out = serde_json::to_string(&view).expect("event view serializes to JSON");
     out.push('\n');
     out
 }
@@ -205,6 +539,7 @@ mod tests {
             applied_index: if up { 42 } else { 17 },
             match_index: if up { 42 } else { 17 },
             heartbeat_age_ms: age,
+            admin: "unlocked".into(),
         }
     }
 
@@ -226,7 +561,128 @@ mod tests {
                 node("n3", 3, false, false, Some(1520)),
             ],
             from_leader,
+            services: vec![],
+            units: vec![],
+            shards: vec![],
         }
+    }
+
+    fn with_service(mut status: Status) -> Status {
+        use tandem_proto::admin::{RoleStatus, ServiceStatus};
+        status.services = vec![ServiceStatus {
+            name: "counter".into(),
+            model: "2n".into(),
+            units: vec!["counter-a".into(), "counter-b".into()],
+            shards: vec!["counter-0".into()],
+        }];
+        let unit = |name: &str, node: &str, pid: u32, faults: u64, counts: Vec<u32>, last: &str| {
+            UnitStatus {
+                name: name.into(),
+                service: "counter".into(),
+                node: node.into(),
+                pid,
+                state: "running".into(),
+                admin: "unlocked".into(),
+                enabled: true,
+                generation: 1 + faults,
+                restart_pending: false,
+                faults_total: faults,
+                ladder_counts: counts,
+                last_fault: last.into(),
+                load: None,
+            }
+        };
+        status.units = vec![
+            unit("counter-a", "n1", 4242, 0, vec![0; 6], ""),
+            unit(
+                "counter-b",
+                "n2",
+                4343,
+                1,
+                vec![0, 1, 0, 0, 0, 0],
+                "process exited with code 1 -> L1 restart",
+            ),
+        ];
+        status.shards = vec![ShardStatus {
+            name: "counter-0".into(),
+            service: "counter".into(),
+            active: Some(UnitRef {
+                unit: "counter-a".into(),
+                node: "n1".into(),
+            }),
+            standbys: vec![UnitRef {
+                unit: "counter-b".into(),
+                node: "n2".into(),
+            }],
+            epoch: 3,
+            version: 7,
+            roles: vec![
+                RoleStatus {
+                    unit: "counter-a".into(),
+                    node: "n1".into(),
+                    role: "ACTIVE".into(),
+                    confirmed: true,
+                },
+                RoleStatus {
+                    unit: "counter-b".into(),
+                    node: "n2".into(),
+                    role: "STANDBY".into(),
+                    confirmed: false,
+                },
+            ],
+            handover: String::new(),
+        }];
+        status
+    }
+
+    #[test]
+    fn table_shows_shards_and_units() {
+        let text = status_table(&with_service(sample(true)));
+        let expected_tail = "\
+SHARD      SERVICE  ACTIVE        STANDBY        EPOCH  NOTES
+counter-0  counter  counter-a@n1  counter-b@n2?  3      -
+(? = the unit has not confirmed this role yet)
+
+UNIT       SERVICE  NODE  PROCESS  PID   ADMIN     INSTANCE  FAULTS    LAST FAULT
+counter-a  counter  n1    running  4242  unlocked  1         0         -
+counter-b  counter  n2    running  4343  unlocked  2         1 (L1:1)  process exited with code 1 -> L1 restart
+";
+        assert!(text.ends_with(expected_tail), "{text}");
+    }
+
+    #[test]
+    fn json_carries_units_and_shards() {
+        let value: serde_json::Value =
+            serde_json::from_str(&status_json(&with_service(sample(true)))).unwrap();
+        assert_eq!(value["services"][0]["model"], "2n");
+        let unit = &value["units"][1];
+        assert_eq!(unit["name"], "counter-b");
+        assert_eq!(unit["service"], "counter");
+        assert_eq!(unit["node"], "n2");
+        assert_eq!(unit["pid"], 4343);
+        assert_eq!(unit["state"], "running");
+        assert_eq!(unit["ladder_counts"][1], 1);
+        let shard = &value["shards"][0];
+        assert_eq!(shard["name"], "counter-0");
+        assert_eq!(shard["service"], "counter");
+        assert_eq!(
+            shard["active"],
+            serde_json::json!({"unit": "counter-a", "node": "n1"})
+        );
+        assert_eq!(
+            shard["standbys"],
+            serde_json::json!([{"unit": "counter-b", "node": "n2"}])
+        );
+        assert_eq!(shard["epoch"], 3);
+        assert_eq!(shard["roles"][1]["confirmed"], false);
+        assert!(shard["handover"].is_null());
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(utc(1_795_461_296_789), "2026-11-23T19:14:56.789Z");
     }
 
     #[test]
@@ -278,16 +734,19 @@ n3    3   down  follower  learner     3     17      17       17     1520 ms ago 
                 {"name": "n1", "id": 1, "up": true, "leader": true, "membership": "voter",
                  "peer_addr": "127.0.0.1:7101", "admin_addr": "127.0.0.1:7201", "term": 3,
                  "commit_index": 42, "applied_index": 42, "match_index": 42,
-                 "heartbeat_age_ms": null},
+                 "heartbeat_age_ms": null, "admin": "unlocked"},
                 {"name": "n2", "id": 2, "up": true, "leader": false, "membership": "voter",
                  "peer_addr": "127.0.0.1:7102", "admin_addr": "127.0.0.1:7202", "term": 3,
                  "commit_index": 42, "applied_index": 42, "match_index": 42,
-                 "heartbeat_age_ms": 12},
+                 "heartbeat_age_ms": 12, "admin": "unlocked"},
                 {"name": "n3", "id": 3, "up": false, "leader": false, "membership": "learner",
                  "peer_addr": "127.0.0.1:7103", "admin_addr": "127.0.0.1:7203", "term": 3,
                  "commit_index": 17, "applied_index": 17, "match_index": 17,
-                 "heartbeat_age_ms": 1520},
-            ]
+                 "heartbeat_age_ms": 1520, "admin": "unlocked"},
+            ],
+            "services": [],
+            "units": [],
+            "shards": [],
         });
         assert_eq!(value, expected);
     }

@@ -1,22 +1,28 @@
 //! The admin endpoint: framed `AdminRequest` → `AdminResponse` over TCP.
 //!
 //! A connection may carry several requests, one after the other. Each request goes to the
-//! event loop, which either answers it (status from its own state, or a no-op once committed)
-//! or names the leader's admin address, in which case the request is forwarded there once
-//! (a forwarded request is never forwarded again, so a stale leader hint cannot loop).
+//! event loop, which either answers it (status from its own state, an operation once it is
+//! done) or names the leader's admin address, in which case the request is forwarded there
+//! once (a forwarded request is never forwarded again, so a stale leader hint cannot loop).
+//! An events request is answered here, from the daemon's event log: the backlog, then (with
+//! `follow`) every new event until the client disconnects.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tandem_proto::admin::{admin_response, AdminError, AdminRequest, AdminResponse};
+use tandem_proto::admin::{
+    admin_request, admin_response, AdminError, AdminRequest, AdminResponse, EventsEnd,
+};
 use tandem_proto::frame::{encode_frame, FrameDecoder};
 use tandem_proto::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::Event;
+use crate::events::EventLog;
+use crate::runtime::{admin_wait, Event};
 
 /// How the event loop disposes of an admin request.
 #[derive(Debug)]
@@ -48,6 +54,7 @@ pub async fn serve_admin(
     frame_len_max: usize,
     request_timeout: Duration,
     events: mpsc::Sender<Event>,
+    log: Arc<EventLog>,
 ) {
     loop {
         let (stream, remote) = match listener.accept().await {
@@ -59,9 +66,10 @@ pub async fn serve_admin(
             }
         };
         let events = events.clone();
+        let log = log.clone();
         tokio::spawn(async move {
             if let Err(reason) =
-                admin_connection(stream, frame_len_max, request_timeout, &events).await
+                admin_connection(stream, frame_len_max, request_timeout, &events, &log).await
             {
                 tracing::warn!(%remote, %reason, "admin connection dropped");
             }
@@ -74,6 +82,7 @@ async fn admin_connection(
     frame_len_max: usize,
     request_timeout: Duration,
     events: &mpsc::Sender<Event>,
+    log: &EventLog,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let decoder = FrameDecoder::new(frame_len_max);
@@ -95,6 +104,10 @@ async fn admin_connection(
             }
         };
         let response = match tandem_proto::decode_admin_request(&payload) {
+            Ok(AdminRequest {
+                kind: Some(admin_request::Kind::Events(ask)),
+                ..
+            }) => return stream_events(&mut stream, log, ask.since_seq, ask.follow).await,
             Ok(request) => handle(request, request_timeout, events).await,
             Err(error) => {
                 let response = error_response("bad_request", error.to_string());
@@ -114,16 +127,69 @@ async fn write_response(stream: &mut TcpStream, response: &AdminResponse) -> std
     stream.write_all(&out).await
 }
 
+/// Writes the event log from `since_seq` and, with `follow`, new events until the client goes.
+async fn stream_events(
+    stream: &mut TcpStream,
+    log: &EventLog,
+    since_seq: u64,
+    follow: bool,
+) -> Result<(), String> {
+    let (backlog, next_seq, mut live) = log.subscribe(since_seq);
+    for record in backlog {
+        let response = AdminResponse {
+            kind: Some(admin_response::Kind::Event(record)),
+        };
+        write_response(stream, &response)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if !follow {
+        let end = AdminResponse {
+            kind: Some(admin_response::Kind::EventsEnd(EventsEnd { next_seq })),
+        };
+        return write_response(stream, &end)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let (mut read, mut write) = stream.split();
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            // The client sends nothing more; a read returning means it went away.
+            _ = read.read(&mut probe) => return Ok(()),
+            record = live.recv() => {
+                let record = match record {
+                    Ok(record) => record,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        let response = error_response(
+                            "lagged",
+                            format!("{missed} events were missed (the client read too slowly); reconnect"),
+                        );
+                        let mut out = BytesMut::new();
+                        encode_frame(&response.encode_to_vec(), &mut out);
+                        let _ = write.write_all(&out).await;
+                        return Ok(());
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                let response = AdminResponse { kind: Some(admin_response::Kind::Event(record)) };
+                let mut out = BytesMut::new();
+                encode_frame(&response.encode_to_vec(), &mut out);
+                write.write_all(&out).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
+
 async fn handle(
     request: AdminRequest,
     request_timeout: Duration,
     events: &mpsc::Sender<Event>,
 ) -> AdminResponse {
+    let request_timeout = admin_wait(&request, request_timeout);
     let (reply, outcome) = oneshot::channel();
     let forwarded = request.forwarded;
-    // The request is kept for forwarding. (Today every request kind is an empty message, so
-    // prost derives Copy; later kinds carry data, so the clone is deliberate.)
-    #[allow(clippy::clone_on_copy)]
+    // The request is kept for forwarding.
     let for_loop = request.clone();
     if events
         .send(Event::Admin {
@@ -150,7 +216,8 @@ async fn handle(
             return error_response(
                 "timeout",
                 format!(
-                    "no answer within {} ms (is a quorum of nodes up?)",
+                    "no answer within {} ms (is a quorum of nodes up? an operation that was \
+                     accepted goes on; check `tandemctl status`)",
                     request_timeout.as_millis()
                 ),
             )

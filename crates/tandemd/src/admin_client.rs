@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tandem_proto::admin::{
-    admin_request, admin_response, AdminRequest, AdminResponse, NoopReply, NoopRequest, Status,
-    StatusRequest,
+    admin_request, admin_response, AdminRequest, AdminResponse, EventRecord, EventsRequest,
+    NoopReply, NoopRequest, OperationDone, OperationRequest, Status, StatusRequest,
+    SwitchoverRequest,
 };
 use tandem_proto::frame::{frame_bytes, FrameDecoder, FrameError, DEFAULT_FRAME_LEN_MAX};
 use tandem_proto::{DecodeError, Message};
@@ -162,15 +163,18 @@ impl AdminConnection {
         request: &AdminRequest,
         timeout: Duration,
     ) -> Result<AdminResponse, AdminClientError> {
-        let addr = self.addr;
         let deadline = Instant::now() + timeout;
-        let timed_out = || AdminClientError::Timeout { addr, timeout };
-        let remaining = || {
-            deadline
-                .checked_duration_since(Instant::now())
-                .filter(|left| *left >= TIMEOUT_MIN)
-        };
-        let io_error = |source: std::io::Error| match source.kind() {
+        self.send(request, timeout)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.receive(left).map_err(|error| match error {
+            AdminClientError::Timeout { addr, .. } => AdminClientError::Timeout { addr, timeout },
+            other => other,
+        })
+    }
+
+    fn io_error(&self, source: std::io::Error, timeout: Duration) -> AdminClientError {
+        let addr = self.addr;
+        match source.kind() {
             // A socket timeout shows up as WouldBlock on Unix and TimedOut on Windows.
             ErrorKind::WouldBlock | ErrorKind::TimedOut => {
                 AdminClientError::Timeout { addr, timeout }
@@ -179,15 +183,28 @@ impl AdminConnection {
                 AdminClientError::Closed { addr }
             }
             _ => AdminClientError::Io { addr, source },
-        };
+        }
+    }
 
+    /// Sends `request`, waiting at most `timeout` for the socket to take it.
+    pub fn send(
+        &mut self,
+        request: &AdminRequest,
+        timeout: Duration,
+    ) -> Result<(), AdminClientError> {
         let frame = frame_bytes(&request.encode_to_vec());
-        let left = remaining().ok_or_else(timed_out)?;
         self.stream
-            .set_write_timeout(Some(left))
-            .map_err(io_error)?;
-        self.stream.write_all(&frame).map_err(io_error)?;
+            .set_write_timeout(Some(timeout.max(TIMEOUT_MIN)))
+            .map_err(|error| self.io_error(error, timeout))?;
+        self.stream
+            .write_all(&frame)
+            .map_err(|error| self.io_error(error, timeout))
+    }
 
+    /// Reads one whole response, waiting at most `timeout`.
+    pub fn receive(&mut self, timeout: Duration) -> Result<AdminResponse, AdminClientError> {
+        let addr = self.addr;
+        let deadline = Instant::now() + timeout;
         let mut chunk = [0u8; 16 * 1024];
         loop {
             match self.decoder.decode(&mut self.buffer) {
@@ -198,13 +215,18 @@ impl AdminConnection {
                 Ok(None) => {}
                 Err(source) => return Err(AdminClientError::Frame { addr, source }),
             }
-            let left = remaining().ok_or_else(timed_out)?;
-            self.stream.set_read_timeout(Some(left)).map_err(io_error)?;
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|left| *left >= TIMEOUT_MIN)
+                .ok_or(AdminClientError::Timeout { addr, timeout })?;
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|error| self.io_error(error, timeout))?;
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(AdminClientError::Closed { addr }),
                 Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
                 Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) => return Err(io_error(error)),
+                Err(error) => return Err(self.io_error(error, timeout)),
             }
         }
     }
@@ -227,6 +249,9 @@ fn describe(kind: &Option<admin_response::Kind>) -> String {
         Some(admin_response::Kind::Status(_)) => "a status reply".into(),
         Some(admin_response::Kind::Noop(_)) => "a noop reply".into(),
         Some(admin_response::Kind::Error(_)) => "an error".into(),
+        Some(admin_response::Kind::Done(_)) => "an operation reply".into(),
+        Some(admin_response::Kind::Event(_)) => "an event".into(),
+        Some(admin_response::Kind::EventsEnd(_)) => "the end of the events".into(),
     }
 }
 
@@ -253,6 +278,7 @@ fn refused_or(
 pub fn status(addr: SocketAddr, timeout: Duration) -> Result<Status, AdminClientError> {
     let request = AdminRequest {
         forwarded: false,
+        timeout_ms: 0,
         kind: Some(admin_request::Kind::Status(StatusRequest {})),
     };
     match refused_or(call(addr, &request, timeout)?, "status")? {
@@ -268,6 +294,7 @@ pub fn status(addr: SocketAddr, timeout: Duration) -> Result<Status, AdminClient
 pub fn noop(addr: SocketAddr, timeout: Duration) -> Result<NoopReply, AdminClientError> {
     let request = AdminRequest {
         forwarded: false,
+        timeout_ms: 0,
         kind: Some(admin_request::Kind::Noop(NoopRequest {})),
     };
     match refused_or(call(addr, &request, timeout)?, "noop")? {
@@ -276,6 +303,108 @@ pub fn noop(addr: SocketAddr, timeout: Duration) -> Result<NoopReply, AdminClien
             expected: "noop",
             got: describe(&Some(other)),
         }),
+    }
+}
+
+/// Runs an operation (a switchover or an AMF operation) at `addr` and waits at most `timeout`
+/// for it to complete; the daemon answers when it is done, or says what is still outstanding.
+pub fn operation(
+    addr: SocketAddr,
+    kind: admin_request::Kind,
+    timeout: Duration,
+) -> Result<OperationDone, AdminClientError> {
+    let request = AdminRequest {
+        forwarded: false,
+        timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        kind: Some(kind),
+    };
+    // The connection waits a little longer than the daemon, which answers at its deadline.
+    match refused_or(
+        call(addr, &request, timeout + Duration::from_secs(1))?,
+        "operation",
+    )? {
+        admin_response::Kind::Done(done) => Ok(done),
+        other => Err(AdminClientError::UnexpectedReply {
+            expected: "operation",
+            got: describe(&Some(other)),
+        }),
+    }
+}
+
+/// A switchover request of `target`.
+pub fn switchover_kind(
+    target: tandem_proto::admin::switchover_request::Target,
+) -> admin_request::Kind {
+    admin_request::Kind::Switchover(SwitchoverRequest {
+        target: Some(target),
+    })
+}
+
+/// An AMF operation request (`op` is `lock`, `unlock`, `shutdown`, `lock-instantiation`,
+/// `unlock-instantiation`, `restart` or `repair`).
+pub fn operation_kind(
+    target: tandem_proto::admin::operation_request::Target,
+    op: &str,
+) -> admin_request::Kind {
+    admin_request::Kind::Operation(OperationRequest {
+        target: Some(target),
+        op: op.to_owned(),
+    })
+}
+
+/// The event log of the daemon at `addr`, as a stream of records.
+#[derive(Debug)]
+pub struct EventStream {
+    connection: AdminConnection,
+}
+
+/// What the next read of an [`EventStream`] gave.
+#[derive(Debug)]
+pub enum EventItem {
+    /// An event.
+    Event(EventRecord),
+    /// The end of the backlog (without `follow`); the next sequence number.
+    End(u64),
+    /// Nothing within the wait (with `follow`).
+    Idle,
+}
+
+impl EventStream {
+    /// Opens the log at `addr` from `since_seq`; with `follow`, new events keep coming.
+    pub fn open(
+        addr: SocketAddr,
+        since_seq: u64,
+        follow: bool,
+        timeout: Duration,
+    ) -> Result<Self, AdminClientError> {
+        let mut connection = AdminConnection::connect(addr, timeout)?;
+        let request = AdminRequest {
+            forwarded: false,
+            timeout_ms: 0,
+            kind: Some(admin_request::Kind::Events(EventsRequest {
+                since_seq,
+                follow,
+            })),
+        };
+        connection.send(&request, timeout)?;
+        Ok(Self { connection })
+    }
+
+    /// The next item, waiting at most `wait`.
+    pub fn next(&mut self, wait: Duration) -> Result<EventItem, AdminClientError> {
+        let response = match self.connection.receive(wait) {
+            Ok(response) => response,
+            Err(AdminClientError::Timeout { .. }) => return Ok(EventItem::Idle),
+            Err(error) => return Err(error),
+        };
+        match refused_or(response, "event")? {
+            admin_response::Kind::Event(record) => Ok(EventItem::Event(record)),
+            admin_response::Kind::EventsEnd(end) => Ok(EventItem::End(end.next_seq)),
+            other => Err(AdminClientError::UnexpectedReply {
+                expected: "event",
+                got: describe(&Some(other)),
+            }),
+        }
     }
 }
 
@@ -338,6 +467,9 @@ mod tests {
             applied_index: 42,
             nodes: Vec::new(),
             from_leader: true,
+            services: Vec::new(),
+            units: Vec::new(),
+            shards: Vec::new(),
         }
     }
 
@@ -579,6 +711,7 @@ mod tests {
         let mut connection = AdminConnection::connect(addr, TIMEOUT).unwrap();
         let request = AdminRequest {
             forwarded: false,
+            timeout_ms: 0,
             kind: Some(admin_request::Kind::Noop(NoopRequest {})),
         };
         for index in 1..=3u64 {

@@ -1,9 +1,14 @@
 //! The tandem daemon's library: configuration, the admin client and server, the peer
-//! transport and the event loop. The binary (`main.rs`) only parses arguments, sets up
+//! transport, the unit supervisor and SDK endpoint, the event log, and the event loop that
+//! drives a `tandem_node::Node`. The binary (`main.rs`) only parses arguments, sets up
 //! logging and signals, and calls [`runtime::run`].
 
 pub mod admin;
 pub mod admin_client;
 pub mod config;
+pub mod events;
 pub mod runtime;
+pub mod sdk_server;
+pub mod status;
+pub mod supervisor;
 pub mod transport;

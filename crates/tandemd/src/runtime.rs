@@ -1,28 +1,39 @@
-//! The daemon's event loop: one task owns the replica and the liveness tracker and consumes a
-//! closed set of events (peer messages, admin requests) plus two timers (raft tick, heartbeat).
-//! Everything that makes the daemon act passes through [`Daemon::handle`] or a timer arm.
+//! The daemon's event loop: one task owns the [`Node`] (replica, liveness, director, agent) and
+//! consumes a closed set of events (peer messages, admin requests, unit events and SDK
+//! registrations) plus two timers (raft tick, heartbeat). Everything that makes the daemon act
+//! passes through [`Daemon::handle`] or a timer arm; the decisions are the Node's, this loop
+//! only carries them out (sockets, processes, the clock).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use tandem_core::{Command, LivenessConfig, LivenessTracker, NodeId, NodeReport, Time};
-use tandem_proto::admin::{
-    admin_request, admin_response, AdminRequest, AdminResponse, NodeStatus, NoopReply, Status,
+use tandem_core::{
+    AdminOp, AdminTarget, AgentAction, NodeId, Refusal, ServiceName, ShardName, SwitchoverTarget,
+    Time, UnitCommand, UnitName,
 };
-use tandem_proto::peer::{envelope, Envelope, Heartbeat};
+use tandem_node::{AdminAction, AdminResult, Node, NodeEvent, NodeSettings, UnitEvent};
+use tandem_proto::admin::{
+    admin_request, admin_response, operation_request, switchover_request, AdminRequest,
+    AdminResponse, NoopReply, OperationDone,
+};
+use tandem_proto::peer::Envelope;
+use tandem_proto::sdk::{self, agent_to_unit, AgentToUnit};
 use tandem_raft::disk::FsDisk;
-use tandem_raft::{Replica, ReplicaConfig, WalOptions};
+use tandem_raft::{ReplicaConfig, WalOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::{error_response, serve_admin, AdminOutcome};
 use crate::config::Config;
+use crate::events::{wall_ms, EventLog};
+use crate::sdk_server::{self, Registration};
+use crate::supervisor::{self, Supervisor};
 use crate::transport::{serve_peers, PeerSender, TransportStats};
 
 /// Events the loop consumes, besides its timers.
@@ -37,37 +48,78 @@ pub enum Event {
         /// Where the outcome goes.
         reply: oneshot::Sender<AdminOutcome>,
     },
+    /// Something happened to a unit process (from the supervisor or the SDK endpoint).
+    Unit(UnitEvent),
+    /// A unit registers through the SDK.
+    Register(Registration),
 }
 
 /// Capacity of the event queue; a full queue slows readers down (backpressure).
 const EVENT_QUEUE_LEN_MAX: usize = 8192;
-/// Events handled per wake-up before the replica's output is processed.
+/// Events handled per wake-up before the node's output is processed.
 const EVENT_BATCH_MAX: usize = 512;
+/// Drives per wake-up: carrying out an output can feed the node new inputs (a started
+/// process's pid); these are driven at once, a bounded number of times.
+const DRIVES_PER_WAKEUP_MAX: usize = 4;
+/// Longest wait a client may ask for on an admin operation.
+const ADMIN_WAIT_MAX: Duration = Duration::from_secs(300);
+/// Longest Unix socket path (sun_path is 108 bytes with its terminating zero).
+const SOCKET_PATH_LEN_MAX: usize = 107;
+
+/// What the loop knows of one unit's current instance.
+#[derive(Debug)]
+struct UnitConnection {
+    /// The instance.
+    generation: u64,
+    /// Its secret, checked at registration.
+    token: String,
+    /// Its service.
+    service: ServiceName,
+    /// Whether it should rebuild its replica.
+    reinitialise: bool,
+    /// Where messages for it go, once it registered.
+    channel: Option<mpsc::Sender<AgentToUnit>>,
+}
+
+/// An admin request waiting for the Node's answer.
+#[derive(Debug)]
+struct PendingAdmin {
+    reply: oneshot::Sender<AdminOutcome>,
+    /// A no-op answers with a `NoopReply`, other operations with `OperationDone`.
+    noop: bool,
+}
 
 /// The state the event loop owns.
 struct Daemon {
-    /// The whole configuration.
     config: Config,
-    /// This node's name.
     name: String,
-    /// This node's raft id.
-    id: u64,
-    /// Raft replica and applied model.
-    replica: Replica<FsDisk>,
-    /// Outbound peer queues.
+    node: Node<FsDisk>,
     peers: PeerSender,
-    /// Liveness tracker, present while this node is the leader.
-    liveness: Option<LivenessTracker>,
-    /// No-op requests waiting for their entry to apply, by request id.
-    pending_noops: BTreeMap<u64, oneshot::Sender<AdminOutcome>>,
-    /// Next request id.
+    supervisor: Supervisor,
+    events: Arc<EventLog>,
+    units: BTreeMap<UnitName, UnitConnection>,
+    pending_admin: BTreeMap<u64, PendingAdmin>,
     next_request_id: u64,
-    /// Origin of the monotonic `Time` handed to the core.
+    /// Origin of the monotonic `Time` handed to the node.
     started: Instant,
-    /// The leader last seen, to log changes.
-    last_leader: Option<u64>,
+    /// CLOCK_MONOTONIC at `started`, in ns, to express lease deadlines for units.
+    started_monotonic_ns: u64,
+    /// Whether carrying out an output gave the node new inputs.
+    inputs_pending: bool,
     /// Keeps the data directory's lock held while the daemon runs.
     _lock: File,
+}
+
+/// CLOCK_MONOTONIC now, in ns (what `std::time::Instant` counts on Linux, and what the SDK
+/// compares lease deadlines against).
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Runs the daemon for node `node_name` until `shutdown` resolves.
@@ -98,19 +150,26 @@ pub async fn run(
     let disk = FsDisk::open(data_dir.join("raft"))
         .with_context(|| format!("open raft directory in {}", data_dir.display()))?;
     let cluster = &config.cluster;
-    let replica_config = ReplicaConfig {
-        id: node.id,
-        voters: config.voter_ids(),
-        learners: config.learner_ids(),
-        heartbeat_ticks: cluster.raft_heartbeat_ticks,
-        election_ticks: cluster.raft_election_ticks,
-        snapshot_interval_entries: cluster.snapshot_interval_entries,
-        election_seed: entropy(node.id),
-        wal: WalOptions::default(),
+    let settings = NodeSettings {
+        replica: ReplicaConfig {
+            id: node.id,
+            voters: config.voter_ids(),
+            learners: config.learner_ids(),
+            heartbeat_ticks: cluster.raft_heartbeat_ticks,
+            election_ticks: cluster.raft_election_ticks,
+            snapshot_interval_entries: cluster.snapshot_interval_entries,
+            election_seed: entropy(node.id),
+            wal: WalOptions::default(),
+        },
+        heartbeat_interval: Duration::from_millis(cluster.heartbeat_interval_ms),
+        node_timeout: Duration::from_millis(cluster.node_timeout_ms),
+        lease: Duration::from_millis(cluster.lease_ms),
+        members: config.nodes.iter().map(|node| NodeId(node.id)).collect(),
+        topology: config.topology.clone(),
     };
     let logger = tandem_raft::logging::raft_logger(node.id);
-    let replica = Replica::open(&replica_config, disk, &logger).context("open raft log")?;
-    let recovery = replica.recovery().clone();
+    let opened = Node::open(settings, disk, &logger).context("open raft log")?;
+    let recovery = opened.replica().recovery().clone();
     if let Some((file, offset, dropped)) = &recovery.torn_tail {
         tracing::warn!(%file, offset, dropped_bytes = dropped, "recovered from a torn raft log tail");
     }
@@ -123,8 +182,9 @@ pub async fn run(
         bootstrapped = recovery.bootstrapped,
         entries = recovery.entries,
         snapshot = recovery.snapshot_index,
-        term = replica.term(),
-        commit = replica.commit_index(),
+        term = opened.replica().term(),
+        commit = opened.replica().commit_index(),
+        services = config.topology.services.len(),
         "tandemd starting"
     );
     tracing::warn!("no TLS configured: peer and admin endpoints accept loopback addresses only");
@@ -135,6 +195,16 @@ pub async fn run(
     let admin_listener = TcpListener::bind(node.admin_addr)
         .await
         .with_context(|| format!("bind admin address {}", node.admin_addr))?;
+    let socket = data_dir.join("sdk.sock");
+    if socket.as_os_str().len() > SOCKET_PATH_LEN_MAX {
+        bail!(
+            "the SDK socket path {} is longer than the {SOCKET_PATH_LEN_MAX} bytes a Unix \
+             socket allows; use a shorter cluster.data_dir",
+            socket.display()
+        );
+    }
+    let sdk_listener = sdk_server::bind(&socket)
+        .with_context(|| format!("bind the SDK socket {}", socket.display()))?;
 
     let stats = Arc::new(TransportStats::default());
     let peer_addrs: BTreeMap<u64, SocketAddr> = config
@@ -145,6 +215,26 @@ pub async fn run(
         .collect();
     let peers = PeerSender::start(peer_addrs, stats.clone());
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE_LEN_MAX);
+    let event_log = Arc::new(EventLog::new(&node.name));
+    let config_dir = config
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let config_dir = std::path::absolute(&config_dir).unwrap_or(config_dir);
+    let supervisor = Supervisor::new(
+        data_dir.join("units"),
+        config_dir,
+        node.name.clone(),
+        socket.clone(),
+        events_tx.clone(),
+    )
+    .with_context(|| format!("prepare unit directory in {}", data_dir.display()))?;
+    match supervisor.kill_orphans() {
+        Ok(0) => {}
+        Ok(killed) => tracing::warn!(killed, "killed unit processes left by a previous daemon"),
+        Err(error) => tracing::warn!(%error, "could not look for orphaned unit processes"),
+    }
     tokio::spawn(serve_peers(
         peer_listener,
         cluster.name.clone(),
@@ -157,35 +247,53 @@ pub async fn run(
         admin_listener,
         cluster.frame_len_max,
         Duration::from_millis(cluster.admin_timeout_ms),
-        events_tx,
+        events_tx.clone(),
+        event_log.clone(),
     ));
+    tokio::spawn(sdk_server::serve(sdk_listener, events_tx));
 
     let mut tick = tokio::time::interval(Duration::from_millis(cluster.raft_tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(Duration::from_millis(cluster.heartbeat_interval_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    let grace = config
+        .topology
+        .services
+        .iter()
+        .map(|service| Duration::from_millis(service.timeouts.terminate_ms))
+        .max()
+        .unwrap_or_default();
+    let started = Instant::now();
     let mut daemon = Daemon {
         name: node.name.clone(),
-        id: node.id,
         config,
-        replica,
+        node: opened,
         peers,
-        liveness: None,
-        pending_noops: BTreeMap::new(),
+        supervisor,
+        events: event_log,
+        units: BTreeMap::new(),
+        pending_admin: BTreeMap::new(),
         next_request_id: 1,
-        started: Instant::now(),
-        last_leader: None,
+        started,
+        started_monotonic_ns: monotonic_ns(),
+        inputs_pending: false,
         _lock: lock,
     };
     tokio::pin!(shutdown);
-    loop {
+    let result = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tick.tick() => daemon.replica.tick(),
-            _ = heartbeat.tick() => daemon.on_heartbeat_timer(),
+            _ = &mut shutdown => break Ok(()),
+            _ = tick.tick() => {
+                let now = daemon.now();
+                daemon.node.tick(now);
+            }
+            _ = heartbeat.tick() => {
+                let now = daemon.now();
+                daemon.node.heartbeat(now, wall_ms());
+            }
             event = events.recv() => {
-                let Some(event) = event else { break };
+                let Some(event) = event else { break Ok(()) };
                 daemon.handle(event);
                 for _ in 1..EVENT_BATCH_MAX {
                     match events.try_recv() {
@@ -195,10 +303,16 @@ pub async fn run(
                 }
             }
         }
-        daemon.drive()?;
-    }
-    tracing::info!(node = %daemon.name, "tandemd stopping");
-    Ok(())
+        if let Err(error) = daemon.drive() {
+            break Err(error);
+        }
+    };
+    tracing::info!(node = %daemon.name, "tandemd stopping; stopping its units");
+    daemon
+        .supervisor
+        .stop_all(grace + Duration::from_secs(1))
+        .await;
+    result
 }
 
 /// Takes an exclusive lock on the node's data directory so two daemons never share one log.
@@ -236,269 +350,446 @@ impl Daemon {
     }
 
     fn handle(&mut self, event: Event) {
+        let now = self.now();
         match event {
-            Event::Peer(envelope) => self.on_peer(envelope),
-            Event::Admin { request, reply } => {
-                if let Some(outcome) = self.on_admin(request, reply) {
-                    let _ = outcome.0.send(outcome.1);
-                }
-            }
-        }
-    }
-
-    fn on_peer(&mut self, envelope: Envelope) {
-        match envelope.body {
-            Some(envelope::Body::Raft(bytes)) => match tandem_raft::decode_raft_message(&bytes) {
-                Ok(message) => {
-                    if let Err(error) = self.replica.step(message) {
-                        tracing::debug!(from = envelope.from, %error, "raft refused a message");
-                    }
-                }
+            Event::Peer(envelope) => match tandem_node::wire::decode(envelope.body) {
+                Ok(message) => self.node.on_peer(now, envelope.from, message),
                 Err(error) => {
-                    tracing::warn!(from = envelope.from, %error, "undecodable raft message dropped")
+                    tracing::warn!(from = envelope.from, %error, "undecodable peer message dropped")
                 }
             },
-            Some(envelope::Body::Heartbeat(heartbeat)) => {
-                let now = self.now();
-                if let Some(tracker) = &mut self.liveness {
-                    tracker.observe(
-                        now,
-                        NodeId(envelope.from),
-                        NodeReport {
-                            term: heartbeat.term,
-                            commit_index: heartbeat.commit_index,
-                            applied_index: heartbeat.applied_index,
-                        },
-                    );
-                }
-            }
-            None => tracing::warn!(from = envelope.from, "empty peer envelope dropped"),
+            Event::Admin { request, reply } => self.on_admin(request, reply),
+            Event::Unit(event) => self.node.on_unit(now, event),
+            Event::Register(registration) => self.on_register(registration),
         }
     }
 
-    /// Handles an admin request; returns the reply to send now, or keeps it for later.
-    #[allow(clippy::type_complexity)] // a (sender, outcome) pair is clearer here than a new type
-    fn on_admin(
-        &mut self,
-        request: AdminRequest,
-        reply: oneshot::Sender<AdminOutcome>,
-    ) -> Option<(oneshot::Sender<AdminOutcome>, AdminOutcome)> {
+    fn on_register(&mut self, registration: Registration) {
+        let Registration {
+            unit,
+            generation,
+            token,
+            channel,
+            reply,
+        } = registration;
+        let now = self.now();
+        let answer = match self.units.get_mut(&unit) {
+            Some(connection)
+                if connection.generation == generation && connection.token == token =>
+            {
+                if self.node.on_registered(now, &unit, generation) {
+                    connection.channel = Some(channel);
+                    Ok(sdk::Welcome {
+                        unit: unit.0.clone(),
+                        service: connection.service.0.clone(),
+                        node: self.name.clone(),
+                        generation,
+                        reinitialise: connection.reinitialise,
+                    })
+                } else {
+                    Err(format!(
+                        "instance {generation} of unit {unit} is not expected to register now"
+                    ))
+                }
+            }
+            Some(_) | None => Err(format!(
+                "no instance {generation} of unit {unit} was started by this tandemd (wrong \
+                 token or generation; units must be started by tandemd)"
+            )),
+        };
+        if let Err(reason) = &answer {
+            tracing::warn!(%unit, generation, %reason, "SDK registration refused");
+        }
+        let _ = reply.send(answer);
+    }
+
+    /// Handles an admin request: answers it, keeps it until the Node answers, or forwards it.
+    fn on_admin(&mut self, request: AdminRequest, reply: oneshot::Sender<AdminOutcome>) {
         let leader_addr = self
-            .replica
+            .node
+            .replica()
             .leader_id()
-            .filter(|leader| *leader != self.id)
+            .filter(|leader| *leader != self.node.id().0)
             .and_then(|leader| self.config.node_by_id(leader))
             .map(|leader| leader.admin_addr);
         let may_forward = !request.forwarded;
-        match request.kind {
-            Some(admin_request::Kind::Status(_)) => {
-                let own = self.status_response();
-                let outcome = match leader_addr {
-                    Some(leader) if may_forward && !self.replica.is_leader() => {
-                        AdminOutcome::Forward {
-                            leader,
-                            fallback: own,
-                        }
-                    }
-                    _ => AdminOutcome::Reply(own),
-                };
-                Some((reply, outcome))
-            }
-            Some(admin_request::Kind::Noop(_)) => {
-                if self.replica.is_leader() {
-                    let id = self.next_request_id;
-                    self.next_request_id += 1;
-                    let command = Command::Noop { nonce: id };
-                    match self.replica.propose(&command, id.to_be_bytes().to_vec()) {
-                        Ok(()) => {
-                            self.pending_noops.insert(id, reply);
-                            None
-                        }
-                        Err(error) => Some((
-                            reply,
-                            AdminOutcome::Reply(error_response(
-                                "not_committed",
-                                format!("proposal refused: {error}; retry"),
-                            )),
-                        )),
-                    }
-                } else {
-                    let no_leader = error_response(
-                        "no_leader",
-                        format!(
-                            "{} knows no reachable leader; a majority of voters must be up and connected",
-                            self.name
-                        ),
-                    );
-                    let outcome = match leader_addr {
-                        Some(leader) if may_forward => AdminOutcome::Forward {
-                            leader,
-                            fallback: no_leader,
-                        },
-                        _ => AdminOutcome::Reply(no_leader),
-                    };
-                    Some((reply, outcome))
-                }
-            }
-            None => Some((
-                reply,
-                AdminOutcome::Reply(error_response(
-                    "bad_request",
-                    "empty admin request (client newer than this daemon?)",
-                )),
-            )),
-        }
-    }
-
-    fn on_heartbeat_timer(&mut self) {
-        let now = self.now();
-        if let Some(tracker) = &mut self.liveness {
-            for command in tracker.decide(now, self.replica.state()) {
-                tracing::info!(?command, "proposing a liveness verdict");
-                if let Err(error) = self.replica.propose(&command, Vec::new()) {
-                    tracing::debug!(%error, "liveness proposal refused");
-                }
-            }
+        let Some(kind) = &request.kind else {
+            let _ = reply.send(AdminOutcome::Reply(error_response(
+                "bad_request",
+                "empty admin request (client newer than this daemon?)",
+            )));
             return;
-        }
-        if let Some(leader) = self.replica.leader_id() {
-            let heartbeat = Envelope {
-                cluster: self.config.cluster.name.clone(),
-                from: self.id,
-                to: leader,
-                body: Some(envelope::Body::Heartbeat(Heartbeat {
-                    term: self.replica.term(),
-                    commit_index: self.replica.commit_index(),
-                    applied_index: self.replica.applied_index(),
-                })),
-            };
-            self.peers.send(&heartbeat);
-        }
-    }
-
-    /// Runs the replica's ready loop: durable writes, sends, applies; follows leadership changes.
-    fn drive(&mut self) -> anyhow::Result<()> {
-        let output = self
-            .replica
-            .process_ready()
-            .context("raft storage failed; stopping to protect the log")?;
-        for message in output.messages {
-            let envelope = Envelope {
-                cluster: self.config.cluster.name.clone(),
-                from: self.id,
-                to: message.to,
-                body: Some(envelope::Body::Raft(tandem_raft::encode_raft_message(
-                    &message,
+        };
+        if let admin_request::Kind::Status(_) = kind {
+            let own = AdminResponse {
+                kind: Some(admin_response::Kind::Status(crate::status::build(
+                    &self.config,
+                    &self.name,
+                    &self.node,
+                    self.now(),
                 ))),
             };
-            self.peers.send(&envelope);
+            let outcome = match leader_addr {
+                Some(leader) if may_forward && !self.node.is_leader() => AdminOutcome::Forward {
+                    leader,
+                    fallback: own,
+                },
+                _ => AdminOutcome::Reply(own),
+            };
+            let _ = reply.send(outcome);
+            return;
         }
-        for applied in output.applied {
-            if let Ok(context) = <[u8; 8]>::try_from(applied.context.as_slice()) {
-                let id = u64::from_be_bytes(context);
-                if let Some(reply) = self.pending_noops.remove(&id) {
-                    let response = AdminResponse {
-                        kind: Some(admin_response::Kind::Noop(NoopReply {
-                            index: applied.index,
-                            term: applied.term,
-                            leader: self.name.clone(),
-                        })),
-                    };
-                    let _ = reply.send(AdminOutcome::Reply(response));
+        if !self.node.is_leader() {
+            let no_leader = error_response(
+                "no_leader",
+                format!(
+                    "{} knows no reachable leader; a majority of voters must be up and connected",
+                    self.name
+                ),
+            );
+            let outcome = match leader_addr {
+                Some(leader) if may_forward => AdminOutcome::Forward {
+                    leader,
+                    fallback: no_leader,
+                },
+                _ => AdminOutcome::Reply(no_leader),
+            };
+            let _ = reply.send(outcome);
+            return;
+        }
+        let action = match self.admin_action(kind) {
+            Ok(action) => action,
+            Err(refusal) => {
+                let _ = reply.send(AdminOutcome::Reply(error_response(
+                    refusal.code,
+                    refusal.message,
+                )));
+                return;
+            }
+        };
+        let noop = action == AdminAction::Noop;
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let wait = admin_wait(
+            &request,
+            Duration::from_millis(self.config.cluster.admin_timeout_ms),
+        );
+        // Answer a little before the connection gives up, so the client hears what is left.
+        let deadline = self.now() + wait.saturating_sub(wait / 10);
+        match self.node.admin(self.now(), id, action, deadline) {
+            Ok(()) => {
+                self.pending_admin.insert(id, PendingAdmin { reply, noop });
+            }
+            Err(refusal) => {
+                let _ = reply.send(AdminOutcome::Reply(error_response(
+                    refusal.code,
+                    refusal.message,
+                )));
+            }
+        }
+    }
+
+    /// The action an admin request asks for (node names resolved against the config), or why
+    /// it is malformed.
+    fn admin_action(&self, kind: &admin_request::Kind) -> Result<AdminAction, Refusal> {
+        let bad = |message: String| Refusal {
+            code: "bad_request",
+            message,
+        };
+        let node_id = |name: &str| {
+            self.config
+                .node(name)
+                .map(|node| NodeId(node.id))
+                .ok_or_else(|| Refusal {
+                    code: "not_found",
+                    message: format!(
+                        "there is no node {name:?} (nodes: {})",
+                        self.config
+                            .nodes
+                            .iter()
+                            .map(|n| n.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
+        };
+        match kind {
+            admin_request::Kind::Noop(_) => Ok(AdminAction::Noop),
+            admin_request::Kind::Switchover(switchover) => {
+                Ok(AdminAction::Switchover(match &switchover.target {
+                    Some(switchover_request::Target::Shard(shard)) => {
+                        SwitchoverTarget::Shard(ShardName(shard.clone()))
+                    }
+                    Some(switchover_request::Target::Service(service)) => {
+                        SwitchoverTarget::Service(ServiceName(service.clone()))
+                    }
+                    Some(switchover_request::Target::Node(name)) => {
+                        SwitchoverTarget::Node(node_id(name)?)
+                    }
+                    None => {
+                        return Err(bad("the switchover names no shard, service or node".into()))
+                    }
+                }))
+            }
+            admin_request::Kind::Operation(operation) => {
+                let op = match operation.op.as_str() {
+                    "lock" => AdminOp::Lock,
+                    "unlock" => AdminOp::Unlock,
+                    "shutdown" => AdminOp::Shutdown,
+                    "lock-instantiation" => AdminOp::LockInstantiation,
+                    "unlock-instantiation" => AdminOp::UnlockInstantiation,
+                    "restart" => AdminOp::Restart,
+                    "repair" => AdminOp::Repair,
+                    other => return Err(bad(format!("unknown operation {other:?}"))),
+                };
+                let target = match &operation.target {
+                    Some(operation_request::Target::Unit(unit)) => {
+                        AdminTarget::Unit(UnitName(unit.clone()))
+                    }
+                    Some(operation_request::Target::Node(name)) => {
+                        AdminTarget::Node(node_id(name)?)
+                    }
+                    None => return Err(bad("the operation names no unit or node".into())),
+                };
+                Ok(AdminAction::Admin { target, op })
+            }
+            admin_request::Kind::Status(_) | admin_request::Kind::Events(_) => {
+                Err(bad("not an operation (this is a bug in tandemd)".into()))
+            }
+        }
+    }
+
+    /// Drives the node until it has nothing more to do (bounded), carrying out its output.
+    fn drive(&mut self) -> anyhow::Result<()> {
+        for _ in 0..DRIVES_PER_WAKEUP_MAX {
+            self.inputs_pending = false;
+            let output = self
+                .node
+                .drive(self.now(), wall_ms())
+                .context("raft storage failed; stopping to protect the log")?;
+            for (to, message) in &output.messages {
+                let envelope = Envelope {
+                    cluster: self.config.cluster.name.clone(),
+                    from: self.node.id().0,
+                    to: *to,
+                    body: Some(tandem_node::wire::encode(message)),
+                };
+                self.peers.send(&envelope);
+            }
+            for action in output.actions {
+                self.carry_out(action);
+            }
+            for event in &output.events {
+                self.log_event(event);
+            }
+            for (id, answer) in output.admin {
+                self.answer_admin(id, answer);
+            }
+            for applied in &output.applied {
+                if let tandem_core::ApplyOutcome::Refused(reason) = &applied.outcome {
+                    tracing::warn!(index = applied.index, command = ?applied.command, %reason, "command refused when applied");
                 }
             }
-            if let Some(command @ Command::SetNodeLiveness { .. }) = &applied.command {
-                tracing::info!(index = applied.index, ?command, outcome = ?applied.outcome, "applied");
+            if !self.inputs_pending {
+                break;
             }
         }
-        self.follow_leadership();
         Ok(())
     }
 
-    fn follow_leadership(&mut self) {
-        let leader = self.replica.leader_id();
-        if leader != self.last_leader {
-            let name = leader
-                .and_then(|id| self.config.node_by_id(id))
-                .map_or("none", |node| node.name.as_str());
-            tracing::info!(term = self.replica.term(), leader = name, "leader changed");
-            self.last_leader = leader;
-        }
-        let is_leader = self.replica.is_leader();
-        if is_leader && self.liveness.is_none() {
-            let members = self.config.nodes.iter().map(|node| NodeId(node.id));
-            self.liveness = Some(LivenessTracker::new(
-                LivenessConfig {
-                    node_timeout: Duration::from_millis(self.config.cluster.node_timeout_ms),
-                },
-                NodeId(self.id),
-                members,
-                self.now(),
-            ));
-        } else if !is_leader && self.liveness.is_some() {
-            self.liveness = None;
-            // Proposals of a deposed leader may never commit; their callers are told to retry.
-            self.pending_noops.clear();
+    fn log_event(&self, event: &NodeEvent) {
+        let index = match event {
+            NodeEvent::Model { index, .. } => *index,
+            _ => 0,
+        };
+        tracing::info!(kind = event.kind(), index, "{event}");
+        self.events.push(event.kind(), event.to_string(), index);
+    }
+
+    fn answer_admin(&mut self, id: u64, answer: AdminResult) {
+        let Some(pending) = self.pending_admin.remove(&id) else {
+            return;
+        };
+        let response = match answer {
+            Ok(done) if pending.noop => AdminResponse {
+                kind: Some(admin_response::Kind::Noop(NoopReply {
+                    index: done.index,
+                    term: done.term,
+                    leader: self.name.clone(),
+                })),
+            },
+            Ok(done) => AdminResponse {
+                kind: Some(admin_response::Kind::Done(OperationDone {
+                    message: done.message,
+                    index: done.index,
+                    term: done.term,
+                    leader: self.name.clone(),
+                })),
+            },
+            Err(refusal) => error_response(refusal.code, refusal.message),
+        };
+        let _ = pending.reply.send(AdminOutcome::Reply(response));
+    }
+
+    /// Carries out one agent action with real processes and sockets.
+    fn carry_out(&mut self, action: AgentAction) {
+        let now = self.now();
+        match action {
+            AgentAction::Start {
+                unit,
+                service,
+                generation,
+                spec,
+                reinitialise,
+            } => {
+                let cleanup = self
+                    .node
+                    .state()
+                    .topology
+                    .service(&service)
+                    .and_then(|spec| {
+                        spec.cleanup.clone().map(|cleanup| {
+                            (cleanup, Duration::from_millis(spec.timeouts.cleanup_ms))
+                        })
+                    });
+                let started = supervisor::new_token().and_then(|token| {
+                    let pid = self.supervisor.start(
+                        &unit,
+                        &service,
+                        generation,
+                        &spec,
+                        reinitialise,
+                        &token,
+                        cleanup,
+                    )?;
+                    Ok((pid, token))
+                });
+                let event = match started {
+                    Ok((pid, token)) => {
+                        tracing::info!(%unit, generation, pid, "unit started");
+                        self.units.insert(
+                            unit.clone(),
+                            UnitConnection {
+                                generation,
+                                token,
+                                service,
+                                reinitialise,
+                                channel: None,
+                            },
+                        );
+                        UnitEvent::Started {
+                            unit,
+                            generation,
+                            pid,
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%unit, generation, %error, program = ?spec.argv.first(), "unit could not be started");
+                        UnitEvent::StartFailed {
+                            unit,
+                            generation,
+                            error: error.to_string(),
+                        }
+                    }
+                };
+                self.node.on_unit(now, event);
+                self.inputs_pending = true;
+            }
+            AgentAction::Stop {
+                unit,
+                generation,
+                how,
+            } => {
+                if self
+                    .units
+                    .get(&unit)
+                    .is_some_and(|c| c.generation == generation)
+                {
+                    // Nothing more is sent to an instance being stopped.
+                    if let Some(connection) = self.units.get_mut(&unit) {
+                        connection.channel = None;
+                    }
+                }
+                if !self.supervisor.stop(&unit, generation, &how) {
+                    tracing::debug!(%unit, generation, "stop: the process had already exited");
+                }
+            }
+            AgentAction::Send {
+                unit,
+                generation,
+                request,
+                command,
+            } => {
+                let kind = match command {
+                    UnitCommand::Assign { shard, role, epoch } => {
+                        sdk::request::Kind::Assign(sdk::Assign {
+                            shard: shard.0,
+                            role: tandem_raft::codec::encode_role(Some(role)) as i32,
+                            epoch,
+                        })
+                    }
+                    UnitCommand::Quiesce { shard, epoch } => {
+                        sdk::request::Kind::Quiesce(sdk::Quiesce {
+                            shard: shard.0,
+                            epoch,
+                        })
+                    }
+                    UnitCommand::Remove { shard } => {
+                        sdk::request::Kind::Remove(sdk::Remove { shard: shard.0 })
+                    }
+                    UnitCommand::Health => sdk::request::Kind::Health(sdk::Health {}),
+                    UnitCommand::Reset => sdk::request::Kind::Reset(sdk::Reset {}),
+                };
+                self.send_to_unit(
+                    &unit,
+                    generation,
+                    agent_to_unit::Kind::Request(sdk::Request {
+                        id: request,
+                        kind: Some(kind),
+                    }),
+                );
+            }
+            AgentAction::Lease {
+                unit,
+                generation,
+                valid_until,
+            } => {
+                let valid_until_monotonic_ns =
+                    valid_until.map(|until| self.started_monotonic_ns + until.as_micros() * 1000);
+                self.send_to_unit(
+                    &unit,
+                    generation,
+                    agent_to_unit::Kind::Lease(sdk::Lease {
+                        valid_until_monotonic_ns,
+                    }),
+                );
+            }
+            AgentAction::NodeRestart { spec } => {
+                tracing::warn!(program = ?spec.argv.first(), "running the node-restart command (escalation L3)");
+                self.supervisor.run_node_restart(&spec);
+            }
         }
     }
 
-    fn status_response(&self) -> AdminResponse {
-        let now = self.now();
-        let replica = &self.replica;
-        let leader_id = replica.leader_id();
-        let nodes = self
-            .config
-            .nodes
-            .iter()
-            .map(|node| {
-                let mut status = NodeStatus {
-                    name: node.name.clone(),
-                    id: node.id,
-                    up: replica.state().is_up(NodeId(node.id)),
-                    leader: leader_id == Some(node.id),
-                    peer_addr: node.peer_addr.to_string(),
-                    admin_addr: node.admin_addr.to_string(),
-                    membership: if replica.is_voter(node.id) {
-                        "voter"
-                    } else {
-                        "learner"
-                    }
-                    .to_owned(),
-                    match_index: replica.match_index(node.id).unwrap_or(0),
-                    ..Default::default()
-                };
-                if node.id == self.id {
-                    status.term = replica.term();
-                    status.commit_index = replica.commit_index();
-                    status.applied_index = replica.applied_index();
-                    status.match_index = replica.match_index(node.id).unwrap_or(0);
-                } else if let Some(tracker) = &self.liveness {
-                    if let Some(report) = tracker.report(NodeId(node.id)) {
-                        status.term = report.term;
-                        status.commit_index = report.commit_index;
-                        status.applied_index = report.applied_index;
-                    }
-                    status.heartbeat_age_ms = tracker
-                        .heartbeat_age(now, NodeId(node.id))
-                        .map(|age| age.as_millis() as u64);
-                }
-                status
-            })
-            .collect();
-        AdminResponse {
-            kind: Some(admin_response::Kind::Status(Status {
-                cluster: self.config.cluster.name.clone(),
-                answered_by: self.name.clone(),
-                leader: leader_id
-                    .and_then(|id| self.config.node_by_id(id))
-                    .map(|node| node.name.clone())
-                    .unwrap_or_default(),
-                term: replica.term(),
-                commit_index: replica.commit_index(),
-                applied_index: replica.applied_index(),
-                nodes,
-                from_leader: replica.is_leader(),
-            })),
+    fn send_to_unit(&self, unit: &UnitName, generation: u64, kind: agent_to_unit::Kind) {
+        let Some(channel) = self
+            .units
+            .get(unit)
+            .filter(|connection| connection.generation == generation)
+            .and_then(|connection| connection.channel.as_ref())
+        else {
+            return;
+        };
+        if channel.try_send(AgentToUnit { kind: Some(kind) }).is_err() {
+            tracing::warn!(%unit, generation, "unit's queue is full or closed; message dropped");
         }
     }
+}
+
+/// How long an admin request may take: what the client asked for (bounded), at least the
+/// daemon's own admin timeout.
+pub fn admin_wait(request: &AdminRequest, default: Duration) -> Duration {
+    Duration::from_millis(u64::from(request.timeout_ms))
+        .max(default)
+        .min(ADMIN_WAIT_MAX)
 }

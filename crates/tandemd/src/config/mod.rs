@@ -28,7 +28,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tandem_core::{ProcessSpec, Topology};
 use toml::Spanned;
+
+mod services;
 
 /// Default agent-to-leader heartbeat period.
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 50;
@@ -46,6 +49,9 @@ pub const DEFAULT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 10_000;
 pub const DEFAULT_FRAME_LEN_MAX: usize = 4 * 1024 * 1024;
 /// Default time an admin request may wait for the leader or a commit.
 pub const DEFAULT_ADMIN_TIMEOUT_MS: u64 = 2000;
+/// Default agent lease: a node's units stop acting this long after its last heartbeat the
+/// leader answered.
+pub const DEFAULT_LEASE_MS: u64 = 200;
 /// Smallest accepted `frame_len_max` (64 KiB): below it a snapshot chunk or status reply may
 /// not fit.
 pub const FRAME_LEN_MAX_MIN: usize = 64 * 1024;
@@ -62,6 +68,9 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The nodes from `[[nodes]]`, in file order; never empty.
     pub nodes: Vec<NodeConfig>,
+    /// The services from `[[services]]` (node names resolved to ids), plus node ranks and the
+    /// node-restart command.
+    pub topology: Topology,
 }
 
 /// Cluster-wide settings (`[cluster]`).
@@ -93,6 +102,12 @@ pub struct ClusterConfig {
     /// Number of voters, resolved: the first `voters` nodes vote, the rest are learners.
     /// Between 1 and the node count.
     pub voters: usize,
+    /// An agent's lease: its units may act ACTIVE only this long after their node's last
+    /// answered heartbeat. Checked against the heartbeat and node timeout (see
+    /// `tandem_core::check_fencing_timers`).
+    pub lease_ms: u64,
+    /// Optional command an agent runs for an L3 node restart (e.g. a VM reboot).
+    pub node_restart: Option<Vec<String>>,
 }
 
 /// One node (`[[nodes]]`).
@@ -106,6 +121,8 @@ pub struct NodeConfig {
     pub peer_addr: SocketAddr,
     /// Address `tandemctl` reaches this node's admin endpoint at (loopback for now).
     pub admin_addr: SocketAddr,
+    /// Placement preference: lower ranks are preferred (ties: config order).
+    pub rank: u32,
 }
 
 /// Why a configuration could not be loaded. The message always names the file, and the line
@@ -181,6 +198,8 @@ struct RawConfig {
     cluster: Spanned<RawCluster>,
     #[serde(default)]
     nodes: Vec<Spanned<RawNode>>,
+    #[serde(default)]
+    services: Vec<Spanned<services::RawService>>,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +216,8 @@ struct RawCluster {
     frame_len_max: Option<Spanned<usize>>,
     admin_timeout_ms: Option<Spanned<u64>>,
     voters: Option<Spanned<usize>>,
+    lease_ms: Option<Spanned<u64>>,
+    node_restart: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +227,7 @@ struct RawNode {
     // Addresses are read as strings so that a bad one gets our message, not serde's.
     peer_addr: Spanned<String>,
     admin_addr: Spanned<String>,
+    rank: Option<u32>,
 }
 
 // Output shape for `to_toml`: every key written out, so the file documents the values in force.
@@ -214,6 +236,7 @@ struct RawNode {
 struct OutConfig<'a> {
     cluster: OutCluster<'a>,
     nodes: Vec<OutNode<'a>>,
+    services: Vec<services::OutService>,
 }
 
 #[derive(Serialize)]
@@ -229,6 +252,9 @@ struct OutCluster<'a> {
     frame_len_max: usize,
     admin_timeout_ms: u64,
     voters: usize,
+    lease_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_restart: Option<&'a Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -236,6 +262,7 @@ struct OutNode<'a> {
     name: &'a str,
     peer_addr: String,
     admin_addr: String,
+    rank: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -452,6 +479,8 @@ impl Config {
             DEFAULT_ADMIN_TIMEOUT_MS,
             &cluster_span,
         );
+        let (lease_ms, lease_span) =
+            Checker::value_or(&raw_cluster.lease_ms, DEFAULT_LEASE_MS, &cluster_span);
 
         let positive = [
             (
@@ -477,6 +506,7 @@ impl Config {
                 &snapshot_span,
             ),
             ("admin_timeout_ms", admin_timeout_ms, &admin_timeout_span),
+            ("lease_ms", lease_ms, &lease_span),
         ];
         for (key, value, span) in positive {
             if value == 0 {
@@ -531,6 +561,31 @@ impl Config {
                      ({raft_heartbeat_ticks}), or followers would start elections against a \
                      healthy leader"
                 ),
+            ));
+        }
+        if let Err(reason) = tandem_core::check_fencing_timers(
+            std::time::Duration::from_millis(heartbeat_interval_ms),
+            std::time::Duration::from_millis(lease_ms),
+            std::time::Duration::from_millis(node_timeout_ms),
+        ) {
+            let (key, span) = if raw_cluster.lease_ms.is_some() {
+                ("cluster.lease_ms", lease_span)
+            } else if raw_cluster.node_timeout_ms.is_some() {
+                ("cluster.node_timeout_ms", node_timeout_span)
+            } else {
+                ("cluster.heartbeat_interval_ms", heartbeat_span.clone())
+            };
+            return Err(checker.invalid(Some(span), key.into(), reason));
+        }
+        if raw_cluster
+            .node_restart
+            .as_ref()
+            .is_some_and(|argv| argv.is_empty())
+        {
+            return Err(checker.invalid(
+                Some(cluster_span.clone()),
+                "cluster.node_restart".into(),
+                "must name a program to run (or leave the key out)".into(),
             ));
         }
         if !(FRAME_LEN_MAX_MIN..=FRAME_LEN_MAX_MAX).contains(&frame_len_max) {
@@ -620,6 +675,7 @@ impl Config {
                 id: index as u64 + 1,
                 peer_addr,
                 admin_addr,
+                rank: raw_node.rank.unwrap_or(0),
             });
         }
 
@@ -641,8 +697,20 @@ impl Config {
             }
         };
 
+        let node_restart = raw_cluster.node_restart.clone();
+        let topology = services::parse_services(
+            &checker,
+            raw.services,
+            &nodes,
+            node_restart.as_ref().map(|argv| ProcessSpec {
+                argv: argv.clone(),
+                ..ProcessSpec::default()
+            }),
+        )?;
+
         Ok(Config {
             path: path.to_path_buf(),
+            topology,
             cluster: ClusterConfig {
                 name,
                 data_dir,
@@ -655,6 +723,8 @@ impl Config {
                 frame_len_max,
                 admin_timeout_ms,
                 voters,
+                lease_ms,
+                node_restart,
             },
             nodes,
         })
@@ -713,6 +783,8 @@ impl Config {
                 frame_len_max: self.cluster.frame_len_max,
                 admin_timeout_ms: self.cluster.admin_timeout_ms,
                 voters: self.cluster.voters,
+                lease_ms: self.cluster.lease_ms,
+                node_restart: self.cluster.node_restart.as_ref(),
             },
             nodes: self
                 .nodes
@@ -721,8 +793,10 @@ impl Config {
                     name: &node.name,
                     peer_addr: node.peer_addr.to_string(),
                     admin_addr: node.admin_addr.to_string(),
+                    rank: node.rank,
                 })
                 .collect(),
+            services: services::out_services(&self.topology, &self.nodes),
         };
         // Serializing plain strings and integers into TOML cannot fail; a failure would be a
         // bug in this function's output types.
@@ -819,6 +893,8 @@ admin_addr = "127.0.0.1:7203"
                 frame_len_max: 4 * 1024 * 1024,
                 admin_timeout_ms: 2000,
                 voters: 3,
+                lease_ms: 200,
+                node_restart: None,
             }
         );
         assert_eq!(config.nodes.len(), 3);
@@ -845,7 +921,7 @@ admin_addr = "127.0.0.1:7203"
             "data_dir = \"/d\"\nheartbeat_interval_ms = 20\nnode_timeout_ms = 100\n\
              raft_tick_ms = 5\nraft_heartbeat_ticks = 2\nraft_election_ticks = 10\n\
              snapshot_interval_entries = 50\nframe_len_max = 65536\nadmin_timeout_ms = 700\n\
-             voters = 1\n",
+             voters = 1\nlease_ms = 50\n",
         );
         let config = parse(&text).unwrap();
         assert_eq!(config.cluster.heartbeat_interval_ms, 20);
@@ -856,6 +932,7 @@ admin_addr = "127.0.0.1:7203"
         assert_eq!(config.cluster.snapshot_interval_entries, 50);
         assert_eq!(config.cluster.frame_len_max, 65536);
         assert_eq!(config.cluster.admin_timeout_ms, 700);
+        assert_eq!(config.cluster.lease_ms, 50);
         assert_eq!(config.voter_ids(), vec![1]);
         assert_eq!(config.learner_ids(), vec![2, 3]);
     }

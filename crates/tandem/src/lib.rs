@@ -1,0 +1,627 @@
+//! The tandem SDK: what a stateful server links to take part in tandem's high availability.
+//!
+//! `tandemd` starts your process as a *unit* of a *service*, and assigns it roles for the
+//! service's *shards*: ACTIVE (do the shard's work), STANDBY (be ready to take over),
+//! QUIESCED (do none of it). You implement the [`Unit`] trait — one method per hook — and hand
+//! it to [`run`], which connects to the local `tandemd`, calls your hooks one at a time, and
+//! answers for you.
+//!
+//! **Acting safely.** A unit may do ACTIVE work only while its node holds a lease from the
+//! cluster's quorum. The SDK enforces the lease on its own clock: when it runs out (the node
+//! lost its quorum, or its daemon is paused or dead), [`Context::is_active`] turns false at
+//! once and your `assign` hook is called with [`Role::Quiesced`] for every ACTIVE shard. Check
+//! [`Context::is_active`] before anything visible outside your process (replying to a client,
+//! writing to a shared store), and two units will never act ACTIVE for one shard at once.
+//!
+//! **Hooks and deadlines.** A hook must finish within the service's `callback_timeout_ms`
+//! (health checks within `health_timeout_ms`), or tandem counts a fault and restarts the unit.
+//! A hook that returns an error is a fault too. Hooks run one at a time, never concurrently.
+//!
+//! **Faults.** [`Context::report_fault`] tells tandem something is wrong; the unit stops acting
+//! ACTIVE at once, and tandem's restart-escalation ladder decides what happens next (a reset
+//! in place, a restart, a relocation to another node).
+//!
+//! A complete minimal unit:
+//!
+//! ```no_run
+//! use tandem::{Context, HookError, Role, ShardName, Unit};
+//!
+//! struct Echo;
+//!
+//! impl Unit for Echo {
+//!     async fn assign(
+//!         &mut self,
+//!         ctx: &Context,
+//!         shard: &ShardName,
+//!         role: Role,
+//!         epoch: u64,
+//!     ) -> Result<(), HookError> {
+//!         println!("{}: shard {shard} is now {role} (epoch {epoch})", ctx.unit());
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() {
+//!     // Returns when tandemd closes the connection (it stops or restarts the unit).
+//!     if let Err(error) = tandem::run(Echo).await {
+//!         eprintln!("echo: {error}");
+//!         std::process::exit(1);
+//!     }
+//! }
+//! ```
+//!
+//! The unit gets its identity and the socket path from the environment `tandemd` sets
+//! (`TANDEM_SOCKET`, `TANDEM_UNIT`, `TANDEM_TOKEN`, ...); a process not started by `tandemd`
+//! gets [`Error::NotUnderTandem`].
+
+#![deny(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tandem_core::UnitCommand;
+use tandem_proto::frame::{encode_frame, FrameDecoder};
+use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent, AgentToUnit, UnitToAgent};
+use tandem_proto::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+pub use tandem_core::{Role, Severity, ShardName};
+
+/// The SDK protocol version (checked by `tandemd` at registration).
+const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame accepted from `tandemd`.
+const FRAME_LEN_MAX: usize = 4 * 1024 * 1024;
+/// Reports (faults, load) queued for sending before new ones are dropped.
+const REPORT_QUEUE_LEN_MAX: usize = 256;
+
+/// Why the unit could not run, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The environment lacks what `tandemd` gives its units.
+    #[error(
+        "{variable} is not set: this program must be started by tandemd as a unit of a service \
+         (list it under [[services]] in the cluster config)"
+    )]
+    NotUnderTandem {
+        /// The missing variable.
+        variable: &'static str,
+    },
+    /// An environment variable has a value that makes no sense.
+    #[error("{variable}={value:?} is not valid (was this program started by tandemd?)")]
+    BadEnvironment {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The agent's socket could not be reached.
+    #[error("cannot connect to tandemd at {path}: {source} (is the node's tandemd running?)")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `tandemd` refused the registration.
+    #[error("tandemd refused this unit: {reason}")]
+    Refused {
+        /// Its reason.
+        reason: String,
+    },
+    /// The connection broke or carried something unreadable.
+    #[error("lost the connection to tandemd: {reason}")]
+    Disconnected {
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A hook's failure. tandem counts it as a fault of the unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookError(String);
+
+impl HookError {
+    /// A failure described by `message` (shown to operators).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+
+    /// The description.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HookError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HookError {}
+
+impl From<String> for HookError {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+impl From<&str> for HookError {
+    fn from(message: &str) -> Self {
+        Self(message.to_owned())
+    }
+}
+
+/// The hooks a unit implements. Only `assign` is required; the others default to doing
+/// nothing successfully. Hooks run one at a time and must finish within their deadline.
+pub trait Unit: Send + 'static {
+    /// Take `role` for `shard`:
+    /// - [`Role::Active`]: start doing the shard's work (check [`Context::is_active`] before
+    ///   each externally visible action);
+    /// - [`Role::Standby`]: be ready to take over (keep a warm copy of what you need);
+    /// - [`Role::Quiesced`]: stop doing the shard's work now.
+    ///
+    /// `epoch` grows each time the shard gets a new ACTIVE; stamp it on what you write so
+    /// that stale writers can be recognised.
+    fn assign(
+        &mut self,
+        ctx: &Context,
+        shard: &ShardName,
+        role: Role,
+        epoch: u64,
+    ) -> impl Future<Output = Result<(), HookError>> + Send;
+
+    /// Finish the shard's in-flight work and take no new work; returning means QUIESCED.
+    /// Called before a planned switchover or shutdown.
+    fn quiesce(
+        &mut self,
+        ctx: &Context,
+        shard: &ShardName,
+    ) -> impl Future<Output = Result<(), HookError>> + Send {
+        let _ = (ctx, shard);
+        async { Ok(()) }
+    }
+
+    /// Forget the shard (it no longer has any role here).
+    fn remove(
+        &mut self,
+        ctx: &Context,
+        shard: &ShardName,
+    ) -> impl Future<Output = Result<(), HookError>> + Send {
+        let _ = (ctx, shard);
+        async { Ok(()) }
+    }
+
+    /// Answer whether the unit is healthy; an error or a late answer is a fault.
+    fn health(&mut self, ctx: &Context) -> impl Future<Output = Result<(), HookError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
+    /// Reset the part that failed, in place (the first rung of restart escalation, after a
+    /// [`Severity::Transient`] fault).
+    fn reset(&mut self, ctx: &Context) -> impl Future<Output = Result<(), HookError>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+}
+
+/// Who this unit is, as `tandemd` told it.
+#[derive(Debug, Clone)]
+struct Identity {
+    unit: String,
+    service: String,
+    node: String,
+    generation: u64,
+    reinitialise: bool,
+}
+
+/// What the unit believes, shared by the hook runner and every [`Context`] clone.
+#[derive(Debug, Default)]
+struct Beliefs {
+    belief: tandem_core::UnitBelief,
+}
+
+/// The unit's view of itself and its way to talk to `tandemd`. Cheap to clone; safe to use
+/// from any task.
+#[derive(Debug, Clone)]
+pub struct Context {
+    identity: Arc<Identity>,
+    beliefs: Arc<Mutex<Beliefs>>,
+    reports: mpsc::Sender<UnitToAgent>,
+}
+
+/// CLOCK_MONOTONIC now, as the core's `Time` (µs): the clock `tandemd` expresses lease
+/// deadlines on.
+fn monotonic_now() -> tandem_core::Time {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    tandem_core::Time::from_micros(now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000)
+}
+
+impl Context {
+    /// This unit's name.
+    pub fn unit(&self) -> &str {
+        &self.identity.unit
+    }
+
+    /// Its service's name.
+    pub fn service(&self) -> &str {
+        &self.identity.service
+    }
+
+    /// The node it runs on.
+    pub fn node(&self) -> &str {
+        &self.identity.node
+    }
+
+    /// The instance number: it grows with every restart of the unit.
+    pub fn generation(&self) -> u64 {
+        self.identity.generation
+    }
+
+    /// Whether this instance should rebuild its local state instead of trusting it (restart
+    /// escalation asked for it after repeated failures).
+    pub fn reinitialise(&self) -> bool {
+        self.identity.reinitialise
+    }
+
+    /// Whether the unit may act ACTIVE for `shard` right now: it holds ACTIVE (or is finishing
+    /// in-flight work while QUIESCING) and its lease has not run out.
+    pub fn is_active(&self, shard: &ShardName) -> bool {
+        self.beliefs.lock().belief.is_acting(shard, monotonic_now())
+    }
+
+    /// The role the unit holds for `shard` and the shard's epoch, as last assigned.
+    pub fn role(&self, shard: &ShardName) -> Option<(Role, u64)> {
+        self.beliefs.lock().belief.role(shard)
+    }
+
+    /// Every role the unit holds, with the shard's epoch, as last assigned.
+    pub fn roles(&self) -> BTreeMap<ShardName, (Role, u64)> {
+        self.beliefs
+            .lock()
+            .belief
+            .roles()
+            .map(|(shard, role, epoch)| (shard.clone(), (role, epoch)))
+            .collect()
+    }
+
+    /// Every shard the unit may act ACTIVE for right now.
+    pub fn active_shards(&self) -> Vec<ShardName> {
+        let now = monotonic_now();
+        let beliefs = self.beliefs.lock();
+        beliefs
+            .belief
+            .roles()
+            .filter(|(shard, _, _)| beliefs.belief.is_acting(shard, now))
+            .map(|(shard, _, _)| shard.clone())
+            .collect()
+    }
+
+    /// Reports a fault. The unit stops acting ACTIVE at once (and takes no ACTIVE role again
+    /// until it is reset or restarted); tandem moves its shards to their STANDBYs and its
+    /// escalation ladder decides the recovery.
+    pub fn report_fault(&self, severity: Severity, message: impl Into<String>) {
+        self.beliefs.lock().belief.on_fault();
+        let report = UnitToAgent {
+            kind: Some(unit_to_agent::Kind::Fault(sdk::ReportFault {
+                severity: tandem_raft_severity(severity),
+                message: message.into(),
+            })),
+        };
+        if self.reports.try_send(report).is_err() {
+            tracing::warn!("fault report dropped: the connection to tandemd is gone or congested");
+        }
+    }
+
+    /// Reports the unit's load on its own scale (e.g. percent of capacity).
+    pub fn report_load(&self, load: u32) {
+        let report = UnitToAgent {
+            kind: Some(unit_to_agent::Kind::Load(sdk::ReportLoad { load })),
+        };
+        let _ = self.reports.try_send(report);
+    }
+}
+
+/// The wire value of a severity (as `proto/state.proto` numbers it).
+fn tandem_raft_severity(severity: Severity) -> i32 {
+    match severity {
+        Severity::Transient => tandem_proto::state::Severity::Transient as i32,
+        Severity::Restart => tandem_proto::state::Severity::Restart as i32,
+        Severity::Node => tandem_proto::state::Severity::Node as i32,
+    }
+}
+
+fn env(variable: &'static str) -> Result<String, Error> {
+    std::env::var(variable).map_err(|_| Error::NotUnderTandem { variable })
+}
+
+async fn write_message(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    message: &UnitToAgent,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    encode_frame(&message.encode_to_vec(), &mut out);
+    stream.write_all(&out).await
+}
+
+/// Reads one message from `tandemd`; `None` at end of stream.
+async fn read_message(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    decoder: &FrameDecoder,
+    buffer: &mut BytesMut,
+) -> Result<Option<AgentToUnit>, Error> {
+    let broken = |reason: String| Error::Disconnected { reason };
+    loop {
+        if let Some(payload) = decoder.decode(buffer).map_err(|e| broken(e.to_string()))? {
+            return tandem_proto::decode_agent_message(&payload)
+                .map(Some)
+                .map_err(|e| broken(e.to_string()));
+        }
+        if stream
+            .read_buf(buffer)
+            .await
+            .map_err(|e| broken(e.to_string()))?
+            == 0
+        {
+            return Ok(None);
+        }
+    }
+}
+
+/// Connects to the local `tandemd` (from the environment it set), registers, and runs `unit`'s
+/// hooks until `tandemd` closes the connection. On return the unit has quiesced everything;
+/// exit the process then (tandem starts a new instance when it wants one).
+pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
+    let socket = PathBuf::from(env("TANDEM_SOCKET")?);
+    let name = env("TANDEM_UNIT")?;
+    let token = env("TANDEM_TOKEN")?;
+    let generation_text = env("TANDEM_GENERATION")?;
+    let generation = generation_text.parse().map_err(|_| Error::BadEnvironment {
+        variable: "TANDEM_GENERATION",
+        value: generation_text,
+    })?;
+    let mut stream = UnixStream::connect(&socket)
+        .await
+        .map_err(|source| Error::Connect {
+            path: socket.clone(),
+            source,
+        })?;
+    let register = UnitToAgent {
+        kind: Some(unit_to_agent::Kind::Register(sdk::Register {
+            unit: name,
+            generation,
+            token,
+            protocol: PROTOCOL_VERSION,
+        })),
+    };
+    write_message(&mut stream, &register)
+        .await
+        .map_err(|e| Error::Disconnected {
+            reason: e.to_string(),
+        })?;
+    let decoder = FrameDecoder::new(FRAME_LEN_MAX);
+    let mut buffer = BytesMut::new();
+    let welcome = match read_message(&mut stream, &decoder, &mut buffer).await? {
+        Some(AgentToUnit {
+            kind: Some(agent_to_unit::Kind::Welcome(welcome)),
+        }) => welcome,
+        Some(AgentToUnit {
+            kind: Some(agent_to_unit::Kind::Refused(refused)),
+        }) => {
+            return Err(Error::Refused {
+                reason: refused.reason,
+            })
+        }
+        _ => {
+            return Err(Error::Disconnected {
+                reason: "tandemd did not answer the registration".into(),
+            })
+        }
+    };
+    let (reports_tx, mut reports) = mpsc::channel(REPORT_QUEUE_LEN_MAX);
+    let ctx = Context {
+        identity: Arc::new(Identity {
+            unit: welcome.unit,
+            service: welcome.service,
+            node: welcome.node,
+            generation: welcome.generation,
+            reinitialise: welcome.reinitialise,
+        }),
+        beliefs: Arc::new(Mutex::new(Beliefs::default())),
+        reports: reports_tx,
+    };
+
+    let (mut read, mut write) = stream.into_split();
+    // The reader applies lease updates at once (even while a hook runs) and queues requests.
+    let (requests_tx, mut requests) = mpsc::unbounded_channel::<sdk::Request>();
+    let reader_ctx = ctx.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            match read_message(&mut read, &decoder, &mut buffer).await {
+                Ok(Some(AgentToUnit {
+                    kind: Some(agent_to_unit::Kind::Lease(lease)),
+                })) => {
+                    let until = lease
+                        .valid_until_monotonic_ns
+                        .map(|ns| tandem_core::Time::from_micros(ns / 1000));
+                    reader_ctx.beliefs.lock().belief.on_lease(until);
+                }
+                Ok(Some(AgentToUnit {
+                    kind: Some(agent_to_unit::Kind::Request(request)),
+                })) => {
+                    if requests_tx.send(request).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(error) => return Err(error),
+            }
+        }
+    });
+
+    let result = loop {
+        // Wake at the lease deadline to quiesce what the lease no longer covers.
+        let deadline = {
+            let beliefs = ctx.beliefs.lock();
+            let holds_acting = beliefs.belief.roles().any(|(_, role, _)| role.is_acting());
+            beliefs.belief.lease_until().filter(|_| holds_acting)
+        };
+        let sleep = match deadline {
+            Some(until) => Duration::from_micros(
+                until
+                    .as_micros()
+                    .saturating_sub(monotonic_now().as_micros()),
+            ),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(request) = request else { break Ok(()) };
+                let reply = handle_request(&mut unit, &ctx, request).await;
+                if let Err(error) = write_message(&mut write, &reply).await {
+                    break Err(Error::Disconnected { reason: error.to_string() });
+                }
+            }
+            report = reports.recv() => {
+                let Some(report) = report else { break Ok(()) };
+                if let Err(error) = write_message(&mut write, &report).await {
+                    break Err(Error::Disconnected { reason: error.to_string() });
+                }
+            }
+            _ = tokio::time::sleep(sleep) => {
+                let fenced = ctx.beliefs.lock().belief.fenced(monotonic_now());
+                if !fenced.is_empty() {
+                    fence(&mut unit, &ctx, &fenced).await;
+                    let message = UnitToAgent {
+                        kind: Some(unit_to_agent::Kind::Fenced(sdk::Fenced {
+                            shards: fenced.iter().map(|shard| shard.0.clone()).collect(),
+                        })),
+                    };
+                    if let Err(error) = write_message(&mut write, &message).await {
+                        break Err(Error::Disconnected { reason: error.to_string() });
+                    }
+                }
+            }
+        }
+    };
+    reader.abort();
+    // Whatever ends the connection, nothing may keep acting.
+    ctx.beliefs.lock().belief.on_lease(None);
+    let acting: Vec<ShardName> = {
+        let beliefs = ctx.beliefs.lock();
+        beliefs
+            .belief
+            .roles()
+            .filter(|(_, role, _)| role.is_acting())
+            .map(|(shard, _, _)| shard.clone())
+            .collect()
+    };
+    fence(&mut unit, &ctx, &acting).await;
+    match result {
+        Ok(()) => Err(Error::Disconnected {
+            reason: "tandemd closed the connection".into(),
+        }),
+        Err(error) => Err(error),
+    }
+}
+
+/// Tells the unit to quiesce `shards` because its lease ran out (no answer is owed).
+async fn fence<U: Unit>(unit: &mut U, ctx: &Context, shards: &[ShardName]) {
+    for shard in shards {
+        let epoch = ctx.role(shard).map_or(0, |(_, epoch)| epoch);
+        tracing::warn!(%shard, "lease ran out: quiescing");
+        let command = UnitCommand::Assign {
+            shard: shard.clone(),
+            role: Role::Quiesced,
+            epoch,
+        };
+        if let Err(error) = unit.assign(ctx, shard, Role::Quiesced, epoch).await {
+            tracing::warn!(%shard, %error, "the quiesce hook failed while fencing");
+        }
+        ctx.beliefs.lock().belief.on_done(&command);
+    }
+}
+
+/// A role as `proto/state.proto` numbers it; `None` for "no role" or an unknown value.
+fn role_from_wire(value: i32) -> Option<Role> {
+    use tandem_proto::state::Role as Wire;
+    match Wire::try_from(value).ok()? {
+        Wire::Active => Some(Role::Active),
+        Wire::Standby => Some(Role::Standby),
+        Wire::Quiescing => Some(Role::Quiescing),
+        Wire::Quiesced => Some(Role::Quiesced),
+        Wire::None => None,
+    }
+}
+
+/// Runs the hook a request asks for and builds the reply.
+async fn handle_request<U: Unit>(
+    unit: &mut U,
+    ctx: &Context,
+    request: sdk::Request,
+) -> UnitToAgent {
+    let command = match request.kind {
+        Some(sdk::request::Kind::Assign(assign)) => match role_from_wire(assign.role) {
+            Some(role) => Ok(UnitCommand::Assign {
+                shard: ShardName(assign.shard),
+                role,
+                epoch: assign.epoch,
+            }),
+            None => Err(format!("tandemd sent an unknown role {}", assign.role)),
+        },
+        Some(sdk::request::Kind::Quiesce(quiesce)) => Ok(UnitCommand::Quiesce {
+            shard: ShardName(quiesce.shard),
+            epoch: quiesce.epoch,
+        }),
+        Some(sdk::request::Kind::Remove(remove)) => Ok(UnitCommand::Remove {
+            shard: ShardName(remove.shard),
+        }),
+        Some(sdk::request::Kind::Health(_)) => Ok(UnitCommand::Health),
+        Some(sdk::request::Kind::Reset(_)) => Ok(UnitCommand::Reset),
+        None => Err("tandemd sent an empty request (is this SDK older than tandemd?)".to_owned()),
+    };
+    let result = match command {
+        Err(message) => Err(message),
+        Ok(command) => {
+            ctx.beliefs.lock().belief.on_request(&command);
+            let outcome = match &command {
+                UnitCommand::Assign { shard, role, epoch } => {
+                    unit.assign(ctx, shard, *role, *epoch).await
+                }
+                UnitCommand::Quiesce { shard, .. } => unit.quiesce(ctx, shard).await,
+                UnitCommand::Remove { shard } => unit.remove(ctx, shard).await,
+                UnitCommand::Health => unit.health(ctx).await,
+                UnitCommand::Reset => unit.reset(ctx).await,
+            };
+            match outcome {
+                Ok(()) => {
+                    ctx.beliefs.lock().belief.on_done(&command);
+                    Ok(())
+                }
+                Err(error) => Err(error.0),
+            }
+        }
+    };
+    UnitToAgent {
+        kind: Some(unit_to_agent::Kind::Reply(sdk::Reply {
+            request: request.id,
+            error: result.err(),
+        })),
+    }
+}

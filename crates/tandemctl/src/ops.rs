@@ -1,0 +1,153 @@
+//! Operations (switchover, lock, restart, ...) and the event log.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tandem_proto::admin::{admin_request, operation_request, switchover_request};
+use tandemd::admin_client::{self, AdminClientError, EventItem, EventStream};
+
+use crate::cli::{EventsArgs, OperationArgs, SwitchoverArgs, Target};
+use crate::cluster::{self, Endpoint};
+use crate::render::{self, say};
+
+/// Sends an operation to the first node of `target` that can be reached (the daemon forwards
+/// it to the leader). Only a failure to connect moves on to the next node: a refusal is the
+/// cluster's answer, and an operation that timed out may have been carried out.
+fn run_operation(
+    target: &Target,
+    what: &str,
+    kind: admin_request::Kind,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let endpoints = cluster::endpoints(target)?;
+    let mut unreachable: Vec<(Endpoint, AdminClientError)> = Vec::new();
+    for endpoint in &endpoints {
+        match admin_client::operation(endpoint.addr, kind.clone(), wait) {
+            Ok(done) => {
+                say(&format!(
+                    "{} (by {}, index {})",
+                    done.message, done.leader, done.index
+                ));
+                return Ok(());
+            }
+            Err(error @ AdminClientError::Connect { .. }) => {
+                unreachable.push((endpoint.clone(), error))
+            }
+            Err(error) => return Err(error).with_context(|| what.to_owned()),
+        }
+    }
+    for (endpoint, error) in &unreachable {
+        eprintln!("{endpoint}: {error}");
+    }
+    bail!("{what}: no node of the cluster could be reached")
+}
+
+/// `tandemctl switchover`.
+pub fn switchover(target: &Target, args: &SwitchoverArgs) -> anyhow::Result<()> {
+    let (what, switchover_target) = match (&args.shard, &args.service, &args.node) {
+        (Some(shard), _, _) => (
+            format!("switchover of shard {shard}"),
+            switchover_request::Target::Shard(shard.clone()),
+        ),
+        (_, Some(service), _) => (
+            format!("switchover of service {service}"),
+            switchover_request::Target::Service(service.clone()),
+        ),
+        (_, _, Some(node)) => (
+            format!("switchover of node {node}"),
+            switchover_request::Target::Node(node.clone()),
+        ),
+        _ => bail!("name a shard, --service or --node"),
+    };
+    run_operation(
+        target,
+        &what,
+        admin_client::switchover_kind(switchover_target),
+        Duration::from_millis(args.wait_ms),
+    )
+}
+
+/// `tandemctl lock|unlock|shutdown|lock-instantiation|unlock-instantiation|restart|repair`.
+pub fn operation(target: &Target, op: &str, args: &OperationArgs) -> anyhow::Result<()> {
+    let (what, operation_target) = match (&args.unit, &args.node) {
+        (Some(unit), _) => (
+            format!("{op} unit {unit}"),
+            operation_request::Target::Unit(unit.clone()),
+        ),
+        (_, Some(node)) => (
+            format!("{op} node {node}"),
+            operation_request::Target::Node(node.clone()),
+        ),
+        _ => bail!("name a unit or --node"),
+    };
+    run_operation(
+        target,
+        &what,
+        admin_client::operation_kind(operation_target, op),
+        Duration::from_millis(args.wait_ms),
+    )
+}
+
+/// The leader's admin address, from the status of the first node that answers.
+fn leader_addr(
+    target: &Target,
+    timeout: Duration,
+) -> anyhow::Result<(String, std::net::SocketAddr)> {
+    let status = cluster::status(target, timeout)?;
+    let leader = status
+        .nodes
+        .iter()
+        .find(|node| node.leader)
+        .with_context(|| "the cluster has no leader right now (is a majority of nodes up?)")?;
+    let addr = leader.admin_addr.parse().with_context(|| {
+        format!(
+            "the leader's admin address {:?} is not IP:PORT",
+            leader.admin_addr
+        )
+    })?;
+    Ok((leader.name.clone(), addr))
+}
+
+/// `tandemctl events [--follow]`.
+pub fn events(target: &Target, args: &EventsArgs, timeout: Duration) -> anyhow::Result<()> {
+    let print = |record: &tandem_proto::admin::EventRecord| {
+        let line = if args.json {
+            render::event_json(record)
+        } else {
+            render::event_line(record)
+        };
+        render::emit(&line)
+    };
+    let (mut leader, addr) = leader_addr(target, timeout)?;
+    let mut stream = EventStream::open(addr, 0, args.follow, timeout)
+        .with_context(|| format!("read the event log of {leader}"))?;
+    loop {
+        match stream.next(Duration::from_secs(1)) {
+            Ok(EventItem::Event(record)) => print(&record)?,
+            Ok(EventItem::End(_)) => return Ok(()),
+            Ok(EventItem::Idle) => {}
+            Err(error) if args.follow => {
+                // The leader went away or changed: follow the next one from now on.
+                eprintln!("events: lost {leader} ({error}); finding the leader again...");
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let (next, addr) = loop {
+                    match leader_addr(target, timeout) {
+                        Ok(found) => break found,
+                        Err(error) if std::time::Instant::now() < deadline => {
+                            eprintln!("events: {error:#}; retrying");
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        Err(error) => return Err(error).context("follow events"),
+                    }
+                };
+                stream = EventStream::open(addr, u64::MAX, true, timeout)
+                    .with_context(|| format!("read the event log of {next}"))?;
+                eprintln!("events: following {next} (events in between may be missing)");
+                leader = next;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("read the event log of {leader}"))
+            }
+        }
+    }
+}

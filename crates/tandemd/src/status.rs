@@ -1,0 +1,221 @@
+//! Builds the answer to `tandemctl status` from a node: the committed state (services, units,
+//! shards, roles, admin states, escalation counters) joined with what the leader observed
+//! (processes, pids, confirmed roles). A node that is not the leader knows only its own units'
+//! processes; its answer says so (`from_leader: false`).
+
+use tandem_core::director::View;
+use tandem_core::{ClusterState, NodeId, Observations, Role, Time};
+use tandem_proto::admin::{
+    NodeStatus, RoleStatus, ServiceStatus, ShardStatus, Status, UnitRef, UnitStatus,
+};
+use tandem_raft::disk::FsDisk;
+
+use crate::config::Config;
+
+/// The status as `node` (named `name`) sees it at `now`.
+pub fn build(config: &Config, name: &str, node: &tandem_node::Node<FsDisk>, now: Time) -> Status {
+    let replica = node.replica();
+    let state = node.state();
+    let leader_id = replica.leader_id();
+    let node_name = |id: NodeId| {
+        config
+            .node_by_id(id.0)
+            .map_or_else(|| id.to_string(), |node| node.name.clone())
+    };
+    // On the leader, every agent's report; elsewhere, this node's own.
+    let own;
+    let observations: &Observations = match node.observations() {
+        Some(observations) => observations,
+        None => {
+            let mut single = Observations::default();
+            single.record(now, node.id(), node.own_report(now));
+            own = single;
+            &own
+        }
+    };
+    let view = View::new(state, observations);
+    let nodes = config
+        .nodes
+        .iter()
+        .map(|member| {
+            let id = NodeId(member.id);
+            let mut status = NodeStatus {
+                name: member.name.clone(),
+                id: member.id,
+                up: state.is_up(id),
+                leader: leader_id == Some(member.id),
+                peer_addr: member.peer_addr.to_string(),
+                admin_addr: member.admin_addr.to_string(),
+                membership: if replica.is_voter(member.id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .to_owned(),
+                match_index: replica.match_index(member.id).unwrap_or(0),
+                admin: state
+                    .nodes
+                    .get(&id)
+                    .map_or("unknown", |record| record.admin.name())
+                    .to_owned(),
+                ..Default::default()
+            };
+            if id == node.id() {
+                status.term = replica.term();
+                status.commit_index = replica.commit_index();
+                status.applied_index = replica.applied_index();
+            } else if let Some(tracker) = node.liveness() {
+                if let Some(report) = tracker.report(id) {
+                    status.term = report.term;
+                    status.commit_index = report.commit_index;
+                    status.applied_index = report.applied_index;
+                }
+                status.heartbeat_age_ms = tracker
+                    .heartbeat_age(now, id)
+                    .map(|age| age.as_millis() as u64);
+            }
+            status
+        })
+        .collect();
+    Status {
+        cluster: config.cluster.name.clone(),
+        answered_by: name.to_owned(),
+        leader: leader_id
+            .and_then(|id| config.node_by_id(id))
+            .map(|leader| leader.name.clone())
+            .unwrap_or_default(),
+        term: replica.term(),
+        commit_index: replica.commit_index(),
+        applied_index: replica.applied_index(),
+        nodes,
+        from_leader: replica.is_leader(),
+        services: services(state),
+        units: units(state, &view, &node_name),
+        shards: shards(state, &view, &node_name),
+    }
+}
+
+fn services(state: &ClusterState) -> Vec<ServiceStatus> {
+    state
+        .topology
+        .services
+        .iter()
+        .map(|service| ServiceStatus {
+            name: service.name.0.clone(),
+            model: service.model.name().to_owned(),
+            units: service
+                .units
+                .iter()
+                .map(|unit| unit.name.0.clone())
+                .collect(),
+            shards: service.shards.iter().map(|shard| shard.0.clone()).collect(),
+        })
+        .collect()
+}
+
+fn units(
+    state: &ClusterState,
+    view: &View<'_>,
+    node_name: &dyn Fn(NodeId) -> String,
+) -> Vec<UnitStatus> {
+    state
+        .units
+        .values()
+        .map(|unit| {
+            let report = view.observations.unit(unit.node, &unit.name);
+            let current = report.filter(|report| report.generation == unit.generation);
+            let last_fault = unit.ladder.last.as_ref().map_or(String::new(), |record| {
+                format!(
+                    "{} -> {} {}",
+                    record.kind,
+                    record.level.label(),
+                    record.action
+                )
+            });
+            UnitStatus {
+                name: unit.name.0.clone(),
+                service: unit.service.0.clone(),
+                node: node_name(unit.node),
+                pid: report.and_then(|report| report.pid).unwrap_or(0),
+                state: match (report, current) {
+                    (_, Some(report)) => report.presence.name().to_owned(),
+                    (Some(_), None) => "restarting".to_owned(),
+                    (None, None) => "unknown".to_owned(),
+                },
+                admin: state.effective_admin(unit).name().to_owned(),
+                enabled: unit.enabled,
+                generation: unit.generation,
+                restart_pending: unit.restart_pending,
+                faults_total: unit.ladder.faults_total,
+                ladder_counts: unit.ladder.counts.to_vec(),
+                last_fault,
+                load: report.and_then(|report| report.load),
+            }
+        })
+        .collect()
+}
+
+fn shards(
+    state: &ClusterState,
+    view: &View<'_>,
+    node_name: &dyn Fn(NodeId) -> String,
+) -> Vec<ShardStatus> {
+    state
+        .shards
+        .values()
+        .map(|shard| {
+            let reference = |unit: &tandem_core::UnitName| UnitRef {
+                unit: unit.0.clone(),
+                node: state
+                    .units
+                    .get(unit)
+                    .map_or_else(String::new, |record| node_name(record.node)),
+            };
+            let multi = state
+                .topology
+                .service(&shard.service)
+                .is_some_and(|service| service.model.multi_active());
+            ShardStatus {
+                name: shard.name.0.clone(),
+                service: shard.service.0.clone(),
+                active: if multi {
+                    None
+                } else {
+                    shard.units_in(Role::Active).next().map(reference)
+                },
+                standbys: shard.units_in(Role::Standby).map(reference).collect(),
+                epoch: shard.epoch,
+                version: shard.version,
+                roles: shard
+                    .roles
+                    .iter()
+                    .map(|(unit, role)| {
+                        let confirmed = state.units.get(unit).is_some_and(|record| {
+                            let expected = if *role == Role::Quiescing {
+                                Role::Quiesced
+                            } else {
+                                *role
+                            };
+                            view.settled(record, shard) == Some(expected)
+                        });
+                        let target = reference(unit);
+                        RoleStatus {
+                            unit: target.unit,
+                            node: target.node,
+                            role: role.name().to_owned(),
+                            confirmed,
+                        }
+                    })
+                    .collect(),
+                handover: shard.handover.as_ref().map_or(String::new(), |handover| {
+                    format!(
+                        "{} from {} to {}",
+                        handover.reason.name(),
+                        handover.from,
+                        handover.to.as_ref().map_or("none", |to| to.as_str())
+                    )
+                }),
+            }
+        })
+        .collect()
+}
