@@ -4,14 +4,17 @@
 //! Tests never sleep to wait for something: they poll a condition with a deadline
 //! ([`wait_for`]) and fail with a message saying what did not happen.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tandem_proto::admin::{NoopReply, Status};
-use tandemd::admin_client;
+use tandem_proto::admin::{
+    admin_request, NoopReply, OperationDone, ShardStatus, Status, UnitStatus,
+};
+use tandemd::admin_client::{self, AdminClientError};
 
 /// How long one admin call may take in tests.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -90,12 +93,150 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
 }
 
+/// A 2n service `pair` of the test unit: `pair-a` on n1, `pair-b` on n2, shard `pair-0`,
+/// recording to the cluster's record file. With `child`, each unit starts a `sleep` child.
+/// Restart escalation stays at L1 (restart) however often a unit fails, and units are not
+/// relocated, so tests and the benchmark can crash units and nodes again and again.
+pub fn pair_service(child: bool) -> String {
+    format!(
+        "\n[[services]]\nname = \"pair\"\nmodel = \"2n\"\nshards = [\"pair-0\"]\n\
+         units = [{{ name = \"pair-a\", node = \"n1\" }}, {{ name = \"pair-b\", node = \"n2\" }}]\n\
+         instantiate = [\"{{unit_bin}}\"]\n\
+         env = {{ TANDEM_TEST_RECORD = \"{{record}}\", TANDEM_TEST_CHILD = \"{}\" }}\n\
+         health_interval_ms = 100\nhealth_timeout_ms = 1000\ncallback_timeout_ms = 2000\n\
+         [services.escalation]\nrestart_max = 1000000\nrelocate = false\n",
+        if child { 1 } else { 0 }
+    )
+}
+
+/// One line of the test unit's record file (see `test_unit.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// CLOCK_MONOTONIC, ns.
+    pub at_ns: u64,
+    /// The unit.
+    pub unit: String,
+    /// Its instance.
+    pub generation: u64,
+    /// Its pid.
+    pub pid: u32,
+    /// `start` or `done`.
+    pub event: String,
+    /// The shard.
+    pub shard: String,
+    /// The role asked for (`QUIESCED` for quiesce, `NONE` for remove).
+    pub role: String,
+    /// The shard's epoch.
+    pub epoch: u64,
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock the test unit records with).
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Intervals during which one unit process acted ACTIVE for `shard`, judged from its records:
+/// from the start of an ACTIVE hook to the end of the next hook that leaves ACTIVE, or to the
+/// process's death (`deaths`: pid → time) when it died acting, or open (`u64::MAX`).
+pub fn active_intervals(
+    records: &[Record],
+    shard: &str,
+    deaths: &BTreeMap<u32, u64>,
+) -> Vec<(u32, String, u64, u64)> {
+    let mut open: BTreeMap<u32, (String, u64)> = BTreeMap::new();
+    let mut intervals = Vec::new();
+    for record in records.iter().filter(|record| record.shard == shard) {
+        match (record.event.as_str(), record.role.as_str()) {
+            ("start", "ACTIVE") => {
+                open.entry(record.pid)
+                    .or_insert((record.unit.clone(), record.at_ns));
+            }
+            ("done", "ACTIVE") => {}
+            ("done", _) => {
+                if let Some((unit, from)) = open.remove(&record.pid) {
+                    intervals.push((record.pid, unit, from, record.at_ns));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (pid, (unit, from)) in open {
+        let until = deaths.get(&pid).copied().unwrap_or(u64::MAX);
+        intervals.push((pid, unit, from, until));
+    }
+    intervals.sort_by_key(|interval| interval.2);
+    intervals
+}
+
+/// Panics if two processes' ACTIVE intervals for `shard` overlap.
+pub fn assert_one_active(records: &[Record], shard: &str, deaths: &BTreeMap<u32, u64>) {
+    let intervals = active_intervals(records, shard, deaths);
+    for pair in intervals.windows(2) {
+        let (first, second) = (&pair[0], &pair[1]);
+        assert!(
+            first.3 <= second.2,
+            "two units acted ACTIVE for {shard} at once: {first:?} and {second:?} (all: {intervals:?})"
+        );
+    }
+}
+
+/// The shard called `name` in `status`.
+pub fn shard<'a>(status: &'a Status, name: &str) -> Option<&'a ShardStatus> {
+    status.shards.iter().find(|shard| shard.name == name)
+}
+
+/// The unit called `name` in `status`.
+pub fn unit<'a>(status: &'a Status, name: &str) -> Option<&'a UnitStatus> {
+    status.units.iter().find(|unit| unit.name == name)
+}
+
+/// The shard's ACTIVE and STANDBY units when both confirmed their roles.
+pub fn settled_pair(status: &Status, name: &str) -> Option<(String, String)> {
+    let shard = shard(status, name)?;
+    let confirmed = |role: &str| {
+        shard
+            .roles
+            .iter()
+            .find(|held| held.role == role && held.confirmed)
+            .map(|held| held.unit.clone())
+    };
+    Some((confirmed("ACTIVE")?, confirmed("STANDBY")?))
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state == 'Z' || state == 'X'),
+        Err(_) => false,
+    }
+}
+
 impl TestCluster {
     /// Writes a config for `count` nodes on loopback and starts every daemon.
     pub fn start(count: usize) -> Self {
+        Self::start_with(count, "")
+    }
+
+    /// Like [`TestCluster::start`], with `services` appended to the config (`{unit_bin}` and
+    /// `{record}` stand for the test unit's binary and the record file).
+    pub fn start_with(count: usize, services: &str) -> Self {
+        Self::start_with_cluster(count, "", services)
+    }
+
+    /// Like [`TestCluster::start_with`], with `cluster` added to the `[cluster]` table (timers).
+    pub fn start_with_cluster(count: usize, cluster: &str, services: &str) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ports = free_ports(count * 2);
-        let mut toml = String::from("[cluster]\nname = \"e2e\"\ndata_dir = \"data\"\n");
+        let mut toml = format!("[cluster]\nname = \"e2e\"\ndata_dir = \"data\"\n{cluster}");
         let mut nodes = Vec::new();
         for index in 0..count {
             let name = format!("n{}", index + 1);
@@ -113,6 +254,15 @@ impl TestCluster {
                 child: None,
             });
         }
+        let record = dir.path().join("record.log");
+        toml.push_str(
+            &services
+                .replace(
+                    "{unit_bin}",
+                    &binary("tandem-test-unit").display().to_string(),
+                )
+                .replace("{record}", &record.display().to_string()),
+        );
         let config_path = dir.path().join("tandem.toml");
         fs::write(&config_path, toml).expect("write config");
         fs::create_dir_all(dir.path().join("logs")).expect("create logs dir");
@@ -224,6 +374,66 @@ impl TestCluster {
     /// Index of the node called `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|node| node.name == name)
+    }
+
+    /// The leader's status, asked of any running node (followers forward it).
+    pub fn leader_status(&self) -> Option<Status> {
+        (0..self.nodes.len())
+            .filter(|index| self.nodes[*index].child.is_some())
+            .find_map(|index| self.status(index).filter(|status| status.from_leader))
+    }
+
+    /// Waits until `shard` has a confirmed ACTIVE and a confirmed STANDBY; returns them.
+    pub fn wait_settled(&self, shard: &str) -> (String, String) {
+        wait_for(
+            &format!("{shard} to have a confirmed ACTIVE and STANDBY"),
+            DEADLINE,
+            || settled_pair(&self.leader_status()?, shard),
+        )
+    }
+
+    /// Runs an operation through node `index` (forwarded to the leader).
+    pub fn operation(
+        &self,
+        index: usize,
+        kind: admin_request::Kind,
+    ) -> Result<OperationDone, AdminClientError> {
+        admin_client::operation(self.nodes[index].admin, kind, DEADLINE)
+    }
+
+    /// Every line of the test unit's record file so far.
+    pub fn records(&self) -> Vec<Record> {
+        let text = fs::read_to_string(self.dir.path().join("record.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let [at, unit, generation, pid, event, shard, role, epoch] = fields[..] else {
+                    return None;
+                };
+                Some(Record {
+                    at_ns: at.parse().ok()?,
+                    unit: unit.to_owned(),
+                    generation: generation.parse().ok()?,
+                    pid: pid.parse().ok()?,
+                    event: event.to_owned(),
+                    shard: shard.to_owned(),
+                    role: role.to_owned(),
+                    epoch: epoch.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The log of unit `unit` on node `index`.
+    pub fn unit_log(&self, index: usize, unit: &str) -> String {
+        let path = self
+            .dir
+            .path()
+            .join("data")
+            .join(&self.nodes[index].name)
+            .join("units")
+            .join(format!("{unit}.log"));
+        fs::read_to_string(path).unwrap_or_default()
     }
 }
 

@@ -1,26 +1,39 @@
-//! `cargo run --release -p tandem-bench -- [--trials N] [--json FILE]`
+//! `cargo run --release -p tandem-bench -- [--trials N] [--only NAME] [--json FILE]`
 //!
-//! Scenario `leader-failover`: a 3-node cluster of real `tandemd` processes on loopback with
-//! the default timers. Each trial waits for a stable leader, `kill -9`s it, and measures the
-//! time until a surviving node commits a no-op under a new leader (polled every millisecond
-//! through the admin protocol), then restarts the killed node and lets it catch up.
-//! Prints min / median / p99 / max as a table and as JSON.
+//! Real `tandemd` processes on loopback, real unit processes (the test unit, which records its
+//! hooks with CLOCK_MONOTONIC timestamps). Each scenario runs its trials and reports min /
+//! median / p99 / max as a table and JSON. The figures are informative, never a pass/fail bar.
+//!
+//! Scenarios:
+//! - `leader-failover`: `kill -9` of the Raft leader until a new leader commits a no-op.
+//! - `switchover`: admin switchover of an in-sync 2n shard, from the request until the reply,
+//!   which comes when the new ACTIVE has confirmed its role (its hook returned).
+//! - `unit-crash`: `kill -9` of the ACTIVE unit until the STANDBY's ACTIVE hook returned.
+//! - `daemon-kill-follower` / `daemon-kill-leader`: `kill -9` of the daemon hosting the ACTIVE
+//!   (a follower / the Raft leader) until the STANDBY's ACTIVE hook returned (fenced: the old
+//!   ACTIVE's lease had run out first), with the default timers.
+//! - `daemon-kill-follower-tuned`: the same with tuned timers (heartbeat 10 ms, lease 50 ms,
+//!   node timeout 80 ms, Raft tick 5 ms).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use serde::Serialize;
-use tandem_e2e::{wait_for, TestCluster, DEADLINE};
+use tandem_e2e::{monotonic_ns, pair_service, settled_pair, unit, wait_for, TestCluster, DEADLINE};
+use tandem_proto::admin::switchover_request;
 use tandemd::admin_client;
 
 /// Benchmark options.
 #[derive(Debug, Parser)]
-#[command(about = "tandem benchmark: real daemons on loopback")]
+#[command(about = "tandem benchmark: real daemons and units on loopback")]
 struct Args {
     /// Trials per scenario.
     #[arg(long, default_value_t = 20)]
     trials: usize,
+    /// Run only the scenarios whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
     /// Also write the JSON report to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -30,6 +43,7 @@ struct Args {
 #[derive(Debug, Serialize)]
 struct Summary {
     scenario: &'static str,
+    description: &'static str,
     trials: usize,
     unit: &'static str,
     min: f64,
@@ -39,7 +53,7 @@ struct Summary {
     samples: Vec<f64>,
 }
 
-fn summarize(scenario: &'static str, mut samples: Vec<f64>) -> Summary {
+fn summarize(scenario: &'static str, description: &'static str, mut samples: Vec<f64>) -> Summary {
     samples.sort_by(f64::total_cmp);
     let at = |quantile: f64| {
         let rank = ((samples.len() as f64) * quantile).ceil() as usize;
@@ -47,6 +61,7 @@ fn summarize(scenario: &'static str, mut samples: Vec<f64>) -> Summary {
     };
     Summary {
         scenario,
+        description,
         trials: samples.len(),
         unit: "ms",
         min: samples[0],
@@ -55,6 +70,10 @@ fn summarize(scenario: &'static str, mut samples: Vec<f64>) -> Summary {
         max: samples[samples.len() - 1],
         samples,
     }
+}
+
+fn report(scenario: &str, trial: usize, millis: f64) {
+    eprintln!("{scenario} trial {:>2}: {millis:8.2} ms", trial + 1);
 }
 
 fn leader_failover(trials: usize) -> anyhow::Result<Vec<f64>> {
@@ -85,7 +104,7 @@ fn leader_failover(trials: usize) -> anyhow::Result<Vec<f64>> {
             std::thread::sleep(Duration::from_millis(1));
         };
         let millis = elapsed.as_secs_f64() * 1000.0;
-        eprintln!("leader-failover trial {:>2}: {millis:8.1} ms", trial + 1);
+        report("leader-failover", trial, millis);
         samples.push(millis);
         cluster.spawn(old);
         let target = cluster.wait_leader(&survivors).commit_index;
@@ -98,27 +117,235 @@ fn leader_failover(trials: usize) -> anyhow::Result<Vec<f64>> {
     Ok(samples)
 }
 
+const SHARD: &str = "pair-0";
+
+fn switchover(trials: usize) -> anyhow::Result<Vec<f64>> {
+    let cluster = TestCluster::start_with(3, &pair_service(false));
+    let mut samples = Vec::with_capacity(trials);
+    for trial in 0..trials {
+        let (_, standby) = cluster.wait_settled(SHARD);
+        let leader = cluster.leader_status().context("no leader")?;
+        let via = cluster
+            .index_of(&leader.leader)
+            .context("leader not in config")?;
+        let started = Instant::now();
+        let done = cluster
+            .operation(
+                via,
+                admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+            )
+            .with_context(|| format!("switchover trial {trial}"))?;
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        if !done.message.contains(&standby) {
+            bail!(
+                "trial {trial}: the switchover went elsewhere: {}",
+                done.message
+            );
+        }
+        report("switchover", trial, millis);
+        samples.push(millis);
+    }
+    Ok(samples)
+}
+
+/// The time the STANDBY `unit` finished its ACTIVE hook after `since_ns`, from the records.
+fn took_over_at(cluster: &TestCluster, unit_name: &str, since_ns: u64) -> Option<u64> {
+    cluster
+        .records()
+        .into_iter()
+        .find(|record| {
+            record.unit == unit_name
+                && record.event == "done"
+                && record.role == "ACTIVE"
+                && record.at_ns > since_ns
+        })
+        .map(|record| record.at_ns)
+}
+
+fn unit_crash(trials: usize) -> anyhow::Result<Vec<f64>> {
+    let cluster = TestCluster::start_with(3, &pair_service(false));
+    let mut samples = Vec::with_capacity(trials);
+    for trial in 0..trials {
+        let (active, standby) = cluster.wait_settled(SHARD);
+        let pid = unit(&cluster.leader_status().context("no leader")?, &active)
+            .map(|unit| unit.pid)
+            .filter(|pid| *pid != 0)
+            .context("the ACTIVE has no pid")?;
+        let killed_at = monotonic_ns();
+        // SAFETY: kill(2) of a unit process the benchmark's cluster started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let took_over = wait_for("the STANDBY to take over", DEADLINE, || {
+            took_over_at(&cluster, &standby, killed_at)
+        });
+        let millis = (took_over - killed_at) as f64 / 1e6;
+        report("unit-crash", trial, millis);
+        samples.push(millis);
+        // The killed unit restarts and returns as STANDBY before the next trial.
+        wait_for("the killed unit to return as STANDBY", DEADLINE, || {
+            let pair = settled_pair(&cluster.leader_status()?, SHARD)?;
+            (pair.1 == active).then_some(())
+        });
+    }
+    Ok(samples)
+}
+
+/// `kill -9` of the daemon hosting the ACTIVE, `leader` saying whether that node must be the
+/// Raft leader or a follower.
+fn daemon_kill(trials: usize, leader: bool, timers: &str) -> anyhow::Result<Vec<f64>> {
+    let mut cluster = TestCluster::start_with_cluster(3, timers, &pair_service(false));
+    let mut samples = Vec::with_capacity(trials);
+    let mut trial = 0;
+    let mut attempts = 0;
+    while trial < trials {
+        attempts += 1;
+        if attempts > trials * 10 {
+            bail!(
+                "could not arrange the ACTIVE on a {} node",
+                if leader { "leader" } else { "follower" }
+            );
+        }
+        let (active, standby) = cluster.wait_settled(SHARD);
+        let status = cluster.leader_status().context("no leader")?;
+        let host = &unit(&status, &active).context("active unit")?.node;
+        let host_index = cluster.index_of(host).context("host not in config")?;
+        let host_leads = status.leader == *host;
+        if host_leads != leader {
+            // Move the ACTIVE to the other unit's node, or (for the leader variant, when the
+            // leader hosts no unit) make another node lead.
+            let other_host = &unit(&status, &standby).context("standby unit")?.node;
+            if !leader || status.leader == *other_host {
+                let via = cluster
+                    .index_of(&status.leader)
+                    .context("leader not in config")?;
+                cluster
+                    .operation(
+                        via,
+                        admin_client::switchover_kind(switchover_request::Target::Shard(
+                            SHARD.into(),
+                        )),
+                    )
+                    .context("switchover to arrange the trial")?;
+            } else {
+                let current = cluster
+                    .index_of(&status.leader)
+                    .context("leader not in config")?;
+                cluster.kill9(current);
+                let others: Vec<usize> = (0..3).filter(|index| *index != current).collect();
+                cluster.wait_leader(&others);
+                cluster.spawn(current);
+                wait_for("every node up", DEADLINE, || {
+                    let status = cluster.leader_status()?;
+                    status.nodes.iter().all(|node| node.up).then_some(())
+                });
+            }
+            continue;
+        }
+        let killed_at = monotonic_ns();
+        cluster.kill9(host_index);
+        let took_over = wait_for("the STANDBY to take over", DEADLINE, || {
+            took_over_at(&cluster, &standby, killed_at)
+        });
+        let millis = (took_over - killed_at) as f64 / 1e6;
+        let name = match (leader, timers.is_empty()) {
+            (true, _) => "daemon-kill-leader",
+            (false, true) => "daemon-kill-follower",
+            (false, false) => "daemon-kill-follower-tuned",
+        };
+        report(name, trial, millis);
+        samples.push(millis);
+        trial += 1;
+        cluster.spawn(host_index);
+        wait_for(
+            "the killed node's unit to return as STANDBY",
+            DEADLINE,
+            || {
+                let status = cluster.leader_status()?;
+                let pair = settled_pair(&status, SHARD)?;
+                (pair.1 == active && status.nodes.iter().all(|node| node.up)).then_some(())
+            },
+        );
+    }
+    Ok(samples)
+}
+
+/// Timers for the tuned scenario: heartbeat 10 ms, lease 50 ms, node timeout 80 ms; Raft
+/// ticks of 5 ms, elections after 10 to 20 ticks.
+const TUNED: &str =
+    "heartbeat_interval_ms = 10\nlease_ms = 50\nnode_timeout_ms = 80\nraft_tick_ms = 5\n\
+                     raft_heartbeat_ticks = 2\nraft_election_ticks = 10\n";
+
+type Scenario = (
+    &'static str,
+    &'static str,
+    fn(usize) -> anyhow::Result<Vec<f64>>,
+);
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.trials == 0 {
         bail!("--trials must be at least 1");
     }
-    eprintln!(
-        "leader-failover: 3 daemons on loopback, default timers, {} trials",
-        args.trials
-    );
-    let summaries = vec![summarize(
-        "leader-failover (kill -9 leader -> new leader commits)",
-        leader_failover(args.trials)?,
-    )];
+    let scenarios: [Scenario; 6] = [
+        (
+            "leader-failover",
+            "kill -9 leader -> new leader commits",
+            leader_failover,
+        ),
+        (
+            "switchover",
+            "admin switchover -> new ACTIVE confirmed",
+            switchover,
+        ),
+        (
+            "unit-crash",
+            "kill -9 ACTIVE unit -> STANDBY ACTIVE",
+            unit_crash,
+        ),
+        (
+            "daemon-kill-follower",
+            "kill -9 ACTIVE's daemon (follower) -> STANDBY ACTIVE, default timers",
+            |trials| daemon_kill(trials, false, ""),
+        ),
+        (
+            "daemon-kill-leader",
+            "kill -9 ACTIVE's daemon (Raft leader) -> STANDBY ACTIVE, default timers",
+            |trials| daemon_kill(trials, true, ""),
+        ),
+        (
+            "daemon-kill-follower-tuned",
+            "kill -9 ACTIVE's daemon (follower) -> STANDBY ACTIVE, tuned timers",
+            |trials| daemon_kill(trials, false, TUNED),
+        ),
+    ];
+    let mut summaries = Vec::new();
+    for (name, description, run) in scenarios {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|only| !name.contains(only))
+        {
+            continue;
+        }
+        eprintln!(
+            "{name}: {description}, 3 daemons on loopback, {} trials",
+            args.trials
+        );
+        summaries.push(summarize(name, description, run(args.trials)?));
+    }
     println!(
-        "{:<56} {:>6} {:>9} {:>9} {:>9} {:>9}",
-        "scenario", "trials", "min ms", "median ms", "p99 ms", "max ms"
+        "{:<28} {:<70} {:>6} {:>8} {:>9} {:>8} {:>8}",
+        "scenario", "measures", "trials", "min ms", "median ms", "p99 ms", "max ms"
     );
     for summary in &summaries {
         println!(
-            "{:<56} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-            summary.scenario, summary.trials, summary.min, summary.median, summary.p99, summary.max
+            "{:<28} {:<70} {:>6} {:>8.2} {:>9.2} {:>8.2} {:>8.2}",
+            summary.scenario,
+            summary.description,
+            summary.trials,
+            summary.min,
+            summary.median,
+            summary.p99,
+            summary.max
         );
     }
     let json = serde_json::to_string_pretty(&summaries)?;

@@ -55,6 +55,7 @@ pub fn check_fencing_timers(
     let fenced_by = (heartbeat_interval + lease).as_micros() * u128::from(1_000_000 + DRIFT_PPM)
         / u128::from(1_000_000 - DRIFT_PPM);
     if fenced_by >= node_timeout.as_micros() {
+        // (fencing_bound rounds this up to whole milliseconds.)
         return Err(format!(
             "node_timeout_ms ({}) must exceed (heartbeat_interval_ms + lease_ms) × {:.3} = {:.1} ms, \
              so that a node's units have stopped acting before its shards move elsewhere \
@@ -70,6 +71,17 @@ pub fn check_fencing_timers(
 
 /// Grants an agent remembers: enough to bridge the time until the newest one's floor is applied.
 pub const GRANTS_KEPT: usize = 8;
+
+/// How long after a moment every lease granted up to that moment (plus one freshness window)
+/// has surely run out, whatever the clocks: `(heartbeat_interval + lease) · (1+ρ)/(1−ρ)`,
+/// rounded up to the millisecond. A new leader waits this long before judging a node it has
+/// not heard from: no lease an earlier leader granted can still let that node's units act.
+pub fn fencing_bound(heartbeat_interval: Duration, lease: Duration) -> Duration {
+    let micros = (heartbeat_interval + lease).as_micros() * u128::from(1_000_000 + DRIFT_PPM)
+        / u128::from(1_000_000 - DRIFT_PPM);
+    let millis = micros.div_ceil(1000);
+    Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+}
 
 /// An agent's lease.
 ///
@@ -176,6 +188,13 @@ mod tests {
         );
         let error = check_fencing_timers(MS(50), MS(100), MS(300)).unwrap_err();
         assert!(error.contains("more than twice"), "{error}");
+    }
+
+    #[test]
+    fn the_fencing_bound_covers_drift() {
+        // (50 + 200) × 1.02 / 0.98 = 260.2 ms, rounded up.
+        assert_eq!(fencing_bound(MS(50), MS(200)), MS(261));
+        assert!(fencing_bound(MS(10), MS(50)) < MS(80));
     }
 
     #[test]

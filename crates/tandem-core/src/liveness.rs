@@ -4,7 +4,10 @@
 //! `heartbeat_interval`. The leader feeds them to this tracker; when a node's last heartbeat
 //! is older than `node_timeout`, or a node judged down is heard again, the tracker asks for a
 //! `SetNodeLiveness` command. The verdict takes effect when that command commits, so every
-//! node agrees on it, and a new leader starts by giving every node a full timeout of grace.
+//! node agrees on it. A new leader does not know when its predecessor last heard from each
+//! node, so it starts by giving every node a grace period (`first_verdict_after`): long
+//! enough for a live node to find the new leader and send it a heartbeat, and (the fencing
+//! rule) long enough for any lease the old leader granted to have run out.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +21,9 @@ use crate::time::Time;
 pub struct LivenessConfig {
     /// A node whose last heartbeat is older than this is judged down.
     pub node_timeout: Duration,
+    /// A node not heard from since this tracker started is judged down after this long; at
+    /// most `node_timeout`.
+    pub first_verdict_after: Duration,
 }
 
 /// Figures a node reported in its last heartbeat.
@@ -102,8 +108,14 @@ impl LivenessTracker {
     pub fn decide(&mut self, now: Time, committed: &ClusterState) -> Vec<Command> {
         let mut commands = Vec::new();
         for (id, observed) in &mut self.nodes {
-            let seen_up = *id == self.self_id
-                || now.saturating_since(observed.last_seen) < self.config.node_timeout;
+            let timeout = if observed.heard {
+                self.config.node_timeout
+            } else {
+                self.config
+                    .first_verdict_after
+                    .min(self.config.node_timeout)
+            };
+            let seen_up = *id == self.self_id || now.saturating_since(observed.last_seen) < timeout;
             let committed_up = committed.is_up(*id);
             if seen_up == committed_up {
                 observed.pending = None;
@@ -150,6 +162,7 @@ mod tests {
         LivenessTracker::new(
             LivenessConfig {
                 node_timeout: Duration::from_millis(300),
+                first_verdict_after: Duration::from_millis(300),
             },
             NodeId(1),
             [NodeId(1), NodeId(2), NodeId(3)],
@@ -191,6 +204,34 @@ mod tests {
                 promotions: vec![],
             }]
         );
+    }
+
+    #[test]
+    fn a_new_leader_judges_unheard_nodes_after_the_first_verdict_grace() {
+        let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let mut tracker = LivenessTracker::new(
+            LivenessConfig {
+                node_timeout: Duration::from_millis(300),
+                first_verdict_after: Duration::from_millis(200),
+            },
+            NodeId(1),
+            [NodeId(1), NodeId(2), NodeId(3)],
+            Time::ZERO,
+        );
+        tracker.observe(Time::from_millis(150), NodeId(2), NodeReport::default());
+        assert!(tracker.decide(Time::from_millis(199), &state).is_empty());
+        // Node 3 was never heard: down at 200. Node 2 was: its full timeout runs from 150.
+        let commands = tracker.decide(Time::from_millis(200), &state);
+        assert_eq!(commands.len(), 1);
+        assert!(matches!(
+            commands[0],
+            Command::SetNodeLiveness {
+                node: NodeId(3),
+                up: false,
+                ..
+            }
+        ));
+        assert!(tracker.decide(Time::from_millis(449), &state).is_empty());
     }
 
     #[test]

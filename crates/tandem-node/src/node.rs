@@ -228,7 +228,7 @@ impl<D: Disk> Node<D> {
 
     /// One Raft tick. On the leader, also asks the quorum to confirm it every half heartbeat
     /// interval.
-    pub fn tick(&mut self, now: Time) {
+    pub fn tick(&mut self, now: Time, wall_ms: u64) {
         self.replica.tick();
         self.reconcile_due = true;
         let half = self.settings.heartbeat_interval / 2;
@@ -242,31 +242,42 @@ impl<D: Disk> Node<D> {
                     .confirm_quorum(now.as_micros().to_be_bytes().to_vec());
             }
         }
+        // Liveness is judged every tick, not every heartbeat interval, so a silent node is
+        // declared down within a tick of its timeout.
+        self.judge_liveness(now, wall_ms);
+    }
+
+    /// On the leader: proposes the liveness verdicts due at `now`. A down verdict carries the
+    /// STANDBYs that take over the node's ACTIVE shards.
+    fn judge_liveness(&mut self, now: Time, wall_ms: u64) {
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        for command in leadership.liveness.decide(now, self.replica.state()) {
+            let command = match command {
+                Command::SetNodeLiveness {
+                    node, up: false, ..
+                } => {
+                    let view = View::new(self.replica.state(), &leadership.observations);
+                    Command::SetNodeLiveness {
+                        node,
+                        up: false,
+                        at_ms: wall_ms,
+                        promotions: node_down_promotions(&view, node),
+                    }
+                }
+                other => other,
+            };
+            tracing::info!(?command, "proposing a liveness verdict");
+            let _ = self.replica.propose(&command, CONTEXT_INTERNAL.to_vec());
+        }
     }
 
     /// The heartbeat timer: a follower's agent sends its heartbeat to the leader; the leader
-    /// judges liveness, grants its own agent a lease and plans.
-    pub fn heartbeat(&mut self, now: Time, wall_ms: u64) {
+    /// grants its own agent a lease, installs its config's topology if needed, and plans.
+    pub fn heartbeat(&mut self, now: Time) {
         let report = self.own_report(now);
         if let Some(leadership) = &mut self.leadership {
-            for command in leadership.liveness.decide(now, self.replica.state()) {
-                let command = match command {
-                    Command::SetNodeLiveness {
-                        node, up: false, ..
-                    } => {
-                        let view = View::new(self.replica.state(), &leadership.observations);
-                        Command::SetNodeLiveness {
-                            node,
-                            up: false,
-                            at_ms: wall_ms,
-                            promotions: node_down_promotions(&view, node),
-                        }
-                    }
-                    other => other,
-                };
-                tracing::info!(?command, "proposing a liveness verdict");
-                let _ = self.replica.propose(&command, CONTEXT_INTERNAL.to_vec());
-            }
             if leadership.quorum.may_grant(now) {
                 self.agent.on_grant(now, self.replica.last_index());
             }
@@ -717,6 +728,10 @@ impl<D: Disk> Node<D> {
                 liveness: LivenessTracker::new(
                     LivenessConfig {
                         node_timeout: self.settings.node_timeout,
+                        first_verdict_after: tandem_core::fencing_bound(
+                            self.settings.heartbeat_interval,
+                            self.settings.lease,
+                        ),
                     },
                     self.id,
                     self.settings.members.iter().copied(),

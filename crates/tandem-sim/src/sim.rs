@@ -547,7 +547,8 @@ impl Sim {
             }
         }
         let local_now = self.nodes[node].local_now(self.now);
-        self.nodes[node].node().tick(local_now);
+        let wall_ms = self.now / 1000;
+        self.nodes[node].node().tick(local_now, wall_ms);
         let interval = self.nodes[node].real_duration(TICK_US);
         self.schedule(interval, Event::Tick { node, epoch });
         self.drive(node)
@@ -560,8 +561,7 @@ impl Sim {
         let interval = self.nodes[node].real_duration(HEARTBEAT_US);
         self.schedule(interval, Event::Timer { node, epoch });
         let local_now = self.nodes[node].local_now(self.now);
-        let wall_ms = self.now / 1000;
-        self.nodes[node].node().heartbeat(local_now, wall_ms);
+        self.nodes[node].node().heartbeat(local_now);
         self.drive(node)
     }
 

@@ -286,11 +286,11 @@ pub async fn run(
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
                 let now = daemon.now();
-                daemon.node.tick(now);
+                daemon.node.tick(now, wall_ms());
             }
             _ = heartbeat.tick() => {
                 let now = daemon.now();
-                daemon.node.heartbeat(now, wall_ms());
+                daemon.node.heartbeat(now);
             }
             event = events.recv() => {
                 let Some(event) = event else { break Ok(()) };

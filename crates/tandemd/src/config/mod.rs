@@ -42,7 +42,7 @@ pub const DEFAULT_RAFT_TICK_MS: u64 = 10;
 /// Default number of ticks between leader heartbeats.
 pub const DEFAULT_RAFT_HEARTBEAT_TICKS: usize = 3;
 /// Default minimum election timeout in ticks (randomized in `[n, 2n)`).
-pub const DEFAULT_RAFT_ELECTION_TICKS: usize = 15;
+pub const DEFAULT_RAFT_ELECTION_TICKS: usize = 10;
 /// Default number of applied entries between snapshots.
 pub const DEFAULT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 10_000;
 /// Default largest peer/admin frame (4 MiB).
@@ -888,7 +888,7 @@ admin_addr = "127.0.0.1:7203"
                 node_timeout_ms: 300,
                 raft_tick_ms: 10,
                 raft_heartbeat_ticks: 3,
-                raft_election_ticks: 15,
+                raft_election_ticks: 10,
                 snapshot_interval_entries: 10_000,
                 frame_len_max: 4 * 1024 * 1024,
                 admin_timeout_ms: 2000,
