@@ -356,3 +356,78 @@ fn no_unit_process_or_descendant_outlives_its_daemon() {
         assert!(!is_alive(pid), "process {pid} outlived its daemon");
     }
 }
+
+#[test]
+fn terminate_and_cleanup_commands_run_and_instantiation_can_be_locked() {
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let path = marker.path().display().to_string();
+    let service = pair_service(false).replace(
+        "health_interval_ms",
+        &format!(
+            "terminate = [\"sh\", \"-c\", \"echo terminate $TANDEM_UNIT >> {path}; kill -TERM $TANDEM_PID\"]\n\
+             cleanup = [\"sh\", \"-c\", \"echo cleanup $TANDEM_UNIT >> {path}\"]\n\
+             health_interval_ms"
+        ),
+    );
+    let cluster = TestCluster::start_with(3, &service);
+    let (active, standby) = cluster.wait_settled(SHARD);
+    let old_pid = pid_of(&cluster, &standby);
+    // A restart of the STANDBY: graceful (its terminate command), then cleanup, then a new
+    // instance that comes back as STANDBY.
+    let done = cluster
+        .operation(
+            0,
+            admin_client::operation_kind(
+                operation_request::Target::Unit(standby.clone()),
+                "restart",
+            ),
+        )
+        .expect("restart the standby");
+    assert!(done.message.contains("restart"), "{done:?}");
+    let (now_active, now_standby) = cluster.wait_settled(SHARD);
+    assert_eq!(
+        (now_active.as_str(), now_standby.as_str()),
+        (active.as_str(), standby.as_str())
+    );
+    assert_ne!(pid_of(&cluster, &standby), old_pid);
+    let lines = wait_for("terminate and cleanup to have run", DEADLINE, || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        (text.contains(&format!("terminate {standby}"))
+            && text.contains(&format!("cleanup {standby}")))
+        .then_some(text)
+    });
+    let terminate_at = lines.find("terminate").unwrap();
+    assert!(
+        lines.find("cleanup").unwrap() > terminate_at,
+        "cleanup after terminate: {lines}\nunit log: {}{}",
+        cluster.unit_log(0, &standby),
+        cluster.unit_log(1, &standby)
+    );
+
+    // lock-instantiation needs a locked unit; then the process stops, and starts again after
+    // unlock-instantiation.
+    let unit_op = |op: &str| {
+        admin_client::operation_kind(operation_request::Target::Unit(standby.clone()), op)
+    };
+    cluster.operation(1, unit_op("lock")).expect("lock");
+    let pid = pid_of(&cluster, &standby);
+    cluster
+        .operation(1, unit_op("lock-instantiation"))
+        .expect("lock-instantiation");
+    wait_for("the locked unit's process to stop", DEADLINE, || {
+        (!is_alive(pid)).then_some(())
+    });
+    let status = cluster.leader_status().unwrap();
+    assert_eq!(unit(&status, &standby).unwrap().state, "stopped");
+    assert_eq!(
+        unit(&status, &standby).unwrap().admin,
+        "locked-instantiation"
+    );
+    cluster
+        .operation(1, unit_op("unlock-instantiation"))
+        .expect("unlock-instantiation");
+    cluster.operation(1, unit_op("unlock")).expect("unlock");
+    let (_, back) = cluster.wait_settled(SHARD);
+    assert_eq!(back, standby);
+    assert_one_active(&cluster.records(), SHARD, &BTreeMap::new());
+}

@@ -102,6 +102,44 @@ fn dev_up_starts_a_cluster_and_dev_down_stops_it() {
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(json["leader"].is_string(), "{json}");
     assert_eq!(json["nodes"].as_array().unwrap().len(), 3);
+    // `dev up` returns once the counter service runs with a confirmed ACTIVE.
+    let shard = &json["shards"][0];
+    assert_eq!(shard["name"], "counter-0", "{json}");
+    assert!(shard["active"]["unit"].is_string(), "{json}");
+    assert!(
+        shard["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|role| role["role"] == "ACTIVE" && role["confirmed"] == true),
+        "{json}"
+    );
+    let pids: Vec<u64> = json["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|unit| unit["pid"].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 2, "both counter units run: {json}");
+
+    // The event log tells how the shard got its ACTIVE.
+    let events = tandemctl(&["--config", config.to_str().unwrap(), "events"]);
+    assert!(events.status.success(), "{}", stderr(&events));
+    let text = String::from_utf8_lossy(&events.stdout);
+    assert!(text.contains("topology installed"), "{text}");
+    assert!(text.contains("none -> ACTIVE"), "{text}");
+    let events = tandemctl(&["--config", config.to_str().unwrap(), "events", "--json"]);
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&events.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        first["seq"].as_u64().is_some() && first["kind"].is_string(),
+        "{first}"
+    );
 
     // A second `dev up` in the same directory is refused while the first is running.
     let again = tandemctl(&["dev", "up", "--dir", dev, "--base-port", &base]);
@@ -116,4 +154,10 @@ fn dev_up_starts_a_cluster_and_dev_down_stops_it() {
     assert!(down.status.success(), "{}", stderr(&down));
     let after = tandemctl(&["--config", config.to_str().unwrap(), "status"]);
     assert!(!after.status.success(), "no daemon answers after dev down");
+    for pid in pids {
+        assert!(
+            !tandem_e2e::is_alive(pid as u32),
+            "counter unit {pid} outlived dev down"
+        );
+    }
 }

@@ -700,16 +700,8 @@ impl Daemon {
                 generation,
                 how,
             } => {
-                if self
-                    .units
-                    .get(&unit)
-                    .is_some_and(|c| c.generation == generation)
-                {
-                    // Nothing more is sent to an instance being stopped.
-                    if let Some(connection) = self.units.get_mut(&unit) {
-                        connection.channel = None;
-                    }
-                }
+                // The SDK connection stays open: closing it would make the unit exit at once,
+                // before its terminate command had a chance to stop it gracefully.
                 if !self.supervisor.stop(&unit, generation, &how) {
                     tracing::debug!(%unit, generation, "stop: the process had already exited");
                 }

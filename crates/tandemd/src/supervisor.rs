@@ -4,8 +4,11 @@
 //! - Each unit runs in its own session and process group, so stopping it stops everything it
 //!   started. It gets `PR_SET_PDEATHSIG(SIGKILL)`, so a daemon killed with `kill -9` takes its
 //!   units with it, and its SDK exits when the agent's socket closes.
-//! - Exit is noticed at once (the child is awaited); the rest of its process group is killed
-//!   then, before the exit is reported, so a reported exit means nothing of the unit runs.
+//! - Exit is noticed at once (a pidfd becomes readable); the rest of its process group is
+//!   killed then, *before* the unit is reaped, while its zombie still holds the group id, so
+//!   the signal can never reach a group that reused the id. A reported exit means nothing of
+//!   the unit runs. Signals sent to a unit's group later (stops) go only while it is not yet
+//!   reaped, under the same lock.
 //! - A graceful stop runs the service's terminate command (or sends SIGTERM to the group),
 //!   waits `terminate_timeout`, then sends SIGKILL. The cleanup command runs after every exit.
 //! - Every running unit's process group and token are recorded in `<dir>/<unit>.pgid`; a daemon
@@ -15,10 +18,13 @@
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read as _};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tandem_core::{ProcessSpec, ServiceName, StopSpec, UnitName};
 use tandem_node::UnitEvent;
 use tokio::sync::{mpsc, watch};
@@ -51,11 +57,70 @@ struct Child {
     pid: u32,
     /// Turns true when the process has exited (and its group was killed).
     exited: watch::Receiver<bool>,
+    /// True once the process is reaped: from then on its pid and group id may belong to
+    /// someone else, so nothing may be signalled through them. Signals are sent under this
+    /// lock; the reaper sets it under the lock too.
+    reaped: Arc<Mutex<bool>>,
 }
 
 impl Child {
     fn is_alive(&self) -> bool {
         !*self.exited.borrow()
+    }
+}
+
+/// Sends `signal` to the process group of a unit that is not reaped yet.
+fn signal_unreaped(reaped: &Mutex<bool>, pgid: u32, signal: libc::c_int) {
+    let reaped = reaped.lock();
+    if !*reaped {
+        signal_group(pgid, signal);
+    }
+}
+
+/// A pidfd for `pid` (Linux 5.3+): readable once the process has exited, without reaping it.
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just returned to us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits until `pid` has exited without reaping it, then kills what is left of its group
+/// (the zombie still holds the group id), then reaps it. Returns (exit code, signal).
+async fn wait_and_reap(
+    pid: u32,
+    pidfd: OwnedFd,
+    reaped: &Mutex<bool>,
+) -> (Option<i32>, Option<i32>) {
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until it is dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    };
+    match registered {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+        }
+        Err(error) => tracing::warn!(pid, %error, "cannot poll the unit's pidfd"),
+    }
+    let mut reaped = reaped.lock();
+    signal_group(pid, libc::SIGKILL);
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid on our own child with a valid status pointer. Blocking is bounded: the
+    // pidfd said the process has exited (or, if polling failed, we wait for it here).
+    let result = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+    *reaped = true;
+    if result != pid as libc::pid_t {
+        return (None, None);
+    }
+    if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
     }
 }
 
@@ -190,7 +255,7 @@ impl Supervisor {
             .create(true)
             .append(true)
             .open(self.log_path(unit))?;
-        let mut command = tokio::process::Command::new(resolve(&self.config_dir, program));
+        let mut command = std::process::Command::new(resolve(&self.config_dir, program));
         command
             .args(&spec.argv[1..])
             .envs(&spec.env)
@@ -213,7 +278,7 @@ impl Supervisor {
         // signal takes the unit down with a daemon killed by SIGKILL (checked against the
         // race of the parent dying before prctl).
         unsafe {
-            command.pre_exec(move || {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
                 if libc::setsid() == -1 {
                     return Err(io::Error::last_os_error());
                 }
@@ -226,34 +291,39 @@ impl Supervisor {
                 Ok(())
             });
         }
-        let mut child = command.spawn()?;
-        let pid = child
-            .id()
-            .ok_or_else(|| io::Error::other("the unit exited before its pid was read"))?;
+        // The std Child is dropped without waiting: the pidfd task below reaps it.
+        let pid = command.spawn()?.id();
+        let pidfd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(error) => {
+                signal_group(pid, libc::SIGKILL);
+                // SAFETY: reaping the child we just killed; status is not needed.
+                unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+                return Err(io::Error::other(format!(
+                    "pidfd_open failed ({error}); tandemd needs Linux 5.3 or later"
+                )));
+            }
+        };
         let pgid_file = self.dir.join(format!("{unit}.pgid"));
         fs::write(&pgid_file, format!("{pid} {token}\n"))?;
         let (exited_tx, exited) = watch::channel(false);
-        self.children
-            .insert((unit.clone(), generation), Child { pid, exited });
+        let reaped = Arc::new(Mutex::new(false));
+        self.children.insert(
+            (unit.clone(), generation),
+            Child {
+                pid,
+                exited,
+                reaped: reaped.clone(),
+            },
+        );
         let events = self.events.clone();
         let unit = unit.clone();
         let config_dir = self.config_dir.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
-            // Whatever the unit left in its group goes too, before the exit is reported.
-            signal_group(pid, libc::SIGKILL);
+            let (code, signal) = wait_and_reap(pid, pidfd, &reaped).await;
             let _ = exited_tx.send(true);
             let _ = fs::remove_file(&pgid_file);
-            let (code, signal) = match status {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt as _;
-                    (status.code(), status.signal())
-                }
-                Err(error) => {
-                    tracing::warn!(%unit, %error, "waiting for a unit failed");
-                    (None, None)
-                }
-            };
+            tracing::info!(%unit, generation, pid, ?code, ?signal, "unit exited");
             let _ = events
                 .send(Event::Unit(UnitEvent::Exited {
                     unit: unit.clone(),
@@ -282,8 +352,10 @@ impl Supervisor {
             return false;
         };
         let pid = child.pid;
+        let reaped = child.reaped.clone();
+        tracing::info!(%unit, generation, pid, kill = how.kill, terminate = how.terminate.is_some(), "stopping unit");
         if how.kill {
-            signal_group(pid, libc::SIGKILL);
+            signal_unreaped(&reaped, pid, libc::SIGKILL);
             return true;
         }
         let exited = child.exited.clone();
@@ -294,11 +366,11 @@ impl Supervisor {
         tokio::spawn(async move {
             match terminate {
                 Some(spec) => run_helper(&config_dir, &spec, &unit, pid, timeout).await,
-                None => signal_group(pid, libc::SIGTERM),
+                None => signal_unreaped(&reaped, pid, libc::SIGTERM),
             }
             if !wait_exit(exited, timeout).await {
                 tracing::warn!(%unit, pid, "unit did not stop in time; killing it");
-                signal_group(pid, libc::SIGKILL);
+                signal_unreaped(&reaped, pid, libc::SIGKILL);
             }
         });
         true
@@ -309,13 +381,13 @@ impl Supervisor {
     pub async fn stop_all(&mut self, grace: Duration) {
         self.reap();
         for child in self.children.values() {
-            signal_group(child.pid, libc::SIGTERM);
+            signal_unreaped(&child.reaped, child.pid, libc::SIGTERM);
         }
         let deadline = tokio::time::Instant::now() + grace;
         for child in self.children.values() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !wait_exit(child.exited.clone(), left).await {
-                signal_group(child.pid, libc::SIGKILL);
+                signal_unreaped(&child.reaped, child.pid, libc::SIGKILL);
             }
         }
         self.children.clear();
