@@ -180,6 +180,8 @@ pub struct SimReport {
     pub relocations: u64,
     /// Node-restart commands run (ladder L3).
     pub node_restarts: u64,
+    /// Faults handled at each ladder level, L0..L5.
+    pub ladder_levels: [u64; 6],
     /// Operator requests proposed.
     pub admin_requests: u64,
     /// Operator requests completed.
@@ -208,6 +210,9 @@ impl SimReport {
         self.handovers += other.handovers;
         self.relocations += other.relocations;
         self.node_restarts += other.node_restarts;
+        for (total, more) in self.ladder_levels.iter_mut().zip(other.ladder_levels) {
+            *total += more;
+        }
         self.admin_requests += other.admin_requests;
         self.admin_done += other.admin_done;
         self.admin_refused += other.admin_refused;
@@ -242,9 +247,10 @@ impl fmt::Display for SimReport {
              {} torn, {} garbage), restarts {} ({} torn tails recovered), pauses {}, \
              partitions {}, elections {}, committed {}, proposals {} ({} acked), liveness \
              changes {}, snapshots {} taken / {} installed, slowest recovery {:.3} s; units: \
-             {} starts, {} crashes, {} hangs, {} reported faults, {} faults handled, {} \
-             promotions, {} handovers, {} relocations; operator: {} requests, {} done, {} \
-             refused; slowest service recovery {:.3} s",
+             {} starts, {} crashes, {} hangs, {} reported faults, {} faults handled (by level \
+             L0..L5: {:?}), {} node-restart commands, {} promotions, {} handovers, {} \
+             relocations; operator: {} requests, {} done, {} refused; slowest service recovery \
+             {:.3} s",
             self.events,
             self.messages_sent,
             self.messages_dropped,
@@ -270,6 +276,8 @@ impl fmt::Display for SimReport {
             self.unit_hangs,
             self.unit_reported_faults,
             self.unit_faults_handled,
+            self.ladder_levels,
+            self.node_restarts,
             self.promotions,
             self.handovers,
             self.relocations,

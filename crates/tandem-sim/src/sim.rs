@@ -160,7 +160,7 @@ enum CrashKind {
 }
 
 /// The topology every run uses: a 2n pair and a no-redundancy singleton on 3 nodes, plus an
-/// n+m pool and an n-way-active front end on 5.
+/// n+m pool and an n-way-active front end on 5; a node-restart command for ladder L3.
 pub fn topology(nodes: usize) -> Topology {
     let service = |name: &str, model, units: &[(&str, u64)], shards: &[&str]| ServiceSpec {
         name: name.into(),
@@ -195,6 +195,22 @@ pub fn topology(nodes: usize) -> Topology {
         max_shards_per_unit: 0,
         allow_colocation: false,
     };
+    // The singleton climbs its ladder quickly (one fault per level in a long window), so runs
+    // reach L2, L3 (node restart) and L5.
+    let mut solo = service(
+        "solo",
+        RedundancyModel::NoRedundancy,
+        &[("s1", 3)],
+        &["solo-0"],
+    );
+    solo.escalation = EscalationPolicy {
+        reset_max: 1,
+        restart_max: 1,
+        reinitialise_max: 1,
+        node_restart_max: 1,
+        window_ms: 10_000,
+        relocate: true,
+    };
     let mut services = vec![
         service(
             "pair",
@@ -202,12 +218,7 @@ pub fn topology(nodes: usize) -> Topology {
             &[("p1", 1), ("p2", 2)],
             &["pair-0", "pair-1"],
         ),
-        service(
-            "solo",
-            RedundancyModel::NoRedundancy,
-            &[("s1", 3)],
-            &["solo-0"],
-        ),
+        solo,
     ];
     if nodes >= 5 {
         services.push(service(
@@ -227,6 +238,10 @@ pub fn topology(nodes: usize) -> Topology {
     }
     Topology {
         services,
+        node_restart: Some(ProcessSpec {
+            argv: vec!["/sim/reboot".into()],
+            ..ProcessSpec::default()
+        }),
         ..Topology::default()
     }
 }
@@ -752,7 +767,10 @@ impl Sim {
                         to: Some(Role::Active),
                         ..
                     } => self.report.promotions += 1,
-                    ModelEvent::UnitFaulted { .. } => self.report.unit_faults_handled += 1,
+                    ModelEvent::UnitFaulted { record, .. } => {
+                        self.report.unit_faults_handled += 1;
+                        self.report.ladder_levels[record.level as usize] += 1;
+                    }
                     ModelEvent::HandoverEnded { moved: true, .. } => self.report.handovers += 1,
                     ModelEvent::UnitRelocated { .. } => self.report.relocations += 1,
                     _ => {}

@@ -79,6 +79,11 @@ fn fixed_seeds() {
         ("promotions of a STANDBY", total.promotions),
         ("handovers", total.handovers),
         ("relocations", total.relocations),
+        ("L0 resets", total.ladder_levels[0]),
+        ("L1 restarts", total.ladder_levels[1]),
+        ("L2 reinitialisations", total.ladder_levels[2]),
+        ("L3 node restarts", total.ladder_levels[3]),
+        ("node-restart commands", total.node_restarts),
         ("operator requests completed", total.admin_done),
     ];
     for (what, value) in exercised {
