@@ -131,15 +131,7 @@ pub struct Record {
 }
 
 /// CLOCK_MONOTONIC now, in ns (the clock the test unit records with).
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
+pub use tandem::monotonic_ns;
 
 /// Intervals during which one unit process acted ACTIVE for `shard`, judged from its records:
 /// from the start of an ACTIVE hook to the end of the next hook that leaves ACTIVE, or to the

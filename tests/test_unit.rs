@@ -12,20 +12,10 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use tandem::{Context, HookError, Role, ShardName, Unit};
+use tandem::{monotonic_ns, Context, HookError, Role, ShardName, Unit};
 
 struct Recorder {
     path: PathBuf,
-}
-
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 impl Recorder {

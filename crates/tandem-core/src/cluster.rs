@@ -1359,38 +1359,18 @@ pub fn wanted_counts(model: RedundancyModel, unit_count: usize) -> (usize, usize
 pub(crate) mod tests {
     use super::*;
     use crate::ladder::Severity;
-    use crate::topology::{EscalationPolicy, ProcessSpec, UnitSpec, UnitTimeouts};
 
     pub(crate) fn two_n_state() -> ClusterState {
         let mut state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let mut service = crate::topology::tests::service(
+            "counter",
+            RedundancyModel::TwoN,
+            &[("a", 1), ("b", 2)],
+            &["s0", "s1"],
+        );
+        service.instantiate.argv = vec!["/bin/counter".into()];
         let topology = Topology {
-            services: vec![ServiceSpec {
-                name: "counter".into(),
-                model: RedundancyModel::TwoN,
-                units: vec![
-                    UnitSpec {
-                        name: "a".into(),
-                        node: NodeId(1),
-                        rank: 0,
-                    },
-                    UnitSpec {
-                        name: "b".into(),
-                        node: NodeId(2),
-                        rank: 0,
-                    },
-                ],
-                shards: vec!["s0".into(), "s1".into()],
-                instantiate: ProcessSpec {
-                    argv: vec!["/bin/counter".into()],
-                    ..ProcessSpec::default()
-                },
-                terminate: None,
-                cleanup: None,
-                timeouts: UnitTimeouts::default(),
-                escalation: EscalationPolicy::default(),
-                max_shards_per_unit: 0,
-                allow_colocation: false,
-            }],
+            services: vec![service],
             ..Topology::default()
         };
         assert_eq!(

@@ -42,6 +42,12 @@ macro_rules! name_type {
                 Self(name.to_owned())
             }
         }
+
+        impl From<String> for $name {
+            fn from(name: String) -> Self {
+                Self(name)
+            }
+        }
     };
 }
 

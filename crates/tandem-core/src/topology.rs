@@ -380,6 +380,34 @@ impl Topology {
 }
 
 impl ServiceSpec {
+    /// A service of `model` whose units run `argv`, with every other setting at its default
+    /// (no terminate or cleanup command, default timers and escalation, no per-unit limit, no
+    /// colocation).
+    pub fn new(
+        name: impl Into<ServiceName>,
+        model: RedundancyModel,
+        units: Vec<UnitSpec>,
+        shards: Vec<ShardName>,
+        argv: Vec<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            model,
+            units,
+            shards,
+            instantiate: ProcessSpec {
+                argv,
+                ..ProcessSpec::default()
+            },
+            terminate: None,
+            cleanup: None,
+            timeouts: UnitTimeouts::default(),
+            escalation: EscalationPolicy::default(),
+            max_shards_per_unit: 0,
+            allow_colocation: false,
+        }
+    }
+
     /// The spec of unit `name`, if it belongs to this service.
     pub fn unit(&self, name: &UnitName) -> Option<&UnitSpec> {
         self.units.iter().find(|unit| &unit.name == name)
@@ -392,7 +420,7 @@ impl ServiceSpec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn service(
@@ -401,10 +429,10 @@ mod tests {
         units: &[(&str, u64)],
         shards: &[&str],
     ) -> ServiceSpec {
-        ServiceSpec {
-            name: ServiceName::from(name),
+        ServiceSpec::new(
+            name,
             model,
-            units: units
+            units
                 .iter()
                 .map(|(unit, node)| UnitSpec {
                     name: UnitName::from(*unit),
@@ -412,18 +440,9 @@ mod tests {
                     rank: 0,
                 })
                 .collect(),
-            shards: shards.iter().map(|shard| ShardName::from(*shard)).collect(),
-            instantiate: ProcessSpec {
-                argv: vec!["/bin/true".into()],
-                ..ProcessSpec::default()
-            },
-            terminate: None,
-            cleanup: None,
-            timeouts: UnitTimeouts::default(),
-            escalation: EscalationPolicy::default(),
-            max_shards_per_unit: 0,
-            allow_colocation: false,
-        }
+            shards.iter().map(|shard| ShardName::from(*shard)).collect(),
+            vec!["/bin/true".into()],
+        )
     }
 
     fn members() -> BTreeSet<NodeId> {

@@ -162,38 +162,34 @@ enum CrashKind {
 /// The topology every run uses: a 2n pair and a no-redundancy singleton on 3 nodes, plus an
 /// n+m pool and an n-way-active front end on 5; a node-restart command for ladder L3.
 pub fn topology(nodes: usize) -> Topology {
-    let service = |name: &str, model, units: &[(&str, u64)], shards: &[&str]| ServiceSpec {
-        name: name.into(),
-        model,
-        units: units
-            .iter()
-            .map(|(unit, node)| UnitSpec {
-                name: (*unit).into(),
-                node: NodeId(*node),
-                rank: 0,
-            })
-            .collect(),
-        shards: shards.iter().map(|shard| (*shard).into()).collect(),
-        instantiate: ProcessSpec {
-            argv: vec![format!("/sim/{name}")],
-            ..ProcessSpec::default()
-        },
-        terminate: None,
-        cleanup: None,
-        timeouts: UnitTimeouts {
+    let service = |name: &str, model, units: &[(&str, u64)], shards: &[&str]| {
+        let mut spec = ServiceSpec::new(
+            name,
+            model,
+            units
+                .iter()
+                .map(|(unit, node)| UnitSpec {
+                    name: (*unit).into(),
+                    node: NodeId(*node),
+                    rank: 0,
+                })
+                .collect(),
+            shards.iter().map(|shard| (*shard).into()).collect(),
+            vec![format!("/sim/{name}")],
+        );
+        spec.timeouts = UnitTimeouts {
             instantiate_ms: 1_000,
             terminate_ms: 100,
             cleanup_ms: 100,
             health_interval_ms: 100,
             health_timeout_ms: 300,
             callback_ms: 500,
-        },
-        escalation: EscalationPolicy {
+        };
+        spec.escalation = EscalationPolicy {
             window_ms: 2_000,
             ..EscalationPolicy::default()
-        },
-        max_shards_per_unit: 0,
-        allow_colocation: false,
+        };
+        spec
     };
     // The singleton climbs its ladder quickly (one fault per level in a long window), so runs
     // reach L2, L3 (node restart) and L5.

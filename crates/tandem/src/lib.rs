@@ -240,16 +240,22 @@ pub struct Context {
     reports: mpsc::Sender<UnitToAgent>,
 }
 
-/// CLOCK_MONOTONIC now, as the core's `Time` (µs): the clock `tandemd` expresses lease
-/// deadlines on.
-fn monotonic_now() -> tandem_core::Time {
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock `tandemd` expresses lease deadlines on, the
+/// same for every process of the machine (what `std::time::Instant` counts on Linux). Useful to
+/// timestamp what a unit does so that events of several processes can be ordered.
+pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    tandem_core::Time::from_micros(now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000)
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// [`monotonic_ns`] as the core's `Time` (µs).
+fn monotonic_now() -> tandem_core::Time {
+    tandem_core::Time::from_micros(monotonic_ns() / 1000)
 }
 
 impl Context {

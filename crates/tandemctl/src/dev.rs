@@ -15,10 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tandem_core::{
-    EscalationPolicy, NodeId, ProcessSpec, RedundancyModel, ServiceSpec, Topology, UnitSpec,
-    UnitTimeouts,
-};
+use tandem_core::{NodeId, RedundancyModel, ServiceSpec, Topology, UnitSpec};
 use tandemd::admin_client;
 use tandemd::config::{self, ClusterConfig, Config, NodeConfig};
 
@@ -76,26 +73,18 @@ pub fn counter_service(nodes: u16, counter: &Path) -> ServiceSpec {
             rank: 0,
         });
     }
-    ServiceSpec {
-        name: "counter".into(),
-        model: if nodes >= 2 {
-            RedundancyModel::TwoN
-        } else {
-            RedundancyModel::NoRedundancy
-        },
+    let model = if nodes >= 2 {
+        RedundancyModel::TwoN
+    } else {
+        RedundancyModel::NoRedundancy
+    };
+    ServiceSpec::new(
+        "counter",
+        model,
         units,
-        shards: vec!["counter-0".into()],
-        instantiate: ProcessSpec {
-            argv: vec![counter.display().to_string()],
-            ..ProcessSpec::default()
-        },
-        terminate: None,
-        cleanup: None,
-        timeouts: UnitTimeouts::default(),
-        escalation: EscalationPolicy::default(),
-        max_shards_per_unit: 0,
-        allow_colocation: false,
-    }
+        vec!["counter-0".into()],
+        vec![counter.display().to_string()],
+    )
 }
 
 /// The config of a dev cluster of `nodes` nodes in `dir` (an absolute path, so that the

@@ -5,7 +5,7 @@ use super::*;
 use crate::cluster::{AdminOp, AdminTarget, ApplyOutcome};
 use crate::ladder::{FaultKind, Severity};
 use crate::report::{AgentReport, UnitReport};
-use crate::topology::{EscalationPolicy, ProcessSpec, Topology, UnitSpec, UnitTimeouts};
+use crate::topology::Topology;
 
 /// A cluster state plus agents that do whatever they are told at once.
 struct Harness {
@@ -20,29 +20,7 @@ struct Harness {
 }
 
 fn spec(model: RedundancyModel, units: &[(&str, u64)], shards: &[&str]) -> ServiceSpec {
-    ServiceSpec {
-        name: "svc".into(),
-        model,
-        units: units
-            .iter()
-            .map(|(name, node)| UnitSpec {
-                name: (*name).into(),
-                node: NodeId(*node),
-                rank: 0,
-            })
-            .collect(),
-        shards: shards.iter().map(|shard| (*shard).into()).collect(),
-        instantiate: ProcessSpec {
-            argv: vec!["/bin/unit".into()],
-            ..ProcessSpec::default()
-        },
-        terminate: None,
-        cleanup: None,
-        timeouts: UnitTimeouts::default(),
-        escalation: EscalationPolicy::default(),
-        max_shards_per_unit: 0,
-        allow_colocation: false,
-    }
+    crate::topology::tests::service("svc", model, units, shards)
 }
 
 impl Harness {
