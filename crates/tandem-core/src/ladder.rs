@@ -13,7 +13,8 @@
 //! place), and climbs while the level's counter within the probation window is at its
 //! maximum. Node-class faults (node loss, `report_fault(Severity::Node)`) take the fast path
 //! straight to L5. Above L5, or when L5 is impossible, the unit is disabled until an operator
-//! repairs it. The ladder is part of the replicated state and runs inside `apply`, so every
+//! repairs it. A unit that lost its instance because its daemon restarted is restarted without
+//! climbing: the fault was not its own. The ladder is part of the replicated state and runs inside `apply`, so every
 //! node and every future leader agrees on counters and actions.
 
 use std::fmt;
@@ -237,6 +238,19 @@ impl Ladder {
                 self.counts = [0; 6];
             }
         }
+        if kind == FaultKind::AgentRestarted {
+            // The daemon went away, not the unit: restart it without climbing the ladder, so
+            // that restarting a node (or a whole dev cluster) never escalates its units.
+            self.faults_total += 1;
+            let record = FaultRecord {
+                kind,
+                at_ms,
+                level: Level::Restart,
+                action: RecoveryAction::Restart,
+            };
+            self.last = Some(record.clone());
+            return record;
+        }
         let maxima = [
             policy.reset_max,
             policy.restart_max,
@@ -365,6 +379,18 @@ mod tests {
                 .action,
             RecoveryAction::AwaitNode
         );
+    }
+
+    #[test]
+    fn a_daemon_restart_restarts_the_unit_without_climbing() {
+        let mut ladder = Ladder::default();
+        let policy = policy();
+        for at in 0..10 {
+            let record = ladder.escalate(&policy, FaultKind::AgentRestarted, at, None);
+            assert_eq!(record.action, RecoveryAction::Restart);
+        }
+        assert_eq!(ladder.counts, [0; 6]);
+        assert_eq!(ladder.faults_total, 10);
     }
 
     #[test]
