@@ -14,8 +14,8 @@
 //! maximum. Node-class faults (node loss, `report_fault(Severity::Node)`) take the fast path
 //! straight to L5. Above L5, or when L5 is impossible, the unit is disabled until an operator
 //! repairs it. A unit that lost its instance because its daemon restarted is restarted without
-//! climbing: the fault was not its own. The ladder is part of the replicated state and runs inside `apply`, so every
-//! node and every future leader agrees on counters and actions.
+//! climbing: the fault was not its own. The ladder is part of the replicated state and runs
+//! inside `apply`, so every node and every future leader agrees on counters and actions.
 
 use std::fmt;
 
