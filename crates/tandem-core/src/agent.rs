@@ -683,6 +683,7 @@ impl Agent {
         let mut report = AgentReport {
             applied_index: applied,
             units: BTreeMap::new(),
+            in_sync: BTreeMap::new(),
         };
         for (name, slot) in &self.units {
             let record = state

@@ -183,9 +183,50 @@ pub struct ShardRecord {
     pub roles: BTreeMap<UnitName, Role>,
     /// A handover in progress.
     pub handover: Option<Handover>,
+    /// STANDBYs recorded as in sync with the ACTIVE at this epoch: each holds every write the
+    /// ACTIVE acknowledged as sync. Cleared when the epoch changes; a unit leaves it when it
+    /// stops being STANDBY.
+    pub in_sync: BTreeSet<UnitName>,
+    /// The unit that became ACTIVE at the current epoch (the holder of the newest replica).
+    pub last_active: Option<UnitName>,
+    /// Processing restriction: the ACTIVE admits this many new sessions per thousand
+    /// (`None`: no restriction).
+    pub admitted_permille: Option<u32>,
 }
 
 impl ShardRecord {
+    /// A shard of `service` nobody holds a role for yet.
+    pub fn new(name: ShardName, service: ServiceName) -> Self {
+        Self {
+            name,
+            service,
+            epoch: 0,
+            version: 0,
+            roles: BTreeMap::new(),
+            handover: None,
+            in_sync: BTreeSet::new(),
+            last_active: None,
+            admitted_permille: None,
+        }
+    }
+
+    /// `unit` becomes ACTIVE: a new epoch, whose in-sync set starts empty. With a single
+    /// ACTIVE, a unit that is neither the previous ACTIVE nor recorded in sync with it may miss
+    /// acknowledged writes: that is reported.
+    fn begin_epoch(&mut self, unit: &UnitName, single_active: bool, events: &mut Vec<ModelEvent>) {
+        let continuous = self.last_active.as_ref() == Some(unit) || self.in_sync.contains(unit);
+        self.epoch += 1;
+        if single_active && self.epoch > 1 && !continuous {
+            events.push(ModelEvent::PossibleLoss {
+                shard: self.name.clone(),
+                unit: unit.clone(),
+                epoch: self.epoch,
+            });
+        }
+        self.last_active = Some(unit.clone());
+        self.in_sync.clear();
+    }
+
     /// Units holding `role`.
     pub fn units_in(&self, role: Role) -> impl Iterator<Item = &UnitName> + '_ {
         self.roles
@@ -335,6 +376,23 @@ pub enum Command {
         /// Shards whose STANDBY becomes ACTIVE in the same step: (shard, standby unit).
         promotions: Vec<(ShardName, UnitName)>,
     },
+    /// The ACTIVE's agent verified these STANDBYs' replicas at `epoch` (refused silently,
+    /// as unchanged, when the epoch moved on; units that are no longer STANDBY are left out).
+    SetInSync {
+        /// The shard.
+        shard: ShardName,
+        /// The epoch the ACTIVE's agent verified at.
+        epoch: u64,
+        /// The STANDBYs in sync.
+        units: BTreeSet<UnitName>,
+    },
+    /// Processing restriction of a shard's ACTIVE (an operator's `tandemctl restrict`).
+    Restrict {
+        /// The shard.
+        shard: ShardName,
+        /// New sessions admitted per thousand; `None` lifts the restriction.
+        admitted_permille: Option<u32>,
+    },
     /// A restart that waited for handovers goes ahead: the unit's generation grows.
     RestartUnit {
         /// The unit.
@@ -436,6 +494,32 @@ pub enum ModelEvent {
         /// New node.
         to: NodeId,
     },
+    /// A unit became ACTIVE without being recorded in sync with the previous ACTIVE: writes
+    /// the previous ACTIVE acknowledged may be missing from its replica.
+    PossibleLoss {
+        /// The shard.
+        shard: ShardName,
+        /// The new ACTIVE.
+        unit: UnitName,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// The set of in-sync STANDBYs changed.
+    InSyncChanged {
+        /// The shard.
+        shard: ShardName,
+        /// The epoch.
+        epoch: u64,
+        /// The STANDBYs in sync now.
+        units: BTreeSet<UnitName>,
+    },
+    /// A shard's processing restriction changed.
+    Restricted {
+        /// The shard.
+        shard: ShardName,
+        /// New sessions admitted per thousand (`None`: unrestricted).
+        admitted_permille: Option<u32>,
+    },
     /// A unit was disabled or repaired.
     UnitEnabled {
         /// The unit.
@@ -500,6 +584,40 @@ impl fmt::Display for ModelEvent {
             Self::UnitRelocated { unit, from, to } => {
                 write!(f, "unit {unit}: relocated from node {from} to node {to}")
             }
+            Self::PossibleLoss { shard, unit, epoch } => write!(
+                f,
+                "shard {shard}: unit {unit} became ACTIVE (epoch {epoch}) without being in sync; \
+                 writes acknowledged by the previous ACTIVE may be lost"
+            ),
+            Self::InSyncChanged {
+                shard,
+                epoch,
+                units,
+            } => write!(
+                f,
+                "shard {shard}: in-sync STANDBYs at epoch {epoch}: {}",
+                if units.is_empty() {
+                    "none".to_owned()
+                } else {
+                    units
+                        .iter()
+                        .map(UnitName::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+            Self::Restricted {
+                shard,
+                admitted_permille,
+            } => match admitted_permille {
+                Some(permille) => write!(
+                    f,
+                    "shard {shard}: processing restricted to {}.{}% of new sessions",
+                    permille / 10,
+                    permille % 10
+                ),
+                None => write!(f, "shard {shard}: processing restriction lifted"),
+            },
             Self::UnitEnabled { unit, enabled } => write!(
                 f,
                 "unit {unit}: {}",
@@ -526,6 +644,9 @@ impl ModelEvent {
             Self::UnitFaulted { .. } => "fault",
             Self::UnitRestarting { .. } => "restart",
             Self::UnitRelocated { .. } => "relocated",
+            Self::PossibleLoss { .. } => "possible-loss",
+            Self::InSyncChanged { .. } => "in-sync",
+            Self::Restricted { .. } => "restricted",
             Self::UnitEnabled { .. } => "operational",
         }
     }
@@ -626,6 +747,52 @@ impl ClusterState {
             } => self.transact(events, |state, events| {
                 state.unit_fault(unit, *fault, kind, *at_ms, promotions, events)
             }),
+            Command::SetInSync {
+                shard,
+                epoch,
+                units,
+            } => match self.shards.get_mut(shard) {
+                None => refused(format!("shard {shard} does not exist")),
+                Some(record) if record.epoch != *epoch => ApplyOutcome::Unchanged,
+                Some(record) => {
+                    let units: BTreeSet<UnitName> = units
+                        .iter()
+                        .filter(|unit| record.roles.get(*unit) == Some(&Role::Standby))
+                        .cloned()
+                        .collect();
+                    if units == record.in_sync {
+                        ApplyOutcome::Unchanged
+                    } else {
+                        record.in_sync = units.clone();
+                        events.push(ModelEvent::InSyncChanged {
+                            shard: shard.clone(),
+                            epoch: *epoch,
+                            units,
+                        });
+                        ApplyOutcome::Changed
+                    }
+                }
+            },
+            Command::Restrict {
+                shard,
+                admitted_permille,
+            } => match self.shards.get_mut(shard) {
+                None => refused(format!("shard {shard} does not exist")),
+                Some(_) if admitted_permille.is_some_and(|permille| permille > 1000) => {
+                    refused("a restriction admits at most 1000 per thousand".to_owned())
+                }
+                Some(record) if record.admitted_permille == *admitted_permille => {
+                    ApplyOutcome::Unchanged
+                }
+                Some(record) => {
+                    record.admitted_permille = *admitted_permille;
+                    events.push(ModelEvent::Restricted {
+                        shard: shard.clone(),
+                        admitted_permille: *admitted_permille,
+                    });
+                    ApplyOutcome::Changed
+                }
+            },
             Command::RestartUnit {
                 unit,
                 expected_generation,
@@ -659,10 +826,21 @@ impl ClusterState {
         let mut draft_events = Vec::new();
         let outcome = change(&mut draft, &mut draft_events);
         if !matches!(outcome, ApplyOutcome::Refused(_)) {
+            draft.keep_in_sync_standbys();
             *self = draft;
             events.extend(draft_events);
         }
         outcome
+    }
+
+    /// A unit is in sync only while it holds STANDBY.
+    fn keep_in_sync_standbys(&mut self) {
+        for shard in self.shards.values_mut() {
+            let roles = &shard.roles;
+            shard
+                .in_sync
+                .retain(|unit| roles.get(unit) == Some(&Role::Standby));
+        }
     }
 
     /// Whether `node` is a member and currently judged up.
@@ -813,14 +991,7 @@ impl ClusterState {
                         }
                         record
                     }
-                    _ => ShardRecord {
-                        name: name.clone(),
-                        service: service.name.clone(),
-                        epoch: 0,
-                        version: 0,
-                        roles: BTreeMap::new(),
-                        handover: None,
-                    },
+                    _ => ShardRecord::new(name.clone(), service.name.clone()),
                 };
                 shards.insert(name.clone(), record);
             }
@@ -992,7 +1163,7 @@ impl ClusterState {
                 }
             }
             if change.role == Some(Role::Active) {
-                shard.epoch += 1;
+                shard.begin_epoch(&change.unit, !model.multi_active(), events);
             }
             changed = true;
             events.push(ModelEvent::RoleChanged {
@@ -1196,7 +1367,7 @@ impl ClusterState {
                 continue;
             }
             shard.roles.insert(standby.clone(), Role::Active);
-            shard.epoch += 1;
+            shard.begin_epoch(standby, !multi, events);
             shard.version += 1;
             events.push(ModelEvent::RoleChanged {
                 shard: shard_name.clone(),

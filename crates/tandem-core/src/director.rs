@@ -34,6 +34,7 @@ pub const RETRY_AFTER: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum PendingKey {
     Shard(ShardName),
+    InSync(ShardName, u64, BTreeSet<UnitName>),
     Fault(UnitName, FaultId),
     Restart(UnitName, u64),
 }
@@ -100,17 +101,52 @@ impl<'a> View<'a> {
     }
 
     /// A STANDBY of `shard` that can take over at once: eligible and confirmed STANDBY at the
-    /// current version. Best first by preference.
+    /// current version. In-sync STANDBYs first, then by preference.
     pub fn ready_standby(&self, shard: &ShardRecord, except: &UnitName) -> Option<UnitName> {
-        let service = self.state.topology.service(&shard.service)?;
+        self.ready_standbys(shard, except).into_iter().next()
+    }
+
+    /// Every STANDBY of `shard` that can take over at once, in-sync ones first, then by
+    /// preference.
+    pub fn ready_standbys(&self, shard: &ShardRecord, except: &UnitName) -> Vec<UnitName> {
+        let Some(service) = self.state.topology.service(&shard.service) else {
+            return Vec::new();
+        };
         let mut ready: Vec<&UnitRecord> = shard
             .units_in(Role::Standby)
             .filter(|name| *name != except)
             .filter_map(|name| self.unit(name))
             .filter(|unit| self.eligible(unit) && self.settled(unit, shard) == Some(Role::Standby))
             .collect();
-        ready.sort_by_key(|unit| self.preference(service, unit));
-        ready.first().map(|unit| unit.name.clone())
+        ready.sort_by_key(|unit| {
+            (
+                !shard.in_sync.contains(&unit.name),
+                self.preference(service, unit),
+            )
+        });
+        ready.into_iter().map(|unit| unit.name.clone()).collect()
+    }
+
+    /// What the agent of `shard`'s primary (the unit acting for it, or the QUIESCED unit of a
+    /// handover) claims in sync at the current epoch, limited to current STANDBYs.
+    pub fn claimed_in_sync(&self, shard: &ShardRecord) -> Option<BTreeSet<UnitName>> {
+        let primary = shard
+            .acting()
+            .next()
+            .or_else(|| shard.handover.as_ref().map(|handover| &handover.from))?;
+        let node = self.unit(primary)?.node;
+        let (_, report) = self.observations.nodes.get(&node)?;
+        let (epoch, units) = report.in_sync.get(&shard.name)?;
+        if *epoch != shard.epoch {
+            return None;
+        }
+        Some(
+            units
+                .iter()
+                .filter(|unit| shard.roles.get(*unit) == Some(&Role::Standby))
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Static preference of a unit: its rank, its node's rank, its place in the config.
@@ -221,6 +257,24 @@ impl Director {
                 commands.push(command);
             }
         }
+        for shard in state.shards.values() {
+            let Some(units) = view.claimed_in_sync(shard) else {
+                continue;
+            };
+            if units == shard.in_sync {
+                continue;
+            }
+            let key = PendingKey::InSync(shard.name.clone(), shard.epoch, units.clone());
+            if self.is_pending(&key) {
+                continue;
+            }
+            self.pending.insert(key, (now, 0));
+            commands.push(Command::SetInSync {
+                shard: shard.name.clone(),
+                epoch: shard.epoch,
+                units,
+            });
+        }
         for unit in state.units.values() {
             if !unit.restart_pending || state.roles_of(&unit.name).next().is_some() {
                 continue;
@@ -256,6 +310,10 @@ impl Director {
                 PendingKey::Fault(unit, fault) => state.units.get(unit).is_some_and(|record| {
                     record.generation == fault.generation && record.fault_seen < *fault
                 }),
+                PendingKey::InSync(shard, epoch, units) => state
+                    .shards
+                    .get(shard)
+                    .is_some_and(|record| record.epoch == *epoch && record.in_sync != *units),
                 PendingKey::Restart(unit, generation) => {
                     state.units.get(unit).is_some_and(|record| {
                         record.generation == *generation && record.restart_pending
@@ -319,10 +377,13 @@ fn promotions_for(view: &View<'_>, leaving: &[UnitName]) -> Vec<(ShardName, Unit
             .filter_map(|name| state.units.get(name))
             .filter(|unit| view.eligible(unit) && view.settled(unit, shard) == Some(Role::Standby))
             .min_by_key(|unit| {
-                state
-                    .topology
-                    .service(&shard.service)
-                    .map(|service| view.preference(service, unit))
+                (
+                    !shard.in_sync.contains(&unit.name),
+                    state
+                        .topology
+                        .service(&shard.service)
+                        .map(|service| view.preference(service, unit)),
+                )
             });
         if let Some(standby) = standby {
             promotions.push((shard.name.clone(), standby.name.clone()));
@@ -496,11 +557,15 @@ fn plan_handover(
     // The planned target, while it can still take over: eligible, and holding STANDBY. Its
     // agent may not have confirmed the role at the shard's new version yet (it reports after
     // applying the handover's start); that is worth waiting for, not a reason to give up.
+    // A switchover moves the ACTIVE only to an in-sync STANDBY (nothing acknowledged may be
+    // lost by a planned operation); taking a unit out of service moves it to the best there is.
+    let needs_sync = handover.reason == HandoverReason::Switchover;
     let planned = handover
         .to
         .as_ref()
         .and_then(|to| state.units.get(to))
-        .filter(|unit| view.eligible(unit) && shard.roles.get(&unit.name) == Some(&Role::Standby));
+        .filter(|unit| view.eligible(unit) && shard.roles.get(&unit.name) == Some(&Role::Standby))
+        .filter(|unit| !needs_sync || shard.in_sync.contains(&unit.name));
     if let Some(unit) = planned {
         if view.settled(unit, shard) != Some(Role::Standby) {
             return None;
@@ -511,6 +576,7 @@ fn plan_handover(
             None
         } else {
             view.ready_standby(shard, &handover.from)
+                .filter(|unit| !needs_sync || shard.in_sync.contains(unit))
         }
     });
     let mut changes = Vec::new();
@@ -736,7 +802,26 @@ pub fn plan_switchover(
                 ),
             ));
         }
-        let standby = view.ready_standby(shard, active).ok_or_else(|| {
+        let ready = view.ready_standbys(shard, active);
+        if let Some(first) = ready.first() {
+            if !shard.in_sync.contains(first) {
+                return Err(refusal(
+                    "not_in_sync",
+                    format!(
+                        "shard {} cannot switch over: STANDBY {} is not in sync with the ACTIVE \
+                         yet (its replica is being transferred or verified; `tandemctl status` \
+                         shows the progress); retry once it is",
+                        shard.name,
+                        ready
+                            .iter()
+                            .map(UnitName::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        let standby = ready.into_iter().next().ok_or_else(|| {
             let detail = shard
                 .units_in(Role::Standby)
                 .filter_map(|name| state.units.get(name))

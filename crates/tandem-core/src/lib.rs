@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod belief;
 pub mod cluster;
+pub mod data;
 pub mod director;
 pub mod ids;
 pub mod ladder;
@@ -37,5 +38,6 @@ pub use liveness::{LivenessConfig, LivenessTracker, NodeReport};
 pub use report::{AgentReport, Observations, Presence, Settled, UnitReport};
 pub use time::Time;
 pub use topology::{
-    EscalationPolicy, ProcessSpec, RedundancyModel, ServiceSpec, Topology, UnitSpec, UnitTimeouts,
+    CheckpointSpec, EscalationPolicy, IngressSpec, ProcessSpec, RedundancyModel, ServiceSpec,
+    Topology, UnitSpec, UnitTimeouts,
 };

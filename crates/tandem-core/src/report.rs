@@ -5,7 +5,7 @@
 //! the two. Reports are repeated with every heartbeat, so a new leader learns everything within
 //! one heartbeat interval, and a lost report costs nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cluster::{FaultId, Role};
 use crate::ids::{NodeId, ShardName, UnitName};
@@ -74,6 +74,9 @@ pub struct AgentReport {
     pub applied_index: u64,
     /// Every unit placed on the agent's node, by name.
     pub units: BTreeMap<UnitName, UnitReport>,
+    /// For each shard whose primary replica is on the node: the epoch and the STANDBYs its
+    /// data plane verified in sync (the director records them with `SetInSync`).
+    pub in_sync: BTreeMap<ShardName, (u64, BTreeSet<UnitName>)>,
 }
 
 /// The leader's latest report from each node, with when it arrived.

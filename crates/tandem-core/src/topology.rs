@@ -172,6 +172,43 @@ pub struct ServiceSpec {
     pub max_shards_per_unit: u32,
     /// Whether a shard's ACTIVE and STANDBY may share a node.
     pub allow_colocation: bool,
+    /// How its checkpoints replicate.
+    pub checkpoint: CheckpointSpec,
+    /// Addresses that follow each shard's ACTIVE.
+    pub ingress: BTreeMap<ShardName, IngressSpec>,
+    /// Optional commands run on a node when it takes or gives up a shard's ingress (e.g. to
+    /// move a real virtual IP). They get `TANDEM_SHARD`, `TANDEM_UDP` and `TANDEM_TCP`.
+    pub vip_up: Option<ProcessSpec>,
+    /// See `vip_up`.
+    pub vip_down: Option<ProcessSpec>,
+}
+
+/// How a service's checkpoints replicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointSpec {
+    /// A commit without an explicit mode waits for every in-sync STANDBY (`true`) or returns
+    /// at once (`false`).
+    pub sync: bool,
+    /// An async commit waits while an in-sync STANDBY lags more than this many ops behind.
+    pub async_lag_max_ops: u64,
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        Self {
+            sync: true,
+            async_lag_max_ops: 10_000,
+        }
+    }
+}
+
+/// Addresses bound by the agent of a shard's ACTIVE.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IngressSpec {
+    /// A UDP address (`ip:port`).
+    pub udp: Option<String>,
+    /// A TCP address (`ip:port`).
+    pub tcp: Option<String>,
 }
 
 /// The whole topology.
@@ -405,6 +442,10 @@ impl ServiceSpec {
             escalation: EscalationPolicy::default(),
             max_shards_per_unit: 0,
             allow_colocation: false,
+            checkpoint: CheckpointSpec::default(),
+            ingress: BTreeMap::new(),
+            vip_up: None,
+            vip_down: None,
         }
     }
 

@@ -136,6 +136,8 @@ pub struct Node<D: Disk> {
     /// The agent's last report sent to the leader (or recorded, on the leader), to send a new
     /// one as soon as anything in it changes.
     last_report: Option<AgentReport>,
+    /// What this node's data plane verified in sync, reported to the leader.
+    in_sync_claims: BTreeMap<tandem_core::ShardName, (u64, std::collections::BTreeSet<UnitName>)>,
 }
 
 impl<D: Disk> std::fmt::Debug for Node<D> {
@@ -162,6 +164,7 @@ impl<D: Disk> Node<D> {
             reconcile_due: true,
             last_leader: None,
             last_report: None,
+            in_sync_claims: BTreeMap::new(),
             settings,
         })
     }
@@ -207,8 +210,28 @@ impl<D: Disk> Node<D> {
 
     /// This node's own agent report at `now`.
     pub fn own_report(&self, now: Time) -> AgentReport {
-        self.agent
-            .report(now, self.replica.state(), self.replica.applied_index())
+        let mut report = self
+            .agent
+            .report(now, self.replica.state(), self.replica.applied_index());
+        report.in_sync = self.in_sync_claims.clone();
+        report
+    }
+
+    /// What this node's data plane verified in sync; a change is reported to the leader at the
+    /// next drive.
+    pub fn set_in_sync_claims(
+        &mut self,
+        claims: BTreeMap<tandem_core::ShardName, (u64, std::collections::BTreeSet<UnitName>)>,
+    ) {
+        if claims != self.in_sync_claims {
+            self.in_sync_claims = claims;
+            self.reconcile_due = true;
+        }
+    }
+
+    /// Until when this node's units may act (its agent's lease), if it holds one.
+    pub fn lease_until(&self, now: Time) -> Option<Time> {
+        self.agent.lease_until(now, self.replica.applied_index())
     }
 
     /// Whether this node's lease is valid at `now`.

@@ -124,6 +124,15 @@ pub fn encode_report(report: &AgentReport) -> wire::AgentReport {
                 load: unit.load,
             })
             .collect(),
+        in_sync: report
+            .in_sync
+            .iter()
+            .map(|(shard, (epoch, units))| wire::InSyncClaim {
+                shard: shard.0.clone(),
+                epoch: *epoch,
+                units: units.iter().map(|unit| unit.0.clone()).collect(),
+            })
+            .collect(),
     }
 }
 
@@ -165,9 +174,23 @@ pub fn decode_report(report: wire::AgentReport) -> Result<AgentReport, WireError
             },
         );
     }
+    if report.in_sync.len() > REPORT_UNITS_MAX {
+        return Err(CodecError::Invalid("agent report (too many in-sync claims)").into());
+    }
+    let in_sync = report
+        .in_sync
+        .into_iter()
+        .map(|claim| {
+            (
+                ShardName(claim.shard),
+                (claim.epoch, claim.units.into_iter().map(UnitName).collect()),
+            )
+        })
+        .collect();
     Ok(AgentReport {
         applied_index: report.applied_index,
         units,
+        in_sync,
     })
 }
 
@@ -181,6 +204,7 @@ mod tests {
         let mut report = AgentReport {
             applied_index: 12,
             units: BTreeMap::new(),
+            in_sync: [(ShardName::from("s0"), (4, ["b".into()].into()))].into(),
         };
         report.units.insert(
             "a".into(),

@@ -9,9 +9,9 @@ use tandem_core::cluster::{AdminOp, AdminState, AdminTarget, HandoverUpdate, Rol
 use tandem_core::ladder::{FaultRecord, Ladder, Level, RecoveryAction};
 use tandem_core::topology::EscalationPolicy;
 use tandem_core::{
-    ClusterState, Command, FaultId, FaultKind, Handover, HandoverReason, NodeId, NodeRecord,
-    ProcessSpec, RedundancyModel, Role, ServiceName, ServiceSpec, Severity, ShardName, ShardRecord,
-    Topology, UnitName, UnitRecord, UnitSpec, UnitTimeouts,
+    CheckpointSpec, ClusterState, Command, FaultId, FaultKind, Handover, HandoverReason,
+    IngressSpec, NodeId, NodeRecord, ProcessSpec, RedundancyModel, Role, ServiceName, ServiceSpec,
+    Severity, ShardName, ShardRecord, Topology, UnitName, UnitRecord, UnitSpec, UnitTimeouts,
 };
 use tandem_proto::state as wire;
 use tandem_proto::Message as _;
@@ -94,6 +94,22 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
             at_ms: *at_ms,
             promotions: encode_promotions(promotions),
         }),
+        Command::SetInSync {
+            shard,
+            epoch,
+            units,
+        } => Kind::SetInSync(wire::SetInSync {
+            shard: shard.0.clone(),
+            epoch: *epoch,
+            units: units.iter().map(|unit| unit.0.clone()).collect(),
+        }),
+        Command::Restrict {
+            shard,
+            admitted_permille,
+        } => Kind::Restrict(wire::Restrict {
+            shard: shard.0.clone(),
+            admitted_permille: *admitted_permille,
+        }),
         Command::RestartUnit {
             unit,
             expected_generation,
@@ -156,6 +172,15 @@ pub fn decode_command(data: &[u8]) -> Result<Command, CodecError> {
         Kind::RestartUnit(restart) => Command::RestartUnit {
             unit: UnitName(restart.unit),
             expected_generation: restart.expected_generation,
+        },
+        Kind::SetInSync(set) => Command::SetInSync {
+            shard: ShardName(set.shard),
+            epoch: set.epoch,
+            units: set.units.into_iter().map(UnitName).collect(),
+        },
+        Kind::Restrict(restrict) => Command::Restrict {
+            shard: ShardName(restrict.shard),
+            admitted_permille: restrict.admitted_permille,
         },
     })
 }
@@ -449,6 +474,21 @@ fn encode_service(service: &ServiceSpec) -> wire::Service {
         }),
         max_shards_per_unit: service.max_shards_per_unit,
         allow_colocation: service.allow_colocation,
+        checkpoint: Some(wire::Checkpoint {
+            sync: service.checkpoint.sync,
+            async_lag_max_ops: service.checkpoint.async_lag_max_ops,
+        }),
+        ingress: service
+            .ingress
+            .iter()
+            .map(|(shard, ingress)| wire::Ingress {
+                shard: shard.0.clone(),
+                udp: ingress.udp.clone(),
+                tcp: ingress.tcp.clone(),
+            })
+            .collect(),
+        vip_up: service.vip_up.as_ref().map(encode_process),
+        vip_down: service.vip_down.as_ref().map(encode_process),
     }
 }
 
@@ -500,6 +540,27 @@ fn decode_service(service: wire::Service) -> Result<ServiceSpec, CodecError> {
         },
         max_shards_per_unit: service.max_shards_per_unit,
         allow_colocation: service.allow_colocation,
+        checkpoint: service
+            .checkpoint
+            .map_or_else(CheckpointSpec::default, |checkpoint| CheckpointSpec {
+                sync: checkpoint.sync,
+                async_lag_max_ops: checkpoint.async_lag_max_ops,
+            }),
+        ingress: service
+            .ingress
+            .into_iter()
+            .map(|ingress| {
+                (
+                    ShardName(ingress.shard),
+                    IngressSpec {
+                        udp: ingress.udp,
+                        tcp: ingress.tcp,
+                    },
+                )
+            })
+            .collect(),
+        vip_up: service.vip_up.map(decode_process),
+        vip_down: service.vip_down.map(decode_process),
     })
 }
 
@@ -629,6 +690,9 @@ pub fn encode_state(state: &ClusterState) -> Vec<u8> {
                     })
                     .collect(),
                 handover: shard.handover.as_ref().map(encode_handover),
+                in_sync: shard.in_sync.iter().map(|unit| unit.0.clone()).collect(),
+                last_active: shard.last_active.as_ref().map(|unit| unit.0.clone()),
+                admitted_permille: shard.admitted_permille,
             })
             .collect(),
     }
@@ -709,6 +773,9 @@ pub fn decode_state(data: &[u8]) -> Result<ClusterState, CodecError> {
                     version: shard.version,
                     roles,
                     handover: shard.handover.map(decode_handover).transpose()?,
+                    in_sync: shard.in_sync.into_iter().map(UnitName).collect(),
+                    last_active: shard.last_active.map(UnitName),
+                    admitted_permille: shard.admitted_permille,
                 },
             ))
         })
@@ -760,6 +827,23 @@ mod tests {
                 escalation: EscalationPolicy::default(),
                 max_shards_per_unit: 4,
                 allow_colocation: true,
+                checkpoint: CheckpointSpec {
+                    sync: false,
+                    async_lag_max_ops: 77,
+                },
+                ingress: [(
+                    ShardName::from("s0"),
+                    IngressSpec {
+                        udp: Some("127.0.0.1:5060".into()),
+                        tcp: None,
+                    },
+                )]
+                .into(),
+                vip_up: Some(ProcessSpec {
+                    argv: vec!["/bin/vip".into(), "up".into()],
+                    ..ProcessSpec::default()
+                }),
+                vip_down: None,
             }],
             node_ranks: [(NodeId(2), 1)].into(),
             node_restart: None,
@@ -777,6 +861,19 @@ mod tests {
                 promotions: vec![("s0".into(), "b".into())],
             },
             Command::SetTopology(sample_topology()),
+            Command::SetInSync {
+                shard: "s0".into(),
+                epoch: 4,
+                units: ["b".into()].into(),
+            },
+            Command::Restrict {
+                shard: "s0".into(),
+                admitted_permille: Some(250),
+            },
+            Command::Restrict {
+                shard: "s0".into(),
+                admitted_permille: None,
+            },
             Command::Admin {
                 target: AdminTarget::Node(NodeId(2)),
                 op: AdminOp::LockInstantiation,
@@ -845,6 +942,39 @@ mod tests {
                 handover: HandoverUpdate::Keep,
             },
         );
+        let version = state.shards[&ShardName::from("s0")].version;
+        state.apply(
+            4,
+            &Command::Reassign {
+                shard: "s0".into(),
+                expected_version: version,
+                changes: vec![RoleChange {
+                    unit: "a".into(),
+                    role: Some(Role::Standby),
+                }],
+                handover: HandoverUpdate::Keep,
+            },
+        );
+        state.apply(
+            5,
+            &Command::SetInSync {
+                shard: "s0".into(),
+                epoch: 1,
+                units: ["a".into()].into(),
+            },
+        );
+        state.apply(
+            6,
+            &Command::Restrict {
+                shard: "s0".into(),
+                admitted_permille: Some(500),
+            },
+        );
+        let shard = &state.shards[&ShardName::from("s0")];
+        assert_eq!(shard.in_sync, ["a".into()].into());
+        assert_eq!(shard.last_active, Some("b".into()));
+        assert_eq!(shard.admitted_permille, Some(500));
+        assert_eq!(decode_state(&encode_state(&state)).unwrap(), state);
         state.apply(
             9,
             &Command::SetNodeLiveness {

@@ -17,6 +17,9 @@ struct Harness {
     silent: BTreeSet<UnitName>,
     /// Faults the agents report: unit → kind.
     faults: BTreeMap<UnitName, FaultKind>,
+    /// STANDBYs the primaries' data planes have not verified (every other STANDBY is claimed
+    /// in sync, as a data plane with nothing to transfer would at once).
+    unsynced: BTreeSet<UnitName>,
 }
 
 fn spec(model: RedundancyModel, units: &[(&str, u64)], shards: &[&str]) -> ServiceSpec {
@@ -41,6 +44,7 @@ impl Harness {
             index: 1,
             silent: BTreeSet::new(),
             faults: BTreeMap::new(),
+            unsynced: BTreeSet::new(),
         }
     }
 
@@ -102,6 +106,22 @@ impl Harness {
                     }
                 }
                 report.units.insert(unit.name.clone(), unit_report);
+            }
+            for shard in self.state.shards.values() {
+                let primary = shard
+                    .acting()
+                    .next()
+                    .or_else(|| shard.handover.as_ref().map(|handover| &handover.from));
+                if primary.is_some_and(|unit| self.state.units[unit].node == node.id) {
+                    let verified = shard
+                        .units_in(Role::Standby)
+                        .filter(|unit| !self.unsynced.contains(*unit))
+                        .cloned()
+                        .collect();
+                    report
+                        .in_sync
+                        .insert(shard.name.clone(), (shard.epoch, verified));
+                }
             }
             observations.record(self.now, node.id, report);
         }
@@ -235,7 +255,14 @@ fn switchover_quiesces_then_swaps_and_the_old_active_becomes_standby() {
     assert_eq!(h.role("s0", "b"), Some(Role::Active));
     assert!(h.shard("s0").handover.is_none());
     assert_eq!(h.shard("s0").epoch, 2);
-    // And back.
+    // And back, once b's agent verified a in sync at the new epoch.
+    let observations = h.observations();
+    let refused = plan_switchover(
+        &View::new(&h.state, &observations),
+        &SwitchoverTarget::Service("svc".into()),
+    );
+    assert_eq!(refused.unwrap_err().code, "not_in_sync");
+    h.settle();
     let observations = h.observations();
     let commands = plan_switchover(
         &View::new(&h.state, &observations),
@@ -486,4 +513,82 @@ fn nothing_is_assigned_to_units_the_agents_have_not_reported() {
     assert!(commands.is_empty());
     h.settle();
     assert_eq!(h.role("s0", "a"), Some(Role::Active));
+}
+
+#[test]
+fn the_director_records_claims_and_a_switchover_needs_an_in_sync_standby() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        2,
+    );
+    h.unsynced.insert("b".into());
+    h.settle();
+    assert!(h.shard("s0").in_sync.is_empty());
+    let observations = h.observations();
+    let error = plan_switchover(
+        &View::new(&h.state, &observations),
+        &SwitchoverTarget::Shard("s0".into()),
+    )
+    .unwrap_err();
+    assert_eq!(error.code, "not_in_sync");
+    assert!(error.message.contains("STANDBY b"), "{error}");
+    // Once the ACTIVE's agent verifies b, the director records it and the switchover goes.
+    h.unsynced.clear();
+    h.settle();
+    assert_eq!(h.shard("s0").in_sync, ["b".into()].into());
+    let observations = h.observations();
+    let commands = plan_switchover(
+        &View::new(&h.state, &observations),
+        &SwitchoverTarget::Shard("s0".into()),
+    )
+    .unwrap();
+    h.apply(&commands);
+    // b falls out of sync while a quiesces, and the cluster records it: a takes the ACTIVE
+    // back instead of handing it to a STANDBY that may miss writes.
+    h.silent.insert("a".into());
+    h.unsynced.insert("b".into());
+    h.settle();
+    assert!(h.shard("s0").in_sync.is_empty());
+    h.silent.clear();
+    h.settle();
+    assert_eq!(h.role("s0", "a"), Some(Role::Active));
+    assert_eq!(h.role("s0", "b"), Some(Role::Standby));
+    assert!(h.shard("s0").handover.is_none());
+}
+
+#[test]
+fn a_failover_to_a_standby_out_of_sync_is_reported_as_a_possible_loss() {
+    for in_sync in [true, false] {
+        let mut h = Harness::new(
+            spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+            2,
+        );
+        if !in_sync {
+            h.unsynced.insert("b".into());
+        }
+        h.settle();
+        h.faults.insert(
+            "a".into(),
+            FaultKind::ProcessExit {
+                code: None,
+                signal: Some(9),
+            },
+        );
+        let observations = h.observations();
+        let commands = h
+            .director
+            .plan(h.now, &h.state, &observations, 1_000_000);
+        let mut events = Vec::new();
+        for command in &commands {
+            h.index += 1;
+            h.state.apply_with_events(h.index, command, &mut events);
+        }
+        assert_eq!(h.role("s0", "b"), Some(Role::Active));
+        let loss = events
+            .iter()
+            .any(|event| matches!(event, crate::cluster::ModelEvent::PossibleLoss { .. }));
+        assert_eq!(loss, !in_sync, "in_sync {in_sync}: {events:?}");
+        // The new epoch starts with nobody in sync.
+        assert!(h.shard("s0").in_sync.is_empty());
+    }
 }

@@ -9,6 +9,14 @@
 //! instantiate = ["target/release/examples/counter"]
 //! health_interval_ms = 100
 //! health_timeout_ms = 300
+//! checkpoint_mode = "sync"             # sync | async: what a commit waits for by default
+//! async_lag_max_ops = 10000            # an async commit waits while a STANDBY lags more
+//! vip_up = ["/usr/local/bin/vip", "up"]      # optional, run where a shard's ingress arrives
+//! vip_down = ["/usr/local/bin/vip", "down"]  # optional, run where it leaves
+//!
+//! [services.ingress.counter-0]         # addresses that follow the shard's ACTIVE
+//! udp = "127.0.0.1:5060"
+//! tcp = "127.0.0.1:5060"
 //! ```
 //!
 //! A relative program path with a `/` in it is resolved against the config file's directory
@@ -19,8 +27,8 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use tandem_core::{
-    EscalationPolicy, NodeId, ProcessSpec, RedundancyModel, ServiceName, ServiceSpec, ShardName,
-    Topology, UnitName, UnitSpec, UnitTimeouts,
+    CheckpointSpec, EscalationPolicy, IngressSpec, NodeId, ProcessSpec, RedundancyModel,
+    ServiceName, ServiceSpec, ShardName, Topology, UnitName, UnitSpec, UnitTimeouts,
 };
 use toml::Spanned;
 
@@ -50,6 +58,21 @@ pub(super) struct RawService {
     max_shards_per_unit: Option<u32>,
     allow_colocation: Option<bool>,
     escalation: Option<Spanned<RawEscalation>>,
+    checkpoint_mode: Option<Spanned<String>>,
+    async_lag_max_ops: Option<Spanned<u64>>,
+    #[serde(default)]
+    ingress: BTreeMap<String, Spanned<RawIngress>>,
+    vip_up: Option<Spanned<Vec<String>>>,
+    vip_down: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIngress {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    udp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -224,7 +247,87 @@ pub(super) fn parse_services(
                 }
             }
         };
+        let checkpoint = {
+            let defaults = CheckpointSpec::default();
+            let sync =
+                match &raw.checkpoint_mode {
+                    None => defaults.sync,
+                    Some(mode) => match mode.get_ref().as_str() {
+                        "sync" => true,
+                        "async" => false,
+                        other => return Err(checker.invalid(
+                            Some(mode.span()),
+                            format!("services[{index}].checkpoint_mode"),
+                            format!(
+                                "{other:?} is not a checkpoint mode (use \"sync\" or \"async\")"
+                            ),
+                        )),
+                    },
+                };
+            let async_lag_max_ops = match &raw.async_lag_max_ops {
+                None => defaults.async_lag_max_ops,
+                Some(value) if *value.get_ref() == 0 => {
+                    return Err(checker.invalid(
+                        Some(value.span()),
+                        format!("services[{index}].async_lag_max_ops"),
+                        "must be at least 1 (use checkpoint_mode = \"sync\" for no lag)".into(),
+                    ))
+                }
+                Some(value) => *value.get_ref(),
+            };
+            CheckpointSpec {
+                sync,
+                async_lag_max_ops,
+            }
+        };
+        let mut ingress = BTreeMap::new();
+        for (shard, raw_ingress) in &raw.ingress {
+            let key = format!("services[{index}].ingress.{shard}");
+            if !raw.shards.get_ref().contains(shard) {
+                return Err(checker.invalid(
+                    Some(raw_ingress.span()),
+                    key,
+                    format!("{shard:?} is not a shard of this service"),
+                ));
+            }
+            let spec = raw_ingress.get_ref();
+            for (name, address) in [("udp", &spec.udp), ("tcp", &spec.tcp)] {
+                if let Some(address) = address {
+                    if address.parse::<std::net::SocketAddr>().is_err() {
+                        return Err(checker.invalid(
+                            Some(raw_ingress.span()),
+                            format!("{key}.{name}"),
+                            format!("{address:?} is not an ip:port address"),
+                        ));
+                    }
+                }
+            }
+            if spec.udp.is_none() && spec.tcp.is_none() {
+                return Err(checker.invalid(
+                    Some(raw_ingress.span()),
+                    key,
+                    "gives neither udp nor tcp".into(),
+                ));
+            }
+            ingress.insert(
+                ShardName(shard.clone()),
+                IngressSpec {
+                    udp: spec.udp.clone(),
+                    tcp: spec.tcp.clone(),
+                },
+            );
+        }
         services.push(ServiceSpec {
+            checkpoint,
+            ingress,
+            vip_up: raw
+                .vip_up
+                .as_ref()
+                .map(|argv| process(argv.get_ref(), raw.env.clone(), raw.working_dir.clone())),
+            vip_down: raw
+                .vip_down
+                .as_ref()
+                .map(|argv| process(argv.get_ref(), raw.env.clone(), raw.working_dir.clone())),
             name: ServiceName(raw.name.get_ref().clone()),
             model,
             units,
@@ -304,6 +407,14 @@ pub(super) struct OutService {
     max_shards_per_unit: u32,
     allow_colocation: bool,
     escalation: OutEscalation,
+    checkpoint_mode: &'static str,
+    async_lag_max_ops: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vip_up: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vip_down: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    ingress: BTreeMap<String, RawIngress>,
 }
 
 #[derive(Serialize)]
@@ -380,6 +491,27 @@ pub(super) fn out_services(topology: &Topology, nodes: &[NodeConfig]) -> Vec<Out
                     window_ms: escalation.window_ms,
                     relocate: escalation.relocate,
                 },
+                checkpoint_mode: if service.checkpoint.sync {
+                    "sync"
+                } else {
+                    "async"
+                },
+                async_lag_max_ops: service.checkpoint.async_lag_max_ops,
+                vip_up: service.vip_up.as_ref().map(|spec| spec.argv.clone()),
+                vip_down: service.vip_down.as_ref().map(|spec| spec.argv.clone()),
+                ingress: service
+                    .ingress
+                    .iter()
+                    .map(|(shard, ingress)| {
+                        (
+                            shard.0.clone(),
+                            RawIngress {
+                                udp: ingress.udp.clone(),
+                                tcp: ingress.tcp.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
             }
         })
         .collect()

@@ -1,0 +1,2048 @@
+//! A node's data plane: every replica the node keeps, the replication sessions between them,
+//! sync waits and stream delivery. Sans-IO: inputs with `now`, outputs drained with
+//! [`DataPlane::take_output`].
+//!
+//! Rules:
+//! - A replica exists for every (shard, unit) where the unit is placed on this node and the
+//!   shard belongs to its service (single-ACTIVE models only).
+//! - The replica of the shard's primary unit (ACTIVE, QUIESCING, or the QUIESCED old ACTIVE of
+//!   a handover) is the primary; the replicas of its STANDBYs follow it. Only a primary at the
+//!   committed epoch, whose unit holds ACTIVE or QUIESCING, while this node holds a lease,
+//!   takes commits from its registered unit.
+//! - The *wait set* of a primary is its verified sessions plus the STANDBYs the cluster
+//!   committed as in sync. A sync commit is answered, and a stream message delivered to the
+//!   ACTIVE, only once every member of the wait set applied it. A member leaves the wait set
+//!   only when the cluster committed it out of sync, so a STANDBY the director may promote as
+//!   "in sync" always holds every acknowledged sync write.
+//! - A secondary empties its replica for a full transfer only while the cluster does not count
+//!   it as in sync.
+//! - A secondary applies items of its current session strictly in order; a gap is answered
+//!   with a `Nack`, an unknown session or an older epoch is ignored.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use crate::cluster::{ClusterState, Role};
+use crate::ids::{NodeId, ShardName, UnitName};
+use crate::time::Time;
+
+use super::protocol::{
+    DataMessage, DataReply, DataRequest, Delivery, Item, ReplicaStatus, SessionStart,
+    TransferStatus,
+};
+use super::replica::{ReplicaSnapshot, Section, ShardReplica};
+use super::{check_message, check_writes, Op, OpKind, StreamMessage};
+
+/// Identity of a replica: a shard as seen by one unit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplicaId {
+    /// The shard.
+    pub shard: ShardName,
+    /// The unit.
+    pub unit: UnitName,
+}
+
+/// Tuning of the data plane.
+#[derive(Debug, Clone)]
+pub struct DataConfig {
+    /// Bytes a session may have sent and not had acknowledged.
+    pub window_bytes: usize,
+    /// Bytes of items per `Items` message.
+    pub batch_bytes: usize,
+    /// Bytes of sections per transfer item.
+    pub chunk_bytes: usize,
+    /// Bytes of recent ops each replica keeps to catch a secondary up with a delta.
+    pub retain_bytes: usize,
+    /// Unacknowledged items are sent again after this long without progress.
+    pub resend_after: Duration,
+    /// A secondary without a session repeats its `Follow` this often.
+    pub follow_retry: Duration,
+    /// A member of the wait set that holds back a commit this long stops counting as
+    /// verified (the primary asks the cluster to take it out of sync).
+    pub sync_timeout: Duration,
+    /// Stream messages delivered to the ACTIVE and not yet consumed, at most.
+    pub delivery_window: usize,
+    /// Stream messages held while a shard has no primary able to take them, per shard.
+    pub held_max: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            window_bytes: 8 * 1024 * 1024,
+            batch_bytes: 512 * 1024,
+            chunk_bytes: 1024 * 1024,
+            retain_bytes: 16 * 1024 * 1024,
+            resend_after: Duration::from_millis(200),
+            follow_retry: Duration::from_millis(100),
+            sync_timeout: Duration::from_millis(1000),
+            delivery_window: 1024,
+            held_max: 4096,
+        }
+    }
+}
+
+/// The committed facts about one shard that the data plane acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShardView {
+    /// The shard's epoch.
+    pub epoch: u64,
+    /// The primary: the unit holding ACTIVE or QUIESCING, or the QUIESCED old ACTIVE of a
+    /// handover; and its node.
+    pub primary: Option<(UnitName, NodeId)>,
+    /// The primary's unit holds ACTIVE (takes stream messages).
+    pub active: bool,
+    /// The primary's unit holds ACTIVE or QUIESCING (may commit).
+    pub acting: bool,
+    /// STANDBY units and their nodes.
+    pub standbys: BTreeMap<UnitName, NodeId>,
+    /// STANDBYs the cluster committed as in sync at this epoch.
+    pub in_sync: BTreeSet<UnitName>,
+    /// Units of the shard's service placed on this node.
+    pub local_units: BTreeSet<UnitName>,
+    /// An async commit waits while a member of the wait set lags more ops than this.
+    pub async_lag_max: u64,
+}
+
+/// The committed facts the data plane acts on, for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DataView {
+    /// Every shard of a single-ACTIVE service.
+    pub shards: BTreeMap<ShardName, ShardView>,
+}
+
+impl DataView {
+    /// The view of node `node` from the committed state.
+    pub fn from_state(state: &ClusterState, node: NodeId) -> Self {
+        let mut shards = BTreeMap::new();
+        for shard in state.shards.values() {
+            let Some(service) = state.topology.service(&shard.service) else {
+                continue;
+            };
+            if service.model.multi_active() {
+                continue;
+            }
+            let node_of = |unit: &UnitName| state.units.get(unit).map(|record| record.node);
+            let acting = shard
+                .roles
+                .iter()
+                .find(|(_, role)| role.is_acting())
+                .map(|(unit, role)| (unit.clone(), *role));
+            let handover_from = shard.handover.as_ref().and_then(|handover| {
+                (shard.roles.get(&handover.from) == Some(&Role::Quiesced))
+                    .then(|| handover.from.clone())
+            });
+            let (primary, role) = match (acting, handover_from) {
+                (Some((unit, role)), _) => (Some(unit), Some(role)),
+                (None, Some(unit)) => (Some(unit), Some(Role::Quiesced)),
+                (None, None) => (None, None),
+            };
+            let primary = primary.and_then(|unit| node_of(&unit).map(|node| (unit, node)));
+            let standbys = shard
+                .units_in(Role::Standby)
+                .filter_map(|unit| node_of(unit).map(|node| (unit.clone(), node)))
+                .collect();
+            let local_units = state
+                .units
+                .values()
+                .filter(|unit| unit.service == shard.service && unit.node == node)
+                .map(|unit| unit.name.clone())
+                .collect();
+            shards.insert(
+                shard.name.clone(),
+                ShardView {
+                    epoch: shard.epoch,
+                    primary,
+                    active: role == Some(Role::Active),
+                    acting: role.is_some_and(Role::is_acting),
+                    standbys,
+                    in_sync: shard.in_sync.clone(),
+                    local_units,
+                    async_lag_max: service.checkpoint.async_lag_max_ops,
+                },
+            );
+        }
+        Self { shards }
+    }
+}
+
+/// What the daemon (or the simulation) writes to a replica's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersistAction {
+    /// The replica was emptied for a full transfer starting at this snapshot; it is incomplete
+    /// until `Complete`.
+    Reset(ReplicaSnapshot),
+    /// An op was applied.
+    Op(Op),
+    /// Sections copied by a transfer.
+    Sections(Vec<(Vec<u8>, Section)>),
+    /// Stream messages copied by a transfer.
+    Messages(Vec<(u64, StreamMessage)>),
+    /// The transfer ended verified (or a promoted primary took the replica as it is).
+    Complete,
+    /// The replica is no longer kept here: delete its file.
+    Remove,
+}
+
+/// Something worth an event log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataEvent {
+    /// A session started.
+    SessionStarted {
+        /// The replica of the STANDBY.
+        standby: ReplicaId,
+        /// The primary's epoch.
+        epoch: u64,
+        /// Full transfer (else delta).
+        full: bool,
+        /// Sections to copy (full) or ops to send (delta).
+        count: u64,
+        /// Bytes to copy (full).
+        bytes: u64,
+    },
+    /// A STANDBY's replica matched the primary's digest.
+    Verified {
+        /// The replica of the STANDBY.
+        standby: ReplicaId,
+        /// The primary's epoch.
+        epoch: u64,
+        /// The version verified.
+        version: u64,
+    },
+    /// A STANDBY's replica did not match: it asks for a full transfer.
+    DigestMismatch {
+        /// The replica of the STANDBY.
+        standby: ReplicaId,
+        /// The version compared.
+        version: u64,
+    },
+    /// A STANDBY held a commit back too long and no longer counts as verified.
+    Lagging {
+        /// The replica of the STANDBY.
+        standby: ReplicaId,
+        /// How far behind it is, in ops.
+        behind: u64,
+    },
+    /// A secondary could not apply an item of its session: it asks for a full transfer.
+    ItemRefused {
+        /// The replica of the STANDBY.
+        standby: ReplicaId,
+        /// Why.
+        reason: String,
+    },
+    /// Stream messages were dropped (no primary took them in time).
+    Dropped {
+        /// The shard.
+        shard: ShardName,
+        /// How many.
+        count: u64,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Everything one round of inputs produced.
+#[derive(Debug, Default)]
+pub struct DataOutput {
+    /// Messages to other nodes' data planes.
+    pub messages: Vec<(NodeId, DataMessage)>,
+    /// Answers to units: (unit, generation, request id, answer).
+    pub replies: Vec<(UnitName, u64, u64, DataReply)>,
+    /// Deliveries to units: (unit, generation, delivery).
+    pub deliveries: Vec<(UnitName, u64, Delivery)>,
+    /// File writes, in order per replica.
+    pub persist: Vec<(ReplicaId, PersistAction)>,
+    /// Events.
+    pub events: Vec<DataEvent>,
+}
+
+impl DataOutput {
+    /// Whether there is nothing in it.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.replies.is_empty()
+            && self.deliveries.is_empty()
+            && self.persist.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+/// What became of an inbound stream message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Appended to the primary's stream at this seq.
+    Appended(u64),
+    /// Sent on to the primary's node.
+    Forwarded(NodeId),
+    /// Held until the shard has a primary that takes messages.
+    Held,
+}
+
+/// The most recent ops of a replica, for deltas.
+#[derive(Debug, Clone, Default)]
+struct OpLog {
+    ops: VecDeque<Op>,
+    bytes: usize,
+}
+
+impl OpLog {
+    fn push(&mut self, op: Op, retain_bytes: usize) {
+        if let Some(last) = self.ops.back() {
+            if last.seq + 1 != op.seq {
+                self.clear();
+            }
+        }
+        self.bytes += op.size();
+        self.ops.push_back(op);
+        while self.bytes > retain_bytes && self.ops.len() > 1 {
+            if let Some(old) = self.ops.pop_front() {
+                self.bytes -= old.size();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ops.clear();
+        self.bytes = 0;
+    }
+
+    /// The op `seq`, if retained.
+    fn get(&self, seq: u64) -> Option<&Op> {
+        let first = self.ops.front()?.seq;
+        let index = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.ops.get(index)
+    }
+}
+
+/// A sync commit, flush or lag-bound async commit waiting.
+#[derive(Debug, Clone)]
+struct Waiter {
+    unit: UnitName,
+    generation: u64,
+    request: u64,
+    seq: u64,
+    /// What to answer: a commit or a flush.
+    flush: bool,
+}
+
+/// A state transfer in progress on a session.
+#[derive(Debug, Clone)]
+struct Transfer {
+    /// Keys in transfer order, as they were when it began.
+    order: Vec<Vec<u8>>,
+    /// Next key to copy.
+    position: usize,
+    /// The pending messages were copied.
+    messages_done: bool,
+    /// Progress.
+    status: TransferStatus,
+    /// When it began.
+    started: Time,
+}
+
+/// The primary's side of a session with one STANDBY.
+#[derive(Debug, Clone)]
+struct Session {
+    node: NodeId,
+    id: u64,
+    /// Number of the next item.
+    next_n: u64,
+    /// Last item acknowledged.
+    acked_n: u64,
+    /// The STANDBY's version as acknowledged.
+    acked_version: u64,
+    /// Items sent, not acknowledged.
+    inflight: VecDeque<(u64, Item)>,
+    inflight_bytes: usize,
+    /// Next op to send.
+    next_op: u64,
+    transfer: Option<Transfer>,
+    verify_sent: bool,
+    verified: bool,
+    /// Last time the STANDBY made progress (or items were re-sent).
+    last_progress: Time,
+}
+
+/// A primary replica's state.
+#[derive(Debug, Clone)]
+struct Primary {
+    epoch: u64,
+    sessions: BTreeMap<UnitName, Session>,
+    waiters: VecDeque<Waiter>,
+    lag_waiters: VecDeque<Waiter>,
+    /// (instance, seq) of the last message delivered to the unit.
+    delivered: Option<(u64, u64)>,
+    /// Since when a member of the wait set holds back the oldest waiter.
+    held_back_since: Option<Time>,
+}
+
+/// A secondary replica's state.
+#[derive(Debug, Clone)]
+struct Secondary {
+    epoch: u64,
+    primary: UnitName,
+    node: NodeId,
+    session: Option<(u64, u64)>,
+    /// The current session is verified.
+    verified: bool,
+    follow_sent: Option<Time>,
+    /// Ask for a full transfer.
+    want_full: bool,
+}
+
+#[derive(Debug, Clone)]
+enum SlotRole {
+    Idle,
+    Primary(Primary),
+    Secondary(Secondary),
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    replica: ShardReplica,
+    oplog: OpLog,
+    /// False while a transfer fills the replica (it is not a consistent state then).
+    complete: bool,
+    role: SlotRole,
+    /// The instance subscribed to change notifications.
+    subscriber: Option<u64>,
+}
+
+impl Slot {
+    fn new(replica: ShardReplica, complete: bool) -> Self {
+        Self {
+            replica,
+            oplog: OpLog::default(),
+            complete,
+            role: SlotRole::Idle,
+            subscriber: None,
+        }
+    }
+}
+
+/// A node's data plane.
+#[derive(Debug)]
+pub struct DataPlane {
+    node: NodeId,
+    config: DataConfig,
+    view: DataView,
+    lease_until: Option<Time>,
+    slots: BTreeMap<ReplicaId, Slot>,
+    /// Registered unit instances on this node.
+    units: BTreeMap<UnitName, u64>,
+    /// Stream messages waiting for a primary, by shard.
+    held: BTreeMap<ShardName, VecDeque<(StreamMessage, u32)>>,
+    next_session: u64,
+    /// Replicas touched since the last output.
+    dirty: BTreeSet<ReplicaId>,
+    out: DataOutput,
+}
+
+/// The smallest acknowledged version over a primary's wait set (its own version when the set
+/// is empty).
+fn safe_version(primary: &Primary, view: &ShardView, version: u64) -> u64 {
+    let mut safe = version;
+    for (unit, session) in &primary.sessions {
+        if session.verified || view.in_sync.contains(unit) {
+            safe = safe.min(session.acked_version);
+        }
+    }
+    for unit in &view.in_sync {
+        if !primary.sessions.contains_key(unit) {
+            safe = 0;
+        }
+    }
+    safe
+}
+
+fn error(code: &'static str, message: impl Into<String>) -> DataReply {
+    DataReply::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+/// A new session with a STANDBY on `node`: a delta from `delta` when given, else a full
+/// transfer of `replica` as it is now.
+fn open_session(
+    now: Time,
+    id: u64,
+    node: NodeId,
+    replica: &ShardReplica,
+    delta: Option<u64>,
+) -> Session {
+    let version = replica.version();
+    let transfer = match delta {
+        Some(_) => None,
+        None => {
+            let order = replica.transfer_order();
+            Some(Transfer {
+                status: TransferStatus {
+                    sections_total: order.len() as u64,
+                    bytes_total: replica.section_bytes(),
+                    ..TransferStatus::default()
+                },
+                order,
+                position: 0,
+                messages_done: false,
+                started: now,
+            })
+        }
+    };
+    Session {
+        node,
+        id,
+        next_n: 1,
+        acked_n: 0,
+        acked_version: delta.unwrap_or(0),
+        inflight: VecDeque::new(),
+        inflight_bytes: 0,
+        next_op: delta.map_or(version + 1, |from| from + 1),
+        transfer,
+        verify_sent: false,
+        verified: false,
+        last_progress: now,
+    }
+}
+
+/// Sends a session's `Start` and records the event.
+fn announce(
+    out: &mut DataOutput,
+    primary: &ReplicaId,
+    standby: &ReplicaId,
+    epoch: u64,
+    session: &Session,
+    replica: &ShardReplica,
+    have_version: u64,
+) {
+    let start = match &session.transfer {
+        None => SessionStart::Delta {
+            from: session.next_op - 1,
+        },
+        Some(transfer) => SessionStart::Full {
+            snapshot: replica.snapshot(),
+            sections: transfer.status.sections_total,
+            bytes: transfer.status.bytes_total,
+        },
+    };
+    out.events.push(DataEvent::SessionStarted {
+        standby: standby.clone(),
+        epoch,
+        full: session.transfer.is_some(),
+        count: match &session.transfer {
+            Some(transfer) => transfer.status.sections_total,
+            None => replica.version().saturating_sub(have_version),
+        },
+        bytes: session
+            .transfer
+            .as_ref()
+            .map_or(0, |transfer| transfer.status.bytes_total),
+    });
+    out.messages.push((
+        session.node,
+        DataMessage::Start {
+            shard: primary.shard.clone(),
+            epoch,
+            standby: standby.unit.clone(),
+            session: session.id,
+            start,
+        },
+    ));
+}
+
+impl DataPlane {
+    /// The data plane of node `node`. `incarnation` must differ between runs of the same
+    /// node (session ids are drawn from it).
+    pub fn new(node: NodeId, config: DataConfig, incarnation: u64) -> Self {
+        Self {
+            node,
+            config,
+            view: DataView::default(),
+            lease_until: None,
+            slots: BTreeMap::new(),
+            units: BTreeMap::new(),
+            held: BTreeMap::new(),
+            next_session: incarnation << 24,
+            dirty: BTreeSet::new(),
+            out: DataOutput::default(),
+        }
+    }
+
+    /// Adds a replica read back from disk (before the first view). `complete` is false when a
+    /// transfer into it never finished.
+    pub fn load(&mut self, id: ReplicaId, replica: ShardReplica, complete: bool) {
+        self.slots.insert(id, Slot::new(replica, complete));
+    }
+
+    /// The replica of `id`, if kept.
+    pub fn replica(&self, id: &ReplicaId) -> Option<&ShardReplica> {
+        self.slots.get(id).map(|slot| &slot.replica)
+    }
+
+    /// Whether the replica of `id` is complete (not in the middle of a transfer).
+    pub fn is_complete(&self, id: &ReplicaId) -> bool {
+        self.slots.get(id).is_some_and(|slot| slot.complete)
+    }
+
+    /// Every replica kept.
+    pub fn replicas(&self) -> impl Iterator<Item = (&ReplicaId, &ShardReplica)> + '_ {
+        self.slots.iter().map(|(id, slot)| (id, &slot.replica))
+    }
+
+    /// The view last set.
+    pub fn view(&self) -> &DataView {
+        &self.view
+    }
+
+    /// Whether `id` is a secondary whose current session was verified.
+    pub fn is_verified(&self, id: &ReplicaId) -> bool {
+        matches!(
+            self.slots.get(id).map(|slot| &slot.role),
+            Some(SlotRole::Secondary(Secondary { verified: true, .. }))
+        )
+    }
+
+    /// Shards whose primary replica is here and whose unit holds ACTIVE: this node takes
+    /// their ingress.
+    pub fn active_shards(&self) -> BTreeSet<ShardName> {
+        self.view
+            .shards
+            .iter()
+            .filter(|(_, view)| {
+                view.active
+                    && view
+                        .primary
+                        .as_ref()
+                        .is_some_and(|(_, node)| *node == self.node)
+            })
+            .map(|(shard, _)| shard.clone())
+            .collect()
+    }
+
+    /// The ACTIVE unit of `shard` if it is on this node (for replies through the ingress).
+    pub fn local_active(&self, shard: &ShardName) -> Option<&UnitName> {
+        let view = self.view.shards.get(shard)?;
+        match &view.primary {
+            Some((unit, node)) if *node == self.node && view.acting => Some(unit),
+            _ => None,
+        }
+    }
+
+    /// What each primary here asks the cluster to record as in sync: shard → (epoch, the
+    /// STANDBYs verified in their current session).
+    pub fn claims(&self) -> BTreeMap<ShardName, (u64, BTreeSet<UnitName>)> {
+        let mut claims = BTreeMap::new();
+        for (id, slot) in &self.slots {
+            let SlotRole::Primary(primary) = &slot.role else {
+                continue;
+            };
+            let Some(view) = self.view.shards.get(&id.shard) else {
+                continue;
+            };
+            if view.epoch != primary.epoch {
+                continue;
+            }
+            let verified = primary
+                .sessions
+                .iter()
+                .filter(|(_, session)| session.verified)
+                .map(|(unit, _)| unit.clone())
+                .collect();
+            claims.insert(id.shard.clone(), (primary.epoch, verified));
+        }
+        claims
+    }
+
+    /// Each primary's sessions, for status.
+    pub fn status(&self, now: Time) -> Vec<ReplicaStatus> {
+        let mut status = Vec::new();
+        for (id, slot) in &self.slots {
+            let SlotRole::Primary(primary) = &slot.role else {
+                continue;
+            };
+            for (standby, session) in &primary.sessions {
+                status.push(ReplicaStatus {
+                    shard: id.shard.clone(),
+                    standby: standby.clone(),
+                    epoch: primary.epoch,
+                    primary_version: slot.replica.version(),
+                    standby_version: session.acked_version,
+                    verified: session.verified,
+                    transfer: session.transfer.as_ref().map(|transfer| TransferStatus {
+                        elapsed_us: now.saturating_since(transfer.started).as_micros() as u64,
+                        ..transfer.status.clone()
+                    }),
+                });
+            }
+        }
+        status
+    }
+
+    /// This node's lease: until when its units may act.
+    pub fn set_lease(&mut self, until: Option<Time>) {
+        self.lease_until = until;
+    }
+
+    /// Instance `generation` of `unit` registered.
+    pub fn unit_connected(&mut self, unit: &UnitName, generation: u64) {
+        self.units.insert(unit.clone(), generation);
+        let ids: Vec<ReplicaId> = self
+            .slots
+            .keys()
+            .filter(|id| id.unit == *unit)
+            .cloned()
+            .collect();
+        for id in ids {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.subscriber = None;
+            }
+            self.dirty.insert(id);
+        }
+    }
+
+    /// Instance `generation` of `unit` is gone: its waiters are dropped (nobody hears the
+    /// answers) and nothing more is delivered to it.
+    pub fn unit_disconnected(&mut self, unit: &UnitName, generation: u64) {
+        if self.units.get(unit) == Some(&generation) {
+            self.units.remove(unit);
+        }
+        for (id, slot) in &mut self.slots {
+            if id.unit != *unit {
+                continue;
+            }
+            if slot.subscriber == Some(generation) {
+                slot.subscriber = None;
+            }
+            if let SlotRole::Primary(primary) = &mut slot.role {
+                primary
+                    .waiters
+                    .retain(|waiter| waiter.generation != generation);
+                primary
+                    .lag_waiters
+                    .retain(|waiter| waiter.generation != generation);
+            }
+        }
+    }
+
+    /// The committed facts changed (or the node caught up).
+    pub fn set_view(&mut self, now: Time, view: DataView) {
+        self.view = view;
+        let wanted: BTreeSet<ReplicaId> = self
+            .view
+            .shards
+            .iter()
+            .flat_map(|(shard, view)| {
+                view.local_units.iter().map(|unit| ReplicaId {
+                    shard: shard.clone(),
+                    unit: unit.clone(),
+                })
+            })
+            .collect();
+        let gone: Vec<ReplicaId> = self
+            .slots
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(slot) = self.slots.remove(&id) {
+                self.fail_waiters(
+                    &id,
+                    slot.role,
+                    "no_replica",
+                    "the replica is gone from here",
+                );
+            }
+            self.out.persist.push((id, PersistAction::Remove));
+        }
+        for id in wanted {
+            self.slots
+                .entry(id.clone())
+                .or_insert_with(|| Slot::new(ShardReplica::new(), true));
+            self.update_role(now, &id);
+            self.dirty.insert(id);
+        }
+        self.release_held(now);
+    }
+
+    /// Sets the role of replica `id` from the view.
+    fn update_role(&mut self, now: Time, id: &ReplicaId) {
+        let Some(view) = self.view.shards.get(&id.shard).cloned() else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        let is_primary = view
+            .primary
+            .as_ref()
+            .is_some_and(|(unit, node)| *unit == id.unit && *node == self.node);
+        if is_primary {
+            match &mut slot.role {
+                SlotRole::Primary(primary) if primary.epoch == view.epoch => {
+                    primary
+                        .sessions
+                        .retain(|unit, session| view.standbys.get(unit) == Some(&session.node));
+                }
+                _ => {
+                    let old = std::mem::replace(&mut slot.role, SlotRole::Idle);
+                    if !slot.complete {
+                        // Promoted in the middle of a transfer: this replica is the shard's
+                        // truth now (the director reported the failover as a possible loss).
+                        slot.complete = true;
+                        self.out.persist.push((id.clone(), PersistAction::Complete));
+                    }
+                    slot.role = SlotRole::Primary(Primary {
+                        epoch: view.epoch,
+                        sessions: BTreeMap::new(),
+                        waiters: VecDeque::new(),
+                        lag_waiters: VecDeque::new(),
+                        delivered: None,
+                        held_back_since: None,
+                    });
+                    self.fail_waiters(
+                        id,
+                        old,
+                        "epoch_changed",
+                        "the shard got a new ACTIVE epoch; commit again if still ACTIVE",
+                    );
+                }
+            }
+            return;
+        }
+        let follows = match (&view.primary, view.standbys.contains_key(&id.unit)) {
+            (Some((primary, node)), true) if *primary != id.unit => Some((primary.clone(), *node)),
+            _ => None,
+        };
+        match follows {
+            Some((primary, node)) => {
+                let same = matches!(&slot.role, SlotRole::Secondary(secondary)
+                    if secondary.epoch == view.epoch && secondary.primary == primary && secondary.node == node);
+                if !same {
+                    let old = std::mem::replace(
+                        &mut slot.role,
+                        SlotRole::Secondary(Secondary {
+                            epoch: view.epoch,
+                            primary,
+                            node,
+                            session: None,
+                            verified: false,
+                            follow_sent: None,
+                            want_full: false,
+                        }),
+                    );
+                    self.fail_waiters(id, old, "not_active", "the unit is no longer ACTIVE");
+                }
+            }
+            None => {
+                if !matches!(slot.role, SlotRole::Idle) {
+                    let old = std::mem::replace(&mut slot.role, SlotRole::Idle);
+                    self.fail_waiters(id, old, "not_active", "the unit is no longer ACTIVE");
+                }
+            }
+        }
+        let _ = now;
+    }
+
+    fn fail_waiters(&mut self, id: &ReplicaId, role: SlotRole, code: &'static str, why: &str) {
+        let SlotRole::Primary(primary) = role else {
+            return;
+        };
+        for waiter in primary.waiters.into_iter().chain(primary.lag_waiters) {
+            self.out.replies.push((
+                waiter.unit,
+                waiter.generation,
+                waiter.request,
+                error(code, format!("{why} (shard {})", id.shard)),
+            ));
+        }
+    }
+
+    /// A unit's request. The answer comes in a later output (at once for most requests; a sync
+    /// commit or a flush once the wait set caught up).
+    pub fn on_unit(
+        &mut self,
+        now: Time,
+        unit: &UnitName,
+        generation: u64,
+        request_id: u64,
+        request: DataRequest,
+    ) {
+        let id = ReplicaId {
+            shard: request.shard().clone(),
+            unit: unit.clone(),
+        };
+        let answer = self.answer(now, &id, generation, request_id, request);
+        if let Some(answer) = answer {
+            self.out
+                .replies
+                .push((unit.clone(), generation, request_id, answer));
+        }
+        self.dirty.insert(id);
+    }
+
+    fn answer(
+        &mut self,
+        now: Time,
+        id: &ReplicaId,
+        generation: u64,
+        request_id: u64,
+        request: DataRequest,
+    ) -> Option<DataReply> {
+        if self.units.get(&id.unit) != Some(&generation) {
+            return Some(error(
+                "not_registered",
+                "this instance of the unit is not registered with its agent",
+            ));
+        }
+        let Some(slot) = self.slots.get_mut(id) else {
+            return Some(error(
+                "no_replica",
+                format!(
+                    "unit {} keeps no replica of shard {} (is the shard in its service, and \
+                     does the service use a single-ACTIVE model?)",
+                    id.unit, id.shard
+                ),
+            ));
+        };
+        match request {
+            DataRequest::Get { key, .. } => Some(DataReply::Value(slot.replica.get(&key).cloned())),
+            DataRequest::Scan {
+                start, bytes_max, ..
+            } => {
+                let mut sections = Vec::new();
+                let mut bytes = 0u64;
+                let mut next = None;
+                for (key, section) in slot.replica.range_from(&start) {
+                    if !sections.is_empty() && bytes >= bytes_max {
+                        next = Some(key.clone());
+                        break;
+                    }
+                    bytes += (key.len() + section.value.len()) as u64;
+                    sections.push((key.clone(), section.clone()));
+                }
+                Some(DataReply::Sections { sections, next })
+            }
+            DataRequest::Subscribe { on, .. } => {
+                slot.subscriber = on.then_some(generation);
+                Some(DataReply::Done {
+                    version: slot.replica.version(),
+                })
+            }
+            DataRequest::Position { .. } => {
+                let in_sync = match &slot.role {
+                    SlotRole::Primary(primary) => primary
+                        .sessions
+                        .values()
+                        .filter(|session| session.verified)
+                        .count() as u64,
+                    SlotRole::Secondary(secondary) => u64::from(secondary.verified),
+                    SlotRole::Idle => 0,
+                };
+                Some(DataReply::Position {
+                    version: slot.replica.version(),
+                    consumed: slot.replica.consumed(),
+                    digest: slot.replica.digest(),
+                    sections: slot.replica.section_count() as u64,
+                    in_sync,
+                })
+            }
+            DataRequest::Flush { .. } => match &mut slot.role {
+                SlotRole::Primary(primary) => {
+                    primary.waiters.push_back(Waiter {
+                        unit: id.unit.clone(),
+                        generation,
+                        request: request_id,
+                        seq: slot.replica.version(),
+                        flush: true,
+                    });
+                    None
+                }
+                _ => Some(DataReply::Done {
+                    version: slot.replica.version(),
+                }),
+            },
+            DataRequest::Commit {
+                epoch,
+                writes,
+                consumed,
+                sync,
+                ..
+            } => {
+                let view = self.view.shards.get(&id.shard)?;
+                let SlotRole::Primary(primary) = &mut slot.role else {
+                    return Some(error(
+                        "not_active",
+                        format!("unit {} is not ACTIVE for shard {}", id.unit, id.shard),
+                    ));
+                };
+                if !view.acting || primary.epoch != view.epoch {
+                    return Some(error(
+                        "not_active",
+                        format!(
+                            "unit {} no longer acts for shard {} (it is quiesced)",
+                            id.unit, id.shard
+                        ),
+                    ));
+                }
+                if epoch != primary.epoch {
+                    return Some(error(
+                        "stale_epoch",
+                        format!(
+                            "commit at epoch {epoch}, the shard is at epoch {}",
+                            primary.epoch
+                        ),
+                    ));
+                }
+                if self.lease_until.is_none_or(|until| now >= until) {
+                    return Some(error(
+                        "no_lease",
+                        "this node's lease ran out (it lost the cluster's quorum); the unit \
+                         must not act",
+                    ));
+                }
+                if let Err(reason) = check_writes(&writes) {
+                    return Some(error("bad_request", reason));
+                }
+                if let Some(consumed) = consumed {
+                    let delivered = primary
+                        .delivered
+                        .filter(|(instance, _)| *instance == generation)
+                        .map_or(slot.replica.consumed(), |(_, seq)| seq);
+                    if consumed > delivered {
+                        return Some(error(
+                            "bad_request",
+                            format!(
+                                "consumes up to {consumed}, but the last message delivered \
+                                 is {delivered}"
+                            ),
+                        ));
+                    }
+                }
+                let op = Op {
+                    seq: slot.replica.version() + 1,
+                    epoch: primary.epoch,
+                    kind: OpKind::Commit { writes, consumed },
+                };
+                if let Err(reason) = slot.replica.apply(&op) {
+                    return Some(error("bad_request", reason.to_string()));
+                }
+                let seq = op.seq;
+                self.out
+                    .persist
+                    .push((id.clone(), PersistAction::Op(op.clone())));
+                slot.oplog.push(op, self.config.retain_bytes);
+                let waiter = Waiter {
+                    unit: id.unit.clone(),
+                    generation,
+                    request: request_id,
+                    seq,
+                    flush: false,
+                };
+                if sync {
+                    primary.waiters.push_back(waiter);
+                } else {
+                    primary.lag_waiters.push_back(waiter);
+                }
+                None
+            }
+        }
+    }
+
+    /// A stream message received on this node for `shard` (ingress or client).
+    pub fn accept(
+        &mut self,
+        now: Time,
+        shard: &ShardName,
+        message: StreamMessage,
+    ) -> Result<Accepted, String> {
+        self.accept_hops(now, shard, message, 0)
+    }
+
+    fn accept_hops(
+        &mut self,
+        now: Time,
+        shard: &ShardName,
+        message: StreamMessage,
+        hops: u32,
+    ) -> Result<Accepted, String> {
+        check_message(&message)?;
+        let Some(view) = self.view.shards.get(shard) else {
+            return Err(format!("there is no shard {shard} with a stream"));
+        };
+        let held_count = self.held.get(shard).map_or(0, VecDeque::len);
+        match view.primary.clone() {
+            Some((unit, node)) if node == self.node && view.active && held_count == 0 => {
+                let id = ReplicaId {
+                    shard: shard.clone(),
+                    unit,
+                };
+                Ok(self
+                    .append_message(&id, message)
+                    .map_or(Accepted::Held, Accepted::Appended))
+            }
+            Some((_, node)) if node != self.node && hops < 2 => {
+                self.out.messages.push((
+                    node,
+                    DataMessage::Forward {
+                        shard: shard.clone(),
+                        message,
+                        hops: hops + 1,
+                    },
+                ));
+                Ok(Accepted::Forwarded(node))
+            }
+            _ => {
+                let held = self.held.entry(shard.clone()).or_default();
+                if held.len() >= self.config.held_max {
+                    return Err(format!(
+                        "shard {shard} has no ACTIVE taking messages and {} are held already",
+                        held.len()
+                    ));
+                }
+                held.push_back((message, hops));
+                let _ = now;
+                Ok(Accepted::Held)
+            }
+        }
+    }
+
+    /// Appends a message to primary `id`'s stream; its seq.
+    fn append_message(&mut self, id: &ReplicaId, message: StreamMessage) -> Option<u64> {
+        let slot = self.slots.get_mut(id)?;
+        let SlotRole::Primary(primary) = &slot.role else {
+            return None;
+        };
+        let op = Op {
+            seq: slot.replica.version() + 1,
+            epoch: primary.epoch,
+            kind: OpKind::Message(message),
+        };
+        slot.replica.apply(&op).ok()?;
+        let seq = op.seq;
+        self.out
+            .persist
+            .push((id.clone(), PersistAction::Op(op.clone())));
+        slot.oplog.push(op, self.config.retain_bytes);
+        self.dirty.insert(id.clone());
+        Some(seq)
+    }
+
+    /// Messages held for shards whose primary can now take them go there.
+    fn release_held(&mut self, now: Time) {
+        let shards: Vec<ShardName> = self.held.keys().cloned().collect();
+        for shard in shards {
+            let Some(view) = self.view.shards.get(&shard) else {
+                let count = self.held.remove(&shard).map_or(0, |held| held.len());
+                self.out.events.push(DataEvent::Dropped {
+                    shard,
+                    count: count as u64,
+                    reason: "the shard no longer exists",
+                });
+                continue;
+            };
+            let target = match &view.primary {
+                Some((unit, node)) if *node == self.node && view.active => {
+                    Some((unit.clone(), *node))
+                }
+                Some((unit, node)) if *node != self.node => Some((unit.clone(), *node)),
+                _ => None,
+            };
+            let Some((unit, node)) = target else {
+                continue;
+            };
+            let held = self.held.remove(&shard).unwrap_or_default();
+            let mut dropped = 0u64;
+            for (message, hops) in held {
+                if node == self.node {
+                    let id = ReplicaId {
+                        shard: shard.clone(),
+                        unit: unit.clone(),
+                    };
+                    if self.append_message(&id, message).is_none() {
+                        dropped += 1;
+                    }
+                } else if hops < 2 {
+                    self.out.messages.push((
+                        node,
+                        DataMessage::Forward {
+                            shard: shard.clone(),
+                            message,
+                            hops: hops + 1,
+                        },
+                    ));
+                } else {
+                    dropped += 1;
+                }
+            }
+            if dropped > 0 {
+                self.out.events.push(DataEvent::Dropped {
+                    shard,
+                    count: dropped,
+                    reason: "forwarded too often while the ACTIVE moved",
+                });
+            }
+        }
+        let _ = now;
+    }
+
+    /// A message from node `from`'s data plane.
+    pub fn on_peer(&mut self, now: Time, from: NodeId, message: DataMessage) {
+        match message {
+            DataMessage::Follow {
+                shard,
+                epoch,
+                primary,
+                standby,
+                have_version,
+                have_epoch,
+                full,
+            } => self.on_follow(
+                now,
+                from,
+                ReplicaId {
+                    shard,
+                    unit: primary,
+                },
+                epoch,
+                standby,
+                (have_version, have_epoch, full),
+            ),
+            DataMessage::Start {
+                shard,
+                epoch,
+                standby,
+                session,
+                start,
+            } => self.on_start(
+                now,
+                from,
+                ReplicaId {
+                    shard,
+                    unit: standby,
+                },
+                epoch,
+                session,
+                start,
+            ),
+            DataMessage::Items {
+                shard,
+                epoch,
+                standby,
+                session,
+                first,
+                items,
+            } => self.on_items(
+                now,
+                from,
+                ReplicaId {
+                    shard,
+                    unit: standby,
+                },
+                epoch,
+                session,
+                first,
+                items,
+            ),
+            DataMessage::Ack {
+                shard,
+                epoch,
+                standby,
+                session,
+                received,
+                version,
+                verified,
+            } => self.on_ack(
+                now,
+                from,
+                &shard,
+                epoch,
+                standby,
+                session,
+                (received, version, verified),
+            ),
+            DataMessage::Nack {
+                shard,
+                epoch,
+                standby,
+                session,
+                expected,
+            } => {
+                let mut messages = Vec::new();
+                if let Some((id, session)) =
+                    self.session_mut(&shard, epoch, &standby, session, from)
+                {
+                    Self::resend(session, expected, &mut messages, &id, epoch, &standby);
+                    session.last_progress = now;
+                }
+                self.out.messages.extend(messages);
+            }
+            DataMessage::Stale { .. } => {
+                // The primary we follow is not (or no longer) the primary of our epoch: our
+                // view is behind or theirs is. The view will change; until then, retry slowly.
+            }
+            DataMessage::Forward {
+                shard,
+                message,
+                hops,
+            } => {
+                if let Err(reason) = self.accept_hops(now, &shard, message, hops) {
+                    self.out.events.push(DataEvent::Dropped {
+                        shard,
+                        count: 1,
+                        reason: if reason.contains("held") {
+                            "too many messages held"
+                        } else {
+                            "refused"
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_follow(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        id: ReplicaId,
+        epoch: u64,
+        standby: UnitName,
+        (have_version, have_epoch, full): (u64, u64, bool),
+    ) {
+        let Some(view) = self.view.shards.get(&id.shard) else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let SlotRole::Primary(primary) = &mut slot.role else {
+            self.out.messages.push((
+                from,
+                DataMessage::Stale {
+                    shard: id.shard.clone(),
+                    epoch: view.epoch,
+                    standby,
+                },
+            ));
+            return;
+        };
+        if epoch != primary.epoch || view.standbys.get(&standby) != Some(&from) {
+            if epoch < primary.epoch {
+                self.out.messages.push((
+                    from,
+                    DataMessage::Stale {
+                        shard: id.shard.clone(),
+                        epoch: primary.epoch,
+                        standby,
+                    },
+                ));
+            }
+            return;
+        }
+        let version = slot.replica.version();
+        let delta = !full
+            && have_version <= version
+            && slot.replica.history().epoch_at(have_version) == Some(have_epoch)
+            && (have_version == version || slot.oplog.get(have_version + 1).is_some());
+        self.next_session += 1;
+        let session = open_session(
+            now,
+            self.next_session,
+            from,
+            &slot.replica,
+            delta.then_some(have_version),
+        );
+        let standby_id = ReplicaId {
+            shard: id.shard.clone(),
+            unit: standby.clone(),
+        };
+        announce(
+            &mut self.out,
+            &id,
+            &standby_id,
+            epoch,
+            &session,
+            &slot.replica,
+            have_version,
+        );
+        primary.sessions.insert(standby, session);
+        self.dirty.insert(id);
+    }
+
+    fn session_mut(
+        &mut self,
+        shard: &ShardName,
+        epoch: u64,
+        standby: &UnitName,
+        session_id: u64,
+        from: NodeId,
+    ) -> Option<(ReplicaId, &mut Session)> {
+        let view = self.view.shards.get(shard)?;
+        let (unit, node) = view.primary.as_ref()?;
+        if *node != self.node {
+            return None;
+        }
+        let id = ReplicaId {
+            shard: shard.clone(),
+            unit: unit.clone(),
+        };
+        let slot = self.slots.get_mut(&id)?;
+        let SlotRole::Primary(primary) = &mut slot.role else {
+            return None;
+        };
+        if primary.epoch != epoch {
+            return None;
+        }
+        let session = primary.sessions.get_mut(standby)?;
+        if session.id != session_id || session.node != from {
+            return None;
+        }
+        self.dirty.insert(id.clone());
+        Some((id, session))
+    }
+
+    fn resend(
+        session: &mut Session,
+        from_n: u64,
+        messages: &mut Vec<(NodeId, DataMessage)>,
+        id: &ReplicaId,
+        epoch: u64,
+        standby: &UnitName,
+    ) {
+        let items: Vec<(u64, Item)> = session
+            .inflight
+            .iter()
+            .filter(|(n, _)| *n >= from_n)
+            .cloned()
+            .collect();
+        let mut batch: Vec<Item> = Vec::new();
+        let mut first = 0;
+        for (n, item) in items {
+            if batch.is_empty() {
+                first = n;
+            }
+            batch.push(item);
+            if batch.len() >= 256 {
+                messages.push((
+                    session.node,
+                    DataMessage::Items {
+                        shard: id.shard.clone(),
+                        epoch,
+                        standby: standby.clone(),
+                        session: session.id,
+                        first,
+                        items: std::mem::take(&mut batch),
+                    },
+                ));
+            }
+        }
+        if !batch.is_empty() {
+            messages.push((
+                session.node,
+                DataMessage::Items {
+                    shard: id.shard.clone(),
+                    epoch,
+                    standby: standby.clone(),
+                    session: session.id,
+                    first,
+                    items: batch,
+                },
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // One message's fields, unpacked.
+    fn on_ack(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        shard: &ShardName,
+        epoch: u64,
+        standby: UnitName,
+        session_id: u64,
+        (received, version, verified): (u64, u64, Option<bool>),
+    ) {
+        let Some((id, session)) = self.session_mut(shard, epoch, &standby, session_id, from) else {
+            return;
+        };
+        if received > session.acked_n {
+            session.acked_n = received;
+            session.last_progress = now;
+            while let Some((n, item)) = session.inflight.front() {
+                if *n > received {
+                    break;
+                }
+                session.inflight_bytes -= item.size();
+                session.inflight.pop_front();
+            }
+        }
+        session.acked_version = session.acked_version.max(version);
+        match verified {
+            Some(true) if !session.verified => {
+                session.verified = true;
+                session.transfer = None;
+                self.out.events.push(DataEvent::Verified {
+                    standby: ReplicaId {
+                        shard: shard.clone(),
+                        unit: standby,
+                    },
+                    epoch,
+                    version,
+                });
+            }
+            Some(false) => session.verified = false,
+            _ => {}
+        }
+        self.dirty.insert(id);
+    }
+
+    fn on_start(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        id: ReplicaId,
+        epoch: u64,
+        session: u64,
+        start: SessionStart,
+    ) {
+        let in_sync = self
+            .view
+            .shards
+            .get(&id.shard)
+            .is_some_and(|view| view.in_sync.contains(&id.unit));
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let SlotRole::Secondary(secondary) = &mut slot.role else {
+            return;
+        };
+        if secondary.epoch != epoch || secondary.node != from {
+            return;
+        }
+        match start {
+            SessionStart::Delta { from: version } => {
+                if version != slot.replica.version() || !slot.complete {
+                    // Our replica changed since we asked: ask again.
+                    secondary.follow_sent = None;
+                    secondary.session = None;
+                    return;
+                }
+            }
+            SessionStart::Full { snapshot, .. } => {
+                if in_sync {
+                    // The cluster counts this replica as holding every acknowledged write:
+                    // emptying it now could lose one. The primary takes us out of sync first
+                    // (this session never verifies), then we ask again.
+                    secondary.session = None;
+                    return;
+                }
+                slot.replica.reset_to(&snapshot);
+                slot.oplog.clear();
+                slot.complete = false;
+                self.out
+                    .persist
+                    .push((id.clone(), PersistAction::Reset(snapshot)));
+                if let Some(generation) = slot.subscriber {
+                    self.out.deliveries.push((
+                        id.unit.clone(),
+                        generation,
+                        Delivery::Changed {
+                            shard: id.shard.clone(),
+                            version: slot.replica.version(),
+                            writes: Vec::new(),
+                            reset: true,
+                        },
+                    ));
+                }
+            }
+        }
+        secondary.session = Some((session, 1));
+        secondary.verified = false;
+        secondary.want_full = false;
+        let _ = now;
+    }
+
+    #[allow(clippy::too_many_arguments)] // One message's fields, unpacked.
+    fn on_items(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        id: ReplicaId,
+        epoch: u64,
+        session: u64,
+        first: u64,
+        items: Vec<Item>,
+    ) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let SlotRole::Secondary(secondary) = &mut slot.role else {
+            return;
+        };
+        if secondary.epoch != epoch || secondary.node != from {
+            return;
+        }
+        let Some((current, mut next_n)) = secondary.session else {
+            return;
+        };
+        if current != session {
+            return;
+        }
+        if first > next_n {
+            self.out.messages.push((
+                from,
+                DataMessage::Nack {
+                    shard: id.shard.clone(),
+                    epoch,
+                    standby: id.unit.clone(),
+                    session,
+                    expected: next_n,
+                },
+            ));
+            return;
+        }
+        let mut verified = None;
+        let mut failed = false;
+        for (offset, item) in items.into_iter().enumerate() {
+            let n = first + offset as u64;
+            if n < next_n {
+                continue;
+            }
+            let result = match item {
+                Item::Op(op) => match slot.replica.apply(&op) {
+                    Ok(()) => {
+                        if let Some(generation) = slot.subscriber {
+                            let writes = match &op.kind {
+                                OpKind::Commit { writes, .. } => writes.clone(),
+                                OpKind::Message(_) => Vec::new(),
+                            };
+                            self.out.deliveries.push((
+                                id.unit.clone(),
+                                generation,
+                                Delivery::Changed {
+                                    shard: id.shard.clone(),
+                                    version: op.seq,
+                                    writes,
+                                    reset: false,
+                                },
+                            ));
+                        }
+                        self.out
+                            .persist
+                            .push((id.clone(), PersistAction::Op(op.clone())));
+                        slot.oplog.push(op, self.config.retain_bytes);
+                        Ok(())
+                    }
+                    Err(error) => Err(error.to_string()),
+                },
+                Item::Sections(sections) => {
+                    let mut result = Ok(());
+                    for (key, section) in &sections {
+                        if let Err(error) =
+                            slot.replica.install_section(key.clone(), section.clone())
+                        {
+                            result = Err(error.to_string());
+                            break;
+                        }
+                    }
+                    if result.is_ok() {
+                        self.out
+                            .persist
+                            .push((id.clone(), PersistAction::Sections(sections)));
+                    }
+                    result
+                }
+                Item::Messages(messages) => {
+                    let mut result = Ok(());
+                    for (seq, message) in &messages {
+                        if let Err(error) = slot.replica.install_message(*seq, message.clone()) {
+                            result = Err(error.to_string());
+                            break;
+                        }
+                    }
+                    if result.is_ok() {
+                        self.out
+                            .persist
+                            .push((id.clone(), PersistAction::Messages(messages)));
+                    }
+                    result
+                }
+                Item::Verify { version, digest } => {
+                    let matches =
+                        version == slot.replica.version() && digest == slot.replica.digest();
+                    verified = Some(matches);
+                    if matches {
+                        if !slot.complete {
+                            slot.complete = true;
+                            self.out.persist.push((id.clone(), PersistAction::Complete));
+                        }
+                        secondary.verified = true;
+                    } else {
+                        self.out.events.push(DataEvent::DigestMismatch {
+                            standby: id.clone(),
+                            version,
+                        });
+                        secondary.verified = false;
+                        secondary.want_full = true;
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(reason) = result {
+                // An item that does not apply means our replica is not what the primary
+                // thinks: start over with a full transfer.
+                self.out.events.push(DataEvent::ItemRefused {
+                    standby: id.clone(),
+                    reason,
+                });
+                secondary.want_full = true;
+                failed = true;
+                break;
+            }
+            next_n = n + 1;
+        }
+        secondary.session = Some((session, next_n));
+        self.out.messages.push((
+            from,
+            DataMessage::Ack {
+                shard: id.shard.clone(),
+                epoch,
+                standby: id.unit.clone(),
+                session,
+                received: next_n - 1,
+                version: slot.replica.version(),
+                verified,
+            },
+        ));
+        if failed || verified == Some(false) {
+            secondary.session = None;
+            secondary.verified = false;
+            secondary.follow_sent = None;
+        }
+        let _ = now;
+    }
+
+    /// Time passes: resends, follows, lag checks.
+    pub fn tick(&mut self, now: Time) {
+        let ids: Vec<ReplicaId> = self.slots.keys().cloned().collect();
+        self.dirty.extend(ids);
+        self.release_held(now);
+    }
+
+    /// Processes the replicas touched since the last call (sessions pumped, waiters answered,
+    /// messages delivered, follows sent) and returns everything to carry out.
+    pub fn take_output(&mut self, now: Time) -> DataOutput {
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in dirty {
+            self.progress(now, &id);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn progress(&mut self, now: Time, id: &ReplicaId) {
+        let Some(view) = self.view.shards.get(&id.shard).cloned() else {
+            return;
+        };
+        let registered = self.units.get(&id.unit).copied();
+        let config = self.config.clone();
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        match &mut slot.role {
+            SlotRole::Idle => {}
+            SlotRole::Secondary(secondary) => {
+                let due = secondary.session.is_none()
+                    && secondary
+                        .follow_sent
+                        .is_none_or(|sent| now.saturating_since(sent) >= config.follow_retry);
+                if due {
+                    secondary.follow_sent = Some(now);
+                    self.out.messages.push((
+                        secondary.node,
+                        DataMessage::Follow {
+                            shard: id.shard.clone(),
+                            epoch: secondary.epoch,
+                            primary: secondary.primary.clone(),
+                            standby: id.unit.clone(),
+                            have_version: slot.replica.version(),
+                            have_epoch: slot.replica.epoch(),
+                            full: secondary.want_full || !slot.complete,
+                        },
+                    ));
+                }
+            }
+            SlotRole::Primary(primary) => {
+                for (standby, session) in &mut primary.sessions {
+                    if !session.inflight.is_empty()
+                        && now.saturating_since(session.last_progress) >= config.resend_after
+                    {
+                        let first = session.acked_n + 1;
+                        Self::resend(
+                            session,
+                            first,
+                            &mut self.out.messages,
+                            id,
+                            primary.epoch,
+                            standby,
+                        );
+                        session.last_progress = now;
+                    }
+                    Self::pump(
+                        &config,
+                        &slot.replica,
+                        &slot.oplog,
+                        id,
+                        primary.epoch,
+                        standby,
+                        session,
+                        &mut self.out,
+                    );
+                }
+                // A session whose secondary is further behind than the op log reaches starts
+                // over as a full transfer.
+                for (standby, session) in &mut primary.sessions {
+                    if session.next_op != u64::MAX {
+                        continue;
+                    }
+                    self.next_session += 1;
+                    *session =
+                        open_session(now, self.next_session, session.node, &slot.replica, None);
+                    let standby_id = ReplicaId {
+                        shard: id.shard.clone(),
+                        unit: standby.clone(),
+                    };
+                    announce(
+                        &mut self.out,
+                        id,
+                        &standby_id,
+                        primary.epoch,
+                        session,
+                        &slot.replica,
+                        0,
+                    );
+                    Self::pump(
+                        &config,
+                        &slot.replica,
+                        &slot.oplog,
+                        id,
+                        primary.epoch,
+                        standby,
+                        session,
+                        &mut self.out,
+                    );
+                }
+                let version = slot.replica.version();
+                let safe = safe_version(primary, &view, version);
+                // Waiters the wait set has caught up with.
+                while primary
+                    .waiters
+                    .front()
+                    .is_some_and(|waiter| waiter.seq <= safe)
+                {
+                    let waiter = primary.waiters.pop_front().expect("front exists");
+                    let answer = if waiter.flush {
+                        DataReply::Done {
+                            version: waiter.seq,
+                        }
+                    } else {
+                        DataReply::Committed {
+                            version: waiter.seq,
+                        }
+                    };
+                    self.out
+                        .replies
+                        .push((waiter.unit, waiter.generation, waiter.request, answer));
+                }
+                while primary
+                    .lag_waiters
+                    .front()
+                    .is_some_and(|waiter| waiter.seq.saturating_sub(safe) <= view.async_lag_max)
+                {
+                    let waiter = primary.lag_waiters.pop_front().expect("front exists");
+                    self.out.replies.push((
+                        waiter.unit,
+                        waiter.generation,
+                        waiter.request,
+                        DataReply::Committed {
+                            version: waiter.seq,
+                        },
+                    ));
+                }
+                // A member of the wait set holding a waiter back too long stops counting as
+                // verified; the cluster then takes it out of sync and the waiters go on.
+                let held_back = !primary.waiters.is_empty() || !primary.lag_waiters.is_empty();
+                if held_back {
+                    let since = *primary.held_back_since.get_or_insert(now);
+                    if now.saturating_since(since) >= config.sync_timeout {
+                        for (standby, session) in &mut primary.sessions {
+                            if session.verified && session.acked_version < version {
+                                session.verified = false;
+                                session.verify_sent = false;
+                                self.out.events.push(DataEvent::Lagging {
+                                    standby: ReplicaId {
+                                        shard: id.shard.clone(),
+                                        unit: standby.clone(),
+                                    },
+                                    behind: version - session.acked_version,
+                                });
+                            }
+                        }
+                        primary.held_back_since = Some(now);
+                    }
+                } else {
+                    primary.held_back_since = None;
+                }
+                // Stream messages the wait set holds go to the ACTIVE.
+                let Some(generation) = registered else {
+                    return;
+                };
+                if !view.active || primary.epoch != view.epoch {
+                    return;
+                }
+                let consumed = slot.replica.consumed();
+                let delivered = match primary.delivered {
+                    Some((instance, seq)) if instance == generation => seq.max(consumed),
+                    _ => consumed,
+                };
+                let outstanding = slot
+                    .replica
+                    .pending()
+                    .take_while(|(seq, _)| *seq <= delivered)
+                    .count();
+                let mut last = delivered;
+                for (seq, message) in slot
+                    .replica
+                    .pending_after(delivered)
+                    .take(config.delivery_window.saturating_sub(outstanding))
+                {
+                    if seq > safe {
+                        break;
+                    }
+                    self.out.deliveries.push((
+                        id.unit.clone(),
+                        generation,
+                        Delivery::Message {
+                            shard: id.shard.clone(),
+                            epoch: primary.epoch,
+                            seq,
+                            message: message.clone(),
+                        },
+                    ));
+                    last = seq;
+                }
+                primary.delivered = Some((generation, last));
+            }
+        }
+    }
+
+    /// Sends what a session's window allows: unsent ops first, then the next transfer chunk,
+    /// then (when nothing else is left) the digest to verify.
+    #[allow(clippy::too_many_arguments)] // The pieces of one replica, borrowed apart.
+    fn pump(
+        config: &DataConfig,
+        replica: &ShardReplica,
+        oplog: &OpLog,
+        id: &ReplicaId,
+        epoch: u64,
+        standby: &UnitName,
+        session: &mut Session,
+        out: &mut DataOutput,
+    ) {
+        let mut batch: Vec<Item> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut first = session.next_n;
+        let (node, session_id) = (session.node, session.id);
+        let flush = |batch: &mut Vec<Item>, first: u64, out: &mut DataOutput| {
+            if batch.is_empty() {
+                return;
+            }
+            out.messages.push((
+                node,
+                DataMessage::Items {
+                    shard: id.shard.clone(),
+                    epoch,
+                    standby: standby.clone(),
+                    session: session_id,
+                    first,
+                    items: std::mem::take(batch),
+                },
+            ));
+        };
+        while session.inflight_bytes < config.window_bytes {
+            let item = if session.next_op <= replica.version() {
+                match oplog.get(session.next_op) {
+                    Some(op) => {
+                        session.next_op += 1;
+                        Item::Op(op.clone())
+                    }
+                    None => {
+                        // The secondary is further behind than the op log reaches: drop the
+                        // session; its next follow gets a full transfer.
+                        session.next_op = u64::MAX;
+                        break;
+                    }
+                }
+            } else if let Some(transfer) = &mut session.transfer {
+                if transfer.position < transfer.order.len() {
+                    let mut sections = Vec::new();
+                    let mut bytes = 0usize;
+                    while transfer.position < transfer.order.len() && bytes < config.chunk_bytes {
+                        let key = &transfer.order[transfer.position];
+                        transfer.position += 1;
+                        if let Some(section) = replica.get(key) {
+                            bytes += key.len() + section.value.len();
+                            sections.push((key.clone(), section.clone()));
+                        }
+                    }
+                    transfer.status.sections_sent = transfer.position as u64;
+                    transfer.status.bytes_sent += bytes as u64;
+                    Item::Sections(sections)
+                } else if !transfer.messages_done {
+                    transfer.messages_done = true;
+                    let messages: Vec<(u64, StreamMessage)> = replica
+                        .pending()
+                        .map(|(seq, message)| (seq, message.clone()))
+                        .collect();
+                    if messages.is_empty() {
+                        continue;
+                    }
+                    Item::Messages(messages)
+                } else if !session.verify_sent {
+                    session.verify_sent = true;
+                    Item::Verify {
+                        version: replica.version(),
+                        digest: replica.digest(),
+                    }
+                } else {
+                    break;
+                }
+            } else if !session.verify_sent {
+                session.verify_sent = true;
+                Item::Verify {
+                    version: replica.version(),
+                    digest: replica.digest(),
+                }
+            } else {
+                break;
+            };
+            let size = item.size();
+            if batch.is_empty() {
+                first = session.next_n;
+            }
+            session.inflight.push_back((session.next_n, item.clone()));
+            session.inflight_bytes += size;
+            session.next_n += 1;
+            batch.push(item);
+            batch_bytes += size;
+            if batch_bytes >= config.batch_bytes {
+                flush(&mut batch, first, out);
+                batch_bytes = 0;
+            }
+        }
+        flush(&mut batch, first, out);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,586 @@
+//! Scenario tests of the data plane: two or three nodes' planes exchanging messages through
+//! a hand-driven network that can lose, so every step is explicit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::data::{MessageOrigin, Origin, Write};
+
+const SHARD: &str = "s0";
+
+fn unit(name: &str) -> UnitName {
+    UnitName::from(name)
+}
+
+fn shard() -> ShardName {
+    ShardName::from(SHARD)
+}
+
+fn put(key: &str, value: &[u8]) -> Write {
+    Write {
+        key: key.as_bytes().to_vec(),
+        value: Some(value.to_vec()),
+        priority: None,
+    }
+}
+
+/// Nodes 1..=n, unit `u{i}` on node i, all in one service.
+struct Net {
+    planes: BTreeMap<u64, DataPlane>,
+    now: Time,
+    /// Messages in flight: (from, to, message).
+    wire: Vec<(u64, u64, DataMessage)>,
+    /// Replies to units: (node, unit, request, reply).
+    replies: Vec<(u64, UnitName, u64, DataReply)>,
+    /// Deliveries: (node, unit, delivery).
+    deliveries: Vec<(u64, UnitName, Delivery)>,
+    events: Vec<DataEvent>,
+    next_request: u64,
+    view: ShardView,
+}
+
+impl Net {
+    fn new(nodes: u64) -> Self {
+        let mut planes = BTreeMap::new();
+        for node in 1..=nodes {
+            let mut plane = DataPlane::new(NodeId(node), DataConfig::default(), node);
+            plane.set_lease(Some(Time::from_millis(1_000_000)));
+            plane.unit_connected(&unit(&format!("u{node}")), 1);
+            planes.insert(node, plane);
+        }
+        Self {
+            planes,
+            now: Time::from_millis(1),
+            wire: Vec::new(),
+            replies: Vec::new(),
+            deliveries: Vec::new(),
+            events: Vec::new(),
+            next_request: 1,
+            view: ShardView {
+                async_lag_max: 10_000,
+                ..ShardView::default()
+            },
+        }
+    }
+
+    /// Sets the committed view: `primary` ACTIVE at `epoch`, `standbys` STANDBY.
+    fn assign(&mut self, epoch: u64, primary: u64, standbys: &[u64], in_sync: &[u64]) {
+        self.view.epoch = epoch;
+        self.view.primary = Some((unit(&format!("u{primary}")), NodeId(primary)));
+        self.view.active = true;
+        self.view.acting = true;
+        self.view.standbys = standbys
+            .iter()
+            .map(|node| (unit(&format!("u{node}")), NodeId(*node)))
+            .collect();
+        self.view.in_sync = in_sync
+            .iter()
+            .map(|node| unit(&format!("u{node}")))
+            .collect();
+        self.push_view();
+    }
+
+    fn push_view(&mut self) {
+        let now = self.now;
+        for (node, plane) in &mut self.planes {
+            let mut view = self.view.clone();
+            view.local_units = BTreeSet::from([unit(&format!("u{node}"))]);
+            plane.set_view(
+                now,
+                DataView {
+                    shards: BTreeMap::from([(shard(), view)]),
+                },
+            );
+        }
+    }
+
+    fn collect(&mut self) {
+        let now = self.now;
+        for (node, plane) in &mut self.planes {
+            let out = plane.take_output(now);
+            for (to, message) in out.messages {
+                self.wire.push((*node, to.0, message));
+            }
+            for (unit, _, request, reply) in out.replies {
+                self.replies.push((*node, unit, request, reply));
+            }
+            for (unit, _, delivery) in out.deliveries {
+                self.deliveries.push((*node, unit, delivery));
+            }
+            self.events.extend(out.events);
+        }
+    }
+
+    /// Delivers everything until quiet (at most `rounds` rounds), dropping messages for which
+    /// `lose` says so.
+    fn run_with(&mut self, rounds: usize, mut lose: impl FnMut(&DataMessage) -> bool) {
+        for _ in 0..rounds {
+            self.collect();
+            if self.wire.is_empty() {
+                return;
+            }
+            let wire = std::mem::take(&mut self.wire);
+            for (from, to, message) in wire {
+                if lose(&message) {
+                    continue;
+                }
+                let now = self.now;
+                if let Some(plane) = self.planes.get_mut(&to) {
+                    plane.on_peer(now, NodeId(from), message);
+                }
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        self.run_with(10_000, |_| false);
+    }
+
+    fn tick(&mut self, millis: u64) {
+        self.now = self.now + Duration::from_millis(millis);
+        let now = self.now;
+        for plane in self.planes.values_mut() {
+            plane.tick(now);
+        }
+    }
+
+    fn request(&mut self, node: u64, request: DataRequest) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        let now = self.now;
+        let name = unit(&format!("u{node}"));
+        self.planes
+            .get_mut(&node)
+            .unwrap()
+            .on_unit(now, &name, 1, id, request);
+        id
+    }
+
+    fn commit(
+        &mut self,
+        node: u64,
+        epoch: u64,
+        writes: Vec<Write>,
+        consumed: Option<u64>,
+        sync: bool,
+    ) -> u64 {
+        self.request(
+            node,
+            DataRequest::Commit {
+                shard: shard(),
+                epoch,
+                writes,
+                consumed,
+                sync,
+            },
+        )
+    }
+
+    fn reply(&self, request: u64) -> Option<&DataReply> {
+        self.replies
+            .iter()
+            .find(|(_, _, id, _)| *id == request)
+            .map(|(_, _, _, reply)| reply)
+    }
+
+    fn replica(&self, node: u64) -> &ShardReplica {
+        self.planes[&node]
+            .replica(&ReplicaId {
+                shard: shard(),
+                unit: unit(&format!("u{node}")),
+            })
+            .unwrap()
+    }
+
+    /// The primary's claim, committed as the director would.
+    fn commit_claim(&mut self, primary: u64) {
+        let claims = self.planes[&primary].claims();
+        let (epoch, units) = claims.get(&shard()).cloned().unwrap_or_default();
+        assert_eq!(epoch, self.view.epoch);
+        self.view.in_sync = units;
+        self.push_view();
+    }
+
+    fn accept(&mut self, node: u64, payload: &str) -> Accepted {
+        let now = self.now;
+        self.planes
+            .get_mut(&node)
+            .unwrap()
+            .accept(
+                now,
+                &shard(),
+                StreamMessage {
+                    payload: payload.as_bytes().to_vec(),
+                    origin: MessageOrigin {
+                        origin: Origin::Udp,
+                        peer: "127.0.0.1:5062".into(),
+                    },
+                },
+            )
+            .unwrap()
+    }
+
+    fn delivered(&self, node: u64) -> Vec<(u64, String)> {
+        self.deliveries
+            .iter()
+            .filter(|(at, _, _)| *at == node)
+            .filter_map(|(_, _, delivery)| match delivery {
+                Delivery::Message { seq, message, .. } => {
+                    Some((*seq, String::from_utf8_lossy(&message.payload).into_owned()))
+                }
+                Delivery::Changed { .. } => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_standby_follows_verifies_and_then_holds_back_sync_commits() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    // Before any standby is verified, a sync commit is answered at once.
+    let early = net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.collect();
+    assert_eq!(net.reply(early), Some(&DataReply::Committed { version: 1 }));
+    net.run();
+    assert!(net.planes[&2].is_verified(&ReplicaId {
+        shard: shard(),
+        unit: unit("u2")
+    }));
+    assert_eq!(net.replica(2), net.replica(1));
+    net.commit_claim(1);
+    assert_eq!(net.view.in_sync, BTreeSet::from([unit("u2")]));
+    // Now a sync commit waits for the standby.
+    let held = net.commit(1, 1, vec![put("b", b"2")], None, true);
+    net.collect();
+    assert_eq!(
+        net.reply(held),
+        None,
+        "answered before the standby applied it"
+    );
+    let wire = std::mem::take(&mut net.wire);
+    for (from, to, message) in wire {
+        let now = net.now;
+        net.planes
+            .get_mut(&to)
+            .unwrap()
+            .on_peer(now, NodeId(from), message);
+    }
+    net.run();
+    assert_eq!(net.reply(held), Some(&DataReply::Committed { version: 2 }));
+    assert_eq!(net.replica(2).get(b"b").unwrap().value, b"2");
+}
+
+#[test]
+fn a_transfer_under_live_writes_ends_with_equal_digests() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[], &[]);
+    for batch in 0..50 {
+        let writes = (0..20)
+            .map(|i| put(&format!("k{batch:02}-{i:02}"), &vec![batch as u8; 300]))
+            .collect();
+        net.commit(1, 1, writes, None, false);
+    }
+    net.collect();
+    // A standby arrives; writes continue while the transfer runs, a few sections at a time.
+    net.assign(1, 1, &[2], &[]);
+    let mut round = 0;
+    loop {
+        net.collect();
+        if net.wire.is_empty() && round > 5 {
+            break;
+        }
+        let writes = vec![
+            put(
+                &format!("k{:02}-00", round % 50),
+                format!("live{round}").as_bytes(),
+            ),
+            put(&format!("new{round}"), b"x"),
+        ];
+        if round < 40 {
+            net.commit(1, 1, writes, None, false);
+        }
+        let wire = std::mem::take(&mut net.wire);
+        for (from, to, message) in wire {
+            let now = net.now;
+            net.planes
+                .get_mut(&to)
+                .unwrap()
+                .on_peer(now, NodeId(from), message);
+        }
+        round += 1;
+        assert!(round < 1000, "never settled");
+    }
+    assert_eq!(net.replica(2), net.replica(1));
+    assert_eq!(net.replica(2).digest(), net.replica(1).compute_digest());
+    assert!(net
+        .events
+        .iter()
+        .any(|event| matches!(event, DataEvent::Verified { .. })));
+}
+
+#[test]
+fn lost_items_are_sent_again_and_gaps_are_refused() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.run();
+    net.commit_claim(1);
+    let mut dropped = 0;
+    let request = net.commit(1, 1, vec![put("a", b"1")], None, true);
+    for i in 0..5 {
+        net.commit(1, 1, vec![put(&format!("x{i}"), b"1")], None, false);
+    }
+    // Lose the first batch of items.
+    net.run_with(100, |message| {
+        if matches!(message, DataMessage::Items { .. }) && dropped == 0 {
+            dropped += 1;
+            return true;
+        }
+        false
+    });
+    assert_eq!(net.reply(request), None, "acknowledged without the standby");
+    net.tick(300);
+    net.run();
+    assert_eq!(
+        net.reply(request),
+        Some(&DataReply::Committed { version: 1 })
+    );
+    assert_eq!(net.replica(2), net.replica(1));
+}
+
+#[test]
+fn stream_messages_reach_the_active_only_once_replicated_and_survive_a_failover() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.run();
+    net.commit_claim(1);
+    assert_eq!(net.accept(1, "m1"), Accepted::Appended(1));
+    assert_eq!(net.accept(1, "m2"), Accepted::Appended(2));
+    net.collect();
+    assert!(
+        net.delivered(1).is_empty(),
+        "delivered before the standby had it"
+    );
+    net.run();
+    assert_eq!(
+        net.delivered(1),
+        vec![(1, "m1".to_owned()), (2, "m2".to_owned())]
+    );
+    // The ACTIVE consumes m1 with its state change, then dies.
+    net.commit(1, 1, vec![put("calls", b"1")], Some(1), true);
+    net.run();
+    // A message accepted on the standby's node is forwarded to the primary.
+    assert_eq!(net.accept(2, "m3"), Accepted::Forwarded(NodeId(1)));
+    net.run();
+    net.deliveries.clear();
+    // Failover: u2 ACTIVE at epoch 2 gets m2 and m3 again (not consumed), not m1.
+    net.assign(2, 2, &[], &[]);
+    net.run();
+    assert_eq!(
+        net.delivered(2),
+        vec![(2, "m2".to_owned()), (4, "m3".to_owned())]
+    );
+    assert_eq!(net.replica(2).get(b"calls").unwrap().value, b"1");
+    // Consuming beyond what was delivered is refused.
+    let bad = net.commit(2, 2, vec![], Some(9), true);
+    net.collect();
+    assert!(matches!(
+        net.reply(bad),
+        Some(DataReply::Error {
+            code: "bad_request",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_diverged_old_active_gets_a_full_transfer_and_a_close_one_a_delta() {
+    let mut net = Net::new(3);
+    net.assign(1, 1, &[2, 3], &[]);
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run();
+    net.commit_claim(1);
+    // u1 writes one more op that nobody receives, then u2 takes over at epoch 2.
+    net.commit(1, 1, vec![put("lost", b"1")], None, false);
+    net.collect();
+    net.wire.clear();
+    net.assign(2, 2, &[1, 3], &[]);
+    net.commit(2, 2, vec![put("b", b"2")], None, true);
+    net.run();
+    let sessions: Vec<(UnitName, bool)> = net
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            DataEvent::SessionStarted {
+                standby,
+                epoch: 2,
+                full,
+                ..
+            } => Some((standby.unit.clone(), *full)),
+            _ => None,
+        })
+        .collect();
+    assert!(sessions.contains(&(unit("u1"), true)), "{sessions:?}");
+    assert!(sessions.contains(&(unit("u3"), false)), "{sessions:?}");
+    assert_eq!(net.replica(1), net.replica(2));
+    assert_eq!(net.replica(3), net.replica(2));
+    assert!(net.replica(1).get(b"lost").is_none());
+}
+
+#[test]
+fn an_in_sync_standby_keeps_its_replica_until_taken_out_of_sync() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run();
+    net.commit_claim(1);
+    // The standby asks for a full transfer (as after a digest mismatch) while in sync.
+    let id = ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    };
+    let now = net.now;
+    net.planes.get_mut(&1).unwrap().on_peer(
+        now,
+        NodeId(2),
+        DataMessage::Follow {
+            shard: shard(),
+            epoch: 1,
+            primary: unit("u1"),
+            standby: unit("u2"),
+            have_version: 1,
+            have_epoch: 1,
+            full: true,
+        },
+    );
+    net.run();
+    assert_eq!(
+        net.replica(2).get(b"a").unwrap().value,
+        b"1",
+        "emptied while in sync"
+    );
+    // The primary's claim no longer has it; once committed, the transfer goes ahead.
+    assert!(net.planes[&1].claims()[&shard()].1.is_empty());
+    net.commit_claim(1);
+    net.tick(200);
+    net.run();
+    assert!(net.planes[&2].is_verified(&id));
+    assert_eq!(net.replica(2), net.replica(1));
+}
+
+#[test]
+fn a_restarted_secondary_catches_up_with_a_delta() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run();
+    let saved = net.replica(2).clone();
+    // Node 2 restarts with its replica from disk; meanwhile two more commits.
+    net.commit(1, 1, vec![put("b", b"2")], None, false);
+    net.commit(1, 1, vec![put("c", b"3")], None, false);
+    net.collect();
+    net.wire.clear();
+    let mut restarted = DataPlane::new(NodeId(2), DataConfig::default(), 99);
+    restarted.set_lease(Some(Time::from_millis(1_000_000)));
+    restarted.load(
+        ReplicaId {
+            shard: shard(),
+            unit: unit("u2"),
+        },
+        saved,
+        true,
+    );
+    restarted.unit_connected(&unit("u2"), 2);
+    net.planes.insert(2, restarted);
+    net.push_view();
+    net.tick(200);
+    net.run();
+    let started: Vec<(bool, u64)> = net
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            DataEvent::SessionStarted { full, count, .. } => Some((*full, *count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.last(), Some(&(false, 2)), "{started:?}");
+    assert_eq!(net.replica(2), net.replica(1));
+}
+
+#[test]
+fn commits_are_refused_unless_active_at_the_epoch_with_a_lease() {
+    let mut net = Net::new(2);
+    net.assign(3, 1, &[2], &[]);
+    let standby = net.commit(2, 3, vec![put("a", b"1")], None, true);
+    let stale = net.commit(1, 2, vec![put("a", b"1")], None, true);
+    let empty_key = net.commit(1, 3, vec![put("", b"1")], None, true);
+    net.collect();
+    assert!(matches!(
+        net.reply(standby),
+        Some(DataReply::Error {
+            code: "not_active",
+            ..
+        })
+    ));
+    assert!(matches!(
+        net.reply(stale),
+        Some(DataReply::Error {
+            code: "stale_epoch",
+            ..
+        })
+    ));
+    assert!(matches!(
+        net.reply(empty_key),
+        Some(DataReply::Error {
+            code: "bad_request",
+            ..
+        })
+    ));
+    net.planes.get_mut(&1).unwrap().set_lease(Some(Time::ZERO));
+    let no_lease = net.commit(1, 3, vec![put("a", b"1")], None, true);
+    net.collect();
+    assert!(matches!(
+        net.reply(no_lease),
+        Some(DataReply::Error {
+            code: "no_lease",
+            ..
+        })
+    ));
+    assert_eq!(
+        net.replica(1).version(),
+        0,
+        "a refused commit changed the replica"
+    );
+}
+
+#[test]
+fn a_lagging_standby_stops_holding_back_commits_after_the_sync_timeout() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.run();
+    net.commit_claim(1);
+    // The standby goes silent.
+    let request = net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run_with(100, |message| matches!(message, DataMessage::Items { .. }));
+    assert_eq!(net.reply(request), None);
+    net.tick(1100);
+    net.run_with(100, |message| matches!(message, DataMessage::Items { .. }));
+    assert!(net
+        .events
+        .iter()
+        .any(|event| matches!(event, DataEvent::Lagging { .. })));
+    // Its claim is withdrawn; once the cluster commits that, the commit goes on.
+    assert!(net.planes[&1].claims()[&shard()].1.is_empty());
+    assert_eq!(
+        net.reply(request),
+        None,
+        "acknowledged while still committed in sync"
+    );
+    net.commit_claim(1);
+    net.tick(1);
+    net.collect();
+    assert_eq!(
+        net.reply(request),
+        Some(&DataReply::Committed { version: 1 })
+    );
+}
