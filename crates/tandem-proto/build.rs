@@ -4,7 +4,13 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["peer.proto", "state.proto", "admin.proto", "sdk.proto"];
+    let files = [
+        "peer.proto",
+        "state.proto",
+        "admin.proto",
+        "sdk.proto",
+        "data.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={}", proto_dir.join(file).display());
     }

@@ -8,8 +8,10 @@
 //! clock; the simulation drives the very same code with simulated ones.
 
 pub mod admin;
+pub mod data_wire;
 pub mod node;
 pub mod observe;
+pub mod replica_file;
 pub mod wire;
 
 pub use admin::{AdminAction, AdminDone, AdminResult};

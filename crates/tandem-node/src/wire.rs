@@ -21,6 +21,10 @@ pub enum WireError {
     /// The raft message inside does not decode.
     #[error("undecodable raft message: {0}")]
     Raft(String),
+    /// A data plane message where a control message was expected (the caller routes data
+    /// bodies to the data plane first).
+    #[error("a data plane message on the control path")]
+    DataOnControl,
     /// A part of a tandem message is invalid.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -69,6 +73,7 @@ pub fn decode(body: Option<Body>) -> Result<PeerMessage, WireError> {
             term: grant.term,
         }),
         Body::Report(report) => PeerMessage::Report(decode_report(report)?),
+        Body::Data(_) => return Err(WireError::DataOnControl),
     })
 }
 

@@ -24,6 +24,12 @@ pub mod admin {
     include!(concat!(env!("OUT_DIR"), "/tandem.admin.rs"));
 }
 
+/// Data plane messages and replica file records (`proto/data.proto`).
+pub mod data {
+    #![allow(missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/tandem.data.rs"));
+}
+
 /// Unit-to-agent protocol of the SDK (`proto/sdk.proto`).
 pub mod sdk {
     #![allow(missing_docs)]
@@ -95,6 +101,22 @@ pub fn decode_unit_message(payload: &[u8]) -> Result<sdk::UnitToAgent, DecodeErr
 pub fn decode_agent_message(payload: &[u8]) -> Result<sdk::AgentToUnit, DecodeError> {
     sdk::AgentToUnit::decode(payload).map_err(|source| DecodeError {
         what: "agent message",
+        source,
+    })
+}
+
+/// Decodes a replica file record.
+pub fn decode_replica_record(payload: &[u8]) -> Result<data::ReplicaRecord, DecodeError> {
+    data::ReplicaRecord::decode(payload).map_err(|source| DecodeError {
+        what: "replica record",
+        source,
+    })
+}
+
+/// Decodes a replica file header.
+pub fn decode_replica_header(payload: &[u8]) -> Result<data::ReplicaHeader, DecodeError> {
+    data::ReplicaHeader::decode(payload).map_err(|source| DecodeError {
+        what: "replica header",
         source,
     })
 }

@@ -406,11 +406,14 @@ struct Slot {
     role: SlotRole,
     /// The instance subscribed to change notifications.
     subscriber: Option<u64>,
+    /// The version known to be on the local disk.
+    durable: u64,
 }
 
 impl Slot {
     fn new(replica: ShardReplica, complete: bool) -> Self {
         Self {
+            durable: replica.version(),
             replica,
             oplog: OpLog::default(),
             complete,
@@ -438,9 +441,17 @@ pub struct DataPlane {
     out: DataOutput,
 }
 
-/// The smallest acknowledged version over a primary's wait set (its own version when the set
-/// is empty).
-fn safe_version(primary: &Primary, view: &ShardView, version: u64) -> u64 {
+/// The smallest acknowledged version over a primary's wait set; with an empty wait set, what
+/// is durable on the local disk (nothing else holds the writes then).
+fn safe_version(primary: &Primary, view: &ShardView, version: u64, durable: u64) -> u64 {
+    let waits = primary
+        .sessions
+        .iter()
+        .any(|(unit, session)| session.verified || view.in_sync.contains(unit))
+        || !view.in_sync.is_empty();
+    if !waits {
+        return version.min(durable);
+    }
     let mut safe = version;
     for (unit, session) in &primary.sessions {
         if session.verified || view.in_sync.contains(unit) {
@@ -676,6 +687,16 @@ impl DataPlane {
             }
         }
         status
+    }
+
+    /// Everything persisted for replica `id` up to `version` is on the local disk (synced).
+    pub fn persisted(&mut self, id: &ReplicaId, version: u64) {
+        if let Some(slot) = self.slots.get_mut(id) {
+            if version > slot.durable {
+                slot.durable = version.min(slot.replica.version());
+                self.dirty.insert(id.clone());
+            }
+        }
     }
 
     /// This node's lease: until when its units may act.
@@ -1540,6 +1561,7 @@ impl DataPlane {
                 slot.replica.reset_to(&snapshot);
                 slot.oplog.clear();
                 slot.complete = false;
+                slot.durable = 0;
                 self.out
                     .persist
                     .push((id.clone(), PersistAction::Reset(snapshot)));
@@ -1833,7 +1855,7 @@ impl DataPlane {
                     );
                 }
                 let version = slot.replica.version();
-                let safe = safe_version(primary, &view, version);
+                let safe = safe_version(primary, &view, version, slot.durable);
                 // Waiters the wait set has caught up with.
                 while primary
                     .waiters

@@ -575,9 +575,7 @@ fn a_failover_to_a_standby_out_of_sync_is_reported_as_a_possible_loss() {
             },
         );
         let observations = h.observations();
-        let commands = h
-            .director
-            .plan(h.now, &h.state, &observations, 1_000_000);
+        let commands = h.director.plan(h.now, &h.state, &observations, 1_000_000);
         let mut events = Vec::new();
         for command in &commands {
             h.index += 1;

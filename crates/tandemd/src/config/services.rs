@@ -249,21 +249,22 @@ pub(super) fn parse_services(
         };
         let checkpoint = {
             let defaults = CheckpointSpec::default();
-            let sync =
-                match &raw.checkpoint_mode {
-                    None => defaults.sync,
-                    Some(mode) => match mode.get_ref().as_str() {
-                        "sync" => true,
-                        "async" => false,
-                        other => return Err(checker.invalid(
+            let sync = match &raw.checkpoint_mode {
+                None => defaults.sync,
+                Some(mode) => match mode.get_ref().as_str() {
+                    "sync" => true,
+                    "async" => false,
+                    other => {
+                        return Err(checker.invalid(
                             Some(mode.span()),
                             format!("services[{index}].checkpoint_mode"),
                             format!(
                                 "{other:?} is not a checkpoint mode (use \"sync\" or \"async\")"
                             ),
-                        )),
-                    },
-                };
+                        ))
+                    }
+                },
+            };
             let async_lag_max_ops = match &raw.async_lag_max_ops {
                 None => defaults.async_lag_max_ops,
                 Some(value) if *value.get_ref() == 0 => {

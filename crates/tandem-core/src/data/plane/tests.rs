@@ -94,10 +94,23 @@ impl Net {
         }
     }
 
+    /// Drains every plane's output; the disk syncs at once (every replica is durable after it).
     fn collect(&mut self) {
         let now = self.now;
         for (node, plane) in &mut self.planes {
-            let out = plane.take_output(now);
+            let mut out = plane.take_output(now);
+            let versions: Vec<(ReplicaId, u64)> = plane
+                .replicas()
+                .map(|(id, replica)| (id.clone(), replica.version()))
+                .collect();
+            for (id, version) in versions {
+                plane.persisted(&id, version);
+            }
+            let more = plane.take_output(now);
+            out.messages.extend(more.messages);
+            out.replies.extend(more.replies);
+            out.deliveries.extend(more.deliveries);
+            out.events.extend(more.events);
             for (to, message) in out.messages {
                 self.wire.push((*node, to.0, message));
             }
@@ -582,5 +595,40 @@ fn a_lagging_standby_stops_holding_back_commits_after_the_sync_timeout() {
     assert_eq!(
         net.reply(request),
         Some(&DataReply::Committed { version: 1 })
+    );
+}
+
+#[test]
+fn without_a_standby_a_sync_commit_waits_for_the_local_disk() {
+    let mut net = Net::new(1);
+    net.assign(1, 1, &[], &[]);
+    let now = net.now;
+    let name = unit("u1");
+    let plane = net.planes.get_mut(&1).unwrap();
+    plane.on_unit(
+        now,
+        &name,
+        1,
+        7,
+        DataRequest::Commit {
+            shard: shard(),
+            epoch: 1,
+            writes: vec![put("a", b"1")],
+            consumed: None,
+            sync: true,
+        },
+    );
+    let out = plane.take_output(now);
+    assert!(out.replies.is_empty(), "acknowledged before it was on disk");
+    assert_eq!(out.persist.len(), 1);
+    let id = ReplicaId {
+        shard: shard(),
+        unit: name.clone(),
+    };
+    plane.persisted(&id, 1);
+    let out = plane.take_output(now);
+    assert_eq!(
+        out.replies,
+        vec![(name, 1, 7, DataReply::Committed { version: 1 })]
     );
 }

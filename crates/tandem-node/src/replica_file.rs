@@ -1,0 +1,334 @@
+//! The on-disk form of a replica, sans-IO: what to append for each [`PersistAction`], and how
+//! to read a file's bytes back into a replica. The daemon keeps the bytes in a memory-mapped
+//! file; the simulation keeps them in memory and tears their unsynced tail at a crash.
+//!
+//! A file is a header frame then record frames (tandem's length + crc32 framing,
+//! `proto/data.proto`'s `ReplicaHeader` and `ReplicaRecord`). Reading stops at the first frame
+//! that is truncated, fails its crc, does not decode, is empty (a pre-allocated zero tail), or
+//! does not apply: everything before it is the replica, everything from it on is a torn or
+//! unfinished write and is cut. A compacted file starts with the whole replica (`base`, then its
+//! sections and pending messages), so reading it needs no history.
+
+use tandem_core::data::{PersistAction, ReplicaSnapshot, ShardReplica};
+use tandem_core::{ShardName, UnitName};
+use tandem_proto::data as wire;
+use tandem_proto::frame::{encode_frame, parse_frame, SliceFrame};
+use tandem_proto::Message as _;
+
+use crate::data_wire::{
+    decode_messages, decode_op, decode_sections, decode_snapshot, encode_messages, encode_op,
+    encode_sections, encode_snapshot,
+};
+
+/// The header's format string.
+pub const FORMAT: &str = "tandem replica 1";
+/// Largest record (a commit is at most 8 MiB, a transfer chunk a few MiB).
+pub const RECORD_LEN_MAX: usize = 32 * 1024 * 1024;
+/// Sections per record of a compacted file.
+const SECTIONS_PER_RECORD: usize = 4096;
+
+fn frame(message: &impl tandem_proto::Message) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    encode_frame(&message.encode_to_vec(), &mut out);
+    out.to_vec()
+}
+
+/// The header of the file of `shard`'s replica kept for `unit`.
+pub fn header(shard: &ShardName, unit: &UnitName) -> Vec<u8> {
+    frame(&wire::ReplicaHeader {
+        format: FORMAT.to_owned(),
+        shard: shard.0.clone(),
+        unit: unit.0.clone(),
+    })
+}
+
+/// The bytes to append for `action` (`None` for `Remove`, which deletes the file).
+pub fn record(action: &PersistAction) -> Option<Vec<u8>> {
+    use wire::replica_record::Kind;
+    let kind = match action {
+        PersistAction::Reset(snapshot) => Kind::Reset(encode_snapshot(snapshot)),
+        PersistAction::Op(op) => Kind::Op(encode_op(op)),
+        PersistAction::Sections(sections) => Kind::Sections(encode_sections(sections)),
+        PersistAction::Messages(messages) => Kind::Messages(encode_messages(messages)),
+        PersistAction::Complete => Kind::Complete(true),
+        PersistAction::Remove => return None,
+    };
+    Some(frame(&wire::ReplicaRecord { kind: Some(kind) }))
+}
+
+/// A compacted file holding `replica` as it is.
+pub fn compacted(
+    shard: &ShardName,
+    unit: &UnitName,
+    replica: &ShardReplica,
+    complete: bool,
+) -> Vec<u8> {
+    use wire::replica_record::Kind;
+    let mut out = header(shard, unit);
+    let base = Kind::Base(encode_snapshot(&replica.snapshot()));
+    out.extend(frame(&wire::ReplicaRecord { kind: Some(base) }));
+    let sections: Vec<_> = replica
+        .sections()
+        .map(|(key, section)| (key.clone(), section.clone()))
+        .collect();
+    for chunk in sections.chunks(SECTIONS_PER_RECORD) {
+        let kind = Kind::Sections(encode_sections(chunk));
+        out.extend(frame(&wire::ReplicaRecord { kind: Some(kind) }));
+    }
+    let messages: Vec<_> = replica
+        .pending()
+        .map(|(seq, message)| (seq, message.clone()))
+        .collect();
+    if !messages.is_empty() {
+        let kind = Kind::Messages(encode_messages(&messages));
+        out.extend(frame(&wire::ReplicaRecord { kind: Some(kind) }));
+    }
+    if complete {
+        out.extend(frame(&wire::ReplicaRecord {
+            kind: Some(Kind::Complete(true)),
+        }));
+    }
+    out
+}
+
+/// A replica read back from its file.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The replica.
+    pub replica: ShardReplica,
+    /// False when a transfer into it never finished (it must not be trusted as a prefix).
+    pub complete: bool,
+    /// Bytes of valid frames; the rest is cut.
+    pub valid_len: usize,
+    /// Records applied.
+    pub records: u64,
+    /// Why reading stopped before the end of the bytes, if it did.
+    pub stopped: Option<String>,
+}
+
+/// Why a file is not a replica at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a replica file of shard {shard} for unit {unit}: {reason}")]
+pub struct NotAReplica {
+    /// The shard expected.
+    pub shard: String,
+    /// The unit expected.
+    pub unit: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Reads a replica file's bytes. A file with a bad or foreign header is refused (the caller
+/// starts an empty replica); a bad record ends the replica there.
+pub fn recover(bytes: &[u8], shard: &ShardName, unit: &UnitName) -> Result<Recovered, NotAReplica> {
+    let not = |reason: String| NotAReplica {
+        shard: shard.0.clone(),
+        unit: unit.0.clone(),
+        reason,
+    };
+    let (header, mut offset) = match parse_frame(bytes, RECORD_LEN_MAX) {
+        SliceFrame::Frame { payload, consumed } => (
+            tandem_proto::decode_replica_header(payload).map_err(|error| not(error.to_string()))?,
+            consumed,
+        ),
+        SliceFrame::Truncated => return Err(not("the header is incomplete".into())),
+        SliceFrame::Invalid(error) => return Err(not(error.to_string())),
+    };
+    if header.format != FORMAT || header.shard != shard.0 || header.unit != unit.0 {
+        return Err(not(format!(
+            "header says {:?} for shard {:?} and unit {:?}",
+            header.format, header.shard, header.unit
+        )));
+    }
+    let mut replica = ShardReplica::new();
+    let mut complete = true;
+    let mut records = 0;
+    let mut stopped = None;
+    while offset < bytes.len() {
+        let (payload, consumed) = match parse_frame(&bytes[offset..], RECORD_LEN_MAX) {
+            SliceFrame::Frame { payload, consumed } => (payload, consumed),
+            SliceFrame::Truncated => {
+                stopped = Some(format!("a truncated record at byte {offset}"));
+                break;
+            }
+            SliceFrame::Invalid(error) => {
+                stopped = Some(format!("{error} at byte {offset}"));
+                break;
+            }
+        };
+        if payload.is_empty() {
+            // The zero-filled room after the last record.
+            break;
+        }
+        let applied = tandem_proto::decode_replica_record(payload)
+            .map_err(|error| error.to_string())
+            .and_then(|record| {
+                replay(&mut replica, &mut complete, record).map_err(|error| error.to_string())
+            });
+        if let Err(reason) = applied {
+            stopped = Some(format!("{reason} at byte {offset}"));
+            break;
+        }
+        records += 1;
+        offset += consumed;
+    }
+    Ok(Recovered {
+        replica,
+        complete,
+        valid_len: offset,
+        records,
+        stopped,
+    })
+}
+
+fn replay(
+    replica: &mut ShardReplica,
+    complete: &mut bool,
+    record: wire::ReplicaRecord,
+) -> Result<(), String> {
+    use wire::replica_record::Kind;
+    match record.kind.ok_or("a record without a kind")? {
+        Kind::Reset(snapshot) => {
+            let snapshot: ReplicaSnapshot = decode_snapshot(snapshot).map_err(|e| e.to_string())?;
+            replica.reset_to(&snapshot);
+            *complete = false;
+        }
+        Kind::Base(snapshot) => {
+            let snapshot: ReplicaSnapshot = decode_snapshot(snapshot).map_err(|e| e.to_string())?;
+            replica.reset_to(&snapshot);
+            *complete = false;
+        }
+        Kind::Op(op) => {
+            let op = decode_op(op).map_err(|e| e.to_string())?;
+            replica.apply(&op).map_err(|e| e.to_string())?;
+        }
+        Kind::Sections(sections) => {
+            for (key, section) in decode_sections(sections).map_err(|e| e.to_string())? {
+                replica
+                    .install_section(key, section)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Kind::Messages(messages) => {
+            for (seq, message) in decode_messages(messages).map_err(|e| e.to_string())? {
+                replica
+                    .install_message(seq, message)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Kind::Complete(_) => *complete = true,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::data::{MessageOrigin, Op, OpKind, Origin, StreamMessage, Write};
+
+    fn ops() -> Vec<Op> {
+        (1..=20)
+            .map(|seq| Op {
+                seq,
+                epoch: 1 + seq / 10,
+                kind: if seq % 3 == 0 {
+                    OpKind::Message(StreamMessage {
+                        payload: format!("m{seq}").into_bytes(),
+                        origin: MessageOrigin {
+                            origin: Origin::Client,
+                            peer: String::new(),
+                        },
+                    })
+                } else {
+                    OpKind::Commit {
+                        writes: vec![Write {
+                            key: format!("k{}", seq % 4).into_bytes(),
+                            value: Some(vec![seq as u8; 100]),
+                            priority: None,
+                        }],
+                        consumed: (seq % 3 == 1 && seq > 3).then_some(seq - 1),
+                    }
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_file_replays_to_the_replica_and_a_torn_tail_is_cut() {
+        let shard = ShardName::from("s0");
+        let unit = UnitName::from("a");
+        let mut expected = ShardReplica::new();
+        let mut file = header(&shard, &unit);
+        let mut lengths = Vec::new();
+        for op in ops() {
+            expected.apply(&op).unwrap();
+            file.extend(record(&PersistAction::Op(op)).unwrap());
+            lengths.push(file.len());
+        }
+        let recovered = recover(&file, &shard, &unit).unwrap();
+        assert_eq!(recovered.replica, expected);
+        assert_eq!(recovered.replica.digest(), expected.digest());
+        assert!(recovered.complete && recovered.stopped.is_none());
+        // Every cut in the middle of the last record loses exactly that record.
+        let mut before = ShardReplica::new();
+        for op in ops().into_iter().take(19) {
+            before.apply(&op).unwrap();
+        }
+        for cut in lengths[18] + 1..lengths[19] {
+            let recovered = recover(&file[..cut], &shard, &unit).unwrap();
+            assert_eq!(recovered.replica, before, "cut at {cut}");
+            assert_eq!(recovered.valid_len, lengths[18]);
+        }
+        // Garbage and zero room after the records are ignored.
+        let mut padded = file.clone();
+        padded.extend([0u8; 64]);
+        assert_eq!(recover(&padded, &shard, &unit).unwrap().replica, expected);
+        let mut flipped = file.clone();
+        let last = flipped.len() - 3;
+        flipped[last] ^= 0xff;
+        let recovered = recover(&flipped, &shard, &unit).unwrap();
+        assert_eq!(recovered.replica, before);
+        assert!(recovered.stopped.unwrap().contains("crc"));
+        // Someone else's file is refused.
+        assert!(recover(&file, &shard, &UnitName::from("b")).is_err());
+        assert!(recover(b"garbage!garbage!", &shard, &unit).is_err());
+    }
+
+    #[test]
+    fn transfers_and_compaction_round_trip() {
+        let shard = ShardName::from("s0");
+        let unit = UnitName::from("a");
+        let mut source = ShardReplica::new();
+        for op in ops() {
+            source.apply(&op).unwrap();
+        }
+        // A transfer into a file: reset, sections, messages; incomplete until the end.
+        let mut file = header(&shard, &unit);
+        file.extend(record(&PersistAction::Reset(source.snapshot())).unwrap());
+        let sections: Vec<_> = source
+            .sections()
+            .map(|(key, section)| (key.clone(), section.clone()))
+            .collect();
+        file.extend(record(&PersistAction::Sections(sections)).unwrap());
+        let messages: Vec<_> = source
+            .pending()
+            .map(|(seq, message)| (seq, message.clone()))
+            .collect();
+        file.extend(record(&PersistAction::Messages(messages)).unwrap());
+        let partial = recover(&file, &shard, &unit).unwrap();
+        assert!(!partial.complete);
+        assert_eq!(partial.replica, source);
+        file.extend(record(&PersistAction::Complete).unwrap());
+        assert!(recover(&file, &shard, &unit).unwrap().complete);
+        // Compaction keeps the replica and its completeness.
+        let compact = compacted(&shard, &unit, &source, true);
+        let recovered = recover(&compact, &shard, &unit).unwrap();
+        assert_eq!(recovered.replica, source);
+        assert!(recovered.complete);
+        assert!(
+            !recover(&compacted(&shard, &unit, &source, false), &shard, &unit)
+                .unwrap()
+                .complete
+        );
+    }
+}
