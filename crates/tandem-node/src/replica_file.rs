@@ -13,7 +13,6 @@ use tandem_core::data::{PersistAction, ReplicaSnapshot, ShardReplica};
 use tandem_core::{ShardName, UnitName};
 use tandem_proto::data as wire;
 use tandem_proto::frame::{encode_frame, parse_frame, SliceFrame};
-use tandem_proto::Message as _;
 
 use crate::data_wire::{
     decode_messages, decode_op, decode_sections, decode_snapshot, encode_messages, encode_op,
