@@ -187,8 +187,12 @@ pub struct ShardRecord {
     /// ACTIVE acknowledged as sync. Cleared when the epoch changes; a unit leaves it when it
     /// stops being STANDBY.
     pub in_sync: BTreeSet<UnitName>,
-    /// The unit that became ACTIVE at the current epoch (the holder of the newest replica).
+    /// The unit that became ACTIVE at the current epoch (the holder of the newest replica),
+    /// while its replica can be trusted to hold everything it acknowledged.
     pub last_active: Option<UnitName>,
+    /// A STANDBY was in sync at some point of this epoch: the ACTIVE acknowledged sync writes
+    /// without waiting for its own disk, so its replica does not survive a crash of its node.
+    pub synced_this_epoch: bool,
     /// Processing restriction: the ACTIVE admits this many new sessions per thousand
     /// (`None`: no restriction).
     pub admitted_permille: Option<u32>,
@@ -206,6 +210,7 @@ impl ShardRecord {
             handover: None,
             in_sync: BTreeSet::new(),
             last_active: None,
+            synced_this_epoch: false,
             admitted_permille: None,
         }
     }
@@ -225,6 +230,7 @@ impl ShardRecord {
         }
         self.last_active = Some(unit.clone());
         self.in_sync.clear();
+        self.synced_this_epoch = false;
     }
 
     /// Units holding `role`.
@@ -764,6 +770,7 @@ impl ClusterState {
                         ApplyOutcome::Unchanged
                     } else {
                         record.in_sync = units.clone();
+                        record.synced_this_epoch |= !units.is_empty();
                         events.push(ModelEvent::InSyncChanged {
                             shard: shard.clone(),
                             epoch: *epoch,
@@ -806,6 +813,7 @@ impl ClusterState {
                 Some(record) => {
                     record.restart_pending = false;
                     record.generation += 1;
+                    record.reinitialise = false;
                     events.push(ModelEvent::UnitRestarting {
                         unit: unit.clone(),
                         generation: record.generation,
@@ -1260,7 +1268,7 @@ impl ClusterState {
             .map(|unit| unit.name.clone())
             .collect();
         for unit in &holding {
-            self.strip_unit(unit, events);
+            self.strip_unit(unit, true, events);
         }
         self.promote(promotions, events);
         for unit in &holding {
@@ -1299,15 +1307,22 @@ impl ClusterState {
         if self.topology.service(&unit.service).is_none() {
             return refused(format!("unit {unit_name} has no service"));
         }
-        self.strip_unit(unit_name, events);
+        self.strip_unit(unit_name, *kind == FaultKind::AgentRestarted, events);
         self.promote(promotions, events);
         self.recover(unit_name, fault, kind, at_ms, events);
         self.settle_shutdowns(events);
         ApplyOutcome::Changed
     }
 
-    /// Takes every role from `unit_name` and ends the handovers it was part of.
-    fn strip_unit(&mut self, unit_name: &UnitName, events: &mut Vec<ModelEvent>) {
+    /// Takes every role from `unit_name` and ends the handovers it was part of. With
+    /// `memory_lost` (its node's daemon died), its replicas of shards whose ACTIVE did not wait
+    /// for its disk can no longer be trusted to continue from.
+    fn strip_unit(
+        &mut self,
+        unit_name: &UnitName,
+        memory_lost: bool,
+        events: &mut Vec<ModelEvent>,
+    ) {
         let held: Vec<ShardName> = self
             .shards
             .values()
@@ -1322,6 +1337,12 @@ impl ClusterState {
             .collect();
         for name in &held {
             let shard = self.shards.get_mut(name).expect("listed");
+            if memory_lost
+                && shard.synced_this_epoch
+                && shard.last_active.as_ref() == Some(unit_name)
+            {
+                shard.last_active = None;
+            }
             if let Some(before) = shard.roles.remove(unit_name) {
                 events.push(ModelEvent::RoleChanged {
                     shard: name.clone(),
@@ -1405,6 +1426,19 @@ impl ClusterState {
             unit: unit_name.clone(),
             record: record.clone(),
         });
+        if matches!(
+            record.action,
+            RecoveryAction::Reinitialise | RecoveryAction::Relocate { .. }
+        ) {
+            // The unit's local replicas are rebuilt or left behind: whoever is ACTIVE next is
+            // not continuing from them.
+            for shard in self.shards.values_mut() {
+                if shard.last_active.as_ref() == Some(unit_name) {
+                    shard.last_active = None;
+                }
+            }
+        }
+        let unit = self.units.get_mut(unit_name).expect("checked");
         match record.action {
             RecoveryAction::Reset => unit.reset_requests += 1,
             RecoveryAction::Restart | RecoveryAction::Reinitialise => {
@@ -1418,6 +1452,8 @@ impl ClusterState {
             }
             RecoveryAction::NodeRestart => {
                 unit.generation += 1;
+                // Only an L2 instance rebuilds its replicas; a later one keeps what it built.
+                unit.reinitialise = false;
                 unit.restart_pending = false;
                 events.push(ModelEvent::UnitRestarting {
                     unit: unit_name.clone(),
@@ -1435,6 +1471,7 @@ impl ClusterState {
             RecoveryAction::Relocate { to } => {
                 unit.node = to;
                 unit.generation += 1;
+                unit.reinitialise = false;
                 unit.restart_pending = false;
                 events.push(ModelEvent::UnitRelocated {
                     unit: unit_name.clone(),

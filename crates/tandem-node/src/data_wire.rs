@@ -381,10 +381,12 @@ pub fn encode_message(message: &DataMessage) -> wire::DataMessage {
             shard,
             message,
             hops,
+            id,
         } => Kind::Forward(wire::Forward {
             shard: shard.0.clone(),
             message: Some(encode_stream_message(message)),
             hops: *hops,
+            id: *id,
         }),
     };
     wire::DataMessage { kind: Some(kind) }
@@ -473,6 +475,7 @@ pub fn decode_message(message: wire::DataMessage) -> Result<DataMessage, DataWir
                         .ok_or_else(|| bad("forward without a message"))?,
                 )?,
                 hops: forward.hops,
+                id: forward.id,
             },
         },
     )
@@ -600,6 +603,7 @@ mod tests {
                 shard: "s".into(),
                 message: message(),
                 hops: 1,
+                id: 99,
             },
         ];
         for message in messages {

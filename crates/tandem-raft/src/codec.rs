@@ -693,6 +693,7 @@ pub fn encode_state(state: &ClusterState) -> Vec<u8> {
                 in_sync: shard.in_sync.iter().map(|unit| unit.0.clone()).collect(),
                 last_active: shard.last_active.as_ref().map(|unit| unit.0.clone()),
                 admitted_permille: shard.admitted_permille,
+                synced_this_epoch: shard.synced_this_epoch,
             })
             .collect(),
     }
@@ -775,6 +776,7 @@ pub fn decode_state(data: &[u8]) -> Result<ClusterState, CodecError> {
                     handover: shard.handover.map(decode_handover).transpose()?,
                     in_sync: shard.in_sync.into_iter().map(UnitName).collect(),
                     last_active: shard.last_active.map(UnitName),
+                    synced_this_epoch: shard.synced_this_epoch,
                     admitted_permille: shard.admitted_permille,
                 },
             ))

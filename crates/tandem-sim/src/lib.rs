@@ -28,6 +28,7 @@
 //! `TANDEM_SEED=<seed> cargo test -p tandem-sim --test sim -- replay --nocapture`.
 
 pub mod check;
+pub mod data;
 pub mod disk;
 pub mod net;
 pub mod node;
@@ -188,6 +189,30 @@ pub struct SimReport {
     pub admin_done: u64,
     /// Operator requests refused (up front or when applied) or not finished in time.
     pub admin_refused: u64,
+    /// Checkpoint commits the units made (sync and async).
+    pub commits: u64,
+    /// Sync commits acknowledged.
+    pub sync_commits_acked: u64,
+    /// Stream messages offered to an ingress.
+    pub messages_offered: u64,
+    /// Stream messages delivered to an ACTIVE (accepted).
+    pub messages_accepted: u64,
+    /// Stream messages whose application was acknowledged.
+    pub messages_applied: u64,
+    /// Replication sessions that began with a full state transfer.
+    pub full_transfers: u64,
+    /// Replication sessions that caught up with a delta.
+    pub delta_sessions: u64,
+    /// STANDBY replicas verified by digest.
+    pub verified: u64,
+    /// Possible losses the cluster reported (failovers to a STANDBY not in sync).
+    pub possible_losses: u64,
+    /// Replica files whose torn tail a restart cut.
+    pub replica_tails_cut: u64,
+    /// Replica files a crash tore.
+    pub replica_tails_torn: u64,
+    /// Data invariant checks made.
+    pub data_checks: u64,
     /// Digest of the committed log, for determinism checks.
     pub log_digest: u64,
 }
@@ -216,6 +241,18 @@ impl SimReport {
         self.admin_requests += other.admin_requests;
         self.admin_done += other.admin_done;
         self.admin_refused += other.admin_refused;
+        self.commits += other.commits;
+        self.sync_commits_acked += other.sync_commits_acked;
+        self.messages_offered += other.messages_offered;
+        self.messages_accepted += other.messages_accepted;
+        self.messages_applied += other.messages_applied;
+        self.full_transfers += other.full_transfers;
+        self.delta_sessions += other.delta_sessions;
+        self.verified += other.verified;
+        self.possible_losses += other.possible_losses;
+        self.replica_tails_cut += other.replica_tails_cut;
+        self.replica_tails_torn += other.replica_tails_torn;
+        self.data_checks += other.data_checks;
         self.events += other.events;
         self.messages_sent += other.messages_sent;
         self.messages_delivered += other.messages_delivered;
@@ -250,7 +287,9 @@ impl fmt::Display for SimReport {
              {} starts, {} crashes, {} hangs, {} reported faults, {} faults handled (by level \
              L0..L5: {:?}), {} node-restart commands, {} promotions, {} handovers, {} \
              relocations; operator: {} requests, {} done, {} refused; slowest service recovery \
-             {:.3} s",
+             {:.3} s; data: {} commits ({} sync acked), {} messages offered / {} accepted / {} \
+             applied, {} full transfers, {} deltas, {} verified, {} possible losses, replica \
+             tails {} torn / {} cut, {} data checks",
             self.events,
             self.messages_sent,
             self.messages_dropped,
@@ -285,6 +324,18 @@ impl fmt::Display for SimReport {
             self.admin_done,
             self.admin_refused,
             self.service_recovery_time_us as f64 / 1e6,
+            self.commits,
+            self.sync_commits_acked,
+            self.messages_offered,
+            self.messages_accepted,
+            self.messages_applied,
+            self.full_transfers,
+            self.delta_sessions,
+            self.verified,
+            self.possible_losses,
+            self.replica_tails_torn,
+            self.replica_tails_cut,
+            self.data_checks,
         )
     }
 }
@@ -307,6 +358,16 @@ pub enum FailureKind {
     StateDiverged,
     /// Two units acted ACTIVE for one shard (of a single-ACTIVE model) at the same instant.
     TwoActives,
+    /// A unit became ACTIVE without a sync write that was acknowledged before, and no
+    /// possible loss was reported.
+    LostWrite,
+    /// An accepted stream message was never applied, and no possible loss was reported.
+    LostMessage,
+    /// A stream message already applied was delivered again, or deliveries came out of order.
+    DuplicateMessage,
+    /// Two replicas at the same version have different digests, or a digest kept current
+    /// differs from one computed from scratch.
+    DigestMismatch,
     /// After the faults ended, the cluster did not commit a probe everywhere, or did not give
     /// every shard an ACTIVE unit, in time.
     Liveness,
@@ -334,6 +395,10 @@ impl FailureKind {
                 | Self::WentBackwards
                 | Self::StateDiverged
                 | Self::TwoActives
+                | Self::LostWrite
+                | Self::LostMessage
+                | Self::DuplicateMessage
+                | Self::DigestMismatch
         )
     }
 }

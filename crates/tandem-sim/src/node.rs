@@ -1,9 +1,11 @@
 //! One simulated node: its disk (which outlives crashes), its [`tandem_node::Node`] (which does
 //! not), its clock drift and, while it is paused, the inputs waiting for it.
 
+use tandem_core::data::{DataPlane, DataRequest};
 use tandem_core::{Time, UnitName};
 use tandem_node::{Node, UnitEvent};
 
+use crate::data::ReplicaStore;
 use crate::disk::SimDisk;
 use crate::net::Wire;
 
@@ -31,6 +33,17 @@ pub enum Inbound {
     Unit(UnitEvent),
     /// A unit registering through the SDK.
     Register(UnitName, u64),
+    /// A unit's data request (checkpoint, stream).
+    Data {
+        /// The unit.
+        unit: UnitName,
+        /// Its instance.
+        generation: u64,
+        /// The request's id.
+        request: u64,
+        /// What it asks.
+        body: DataRequest,
+    },
 }
 
 /// A simulated node.
@@ -59,6 +72,10 @@ pub struct SimNode {
     pub armed_at: Option<u64>,
     /// Snapshot index last seen, to count the snapshots the node takes.
     pub snapshot_index: u64,
+    /// The data plane while the node runs or is paused; dropped by a crash.
+    pub data: Option<DataPlane>,
+    /// Its replica files; survive crashes.
+    pub store: ReplicaStore,
 }
 
 impl SimNode {

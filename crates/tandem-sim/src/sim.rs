@@ -2,10 +2,14 @@
 //! generator and the workload.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
+use tandem_core::data::{
+    DataConfig, DataEvent, DataMessage, DataPlane, DataReply, DataRequest, DataView, Delivery,
+    MessageOrigin, Origin, ReplicaId, StreamMessage, Write,
+};
 use tandem_core::{
     AdminOp, AdminState, AdminTarget, AgentAction, Command, EscalationPolicy, ModelEvent, NodeId,
     ProcessSpec, RedundancyModel, Role, ServiceSpec, Severity, ShardName, SwitchoverTarget, Time,
@@ -16,6 +20,7 @@ use tandem_proto::Message as _;
 use tandem_raft::{ReplicaConfig, WalOptions};
 
 use crate::check::{self, Checker, LoggedEntry, Violation, CONTEXT_CLIENT, CONTEXT_PROBE};
+use crate::data::{applied_key, message_id, DataChecker, PendingData, ReplicaStore, UnitData};
 use crate::disk::SimDisk;
 use crate::net::{Network, Wire};
 use crate::node::{Inbound, SimNode, Status, INBOX_LEN_MAX};
@@ -45,6 +50,11 @@ const PROBE_NONCE_BASE: u64 = 1 << 62;
 const EVENTS_MAX: u64 = 20_000_000;
 /// Admin request ids of the simulated operator start here.
 const ADMIN_ID_BASE: u64 = 1 << 40;
+/// Data requests a unit keeps outstanding at most (the write workload waits beyond).
+const UNIT_DATA_PENDING_MAX: usize = 4;
+/// Chance (per million) that a data step leaves its replica writes unsynced until the next
+/// one, so a crash can find (and tear) an unsynced tail.
+const REPLICA_SYNC_DELAY_PPM: u64 = 200_000;
 
 /// Random streams, one per concern (see [`crate::rng`]).
 const STREAM_PARAMS: u64 = 1;
@@ -100,6 +110,14 @@ enum Event {
     },
     /// A unit process exits (a graceful stop finished).
     UnitExit { pid: u32 },
+    /// The answer to a unit's data request reaches it.
+    UnitDataReply {
+        pid: u32,
+        request: u64,
+        reply: DataReply,
+    },
+    /// A stream message (or a change notification) reaches a unit.
+    UnitDelivery { pid: u32, delivery: Delivery },
     /// An input reaches a node from its own units or supervisor.
     NodeInput {
         node: usize,
@@ -284,6 +302,14 @@ pub(crate) struct Sim {
     next_admin: u64,
     /// Set when the run's goals after the faults are met: the run is over.
     done: bool,
+    /// The data invariants.
+    data_checker: DataChecker,
+    /// Next data request id (unique in the run).
+    next_data_request: u64,
+    /// Next stream message id.
+    next_message: u64,
+    /// Next value written by the write workload.
+    next_value: u64,
 }
 
 impl Sim {
@@ -320,6 +346,8 @@ impl Sim {
                 inbox: Vec::new(),
                 armed_at: None,
                 snapshot_index: 0,
+                data: None,
+                store: ReplicaStore::default(),
             })
             .collect();
         Self {
@@ -354,6 +382,10 @@ impl Sim {
             next_partition: 0,
             next_admin: ADMIN_ID_BASE,
             done: false,
+            data_checker: DataChecker::default(),
+            next_data_request: 1,
+            next_message: 1,
+            next_value: 1,
             config,
         }
     }
@@ -422,7 +454,7 @@ impl Sim {
             self.handle(scheduled.event)?;
             self.check_one_active()?;
             if self.calm_since.is_some() {
-                self.check_done();
+                self.check_done()?;
                 if self.done {
                     return Ok(());
                 }
@@ -495,7 +527,11 @@ impl Sim {
                     "within {:?} after the faults ended, {}\n{}",
                     self.config.liveness_bound,
                     if self.probe_done {
-                        "not every shard got an ACTIVE unit".to_owned()
+                        format!(
+                            "not every shard got an ACTIVE unit, or the data plane did not \
+                             settle:\n{}",
+                            self.data_dump()
+                        )
                     } else {
                         "no probe was applied on every node".to_owned()
                     },
@@ -507,19 +543,13 @@ impl Sim {
                 pid,
                 request,
                 command,
-            } => {
-                self.on_unit_request(pid, request, command);
-                Ok(())
-            }
+            } => self.on_unit_request(pid, request, command),
             Event::UnitAnswer {
                 pid,
                 request,
                 command,
                 ok,
-            } => {
-                self.on_unit_answer(pid, request, command, ok);
-                Ok(())
-            }
+            } => self.on_unit_answer(pid, request, command, ok),
             Event::UnitExit { pid } => {
                 if let Some(process) = self.processes.remove(&pid) {
                     let unit = self.unit_of(&process);
@@ -538,6 +568,12 @@ impl Sim {
                 Ok(())
             }
             Event::NodeInput { node, life, input } => self.on_node_input(node, life, input),
+            Event::UnitDataReply {
+                pid,
+                request,
+                reply,
+            } => self.on_unit_data_reply(pid, request, reply),
+            Event::UnitDelivery { pid, delivery } => self.on_unit_delivery(pid, delivery),
         }
     }
 
@@ -560,6 +596,9 @@ impl Sim {
         let local_now = self.nodes[node].local_now(self.now);
         let wall_ms = self.now / 1000;
         self.nodes[node].node().tick(local_now, wall_ms);
+        if let Some(plane) = self.nodes[node].data.as_mut() {
+            plane.tick(local_now);
+        }
         let interval = self.nodes[node].real_duration(TICK_US);
         self.schedule(interval, Event::Tick { node, epoch });
         self.drive(node)
@@ -627,6 +666,19 @@ impl Sim {
                         detail: format!("envelope from {from} to {id}: {error}"),
                     })?;
                 assert_eq!(envelope.to, id, "message delivered to the wrong node");
+                if let Some(tandem_proto::peer::envelope::Body::Data(data)) = envelope.body {
+                    let message =
+                        tandem_node::data_wire::decode_message(data).map_err(|error| {
+                            Violation {
+                                kind: FailureKind::Codec,
+                                detail: format!("data message from {from} to {id}: {error}"),
+                            }
+                        })?;
+                    if let Some(plane) = self.nodes[node].data.as_mut() {
+                        plane.on_peer(local_now, NodeId(from), message);
+                    }
+                    return Ok(());
+                }
                 let message =
                     tandem_node::wire::decode(envelope.body).map_err(|error| Violation {
                         kind: FailureKind::Codec,
@@ -634,11 +686,37 @@ impl Sim {
                     })?;
                 self.nodes[node].node().on_peer(local_now, from, message);
             }
-            Inbound::Unit(event) => self.nodes[node].node().on_unit(local_now, event),
+            Inbound::Unit(event) => {
+                if let UnitEvent::Exited {
+                    unit, generation, ..
+                }
+                | UnitEvent::Disconnected { unit, generation } = &event
+                {
+                    if let Some(plane) = self.nodes[node].data.as_mut() {
+                        plane.unit_disconnected(unit, *generation);
+                    }
+                }
+                self.nodes[node].node().on_unit(local_now, event)
+            }
+            Inbound::Data {
+                unit,
+                generation,
+                request,
+                body,
+            } => {
+                if let Some(plane) = self.nodes[node].data.as_mut() {
+                    plane.on_unit(local_now, &unit, generation, request, body);
+                }
+            }
             Inbound::Register(unit, generation) => {
                 let accepted = self.nodes[node]
                     .node()
                     .on_registered(local_now, &unit, generation);
+                if accepted {
+                    if let Some(plane) = self.nodes[node].data.as_mut() {
+                        plane.unit_connected(&unit, generation);
+                    }
+                }
                 if !accepted {
                     // A refused instance exits.
                     let pid = self
@@ -665,7 +743,11 @@ impl Sim {
             to,
             body: Some(tandem_node::wire::encode(message)),
         };
-        let wire = Wire(envelope.encode_to_vec());
+        self.transmit(from, to, Wire(envelope.encode_to_vec()));
+    }
+
+    /// Puts bytes on the simulated network (loss, duplication, delay, partitions).
+    fn transmit(&mut self, from: u64, to: u64, wire: Wire) {
         if self.net.is_cut(from, to) {
             self.report.messages_dropped += 1;
             return;
@@ -685,9 +767,154 @@ impl Sim {
         }
     }
 
+    /// Drives a node and its data plane; when the data plane's in-sync claims change, the node
+    /// is driven again so its report goes out at once.
+    fn drive(&mut self, node: usize) -> Result<(), Violation> {
+        for _ in 0..3 {
+            self.drive_node(node)?;
+            if !self.data_step(node)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The data plane of a node: the committed view and lease in, its output carried out
+    /// (messages, answers and deliveries to units, replica file writes). Returns whether its
+    /// in-sync claims changed.
+    fn data_step(&mut self, node: usize) -> Result<bool, Violation> {
+        let id = self.nodes[node].id;
+        let local_now = self.nodes[node].local_now(self.now);
+        let sim_node = &mut self.nodes[node];
+        let (Some(n), Some(plane)) = (sim_node.node.as_mut(), sim_node.data.as_mut()) else {
+            return Ok(false);
+        };
+        if sim_node.status != Status::Running {
+            return Ok(false);
+        }
+        let view = DataView::from_state(n.state(), NodeId(id));
+        if plane.view() != &view {
+            plane.set_view(local_now, view);
+        }
+        plane.set_lease(n.lease_until(local_now));
+        // A sync left for later happens now (by the next input or tick, like an fsync that
+        // took a while).
+        if sim_node.store.has_unsynced() {
+            sim_node.store.sync();
+            let versions: Vec<(ReplicaId, u64)> = plane
+                .replicas()
+                .map(|(replica, data)| (replica.clone(), data.version()))
+                .collect();
+            for (replica, version) in versions {
+                plane.persisted(&replica, version);
+            }
+        }
+        for _ in 0..4 {
+            let output = self.nodes[node]
+                .data
+                .as_mut()
+                .expect("checked")
+                .take_output(local_now);
+            if output.is_empty() {
+                break;
+            }
+            let mut touched = Vec::new();
+            for (replica, action) in &output.persist {
+                if self.config.verbose {
+                    self.trace(|| {
+                        format!(
+                            "node {id} persists {}/{}: {action:?}",
+                            replica.shard, replica.unit
+                        )
+                    });
+                }
+                self.nodes[node].store.apply(replica, action);
+                touched.push(replica.clone());
+            }
+            for (to, message) in &output.messages {
+                self.send_data(id, to.0, message);
+            }
+            for (unit, generation, request, reply) in output.replies {
+                if let Some(pid) = self.find_process(node, &unit, generation) {
+                    let delay = self.unit_rng.between(20, 200);
+                    let now = self.now;
+                    let process = self.processes.get_mut(&pid).expect("found");
+                    let delay = process.data.inbound(now, delay);
+                    self.schedule(
+                        delay,
+                        Event::UnitDataReply {
+                            pid,
+                            request,
+                            reply,
+                        },
+                    );
+                }
+            }
+            for (unit, generation, delivery) in output.deliveries {
+                if let Some(pid) = self.find_process(node, &unit, generation) {
+                    let delay = self.unit_rng.between(20, 200);
+                    let now = self.now;
+                    let process = self.processes.get_mut(&pid).expect("found");
+                    let delay = process.data.inbound(now, delay);
+                    self.schedule(delay, Event::UnitDelivery { pid, delivery });
+                }
+            }
+            for event in &output.events {
+                match event {
+                    DataEvent::SessionStarted { full: true, .. } => self.report.full_transfers += 1,
+                    DataEvent::SessionStarted { full: false, .. } => {
+                        self.report.delta_sessions += 1
+                    }
+                    DataEvent::Verified { .. } => self.report.verified += 1,
+                    _ => {}
+                }
+                self.trace(|| format!("node {id} data: {event:?}"));
+            }
+            // Usually the replica writes are synced at once; now and then the sync waits for
+            // the next step, so a crash can find an unsynced tail.
+            if !self.disk_rng.chance(REPLICA_SYNC_DELAY_PPM) {
+                let sim_node = &mut self.nodes[node];
+                sim_node.store.sync();
+                let plane = sim_node.data.as_mut().expect("checked");
+                let versions: Vec<(ReplicaId, u64)> = plane
+                    .replicas()
+                    .map(|(replica, data)| (replica.clone(), data.version()))
+                    .collect();
+                for (replica, version) in versions {
+                    plane.persisted(&replica, version);
+                    if let Some(data) = plane.replica(&replica) {
+                        sim_node
+                            .store
+                            .compact(&replica, data, plane.is_complete(&replica));
+                    }
+                }
+            }
+            let _ = touched;
+        }
+        let sim_node = &mut self.nodes[node];
+        let claims = sim_node.data.as_ref().expect("checked").claims();
+        let n = sim_node.node.as_mut().expect("checked");
+        let before = n.own_report(local_now).in_sync;
+        n.set_in_sync_claims(claims.clone());
+        Ok(before != claims)
+    }
+
+    fn send_data(&mut self, from: u64, to: u64, message: &DataMessage) {
+        self.report.messages_sent += 1;
+        let envelope = tandem_proto::peer::Envelope {
+            cluster: "sim".into(),
+            from,
+            to,
+            body: Some(tandem_proto::peer::envelope::Body::Data(
+                tandem_node::data_wire::encode_message(message),
+            )),
+        };
+        self.transmit(from, to, Wire(envelope.encode_to_vec()));
+    }
+
     /// Drives a node: durable writes, sends, applies, agent actions; checks what it reports
     /// and follows leadership.
-    fn drive(&mut self, node: usize) -> Result<(), Violation> {
+    fn drive_node(&mut self, node: usize) -> Result<(), Violation> {
         let id = self.nodes[node].id;
         let local_now = self.nodes[node].local_now(self.now);
         let wall_ms = self.now / 1000;
@@ -751,6 +978,11 @@ impl Sim {
                     self.report.proposals_acknowledged += 1;
                 }
             }
+            for event in &applied.events {
+                if let ModelEvent::PossibleLoss { shard, epoch, .. } = event {
+                    self.data_checker.on_loss(shard, *epoch, self.now);
+                }
+            }
             if !is_leader {
                 continue;
             }
@@ -769,6 +1001,7 @@ impl Sim {
                     }
                     ModelEvent::HandoverEnded { moved: true, .. } => self.report.handovers += 1,
                     ModelEvent::UnitRelocated { .. } => self.report.relocations += 1,
+                    ModelEvent::PossibleLoss { .. } => self.report.possible_losses += 1,
                     _ => {}
                 }
                 if self.config.verbose {
@@ -889,6 +1122,17 @@ impl Sim {
         self.checker.on_restart(id, replica)?;
         let sim_node = &mut self.nodes[node];
         sim_node.snapshot_index = replica.snapshot_index();
+        let mut plane = DataPlane::new(
+            NodeId(id),
+            DataConfig::default(),
+            mix(self.config.seed ^ mix(id ^ mix(sim_node.restarts + 1))) & 0xffff,
+        );
+        let (replicas, cut) = sim_node.store.recover();
+        for (replica_id, recovered) in replicas {
+            plane.load(replica_id, recovered.replica, recovered.complete);
+        }
+        self.report.replica_tails_cut += cut;
+        sim_node.data = Some(plane);
         sim_node.node = Some(opened);
         sim_node.restarts += 1;
         self.report.restarts += 1;
@@ -916,6 +1160,9 @@ impl Sim {
         // including writes buffered but not yet handed to the disk. Its unit processes die
         // with it (the supervisor's parent-death signal).
         sim_node.node = None;
+        sim_node.data = None;
+        self.report.replica_tails_torn += sim_node.store.crash(&mut self.disk_rng);
+        let sim_node = &mut self.nodes[node];
         sim_node.status = Status::Crashed;
         sim_node.epoch += 1;
         sim_node.life += 1;
@@ -1045,6 +1292,7 @@ impl Sim {
                         pid,
                         belief: tandem_core::UnitBelief::new(),
                         hung: false,
+                        data: UnitData::default(),
                     },
                 );
                 self.send_input(
@@ -1158,12 +1406,49 @@ impl Sim {
         self.on_node_input(node, life, input)
     }
 
-    fn on_unit_request(&mut self, pid: u32, request: u64, command: UnitCommand) {
+    fn on_unit_request(
+        &mut self,
+        pid: u32,
+        request: u64,
+        command: UnitCommand,
+    ) -> Result<(), Violation> {
         let Some(process) = self.processes.get_mut(&pid) else {
-            return;
+            return Ok(());
         };
         if process.hung {
-            return;
+            return Ok(());
+        }
+        if let UnitCommand::Assign {
+            shard,
+            role: Role::Active,
+            epoch,
+        } = &command
+        {
+            // From here the unit acts ACTIVE (its hook runs): its replica must hold every
+            // acknowledged sync write.
+            let (node, unit) = (process.node, process.unit.clone());
+            let replica_id = ReplicaId {
+                shard: shard.clone(),
+                unit: unit.clone(),
+            };
+            if let Some(replica) = self.nodes[node]
+                .data
+                .as_ref()
+                .and_then(|plane| plane.replica(&replica_id))
+            {
+                self.data_checker
+                    .check_active(shard, *epoch, unit.as_str(), replica)?;
+            }
+        }
+        let process = self.processes.get_mut(&pid).expect("exists");
+        match &command {
+            UnitCommand::Assign { shard, role, .. } if *role != Role::Active => {
+                process.data.queue.remove(shard);
+            }
+            UnitCommand::Quiesce { shard, .. } | UnitCommand::Remove { shard } => {
+                process.data.queue.remove(shard);
+            }
+            _ => {}
         }
         process.belief.on_request(&command);
         let rng = &mut self.unit_rng;
@@ -1184,24 +1469,58 @@ impl Sim {
                 ok,
             },
         );
+        Ok(())
     }
 
-    fn on_unit_answer(&mut self, pid: u32, request: u64, command: UnitCommand, ok: bool) {
+    fn on_unit_answer(
+        &mut self,
+        pid: u32,
+        request: u64,
+        command: UnitCommand,
+        ok: bool,
+    ) -> Result<(), Violation> {
         let Some(process) = self.processes.get_mut(&pid) else {
-            return;
+            return Ok(());
         };
         if process.hung {
-            return;
+            return Ok(());
         }
         if ok {
             process.belief.on_done(&command);
+            if let UnitCommand::Assign {
+                shard,
+                role: Role::Active,
+                epoch,
+            } = &command
+            {
+                // The unit now takes the stream, from the first message not consumed; what was
+                // queued before comes again.
+                let process = self.processes.get_mut(&pid).expect("exists");
+                process.data.queue.remove(shard);
+                let applied = process.data.last_applied.get(shard).copied().unwrap_or(0);
+                process.data.last_delivered.insert(shard.clone(), applied);
+                process.data.awaiting.insert(shard.clone());
+                self.unit_data_request(
+                    pid,
+                    DataRequest::Deliver {
+                        shard: shard.clone(),
+                        epoch: *epoch,
+                    },
+                    PendingData::Deliver {
+                        shard: shard.clone(),
+                    },
+                );
+            }
         }
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return Ok(());
+        };
         if command != UnitCommand::Health && self.config.verbose {
             let unit = process.unit.clone();
             self.trace(|| format!("{unit} (pid {pid}) answers #{request} ok={ok}"));
         }
         let Some(process) = self.processes.get_mut(&pid) else {
-            return;
+            return Ok(());
         };
         let input = Inbound::Unit(UnitEvent::Reply {
             unit: process.unit.clone(),
@@ -1216,6 +1535,7 @@ impl Sim {
         let (node, life) = (process.node, process.life);
         let delay = self.unit_rng.between(50, 300);
         self.send_input(node, life, delay, input);
+        Ok(())
     }
 
     /// At most one unit acts for a shard of a single-ACTIVE model at any instant, judged by
@@ -1262,6 +1582,325 @@ impl Sim {
         Ok(())
     }
 
+    // ----- units and the data plane -----
+
+    /// Sends a data request from unit process `pid` to its agent.
+    fn unit_data_request(&mut self, pid: u32, body: DataRequest, pending: PendingData) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        let request = self.next_data_request;
+        self.next_data_request += 1;
+        process.data.pending.insert(request, pending);
+        let input = Inbound::Data {
+            unit: process.unit.clone(),
+            generation: process.generation,
+            request,
+            body,
+        };
+        let (node, life) = (process.node, process.life);
+        let delay = self.unit_rng.between(20, 200);
+        let delay = process.data.outbound(self.now, delay);
+        self.send_input(node, life, delay, input);
+    }
+
+    fn on_unit_data_reply(
+        &mut self,
+        pid: u32,
+        request: u64,
+        reply: DataReply,
+    ) -> Result<(), Violation> {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return Ok(());
+        };
+        if process.hung {
+            return Ok(());
+        }
+        let Some(pending) = process.data.pending.remove(&request) else {
+            return Ok(());
+        };
+        if self.config.verbose {
+            let unit = process.unit.clone();
+            self.trace(|| format!("{unit} (pid {pid}) data #{request} {pending:?} -> {reply:?}"));
+        }
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return Ok(());
+        };
+        match (pending, reply) {
+            (
+                PendingData::Writes {
+                    shard,
+                    epoch,
+                    writes,
+                    sync,
+                },
+                DataReply::Committed { version },
+            ) => {
+                if sync {
+                    self.report.sync_commits_acked += 1;
+                    self.data_checker.on_acked(&shard, epoch, version, &writes);
+                }
+            }
+            (PendingData::Apply { shard, id, seq }, DataReply::Committed { .. }) => {
+                self.report.messages_applied += 1;
+                process.data.busy.remove(&shard);
+                process.data.last_applied.insert(shard.clone(), seq);
+                self.trace(|| format!("pid {pid} applied m{id} on {shard}"));
+                self.apply_next(pid, &shard);
+            }
+            (PendingData::Apply { shard, .. }, _) => {
+                // No longer ACTIVE (or the epoch changed): whatever was queued is redelivered
+                // to whoever is ACTIVE next.
+                process.data.busy.remove(&shard);
+                process.data.queue.remove(&shard);
+            }
+            (
+                PendingData::Writes { shard, writes, .. },
+                DataReply::Error {
+                    code: "outcome_unknown",
+                    ..
+                },
+            ) => self.data_checker.on_uncertain(&shard, &writes),
+            (PendingData::Deliver { shard }, _) => {
+                process.data.awaiting.remove(&shard);
+            }
+            (PendingData::Writes { .. }, _) => {}
+        }
+        Ok(())
+    }
+
+    fn on_unit_delivery(&mut self, pid: u32, delivery: Delivery) -> Result<(), Violation> {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return Ok(());
+        };
+        if process.hung {
+            return Ok(());
+        }
+        let Delivery::Message {
+            shard,
+            seq,
+            message,
+            ..
+        } = delivery
+        else {
+            return Ok(());
+        };
+        // Deliveries of an older round, or while the unit does not act for the shard, are
+        // dropped (the SDK does the same); they come again in the next round.
+        let local_now = self.nodes[process.node].local_now(self.now);
+        if process.data.awaiting.contains(&shard) || !process.belief.is_acting(&shard, local_now) {
+            return Ok(());
+        }
+        let Some(id) = message_id(&message.payload) else {
+            return Err(Violation {
+                kind: FailureKind::Codec,
+                detail: format!("a stream message of {shard} with a foreign payload"),
+            });
+        };
+        let last = process
+            .data
+            .last_delivered
+            .get(&shard)
+            .copied()
+            .unwrap_or(0);
+        if seq <= last {
+            return Err(Violation {
+                kind: FailureKind::DuplicateMessage,
+                detail: format!(
+                    "shard {shard}: {} (pid {pid}) got message m{id} at seq {seq} after seq {last}",
+                    process.unit
+                ),
+            });
+        }
+        process.data.last_delivered.insert(shard.clone(), seq);
+        let replica_id = ReplicaId {
+            shard: shard.clone(),
+            unit: process.unit.clone(),
+        };
+        let node = process.node;
+        if let Some(replica) = self.nodes[node]
+            .data
+            .as_ref()
+            .and_then(|plane| plane.replica(&replica_id))
+        {
+            if replica.get(&applied_key(id)).is_some() {
+                return Err(Violation {
+                    kind: FailureKind::DuplicateMessage,
+                    detail: format!(
+                        "shard {shard}: message m{id} (seq {seq}) delivered to {} again, though \
+                         its replica shows it applied (consumed {})",
+                        replica_id.unit,
+                        replica.consumed()
+                    ),
+                });
+            }
+        }
+        self.report.messages_accepted += 1;
+        self.data_checker.on_delivered(&shard, id, self.now);
+        let process = self.processes.get_mut(&pid).expect("checked");
+        process
+            .data
+            .queue
+            .entry(shard.clone())
+            .or_default()
+            .push_back((seq, id));
+        self.apply_next(pid, &shard);
+        Ok(())
+    }
+
+    /// A unit applies its next queued message of `shard`, if it is not busy with one: its
+    /// state change (a mark per message) and the stream position, in one sync commit.
+    fn apply_next(&mut self, pid: u32, shard: &ShardName) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        if process.data.busy.contains(shard) {
+            return;
+        }
+        let Some((seq, id)) = process
+            .data
+            .queue
+            .get_mut(shard)
+            .and_then(VecDeque::pop_front)
+        else {
+            return;
+        };
+        let Some((_, epoch)) = process.belief.role(shard) else {
+            return;
+        };
+        process.data.busy.insert(shard.clone());
+        let body = DataRequest::Commit {
+            shard: shard.clone(),
+            epoch,
+            writes: vec![
+                Write {
+                    key: applied_key(id),
+                    value: Some(b"1".to_vec()),
+                    priority: None,
+                },
+                Write {
+                    key: b"last".to_vec(),
+                    value: Some(id.to_string().into_bytes()),
+                    priority: Some(10),
+                },
+            ],
+            consumed: Some(seq),
+            sync: true,
+        };
+        self.unit_data_request(
+            pid,
+            body,
+            PendingData::Apply {
+                shard: shard.clone(),
+                id,
+                seq,
+            },
+        );
+    }
+
+    /// The write workload: a unit acting ACTIVE for a shard commits a few writes.
+    fn unit_writes(&mut self) {
+        let candidates: Vec<(u32, ShardName, u64)> = self
+            .processes
+            .iter()
+            .filter(|(_, process)| {
+                !process.hung && process.data.pending.len() < UNIT_DATA_PENDING_MAX
+            })
+            .flat_map(|(pid, process)| {
+                let local_now = self.nodes[process.node].local_now(self.now);
+                process
+                    .belief
+                    .roles()
+                    .filter(move |(shard, _, _)| process.belief.is_acting(shard, local_now))
+                    .filter(|(shard, _, _)| self.is_data_shard(shard))
+                    .map(|(shard, _, epoch)| (*pid, shard.clone(), epoch))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let (pid, shard, epoch) = candidates[self.workload.pick(candidates.len())].clone();
+        let value = self.next_value;
+        self.next_value += 1;
+        // Async writes use keys of their own: the checker holds sync writes to their promise,
+        // and an async write acknowledged later may or may not survive a failover.
+        let sync = !self.workload.chance(150_000);
+        let prefix = if sync { "k" } else { "async" };
+        let key = format!("{prefix}{}", self.workload.below(8)).into_bytes();
+        let write = if self.workload.chance(100_000) {
+            Write {
+                key,
+                value: None,
+                priority: None,
+            }
+        } else {
+            Write {
+                key,
+                value: Some(format!("v{value}").into_bytes()),
+                priority: None,
+            }
+        };
+        self.report.commits += 1;
+        let writes = vec![write];
+        self.unit_data_request(
+            pid,
+            DataRequest::Commit {
+                shard: shard.clone(),
+                epoch,
+                writes: writes.clone(),
+                consumed: None,
+                sync,
+            },
+            PendingData::Writes {
+                shard,
+                epoch,
+                writes,
+                sync,
+            },
+        );
+    }
+
+    /// The stream workload: a message for a random shard reaches a random node's ingress.
+    fn offer_message(&mut self) -> Result<(), Violation> {
+        let shards: Vec<ShardName> = self
+            .topology
+            .services
+            .iter()
+            .filter(|service| !service.model.multi_active())
+            .flat_map(|service| service.shards.iter().cloned())
+            .collect();
+        let shard = shards[self.workload.pick(shards.len())].clone();
+        let node = self.workload.pick(self.nodes.len());
+        if self.nodes[node].status != Status::Running {
+            return Ok(());
+        }
+        let id = self.next_message;
+        let local_now = self.nodes[node].local_now(self.now);
+        let Some(plane) = self.nodes[node].data.as_mut() else {
+            return Ok(());
+        };
+        let message = StreamMessage {
+            payload: format!("m{id}").into_bytes(),
+            origin: MessageOrigin {
+                origin: Origin::Udp,
+                peer: format!("127.0.0.1:{}", 5000 + id % 1000),
+            },
+        };
+        if plane.accept(local_now, &shard, message).is_ok() {
+            self.next_message += 1;
+            self.report.messages_offered += 1;
+        }
+        self.drive(node)
+    }
+
+    fn is_data_shard(&self, shard: &ShardName) -> bool {
+        self.topology
+            .services
+            .iter()
+            .any(|service| !service.model.multi_active() && service.shards.contains(shard))
+    }
+
     // ----- workload -----
 
     fn leader(&self) -> Option<usize> {
@@ -1281,6 +1920,14 @@ impl Sim {
         self.schedule(gap, Event::Client);
         if self.params.operator && self.faults_active && self.workload.chance(15_000) {
             self.operator_action()?;
+        }
+        if self.faults_active {
+            if self.workload.chance(400_000) {
+                self.unit_writes();
+            }
+            if self.workload.chance(300_000) {
+                self.offer_message()?;
+            }
         }
         // The client asks a random node; a follower that knows the leader redirects it once.
         let mut target = self.workload.pick(self.nodes.len());
@@ -1686,7 +2333,7 @@ impl Sim {
 
     /// Ends the run once some probe is applied on every node and every shard has a unit
     /// acting ACTIVE for it, as the leader's committed state says and the unit believes.
-    fn check_done(&mut self) {
+    fn check_done(&mut self) -> Result<(), Violation> {
         if !self.probe_done {
             for nonce in &self.probes {
                 let Some(index) = self.checker.nonce_index(*nonce) else {
@@ -1709,9 +2356,11 @@ impl Sim {
             }
         }
         if !self.probe_done {
-            return;
+            return Ok(());
         }
-        let Some(leader) = self.leader() else { return };
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
         let state = self.nodes[leader]
             .node
             .as_ref()
@@ -1727,12 +2376,142 @@ impl Sim {
                 })
             })
         });
-        if all_active && !state.shards.is_empty() {
+        if all_active && !state.shards.is_empty() && self.data_settled(leader)? {
             let calm_since = self.calm_since.expect("after the faults");
             self.report.service_recovery_time_us = self.now - calm_since;
             self.done = true;
             self.trace(|| "every shard has an ACTIVE unit".to_owned());
         }
+        Ok(())
+    }
+
+    /// Whether the data plane is quiescent: every shard's ACTIVE consumed its stream, every
+    /// STANDBY is in sync at the ACTIVE's version with the same digest. Checks the digests
+    /// and, once quiescent, that every accepted message was applied.
+    fn data_settled(&mut self, leader: usize) -> Result<bool, Violation> {
+        let state = self.nodes[leader]
+            .node
+            .as_ref()
+            .expect("leader runs")
+            .state();
+        let mut shards = Vec::new();
+        for shard in state.shards.values() {
+            if !self.is_data_shard(&shard.name) {
+                continue;
+            }
+            let Some(active) = shard.units_in(Role::Active).next() else {
+                return Ok(false);
+            };
+            let node_of = |unit: &UnitName| state.units.get(unit).map(|record| record.node.0);
+            let standbys: Vec<(UnitName, Option<u64>, bool)> = shard
+                .units_in(Role::Standby)
+                .map(|unit| (unit.clone(), node_of(unit), shard.in_sync.contains(unit)))
+                .collect();
+            shards.push((
+                shard.name.clone(),
+                active.clone(),
+                node_of(active),
+                standbys,
+            ));
+        }
+        let replica_of = |sim: &Self, node: Option<u64>, shard: &ShardName, unit: &UnitName| {
+            let node = node? as usize - 1;
+            let plane = sim.nodes[node].data.as_ref()?;
+            plane
+                .replica(&ReplicaId {
+                    shard: shard.clone(),
+                    unit: unit.clone(),
+                })
+                .cloned()
+        };
+        let mut finals = Vec::new();
+        for (shard, active, active_node, standbys) in &shards {
+            let Some(primary) = replica_of(self, *active_node, shard, active) else {
+                return Ok(false);
+            };
+            if primary.digest() != primary.compute_digest() {
+                return Err(Violation {
+                    kind: FailureKind::DigestMismatch,
+                    detail: format!(
+                        "shard {shard}: the ACTIVE {active}'s replica keeps digest {} but has {}",
+                        primary.digest(),
+                        primary.compute_digest()
+                    ),
+                });
+            }
+            if primary.pending_count() > 0 {
+                return Ok(false);
+            }
+            for (standby, node, in_sync) in standbys {
+                let Some(replica) = replica_of(self, *node, shard, standby) else {
+                    return Ok(false);
+                };
+                if !in_sync || replica.version() != primary.version() {
+                    return Ok(false);
+                }
+                if replica.digest() != primary.digest()
+                    || replica.digest() != replica.compute_digest()
+                {
+                    return Err(Violation {
+                        kind: FailureKind::DigestMismatch,
+                        detail: format!(
+                            "shard {shard}: STANDBY {standby} (in sync) at version {} has digest \
+                             {} (computed {}), the ACTIVE {active} has {}",
+                            replica.version(),
+                            replica.digest(),
+                            replica.compute_digest(),
+                            primary.digest()
+                        ),
+                    });
+                }
+            }
+            finals.push((shard.clone(), primary));
+        }
+        for (shard, primary) in finals {
+            self.data_checker.check_final(&shard, &primary)?;
+        }
+        self.report.data_checks = self.data_checker.checks;
+        Ok(true)
+    }
+
+    /// Every replica of every node, for failure messages.
+    fn data_dump(&self) -> String {
+        let mut out = String::new();
+        let in_sync = self.leader().map(|leader| {
+            self.nodes[leader]
+                .node
+                .as_ref()
+                .expect("runs")
+                .state()
+                .shards
+                .values()
+                .map(|shard| (shard.name.clone(), shard.in_sync.clone()))
+                .collect::<BTreeMap<_, _>>()
+        });
+        for node in &self.nodes {
+            let Some(plane) = &node.data else { continue };
+            for (id, replica) in plane.replicas() {
+                out.push_str(&format!(
+                    "  node {} replica {}/{}: version {} consumed {} pending {} digest {} \
+                     complete {} verified {} in-sync {:?}: {}\n",
+                    node.id,
+                    id.shard,
+                    id.unit,
+                    replica.version(),
+                    replica.consumed(),
+                    replica.pending_count(),
+                    replica.digest(),
+                    plane.is_complete(id),
+                    plane.is_verified(id),
+                    in_sync.as_ref().and_then(|map| map.get(&id.shard)),
+                    plane.describe(id),
+                ));
+            }
+            for status in plane.status(node.local_now(self.now)) {
+                out.push_str(&format!("  node {} session {status:?}\n", node.id));
+            }
+        }
+        out
     }
 
     /// Every node's state and every unit process, for failure messages.

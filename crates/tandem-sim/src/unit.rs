@@ -5,6 +5,8 @@
 
 use tandem_core::{UnitBelief, UnitName};
 
+use crate::data::UnitData;
+
 /// One unit process. A unit may briefly have two (an old instance stopping on one node while a
 /// relocated one starts on another), so processes are known by pid.
 #[derive(Debug, Clone)]
@@ -24,4 +26,6 @@ pub struct SimUnit {
     /// A hung unit answers nothing and takes in nothing new; its beliefs freeze (its lease
     /// still runs out on its clock).
     pub hung: bool,
+    /// Its data requests and stream deliveries.
+    pub data: UnitData,
 }

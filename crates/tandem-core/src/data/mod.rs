@@ -29,7 +29,10 @@ pub mod protocol;
 pub mod replica;
 
 pub use digest::Digest;
-pub use plane::{DataConfig, DataOutput, DataPlane, DataView, PersistAction, ReplicaId};
+pub use plane::{
+    Accepted, DataConfig, DataEvent, DataOutput, DataPlane, DataView, PersistAction, ReplicaId,
+    ShardView,
+};
 pub use protocol::{
     DataMessage, DataReply, DataRequest, Delivery, Item, ReplicaStatus, SessionStart,
     TransferStatus,

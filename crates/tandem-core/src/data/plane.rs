@@ -109,6 +109,9 @@ pub struct ShardView {
 pub struct DataView {
     /// Every shard of a single-ACTIVE service.
     pub shards: BTreeMap<ShardName, ShardView>,
+    /// Local units whose current instance must rebuild its replicas (restart escalation L2),
+    /// with that instance's generation.
+    pub reinitialise: BTreeMap<UnitName, u64>,
 }
 
 impl DataView {
@@ -162,7 +165,16 @@ impl DataView {
                 },
             );
         }
-        Self { shards }
+        let reinitialise = state
+            .units
+            .values()
+            .filter(|unit| unit.node == node && unit.reinitialise)
+            .map(|unit| (unit.name.clone(), unit.generation))
+            .collect();
+        Self {
+            shards,
+            reinitialise,
+        }
     }
 }
 
@@ -367,6 +379,11 @@ struct Session {
 #[derive(Debug, Clone)]
 struct Primary {
     epoch: u64,
+    /// The node restarted while this replica was the primary: its file may miss what the
+    /// previous run acknowledged without waiting for the disk, and the ops it would create
+    /// could collide with that run's at the same epoch. It stays passive (no commits, no
+    /// messages, no sessions, no claims) until the cluster gives the shard a new epoch.
+    inherited: bool,
     sessions: BTreeMap<UnitName, Session>,
     waiters: VecDeque<Waiter>,
     lag_waiters: VecDeque<Waiter>,
@@ -408,12 +425,15 @@ struct Slot {
     subscriber: Option<u64>,
     /// The version known to be on the local disk.
     durable: u64,
+    /// Read back from disk when the node started.
+    loaded: bool,
 }
 
 impl Slot {
     fn new(replica: ShardReplica, complete: bool) -> Self {
         Self {
             durable: replica.version(),
+            loaded: false,
             replica,
             oplog: OpLog::default(),
             complete,
@@ -436,10 +456,22 @@ pub struct DataPlane {
     /// Stream messages waiting for a primary, by shard.
     held: BTreeMap<ShardName, VecDeque<(StreamMessage, u32)>>,
     next_session: u64,
+    /// The instance of each unit whose replicas were last rebuilt for restart escalation L2.
+    wiped: BTreeMap<UnitName, u64>,
+    /// Each shard's epoch in the first view after the node started (what it may have known
+    /// before a restart).
+    epochs_at_start: Option<BTreeMap<ShardName, u64>>,
+    /// Id of the next stream message forwarded from here.
+    next_forward: u64,
+    /// Forwards taken recently, per sending node (the newest `FORWARDS_REMEMBERED`).
+    forwards_seen: BTreeMap<NodeId, (BTreeSet<u64>, VecDeque<u64>)>,
     /// Replicas touched since the last output.
     dirty: BTreeSet<ReplicaId>,
     out: DataOutput,
 }
+
+/// Forwarded messages remembered per sending node, to drop copies.
+const FORWARDS_REMEMBERED: usize = 4096;
 
 /// The smallest acknowledged version over a primary's wait set; with an empty wait set, what
 /// is durable on the local disk (nothing else holds the writes then).
@@ -574,6 +606,10 @@ impl DataPlane {
             units: BTreeMap::new(),
             held: BTreeMap::new(),
             next_session: incarnation << 24,
+            wiped: BTreeMap::new(),
+            next_forward: incarnation << 32,
+            epochs_at_start: None,
+            forwards_seen: BTreeMap::new(),
             dirty: BTreeSet::new(),
             out: DataOutput::default(),
         }
@@ -582,7 +618,9 @@ impl DataPlane {
     /// Adds a replica read back from disk (before the first view). `complete` is false when a
     /// transfer into it never finished.
     pub fn load(&mut self, id: ReplicaId, replica: ShardReplica, complete: bool) {
-        self.slots.insert(id, Slot::new(replica, complete));
+        let mut slot = Slot::new(replica, complete);
+        slot.loaded = true;
+        self.slots.insert(id, slot);
     }
 
     /// The replica of `id`, if kept.
@@ -598,6 +636,39 @@ impl DataPlane {
     /// Every replica kept.
     pub fn replicas(&self) -> impl Iterator<Item = (&ReplicaId, &ShardReplica)> + '_ {
         self.slots.iter().map(|(id, slot)| (id, &slot.replica))
+    }
+
+    /// A one-line account of replica `id`'s role state, for failure reports.
+    pub fn describe(&self, id: &ReplicaId) -> String {
+        let Some(slot) = self.slots.get(id) else {
+            return "no replica".into();
+        };
+        match &slot.role {
+            SlotRole::Idle => format!("idle, durable {}", slot.durable),
+            SlotRole::Primary(primary) => format!(
+                "primary epoch {} inherited {} delivered {:?} waiters {} lag-waiters {} \
+                 sessions {:?} durable {}",
+                primary.epoch,
+                primary.inherited,
+                primary.delivered,
+                primary.waiters.len(),
+                primary.lag_waiters.len(),
+                primary
+                    .sessions
+                    .iter()
+                    .map(|(unit, session)| (unit.as_str(), session.acked_version, session.verified))
+                    .collect::<Vec<_>>(),
+                slot.durable
+            ),
+            SlotRole::Secondary(secondary) => format!(
+                "secondary of {} on node {} epoch {} session {:?} verified {}",
+                secondary.primary,
+                secondary.node,
+                secondary.epoch,
+                secondary.session,
+                secondary.verified
+            ),
+        }
     }
 
     /// The view last set.
@@ -650,7 +721,7 @@ impl DataPlane {
             let Some(view) = self.view.shards.get(&id.shard) else {
                 continue;
             };
-            if view.epoch != primary.epoch {
+            if view.epoch != primary.epoch || primary.inherited {
                 continue;
             }
             let verified = primary
@@ -747,6 +818,14 @@ impl DataPlane {
 
     /// The committed facts changed (or the node caught up).
     pub fn set_view(&mut self, now: Time, view: DataView) {
+        if self.epochs_at_start.is_none() {
+            self.epochs_at_start = Some(
+                view.shards
+                    .iter()
+                    .map(|(shard, view)| (shard.clone(), view.epoch))
+                    .collect(),
+            );
+        }
         self.view = view;
         let wanted: BTreeSet<ReplicaId> = self
             .view
@@ -783,6 +862,33 @@ impl DataPlane {
             self.update_role(now, &id);
             self.dirty.insert(id);
         }
+        let wipes: Vec<(UnitName, u64)> = self
+            .view
+            .reinitialise
+            .iter()
+            .filter(|(unit, generation)| self.wiped.get(*unit) != Some(generation))
+            .map(|(unit, generation)| (unit.clone(), *generation))
+            .collect();
+        for (unit, generation) in wipes {
+            self.wiped.insert(unit.clone(), generation);
+            for (id, slot) in &mut self.slots {
+                if id.unit != unit {
+                    continue;
+                }
+                if let SlotRole::Primary(primary) = &mut slot.role {
+                    primary.sessions.clear();
+                }
+                // Rebuilt from the ACTIVE by a full transfer (or, with no ACTIVE, empty).
+                let empty = ShardReplica::new();
+                slot.replica = empty.clone();
+                slot.oplog.clear();
+                slot.complete = false;
+                slot.durable = 0;
+                self.out
+                    .persist
+                    .push((id.clone(), PersistAction::Reset(empty.snapshot())));
+            }
+        }
         self.release_held(now);
     }
 
@@ -813,8 +919,17 @@ impl DataPlane {
                         slot.complete = true;
                         self.out.persist.push((id.clone(), PersistAction::Complete));
                     }
+                    // A primary at an epoch the cluster already had when this node started may
+                    // have been this replica's before the restart.
+                    let inherited = slot.loaded
+                        && self
+                            .epochs_at_start
+                            .as_ref()
+                            .and_then(|epochs| epochs.get(&id.shard))
+                            .is_some_and(|epoch| view.epoch <= *epoch);
                     slot.role = SlotRole::Primary(Primary {
                         epoch: view.epoch,
+                        inherited,
                         sessions: BTreeMap::new(),
                         waiters: VecDeque::new(),
                         lag_waiters: VecDeque::new(),
@@ -870,12 +985,23 @@ impl DataPlane {
             return;
         };
         for waiter in primary.waiters.into_iter().chain(primary.lag_waiters) {
-            self.out.replies.push((
-                waiter.unit,
-                waiter.generation,
-                waiter.request,
-                error(code, format!("{why} (shard {})", id.shard)),
-            ));
+            let answer = if waiter.flush {
+                error(code, format!("{why} (shard {})", id.shard))
+            } else {
+                // The commit is in the replica already; whether it survives depends on whether
+                // the next ACTIVE got it before the change.
+                error(
+                    "outcome_unknown",
+                    format!(
+                        "{why} (shard {}) before the commit at version {} was confirmed; it may \
+                         or may not be kept: read the section back to know",
+                        id.shard, waiter.seq
+                    ),
+                )
+            };
+            self.out
+                .replies
+                .push((waiter.unit, waiter.generation, waiter.request, answer));
         }
     }
 
@@ -916,6 +1042,7 @@ impl DataPlane {
                 "this instance of the unit is not registered with its agent",
             ));
         }
+        let leased = self.has_lease(now);
         let Some(slot) = self.slots.get_mut(id) else {
             return Some(error(
                 "no_replica",
@@ -968,6 +1095,31 @@ impl DataPlane {
                     in_sync,
                 })
             }
+            DataRequest::Deliver { epoch, .. } => {
+                let view = self.view.shards.get(&id.shard)?;
+                match &mut slot.role {
+                    SlotRole::Primary(primary)
+                        if view.active
+                            && primary.epoch == view.epoch
+                            && primary.epoch == epoch
+                            && !primary.inherited =>
+                    {
+                        // (Re)start the stream after what is consumed: what was delivered
+                        // before and not consumed comes again, in order.
+                        primary.delivered = Some((generation, slot.replica.consumed()));
+                        Some(DataReply::Done {
+                            version: slot.replica.version(),
+                        })
+                    }
+                    _ => Some(error(
+                        "not_active",
+                        format!(
+                            "unit {} is not ACTIVE for shard {} at epoch {epoch}",
+                            id.unit, id.shard
+                        ),
+                    )),
+                }
+            }
             DataRequest::Flush { .. } => match &mut slot.role {
                 SlotRole::Primary(primary) => {
                     primary.waiters.push_back(Waiter {
@@ -997,7 +1149,7 @@ impl DataPlane {
                         format!("unit {} is not ACTIVE for shard {}", id.unit, id.shard),
                     ));
                 };
-                if !view.acting || primary.epoch != view.epoch {
+                if !view.acting || primary.epoch != view.epoch || primary.inherited {
                     return Some(error(
                         "not_active",
                         format!(
@@ -1015,7 +1167,7 @@ impl DataPlane {
                         ),
                     ));
                 }
-                if self.lease_until.is_none_or(|until| now >= until) {
+                if !leased {
                     return Some(error(
                         "no_lease",
                         "this node's lease ran out (it lost the cluster's quorum); the unit \
@@ -1092,8 +1244,15 @@ impl DataPlane {
             return Err(format!("there is no shard {shard} with a stream"));
         };
         let held_count = self.held.get(shard).map_or(0, VecDeque::len);
+        // A primary creates ops only while its node holds a lease: without one it may have
+        // been replaced already, and its ops would diverge from the new primary's.
+        let takes = self.has_lease(now)
+            && view
+                .primary
+                .as_ref()
+                .is_some_and(|(unit, _)| self.takes_messages(shard, unit));
         match view.primary.clone() {
-            Some((unit, node)) if node == self.node && view.active && held_count == 0 => {
+            Some((unit, node)) if node == self.node && view.active && held_count == 0 && takes => {
                 let id = ReplicaId {
                     shard: shard.clone(),
                     unit,
@@ -1103,12 +1262,14 @@ impl DataPlane {
                     .map_or(Accepted::Held, Accepted::Appended))
             }
             Some((_, node)) if node != self.node && hops < 2 => {
+                self.next_forward += 1;
                 self.out.messages.push((
                     node,
                     DataMessage::Forward {
                         shard: shard.clone(),
                         message,
                         hops: hops + 1,
+                        id: self.next_forward,
                     },
                 ));
                 Ok(Accepted::Forwarded(node))
@@ -1126,6 +1287,27 @@ impl DataPlane {
                 Ok(Accepted::Held)
             }
         }
+    }
+
+    /// Whether this node holds a lease at `now`.
+    fn has_lease(&self, now: Time) -> bool {
+        self.lease_until.is_some_and(|until| now < until)
+    }
+
+    /// Whether `unit`'s replica of `shard` here is a primary that takes stream messages (not
+    /// one inherited from before a restart).
+    fn takes_messages(&self, shard: &ShardName, unit: &UnitName) -> bool {
+        let id = ReplicaId {
+            shard: shard.clone(),
+            unit: unit.clone(),
+        };
+        matches!(
+            self.slots.get(&id).map(|slot| &slot.role),
+            Some(SlotRole::Primary(Primary {
+                inherited: false,
+                ..
+            }))
+        )
     }
 
     /// Appends a message to primary `id`'s stream; its seq.
@@ -1163,7 +1345,12 @@ impl DataPlane {
                 continue;
             };
             let target = match &view.primary {
-                Some((unit, node)) if *node == self.node && view.active => {
+                Some((unit, node))
+                    if *node == self.node
+                        && view.active
+                        && self.has_lease(now)
+                        && self.takes_messages(&shard, unit) =>
+                {
                     Some((unit.clone(), *node))
                 }
                 Some((unit, node)) if *node != self.node => Some((unit.clone(), *node)),
@@ -1184,12 +1371,14 @@ impl DataPlane {
                         dropped += 1;
                     }
                 } else if hops < 2 {
+                    self.next_forward += 1;
                     self.out.messages.push((
                         node,
                         DataMessage::Forward {
                             shard: shard.clone(),
                             message,
                             hops: hops + 1,
+                            id: self.next_forward,
                         },
                     ));
                 } else {
@@ -1306,7 +1495,18 @@ impl DataPlane {
                 shard,
                 message,
                 hops,
+                id,
             } => {
+                let (seen, order) = self.forwards_seen.entry(from).or_default();
+                if !seen.insert(id) {
+                    return;
+                }
+                order.push_back(id);
+                if order.len() > FORWARDS_REMEMBERED {
+                    if let Some(old) = order.pop_front() {
+                        seen.remove(&old);
+                    }
+                }
                 if let Err(reason) = self.accept_hops(now, &shard, message, hops) {
                     self.out.events.push(DataEvent::Dropped {
                         shard,
@@ -1348,6 +1548,9 @@ impl DataPlane {
             ));
             return;
         };
+        if primary.inherited {
+            return;
+        }
         if epoch != primary.epoch || view.standbys.get(&standby) != Some(&from) {
             if epoch < primary.epoch {
                 self.out.messages.push((
@@ -1767,6 +1970,7 @@ impl DataPlane {
             return;
         };
         let registered = self.units.get(&id.unit).copied();
+        let leased = self.has_lease(now);
         let config = self.config.clone();
         let Some(slot) = self.slots.get_mut(id) else {
             return;
@@ -1915,17 +2119,24 @@ impl DataPlane {
                 } else {
                     primary.held_back_since = None;
                 }
-                // Stream messages the wait set holds go to the ACTIVE.
+                // Stream messages the wait set holds go to the ACTIVE, once it asked for them,
+                // while this node holds a lease.
                 let Some(generation) = registered else {
                     return;
                 };
+                if !leased {
+                    // The unit fences itself when the lease runs out; it asks for the stream
+                    // again once it holds ACTIVE again.
+                    primary.delivered = None;
+                    return;
+                }
                 if !view.active || primary.epoch != view.epoch {
                     return;
                 }
                 let consumed = slot.replica.consumed();
                 let delivered = match primary.delivered {
                     Some((instance, seq)) if instance == generation => seq.max(consumed),
-                    _ => consumed,
+                    _ => return,
                 };
                 let outstanding = slot
                     .replica

@@ -156,6 +156,8 @@ pub enum DataMessage {
         /// How many times it was forwarded already (bounded, so views that disagree during a
         /// change of ACTIVE cannot bounce a message for ever).
         hops: u32,
+        /// Unique per sending node's run: a copy the network delivers twice is taken once.
+        id: u64,
     },
 }
 
@@ -208,6 +210,14 @@ pub enum DataRequest {
         /// Bytes to return at most (at least one section is returned).
         bytes_max: u64,
     },
+    /// Start (or restart) delivering the shard's stream to the unit, from the first message
+    /// not consumed. The SDK sends it once the unit's hook took ACTIVE at `epoch`.
+    Deliver {
+        /// The shard.
+        shard: ShardName,
+        /// The epoch the unit holds ACTIVE at.
+        epoch: u64,
+    },
     /// Answer once everything committed so far is on every in-sync STANDBY.
     Flush {
         /// The shard.
@@ -234,6 +244,7 @@ impl DataRequest {
             Self::Commit { shard, .. }
             | Self::Get { shard, .. }
             | Self::Scan { shard, .. }
+            | Self::Deliver { shard, .. }
             | Self::Flush { shard }
             | Self::Subscribe { shard, .. }
             | Self::Position { shard } => shard,
@@ -279,8 +290,10 @@ pub enum DataReply {
     },
     /// Refused; nothing was applied.
     Error {
-        /// A short machine-readable code (`not_active`, `stale_epoch`, `no_lease`,
-        /// `bad_request`, `no_replica`, `epoch_changed`).
+        /// A short machine-readable code: `not_active`, `stale_epoch`, `no_lease`,
+        /// `bad_request`, `no_replica`, `not_registered` (nothing was applied), or
+        /// `outcome_unknown` (a commit was applied locally, then the shard's ACTIVE changed
+        /// before it was confirmed).
         code: &'static str,
         /// What to do about it.
         message: String,

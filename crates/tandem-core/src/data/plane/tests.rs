@@ -89,6 +89,7 @@ impl Net {
                 now,
                 DataView {
                     shards: BTreeMap::from([(shard(), view)]),
+                    reinitialise: BTreeMap::new(),
                 },
             );
         }
@@ -367,6 +368,13 @@ fn stream_messages_reach_the_active_only_once_replicated_and_survive_a_failover(
     net.assign(1, 1, &[2], &[]);
     net.run();
     net.commit_claim(1);
+    net.request(
+        1,
+        DataRequest::Deliver {
+            shard: shard(),
+            epoch: 1,
+        },
+    );
     assert_eq!(net.accept(1, "m1"), Accepted::Appended(1));
     assert_eq!(net.accept(1, "m2"), Accepted::Appended(2));
     net.collect();
@@ -388,6 +396,18 @@ fn stream_messages_reach_the_active_only_once_replicated_and_survive_a_failover(
     net.deliveries.clear();
     // Failover: u2 ACTIVE at epoch 2 gets m2 and m3 again (not consumed), not m1.
     net.assign(2, 2, &[], &[]);
+    net.run();
+    assert!(
+        net.delivered(2).is_empty(),
+        "delivered before the unit asked"
+    );
+    net.request(
+        2,
+        DataRequest::Deliver {
+            shard: shard(),
+            epoch: 2,
+        },
+    );
     net.run();
     assert_eq!(
         net.delivered(2),

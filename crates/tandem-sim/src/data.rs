@@ -1,0 +1,372 @@
+//! The data plane in the simulation: each node's replica files (which outlive crashes and can
+//! be torn), the checker of the data invariants, and what a simulated unit remembers about its
+//! data requests.
+//!
+//! Invariants checked:
+//! - **No acknowledged sync write is lost**: when a unit starts acting ACTIVE for a shard, its
+//!   replica holds the newest acknowledged sync write of every key (same value at the same
+//!   version, or a newer version), unless the cluster reported a possible loss since.
+//! - **Every accepted stream message is applied exactly once, in order**: a message is
+//!   accepted once an ACTIVE got it; each delivery comes in stream order, a message already
+//!   applied (its mark is in the replica) is never delivered again, and at the end every
+//!   accepted message is applied in the final ACTIVE's replica, unless a possible loss was
+//!   reported after it was accepted.
+//! - **Replicas agree at quiescent points**: at the end, every STANDBY is in sync, at the
+//!   ACTIVE's version, with the same digest; each digest equals one computed from scratch.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use tandem_core::data::{PersistAction, ReplicaId, ShardReplica, Write};
+use tandem_core::ShardName;
+use tandem_node::replica_file::{self, Recovered};
+
+use crate::check::Violation;
+use crate::rng::Rng;
+use crate::FailureKind;
+
+/// One replica file: its bytes and how much of them is synced.
+#[derive(Debug, Clone, Default)]
+struct SimFile {
+    bytes: Vec<u8>,
+    synced: usize,
+}
+
+/// A node's replica files. Appends are buffered until `sync`; a crash keeps, loses or tears
+/// what was not synced.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaStore {
+    files: BTreeMap<ReplicaId, SimFile>,
+}
+
+impl ReplicaStore {
+    /// Carries out a persist action.
+    pub fn apply(&mut self, id: &ReplicaId, action: &PersistAction) {
+        let Some(record) = replica_file::record(action) else {
+            self.files.remove(id);
+            return;
+        };
+        let file = self.files.entry(id.clone()).or_insert_with(|| SimFile {
+            bytes: replica_file::header(&id.shard, &id.unit),
+            synced: 0,
+        });
+        file.bytes.extend(record);
+    }
+
+    /// Whether some write is not synced yet.
+    pub fn has_unsynced(&self) -> bool {
+        self.files
+            .values()
+            .any(|file| file.synced < file.bytes.len())
+    }
+
+    /// Makes everything written durable.
+    pub fn sync(&mut self) {
+        for file in self.files.values_mut() {
+            file.synced = file.bytes.len();
+        }
+    }
+
+    /// Replaces a file by a compacted one when it grew well past its replica, as the daemon
+    /// does (atomically: write, sync, rename).
+    pub fn compact(&mut self, id: &ReplicaId, replica: &ShardReplica, complete: bool) -> bool {
+        let Some(file) = self.files.get_mut(id) else {
+            return false;
+        };
+        let live = replica.section_bytes() + replica.pending_bytes();
+        if (file.bytes.len() as u64) < 4 * live + 16 * 1024 {
+            return false;
+        }
+        let bytes = replica_file::compacted(&id.shard, &id.unit, replica, complete);
+        file.synced = bytes.len();
+        file.bytes = bytes;
+        true
+    }
+
+    /// A crash: each file's unsynced tail is kept, lost or torn at a random byte. Returns how
+    /// many were torn.
+    pub fn crash(&mut self, rng: &mut Rng) -> u64 {
+        let mut torn = 0;
+        for file in self.files.values_mut() {
+            let unsynced = file.bytes.len() - file.synced;
+            if unsynced == 0 {
+                continue;
+            }
+            let keep = match rng.below(3) {
+                0 => 0,
+                1 => unsynced,
+                _ => {
+                    torn += 1;
+                    rng.below(unsynced as u64) as usize
+                }
+            };
+            file.bytes.truncate(file.synced + keep);
+            file.synced = file.bytes.len();
+        }
+        torn
+    }
+
+    /// Reads every file back (a restart). A file that is not a replica is dropped; a torn tail
+    /// is cut. Returns the replicas and how many files had a tail cut.
+    pub fn recover(&mut self) -> (Vec<(ReplicaId, Recovered)>, u64) {
+        let mut replicas = Vec::new();
+        let mut cut = 0;
+        let ids: Vec<ReplicaId> = self.files.keys().cloned().collect();
+        for id in ids {
+            let file = self.files.get_mut(&id).expect("listed");
+            match replica_file::recover(&file.bytes, &id.shard, &id.unit) {
+                Ok(recovered) => {
+                    if recovered.valid_len < file.bytes.len() {
+                        cut += 1;
+                        file.bytes.truncate(recovered.valid_len);
+                        file.synced = file.bytes.len();
+                    }
+                    replicas.push((id, recovered));
+                }
+                Err(_) => {
+                    self.files.remove(&id);
+                    cut += 1;
+                }
+            }
+        }
+        (replicas, cut)
+    }
+}
+
+/// A data request of a simulated unit waiting for its answer.
+#[derive(Debug, Clone)]
+pub enum PendingData {
+    /// A commit of the write workload.
+    Writes {
+        /// The shard.
+        shard: ShardName,
+        /// The epoch it was made at.
+        epoch: u64,
+        /// What it wrote.
+        writes: Vec<Write>,
+        /// Sync or async.
+        sync: bool,
+    },
+    /// The commit applying a stream message.
+    Apply {
+        /// The shard.
+        shard: ShardName,
+        /// The message's id.
+        id: u64,
+        /// Its stream position.
+        seq: u64,
+    },
+    /// The request to start delivering a shard's stream.
+    Deliver {
+        /// The shard.
+        shard: ShardName,
+    },
+}
+
+/// What a simulated unit remembers about the data plane.
+#[derive(Debug, Clone, Default)]
+pub struct UnitData {
+    /// Requests waiting for answers, by request id.
+    pub pending: BTreeMap<u64, PendingData>,
+    /// Deliveries waiting to be applied, per shard: (seq, message id).
+    pub queue: BTreeMap<ShardName, VecDeque<(u64, u64)>>,
+    /// Shards with a message being applied.
+    pub busy: BTreeSet<ShardName>,
+    /// Last seq delivered, per shard.
+    pub last_delivered: BTreeMap<ShardName, u64>,
+    /// Shards whose stream the unit asked for and whose answer has not come: deliveries
+    /// before it belong to an older round and are dropped.
+    pub awaiting: BTreeSet<ShardName>,
+    /// Last seq whose application was acknowledged, per shard.
+    pub last_applied: BTreeMap<ShardName, u64>,
+    /// When the last message on the unit's SDK socket towards the unit arrives (simulated
+    /// time): the socket keeps order, so later ones arrive after it.
+    pub inbound_at: u64,
+    /// The same for messages from the unit to its agent.
+    pub outbound_at: u64,
+}
+
+impl UnitData {
+    /// When a message sent now with `delay` arrives, keeping the socket's order.
+    pub fn inbound(&mut self, now: u64, delay: u64) -> u64 {
+        self.inbound_at = (now + delay).max(self.inbound_at + 1);
+        self.inbound_at - now
+    }
+
+    /// The same towards the agent.
+    pub fn outbound(&mut self, now: u64, delay: u64) -> u64 {
+        self.outbound_at = (now + delay).max(self.outbound_at + 1);
+        self.outbound_at - now
+    }
+}
+
+/// The section a unit writes when it applies message `id`.
+pub fn applied_key(id: u64) -> Vec<u8> {
+    format!("applied/{id:012}").into_bytes()
+}
+
+/// The id in a stream message's payload.
+pub fn message_id(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload)
+        .ok()?
+        .strip_prefix('m')?
+        .parse()
+        .ok()
+}
+
+fn violation(kind: FailureKind, detail: String) -> Violation {
+    Violation { kind, detail }
+}
+
+/// The checker of the data invariants.
+#[derive(Debug, Default)]
+pub struct DataChecker {
+    /// Newest acknowledged sync write per shard and key: (value, seq, epoch).
+    acked: BTreeMap<ShardName, BTreeMap<Vec<u8>, (Option<Vec<u8>>, u64, u64)>>,
+    /// Newest epoch at which the cluster reported a possible loss, per shard, and when.
+    losses: BTreeMap<ShardName, (u64, u64)>,
+    /// Messages accepted (delivered to an ACTIVE): shard → id → when first delivered.
+    delivered: BTreeMap<ShardName, BTreeMap<u64, u64>>,
+    /// Checks made, for the report.
+    pub checks: u64,
+}
+
+impl DataChecker {
+    /// The cluster reported a possible loss on `shard` at `epoch` (simulated time `now`).
+    pub fn on_loss(&mut self, shard: &ShardName, epoch: u64, now: u64) {
+        let entry = self.losses.entry(shard.clone()).or_insert((0, 0));
+        if epoch > entry.0 {
+            *entry = (epoch, now);
+        }
+    }
+
+    /// A sync commit of `writes` at `epoch` was acknowledged at `seq`.
+    pub fn on_acked(&mut self, shard: &ShardName, epoch: u64, seq: u64, writes: &[Write]) {
+        let keys = self.acked.entry(shard.clone()).or_default();
+        for write in writes {
+            let newer = keys
+                .get(&write.key)
+                .is_none_or(|(_, old_seq, old_epoch)| (epoch, seq) > (*old_epoch, *old_seq));
+            if newer {
+                keys.insert(write.key.clone(), (write.value.clone(), seq, epoch));
+            }
+        }
+    }
+
+    /// A commit of `writes` ended with an unknown outcome: it may or may not be kept, so what
+    /// was acknowledged before for those keys can no longer be demanded.
+    pub fn on_uncertain(&mut self, shard: &ShardName, writes: &[Write]) {
+        if let Some(keys) = self.acked.get_mut(shard) {
+            for write in writes {
+                keys.remove(&write.key);
+            }
+        }
+    }
+
+    /// A unit starts acting ACTIVE for `shard` at `epoch` with `replica`.
+    pub fn check_active(
+        &mut self,
+        shard: &ShardName,
+        epoch: u64,
+        unit: &str,
+        replica: &ShardReplica,
+    ) -> Result<(), Violation> {
+        let loss_epoch = self.losses.get(shard).map_or(0, |(epoch, _)| *epoch);
+        let Some(keys) = self.acked.get(shard) else {
+            return Ok(());
+        };
+        for (key, (value, seq, write_epoch)) in keys {
+            if *write_epoch < loss_epoch || *write_epoch >= epoch {
+                continue;
+            }
+            self.checks += 1;
+            let held = replica.get(key);
+            let ok = match (held, value) {
+                (Some(section), Some(value)) => {
+                    section.version > *seq || (section.version == *seq && &section.value == value)
+                }
+                (Some(section), None) => section.version > *seq,
+                // A deleted key that is still deleted; or written and deleted again later.
+                (None, None) => true,
+                (None, Some(_)) => false,
+            };
+            if !ok {
+                return Err(violation(
+                    FailureKind::LostWrite,
+                    format!(
+                        "shard {shard}: unit {unit} became ACTIVE at epoch {epoch} without the \
+                         acknowledged sync write of {:?} (seq {seq}, epoch {write_epoch}); its \
+                         replica holds {:?} at version {} (replica version {}, no possible \
+                         loss reported since epoch {loss_epoch})",
+                        String::from_utf8_lossy(key),
+                        held.map(|section| (
+                            String::from_utf8_lossy(&section.value).into_owned(),
+                            section.version
+                        )),
+                        held.map_or(0, |section| section.version),
+                        replica.version()
+                    ) + &format!(
+                        "; sections: {}",
+                        replica
+                            .sections()
+                            .take(24)
+                            .map(|(key, section)| format!(
+                                "{}@{}",
+                                String::from_utf8_lossy(key),
+                                section.version
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Message `id` was delivered to an ACTIVE at `now`: it is accepted.
+    pub fn on_delivered(&mut self, shard: &ShardName, id: u64, now: u64) {
+        self.delivered
+            .entry(shard.clone())
+            .or_default()
+            .entry(id)
+            .or_insert(now);
+    }
+
+    /// Shards with accepted messages.
+    pub fn stream_shards(&self) -> impl Iterator<Item = &ShardName> + '_ {
+        self.delivered.keys()
+    }
+
+    /// At the end: every accepted message of `shard` is applied in the ACTIVE's `replica`,
+    /// unless a possible loss was reported after it was accepted. Returns how many were
+    /// waived.
+    pub fn check_final(
+        &mut self,
+        shard: &ShardName,
+        replica: &ShardReplica,
+    ) -> Result<u64, Violation> {
+        let loss_time = self.losses.get(shard).map(|(_, at)| *at);
+        let mut waived = 0;
+        for (id, delivered_at) in self.delivered.get(shard).into_iter().flatten() {
+            self.checks += 1;
+            if replica.get(&applied_key(*id)).is_some() {
+                continue;
+            }
+            if loss_time.is_some_and(|at| at >= *delivered_at) {
+                waived += 1;
+                continue;
+            }
+            return Err(violation(
+                FailureKind::LostMessage,
+                format!(
+                    "shard {shard}: stream message m{id}, delivered to an ACTIVE at {delivered_at} \
+                     us, is not applied in the final ACTIVE's replica (version {}, consumed {}) \
+                     and no possible loss was reported after it",
+                    replica.version(),
+                    replica.consumed()
+                ),
+            ));
+        }
+        Ok(waived)
+    }
+}
