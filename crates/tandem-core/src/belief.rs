@@ -79,6 +79,24 @@ impl UnitBelief {
         self.lease_until = until;
     }
 
+    /// The agent sent a new lease deadline, received at `now` on the unit's clock. Returns the
+    /// shards the unit holds ACTIVE that it may act for again: its lease had run out and is
+    /// valid again. Stream messages that reached it while it could not act were dropped, so
+    /// it asks for the stream again for these (a new delivery round).
+    pub fn renew_lease(&mut self, until: Option<Time>, now: Time) -> Vec<(ShardName, u64)> {
+        let was_valid = self.lease_until.is_some_and(|old| now < old);
+        self.lease_until = until;
+        let valid = until.is_some_and(|new| now < new);
+        if was_valid || !valid || self.faulted {
+            return Vec::new();
+        }
+        self.roles
+            .iter()
+            .filter(|(_, (role, _))| *role == Role::Active)
+            .map(|(shard, (_, epoch))| (shard.clone(), *epoch))
+            .collect()
+    }
+
     /// The unit reported a fault: it stops acting at once, and takes no ACTIVE role until it
     /// has been reset (or replaced by a new instance).
     pub fn on_fault(&mut self) {

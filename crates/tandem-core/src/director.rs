@@ -136,12 +136,13 @@ impl<'a> View<'a> {
             .or_else(|| shard.handover.as_ref().map(|handover| &handover.from))?;
         let node = self.unit(primary)?.node;
         let (_, report) = self.observations.nodes.get(&node)?;
-        let (epoch, units) = report.in_sync.get(&shard.name)?;
-        if *epoch != shard.epoch {
+        let claim = report.in_sync.get(&shard.name)?;
+        if claim.epoch != shard.epoch || claim.version != shard.version {
             return None;
         }
         Some(
-            units
+            claim
+                .units
                 .iter()
                 .filter(|unit| shard.roles.get(*unit) == Some(&Role::Standby))
                 .cloned()

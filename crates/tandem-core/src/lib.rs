@@ -35,7 +35,7 @@ pub use ids::{NodeId, ServiceName, ShardName, UnitName};
 pub use ladder::{FaultKind, FaultRecord, Ladder, Level, RecoveryAction, Severity};
 pub use lease::{check_fencing_timers, fencing_bound, AgentLease, QuorumClock, DRIFT_PPM};
 pub use liveness::{LivenessConfig, LivenessTracker, NodeReport};
-pub use report::{AgentReport, Observations, Presence, Settled, UnitReport};
+pub use report::{AgentReport, InSyncClaim, Observations, Presence, Settled, UnitReport};
 pub use time::Time;
 pub use topology::{
     CheckpointSpec, EscalationPolicy, IngressSpec, ProcessSpec, RedundancyModel, ServiceSpec,

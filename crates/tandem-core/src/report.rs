@@ -74,9 +74,21 @@ pub struct AgentReport {
     pub applied_index: u64,
     /// Every unit placed on the agent's node, by name.
     pub units: BTreeMap<UnitName, UnitReport>,
-    /// For each shard whose primary replica is on the node: the epoch and the STANDBYs its
-    /// data plane verified in sync (the director records them with `SetInSync`).
-    pub in_sync: BTreeMap<ShardName, (u64, BTreeSet<UnitName>)>,
+    /// For each shard whose primary replica is on the node: the STANDBYs its data plane
+    /// verified in sync (the director records them with `SetInSync`).
+    pub in_sync: BTreeMap<ShardName, InSyncClaim>,
+}
+
+/// What a primary's data plane verified, and against which committed assignment: a claim made
+/// before the shard's roles changed says nothing about the STANDBYs after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InSyncClaim {
+    /// The shard's epoch.
+    pub epoch: u64,
+    /// The shard's version (of its roles) the data plane acted on.
+    pub version: u64,
+    /// The STANDBYs verified in their current session.
+    pub units: BTreeSet<UnitName>,
 }
 
 /// The leader's latest report from each node, with when it arrived.

@@ -137,7 +137,7 @@ pub struct Node<D: Disk> {
     /// one as soon as anything in it changes.
     last_report: Option<AgentReport>,
     /// What this node's data plane verified in sync, reported to the leader.
-    in_sync_claims: BTreeMap<tandem_core::ShardName, (u64, std::collections::BTreeSet<UnitName>)>,
+    in_sync_claims: BTreeMap<tandem_core::ShardName, tandem_core::InSyncClaim>,
 }
 
 impl<D: Disk> std::fmt::Debug for Node<D> {
@@ -221,7 +221,7 @@ impl<D: Disk> Node<D> {
     /// next drive.
     pub fn set_in_sync_claims(
         &mut self,
-        claims: BTreeMap<tandem_core::ShardName, (u64, std::collections::BTreeSet<UnitName>)>,
+        claims: BTreeMap<tandem_core::ShardName, tandem_core::InSyncClaim>,
     ) {
         if claims != self.in_sync_claims {
             self.in_sync_claims = claims;

@@ -132,10 +132,11 @@ pub fn encode_report(report: &AgentReport) -> wire::AgentReport {
         in_sync: report
             .in_sync
             .iter()
-            .map(|(shard, (epoch, units))| wire::InSyncClaim {
+            .map(|(shard, claim)| wire::InSyncClaim {
                 shard: shard.0.clone(),
-                epoch: *epoch,
-                units: units.iter().map(|unit| unit.0.clone()).collect(),
+                epoch: claim.epoch,
+                version: claim.version,
+                units: claim.units.iter().map(|unit| unit.0.clone()).collect(),
             })
             .collect(),
     }
@@ -188,7 +189,11 @@ pub fn decode_report(report: wire::AgentReport) -> Result<AgentReport, WireError
         .map(|claim| {
             (
                 ShardName(claim.shard),
-                (claim.epoch, claim.units.into_iter().map(UnitName).collect()),
+                tandem_core::InSyncClaim {
+                    epoch: claim.epoch,
+                    version: claim.version,
+                    units: claim.units.into_iter().map(UnitName).collect(),
+                },
             )
         })
         .collect();
@@ -209,7 +214,15 @@ mod tests {
         let mut report = AgentReport {
             applied_index: 12,
             units: BTreeMap::new(),
-            in_sync: [(ShardName::from("s0"), (4, ["b".into()].into()))].into(),
+            in_sync: [(
+                ShardName::from("s0"),
+                tandem_core::InSyncClaim {
+                    epoch: 4,
+                    version: 9,
+                    units: ["b".into()].into(),
+                },
+            )]
+            .into(),
         };
         report.units.insert(
             "a".into(),

@@ -36,6 +36,8 @@ struct SimFile {
 #[derive(Debug, Clone, Default)]
 pub struct ReplicaStore {
     files: BTreeMap<ReplicaId, SimFile>,
+    /// The version of the last op (or reset) written to each file: what a sync makes durable.
+    written: BTreeMap<ReplicaId, u64>,
 }
 
 impl ReplicaStore {
@@ -43,8 +45,18 @@ impl ReplicaStore {
     pub fn apply(&mut self, id: &ReplicaId, action: &PersistAction) {
         let Some(record) = replica_file::record(action) else {
             self.files.remove(id);
+            self.written.remove(id);
             return;
         };
+        match action {
+            PersistAction::Op(op) => {
+                self.written.insert(id.clone(), op.seq);
+            }
+            PersistAction::Reset(snapshot) => {
+                self.written.insert(id.clone(), snapshot.version);
+            }
+            _ => {}
+        }
         let file = self.files.entry(id.clone()).or_insert_with(|| SimFile {
             bytes: replica_file::header(&id.shard, &id.unit),
             synced: 0,
@@ -59,11 +71,15 @@ impl ReplicaStore {
             .any(|file| file.synced < file.bytes.len())
     }
 
-    /// Makes everything written durable.
-    pub fn sync(&mut self) {
+    /// Makes everything written durable; returns each replica's version now on disk.
+    pub fn sync(&mut self) -> Vec<(ReplicaId, u64)> {
         for file in self.files.values_mut() {
             file.synced = file.bytes.len();
         }
+        self.written
+            .iter()
+            .map(|(id, version)| (id.clone(), *version))
+            .collect()
     }
 
     /// Replaces a file by a compacted one when it grew well past its replica, as the daemon
@@ -72,6 +88,10 @@ impl ReplicaStore {
         let Some(file) = self.files.get_mut(id) else {
             return false;
         };
+        if self.written.get(id) != Some(&replica.version()) {
+            // Ops of the replica are still on their way to the file.
+            return false;
+        }
         let live = replica.section_bytes() + replica.pending_bytes();
         if (file.bytes.len() as u64) < 4 * live + 16 * 1024 {
             return false;
@@ -120,10 +140,12 @@ impl ReplicaStore {
                         file.bytes.truncate(recovered.valid_len);
                         file.synced = file.bytes.len();
                     }
+                    self.written.insert(id.clone(), recovered.replica.version());
                     replicas.push((id, recovered));
                 }
                 Err(_) => {
                     self.files.remove(&id);
+                    self.written.remove(&id);
                     cut += 1;
                 }
             }
@@ -137,6 +159,8 @@ impl ReplicaStore {
 pub enum PendingData {
     /// A commit of the write workload.
     Writes {
+        /// The checker's issue number.
+        issue: u64,
         /// The shard.
         shard: ShardName,
         /// The epoch it was made at.
@@ -217,11 +241,25 @@ fn violation(kind: FailureKind, detail: String) -> Violation {
     Violation { kind, detail }
 }
 
+/// What the checker knows of one key.
+#[derive(Debug, Clone, Default)]
+struct KeyState {
+    /// Issue number of the newest write issued.
+    last_issued: u64,
+    /// The newest acknowledged sync write: (value, seq, epoch, issue number).
+    acked: Option<(Option<Vec<u8>>, u64, u64, u64)>,
+}
+
 /// The checker of the data invariants.
 #[derive(Debug, Default)]
 pub struct DataChecker {
-    /// Newest acknowledged sync write per shard and key: (value, seq, epoch).
-    acked: BTreeMap<ShardName, BTreeMap<Vec<u8>, (Option<Vec<u8>>, u64, u64)>>,
+    /// Per shard and key: the newest acknowledged sync write, as (value, seq, epoch, issue
+    /// number), and the issue number of the newest write issued. A write issued after the
+    /// acknowledged one may or may not have been applied, so the key is checked only when
+    /// the acknowledged write is also the last one issued.
+    acked: BTreeMap<ShardName, BTreeMap<Vec<u8>, KeyState>>,
+    /// Writes issued so far.
+    issued: u64,
     /// Newest epoch at which the cluster reported a possible loss, per shard, and when.
     losses: BTreeMap<ShardName, (u64, u64)>,
     /// Messages accepted (delivered to an ACTIVE): shard → id → when first delivered.
@@ -239,15 +277,34 @@ impl DataChecker {
         }
     }
 
-    /// A sync commit of `writes` at `epoch` was acknowledged at `seq`.
-    pub fn on_acked(&mut self, shard: &ShardName, epoch: u64, seq: u64, writes: &[Write]) {
+    /// A unit issues a commit of `writes`; returns its issue number.
+    pub fn on_issued(&mut self, shard: &ShardName, writes: &[Write]) -> u64 {
+        self.issued += 1;
         let keys = self.acked.entry(shard.clone()).or_default();
         for write in writes {
-            let newer = keys
-                .get(&write.key)
-                .is_none_or(|(_, old_seq, old_epoch)| (epoch, seq) > (*old_epoch, *old_seq));
+            keys.entry(write.key.clone()).or_default().last_issued = self.issued;
+        }
+        self.issued
+    }
+
+    /// The sync commit `issue` of `writes` at `epoch` was acknowledged at `seq`.
+    pub fn on_acked(
+        &mut self,
+        shard: &ShardName,
+        epoch: u64,
+        seq: u64,
+        writes: &[Write],
+        issue: u64,
+    ) {
+        let keys = self.acked.entry(shard.clone()).or_default();
+        for write in writes {
+            let state = keys.entry(write.key.clone()).or_default();
+            let newer = state
+                .acked
+                .as_ref()
+                .is_none_or(|(_, old_seq, old_epoch, _)| (epoch, seq) > (*old_epoch, *old_seq));
             if newer {
-                keys.insert(write.key.clone(), (write.value.clone(), seq, epoch));
+                state.acked = Some((write.value.clone(), seq, epoch, issue));
             }
         }
     }
@@ -257,7 +314,9 @@ impl DataChecker {
     pub fn on_uncertain(&mut self, shard: &ShardName, writes: &[Write]) {
         if let Some(keys) = self.acked.get_mut(shard) {
             for write in writes {
-                keys.remove(&write.key);
+                if let Some(state) = keys.get_mut(&write.key) {
+                    state.acked = None;
+                }
             }
         }
     }
@@ -274,8 +333,11 @@ impl DataChecker {
         let Some(keys) = self.acked.get(shard) else {
             return Ok(());
         };
-        for (key, (value, seq, write_epoch)) in keys {
-            if *write_epoch < loss_epoch || *write_epoch >= epoch {
+        for (key, state) in keys {
+            let Some((value, seq, write_epoch, issue)) = &state.acked else {
+                continue;
+            };
+            if *write_epoch < loss_epoch || *write_epoch >= epoch || *issue != state.last_issued {
                 continue;
             }
             self.checks += 1;

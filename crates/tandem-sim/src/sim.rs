@@ -800,12 +800,7 @@ impl Sim {
         // A sync left for later happens now (by the next input or tick, like an fsync that
         // took a while).
         if sim_node.store.has_unsynced() {
-            sim_node.store.sync();
-            let versions: Vec<(ReplicaId, u64)> = plane
-                .replicas()
-                .map(|(replica, data)| (replica.clone(), data.version()))
-                .collect();
-            for (replica, version) in versions {
+            for (replica, version) in sim_node.store.sync() {
                 plane.persisted(&replica, version);
             }
         }
@@ -852,6 +847,11 @@ impl Sim {
             }
             for (unit, generation, delivery) in output.deliveries {
                 if let Some(pid) = self.find_process(node, &unit, generation) {
+                    if let Delivery::Message { shard, seq, .. } = &delivery {
+                        self.trace(|| {
+                            format!("node {node} delivers seq {seq} of {shard} to pid {pid}")
+                        });
+                    }
                     let delay = self.unit_rng.between(20, 200);
                     let now = self.now;
                     let process = self.processes.get_mut(&pid).expect("found");
@@ -874,12 +874,8 @@ impl Sim {
             // the next step, so a crash can find an unsynced tail.
             if !self.disk_rng.chance(REPLICA_SYNC_DELAY_PPM) {
                 let sim_node = &mut self.nodes[node];
-                sim_node.store.sync();
+                let versions = sim_node.store.sync();
                 let plane = sim_node.data.as_mut().expect("checked");
-                let versions: Vec<(ReplicaId, u64)> = plane
-                    .replicas()
-                    .map(|(replica, data)| (replica.clone(), data.version()))
-                    .collect();
                 for (replica, version) in versions {
                     plane.persisted(&replica, version);
                     if let Some(data) = plane.replica(&replica) {
@@ -1268,8 +1264,16 @@ impl Sim {
         let life = self.nodes[node].life;
         match action {
             AgentAction::Start {
-                unit, generation, ..
+                unit,
+                generation,
+                reinitialise,
+                ..
             } => {
+                if reinitialise {
+                    if let Some(plane) = self.nodes[node].data.as_mut() {
+                        plane.reinitialise(&unit);
+                    }
+                }
                 if self.unit_rng.chance(10_000) {
                     let input = Inbound::Unit(UnitEvent::StartFailed {
                         unit,
@@ -1386,7 +1390,11 @@ impl Sim {
                             .belief
                             .on_lease(Some(Time::from_micros(u64::MAX / 2)));
                     } else if !process.hung {
-                        process.belief.on_lease(valid_until);
+                        let local_now = self.nodes[node].local_now(self.now);
+                        let resumed = process.belief.renew_lease(valid_until, local_now);
+                        for (shard, epoch) in resumed {
+                            self.start_delivery_round(pid, &shard, epoch);
+                        }
                     }
                 }
             }
@@ -1445,6 +1453,12 @@ impl Sim {
             UnitCommand::Assign { shard, role, .. } if *role != Role::Active => {
                 process.data.queue.remove(shard);
             }
+            UnitCommand::Assign { shard, .. } => {
+                // Until the hook is done and the unit asked for the stream, what arrives is
+                // from an older round.
+                process.data.queue.remove(shard);
+                process.data.awaiting.insert(shard.clone());
+            }
             UnitCommand::Quiesce { shard, .. } | UnitCommand::Remove { shard } => {
                 process.data.queue.remove(shard);
             }
@@ -1493,23 +1507,7 @@ impl Sim {
                 epoch,
             } = &command
             {
-                // The unit now takes the stream, from the first message not consumed; what was
-                // queued before comes again.
-                let process = self.processes.get_mut(&pid).expect("exists");
-                process.data.queue.remove(shard);
-                let applied = process.data.last_applied.get(shard).copied().unwrap_or(0);
-                process.data.last_delivered.insert(shard.clone(), applied);
-                process.data.awaiting.insert(shard.clone());
-                self.unit_data_request(
-                    pid,
-                    DataRequest::Deliver {
-                        shard: shard.clone(),
-                        epoch: *epoch,
-                    },
-                    PendingData::Deliver {
-                        shard: shard.clone(),
-                    },
-                );
+                self.start_delivery_round(pid, shard, *epoch);
             }
         }
         let Some(process) = self.processes.get_mut(&pid) else {
@@ -1629,6 +1627,7 @@ impl Sim {
         match (pending, reply) {
             (
                 PendingData::Writes {
+                    issue,
                     shard,
                     epoch,
                     writes,
@@ -1638,7 +1637,8 @@ impl Sim {
             ) => {
                 if sync {
                     self.report.sync_commits_acked += 1;
-                    self.data_checker.on_acked(&shard, epoch, version, &writes);
+                    self.data_checker
+                        .on_acked(&shard, epoch, version, &writes, issue);
                 }
             }
             (PendingData::Apply { shard, id, seq }, DataReply::Committed { .. }) => {
@@ -1669,6 +1669,28 @@ impl Sim {
         Ok(())
     }
 
+    /// The unit (again) takes the stream of `shard`, from the first message not consumed:
+    /// what was queued or dropped before comes again.
+    fn start_delivery_round(&mut self, pid: u32, shard: &ShardName, epoch: u64) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        process.data.queue.remove(shard);
+        let applied = process.data.last_applied.get(shard).copied().unwrap_or(0);
+        process.data.last_delivered.insert(shard.clone(), applied);
+        process.data.awaiting.insert(shard.clone());
+        self.unit_data_request(
+            pid,
+            DataRequest::Deliver {
+                shard: shard.clone(),
+                epoch,
+            },
+            PendingData::Deliver {
+                shard: shard.clone(),
+            },
+        );
+    }
+
     fn on_unit_delivery(&mut self, pid: u32, delivery: Delivery) -> Result<(), Violation> {
         let Some(process) = self.processes.get_mut(&pid) else {
             return Ok(());
@@ -1689,6 +1711,10 @@ impl Sim {
         // dropped (the SDK does the same); they come again in the next round.
         let local_now = self.nodes[process.node].local_now(self.now);
         if process.data.awaiting.contains(&shard) || !process.belief.is_acting(&shard, local_now) {
+            let awaiting = process.data.awaiting.contains(&shard);
+            self.trace(|| {
+                format!("pid {pid} drops delivery of seq {seq} on {shard} (awaiting {awaiting})")
+            });
             return Ok(());
         }
         let Some(id) = message_id(&message.payload) else {
@@ -1843,6 +1869,7 @@ impl Sim {
         };
         self.report.commits += 1;
         let writes = vec![write];
+        let issue = self.data_checker.on_issued(&shard, &writes);
         self.unit_data_request(
             pid,
             DataRequest::Commit {
@@ -1853,6 +1880,7 @@ impl Sim {
                 sync,
             },
             PendingData::Writes {
+                issue,
                 shard,
                 epoch,
                 writes,

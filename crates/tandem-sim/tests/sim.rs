@@ -135,6 +135,31 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
     (2607, "one ACTIVE: found with seed 213's and 488's bugs"),
     (2808, "one ACTIVE: found with seed 213's and 488's bugs"),
     (2889, "one ACTIVE: found with seed 213's and 488's bugs"),
+    (
+        147,
+        "stream: the ACTIVE's lease lapsed and came back without a role change; the unit never \
+         asked for the stream again, so pending messages were never delivered (fixed: a unit \
+         whose lease is valid again starts a new delivery round)",
+    ),
+    (171, "stream: the same as seed 147"),
+    (
+        35,
+        "data: a STANDBY was claimed in sync while it lacked a message delivered before it \
+         joined the wait set (fixed: a claim needs the STANDBY to have acknowledged everything \
+         the primary exposed)",
+    ),
+    (
+        140,
+        "data: a duplicated Start of the current session emptied a replica that had already \
+         verified; it was then promoted empty (fixed: a Start of the current session is \
+         ignored)",
+    ),
+    (
+        104,
+        "stream: the primary continued an old delivery round after its lease came back, and a \
+         re-assigned ACTIVE consumed a later message while earlier ones had been dropped \
+         (fixed: a lapsed lease ends the round; deliveries during an ACTIVE hook are dropped)",
+    ),
 ];
 
 #[test]

@@ -87,6 +87,8 @@ impl Default for DataConfig {
 pub struct ShardView {
     /// The shard's epoch.
     pub epoch: u64,
+    /// The shard's version (of its roles).
+    pub version: u64,
     /// The primary: the unit holding ACTIVE or QUIESCING, or the QUIESCED old ACTIVE of a
     /// handover; and its node.
     pub primary: Option<(UnitName, NodeId)>,
@@ -109,9 +111,6 @@ pub struct ShardView {
 pub struct DataView {
     /// Every shard of a single-ACTIVE service.
     pub shards: BTreeMap<ShardName, ShardView>,
-    /// Local units whose current instance must rebuild its replicas (restart escalation L2),
-    /// with that instance's generation.
-    pub reinitialise: BTreeMap<UnitName, u64>,
 }
 
 impl DataView {
@@ -155,6 +154,7 @@ impl DataView {
                 shard.name.clone(),
                 ShardView {
                     epoch: shard.epoch,
+                    version: shard.version,
                     primary,
                     active: role == Some(Role::Active),
                     acting: role.is_some_and(Role::is_acting),
@@ -165,16 +165,7 @@ impl DataView {
                 },
             );
         }
-        let reinitialise = state
-            .units
-            .values()
-            .filter(|unit| unit.node == node && unit.reinitialise)
-            .map(|unit| (unit.name.clone(), unit.generation))
-            .collect();
-        Self {
-            shards,
-            reinitialise,
-        }
+        Self { shards }
     }
 }
 
@@ -370,9 +361,21 @@ struct Session {
     next_op: u64,
     transfer: Option<Transfer>,
     verify_sent: bool,
+    /// The STANDBY's digest matched in this session (it stays in step since: items apply in
+    /// order or the session ends).
     verified: bool,
+    /// The STANDBY held commits back longer than the sync timeout: it is left out of the claim
+    /// (and, once the cluster took it out of sync, of the wait set) until it catches up.
+    lagging: bool,
     /// Last time the STANDBY made progress (or items were re-sent).
     last_progress: Time,
+}
+
+impl Session {
+    /// Whether the primary counts this STANDBY as in sync.
+    fn in_step(&self) -> bool {
+        self.verified && !self.lagging
+    }
 }
 
 /// A primary replica's state.
@@ -391,6 +394,10 @@ struct Primary {
     delivered: Option<(u64, u64)>,
     /// Since when a member of the wait set holds back the oldest waiter.
     held_back_since: Option<Time>,
+    /// The highest version whose effect left this primary: a sync commit (or flush)
+    /// answered, or a stream message delivered. A STANDBY is claimed in sync only once it
+    /// has acknowledged this far, so that a promotion the cluster deems lossless is.
+    exposed: u64,
 }
 
 /// A secondary replica's state.
@@ -456,8 +463,6 @@ pub struct DataPlane {
     /// Stream messages waiting for a primary, by shard.
     held: BTreeMap<ShardName, VecDeque<(StreamMessage, u32)>>,
     next_session: u64,
-    /// The instance of each unit whose replicas were last rebuilt for restart escalation L2.
-    wiped: BTreeMap<UnitName, u64>,
     /// Each shard's epoch in the first view after the node started (what it may have known
     /// before a restart).
     epochs_at_start: Option<BTreeMap<ShardName, u64>>,
@@ -479,14 +484,14 @@ fn safe_version(primary: &Primary, view: &ShardView, version: u64, durable: u64)
     let waits = primary
         .sessions
         .iter()
-        .any(|(unit, session)| session.verified || view.in_sync.contains(unit))
+        .any(|(unit, session)| session.in_step() || view.in_sync.contains(unit))
         || !view.in_sync.is_empty();
     if !waits {
         return version.min(durable);
     }
     let mut safe = version;
     for (unit, session) in &primary.sessions {
-        if session.verified || view.in_sync.contains(unit) {
+        if session.in_step() || view.in_sync.contains(unit) {
             safe = safe.min(session.acked_version);
         }
     }
@@ -544,6 +549,7 @@ fn open_session(
         transfer,
         verify_sent: false,
         verified: false,
+        lagging: false,
         last_progress: now,
     }
 }
@@ -606,7 +612,6 @@ impl DataPlane {
             units: BTreeMap::new(),
             held: BTreeMap::new(),
             next_session: incarnation << 24,
-            wiped: BTreeMap::new(),
             next_forward: incarnation << 32,
             epochs_at_start: None,
             forwards_seen: BTreeMap::new(),
@@ -710,9 +715,9 @@ impl DataPlane {
         }
     }
 
-    /// What each primary here asks the cluster to record as in sync: shard → (epoch, the
-    /// STANDBYs verified in their current session).
-    pub fn claims(&self) -> BTreeMap<ShardName, (u64, BTreeSet<UnitName>)> {
+    /// What each primary here asks the cluster to record as in sync: the STANDBYs verified in
+    /// their current session, at the epoch and shard version of the view.
+    pub fn claims(&self) -> BTreeMap<ShardName, crate::report::InSyncClaim> {
         let mut claims = BTreeMap::new();
         for (id, slot) in &self.slots {
             let SlotRole::Primary(primary) = &slot.role else {
@@ -727,10 +732,19 @@ impl DataPlane {
             let verified = primary
                 .sessions
                 .iter()
-                .filter(|(_, session)| session.verified)
+                .filter(|(_, session)| {
+                    session.in_step() && session.acked_version >= primary.exposed
+                })
                 .map(|(unit, _)| unit.clone())
                 .collect();
-            claims.insert(id.shard.clone(), (primary.epoch, verified));
+            claims.insert(
+                id.shard.clone(),
+                crate::report::InSyncClaim {
+                    epoch: primary.epoch,
+                    version: view.version,
+                    units: verified,
+                },
+            );
         }
         claims
     }
@@ -749,7 +763,7 @@ impl DataPlane {
                     epoch: primary.epoch,
                     primary_version: slot.replica.version(),
                     standby_version: session.acked_version,
-                    verified: session.verified,
+                    verified: session.in_step(),
                     transfer: session.transfer.as_ref().map(|transfer| TransferStatus {
                         elapsed_us: now.saturating_since(transfer.started).as_micros() as u64,
                         ..transfer.status.clone()
@@ -816,6 +830,29 @@ impl DataPlane {
         }
     }
 
+    /// An instance of `unit` starts that must rebuild its replicas (restart escalation L2):
+    /// they are emptied, and refilled by a full transfer from the ACTIVE (or, with no ACTIVE to
+    /// copy from, start empty).
+    pub fn reinitialise(&mut self, unit: &UnitName) {
+        for (id, slot) in &mut self.slots {
+            if id.unit != *unit {
+                continue;
+            }
+            if let SlotRole::Primary(primary) = &mut slot.role {
+                primary.sessions.clear();
+            }
+            let empty = ShardReplica::new();
+            slot.replica = empty.clone();
+            slot.oplog.clear();
+            slot.complete = false;
+            slot.durable = 0;
+            self.out
+                .persist
+                .push((id.clone(), PersistAction::Reset(empty.snapshot())));
+            self.dirty.insert(id.clone());
+        }
+    }
+
     /// The committed facts changed (or the node caught up).
     pub fn set_view(&mut self, now: Time, view: DataView) {
         if self.epochs_at_start.is_none() {
@@ -861,33 +898,6 @@ impl DataPlane {
                 .or_insert_with(|| Slot::new(ShardReplica::new(), true));
             self.update_role(now, &id);
             self.dirty.insert(id);
-        }
-        let wipes: Vec<(UnitName, u64)> = self
-            .view
-            .reinitialise
-            .iter()
-            .filter(|(unit, generation)| self.wiped.get(*unit) != Some(generation))
-            .map(|(unit, generation)| (unit.clone(), *generation))
-            .collect();
-        for (unit, generation) in wipes {
-            self.wiped.insert(unit.clone(), generation);
-            for (id, slot) in &mut self.slots {
-                if id.unit != unit {
-                    continue;
-                }
-                if let SlotRole::Primary(primary) = &mut slot.role {
-                    primary.sessions.clear();
-                }
-                // Rebuilt from the ACTIVE by a full transfer (or, with no ACTIVE, empty).
-                let empty = ShardReplica::new();
-                slot.replica = empty.clone();
-                slot.oplog.clear();
-                slot.complete = false;
-                slot.durable = 0;
-                self.out
-                    .persist
-                    .push((id.clone(), PersistAction::Reset(empty.snapshot())));
-            }
         }
         self.release_held(now);
     }
@@ -935,6 +945,7 @@ impl DataPlane {
                         lag_waiters: VecDeque::new(),
                         delivered: None,
                         held_back_since: None,
+                        exposed: 0,
                     });
                     self.fail_waiters(
                         id,
@@ -1082,7 +1093,7 @@ impl DataPlane {
                     SlotRole::Primary(primary) => primary
                         .sessions
                         .values()
-                        .filter(|session| session.verified)
+                        .filter(|session| session.in_step())
                         .count() as u64,
                     SlotRole::Secondary(secondary) => u64::from(secondary.verified),
                     SlotRole::Idle => 0,
@@ -1718,6 +1729,7 @@ impl DataPlane {
             Some(false) => session.verified = false,
             _ => {}
         }
+
         self.dirty.insert(id);
     }
 
@@ -1742,6 +1754,16 @@ impl DataPlane {
             return;
         };
         if secondary.epoch != epoch || secondary.node != from {
+            return;
+        }
+        if secondary
+            .session
+            .is_some_and(|(current, _)| session <= current)
+        {
+            // A Start overtaken by a newer one, or a copy of the current session's (the
+            // network duplicates): session ids grow within a primary's run, and a primary that
+            // restarted serves no sessions at that epoch. Taking a copy again would empty a
+            // replica the session may already have verified.
             return;
         }
         match start {
@@ -1811,6 +1833,13 @@ impl DataPlane {
         let Some((current, mut next_n)) = secondary.session else {
             return;
         };
+        if session > current {
+            // The Start of a newer session went missing: ask again.
+            secondary.session = None;
+            secondary.follow_sent = None;
+            self.dirty.insert(id);
+            return;
+        }
         if current != session {
             return;
         }
@@ -1937,7 +1966,7 @@ impl DataPlane {
                 session,
                 received: next_n - 1,
                 version: slot.replica.version(),
-                verified,
+                verified: verified.or(secondary.verified.then_some(true)),
             },
         ));
         if failed || verified == Some(false) {
@@ -2059,6 +2088,11 @@ impl DataPlane {
                     );
                 }
                 let version = slot.replica.version();
+                for session in primary.sessions.values_mut() {
+                    if session.lagging && session.acked_version >= version {
+                        session.lagging = false;
+                    }
+                }
                 let safe = safe_version(primary, &view, version, slot.durable);
                 // Waiters the wait set has caught up with.
                 while primary
@@ -2067,6 +2101,7 @@ impl DataPlane {
                     .is_some_and(|waiter| waiter.seq <= safe)
                 {
                     let waiter = primary.waiters.pop_front().expect("front exists");
+                    primary.exposed = primary.exposed.max(waiter.seq);
                     let answer = if waiter.flush {
                         DataReply::Done {
                             version: waiter.seq,
@@ -2102,9 +2137,8 @@ impl DataPlane {
                     let since = *primary.held_back_since.get_or_insert(now);
                     if now.saturating_since(since) >= config.sync_timeout {
                         for (standby, session) in &mut primary.sessions {
-                            if session.verified && session.acked_version < version {
-                                session.verified = false;
-                                session.verify_sent = false;
+                            if session.in_step() && session.acked_version < version {
+                                session.lagging = true;
                                 self.out.events.push(DataEvent::Lagging {
                                     standby: ReplicaId {
                                         shard: id.shard.clone(),
@@ -2125,8 +2159,10 @@ impl DataPlane {
                     return;
                 };
                 if !leased {
-                    // The unit fences itself when the lease runs out; it asks for the stream
-                    // again once it holds ACTIVE again.
+                    // The unit fences itself when the lease runs out and drops what reaches it
+                    // meanwhile; the round ends here, and the unit asks for the stream again
+                    // (`Deliver`) once its lease is valid again. Going on with the old round
+                    // instead could hand it a later message while earlier ones were dropped.
                     primary.delivered = None;
                     return;
                 }
@@ -2165,6 +2201,7 @@ impl DataPlane {
                     last = seq;
                 }
                 primary.delivered = Some((generation, last));
+                primary.exposed = primary.exposed.max(last);
             }
         }
     }

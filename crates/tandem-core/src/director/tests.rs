@@ -118,9 +118,14 @@ impl Harness {
                         .filter(|unit| !self.unsynced.contains(*unit))
                         .cloned()
                         .collect();
-                    report
-                        .in_sync
-                        .insert(shard.name.clone(), (shard.epoch, verified));
+                    report.in_sync.insert(
+                        shard.name.clone(),
+                        crate::report::InSyncClaim {
+                            epoch: shard.epoch,
+                            version: shard.version,
+                            units: verified,
+                        },
+                    );
                 }
             }
             observations.record(self.now, node.id, report);

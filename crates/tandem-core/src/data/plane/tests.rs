@@ -89,7 +89,6 @@ impl Net {
                 now,
                 DataView {
                     shards: BTreeMap::from([(shard(), view)]),
-                    reinitialise: BTreeMap::new(),
                 },
             );
         }
@@ -209,9 +208,9 @@ impl Net {
     /// The primary's claim, committed as the director would.
     fn commit_claim(&mut self, primary: u64) {
         let claims = self.planes[&primary].claims();
-        let (epoch, units) = claims.get(&shard()).cloned().unwrap_or_default();
-        assert_eq!(epoch, self.view.epoch);
-        self.view.in_sync = units;
+        let claim = claims.get(&shard()).cloned().unwrap_or_default();
+        assert_eq!(claim.epoch, self.view.epoch);
+        self.view.in_sync = claim.units;
         self.push_view();
     }
 
@@ -493,7 +492,7 @@ fn an_in_sync_standby_keeps_its_replica_until_taken_out_of_sync() {
         "emptied while in sync"
     );
     // The primary's claim no longer has it; once committed, the transfer goes ahead.
-    assert!(net.planes[&1].claims()[&shard()].1.is_empty());
+    assert!(net.planes[&1].claims()[&shard()].units.is_empty());
     net.commit_claim(1);
     net.tick(200);
     net.run();
@@ -603,7 +602,7 @@ fn a_lagging_standby_stops_holding_back_commits_after_the_sync_timeout() {
         .iter()
         .any(|event| matches!(event, DataEvent::Lagging { .. })));
     // Its claim is withdrawn; once the cluster commits that, the commit goes on.
-    assert!(net.planes[&1].claims()[&shard()].1.is_empty());
+    assert!(net.planes[&1].claims()[&shard()].units.is_empty());
     assert_eq!(
         net.reply(request),
         None,
