@@ -384,6 +384,21 @@ impl TestCluster {
         )
     }
 
+    /// Waits until `shard` has a confirmed ACTIVE and a confirmed STANDBY that the cluster
+    /// committed as in sync (a switchover may go to it); returns them.
+    pub fn wait_in_sync(&self, shard: &str) -> (String, String) {
+        wait_for(
+            &format!("{shard} to have a confirmed ACTIVE and an in-sync STANDBY"),
+            DEADLINE,
+            || {
+                let status = self.leader_status()?;
+                let pair = settled_pair(&status, shard)?;
+                let record = status.shards.iter().find(|s| s.name == shard)?;
+                record.in_sync.contains(&pair.1).then_some(pair)
+            },
+        )
+    }
+
     /// Runs an operation through node `index` (forwarded to the leader).
     pub fn operation(
         &self,

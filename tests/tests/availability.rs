@@ -158,7 +158,7 @@ fn a_paused_daemon_finds_itself_demoted_and_two_units_never_act_at_once() {
 #[test]
 fn switchover_both_ways_and_the_cli_says_what_happened() {
     let cluster = TestCluster::start_with(3, &pair_service(false));
-    let (first, second) = cluster.wait_settled(SHARD);
+    let (first, second) = cluster.wait_in_sync(SHARD);
     let done = switchover(&cluster, 2).expect("switchover");
     assert!(
         done.message.contains(&format!("now ACTIVE on {second}")),
@@ -169,6 +169,9 @@ fn switchover_both_ways_and_the_cli_says_what_happened() {
         (active.as_str(), standby.as_str()),
         (second.as_str(), first.as_str())
     );
+    // Only an in-sync STANDBY may take over by switchover: wait until the old ACTIVE, now
+    // STANDBY, is verified at the new epoch.
+    cluster.wait_in_sync(SHARD);
 
     // Back again, through tandemctl.
     let output = std::process::Command::new(tandem_e2e::binary("tandemctl"))

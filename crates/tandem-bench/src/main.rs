@@ -123,7 +123,7 @@ fn switchover(trials: usize) -> anyhow::Result<Vec<f64>> {
     let cluster = TestCluster::start_with(3, &pair_service(false));
     let mut samples = Vec::with_capacity(trials);
     for trial in 0..trials {
-        let (_, standby) = cluster.wait_settled(SHARD);
+        let (_, standby) = cluster.wait_in_sync(SHARD);
         let leader = cluster.leader_status().context("no leader")?;
         let via = cluster
             .index_of(&leader.leader)
@@ -204,7 +204,7 @@ fn daemon_kill(trials: usize, leader: bool, timers: &str) -> anyhow::Result<Vec<
                 if leader { "leader" } else { "follower" }
             );
         }
-        let (active, standby) = cluster.wait_settled(SHARD);
+        let (active, standby) = cluster.wait_in_sync(SHARD);
         let status = cluster.leader_status().context("no leader")?;
         let host = &unit(&status, &active).context("active unit")?.node;
         let host_index = cluster.index_of(host).context("host not in config")?;

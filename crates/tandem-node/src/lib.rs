@@ -8,7 +8,7 @@
 //! clock; the simulation drives the very same code with simulated ones.
 
 pub mod admin;
-pub mod data_wire;
+pub use tandem_proto::data_wire;
 pub mod node;
 pub mod observe;
 pub mod replica_file;

@@ -4,7 +4,9 @@
 //! `protoc`). Everything that crosses a socket or lands on disk is framed by [`frame`]:
 //! a length, a crc32 of the payload, then the payload, with a hard size limit.
 
+pub mod data_wire;
 pub mod frame;
+pub mod sdk_wire;
 
 /// Daemon-to-daemon messages (`proto/peer.proto`).
 pub mod peer {

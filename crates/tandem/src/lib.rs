@@ -57,6 +57,8 @@
 
 #![deny(missing_docs)]
 
+pub mod data;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -73,14 +75,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+pub use data::{Change, Checkpoint, DataError, Message, Position, Transaction};
 pub use tandem_core::{Role, Severity, ShardName};
 
 /// The SDK protocol version (checked by `tandemd` at registration).
 const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame accepted from `tandemd`.
-const FRAME_LEN_MAX: usize = 4 * 1024 * 1024;
-/// Reports (faults, load) queued for sending before new ones are dropped.
-const REPORT_QUEUE_LEN_MAX: usize = 256;
+const FRAME_LEN_MAX: usize = 16 * 1024 * 1024;
+/// Messages (answers, reports, data calls) queued for sending; a full queue makes callers
+/// wait (reports are dropped instead).
+const OUTBOX_LEN_MAX: usize = 4096;
 
 /// Why the unit could not run, or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +211,21 @@ pub trait Unit: Send + 'static {
         async { Ok(()) }
     }
 
+    /// A signaling message of `shard`'s stream (only while the unit acts ACTIVE for it; in
+    /// stream order, each once per delivery round). Apply it and consume it in one commit:
+    /// `ctx.checkpoint(shard).transaction().put(..).consume(message.seq).commit_sync()`. A
+    /// message not consumed comes again after a failover or switchover, to the next ACTIVE.
+    /// An error is logged and the message stays unconsumed.
+    fn message(
+        &mut self,
+        ctx: &Context,
+        shard: &ShardName,
+        message: Message,
+    ) -> impl Future<Output = Result<(), HookError>> + Send {
+        let _ = (ctx, shard, message);
+        async { Ok(()) }
+    }
+
     /// Reset the part that failed, in place (the first rung of restart escalation, after a
     /// [`Severity::Transient`] fault).
     fn reset(&mut self, ctx: &Context) -> impl Future<Output = Result<(), HookError>> + Send {
@@ -237,7 +256,10 @@ struct Beliefs {
 pub struct Context {
     identity: Arc<Identity>,
     beliefs: Arc<Mutex<Beliefs>>,
-    reports: mpsc::Sender<UnitToAgent>,
+    /// Everything the unit sends goes through the writer task.
+    outbox: mpsc::Sender<UnitToAgent>,
+    calls: Arc<Mutex<data::Calls>>,
+    subscribers: data::Subscribers,
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock `tandemd` expresses lease deadlines on, the
@@ -329,7 +351,7 @@ impl Context {
                 message: message.into(),
             })),
         };
-        if self.reports.try_send(report).is_err() {
+        if self.outbox.try_send(report).is_err() {
             tracing::warn!("fault report dropped: the connection to tandemd is gone or congested");
         }
     }
@@ -339,7 +361,7 @@ impl Context {
         let report = UnitToAgent {
             kind: Some(unit_to_agent::Kind::Load(sdk::ReportLoad { load })),
         };
-        let _ = self.reports.try_send(report);
+        let _ = self.outbox.try_send(report);
     }
 }
 
@@ -439,7 +461,7 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
             })
         }
     };
-    let (reports_tx, mut reports) = mpsc::channel(REPORT_QUEUE_LEN_MAX);
+    let (outbox, mut outbox_rx) = mpsc::channel::<UnitToAgent>(OUTBOX_LEN_MAX);
     let ctx = Context {
         identity: Arc::new(Identity {
             unit: welcome.unit,
@@ -449,38 +471,123 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
             reinitialise: welcome.reinitialise,
         }),
         beliefs: Arc::new(Mutex::new(Beliefs::default())),
-        reports: reports_tx,
+        outbox,
+        calls: Arc::new(Mutex::new(data::Calls::default())),
+        subscribers: Arc::new(Mutex::new(Default::default())),
     };
 
     let (mut read, mut write) = stream.into_split();
-    // The reader applies lease updates at once (even while a hook runs) and queues requests.
-    let (requests_tx, mut requests) = mpsc::unbounded_channel::<sdk::Request>();
+    // The writer sends what every part of the unit queued, in order.
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outbox_rx.recv().await {
+            if let Err(error) = write_message(&mut write, &message).await {
+                return Err(Error::Disconnected {
+                    reason: error.to_string(),
+                });
+            }
+        }
+        Ok(())
+    });
+    // The reader applies lease updates and answers at once (even while a hook runs) and
+    // queues, in arrival order, what the hook runner handles.
+    let (inbound_tx, mut inbound) = mpsc::unbounded_channel::<Inbound>();
     let reader_ctx = ctx.clone();
     let reader = tokio::spawn(async move {
         loop {
-            match read_message(&mut read, &decoder, &mut buffer).await {
-                Ok(Some(AgentToUnit {
-                    kind: Some(agent_to_unit::Kind::Lease(lease)),
-                })) => {
+            let message = match read_message(&mut read, &decoder, &mut buffer).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return Ok(()),
+                Err(error) => return Err(error),
+            };
+            let item = match message.kind {
+                Some(agent_to_unit::Kind::Lease(lease)) => {
                     let until = lease
                         .valid_until_monotonic_ns
                         .map(|ns| tandem_core::Time::from_micros(ns / 1000));
-                    reader_ctx.beliefs.lock().belief.on_lease(until);
+                    let resumed = reader_ctx
+                        .beliefs
+                        .lock()
+                        .belief
+                        .renew_lease(until, monotonic_now());
+                    if resumed.is_empty() {
+                        continue;
+                    }
+                    Inbound::Resume(resumed)
                 }
-                Ok(Some(AgentToUnit {
-                    kind: Some(agent_to_unit::Kind::Request(request)),
-                })) => {
-                    if requests_tx.send(request).is_err() {
-                        return Ok(());
+                Some(agent_to_unit::Kind::Request(request)) => Inbound::Request(request),
+                Some(agent_to_unit::Kind::Answer(answer)) => {
+                    let (id, reply) =
+                        tandem_proto::sdk_wire::decode_answer(answer).map_err(|error| {
+                            Error::Disconnected {
+                                reason: error.to_string(),
+                            }
+                        })?;
+                    match reader_ctx.calls.lock().take(id) {
+                        Some(data::Waiting::Reply(waiter)) => {
+                            let _ = waiter.send(reply);
+                            continue;
+                        }
+                        Some(data::Waiting::Round(shard)) => Inbound::RoundStarted {
+                            shard,
+                            ok: !matches!(reply, tandem_core::data::DataReply::Error { .. }),
+                        },
+                        None => continue,
                     }
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => return Ok(()),
-                Err(error) => return Err(error),
+                Some(agent_to_unit::Kind::Delivery(delivery)) => {
+                    match tandem_proto::sdk_wire::decode_delivery(delivery).map_err(|error| {
+                        Error::Disconnected {
+                            reason: error.to_string(),
+                        }
+                    })? {
+                        tandem_core::data::Delivery::Message {
+                            shard,
+                            epoch,
+                            seq,
+                            message,
+                        } => Inbound::Message {
+                            shard,
+                            message: Message {
+                                seq,
+                                epoch,
+                                payload: message.payload,
+                                origin: message.origin.origin,
+                                peer: message.origin.peer,
+                            },
+                        },
+                        tandem_core::data::Delivery::Changed {
+                            shard,
+                            version,
+                            writes,
+                            reset,
+                        } => {
+                            let change = Change {
+                                version,
+                                writes: writes
+                                    .into_iter()
+                                    .map(|write| (write.key, write.value))
+                                    .collect(),
+                                reset,
+                            };
+                            let mut subscribers = reader_ctx.subscribers.lock();
+                            if let Some(subscriber) = subscribers.get(&shard) {
+                                if subscriber.send(change).is_err() {
+                                    subscribers.remove(&shard);
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Some(_) | None => continue,
+            };
+            if inbound_tx.send(item).is_err() {
+                return Ok(());
             }
         }
     });
 
+    let mut streams = Streams::default();
     let result = loop {
         // Wake at the lease deadline to quiesce what the lease no longer covers.
         let deadline = {
@@ -497,17 +604,10 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
             None => Duration::from_secs(3600),
         };
         tokio::select! {
-            request = requests.recv() => {
-                let Some(request) = request else { break Ok(()) };
-                let reply = handle_request(&mut unit, &ctx, request).await;
-                if let Err(error) = write_message(&mut write, &reply).await {
-                    break Err(Error::Disconnected { reason: error.to_string() });
-                }
-            }
-            report = reports.recv() => {
-                let Some(report) = report else { break Ok(()) };
-                if let Err(error) = write_message(&mut write, &report).await {
-                    break Err(Error::Disconnected { reason: error.to_string() });
+            item = inbound.recv() => {
+                let Some(item) = item else { break Ok(()) };
+                if let Err(error) = handle_inbound(&mut unit, &ctx, &mut streams, item).await {
+                    break Err(error);
                 }
             }
             _ = tokio::time::sleep(sleep) => {
@@ -519,14 +619,24 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
                             shards: fenced.iter().map(|shard| shard.0.clone()).collect(),
                         })),
                     };
-                    if let Err(error) = write_message(&mut write, &message).await {
-                        break Err(Error::Disconnected { reason: error.to_string() });
+                    if ctx.outbox.send(message).await.is_err() {
+                        break Err(Error::Disconnected { reason: "the writer stopped".into() });
                     }
                 }
             }
         }
     };
-    reader.abort();
+    let result = match result {
+        Ok(()) => match reader.await {
+            Ok(Err(error)) => Err(error),
+            _ => Ok(()),
+        },
+        Err(error) => {
+            reader.abort();
+            Err(error)
+        }
+    };
+    writer.abort();
     // Whatever ends the connection, nothing may keep acting.
     ctx.beliefs.lock().belief.on_lease(None);
     let acting: Vec<ShardName> = {
@@ -545,6 +655,112 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
         }),
         Err(error) => Err(error),
     }
+}
+
+/// What the reader hands the hook runner, in arrival order.
+#[derive(Debug)]
+enum Inbound {
+    /// Run a hook.
+    Request(sdk::Request),
+    /// The lease is valid again: ask for these ACTIVE shards' streams again.
+    Resume(Vec<(ShardName, u64)>),
+    /// tandemd answered a delivery round's request.
+    RoundStarted { shard: ShardName, ok: bool },
+    /// A stream message.
+    Message { shard: ShardName, message: Message },
+}
+
+/// The hook runner's stream bookkeeping.
+#[derive(Debug, Default)]
+struct Streams {
+    /// Shards whose delivery round was asked for and not answered yet: what arrives for them
+    /// meanwhile belongs to an older round and is dropped.
+    awaiting: std::collections::BTreeSet<ShardName>,
+    /// The last message handed to the hook, per shard, in the current round.
+    last: BTreeMap<ShardName, u64>,
+}
+
+impl Streams {
+    /// Asks tandemd for `shard`'s stream from the first message not consumed (a new round).
+    async fn start_round(
+        &mut self,
+        ctx: &Context,
+        shard: ShardName,
+        epoch: u64,
+    ) -> Result<(), Error> {
+        self.awaiting.insert(shard.clone());
+        self.last.remove(&shard);
+        let id = ctx
+            .calls
+            .lock()
+            .register(data::Waiting::Round(shard.clone()));
+        let request = tandem_core::data::DataRequest::Deliver { shard, epoch };
+        let message = UnitToAgent {
+            kind: Some(unit_to_agent::Kind::Data(
+                tandem_proto::sdk_wire::encode_call(id, &request),
+            )),
+        };
+        ctx.outbox
+            .send(message)
+            .await
+            .map_err(|_| Error::Disconnected {
+                reason: "the writer stopped".into(),
+            })
+    }
+}
+
+/// Handles one inbound item in the hook runner.
+async fn handle_inbound<U: Unit>(
+    unit: &mut U,
+    ctx: &Context,
+    streams: &mut Streams,
+    item: Inbound,
+) -> Result<(), Error> {
+    match item {
+        Inbound::Request(request) => {
+            let (reply, activated) = handle_request(unit, ctx, request).await;
+            ctx.outbox
+                .send(reply)
+                .await
+                .map_err(|_| Error::Disconnected {
+                    reason: "the writer stopped".into(),
+                })?;
+            if let Some((shard, epoch)) = activated {
+                streams.start_round(ctx, shard, epoch).await?;
+            }
+        }
+        Inbound::Resume(shards) => {
+            for (shard, epoch) in shards {
+                if ctx.role(&shard) == Some((Role::Active, epoch)) {
+                    streams.start_round(ctx, shard, epoch).await?;
+                }
+            }
+        }
+        Inbound::RoundStarted { shard, ok } => {
+            streams.awaiting.remove(&shard);
+            if !ok {
+                tracing::debug!(%shard, "no stream for this shard (no checkpoint replica here)");
+            }
+        }
+        Inbound::Message { shard, message } => {
+            if streams.awaiting.contains(&shard) || !ctx.is_active(&shard) {
+                return Ok(());
+            }
+            if streams
+                .last
+                .get(&shard)
+                .is_some_and(|last| message.seq <= *last)
+            {
+                return Ok(());
+            }
+            streams.last.insert(shard.clone(), message.seq);
+            let seq = message.seq;
+            if let Err(error) = unit.message(ctx, &shard, message).await {
+                tracing::warn!(%shard, seq, %error, "the message hook failed; the message stays unconsumed");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Tells the unit to quiesce `shards` because its lease ran out (no answer is owed).
@@ -577,11 +793,12 @@ fn role_from_wire(value: i32) -> Option<Role> {
 }
 
 /// Runs the hook a request asks for and builds the reply.
+/// Also returns the shard and epoch when the unit just took ACTIVE (its stream is asked for).
 async fn handle_request<U: Unit>(
     unit: &mut U,
     ctx: &Context,
     request: sdk::Request,
-) -> UnitToAgent {
+) -> (UnitToAgent, Option<(ShardName, u64)>) {
     let command = match request.kind {
         Some(sdk::request::Kind::Assign(assign)) => match role_from_wire(assign.role) {
             Some(role) => Ok(UnitCommand::Assign {
@@ -602,6 +819,7 @@ async fn handle_request<U: Unit>(
         Some(sdk::request::Kind::Reset(_)) => Ok(UnitCommand::Reset),
         None => Err("tandemd sent an empty request (is this SDK older than tandemd?)".to_owned()),
     };
+    let mut activated = None;
     let result = match command {
         Err(message) => Err(message),
         Ok(command) => {
@@ -618,16 +836,27 @@ async fn handle_request<U: Unit>(
             match outcome {
                 Ok(()) => {
                     ctx.beliefs.lock().belief.on_done(&command);
+                    if let UnitCommand::Assign {
+                        shard,
+                        role: Role::Active,
+                        epoch,
+                    } = &command
+                    {
+                        if ctx.role(shard) == Some((Role::Active, *epoch)) {
+                            activated = Some((shard.clone(), *epoch));
+                        }
+                    }
                     Ok(())
                 }
                 Err(error) => Err(error.0),
             }
         }
     };
-    UnitToAgent {
+    let reply = UnitToAgent {
         kind: Some(unit_to_agent::Kind::Reply(sdk::Reply {
             request: request.id,
             error: result.err(),
         })),
-    }
+    };
+    (reply, activated)
 }

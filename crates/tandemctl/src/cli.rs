@@ -76,9 +76,35 @@ pub enum Command {
     Repair(OperationArgs),
     /// Show the event log of the leader: role changes, faults, recoveries, admin operations.
     Events(EventsArgs),
+    /// Checkpoint tools.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Run a local cluster for development (every node on 127.0.0.1, in one directory).
     #[command(subcommand)]
     Dev(DevCommand),
+}
+
+/// `checkpoint` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Compare the digests of a shard's replicas (its ACTIVE's and its STANDBYs') at the same
+    /// version. Exit code 0: all equal; 1: a mismatch; 2: no common version was seen in time.
+    Verify(VerifyArgs),
+}
+
+/// Options of `checkpoint verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The shard.
+    #[arg(value_name = "SHARD")]
+    pub shard: String,
+    /// How long to keep trying to see every replica at the same version, in milliseconds
+    /// (under a steady write load the ACTIVE may be ahead at any one instant).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub wait_ms: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What a switchover moves: one shard, every shard of a service, or every shard ACTIVE on a

@@ -103,9 +103,23 @@ pub fn ask<T>(
     }
 }
 
-/// The cluster status from the first daemon of `target` that answers.
+/// The cluster status from the first daemon of `target` that answers, with the checkpoint
+/// replicas and replication sessions of every node that answers (each node speaks for its
+/// own; a node that does not answer is shown down by the status itself).
 pub fn status(target: &Target, timeout: Duration) -> anyhow::Result<tandem_proto::admin::Status> {
-    ask(target, "status", |addr| admin_client::status(addr, timeout))
+    let mut status = ask(target, "status", |addr| admin_client::status(addr, timeout))?;
+    let endpoints = endpoints(target)?;
+    if endpoints.len() > 1 {
+        status.replicas.clear();
+        status.sessions.clear();
+        for endpoint in &endpoints {
+            if let Ok(local) = admin_client::local_status(endpoint.addr, timeout) {
+                status.replicas.extend(local.replicas);
+                status.sessions.extend(local.sessions);
+            }
+        }
+    }
+    Ok(status)
 }
 
 #[cfg(test)]

@@ -95,6 +95,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Events(args) => {
             ops::events(&cli::target_from_environment(cli)?, args, cli.timeout())
         }
+        Command::Checkpoint(cli::CheckpointCommand::Verify(args)) => {
+            ops::verify_checkpoint(&cli::target_from_environment(cli)?, args, cli.timeout())
+        }
         Command::Dev(DevCommand::Up(args)) => dev::up(args),
         Command::Dev(DevCommand::Down(args)) => dev::down(args),
     }

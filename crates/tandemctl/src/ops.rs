@@ -151,3 +151,150 @@ pub fn events(target: &Target, args: &EventsArgs, timeout: Duration) -> anyhow::
         }
     }
 }
+
+/// `checkpoint verify`: compares the digests of the shard's ACTIVE and STANDBY replicas at one
+/// version, asking every node for its own replicas until they agree on a version (bounded).
+pub fn verify_checkpoint(
+    target: &Target,
+    args: &crate::cli::VerifyArgs,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(args.wait_ms);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let status = cluster::status(target, timeout)?;
+        let Some(shard) = status.shards.iter().find(|shard| shard.name == args.shard) else {
+            bail!(
+                "there is no shard {:?} (shards: {})",
+                args.shard,
+                status
+                    .shards
+                    .iter()
+                    .map(|shard| shard.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        let Some(active) = &shard.active else {
+            bail!(
+                "shard {} has no ACTIVE (or is n-way-active); nothing to compare against",
+                shard.name
+            );
+        };
+        let holders: Vec<&str> = std::iter::once(active.unit.as_str())
+            .chain(shard.standbys.iter().map(|standby| standby.unit.as_str()))
+            .collect();
+        let replicas: Vec<_> = holders
+            .iter()
+            .map(|unit| {
+                status
+                    .replicas
+                    .iter()
+                    .find(|replica| replica.shard == shard.name && replica.unit == *unit)
+                    .map(|replica| (*unit, replica))
+            })
+            .collect();
+        let found: Vec<_> = replicas.iter().flatten().collect();
+        let missing: Vec<&str> = holders
+            .iter()
+            .zip(&replicas)
+            .filter(|(_, replica)| replica.is_none())
+            .map(|(unit, _)| *unit)
+            .collect();
+        let same_version = missing.is_empty()
+            && found.iter().all(|(_, replica)| replica.complete)
+            && found
+                .windows(2)
+                .all(|pair| pair[0].1.version == pair[1].1.version);
+        if same_version {
+            let reference = &found[0].1;
+            let mismatched: Vec<_> = found
+                .iter()
+                .filter(|(_, replica)| replica.digest != reference.digest)
+                .collect();
+            if args.json {
+                let replicas: Vec<serde_json::Value> = found
+                    .iter()
+                    .map(|(unit, replica)| {
+                        serde_json::json!({
+                            "unit": unit,
+                            "node": replica.node,
+                            "role": replica.role,
+                            "version": replica.version,
+                            "digest": replica.digest,
+                            "sections": replica.sections,
+                        })
+                    })
+                    .collect();
+                let answer = serde_json::json!({
+                    "shard": shard.name,
+                    "version": reference.version,
+                    "match": mismatched.is_empty(),
+                    "replicas": replicas,
+                });
+                println!("{answer}");
+            } else {
+                for (unit, replica) in &found {
+                    say(&format!(
+                        "{unit}@{} ({}): version {} digest {} ({} sections)",
+                        replica.node,
+                        replica.role,
+                        replica.version,
+                        replica.digest,
+                        replica.sections
+                    ));
+                }
+            }
+            if mismatched.is_empty() {
+                if !args.json {
+                    say(&format!(
+                        "shard {}: {} replicas match at version {}",
+                        shard.name,
+                        found.len(),
+                        reference.version
+                    ));
+                }
+                return Ok(());
+            }
+            bail!(
+                "shard {}: digest mismatch at version {}: {}",
+                shard.name,
+                reference.version,
+                mismatched
+                    .iter()
+                    .map(|(unit, replica)| format!("{unit} has {}", replica.digest))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if std::time::Instant::now() >= deadline {
+            for (unit, replica) in &found {
+                eprintln!(
+                    "{unit}@{} ({}): version {}{} digest {}",
+                    replica.node,
+                    replica.role,
+                    replica.version,
+                    if replica.complete {
+                        ""
+                    } else {
+                        " (incomplete)"
+                    },
+                    replica.digest
+                );
+            }
+            for unit in &missing {
+                eprintln!(
+                    "{unit}: no replica reported (its node did not answer, or it holds none yet)"
+                );
+            }
+            eprintln!(
+                "shard {}: the replicas were never seen at one version in {} ms ({attempts} tries); \
+                 a STANDBY may be catching up (see `tandemctl status`)",
+                shard.name, args.wait_ms
+            );
+            std::process::exit(2);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -3,7 +3,10 @@
 use std::io::Write;
 
 use serde::Serialize;
-use tandem_proto::admin::{EventRecord, NodeStatus, ShardStatus, Status, UnitRef, UnitStatus};
+use tandem_proto::admin::{
+    EventRecord, NodeStatus, ReplicaInfo, SessionInfo, ShardStatus, Status, TransferInfo, UnitRef,
+    UnitStatus,
+};
 
 /// Lays out rows as left-aligned columns separated by two spaces, without trailing spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -104,7 +107,143 @@ pub fn status_table(status: &Status) -> String {
         out.push('\n');
         out.push_str(&units_table(&status.units));
     }
+    if !status.sessions.is_empty() {
+        out.push('\n');
+        out.push_str(&sessions_table(&status.sessions));
+    }
+    if !status.replicas.is_empty() {
+        out.push('\n');
+        out.push_str(&replicas_table(&status.replicas));
+    }
     out
+}
+
+/// A byte count for people.
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if count < 1024 {
+        return format!("{count} B");
+    }
+    let mut value = count as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// What a replication session is doing, in a word.
+pub fn session_state(session: &SessionInfo) -> &'static str {
+    if session.transfer.is_some() {
+        "transferring"
+    } else if session.verified {
+        "in sync"
+    } else if session.standby_version < session.primary_version {
+        "catching up"
+    } else {
+        "verifying"
+    }
+}
+
+/// Transfer progress: bytes and sections copied, rate, time left.
+pub fn transfer_progress(transfer: &TransferInfo) -> String {
+    let seconds = transfer.elapsed_us as f64 / 1e6;
+    let rate = if seconds > 0.0 {
+        transfer.bytes_sent as f64 / seconds
+    } else {
+        0.0
+    };
+    let left = transfer.bytes_total.saturating_sub(transfer.bytes_sent);
+    let eta = if rate > 0.0 {
+        format!("{:.1} s", left as f64 / rate)
+    } else {
+        "-".to_owned()
+    };
+    format!(
+        "{} / {}, {}/{} sections, {}/s, ETA {eta}",
+        bytes(transfer.bytes_sent),
+        bytes(transfer.bytes_total),
+        transfer.sections_sent,
+        transfer.sections_total,
+        bytes(rate as u64)
+    )
+}
+
+/// One row per replication session (seen from each shard's primary).
+fn sessions_table(sessions: &[SessionInfo]) -> String {
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|session| {
+            vec![
+                session.shard.clone(),
+                session.standby.clone(),
+                session.node.clone(),
+                session_state(session).to_owned(),
+                session
+                    .primary_version
+                    .saturating_sub(session.standby_version)
+                    .to_string(),
+                session.epoch.to_string(),
+                session
+                    .transfer
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), transfer_progress),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SHARD",
+            "STANDBY",
+            "PRIMARY ON",
+            "SYNC",
+            "LAG (OPS)",
+            "EPOCH",
+            "TRANSFER",
+        ],
+        &rows,
+    )
+}
+
+/// One row per checkpoint replica of every node that answered.
+fn replicas_table(replicas: &[ReplicaInfo]) -> String {
+    let rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|replica| {
+            vec![
+                replica.shard.clone(),
+                replica.unit.clone(),
+                replica.node.clone(),
+                if replica.complete {
+                    replica.role.clone()
+                } else {
+                    format!("{} (incomplete)", replica.role)
+                },
+                replica.version.to_string(),
+                replica.consumed.to_string(),
+                replica.pending.to_string(),
+                replica.sections.to_string(),
+                bytes(replica.bytes),
+                replica.digest.chars().take(16).collect(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "REPLICA OF",
+            "UNIT",
+            "NODE",
+            "ROLE",
+            "VERSION",
+            "CONSUMED",
+            "PENDING",
+            "SECTIONS",
+            "BYTES",
+            "DIGEST",
+        ],
+        &rows,
+    )
 }
 
 /// `unit@node`, with `?` when the unit has not confirmed the role yet.
@@ -155,6 +294,11 @@ fn shards_table(shards: &[ShardStatus]) -> String {
                 shard.service.clone(),
                 active,
                 list("STANDBY"),
+                if shard.in_sync.is_empty() {
+                    "-".to_owned()
+                } else {
+                    shard.in_sync.join(" ")
+                },
                 shard.epoch.to_string(),
                 if other.is_empty() {
                     "-".to_owned()
@@ -165,7 +309,9 @@ fn shards_table(shards: &[ShardStatus]) -> String {
         })
         .collect();
     let mut out = table(
-        &["SHARD", "SERVICE", "ACTIVE", "STANDBY", "EPOCH", "NOTES"],
+        &[
+            "SHARD", "SERVICE", "ACTIVE", "STANDBY", "IN SYNC", "EPOCH", "NOTES",
+        ],
         &rows,
     );
     if shards
@@ -256,6 +402,47 @@ struct StatusJson<'a> {
     services: Vec<ServiceJson<'a>>,
     units: Vec<UnitJson<'a>>,
     shards: Vec<ShardJson<'a>>,
+    replicas: Vec<ReplicaJson<'a>>,
+}
+
+/// JSON shape of one checkpoint replica.
+#[derive(Debug, Serialize)]
+struct ReplicaJson<'a> {
+    shard: &'a str,
+    unit: &'a str,
+    node: &'a str,
+    role: &'a str,
+    complete: bool,
+    version: u64,
+    consumed: u64,
+    pending: u64,
+    sections: u64,
+    bytes: u64,
+    file_bytes: u64,
+    digest: &'a str,
+}
+
+/// JSON shape of one STANDBY's replication, as its primary sees it.
+#[derive(Debug, Serialize)]
+struct SyncJson<'a> {
+    standby: &'a str,
+    state: &'a str,
+    lag_ops: u64,
+    primary_version: u64,
+    standby_version: u64,
+    transfer: Option<TransferJson>,
+}
+
+/// JSON shape of a running state transfer.
+#[derive(Debug, Serialize)]
+struct TransferJson {
+    bytes_sent: u64,
+    bytes_total: u64,
+    sections_sent: u64,
+    sections_total: u64,
+    elapsed_ms: u64,
+    rate_bytes_per_s: u64,
+    eta_ms: Option<u64>,
 }
 
 /// JSON shape of one service.
@@ -312,6 +499,8 @@ struct ShardJson<'a> {
     version: u64,
     roles: Vec<RoleJson<'a>>,
     handover: Option<&'a str>,
+    in_sync: &'a [String],
+    sync: Vec<SyncJson<'a>>,
 }
 
 /// JSON shape of one node in `status --json`.
@@ -423,6 +612,61 @@ pub fn status_json(status: &Status) -> String {
                     })
                     .collect(),
                 handover: Some(shard.handover.as_str()).filter(|handover| !handover.is_empty()),
+                in_sync: &shard.in_sync,
+                sync: status
+                    .sessions
+                    .iter()
+                    .filter(|session| session.shard == shard.name)
+                    .map(|session| SyncJson {
+                        standby: &session.standby,
+                        state: session_state(session),
+                        lag_ops: session
+                            .primary_version
+                            .saturating_sub(session.standby_version),
+                        primary_version: session.primary_version,
+                        standby_version: session.standby_version,
+                        transfer: session.transfer.as_ref().map(|transfer| {
+                            let seconds = transfer.elapsed_us as f64 / 1e6;
+                            let rate = if seconds > 0.0 {
+                                transfer.bytes_sent as f64 / seconds
+                            } else {
+                                0.0
+                            };
+                            TransferJson {
+                                bytes_sent: transfer.bytes_sent,
+                                bytes_total: transfer.bytes_total,
+                                sections_sent: transfer.sections_sent,
+                                sections_total: transfer.sections_total,
+                                elapsed_ms: transfer.elapsed_us / 1000,
+                                rate_bytes_per_s: rate as u64,
+                                eta_ms: (rate > 0.0).then(|| {
+                                    (transfer.bytes_total.saturating_sub(transfer.bytes_sent)
+                                        as f64
+                                        / rate
+                                        * 1000.0) as u64
+                                }),
+                            }
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        replicas: status
+            .replicas
+            .iter()
+            .map(|replica| ReplicaJson {
+                shard: &replica.shard,
+                unit: &replica.unit,
+                node: &replica.node,
+                role: &replica.role,
+                complete: replica.complete,
+                version: replica.version,
+                consumed: replica.consumed,
+                pending: replica.pending,
+                sections: replica.sections,
+                bytes: replica.bytes,
+                file_bytes: replica.file_bytes,
+                digest: &replica.digest,
             })
             .collect(),
     };
@@ -564,6 +808,8 @@ mod tests {
             services: vec![],
             units: vec![],
             shards: vec![],
+            replicas: vec![],
+            sessions: vec![],
         }
     }
 
@@ -631,6 +877,37 @@ mod tests {
                 },
             ],
             handover: String::new(),
+            in_sync: vec![],
+        }];
+        status.sessions = vec![SessionInfo {
+            node: "n1".into(),
+            shard: "counter-0".into(),
+            standby: "counter-b".into(),
+            epoch: 3,
+            primary_version: 120,
+            standby_version: 20,
+            verified: false,
+            transfer: Some(TransferInfo {
+                sections_total: 1000,
+                sections_sent: 250,
+                bytes_total: 4 * 1024 * 1024,
+                bytes_sent: 1024 * 1024,
+                elapsed_us: 500_000,
+            }),
+        }];
+        status.replicas = vec![ReplicaInfo {
+            node: "n1".into(),
+            shard: "counter-0".into(),
+            unit: "counter-a".into(),
+            role: "primary".into(),
+            version: 120,
+            consumed: 7,
+            digest: "00112233445566778899aabbccddeeff".into(),
+            sections: 1000,
+            complete: true,
+            bytes: 4 * 1024 * 1024,
+            pending: 1,
+            file_bytes: 8 * 1024 * 1024,
         }];
         status
     }
@@ -639,13 +916,19 @@ mod tests {
     fn table_shows_shards_and_units() {
         let text = status_table(&with_service(sample(true)));
         let expected_tail = "\
-SHARD      SERVICE  ACTIVE        STANDBY        EPOCH  NOTES
-counter-0  counter  counter-a@n1  counter-b@n2?  3      -
+SHARD      SERVICE  ACTIVE        STANDBY        IN SYNC  EPOCH  NOTES
+counter-0  counter  counter-a@n1  counter-b@n2?  -        3      -
 (? = the unit has not confirmed this role yet)
 
 UNIT       SERVICE  NODE  PROCESS  PID   ADMIN     INSTANCE  FAULTS    LAST FAULT
 counter-a  counter  n1    running  4242  unlocked  1         0         -
 counter-b  counter  n2    running  4343  unlocked  2         1 (L1:1)  process exited with code 1 -> L1 restart
+
+SHARD      STANDBY    PRIMARY ON  SYNC          LAG (OPS)  EPOCH  TRANSFER
+counter-0  counter-b  n1          transferring  100        3      1.0 MiB / 4.0 MiB, 250/1000 sections, 2.0 MiB/s, ETA 1.5 s
+
+REPLICA OF  UNIT       NODE  ROLE     VERSION  CONSUMED  PENDING  SECTIONS  BYTES    DIGEST
+counter-0   counter-a  n1    primary  120      7         1        1000      4.0 MiB  0011223344556677
 ";
         assert!(text.ends_with(expected_tail), "{text}");
     }
@@ -658,6 +941,19 @@ counter-b  counter  n2    running  4343  unlocked  2         1 (L1:1)  process e
         let unit = &value["units"][1];
         assert_eq!(unit["name"], "counter-b");
         assert_eq!(unit["service"], "counter");
+        let shard = &value["shards"][0];
+        assert_eq!(shard["in_sync"], serde_json::json!([]));
+        let sync = &shard["sync"][0];
+        assert_eq!(sync["standby"], "counter-b");
+        assert_eq!(sync["state"], "transferring");
+        assert_eq!(sync["lag_ops"], 100);
+        assert_eq!(sync["transfer"]["bytes_sent"], 1024 * 1024);
+        assert_eq!(sync["transfer"]["rate_bytes_per_s"], 2 * 1024 * 1024);
+        assert_eq!(sync["transfer"]["eta_ms"], 1500);
+        let replica = &value["replicas"][0];
+        assert_eq!(replica["unit"], "counter-a");
+        assert_eq!(replica["digest"], "00112233445566778899aabbccddeeff");
+        assert_eq!(replica["version"], 120);
         assert_eq!(unit["node"], "n2");
         assert_eq!(unit["pid"], 4343);
         assert_eq!(unit["state"], "running");
@@ -747,6 +1043,7 @@ n3    3   down  follower  learner     3     17      17       17     1520 ms ago 
             "services": [],
             "units": [],
             "shards": [],
+            "replicas": [],
         });
         assert_eq!(value, expected);
     }

@@ -274,10 +274,20 @@ fn refused_or(
     }
 }
 
-/// Asks the daemon at `addr` for the cluster status.
+/// Asks the daemon at `addr` for the cluster status (it forwards to the leader when it can).
 pub fn status(addr: SocketAddr, timeout: Duration) -> Result<Status, AdminClientError> {
+    status_of(addr, timeout, false)
+}
+
+/// Asks the daemon at `addr` for the status as it sees it, never forwarded: how to reach
+/// every node's own checkpoint replicas.
+pub fn local_status(addr: SocketAddr, timeout: Duration) -> Result<Status, AdminClientError> {
+    status_of(addr, timeout, true)
+}
+
+fn status_of(addr: SocketAddr, timeout: Duration, local: bool) -> Result<Status, AdminClientError> {
     let request = AdminRequest {
-        forwarded: false,
+        forwarded: local,
         timeout_ms: 0,
         kind: Some(admin_request::Kind::Status(StatusRequest {})),
     };

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use tandem_core::data::{DataConfig, DataEvent, DataPlane, DataRequest, DataView};
 use tandem_core::{
     AdminOp, AdminTarget, AgentAction, NodeId, Refusal, ServiceName, ShardName, SwitchoverTarget,
     Time, UnitCommand, UnitName,
@@ -22,6 +23,7 @@ use tandem_proto::admin::{
     admin_request, admin_response, operation_request, switchover_request, AdminRequest,
     AdminResponse, NoopReply, OperationDone,
 };
+use tandem_proto::peer::envelope::Body;
 use tandem_proto::peer::Envelope;
 use tandem_proto::sdk::{self, agent_to_unit, AgentToUnit};
 use tandem_raft::disk::FsDisk;
@@ -32,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin::{error_response, serve_admin, AdminOutcome};
 use crate::config::Config;
 use crate::events::{wall_ms, EventLog};
+use crate::replicas::ReplicaStore;
 use crate::sdk_server::{self, Registration};
 use crate::supervisor::{self, Supervisor};
 use crate::transport::{serve_peers, PeerSender, TransportStats};
@@ -52,6 +55,17 @@ pub enum Event {
     Unit(UnitEvent),
     /// A unit registers through the SDK.
     Register(Registration),
+    /// A unit's checkpoint or stream call.
+    UnitData {
+        /// The unit.
+        unit: UnitName,
+        /// Its instance.
+        generation: u64,
+        /// The call's id, echoed in the answer.
+        id: u64,
+        /// The call.
+        request: DataRequest,
+    },
 }
 
 /// Capacity of the event queue; a full queue slows readers down (backpressure).
@@ -63,6 +77,9 @@ const EVENT_BATCH_MAX: usize = 512;
 const DRIVES_PER_WAKEUP_MAX: usize = 4;
 /// Longest wait a client may ask for on an admin operation.
 const ADMIN_WAIT_MAX: Duration = Duration::from_secs(300);
+/// Largest frame accepted from a peer's data connection: a commit's 8 MiB of writes plus the
+/// items batched with it.
+const DATA_FRAME_LEN_MAX: usize = 32 * 1024 * 1024;
 /// Longest Unix socket path (sun_path is 108 bytes with its terminating zero).
 const SOCKET_PATH_LEN_MAX: usize = 107;
 
@@ -106,6 +123,13 @@ struct Daemon {
     started_monotonic_ns: u64,
     /// Whether carrying out an output gave the node new inputs.
     inputs_pending: bool,
+    /// The data plane: replicas, replication sessions, streams.
+    data: DataPlane,
+    /// The replicas' files.
+    replicas: ReplicaStore,
+    /// Outbound data connections (separate from the control connections, so that a state
+    /// transfer never delays Raft or heartbeats).
+    data_peers: PeerSender,
     /// Keeps the data directory's lock held while the daemon runs.
     _lock: File,
 }
@@ -213,7 +237,19 @@ pub async fn run(
         .filter(|peer| peer.id != node.id)
         .map(|peer| (peer.id, peer.peer_addr))
         .collect();
+    let data_peers = PeerSender::start(peer_addrs.clone(), stats.clone());
     let peers = PeerSender::start(peer_addrs, stats.clone());
+    let opened_replicas = ReplicaStore::open(data_dir.join("replicas"))?;
+    let mut data = DataPlane::new(
+        NodeId(node.id),
+        DataConfig::default(),
+        // Distinct per run (session and forward ids are drawn from it), 24 bits.
+        entropy(node.id) & 0xff_ffff,
+    );
+    for (id, recovered) in opened_replicas.replicas {
+        tracing::info!(shard = %id.shard, unit = %id.unit, version = recovered.replica.version(), complete = recovered.complete, "replica read back");
+        data.load(id, recovered.replica, recovered.complete);
+    }
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE_LEN_MAX);
     let event_log = Arc::new(EventLog::new(&node.name));
     let config_dir = config
@@ -239,7 +275,8 @@ pub async fn run(
         peer_listener,
         cluster.name.clone(),
         node.id,
-        cluster.frame_len_max,
+        // Data connections carry commits of up to 8 MiB and transfer batches.
+        cluster.frame_len_max.max(DATA_FRAME_LEN_MAX),
         events_tx.clone(),
         stats.clone(),
     ));
@@ -278,6 +315,9 @@ pub async fn run(
         started,
         started_monotonic_ns: monotonic_ns(),
         inputs_pending: false,
+        data,
+        replicas: opened_replicas.store,
+        data_peers,
         _lock: lock,
     };
     tokio::pin!(shutdown);
@@ -287,6 +327,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let now = daemon.now();
                 daemon.node.tick(now, wall_ms());
+                daemon.data.tick(now);
             }
             _ = heartbeat.tick() => {
                 let now = daemon.now();
@@ -352,6 +393,16 @@ impl Daemon {
     fn handle(&mut self, event: Event) {
         let now = self.now();
         match event {
+            Event::Peer(Envelope {
+                from,
+                body: Some(Body::Data(message)),
+                ..
+            }) => match tandem_proto::data_wire::decode_message(message) {
+                Ok(message) => self.data.on_peer(now, NodeId(from), message),
+                Err(error) => {
+                    tracing::warn!(from, %error, "undecodable data message dropped")
+                }
+            },
             Event::Peer(envelope) => match tandem_node::wire::decode(envelope.body) {
                 Ok(message) => self.node.on_peer(now, envelope.from, message),
                 Err(error) => {
@@ -359,8 +410,23 @@ impl Daemon {
                 }
             },
             Event::Admin { request, reply } => self.on_admin(request, reply),
-            Event::Unit(event) => self.node.on_unit(now, event),
+            Event::Unit(event) => {
+                if let UnitEvent::Exited {
+                    unit, generation, ..
+                }
+                | UnitEvent::Disconnected { unit, generation } = &event
+                {
+                    self.data.unit_disconnected(unit, *generation);
+                }
+                self.node.on_unit(now, event)
+            }
             Event::Register(registration) => self.on_register(registration),
+            Event::UnitData {
+                unit,
+                generation,
+                id,
+                request,
+            } => self.data.on_unit(now, &unit, generation, id, request),
         }
     }
 
@@ -379,6 +445,7 @@ impl Daemon {
             {
                 if self.node.on_registered(now, &unit, generation) {
                     connection.channel = Some(channel);
+                    self.data.unit_connected(&unit, generation);
                     Ok(sdk::Welcome {
                         unit: unit.0.clone(),
                         service: connection.service.0.clone(),
@@ -421,13 +488,16 @@ impl Daemon {
             return;
         };
         if let admin_request::Kind::Status(_) = kind {
+            let mut status = crate::status::build(&self.config, &self.name, &self.node, self.now());
+            crate::status::add_data(
+                &mut status,
+                &self.name,
+                &self.data,
+                &self.replicas,
+                self.now(),
+            );
             let own = AdminResponse {
-                kind: Some(admin_response::Kind::Status(crate::status::build(
-                    &self.config,
-                    &self.name,
-                    &self.node,
-                    self.now(),
-                ))),
+                kind: Some(admin_response::Kind::Status(status)),
             };
             let outcome = match leader_addr {
                 Some(leader) if may_forward && !self.node.is_leader() => AdminOutcome::Forward {
@@ -590,11 +660,147 @@ impl Daemon {
                     tracing::warn!(index = applied.index, command = ?applied.command, %reason, "command refused when applied");
                 }
             }
+            self.data_step()?;
             if !self.inputs_pending {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Runs the data plane on what the node committed: its view and lease, then carries out
+    /// its output (file writes synced before anything that depends on them, messages to peers,
+    /// answers and deliveries to units) and hands its in-sync claims to the node.
+    fn data_step(&mut self) -> anyhow::Result<()> {
+        let now = self.now();
+        let view = DataView::from_state(self.node.state(), self.node.id());
+        if self.data.view() != &view {
+            self.data.set_view(now, view);
+        }
+        self.data.set_lease(self.node.lease_until(now));
+        for _ in 0..DRIVES_PER_WAKEUP_MAX {
+            let output = self.data.take_output(now);
+            if output.is_empty() {
+                break;
+            }
+            for (replica, action) in &output.persist {
+                self.replicas
+                    .apply(replica, action)
+                    .context("replica file write failed; stopping")?;
+            }
+            if !output.persist.is_empty() {
+                for (replica, version) in self
+                    .replicas
+                    .sync()
+                    .context("replica file sync failed; stopping")?
+                {
+                    self.data.persisted(&replica, version);
+                    if let Some(held) = self.data.replica(&replica) {
+                        let complete = self.data.is_complete(&replica);
+                        self.replicas
+                            .maybe_compact(&replica, held, complete)
+                            .context("replica file compaction failed; stopping")?;
+                    }
+                }
+            }
+            for (to, message) in &output.messages {
+                let envelope = Envelope {
+                    cluster: self.config.cluster.name.clone(),
+                    from: self.node.id().0,
+                    to: to.0,
+                    body: Some(Body::Data(tandem_proto::data_wire::encode_message(message))),
+                };
+                self.data_peers.send(&envelope);
+            }
+            for (unit, generation, id, reply) in &output.replies {
+                self.send_to_unit(
+                    unit,
+                    *generation,
+                    agent_to_unit::Kind::Answer(tandem_proto::sdk_wire::encode_answer(*id, reply)),
+                );
+            }
+            for (unit, generation, delivery) in &output.deliveries {
+                self.send_to_unit(
+                    unit,
+                    *generation,
+                    agent_to_unit::Kind::Delivery(tandem_proto::sdk_wire::encode_delivery(
+                        delivery,
+                    )),
+                );
+            }
+            for event in &output.events {
+                self.log_data_event(event);
+            }
+        }
+        self.node.set_in_sync_claims(self.data.claims());
+        Ok(())
+    }
+
+    fn log_data_event(&self, event: &DataEvent) {
+        let (kind, text) = match event {
+            DataEvent::SessionStarted {
+                standby,
+                epoch,
+                full,
+                count,
+                bytes,
+            } => (
+                "data",
+                if *full {
+                    format!(
+                        "state transfer to STANDBY {} of shard {} started (epoch {epoch}): {count} sections, {bytes} bytes",
+                        standby.unit, standby.shard
+                    )
+                } else {
+                    format!(
+                        "STANDBY {} of shard {} catches up by delta (epoch {epoch}): {count} ops",
+                        standby.unit, standby.shard
+                    )
+                },
+            ),
+            DataEvent::Verified {
+                standby,
+                epoch,
+                version,
+            } => (
+                "data",
+                format!(
+                    "STANDBY {} of shard {} verified in sync at version {version} (epoch {epoch}): digests match",
+                    standby.unit, standby.shard
+                ),
+            ),
+            DataEvent::DigestMismatch { standby, version } => (
+                "data",
+                format!(
+                    "STANDBY {} of shard {}: digest mismatch at version {version}; transferring again",
+                    standby.unit, standby.shard
+                ),
+            ),
+            DataEvent::Lagging { standby, behind } => (
+                "data",
+                format!(
+                    "STANDBY {} of shard {} lags {behind} ops behind; taken out of sync",
+                    standby.unit, standby.shard
+                ),
+            ),
+            DataEvent::ItemRefused { standby, reason } => (
+                "data",
+                format!(
+                    "STANDBY {} of shard {} refused a replication item ({reason}); asks for a full transfer",
+                    standby.unit, standby.shard
+                ),
+            ),
+            DataEvent::Dropped {
+                shard,
+                count,
+                reason,
+            } => (
+                "data",
+                format!("shard {shard}: {count} stream messages dropped: {reason}"),
+            ),
+        };
+        tracing::info!(kind, "{text}");
+        self.events.push(kind, text, 0);
     }
 
     fn log_event(&self, event: &NodeEvent) {
@@ -652,6 +858,11 @@ impl Daemon {
                             (cleanup, Duration::from_millis(spec.timeouts.cleanup_ms))
                         })
                     });
+                if reinitialise {
+                    // Escalation L2: the unit starts from an empty replica, rebuilt by state
+                    // transfer.
+                    self.data.reinitialise(&unit);
+                }
                 let started = supervisor::new_token().and_then(|token| {
                     let pid = self.supervisor.start(
                         &unit,

@@ -25,10 +25,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::runtime::Event;
 
 /// Largest frame a unit may send (a reply or report is tiny).
-pub const UNIT_FRAME_LEN_MAX: usize = 1024 * 1024;
+pub const UNIT_FRAME_LEN_MAX: usize = 16 * 1024 * 1024;
 /// Messages queued for one unit before new ones are dropped (a unit this far behind misses its
 /// hook deadlines anyway).
-pub const UNIT_QUEUE_LEN_MAX: usize = 1024;
+pub const UNIT_QUEUE_LEN_MAX: usize = 8192;
 /// The SDK protocol version this daemon speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -151,6 +151,7 @@ async fn connection(mut stream: UnixStream, events: &mpsc::Sender<Event>) -> Res
     let generation = register.generation;
     let (to_unit, mut outbox) = mpsc::channel(UNIT_QUEUE_LEN_MAX);
     let (reply, answer) = oneshot::channel();
+    let answers = to_unit.clone();
     let registration = Registration {
         unit: unit.clone(),
         generation,
@@ -225,6 +226,39 @@ async fn connection(mut stream: UnixStream, events: &mpsc::Sender<Event>) -> Res
                     .map(tandem_core::ShardName)
                     .collect(),
             },
+            Some(unit_to_agent::Kind::Data(call)) => {
+                let id = call.id;
+                match tandem_proto::sdk_wire::decode_call(call) {
+                    Ok((id, request)) => {
+                        let event = Event::UnitData {
+                            unit: unit.clone(),
+                            generation,
+                            id,
+                            request,
+                        };
+                        if events.send(event).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Err(error) => {
+                        // The application's input (a key too long, a value too big): it gets
+                        // the reason, the connection stays.
+                        let reply = tandem_core::data::DataReply::Error {
+                            code: "bad_request",
+                            message: error.to_string(),
+                        };
+                        let answer = AgentToUnit {
+                            kind: Some(agent_to_unit::Kind::Answer(
+                                tandem_proto::sdk_wire::encode_answer(id, &reply),
+                            )),
+                        };
+                        if answers.send(answer).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                }
+                continue;
+            }
             Some(unit_to_agent::Kind::Register(_)) | None => {
                 break Err(format!(
                     "unit {unit}: unexpected message after registration"

@@ -92,6 +92,9 @@ pub fn build(config: &Config, name: &str, node: &tandem_node::Node<FsDisk>, now:
         services: services(state),
         units: units(state, &view, &node_name),
         shards: shards(state, &view, &node_name),
+        // Filled by `add_data` (the data plane is the daemon's, not the node's).
+        replicas: Vec::new(),
+        sessions: Vec::new(),
     }
 }
 
@@ -207,6 +210,7 @@ fn shards(
                         }
                     })
                     .collect(),
+                in_sync: shard.in_sync.iter().map(|unit| unit.0.clone()).collect(),
                 handover: shard.handover.as_ref().map_or(String::new(), |handover| {
                     format!(
                         "{} from {} to {}",
@@ -218,4 +222,65 @@ fn shards(
             }
         })
         .collect()
+}
+
+/// Adds this node's checkpoint replicas and the replication sessions of the shards it is
+/// primary for.
+pub fn add_data(
+    status: &mut Status,
+    node_name: &str,
+    plane: &tandem_core::data::DataPlane,
+    store: &crate::replicas::ReplicaStore,
+    now: Time,
+) {
+    let view = plane.view();
+    for (id, replica) in plane.replicas() {
+        let shard_view = view.shards.get(&id.shard);
+        let role = match shard_view {
+            Some(shard)
+                if shard
+                    .primary
+                    .as_ref()
+                    .is_some_and(|(unit, _)| *unit == id.unit) =>
+            {
+                "primary"
+            }
+            Some(shard) if shard.standbys.contains_key(&id.unit) => "secondary",
+            _ => "idle",
+        };
+        status.replicas.push(tandem_proto::admin::ReplicaInfo {
+            node: node_name.to_owned(),
+            shard: id.shard.0.clone(),
+            unit: id.unit.0.clone(),
+            role: role.to_owned(),
+            version: replica.version(),
+            consumed: replica.consumed(),
+            digest: tandem_proto::sdk_wire::digest_hex(replica.digest()),
+            sections: replica.section_count() as u64,
+            complete: plane.is_complete(id),
+            bytes: replica.section_bytes(),
+            pending: replica.pending_count() as u64,
+            file_bytes: store.file_len(id).unwrap_or(0) as u64,
+        });
+    }
+    for session in plane.status(now) {
+        status.sessions.push(tandem_proto::admin::SessionInfo {
+            node: node_name.to_owned(),
+            shard: session.shard.0,
+            standby: session.standby.0,
+            epoch: session.epoch,
+            primary_version: session.primary_version,
+            standby_version: session.standby_version,
+            verified: session.verified,
+            transfer: session
+                .transfer
+                .map(|transfer| tandem_proto::admin::TransferInfo {
+                    sections_total: transfer.sections_total,
+                    sections_sent: transfer.sections_sent,
+                    bytes_total: transfer.bytes_total,
+                    bytes_sent: transfer.bytes_sent,
+                    elapsed_us: transfer.elapsed_us,
+                }),
+        });
+    }
 }

@@ -2,12 +2,12 @@
 //! protobuf form (`proto/data.proto`). Decoding never panics and bounds every count; a value
 //! that does not make sense is an error.
 
+use crate::data as wire;
 use tandem_core::data::{
     DataMessage, Digest, EpochHistory, Item, MessageOrigin, Op, OpKind, Origin, ReplicaSnapshot,
     Section, SessionStart, StreamMessage, Write, COMMIT_WRITES_MAX,
 };
 use tandem_core::{ShardName, UnitName};
-use tandem_proto::data as wire;
 
 /// Most items in one `Items` message.
 pub const ITEMS_MAX: usize = 100_000;

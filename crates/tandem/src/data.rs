@@ -1,0 +1,407 @@
+//! Checkpoints and signaling streams: the unit's side of tandem's data plane.
+//!
+//! **Checkpoints.** Each shard has a replicated key-value store, its *checkpoint*. The ACTIVE
+//! writes it ([`Checkpoint::put`], [`Checkpoint::delete`], or several writes at once with a
+//! [`Transaction`]); tandem copies every write to the shard's STANDBYs before a `sync` commit
+//! returns, so a STANDBY that takes over has every write the ACTIVE was told is done. Any unit
+//! holding the shard (ACTIVE or STANDBY) reads its local replica with [`Checkpoint::get`] and
+//! [`Checkpoint::iterate`]; a hot STANDBY follows changes with [`Checkpoint::subscribe`].
+//!
+//! **Streams.** Inbound signaling for a shard (from its ingress address, or from
+//! [`crate::client`]) is appended to the shard's stream and replicated before the ACTIVE sees
+//! it. The ACTIVE gets each message once, in order, through [`crate::Unit::message`], and
+//! acknowledges it by committing its effect together with the message's position
+//! ([`Transaction::consume`]). After a failover or switchover the new ACTIVE gets every message
+//! after the last position committed: none lost, none applied twice (as long as the unit
+//! applies a message and consumes it in the same commit).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tandem_core::data::{DataReply, DataRequest, Write};
+use tandem_proto::sdk::{unit_to_agent, UnitToAgent};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Context, Role, ShardName};
+
+pub use tandem_core::data::Origin;
+
+/// Largest key (bytes).
+pub const KEY_LEN_MAX: usize = tandem_core::data::KEY_LEN_MAX;
+/// Largest value (bytes).
+pub const VALUE_LEN_MAX: usize = tandem_core::data::VALUE_LEN_MAX;
+/// Most writes in one commit.
+pub const COMMIT_WRITES_MAX: usize = tandem_core::data::COMMIT_WRITES_MAX;
+/// Bytes a scan page asks for.
+const SCAN_PAGE_BYTES: u64 = 1024 * 1024;
+
+/// Why a checkpoint or stream call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataError {
+    /// Only a unit acting ACTIVE for the shard may write its checkpoint.
+    #[error("unit is not ACTIVE for shard {shard}; only the ACTIVE writes the checkpoint")]
+    NotActive {
+        /// The shard.
+        shard: ShardName,
+    },
+    /// A write is malformed or too big (see [`KEY_LEN_MAX`], [`VALUE_LEN_MAX`],
+    /// [`COMMIT_WRITES_MAX`]); nothing was written.
+    #[error("bad write: {0}")]
+    BadWrite(String),
+    /// tandemd refused the call; `code` says why (`not_active`, `stale_epoch`, `no_lease`,
+    /// `no_replica`, `bad_request`, `outcome_unknown`, ...).
+    ///
+    /// `outcome_unknown`: the commit may or may not have been applied (the shard's ACTIVE
+    /// changed while it was in flight); the new ACTIVE's replica tells.
+    #[error("tandemd refused the call ({code}): {message}")]
+    Refused {
+        /// A stable code.
+        code: &'static str,
+        /// For humans.
+        message: String,
+    },
+    /// The connection to tandemd is gone (the unit is being stopped).
+    #[error("lost the connection to tandemd")]
+    Disconnected,
+    /// tandemd answered something this SDK did not expect (a version mismatch).
+    #[error("unexpected answer from tandemd: {0}")]
+    Unexpected(String),
+}
+
+/// A signaling message of a shard's stream, as the ACTIVE receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its position in the stream; commit it with [`Transaction::consume`].
+    pub seq: u64,
+    /// The shard's epoch it was delivered in.
+    pub epoch: u64,
+    /// The bytes as received.
+    pub payload: Vec<u8>,
+    /// Where it came from.
+    pub origin: Origin,
+    /// The sender (`ip:port`) for ingress messages; empty for client messages. Replies go back
+    /// to it from the shard's ingress address.
+    pub peer: String,
+}
+
+/// A change to a replica, as a subscriber sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The replica's version after the change.
+    pub version: u64,
+    /// The writes (empty for a stream message or a reset).
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The replica was emptied to be copied again from the ACTIVE: read it again once the
+    /// copy is done (its position answers `in_sync`).
+    pub reset: bool,
+}
+
+/// Where a replica stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Version (count of ops applied).
+    pub version: u64,
+    /// Last stream position consumed.
+    pub consumed: u64,
+    /// Order-independent digest of the replica's content.
+    pub digest: u128,
+    /// Sections (keys) held.
+    pub sections: u64,
+    /// For the ACTIVE: STANDBYs in sync; for a STANDBY: 1 when its replica is verified in sync.
+    pub in_sync: u64,
+}
+
+/// Calls waiting for their answers.
+#[derive(Debug, Default)]
+pub(crate) struct Calls {
+    next: u64,
+    waiting: HashMap<u64, Waiting>,
+}
+
+/// What an answer completes.
+#[derive(Debug)]
+pub(crate) enum Waiting {
+    /// A caller awaits it.
+    Reply(oneshot::Sender<DataReply>),
+    /// The start of a delivery round for a shard (handled in order with the deliveries).
+    Round(ShardName),
+}
+
+impl Calls {
+    pub(crate) fn register(&mut self, waiting: Waiting) -> u64 {
+        self.next += 1;
+        self.waiting.insert(self.next, waiting);
+        self.next
+    }
+
+    pub(crate) fn take(&mut self, id: u64) -> Option<Waiting> {
+        self.waiting.remove(&id)
+    }
+}
+
+/// Subscribers of replica changes, per shard.
+pub(crate) type Subscribers = Arc<Mutex<HashMap<ShardName, mpsc::UnboundedSender<Change>>>>;
+
+impl Context {
+    /// The checkpoint of `shard` (cheap; make one per use or keep it).
+    pub fn checkpoint(&self, shard: &ShardName) -> Checkpoint {
+        Checkpoint {
+            ctx: self.clone(),
+            shard: shard.clone(),
+        }
+    }
+
+    /// Sends `request` to tandemd and waits for its answer.
+    pub(crate) async fn call(&self, request: DataRequest) -> Result<DataReply, DataError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.calls.lock().register(Waiting::Reply(tx));
+        let message = UnitToAgent {
+            kind: Some(unit_to_agent::Kind::Data(
+                tandem_proto::sdk_wire::encode_call(id, &request),
+            )),
+        };
+        if self.outbox.send(message).await.is_err() {
+            self.calls.lock().take(id);
+            return Err(DataError::Disconnected);
+        }
+        match rx.await {
+            Ok(DataReply::Error { code, message }) => Err(DataError::Refused { code, message }),
+            Ok(reply) => Ok(reply),
+            Err(_) => Err(DataError::Disconnected),
+        }
+    }
+}
+
+/// A shard's checkpoint, seen from this unit. See the [module documentation](self).
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    ctx: Context,
+    shard: ShardName,
+}
+
+impl Checkpoint {
+    /// The shard.
+    pub fn shard(&self) -> &ShardName {
+        &self.shard
+    }
+
+    /// The value of `key` in the local replica, if any.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, DataError> {
+        match self
+            .ctx
+            .call(DataRequest::Get {
+                shard: self.shard.clone(),
+                key: key.as_ref().to_vec(),
+            })
+            .await?
+        {
+            DataReply::Value(section) => Ok(section.map(|section| section.value)),
+            other => Err(DataError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Every key and value of the local replica, in key order (fetched in pages of about
+    /// 1 MiB; a concurrent writer's changes may or may not be seen).
+    pub async fn iterate(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DataError> {
+        let mut all = Vec::new();
+        let mut start = Vec::new();
+        loop {
+            match self
+                .ctx
+                .call(DataRequest::Scan {
+                    shard: self.shard.clone(),
+                    start,
+                    bytes_max: SCAN_PAGE_BYTES,
+                })
+                .await?
+            {
+                DataReply::Sections { sections, next } => {
+                    all.extend(
+                        sections
+                            .into_iter()
+                            .map(|(key, section)| (key, section.value)),
+                    );
+                    match next {
+                        Some(next) => start = next,
+                        None => return Ok(all),
+                    }
+                }
+                other => return Err(DataError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    /// Writes `key` = `value` and waits until every in-sync STANDBY has it (a `sync` commit of
+    /// one write). Returns the replica's version after it.
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<u64, DataError> {
+        self.transaction().put(key, value).commit_sync().await
+    }
+
+    /// Deletes `key` (a `sync` commit of one delete).
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<u64, DataError> {
+        self.transaction().delete(key).commit_sync().await
+    }
+
+    /// Starts a transaction: writes and a stream position committed together, atomically.
+    pub fn transaction(&self) -> Transaction {
+        Transaction {
+            checkpoint: self.clone(),
+            writes: Vec::new(),
+            consumed: None,
+        }
+    }
+
+    /// Waits until every earlier `async` commit is where a `sync` one would be.
+    pub async fn flush(&self) -> Result<u64, DataError> {
+        match self
+            .ctx
+            .call(DataRequest::Flush {
+                shard: self.shard.clone(),
+            })
+            .await?
+        {
+            DataReply::Done { version } => Ok(version),
+            other => Err(DataError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Where the local replica stands.
+    pub async fn position(&self) -> Result<Position, DataError> {
+        match self
+            .ctx
+            .call(DataRequest::Position {
+                shard: self.shard.clone(),
+            })
+            .await?
+        {
+            DataReply::Position {
+                version,
+                consumed,
+                digest,
+                sections,
+                in_sync,
+            } => Ok(Position {
+                version,
+                consumed,
+                digest: digest.0,
+                sections,
+                in_sync,
+            }),
+            other => Err(DataError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Follows changes to the local replica (for a hot STANDBY): every op applied from now on
+    /// arrives on the returned channel. A new subscription replaces an older one.
+    pub async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<Change>, DataError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.ctx.subscribers.lock().insert(self.shard.clone(), tx);
+        match self
+            .ctx
+            .call(DataRequest::Subscribe {
+                shard: self.shard.clone(),
+                on: true,
+            })
+            .await
+        {
+            Ok(_) => Ok(rx),
+            Err(error) => {
+                self.ctx.subscribers.lock().remove(&self.shard);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Writes (and optionally a stream position) committed together. Nothing is sent before
+/// [`commit_sync`](Self::commit_sync) or [`commit_async`](Self::commit_async).
+#[derive(Debug, Clone)]
+#[must_use = "a transaction does nothing until it is committed"]
+pub struct Transaction {
+    checkpoint: Checkpoint,
+    writes: Vec<Write>,
+    consumed: Option<u64>,
+}
+
+impl Transaction {
+    /// Sets `key` to `value`.
+    pub fn put(self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        self.write(key.into(), Some(value.into()), None)
+    }
+
+    /// Sets `key` to `value`, with a transfer priority: a higher priority is copied earlier
+    /// when a new STANDBY is built (by default, sections that change most often go first).
+    pub fn put_with_priority(
+        self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        priority: u32,
+    ) -> Self {
+        self.write(key.into(), Some(value.into()), Some(priority))
+    }
+
+    /// Deletes `key`.
+    pub fn delete(self, key: impl Into<Vec<u8>>) -> Self {
+        self.write(key.into(), None, None)
+    }
+
+    /// Consumes the shard's stream up to and including message `seq` in the same commit.
+    pub fn consume(mut self, seq: u64) -> Self {
+        self.consumed = Some(self.consumed.map_or(seq, |old| old.max(seq)));
+        self
+    }
+
+    fn write(mut self, key: Vec<u8>, value: Option<Vec<u8>>, priority: Option<u32>) -> Self {
+        self.writes.push(Write {
+            key,
+            value,
+            priority,
+        });
+        self
+    }
+
+    /// Commits and waits until every in-sync STANDBY has applied it (or, with none, until it
+    /// is on the local disk). Returns the replica's version after it.
+    pub async fn commit_sync(self) -> Result<u64, DataError> {
+        self.commit(true).await
+    }
+
+    /// Commits and returns once the local replica has it; STANDBYs follow within the
+    /// service's `async_lag_max_ops` (the call waits when they lag more).
+    pub async fn commit_async(self) -> Result<u64, DataError> {
+        self.commit(false).await
+    }
+
+    async fn commit(self, sync: bool) -> Result<u64, DataError> {
+        let shard = self.checkpoint.shard.clone();
+        tandem_core::data::check_writes(&self.writes).map_err(DataError::BadWrite)?;
+        let epoch = match self.checkpoint.ctx.role(&shard) {
+            Some((Role::Active | Role::Quiescing, epoch))
+                if self.checkpoint.ctx.is_active(&shard) =>
+            {
+                epoch
+            }
+            _ => return Err(DataError::NotActive { shard }),
+        };
+        match self
+            .checkpoint
+            .ctx
+            .call(DataRequest::Commit {
+                shard,
+                epoch,
+                writes: self.writes,
+                consumed: self.consumed,
+                sync,
+            })
+            .await?
+        {
+            DataReply::Committed { version } => Ok(version),
+            other => Err(DataError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
