@@ -109,6 +109,28 @@ pub fn pair_service(child: bool) -> String {
     )
 }
 
+/// The 2n `pair` service of [`pair_service`] whose ACTIVE also writes its checkpoint (key `n`
+/// counting up, a sync commit every 2 ms) and, with `bulk` > 0, `bulk` sections of 1 KiB first.
+pub fn data_service(bulk: u64) -> String {
+    format!(
+        "\n[[services]]\nname = \"pair\"\nmodel = \"2n\"\nshards = [\"pair-0\"]\n\
+         units = [{{ name = \"pair-a\", node = \"n1\" }}, {{ name = \"pair-b\", node = \"n2\" }}]\n\
+         instantiate = [\"{{unit_bin}}\"]\n\
+         env = {{ TANDEM_TEST_RECORD = \"{{record}}\", TANDEM_TEST_WRITES = \"1\", TANDEM_TEST_BULK = \"{bulk}\" }}\n\
+         health_interval_ms = 100\nhealth_timeout_ms = 1000\ncallback_timeout_ms = 5000\n\
+         [services.escalation]\nrestart_max = 1000000\nrelocate = false\n"
+    )
+}
+
+/// The data directory of node `index`.
+pub fn node_data_dir(cluster: &TestCluster, index: usize) -> PathBuf {
+    cluster
+        .dir
+        .path()
+        .join("data")
+        .join(&cluster.nodes[index].name)
+}
+
 /// One line of the test unit's record file (see `test_unit.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
