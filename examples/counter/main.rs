@@ -1,23 +1,21 @@
-//! `counter`: a minimal stateful unit. While ACTIVE for a shard it counts ten times a second and
-//! keeps the count in the shard's checkpoint (a `sync` commit per tick, so the STANDBY has
-//! every count the ACTIVE has seen acknowledged); it logs the count every second. A new ACTIVE
-//! (after a switchover or a failover) reads the count back from its replica and goes on from
-//! there: the count survives the switch.
+//! `counter`: a minimal stateful unit on tandem's checkpoints and streams.
+//!
+//! Each message of a shard's stream is `+N` (from the shard's UDP ingress, or from a client
+//! through `tandemctl send` / `tandem::client`). The ACTIVE adds N to the shard's count and
+//! commits the new count together with the message's stream position, in one `sync` commit:
+//! the STANDBY has every count the ACTIVE acknowledged, and a new ACTIVE (after a switchover or
+//! a failover) gets exactly the messages after the last one counted, so the count never skips
+//! or repeats a message. An ingress sender gets `count=<value>` back from the same address.
 //!
 //! Run by tandemd as a unit of a service (see `tandemctl dev up`), never by hand.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
+use tandem::data::{Message, Origin};
 use tandem::{Context, HookError, Role, ShardName, Unit};
 
 /// The checkpoint key holding the count.
 const COUNT_KEY: &[u8] = b"count";
 
-struct Counter {
-    /// Whether the counting task runs (it starts with the first hook, which brings the Context).
-    counting: bool,
-}
+struct Counter;
 
 impl Unit for Counter {
     async fn assign(
@@ -27,17 +25,58 @@ impl Unit for Counter {
         role: Role,
         epoch: u64,
     ) -> Result<(), HookError> {
-        if !self.counting {
-            self.counting = true;
-            tokio::spawn(count(ctx.clone()));
+        match read_count(ctx, shard).await {
+            Ok(count) => {
+                tracing::info!(unit = ctx.unit(), %shard, %role, epoch, count, "role assigned")
+            }
+            Err(error) => {
+                tracing::info!(unit = ctx.unit(), %shard, %role, epoch, %error, "role assigned")
+            }
         }
-        let stored = read_count(ctx, shard).await.unwrap_or(0);
-        tracing::info!(unit = ctx.unit(), %shard, %role, epoch, count = stored, "role assigned");
+        Ok(())
+    }
+
+    async fn message(
+        &mut self,
+        ctx: &Context,
+        shard: &ShardName,
+        message: Message,
+    ) -> Result<(), HookError> {
+        let text = String::from_utf8_lossy(&message.payload);
+        let add: u64 = match text.trim().strip_prefix('+').map(str::parse) {
+            Some(Ok(add)) => add,
+            _ => {
+                // Not ours: consume it without counting, so it is not delivered again.
+                tracing::warn!(%shard, seq = message.seq, payload = %text, "not a +N message; skipped");
+                ctx.checkpoint(shard)
+                    .transaction()
+                    .consume(message.seq)
+                    .commit_sync()
+                    .await
+                    .map_err(|error| HookError::new(error.to_string()))?;
+                return Ok(());
+            }
+        };
+        let count = read_count(ctx, shard).await? + add;
+        ctx.checkpoint(shard)
+            .transaction()
+            .put(COUNT_KEY, count.to_string())
+            .consume(message.seq)
+            .commit_sync()
+            .await
+            .map_err(|error| HookError::new(error.to_string()))?;
+        if count.is_multiple_of(100) {
+            tracing::info!(unit = ctx.unit(), %shard, count, seq = message.seq, "counting");
+        }
+        if message.origin == Origin::Udp {
+            // A lost reply is the sender's to notice (UDP); the count is committed already.
+            let _ = ctx.reply(shard, &message, format!("count={count}")).await;
+        }
         Ok(())
     }
 
     async fn quiesce(&mut self, ctx: &Context, shard: &ShardName) -> Result<(), HookError> {
-        tracing::info!(unit = ctx.unit(), %shard, "quiescing: every count is committed");
+        tracing::info!(unit = ctx.unit(), %shard, "quiescing: every counted message is committed");
         Ok(())
     }
 
@@ -47,64 +86,24 @@ impl Unit for Counter {
     }
 }
 
-/// The count in the local replica of `shard`'s checkpoint.
-async fn read_count(ctx: &Context, shard: &ShardName) -> Option<u64> {
-    let value = ctx.checkpoint(shard).get(COUNT_KEY).await.ok()??;
-    std::str::from_utf8(&value).ok()?.parse().ok()
-}
-
-/// Counts for every shard this unit may act ACTIVE for; logs once a second.
-async fn count(ctx: Context) {
-    // The count per shard and the epoch it was read back at.
-    let mut counts: BTreeMap<ShardName, (u64, u64)> = BTreeMap::new();
-    let mut ticks: u64 = 0;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        ticks += 1;
-        let active = ctx.active_shards();
-        counts.retain(|shard, _| active.contains(shard));
-        for shard in active {
-            let Some((_, epoch)) = ctx.role(&shard) else {
-                continue;
-            };
-            let current = match counts.get(&shard) {
-                Some((count, at)) if *at == epoch => *count,
-                _ => {
-                    // New to ACTIVE (at this epoch): go on from what the replica holds.
-                    let stored = read_count(&ctx, &shard).await.unwrap_or(0);
-                    tracing::info!(unit = ctx.unit(), %shard, epoch, count = stored, "resuming from the checkpoint");
-                    stored
-                }
-            };
-            let next = current + 1;
-            match ctx
-                .checkpoint(&shard)
-                .put(COUNT_KEY, next.to_string())
-                .await
-            {
-                Ok(_) => {
-                    counts.insert(shard.clone(), (next, epoch));
-                }
-                Err(error) => {
-                    // No longer ACTIVE, or the shard moved on: read it back next time.
-                    tracing::debug!(unit = ctx.unit(), %shard, %error, "count not committed");
-                    counts.remove(&shard);
-                }
-            }
-        }
-        if ticks.is_multiple_of(10) {
-            for (shard, (count, epoch)) in &counts {
-                tracing::info!(unit = ctx.unit(), %shard, epoch, count, "counting");
-            }
-        }
-    }
+/// The count in the local replica of `shard`'s checkpoint (0 when none yet).
+async fn read_count(ctx: &Context, shard: &ShardName) -> Result<u64, HookError> {
+    let value = ctx
+        .checkpoint(shard)
+        .get(COUNT_KEY)
+        .await
+        .map_err(|error| HookError::new(format!("read the count: {error}")))?;
+    Ok(value
+        .and_then(|value| String::from_utf8(value).ok())
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0))
 }
 
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt().with_ansi(false).init();
     // `run` returns when tandemd closes the connection; the unit has quiesced by then.
-    if let Err(error) = tandem::run(Counter { counting: false }).await {
+    if let Err(error) = tandem::run(Counter).await {
         eprintln!("counter: {error}");
         std::process::exit(1);
     }

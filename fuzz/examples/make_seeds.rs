@@ -296,6 +296,8 @@ fn admin_seeds() {
             applied_index: 9,
             nodes: vec![node(1, true), node(2, false), node(3, false)],
             from_leader: true,
+            replicas: Vec::new(),
+            sessions: Vec::new(),
             services: Vec::new(),
             units: Vec::new(),
             shards: Vec::new(),
@@ -354,6 +356,15 @@ fn sample_report() -> tandem_core::AgentReport {
     let mut report = tandem_core::AgentReport {
         applied_index: 9,
         units: Default::default(),
+        in_sync: [(
+            "counter-0".into(),
+            tandem_core::InSyncClaim {
+                epoch: 3,
+                version: 5,
+                units: ["counter-b".into()].into(),
+            },
+        )]
+        .into(),
     };
     report.units.insert(
         "counter-a".into(),
@@ -509,4 +520,72 @@ fn main() {
     wal_seeds();
     sdk_seeds();
     config_seeds();
+    data_seeds();
+}
+
+/// Data messages, data calls and answers, and replica files.
+fn data_seeds() {
+    use tandem_core::data::{
+        DataMessage, DataReply, DataRequest, Item, MessageOrigin, Op, OpKind, Origin,
+        PersistAction, StreamMessage, Write,
+    };
+    use tandem_core::{ShardName, UnitName};
+    let shard = ShardName("s0".into());
+    let unit = UnitName("u1".into());
+    let write = Write {
+        key: b"k".to_vec(),
+        value: Some(b"v".to_vec()),
+        priority: Some(3),
+    };
+    let op = Op {
+        seq: 1,
+        epoch: 2,
+        kind: OpKind::Commit {
+            writes: vec![write.clone()],
+            consumed: None,
+        },
+    };
+    let message = Op {
+        seq: 2,
+        epoch: 2,
+        kind: OpKind::Message(StreamMessage {
+            payload: b"INVITE".to_vec(),
+            origin: MessageOrigin {
+                origin: Origin::Udp,
+                peer: "127.0.0.1:5060".into(),
+            },
+        }),
+    };
+    let items = DataMessage::Items {
+        shard: shard.clone(),
+        epoch: 2,
+        standby: unit.clone(),
+        session: 7,
+        first: 1,
+        items: vec![Item::Op(op.clone()), Item::Op(message.clone())],
+    };
+    let encoded = tandem_proto::data_wire::encode_message(&items).encode_to_vec();
+    write_seed("data_message", "items", &encoded);
+    let call = tandem_proto::sdk_wire::encode_call(
+        3,
+        &DataRequest::Commit {
+            shard: shard.clone(),
+            epoch: 2,
+            writes: vec![write],
+            consumed: Some(2),
+            sync: true,
+        },
+    );
+    write_seed("data_message", "commit-call", &call.encode_to_vec());
+    let answer = tandem_proto::sdk_wire::encode_answer(3, &DataReply::Committed { version: 9 });
+    write_seed("data_message", "committed", &answer.encode_to_vec());
+
+    let mut file = tandem_node::replica_file::header(&shard, &unit);
+    for action in [PersistAction::Op(op), PersistAction::Op(message), PersistAction::Complete] {
+        file.extend(tandem_node::replica_file::record(&action).expect("a record"));
+    }
+    // The target prepends the header itself when the first byte is odd.
+    write_seed("replica_file", "whole-file", &[&[0u8][..], &file].concat());
+    let records = &file[tandem_node::replica_file::header(&shard, &unit).len()..];
+    write_seed("replica_file", "records", &[&[1u8][..], records].concat());
 }

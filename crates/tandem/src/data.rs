@@ -173,6 +173,50 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Replies to the sender of an ingress `message` of `shard`, from the shard's ingress
+    /// address (the sender sees the address it wrote to answer). Datagrams may be lost like
+    /// any UDP; a message from a client (not an ingress) has no one to reply to.
+    pub async fn reply(
+        &self,
+        shard: &ShardName,
+        message: &Message,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), DataError> {
+        if message.origin != Origin::Udp || message.peer.is_empty() {
+            return Err(DataError::BadWrite(format!(
+                "message {} of shard {shard} came from a client, not an ingress address: there \
+                 is no sender to reply to",
+                message.seq
+            )));
+        }
+        self.reply_to(shard, &message.peer, payload).await
+    }
+
+    /// Sends a datagram to `peer` (`ip:port`) from `shard`'s ingress address: to answer an
+    /// earlier sender, or to send a request of the unit's own (SIP's BYE to a caller).
+    pub async fn reply_to(
+        &self,
+        shard: &ShardName,
+        peer: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), DataError> {
+        let message = UnitToAgent {
+            kind: Some(unit_to_agent::Kind::ReplyTo(
+                tandem_proto::sdk::IngressReply {
+                    shard: shard.0.clone(),
+                    peer: peer.to_owned(),
+                    payload: payload.into(),
+                },
+            )),
+        };
+        self.outbox
+            .send(message)
+            .await
+            .map_err(|_| DataError::Disconnected)
+    }
+}
+
 /// A shard's checkpoint, seen from this unit. See the [module documentation](self).
 #[derive(Debug, Clone)]
 pub struct Checkpoint {

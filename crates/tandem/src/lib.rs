@@ -57,6 +57,7 @@
 
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod data;
 
 use std::collections::BTreeMap;

@@ -76,12 +76,26 @@ pub enum Command {
     Repair(OperationArgs),
     /// Show the event log of the leader: role changes, faults, recoveries, admin operations.
     Events(EventsArgs),
+    /// Send a keyed message to a service's stream (routed to the key's shard; its ACTIVE gets
+    /// it through the SDK's message hook).
+    Send(SendArgs),
     /// Checkpoint tools.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
     /// Run a local cluster for development (every node on 127.0.0.1, in one directory).
     #[command(subcommand)]
     Dev(DevCommand),
+}
+
+/// Options of `send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The service.
+    pub service: String,
+    /// The routing key (the same key always reaches the same shard).
+    pub key: String,
+    /// The message.
+    pub payload: String,
 }
 
 /// `checkpoint` subcommands.
@@ -175,6 +189,9 @@ outlive tandemctl; stop them with `tandemctl dev down`.
 
 The tandemd binary is $TANDEMD_BIN if set, else the one next to tandemctl.")]
     Up(DevUpArgs),
+    /// Send the counter's built-in traffic (started by `dev up`; runs until `dev down`).
+    #[command(hide = true)]
+    Traffic(DevTrafficArgs),
     /// Stop the daemons started by `dev up` in DIR (SIGTERM, then SIGKILL after 10 s).
     Down(DevDownArgs),
 }
@@ -204,6 +221,20 @@ pub struct DevUpArgs {
     /// n2, built with `cargo build --release --examples`) or `none`.
     #[arg(long, value_name = "APP", default_value = "counter", value_parser = ["counter", "none"])]
     pub app: String,
+}
+
+/// Options of the hidden `dev traffic`.
+#[derive(Debug, Args)]
+pub struct DevTrafficArgs {
+    /// The ingress address to send `+1` datagrams to.
+    #[arg(long)]
+    pub to: std::net::SocketAddr,
+    /// Datagrams per second.
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 4 * 3600)]
+    pub duration_s: u64,
 }
 
 /// Options of `dev down`.

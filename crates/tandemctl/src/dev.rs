@@ -19,7 +19,7 @@ use tandem_core::{NodeId, RedundancyModel, ServiceSpec, Topology, UnitSpec};
 use tandemd::admin_client;
 use tandemd::config::{self, ClusterConfig, Config, NodeConfig};
 
-use crate::cli::{DevDownArgs, DevUpArgs, DEFAULT_CONFIG};
+use crate::cli::{DevDownArgs, DevTrafficArgs, DevUpArgs, DEFAULT_CONFIG};
 use crate::render::say;
 
 /// Name of the cluster `dev up` writes.
@@ -57,10 +57,18 @@ pub fn dev_addresses(base_port: u16, index: u16) -> anyhow::Result<(SocketAddr, 
     }
 }
 
+/// The UDP ingress of the dev counter's shard: 127.0.0.1:(P+300), 7400 by default.
+pub fn counter_ingress(base_port: u16) -> anyhow::Result<SocketAddr> {
+    match base_port.checked_add(300) {
+        Some(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        None => bail!("--base-port {base_port} is too high for the counter's ingress port"),
+    }
+}
+
 /// The counter service of a dev cluster running `counter` (the example's binary): a 2n pair
 /// with `counter-a` on n1 and `counter-b` on n2 (one unit with no redundancy on a 1-node
-/// cluster), one shard `counter-0`.
-pub fn counter_service(nodes: u16, counter: &Path) -> ServiceSpec {
+/// cluster), one shard `counter-0` whose UDP ingress `ingress` follows its ACTIVE.
+pub fn counter_service(nodes: u16, counter: &Path, ingress: SocketAddr) -> ServiceSpec {
     let mut units = vec![UnitSpec {
         name: "counter-a".into(),
         node: NodeId(1),
@@ -78,13 +86,21 @@ pub fn counter_service(nodes: u16, counter: &Path) -> ServiceSpec {
     } else {
         RedundancyModel::NoRedundancy
     };
-    ServiceSpec::new(
+    let mut service = ServiceSpec::new(
         "counter",
         model,
         units,
         vec!["counter-0".into()],
         vec![counter.display().to_string()],
-    )
+    );
+    service.ingress.insert(
+        "counter-0".into(),
+        tandem_core::IngressSpec {
+            udp: Some(ingress.to_string()),
+            tcp: None,
+        },
+    );
+    service
 }
 
 /// The config of a dev cluster of `nodes` nodes in `dir` (an absolute path, so that the
@@ -110,10 +126,10 @@ pub fn dev_config(
         })
         .collect::<anyhow::Result<_>>()?;
     let topology = Topology {
-        services: counter
-            .map(|path| counter_service(nodes, path))
-            .into_iter()
-            .collect(),
+        services: match counter {
+            Some(path) => vec![counter_service(nodes, path, counter_ingress(base_port)?)],
+            None => Vec::new(),
+        },
         ..Topology::default()
     };
     Ok(Config {
@@ -274,7 +290,11 @@ fn is_alive(pid: libc::pid_t) -> bool {
 /// an unrelated process after a crash is never signalled. True when it cannot be told.
 fn runs_tandemd(pid: libc::pid_t) -> bool {
     match fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmdline) => String::from_utf8_lossy(&cmdline).contains("tandemd"),
+        // A daemon, or the traffic generator (`tandemctl dev traffic`).
+        Ok(cmdline) => {
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("tandemd") || cmdline.contains("tandemctl")
+        }
         Err(_) => true,
     }
 }
@@ -639,6 +659,17 @@ pub fn up(args: &DevUpArgs) -> anyhow::Result<()> {
         &["NODE", "PID", "ADMIN", "PEER", "LOG"],
         &rows,
     ));
+    if counter.is_some() {
+        let ingress = counter_ingress(args.base_port)?;
+        match start_traffic(&dir, ingress) {
+            Ok(pid) => summary.push_str(&format!(
+                "traffic: 50 messages/s (+1 each) to counter-0's ingress udp {ingress} (pid {pid}); \
+                 the ACTIVE replies with the count, logged in {}\n",
+                logs_dir.join("traffic.log").display()
+            )),
+            Err(error) => summary.push_str(&format!("traffic not started: {error:#}\n")),
+        }
+    }
     let is_default_dir = args.dir == Path::new(DEFAULT_CONFIG).parent().unwrap_or(Path::new(""));
     if is_default_dir {
         summary.push_str("next: tandemctl status; tandemctl dev down\n");
@@ -933,4 +964,103 @@ mod tests {
         assert_eq!(shell_quote("/tmp/dev test"), "'/tmp/dev test'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
+}
+
+/// Starts `tandemctl dev traffic` in its own session, output to `dir/logs/traffic.log`, pid in
+/// `dir/pids/traffic.pid` (so `dev down` stops it with the daemons).
+fn start_traffic(dir: &Path, ingress: SocketAddr) -> anyhow::Result<u32> {
+    let me = std::env::current_exe().context("find tandemctl's own binary")?;
+    let log = dir.join("logs").join("traffic.log");
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut command = Command::new(me);
+    command
+        .args(["dev", "traffic", "--to", &ingress.to_string()])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid is async-signal-safe, as pre_exec requires (see `spawn`).
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().context("start the traffic generator")?;
+    let pid = child.id();
+    fs::write(dir.join("pids").join("traffic.pid"), format!("{pid}\n"))
+        .context("write the traffic pid file")?;
+    Ok(pid)
+}
+
+/// `dev traffic`: sends `+1` to `args.to` at `args.rate` per second and logs, every 5 s, what
+/// was sent and the last count the ACTIVE replied with (a count that goes back would be a lost
+/// commit; it is logged loudly). Stops after `args.duration_s`.
+pub fn traffic(args: &DevTrafficArgs) -> anyhow::Result<()> {
+    let socket =
+        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("bind a UDP socket")?;
+    socket.set_nonblocking(true)?;
+    let interval = Duration::from_micros(1_000_000 / u64::from(args.rate.max(1)));
+    let started = Instant::now();
+    let end = started + Duration::from_secs(args.duration_s);
+    let mut next_send = started;
+    let mut next_log = started + Duration::from_secs(5);
+    let (mut sent, mut replies, mut last_count, mut went_back) = (0u64, 0u64, 0u64, 0u64);
+    let mut buffer = [0u8; 256];
+    println!(
+        "{} traffic to {}: {} messages/s",
+        crate::render::utc(wall_ms()),
+        args.to,
+        args.rate
+    );
+    while Instant::now() < end {
+        let now = Instant::now();
+        if now >= next_send {
+            if socket.send_to(b"+1", args.to).is_ok() {
+                sent += 1;
+            }
+            next_send += interval;
+        }
+        while let Ok((len, _)) = socket.recv_from(&mut buffer) {
+            replies += 1;
+            let text = String::from_utf8_lossy(&buffer[..len]);
+            if let Some(count) = text
+                .strip_prefix("count=")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+            {
+                if count < last_count {
+                    went_back += 1;
+                    println!(
+                        "{} COUNT WENT BACK from {last_count} to {count}",
+                        crate::render::utc(wall_ms())
+                    );
+                }
+                last_count = last_count.max(count);
+            }
+        }
+        if now >= next_log {
+            println!(
+                "{} sent {sent}, replies {replies}, count {last_count}, went back {went_back}",
+                crate::render::utc(wall_ms())
+            );
+            next_log += Duration::from_secs(5);
+        }
+        std::thread::sleep(
+            Duration::from_millis(1).min(next_send.saturating_duration_since(Instant::now())),
+        );
+    }
+    Ok(())
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }

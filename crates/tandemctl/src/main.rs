@@ -95,11 +95,31 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Events(args) => {
             ops::events(&cli::target_from_environment(cli)?, args, cli.timeout())
         }
+        Command::Send(args) => {
+            let target = cli::target_from_environment(cli)?;
+            let sent = cluster::ask(&target, "send", |addr| {
+                tandemd::admin_client::send(
+                    addr,
+                    cli.timeout(),
+                    &args.service,
+                    args.key.as_bytes(),
+                    args.payload.as_bytes(),
+                )
+            })?;
+            let seq = if sent.outcome == "appended" {
+                format!(" at seq {}", sent.seq)
+            } else {
+                String::new()
+            };
+            render::say(&format!("{} for shard {}{seq}", sent.outcome, sent.shard));
+            Ok(())
+        }
         Command::Checkpoint(cli::CheckpointCommand::Verify(args)) => {
             ops::verify_checkpoint(&cli::target_from_environment(cli)?, args, cli.timeout())
         }
         Command::Dev(DevCommand::Up(args)) => dev::up(args),
         Command::Dev(DevCommand::Down(args)) => dev::down(args),
+        Command::Dev(DevCommand::Traffic(args)) => dev::traffic(args),
     }
 }
 

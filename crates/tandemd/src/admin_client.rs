@@ -252,6 +252,7 @@ fn describe(kind: &Option<admin_response::Kind>) -> String {
         Some(admin_response::Kind::Done(_)) => "an operation reply".into(),
         Some(admin_response::Kind::Event(_)) => "an event".into(),
         Some(admin_response::Kind::EventsEnd(_)) => "the end of the events".into(),
+        Some(admin_response::Kind::Sent(_)) => "a send reply".into(),
     }
 }
 
@@ -295,6 +296,34 @@ fn status_of(addr: SocketAddr, timeout: Duration, local: bool) -> Result<Status,
         admin_response::Kind::Status(status) => Ok(status),
         other => Err(AdminClientError::UnexpectedReply {
             expected: "status",
+            got: describe(&Some(other)),
+        }),
+    }
+}
+
+/// Hands the daemon at `addr` a keyed message for `service`'s stream.
+pub fn send(
+    addr: SocketAddr,
+    timeout: Duration,
+    service: &str,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<tandem_proto::admin::SendReply, AdminClientError> {
+    let request = AdminRequest {
+        forwarded: false,
+        timeout_ms: 0,
+        kind: Some(admin_request::Kind::Send(
+            tandem_proto::admin::SendRequest {
+                service: service.to_owned(),
+                key: key.to_vec(),
+                payload: payload.to_vec(),
+            },
+        )),
+    };
+    match refused_or(call(addr, &request, timeout)?, "send")? {
+        admin_response::Kind::Sent(sent) => Ok(sent),
+        other => Err(AdminClientError::UnexpectedReply {
+            expected: "send",
             got: describe(&Some(other)),
         }),
     }
@@ -480,6 +509,8 @@ mod tests {
             services: Vec::new(),
             units: Vec::new(),
             shards: Vec::new(),
+            replicas: Vec::new(),
+            sessions: Vec::new(),
         }
     }
 

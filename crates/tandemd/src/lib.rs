@@ -7,6 +7,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod config;
 pub mod events;
+pub mod ingress;
 pub mod replicas;
 pub mod runtime;
 pub mod sdk_server;

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use tandem_core::data::{DataConfig, DataEvent, DataPlane, DataRequest, DataView};
+use tandem_core::data::{
+    Accepted, DataConfig, DataEvent, DataPlane, DataRequest, DataView, MessageOrigin, Origin,
+    StreamMessage,
+};
 use tandem_core::{
     AdminOp, AdminTarget, AgentAction, NodeId, Refusal, ServiceName, ShardName, SwitchoverTarget,
     Time, UnitCommand, UnitName,
@@ -34,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin::{error_response, serve_admin, AdminOutcome};
 use crate::config::Config;
 use crate::events::{wall_ms, EventLog};
+use crate::ingress::{Ingress, VipChange};
 use crate::replicas::ReplicaStore;
 use crate::sdk_server::{self, Registration};
 use crate::supervisor::{self, Supervisor};
@@ -55,6 +59,24 @@ pub enum Event {
     Unit(UnitEvent),
     /// A unit registers through the SDK.
     Register(Registration),
+    /// A datagram arrived on a shard's ingress address.
+    Ingress {
+        /// The shard.
+        shard: ShardName,
+        /// The datagram.
+        payload: Vec<u8>,
+        /// Its sender.
+        peer: SocketAddr,
+    },
+    /// A unit's reply to an ingress message's sender.
+    IngressReply {
+        /// The shard whose ingress address it leaves from.
+        shard: ShardName,
+        /// The original sender.
+        peer: SocketAddr,
+        /// The reply.
+        payload: Vec<u8>,
+    },
     /// A unit's checkpoint or stream call.
     UnitData {
         /// The unit.
@@ -130,6 +152,10 @@ struct Daemon {
     /// Outbound data connections (separate from the control connections, so that a state
     /// transfer never delays Raft or heartbeats).
     data_peers: PeerSender,
+    /// Ingress addresses bound here.
+    ingress: Ingress,
+    /// Where ingress sockets hand their datagrams.
+    events_tx: mpsc::Sender<Event>,
     /// Keeps the data directory's lock held while the daemon runs.
     _lock: File,
 }
@@ -287,7 +313,7 @@ pub async fn run(
         events_tx.clone(),
         event_log.clone(),
     ));
-    tokio::spawn(sdk_server::serve(sdk_listener, events_tx));
+    tokio::spawn(sdk_server::serve(sdk_listener, events_tx.clone()));
 
     let mut tick = tokio::time::interval(Duration::from_millis(cluster.raft_tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -318,6 +344,8 @@ pub async fn run(
         data,
         replicas: opened_replicas.store,
         data_peers,
+        ingress: Ingress::default(),
+        events_tx: events_tx.clone(),
         _lock: lock,
     };
     tokio::pin!(shutdown);
@@ -427,6 +455,31 @@ impl Daemon {
                 id,
                 request,
             } => self.data.on_unit(now, &unit, generation, id, request),
+            Event::Ingress {
+                shard,
+                payload,
+                peer,
+            } => {
+                let message = StreamMessage {
+                    payload,
+                    origin: MessageOrigin {
+                        origin: Origin::Udp,
+                        peer: peer.to_string(),
+                    },
+                };
+                if let Err(reason) = self.data.accept(now, &shard, message) {
+                    tracing::debug!(%shard, %peer, %reason, "ingress datagram dropped");
+                }
+            }
+            Event::IngressReply {
+                shard,
+                peer,
+                payload,
+            } => {
+                if !self.ingress.reply(&shard, peer, &payload) {
+                    tracing::debug!(%shard, %peer, "reply dropped: this node does not hold the shard's ingress");
+                }
+            }
         }
     }
 
@@ -487,6 +540,11 @@ impl Daemon {
             )));
             return;
         };
+        if let admin_request::Kind::Send(send) = kind {
+            let response = self.send(send);
+            let _ = reply.send(AdminOutcome::Reply(response));
+            return;
+        }
         if let admin_request::Kind::Status(_) = kind {
             let mut status = crate::status::build(&self.config, &self.name, &self.node, self.now());
             crate::status::add_data(
@@ -623,7 +681,9 @@ impl Daemon {
                 };
                 Ok(AdminAction::Admin { target, op })
             }
-            admin_request::Kind::Status(_) | admin_request::Kind::Events(_) => {
+            admin_request::Kind::Status(_)
+            | admin_request::Kind::Events(_)
+            | admin_request::Kind::Send(_) => {
                 Err(bad("not an operation (this is a bug in tandemd)".into()))
             }
         }
@@ -676,6 +736,15 @@ impl Daemon {
         let view = DataView::from_state(self.node.state(), self.node.id());
         if self.data.view() != &view {
             self.data.set_view(now, view);
+        }
+        let changes = self.ingress.reconcile(
+            self.data.view(),
+            &self.node.state().topology,
+            self.node.id(),
+            &self.events_tx,
+        );
+        for change in changes {
+            self.vip(change);
         }
         self.data.set_lease(self.node.lease_until(now));
         for _ in 0..DRIVES_PER_WAKEUP_MAX {
@@ -734,6 +803,90 @@ impl Daemon {
         }
         self.node.set_in_sync_claims(self.data.claims());
         Ok(())
+    }
+
+    /// Runs a service's `vip_up` / `vip_down` command for an ingress address taken or given up.
+    fn vip(&self, change: VipChange) {
+        let (shard, udp, up) = match &change {
+            VipChange::Up { shard, udp } => (shard, udp, true),
+            VipChange::Down { shard, udp } => (shard, udp, false),
+        };
+        let topology = &self.node.state().topology;
+        let Some(service) = topology
+            .services
+            .iter()
+            .find(|service| service.shards.contains(shard))
+        else {
+            return;
+        };
+        let spec = if up {
+            &service.vip_up
+        } else {
+            &service.vip_down
+        };
+        if let Some(spec) = spec {
+            self.supervisor.run_vip(spec, shard, *udp, up);
+        }
+    }
+
+    /// Answers a client's keyed message: routed to its shard, appended to its stream here or
+    /// forwarded to the primary's node.
+    fn send(&mut self, request: &tandem_proto::admin::SendRequest) -> AdminResponse {
+        let now = self.now();
+        let topology = &self.node.state().topology;
+        let Some(service) = topology
+            .services
+            .iter()
+            .find(|service| service.name.0 == request.service)
+        else {
+            return error_response(
+                "not_found",
+                format!(
+                    "there is no service {:?} (services: {})",
+                    request.service,
+                    topology
+                        .services
+                        .iter()
+                        .map(|service| service.name.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        };
+        if service.shards.is_empty() || service.model.multi_active() {
+            return error_response(
+                "bad_request",
+                format!(
+                    "service {} has no single-ACTIVE shards to take messages",
+                    request.service
+                ),
+            );
+        }
+        let shard = shard_for(&service.shards, &request.key);
+        let message = StreamMessage {
+            payload: request.payload.clone(),
+            origin: MessageOrigin {
+                origin: Origin::Client,
+                peer: String::new(),
+            },
+        };
+        match self.data.accept(now, &shard, message) {
+            Ok(accepted) => {
+                let (outcome, seq) = match accepted {
+                    Accepted::Appended(seq) => ("appended", seq),
+                    Accepted::Forwarded(_) => ("forwarded", 0),
+                    Accepted::Held => ("held", 0),
+                };
+                AdminResponse {
+                    kind: Some(admin_response::Kind::Sent(tandem_proto::admin::SendReply {
+                        shard: shard.0,
+                        outcome: outcome.to_owned(),
+                        seq,
+                    })),
+                }
+            }
+            Err(reason) => error_response("refused", reason),
+        }
     }
 
     fn log_data_event(&self, event: &DataEvent) {
@@ -995,4 +1148,11 @@ pub fn admin_wait(request: &AdminRequest, default: Duration) -> Duration {
     Duration::from_millis(u64::from(request.timeout_ms))
         .max(default)
         .min(ADMIN_WAIT_MAX)
+}
+
+/// The shard of `shards` a client key routes to: crc32 of the key, modulo their count (stable
+/// across nodes, restarts and versions; changing a service's shard list re-routes keys).
+pub fn shard_for(shards: &[ShardName], key: &[u8]) -> ShardName {
+    let index = crc32fast::hash(key) as usize % shards.len().max(1);
+    shards[index].clone()
 }

@@ -259,6 +259,21 @@ async fn connection(mut stream: UnixStream, events: &mpsc::Sender<Event>) -> Res
                 }
                 continue;
             }
+            Some(unit_to_agent::Kind::ReplyTo(reply)) => {
+                let Ok(peer) = reply.peer.parse() else {
+                    tracing::warn!(%unit, peer = %reply.peer, "ingress reply to a malformed address dropped");
+                    continue;
+                };
+                let event = Event::IngressReply {
+                    shard: tandem_core::ShardName(reply.shard),
+                    peer,
+                    payload: reply.payload,
+                };
+                if events.send(event).await.is_err() {
+                    break Ok(());
+                }
+                continue;
+            }
             Some(unit_to_agent::Kind::Register(_)) | None => {
                 break Err(format!(
                     "unit {unit}: unexpected message after registration"

@@ -393,6 +393,42 @@ impl Supervisor {
         self.children.clear();
     }
 
+    /// Runs a service's `vip_up` (`up`) or `vip_down` command for `shard`'s ingress address, in
+    /// the background, with `TANDEM_SHARD`, `TANDEM_UDP` and `TANDEM_VIP` (`up` or `down`).
+    pub fn run_vip(
+        &self,
+        spec: &ProcessSpec,
+        shard: &tandem_core::ShardName,
+        udp: std::net::SocketAddr,
+        up: bool,
+    ) {
+        let spec = spec.clone();
+        let config_dir = self.config_dir.clone();
+        let shard = shard.clone();
+        tokio::spawn(async move {
+            let Some(program) = spec.argv.first() else {
+                return;
+            };
+            let mut command = tokio::process::Command::new(resolve(&config_dir, program));
+            command
+                .args(&spec.argv[1..])
+                .envs(&spec.env)
+                .env("TANDEM_SHARD", shard.as_str())
+                .env("TANDEM_UDP", udp.to_string())
+                .env("TANDEM_VIP", if up { "up" } else { "down" })
+                .stdin(Stdio::null())
+                .kill_on_drop(true);
+            match tokio::time::timeout(Duration::from_secs(30), command.status()).await {
+                Ok(Ok(status)) if status.success() => {
+                    tracing::info!(%shard, up, "vip command finished")
+                }
+                Ok(Ok(status)) => tracing::error!(%shard, up, %status, "vip command failed"),
+                Ok(Err(error)) => tracing::error!(%shard, up, %error, "vip command could not run"),
+                Err(_) => tracing::error!(%shard, up, "vip command ran 30 s; killed"),
+            }
+        });
+    }
+
     /// Runs the node-restart command in the background.
     pub fn run_node_restart(&self, spec: &ProcessSpec) {
         let spec = spec.clone();
