@@ -31,6 +31,14 @@ pub enum AdminAction {
         /// What to do.
         op: AdminOp,
     },
+    /// Processing restriction of a shard's ACTIVE: new sessions admitted per thousand
+    /// (`None` lifts it).
+    Restrict {
+        /// The shard.
+        shard: ShardName,
+        /// Per thousand.
+        admitted_permille: Option<u32>,
+    },
 }
 
 /// A request carried out.
@@ -99,6 +107,53 @@ pub(crate) fn plan(
             Goal::Committed,
             "committed a no-op".into(),
         )),
+        AdminAction::Restrict {
+            shard,
+            admitted_permille,
+        } => {
+            let Some(record) = state.shards.get(shard) else {
+                return Err(refusal(
+                    "not_found",
+                    format!(
+                        "there is no shard {shard} (shards: {})",
+                        state
+                            .shards
+                            .keys()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            };
+            if admitted_permille.is_some_and(|permille| permille > 1000) {
+                return Err(refusal(
+                    "bad_request",
+                    "a restriction admits a fraction between 0 and 1 of new sessions",
+                ));
+            }
+            if record.admitted_permille == *admitted_permille {
+                return Err(refusal(
+                    "no_op",
+                    format!("shard {shard} is already restricted so"),
+                ));
+            }
+            let summary = match admitted_permille {
+                Some(permille) => format!(
+                    "restricted shard {shard}: its ACTIVE admits {}.{}% of new sessions",
+                    permille / 10,
+                    permille % 10
+                ),
+                None => format!("lifted the restriction of shard {shard}"),
+            };
+            Ok((
+                vec![Command::Restrict {
+                    shard: shard.clone(),
+                    admitted_permille: *admitted_permille,
+                }],
+                Goal::Committed,
+                summary,
+            ))
+        }
         AdminAction::Switchover(target) => {
             let commands = plan_switchover(&view, target)?;
             let mut pairs = Vec::new();

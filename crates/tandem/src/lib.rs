@@ -227,6 +227,20 @@ pub trait Unit: Send + 'static {
         async { Ok(()) }
     }
 
+    /// Processing restriction of `shard` changed (an operator's `tandemctl restrict`): admit
+    /// only this fraction (0.0 ..= 1.0) of *new* sessions, or all of them again (`None`). What
+    /// a new session is, and how to refuse one (SIP: 503), is the unit's call; work already
+    /// admitted goes on. [`Context::admitted`] tells the current value at any time.
+    fn restrict(
+        &mut self,
+        ctx: &Context,
+        shard: &ShardName,
+        admit: Option<f64>,
+    ) -> impl Future<Output = Result<(), HookError>> + Send {
+        let _ = (ctx, shard, admit);
+        async { Ok(()) }
+    }
+
     /// Reset the part that failed, in place (the first rung of restart escalation, after a
     /// [`Severity::Transient`] fault).
     fn reset(&mut self, ctx: &Context) -> impl Future<Output = Result<(), HookError>> + Send {
@@ -249,6 +263,8 @@ struct Identity {
 #[derive(Debug, Default)]
 struct Beliefs {
     belief: tandem_core::UnitBelief,
+    /// Fraction of new sessions admitted, per restricted shard.
+    restrictions: BTreeMap<ShardName, f64>,
 }
 
 /// The unit's view of itself and its way to talk to `tandemd`. Cheap to clone; safe to use
@@ -327,6 +343,17 @@ impl Context {
             .roles()
             .map(|(shard, role, epoch)| (shard.clone(), (role, epoch)))
             .collect()
+    }
+
+    /// The fraction (0.0 ..= 1.0) of new sessions of `shard` to admit: 1.0 unless an operator
+    /// restricted it (see [`Unit::restrict`]).
+    pub fn admitted(&self, shard: &ShardName) -> f64 {
+        self.beliefs
+            .lock()
+            .restrictions
+            .get(shard)
+            .copied()
+            .unwrap_or(1.0)
     }
 
     /// Every shard the unit may act ACTIVE for right now.
@@ -516,6 +543,24 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
                     Inbound::Resume(resumed)
                 }
                 Some(agent_to_unit::Kind::Request(request)) => Inbound::Request(request),
+                Some(agent_to_unit::Kind::Restrict(restriction)) => {
+                    let admit = restriction
+                        .admitted_permille
+                        .map(|permille| f64::from(permille.min(1000)) / 1000.0);
+                    let shard = ShardName(restriction.shard);
+                    {
+                        let mut beliefs = reader_ctx.beliefs.lock();
+                        let before = beliefs.restrictions.get(&shard).copied();
+                        match admit {
+                            Some(admit) => beliefs.restrictions.insert(shard.clone(), admit),
+                            None => beliefs.restrictions.remove(&shard),
+                        };
+                        if before == admit {
+                            continue;
+                        }
+                    }
+                    Inbound::Restrict { shard, admit }
+                }
                 Some(agent_to_unit::Kind::Answer(answer)) => {
                     let (id, reply) =
                         tandem_proto::sdk_wire::decode_answer(answer).map_err(|error| {
@@ -669,6 +714,11 @@ enum Inbound {
     RoundStarted { shard: ShardName, ok: bool },
     /// A stream message.
     Message { shard: ShardName, message: Message },
+    /// The shard's processing restriction changed.
+    Restrict {
+        shard: ShardName,
+        admit: Option<f64>,
+    },
 }
 
 /// The hook runner's stream bookkeeping.
@@ -735,6 +785,12 @@ async fn handle_inbound<U: Unit>(
                 if ctx.role(&shard) == Some((Role::Active, epoch)) {
                     streams.start_round(ctx, shard, epoch).await?;
                 }
+            }
+        }
+        Inbound::Restrict { shard, admit } => {
+            tracing::info!(%shard, ?admit, "processing restriction changed");
+            if let Err(error) = unit.restrict(ctx, &shard, admit).await {
+                tracing::warn!(%shard, %error, "the restrict hook failed");
             }
         }
         Inbound::RoundStarted { shard, ok } => {

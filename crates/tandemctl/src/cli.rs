@@ -76,6 +76,10 @@ pub enum Command {
     Repair(OperationArgs),
     /// Show the event log of the leader: role changes, faults, recoveries, admin operations.
     Events(EventsArgs),
+    /// Restrict a shard's ACTIVE to admitting a fraction of new sessions (0 to 1; `off` lifts
+    /// it). The unit decides what a new session is (the SIP example answers new INVITEs with
+    /// 503).
+    Restrict(RestrictArgs),
     /// Send a keyed message to a service's stream (routed to the key's shard; its ACTIVE gets
     /// it through the SDK's message hook).
     Send(SendArgs),
@@ -85,6 +89,18 @@ pub enum Command {
     /// Run a local cluster for development (every node on 127.0.0.1, in one directory).
     #[command(subcommand)]
     Dev(DevCommand),
+}
+
+/// Options of `restrict`.
+#[derive(Debug, Args)]
+pub struct RestrictArgs {
+    /// The shard.
+    pub shard: String,
+    /// Fraction of new sessions to admit, from 0 (none) to 1 (all), or `off`.
+    pub fraction: String,
+    /// How long to wait for the operation to complete, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub wait_ms: u64,
 }
 
 /// Options of `send`.

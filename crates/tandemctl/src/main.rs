@@ -95,6 +95,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Events(args) => {
             ops::events(&cli::target_from_environment(cli)?, args, cli.timeout())
         }
+        Command::Restrict(args) => ops::restrict(&cli::target_from_environment(cli)?, args),
         Command::Send(args) => {
             let target = cli::target_from_environment(cli)?;
             let sent = cluster::ask(&target, "send", |addr| {

@@ -67,6 +67,31 @@ pub fn switchover(target: &Target, args: &SwitchoverArgs) -> anyhow::Result<()> 
     )
 }
 
+/// `tandemctl restrict`.
+pub fn restrict(target: &Target, args: &crate::cli::RestrictArgs) -> anyhow::Result<()> {
+    let admitted_permille = match args.fraction.as_str() {
+        "off" | "none" => None,
+        text => {
+            let fraction: f64 = text.parse().map_err(|_| {
+                anyhow::anyhow!("{text:?} is not a fraction; give a number from 0 to 1, or `off`")
+            })?;
+            if !(0.0..=1.0).contains(&fraction) {
+                bail!("{fraction} is not between 0 and 1 (0 admits no new session, 1 all)");
+            }
+            Some((fraction * 1000.0).round() as u32)
+        }
+    };
+    run_operation(
+        target,
+        &format!("restrict shard {}", args.shard),
+        admin_request::Kind::Restrict(tandem_proto::admin::RestrictRequest {
+            shard: args.shard.clone(),
+            admitted_permille,
+        }),
+        Duration::from_millis(args.wait_ms),
+    )
+}
+
 /// `tandemctl lock|unlock|shutdown|lock-instantiation|unlock-instantiation|restart|repair`.
 pub fn operation(target: &Target, op: &str, args: &OperationArgs) -> anyhow::Result<()> {
     let (what, operation_target) = match (&args.unit, &args.node) {

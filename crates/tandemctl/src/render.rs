@@ -289,6 +289,13 @@ fn shards_table(shards: &[ShardStatus]) -> String {
             if !shard.handover.is_empty() {
                 other.push(format!("handover: {}", shard.handover));
             }
+            if let Some(permille) = shard.admitted_permille {
+                other.push(format!(
+                    "restricted: admits {}.{}% of new sessions",
+                    permille / 10,
+                    permille % 10
+                ));
+            }
             vec![
                 shard.name.clone(),
                 shard.service.clone(),
@@ -501,6 +508,7 @@ struct ShardJson<'a> {
     handover: Option<&'a str>,
     in_sync: &'a [String],
     sync: Vec<SyncJson<'a>>,
+    admitted_permille: Option<u32>,
 }
 
 /// JSON shape of one node in `status --json`.
@@ -613,6 +621,7 @@ pub fn status_json(status: &Status) -> String {
                     .collect(),
                 handover: Some(shard.handover.as_str()).filter(|handover| !handover.is_empty()),
                 in_sync: &shard.in_sync,
+                admitted_permille: shard.admitted_permille,
                 sync: status
                     .sessions
                     .iter()
@@ -878,6 +887,7 @@ mod tests {
             ],
             handover: String::new(),
             in_sync: vec![],
+            admitted_permille: None,
         }];
         status.sessions = vec![SessionInfo {
             node: "n1".into(),

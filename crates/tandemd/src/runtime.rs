@@ -118,6 +118,8 @@ struct UnitConnection {
     reinitialise: bool,
     /// Where messages for it go, once it registered.
     channel: Option<mpsc::Sender<AgentToUnit>>,
+    /// The restriction last sent per shard.
+    restrictions: BTreeMap<ShardName, Option<u32>>,
 }
 
 /// An admin request waiting for the Node's answer.
@@ -681,6 +683,10 @@ impl Daemon {
                 };
                 Ok(AdminAction::Admin { target, op })
             }
+            admin_request::Kind::Restrict(restrict) => Ok(AdminAction::Restrict {
+                shard: ShardName(restrict.shard.clone()),
+                admitted_permille: restrict.admitted_permille,
+            }),
             admin_request::Kind::Status(_)
             | admin_request::Kind::Events(_)
             | admin_request::Kind::Send(_) => {
@@ -802,7 +808,48 @@ impl Daemon {
             }
         }
         self.node.set_in_sync_claims(self.data.claims());
+        self.send_restrictions();
         Ok(())
+    }
+
+    /// Tells each local unit holding a shard its committed processing restriction whenever it
+    /// changes (and once after the unit registered).
+    fn send_restrictions(&mut self) {
+        let state = self.node.state();
+        let mut messages = Vec::new();
+        for (unit, connection) in &mut self.units {
+            if connection.channel.is_none() {
+                continue;
+            }
+            for shard in state.shards.values() {
+                if !shard.roles.contains_key(unit) {
+                    connection.restrictions.remove(&shard.name);
+                    continue;
+                }
+                let known = connection.restrictions.get(&shard.name);
+                if known == Some(&shard.admitted_permille) {
+                    continue;
+                }
+                connection
+                    .restrictions
+                    .insert(shard.name.clone(), shard.admitted_permille);
+                messages.push((
+                    unit.clone(),
+                    connection.generation,
+                    sdk::Restriction {
+                        shard: shard.name.0.clone(),
+                        admitted_permille: shard.admitted_permille,
+                    },
+                ));
+            }
+        }
+        for (unit, generation, restriction) in messages {
+            self.send_to_unit(
+                &unit,
+                generation,
+                agent_to_unit::Kind::Restrict(restriction),
+            );
+        }
     }
 
     /// Runs a service's `vip_up` / `vip_down` command for an ingress address taken or given up.
@@ -1039,6 +1086,7 @@ impl Daemon {
                                 service,
                                 reinitialise,
                                 channel: None,
+                                restrictions: BTreeMap::new(),
                             },
                         );
                         UnitEvent::Started {

@@ -211,6 +211,7 @@ fn shards(
                     })
                     .collect(),
                 in_sync: shard.in_sync.iter().map(|unit| unit.0.clone()).collect(),
+                admitted_permille: shard.admitted_permille,
                 handover: shard.handover.as_ref().map_or(String::new(), |handover| {
                     format!(
                         "{} from {} to {}",
