@@ -19,9 +19,9 @@
 //!   the fault itself (the SDK quiesces before reporting). Faults are repeated in every report
 //!   until the committed state shows them handled.
 //! - After the agent starts (daemon start or restart), it starts nothing until it has a valid
-//!   lease, i.e. has caught up with the leader's log; units that still held roles then are
-//!   reported with an `AgentRestarted` fault, since their previous instance died with the
-//!   daemon.
+//!   lease, i.e. has caught up with the leader's log; units that still held roles then (or
+//!   that a shard continues from while their replica may be in memory only) are reported with
+//!   an `AgentRestarted` fault, since their previous instance died with the daemon.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -272,9 +272,15 @@ impl Agent {
         if lease_until.is_some() && !self.caught_up {
             self.caught_up = true;
             self.node_restart_seen = node_restart;
-            // Units that held roles when the daemon stopped lost their instance with it.
+            // Units that held roles when the daemon stopped lost their instance with it. So
+            // did a unit without roles that a shard continues from (its last ACTIVE) while its
+            // replica may hold acknowledged writes in memory only: the fault tells the cluster
+            // that the replica no longer has them.
             for unit in state.units_on(self.node) {
-                if state.roles_of(&unit.name).next().is_some() {
+                let continued_in_memory = state.shards.values().any(|shard| {
+                    shard.synced_this_epoch && shard.last_active.as_ref() == Some(&unit.name)
+                });
+                if state.roles_of(&unit.name).next().is_some() || continued_in_memory {
                     let slot = self.units.entry(unit.name.clone()).or_default();
                     slot.committed_fault_seen = unit.fault_seen;
                     let id = slot.next_fault_id(unit.generation);

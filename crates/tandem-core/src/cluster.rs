@@ -190,8 +190,12 @@ pub struct ShardRecord {
     /// The unit that became ACTIVE at the current epoch (the holder of the newest replica),
     /// while its replica can be trusted to hold everything it acknowledged.
     pub last_active: Option<UnitName>,
-    /// A STANDBY was in sync at some point of this epoch: the ACTIVE acknowledged sync writes
-    /// without waiting for its own disk, so its replica does not survive a crash of its node.
+    /// The ACTIVE's replica may hold acknowledged sync writes that are not on its own disk, so
+    /// it does not survive a crash of its node: a STANDBY was in sync at some point of this
+    /// epoch (the ACTIVE acknowledged sync writes without waiting for its own disk), or the
+    /// ACTIVE continued from such a replica when the epoch began (a STANDBY promoted from in
+    /// sync: the previous ACTIVE acknowledged once it had applied the writes, in memory; or
+    /// the previous epoch's ACTIVE again, while this was set).
     pub synced_this_epoch: bool,
     /// Processing restriction: the ACTIVE admits this many new sessions per thousand
     /// (`None`: no restriction).
@@ -219,7 +223,14 @@ impl ShardRecord {
     /// ACTIVE, a unit that is neither the previous ACTIVE nor recorded in sync with it may miss
     /// acknowledged writes: that is reported.
     fn begin_epoch(&mut self, unit: &UnitName, single_active: bool, events: &mut Vec<ModelEvent>) {
-        let continuous = self.last_active.as_ref() == Some(unit) || self.in_sync.contains(unit);
+        let promoted_in_sync = self.in_sync.contains(unit);
+        let same_active = self.last_active.as_ref() == Some(unit);
+        let continuous = same_active || promoted_in_sync;
+        // What the new ACTIVE continues from may be in memory only: an in-sync STANDBY
+        // acknowledged writes once it applied them, before its disk had them; the previous
+        // ACTIVE may not have waited for its disk. A crash of its node before the disk caught
+        // up loses them, which `strip_unit` must know to report.
+        let memory_only = promoted_in_sync || (same_active && self.synced_this_epoch);
         self.epoch += 1;
         if single_active && self.epoch > 1 && !continuous {
             events.push(ModelEvent::PossibleLoss {
@@ -230,7 +241,7 @@ impl ShardRecord {
         }
         self.last_active = Some(unit.clone());
         self.in_sync.clear();
-        self.synced_this_epoch = false;
+        self.synced_this_epoch = memory_only;
     }
 
     /// Units holding `role`.
@@ -835,6 +846,7 @@ impl ClusterState {
         let outcome = change(&mut draft, &mut draft_events);
         if !matches!(outcome, ApplyOutcome::Refused(_)) {
             draft.keep_in_sync_standbys();
+            draft.keep_continued_replicas();
             *self = draft;
             events.extend(draft_events);
         }
@@ -848,6 +860,23 @@ impl ClusterState {
             shard
                 .in_sync
                 .retain(|unit| roles.get(unit) == Some(&Role::Standby));
+        }
+    }
+
+    /// A unit the cluster continues a shard from (its `last_active`) keeps its replicas: an L2
+    /// instance rebuilt them when it started, and a later start of the same instance (its
+    /// daemon restarted while the unit held no role, so no fault replaced the instance) must
+    /// not empty them again, or writes acknowledged since would be lost with no possible loss
+    /// reported.
+    fn keep_continued_replicas(&mut self) {
+        for shard in self.shards.values() {
+            if let Some(unit) = shard
+                .last_active
+                .as_ref()
+                .and_then(|unit| self.units.get_mut(unit))
+            {
+                unit.reinitialise = false;
+            }
         }
     }
 
@@ -1767,6 +1796,87 @@ pub(crate) mod tests {
             .any(|event| matches!(event, ModelEvent::UnitFaulted { .. })));
         // The same report again is a duplicate, and so is one about the old instance.
         assert_eq!(state.apply(4, &fault), ApplyOutcome::Unchanged);
+    }
+
+    #[test]
+    fn a_promoted_in_sync_standby_continues_from_memory_and_its_daemon_restart_is_a_loss() {
+        let mut state = two_n_state();
+        state.apply(
+            2,
+            &set(
+                "s0",
+                0,
+                &[("a", Some(Role::Active)), ("b", Some(Role::Standby))],
+            ),
+        );
+        let in_sync = Command::SetInSync {
+            shard: "s0".into(),
+            epoch: 1,
+            units: vec!["b".into()].into_iter().collect(),
+        };
+        assert_eq!(state.apply(3, &in_sync), ApplyOutcome::Changed);
+        let fault = |unit: &str, generation, kind, promotions: Vec<(ShardName, UnitName)>| {
+            Command::UnitFault {
+                unit: unit.into(),
+                fault: FaultId { generation, seq: 1 },
+                kind,
+                at_ms: 1000,
+                promotions,
+            }
+        };
+        let crash = FaultKind::ProcessExit {
+            code: Some(3),
+            signal: None,
+        };
+        let mut events = Vec::new();
+        state.apply_with_events(
+            4,
+            &fault("a", 1, crash, vec![("s0".into(), "b".into())]),
+            &mut events,
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|event| matches!(event, ModelEvent::PossibleLoss { .. })),
+            "b was in sync"
+        );
+        let s0 = &state.shards[&ShardName::from("s0")];
+        assert_eq!(
+            (s0.epoch, s0.last_active.as_ref()),
+            (2, Some(&UnitName::from("b")))
+        );
+        assert!(
+            s0.synced_this_epoch,
+            "b acknowledged a's writes once applied in memory; its disk may not have them"
+        );
+        // b's daemon restarts, losing what its disk did not have: b no longer continues s0.
+        state.apply(5, &fault("b", 1, FaultKind::AgentRestarted, vec![]));
+        assert_eq!(state.shards[&ShardName::from("s0")].last_active, None);
+        let mut events = Vec::new();
+        let version = state.shards[&ShardName::from("s0")].version;
+        state.apply_with_events(
+            6,
+            &set("s0", version, &[("b", Some(Role::Active))]),
+            &mut events,
+        );
+        assert!(events
+            .iter()
+            .any(|event| matches!(event, ModelEvent::PossibleLoss { .. })));
+    }
+
+    #[test]
+    fn a_rebuilt_replica_that_became_active_is_not_rebuilt_again() {
+        let mut state = two_n_state();
+        // An L2 instance of a starts (it empties its replicas when it starts)...
+        state
+            .units
+            .get_mut(&UnitName::from("a"))
+            .unwrap()
+            .reinitialise = true;
+        // ...and becomes ACTIVE: the cluster continues from what it holds now, so a later start
+        // of the same instance (after a daemon restart) must keep it.
+        state.apply(2, &set("s0", 0, &[("a", Some(Role::Active))]));
+        assert!(!state.units[&UnitName::from("a")].reinitialise);
     }
 
     #[test]

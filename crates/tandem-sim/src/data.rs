@@ -174,6 +174,8 @@ pub enum PendingData {
     Apply {
         /// The shard.
         shard: ShardName,
+        /// The epoch it was made at.
+        epoch: u64,
         /// The message's id.
         id: u64,
         /// Its stream position.
@@ -200,8 +202,11 @@ pub struct UnitData {
     /// Shards whose stream the unit asked for and whose answer has not come: deliveries
     /// before it belong to an older round and are dropped.
     pub awaiting: BTreeSet<ShardName>,
-    /// Last seq whose application was acknowledged, per shard.
-    pub last_applied: BTreeMap<ShardName, u64>,
+    /// The request id of the newest `Deliver` per shard: only its answer starts the round (an
+    /// answer to an older one is followed by that older round's deliveries).
+    pub round: BTreeMap<ShardName, u64>,
+    /// Last seq whose application was acknowledged, and the epoch of that commit, per shard.
+    pub last_applied: BTreeMap<ShardName, (u64, u64)>,
     /// When the last message on the unit's SDK socket towards the unit arrives (simulated
     /// time): the socket keeps order, so later ones arrive after it.
     pub inbound_at: u64,
@@ -275,6 +280,13 @@ impl DataChecker {
         if epoch > entry.0 {
             *entry = (epoch, now);
         }
+    }
+
+    /// Whether the cluster reported a possible loss on `shard` at an epoch after `epoch`.
+    pub fn loss_after(&self, shard: &ShardName, epoch: u64) -> bool {
+        self.losses
+            .get(shard)
+            .is_some_and(|(loss_epoch, _)| *loss_epoch > epoch)
     }
 
     /// A unit issues a commit of `writes`; returns its issue number.

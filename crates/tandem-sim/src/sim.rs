@@ -1583,10 +1583,14 @@ impl Sim {
     // ----- units and the data plane -----
 
     /// Sends a data request from unit process `pid` to its agent.
-    fn unit_data_request(&mut self, pid: u32, body: DataRequest, pending: PendingData) {
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return;
-        };
+    /// Sends a data request of a unit; returns its id.
+    fn unit_data_request(
+        &mut self,
+        pid: u32,
+        body: DataRequest,
+        pending: PendingData,
+    ) -> Option<u64> {
+        let process = self.processes.get_mut(&pid)?;
         let request = self.next_data_request;
         self.next_data_request += 1;
         process.data.pending.insert(request, pending);
@@ -1600,6 +1604,7 @@ impl Sim {
         let delay = self.unit_rng.between(20, 200);
         let delay = process.data.outbound(self.now, delay);
         self.send_input(node, life, delay, input);
+        Some(request)
     }
 
     fn on_unit_data_reply(
@@ -1641,10 +1646,21 @@ impl Sim {
                         .on_acked(&shard, epoch, version, &writes, issue);
                 }
             }
-            (PendingData::Apply { shard, id, seq }, DataReply::Committed { .. }) => {
+            (
+                PendingData::Apply {
+                    shard,
+                    epoch,
+                    id,
+                    seq,
+                },
+                DataReply::Committed { .. },
+            ) => {
                 self.report.messages_applied += 1;
                 process.data.busy.remove(&shard);
-                process.data.last_applied.insert(shard.clone(), seq);
+                process
+                    .data
+                    .last_applied
+                    .insert(shard.clone(), (seq, epoch));
                 self.trace(|| format!("pid {pid} applied m{id} on {shard}"));
                 self.apply_next(pid, &shard);
             }
@@ -1662,7 +1678,11 @@ impl Sim {
                 },
             ) => self.data_checker.on_uncertain(&shard, &writes),
             (PendingData::Deliver { shard }, _) => {
-                process.data.awaiting.remove(&shard);
+                // The answer to an older `Deliver` than the newest is followed by that older
+                // round's deliveries; the round the unit asked for last starts with its own.
+                if process.data.round.get(&shard) == Some(&request) {
+                    process.data.awaiting.remove(&shard);
+                }
             }
             (PendingData::Writes { .. }, _) => {}
         }
@@ -1676,10 +1696,21 @@ impl Sim {
             return;
         };
         process.data.queue.remove(shard);
-        let applied = process.data.last_applied.get(shard).copied().unwrap_or(0);
+        // The round starts after what this unit applied: the plane delivers from the replica's
+        // consumed position, which holds every acknowledged application (each is a sync
+        // commit). Unless the cluster reported a possible loss since that application: the
+        // stream then continues from the new ACTIVE's replica, whose positions are a different
+        // history and may be below the old one's (seqs compare only within one history). A
+        // message applied before is still caught then, by its mark in the replica.
+        let applied = match process.data.last_applied.get(shard) {
+            Some(&(seq, applied_epoch)) if !self.data_checker.loss_after(shard, applied_epoch) => {
+                seq
+            }
+            _ => 0,
+        };
         process.data.last_delivered.insert(shard.clone(), applied);
         process.data.awaiting.insert(shard.clone());
-        self.unit_data_request(
+        if let Some(request) = self.unit_data_request(
             pid,
             DataRequest::Deliver {
                 shard: shard.clone(),
@@ -1688,7 +1719,10 @@ impl Sim {
             PendingData::Deliver {
                 shard: shard.clone(),
             },
-        );
+        ) {
+            let process = self.processes.get_mut(&pid).expect("checked");
+            process.data.round.insert(shard.clone(), request);
+        }
     }
 
     fn on_unit_delivery(&mut self, pid: u32, delivery: Delivery) -> Result<(), Violation> {
@@ -1818,6 +1852,7 @@ impl Sim {
             body,
             PendingData::Apply {
                 shard: shard.clone(),
+                epoch,
                 id,
                 seq,
             },

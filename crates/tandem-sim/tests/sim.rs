@@ -160,6 +160,52 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          re-assigned ACTIVE consumed a later message while earlier ones had been dropped \
          (fixed: a lapsed lease ends the round; deliveries during an ACTIVE hook are dropped)",
     ),
+    (
+        780,
+        "cluster: an L2 instance rebuilt its replica, became ACTIVE and acknowledged writes; \
+         its daemon restarted while the unit held no role, the same instance started again \
+         with the L2 flag and emptied the replica, and it became ACTIVE again as the shard's \
+         continuation (fixed: a unit the cluster continues a shard from keeps its replicas)",
+    ),
+    (906, "cluster: the same as seed 780"),
+    (1728, "cluster: the same as seed 780"),
+    (
+        1727,
+        "cluster: a STANDBY promoted from in sync held the previous ACTIVE's acknowledged \
+         write in memory only; its daemon restarted and lost it, and it became ACTIVE again \
+         with no possible loss reported (fixed: a promoted in-sync STANDBY's replica counts as \
+         memory-only, so its daemon restart is a loss). Also: the write was acknowledged by \
+         the old primary, partitioned without a lease, once the in-sync STANDBY it could not \
+         reach went lagging and its stale view did not show it in sync (fixed: sync commits \
+         are answered only under a lease)",
+    ),
+    (
+        944,
+        "checker: after a possible loss, the stream continued from the new ACTIVE's replica at \
+         lower seqs; the unit's round started after what it applied in the lost history \
+         (fixed: the round starts from 0 when a possible loss was reported since)",
+    ),
+    (1134, "checker: the same as seed 944"),
+    (
+        1773,
+        "unit: the answer to an older Deliver ended the wait for the newest round, so the \
+         older round's deliveries were taken before the newer round's repeated them (fixed: \
+         only the newest Deliver's answer starts the round)",
+    ),
+    (
+        1416,
+        "data: the primary's view saw a STANDBY leave and come back and dropped its session; \
+         the STANDBY's view did not, so it kept waiting on the dropped session forever \
+         (fixed: the primary sends Stale to a STANDBY that has no session and does not \
+         follow; the STANDBY then follows again)",
+    ),
+    (
+        311,
+        "data: the same as seed 1416, with a session that had verified",
+    ),
+    (395, "data: the same as seed 1416"),
+    (755, "data: the same as seed 1416"),
+    (1193, "data: the same as seed 1416"),
 ];
 
 #[test]

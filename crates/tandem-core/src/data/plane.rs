@@ -11,13 +11,16 @@
 //!   takes commits from its registered unit.
 //! - The *wait set* of a primary is its verified sessions plus the STANDBYs the cluster
 //!   committed as in sync. A sync commit is answered, and a stream message delivered to the
-//!   ACTIVE, only once every member of the wait set applied it. A member leaves the wait set
-//!   only when the cluster committed it out of sync, so a STANDBY the director may promote as
-//!   "in sync" always holds every acknowledged sync write.
+//!   ACTIVE, only once every member of the wait set applied it, and only while the node holds
+//!   a lease (without one, its view of the in-sync set may be stale). A member leaves the wait
+//!   set only when the cluster committed it out of sync, so a STANDBY the director may promote
+//!   as "in sync" always holds every acknowledged sync write.
 //! - A secondary empties its replica for a full transfer only while the cluster does not count
 //!   it as in sync.
 //! - A secondary applies items of its current session strictly in order; a gap is answered
 //!   with a `Nack`, an unknown session or an older epoch is ignored.
+//! - A primary sends `Stale` to a STANDBY of its view that has no session with it and does not
+//!   follow (it may keep a session the primary dropped); the STANDBY then follows again.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -398,6 +401,10 @@ struct Primary {
     /// answered, or a stream message delivered. A STANDBY is claimed in sync only once it
     /// has acknowledged this far, so that a promotion the cluster deems lossless is.
     exposed: u64,
+    /// STANDBYs of the view without a session here, and since when (or when they were last
+    /// told so): one that does not follow within `resend_after` may believe it still has a
+    /// session that this primary dropped, and is sent a `Stale`.
+    orphans: BTreeMap<UnitName, Time>,
 }
 
 /// A secondary replica's state.
@@ -838,8 +845,16 @@ impl DataPlane {
             if id.unit != *unit {
                 continue;
             }
-            if let SlotRole::Primary(primary) = &mut slot.role {
-                primary.sessions.clear();
+            match &mut slot.role {
+                SlotRole::Primary(primary) => primary.sessions.clear(),
+                SlotRole::Secondary(secondary) => {
+                    // The session's items follow the replica that is gone: follow again (for a
+                    // full transfer, the replica being incomplete).
+                    secondary.session = None;
+                    secondary.verified = false;
+                    secondary.follow_sent = None;
+                }
+                SlotRole::Idle => {}
             }
             let empty = ShardReplica::new();
             slot.replica = empty.clone();
@@ -946,6 +961,7 @@ impl DataPlane {
                         delivered: None,
                         held_back_since: None,
                         exposed: 0,
+                        orphans: BTreeMap::new(),
                     });
                     self.fail_waiters(
                         id,
@@ -1498,9 +1514,34 @@ impl DataPlane {
                 }
                 self.out.messages.extend(messages);
             }
-            DataMessage::Stale { .. } => {
+            DataMessage::Stale {
+                shard,
+                epoch,
+                standby,
+            } => {
                 // The primary we follow is not (or no longer) the primary of our epoch: our
                 // view is behind or theirs is. The view will change; until then, retry slowly.
+                // Or it is, and holds no session with us: it dropped the one we have (its view
+                // saw us leave STANDBY and come back, ours did not), so we follow again.
+                let id = ReplicaId {
+                    shard,
+                    unit: standby,
+                };
+                if let Some(Slot {
+                    role: SlotRole::Secondary(secondary),
+                    ..
+                }) = self.slots.get_mut(&id)
+                {
+                    if secondary.node == from
+                        && secondary.epoch == epoch
+                        && secondary.session.is_some()
+                    {
+                        secondary.session = None;
+                        secondary.verified = false;
+                        secondary.follow_sent = None;
+                        self.dirty.insert(id);
+                    }
+                }
             }
             DataMessage::Forward {
                 shard,
@@ -2087,6 +2128,32 @@ impl DataPlane {
                         &mut self.out,
                     );
                 }
+                // A STANDBY that has no session here and does not follow may hold on to one
+                // this primary dropped (when its view saw the STANDBY leave and come back and
+                // the STANDBY's own view did not): it would wait for items forever. Tell it.
+                primary
+                    .orphans
+                    .retain(|unit, _| view.standbys.contains_key(unit));
+                if !primary.inherited && primary.epoch == view.epoch {
+                    for (standby, node) in &view.standbys {
+                        if primary.sessions.contains_key(standby) || *standby == id.unit {
+                            primary.orphans.remove(standby);
+                            continue;
+                        }
+                        let since = primary.orphans.entry(standby.clone()).or_insert(now);
+                        if now.saturating_since(*since) >= config.resend_after {
+                            *since = now;
+                            self.out.messages.push((
+                                *node,
+                                DataMessage::Stale {
+                                    shard: id.shard.clone(),
+                                    epoch: primary.epoch,
+                                    standby: standby.clone(),
+                                },
+                            ));
+                        }
+                    }
+                }
                 let version = slot.replica.version();
                 for session in primary.sessions.values_mut() {
                     if session.lagging && session.acked_version >= version {
@@ -2094,11 +2161,17 @@ impl DataPlane {
                     }
                 }
                 let safe = safe_version(primary, &view, version, slot.durable);
-                // Waiters the wait set has caught up with.
-                while primary
-                    .waiters
-                    .front()
-                    .is_some_and(|waiter| waiter.seq <= safe)
+                // Waiters the wait set has caught up with, while this node holds a lease. Without
+                // one, the view may be far behind the committed state: a STANDBY this primary
+                // claimed may be committed in sync (and even promoted) though the view does not
+                // show it, and it leaves the wait set (lagging, not in the view's in-sync set)
+                // while it may lack the write. A lease means the view has caught up with what
+                // the leader had recently; until then the answer waits, like deliveries do.
+                while leased
+                    && primary
+                        .waiters
+                        .front()
+                        .is_some_and(|waiter| waiter.seq <= safe)
                 {
                     let waiter = primary.waiters.pop_front().expect("front exists");
                     primary.exposed = primary.exposed.max(waiter.seq);

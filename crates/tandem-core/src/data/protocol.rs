@@ -138,7 +138,9 @@ pub enum DataMessage {
         /// The item expected next.
         expected: u64,
     },
-    /// Primary → secondary: not the primary for that epoch (the sender's view is `epoch`).
+    /// Primary → secondary: not the primary for that epoch (the sender's view is `epoch`), or
+    /// the primary of that epoch holding no session with the secondary (it dropped it while
+    /// the secondary kept it): the secondary follows again.
     Stale {
         /// The shard.
         shard: ShardName,

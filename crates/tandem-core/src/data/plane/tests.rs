@@ -651,3 +651,62 @@ fn without_a_standby_a_sync_commit_waits_for_the_local_disk() {
         vec![(name, 1, 7, DataReply::Committed { version: 1 })]
     );
 }
+
+#[test]
+fn a_standby_whose_session_the_primary_dropped_is_told_and_follows_again() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run();
+    let id = ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    };
+    assert!(net.planes[&2].is_verified(&id));
+    // Only the primary's view sees the STANDBY leave and come back (the STANDBY's node applied
+    // both changes in one step): the primary drops the session, the STANDBY keeps it.
+    let now = net.now;
+    for standbys in [vec![], vec![(unit("u2"), NodeId(2))]] {
+        let mut view = net.view.clone();
+        view.standbys = standbys.into_iter().collect();
+        view.local_units = BTreeSet::from([unit("u1")]);
+        net.planes.get_mut(&1).unwrap().set_view(
+            now,
+            DataView {
+                shards: BTreeMap::from([(shard(), view)]),
+            },
+        );
+    }
+    let request = net.commit(1, 1, vec![put("b", b"2")], None, false);
+    net.run();
+    assert!(net.reply(request).is_some());
+    assert_eq!(net.replica(2).version(), 1, "the STANDBY gets nothing");
+    // Once it has not followed for a while, the primary tells it; it follows again.
+    net.tick(200);
+    net.run();
+    net.tick(200);
+    net.run();
+    assert!(net.planes[&2].is_verified(&id));
+    assert_eq!(net.replica(2), net.replica(1));
+}
+
+#[test]
+fn a_reinitialised_secondary_follows_again_for_a_full_transfer() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run();
+    net.planes.get_mut(&2).unwrap().reinitialise(&unit("u2"));
+    net.tick(200);
+    net.run();
+    let id = ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    };
+    assert!(net.planes[&2].is_verified(&id));
+    assert_eq!(net.replica(2), net.replica(1));
+    assert!(net
+        .events
+        .iter()
+        .any(|event| matches!(event, DataEvent::SessionStarted { full: true, .. })));
+}
