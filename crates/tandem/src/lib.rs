@@ -575,6 +575,7 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
                         }
                         Some(data::Waiting::Round(shard)) => Inbound::RoundStarted {
                             shard,
+                            id,
                             ok: !matches!(reply, tandem_core::data::DataReply::Error { .. }),
                         },
                         None => continue,
@@ -710,8 +711,8 @@ enum Inbound {
     Request(sdk::Request),
     /// The lease is valid again: ask for these ACTIVE shards' streams again.
     Resume(Vec<(ShardName, u64)>),
-    /// tandemd answered a delivery round's request.
-    RoundStarted { shard: ShardName, ok: bool },
+    /// tandemd answered the request (call `id`) of a delivery round.
+    RoundStarted { shard: ShardName, id: u64, ok: bool },
     /// A stream message.
     Message { shard: ShardName, message: Message },
     /// The shard's processing restriction changed.
@@ -724,9 +725,10 @@ enum Inbound {
 /// The hook runner's stream bookkeeping.
 #[derive(Debug, Default)]
 struct Streams {
-    /// Shards whose delivery round was asked for and not answered yet: what arrives for them
-    /// meanwhile belongs to an older round and is dropped.
-    awaiting: std::collections::BTreeSet<ShardName>,
+    /// Shards whose delivery round was asked for and not answered yet, with the id of the
+    /// newest request: what arrives for them meanwhile belongs to an older round and is
+    /// dropped, and only the newest request's answer starts the round.
+    awaiting: BTreeMap<ShardName, u64>,
     /// The last message handed to the hook, per shard, in the current round.
     last: BTreeMap<ShardName, u64>,
 }
@@ -739,12 +741,12 @@ impl Streams {
         shard: ShardName,
         epoch: u64,
     ) -> Result<(), Error> {
-        self.awaiting.insert(shard.clone());
         self.last.remove(&shard);
         let id = ctx
             .calls
             .lock()
             .register(data::Waiting::Round(shard.clone()));
+        self.awaiting.insert(shard.clone(), id);
         let request = tandem_core::data::DataRequest::Deliver { shard, epoch };
         let message = UnitToAgent {
             kind: Some(unit_to_agent::Kind::Data(
@@ -793,14 +795,18 @@ async fn handle_inbound<U: Unit>(
                 tracing::warn!(%shard, %error, "the restrict hook failed");
             }
         }
-        Inbound::RoundStarted { shard, ok } => {
+        Inbound::RoundStarted { shard, id, ok } => {
+            if streams.awaiting.get(&shard) != Some(&id) {
+                // An older round's answer: the newer round has not started yet.
+                return Ok(());
+            }
             streams.awaiting.remove(&shard);
             if !ok {
                 tracing::debug!(%shard, "no stream for this shard (no checkpoint replica here)");
             }
         }
         Inbound::Message { shard, message } => {
-            if streams.awaiting.contains(&shard) || !ctx.is_active(&shard) {
+            if streams.awaiting.contains_key(&shard) || !ctx.is_active(&shard) {
                 return Ok(());
             }
             if streams

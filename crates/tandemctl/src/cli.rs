@@ -234,8 +234,10 @@ pub struct DevUpArgs {
     pub fresh: bool,
 
     /// The application to run on the cluster: `counter` (a 2n service with units on n1 and
-    /// n2, built with `cargo build --release --examples`) or `none`.
-    #[arg(long, value_name = "APP", default_value = "counter", value_parser = ["counter", "none"])]
+    /// n2 counting its stream, with built-in traffic on udp 127.0.0.1:P+300), `sip` (the SIP
+    /// call server, a 2n service on udp 127.0.0.1:5060), both built with
+    /// `cargo build --release --examples`, or `none`.
+    #[arg(long, value_name = "APP", default_value = "counter", value_parser = ["counter", "sip", "none"])]
     pub app: String,
 }
 

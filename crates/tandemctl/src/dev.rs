@@ -28,6 +28,8 @@ pub const DEV_CLUSTER_NAME: &str = "dev";
 pub const TANDEMD_BIN_ENV: &str = "TANDEMD_BIN";
 /// Environment variable naming the counter example binary.
 pub const COUNTER_BIN_ENV: &str = "TANDEM_COUNTER_BIN";
+/// Environment variable naming the SIP example binary.
+pub const SIP_BIN_ENV: &str = "TANDEM_SIP_BIN";
 /// Offset between a node's peer port and its admin port.
 pub const ADMIN_PORT_OFFSET: u16 = 100;
 /// How long `dev up` waits for a leader and every node to answer.
@@ -55,6 +57,31 @@ pub fn dev_addresses(base_port: u16, index: u16) -> anyhow::Result<(SocketAddr, 
         )),
         _ => bail!("--base-port {base_port} is too high: node n{index}'s ports pass 65535"),
     }
+}
+
+/// The application a dev cluster runs, with its binary.
+#[derive(Debug, Clone, Copy)]
+pub enum DevApp<'a> {
+    /// `examples/counter`.
+    Counter(&'a Path),
+    /// `examples/sip`.
+    Sip(&'a Path),
+}
+
+/// The SIP call server of `dev up --app sip`: a 2n pair `sip-a` (n1) / `sip-b` (n2), shard
+/// `sip-0`, whose UDP ingress 127.0.0.1:5060 follows the ACTIVE.
+pub fn sip_service(nodes: u16, sip: &Path) -> ServiceSpec {
+    let mut service = counter_service(nodes, sip, SocketAddr::from(([127, 0, 0, 1], 5060)));
+    service.name = "sip".into();
+    for (index, unit) in service.units.iter_mut().enumerate() {
+        unit.name = format!("sip-{}", ["a", "b"][index.min(1)]).into();
+    }
+    let ingress = service.ingress.remove(&"counter-0".into());
+    service.shards = vec!["sip-0".into()];
+    if let Some(ingress) = ingress {
+        service.ingress.insert("sip-0".into(), ingress);
+    }
+    service
 }
 
 /// The UDP ingress of the dev counter's shard: 127.0.0.1:(P+300), 7400 by default.
@@ -105,13 +132,13 @@ pub fn counter_service(nodes: u16, counter: &Path, ingress: SocketAddr) -> Servi
 
 /// The config of a dev cluster of `nodes` nodes in `dir` (an absolute path, so that the
 /// daemons need not share tandemctl's working directory): default timers, data in
-/// `dir/data`, nodes `n1..nN` on loopback, and the counter service when `counter` names its
-/// binary.
+/// `dir/data`, nodes `n1..nN` on loopback, and the application's service when `app` names
+/// one.
 pub fn dev_config(
     nodes: u16,
     base_port: u16,
     dir: &Path,
-    counter: Option<&Path>,
+    app: Option<DevApp<'_>>,
 ) -> anyhow::Result<Config> {
     let node_configs: Vec<NodeConfig> = (1..=nodes)
         .map(|index| {
@@ -126,8 +153,11 @@ pub fn dev_config(
         })
         .collect::<anyhow::Result<_>>()?;
     let topology = Topology {
-        services: match counter {
-            Some(path) => vec![counter_service(nodes, path, counter_ingress(base_port)?)],
+        services: match app {
+            Some(DevApp::Counter(path)) => {
+                vec![counter_service(nodes, path, counter_ingress(base_port)?)]
+            }
+            Some(DevApp::Sip(path)) => vec![sip_service(nodes, path)],
             None => Vec::new(),
         },
         ..Topology::default()
@@ -154,14 +184,14 @@ pub fn dev_config(
     })
 }
 
-/// Finds the counter example: `$TANDEM_COUNTER_BIN`, else `examples/counter` next to the
-/// running tandemctl (where `cargo build --release --examples` puts it).
-fn find_counter() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os(COUNTER_BIN_ENV).filter(|value| !value.is_empty()) {
+/// Finds an example's binary: `$<variable>`, else `examples/<name>` next to the running
+/// tandemctl (where `cargo build --release --examples` puts it).
+fn find_example(name: &str, variable: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(variable).filter(|value| !value.is_empty()) {
         let path = PathBuf::from(path);
         if !path.is_file() {
             bail!(
-                "{COUNTER_BIN_ENV}={} is not a file; point it at the built counter example",
+                "{variable}={} is not a file; point it at the built {name} example",
                 path.display()
             );
         }
@@ -169,13 +199,13 @@ fn find_counter() -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("find the running tandemctl executable")?;
     let dir = exe.parent().unwrap_or_else(|| Path::new("."));
-    let candidate = dir.join("examples").join("counter");
+    let candidate = dir.join("examples").join(name);
     if candidate.is_file() {
         return Ok(candidate);
     }
     bail!(
-        "cannot find the counter example at {}; build it with `cargo build --release --examples`, \
-         set {COUNTER_BIN_ENV} to its path, or pass --app none",
+        "cannot find the {name} example at {}; build it with `cargo build --release --examples`, \
+         set {variable} to its path, or pass --app none",
         candidate.display()
     )
 }
@@ -539,11 +569,17 @@ pub fn up(args: &DevUpArgs) -> anyhow::Result<()> {
     }
 
     let tandemd = find_tandemd()?;
-    let counter = match args.app.as_str() {
-        "counter" => Some(find_counter()?),
+    let binary = match args.app.as_str() {
+        "counter" => Some(find_example("counter", COUNTER_BIN_ENV)?),
+        "sip" => Some(find_example("sip", SIP_BIN_ENV)?),
         _ => None,
     };
-    let config = dev_config(args.nodes, args.base_port, &dir, counter.as_deref())?;
+    let app = binary.as_deref().map(|path| match args.app.as_str() {
+        "sip" => DevApp::Sip(path),
+        _ => DevApp::Counter(path),
+    });
+    let counter = matches!(app, Some(DevApp::Counter(_)));
+    let config = dev_config(args.nodes, args.base_port, &dir, app)?;
     check_ports_free(&config)?;
     if args.fresh {
         match fs::remove_dir_all(&config.cluster.data_dir) {
@@ -659,7 +695,12 @@ pub fn up(args: &DevUpArgs) -> anyhow::Result<()> {
         &["NODE", "PID", "ADMIN", "PEER", "LOG"],
         &rows,
     ));
-    if counter.is_some() {
+    if matches!(app, Some(DevApp::Sip(_))) {
+        summary.push_str(
+            "SIP: calls to udp 127.0.0.1:5060, e.g. `sipp -sn uac 127.0.0.1:5060 -m 10 -r 2 -d 2000`\n",
+        );
+    }
+    if counter {
         let ingress = counter_ingress(args.base_port)?;
         match start_traffic(&dir, ingress) {
             Ok(pid) => summary.push_str(&format!(
@@ -829,6 +870,105 @@ fn describe_daemons(daemons: &[(String, libc::pid_t)]) -> String {
         .join(", ")
 }
 
+/// Starts `tandemctl dev traffic` in its own session, output to `dir/logs/traffic.log`, pid in
+/// `dir/pids/traffic.pid` (so `dev down` stops it with the daemons).
+fn start_traffic(dir: &Path, ingress: SocketAddr) -> anyhow::Result<u32> {
+    let me = std::env::current_exe().context("find tandemctl's own binary")?;
+    let log = dir.join("logs").join("traffic.log");
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut command = Command::new(me);
+    command
+        .args(["dev", "traffic", "--to", &ingress.to_string()])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid is async-signal-safe, as pre_exec requires (see `spawn`).
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().context("start the traffic generator")?;
+    let pid = child.id();
+    fs::write(dir.join("pids").join("traffic.pid"), format!("{pid}\n"))
+        .context("write the traffic pid file")?;
+    Ok(pid)
+}
+
+/// `dev traffic`: sends `+1` to `args.to` at `args.rate` per second and logs, every 5 s, what
+/// was sent and the last count the ACTIVE replied with (a count that goes back would be a lost
+/// commit; it is logged loudly). Stops after `args.duration_s`.
+pub fn traffic(args: &DevTrafficArgs) -> anyhow::Result<()> {
+    let socket =
+        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("bind a UDP socket")?;
+    socket.set_nonblocking(true)?;
+    let interval = Duration::from_micros(1_000_000 / u64::from(args.rate.max(1)));
+    let started = Instant::now();
+    let end = started + Duration::from_secs(args.duration_s);
+    let mut next_send = started;
+    let mut next_log = started + Duration::from_secs(5);
+    let (mut sent, mut replies, mut last_count, mut went_back) = (0u64, 0u64, 0u64, 0u64);
+    let mut buffer = [0u8; 256];
+    println!(
+        "{} traffic to {}: {} messages/s",
+        crate::render::utc(wall_ms()),
+        args.to,
+        args.rate
+    );
+    while Instant::now() < end {
+        let now = Instant::now();
+        if now >= next_send {
+            if socket.send_to(b"+1", args.to).is_ok() {
+                sent += 1;
+            }
+            next_send += interval;
+        }
+        while let Ok((len, _)) = socket.recv_from(&mut buffer) {
+            replies += 1;
+            let text = String::from_utf8_lossy(&buffer[..len]);
+            if let Some(count) = text
+                .strip_prefix("count=")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+            {
+                if count < last_count {
+                    went_back += 1;
+                    println!(
+                        "{} COUNT WENT BACK from {last_count} to {count}",
+                        crate::render::utc(wall_ms())
+                    );
+                }
+                last_count = last_count.max(count);
+            }
+        }
+        if now >= next_log {
+            println!(
+                "{} sent {sent}, replies {replies}, count {last_count}, went back {went_back}",
+                crate::render::utc(wall_ms())
+            );
+            next_log += Duration::from_secs(5);
+        }
+        std::thread::sleep(
+            Duration::from_millis(1).min(next_send.saturating_duration_since(Instant::now())),
+        );
+    }
+    Ok(())
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -848,8 +988,13 @@ mod tests {
     fn dev_config_round_trips_through_the_file() {
         for nodes in 1..=7 {
             let dir = Path::new("/tmp/tandem-dev");
-            let config =
-                dev_config(nodes, 7100, dir, Some(Path::new("/opt/tandem/counter"))).unwrap();
+            let config = dev_config(
+                nodes,
+                7100,
+                dir,
+                Some(DevApp::Counter(Path::new("/opt/tandem/counter"))),
+            )
+            .unwrap();
             assert_eq!(config.topology.services.len(), 1);
             assert_eq!(config.cluster.name, "dev");
             assert_eq!(config.cluster.data_dir, dir.join("data"));
@@ -964,103 +1109,4 @@ mod tests {
         assert_eq!(shell_quote("/tmp/dev test"), "'/tmp/dev test'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
-}
-
-/// Starts `tandemctl dev traffic` in its own session, output to `dir/logs/traffic.log`, pid in
-/// `dir/pids/traffic.pid` (so `dev down` stops it with the daemons).
-fn start_traffic(dir: &Path, ingress: SocketAddr) -> anyhow::Result<u32> {
-    let me = std::env::current_exe().context("find tandemctl's own binary")?;
-    let log = dir.join("logs").join("traffic.log");
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("open {}", log.display()))?;
-    let err = out.try_clone()?;
-    let mut command = Command::new(me);
-    command
-        .args(["dev", "traffic", "--to", &ingress.to_string()])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    // SAFETY: setsid is async-signal-safe, as pre_exec requires (see `spawn`).
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn().context("start the traffic generator")?;
-    let pid = child.id();
-    fs::write(dir.join("pids").join("traffic.pid"), format!("{pid}\n"))
-        .context("write the traffic pid file")?;
-    Ok(pid)
-}
-
-/// `dev traffic`: sends `+1` to `args.to` at `args.rate` per second and logs, every 5 s, what
-/// was sent and the last count the ACTIVE replied with (a count that goes back would be a lost
-/// commit; it is logged loudly). Stops after `args.duration_s`.
-pub fn traffic(args: &DevTrafficArgs) -> anyhow::Result<()> {
-    let socket =
-        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("bind a UDP socket")?;
-    socket.set_nonblocking(true)?;
-    let interval = Duration::from_micros(1_000_000 / u64::from(args.rate.max(1)));
-    let started = Instant::now();
-    let end = started + Duration::from_secs(args.duration_s);
-    let mut next_send = started;
-    let mut next_log = started + Duration::from_secs(5);
-    let (mut sent, mut replies, mut last_count, mut went_back) = (0u64, 0u64, 0u64, 0u64);
-    let mut buffer = [0u8; 256];
-    println!(
-        "{} traffic to {}: {} messages/s",
-        crate::render::utc(wall_ms()),
-        args.to,
-        args.rate
-    );
-    while Instant::now() < end {
-        let now = Instant::now();
-        if now >= next_send {
-            if socket.send_to(b"+1", args.to).is_ok() {
-                sent += 1;
-            }
-            next_send += interval;
-        }
-        while let Ok((len, _)) = socket.recv_from(&mut buffer) {
-            replies += 1;
-            let text = String::from_utf8_lossy(&buffer[..len]);
-            if let Some(count) = text
-                .strip_prefix("count=")
-                .and_then(|n| n.trim().parse::<u64>().ok())
-            {
-                if count < last_count {
-                    went_back += 1;
-                    println!(
-                        "{} COUNT WENT BACK from {last_count} to {count}",
-                        crate::render::utc(wall_ms())
-                    );
-                }
-                last_count = last_count.max(count);
-            }
-        }
-        if now >= next_log {
-            println!(
-                "{} sent {sent}, replies {replies}, count {last_count}, went back {went_back}",
-                crate::render::utc(wall_ms())
-            );
-            next_log += Duration::from_secs(5);
-        }
-        std::thread::sleep(
-            Duration::from_millis(1).min(next_send.saturating_duration_since(Instant::now())),
-        );
-    }
-    Ok(())
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
