@@ -12,7 +12,15 @@
 //! ... (a `sync` commit each, every 2 ms), each acknowledged value recorded as event `acked`
 //! with the value in the role field; an ACTIVE hook records event `resume` with the value its
 //! replica holds. With `TANDEM_TEST_BULK=<count>` the first ACTIVE also writes `count` sections
-//! of 1 KiB (`b0000000`..), for state-transfer tests.
+//! of 1 KiB (`b0000000`..; `TANDEM_TEST_BULK_VALUE` sets another size), for state-transfer
+//! tests.
+//!
+//! Stream messages (the benchmark's ingress load) are applied by writing `m/<payload>` and
+//! consuming the message in one sync commit, recorded as event `msg` with the payload in the
+//! role field. With `TANDEM_TEST_BENCH=<count>` and `TANDEM_TEST_BENCH_OUT=<file>`, the first
+//! ACTIVE measures checkpoint commits once its STANDBY is in sync (sync and async, 128 B and
+//! 64 KiB values, sequential latency and throughput with 32 commits in flight) and writes one
+//! JSON line per measurement to the file.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -28,6 +36,9 @@ struct Recorder {
     /// Write the checkpoint while ACTIVE (and how many bulk sections), once started.
     writes: Option<u64>,
     writing: bool,
+    /// The checkpoint benchmark to run once ACTIVE: commits per measurement, output file.
+    bench: Option<(usize, PathBuf)>,
+    benched: bool,
 }
 
 /// The value of key `n` in the local replica of `shard`.
@@ -83,15 +94,21 @@ async fn write_bulk(ctx: &Context, shard: &ShardName, count: u64) -> Result<(), 
     if checkpoint.get("bulk-done").await?.is_some() {
         return Ok(());
     }
-    let value = vec![b'v'; 1024];
+    let size = std::env::var("TANDEM_TEST_BULK_VALUE")
+        .ok()
+        .and_then(|size| size.parse().ok())
+        .unwrap_or(1024usize);
+    let value = vec![b'v'; size];
+    // About 4 MiB per commit (a commit carries at most 8 MiB).
+    let per_commit = (4 * 1024 * 1024 / size.max(1)).clamp(1, 256) as u64;
     let mut first = 0;
     while first < count {
         let mut transaction = checkpoint.transaction();
-        for index in first..(first + 256).min(count) {
+        for index in first..(first + per_commit).min(count) {
             transaction = transaction.put(format!("b{index:07}"), value.clone());
         }
         transaction.commit_sync().await?;
-        first += 256;
+        first += per_commit;
     }
     checkpoint.put("bulk-done", "1").await?;
     Ok(())
@@ -124,7 +141,122 @@ impl Recorder {
     }
 }
 
+/// One measurement of the checkpoint benchmark.
+async fn measure(
+    ctx: &Context,
+    shard: &ShardName,
+    sync: bool,
+    size: usize,
+    count: usize,
+) -> Result<String, tandem::DataError> {
+    let checkpoint = ctx.checkpoint(shard);
+    let value = vec![b'x'; size];
+    let commit = |index: usize| {
+        let transaction = checkpoint
+            .transaction()
+            .put(format!("bench/{}", index % 64), value.clone());
+        async move {
+            if sync {
+                transaction.commit_sync().await
+            } else {
+                transaction.commit_async().await
+            }
+        }
+    };
+    let mut latencies = Vec::with_capacity(count);
+    let started = std::time::Instant::now();
+    for index in 0..count {
+        let at = std::time::Instant::now();
+        commit(index).await?;
+        latencies.push(at.elapsed().as_secs_f64() * 1e6);
+    }
+    let sequential = count as f64 / started.elapsed().as_secs_f64();
+    // Throughput with 32 commits in flight.
+    let started = std::time::Instant::now();
+    let mut in_flight = tokio::task::JoinSet::new();
+    for index in 0..count {
+        if in_flight.len() >= 32 {
+            in_flight
+                .join_next()
+                .await
+                .expect("a task")
+                .expect("the commit task ran")?;
+        }
+        let commit = commit(index);
+        in_flight.spawn(async move { commit.await.map(|_| ()) });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done.expect("the commit task ran")?;
+    }
+    let pipelined = count as f64 / started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let at = |quantile: f64| {
+        latencies
+            [((latencies.len() as f64 * quantile).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    Ok(format!(
+        "{{\"mode\":\"{}\",\"size\":{size},\"count\":{count},\"p50_us\":{:.1},\"p99_us\":{:.1},\"sequential_per_s\":{sequential:.0},\"pipelined_per_s\":{pipelined:.0},\"pipelined_mib_per_s\":{:.1}}}",
+        if sync { "sync" } else { "async" },
+        at(0.5),
+        at(0.99),
+        pipelined * size as f64 / (1024.0 * 1024.0)
+    ))
+}
+
+/// The checkpoint benchmark: waits for an in-sync STANDBY, then measures and writes the
+/// results to `out`, one JSON line each.
+async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ctx
+        .checkpoint(&shard)
+        .position()
+        .await
+        .map_or(true, |position| position.in_sync == 0)
+    {
+        if std::time::Instant::now() > deadline {
+            let _ = std::fs::write(&out, "{\"error\":\"no STANDBY in sync within 30 s\"}\n");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut lines = String::new();
+    for (sync, size, count) in [
+        (true, 128, count),
+        (false, 128, count),
+        (true, 65536, count / 4),
+        (false, 65536, count / 4),
+    ] {
+        match measure(&ctx, &shard, sync, size, count.max(1)).await {
+            Ok(line) => lines.push_str(&line),
+            Err(error) => lines.push_str(&format!("{{\"error\":\"{error}\"}}")),
+        }
+        lines.push('\n');
+    }
+    let _ = std::fs::write(&out, lines);
+}
+
 impl Unit for Recorder {
+    async fn message(
+        &mut self,
+        ctx: &Context,
+        shard: &ShardName,
+        message: tandem::Message,
+    ) -> Result<(), HookError> {
+        let id = String::from_utf8_lossy(&message.payload).trim().to_owned();
+        if id.is_empty() || id.contains(' ') {
+            return Err(HookError::new("a benchmark message is one word"));
+        }
+        ctx.checkpoint(shard)
+            .transaction()
+            .put(format!("m/{id}"), "1")
+            .consume(message.seq)
+            .commit_sync()
+            .await
+            .map_err(|error| HookError::new(error.to_string()))?;
+        let epoch = ctx.role(shard).map_or(0, |(_, epoch)| epoch);
+        self.record(ctx, "msg", shard, &id, epoch)
+    }
+
     async fn assign(
         &mut self,
         ctx: &Context,
@@ -140,12 +272,20 @@ impl Unit for Recorder {
                     path: self.path.clone(),
                     writes: None,
                     writing: false,
+                    bench: None,
+                    benched: false,
                 });
                 tokio::spawn(write_loop(ctx.clone(), recorder, bulk));
             }
             if role == Role::Active {
                 let held = stored(ctx, shard).await?;
                 self.record(ctx, "resume", shard, &held.to_string(), epoch)?;
+            }
+        }
+        if role == Role::Active && !self.benched {
+            if let Some((count, out)) = self.bench.clone() {
+                self.benched = true;
+                tokio::spawn(bench(ctx.clone(), shard.clone(), count, out));
             }
         }
         self.record(ctx, "done", shard, role.name(), epoch)
@@ -185,10 +325,16 @@ async fn main() {
                 .and_then(|count| count.parse().ok())
                 .unwrap_or(0)
         });
+    let bench = std::env::var("TANDEM_TEST_BENCH")
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .zip(std::env::var_os("TANDEM_TEST_BENCH_OUT").map(PathBuf::from));
     let recorder = Recorder {
         path: path.into(),
         writes,
         writing: false,
+        bench,
+        benched: false,
     };
     if let Err(error) = tandem::run(recorder).await {
         eprintln!("tandem-test-unit: {error}");

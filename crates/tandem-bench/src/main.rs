@@ -14,8 +14,19 @@
 //!   ACTIVE's lease had run out first), with the default timers.
 //! - `daemon-kill-follower-tuned`: the same with tuned timers (heartbeat 10 ms, lease 50 ms,
 //!   node timeout 80 ms, Raft tick 5 ms).
+//!
+//! Data plane (one run each, `--only data` for just these):
+//! - `checkpoint`: sync and async commits of 128 B and 64 KiB values by the ACTIVE (SDK in the
+//!   unit process) with an in-sync STANDBY on another daemon: sequential latency p50/p99 and
+//!   throughput with 32 commits in flight.
+//! - `transfer`: a STANDBY whose replica files were deleted gets `--transfer-mib` MiB (64 KiB
+//!   sections) by full state transfer while the ACTIVE keeps writing, until digests match.
+//! - `stream-switchover`: `--stream-messages` datagrams at 1000/s to the shard's UDP ingress,
+//!   two switchovers meanwhile; lost and duplicated messages counted (must be 0).
 
 use std::time::{Duration, Instant};
+
+mod data;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
@@ -37,6 +48,23 @@ struct Args {
     /// Also write the JSON report to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Commits per checkpoint measurement (64 KiB ones: a quarter).
+    #[arg(long, default_value_t = 2000)]
+    commits: usize,
+    /// State to transfer, MiB.
+    #[arg(long, default_value_t = 1024)]
+    transfer_mib: u64,
+    /// Messages of the stream-switchover scenario.
+    #[arg(long, default_value_t = 6000)]
+    stream_messages: u64,
+}
+
+/// The data-plane part of the report.
+#[derive(Debug, Serialize)]
+struct DataReport {
+    checkpoint: Vec<data::Commits>,
+    transfer: Option<data::Transfer>,
+    stream_switchover: Option<data::StreamSwitchover>,
 }
 
 /// Summary of one scenario.
@@ -285,6 +313,7 @@ fn main() -> anyhow::Result<()> {
     if args.trials == 0 {
         bail!("--trials must be at least 1");
     }
+    let wants = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
     let scenarios: [Scenario; 6] = [
         (
             "leader-failover",
@@ -319,11 +348,7 @@ fn main() -> anyhow::Result<()> {
     ];
     let mut summaries = Vec::new();
     for (name, description, run) in scenarios {
-        if args
-            .only
-            .as_deref()
-            .is_some_and(|only| !name.contains(only))
-        {
+        if !wants(name) {
             continue;
         }
         eprintln!(
@@ -348,7 +373,74 @@ fn main() -> anyhow::Result<()> {
             summary.max
         );
     }
-    let json = serde_json::to_string_pretty(&summaries)?;
+    let mut data_report = DataReport {
+        checkpoint: Vec::new(),
+        transfer: None,
+        stream_switchover: None,
+    };
+    if wants("data-checkpoint") {
+        eprintln!(
+            "checkpoint: commits with an in-sync STANDBY, {} each",
+            args.commits
+        );
+        data_report.checkpoint = data::checkpoint(args.commits)?;
+    }
+    if wants("data-transfer") {
+        eprintln!(
+            "transfer: {} MiB to an emptied STANDBY under writes",
+            args.transfer_mib
+        );
+        data_report.transfer = Some(data::transfer(args.transfer_mib)?);
+    }
+    if wants("data-stream-switchover") {
+        eprintln!(
+            "stream-switchover: {} messages at 1000/s, switchovers meanwhile",
+            args.stream_messages
+        );
+        data_report.stream_switchover = Some(data::stream_switchover(args.stream_messages)?);
+    }
+    if !data_report.checkpoint.is_empty() {
+        println!(
+            "\n{:<8} {:>8} {:>7} {:>10} {:>10} {:>14} {:>14} {:>12}",
+            "commit",
+            "value",
+            "count",
+            "p50 us",
+            "p99 us",
+            "seq commits/s",
+            "32-deep /s",
+            "32-deep MiB/s"
+        );
+        for commits in &data_report.checkpoint {
+            println!(
+                "{:<8} {:>8} {:>7} {:>10.1} {:>10.1} {:>14.0} {:>14.0} {:>12.1}",
+                commits.mode,
+                commits.size,
+                commits.count,
+                commits.p50_us,
+                commits.p99_us,
+                commits.sequential_per_s,
+                commits.pipelined_per_s,
+                commits.pipelined_mib_per_s
+            );
+        }
+    }
+    if let Some(transfer) = &data_report.transfer {
+        println!(
+            "\nstate transfer: {} bytes ({} sections) in {:.0} ms = {:.1} MiB/s, digest verified",
+            transfer.bytes, transfer.sections, transfer.millis, transfer.mib_per_s
+        );
+    }
+    if let Some(stream) = &data_report.stream_switchover {
+        println!(
+            "\nswitchover under stream load: {} sent at {}/s, {} switchovers, {} applied, {} lost, {} duplicated",
+            stream.sent, stream.rate, stream.switchovers, stream.applied, stream.lost, stream.duplicated
+        );
+    }
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "failover": summaries,
+        "data": data_report,
+    }))?;
     println!("{json}");
     if let Some(path) = args.json {
         std::fs::write(&path, &json).with_context(|| format!("write {}", path.display()))?;

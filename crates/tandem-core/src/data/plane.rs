@@ -36,6 +36,10 @@ use super::protocol::{
 use super::replica::{ReplicaSnapshot, Section, ShardReplica};
 use super::{check_message, check_writes, Op, OpKind, StreamMessage};
 
+/// Times a stream message may be forwarded between nodes before it is dropped (a bound on
+/// loops while the nodes' views of the primary disagree).
+const FORWARD_HOPS_MAX: u32 = 4;
+
 /// Identity of a replica: a shard as seen by one unit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReplicaId {
@@ -1256,15 +1260,19 @@ impl DataPlane {
         shard: &ShardName,
         message: StreamMessage,
     ) -> Result<Accepted, String> {
-        self.accept_hops(now, shard, message, 0)
+        self.accept_hops(now, shard, message, 0, None)
     }
 
+    /// `from`: the node that forwarded the message here, if any. A message is never sent back
+    /// to it: its view and ours disagree on the primary (one of us has not applied the change
+    /// yet), so it is held until our view moves on.
     fn accept_hops(
         &mut self,
         now: Time,
         shard: &ShardName,
         message: StreamMessage,
         hops: u32,
+        from: Option<NodeId>,
     ) -> Result<Accepted, String> {
         check_message(&message)?;
         let Some(view) = self.view.shards.get(shard) else {
@@ -1288,7 +1296,9 @@ impl DataPlane {
                     .append_message(&id, message)
                     .map_or(Accepted::Held, Accepted::Appended))
             }
-            Some((_, node)) if node != self.node && hops < 2 => {
+            Some((_, node))
+                if node != self.node && hops < FORWARD_HOPS_MAX && Some(node) != from =>
+            {
                 self.next_forward += 1;
                 self.out.messages.push((
                     node,
@@ -1397,7 +1407,7 @@ impl DataPlane {
                     if self.append_message(&id, message).is_none() {
                         dropped += 1;
                     }
-                } else if hops < 2 {
+                } else if hops < FORWARD_HOPS_MAX {
                     self.next_forward += 1;
                     self.out.messages.push((
                         node,
@@ -1559,7 +1569,7 @@ impl DataPlane {
                         seen.remove(&old);
                     }
                 }
-                if let Err(reason) = self.accept_hops(now, &shard, message, hops) {
+                if let Err(reason) = self.accept_hops(now, &shard, message, hops, Some(from)) {
                     self.out.events.push(DataEvent::Dropped {
                         shard,
                         count: 1,

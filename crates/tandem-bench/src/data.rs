@@ -1,0 +1,245 @@
+//! Data-plane scenarios: checkpoint commit latency and throughput, state transfer rate, and a
+//! switchover under stream load (lost and duplicated messages counted).
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+use tandem_e2e::{node_data_dir, unit, wait_for, TestCluster, DEADLINE};
+use tandem_proto::admin::switchover_request;
+use tandemd::admin_client;
+
+const SHARD: &str = "pair-0";
+
+/// A 2n `pair` service of the test unit with extra environment and an optional UDP ingress.
+fn service(env: &str, ingress: Option<u16>) -> String {
+    let mut text = format!(
+        "\n[[services]]\nname = \"pair\"\nmodel = \"2n\"\nshards = [\"{SHARD}\"]\n\
+         units = [{{ name = \"pair-a\", node = \"n1\" }}, {{ name = \"pair-b\", node = \"n2\" }}]\n\
+         instantiate = [\"{{unit_bin}}\"]\n\
+         env = {{ TANDEM_TEST_RECORD = \"{{record}}\"{env} }}\n\
+         health_interval_ms = 100\nhealth_timeout_ms = 2000\ncallback_timeout_ms = 60000\n\
+         [services.escalation]\nrestart_max = 1000000\nrelocate = false\n"
+    );
+    if let Some(port) = ingress {
+        text.push_str(&format!(
+            "[services.ingress.{SHARD}]\nudp = \"127.0.0.1:{port}\"\n"
+        ));
+    }
+    text
+}
+
+/// One checkpoint measurement, as the unit reported it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Commits {
+    /// `sync` or `async`.
+    pub mode: String,
+    /// Value bytes.
+    pub size: u64,
+    /// Commits measured.
+    pub count: u64,
+    /// Sequential commit latency, median, µs.
+    pub p50_us: f64,
+    /// Sequential commit latency, 99th percentile, µs.
+    pub p99_us: f64,
+    /// Commits per second, one at a time.
+    pub sequential_per_s: f64,
+    /// Commits per second with 32 in flight.
+    pub pipelined_per_s: f64,
+    /// The same in MiB/s of values.
+    pub pipelined_mib_per_s: f64,
+}
+
+/// Checkpoint commits of the ACTIVE with an in-sync STANDBY on another daemon.
+pub fn checkpoint(count: usize) -> anyhow::Result<Vec<Commits>> {
+    let out = tempfile::NamedTempFile::new()?.into_temp_path();
+    let env = format!(
+        ", TANDEM_TEST_BENCH = \"{count}\", TANDEM_TEST_BENCH_OUT = \"{}\"",
+        out.display()
+    );
+    let cluster = TestCluster::start_with(3, &service(&env, None));
+    let text = wait_for("the unit's checkpoint measurements", DEADLINE * 10, || {
+        let text = std::fs::read_to_string(&out).ok()?;
+        (text.lines().count() >= 4).then_some(text)
+    });
+    drop(cluster);
+    text.lines()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("the unit reported {line}")))
+        .collect()
+}
+
+/// A state transfer's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transfer {
+    /// Bytes the primary announced.
+    pub bytes: u64,
+    /// Sections copied.
+    pub sections: u64,
+    /// From the session's start to the digest verified, ms.
+    pub millis: f64,
+    /// MiB per second.
+    pub mib_per_s: f64,
+}
+
+fn log_time(line: &str) -> Option<f64> {
+    // `2026-11-23T23:17:46.600764Z ...`: seconds of the day are enough within one run.
+    let stamp = line.split_whitespace().next()?;
+    let time = stamp.split('T').nth(1)?.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
+/// A STANDBY that lost its replica files gets `mib` MiB (64 KiB sections) by full transfer
+/// while the ACTIVE keeps writing; timed from the primary's log (session start to verified).
+pub fn transfer(mib: u64) -> anyhow::Result<Transfer> {
+    let sections = mib * 16;
+    let env = format!(
+        ", TANDEM_TEST_WRITES = \"1\", TANDEM_TEST_BULK = \"{sections}\", \
+         TANDEM_TEST_BULK_VALUE = \"65536\""
+    );
+    let mut cluster = TestCluster::start_with(3, &service(&env, None));
+    cluster.wait_in_sync(SHARD);
+    // The bulk is written before the first acknowledged `n`.
+    wait_for("the bulk written", DEADLINE * 20, || {
+        cluster
+            .records()
+            .iter()
+            .any(|record| record.event == "acked")
+            .then_some(())
+    });
+    let (active, standby) = cluster.wait_in_sync(SHARD);
+    let status = cluster.leader_status().context("status")?;
+    let host = cluster
+        .index_of(&unit(&status, &standby).context("standby")?.node)
+        .context("node")?;
+    let primary = cluster
+        .index_of(&unit(&status, &active).context("active")?.node)
+        .context("node")?;
+    if !cluster.terminate(host) {
+        bail!("the STANDBY's daemon did not stop cleanly");
+    }
+    std::fs::remove_dir_all(node_data_dir(&cluster, host).join("replicas"))?;
+    let log_start = cluster.log(primary).len();
+    cluster.spawn(host);
+    let (started, verified, bytes) = wait_for("the transfer verified", DEADLINE * 20, || {
+        let log = cluster.log(primary);
+        let tail = &log[log_start.min(log.len())..];
+        let start = tail
+            .lines()
+            .find(|line| line.contains(&format!("state transfer to STANDBY {standby}")))?;
+        let bytes: u64 = start
+            .split(" sections, ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        let done = tail
+            .lines()
+            .skip_while(|line| *line != start)
+            .find(|line| {
+                line.contains(&format!(
+                    "STANDBY {standby} of shard {SHARD} verified in sync"
+                ))
+            })?;
+        Some((log_time(start)?, log_time(done)?, bytes))
+    });
+    let millis = (verified - started) * 1000.0;
+    Ok(Transfer {
+        bytes,
+        sections,
+        millis,
+        mib_per_s: bytes as f64 / (1024.0 * 1024.0) / (millis / 1000.0),
+    })
+}
+
+/// A switchover under stream load.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamSwitchover {
+    /// Datagrams sent to the ingress.
+    pub sent: u64,
+    /// Distinct messages applied.
+    pub applied: u64,
+    /// Sent and never applied.
+    pub lost: u64,
+    /// Applied more than once.
+    pub duplicated: u64,
+    /// Switchovers done while sending.
+    pub switchovers: u64,
+    /// Messages per second offered.
+    pub rate: u64,
+}
+
+/// `messages` datagrams at 1000/s to the shard's UDP ingress, with a switchover after each
+/// third of them; counts what the units applied (each applied message is a sync commit that
+/// consumes it, recorded by the unit).
+pub fn stream_switchover(messages: u64) -> anyhow::Result<StreamSwitchover> {
+    let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let cluster = TestCluster::start_with(3, &service("", Some(port)));
+    cluster.wait_in_sync(SHARD);
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let rate = 1000u64;
+    let started = Instant::now();
+    let mut switchovers = Vec::new();
+    for id in 1..=messages {
+        let due = started + Duration::from_micros(id * 1_000_000 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        socket.send_to(format!("m{id}").as_bytes(), ("127.0.0.1", port))?;
+        if id % (messages / 3).max(1) == 0 && id < messages {
+            // From a thread, so the sending goes on at its rate meanwhile.
+            let admin = cluster.nodes[0].admin;
+            switchovers.push(std::thread::spawn(move || {
+                admin_client::operation(
+                    admin,
+                    admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+                    DEADLINE,
+                )
+            }));
+        }
+    }
+    // Every message applied, or nothing more for 3 s.
+    let mut last = (0, Instant::now());
+    let counts = loop {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for record in cluster.records().iter().filter(|r| r.event == "msg") {
+            *counts.entry(record.role.clone()).or_default() += 1;
+        }
+        let total: u64 = counts.values().sum();
+        if counts.len() as u64 >= messages && total == last.0 {
+            break counts;
+        }
+        if total != last.0 {
+            last = (total, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let switchovers = switchovers
+        .into_iter()
+        .filter_map(|thread| thread.join().ok())
+        .filter(|result| {
+            if let Err(error) = result {
+                eprintln!("stream-switchover: a switchover was refused: {error}");
+            }
+            result.is_ok()
+        })
+        .count() as u64;
+    let applied = counts.len() as u64;
+    let duplicated = counts.values().map(|count| count - 1).sum();
+    Ok(StreamSwitchover {
+        sent: messages,
+        applied,
+        lost: messages - applied.min(messages),
+        duplicated,
+        switchovers,
+        rate,
+    })
+}
