@@ -276,19 +276,22 @@ impl Checkpoint {
         }
     }
 
-    /// Writes `key` = `value` and waits until every in-sync STANDBY has it (a `sync` commit of
-    /// one write). Returns the replica's version after it.
+    /// Writes `key` = `value` in a commit of the service's `checkpoint_mode`: `sync` (the
+    /// default) returns once every in-sync STANDBY has it, `async` once the local replica has
+    /// it. Returns the replica's version after it.
     pub async fn put(
         &self,
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
     ) -> Result<u64, DataError> {
-        self.transaction().put(key, value).commit_sync().await
+        let sync = !self.ctx.identity.checkpoint_async;
+        self.transaction().put(key, value).commit(sync).await
     }
 
-    /// Deletes `key` (a `sync` commit of one delete).
+    /// Deletes `key`, in a commit of the service's `checkpoint_mode` (see [`put`](Self::put)).
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<u64, DataError> {
-        self.transaction().delete(key).commit_sync().await
+        let sync = !self.ctx.identity.checkpoint_async;
+        self.transaction().delete(key).commit(sync).await
     }
 
     /// Starts a transaction: writes and a stream position committed together, atomically.

@@ -257,6 +257,8 @@ struct Identity {
     node: String,
     generation: u64,
     reinitialise: bool,
+    /// The service's `checkpoint_mode` is `async`.
+    checkpoint_async: bool,
 }
 
 /// What the unit believes, shared by the hook runner and every [`Context`] clone.
@@ -497,6 +499,7 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
             node: welcome.node,
             generation: welcome.generation,
             reinitialise: welcome.reinitialise,
+            checkpoint_async: welcome.checkpoint_async,
         }),
         beliefs: Arc::new(Mutex::new(Beliefs::default())),
         outbox,

@@ -507,6 +507,12 @@ impl Daemon {
                         node: self.name.clone(),
                         generation,
                         reinitialise: connection.reinitialise,
+                        checkpoint_async: self
+                            .node
+                            .state()
+                            .topology
+                            .service(&connection.service)
+                            .is_some_and(|service| !service.checkpoint.sync),
                     })
                 } else {
                     Err(format!(
