@@ -238,3 +238,79 @@ fn a_standby_rebuilt_from_scratch_by_state_transfer_under_writes_reaches_digest_
     assert!(settled_pair(&status, SHARD).is_some());
     assert_no_acknowledged_write_lost(&cluster.records());
 }
+
+#[test]
+fn the_ingress_follows_the_active_and_vip_commands_run_where_it_moves() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a free port")
+        .port();
+    let services = format!(
+        "\n[[services]]\nname = \"pair\"\nmodel = \"2n\"\nshards = [\"{SHARD}\"]\n\
+         units = [{{ name = \"pair-a\", node = \"n1\" }}, {{ name = \"pair-b\", node = \"n2\" }}]\n\
+         instantiate = [\"{{unit_bin}}\"]\n\
+         env = {{ TANDEM_TEST_RECORD = \"{{record}}\" }}\n\
+         vip_up = [\"sh\", \"-c\", \"echo $TANDEM_VIP $TANDEM_NODE $TANDEM_SHARD $TANDEM_UDP >> {{record}}.vip\"]\n\
+         vip_down = [\"sh\", \"-c\", \"echo $TANDEM_VIP $TANDEM_NODE $TANDEM_SHARD $TANDEM_UDP >> {{record}}.vip\"]\n\
+         health_interval_ms = 100\nhealth_timeout_ms = 1000\ncallback_timeout_ms = 5000\n\
+         [services.escalation]\nrestart_max = 1000000\nrelocate = false\n\
+         [services.ingress.{SHARD}]\nudp = \"127.0.0.1:{port}\"\n"
+    );
+    let cluster = TestCluster::start_with(3, &services);
+    let vip_log = cluster.dir.path().join("record.log.vip");
+    let (first, _) = cluster.wait_in_sync(SHARD);
+    let first_node = unit(&cluster.leader_status().unwrap(), &first)
+        .unwrap()
+        .node
+        .clone();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("a socket");
+    // A datagram reaches the ACTIVE through the stream (sent until the ingress is bound).
+    let applied_by = |id: &str| {
+        cluster
+            .records()
+            .iter()
+            .find(|record| record.event == "msg" && record.role == id)
+            .map(|record| record.unit.clone())
+    };
+    wait_for("m1 applied by the first ACTIVE", DEADLINE, || {
+        let _ = sender.send_to(b"m1", ("127.0.0.1", port));
+        applied_by("m1")
+    });
+    assert_eq!(applied_by("m1").as_deref(), Some(first.as_str()));
+    let up = format!("up {first_node} {SHARD} 127.0.0.1:{port}");
+    wait_for(&format!("vip_up to run on {first_node}"), DEADLINE, || {
+        std::fs::read_to_string(&vip_log)
+            .unwrap_or_default()
+            .contains(&up)
+            .then_some(())
+    });
+
+    cluster
+        .operation(
+            0,
+            admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+        )
+        .expect("switchover");
+    let (second, _) = cluster.wait_in_sync(SHARD);
+    assert_ne!(first, second);
+    let second_node = unit(&cluster.leader_status().unwrap(), &second)
+        .unwrap()
+        .node
+        .clone();
+    wait_for("m2 applied by the new ACTIVE", DEADLINE, || {
+        let _ = sender.send_to(b"m2", ("127.0.0.1", port));
+        applied_by("m2")
+    });
+    assert_eq!(applied_by("m2").as_deref(), Some(second.as_str()));
+    // The old node gives the address up after its grace period; the new one took it.
+    wait_for(
+        "vip_down on the old node and vip_up on the new one",
+        DEADLINE,
+        || {
+            let log = std::fs::read_to_string(&vip_log).unwrap_or_default();
+            (log.contains(&format!("down {first_node} {SHARD}"))
+                && log.contains(&format!("up {second_node} {SHARD}")))
+            .then_some(())
+        },
+    );
+}

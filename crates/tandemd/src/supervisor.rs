@@ -394,7 +394,8 @@ impl Supervisor {
     }
 
     /// Runs a service's `vip_up` (`up`) or `vip_down` command for `shard`'s ingress address, in
-    /// the background, with `TANDEM_SHARD`, `TANDEM_UDP` and `TANDEM_VIP` (`up` or `down`).
+    /// the background, with `TANDEM_SHARD`, `TANDEM_UDP`, `TANDEM_VIP` (`up` or `down`) and
+    /// `TANDEM_NODE`.
     pub fn run_vip(
         &self,
         spec: &ProcessSpec,
@@ -405,6 +406,7 @@ impl Supervisor {
         let spec = spec.clone();
         let config_dir = self.config_dir.clone();
         let shard = shard.clone();
+        let node = self.node.clone();
         tokio::spawn(async move {
             let Some(program) = spec.argv.first() else {
                 return;
@@ -416,6 +418,7 @@ impl Supervisor {
                 .env("TANDEM_SHARD", shard.as_str())
                 .env("TANDEM_UDP", udp.to_string())
                 .env("TANDEM_VIP", if up { "up" } else { "down" })
+                .env("TANDEM_NODE", &node)
                 .stdin(Stdio::null())
                 .kill_on_drop(true);
             match tokio::time::timeout(Duration::from_secs(30), command.status()).await {
