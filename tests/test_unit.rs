@@ -17,7 +17,7 @@
 //!
 //! Stream messages (the benchmark's ingress load) are applied by writing `m/<payload>` and
 //! consuming the message in one sync commit, recorded as event `msg` with the payload in the
-//! role field. With `TANDEM_TEST_BENCH=<count>` and `TANDEM_TEST_BENCH_OUT=<file>`, the first
+//! role field; an ingress sender gets `ok <payload>` back. With `TANDEM_TEST_BENCH=<count>` and `TANDEM_TEST_BENCH_OUT=<file>`, the first
 //! ACTIVE measures checkpoint commits once its STANDBY is in sync (sync and async, 128 B and
 //! 64 KiB values, sequential latency and throughput with 32 commits in flight) and writes one
 //! JSON line per measurement to the file.
@@ -254,7 +254,12 @@ impl Unit for Recorder {
             .await
             .map_err(|error| HookError::new(error.to_string()))?;
         let epoch = ctx.role(shard).map_or(0, |(_, epoch)| epoch);
-        self.record(ctx, "msg", shard, &id, epoch)
+        self.record(ctx, "msg", shard, &id, epoch)?;
+        if message.origin != tandem::data::Origin::Client {
+            // An ingress sender hears back (a TCP sender on its connection).
+            let _ = ctx.reply(shard, &message, format!("ok {id}")).await;
+        }
+        Ok(())
     }
 
     async fn assign(

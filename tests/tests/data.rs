@@ -240,7 +240,7 @@ fn a_standby_rebuilt_from_scratch_by_state_transfer_under_writes_reaches_digest_
 }
 
 #[test]
-fn the_ingress_follows_the_active_and_vip_commands_run_where_it_moves() {
+fn the_udp_and_tcp_ingress_follow_the_active_and_vip_commands_run_where_they_move() {
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|socket| socket.local_addr())
         .expect("a free port")
@@ -254,7 +254,7 @@ fn the_ingress_follows_the_active_and_vip_commands_run_where_it_moves() {
          vip_down = [\"sh\", \"-c\", \"echo $TANDEM_VIP $TANDEM_NODE $TANDEM_SHARD $TANDEM_UDP >> {{record}}.vip\"]\n\
          health_interval_ms = 100\nhealth_timeout_ms = 1000\ncallback_timeout_ms = 5000\n\
          [services.escalation]\nrestart_max = 1000000\nrelocate = false\n\
-         [services.ingress.{SHARD}]\nudp = \"127.0.0.1:{port}\"\n"
+         [services.ingress.{SHARD}]\nudp = \"127.0.0.1:{port}\"\ntcp = \"127.0.0.1:{port}\"\n"
     );
     let cluster = TestCluster::start_with(3, &services);
     let vip_log = cluster.dir.path().join("record.log.vip");
@@ -302,6 +302,23 @@ fn the_ingress_follows_the_active_and_vip_commands_run_where_it_moves() {
         applied_by("m2")
     });
     assert_eq!(applied_by("m2").as_deref(), Some(second.as_str()));
+
+    // The TCP address moved too: a framed message reaches the new ACTIVE and its reply comes
+    // back on the connection (connecting once the new node listens).
+    let reply = wait_for("a TCP round trip through the new ACTIVE", DEADLINE, || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(DEADLINE)).ok()?;
+        let frame = [&2u32.to_be_bytes()[..], b"t1"].concat();
+        stream.write_all(&frame).ok()?;
+        let mut length = [0u8; 4];
+        stream.read_exact(&mut length).ok()?;
+        let mut reply = vec![0u8; u32::from_be_bytes(length) as usize];
+        stream.read_exact(&mut reply).ok()?;
+        Some(String::from_utf8_lossy(&reply).into_owned())
+    });
+    assert_eq!(reply, "ok t1");
+    assert_eq!(applied_by("t1").as_deref(), Some(second.as_str()));
     // The old node gives the address up after its grace period; the new one took it.
     wait_for(
         "vip_down on the old node and vip_up on the new one",

@@ -174,26 +174,33 @@ impl Context {
 }
 
 impl Context {
-    /// Replies to the sender of an ingress `message` of `shard`, from the shard's ingress
-    /// address (the sender sees the address it wrote to answer). Datagrams may be lost like
-    /// any UDP; a message from a client (not an ingress) has no one to reply to.
+    /// Replies to the sender of an ingress `message` of `shard`: from the shard's UDP ingress
+    /// address (the sender sees the address it wrote to answer; datagrams may be lost like any
+    /// UDP), or on its TCP connection, framed like its messages (dropped when the connection
+    /// is gone, e.g. after a switch). A message from a client has no one to reply to.
     pub async fn reply(
         &self,
         shard: &ShardName,
         message: &Message,
         payload: impl Into<Vec<u8>>,
     ) -> Result<(), DataError> {
-        if message.origin != Origin::Udp || message.peer.is_empty() {
+        if message.origin == Origin::Client || message.peer.is_empty() {
             return Err(DataError::BadWrite(format!(
                 "message {} of shard {shard} came from a client, not an ingress address: there \
                  is no sender to reply to",
                 message.seq
             )));
         }
-        self.reply_to(shard, &message.peer, payload).await
+        self.send_reply(
+            shard,
+            &message.peer,
+            payload.into(),
+            message.origin == Origin::Tcp,
+        )
+        .await
     }
 
-    /// Sends a datagram to `peer` (`ip:port`) from `shard`'s ingress address: to answer an
+    /// Sends a UDP datagram to `peer` (`ip:port`) from `shard`'s ingress address: to answer an
     /// earlier sender, or to send a request of the unit's own (SIP's BYE to a caller).
     pub async fn reply_to(
         &self,
@@ -201,12 +208,23 @@ impl Context {
         peer: &str,
         payload: impl Into<Vec<u8>>,
     ) -> Result<(), DataError> {
+        self.send_reply(shard, peer, payload.into(), false).await
+    }
+
+    async fn send_reply(
+        &self,
+        shard: &ShardName,
+        peer: &str,
+        payload: Vec<u8>,
+        tcp: bool,
+    ) -> Result<(), DataError> {
         let message = UnitToAgent {
             kind: Some(unit_to_agent::Kind::ReplyTo(
                 tandem_proto::sdk::IngressReply {
                     shard: shard.0.clone(),
                     peer: peer.to_owned(),
-                    payload: payload.into(),
+                    payload,
+                    tcp,
                 },
             )),
         };

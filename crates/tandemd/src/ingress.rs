@@ -1,7 +1,11 @@
-//! Ingress: the UDP address of a shard follows its ACTIVE. The node that hosts the shard's
-//! primary binds the address; every datagram that arrives is appended to the shard's stream
-//! (replicated before the ACTIVE sees it) and replies the unit sends through the SDK leave from
-//! the same socket, so the sender sees one address whatever node serves it.
+//! Ingress: the UDP and TCP addresses of a shard follow its ACTIVE. The node that hosts the
+//! shard's primary binds them; every datagram (UDP) or frame (TCP: a u32 big-endian length,
+//! then the message) that arrives is appended to the shard's stream (replicated before the
+//! ACTIVE sees it), and replies the unit sends through the SDK leave from the same socket (UDP)
+//! or go back on the sender's connection, framed the same way (TCP), so the sender sees one
+//! address whatever node serves it. A TCP connection lives on one node: when the node stops
+//! being the primary it closes its connections and stops listening at once, and the client
+//! connects again (to the same address, now served by the new primary's node).
 //!
 //! A node that stops being the primary keeps the socket a short grace period
 //! ([`RELEASE_GRACE`]) so that the new primary's node can bind the same address meanwhile
@@ -16,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use tandem_core::data::DataView;
 use tandem_core::{NodeId, ShardName, Topology};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::runtime::Event;
@@ -28,13 +33,39 @@ const DATAGRAM_LEN_MAX: usize = 65_535;
 /// Between two warnings about an address that cannot be bound.
 const BIND_WARN_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Largest TCP frame (the stream's message limit).
+const FRAME_LEN_MAX: usize = 64 * 1024;
+/// Replies queued per TCP connection before new ones are dropped.
+const CONNECTION_QUEUE_LEN_MAX: usize = 256;
+
+/// Open TCP connections of a shard's ingress, by peer address: where replies go.
+type Connections = Arc<parking_lot::Mutex<BTreeMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
+
+/// The TCP side of a bound ingress.
+struct TcpBound {
+    acceptor: tokio::task::JoinHandle<()>,
+    connections: Connections,
+}
+
 /// One bound ingress address.
 struct Bound {
     addr: SocketAddr,
     socket: Arc<UdpSocket>,
     reader: tokio::task::JoinHandle<()>,
+    tcp: Option<TcpBound>,
     /// When this node stopped being the shard's primary.
     lost_at: Option<Instant>,
+}
+
+impl Bound {
+    fn close(self) {
+        self.reader.abort();
+        if let Some(tcp) = self.tcp {
+            tcp.acceptor.abort();
+            // Dropping the senders ends every connection's writer, which closes it.
+            tcp.connections.lock().clear();
+        }
+    }
 }
 
 /// What to run when an address is taken or given up.
@@ -75,6 +106,18 @@ fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// The same for a TCP listener.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    TcpListener::from_std(socket.into())
+}
+
 impl Ingress {
     /// Binds the addresses of the shards whose primary this node hosts, releases the others
     /// after the grace period. Returns the vip changes to carry out.
@@ -92,29 +135,55 @@ impl Ingress {
                 let Some(udp) = spec.udp.as_deref().and_then(|addr| addr.parse().ok()) else {
                     continue;
                 };
+                let tcp: Option<SocketAddr> =
+                    spec.tcp.as_deref().and_then(|addr| addr.parse().ok());
                 let ours = view.shards.get(shard).is_some_and(|shard| {
                     shard.primary.as_ref().is_some_and(|(_, node)| *node == me) && shard.acting
                 });
                 match self.bound.get_mut(shard) {
                     Some(bound) if ours => bound.lost_at = None,
                     Some(bound) => {
+                        // TCP connections cannot follow the ACTIVE (the unit's replies leave
+                        // from its new node): close them and stop listening at once, so
+                        // clients reconnect to the new primary's node.
+                        if let Some(tcp) = bound.tcp.take() {
+                            tcp.acceptor.abort();
+                            tcp.connections.lock().clear();
+                        }
                         let lost_at = *bound.lost_at.get_or_insert(now);
                         if now.duration_since(lost_at) >= RELEASE_GRACE {
                             let bound = self.bound.remove(shard).expect("present");
-                            bound.reader.abort();
-                            tracing::info!(%shard, addr = %bound.addr, "ingress released");
+                            let addr = bound.addr;
+                            bound.close();
+                            tracing::info!(%shard, %addr, "ingress released");
                             changes.push(VipChange::Down {
                                 shard: shard.clone(),
-                                udp: bound.addr,
+                                udp: addr,
                             });
                         }
                     }
-                    None if ours => match bind(udp) {
-                        Ok(socket) => {
+                    None if ours => match bind(udp).and_then(|socket| {
+                        let listener = tcp.map(listen).transpose()?;
+                        Ok((socket, listener))
+                    }) {
+                        Ok((socket, listener)) => {
                             let socket = Arc::new(socket);
                             let reader =
                                 tokio::spawn(read(shard.clone(), socket.clone(), events.clone()));
-                            tracing::info!(%shard, addr = %udp, "ingress bound");
+                            let tcp_bound = listener.map(|listener| {
+                                let connections = Connections::default();
+                                let acceptor = tokio::spawn(accept(
+                                    shard.clone(),
+                                    listener,
+                                    connections.clone(),
+                                    events.clone(),
+                                ));
+                                TcpBound {
+                                    acceptor,
+                                    connections,
+                                }
+                            });
+                            tracing::info!(%shard, addr = %udp, tcp = ?tcp, "ingress bound");
                             self.warned.remove(shard);
                             self.bound.insert(
                                 shard.clone(),
@@ -122,6 +191,7 @@ impl Ingress {
                                     addr: udp,
                                     socket,
                                     reader,
+                                    tcp: tcp_bound,
                                     lost_at: None,
                                 },
                             );
@@ -148,9 +218,21 @@ impl Ingress {
         changes
     }
 
-    /// Sends a unit's reply from the shard's ingress socket. Returns false when this node does
-    /// not hold the address (the reply is dropped).
-    pub fn reply(&self, shard: &ShardName, peer: SocketAddr, payload: &[u8]) -> bool {
+    /// Sends a unit's reply: on the peer's TCP connection (`tcp`), or from the shard's UDP
+    /// socket. Returns false when this node does not hold the address or the connection (the
+    /// reply is dropped).
+    pub fn reply(&self, shard: &ShardName, peer: SocketAddr, payload: &[u8], tcp: bool) -> bool {
+        let Some(bound) = self.bound.get(shard) else {
+            return false;
+        };
+        if tcp {
+            return bound.tcp.as_ref().is_some_and(|tcp| {
+                tcp.connections
+                    .lock()
+                    .get(&peer)
+                    .is_some_and(|connection| connection.try_send(payload.to_vec()).is_ok())
+            });
+        }
         match self.bound.get(shard) {
             Some(bound) => match bound.socket.try_send_to(payload, peer) {
                 Ok(_) => true,
@@ -171,10 +253,88 @@ impl Ingress {
 
 impl Drop for Ingress {
     fn drop(&mut self) {
-        for bound in self.bound.values() {
-            bound.reader.abort();
+        for (_, bound) in std::mem::take(&mut self.bound) {
+            bound.close();
         }
     }
+}
+
+/// Accepts TCP connections to a shard's ingress.
+async fn accept(
+    shard: ShardName,
+    listener: TcpListener,
+    connections: Connections,
+    events: mpsc::Sender<Event>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let (sender, replies) = mpsc::channel(CONNECTION_QUEUE_LEN_MAX);
+                connections.lock().insert(peer, sender);
+                tokio::spawn(connection(
+                    shard.clone(),
+                    stream,
+                    peer,
+                    replies,
+                    connections.clone(),
+                    events.clone(),
+                ));
+            }
+            Err(error) => {
+                tracing::debug!(%shard, %error, "ingress accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// One TCP connection: frames in go to the event loop, replies out are framed the same way.
+/// A frame longer than the stream's limit closes the connection.
+async fn connection(
+    shard: ShardName,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut replies: mpsc::Receiver<Vec<u8>>,
+    connections: Connections,
+    events: mpsc::Sender<Event>,
+) {
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        while let Some(reply) = replies.recv().await {
+            let mut frame = (reply.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&reply);
+            if write.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        let mut length = [0u8; 4];
+        if read.read_exact(&mut length).await.is_err() {
+            break;
+        }
+        let length = u32::from_be_bytes(length) as usize;
+        if length > FRAME_LEN_MAX {
+            tracing::warn!(%shard, %peer, length, "ingress frame over 64 KiB; connection closed");
+            break;
+        }
+        let mut payload = vec![0u8; length];
+        if read.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        let event = Event::Ingress {
+            shard: shard.clone(),
+            payload,
+            peer,
+            tcp: true,
+        };
+        if events.send(event).await.is_err() {
+            break;
+        }
+    }
+    connections.lock().remove(&peer);
+    writer.abort();
 }
 
 /// Hands every datagram of `socket` to the event loop.
@@ -187,6 +347,7 @@ async fn read(shard: ShardName, socket: Arc<UdpSocket>, events: mpsc::Sender<Eve
                     shard: shard.clone(),
                     payload: buffer[..len].to_vec(),
                     peer,
+                    tcp: false,
                 };
                 if events.send(event).await.is_err() {
                     return;

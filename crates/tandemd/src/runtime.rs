@@ -59,14 +59,16 @@ pub enum Event {
     Unit(UnitEvent),
     /// A unit registers through the SDK.
     Register(Registration),
-    /// A datagram arrived on a shard's ingress address.
+    /// A datagram (or a TCP frame) arrived on a shard's ingress address.
     Ingress {
         /// The shard.
         shard: ShardName,
-        /// The datagram.
+        /// The message.
         payload: Vec<u8>,
         /// Its sender.
         peer: SocketAddr,
+        /// It came on a TCP connection.
+        tcp: bool,
     },
     /// A unit's reply to an ingress message's sender.
     IngressReply {
@@ -76,6 +78,8 @@ pub enum Event {
         peer: SocketAddr,
         /// The reply.
         payload: Vec<u8>,
+        /// On the sender's TCP connection.
+        tcp: bool,
     },
     /// A unit's checkpoint or stream call.
     UnitData {
@@ -461,11 +465,12 @@ impl Daemon {
                 shard,
                 payload,
                 peer,
+                tcp,
             } => {
                 let message = StreamMessage {
                     payload,
                     origin: MessageOrigin {
-                        origin: Origin::Udp,
+                        origin: if tcp { Origin::Tcp } else { Origin::Udp },
                         peer: peer.to_string(),
                     },
                 };
@@ -477,8 +482,9 @@ impl Daemon {
                 shard,
                 peer,
                 payload,
+                tcp,
             } => {
-                if !self.ingress.reply(&shard, peer, &payload) {
+                if !self.ingress.reply(&shard, peer, &payload, tcp) {
                     tracing::debug!(%shard, %peer, "reply dropped: this node does not hold the shard's ingress");
                 }
             }

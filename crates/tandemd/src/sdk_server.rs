@@ -268,6 +268,7 @@ async fn connection(mut stream: UnixStream, events: &mpsc::Sender<Event>) -> Res
                     shard: tandem_core::ShardName(reply.shard),
                     peer,
                     payload: reply.payload,
+                    tcp: reply.tcp,
                 };
                 if events.send(event).await.is_err() {
                     break Ok(());

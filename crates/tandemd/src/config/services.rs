@@ -14,8 +14,9 @@
 //! vip_up = ["/usr/local/bin/vip", "up"]      # optional, run where a shard's ingress arrives
 //! vip_down = ["/usr/local/bin/vip", "down"]  # optional, run where it leaves
 //!
-//! [services.ingress.counter-0]         # the address that follows the shard's ACTIVE
-//! udp = "127.0.0.1:5060"                # (tcp is refused: not implemented yet)
+//! [services.ingress.counter-0]         # the addresses that follow the shard's ACTIVE
+//! udp = "127.0.0.1:5060"
+//! tcp = "127.0.0.1:5060"                # optional: u32 big-endian length-prefixed frames
 //! ```
 //!
 //! A relative program path with a `/` in it is resolved against the config file's directory
@@ -302,20 +303,11 @@ pub(super) fn parse_services(
                     }
                 }
             }
-            if spec.tcp.is_some() {
-                return Err(checker.invalid(
-                    Some(raw_ingress.span()),
-                    format!("{key}.tcp"),
-                    "TCP ingress is not implemented yet; use udp (or the client API for \
-                     keyed messages over TCP)"
-                        .into(),
-                ));
-            }
             if spec.udp.is_none() {
                 return Err(checker.invalid(
                     Some(raw_ingress.span()),
                     key,
-                    "gives no udp address".into(),
+                    "gives no udp address (a tcp address comes with a udp one)".into(),
                 ));
             }
             ingress.insert(
