@@ -747,8 +747,8 @@ impl Daemon {
     }
 
     /// Runs the data plane on what the node committed: its view and lease, then carries out
-    /// its output (file writes synced before anything that depends on them, messages to peers,
-    /// answers and deliveries to units) and hands its in-sync claims to the node.
+    /// its output (file writes, messages to peers, answers and deliveries to units, then the
+    /// msync whose versions it hears as durable) and hands its in-sync claims to the node.
     fn data_step(&mut self) -> anyhow::Result<()> {
         let now = self.now();
         let view = DataView::from_state(self.node.state(), self.node.id());
@@ -774,21 +774,6 @@ impl Daemon {
                 self.replicas
                     .apply(replica, action)
                     .context("replica file write failed; stopping")?;
-            }
-            if !output.persist.is_empty() {
-                for (replica, version) in self
-                    .replicas
-                    .sync()
-                    .context("replica file sync failed; stopping")?
-                {
-                    self.data.persisted(&replica, version);
-                    if let Some(held) = self.data.replica(&replica) {
-                        let complete = self.data.is_complete(&replica);
-                        self.replicas
-                            .maybe_compact(&replica, held, complete)
-                            .context("replica file compaction failed; stopping")?;
-                    }
-                }
             }
             for (to, message) in &output.messages {
                 let envelope = Envelope {
@@ -817,6 +802,24 @@ impl Daemon {
             }
             for event in &output.events {
                 self.log_data_event(event);
+            }
+            // The disk last: what goes out now does not depend on it (a commit waiting for the
+            // local disk is answered in a later round, after `persisted`), and the copies
+            // sent to STANDBYs are written there meanwhile (the simulation runs this order).
+            if !output.persist.is_empty() {
+                for (replica, version) in self
+                    .replicas
+                    .sync()
+                    .context("replica file sync failed; stopping")?
+                {
+                    self.data.persisted(&replica, version);
+                    if let Some(held) = self.data.replica(&replica) {
+                        let complete = self.data.is_complete(&replica);
+                        self.replicas
+                            .maybe_compact(&replica, held, complete)
+                            .context("replica file compaction failed; stopping")?;
+                    }
+                }
             }
         }
         self.node.set_in_sync_claims(self.data.claims());
