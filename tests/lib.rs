@@ -397,6 +397,11 @@ impl TestCluster {
             .find_map(|index| self.status(index).filter(|status| status.from_leader))
     }
 
+    /// The leader's status, waiting for one to answer (one may be being elected).
+    pub fn wait_leader_status(&self) -> Status {
+        wait_for("a leader to answer", DEADLINE, || self.leader_status())
+    }
+
     /// Waits until `shard` has a confirmed ACTIVE and a confirmed STANDBY; returns them.
     pub fn wait_settled(&self, shard: &str) -> (String, String) {
         wait_for(

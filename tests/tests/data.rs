@@ -14,10 +14,14 @@ use tandemd::admin_client;
 
 const SHARD: &str = "pair-0";
 
+/// The index of the node `unit_name` runs on (waiting for a leader to answer: one may be
+/// being elected after a daemon was stopped).
 fn node_of(cluster: &TestCluster, unit_name: &str) -> usize {
-    let status = cluster.leader_status().expect("a leader answers");
-    let node = &unit(&status, unit_name).expect("unit in status").node;
-    cluster.index_of(node).expect("node in config")
+    wait_for(&format!("the node of {unit_name}"), DEADLINE, || {
+        let status = cluster.leader_status()?;
+        let node = &unit(&status, unit_name)?.node;
+        cluster.index_of(node)
+    })
 }
 
 fn acked(records: &[Record]) -> impl Iterator<Item = (u64, u64)> + '_ {
@@ -90,9 +94,7 @@ fn acknowledged_writes_survive_switchover_unit_kill_and_daemon_kill() {
     let mut cluster = TestCluster::start_with(3, &data_service(0));
     let (first, _) = cluster.wait_in_sync(SHARD);
     wait_acked(&cluster, 50);
-    let epoch = shard(&cluster.leader_status().unwrap(), SHARD)
-        .unwrap()
-        .epoch;
+    let epoch = shard(&cluster.wait_leader_status(), SHARD).unwrap().epoch;
 
     // 1. Switchover (only to an in-sync STANDBY).
     cluster
@@ -108,9 +110,7 @@ fn acknowledged_writes_survive_switchover_unit_kill_and_daemon_kill() {
     wait_acked(&cluster, 50);
 
     // 2. The ACTIVE unit is killed: its STANDBY takes over.
-    let pid = unit(&cluster.leader_status().unwrap(), &second)
-        .unwrap()
-        .pid;
+    let pid = unit(&cluster.wait_leader_status(), &second).unwrap().pid;
     // SAFETY: kill(2) of a unit process this test started (through tandemd).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let (epoch, _) = wait_resume(&cluster, &first, epoch);
@@ -234,7 +234,7 @@ fn a_standby_rebuilt_from_scratch_by_state_transfer_under_writes_reaches_digest_
             .all(|replica| replica["sections"].as_u64() >= Some(24_000)),
         "{verdict}"
     );
-    let status = cluster.leader_status().expect("status");
+    let status = cluster.wait_leader_status();
     assert!(settled_pair(&status, SHARD).is_some());
     assert_no_acknowledged_write_lost(&cluster.records());
 }
@@ -259,7 +259,7 @@ fn the_udp_and_tcp_ingress_follow_the_active_and_vip_commands_run_where_they_mov
     let cluster = TestCluster::start_with(3, &services);
     let vip_log = cluster.dir.path().join("record.log.vip");
     let (first, _) = cluster.wait_in_sync(SHARD);
-    let first_node = unit(&cluster.leader_status().unwrap(), &first)
+    let first_node = unit(&cluster.wait_leader_status(), &first)
         .unwrap()
         .node
         .clone();
@@ -293,7 +293,7 @@ fn the_udp_and_tcp_ingress_follow_the_active_and_vip_commands_run_where_they_mov
         .expect("switchover");
     let (second, _) = cluster.wait_in_sync(SHARD);
     assert_ne!(first, second);
-    let second_node = unit(&cluster.leader_status().unwrap(), &second)
+    let second_node = unit(&cluster.wait_leader_status(), &second)
         .unwrap()
         .node
         .clone();

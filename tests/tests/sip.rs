@@ -138,9 +138,7 @@ fn sipp_calls_set_up_before_a_switchover_and_a_unit_kill_end_cleanly_after_them(
     let (active, _) = cluster.wait_in_sync(SHARD);
     let run = uac(&sipp, port, 30, 3000);
     wait_dialogs(&cluster, 5);
-    let pid = unit(&cluster.leader_status().unwrap(), &active)
-        .unwrap()
-        .pid;
+    let pid = unit(&cluster.wait_leader_status(), &active).unwrap().pid;
     // SAFETY: kill(2) of a unit process this test started (through tandemd).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let output = run.join().expect("sipp thread");
