@@ -71,17 +71,7 @@ pub enum DevApp<'a> {
 /// The SIP call server of `dev up --app sip`: a 2n pair `sip-a` (n1) / `sip-b` (n2), shard
 /// `sip-0`, whose UDP ingress 127.0.0.1:5060 follows the ACTIVE.
 pub fn sip_service(nodes: u16, sip: &Path) -> ServiceSpec {
-    let mut service = counter_service(nodes, sip, SocketAddr::from(([127, 0, 0, 1], 5060)));
-    service.name = "sip".into();
-    for (index, unit) in service.units.iter_mut().enumerate() {
-        unit.name = format!("sip-{}", ["a", "b"][index.min(1)]).into();
-    }
-    let ingress = service.ingress.remove(&"counter-0".into());
-    service.shards = vec!["sip-0".into()];
-    if let Some(ingress) = ingress {
-        service.ingress.insert("sip-0".into(), ingress);
-    }
-    service
+    pair_service("sip", nodes, sip, SocketAddr::from(([127, 0, 0, 1], 5060)))
 }
 
 /// The UDP ingress of the dev counter's shard: 127.0.0.1:(P+300), 7400 by default.
@@ -96,32 +86,35 @@ pub fn counter_ingress(base_port: u16) -> anyhow::Result<SocketAddr> {
 /// with `counter-a` on n1 and `counter-b` on n2 (one unit with no redundancy on a 1-node
 /// cluster), one shard `counter-0` whose UDP ingress `ingress` follows its ACTIVE.
 pub fn counter_service(nodes: u16, counter: &Path, ingress: SocketAddr) -> ServiceSpec {
-    let mut units = vec![UnitSpec {
-        name: "counter-a".into(),
-        node: NodeId(1),
-        rank: 0,
-    }];
-    if nodes >= 2 {
-        units.push(UnitSpec {
-            name: "counter-b".into(),
-            node: NodeId(2),
+    pair_service("counter", nodes, counter, ingress)
+}
+
+/// Service `name` running `binary`: units `<name>-a` on n1 and `<name>-b` on n2 (2n; one
+/// unit without redundancy on a 1-node cluster), one shard `<name>-0` whose UDP ingress
+/// `ingress` follows its ACTIVE.
+fn pair_service(name: &str, nodes: u16, binary: &Path, ingress: SocketAddr) -> ServiceSpec {
+    let units = (1..=nodes.min(2))
+        .map(|node| UnitSpec {
+            name: format!("{name}-{}", if node == 1 { "a" } else { "b" }).into(),
+            node: NodeId(u64::from(node)),
             rank: 0,
-        });
-    }
+        })
+        .collect();
     let model = if nodes >= 2 {
         RedundancyModel::TwoN
     } else {
         RedundancyModel::NoRedundancy
     };
+    let shard = format!("{name}-0");
     let mut service = ServiceSpec::new(
-        "counter",
+        name,
         model,
         units,
-        vec!["counter-0".into()],
-        vec![counter.display().to_string()],
+        vec![shard.as_str().into()],
+        vec![binary.display().to_string()],
     );
     service.ingress.insert(
-        "counter-0".into(),
+        shard.into(),
         tandem_core::IngressSpec {
             udp: Some(ingress.to_string()),
             tcp: None,

@@ -233,21 +233,13 @@ impl Ingress {
                     .is_some_and(|connection| connection.try_send(payload.to_vec()).is_ok())
             });
         }
-        match self.bound.get(shard) {
-            Some(bound) => match bound.socket.try_send_to(payload, peer) {
-                Ok(_) => true,
-                Err(error) => {
-                    tracing::debug!(%shard, %peer, %error, "ingress reply not sent");
-                    false
-                }
-            },
-            None => false,
+        match bound.socket.try_send_to(payload, peer) {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::debug!(%shard, %peer, %error, "ingress reply not sent");
+                false
+            }
         }
-    }
-
-    /// Whether a timer should run `reconcile` again (a release is pending).
-    pub fn releasing(&self) -> bool {
-        self.bound.values().any(|bound| bound.lost_at.is_some())
     }
 }
 

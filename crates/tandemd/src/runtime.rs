@@ -162,6 +162,10 @@ struct Daemon {
     ingress: Ingress,
     /// Where ingress sockets hand their datagrams.
     events_tx: mpsc::Sender<Event>,
+    /// The applied index the data plane's view was last built at.
+    data_applied: Option<u64>,
+    /// A unit registered since the restrictions were last sent.
+    registered: bool,
     /// Keeps the data directory's lock held while the daemon runs.
     _lock: File,
 }
@@ -352,6 +356,8 @@ pub async fn run(
         data_peers,
         ingress: Ingress::default(),
         events_tx: events_tx.clone(),
+        data_applied: None,
+        registered: false,
         _lock: lock,
     };
     tokio::pin!(shutdown);
@@ -507,6 +513,7 @@ impl Daemon {
                 if self.node.on_registered(now, &unit, generation) {
                     connection.channel = Some(channel);
                     self.data.unit_connected(&unit, generation);
+                    self.registered = true;
                     Ok(sdk::Welcome {
                         unit: unit.0.clone(),
                         service: connection.service.0.clone(),
@@ -751,9 +758,16 @@ impl Daemon {
     /// msync whose versions it hears as durable) and hands its in-sync claims to the node.
     fn data_step(&mut self) -> anyhow::Result<()> {
         let now = self.now();
-        let view = DataView::from_state(self.node.state(), self.node.id());
-        if self.data.view() != &view {
-            self.data.set_view(now, view);
+        // The view and the restrictions follow the committed state: rebuilt only when it
+        // moved (or a unit registered), not on every event.
+        let applied = self.node.replica().applied_index();
+        let state_moved = self.data_applied != Some(applied);
+        if state_moved {
+            self.data_applied = Some(applied);
+            let view = DataView::from_state(self.node.state(), self.node.id());
+            if self.data.view() != &view {
+                self.data.set_view(now, view);
+            }
         }
         let changes = self.ingress.reconcile(
             self.data.view(),
@@ -823,7 +837,9 @@ impl Daemon {
             }
         }
         self.node.set_in_sync_claims(self.data.claims());
-        self.send_restrictions();
+        if state_moved || std::mem::take(&mut self.registered) {
+            self.send_restrictions();
+        }
         Ok(())
     }
 
@@ -873,11 +889,11 @@ impl Daemon {
             VipChange::Up { shard, udp } => (shard, udp, true),
             VipChange::Down { shard, udp } => (shard, udp, false),
         };
-        let topology = &self.node.state().topology;
-        let Some(service) = topology
-            .services
-            .iter()
-            .find(|service| service.shards.contains(shard))
+        let state = self.node.state();
+        let Some(service) = state
+            .shards
+            .get(shard)
+            .and_then(|record| state.topology.service(&record.service))
         else {
             return;
         };
@@ -896,11 +912,7 @@ impl Daemon {
     fn send(&mut self, request: &tandem_proto::admin::SendRequest) -> AdminResponse {
         let now = self.now();
         let topology = &self.node.state().topology;
-        let Some(service) = topology
-            .services
-            .iter()
-            .find(|service| service.name.0 == request.service)
-        else {
+        let Some(service) = topology.service(&ServiceName(request.service.clone())) else {
             return error_response(
                 "not_found",
                 format!(
