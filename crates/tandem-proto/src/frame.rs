@@ -47,6 +47,15 @@ pub fn encode_frame(payload: &[u8], out: &mut BytesMut) {
     out.put_slice(payload);
 }
 
+/// Bytes a writer coalesces from its queue into one write before it writes.
+pub const COALESCE_BYTES_MAX: usize = 256 * 1024;
+
+/// Appends one frame holding `message` to `out` (a writer coalescing queued messages into
+/// one write calls this for each, up to [`COALESCE_BYTES_MAX`]).
+pub fn encode_message_frame(message: &impl prost::Message, out: &mut BytesMut) {
+    encode_frame(&message.encode_to_vec(), out);
+}
+
 /// Returns one frame holding `payload` as a fresh buffer.
 pub fn frame_bytes(payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());

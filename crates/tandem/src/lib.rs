@@ -69,7 +69,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use tandem_core::UnitCommand;
-use tandem_proto::frame::{encode_frame, FrameDecoder};
+use tandem_proto::frame::{encode_frame, encode_message_frame, FrameDecoder, COALESCE_BYTES_MAX};
 use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent, AgentToUnit, UnitToAgent};
 use tandem_proto::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -509,13 +509,23 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
 
     let (mut read, mut write) = stream.into_split();
     // The writer sends what every part of the unit queued, in order.
+    // A burst (many commits in flight) goes out in one write.
     let writer = tokio::spawn(async move {
+        let mut out = BytesMut::new();
         while let Some(message) = outbox_rx.recv().await {
-            if let Err(error) = write_message(&mut write, &message).await {
+            encode_message_frame(&message, &mut out);
+            while out.len() < COALESCE_BYTES_MAX {
+                match outbox_rx.try_recv() {
+                    Ok(message) => encode_message_frame(&message, &mut out),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = write.write_all(&out).await {
                 return Err(Error::Disconnected {
                     reason: error.to_string(),
                 });
             }
+            out.clear();
         }
         Ok(())
     });

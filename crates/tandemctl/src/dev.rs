@@ -170,6 +170,7 @@ pub fn dev_config(
             admin_timeout_ms: config::DEFAULT_ADMIN_TIMEOUT_MS,
             voters: config::default_voters(node_configs.len()),
             lease_ms: config::DEFAULT_LEASE_MS,
+            replica_sync_interval_us: config::DEFAULT_REPLICA_SYNC_INTERVAL_US,
             node_restart: None,
         },
         nodes: node_configs,

@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use memmap2::MmapMut;
+use memmap2::MmapRaw;
 use tandem_core::data::{PersistAction, ReplicaId, ShardReplica};
 use tandem_core::{ShardName, UnitName};
 use tandem_node::replica_file::{self, Recovered};
@@ -33,17 +34,31 @@ const SUFFIX: &str = ".replica";
 struct ReplicaFile {
     path: PathBuf,
     file: File,
-    map: MmapMut,
+    /// The mapping, shared with the sync thread while it msyncs a range of it (a grown file
+    /// gets a new mapping; the old one lives until its last sync is done).
+    map: Arc<MmapRaw>,
     /// Bytes of records written (the rest of the map is zeros).
     len: usize,
-    /// Start of what is written and not yet synced.
+    /// Start of what is written and not yet handed to the sync thread.
     dirty_from: Option<usize>,
     /// Version of the last op or reset written.
     written: u64,
+    /// Changes when the file's content starts over (created, reset, compacted): a sync of an
+    /// older generation says nothing about what the file holds now.
+    generation: u64,
+}
+
+fn map_file(file: &File, path: &Path) -> anyhow::Result<Arc<MmapRaw>> {
+    // SAFETY (of the later raw writes): the file is ours (the data directory is locked by this
+    // daemon), opened read-write and sized; nothing else maps or truncates it while the map
+    // lives, and only the event loop writes through it.
+    MmapRaw::map_raw(file)
+        .map(Arc::new)
+        .with_context(|| format!("map replica file {}", path.display()))
 }
 
 impl ReplicaFile {
-    fn create(path: PathBuf, initial: &[u8], written: u64) -> anyhow::Result<Self> {
+    fn create(path: PathBuf, initial: &[u8], generation: u64) -> anyhow::Result<Self> {
         let capacity = initial.len().next_power_of_two().max(INITIAL_CAPACITY);
         let file = OpenOptions::new()
             .read(true)
@@ -54,24 +69,23 @@ impl ReplicaFile {
             .with_context(|| format!("create replica file {}", path.display()))?;
         file.set_len(capacity as u64)
             .with_context(|| format!("size replica file {}", path.display()))?;
-        // SAFETY: the file is ours (the data directory is locked by this daemon), opened
-        // read-write and sized; nothing else maps or truncates it while the map lives.
-        let mut map = unsafe { MmapMut::map_mut(&file) }
-            .with_context(|| format!("map replica file {}", path.display()))?;
-        map[..initial.len()].copy_from_slice(initial);
+        let map = map_file(&file, &path)?;
         let mut replica = Self {
             path,
             file,
             map,
-            len: initial.len(),
-            dirty_from: Some(0),
-            written,
+            len: 0,
+            dirty_from: None,
+            written: 0,
+            generation,
         };
-        replica.sync()?;
+        replica.write_at(0, initial);
+        replica.len = initial.len();
+        replica.flush_now()?;
         Ok(replica)
     }
 
-    fn open(path: PathBuf, len: usize, written: u64) -> anyhow::Result<Self> {
+    fn open(path: PathBuf, len: usize, written: u64, generation: u64) -> anyhow::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -81,14 +95,13 @@ impl ReplicaFile {
         if size < len.max(INITIAL_CAPACITY) {
             file.set_len(len.max(INITIAL_CAPACITY) as u64)?;
         }
-        // SAFETY: as in `create`.
-        let mut map = unsafe { MmapMut::map_mut(&file) }
-            .with_context(|| format!("map replica file {}", path.display()))?;
+        let map = map_file(&file, &path)?;
         // Whatever follows the valid records (a torn write) is zeroed, so that it can never
         // be read as records later.
         let end = map.len();
         if len < end {
-            map[len..end].fill(0);
+            // SAFETY: `len..end` is inside the mapping; see `map_file`.
+            unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(len), 0, end - len) };
         }
         map.flush()
             .with_context(|| format!("sync replica file {}", path.display()))?;
@@ -99,39 +112,174 @@ impl ReplicaFile {
             len,
             dirty_from: None,
             written,
+            generation,
         })
+    }
+
+    /// Copies `bytes` into the mapping at `at` (which the caller checked fits).
+    fn write_at(&mut self, at: usize, bytes: &[u8]) {
+        assert!(at + bytes.len() <= self.map.len(), "write past the mapping");
+        // SAFETY: the range is inside the mapping (checked above); see `map_file`. The sync
+        // thread only msyncs, which reads nothing through this pointer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(at),
+                bytes.len(),
+            )
+        };
     }
 
     fn append(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         let needed = self.len + bytes.len();
         if needed > self.map.len() {
-            // Make what is written durable before remapping, then grow by doubling.
-            self.sync()?;
+            // Grow by doubling. What is written and not yet synced stays dirty in the page
+            // cache (the file is shared): the next msync of the new mapping covers it.
             let capacity = needed.next_power_of_two();
             self.file
                 .set_len(capacity as u64)
                 .with_context(|| format!("grow replica file {}", self.path.display()))?;
-            // SAFETY: as in `create`; the old map is dropped by the assignment.
-            self.map = unsafe { MmapMut::map_mut(&self.file) }
-                .with_context(|| format!("map replica file {}", self.path.display()))?;
+            self.map = map_file(&self.file, &self.path)?;
         }
-        self.map[self.len..needed].copy_from_slice(bytes);
+        self.write_at(self.len, bytes);
         self.dirty_from.get_or_insert(self.len);
         self.len = needed;
         Ok(())
     }
 
-    fn sync(&mut self) -> anyhow::Result<()> {
-        if let Some(from) = self.dirty_from.take() {
-            // msync works on pages: start at the page holding `from`.
-            let page = page_size();
-            let start = from / page * page;
-            self.map
-                .flush_range(start, self.len - start)
+    /// The msync of what was written since the last one, for the sync thread.
+    fn take_job(&mut self, id: &ReplicaId) -> Option<SyncJob> {
+        let from = self.dirty_from.take()?;
+        // msync works on pages: start at the page holding `from`.
+        let page = page_size();
+        let start = from / page * page;
+        Some(SyncJob {
+            id: id.clone(),
+            generation: self.generation,
+            map: self.map.clone(),
+            start,
+            end: self.len,
+            version: self.written,
+        })
+    }
+
+    /// msyncs what is dirty here and now (creation, tests).
+    fn flush_now(&mut self) -> anyhow::Result<()> {
+        let id = ReplicaId {
+            shard: ShardName(String::new()),
+            unit: UnitName(String::new()),
+        };
+        if let Some(job) = self.take_job(&id) {
+            job.run()
                 .with_context(|| format!("sync replica file {}", self.path.display()))?;
         }
         Ok(())
     }
+}
+
+/// An msync the sync thread carries out: `start..end` of one replica file's mapping, which
+/// makes the file durable up to `version`.
+pub struct SyncJob {
+    id: ReplicaId,
+    generation: u64,
+    map: Arc<MmapRaw>,
+    start: usize,
+    end: usize,
+    version: u64,
+}
+
+impl SyncJob {
+    fn run(&self) -> std::io::Result<()> {
+        self.map.flush_range(self.start, self.end - self.start)
+    }
+}
+
+/// Nice value of the sync thread (the event loop runs at 0).
+const SYNC_THREAD_NICE: libc::c_int = 10;
+
+/// What the sync thread made durable: replica, file generation, version.
+#[derive(Debug)]
+pub struct Synced(ReplicaId, u64, u64);
+
+/// The sync thread: takes batches of [`SyncJob`]s, merges what queued up meanwhile (one msync
+/// per file however many commits wrote to it: a group commit), and reports each batch with
+/// `report`. Two msync rounds are at least `interval` apart: what comes meanwhile is gathered
+/// into the next round. It stops when the sender is dropped or `report` returns false.
+pub fn start_syncer(
+    interval: std::time::Duration,
+    report: impl Fn(Result<Vec<Synced>, String>) -> bool + Send + 'static,
+) -> std::io::Result<std::sync::mpsc::Sender<Vec<SyncJob>>> {
+    let (sender, receiver) = std::sync::mpsc::channel::<Vec<SyncJob>>();
+    std::thread::Builder::new()
+        .name("replica-sync".into())
+        .spawn(move || {
+            // Below the event loop: an msync is the slow part of no commit's answer (STANDBYs
+            // acknowledge what they applied), so it takes the CPU only after the loop.
+            // SAFETY: setpriority on this thread's own id has no memory-safety conditions.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, SYNC_THREAD_NICE);
+            }
+            let mut last: Option<std::time::Instant> = None;
+            while let Ok(mut jobs) = receiver.recv() {
+                let gather_until = last.map(|at| at + interval);
+                loop {
+                    let more = match gather_until {
+                        Some(until) => {
+                            let left = until.saturating_duration_since(std::time::Instant::now());
+                            if left.is_zero() {
+                                receiver.try_recv().ok()
+                            } else {
+                                receiver.recv_timeout(left).ok()
+                            }
+                        }
+                        None => receiver.try_recv().ok(),
+                    };
+                    match more {
+                        Some(more) => jobs.extend(more),
+                        None => break,
+                    }
+                }
+                last = Some(std::time::Instant::now());
+                let mut merged: BTreeMap<(ReplicaId, u64), SyncJob> = BTreeMap::new();
+                for job in jobs {
+                    match merged.entry((job.id.clone(), job.generation)) {
+                        std::collections::btree_map::Entry::Vacant(entry) => {
+                            entry.insert(job);
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut entry) => {
+                            let held = entry.get_mut();
+                            held.start = held.start.min(job.start);
+                            held.end = held.end.max(job.end);
+                            held.version = held.version.max(job.version);
+                            // A later job's mapping covers the whole file written so far.
+                            if job.map.len() > held.map.len() {
+                                held.map = job.map;
+                            }
+                        }
+                    }
+                }
+                let mut done = Vec::with_capacity(merged.len());
+                let mut failed = None;
+                for job in merged.into_values() {
+                    match job.run() {
+                        Ok(()) => done.push(Synced(job.id, job.generation, job.version)),
+                        Err(error) => {
+                            failed = Some(format!(
+                                "msync of replica {}@{}: {error}",
+                                job.id.shard, job.id.unit
+                            ));
+                            break;
+                        }
+                    }
+                }
+                let keep_going = report(failed.map_or(Ok(done), Err));
+                if !keep_going {
+                    break;
+                }
+            }
+        })?;
+    Ok(sender)
 }
 
 fn page_size() -> usize {
@@ -147,6 +295,8 @@ fn page_size() -> usize {
 pub struct ReplicaStore {
     dir: PathBuf,
     files: BTreeMap<ReplicaId, ReplicaFile>,
+    /// The next file generation handed out.
+    next_generation: u64,
 }
 
 /// What opening the store found.
@@ -205,8 +355,12 @@ impl ReplicaStore {
                             tracing::warn!(file = %path.display(), offset = recovered.valid_len, %reason, "replica file: torn tail cut");
                         }
                     }
-                    let file =
-                        ReplicaFile::open(path, recovered.valid_len, recovered.replica.version())?;
+                    let file = ReplicaFile::open(
+                        path,
+                        recovered.valid_len,
+                        recovered.replica.version(),
+                        files.len() as u64,
+                    )?;
                     files.insert(id.clone(), file);
                     replicas.push((id, recovered));
                 }
@@ -219,12 +373,21 @@ impl ReplicaStore {
             }
         }
         Ok(Opened {
-            store: Self { dir, files },
+            store: Self {
+                dir,
+                next_generation: files.len() as u64,
+                files,
+            },
             replicas,
         })
     }
 
-    /// Writes one persist action (not yet durable: see [`sync`](Self::sync)).
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    /// Writes one persist action (not yet durable: see [`take_sync_jobs`](Self::take_sync_jobs)).
     pub fn apply(&mut self, id: &ReplicaId, action: &PersistAction) -> anyhow::Result<()> {
         let Some(record) = replica_file::record(action) else {
             if let Some(file) = self.files.remove(id) {
@@ -239,16 +402,24 @@ impl ReplicaStore {
             PersistAction::Reset(snapshot) => Some(snapshot.version),
             _ => None,
         };
+        let generation = self.generation();
         let file = match self.files.entry(id.clone()) {
             std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::btree_map::Entry::Vacant(entry) => {
                 let path = self.dir.join(file_name(id));
-                let file =
-                    ReplicaFile::create(path, &replica_file::header(&id.shard, &id.unit), 0)?;
+                let file = ReplicaFile::create(
+                    path,
+                    &replica_file::header(&id.shard, &id.unit),
+                    generation,
+                )?;
                 sync_dir(&self.dir)?;
                 entry.insert(file)
             }
         };
+        if matches!(action, PersistAction::Reset(_)) {
+            // The replica starts over: syncs of what came before no longer tell its version.
+            file.generation = generation;
+        }
         file.append(&record)?;
         if let Some(version) = written {
             file.written = version;
@@ -256,21 +427,41 @@ impl ReplicaStore {
         Ok(())
     }
 
-    /// Makes everything written durable; returns the replicas whose files were synced, with
-    /// the version now on disk.
-    pub fn sync(&mut self) -> anyhow::Result<Vec<(ReplicaId, u64)>> {
-        let mut synced = Vec::new();
-        for (id, file) in &mut self.files {
-            if file.dirty_from.is_some() {
-                file.sync()?;
-                synced.push((id.clone(), file.written));
-            }
+    /// The msyncs of everything written since the last call, for the sync thread.
+    pub fn take_sync_jobs(&mut self) -> Vec<SyncJob> {
+        self.files
+            .iter_mut()
+            .filter_map(|(id, file)| file.take_job(id))
+            .collect()
+    }
+
+    /// What the sync thread reported, as the versions now durable per replica (reports of a
+    /// file that started over since are dropped).
+    pub fn synced(&self, reports: Vec<Synced>) -> Vec<(ReplicaId, u64)> {
+        reports
+            .into_iter()
+            .filter(|Synced(id, generation, _)| {
+                self.files
+                    .get(id)
+                    .is_some_and(|file| file.generation == *generation)
+            })
+            .map(|Synced(id, _, version)| (id, version))
+            .collect()
+    }
+
+    /// Makes everything written durable here and now; returns the versions durable.
+    pub fn sync_now(&mut self) -> anyhow::Result<Vec<(ReplicaId, u64)>> {
+        let mut reports = Vec::new();
+        for job in self.take_sync_jobs() {
+            job.run()
+                .with_context(|| format!("sync replica file {}@{}", job.id.shard, job.id.unit))?;
+            reports.push(Synced(job.id, job.generation, job.version));
         }
-        Ok(synced)
+        Ok(self.synced(reports))
     }
 
     /// Replaces the file of `id` by a compacted one when it grew well past its replica.
-    /// Returns whether it did.
+    /// Returns whether it did (the new file is durable at the replica's version).
     pub fn maybe_compact(
         &mut self,
         id: &ReplicaId,
@@ -299,8 +490,10 @@ impl ReplicaStore {
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("rename {} over {}", tmp.display(), path.display()))?;
         sync_dir(&self.dir)?;
-        let reopened = ReplicaFile::open(path, bytes.len(), replica.version())?;
-        tracing::debug!(shard = %id.shard, unit = %id.unit, from = file.len, to = bytes.len(), "replica file compacted");
+        let from = file.len;
+        let generation = self.generation();
+        let reopened = ReplicaFile::open(path, bytes.len(), replica.version(), generation)?;
+        tracing::debug!(shard = %id.shard, unit = %id.unit, from, to = bytes.len(), "replica file compacted");
         self.files.insert(id.clone(), reopened);
         Ok(true)
     }
@@ -346,7 +539,7 @@ mod tests {
         for seq in 1..=10 {
             store.apply(&id(), &op(seq, b"value")).expect("apply");
         }
-        let synced = store.sync().expect("sync");
+        let synced = store.sync_now().expect("sync");
         assert_eq!(synced, vec![(id(), 10)]);
         let len = store.file_len(&id()).expect("file");
         drop(store);
@@ -368,10 +561,58 @@ mod tests {
         // Appending after the cut tail gives a readable file again.
         let mut store = opened.store;
         store.apply(&id(), &op(11, b"more")).expect("apply");
-        store.sync().expect("sync");
+        store.sync_now().expect("sync");
         drop(store);
         let opened = ReplicaStore::open(path).expect("reopen");
         assert_eq!(opened.replicas[0].1.replica.version(), 11);
+    }
+
+    #[test]
+    fn the_sync_thread_merges_queued_jobs_and_a_report_of_a_file_that_started_over_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("replicas");
+        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let (reports_tx, reports) = std::sync::mpsc::channel();
+        let syncer = start_syncer(std::time::Duration::from_millis(50), move |outcome| {
+            reports_tx.send(outcome).is_ok()
+        })
+        .expect("sync thread");
+        // Three batches of writes, queued before the thread can take them one by one: the
+        // first round syncs at once, the next two are gathered into one round 50 ms later.
+        let mut sent = Vec::new();
+        for seq in 1..=3 {
+            store.apply(&id(), &op(seq, b"value")).expect("apply");
+            sent.extend(store.take_sync_jobs());
+        }
+        assert_eq!(sent.len(), 3, "one job per batch of writes");
+        for job in sent {
+            syncer.send(vec![job]).expect("queued");
+        }
+        let wait = std::time::Duration::from_secs(10);
+        let mut durable = Vec::new();
+        while durable.last().map(|(_, version)| *version) != Some(3) {
+            let report = reports.recv_timeout(wait).expect("a report").expect("synced");
+            durable.extend(store.synced(report));
+        }
+        assert!(
+            durable.len() <= 2,
+            "queued jobs are merged per file: {durable:?}"
+        );
+        // A job taken before the replica started over reports a version of the old content:
+        // it is dropped, and the reset's own sync is reported.
+        store.apply(&id(), &op(4, b"value")).expect("apply");
+        let old = store.take_sync_jobs();
+        let mut snapshot = ShardReplica::new().snapshot();
+        snapshot.version = 2;
+        store
+            .apply(&id(), &PersistAction::Reset(snapshot))
+            .expect("apply");
+        syncer.send(old).expect("queued");
+        let report = reports.recv_timeout(wait).expect("a report").expect("synced");
+        assert_eq!(store.synced(report), Vec::new());
+        syncer.send(store.take_sync_jobs()).expect("queued");
+        let report = reports.recv_timeout(wait).expect("a report").expect("synced");
+        assert_eq!(store.synced(report), vec![(id(), 2)]);
     }
 
     #[test]
@@ -388,7 +629,7 @@ mod tests {
             }
             store.apply(&id(), &action).expect("apply");
         }
-        store.sync().expect("sync");
+        store.sync_now().expect("sync");
         let before = store.file_len(&id()).expect("file");
         assert!(store.maybe_compact(&id(), &replica, true).expect("compact"));
         let after = store.file_len(&id()).expect("file");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use tandem_core::data::{
     Accepted, DataConfig, DataEvent, DataPlane, DataRequest, DataView, MessageOrigin, Origin,
-    StreamMessage,
+    ReplicaId, StreamMessage,
 };
 use tandem_core::{
     AdminOp, AdminTarget, AgentAction, NodeId, Refusal, ServiceName, ShardName, SwitchoverTarget,
@@ -38,7 +38,7 @@ use crate::admin::{error_response, serve_admin, AdminOutcome};
 use crate::config::Config;
 use crate::events::{wall_ms, EventLog};
 use crate::ingress::{Ingress, VipChange};
-use crate::replicas::ReplicaStore;
+use crate::replicas::{ReplicaStore, SyncJob, Synced};
 use crate::sdk_server::{self, Registration};
 use crate::supervisor::{self, Supervisor};
 use crate::transport::{serve_peers, PeerSender, TransportStats};
@@ -92,6 +92,8 @@ pub enum Event {
         /// The call.
         request: DataRequest,
     },
+    /// The replica sync thread made these replica versions durable (or failed).
+    ReplicasSynced(Result<Vec<Synced>, String>),
 }
 
 /// Capacity of the event queue; a full queue slows readers down (backpressure).
@@ -155,6 +157,10 @@ struct Daemon {
     data: DataPlane,
     /// The replicas' files.
     replicas: ReplicaStore,
+    /// The replica sync thread (msync off the event loop, merged across commits).
+    syncer: std::sync::mpsc::Sender<Vec<SyncJob>>,
+    /// Why a replica file sync or compaction failed, if one did: the daemon stops.
+    disk_failed: Option<String>,
     /// Outbound data connections (separate from the control connections, so that a state
     /// transfer never delays Raft or heartbeats).
     data_peers: PeerSender,
@@ -287,6 +293,16 @@ pub async fn run(
         data.load(id, recovered.replica, recovered.complete);
     }
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE_LEN_MAX);
+    let sync_events = events_tx.clone();
+    let syncer = crate::replicas::start_syncer(
+        Duration::from_micros(config.cluster.replica_sync_interval_us),
+        move |outcome| {
+            sync_events
+                .blocking_send(Event::ReplicasSynced(outcome))
+                .is_ok()
+        },
+    )
+    .context("start the replica sync thread")?;
     let event_log = Arc::new(EventLog::new(&node.name));
     let config_dir = config
         .path
@@ -353,6 +369,8 @@ pub async fn run(
         inputs_pending: false,
         data,
         replicas: opened_replicas.store,
+        syncer,
+        disk_failed: None,
         data_peers,
         ingress: Ingress::default(),
         events_tx: events_tx.clone(),
@@ -483,6 +501,15 @@ impl Daemon {
                 if let Err(reason) = self.data.accept(now, &shard, message) {
                     tracing::debug!(%shard, %peer, %reason, "ingress datagram dropped");
                 }
+            }
+            Event::ReplicasSynced(Ok(reports)) => {
+                for (replica, version) in self.replicas.synced(reports) {
+                    self.data.persisted(&replica, version);
+                    self.compact(&replica);
+                }
+            }
+            Event::ReplicasSynced(Err(error)) => {
+                self.disk_failed = Some(format!("replica file sync: {error}"))
             }
             Event::IngressReply {
                 shard,
@@ -757,6 +784,9 @@ impl Daemon {
     /// its output (file writes, messages to peers, answers and deliveries to units, then the
     /// msync whose versions it hears as durable) and hands its in-sync claims to the node.
     fn data_step(&mut self) -> anyhow::Result<()> {
+        if let Some(error) = &self.disk_failed {
+            bail!("{error}; stopping");
+        }
         let now = self.now();
         // The view and the restrictions follow the committed state: rebuilt only when it
         // moved (or a unit registered), not on every event.
@@ -817,23 +847,13 @@ impl Daemon {
             for event in &output.events {
                 self.log_data_event(event);
             }
-            // The disk last: what goes out now does not depend on it (a commit waiting for the
-            // local disk is answered in a later round, after `persisted`), and the copies
-            // sent to STANDBYs are written there meanwhile (the simulation runs this order).
-            if !output.persist.is_empty() {
-                for (replica, version) in self
-                    .replicas
-                    .sync()
-                    .context("replica file sync failed; stopping")?
-                {
-                    self.data.persisted(&replica, version);
-                    if let Some(held) = self.data.replica(&replica) {
-                        let complete = self.data.is_complete(&replica);
-                        self.replicas
-                            .maybe_compact(&replica, held, complete)
-                            .context("replica file compaction failed; stopping")?;
-                    }
-                }
+            // The disk last, off the loop: what goes out now does not depend on it (a commit
+            // waiting for the local disk is answered after `persisted`, when the sync thread
+            // reports), and the copies sent to STANDBYs are written there meanwhile (the
+            // simulation runs this order, with syncs that come late).
+            let jobs = self.replicas.take_sync_jobs();
+            if !jobs.is_empty() && self.syncer.send(jobs).is_err() {
+                bail!("the replica sync thread stopped");
             }
         }
         self.node.set_in_sync_claims(self.data.claims());
@@ -841,6 +861,22 @@ impl Daemon {
             self.send_restrictions();
         }
         Ok(())
+    }
+
+    /// Replaces the file of `replica` by a compacted one when it grew well past the replica;
+    /// the new file is durable at the replica's version. A failure stops the daemon (at the
+    /// next data step): the file may no longer be the one written to.
+    fn compact(&mut self, replica: &ReplicaId) {
+        let Some(held) = self.data.replica(replica) else {
+            return;
+        };
+        let complete = self.data.is_complete(replica);
+        let version = held.version();
+        match self.replicas.maybe_compact(replica, held, complete) {
+            Ok(true) => self.data.persisted(replica, version),
+            Ok(false) => {}
+            Err(error) => self.disk_failed = Some(format!("replica file compaction: {error:#}")),
+        }
     }
 
     /// Tells each local unit holding a shard its committed processing restriction whenever it

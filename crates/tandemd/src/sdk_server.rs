@@ -14,7 +14,7 @@ use std::path::Path;
 use bytes::BytesMut;
 use tandem_core::UnitName;
 use tandem_node::UnitEvent;
-use tandem_proto::frame::{encode_frame, FrameDecoder};
+use tandem_proto::frame::{encode_frame, encode_message_frame, FrameDecoder, COALESCE_BYTES_MAX};
 use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent, AgentToUnit};
 use tandem_proto::Message as _;
 use tandem_raft::codec::decode_severity;
@@ -179,10 +179,21 @@ async fn connection(mut stream: UnixStream, events: &mpsc::Sender<Event>) -> Res
 
     let (mut read, mut write) = stream.into_split();
     let writer = tokio::spawn(async move {
+        // Whatever else is queued goes out in the same write: one syscall for a burst of
+        // answers and deliveries.
+        let mut out = BytesMut::new();
         while let Some(message) = outbox.recv().await {
-            if write_message(&mut write, &message).await.is_err() {
+            encode_message_frame(&message, &mut out);
+            while out.len() < COALESCE_BYTES_MAX {
+                match outbox.try_recv() {
+                    Ok(message) => encode_message_frame(&message, &mut out),
+                    Err(_) => break,
+                }
+            }
+            if write.write_all(&out).await.is_err() {
                 break;
             }
+            out.clear();
         }
     });
     let result = loop {

@@ -119,7 +119,7 @@ async fn outbound(
             };
             batch.extend_from_slice(&frame);
             // Coalesce whatever else is already queued into one write.
-            while batch.len() < 256 * 1024 {
+            while batch.len() < tandem_proto::frame::COALESCE_BYTES_MAX {
                 match queue.try_recv() {
                     Ok(frame) => batch.extend_from_slice(&frame),
                     Err(_) => break,

@@ -52,6 +52,12 @@ pub const DEFAULT_ADMIN_TIMEOUT_MS: u64 = 2000;
 /// Default agent lease: a node's units stop acting this long after its last heartbeat the
 /// leader answered.
 pub const DEFAULT_LEASE_MS: u64 = 200;
+/// Default shortest time between two msync rounds of the replica files: under load, one
+/// msync per file covers every write of the last 2 ms (a STANDBY's answer to a sync commit
+/// never waits for it; only a commit with no STANDBY in sync does).
+pub const DEFAULT_REPLICA_SYNC_INTERVAL_US: u64 = 2000;
+/// Longest accepted `replica_sync_interval_us` (1 s).
+pub const REPLICA_SYNC_INTERVAL_US_MAX: u64 = 1_000_000;
 /// Smallest accepted `frame_len_max` (64 KiB): below it a snapshot chunk or status reply may
 /// not fit.
 pub const FRAME_LEN_MAX_MIN: usize = 64 * 1024;
@@ -106,6 +112,9 @@ pub struct ClusterConfig {
     /// answered heartbeat. Checked against the heartbeat and node timeout (see
     /// `tandem_core::check_fencing_timers`).
     pub lease_ms: u64,
+    /// Shortest time between two msync rounds of the replica files (a group commit); 0 syncs
+    /// each batch of writes at once. At most [`REPLICA_SYNC_INTERVAL_US_MAX`].
+    pub replica_sync_interval_us: u64,
     /// Optional command an agent runs for an L3 node restart (e.g. a VM reboot).
     pub node_restart: Option<Vec<String>>,
 }
@@ -217,6 +226,7 @@ struct RawCluster {
     admin_timeout_ms: Option<Spanned<u64>>,
     voters: Option<Spanned<usize>>,
     lease_ms: Option<Spanned<u64>>,
+    replica_sync_interval_us: Option<Spanned<u64>>,
     node_restart: Option<Vec<String>>,
 }
 
@@ -253,6 +263,7 @@ struct OutCluster<'a> {
     admin_timeout_ms: u64,
     voters: usize,
     lease_ms: u64,
+    replica_sync_interval_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     node_restart: Option<&'a Vec<String>>,
 }
@@ -481,6 +492,21 @@ impl Config {
         );
         let (lease_ms, lease_span) =
             Checker::value_or(&raw_cluster.lease_ms, DEFAULT_LEASE_MS, &cluster_span);
+        let (replica_sync_interval_us, replica_sync_span) = Checker::value_or(
+            &raw_cluster.replica_sync_interval_us,
+            DEFAULT_REPLICA_SYNC_INTERVAL_US,
+            &cluster_span,
+        );
+        if replica_sync_interval_us > REPLICA_SYNC_INTERVAL_US_MAX {
+            return Err(checker.invalid(
+                Some(replica_sync_span),
+                "cluster.replica_sync_interval_us".into(),
+                format!(
+                    "{replica_sync_interval_us} is too long (at most \
+                     {REPLICA_SYNC_INTERVAL_US_MAX}): writes would wait that long for the disk"
+                ),
+            ));
+        }
 
         let positive = [
             (
@@ -724,6 +750,7 @@ impl Config {
                 admin_timeout_ms,
                 voters,
                 lease_ms,
+                replica_sync_interval_us,
                 node_restart,
             },
             nodes,
@@ -784,6 +811,7 @@ impl Config {
                 admin_timeout_ms: self.cluster.admin_timeout_ms,
                 voters: self.cluster.voters,
                 lease_ms: self.cluster.lease_ms,
+                replica_sync_interval_us: self.cluster.replica_sync_interval_us,
                 node_restart: self.cluster.node_restart.as_ref(),
             },
             nodes: self
@@ -894,6 +922,7 @@ admin_addr = "127.0.0.1:7203"
                 admin_timeout_ms: 2000,
                 voters: 3,
                 lease_ms: 200,
+                replica_sync_interval_us: 2000,
                 node_restart: None,
             }
         );
