@@ -19,7 +19,7 @@
 //! consuming the message in one sync commit, recorded as event `msg` with the payload in the
 //! role field; an ingress sender gets `ok <payload>` back. With `TANDEM_TEST_BENCH=<count>` and `TANDEM_TEST_BENCH_OUT=<file>`, the first
 //! ACTIVE measures checkpoint commits once its STANDBY is in sync (sync and async, 128 B and
-//! 64 KiB values, sequential latency and throughput with 32 commits in flight) and writes one
+//! 64 KiB values, sequential latency and throughput with 32 and 256 commits in flight) and writes one
 //! JSON line per measurement to the file.
 
 use std::collections::BTreeMap;
@@ -171,31 +171,35 @@ async fn measure(
         latencies.push(at.elapsed().as_secs_f64() * 1e6);
     }
     let sequential = count as f64 / started.elapsed().as_secs_f64();
-    // Throughput with 32 commits in flight.
-    let started = std::time::Instant::now();
-    let mut in_flight = tokio::task::JoinSet::new();
-    for index in 0..count {
-        if in_flight.len() >= 32 {
-            in_flight
-                .join_next()
-                .await
-                .expect("a task")
-                .expect("the commit task ran")?;
+    // Throughput with 32 and with 256 commits in flight.
+    let mut pipelined = [0.0; 2];
+    for (depth, rate) in [32, 256].into_iter().zip(&mut pipelined) {
+        let started = std::time::Instant::now();
+        let mut in_flight = tokio::task::JoinSet::new();
+        for index in 0..count {
+            if in_flight.len() >= depth {
+                in_flight
+                    .join_next()
+                    .await
+                    .expect("a task")
+                    .expect("the commit task ran")?;
+            }
+            let commit = commit(index);
+            in_flight.spawn(async move { commit.await.map(|_| ()) });
         }
-        let commit = commit(index);
-        in_flight.spawn(async move { commit.await.map(|_| ()) });
+        while let Some(done) = in_flight.join_next().await {
+            done.expect("the commit task ran")?;
+        }
+        *rate = count as f64 / started.elapsed().as_secs_f64();
     }
-    while let Some(done) = in_flight.join_next().await {
-        done.expect("the commit task ran")?;
-    }
-    let pipelined = count as f64 / started.elapsed().as_secs_f64();
+    let [pipelined, deep] = pipelined;
     latencies.sort_by(f64::total_cmp);
     let at = |quantile: f64| {
         latencies
             [((latencies.len() as f64 * quantile).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
     Ok(format!(
-        "{{\"mode\":\"{}\",\"size\":{size},\"count\":{count},\"p50_us\":{:.1},\"p99_us\":{:.1},\"sequential_per_s\":{sequential:.0},\"pipelined_per_s\":{pipelined:.0},\"pipelined_mib_per_s\":{:.1}}}",
+        "{{\"mode\":\"{}\",\"size\":{size},\"count\":{count},\"p50_us\":{:.1},\"p99_us\":{:.1},\"sequential_per_s\":{sequential:.0},\"pipelined_per_s\":{pipelined:.0},\"pipelined_mib_per_s\":{:.1},\"deep_per_s\":{deep:.0}}}",
         if sync { "sync" } else { "async" },
         at(0.5),
         at(0.99),

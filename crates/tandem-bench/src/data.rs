@@ -50,6 +50,8 @@ pub struct Commits {
     pub pipelined_per_s: f64,
     /// The same in MiB/s of values.
     pub pipelined_mib_per_s: f64,
+    /// Commits per second with 256 in flight.
+    pub deep_per_s: f64,
 }
 
 /// Checkpoint commits of the ACTIVE with an in-sync STANDBY on another daemon.
@@ -62,8 +64,19 @@ pub fn checkpoint(count: usize) -> anyhow::Result<Vec<Commits>> {
     let cluster = TestCluster::start_with(3, &service(&env, None));
     let text = wait_for("the unit's checkpoint measurements", DEADLINE * 10, || {
         let text = std::fs::read_to_string(&out).ok()?;
-        (text.lines().count() >= 4).then_some(text)
+        (text.lines().count() >= 4 || text.contains("\"error\"")).then_some(text)
     });
+    if text.contains("\"error\"") {
+        eprintln!("{text}");
+        // What the daemons warned about is what tells why.
+        for index in 0..3 {
+            for line in cluster.log(index).lines() {
+                if (line.contains("WARN") || line.contains("ERROR")) && !line.contains("TLS") {
+                    eprintln!("n{}: {line}", index + 1);
+                }
+            }
+        }
+    }
     drop(cluster);
     text.lines()
         .map(|line| serde_json::from_str(line).with_context(|| format!("the unit reported {line}")))

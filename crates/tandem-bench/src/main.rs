@@ -401,7 +401,7 @@ fn main() -> anyhow::Result<()> {
     }
     if !data_report.checkpoint.is_empty() {
         println!(
-            "\n{:<8} {:>8} {:>7} {:>10} {:>10} {:>14} {:>14} {:>12}",
+            "\n{:<8} {:>8} {:>7} {:>10} {:>10} {:>14} {:>14} {:>12} {:>12}",
             "commit",
             "value",
             "count",
@@ -409,11 +409,12 @@ fn main() -> anyhow::Result<()> {
             "p99 us",
             "seq commits/s",
             "32-deep /s",
-            "32-deep MiB/s"
+            "32-deep MiB/s",
+            "256-deep /s"
         );
         for commits in &data_report.checkpoint {
             println!(
-                "{:<8} {:>8} {:>7} {:>10.1} {:>10.1} {:>14.0} {:>14.0} {:>12.1}",
+                "{:<8} {:>8} {:>7} {:>10.1} {:>10.1} {:>14.0} {:>14.0} {:>12.1} {:>12.0}",
                 commits.mode,
                 commits.size,
                 commits.count,
@@ -421,7 +422,8 @@ fn main() -> anyhow::Result<()> {
                 commits.p99_us,
                 commits.sequential_per_s,
                 commits.pipelined_per_s,
-                commits.pipelined_mib_per_s
+                commits.pipelined_mib_per_s,
+                commits.deep_per_s
             );
         }
     }

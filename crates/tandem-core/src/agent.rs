@@ -260,6 +260,11 @@ impl Agent {
         self.lease.valid_until(now, applied)
     }
 
+    /// The newest lease grant: its heartbeat's send time and its floor (for logs).
+    pub fn newest_grant(&self) -> Option<(Time, u64)> {
+        self.lease.newest_grant()
+    }
+
     /// Reconciles the node's units with the committed `state` (applied up to `applied`) at
     /// `now`, and returns what to do.
     pub fn reconcile(&mut self, now: Time, state: &ClusterState, applied: u64) -> Vec<AgentAction> {

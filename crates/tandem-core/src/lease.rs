@@ -122,6 +122,11 @@ impl AgentLease {
         self.grants.push_back((sent_at, floor));
     }
 
+    /// The newest grant kept: its heartbeat's send time and its floor (for logs).
+    pub fn newest_grant(&self) -> Option<(Time, u64)> {
+        self.grants.back().copied()
+    }
+
     /// Until when the lease runs, if it runs at all, for an agent that applied `applied`.
     pub fn valid_until(&self, now: Time, applied: u64) -> Option<Time> {
         self.grants

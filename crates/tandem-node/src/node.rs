@@ -234,6 +234,11 @@ impl<D: Disk> Node<D> {
         self.agent.lease_until(now, self.replica.applied_index())
     }
 
+    /// The newest lease grant: its heartbeat's send time and its floor (for logs).
+    pub fn newest_grant(&self) -> Option<(Time, u64)> {
+        self.agent.newest_grant()
+    }
+
     /// Whether this node's lease is valid at `now`.
     pub fn has_lease(&self, now: Time) -> bool {
         self.agent

@@ -19,10 +19,10 @@ use tandem_proto::frame::{encode_frame, FrameDecoder};
 use tandem_proto::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::events::EventLog;
-use crate::runtime::{admin_wait, Event};
+use crate::runtime::{admin_wait, Event, EventSender};
 
 /// How the event loop disposes of an admin request.
 #[derive(Debug)]
@@ -53,7 +53,7 @@ pub async fn serve_admin(
     listener: TcpListener,
     frame_len_max: usize,
     request_timeout: Duration,
-    events: mpsc::Sender<Event>,
+    events: EventSender,
     log: Arc<EventLog>,
 ) {
     loop {
@@ -81,7 +81,7 @@ async fn admin_connection(
     mut stream: TcpStream,
     frame_len_max: usize,
     request_timeout: Duration,
-    events: &mpsc::Sender<Event>,
+    events: &EventSender,
     log: &EventLog,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
@@ -184,7 +184,7 @@ async fn stream_events(
 async fn handle(
     request: AdminRequest,
     request_timeout: Duration,
-    events: &mpsc::Sender<Event>,
+    events: &EventSender,
 ) -> AdminResponse {
     let request_timeout = admin_wait(&request, request_timeout);
     let (reply, outcome) = oneshot::channel();

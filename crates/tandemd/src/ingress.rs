@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::runtime::Event;
+use crate::runtime::{Event, EventSender};
 
 /// How long a node that gave up a shard keeps its ingress socket.
 pub const RELEASE_GRACE: Duration = Duration::from_millis(1000);
@@ -126,7 +126,7 @@ impl Ingress {
         view: &DataView,
         topology: &Topology,
         me: NodeId,
-        events: &mpsc::Sender<Event>,
+        events: &EventSender,
     ) -> Vec<VipChange> {
         let now = Instant::now();
         let mut changes = Vec::new();
@@ -256,7 +256,7 @@ async fn accept(
     shard: ShardName,
     listener: TcpListener,
     connections: Connections,
-    events: mpsc::Sender<Event>,
+    events: EventSender,
 ) {
     loop {
         match listener.accept().await {
@@ -289,7 +289,7 @@ async fn connection(
     peer: SocketAddr,
     mut replies: mpsc::Receiver<Vec<u8>>,
     connections: Connections,
-    events: mpsc::Sender<Event>,
+    events: EventSender,
 ) {
     let (mut read, mut write) = stream.into_split();
     let writer = tokio::spawn(async move {
@@ -330,7 +330,7 @@ async fn connection(
 }
 
 /// Hands every datagram of `socket` to the event loop.
-async fn read(shard: ShardName, socket: Arc<UdpSocket>, events: mpsc::Sender<Event>) {
+async fn read(shard: ShardName, socket: Arc<UdpSocket>, events: EventSender) {
     let mut buffer = vec![0u8; DATAGRAM_LEN_MAX];
     loop {
         match socket.recv_from(&mut buffer).await {

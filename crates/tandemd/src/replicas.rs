@@ -24,9 +24,9 @@ use tandem_node::replica_file::{self, Recovered};
 /// First size of a file.
 const INITIAL_CAPACITY: usize = 1024 * 1024;
 /// A file is compacted when it holds more than this many times its replica's live bytes...
-const COMPACT_RATIO: u64 = 4;
+const COMPACT_RATIO: u64 = 8;
 /// ...and at least this many bytes.
-const COMPACT_FLOOR: u64 = 4 * 1024 * 1024;
+const COMPACT_FLOOR: u64 = 16 * 1024 * 1024;
 /// File name suffix.
 const SUFFIX: &str = ".replica";
 
@@ -46,6 +46,8 @@ struct ReplicaFile {
     /// Changes when the file's content starts over (created, reset, compacted): a sync of an
     /// older generation says nothing about what the file holds now.
     generation: u64,
+    /// This is a compacted file the sync thread has not put in place yet.
+    compacting: bool,
 }
 
 fn map_file(file: &File, path: &Path) -> anyhow::Result<Arc<MmapRaw>> {
@@ -78,6 +80,7 @@ impl ReplicaFile {
             dirty_from: None,
             written: 0,
             generation,
+            compacting: false,
         };
         replica.write_at(0, initial);
         replica.len = initial.len();
@@ -97,14 +100,18 @@ impl ReplicaFile {
         }
         let map = map_file(&file, &path)?;
         // Whatever follows the valid records (a torn write) is zeroed, so that it can never
-        // be read as records later.
-        let end = map.len();
-        if len < end {
-            // SAFETY: `len..end` is inside the mapping; see `map_file`.
-            unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(len), 0, end - len) };
+        // be read as records later. Only a torn tail has anything there: a fresh or compacted
+        // file is zeros (holes) past its records, and is left alone.
+        // SAFETY: `len..map.len()` is inside the mapping; see `map_file`.
+        let rest = unsafe { std::slice::from_raw_parts(map.as_ptr().add(len), map.len() - len) };
+        if let Some(last) = rest.iter().rposition(|byte| *byte != 0) {
+            // SAFETY: as above.
+            unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(len), 0, last + 1) };
+            let page = page_size();
+            let start = len / page * page;
+            map.flush_range(start, len + last + 1 - start)
+                .with_context(|| format!("sync replica file {}", path.display()))?;
         }
-        map.flush()
-            .with_context(|| format!("sync replica file {}", path.display()))?;
         Ok(Self {
             path,
             file,
@@ -113,6 +120,7 @@ impl ReplicaFile {
             dirty_from: None,
             written,
             generation,
+            compacting: false,
         })
     }
 
@@ -201,15 +209,83 @@ const SYNC_THREAD_NICE: libc::c_int = 10;
 #[derive(Debug)]
 pub struct Synced(ReplicaId, u64, u64);
 
+/// A compacted replica file for the sync thread to install: the event loop wrote it (to the
+/// page cache) as `tmp` and appends to it from then on; the sync thread makes it durable and
+/// renames it over `path`. Until then the old file, whole and synced, is what a restart reads.
+pub struct CompactJob {
+    id: ReplicaId,
+    generation: u64,
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    /// The replica version the compacted content holds.
+    version: u64,
+}
+
+impl CompactJob {
+    /// Syncs the new file, renames it over the old one, syncs the directory. A file removed
+    /// meanwhile (the replica is no longer kept) is not an error: there is nothing to install.
+    fn run(self) -> anyhow::Result<Installed> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("sync {}", self.tmp.display()))?;
+        let installed = match std::fs::rename(&self.tmp, &self.path) {
+            Ok(()) => {
+                sync_dir(&self.dir)?;
+                true
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("rename {} over {}", self.tmp.display(), self.path.display())
+                })
+            }
+        };
+        Ok(Installed {
+            id: self.id,
+            generation: self.generation,
+            version: self.version,
+            installed,
+        })
+    }
+}
+
+/// A compacted file now in place of the old one (durable at `version`).
+#[derive(Debug)]
+pub struct Installed {
+    id: ReplicaId,
+    generation: u64,
+    version: u64,
+    installed: bool,
+}
+
+/// Work for the sync thread.
+pub enum DiskWork {
+    /// msyncs (merged with whatever else queued up).
+    Sync(Vec<SyncJob>),
+    /// Install a compacted file (before any msync gathered with it).
+    Compact(CompactJob),
+}
+
+/// What the sync thread did.
+#[derive(Debug)]
+pub enum DiskReport {
+    /// Versions now durable.
+    Synced(Vec<Synced>),
+    /// A compacted file was installed.
+    Installed(Installed),
+}
+
 /// The sync thread: takes batches of [`SyncJob`]s, merges what queued up meanwhile (one msync
 /// per file however many commits wrote to it: a group commit), and reports each batch with
 /// `report`. Two msync rounds are at least `interval` apart: what comes meanwhile is gathered
 /// into the next round. It stops when the sender is dropped or `report` returns false.
 pub fn start_syncer(
     interval: std::time::Duration,
-    report: impl Fn(Result<Vec<Synced>, String>) -> bool + Send + 'static,
-) -> std::io::Result<std::sync::mpsc::Sender<Vec<SyncJob>>> {
-    let (sender, receiver) = std::sync::mpsc::channel::<Vec<SyncJob>>();
+    report: impl Fn(Result<DiskReport, String>) -> bool + Send + 'static,
+) -> std::io::Result<std::sync::mpsc::Sender<DiskWork>> {
+    let (sender, receiver) = std::sync::mpsc::channel::<DiskWork>();
     std::thread::Builder::new()
         .name("replica-sync".into())
         .spawn(move || {
@@ -221,7 +297,14 @@ pub fn start_syncer(
                 libc::setpriority(libc::PRIO_PROCESS, tid, SYNC_THREAD_NICE);
             }
             let mut last: Option<std::time::Instant> = None;
-            while let Ok(mut jobs) = receiver.recv() {
+            let mut compactions = Vec::new();
+            while let Ok(work) = receiver.recv() {
+                let mut jobs = Vec::new();
+                let mut take = |work: DiskWork| match work {
+                    DiskWork::Sync(more) => jobs.extend(more),
+                    DiskWork::Compact(job) => compactions.push(job),
+                };
+                take(work);
                 let gather_until = last.map(|at| at + interval);
                 loop {
                     let more = match gather_until {
@@ -236,50 +319,57 @@ pub fn start_syncer(
                         None => receiver.try_recv().ok(),
                     };
                     match more {
-                        Some(more) => jobs.extend(more),
+                        Some(more) => take(more),
                         None => break,
                     }
                 }
-                last = Some(std::time::Instant::now());
-                let mut merged: BTreeMap<(ReplicaId, u64), SyncJob> = BTreeMap::new();
-                for job in jobs {
-                    match merged.entry((job.id.clone(), job.generation)) {
-                        std::collections::btree_map::Entry::Vacant(entry) => {
-                            entry.insert(job);
-                        }
-                        std::collections::btree_map::Entry::Occupied(mut entry) => {
-                            let held = entry.get_mut();
-                            held.start = held.start.min(job.start);
-                            held.end = held.end.max(job.end);
-                            held.version = held.version.max(job.version);
-                            // A later job's mapping covers the whole file written so far.
-                            if job.map.len() > held.map.len() {
-                                held.map = job.map;
-                            }
-                        }
+                // Compactions first: an msync of the new file gathered with its compaction
+                // must not report versions before the file is in place.
+                for job in compactions.drain(..) {
+                    let done = job.run().map_err(|error| format!("{error:#}"));
+                    if !report(done.map(DiskReport::Installed)) {
+                        return;
                     }
                 }
-                let mut done = Vec::with_capacity(merged.len());
-                let mut failed = None;
-                for job in merged.into_values() {
-                    match job.run() {
-                        Ok(()) => done.push(Synced(job.id, job.generation, job.version)),
-                        Err(error) => {
-                            failed = Some(format!(
-                                "msync of replica {}@{}: {error}",
-                                job.id.shard, job.id.unit
-                            ));
-                            break;
-                        }
+                if !jobs.is_empty() {
+                    last = Some(std::time::Instant::now());
+                    if !report(sync_merged(jobs).map(DiskReport::Synced)) {
+                        return;
                     }
-                }
-                let keep_going = report(failed.map_or(Ok(done), Err));
-                if !keep_going {
-                    break;
                 }
             }
         })?;
     Ok(sender)
+}
+
+/// msyncs `jobs`, merged per file and generation (one msync however many batches wrote).
+fn sync_merged(jobs: Vec<SyncJob>) -> Result<Vec<Synced>, String> {
+    let mut merged: BTreeMap<(ReplicaId, u64), SyncJob> = BTreeMap::new();
+    for job in jobs {
+        match merged.entry((job.id.clone(), job.generation)) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(job);
+            }
+            std::collections::btree_map::Entry::Occupied(mut entry) => {
+                let held = entry.get_mut();
+                held.start = held.start.min(job.start);
+                held.end = held.end.max(job.end);
+                held.version = held.version.max(job.version);
+                // A later job's mapping covers the whole file written so far.
+                if job.map.len() > held.map.len() {
+                    held.map = job.map;
+                }
+            }
+        }
+    }
+    let mut done = Vec::with_capacity(merged.len());
+    for job in merged.into_values() {
+        job.run().map_err(|error| {
+            format!("msync of replica {}@{}: {error}", job.id.shard, job.id.unit)
+        })?;
+        done.push(Synced(job.id, job.generation, job.version));
+    }
+    Ok(done)
 }
 
 fn page_size() -> usize {
@@ -392,8 +482,18 @@ impl ReplicaStore {
         let Some(record) = replica_file::record(action) else {
             if let Some(file) = self.files.remove(id) {
                 drop(file.map);
-                std::fs::remove_file(&file.path)
-                    .with_context(|| format!("remove {}", file.path.display()))?;
+                // A compacted file not yet in place first, so that the sync thread cannot
+                // rename it over the path after the path was removed.
+                let tmp = self.dir.join(format!("{}.tmp", file_name(id)));
+                for path in [&tmp, &file.path] {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(error) => {
+                            return Err(error).with_context(|| format!("remove {}", path.display()))
+                        }
+                    }
+                }
             }
             return Ok(());
         };
@@ -460,23 +560,25 @@ impl ReplicaStore {
         Ok(self.synced(reports))
     }
 
-    /// Replaces the file of `id` by a compacted one when it grew well past its replica.
-    /// Returns whether it did (the new file is durable at the replica's version).
-    pub fn maybe_compact(
+    /// Replaces the file of `id` by a compacted one when it grew well past its replica: writes
+    /// the compacted content to a new file (page cache only) and appends there from now on;
+    /// returns the job that makes it durable and puts it in place (the slow part, for the sync
+    /// thread). Versions written to the new file are reported durable only after that.
+    pub fn start_compaction(
         &mut self,
         id: &ReplicaId,
         replica: &ShardReplica,
         complete: bool,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<CompactJob>> {
         let Some(file) = self.files.get(id) else {
-            return Ok(false);
+            return Ok(None);
         };
-        if file.written != replica.version() || file.dirty_from.is_some() {
-            return Ok(false);
+        if file.compacting || file.written != replica.version() {
+            return Ok(None);
         }
         let live = replica.section_bytes() + replica.pending_bytes();
         if (file.len as u64) < (COMPACT_RATIO * live).max(COMPACT_FLOOR) {
-            return Ok(false);
+            return Ok(None);
         }
         let bytes = replica_file::compacted(&id.shard, &id.unit, replica, complete);
         let path = self.dir.join(file_name(id));
@@ -484,18 +586,55 @@ impl ReplicaStore {
         {
             let mut out =
                 File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-            out.write_all(&bytes)?;
-            out.sync_all()?;
+            out.write_all(&bytes)
+                .with_context(|| format!("write {}", tmp.display()))?;
         }
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("rename {} over {}", tmp.display(), path.display()))?;
-        sync_dir(&self.dir)?;
-        let from = file.len;
         let generation = self.generation();
-        let reopened = ReplicaFile::open(path, bytes.len(), replica.version(), generation)?;
-        tracing::debug!(shard = %id.shard, unit = %id.unit, from, to = bytes.len(), "replica file compacted");
-        self.files.insert(id.clone(), reopened);
-        Ok(true)
+        let mut compacted =
+            ReplicaFile::open(tmp.clone(), bytes.len(), replica.version(), generation)?;
+        // Later operations on the file (growth, removal) name it by its final path.
+        compacted.path = path.clone();
+        compacted.compacting = true;
+        let job = CompactJob {
+            id: id.clone(),
+            generation,
+            file: compacted
+                .file
+                .try_clone()
+                .with_context(|| format!("reopen {}", tmp.display()))?,
+            tmp,
+            path,
+            dir: self.dir.clone(),
+            version: replica.version(),
+        };
+        let old = self.files.insert(id.clone(), compacted);
+        tracing::debug!(shard = %id.shard, unit = %id.unit, from = old.map_or(0, |file| file.len), to = bytes.len(), "replica file compaction started");
+        Ok(Some(job))
+    }
+
+    /// What the sync thread reported of a compaction, as the version now durable (None when
+    /// the file started over or was removed meanwhile).
+    pub fn installed(&mut self, done: Installed) -> Option<(ReplicaId, u64)> {
+        let file = self.files.get_mut(&done.id)?;
+        if file.compacting && done.installed {
+            file.compacting = false;
+        }
+        (done.installed && file.generation == done.generation).then_some((done.id, done.version))
+    }
+
+    /// Compacts the file of `id` here and now, when it grew well past its replica. Returns
+    /// whether it did.
+    pub fn maybe_compact(
+        &mut self,
+        id: &ReplicaId,
+        replica: &ShardReplica,
+        complete: bool,
+    ) -> anyhow::Result<bool> {
+        let Some(job) = self.start_compaction(id, replica, complete)? else {
+            return Ok(false);
+        };
+        let done = job.run()?;
+        Ok(self.installed(done).is_some())
     }
 
     /// Bytes of records in each file, for status.
@@ -567,6 +706,13 @@ mod tests {
         assert_eq!(opened.replicas[0].1.replica.version(), 11);
     }
 
+    fn synced(report: Result<DiskReport, String>) -> Vec<Synced> {
+        match report.expect("no disk error") {
+            DiskReport::Synced(synced) => synced,
+            other => panic!("expected a sync report, got {other:?}"),
+        }
+    }
+
     #[test]
     fn the_sync_thread_merges_queued_jobs_and_a_report_of_a_file_that_started_over_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -586,12 +732,12 @@ mod tests {
         }
         assert_eq!(sent.len(), 3, "one job per batch of writes");
         for job in sent {
-            syncer.send(vec![job]).expect("queued");
+            syncer.send(DiskWork::Sync(vec![job])).expect("queued");
         }
         let wait = std::time::Duration::from_secs(10);
         let mut durable = Vec::new();
         while durable.last().map(|(_, version)| *version) != Some(3) {
-            let report = reports.recv_timeout(wait).expect("a report").expect("synced");
+            let report = synced(reports.recv_timeout(wait).expect("a report"));
             durable.extend(store.synced(report));
         }
         assert!(
@@ -607,11 +753,13 @@ mod tests {
         store
             .apply(&id(), &PersistAction::Reset(snapshot))
             .expect("apply");
-        syncer.send(old).expect("queued");
-        let report = reports.recv_timeout(wait).expect("a report").expect("synced");
+        syncer.send(DiskWork::Sync(old)).expect("queued");
+        let report = synced(reports.recv_timeout(wait).expect("a report"));
         assert_eq!(store.synced(report), Vec::new());
-        syncer.send(store.take_sync_jobs()).expect("queued");
-        let report = reports.recv_timeout(wait).expect("a report").expect("synced");
+        syncer
+            .send(DiskWork::Sync(store.take_sync_jobs()))
+            .expect("queued");
+        let report = synced(reports.recv_timeout(wait).expect("a report"));
         assert_eq!(store.synced(report), vec![(id(), 2)]);
     }
 
@@ -622,7 +770,7 @@ mod tests {
         let mut store = ReplicaStore::open(path.clone()).expect("open").store;
         let mut replica = ShardReplica::new();
         let value = vec![b'x'; 64 * 1024];
-        for seq in 1..=200 {
+        for seq in 1..=300 {
             let action = op(seq, &value);
             if let PersistAction::Op(op) = &action {
                 replica.apply(op).expect("applies");
@@ -638,8 +786,131 @@ mod tests {
         let opened = ReplicaStore::open(path).expect("reopen");
         let (_, recovered) = &opened.replicas[0];
         assert!(recovered.complete);
-        assert_eq!(recovered.replica.version(), 200);
+        assert_eq!(recovered.replica.version(), 300);
         assert_eq!(recovered.replica.digest(), replica.digest());
+    }
+
+    #[test]
+    fn writes_made_while_a_compacted_file_is_put_in_place_are_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("replicas");
+        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let mut replica = ShardReplica::new();
+        let value = vec![b'x'; 64 * 1024];
+        let write = |store: &mut ReplicaStore, replica: &mut ShardReplica, seq: u64| {
+            let action = op(seq, &value);
+            if let PersistAction::Op(op) = &action {
+                replica.apply(op).expect("applies");
+            }
+            store.apply(&id(), &action).expect("apply");
+        };
+        for seq in 1..=300 {
+            write(&mut store, &mut replica, seq);
+        }
+        let job = store
+            .start_compaction(&id(), &replica, true)
+            .expect("compaction")
+            .expect("the file is big enough to compact");
+        // Writes go on, to the compacted file, while the sync thread puts it in place.
+        for seq in 301..=305 {
+            write(&mut store, &mut replica, seq);
+        }
+        assert!(
+            store
+                .start_compaction(&id(), &replica, true)
+                .expect("compaction")
+                .is_none(),
+            "one at a time"
+        );
+        let done = job.run().expect("installed");
+        assert_eq!(
+            store.installed(done),
+            Some((id(), 300)),
+            "durable as compacted"
+        );
+        store.sync_now().expect("sync");
+        drop(store);
+        let opened = ReplicaStore::open(path).expect("reopen");
+        let (_, recovered) = &opened.replicas[0];
+        assert_eq!(recovered.replica.version(), 305);
+        assert_eq!(recovered.replica.digest(), replica.digest());
+        assert!(
+            !std::fs::read_dir(dir.path().join("replicas"))
+                .expect("list")
+                .any(|entry| entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")),
+            "no temporary file is left"
+        );
+    }
+
+    #[test]
+    fn a_compaction_of_a_file_that_started_over_reports_no_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("replicas");
+        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let mut replica = ShardReplica::new();
+        let value = vec![b'x'; 64 * 1024];
+        for seq in 1..=300 {
+            let action = op(seq, &value);
+            if let PersistAction::Op(op) = &action {
+                replica.apply(op).expect("applies");
+            }
+            store.apply(&id(), &action).expect("apply");
+        }
+        let job = store
+            .start_compaction(&id(), &replica, true)
+            .expect("compaction")
+            .expect("the file is big enough to compact");
+        let mut snapshot = ShardReplica::new().snapshot();
+        snapshot.version = 7;
+        store
+            .apply(&id(), &PersistAction::Reset(snapshot))
+            .expect("reset");
+        let done = job.run().expect("installed");
+        assert_eq!(
+            store.installed(done),
+            None,
+            "the compacted version is not reported"
+        );
+        store.sync_now().expect("sync");
+        drop(store);
+        let opened = ReplicaStore::open(path).expect("reopen");
+        assert_eq!(
+            opened.replicas[0].1.replica.version(),
+            7,
+            "the reset stands"
+        );
+    }
+
+    #[test]
+    fn a_replica_removed_while_its_compacted_file_is_put_in_place_stays_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("replicas");
+        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let mut replica = ShardReplica::new();
+        let value = vec![b'x'; 64 * 1024];
+        for seq in 1..=300 {
+            let action = op(seq, &value);
+            if let PersistAction::Op(op) = &action {
+                replica.apply(op).expect("applies");
+            }
+            store.apply(&id(), &action).expect("apply");
+        }
+        let job = store
+            .start_compaction(&id(), &replica, true)
+            .expect("compaction")
+            .expect("the file is big enough to compact");
+        store.apply(&id(), &PersistAction::Remove).expect("remove");
+        let done = job.run().expect("nothing to install is no error");
+        assert_eq!(store.installed(done), None);
+        drop(store);
+        assert!(ReplicaStore::open(path)
+            .expect("reopen")
+            .replicas
+            .is_empty());
     }
 
     #[test]

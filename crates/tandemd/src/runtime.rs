@@ -38,7 +38,7 @@ use crate::admin::{error_response, serve_admin, AdminOutcome};
 use crate::config::Config;
 use crate::events::{wall_ms, EventLog};
 use crate::ingress::{Ingress, VipChange};
-use crate::replicas::{ReplicaStore, SyncJob, Synced};
+use crate::replicas::{DiskReport, DiskWork, ReplicaStore};
 use crate::sdk_server::{self, Registration};
 use crate::supervisor::{self, Supervisor};
 use crate::transport::{serve_peers, PeerSender, TransportStats};
@@ -92,14 +92,81 @@ pub enum Event {
         /// The call.
         request: DataRequest,
     },
-    /// The replica sync thread made these replica versions durable (or failed).
-    ReplicasSynced(Result<Vec<Synced>, String>),
+    /// The replica sync thread made replica versions durable or wrote a compacted file (or
+    /// failed).
+    ReplicaDisk(Result<DiskReport, String>),
 }
 
-/// Capacity of the event queue; a full queue slows readers down (backpressure).
+impl Event {
+    /// Whether the event belongs to the data plane (replication, checkpoint calls, stream
+    /// messages, replica syncs). Those queue apart from the control events (Raft, heartbeats,
+    /// leases, admin, unit lifecycle), which the loop always takes first: a burst of data never
+    /// delays a heartbeat long enough to cost a lease.
+    fn is_data(&self) -> bool {
+        match self {
+            Event::Peer(envelope) => matches!(envelope.body, Some(Body::Data(_))),
+            Event::UnitData { .. }
+            | Event::Ingress { .. }
+            | Event::IngressReply { .. }
+            | Event::ReplicaDisk(_) => true,
+            Event::Admin { .. } | Event::Unit(_) | Event::Register(_) => false,
+        }
+    }
+}
+
+/// Where the daemon's tasks and threads hand events to the loop: one bounded queue for control
+/// events and one for data events (see [`Event::is_data`]).
+#[derive(Debug, Clone)]
+pub struct EventSender {
+    control: mpsc::Sender<Event>,
+    data: mpsc::Sender<Event>,
+}
+
+/// The queue was closed: the loop is gone.
+#[derive(Debug)]
+pub struct LoopGone;
+
+impl EventSender {
+    /// Makes the two queues; the receivers are `(control, data)`.
+    pub fn new() -> (Self, mpsc::Receiver<Event>, mpsc::Receiver<Event>) {
+        let (control, control_rx) = mpsc::channel(EVENT_QUEUE_LEN_MAX);
+        let (data, data_rx) = mpsc::channel(EVENT_QUEUE_LEN_MAX);
+        (Self { control, data }, control_rx, data_rx)
+    }
+
+    fn queue(&self, event: &Event) -> &mpsc::Sender<Event> {
+        if event.is_data() {
+            &self.data
+        } else {
+            &self.control
+        }
+    }
+
+    /// Queues `event`, waiting while its queue is full (backpressure on the reader).
+    pub async fn send(&self, event: Event) -> Result<(), LoopGone> {
+        self.queue(&event).send(event).await.map_err(|_| LoopGone)
+    }
+
+    /// Queues `event` from a thread outside the runtime.
+    pub fn blocking_send(&self, event: Event) -> Result<(), LoopGone> {
+        self.queue(&event)
+            .blocking_send(event)
+            .map_err(|_| LoopGone)
+    }
+}
+
+/// A pass of the event loop longer than this is logged (at most every
+/// [`SLOW_WARNING_EVERY`]).
+const LOOP_SLOW: Duration = Duration::from_millis(50);
+const SLOW_WARNING_EVERY: Duration = Duration::from_secs(1);
+/// Capacity of each event queue; a full queue slows readers down (backpressure).
 const EVENT_QUEUE_LEN_MAX: usize = 8192;
 /// Events handled per wake-up before the node's output is processed.
 const EVENT_BATCH_MAX: usize = 512;
+/// Data events handled per wake-up: the loop looks at control events and timers again after
+/// this many, or after this long.
+const DATA_BATCH_MAX: usize = 256;
+const DATA_BATCH_TIME_MAX: Duration = Duration::from_millis(5);
 /// Drives per wake-up: carrying out an output can feed the node new inputs (a started
 /// process's pid); these are driven at once, a bounded number of times.
 const DRIVES_PER_WAKEUP_MAX: usize = 4;
@@ -158,7 +225,7 @@ struct Daemon {
     /// The replicas' files.
     replicas: ReplicaStore,
     /// The replica sync thread (msync off the event loop, merged across commits).
-    syncer: std::sync::mpsc::Sender<Vec<SyncJob>>,
+    syncer: std::sync::mpsc::Sender<DiskWork>,
     /// Why a replica file sync or compaction failed, if one did: the daemon stops.
     disk_failed: Option<String>,
     /// Outbound data connections (separate from the control connections, so that a state
@@ -167,11 +234,13 @@ struct Daemon {
     /// Ingress addresses bound here.
     ingress: Ingress,
     /// Where ingress sockets hand their datagrams.
-    events_tx: mpsc::Sender<Event>,
+    events_tx: EventSender,
     /// The applied index the data plane's view was last built at.
     data_applied: Option<u64>,
     /// A unit registered since the restrictions were last sent.
     registered: bool,
+    /// The node held a lease at the last data step.
+    leased: bool,
     /// Keeps the data directory's lock held while the daemon runs.
     _lock: File,
 }
@@ -292,13 +361,13 @@ pub async fn run(
         tracing::info!(shard = %id.shard, unit = %id.unit, version = recovered.replica.version(), complete = recovered.complete, "replica read back");
         data.load(id, recovered.replica, recovered.complete);
     }
-    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE_LEN_MAX);
+    let (events_tx, mut events, mut data_events) = EventSender::new();
     let sync_events = events_tx.clone();
     let syncer = crate::replicas::start_syncer(
         Duration::from_micros(config.cluster.replica_sync_interval_us),
         move |outcome| {
             sync_events
-                .blocking_send(Event::ReplicasSynced(outcome))
+                .blocking_send(Event::ReplicaDisk(outcome))
                 .is_ok()
         },
     )
@@ -376,22 +445,19 @@ pub async fn run(
         events_tx: events_tx.clone(),
         data_applied: None,
         registered: false,
+        leased: false,
         _lock: lock,
     };
     tokio::pin!(shutdown);
+    let mut last_slow_warning: Option<Instant> = None;
     let result = loop {
+        let iteration;
         tokio::select! {
+            // Control first, then timers, then data (see `Event::is_data`).
+            biased;
             _ = &mut shutdown => break Ok(()),
-            _ = tick.tick() => {
-                let now = daemon.now();
-                daemon.node.tick(now, wall_ms());
-                daemon.data.tick(now);
-            }
-            _ = heartbeat.tick() => {
-                let now = daemon.now();
-                daemon.node.heartbeat(now);
-            }
             event = events.recv() => {
+                iteration = Instant::now();
                 let Some(event) = event else { break Ok(()) };
                 daemon.handle(event);
                 for _ in 1..EVENT_BATCH_MAX {
@@ -401,8 +467,46 @@ pub async fn run(
                     }
                 }
             }
+            _ = tick.tick() => {
+                iteration = Instant::now();
+                let now = daemon.now();
+                daemon.node.tick(now, wall_ms());
+                daemon.data.tick(now);
+            }
+            _ = heartbeat.tick() => {
+                iteration = Instant::now();
+                let now = daemon.now();
+                daemon.node.heartbeat(now);
+            }
+            event = data_events.recv() => {
+                iteration = Instant::now();
+                let Some(event) = event else { break Ok(()) };
+                daemon.handle(event);
+                for _ in 1..DATA_BATCH_MAX {
+                    if iteration.elapsed() > DATA_BATCH_TIME_MAX {
+                        break;
+                    }
+                    match data_events.try_recv() {
+                        Ok(event) => daemon.handle(event),
+                        Err(_) => break,
+                    }
+                }
+            }
         }
-        if let Err(error) = daemon.drive() {
+        let result = daemon.drive();
+        let took = iteration.elapsed();
+        if took > LOOP_SLOW
+            && last_slow_warning.is_none_or(|at: Instant| at.elapsed() > SLOW_WARNING_EVERY)
+        {
+            // Heartbeats and lease renewals wait while the loop is busy: a loop this slow
+            // puts leases at risk.
+            last_slow_warning = Some(Instant::now());
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                "the event loop was busy this long in one pass; leases lapse if it grows"
+            );
+        }
+        if let Err(error) = result {
             break Err(error);
         }
     };
@@ -502,13 +606,18 @@ impl Daemon {
                     tracing::debug!(%shard, %peer, %reason, "ingress datagram dropped");
                 }
             }
-            Event::ReplicasSynced(Ok(reports)) => {
+            Event::ReplicaDisk(Ok(DiskReport::Synced(reports))) => {
                 for (replica, version) in self.replicas.synced(reports) {
                     self.data.persisted(&replica, version);
                     self.compact(&replica);
                 }
             }
-            Event::ReplicasSynced(Err(error)) => {
+            Event::ReplicaDisk(Ok(DiskReport::Installed(done))) => {
+                if let Some((replica, version)) = self.replicas.installed(done) {
+                    self.data.persisted(&replica, version);
+                }
+            }
+            Event::ReplicaDisk(Err(error)) => {
                 self.disk_failed = Some(format!("replica file sync: {error}"))
             }
             Event::IngressReply {
@@ -808,7 +917,22 @@ impl Daemon {
         for change in changes {
             self.vip(change);
         }
-        self.data.set_lease(self.node.lease_until(now));
+        let lease = self.node.lease_until(now);
+        if lease.is_none() && self.leased && !self.data.active_shards().is_empty() {
+            // Units here act ACTIVE: losing the lease stops them; say why.
+            let applied = self.node.replica().applied_index();
+            match self.node.newest_grant() {
+                Some((sent_at, floor)) => tracing::warn!(
+                    newest_grant_age_ms = now.saturating_since(sent_at).as_millis() as u64,
+                    floor,
+                    applied,
+                    "this node's lease lapsed; its ACTIVE units stop acting until it is renewed"
+                ),
+                None => tracing::warn!(applied, "this node's lease lapsed (no grant kept)"),
+            }
+        }
+        self.leased = lease.is_some();
+        self.data.set_lease(lease);
         for _ in 0..DRIVES_PER_WAKEUP_MAX {
             let output = self.data.take_output(now);
             if output.is_empty() {
@@ -852,7 +976,7 @@ impl Daemon {
             // reports), and the copies sent to STANDBYs are written there meanwhile (the
             // simulation runs this order, with syncs that come late).
             let jobs = self.replicas.take_sync_jobs();
-            if !jobs.is_empty() && self.syncer.send(jobs).is_err() {
+            if !jobs.is_empty() && self.syncer.send(DiskWork::Sync(jobs)).is_err() {
                 bail!("the replica sync thread stopped");
             }
         }
@@ -863,18 +987,20 @@ impl Daemon {
         Ok(())
     }
 
-    /// Replaces the file of `replica` by a compacted one when it grew well past the replica;
-    /// the new file is durable at the replica's version. A failure stops the daemon (at the
-    /// next data step): the file may no longer be the one written to.
+    /// Starts replacing the file of `replica` by a compacted one when it grew well past the
+    /// replica; the sync thread makes it durable and puts it in place.
     fn compact(&mut self, replica: &ReplicaId) {
         let Some(held) = self.data.replica(replica) else {
             return;
         };
         let complete = self.data.is_complete(replica);
-        let version = held.version();
-        match self.replicas.maybe_compact(replica, held, complete) {
-            Ok(true) => self.data.persisted(replica, version),
-            Ok(false) => {}
+        match self.replicas.start_compaction(replica, held, complete) {
+            Ok(Some(job)) => {
+                if self.syncer.send(DiskWork::Compact(job)).is_err() {
+                    self.disk_failed = Some("the replica sync thread stopped".into());
+                }
+            }
+            Ok(None) => {}
             Err(error) => self.disk_failed = Some(format!("replica file compaction: {error:#}")),
         }
     }

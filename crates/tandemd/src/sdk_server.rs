@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::Event;
+use crate::runtime::{Event, EventSender};
 
 /// Largest frame a unit may send (a reply or report is tiny).
 pub const UNIT_FRAME_LEN_MAX: usize = 16 * 1024 * 1024;
@@ -65,7 +65,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves unit connections until the listener fails.
-pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>) {
+pub async fn serve(listener: UnixListener, events: EventSender) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -123,7 +123,7 @@ fn refused(reason: impl Into<String>) -> AgentToUnit {
     }
 }
 
-async fn connection(mut stream: UnixStream, events: &mpsc::Sender<Event>) -> Result<(), String> {
+async fn connection(mut stream: UnixStream, events: &EventSender) -> Result<(), String> {
     let decoder = FrameDecoder::new(UNIT_FRAME_LEN_MAX);
     let mut buffer = BytesMut::with_capacity(4096);
     let first = read_message(&mut stream, &decoder, &mut buffer).await?;

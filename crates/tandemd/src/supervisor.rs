@@ -27,9 +27,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tandem_core::{ProcessSpec, ServiceName, StopSpec, UnitName};
 use tandem_node::UnitEvent;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::runtime::Event;
+use crate::runtime::{Event, EventSender};
 
 /// Environment variables tandem gives every unit.
 pub mod env {
@@ -144,7 +144,7 @@ pub struct Supervisor {
     /// Running processes by (unit, generation).
     children: BTreeMap<(UnitName, u64), Child>,
     /// Where exits are reported.
-    events: mpsc::Sender<Event>,
+    events: EventSender,
 }
 
 /// A fresh secret for a unit instance: 128 random bits, hex.
@@ -180,7 +180,7 @@ impl Supervisor {
         config_dir: PathBuf,
         node: String,
         socket: PathBuf,
-        events: mpsc::Sender<Event>,
+        events: EventSender,
     ) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
         Ok(Self {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::runtime::Event;
+use crate::runtime::{Event, EventSender};
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE_LEN_MAX: usize = 4096;
@@ -141,7 +141,7 @@ pub async fn serve_peers(
     cluster: String,
     self_id: u64,
     frame_len_max: usize,
-    events: mpsc::Sender<Event>,
+    events: EventSender,
     stats: Arc<TransportStats>,
 ) {
     loop {
@@ -172,7 +172,7 @@ async fn read_peer(
     cluster: &str,
     self_id: u64,
     frame_len_max: usize,
-    events: &mpsc::Sender<Event>,
+    events: &EventSender,
 ) -> Result<(), String> {
     let decoder = FrameDecoder::new(frame_len_max);
     let mut buf = BytesMut::with_capacity(64 * 1024);
