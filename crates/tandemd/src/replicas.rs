@@ -84,7 +84,10 @@ impl ReplicaFile {
         };
         replica.write_at(0, initial);
         replica.len = initial.len();
-        replica.flush_now()?;
+        replica
+            .map
+            .flush_range(0, replica.len)
+            .with_context(|| format!("sync replica file {}", replica.path.display()))?;
         Ok(replica)
     }
 
@@ -169,19 +172,6 @@ impl ReplicaFile {
             end: self.len,
             version: self.written,
         })
-    }
-
-    /// msyncs what is dirty here and now (creation, tests).
-    fn flush_now(&mut self) -> anyhow::Result<()> {
-        let id = ReplicaId {
-            shard: ShardName(String::new()),
-            unit: UnitName(String::new()),
-        };
-        if let Some(job) = self.take_job(&id) {
-            job.run()
-                .with_context(|| format!("sync replica file {}", self.path.display()))?;
-        }
-        Ok(())
     }
 }
 
@@ -502,7 +492,8 @@ impl ReplicaStore {
             PersistAction::Reset(snapshot) => Some(snapshot.version),
             _ => None,
         };
-        let generation = self.generation();
+        let fresh = matches!(action, PersistAction::Reset(_)) || !self.files.contains_key(id);
+        let generation = if fresh { self.generation() } else { 0 };
         let file = match self.files.entry(id.clone()) {
             std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::btree_map::Entry::Vacant(entry) => {
@@ -516,8 +507,9 @@ impl ReplicaStore {
                 entry.insert(file)
             }
         };
-        if matches!(action, PersistAction::Reset(_)) {
-            // The replica starts over: syncs of what came before no longer tell its version.
+        if fresh {
+            // Created, or the replica starts over: syncs of what came before no longer tell
+            // its version.
             file.generation = generation;
         }
         file.append(&record)?;
@@ -670,6 +662,25 @@ mod tests {
         })
     }
 
+    /// Writes 300 ops of 64 KiB (three keys) to the store: a file big enough to compact.
+    /// Returns the replica they make.
+    fn fill(store: &mut ReplicaStore) -> ShardReplica {
+        let mut replica = ShardReplica::new();
+        for seq in 1..=300 {
+            write_op(store, &mut replica, seq);
+        }
+        replica
+    }
+
+    /// Writes op `seq` (a 64 KiB value) to the store and applies it to `replica`.
+    fn write_op(store: &mut ReplicaStore, replica: &mut ShardReplica, seq: u64) {
+        let action = op(seq, &[b'x'; 64 * 1024]);
+        if let PersistAction::Op(op) = &action {
+            replica.apply(op).expect("applies");
+        }
+        store.apply(&id(), &action).expect("apply");
+    }
+
     #[test]
     fn written_ops_come_back_after_a_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -768,15 +779,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
         let mut store = ReplicaStore::open(path.clone()).expect("open").store;
-        let mut replica = ShardReplica::new();
-        let value = vec![b'x'; 64 * 1024];
-        for seq in 1..=300 {
-            let action = op(seq, &value);
-            if let PersistAction::Op(op) = &action {
-                replica.apply(op).expect("applies");
-            }
-            store.apply(&id(), &action).expect("apply");
-        }
+        let replica = fill(&mut store);
         store.sync_now().expect("sync");
         let before = store.file_len(&id()).expect("file");
         assert!(store.maybe_compact(&id(), &replica, true).expect("compact"));
@@ -795,25 +798,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
         let mut store = ReplicaStore::open(path.clone()).expect("open").store;
-        let mut replica = ShardReplica::new();
-        let value = vec![b'x'; 64 * 1024];
-        let write = |store: &mut ReplicaStore, replica: &mut ShardReplica, seq: u64| {
-            let action = op(seq, &value);
-            if let PersistAction::Op(op) = &action {
-                replica.apply(op).expect("applies");
-            }
-            store.apply(&id(), &action).expect("apply");
-        };
-        for seq in 1..=300 {
-            write(&mut store, &mut replica, seq);
-        }
+        let mut replica = fill(&mut store);
         let job = store
             .start_compaction(&id(), &replica, true)
             .expect("compaction")
             .expect("the file is big enough to compact");
         // Writes go on, to the compacted file, while the sync thread puts it in place.
         for seq in 301..=305 {
-            write(&mut store, &mut replica, seq);
+            write_op(&mut store, &mut replica, seq);
         }
         assert!(
             store
@@ -851,15 +843,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
         let mut store = ReplicaStore::open(path.clone()).expect("open").store;
-        let mut replica = ShardReplica::new();
-        let value = vec![b'x'; 64 * 1024];
-        for seq in 1..=300 {
-            let action = op(seq, &value);
-            if let PersistAction::Op(op) = &action {
-                replica.apply(op).expect("applies");
-            }
-            store.apply(&id(), &action).expect("apply");
-        }
+        let replica = fill(&mut store);
         let job = store
             .start_compaction(&id(), &replica, true)
             .expect("compaction")
@@ -890,15 +874,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
         let mut store = ReplicaStore::open(path.clone()).expect("open").store;
-        let mut replica = ShardReplica::new();
-        let value = vec![b'x'; 64 * 1024];
-        for seq in 1..=300 {
-            let action = op(seq, &value);
-            if let PersistAction::Op(op) = &action {
-                replica.apply(op).expect("applies");
-            }
-            store.apply(&id(), &action).expect("apply");
-        }
+        let replica = fill(&mut store);
         let job = store
             .start_compaction(&id(), &replica, true)
             .expect("compaction")
