@@ -229,6 +229,22 @@ impl<D: Disk> Node<D> {
         }
     }
 
+    /// The Raft log fsync to run next when the replica defers them
+    /// ([`tandem_raft::ReplicaConfig::deferred_sync`]); report it with [`Node::synced`].
+    pub fn take_sync(
+        &mut self,
+    ) -> Result<
+        Option<tandem_raft::SyncJob<<D::File as tandem_raft::disk::DiskFile>::Syncer>>,
+        NodeError,
+    > {
+        Ok(self.replica.take_sync()?)
+    }
+
+    /// The log fsync for ready `number` finished; drive the node next to send what it released.
+    pub fn synced(&mut self, number: u64) {
+        self.replica.synced(number);
+    }
+
     /// Until when this node's units may act (its agent's lease), if it holds one.
     pub fn lease_until(&self, now: Time) -> Option<Time> {
         self.agent.lease_until(now, self.replica.applied_index())

@@ -33,10 +33,22 @@ pub trait Disk {
 
 /// A file open for appending.
 pub trait DiskFile {
+    /// A handle that makes the file's appended bytes durable, usable apart from the file (on
+    /// another thread, for a real file).
+    type Syncer: FileSyncer;
+
     /// Appends bytes; they are durable only after [`DiskFile::sync`].
     fn append(&mut self, data: &[u8]) -> io::Result<()>;
     /// Makes everything appended so far durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// A handle whose [`FileSyncer::sync`] makes durable everything appended before it runs.
+    fn syncer(&self) -> io::Result<Self::Syncer>;
+}
+
+/// Makes a file's appended bytes durable; see [`DiskFile::syncer`].
+pub trait FileSyncer {
+    /// Makes everything appended to the file so far durable.
+    fn sync(&self) -> io::Result<()>;
 }
 
 /// A real directory. `sync` is `fdatasync`; atomic writes go through a temp file, fsync,
@@ -72,7 +84,27 @@ pub struct FsFile {
     file: File,
 }
 
+/// Syncs an [`FsFile`] from any thread (a duplicate of its descriptor).
+#[derive(Debug)]
+pub struct FsSyncer {
+    file: File,
+}
+
+impl FileSyncer for FsSyncer {
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
 impl DiskFile for FsFile {
+    type Syncer = FsSyncer;
+
+    fn syncer(&self) -> io::Result<FsSyncer> {
+        Ok(FsSyncer {
+            file: self.file.try_clone()?,
+        })
+    }
+
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all(data)
     }
@@ -187,8 +219,8 @@ impl MemDisk {
     }
 }
 
-/// An open file of a [`MemDisk`].
-#[derive(Debug)]
+/// An open file of a [`MemDisk`] (a clone is its syncer).
+#[derive(Debug, Clone)]
 pub struct MemFile {
     /// The disk it lives on.
     disk: MemDisk,
@@ -200,7 +232,24 @@ fn not_found(name: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("no file {name}"))
 }
 
+impl FileSyncer for MemFile {
+    fn sync(&self) -> io::Result<()> {
+        let mut files = self.disk.files.borrow_mut();
+        let file = files
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
+        file.synced_len = file.data.len();
+        Ok(())
+    }
+}
+
 impl DiskFile for MemFile {
+    type Syncer = MemFile;
+
+    fn syncer(&self) -> io::Result<MemFile> {
+        Ok(self.clone())
+    }
+
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
         let mut files = self.disk.files.borrow_mut();
         let file = files
@@ -211,12 +260,7 @@ impl DiskFile for MemFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        let mut files = self.disk.files.borrow_mut();
-        let file = files
-            .get_mut(&self.name)
-            .ok_or_else(|| not_found(&self.name))?;
-        file.synced_len = file.data.len();
-        Ok(())
+        FileSyncer::sync(self)
     }
 }
 

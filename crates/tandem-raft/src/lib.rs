@@ -17,7 +17,7 @@ pub mod logging;
 pub mod replica;
 pub mod storage;
 
-pub use replica::{Applied, ReadyOutput, Replica, ReplicaConfig, ReplicaError};
+pub use replica::{Applied, ReadyOutput, Replica, ReplicaConfig, ReplicaError, SyncJob};
 pub use storage::{StorageError, WalOptions, WalStorage};
 
 /// raft-rs's wire message, re-exported for the transports.

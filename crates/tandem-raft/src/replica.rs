@@ -16,7 +16,7 @@ use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use tandem_core::{ApplyOutcome, ClusterState, Command, ModelEvent, NodeId};
 
 use crate::codec::{decode_command, decode_state, encode_command, encode_state};
-use crate::disk::Disk;
+use crate::disk::{Disk, DiskFile};
 use crate::storage::{RecoveryReport, StorageError, WalOptions, WalStorage};
 
 /// What a replica needs to start.
@@ -38,6 +38,36 @@ pub struct ReplicaConfig {
     pub election_seed: u64,
     /// Storage tunables.
     pub wal: WalOptions,
+    /// Leave the log's fsync to the owner ([`Replica::take_sync`], [`Replica::synced`])
+    /// instead of running it inside [`Replica::process_ready`]. A daemon runs it on another
+    /// thread so that a slow disk never holds up heartbeats and lease renewals.
+    pub deferred_sync: bool,
+}
+
+/// A log fsync the owner runs (see [`ReplicaConfig::deferred_sync`]): call
+/// [`FileSyncer::sync`](crate::disk::FileSyncer::sync) on `syncer`, then
+/// [`Replica::synced`] with `number` (or stop the node if it failed).
+#[derive(Debug)]
+pub struct SyncJob<S> {
+    /// Everything raft-rs handed out up to this ready number is durable once the sync is done.
+    pub number: u64,
+    /// Makes the log's written bytes durable.
+    pub syncer: S,
+}
+
+/// Deferred syncs: which readies wait for one, and the messages they hold back.
+#[derive(Debug, Default)]
+struct DeferredSync {
+    /// The oldest and newest ready numbers that need a sync not yet handed out.
+    wanted: Option<(u64, u64)>,
+    /// The ready number of the sync handed out and not reported done.
+    in_flight: Option<u64>,
+    /// The newest ready number produced.
+    newest: u64,
+    /// Messages that may leave only once their ready is durable, by ready number.
+    held: std::collections::VecDeque<(u64, Vec<Message>)>,
+    /// Messages released by a finished sync, returned by the next `process_ready`.
+    released: Vec<Message>,
 }
 
 /// Failure of a replica.
@@ -129,6 +159,8 @@ pub struct Replica<D: Disk> {
     /// follower until its snapshot is acknowledged; if the message was lost, only a reported
     /// failure un-pauses it, so we report one after [`SNAPSHOT_ACK_TICKS_MAX`] ticks.
     snapshots_in_flight: BTreeMap<u64, usize>,
+    /// Set when the owner runs the log's fsync ([`ReplicaConfig::deferred_sync`]).
+    deferred: Option<DeferredSync>,
 }
 
 /// Ticks a leader waits for a snapshot's acknowledgement before it counts the send as failed
@@ -200,6 +232,7 @@ impl<D: Disk> Replica<D> {
             jitter: Jitter(config.election_seed),
             last_reset_key: (u64::MAX, StateRole::Follower, u64::MAX),
             snapshots_in_flight: BTreeMap::new(),
+            deferred: config.deferred_sync.then(DeferredSync::default),
         };
         replica.redraw_election_timeout();
         Ok(replica)
@@ -331,6 +364,9 @@ impl<D: Disk> Replica<D> {
     /// Makes durable what raft-rs produced, applies committed entries, and returns the messages
     /// to send and what was applied.
     pub fn process_ready(&mut self) -> Result<ReadyOutput, ReplicaError> {
+        if self.deferred.is_some() {
+            return self.process_ready_deferred();
+        }
         let mut output = ReadyOutput::default();
         if !self.raw.has_ready() {
             self.maybe_snapshot()?;
@@ -374,6 +410,156 @@ impl<D: Disk> Replica<D> {
         }
         self.maybe_snapshot()?;
         Ok(output)
+    }
+
+    /// [`Replica::process_ready`] with the log's fsync left to the owner: records are written
+    /// (not synced) at once; messages that acknowledge them wait for [`Replica::synced`].
+    fn process_ready_deferred(&mut self) -> Result<ReadyOutput, ReplicaError> {
+        let mut output = ReadyOutput::default();
+        let deferred = self.deferred.as_mut().expect("deferred mode");
+        output.messages.append(&mut deferred.released);
+        if !self.raw.has_ready() {
+            self.maybe_snapshot()?;
+            return Ok(output);
+        }
+        let mut ready = self.raw.ready();
+        let number = ready.number();
+        // A leader may send its appends before its own write is durable (raft thesis 10.2.1).
+        output.messages.extend(ready.take_messages());
+        output.quorum_confirmed.extend(
+            ready
+                .take_read_states()
+                .into_iter()
+                .map(|state| state.request_ctx),
+        );
+        let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
+        let has_snapshot = snapshot.is_some();
+        if let Some(snapshot) = snapshot {
+            // Installed and synced at once (rare: a follower far behind).
+            self.install_snapshot(snapshot, &mut output)?;
+        }
+        // Committed entries raft-rs hands out are durable here already (it gives out only
+        // entries up to what was reported persisted).
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed, &mut output);
+        let store = self.raw.mut_store();
+        store.append(ready.entries());
+        if let Some(hard_state) = ready.hs() {
+            store.set_hard_state(hard_state.clone());
+        }
+        store.write_pending()?;
+        if has_snapshot {
+            // raft-rs counts the snapshot applied only once it is persisted: sync everything
+            // now (this also covers any sync under way, whose report is then ignored).
+            store.sync()?;
+        }
+        let must_sync = ready.must_sync() && !has_snapshot;
+        let mut persisted_messages = ready.take_persisted_messages();
+        self.raw.advance_append_async(ready);
+        let deferred = self.deferred.as_mut().expect("deferred mode");
+        deferred.newest = number;
+        if has_snapshot {
+            deferred.wanted = None;
+            deferred.in_flight = None;
+        }
+        // A heartbeat response acknowledges no log content: it may leave before earlier writes
+        // are durable. (Term and vote changes are synced before any vote is answered, so an
+        // early response never lets a node vote twice in a term.) Holding it would tie lease
+        // renewals to the disk's fsync latency.
+        persisted_messages.retain(|message| {
+            if message.get_msg_type() == MessageType::MsgHeartbeatResponse {
+                output.messages.push(message.clone());
+                false
+            } else {
+                true
+            }
+        });
+        if must_sync {
+            deferred.wanted = Some(match deferred.wanted {
+                Some((oldest, _)) => (oldest, number),
+                None => (number, number),
+            });
+        }
+        if !persisted_messages.is_empty() {
+            deferred.held.push_back((number, persisted_messages));
+        }
+        self.release_durable();
+        // After the release: raft-rs checks that what is applied is persisted.
+        self.raw.advance_apply();
+        let deferred = self.deferred.as_mut().expect("deferred mode");
+        output.messages.append(&mut deferred.released);
+        for message in &output.messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_in_flight.insert(message.to, 0);
+            }
+        }
+        self.maybe_snapshot()?;
+        Ok(output)
+    }
+
+    /// Tells raft-rs which readies are durable (all before the oldest one still waiting for
+    /// a sync) and releases the messages they held.
+    fn release_durable(&mut self) {
+        let deferred = self.deferred.as_mut().expect("deferred mode");
+        let waiting = match (deferred.in_flight, deferred.wanted) {
+            (Some(in_flight), _) => Some(in_flight),
+            (None, Some((oldest, _))) => Some(oldest),
+            (None, None) => None,
+        };
+        let durable = waiting.map_or(deferred.newest, |number| number - 1);
+        while deferred
+            .held
+            .front()
+            .is_some_and(|(number, _)| *number <= durable)
+        {
+            let (_, mut messages) = deferred.held.pop_front().expect("front exists");
+            deferred.released.append(&mut messages);
+        }
+        if durable > 0 {
+            self.raw.on_persist_ready(durable);
+        }
+    }
+
+    /// The log fsync to run next, if one is due and none is running (one at a time: each
+    /// covers every write made before it starts).
+    pub fn take_sync(
+        &mut self,
+    ) -> Result<Option<SyncJob<<D::File as DiskFile>::Syncer>>, ReplicaError> {
+        let Some(deferred) = self.deferred.as_mut() else {
+            return Ok(None);
+        };
+        if deferred.in_flight.is_some() {
+            return Ok(None);
+        }
+        let Some((_, newest)) = deferred.wanted.take() else {
+            return Ok(None);
+        };
+        deferred.in_flight = Some(newest);
+        let syncer = self.raw.store().syncer()?;
+        Ok(Some(SyncJob {
+            number: newest,
+            syncer,
+        }))
+    }
+
+    /// The sync handed out for ready `number` is done: what it covers is durable. Call
+    /// [`Replica::process_ready`] next to send what it released.
+    pub fn synced(&mut self, number: u64) {
+        let Some(deferred) = self.deferred.as_mut() else {
+            return;
+        };
+        if deferred.in_flight != Some(number) {
+            return;
+        }
+        deferred.in_flight = None;
+        self.release_durable();
+    }
+
+    /// Whether messages released by a finished sync wait to be returned.
+    pub fn has_released(&self) -> bool {
+        self.deferred
+            .as_ref()
+            .is_some_and(|deferred| !deferred.released.is_empty())
     }
 
     fn install_snapshot(

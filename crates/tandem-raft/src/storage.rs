@@ -519,6 +519,34 @@ impl<D: Disk> WalStorage<D> {
         self.set_hard_state(hard_state);
     }
 
+    /// Hands the buffered records to the disk (the page cache, for a real file) without
+    /// waiting for them to be durable: [`WalStorage::syncer`] makes them so, possibly on another
+    /// thread. Starts a new segment (synced at once) when the active one is full.
+    pub fn write_pending(&mut self) -> Result<(), StorageError> {
+        if !self.pending.is_empty() {
+            let name = &self.segments.last().expect("active segment").name;
+            self.active
+                .append(&self.pending)
+                .map_err(io_error("append to", name))?;
+            self.pending.clear();
+        }
+        if self.active_len >= self.options.segment_len_max {
+            // A closed segment is whole on disk: recovery treats a torn record in one as
+            // corruption, and entries in the next segment must not outlive its tail.
+            let name = &self.segments.last().expect("active segment").name;
+            self.active.sync().map_err(io_error("sync", name))?;
+            self.start_segment()?;
+        }
+        Ok(())
+    }
+
+    /// A handle that makes everything written to the active segment durable. Older segments
+    /// need none: a segment is synced whole before the next one starts.
+    pub fn syncer(&self) -> Result<<D::File as DiskFile>::Syncer, StorageError> {
+        let name = &self.segments.last().expect("active segment").name;
+        self.active.syncer().map_err(io_error("sync", name))
+    }
+
     /// Writes buffered records and makes them durable; starts a new segment when the active one
     /// is full.
     pub fn sync(&mut self) -> Result<(), StorageError> {

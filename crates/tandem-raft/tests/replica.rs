@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use tandem_core::Command;
-use tandem_raft::disk::{Disk, MemDisk};
+use tandem_raft::disk::{Disk, FileSyncer, MemDisk};
 use tandem_raft::logging::discard_logger;
 use tandem_raft::{Replica, ReplicaConfig, WalOptions};
 
@@ -11,6 +11,10 @@ struct Net {
     disks: Vec<MemDisk>,
     replicas: Vec<Option<Replica<MemDisk>>>,
     queue: VecDeque<raft::eraftpb::Message>,
+    /// Deferred mode: run every due log sync when settling.
+    auto_sync: bool,
+    /// Quorum confirmations seen, by replica.
+    confirmed: Vec<Vec<Vec<u8>>>,
 }
 
 fn config(id: u64) -> ReplicaConfig {
@@ -23,11 +27,23 @@ fn config(id: u64) -> ReplicaConfig {
         snapshot_interval_entries: 1000,
         election_seed: id * 7919,
         wal: WalOptions::default(),
+        deferred_sync: false,
+    }
+}
+
+fn deferred_config(id: u64) -> ReplicaConfig {
+    ReplicaConfig {
+        deferred_sync: true,
+        ..config(id)
     }
 }
 
 impl Net {
     fn new() -> Self {
+        Self::with(config)
+    }
+
+    fn with(config: fn(u64) -> ReplicaConfig) -> Self {
         let disks: Vec<MemDisk> = (0..3).map(|_| MemDisk::new()).collect();
         let replicas = (0..3)
             .map(|i| {
@@ -41,15 +57,32 @@ impl Net {
             disks,
             replicas,
             queue: VecDeque::new(),
+            auto_sync: true,
+            confirmed: vec![Vec::new(); 3],
+        }
+    }
+
+    /// Runs the due log sync of every replica (deferred mode) and reports it done.
+    fn sync_all(&mut self) {
+        for replica in self.replicas.iter_mut().flatten() {
+            if let Some(job) = replica.take_sync().unwrap() {
+                job.syncer.sync().unwrap();
+                replica.synced(job.number);
+            }
         }
     }
 
     /// Delivers messages and processes readies until quiet.
     fn settle(&mut self) {
         for _ in 0..10_000 {
-            for replica in self.replicas.iter_mut().flatten() {
+            if self.auto_sync {
+                self.sync_all();
+            }
+            for (index, replica) in self.replicas.iter_mut().enumerate() {
+                let Some(replica) = replica else { continue };
                 let output = replica.process_ready().unwrap();
                 self.queue.extend(output.messages);
+                self.confirmed[index].extend(output.quorum_confirmed);
             }
             let Some(message) = self.queue.pop_front() else {
                 return;
@@ -127,4 +160,76 @@ fn follower_that_lost_an_acknowledged_tail_is_resent_what_it_lost() {
     assert_eq!(victim_replica.last_index(), committed);
     assert_eq!(victim_replica.applied_index(), committed);
     assert_eq!(net.leader(), leader, "no election was needed");
+}
+
+#[test]
+fn deferred_sync_holds_acknowledgements_until_the_log_is_durable_but_not_heartbeats() {
+    let mut net = Net::with(deferred_config);
+    net.tick(40);
+    net.propose(1);
+    let leader = net.leader();
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let committed = net.replicas[leader].as_ref().unwrap().commit_index();
+    for &follower in &followers {
+        assert_eq!(
+            net.replicas[follower].as_ref().unwrap().applied_index(),
+            committed,
+            "with syncs run, deferred replicas apply like synchronous ones"
+        );
+    }
+
+    // No log sync runs from here: the proposal reaches every log but nobody acknowledges it.
+    net.auto_sync = false;
+    net.propose(2);
+    let last = net.replicas[leader].as_ref().unwrap().last_index();
+    assert_eq!(last, committed + 1);
+    for &follower in &followers {
+        assert_eq!(net.replicas[follower].as_ref().unwrap().last_index(), last);
+    }
+    assert_eq!(
+        net.replicas[leader].as_ref().unwrap().commit_index(),
+        committed,
+        "nothing commits before a quorum synced it"
+    );
+
+    // Heartbeat responses still flow: the leader confirms its leadership.
+    net.replicas[leader]
+        .as_mut()
+        .unwrap()
+        .confirm_quorum(b"ctx".to_vec());
+    net.settle();
+    assert!(
+        net.confirmed[leader].contains(&b"ctx".to_vec()),
+        "a quorum confirmation completes while log syncs are pending"
+    );
+    assert_eq!(
+        net.replicas[leader].as_ref().unwrap().commit_index(),
+        committed
+    );
+
+    // A follower that crashes before its sync loses the entry; the rest commit once synced.
+    let victim = followers[0];
+    net.replicas[victim] = None;
+    net.disks[victim].crash(|_, _| 0);
+    net.sync_all();
+    net.settle();
+    let commit = net.replicas[leader].as_ref().unwrap().commit_index();
+    assert_eq!(commit, last, "the leader and one follower form a quorum");
+    let restarted = Replica::open(
+        &deferred_config(victim as u64 + 1),
+        net.disks[victim].clone(),
+        &discard_logger(),
+    )
+    .unwrap();
+    assert_eq!(
+        restarted.last_index(),
+        committed,
+        "the unsynced entry was lost"
+    );
+    net.replicas[victim] = Some(restarted);
+    net.auto_sync = true;
+    net.tick(10);
+    for replica in net.replicas.iter().flatten() {
+        assert_eq!(replica.applied_index(), last);
+    }
 }

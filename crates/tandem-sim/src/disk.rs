@@ -1,8 +1,9 @@
 //! Each simulated node's disk: a [`MemDisk`] behind a thin wrapper that can make the node crash
 //! in the middle of a write, and (for the checker's own sanity test) can lie about fsync.
 //!
-//! The storage writes and syncs in one call, so a crash *between* simulation events never finds
-//! unsynced bytes on the disk. To model a crash during a write, the simulation *arms* the disk:
+//! A node in synchronous mode writes and syncs in one call, so a crash *between* simulation
+//! events finds unsynced bytes only on a node that defers its log syncs (as tandemd does; the
+//! simulation completes each deferred sync with a later event), and loses, keeps or tears them. To model a crash during a write, the simulation *arms* the disk:
 //! the next mutating operation fails as if the process died there. An append still reaches the
 //! disk (the page cache, in real life) but the following fsync fails, so the crash that follows
 //! sees an unsynced tail it may keep, lose or tear. The error travels up through
@@ -12,7 +13,7 @@ use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
 
-use tandem_raft::disk::{Disk, DiskFile, MemDisk, MemFile};
+use tandem_raft::disk::{Disk, DiskFile, FileSyncer, MemDisk, MemFile};
 
 /// Switches shared by a disk and its open files.
 #[derive(Debug, Default)]
@@ -112,8 +113,8 @@ impl SimDisk {
     }
 }
 
-/// An open file of a [`SimDisk`].
-#[derive(Debug)]
+/// An open file of a [`SimDisk`] (a clone is its syncer).
+#[derive(Debug, Clone)]
 pub struct SimFile {
     /// The underlying in-memory file.
     inner: MemFile,
@@ -121,7 +122,25 @@ pub struct SimFile {
     disk: SimDisk,
 }
 
+impl FileSyncer for SimFile {
+    fn sync(&self) -> io::Result<()> {
+        if self.disk.fire_if_armed() {
+            return Err(simulated_crash());
+        }
+        if self.disk.control.borrow().lying {
+            return Ok(());
+        }
+        FileSyncer::sync(&self.inner)
+    }
+}
+
 impl DiskFile for SimFile {
+    type Syncer = SimFile;
+
+    fn syncer(&self) -> io::Result<SimFile> {
+        Ok(self.clone())
+    }
+
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
         // Even an armed disk takes the bytes: they reach the page cache, and the fsync after
         // them is what fails. The crash then decides how much of them survives.
@@ -129,13 +148,7 @@ impl DiskFile for SimFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        if self.disk.fire_if_armed() {
-            return Err(simulated_crash());
-        }
-        if self.disk.control.borrow().lying {
-            return Ok(());
-        }
-        self.inner.sync()
+        FileSyncer::sync(self)
     }
 }
 

@@ -76,6 +76,11 @@ pub struct SimNode {
     pub data: Option<DataPlane>,
     /// Its replica files; survive crashes.
     pub store: ReplicaStore,
+    /// Whether its Raft log fsyncs run apart from its drives, as in tandemd (completed by a
+    /// later event), rather than inside them.
+    pub deferred_sync: bool,
+    /// The Raft log fsync under way, when deferred; dropped by a crash.
+    pub raft_sync: Option<tandem_raft::SyncJob<crate::disk::SimFile>>,
 }
 
 impl SimNode {

@@ -63,6 +63,7 @@ const STREAM_FAULTS: u64 = 3;
 const STREAM_DISK: u64 = 4;
 const STREAM_WORKLOAD: u64 = 5;
 const STREAM_UNITS: u64 = 6;
+const STREAM_SYNC: u64 = 7;
 
 /// Something that happens at a point of simulated time.
 #[derive(Debug)]
@@ -77,6 +78,12 @@ enum Event {
     Client,
     /// The fault generator acts.
     Fault,
+    /// A node's deferred Raft log fsync completes.
+    RaftSynced {
+        node: usize,
+        epoch: u64,
+        number: u64,
+    },
     /// A crashed node restarts.
     Restart { node: usize, epoch: u64 },
     /// A paused node resumes.
@@ -278,6 +285,8 @@ pub(crate) struct Sim {
     net: Network,
     faults: Rng,
     disk_rng: Rng,
+    /// How long deferred Raft log fsyncs take.
+    sync_rng: Rng,
     workload: Rng,
     unit_rng: Rng,
     checker: Checker,
@@ -348,6 +357,9 @@ impl Sim {
                 snapshot_index: 0,
                 data: None,
                 store: ReplicaStore::default(),
+                // Half the nodes (by seed) sync their log as tandemd does, off the drive.
+                deferred_sync: mix(seed ^ 0x5eed_defe ^ mix(*id)) & 1 == 0,
+                raft_sync: None,
             })
             .collect();
         Self {
@@ -364,6 +376,7 @@ impl Sim {
             net: Network::new(Rng::new(seed, STREAM_NET), delay_max_us),
             faults: Rng::new(seed, STREAM_FAULTS),
             disk_rng: Rng::new(seed, STREAM_DISK),
+            sync_rng: Rng::new(seed, STREAM_SYNC),
             workload: Rng::new(seed, STREAM_WORKLOAD),
             unit_rng: Rng::new(seed, STREAM_UNITS),
             report: SimReport {
@@ -492,6 +505,11 @@ impl Sim {
             Event::Deliver { from, to, wire } => self.on_deliver(from, to, wire),
             Event::Client => self.on_client(),
             Event::Fault => self.on_fault(),
+            Event::RaftSynced {
+                node,
+                epoch,
+                number,
+            } => self.on_raft_synced(node, epoch, number),
             Event::Restart { node, epoch } => {
                 if self.nodes[node].status == Status::Crashed && self.nodes[node].epoch == epoch {
                     self.restart(node)?;
@@ -938,6 +956,7 @@ impl Sim {
                 detail: format!("node {id}: a write failed but drive reported success"),
             });
         }
+        self.start_raft_sync(node)?;
         // raft-rs builds some message batches by iterating its progress map; a stable sort by
         // destination makes the order (hence the random draws per message) independent of
         // that map, while keeping each peer's messages in order.
@@ -952,6 +971,64 @@ impl Sim {
             self.carry_out(node, action);
         }
         self.follow_leadership(node)
+    }
+
+    /// Hands out the node's next deferred log fsync, if one is due; it completes a little
+    /// later (an `RaftSynced` event), unless the node crashes first.
+    fn start_raft_sync(&mut self, node: usize) -> Result<(), Violation> {
+        let id = self.nodes[node].id;
+        let sim_node = &mut self.nodes[node];
+        let Some(n) = sim_node.node.as_mut() else {
+            return Ok(());
+        };
+        let job = n.take_sync().map_err(|error| Violation {
+            kind: FailureKind::NodeError,
+            detail: format!("node {id}: taking a log sync failed: {error}"),
+        })?;
+        if let Some(job) = job {
+            let number = job.number;
+            sim_node.raft_sync = Some(job);
+            let epoch = sim_node.epoch;
+            let delay = self.sync_rng.between(20, 3_000);
+            self.schedule(
+                delay,
+                Event::RaftSynced {
+                    node,
+                    epoch,
+                    number,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// A deferred log fsync completes: the disk makes the log durable, then the node hears.
+    fn on_raft_synced(&mut self, node: usize, epoch: u64, number: u64) -> Result<(), Violation> {
+        if !self.is_running(node, epoch) {
+            // A crash dropped the job; a pause keeps it for the resume.
+            return Ok(());
+        }
+        let id = self.nodes[node].id;
+        let Some(job) = self.nodes[node].raft_sync.take() else {
+            return Ok(());
+        };
+        if job.number != number {
+            self.nodes[node].raft_sync = Some(job);
+            return Ok(());
+        }
+        if let Err(error) = tandem_raft::disk::FileSyncer::sync(&job.syncer) {
+            if self.nodes[node].disk.fired() {
+                self.crash(node, CrashKind::MidWrite);
+                return Ok(());
+            }
+            return Err(Violation {
+                kind: FailureKind::NodeError,
+                detail: format!("node {id}: log sync failed: {error}"),
+            });
+        }
+        self.trace(|| format!("node {id} synced its log up to ready {number}"));
+        self.nodes[node].node().synced(number);
+        self.drive(node)
     }
 
     /// Feeds the checkers with what a drive produced.
@@ -1062,6 +1139,7 @@ impl Sim {
                 segment_len_max: 4096,
                 record_len_max: 1024 * 1024,
             },
+            deferred_sync: sim_node.deferred_sync,
         }
     }
 
@@ -1157,6 +1235,7 @@ impl Sim {
         // with it (the supervisor's parent-death signal).
         sim_node.node = None;
         sim_node.data = None;
+        sim_node.raft_sync = None;
         self.report.replica_tails_torn += sim_node.store.crash(&mut self.disk_rng);
         let sim_node = &mut self.nodes[node];
         sim_node.status = Status::Crashed;
@@ -1235,6 +1314,17 @@ impl Sim {
         let inbox = std::mem::take(&mut self.nodes[node].inbox);
         self.trace(|| format!("node {id} resumed with {} queued inputs", inbox.len()));
         self.start_timers(node);
+        if let Some(number) = self.nodes[node].raft_sync.as_ref().map(|job| job.number) {
+            let epoch = self.nodes[node].epoch;
+            self.schedule(
+                0,
+                Event::RaftSynced {
+                    node,
+                    epoch,
+                    number,
+                },
+            );
+        }
         for input in inbox {
             self.receive(node, input)?;
         }

@@ -95,6 +95,8 @@ pub enum Event {
     /// The replica sync thread made replica versions durable or wrote a compacted file (or
     /// failed).
     ReplicaDisk(Result<DiskReport, String>),
+    /// The Raft log sync thread made the log durable up to a ready number (or failed).
+    RaftSynced(Result<u64, String>),
 }
 
 impl Event {
@@ -109,7 +111,9 @@ impl Event {
             | Event::Ingress { .. }
             | Event::IngressReply { .. }
             | Event::ReplicaDisk(_) => true,
-            Event::Admin { .. } | Event::Unit(_) | Event::Register(_) => false,
+            Event::Admin { .. } | Event::Unit(_) | Event::Register(_) | Event::RaftSynced(_) => {
+                false
+            }
         }
     }
 }
@@ -228,6 +232,10 @@ struct Daemon {
     syncer: std::sync::mpsc::Sender<DiskWork>,
     /// Why a replica file sync or compaction failed, if one did: the daemon stops.
     disk_failed: Option<String>,
+    /// Why the Raft log sync failed, if it did: the daemon stops to protect the log.
+    raft_failed: Option<String>,
+    /// The Raft log sync thread.
+    raft_syncer: std::sync::mpsc::Sender<RaftSyncJob>,
     /// Outbound data connections (separate from the control connections, so that a state
     /// transfer never delays Raft or heartbeats).
     data_peers: PeerSender,
@@ -241,6 +249,8 @@ struct Daemon {
     registered: bool,
     /// The node held a lease at the last data step.
     leased: bool,
+    /// Where the current loop pass spent its time (for the slow-pass warning).
+    pass: PassTimes,
     /// Keeps the data directory's lock held while the daemon runs.
     _lock: File,
 }
@@ -295,6 +305,9 @@ pub async fn run(
             snapshot_interval_entries: cluster.snapshot_interval_entries,
             election_seed: entropy(node.id),
             wal: WalOptions::default(),
+            // The log's fsync runs on its own thread: heartbeats and lease renewals go on
+            // while the disk is slow.
+            deferred_sync: true,
         },
         heartbeat_interval: Duration::from_millis(cluster.heartbeat_interval_ms),
         node_timeout: Duration::from_millis(cluster.node_timeout_ms),
@@ -372,6 +385,13 @@ pub async fn run(
         },
     )
     .context("start the replica sync thread")?;
+    let raft_sync_events = events_tx.clone();
+    let raft_syncer = start_raft_syncer(move |outcome| {
+        raft_sync_events
+            .blocking_send(Event::RaftSynced(outcome))
+            .is_ok()
+    })
+    .context("start the raft log sync thread")?;
     let event_log = Arc::new(EventLog::new(&node.name));
     let config_dir = config
         .path
@@ -440,12 +460,15 @@ pub async fn run(
         replicas: opened_replicas.store,
         syncer,
         disk_failed: None,
+        raft_syncer,
+        raft_failed: None,
         data_peers,
         ingress: Ingress::default(),
         events_tx: events_tx.clone(),
         data_applied: None,
         registered: false,
         leased: false,
+        pass: PassTimes::default(),
         _lock: lock,
     };
     tokio::pin!(shutdown);
@@ -493,6 +516,8 @@ pub async fn run(
                 }
             }
         }
+        let handled = iteration.elapsed();
+        daemon.pass = PassTimes::default();
         let result = daemon.drive();
         let took = iteration.elapsed();
         if took > LOOP_SLOW
@@ -503,6 +528,9 @@ pub async fn run(
             last_slow_warning = Some(Instant::now());
             tracing::warn!(
                 ms = took.as_millis() as u64,
+                events_ms = handled.as_millis() as u64,
+                raft_ms = daemon.pass.node.as_millis() as u64,
+                data_ms = daemon.pass.data.as_millis() as u64,
                 "the event loop was busy this long in one pass; leases lapse if it grows"
             );
         }
@@ -537,6 +565,42 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
         );
     }
     Ok(file)
+}
+
+/// Time one loop pass spent driving the node (Raft, director, agent) and the data plane; the
+/// slow-pass warning shows them with the time spent handling the events themselves.
+#[derive(Debug, Default)]
+struct PassTimes {
+    node: Duration,
+    data: Duration,
+}
+
+/// A Raft log fsync for the sync thread.
+type RaftSyncJob = tandem_raft::SyncJob<tandem_raft::disk::FsSyncer>;
+
+/// Starts the thread that runs the Raft log's fsyncs, one at a time, and reports each with
+/// `report` (which returns false once the loop is gone).
+fn start_raft_syncer(
+    report: impl Fn(Result<u64, String>) -> bool + Send + 'static,
+) -> std::io::Result<std::sync::mpsc::Sender<RaftSyncJob>> {
+    use tandem_raft::disk::FileSyncer;
+    let (sender, jobs) = std::sync::mpsc::channel::<RaftSyncJob>();
+    std::thread::Builder::new()
+        .name("raft-sync".into())
+        .spawn(move || {
+            for job in jobs {
+                let outcome = job
+                    .syncer
+                    .sync()
+                    .map(|()| job.number)
+                    .map_err(|error| format!("fdatasync of the raft log: {error}"));
+                let failed = outcome.is_err();
+                if !report(outcome) || failed {
+                    break;
+                }
+            }
+        })?;
+    Ok(sender)
 }
 
 /// A seed for election timeouts that differs between nodes and restarts.
@@ -620,6 +684,11 @@ impl Daemon {
             Event::ReplicaDisk(Err(error)) => {
                 self.disk_failed = Some(format!("replica file sync: {error}"))
             }
+            Event::RaftSynced(Ok(number)) => {
+                self.node.synced(number);
+                self.inputs_pending = true;
+            }
+            Event::RaftSynced(Err(error)) => self.raft_failed = Some(error),
             Event::IngressReply {
                 shard,
                 peer,
@@ -854,10 +923,24 @@ impl Daemon {
     fn drive(&mut self) -> anyhow::Result<()> {
         for _ in 0..DRIVES_PER_WAKEUP_MAX {
             self.inputs_pending = false;
+            let started = Instant::now();
             let output = self
                 .node
                 .drive(self.now(), wall_ms())
                 .context("raft storage failed; stopping to protect the log")?;
+            self.pass.node += started.elapsed();
+            if let Some(error) = &self.raft_failed {
+                bail!("raft log sync failed: {error}; stopping to protect the log");
+            }
+            if let Some(job) = self
+                .node
+                .take_sync()
+                .context("raft storage failed; stopping to protect the log")?
+            {
+                if self.raft_syncer.send(job).is_err() {
+                    bail!("the raft log sync thread stopped");
+                }
+            }
             for (to, message) in &output.messages {
                 let envelope = Envelope {
                     cluster: self.config.cluster.name.clone(),
@@ -881,7 +964,9 @@ impl Daemon {
                     tracing::warn!(index = applied.index, command = ?applied.command, %reason, "command refused when applied");
                 }
             }
+            let started = Instant::now();
             self.data_step()?;
+            self.pass.data += started.elapsed();
             if !self.inputs_pending {
                 break;
             }
