@@ -12,7 +12,7 @@
 use tandem_core::data::{PersistAction, ReplicaSnapshot, ShardReplica};
 use tandem_core::{ShardName, UnitName};
 use tandem_proto::data as wire;
-use tandem_proto::frame::{encode_frame, parse_frame, SliceFrame};
+use tandem_proto::frame::{parse_frame, SliceFrame};
 
 use crate::data_wire::{
     decode_messages, decode_op, decode_sections, decode_snapshot, encode_messages, encode_op,
@@ -27,9 +27,7 @@ pub const RECORD_LEN_MAX: usize = 32 * 1024 * 1024;
 const SECTIONS_PER_RECORD: usize = 4096;
 
 fn frame(message: &impl tandem_proto::Message) -> Vec<u8> {
-    let mut out = bytes::BytesMut::new();
-    encode_frame(&message.encode_to_vec(), &mut out);
-    out.to_vec()
+    tandem_proto::frame::message_frame(message).into()
 }
 
 /// The header of the file of `shard`'s replica kept for `unit`.

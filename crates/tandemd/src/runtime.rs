@@ -100,6 +100,25 @@ pub enum Event {
 }
 
 impl Event {
+    /// About how many bytes of values and messages a data event carries (0 for the rest).
+    fn payload_len(&self) -> usize {
+        match self {
+            Event::Peer(envelope) => match &envelope.body {
+                Some(Body::Data(message)) => tandem_proto::Message::encoded_len(message),
+                _ => 0,
+            },
+            Event::UnitData {
+                request: DataRequest::Commit { writes, .. },
+                ..
+            } => writes
+                .iter()
+                .map(|write| write.key.len() + write.value.as_ref().map_or(0, Vec::len))
+                .sum(),
+            Event::Ingress { payload, .. } | Event::IngressReply { payload, .. } => payload.len(),
+            _ => 0,
+        }
+    }
+
     /// Whether the event belongs to the data plane (replication, checkpoint calls, stream
     /// messages, replica syncs). Those queue apart from the control events (Raft, heartbeats,
     /// leases, admin, unit lifecycle), which the loop always takes first: a burst of data never
@@ -171,6 +190,10 @@ const EVENT_BATCH_MAX: usize = 512;
 /// this many, or after this long.
 const DATA_BATCH_MAX: usize = 256;
 const DATA_BATCH_TIME_MAX: Duration = Duration::from_millis(5);
+/// ... or once the events taken carry this many bytes of checkpoint values and messages: the
+/// pass then copies them into replica files and onto the wire, so 256 commits of 64 KiB would
+/// make one pass of tens of milliseconds on a busy machine (heartbeats wait meanwhile).
+const DATA_BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// Drives per wake-up: carrying out an output can feed the node new inputs (a started
 /// process's pid); these are driven at once, a bounded number of times.
 const DRIVES_PER_WAKEUP_MAX: usize = 4;
@@ -504,13 +527,17 @@ pub async fn run(
             event = data_events.recv() => {
                 iteration = Instant::now();
                 let Some(event) = event else { break Ok(()) };
+                let mut bytes = event.payload_len();
                 daemon.handle(event);
                 for _ in 1..DATA_BATCH_MAX {
-                    if iteration.elapsed() > DATA_BATCH_TIME_MAX {
+                    if iteration.elapsed() > DATA_BATCH_TIME_MAX || bytes >= DATA_BATCH_BYTES_MAX {
                         break;
                     }
                     match data_events.try_recv() {
-                        Ok(event) => daemon.handle(event),
+                        Ok(event) => {
+                            bytes += event.payload_len();
+                            daemon.handle(event);
+                        }
                         Err(_) => break,
                     }
                 }

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tandem_proto::frame::{frame_bytes, FrameDecoder};
+use tandem_proto::frame::{message_frame, FrameDecoder};
 use tandem_proto::peer::Envelope;
-use tandem_proto::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -66,7 +65,7 @@ impl PeerSender {
             tracing::warn!(to = envelope.to, "message for an unknown node dropped");
             return false;
         };
-        let frame = frame_bytes(&envelope.encode_to_vec());
+        let frame = message_frame(envelope).freeze();
         if queue.try_send(frame).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
