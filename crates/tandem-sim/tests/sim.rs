@@ -206,6 +206,14 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
     (395, "data: the same as seed 1416"),
     (755, "data: the same as seed 1416"),
     (1193, "data: the same as seed 1416"),
+    (
+        102856,
+        "data: a late copy of a STANDBY's first Follow (of its empty replica) started a second \
+         full transfer after the first had verified and been claimed in sync; the STANDBY, \
+         whose view did not show the claim committed yet, emptied its replica (fixed: a Follow \
+         for a session in step gets a delta from what it acknowledged; a verified STANDBY \
+         refuses a full transfer, and one at the snapshot's position keeps its replica)",
+    ),
 ];
 
 #[test]

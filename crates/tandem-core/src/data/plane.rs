@@ -16,7 +16,12 @@
 //!   set only when the cluster committed it out of sync, so a STANDBY the director may promote
 //!   as "in sync" always holds every acknowledged sync write.
 //! - A secondary empties its replica for a full transfer only while the cluster does not count
-//!   it as in sync.
+//!   it as in sync and it is not verified in its current session (its primary may have claimed
+//!   it, and the commit of that claim may not have reached this node's view yet); a complete
+//!   replica at the transfer's starting position is kept rather than emptied.
+//! - A Follow may arrive late or twice: when the position it gives allows no delta and the
+//!   STANDBY's session here is in step, the new session is a delta from what that session
+//!   acknowledged, not a full transfer.
 //! - A secondary applies items of its current session strictly in order; a gap is answered
 //!   with a `Nack`, an unknown session or an older epoch is ignored.
 //! - A primary sends `Stale` to a STANDBY of its view that has no session with it and does not
@@ -1627,18 +1632,33 @@ impl DataPlane {
             return;
         }
         let version = slot.replica.version();
-        let delta = !full
+        let oplog = &slot.oplog;
+        let reaches = |base: u64| base == version || oplog.get(base + 1).is_some();
+        let delta = if !full
             && have_version <= version
             && slot.replica.history().epoch_at(have_version) == Some(have_epoch)
-            && (have_version == version || slot.oplog.get(have_version + 1).is_some());
+            && reaches(have_version)
+        {
+            Some(have_version)
+        } else if !full {
+            // The network delays and duplicates: a Follow for a STANDBY whose session here is
+            // in step may be a late copy of one sent before that session started, describing
+            // the replica as it was then (empty, say), not as it is. Taken at its word it
+            // would start a full transfer of a replica this primary verified and may have
+            // claimed in sync. The session knows better: the STANDBY holds what it
+            // acknowledged, so the new session is a delta from there (a STANDBY that holds
+            // something else refuses it and follows again with its replica as it is).
+            primary
+                .sessions
+                .get(&standby)
+                .filter(|session| session.node == from && session.in_step())
+                .map(|session| session.acked_version)
+                .filter(|acked| *acked <= version && reaches(*acked))
+        } else {
+            None
+        };
         self.next_session += 1;
-        let session = open_session(
-            now,
-            self.next_session,
-            from,
-            &slot.replica,
-            delta.then_some(have_version),
-        );
+        let session = open_session(now, self.next_session, from, &slot.replica, delta);
         let standby_id = ReplicaId {
             shard: id.shard.clone(),
             unit: standby.clone(),
@@ -1650,7 +1670,7 @@ impl DataPlane {
             epoch,
             &session,
             &slot.replica,
-            have_version,
+            delta.unwrap_or(have_version),
         );
         primary.sessions.insert(standby, session);
         self.dirty.insert(id);
@@ -1823,35 +1843,58 @@ impl DataPlane {
                     // Our replica changed since we asked: ask again.
                     secondary.follow_sent = None;
                     secondary.session = None;
+                    secondary.verified = false;
+                    self.dirty.insert(id);
                     return;
                 }
             }
             SessionStart::Full { snapshot, .. } => {
-                if in_sync {
-                    // The cluster counts this replica as holding every acknowledged write:
-                    // emptying it now could lose one. The primary takes us out of sync first
-                    // (this session never verifies), then we ask again.
-                    secondary.session = None;
-                    return;
-                }
-                slot.replica.reset_to(&snapshot);
-                slot.oplog.clear();
-                slot.complete = false;
-                slot.durable = 0;
-                self.out
-                    .persist
-                    .push((id.clone(), PersistAction::Reset(snapshot)));
-                if let Some(generation) = slot.subscriber {
-                    self.out.deliveries.push((
-                        id.unit.clone(),
-                        generation,
-                        Delivery::Changed {
-                            shard: id.shard.clone(),
-                            version: slot.replica.version(),
-                            writes: Vec::new(),
-                            reset: true,
-                        },
-                    ));
+                // A complete replica at the snapshot's position (the same version, created by
+                // the same epoch: the same ops, as a delta would assume) holds what the
+                // transfer copies already. It is kept: the copies only install what it has,
+                // and the digest at the end checks it.
+                let holds = slot.complete
+                    && !secondary.want_full
+                    && snapshot.version == slot.replica.version()
+                    && snapshot.consumed == slot.replica.consumed()
+                    && snapshot.history.epoch_at(snapshot.version) == Some(slot.replica.epoch());
+                if !holds {
+                    if in_sync || secondary.verified {
+                        // The cluster counts this replica as holding every acknowledged write,
+                        // or may do so soon: the primary claims it in sync once it verified,
+                        // and the commit of that claim can reach our view after the
+                        // primary's next session reached us (a late copy of an old Follow
+                        // starts one). Emptying it now could lose an acknowledged write. A
+                        // verified replica follows again at once with what it holds, for a
+                        // delta; one the cluster counts in sync waits until the primary took
+                        // it out of sync (this session never verifies, so the primary's
+                        // claim no longer has it), then asks again.
+                        secondary.session = None;
+                        if std::mem::take(&mut secondary.verified) {
+                            secondary.follow_sent = None;
+                            self.dirty.insert(id);
+                        }
+                        return;
+                    }
+                    slot.replica.reset_to(&snapshot);
+                    slot.oplog.clear();
+                    slot.complete = false;
+                    slot.durable = 0;
+                    self.out
+                        .persist
+                        .push((id.clone(), PersistAction::Reset(snapshot)));
+                    if let Some(generation) = slot.subscriber {
+                        self.out.deliveries.push((
+                            id.unit.clone(),
+                            generation,
+                            Delivery::Changed {
+                                shard: id.shard.clone(),
+                                version: slot.replica.version(),
+                                writes: Vec::new(),
+                                reset: true,
+                            },
+                        ));
+                    }
                 }
             }
         }

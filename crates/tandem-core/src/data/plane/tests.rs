@@ -35,15 +35,21 @@ struct Net {
     /// Deliveries: (node, unit, delivery).
     deliveries: Vec<(u64, UnitName, Delivery)>,
     events: Vec<DataEvent>,
+    /// Replica file writes: (node, replica, action).
+    persisted: Vec<(u64, ReplicaId, PersistAction)>,
     next_request: u64,
     view: ShardView,
 }
 
 impl Net {
     fn new(nodes: u64) -> Self {
+        Self::with_config(nodes, DataConfig::default())
+    }
+
+    fn with_config(nodes: u64, config: DataConfig) -> Self {
         let mut planes = BTreeMap::new();
         for node in 1..=nodes {
-            let mut plane = DataPlane::new(NodeId(node), DataConfig::default(), node);
+            let mut plane = DataPlane::new(NodeId(node), config.clone(), node);
             plane.set_lease(Some(Time::from_millis(1_000_000)));
             plane.unit_connected(&unit(&format!("u{node}")), 1);
             planes.insert(node, plane);
@@ -55,6 +61,7 @@ impl Net {
             replies: Vec::new(),
             deliveries: Vec::new(),
             events: Vec::new(),
+            persisted: Vec::new(),
             next_request: 1,
             view: ShardView {
                 async_lag_max: 10_000,
@@ -111,6 +118,7 @@ impl Net {
             out.replies.extend(more.replies);
             out.deliveries.extend(more.deliveries);
             out.events.extend(more.events);
+            out.persist.extend(more.persist);
             for (to, message) in out.messages {
                 self.wire.push((*node, to.0, message));
             }
@@ -121,6 +129,9 @@ impl Net {
                 self.deliveries.push((*node, unit, delivery));
             }
             self.events.extend(out.events);
+            for (id, action) in out.persist {
+                self.persisted.push((*node, id, action));
+            }
         }
     }
 
@@ -464,28 +475,55 @@ fn an_in_sync_standby_keeps_its_replica_until_taken_out_of_sync() {
     let mut net = Net::new(2);
     net.assign(1, 1, &[2], &[]);
     net.commit(1, 1, vec![put("a", b"1")], None, true);
-    net.run();
+    let (mut session, mut next) = (0, 0);
+    net.run_with(10_000, |message| {
+        if let DataMessage::Items {
+            session: id,
+            first,
+            items,
+            ..
+        } = message
+        {
+            (session, next) = (*id, first + items.len() as u64);
+        }
+        false
+    });
     net.commit_claim(1);
-    // The standby asks for a full transfer (as after a digest mismatch) while in sync.
+    // An item of its session does not apply (as if its replica broke): the standby asks for a
+    // full transfer while in sync.
     let id = ReplicaId {
         shard: shard(),
         unit: unit("u2"),
     };
     let now = net.now;
-    net.planes.get_mut(&1).unwrap().on_peer(
+    net.planes.get_mut(&2).unwrap().on_peer(
         now,
-        NodeId(2),
-        DataMessage::Follow {
+        NodeId(1),
+        DataMessage::Items {
             shard: shard(),
             epoch: 1,
-            primary: unit("u1"),
             standby: unit("u2"),
-            have_version: 1,
-            have_epoch: 1,
-            full: true,
+            session,
+            first: next,
+            items: vec![Item::Op(Op {
+                seq: 9,
+                epoch: 1,
+                kind: OpKind::Commit {
+                    writes: vec![put("z", b"9")],
+                    consumed: None,
+                },
+            })],
         },
     );
     net.run();
+    assert!(net
+        .events
+        .iter()
+        .any(|event| matches!(event, DataEvent::ItemRefused { .. })));
+    assert!(net
+        .events
+        .iter()
+        .any(|event| matches!(event, DataEvent::SessionStarted { full: true, .. })));
     assert_eq!(
         net.replica(2).get(b"a").unwrap().value,
         b"1",
@@ -497,6 +535,145 @@ fn an_in_sync_standby_keeps_its_replica_until_taken_out_of_sync() {
     net.tick(200);
     net.run();
     assert!(net.planes[&2].is_verified(&id));
+    assert_eq!(net.replica(2), net.replica(1));
+}
+
+/// Sessions the primary started, in order: (full, count).
+fn sessions_started(net: &Net) -> Vec<(bool, u64)> {
+    net.events
+        .iter()
+        .filter_map(|event| match event {
+            DataEvent::SessionStarted { full, count, .. } => Some((*full, *count)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How often node 2 emptied its replica for a full transfer since `net.persisted[first]`.
+fn resets_after(net: &Net, first: usize) -> usize {
+    net.persisted[first..]
+        .iter()
+        .filter(|(node, _, action)| *node == 2 && matches!(action, PersistAction::Reset(_)))
+        .count()
+}
+
+/// Two nodes whose op logs keep only the last op, so a STANDBY that lacks more gets a full
+/// transfer.
+fn short_memory() -> Net {
+    Net::with_config(
+        2,
+        DataConfig {
+            retain_bytes: 1,
+            ..DataConfig::default()
+        },
+    )
+}
+
+/// A STANDBY's first Follow (of its empty replica) is held back by the network; its second
+/// one starts a full transfer that verifies. Returns the late Follow.
+fn verify_with_a_follow_held_back(net: &mut Net, lose_acks: bool) -> Vec<(u64, u64, DataMessage)> {
+    net.assign(1, 1, &[], &[]);
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.commit(1, 1, vec![put("b", b"2")], None, true);
+    net.collect();
+    net.assign(1, 1, &[2], &[]);
+    net.collect();
+    let late = std::mem::take(&mut net.wire);
+    assert!(
+        matches!(
+            late.as_slice(),
+            [(
+                2,
+                1,
+                DataMessage::Follow {
+                    have_version: 0,
+                    ..
+                }
+            )]
+        ),
+        "{late:?}"
+    );
+    net.tick(100);
+    net.run_with(10_000, |message| {
+        lose_acks && matches!(message, DataMessage::Ack { .. })
+    });
+    let id = ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    };
+    assert!(net.planes[&2].is_verified(&id));
+    assert_eq!(net.replica(2), net.replica(1));
+    assert_eq!(sessions_started(net), vec![(true, 2)]);
+    late
+}
+
+#[test]
+fn a_late_copy_of_a_follow_gets_a_delta_and_never_empties_an_in_step_standby() {
+    let mut net = short_memory();
+    let late = verify_with_a_follow_held_back(&mut net, false);
+    // The primary claims the STANDBY in sync (the cluster may commit that before the
+    // STANDBY's node hears of it); then the late Follow arrives.
+    assert_eq!(
+        net.planes[&1].claims()[&shard()].units,
+        BTreeSet::from([unit("u2")])
+    );
+    let first = net.persisted.len();
+    net.wire.extend(late);
+    net.run();
+    assert_eq!(resets_after(&net, first), 0, "the STANDBY was emptied");
+    assert_eq!(sessions_started(&net), vec![(true, 2), (false, 0)]);
+    assert!(net.planes[&2].is_verified(&ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    }));
+    assert_eq!(net.replica(2), net.replica(1));
+    assert_eq!(
+        net.planes[&1].claims()[&shard()].units,
+        BTreeSet::from([unit("u2")])
+    );
+}
+
+#[test]
+fn a_verified_standby_keeps_its_replica_when_a_late_follow_starts_a_full_transfer() {
+    // The late Follow overtakes the Ack of the verification: the primary, which does not count
+    // the STANDBY as verified yet, takes it at its word and starts a full transfer.
+    let mut net = short_memory();
+    let late = verify_with_a_follow_held_back(&mut net, true);
+    let first = net.persisted.len();
+    net.wire.extend(late);
+    net.run();
+    // The STANDBY holds the snapshot's position already: it keeps its replica.
+    assert_eq!(resets_after(&net, first), 0, "the STANDBY was emptied");
+    assert_eq!(sessions_started(&net), vec![(true, 2), (true, 2)]);
+    assert!(net.planes[&2].is_verified(&ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    }));
+    assert_eq!(net.replica(2), net.replica(1));
+}
+
+#[test]
+fn a_verified_standby_refuses_a_full_transfer_and_catches_up_with_a_delta() {
+    // As above, and the primary committed more before the late Follow arrived (the items did
+    // not reach the STANDBY yet): the transfer's snapshot is ahead of the STANDBY's replica.
+    let mut net = short_memory();
+    let late = verify_with_a_follow_held_back(&mut net, true);
+    net.commit(1, 1, vec![put("c", b"3")], None, false);
+    net.collect();
+    net.wire
+        .retain(|(_, _, message)| !matches!(message, DataMessage::Items { .. }));
+    let first = net.persisted.len();
+    net.wire.extend(late);
+    net.run();
+    assert_eq!(resets_after(&net, first), 0, "the STANDBY was emptied");
+    assert_eq!(
+        sessions_started(&net),
+        vec![(true, 2), (true, 3), (false, 1)]
+    );
+    assert!(net.planes[&2].is_verified(&ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    }));
     assert_eq!(net.replica(2), net.replica(1));
 }
 
