@@ -815,6 +815,7 @@ impl Sim {
             plane.set_view(local_now, view);
         }
         plane.set_lease(n.lease_until(local_now));
+        plane.begin_step();
         // A sync left for later happens now (by the next input or tick, like an fsync that
         // took a while).
         if sim_node.store.has_unsynced() {

@@ -542,6 +542,10 @@ pub async fn run(
                     }
                 }
             }
+            // Last: items a step's budget held back go out once nothing else is waiting.
+            () = std::future::ready(()), if daemon.data.has_pending_work() => {
+                iteration = Instant::now();
+            }
         }
         let handled = iteration.elapsed();
         daemon.pass = PassTimes::default();
@@ -1045,6 +1049,7 @@ impl Daemon {
         }
         self.leased = lease.is_some();
         self.data.set_lease(lease);
+        self.data.begin_step();
         for _ in 0..DRIVES_PER_WAKEUP_MAX {
             let output = self.data.take_output(now);
             if output.is_empty() {

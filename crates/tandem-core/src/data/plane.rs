@@ -76,6 +76,11 @@ pub struct DataConfig {
     pub delivery_window: usize,
     /// Stream messages held while a shard has no primary able to take them, per shard.
     pub held_max: usize,
+    /// Bytes of items the sessions send in one [`DataPlane::take_output`]: the owner's pass
+    /// over the plane stays short (the rest goes out after the next [`DataPlane::begin_step`],
+    /// see [`DataPlane::has_pending_work`]), so a window opening wide never holds up the
+    /// owner's heartbeats.
+    pub pump_bytes_per_step: usize,
 }
 
 impl Default for DataConfig {
@@ -90,6 +95,7 @@ impl Default for DataConfig {
             sync_timeout: Duration::from_millis(1000),
             delivery_window: 1024,
             held_max: 4096,
+            pump_bytes_per_step: 1024 * 1024,
         }
     }
 }
@@ -479,6 +485,10 @@ pub struct DataPlane {
     /// Stream messages waiting for a primary, by shard.
     held: BTreeMap<ShardName, VecDeque<(StreamMessage, u32)>>,
     next_session: u64,
+    /// Bytes the sessions may still send in this step (see [`DataConfig::pump_bytes_per_step`]).
+    pump_budget: usize,
+    /// Replicas whose sessions stopped on the budget, processed again in the next step.
+    pump_deferred: BTreeSet<ReplicaId>,
     /// Each shard's epoch in the first view after the node started (what it may have known
     /// before a restart).
     epochs_at_start: Option<BTreeMap<ShardName, u64>>,
@@ -628,6 +638,8 @@ impl DataPlane {
             units: BTreeMap::new(),
             held: BTreeMap::new(),
             next_session: incarnation << 24,
+            pump_budget: 0,
+            pump_deferred: BTreeSet::new(),
             next_forward: incarnation << 32,
             epochs_at_start: None,
             forwards_seen: BTreeMap::new(),
@@ -2073,14 +2085,30 @@ impl DataPlane {
 
     /// Time passes: resends, follows, lag checks.
     pub fn tick(&mut self, now: Time) {
+        self.pump_deferred.clear();
         let ids: Vec<ReplicaId> = self.slots.keys().cloned().collect();
         self.dirty.extend(ids);
         self.release_held(now);
     }
 
+    /// Starts a step of the owner's: the replicas whose sessions stopped on the budget of a
+    /// [`DataPlane::take_output`] (see [`DataConfig::pump_bytes_per_step`]) go on sending.
+    /// (A tick does it too.)
+    pub fn begin_step(&mut self) {
+        let deferred = std::mem::take(&mut self.pump_deferred);
+        self.dirty.extend(deferred);
+    }
+
+    /// Whether sessions have items to send that the last step's budget held back: the owner
+    /// should run another step soon, without waiting for an input.
+    pub fn has_pending_work(&self) -> bool {
+        !self.pump_deferred.is_empty()
+    }
+
     /// Processes the replicas touched since the last call (sessions pumped, waiters answered,
     /// messages delivered, follows sent) and returns everything to carry out.
     pub fn take_output(&mut self, now: Time) -> DataOutput {
+        self.pump_budget = self.config.pump_bytes_per_step;
         let dirty = std::mem::take(&mut self.dirty);
         for id in dirty {
             self.progress(now, &id);
@@ -2137,7 +2165,7 @@ impl DataPlane {
                         );
                         session.last_progress = now;
                     }
-                    Self::pump(
+                    if Self::pump(
                         &config,
                         &slot.replica,
                         &slot.oplog,
@@ -2146,7 +2174,10 @@ impl DataPlane {
                         standby,
                         session,
                         &mut self.out,
-                    );
+                        &mut self.pump_budget,
+                    ) {
+                        self.pump_deferred.insert(id.clone());
+                    }
                 }
                 // A session whose secondary is further behind than the op log reaches starts
                 // over as a full transfer.
@@ -2170,7 +2201,7 @@ impl DataPlane {
                         &slot.replica,
                         0,
                     );
-                    Self::pump(
+                    if Self::pump(
                         &config,
                         &slot.replica,
                         &slot.oplog,
@@ -2179,7 +2210,10 @@ impl DataPlane {
                         standby,
                         session,
                         &mut self.out,
-                    );
+                        &mut self.pump_budget,
+                    ) {
+                        self.pump_deferred.insert(id.clone());
+                    }
                 }
                 // A STANDBY that has no session here and does not follow may hold on to one
                 // this primary dropped (when its view saw the STANDBY leave and come back and
@@ -2344,9 +2378,11 @@ impl DataPlane {
         standby: &UnitName,
         session: &mut Session,
         out: &mut DataOutput,
-    ) {
+        budget: &mut usize,
+    ) -> bool {
         let mut batch: Vec<Item> = Vec::new();
         let mut batch_bytes = 0usize;
+        let mut held_back = false;
         let mut first = session.next_n;
         let (node, session_id) = (session.node, session.id);
         let flush = |batch: &mut Vec<Item>, first: u64, out: &mut DataOutput| {
@@ -2366,6 +2402,10 @@ impl DataPlane {
             ));
         };
         while session.inflight_bytes < config.window_bytes {
+            if *budget == 0 {
+                held_back = true;
+                break;
+            }
             let item = if session.next_op <= replica.version() {
                 match oplog.get(session.next_op) {
                     Some(op) => {
@@ -2429,6 +2469,7 @@ impl DataPlane {
             session.inflight.push_back((session.next_n, item.clone()));
             session.inflight_bytes += size;
             session.next_n += 1;
+            *budget = budget.saturating_sub(size.max(1));
             batch.push(item);
             batch_bytes += size;
             if batch_bytes >= config.batch_bytes {
@@ -2437,6 +2478,7 @@ impl DataPlane {
             }
         }
         flush(&mut batch, first, out);
+        held_back
     }
 }
 

@@ -887,3 +887,71 @@ fn a_reinitialised_secondary_follows_again_for_a_full_transfer() {
         .iter()
         .any(|event| matches!(event, DataEvent::SessionStarted { full: true, .. })));
 }
+
+#[test]
+fn a_step_sends_at_most_its_budget_and_the_rest_follows_after_begin_step() {
+    const BUDGET: usize = 4096;
+    let config = DataConfig {
+        pump_bytes_per_step: BUDGET,
+        chunk_bytes: 1024,
+        batch_bytes: 1024,
+        ..DataConfig::default()
+    };
+    let mut net = Net::with_config(2, config);
+    net.assign(1, 1, &[], &[]);
+    for batch in 0..20 {
+        let writes = (0..20)
+            .map(|i| put(&format!("k{batch:02}-{i:02}"), &[batch as u8; 300]))
+            .collect();
+        net.commit(1, 1, writes, None, false);
+    }
+    net.collect();
+    net.assign(1, 1, &[2], &[]);
+    let mut steps_held_back = 0;
+    for round in 0.. {
+        assert!(round < 10_000, "never settled");
+        for plane in net.planes.values_mut() {
+            plane.begin_step();
+        }
+        net.collect();
+        let sent: usize = net
+            .wire
+            .iter()
+            .filter(|(from, _, _)| *from == 1)
+            .map(|(_, _, message)| match message {
+                DataMessage::Items { items, .. } => items.iter().map(Item::size).sum(),
+                _ => 0,
+            })
+            .sum();
+        // `collect` takes the output twice; each may pass its budget by one item (a chunk).
+        assert!(
+            sent <= 2 * (BUDGET + 2048),
+            "one step sent {sent} bytes of items"
+        );
+        if net.planes[&1].has_pending_work() {
+            steps_held_back += 1;
+        }
+        if net.wire.is_empty() {
+            break;
+        }
+        let wire = std::mem::take(&mut net.wire);
+        for (from, to, message) in wire {
+            let now = net.now;
+            net.planes
+                .get_mut(&to)
+                .unwrap()
+                .on_peer(now, NodeId(from), message);
+        }
+    }
+    assert!(
+        steps_held_back > 10,
+        "the budget held the transfer back ({steps_held_back} steps)"
+    );
+    assert!(!net.planes[&1].has_pending_work());
+    assert_eq!(net.replica(2), net.replica(1));
+    assert_eq!(net.replica(2).digest(), net.replica(1).compute_digest());
+    assert!(net
+        .events
+        .iter()
+        .any(|event| matches!(event, DataEvent::Verified { .. })));
+}
