@@ -562,6 +562,7 @@ pub async fn run(
                 events_ms = handled.as_millis() as u64,
                 raft_ms = daemon.pass.node.as_millis() as u64,
                 data_ms = daemon.pass.data.as_millis() as u64,
+                files_ms = daemon.pass.files.as_millis() as u64,
                 "the event loop was busy this long in one pass; leases lapse if it grows"
             );
         }
@@ -598,12 +599,15 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-/// Time one loop pass spent driving the node (Raft, director, agent) and the data plane; the
-/// slow-pass warning shows them with the time spent handling the events themselves.
+/// Time one loop pass spent driving the node (Raft, director, agent) and the data plane (and,
+/// of that, writing replica files); the slow-pass warning shows them with the time spent
+/// handling the events themselves.
 #[derive(Debug, Default)]
 struct PassTimes {
     node: Duration,
     data: Duration,
+    /// Of `data`: writing replica files (copies into their maps).
+    files: Duration,
 }
 
 /// A Raft log fsync for the sync thread.
@@ -1055,11 +1059,13 @@ impl Daemon {
             if output.is_empty() {
                 break;
             }
+            let started = Instant::now();
             for (replica, action) in &output.persist {
                 self.replicas
                     .apply(replica, action)
                     .context("replica file write failed; stopping")?;
             }
+            self.pass.files += started.elapsed();
             for (to, message) in &output.messages {
                 let envelope = Envelope {
                     cluster: self.config.cluster.name.clone(),
