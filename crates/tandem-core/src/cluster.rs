@@ -129,7 +129,8 @@ pub struct UnitRecord {
     pub reinitialise: bool,
     /// Bumped by an L0 recovery: the agent calls the unit's `reset` hook once per value.
     pub reset_requests: u64,
-    /// The newest fault applied, so a repeated report is not counted twice.
+    /// The newest fault its agent reported that was applied, so a repeated report is not
+    /// counted twice (a node loss takes no number: see `set_liveness`).
     pub fault_seen: FaultId,
     /// Restart escalation counters.
     pub ladder: Ladder,
@@ -1301,17 +1302,12 @@ impl ClusterState {
         }
         self.promote(promotions, events);
         for unit in &holding {
-            let record = &self.units[unit];
-            let seq = if record.fault_seen.generation == record.generation {
-                record.fault_seen.seq + 1
-            } else {
-                1
-            };
-            let fault = FaultId {
-                generation: record.generation,
-                seq,
-            };
-            self.recover(unit, fault, &FaultKind::NodeLost, at_ms, events);
+            // The verdict takes no fault number: the agent numbers its unit's faults itself, so
+            // a number taken here could be one the agent gave a fault of its own meanwhile (a
+            // unit that reported a fault just before its node was cut off). Marking that
+            // number seen would pass the agent's fault for handled while only the node loss
+            // was, and a still faulted unit would be given roles again once its node is back.
+            self.recover(unit, None, &FaultKind::NodeLost, at_ms, events);
         }
         self.settle_shutdowns(events);
         ApplyOutcome::Changed
@@ -1338,7 +1334,7 @@ impl ClusterState {
         }
         self.strip_unit(unit_name, *kind == FaultKind::AgentRestarted, events);
         self.promote(promotions, events);
-        self.recover(unit_name, fault, kind, at_ms, events);
+        self.recover(unit_name, Some(fault), kind, at_ms, events);
         self.settle_shutdowns(events);
         ApplyOutcome::Changed
     }
@@ -1429,11 +1425,12 @@ impl ClusterState {
         }
     }
 
-    /// The ladder chooses the recovery for a fault of `unit_name` and it is recorded.
+    /// The ladder chooses the recovery for a fault of `unit_name` and it is recorded; `fault`
+    /// is the agent's number for it (`None` for a node loss, which the leader judged).
     fn recover(
         &mut self,
         unit_name: &UnitName,
-        fault: FaultId,
+        fault: Option<FaultId>,
         kind: &FaultKind,
         at_ms: u64,
         events: &mut Vec<ModelEvent>,
@@ -1447,7 +1444,9 @@ impl ClusterState {
         let relocation = self.relocation_target(unit);
         let node = unit.node;
         let unit = self.units.get_mut(unit_name).expect("checked");
-        unit.fault_seen = fault;
+        if let Some(fault) = fault {
+            unit.fault_seen = fault;
+        }
         let record = unit
             .ladder
             .escalate(&policy, kind.clone(), at_ms, relocation);

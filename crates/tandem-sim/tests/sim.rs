@@ -214,6 +214,13 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          for a session in step gets a delta from what it acknowledged; a verified STANDBY \
          refuses a full transfer, and one at the snapshot's position keeps its replica)",
     ),
+    (
+        202116,
+        "cluster: a unit reported a node fault and its node was declared down before the fault \
+         was handled; the verdict took the agent's next fault number, so the unit's own fault \
+         passed for handled (L5 wait for the node) and the still faulted unit was made ACTIVE \
+         once its node was back, and never acted (fixed: a down verdict takes no fault number)",
+    ),
 ];
 
 #[test]

@@ -334,6 +334,60 @@ fn a_reported_fault_quiesces_the_unit_until_the_fault_is_handled() {
 }
 
 #[test]
+fn a_fault_reported_before_its_node_was_declared_down_is_handled_when_the_node_returns() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    h.set_role("s0", Some(Role::Standby));
+    let sends = Harness::sends(&h.reconcile(ms(1)));
+    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    // The unit reports a node fault and its node is cut off before the leader hears of it.
+    // With nowhere to relocate to (n2 hosts b, n3 is down) the verdict waits for the node.
+    h.agent.on_unit_fault(&a(), generation, Severity::Node);
+    for (node, up) in [(3, false), (1, false), (1, true)] {
+        h.apply(Command::SetNodeLiveness {
+            node: NodeId(node),
+            up,
+            at_ms: 0,
+            promotions: vec![],
+        });
+    }
+    let ladder = &h.state.units[&a()].ladder;
+    assert_eq!(
+        ladder.last.as_ref().map(|record| record.action),
+        Some(crate::ladder::RecoveryAction::AwaitNode)
+    );
+    // The verdict took the role away.
+    let sends = Harness::sends(&h.reconcile(ms(2)));
+    assert_eq!(sends[0].1, UnitCommand::Remove { shard: "s0".into() });
+    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    // The node is back and the unit is still faulted: its own fault was not the node loss and
+    // is still reported, so the leader handles it instead of giving the unit roles it would
+    // never act on.
+    let report = h.agent.report(ms(2), &h.state, h.applied);
+    assert_eq!(
+        report.units[&a()]
+            .faults
+            .iter()
+            .map(|(_, kind)| kind.clone())
+            .collect::<Vec<_>>(),
+        vec![FaultKind::Reported(Severity::Node)]
+    );
+    let mut observations = crate::report::Observations::default();
+    observations.record(ms(2), NodeId(1), report);
+    let commands = crate::director::Director::new().plan(ms(2), &h.state, &observations, 0);
+    assert!(
+        matches!(&commands[..], [Command::UnitFault { unit, .. }] if *unit == a()),
+        "{commands:?}"
+    );
+    h.apply(commands[0].clone());
+    assert_eq!(h.state.units[&a()].generation, generation + 1, "restarted");
+    assert!(matches!(
+        &h.reconcile(ms(3))[..],
+        [AgentAction::Stop { generation: 1, .. }]
+    ));
+}
+
+#[test]
 fn a_new_generation_stops_the_old_instance_gracefully_then_starts() {
     let mut h = Harness::new();
     let generation = h.running(ms(0));
