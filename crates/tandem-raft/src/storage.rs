@@ -137,6 +137,8 @@ pub struct WalStorage<D: Disk> {
     active_len: u64,
     /// Records written since the last sync, not yet handed to the disk.
     pending: Vec<u8>,
+    /// Bytes were handed to the active segment and not synced since.
+    unsynced: bool,
     /// Set when raft asked for a snapshot newer than the one we hold.
     snapshot_wanted: Cell<bool>,
     /// What recovery found.
@@ -357,6 +359,7 @@ impl<D: Disk> WalStorage<D> {
             active,
             active_len,
             pending: Vec::new(),
+            unsynced: false,
             snapshot_wanted: Cell::new(false),
             recovery,
         };
@@ -523,18 +526,11 @@ impl<D: Disk> WalStorage<D> {
     /// waiting for them to be durable: [`WalStorage::syncer`] makes them so, possibly on another
     /// thread. Starts a new segment (synced at once) when the active one is full.
     pub fn write_pending(&mut self) -> Result<(), StorageError> {
-        if !self.pending.is_empty() {
-            let name = &self.segments.last().expect("active segment").name;
-            self.active
-                .append(&self.pending)
-                .map_err(io_error("append to", name))?;
-            self.pending.clear();
-        }
+        self.hand_over()?;
         if self.active_len >= self.options.segment_len_max {
             // A closed segment is whole on disk: recovery treats a torn record in one as
             // corruption, and entries in the next segment must not outlive its tail.
-            let name = &self.segments.last().expect("active segment").name;
-            self.active.sync().map_err(io_error("sync", name))?;
+            self.sync_active()?;
             self.start_segment()?;
         }
         Ok(())
@@ -547,19 +543,37 @@ impl<D: Disk> WalStorage<D> {
         self.active.syncer().map_err(io_error("sync", name))
     }
 
-    /// Writes buffered records and makes them durable; starts a new segment when the active one
-    /// is full.
+    /// Writes buffered records and makes them durable, with everything handed to the disk
+    /// before (by [`WalStorage::write_pending`]); starts a new segment when the active one is
+    /// full.
     pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.hand_over()?;
+        self.sync_active()?;
+        if self.active_len >= self.options.segment_len_max {
+            self.start_segment()?;
+        }
+        Ok(())
+    }
+
+    /// Appends the buffered records to the active segment.
+    fn hand_over(&mut self) -> Result<(), StorageError> {
         if !self.pending.is_empty() {
             let name = &self.segments.last().expect("active segment").name;
             self.active
                 .append(&self.pending)
                 .map_err(io_error("append to", name))?;
-            self.active.sync().map_err(io_error("sync", name))?;
             self.pending.clear();
+            self.unsynced = true;
         }
-        if self.active_len >= self.options.segment_len_max {
-            self.start_segment()?;
+        Ok(())
+    }
+
+    /// Syncs the active segment if anything was appended to it since its last sync.
+    fn sync_active(&mut self) -> Result<(), StorageError> {
+        if self.unsynced {
+            let name = &self.segments.last().expect("active segment").name;
+            self.active.sync().map_err(io_error("sync", name))?;
+            self.unsynced = false;
         }
         Ok(())
     }

@@ -274,6 +274,22 @@ fn unsynced_writes_are_lost_in_a_crash_and_synced_ones_are_not() {
 }
 
 #[test]
+fn a_sync_makes_durable_what_was_written_out_before_it() {
+    let disk = MemDisk::new();
+    {
+        let mut storage = WalStorage::open(disk.clone(), WalOptions::default(), conf()).unwrap();
+        storage.append(&entries(1..=4, 1));
+        // Handed to the disk but not synced (the deferred mode's write)...
+        storage.write_pending().unwrap();
+        // ...then a sync with nothing buffered must still sync it.
+        storage.sync().unwrap();
+    }
+    disk.crash(|_, _| 0);
+    let storage = WalStorage::open(disk, WalOptions::default(), conf()).unwrap();
+    assert_eq!(all_entries(&storage), entries(1..=4, 1));
+}
+
+#[test]
 fn compaction_drops_covered_segments_and_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let segments_before;
