@@ -12,7 +12,7 @@
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use std::collections::BTreeMap;
 
-use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
+use raft::{ProgressState, RawNode, Ready, SnapshotStatus, StateRole};
 use tandem_core::{ApplyOutcome, ClusterState, Command, ModelEvent, NodeId};
 
 use crate::codec::{decode_command, decode_state, encode_command, encode_state};
@@ -373,26 +373,8 @@ impl<D: Disk> Replica<D> {
             return Ok(output);
         }
         let mut ready = self.raw.ready();
-        // A leader may send its appends before its own write is durable (raft thesis 10.2.1).
-        output.messages.extend(ready.take_messages());
-        output.quorum_confirmed.extend(
-            ready
-                .take_read_states()
-                .into_iter()
-                .map(|state| state.request_ctx),
-        );
-        if !ready.snapshot().is_empty() {
-            let snapshot = ready.snapshot().clone();
-            self.install_snapshot(snapshot, &mut output)?;
-        }
-        let committed = ready.take_committed_entries();
-        self.apply_entries(committed, &mut output);
-        let store = self.raw.mut_store();
-        store.append(ready.entries());
-        if let Some(hard_state) = ready.hs() {
-            store.set_hard_state(hard_state.clone());
-        }
-        store.sync()?;
+        self.take_ready(&mut ready, &mut output)?;
+        self.raw.mut_store().sync()?;
         // Votes and append acknowledgements: only now that the writes are durable.
         output.messages.extend(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
@@ -403,13 +385,51 @@ impl<D: Disk> Replica<D> {
         output.messages.extend(light.take_messages());
         self.apply_entries(light.take_committed_entries(), &mut output);
         self.raw.advance_apply();
+        self.finish_ready(&output)?;
+        Ok(output)
+    }
+
+    /// What both modes do alike with a ready, in order: the messages a leader may send before
+    /// its own write is durable (raft thesis 10.2.1), completed quorum confirmations, a
+    /// leader's snapshot installed (synced at once), committed entries applied (raft-rs hands
+    /// out only entries this node persisted), and the new entries and hard state buffered in
+    /// the storage. Returns whether the ready held a snapshot.
+    fn take_ready(
+        &mut self,
+        ready: &mut Ready,
+        output: &mut ReadyOutput,
+    ) -> Result<bool, ReplicaError> {
+        output.messages.extend(ready.take_messages());
+        output.quorum_confirmed.extend(
+            ready
+                .take_read_states()
+                .into_iter()
+                .map(|state| state.request_ctx),
+        );
+        let has_snapshot = !ready.snapshot().is_empty();
+        if has_snapshot {
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(snapshot, output)?;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed, output);
+        let store = self.raw.mut_store();
+        store.append(ready.entries());
+        if let Some(hard_state) = ready.hs() {
+            store.set_hard_state(hard_state.clone());
+        }
+        Ok(has_snapshot)
+    }
+
+    /// The end of a round in both modes: snapshots sent are tracked until acknowledged, and
+    /// the log is compacted when due.
+    fn finish_ready(&mut self, output: &ReadyOutput) -> Result<(), ReplicaError> {
         for message in &output.messages {
             if message.get_msg_type() == MessageType::MsgSnapshot {
                 self.snapshots_in_flight.insert(message.to, 0);
             }
         }
-        self.maybe_snapshot()?;
-        Ok(output)
+        self.maybe_snapshot()
     }
 
     /// [`Replica::process_ready`] with the log's fsync left to the owner: records are written
@@ -424,29 +444,8 @@ impl<D: Disk> Replica<D> {
         }
         let mut ready = self.raw.ready();
         let number = ready.number();
-        // A leader may send its appends before its own write is durable (raft thesis 10.2.1).
-        output.messages.extend(ready.take_messages());
-        output.quorum_confirmed.extend(
-            ready
-                .take_read_states()
-                .into_iter()
-                .map(|state| state.request_ctx),
-        );
-        let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
-        let has_snapshot = snapshot.is_some();
-        if let Some(snapshot) = snapshot {
-            // Installed and synced at once (rare: a follower far behind).
-            self.install_snapshot(snapshot, &mut output)?;
-        }
-        // Committed entries raft-rs hands out are durable here already (it gives out only
-        // entries up to what was reported persisted).
-        let committed = ready.take_committed_entries();
-        self.apply_entries(committed, &mut output);
+        let has_snapshot = self.take_ready(&mut ready, &mut output)?;
         let store = self.raw.mut_store();
-        store.append(ready.entries());
-        if let Some(hard_state) = ready.hs() {
-            store.set_hard_state(hard_state.clone());
-        }
         store.write_pending()?;
         if has_snapshot {
             // raft-rs counts the snapshot applied only once it is persisted: sync everything
@@ -488,12 +487,7 @@ impl<D: Disk> Replica<D> {
         self.raw.advance_apply();
         let deferred = self.deferred.as_mut().expect("deferred mode");
         output.messages.append(&mut deferred.released);
-        for message in &output.messages {
-            if message.get_msg_type() == MessageType::MsgSnapshot {
-                self.snapshots_in_flight.insert(message.to, 0);
-            }
-        }
-        self.maybe_snapshot()?;
+        self.finish_ready(&output)?;
         Ok(output)
     }
 
@@ -553,13 +547,6 @@ impl<D: Disk> Replica<D> {
         }
         deferred.in_flight = None;
         self.release_durable();
-    }
-
-    /// Whether messages released by a finished sync wait to be returned.
-    pub fn has_released(&self) -> bool {
-        self.deferred
-            .as_ref()
-            .is_some_and(|deferred| !deferred.released.is_empty())
     }
 
     fn install_snapshot(

@@ -938,18 +938,7 @@ impl Sim {
         };
         let mut output = match sim_node.drive(local_now, wall_ms) {
             Ok(output) => output,
-            Err(error) => {
-                if self.nodes[node].disk.fired() {
-                    // The simulated crash struck inside this write; nothing the write would
-                    // have acknowledged was returned.
-                    self.crash(node, CrashKind::MidWrite);
-                    return Ok(());
-                }
-                return Err(Violation {
-                    kind: FailureKind::NodeError,
-                    detail: format!("node {id}: drive failed: {error}"),
-                });
-            }
+            Err(error) => return self.write_failed(node, "drive", &error),
         };
         if self.nodes[node].disk.fired() {
             return Err(Violation {
@@ -972,6 +961,25 @@ impl Sim {
             self.carry_out(node, action);
         }
         self.follow_leadership(node)
+    }
+
+    /// A node's write (a drive, or a deferred log sync) failed: the simulated crash armed on
+    /// its disk struck inside it, so the node dies with nothing the write would have
+    /// acknowledged sent; any other failure is a bug.
+    fn write_failed(
+        &mut self,
+        node: usize,
+        what: &str,
+        error: &dyn std::fmt::Display,
+    ) -> Result<(), Violation> {
+        if self.nodes[node].disk.fired() {
+            self.crash(node, CrashKind::MidWrite);
+            return Ok(());
+        }
+        Err(Violation {
+            kind: FailureKind::NodeError,
+            detail: format!("node {}: {what} failed: {error}", self.nodes[node].id),
+        })
     }
 
     /// Hands out the node's next deferred log fsync, if one is due; it completes a little
@@ -1018,14 +1026,7 @@ impl Sim {
             return Ok(());
         }
         if let Err(error) = tandem_raft::disk::FileSyncer::sync(&job.syncer) {
-            if self.nodes[node].disk.fired() {
-                self.crash(node, CrashKind::MidWrite);
-                return Ok(());
-            }
-            return Err(Violation {
-                kind: FailureKind::NodeError,
-                detail: format!("node {id}: log sync failed: {error}"),
-            });
+            return self.write_failed(node, "log sync", &error);
         }
         self.trace(|| format!("node {id} synced its log up to ready {number}"));
         self.nodes[node].node().synced(number);
