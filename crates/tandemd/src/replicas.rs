@@ -8,16 +8,34 @@
 //! on disk. A file that grew well past its replica is replaced by a compacted one (written to
 //! a temporary file, synced, renamed over, directory synced), so a crash leaves either file
 //! whole.
+//!
+//! Three parties share the work, so that the event loop never waits for the disk:
+//! - the event loop's [`ReplicaStore`] decides: it queues each write as a [`FileOp`] and keeps
+//!   a book of each file (its generation, the version written, its size when last synced);
+//! - the writer thread ([`start_writer`]) owns the files ([`FileWriter`]): it encodes the
+//!   records, copies them into the maps (page faults and ext4 journal waits happen here, and
+//!   under writeback they take tens of milliseconds), grows, creates, removes and compacts;
+//! - the sync thread ([`start_syncer`]) msyncs what the writer wrote and installs compacted
+//!   files, and reports what is durable to the event loop.
+//!
+//! A disk that cannot keep up pushes back on the data plane's intake, not on the event loop:
+//! once [`INTAKE_PAUSE_AT`] bytes wait for the writer, the loop stops reading data events
+//! (commits, replication, ingress: their senders wait, and TCP carries the wait back to the
+//! primary) until the queue is down to [`INTAKE_RESUME_AT`]; heartbeats, Raft and leases go on.
+//! What a pass already produced is still queued: only past [`WRITES_QUEUED_MAX`] does the loop
+//! itself wait for the writer.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use memmap2::MmapRaw;
-use tandem_core::data::{PersistAction, ReplicaId, ShardReplica};
+use parking_lot::{Condvar, Mutex};
+use tandem_core::data::{OpKind, PersistAction, ReplicaId, ShardReplica};
 use tandem_core::{ShardName, UnitName};
 use tandem_node::replica_file::{self, Recovered};
 
@@ -29,8 +47,14 @@ const COMPACT_RATIO: u64 = 8;
 const COMPACT_FLOOR: u64 = 16 * 1024 * 1024;
 /// File name suffix.
 const SUFFIX: &str = ".replica";
+/// Most bytes of writes queued for the writer thread before the event loop waits for it.
+pub const WRITES_QUEUED_MAX: usize = 64 * 1024 * 1024;
+/// Bytes queued for the writer at which the event loop stops taking data events...
+pub const INTAKE_PAUSE_AT: usize = 16 * 1024 * 1024;
+/// ...and at which it takes them again.
+pub const INTAKE_RESUME_AT: usize = 8 * 1024 * 1024;
 
-/// One replica's file.
+/// One replica's file, held by the writer thread.
 struct ReplicaFile {
     path: PathBuf,
     file: File,
@@ -44,16 +68,15 @@ struct ReplicaFile {
     /// Version of the last op or reset written.
     written: u64,
     /// Changes when the file's content starts over (created, reset, compacted): a sync of an
-    /// older generation says nothing about what the file holds now.
+    /// older generation says nothing about what the file holds now. The event loop hands
+    /// generations out (see [`ReplicaStore`]).
     generation: u64,
-    /// This is a compacted file the sync thread has not put in place yet.
-    compacting: bool,
 }
 
 fn map_file(file: &File, path: &Path) -> anyhow::Result<Arc<MmapRaw>> {
     // SAFETY (of the later raw writes): the file is ours (the data directory is locked by this
     // daemon), opened read-write and sized; nothing else maps or truncates it while the map
-    // lives, and only the event loop writes through it.
+    // lives, and only the writer thread writes through it.
     MmapRaw::map_raw(file)
         .map(Arc::new)
         .with_context(|| format!("map replica file {}", path.display()))
@@ -80,7 +103,6 @@ impl ReplicaFile {
             dirty_from: None,
             written: 0,
             generation,
-            compacting: false,
         };
         replica.write_at(0, initial);
         replica.len = initial.len();
@@ -123,7 +145,6 @@ impl ReplicaFile {
             dirty_from: None,
             written,
             generation,
-            compacting: false,
         })
     }
 
@@ -194,13 +215,25 @@ impl SyncJob {
 
 /// Nice value of the sync thread (the event loop runs at 0).
 const SYNC_THREAD_NICE: libc::c_int = 10;
+/// Nice value of the writer thread: below the event loop, above the sync thread (the loop
+/// waits for it when its queue is full).
+const WRITER_THREAD_NICE: libc::c_int = 5;
 
-/// What the sync thread made durable: replica, file generation, version.
+fn set_thread_nice(nice: libc::c_int) {
+    // SAFETY: setpriority on this thread's own id has no memory-safety conditions.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    }
+}
+
+/// What the sync thread made durable: replica, file generation, version, bytes of records in
+/// the file.
 #[derive(Debug)]
-pub struct Synced(ReplicaId, u64, u64);
+pub struct Synced(ReplicaId, u64, u64, usize);
 
-/// A compacted replica file for the sync thread to install: the event loop wrote it (to the
-/// page cache) as `tmp` and appends to it from then on; the sync thread makes it durable and
+/// A compacted replica file for the sync thread to install: the writer wrote it (to the page
+/// cache) as `tmp` and appends to it from then on; the sync thread makes it durable and
 /// renames it over `path`. Until then the old file, whole and synced, is what a restart reads.
 pub struct CompactJob {
     id: ReplicaId,
@@ -258,7 +291,7 @@ pub enum DiskWork {
     Compact(CompactJob),
 }
 
-/// What the sync thread did.
+/// What the writer and sync threads did.
 #[derive(Debug)]
 pub enum DiskReport {
     /// Versions now durable.
@@ -272,7 +305,7 @@ pub enum DiskReport {
 /// `report`. Two msync rounds are at least `interval` apart: what comes meanwhile is gathered
 /// into the next round. It stops when the sender is dropped or `report` returns false.
 pub fn start_syncer(
-    interval: std::time::Duration,
+    interval: Duration,
     report: impl Fn(Result<DiskReport, String>) -> bool + Send + 'static,
 ) -> std::io::Result<std::sync::mpsc::Sender<DiskWork>> {
     let (sender, receiver) = std::sync::mpsc::channel::<DiskWork>();
@@ -281,11 +314,7 @@ pub fn start_syncer(
         .spawn(move || {
             // Below the event loop: an msync is the slow part of no commit's answer (STANDBYs
             // acknowledge what they applied), so it takes the CPU only after the loop.
-            // SAFETY: setpriority on this thread's own id has no memory-safety conditions.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, SYNC_THREAD_NICE);
-            }
+            set_thread_nice(SYNC_THREAD_NICE);
             let mut last: Option<std::time::Instant> = None;
             let mut compactions = Vec::new();
             while let Ok(work) = receiver.recv() {
@@ -357,7 +386,7 @@ fn sync_merged(jobs: Vec<SyncJob>) -> Result<Vec<Synced>, String> {
         job.run().map_err(|error| {
             format!("msync of replica {}@{}: {error}", job.id.shard, job.id.unit)
         })?;
-        done.push(Synced(job.id, job.generation, job.version));
+        done.push(Synced(job.id, job.generation, job.version, job.end));
     }
     Ok(done)
 }
@@ -369,22 +398,6 @@ fn page_size() -> usize {
         .ok()
         .filter(|s| *s > 0)
         .unwrap_or(4096)
-}
-
-/// The node's replica files.
-pub struct ReplicaStore {
-    dir: PathBuf,
-    files: BTreeMap<ReplicaId, ReplicaFile>,
-    /// The next file generation handed out.
-    next_generation: u64,
-}
-
-/// What opening the store found.
-pub struct Opened {
-    /// The store.
-    pub store: ReplicaStore,
-    /// Each replica read back.
-    pub replicas: Vec<(ReplicaId, Recovered)>,
 }
 
 fn file_name(id: &ReplicaId) -> String {
@@ -406,6 +419,372 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("sync directory {}", dir.display()))
 }
 
+/// One thing the event loop decided to do to the files, for the writer thread, which carries
+/// the operations out in the order they were queued.
+pub enum FileOp {
+    /// Write `action` to the file of `id` (created when there is none; `Remove` deletes it);
+    /// the file's content is of `generation` from then on.
+    Persist {
+        id: ReplicaId,
+        generation: u64,
+        action: PersistAction,
+    },
+    /// Replace the file of `id` by one holding `bytes`, the replica compacted at `version`.
+    Compact {
+        id: ReplicaId,
+        generation: u64,
+        bytes: Vec<u8>,
+        version: u64,
+    },
+}
+
+impl FileOp {
+    /// Roughly the bytes it writes: what it counts against [`WRITES_QUEUED_MAX`].
+    fn weight(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        OVERHEAD
+            + match self {
+                FileOp::Compact { bytes, .. } => bytes.len(),
+                FileOp::Persist { action, .. } => match action {
+                    PersistAction::Op(op) => match &op.kind {
+                        OpKind::Commit { writes, .. } => writes
+                            .iter()
+                            .map(|write| write.key.len() + write.value.as_ref().map_or(0, Vec::len))
+                            .sum(),
+                        OpKind::Message(message) => message.size(),
+                    },
+                    PersistAction::Sections(sections) => sections
+                        .iter()
+                        .map(|(key, section)| key.len() + section.value.len())
+                        .sum(),
+                    PersistAction::Messages(messages) => {
+                        messages.iter().map(|(_, message)| message.size()).sum()
+                    }
+                    PersistAction::Reset(_) | PersistAction::Complete | PersistAction::Remove => 0,
+                },
+            }
+    }
+}
+
+/// The replica files themselves, owned by the writer thread.
+pub struct FileWriter {
+    dir: PathBuf,
+    files: BTreeMap<ReplicaId, ReplicaFile>,
+}
+
+impl FileWriter {
+    /// Carries out one operation. A compaction returns the job that puts the new file in
+    /// place (for the sync thread).
+    pub fn run(&mut self, op: FileOp) -> anyhow::Result<Option<CompactJob>> {
+        match op {
+            FileOp::Persist {
+                id,
+                generation,
+                action,
+            } => {
+                self.persist(&id, generation, &action)?;
+                Ok(None)
+            }
+            FileOp::Compact {
+                id,
+                generation,
+                bytes,
+                version,
+            } => self.compact(id, generation, &bytes, version).map(Some),
+        }
+    }
+
+    fn persist(
+        &mut self,
+        id: &ReplicaId,
+        generation: u64,
+        action: &PersistAction,
+    ) -> anyhow::Result<()> {
+        let Some(record) = replica_file::record(action) else {
+            if let Some(file) = self.files.remove(id) {
+                drop(file.map);
+                // A compacted file not yet in place first, so that the sync thread cannot
+                // rename it over the path after the path was removed.
+                let tmp = self.dir.join(format!("{}.tmp", file_name(id)));
+                for path in [&tmp, &file.path] {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(error) => {
+                            return Err(error).with_context(|| format!("remove {}", path.display()))
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        };
+        let file = match self.files.entry(id.clone()) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                let path = self.dir.join(file_name(id));
+                let file = ReplicaFile::create(
+                    path,
+                    &replica_file::header(&id.shard, &id.unit),
+                    generation,
+                )?;
+                sync_dir(&self.dir)?;
+                entry.insert(file)
+            }
+        };
+        // A new generation (the replica starts over): syncs of what came before no longer
+        // tell its version.
+        file.generation = generation;
+        file.append(&record)?;
+        match action {
+            PersistAction::Op(op) => file.written = op.seq,
+            PersistAction::Reset(snapshot) => file.written = snapshot.version,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the compacted content to a new file (page cache only) and appends there from
+    /// now on; returns the job that makes it durable and puts it in place.
+    fn compact(
+        &mut self,
+        id: ReplicaId,
+        generation: u64,
+        bytes: &[u8],
+        version: u64,
+    ) -> anyhow::Result<CompactJob> {
+        let path = self.dir.join(file_name(&id));
+        let tmp = self.dir.join(format!("{}.tmp", file_name(&id)));
+        {
+            let mut out =
+                File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+            out.write_all(bytes)
+                .with_context(|| format!("write {}", tmp.display()))?;
+        }
+        let mut compacted = ReplicaFile::open(tmp.clone(), bytes.len(), version, generation)?;
+        // Later operations on the file (growth, removal) name it by its final path.
+        compacted.path = path.clone();
+        let job = CompactJob {
+            id: id.clone(),
+            generation,
+            file: compacted
+                .file
+                .try_clone()
+                .with_context(|| format!("reopen {}", tmp.display()))?,
+            tmp,
+            path,
+            dir: self.dir.clone(),
+            version,
+        };
+        let old = self.files.insert(id.clone(), compacted);
+        tracing::debug!(shard = %id.shard, unit = %id.unit, from = old.map_or(0, |file| file.len), to = bytes.len(), "replica file compaction started");
+        Ok(job)
+    }
+
+    /// The msyncs of everything written since the last call, for the sync thread.
+    pub fn take_sync_jobs(&mut self) -> Vec<SyncJob> {
+        self.files
+            .iter_mut()
+            .filter_map(|(id, file)| file.take_job(id))
+            .collect()
+    }
+}
+
+/// Bytes queued for the writer thread, and whether it stopped.
+#[derive(Default)]
+struct Queue {
+    bytes: usize,
+    stopped: bool,
+}
+
+/// The event loop's handle on the writer thread.
+pub struct Writer {
+    sender: std::sync::mpsc::Sender<Vec<FileOp>>,
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    /// Woken when the queue comes down to [`INTAKE_RESUME_AT`].
+    resumed: Arc<tokio::sync::Notify>,
+    /// Data intake is paused (see the module doc).
+    paused: bool,
+}
+
+impl Writer {
+    /// Whether the event loop should leave data events waiting, because the writer is
+    /// behind: true from [`INTAKE_PAUSE_AT`] queued bytes until the queue is down to
+    /// [`INTAKE_RESUME_AT`] ([`resumed`](Self::resumed) tells when).
+    /// A stopped writer pauses nothing: the loop must go on to hear why it stopped.
+    pub fn intake_paused(&mut self) -> bool {
+        let queue = self.queue.0.lock();
+        let bytes = if queue.stopped { 0 } else { queue.bytes };
+        drop(queue);
+        self.paused = if self.paused {
+            bytes > INTAKE_RESUME_AT
+        } else {
+            bytes > INTAKE_PAUSE_AT
+        };
+        self.paused
+    }
+
+    /// Bytes queued for the writer now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.0.lock().bytes
+    }
+
+    /// Completes once the queue came down to [`INTAKE_RESUME_AT`] since the last call (or
+    /// the writer stopped).
+    pub fn resumed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.resumed.notified()
+    }
+
+    /// Queues `ops` for the writer thread. While more than [`WRITES_QUEUED_MAX`] bytes are
+    /// queued it first waits for the writer to take some; returns how long it waited. Fails
+    /// when the writer stopped (it reported why).
+    pub fn send(&self, ops: Vec<FileOp>) -> anyhow::Result<Duration> {
+        let weight: usize = ops.iter().map(FileOp::weight).sum();
+        let started = std::time::Instant::now();
+        {
+            let (queue, drained) = &*self.queue;
+            let mut queue = queue.lock();
+            while !queue.stopped && queue.bytes > 0 && queue.bytes + weight > WRITES_QUEUED_MAX {
+                drained.wait(&mut queue);
+            }
+            if queue.stopped {
+                anyhow::bail!("the replica writer thread stopped");
+            }
+            queue.bytes += weight;
+        }
+        let waited = started.elapsed();
+        self.sender
+            .send(ops)
+            .map_err(|_| anyhow::anyhow!("the replica writer thread stopped"))?;
+        Ok(waited)
+    }
+}
+
+/// The writer thread's side of the queue.
+struct Taker {
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    resumed: Arc<tokio::sync::Notify>,
+}
+
+impl Taker {
+    /// `weight` bytes were taken off the queue.
+    fn took(&self, weight: usize) {
+        let (queue, drained) = &*self.queue;
+        let mut queue = queue.lock();
+        let before = queue.bytes;
+        queue.bytes -= weight;
+        if before > INTAKE_RESUME_AT && queue.bytes <= INTAKE_RESUME_AT {
+            self.resumed.notify_one();
+        }
+        drained.notify_all();
+    }
+}
+
+/// Marks the queue stopped when the writer thread ends, however it ends (so the event loop
+/// never waits for a writer that is gone).
+impl Drop for Taker {
+    fn drop(&mut self) {
+        let (queue, drained) = &*self.queue;
+        queue.lock().stopped = true;
+        drained.notify_all();
+        self.resumed.notify_one();
+    }
+}
+
+/// The writer thread: carries out the queued [`FileOp`]s in order, then hands the msyncs of
+/// what it wrote (and any compacted file to install) to the sync thread `syncer`. A failed
+/// write is reported with `report` and stops the thread. It stops when the [`Writer`] is
+/// dropped.
+pub fn start_writer(
+    mut writer: FileWriter,
+    syncer: std::sync::mpsc::Sender<DiskWork>,
+    report: impl Fn(Result<DiskReport, String>) -> bool + Send + 'static,
+) -> std::io::Result<Writer> {
+    let (sender, receiver) = std::sync::mpsc::channel::<Vec<FileOp>>();
+    let queue: Arc<(Mutex<Queue>, Condvar)> = Arc::default();
+    let resumed = Arc::new(tokio::sync::Notify::new());
+    let taker = Taker {
+        queue: queue.clone(),
+        resumed: resumed.clone(),
+    };
+    std::thread::Builder::new()
+        .name("replica-write".into())
+        .spawn(move || {
+            let taker = taker;
+            set_thread_nice(WRITER_THREAD_NICE);
+            while let Ok(ops) = receiver.recv() {
+                let mut batches = vec![ops];
+                batches.extend(receiver.try_iter());
+                for op in batches.into_iter().flatten() {
+                    let weight = op.weight();
+                    let outcome = writer.run(op);
+                    taker.took(weight);
+                    match outcome {
+                        Ok(None) => {}
+                        Ok(Some(job)) => {
+                            // What the old file holds needs no msync: the compacted file
+                            // replaces it. What was written to other files goes first.
+                            let jobs = writer.take_sync_jobs();
+                            if (!jobs.is_empty() && syncer.send(DiskWork::Sync(jobs)).is_err())
+                                || syncer.send(DiskWork::Compact(job)).is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            // Stopped first: the report may wait for the loop's data intake.
+                            drop(taker);
+                            report(Err(format!("replica file write: {error:#}")));
+                            return;
+                        }
+                    }
+                }
+                let jobs = writer.take_sync_jobs();
+                if !jobs.is_empty() && syncer.send(DiskWork::Sync(jobs)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(Writer {
+        sender,
+        queue,
+        resumed,
+        paused: false,
+    })
+}
+
+/// The event loop's book of one replica file.
+struct Book {
+    /// The generation of its content (see [`ReplicaFile::generation`]).
+    generation: u64,
+    /// Version of the last op or reset queued.
+    written: u64,
+    /// Bytes of records in the file as of its last sync.
+    len: usize,
+    /// A compacted file is being put in place.
+    compacting: bool,
+}
+
+/// The event loop's side of the node's replica files: queues writes for the writer thread,
+/// hands out file generations, decides compactions, and turns the sync thread's reports into
+/// the versions durable.
+pub struct ReplicaStore {
+    books: BTreeMap<ReplicaId, Book>,
+    /// The last file generation handed out.
+    next_generation: u64,
+    /// Operations not yet handed to the writer.
+    queued: Vec<FileOp>,
+}
+
+/// What opening the store found.
+pub struct Opened {
+    /// The event loop's side.
+    pub store: ReplicaStore,
+    /// The files, for the writer thread.
+    pub writer: FileWriter,
+    /// Each replica read back.
+    pub replicas: Vec<(ReplicaId, Recovered)>,
+}
+
 impl ReplicaStore {
     /// Opens (creating) `dir` and reads every replica file in it back. A file that is not a
     /// replica is set aside (renamed `*.bad`); a torn tail is cut.
@@ -413,6 +792,7 @@ impl ReplicaStore {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("create replica directory {}", dir.display()))?;
         let mut files = BTreeMap::new();
+        let mut books = BTreeMap::new();
         let mut replicas = Vec::new();
         let entries = std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))?;
         for entry in entries {
@@ -435,13 +815,19 @@ impl ReplicaStore {
                             tracing::warn!(file = %path.display(), offset = recovered.valid_len, %reason, "replica file: torn tail cut");
                         }
                     }
-                    let file = ReplicaFile::open(
-                        path,
-                        recovered.valid_len,
-                        recovered.replica.version(),
-                        files.len() as u64,
-                    )?;
+                    let generation = files.len() as u64;
+                    let version = recovered.replica.version();
+                    let file = ReplicaFile::open(path, recovered.valid_len, version, generation)?;
                     files.insert(id.clone(), file);
+                    books.insert(
+                        id.clone(),
+                        Book {
+                            generation,
+                            written: version,
+                            len: recovered.valid_len,
+                            compacting: false,
+                        },
+                    );
                     replicas.push((id, recovered));
                 }
                 Err(error) => {
@@ -454,10 +840,11 @@ impl ReplicaStore {
         }
         Ok(Opened {
             store: Self {
-                dir,
                 next_generation: files.len() as u64,
-                files,
+                books,
+                queued: Vec::new(),
             },
+            writer: FileWriter { dir, files },
             replicas,
         })
     }
@@ -467,171 +854,114 @@ impl ReplicaStore {
         self.next_generation
     }
 
-    /// Writes one persist action (not yet durable: see [`take_sync_jobs`](Self::take_sync_jobs)).
-    pub fn apply(&mut self, id: &ReplicaId, action: &PersistAction) -> anyhow::Result<()> {
-        let Some(record) = replica_file::record(action) else {
-            if let Some(file) = self.files.remove(id) {
-                drop(file.map);
-                // A compacted file not yet in place first, so that the sync thread cannot
-                // rename it over the path after the path was removed.
-                let tmp = self.dir.join(format!("{}.tmp", file_name(id)));
-                for path in [&tmp, &file.path] {
-                    match std::fs::remove_file(path) {
-                        Ok(()) => {}
-                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(error) => {
-                            return Err(error).with_context(|| format!("remove {}", path.display()))
-                        }
-                    }
-                }
-            }
-            return Ok(());
-        };
-        let written = match action {
-            PersistAction::Op(op) => Some(op.seq),
-            PersistAction::Reset(snapshot) => Some(snapshot.version),
-            _ => None,
-        };
-        let fresh = matches!(action, PersistAction::Reset(_)) || !self.files.contains_key(id);
-        let generation = if fresh { self.generation() } else { 0 };
-        let file = match self.files.entry(id.clone()) {
-            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::btree_map::Entry::Vacant(entry) => {
-                let path = self.dir.join(file_name(id));
-                let file = ReplicaFile::create(
-                    path,
-                    &replica_file::header(&id.shard, &id.unit),
-                    generation,
-                )?;
-                sync_dir(&self.dir)?;
-                entry.insert(file)
-            }
-        };
-        if fresh {
-            // Created, or the replica starts over: syncs of what came before no longer tell
-            // its version.
-            file.generation = generation;
+    /// Queues one persist action for the writer (see [`take_ops`](Self::take_ops)).
+    pub fn apply(&mut self, id: &ReplicaId, action: PersistAction) {
+        if matches!(action, PersistAction::Remove) {
+            self.books.remove(id);
+            self.queued.push(FileOp::Persist {
+                id: id.clone(),
+                generation: 0,
+                action,
+            });
+            return;
         }
-        file.append(&record)?;
-        if let Some(version) = written {
-            file.written = version;
+        let fresh = matches!(action, PersistAction::Reset(_)) || !self.books.contains_key(id);
+        let generation = if fresh {
+            self.generation()
+        } else {
+            self.books[id].generation
+        };
+        let book = self.books.entry(id.clone()).or_insert(Book {
+            generation,
+            written: 0,
+            len: 0,
+            compacting: false,
+        });
+        book.generation = generation;
+        match &action {
+            PersistAction::Op(op) => book.written = op.seq,
+            PersistAction::Reset(snapshot) => book.written = snapshot.version,
+            _ => {}
         }
-        Ok(())
+        self.queued.push(FileOp::Persist {
+            id: id.clone(),
+            generation,
+            action,
+        });
     }
 
-    /// The msyncs of everything written since the last call, for the sync thread.
-    pub fn take_sync_jobs(&mut self) -> Vec<SyncJob> {
-        self.files
-            .iter_mut()
-            .filter_map(|(id, file)| file.take_job(id))
-            .collect()
+    /// The operations queued since the last call, in order, for the writer thread.
+    pub fn take_ops(&mut self) -> Vec<FileOp> {
+        std::mem::take(&mut self.queued)
     }
 
     /// What the sync thread reported, as the versions now durable per replica (reports of a
     /// file that started over since are dropped).
-    pub fn synced(&self, reports: Vec<Synced>) -> Vec<(ReplicaId, u64)> {
+    pub fn synced(&mut self, reports: Vec<Synced>) -> Vec<(ReplicaId, u64)> {
         reports
             .into_iter()
-            .filter(|Synced(id, generation, _)| {
-                self.files
-                    .get(id)
-                    .is_some_and(|file| file.generation == *generation)
+            .filter_map(|Synced(id, generation, version, len)| {
+                let book = self.books.get_mut(&id)?;
+                (book.generation == generation).then(|| {
+                    book.len = len;
+                    (id, version)
+                })
             })
-            .map(|Synced(id, _, version)| (id, version))
             .collect()
     }
 
-    /// Makes everything written durable here and now; returns the versions durable.
-    pub fn sync_now(&mut self) -> anyhow::Result<Vec<(ReplicaId, u64)>> {
-        let mut reports = Vec::new();
-        for job in self.take_sync_jobs() {
-            job.run()
-                .with_context(|| format!("sync replica file {}@{}", job.id.shard, job.id.unit))?;
-            reports.push(Synced(job.id, job.generation, job.version));
-        }
-        Ok(self.synced(reports))
-    }
-
-    /// Replaces the file of `id` by a compacted one when it grew well past its replica: writes
-    /// the compacted content to a new file (page cache only) and appends there from now on;
-    /// returns the job that makes it durable and puts it in place (the slow part, for the sync
-    /// thread). Versions written to the new file are reported durable only after that.
+    /// Queues the replacement of the file of `id` by a compacted one when it grew well past
+    /// its replica (and every version of the replica is queued for it). Returns whether it
+    /// did. Versions written to the new file are reported durable only once it is in place.
     pub fn start_compaction(
         &mut self,
         id: &ReplicaId,
         replica: &ShardReplica,
         complete: bool,
-    ) -> anyhow::Result<Option<CompactJob>> {
-        let Some(file) = self.files.get(id) else {
-            return Ok(None);
+    ) -> bool {
+        let Some(book) = self.books.get(id) else {
+            return false;
         };
-        if file.compacting || file.written != replica.version() {
-            return Ok(None);
+        if book.compacting || book.written != replica.version() {
+            return false;
         }
         let live = replica.section_bytes() + replica.pending_bytes();
-        if (file.len as u64) < (COMPACT_RATIO * live).max(COMPACT_FLOOR) {
-            return Ok(None);
+        if (book.len as u64) < (COMPACT_RATIO * live).max(COMPACT_FLOOR) {
+            return false;
         }
         let bytes = replica_file::compacted(&id.shard, &id.unit, replica, complete);
-        let path = self.dir.join(file_name(id));
-        let tmp = self.dir.join(format!("{}.tmp", file_name(id)));
-        {
-            let mut out =
-                File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-            out.write_all(&bytes)
-                .with_context(|| format!("write {}", tmp.display()))?;
-        }
         let generation = self.generation();
-        let mut compacted =
-            ReplicaFile::open(tmp.clone(), bytes.len(), replica.version(), generation)?;
-        // Later operations on the file (growth, removal) name it by its final path.
-        compacted.path = path.clone();
-        compacted.compacting = true;
-        let job = CompactJob {
+        self.books.insert(
+            id.clone(),
+            Book {
+                generation,
+                written: replica.version(),
+                len: bytes.len(),
+                compacting: true,
+            },
+        );
+        self.queued.push(FileOp::Compact {
             id: id.clone(),
             generation,
-            file: compacted
-                .file
-                .try_clone()
-                .with_context(|| format!("reopen {}", tmp.display()))?,
-            tmp,
-            path,
-            dir: self.dir.clone(),
+            bytes,
             version: replica.version(),
-        };
-        let old = self.files.insert(id.clone(), compacted);
-        tracing::debug!(shard = %id.shard, unit = %id.unit, from = old.map_or(0, |file| file.len), to = bytes.len(), "replica file compaction started");
-        Ok(Some(job))
+        });
+        true
     }
 
     /// What the sync thread reported of a compaction, as the version now durable (None when
     /// the file started over or was removed meanwhile).
     pub fn installed(&mut self, done: Installed) -> Option<(ReplicaId, u64)> {
-        let file = self.files.get_mut(&done.id)?;
-        if file.compacting && done.installed {
-            file.compacting = false;
+        let book = self.books.get_mut(&done.id)?;
+        if book.compacting && done.installed {
+            book.compacting = false;
         }
-        (done.installed && file.generation == done.generation).then_some((done.id, done.version))
+        (done.installed && book.generation == done.generation).then_some((done.id, done.version))
     }
 
-    /// Compacts the file of `id` here and now, when it grew well past its replica. Returns
-    /// whether it did.
-    pub fn maybe_compact(
-        &mut self,
-        id: &ReplicaId,
-        replica: &ShardReplica,
-        complete: bool,
-    ) -> anyhow::Result<bool> {
-        let Some(job) = self.start_compaction(id, replica, complete)? else {
-            return Ok(false);
-        };
-        let done = job.run()?;
-        Ok(self.installed(done).is_some())
-    }
-
-    /// Bytes of records in each file, for status.
+    /// Bytes of records in each file as of its last sync, for status.
     pub fn file_len(&self, id: &ReplicaId) -> Option<usize> {
-        self.files.get(id).map(|file| file.len)
+        self.books.get(id).map(|book| book.len)
     }
 }
 
@@ -662,36 +992,90 @@ mod tests {
         })
     }
 
-    /// Writes 300 ops of 64 KiB (three keys) to the store: a file big enough to compact.
-    /// Returns the replica they make.
-    fn fill(store: &mut ReplicaStore) -> ShardReplica {
+    /// The event loop's store and the writer's files, run in line: what the daemon runs on
+    /// three threads, in the same order.
+    struct Files {
+        store: ReplicaStore,
+        writer: FileWriter,
+    }
+
+    impl Files {
+        fn open(path: &Path) -> (Self, Vec<(ReplicaId, Recovered)>) {
+            let opened = ReplicaStore::open(path.to_owned()).expect("open");
+            let files = Files {
+                store: opened.store,
+                writer: opened.writer,
+            };
+            (files, opened.replicas)
+        }
+
+        fn apply(&mut self, id: &ReplicaId, action: &PersistAction) {
+            self.store.apply(id, action.clone());
+            assert!(self.write().is_empty(), "no compaction");
+        }
+
+        /// Carries out the queued operations; returns the compactions to install.
+        fn write(&mut self) -> Vec<CompactJob> {
+            self.store
+                .take_ops()
+                .into_iter()
+                .filter_map(|op| self.writer.run(op).expect("write"))
+                .collect()
+        }
+
+        /// Writes and msyncs everything queued; returns the versions durable.
+        fn sync_now(&mut self) -> Vec<(ReplicaId, u64)> {
+            assert!(self.write().is_empty(), "no compaction");
+            let mut reports = Vec::new();
+            for job in self.writer.take_sync_jobs() {
+                job.run().expect("msync");
+                reports.push(Synced(job.id, job.generation, job.version, job.end));
+            }
+            self.store.synced(reports)
+        }
+
+        /// Queues and writes a compaction of `replica` when the file is big enough.
+        fn start_compaction(&mut self, replica: &ShardReplica) -> Option<CompactJob> {
+            if !self.store.start_compaction(&id(), replica, true) {
+                return None;
+            }
+            let mut jobs = self.write();
+            assert_eq!(jobs.len(), 1);
+            jobs.pop()
+        }
+    }
+
+    /// Writes 300 ops of 64 KiB (three keys) to the store, synced: a file big enough to
+    /// compact. Returns the replica they make.
+    fn fill(store: &mut Files) -> ShardReplica {
         let mut replica = ShardReplica::new();
         for seq in 1..=300 {
             write_op(store, &mut replica, seq);
         }
+        store.sync_now();
         replica
     }
 
     /// Writes op `seq` (a 64 KiB value) to the store and applies it to `replica`.
-    fn write_op(store: &mut ReplicaStore, replica: &mut ShardReplica, seq: u64) {
+    fn write_op(store: &mut Files, replica: &mut ShardReplica, seq: u64) {
         let action = op(seq, &[b'x'; 64 * 1024]);
         if let PersistAction::Op(op) = &action {
             replica.apply(op).expect("applies");
         }
-        store.apply(&id(), &action).expect("apply");
+        store.apply(&id(), &action);
     }
 
     #[test]
     fn written_ops_come_back_after_a_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
-        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let (mut store, _) = Files::open(&path);
         for seq in 1..=10 {
-            store.apply(&id(), &op(seq, b"value")).expect("apply");
+            store.apply(&id(), &op(seq, b"value"));
         }
-        let synced = store.sync_now().expect("sync");
+        let synced = store.sync_now();
         assert_eq!(synced, vec![(id(), 10)]);
-        let len = store.file_len(&id()).expect("file");
+        let len = store.store.file_len(&id()).expect("file");
         drop(store);
         // Garbage after the records, as a torn write would leave.
         {
@@ -703,15 +1087,14 @@ mod tests {
             file.seek(SeekFrom::Start(len as u64)).expect("seek");
             file.write_all(&[7, 0, 0, 0, 1, 2, 3]).expect("write");
         }
-        let opened = ReplicaStore::open(path.clone()).expect("reopen");
-        assert_eq!(opened.replicas.len(), 1);
-        let (_, recovered) = &opened.replicas[0];
+        let (mut store, replicas) = Files::open(&path);
+        assert_eq!(replicas.len(), 1);
+        let (_, recovered) = &replicas[0];
         assert_eq!(recovered.replica.version(), 10);
         assert_eq!(recovered.valid_len, len);
         // Appending after the cut tail gives a readable file again.
-        let mut store = opened.store;
-        store.apply(&id(), &op(11, b"more")).expect("apply");
-        store.sync_now().expect("sync");
+        store.apply(&id(), &op(11, b"more"));
+        store.sync_now();
         drop(store);
         let opened = ReplicaStore::open(path).expect("reopen");
         assert_eq!(opened.replicas[0].1.replica.version(), 11);
@@ -728,7 +1111,7 @@ mod tests {
     fn the_sync_thread_merges_queued_jobs_and_a_report_of_a_file_that_started_over_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
-        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let (mut store, _) = Files::open(&path);
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let syncer = start_syncer(std::time::Duration::from_millis(50), move |outcome| {
             reports_tx.send(outcome).is_ok()
@@ -738,8 +1121,8 @@ mod tests {
         // first round syncs at once, the next two are gathered into one round 50 ms later.
         let mut sent = Vec::new();
         for seq in 1..=3 {
-            store.apply(&id(), &op(seq, b"value")).expect("apply");
-            sent.extend(store.take_sync_jobs());
+            store.apply(&id(), &op(seq, b"value"));
+            sent.extend(store.writer.take_sync_jobs());
         }
         assert_eq!(sent.len(), 3, "one job per batch of writes");
         for job in sent {
@@ -749,7 +1132,7 @@ mod tests {
         let mut durable = Vec::new();
         while durable.last().map(|(_, version)| *version) != Some(3) {
             let report = synced(reports.recv_timeout(wait).expect("a report"));
-            durable.extend(store.synced(report));
+            durable.extend(store.store.synced(report));
         }
         assert!(
             durable.len() <= 2,
@@ -757,33 +1140,34 @@ mod tests {
         );
         // A job taken before the replica started over reports a version of the old content:
         // it is dropped, and the reset's own sync is reported.
-        store.apply(&id(), &op(4, b"value")).expect("apply");
-        let old = store.take_sync_jobs();
+        store.apply(&id(), &op(4, b"value"));
+        let old = store.writer.take_sync_jobs();
         let mut snapshot = ShardReplica::new().snapshot();
         snapshot.version = 2;
-        store
-            .apply(&id(), &PersistAction::Reset(snapshot))
-            .expect("apply");
+        store.apply(&id(), &PersistAction::Reset(snapshot));
         syncer.send(DiskWork::Sync(old)).expect("queued");
         let report = synced(reports.recv_timeout(wait).expect("a report"));
-        assert_eq!(store.synced(report), Vec::new());
+        assert_eq!(store.store.synced(report), Vec::new());
         syncer
-            .send(DiskWork::Sync(store.take_sync_jobs()))
+            .send(DiskWork::Sync(store.writer.take_sync_jobs()))
             .expect("queued");
         let report = synced(reports.recv_timeout(wait).expect("a report"));
-        assert_eq!(store.synced(report), vec![(id(), 2)]);
+        assert_eq!(store.store.synced(report), vec![(id(), 2)]);
     }
 
     #[test]
     fn a_grown_file_is_compacted_and_reads_back_the_same_replica() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
-        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let (mut store, _) = Files::open(&path);
         let replica = fill(&mut store);
-        store.sync_now().expect("sync");
-        let before = store.file_len(&id()).expect("file");
-        assert!(store.maybe_compact(&id(), &replica, true).expect("compact"));
-        let after = store.file_len(&id()).expect("file");
+        let before = store.store.file_len(&id()).expect("file");
+        let job = store
+            .start_compaction(&replica)
+            .expect("the file is big enough to compact");
+        let done = job.run().expect("installed");
+        assert_eq!(store.store.installed(done), Some((id(), 300)));
+        let after = store.store.file_len(&id()).expect("file");
         assert!(after * 10 < before, "compacted {before} -> {after}");
         drop(store);
         let opened = ReplicaStore::open(path).expect("reopen");
@@ -797,30 +1181,23 @@ mod tests {
     fn writes_made_while_a_compacted_file_is_put_in_place_are_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
-        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let (mut store, _) = Files::open(&path);
         let mut replica = fill(&mut store);
         let job = store
-            .start_compaction(&id(), &replica, true)
-            .expect("compaction")
+            .start_compaction(&replica)
             .expect("the file is big enough to compact");
         // Writes go on, to the compacted file, while the sync thread puts it in place.
         for seq in 301..=305 {
             write_op(&mut store, &mut replica, seq);
         }
-        assert!(
-            store
-                .start_compaction(&id(), &replica, true)
-                .expect("compaction")
-                .is_none(),
-            "one at a time"
-        );
+        assert!(store.start_compaction(&replica).is_none(), "one at a time");
         let done = job.run().expect("installed");
         assert_eq!(
-            store.installed(done),
+            store.store.installed(done),
             Some((id(), 300)),
             "durable as compacted"
         );
-        store.sync_now().expect("sync");
+        store.sync_now();
         drop(store);
         let opened = ReplicaStore::open(path).expect("reopen");
         let (_, recovered) = &opened.replicas[0];
@@ -842,24 +1219,21 @@ mod tests {
     fn a_compaction_of_a_file_that_started_over_reports_no_version() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
-        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let (mut store, _) = Files::open(&path);
         let replica = fill(&mut store);
         let job = store
-            .start_compaction(&id(), &replica, true)
-            .expect("compaction")
+            .start_compaction(&replica)
             .expect("the file is big enough to compact");
         let mut snapshot = ShardReplica::new().snapshot();
         snapshot.version = 7;
-        store
-            .apply(&id(), &PersistAction::Reset(snapshot))
-            .expect("reset");
+        store.apply(&id(), &PersistAction::Reset(snapshot));
         let done = job.run().expect("installed");
         assert_eq!(
-            store.installed(done),
+            store.store.installed(done),
             None,
             "the compacted version is not reported"
         );
-        store.sync_now().expect("sync");
+        store.sync_now();
         drop(store);
         let opened = ReplicaStore::open(path).expect("reopen");
         assert_eq!(
@@ -873,20 +1247,92 @@ mod tests {
     fn a_replica_removed_while_its_compacted_file_is_put_in_place_stays_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
-        let mut store = ReplicaStore::open(path.clone()).expect("open").store;
+        let (mut store, _) = Files::open(&path);
         let replica = fill(&mut store);
         let job = store
-            .start_compaction(&id(), &replica, true)
-            .expect("compaction")
+            .start_compaction(&replica)
             .expect("the file is big enough to compact");
-        store.apply(&id(), &PersistAction::Remove).expect("remove");
+        store.apply(&id(), &PersistAction::Remove);
         let done = job.run().expect("nothing to install is no error");
-        assert_eq!(store.installed(done), None);
+        assert_eq!(store.store.installed(done), None);
         drop(store);
         assert!(ReplicaStore::open(path)
             .expect("reopen")
             .replicas
             .is_empty());
+    }
+
+    #[test]
+    fn the_writer_thread_writes_in_order_and_its_failure_stops_the_event_loop_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("replicas");
+        let opened = ReplicaStore::open(path.clone()).expect("open");
+        let mut store = opened.store;
+        let (reports_tx, reports) = std::sync::mpsc::channel();
+        let sync_reports = reports_tx.clone();
+        let syncer = start_syncer(Duration::ZERO, move |outcome| {
+            sync_reports.send(outcome).is_ok()
+        })
+        .expect("sync thread");
+        let writer = start_writer(opened.writer, syncer, move |outcome| {
+            reports_tx.send(outcome).is_ok()
+        })
+        .expect("writer thread");
+        // A reset in the middle (a transfer starting at version 10): what the file holds from
+        // then on is the new generation's.
+        for seq in 1..=20 {
+            store.apply(&id(), op(seq, b"value"));
+            if seq == 10 {
+                let mut snapshot = ShardReplica::new().snapshot();
+                snapshot.version = 10;
+                store.apply(&id(), PersistAction::Reset(snapshot));
+            }
+            writer.send(store.take_ops()).expect("queued");
+        }
+        let wait = Duration::from_secs(10);
+        let mut durable = Vec::new();
+        while durable.last().map(|(_, version)| *version) != Some(20) {
+            let report = synced(reports.recv_timeout(wait).expect("a report"));
+            durable.extend(store.synced(report));
+        }
+        assert!(
+            durable.windows(2).all(|pair| pair[0].1 <= pair[1].1),
+            "durable versions only grow: {durable:?}"
+        );
+        drop(writer);
+        let (_, recovered) = &ReplicaStore::open(path.clone()).expect("reopen").replicas[0];
+        assert_eq!(recovered.replica.version(), 20);
+        // A write that fails (the directory is gone, so a new file cannot be created) is
+        // reported, and the event loop's next hand-over fails instead of waiting.
+        let opened = ReplicaStore::open(path.clone()).expect("open");
+        let mut store = opened.store;
+        let (reports_tx, reports) = std::sync::mpsc::channel();
+        let syncer = start_syncer(Duration::ZERO, |_| true).expect("sync thread");
+        let writer = start_writer(opened.writer, syncer, move |outcome| {
+            reports_tx.send(outcome).is_ok()
+        })
+        .expect("writer thread");
+        std::fs::remove_dir_all(&path).expect("remove the directory");
+        let other = ReplicaId {
+            shard: ShardName("s1".into()),
+            unit: UnitName("u1".into()),
+        };
+        store.apply(&other, op(1, b"value"));
+        writer.send(store.take_ops()).expect("queued");
+        let error = reports
+            .recv_timeout(wait)
+            .expect("a report")
+            .expect_err("the write failed");
+        assert!(error.contains("create replica file"), "{error}");
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            store.apply(&other, op(2, b"value"));
+            if writer.send(store.take_ops()).is_err() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the writer stopped");
+            std::thread::yield_now();
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::admin::{error_response, serve_admin, AdminOutcome};
 use crate::config::Config;
 use crate::events::{wall_ms, EventLog};
 use crate::ingress::{Ingress, VipChange};
-use crate::replicas::{DiskReport, DiskWork, ReplicaStore};
+use crate::replicas::{DiskReport, ReplicaStore, Writer};
 use crate::sdk_server::{self, Registration};
 use crate::supervisor::{self, Supervisor};
 use crate::transport::{serve_peers, PeerSender, TransportStats};
@@ -251,9 +251,10 @@ struct Daemon {
     data: DataPlane,
     /// The replicas' files.
     replicas: ReplicaStore,
-    /// The replica sync thread (msync off the event loop, merged across commits).
-    syncer: std::sync::mpsc::Sender<DiskWork>,
-    /// Why a replica file sync or compaction failed, if one did: the daemon stops.
+    /// The replica writer thread (copies into the files, and through it the sync thread's
+    /// msyncs: the disk off the event loop).
+    writer: Writer,
+    /// Why a replica file write, sync or compaction failed, if one did: the daemon stops.
     disk_failed: Option<String>,
     /// Why the Raft log sync failed, if it did: the daemon stops to protect the log.
     raft_failed: Option<String>,
@@ -408,6 +409,13 @@ pub async fn run(
         },
     )
     .context("start the replica sync thread")?;
+    let write_events = events_tx.clone();
+    let writer = crate::replicas::start_writer(opened_replicas.writer, syncer, move |outcome| {
+        write_events
+            .blocking_send(Event::ReplicaDisk(outcome))
+            .is_ok()
+    })
+    .context("start the replica writer thread")?;
     let raft_sync_events = events_tx.clone();
     let raft_syncer = start_raft_syncer(move |outcome| {
         raft_sync_events
@@ -481,7 +489,7 @@ pub async fn run(
         inputs_pending: false,
         data,
         replicas: opened_replicas.store,
-        syncer,
+        writer,
         disk_failed: None,
         raft_syncer,
         raft_failed: None,
@@ -496,8 +504,18 @@ pub async fn run(
     };
     tokio::pin!(shutdown);
     let mut last_slow_warning: Option<Instant> = None;
+    let mut last_pause_warning: Option<Instant> = None;
     let result = loop {
         let iteration;
+        let paused = daemon.writer.intake_paused();
+        if paused && last_pause_warning.is_none_or(|at: Instant| at.elapsed() > SLOW_WARNING_EVERY)
+        {
+            last_pause_warning = Some(Instant::now());
+            tracing::warn!(
+                queued_mib = daemon.writer.queued_bytes() / (1024 * 1024),
+                "replica file writes fall behind the disk; data intake waits for them"
+            );
+        }
         tokio::select! {
             // Control first, then timers, then data (see `Event::is_data`).
             biased;
@@ -524,7 +542,7 @@ pub async fn run(
                 let now = daemon.now();
                 daemon.node.heartbeat(now);
             }
-            event = data_events.recv() => {
+            event = data_events.recv(), if !paused => {
                 iteration = Instant::now();
                 let Some(event) = event else { break Ok(()) };
                 let mut bytes = event.payload_len();
@@ -544,6 +562,9 @@ pub async fn run(
             }
             // Last: items a step's budget held back go out once nothing else is waiting.
             () = std::future::ready(()), if daemon.data.has_pending_work() => {
+                iteration = Instant::now();
+            }
+            () = daemon.writer.resumed(), if paused => {
                 iteration = Instant::now();
             }
         }
@@ -606,7 +627,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
 struct PassTimes {
     node: Duration,
     data: Duration,
-    /// Of `data`: writing replica files (copies into their maps).
+    /// Of `data`: waiting for the replica writer thread to catch up.
     files: Duration,
 }
 
@@ -717,7 +738,7 @@ impl Daemon {
                 }
             }
             Event::ReplicaDisk(Err(error)) => {
-                self.disk_failed = Some(format!("replica file sync: {error}"))
+                self.disk_failed = Some(format!("replica files: {error}"))
             }
             Event::RaftSynced(Ok(number)) => {
                 self.node.synced(number);
@@ -1059,13 +1080,9 @@ impl Daemon {
             if output.is_empty() {
                 break;
             }
-            let started = Instant::now();
-            for (replica, action) in &output.persist {
-                self.replicas
-                    .apply(replica, action)
-                    .context("replica file write failed; stopping")?;
+            for (replica, action) in output.persist {
+                self.replicas.apply(&replica, action);
             }
-            self.pass.files += started.elapsed();
             for (to, message) in &output.messages {
                 let envelope = Envelope {
                     cluster: self.config.cluster.name.clone(),
@@ -1098,11 +1115,10 @@ impl Daemon {
             // waiting for the local disk is answered after `persisted`, when the sync thread
             // reports), and the copies sent to STANDBYs are written there meanwhile (the
             // simulation runs this order, with syncs that come late).
-            let jobs = self.replicas.take_sync_jobs();
-            if !jobs.is_empty() && self.syncer.send(DiskWork::Sync(jobs)).is_err() {
-                bail!("the replica sync thread stopped");
-            }
+            self.write_files()?;
         }
+        // Compactions decided on sync reports, when no output followed them.
+        self.write_files()?;
         self.node.set_in_sync_claims(self.data.claims());
         if state_moved || std::mem::take(&mut self.registered) {
             self.send_restrictions();
@@ -1110,22 +1126,33 @@ impl Daemon {
         Ok(())
     }
 
+    /// Hands the queued replica file operations to the writer thread. It waits only when the
+    /// writer is [`WRITES_QUEUED_MAX`](crate::replicas::WRITES_QUEUED_MAX) behind: that wait
+    /// is the pass's `files` time.
+    fn write_files(&mut self) -> anyhow::Result<()> {
+        let ops = self.replicas.take_ops();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let waited = self
+            .writer
+            .send(ops)
+            .with_context(|| match &self.disk_failed {
+                Some(error) => format!("{error}; stopping"),
+                None => "replica files; stopping".to_owned(),
+            })?;
+        self.pass.files += waited;
+        Ok(())
+    }
+
     /// Starts replacing the file of `replica` by a compacted one when it grew well past the
-    /// replica; the sync thread makes it durable and puts it in place.
+    /// replica; the writer writes it and the sync thread makes it durable and puts it in place.
     fn compact(&mut self, replica: &ReplicaId) {
         let Some(held) = self.data.replica(replica) else {
             return;
         };
         let complete = self.data.is_complete(replica);
-        match self.replicas.start_compaction(replica, held, complete) {
-            Ok(Some(job)) => {
-                if self.syncer.send(DiskWork::Compact(job)).is_err() {
-                    self.disk_failed = Some("the replica sync thread stopped".into());
-                }
-            }
-            Ok(None) => {}
-            Err(error) => self.disk_failed = Some(format!("replica file compaction: {error:#}")),
-        }
+        self.replicas.start_compaction(replica, held, complete);
     }
 
     /// Tells each local unit holding a shard its committed processing restriction whenever it
