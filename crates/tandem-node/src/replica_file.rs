@@ -2,12 +2,21 @@
 //! to read a file's bytes back into a replica. The daemon keeps the bytes in a memory-mapped
 //! file; the simulation keeps them in memory and tears their unsynced tail at a crash.
 //!
-//! A file is a header frame then record frames (tandem's length + crc32 framing,
-//! `proto/data.proto`'s `ReplicaHeader` and `ReplicaRecord`). Reading stops at the first frame
-//! that is truncated, fails its crc, does not decode, is empty (a pre-allocated zero tail), or
-//! does not apply: everything before it is the replica, everything from it on is a torn or
-//! unfinished write and is cut. A compacted file starts with the whole replica (`base`, then its
-//! sections and pending messages), so reading it needs no history.
+//! A file is a header frame, a stamp frame, then record frames (tandem's length + crc32
+//! framing, `proto/data.proto`'s `ReplicaHeader`, `ReplicaStamp` and `ReplicaRecord`). Reading
+//! stops at the first record frame that is truncated, fails its crc, does not decode, is empty
+//! (a pre-allocated zero tail), or does not apply: everything before it is the replica,
+//! everything from it on is a torn or unfinished write and is cut. A compacted file starts with
+//! the whole replica (`base`, then its sections and pending messages), so reading it needs no
+//! history.
+//!
+//! The stamp has a fixed size and is overwritten in place after records are appended: the
+//! replica's epoch, version and digest after the records in the file's first `len` bytes. It
+//! is synced after those records, so it never describes records that are not durable. A file
+//! read back to exactly `len` bytes must give that version, epoch and digest, or it is refused:
+//! that catches a record stream that replays to another replica than the one written (which
+//! the per-record crc cannot see). A stamp that is torn, or stale (the crash came before it
+//! was rewritten), is only reported.
 
 use tandem_core::data::{PersistAction, ReplicaSnapshot, ShardReplica};
 use tandem_core::{ShardName, UnitName};
@@ -19,8 +28,9 @@ use crate::data_wire::{
     encode_sections, encode_snapshot,
 };
 
-/// The header's format string.
-pub const FORMAT: &str = "tandem replica 1";
+/// The header's format string. Files of format 1 (no stamp) are refused: the replica is
+/// rebuilt by a transfer.
+pub const FORMAT: &str = "tandem replica 2";
 /// Largest record (a commit is at most 8 MiB, a transfer chunk a few MiB).
 pub const RECORD_LEN_MAX: usize = 32 * 1024 * 1024;
 /// Sections per record of a compacted file.
@@ -30,13 +40,70 @@ fn frame(message: &impl tandem_proto::Message) -> Vec<u8> {
     tandem_proto::frame::message_frame(message).into()
 }
 
-/// The header of the file of `shard`'s replica kept for `unit`.
-pub fn header(shard: &ShardName, unit: &UnitName) -> Vec<u8> {
+fn header_frame(shard: &ShardName, unit: &UnitName) -> Vec<u8> {
     frame(&wire::ReplicaHeader {
         format: FORMAT.to_owned(),
         shard: shard.0.clone(),
         unit: unit.0.clone(),
     })
+}
+
+/// The start of a new file of `shard`'s replica kept for `unit`: the header and the stamp of
+/// an empty replica.
+pub fn header(shard: &ShardName, unit: &UnitName) -> Vec<u8> {
+    let mut out = header_frame(shard, unit);
+    let len = out.len() + STAMP_LEN;
+    out.extend(stamp(&ShardReplica::new(), len));
+    out
+}
+
+/// Where the stamp of a file of `shard`'s replica for `unit` starts (it is [`STAMP_LEN`]
+/// bytes long).
+pub fn stamp_at(shard: &ShardName, unit: &UnitName) -> usize {
+    header_frame(shard, unit).len()
+}
+
+/// Bytes of a stamp frame (every field is fixed-size and present).
+pub const STAMP_LEN: usize = 8 + 5 * 9;
+
+/// The stamp saying that the file's first `len` bytes hold `replica`.
+pub fn stamp(replica: &ShardReplica, len: usize) -> Vec<u8> {
+    Stamp::of(replica).encode(len)
+}
+
+/// What a stamp says of a replica (the file length aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The replica's epoch.
+    pub epoch: u64,
+    /// Its version.
+    pub version: u64,
+    /// Its digest.
+    pub digest: u128,
+}
+
+impl Stamp {
+    /// The stamp of `replica` as it is.
+    pub fn of(replica: &ShardReplica) -> Self {
+        Self {
+            epoch: replica.epoch(),
+            version: replica.version(),
+            digest: replica.digest().0,
+        }
+    }
+
+    /// The stamp frame ([`STAMP_LEN`] bytes) for a file whose first `len` bytes hold it.
+    pub fn encode(&self, len: usize) -> Vec<u8> {
+        let bytes = frame(&wire::ReplicaStamp {
+            epoch: Some(self.epoch),
+            version: Some(self.version),
+            digest_high: Some((self.digest >> 64) as u64),
+            digest_low: Some(self.digest as u64),
+            records_end: Some(len as u64),
+        });
+        debug_assert_eq!(bytes.len(), STAMP_LEN);
+        bytes
+    }
 }
 
 /// The bytes to append for `action` (`None` for `Remove`, which deletes the file).
@@ -61,7 +128,9 @@ pub fn compacted(
     complete: bool,
 ) -> Vec<u8> {
     use wire::replica_record::Kind;
-    let mut out = header(shard, unit);
+    let mut out = header_frame(shard, unit);
+    let stamp_at = out.len();
+    out.extend([0; STAMP_LEN]);
     let base = Kind::Base(encode_snapshot(&replica.snapshot()));
     out.extend(frame(&wire::ReplicaRecord { kind: Some(base) }));
     let sections: Vec<_> = replica
@@ -85,6 +154,8 @@ pub fn compacted(
             kind: Some(Kind::Complete(true)),
         }));
     }
+    let len = out.len();
+    out[stamp_at..stamp_at + STAMP_LEN].copy_from_slice(&stamp(replica, len));
     out
 }
 
@@ -101,6 +172,9 @@ pub struct Recovered {
     pub records: u64,
     /// Why reading stopped before the end of the bytes, if it did.
     pub stopped: Option<String>,
+    /// What the stamp said, when it was not checked: (its `len`, its version), or why it
+    /// could not be read.
+    pub stamp_unchecked: Option<String>,
 }
 
 /// Why a file is not a replica at all.
@@ -137,6 +211,31 @@ pub fn recover(bytes: &[u8], shard: &ShardName, unit: &UnitName) -> Result<Recov
             header.format, header.shard, header.unit
         )));
     }
+    let stamp = match bytes
+        .get(offset..offset + STAMP_LEN)
+        .map(|bytes| parse_frame(bytes, STAMP_LEN))
+    {
+        Some(SliceFrame::Frame { payload, .. }) => tandem_proto::decode_replica_stamp(payload)
+            .map_err(|error| error.to_string())
+            .and_then(|stamp| match stamp {
+                wire::ReplicaStamp {
+                    epoch: Some(epoch),
+                    version: Some(version),
+                    digest_high: Some(high),
+                    digest_low: Some(low),
+                    records_end: Some(len),
+                } => Ok((
+                    epoch,
+                    version,
+                    (u128::from(high) << 64) | u128::from(low),
+                    len,
+                )),
+                _ => Err("a stamp with a field missing".to_owned()),
+            }),
+        Some(SliceFrame::Invalid(error)) => Err(error.to_string()),
+        Some(SliceFrame::Truncated) | None => Err("the stamp is incomplete".to_owned()),
+    };
+    offset += STAMP_LEN;
     let mut replica = ShardReplica::new();
     let mut complete = true;
     let mut records = 0;
@@ -169,12 +268,30 @@ pub fn recover(bytes: &[u8], shard: &ShardName, unit: &UnitName) -> Result<Recov
         records += 1;
         offset += consumed;
     }
+    let stamp_unchecked = match stamp {
+        Ok((epoch, version, digest, len)) if len == offset as u64 => {
+            let found = (replica.epoch(), replica.version(), replica.digest().0);
+            if found != (epoch, version, digest) {
+                return Err(not(format!(
+                    "its {offset} bytes replay to epoch {}, version {}, digest {:032x}, but its \
+                     stamp says epoch {epoch}, version {version}, digest {digest:032x}",
+                    found.0, found.1, found.2
+                )));
+            }
+            None
+        }
+        Ok((_, version, _, len)) => Some(format!(
+            "the stamp is for {len} bytes (version {version}), the records end at {offset}"
+        )),
+        Err(reason) => Some(format!("the stamp is unreadable: {reason}")),
+    };
     Ok(Recovered {
         replica,
         complete,
         valid_len: offset,
         records,
         stopped,
+        stamp_unchecked,
     })
 }
 
@@ -289,6 +406,77 @@ mod tests {
         // Someone else's file is refused.
         assert!(recover(&file, &shard, &UnitName::from("b")).is_err());
         assert!(recover(b"garbage!garbage!", &shard, &unit).is_err());
+    }
+
+    #[test]
+    fn the_stamp_is_checked_when_it_covers_exactly_the_records_read() {
+        let shard = ShardName::from("s0");
+        let unit = UnitName::from("a");
+        let at = stamp_at(&shard, &unit);
+        let mut replica = ShardReplica::new();
+        let mut file = header(&shard, &unit);
+        // A fresh file's stamp covers it exactly.
+        assert!(recover(&file, &shard, &unit)
+            .unwrap()
+            .stamp_unchecked
+            .is_none());
+        for op in ops() {
+            replica.apply(&op).unwrap();
+            file.extend(record(&PersistAction::Op(op)).unwrap());
+        }
+        // Records written after the stamp: reported, not refused.
+        let stale = recover(&file, &shard, &unit).unwrap();
+        assert_eq!(stale.replica, replica);
+        assert!(stale
+            .stamp_unchecked
+            .unwrap()
+            .contains("the records end at"));
+        // Stamped after the records: checked and accepted.
+        let len = file.len();
+        file[at..at + STAMP_LEN].copy_from_slice(&stamp(&replica, len));
+        let checked = recover(&file, &shard, &unit).unwrap();
+        assert!(checked.stamp_unchecked.is_none());
+        assert_eq!(checked.replica, replica);
+        // A stamp whose digest differs from what the records give: refused.
+        let mut other = replica.clone();
+        other
+            .apply(&Op {
+                seq: replica.version() + 1,
+                epoch: replica.epoch(),
+                kind: OpKind::Commit {
+                    writes: vec![Write {
+                        key: b"extra".to_vec(),
+                        value: Some(b"x".to_vec()),
+                        priority: None,
+                    }],
+                    consumed: None,
+                },
+            })
+            .unwrap();
+        let mut wrong = file.clone();
+        wrong[at..at + STAMP_LEN].copy_from_slice(&stamp(&other, len));
+        let error = recover(&wrong, &shard, &unit).unwrap_err();
+        assert!(error.reason.contains("stamp says"), "{error}");
+        // A torn stamp: reported, the records still read.
+        let mut torn = file.clone();
+        torn[at + STAMP_LEN - 1] ^= 0xff;
+        let recovered = recover(&torn, &shard, &unit).unwrap();
+        assert_eq!(recovered.replica, replica);
+        assert!(recovered.stamp_unchecked.unwrap().contains("unreadable"));
+        // A compacted file is stamped.
+        let compact = compacted(&shard, &unit, &replica, true);
+        assert!(recover(&compact, &shard, &unit)
+            .unwrap()
+            .stamp_unchecked
+            .is_none());
+        // A file of the format before stamps is refused (its replica comes by transfer).
+        let mut old = frame(&wire::ReplicaHeader {
+            format: "tandem replica 1".to_owned(),
+            shard: shard.0.clone(),
+            unit: unit.0.clone(),
+        });
+        old.extend(record(&PersistAction::Complete).unwrap());
+        assert!(recover(&old, &shard, &unit).is_err());
     }
 
     #[test]

@@ -122,3 +122,11 @@ pub fn decode_replica_header(payload: &[u8]) -> Result<data::ReplicaHeader, Deco
         source,
     })
 }
+
+/// Decodes a replica file's stamp (see `proto/data.proto`).
+pub fn decode_replica_stamp(payload: &[u8]) -> Result<data::ReplicaStamp, DecodeError> {
+    data::ReplicaStamp::decode(payload).map_err(|source| DecodeError {
+        what: "replica stamp",
+        source,
+    })
+}

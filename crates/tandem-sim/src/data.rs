@@ -24,11 +24,30 @@ use crate::check::Violation;
 use crate::rng::Rng;
 use crate::FailureKind;
 
-/// One replica file: its bytes and how much of them is synced.
+/// One replica file: its bytes and how much of them is synced, and its stamp (rewritten in
+/// place) as of the last sync.
 #[derive(Debug, Clone, Default)]
 struct SimFile {
     bytes: Vec<u8>,
     synced: usize,
+    stamp_at: usize,
+    stamp_synced: Vec<u8>,
+}
+
+impl SimFile {
+    fn new(bytes: Vec<u8>, stamp_at: usize) -> Self {
+        let stamp_synced = bytes[stamp_at..stamp_at + replica_file::STAMP_LEN].to_vec();
+        Self {
+            synced: bytes.len(),
+            bytes,
+            stamp_at,
+            stamp_synced,
+        }
+    }
+
+    fn stamp_range(&self) -> std::ops::Range<usize> {
+        self.stamp_at..self.stamp_at + replica_file::STAMP_LEN
+    }
 }
 
 /// A node's replica files. Appends are buffered until `sync`; a crash keeps, loses or tears
@@ -57,24 +76,37 @@ impl ReplicaStore {
             }
             _ => {}
         }
-        let file = self.files.entry(id.clone()).or_insert_with(|| SimFile {
-            bytes: replica_file::header(&id.shard, &id.unit),
-            synced: 0,
+        let file = self.files.entry(id.clone()).or_insert_with(|| {
+            SimFile::new(
+                replica_file::header(&id.shard, &id.unit),
+                replica_file::stamp_at(&id.shard, &id.unit),
+            )
         });
         file.bytes.extend(record);
     }
 
+    /// Rewrites the stamp of `id`'s file, as the daemon does after a step's records: what is
+    /// written holds `replica`.
+    pub fn stamp(&mut self, id: &ReplicaId, replica: &ShardReplica) {
+        if let Some(file) = self.files.get_mut(id) {
+            let stamp = replica_file::stamp(replica, file.bytes.len());
+            let range = file.stamp_range();
+            file.bytes[range].copy_from_slice(&stamp);
+        }
+    }
+
     /// Whether some write is not synced yet.
     pub fn has_unsynced(&self) -> bool {
-        self.files
-            .values()
-            .any(|file| file.synced < file.bytes.len())
+        self.files.values().any(|file| {
+            file.synced < file.bytes.len() || file.bytes[file.stamp_range()] != file.stamp_synced
+        })
     }
 
     /// Makes everything written durable; returns each replica's version now on disk.
     pub fn sync(&mut self) -> Vec<(ReplicaId, u64)> {
         for file in self.files.values_mut() {
             file.synced = file.bytes.len();
+            file.stamp_synced = file.bytes[file.stamp_range()].to_vec();
         }
         self.written
             .iter()
@@ -97,16 +129,30 @@ impl ReplicaStore {
             return false;
         }
         let bytes = replica_file::compacted(&id.shard, &id.unit, replica, complete);
-        file.synced = bytes.len();
-        file.bytes = bytes;
+        *file = SimFile::new(bytes, replica_file::stamp_at(&id.shard, &id.unit));
         true
     }
 
-    /// A crash: each file's unsynced tail is kept, lost or torn at a random byte. Returns how
-    /// many were torn.
-    pub fn crash(&mut self, rng: &mut Rng) -> u64 {
+    /// A crash: each file's unsynced tail is kept, lost or torn at a random byte, and a stamp
+    /// rewritten since the last sync is kept, lost or torn, apart from the tail (the kernel
+    /// writes pages back in any order). Returns how many were torn.
+    pub fn crash(&mut self, rng: &mut Rng, stamp_rng: &mut Rng) -> u64 {
         let mut torn = 0;
         for file in self.files.values_mut() {
+            let range = file.stamp_range();
+            if file.bytes[range.clone()] != file.stamp_synced {
+                match stamp_rng.below(3) {
+                    0 => {}
+                    1 => file.bytes[range].copy_from_slice(&file.stamp_synced),
+                    _ => {
+                        let at =
+                            range.start + stamp_rng.below(replica_file::STAMP_LEN as u64) as usize;
+                        file.bytes[at..range.end]
+                            .copy_from_slice(&file.stamp_synced[at - range.start..]);
+                    }
+                }
+                file.stamp_synced = file.bytes[file.stamp_range()].to_vec();
+            }
             let unsynced = file.bytes.len() - file.synced;
             if unsynced == 0 {
                 continue;
@@ -126,8 +172,10 @@ impl ReplicaStore {
     }
 
     /// Reads every file back (a restart). A file that is not a replica is dropped; a torn tail
-    /// is cut. Returns the replicas and how many files had a tail cut.
-    pub fn recover(&mut self) -> (Vec<(ReplicaId, Recovered)>, u64) {
+    /// is cut. Returns the replicas and how many files had a tail cut. A file whose records
+    /// replay to another replica than its stamp says is a violation: the daemon would refuse
+    /// it, and the simulation's files are only ever written as the daemon writes them.
+    pub fn recover(&mut self) -> Result<(Vec<(ReplicaId, Recovered)>, u64), Violation> {
         let mut replicas = Vec::new();
         let mut cut = 0;
         let ids: Vec<ReplicaId> = self.files.keys().cloned().collect();
@@ -143,6 +191,9 @@ impl ReplicaStore {
                     self.written.insert(id.clone(), recovered.replica.version());
                     replicas.push((id, recovered));
                 }
+                Err(error) if error.reason.contains("stamp says") => {
+                    return Err(violation(FailureKind::DigestMismatch, error.to_string()));
+                }
                 Err(_) => {
                     self.files.remove(&id);
                     self.written.remove(&id);
@@ -150,7 +201,7 @@ impl ReplicaStore {
                 }
             }
         }
-        (replicas, cut)
+        Ok((replicas, cut))
     }
 }
 

@@ -211,6 +211,8 @@ pub struct SimReport {
     pub replica_tails_cut: u64,
     /// Replica files a crash tore.
     pub replica_tails_torn: u64,
+    /// Replica files read back whose stamp covered exactly their records, so was checked.
+    pub replica_stamps_checked: u64,
     /// Data invariant checks made.
     pub data_checks: u64,
     /// Digest of the committed log, for determinism checks.
@@ -251,6 +253,7 @@ impl SimReport {
         self.verified += other.verified;
         self.possible_losses += other.possible_losses;
         self.replica_tails_cut += other.replica_tails_cut;
+        self.replica_stamps_checked += other.replica_stamps_checked;
         self.replica_tails_torn += other.replica_tails_torn;
         self.data_checks += other.data_checks;
         self.events += other.events;
@@ -289,7 +292,7 @@ impl fmt::Display for SimReport {
              relocations; operator: {} requests, {} done, {} refused; slowest service recovery \
              {:.3} s; data: {} commits ({} sync acked), {} messages offered / {} accepted / {} \
              applied, {} full transfers, {} deltas, {} verified, {} possible losses, replica \
-             tails {} torn / {} cut, {} data checks",
+             tails {} torn / {} cut, {} replica stamps checked, {} data checks",
             self.events,
             self.messages_sent,
             self.messages_dropped,
@@ -335,6 +338,7 @@ impl fmt::Display for SimReport {
             self.possible_losses,
             self.replica_tails_torn,
             self.replica_tails_cut,
+            self.replica_stamps_checked,
             self.data_checks,
         )
     }

@@ -64,6 +64,7 @@ const STREAM_DISK: u64 = 4;
 const STREAM_WORKLOAD: u64 = 5;
 const STREAM_UNITS: u64 = 6;
 const STREAM_SYNC: u64 = 7;
+const STREAM_STAMP: u64 = 8;
 
 /// Something that happens at a point of simulated time.
 #[derive(Debug)]
@@ -287,6 +288,9 @@ pub(crate) struct Sim {
     disk_rng: Rng,
     /// How long deferred Raft log fsyncs take.
     sync_rng: Rng,
+    /// What a crash does to replica file stamps (a stream of its own, so that adding the
+    /// stamps left every other draw, and so older seeds, as they were).
+    stamp_rng: Rng,
     workload: Rng,
     unit_rng: Rng,
     checker: Checker,
@@ -377,6 +381,7 @@ impl Sim {
             faults: Rng::new(seed, STREAM_FAULTS),
             disk_rng: Rng::new(seed, STREAM_DISK),
             sync_rng: Rng::new(seed, STREAM_SYNC),
+            stamp_rng: Rng::new(seed, STREAM_STAMP),
             workload: Rng::new(seed, STREAM_WORKLOAD),
             unit_rng: Rng::new(seed, STREAM_UNITS),
             report: SimReport {
@@ -843,7 +848,19 @@ impl Sim {
                     });
                 }
                 self.nodes[node].store.apply(replica, action);
-                touched.push(replica.clone());
+                if !touched.contains(replica) {
+                    touched.push(replica.clone());
+                }
+            }
+            // Each file's stamp after its records, as the daemon does.
+            {
+                let sim_node = &mut self.nodes[node];
+                let plane = sim_node.data.as_ref().expect("checked");
+                for replica in &touched {
+                    if let Some(data) = plane.replica(replica) {
+                        sim_node.store.stamp(replica, data);
+                    }
+                }
             }
             for (to, message) in &output.messages {
                 self.send_data(id, to.0, message);
@@ -904,7 +921,6 @@ impl Sim {
                     }
                 }
             }
-            let _ = touched;
         }
         let sim_node = &mut self.nodes[node];
         let claims = sim_node.data.as_ref().expect("checked").claims();
@@ -1203,8 +1219,11 @@ impl Sim {
             DataConfig::default(),
             mix(self.config.seed ^ mix(id ^ mix(sim_node.restarts + 1))) & 0xffff,
         );
-        let (replicas, cut) = sim_node.store.recover();
+        let (replicas, cut) = sim_node.store.recover()?;
         for (replica_id, recovered) in replicas {
+            if recovered.stamp_unchecked.is_none() {
+                self.report.replica_stamps_checked += 1;
+            }
             plane.load(replica_id, recovered.replica, recovered.complete);
         }
         self.report.replica_tails_cut += cut;
@@ -1238,7 +1257,9 @@ impl Sim {
         sim_node.node = None;
         sim_node.data = None;
         sim_node.raft_sync = None;
-        self.report.replica_tails_torn += sim_node.store.crash(&mut self.disk_rng);
+        self.report.replica_tails_torn += sim_node
+            .store
+            .crash(&mut self.disk_rng, &mut self.stamp_rng);
         let sim_node = &mut self.nodes[node];
         sim_node.status = Status::Crashed;
         sim_node.epoch += 1;

@@ -37,7 +37,7 @@ use memmap2::MmapRaw;
 use parking_lot::{Condvar, Mutex};
 use tandem_core::data::{OpKind, PersistAction, ReplicaId, ShardReplica};
 use tandem_core::{ShardName, UnitName};
-use tandem_node::replica_file::{self, Recovered};
+use tandem_node::replica_file::{self, Recovered, Stamp};
 
 /// First size of a file.
 const INITIAL_CAPACITY: usize = 1024 * 1024;
@@ -65,6 +65,10 @@ struct ReplicaFile {
     len: usize,
     /// Start of what is written and not yet handed to the sync thread.
     dirty_from: Option<usize>,
+    /// Where the stamp is (see `replica_file`), and whether it was rewritten since the last
+    /// job.
+    stamp_at: usize,
+    stamp_dirty: bool,
     /// Version of the last op or reset written.
     written: u64,
     /// Changes when the file's content starts over (created, reset, compacted): a sync of an
@@ -83,7 +87,12 @@ fn map_file(file: &File, path: &Path) -> anyhow::Result<Arc<MmapRaw>> {
 }
 
 impl ReplicaFile {
-    fn create(path: PathBuf, initial: &[u8], generation: u64) -> anyhow::Result<Self> {
+    fn create(
+        path: PathBuf,
+        initial: &[u8],
+        stamp_at: usize,
+        generation: u64,
+    ) -> anyhow::Result<Self> {
         let capacity = initial.len().next_power_of_two().max(INITIAL_CAPACITY);
         let file = OpenOptions::new()
             .read(true)
@@ -101,6 +110,8 @@ impl ReplicaFile {
             map,
             len: 0,
             dirty_from: None,
+            stamp_at,
+            stamp_dirty: false,
             written: 0,
             generation,
         };
@@ -113,7 +124,13 @@ impl ReplicaFile {
         Ok(replica)
     }
 
-    fn open(path: PathBuf, len: usize, written: u64, generation: u64) -> anyhow::Result<Self> {
+    fn open(
+        path: PathBuf,
+        len: usize,
+        stamp_at: usize,
+        written: u64,
+        generation: u64,
+    ) -> anyhow::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -143,6 +160,8 @@ impl ReplicaFile {
             map,
             len,
             dirty_from: None,
+            stamp_at,
+            stamp_dirty: false,
             written,
             generation,
         })
@@ -179,37 +198,62 @@ impl ReplicaFile {
         Ok(())
     }
 
+    /// Rewrites the stamp: the file's records so far hold `stamp`.
+    fn stamp(&mut self, stamp: &Stamp) {
+        let bytes = stamp.encode(self.len);
+        self.write_at(self.stamp_at, &bytes);
+        self.stamp_dirty = true;
+    }
+
     /// The msync of what was written since the last one, for the sync thread.
     fn take_job(&mut self, id: &ReplicaId) -> Option<SyncJob> {
-        let from = self.dirty_from.take()?;
+        if self.dirty_from.is_none() && !self.stamp_dirty {
+            return None;
+        }
         // msync works on pages: start at the page holding `from`.
         let page = page_size();
-        let start = from / page * page;
+        let start = self
+            .dirty_from
+            .take()
+            .map_or(self.len, |from| from / page * page);
+        let stamp = std::mem::take(&mut self.stamp_dirty).then(|| {
+            let start = self.stamp_at / page * page;
+            (start, self.stamp_at + replica_file::STAMP_LEN - start)
+        });
         Some(SyncJob {
             id: id.clone(),
             generation: self.generation,
             map: self.map.clone(),
             start,
             end: self.len,
+            stamp,
             version: self.written,
         })
     }
 }
 
-/// An msync the sync thread carries out: `start..end` of one replica file's mapping, which
-/// makes the file durable up to `version`.
+/// An msync the sync thread carries out: `start..end` of one replica file's mapping, then
+/// the stamp's range (offset, length) if it was rewritten, which makes the file durable up to
+/// `version`. The stamp goes second, so it never describes records that are not durable.
 pub struct SyncJob {
     id: ReplicaId,
     generation: u64,
     map: Arc<MmapRaw>,
     start: usize,
     end: usize,
+    stamp: Option<(usize, usize)>,
     version: u64,
 }
 
 impl SyncJob {
     fn run(&self) -> std::io::Result<()> {
-        self.map.flush_range(self.start, self.end - self.start)
+        if self.end > self.start {
+            self.map.flush_range(self.start, self.end - self.start)?;
+        }
+        if let Some((offset, len)) = self.stamp {
+            self.map.flush_range(offset, len)?;
+        }
+        Ok(())
     }
 }
 
@@ -374,6 +418,7 @@ fn sync_merged(jobs: Vec<SyncJob>) -> Result<Vec<Synced>, String> {
                 held.start = held.start.min(job.start);
                 held.end = held.end.max(job.end);
                 held.version = held.version.max(job.version);
+                held.stamp = held.stamp.or(job.stamp);
                 // A later job's mapping covers the whole file written so far.
                 if job.map.len() > held.map.len() {
                     held.map = job.map;
@@ -429,6 +474,13 @@ pub enum FileOp {
         generation: u64,
         action: PersistAction,
     },
+    /// Rewrite the stamp of the file of `id` (if it is still of `generation`): the records
+    /// written so far hold `stamp`.
+    Stamp {
+        id: ReplicaId,
+        generation: u64,
+        stamp: Stamp,
+    },
     /// Replace the file of `id` by one holding `bytes`, the replica compacted at `version`.
     Compact {
         id: ReplicaId,
@@ -445,6 +497,7 @@ impl FileOp {
         OVERHEAD
             + match self {
                 FileOp::Compact { bytes, .. } => bytes.len(),
+                FileOp::Stamp { .. } => 0,
                 FileOp::Persist { action, .. } => match action {
                     PersistAction::Op(op) => match &op.kind {
                         OpKind::Commit { writes, .. } => writes
@@ -483,6 +536,18 @@ impl FileWriter {
                 action,
             } => {
                 self.persist(&id, generation, &action)?;
+                Ok(None)
+            }
+            FileOp::Stamp {
+                id,
+                generation,
+                stamp,
+            } => {
+                if let Some(file) = self.files.get_mut(&id) {
+                    if file.generation == generation {
+                        file.stamp(&stamp);
+                    }
+                }
                 Ok(None)
             }
             FileOp::Compact {
@@ -525,6 +590,7 @@ impl FileWriter {
                 let file = ReplicaFile::create(
                     path,
                     &replica_file::header(&id.shard, &id.unit),
+                    replica_file::stamp_at(&id.shard, &id.unit),
                     generation,
                 )?;
                 sync_dir(&self.dir)?;
@@ -560,7 +626,13 @@ impl FileWriter {
             out.write_all(bytes)
                 .with_context(|| format!("write {}", tmp.display()))?;
         }
-        let mut compacted = ReplicaFile::open(tmp.clone(), bytes.len(), version, generation)?;
+        let mut compacted = ReplicaFile::open(
+            tmp.clone(),
+            bytes.len(),
+            replica_file::stamp_at(&id.shard, &id.unit),
+            version,
+            generation,
+        )?;
         // Later operations on the file (growth, removal) name it by its final path.
         compacted.path = path.clone();
         let job = CompactJob {
@@ -817,7 +889,16 @@ impl ReplicaStore {
                     }
                     let generation = files.len() as u64;
                     let version = recovered.replica.version();
-                    let file = ReplicaFile::open(path, recovered.valid_len, version, generation)?;
+                    if let Some(note) = &recovered.stamp_unchecked {
+                        tracing::info!(file = %path.display(), %note, "replica file stamp not checked");
+                    }
+                    let file = ReplicaFile::open(
+                        path,
+                        recovered.valid_len,
+                        replica_file::stamp_at(&id.shard, &id.unit),
+                        version,
+                        generation,
+                    )?;
                     files.insert(id.clone(), file);
                     books.insert(
                         id.clone(),
@@ -888,6 +969,18 @@ impl ReplicaStore {
             generation,
             action,
         });
+    }
+
+    /// Queues the rewrite of the stamp of `id`'s file: what was queued for it so far makes
+    /// `replica` (call it after the persist actions that made the replica what it is).
+    pub fn stamp(&mut self, id: &ReplicaId, replica: &ShardReplica) {
+        if let Some(book) = self.books.get(id) {
+            self.queued.push(FileOp::Stamp {
+                id: id.clone(),
+                generation: book.generation,
+                stamp: Stamp::of(replica),
+            });
+        }
     }
 
     /// The operations queued since the last call, in order, for the writer thread.
@@ -1056,13 +1149,16 @@ mod tests {
         replica
     }
 
-    /// Writes op `seq` (a 64 KiB value) to the store and applies it to `replica`.
+    /// Writes op `seq` (a 64 KiB value) to the store, applies it to `replica` and stamps
+    /// the file with it.
     fn write_op(store: &mut Files, replica: &mut ShardReplica, seq: u64) {
         let action = op(seq, &[b'x'; 64 * 1024]);
         if let PersistAction::Op(op) = &action {
             replica.apply(op).expect("applies");
         }
         store.apply(&id(), &action);
+        store.store.stamp(&id(), replica);
+        assert!(store.write().is_empty(), "no compaction");
     }
 
     #[test]
@@ -1175,6 +1271,7 @@ mod tests {
         assert!(recovered.complete);
         assert_eq!(recovered.replica.version(), 300);
         assert_eq!(recovered.replica.digest(), replica.digest());
+        assert_eq!(recovered.stamp_unchecked, None, "the stamp was checked");
     }
 
     #[test]
@@ -1203,6 +1300,10 @@ mod tests {
         let (_, recovered) = &opened.replicas[0];
         assert_eq!(recovered.replica.version(), 305);
         assert_eq!(recovered.replica.digest(), replica.digest());
+        assert_eq!(
+            recovered.stamp_unchecked, None,
+            "the stamp of the writes made meanwhile was checked"
+        );
         assert!(
             !std::fs::read_dir(dir.path().join("replicas"))
                 .expect("list")
