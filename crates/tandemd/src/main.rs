@@ -40,6 +40,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// mimalloc rather than glibc's malloc: see the dependency's note in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn run(args: Args) -> anyhow::Result<()> {
     let config = tandemd::config::Config::load(&args.config)?;
     // One thread: every message crosses from a socket task to the event loop and back, and
