@@ -115,6 +115,7 @@ pub fn record(action: &PersistAction) -> Option<Vec<u8>> {
         PersistAction::Sections(sections) => Kind::Sections(encode_sections(sections)),
         PersistAction::Messages(messages) => Kind::Messages(encode_messages(messages)),
         PersistAction::Complete => Kind::Complete(true),
+        PersistAction::Incomplete => Kind::Incomplete(true),
         PersistAction::Remove => return None,
     };
     Some(frame(&wire::ReplicaRecord { kind: Some(kind) }))
@@ -331,6 +332,7 @@ fn replay(
             }
         }
         Kind::Complete(_) => *complete = true,
+        Kind::Incomplete(_) => *complete = false,
     }
     Ok(())
 }
@@ -505,6 +507,10 @@ mod tests {
         assert_eq!(partial.replica, source);
         file.extend(record(&PersistAction::Complete).unwrap());
         assert!(recover(&file, &shard, &unit).unwrap().complete);
+        // A failed digest check takes it back, until a transfer completes again.
+        let mut failed = file.clone();
+        failed.extend(record(&PersistAction::Incomplete).unwrap());
+        assert!(!recover(&failed, &shard, &unit).unwrap().complete);
         // Compaction keeps the replica and its completeness.
         let compact = compacted(&shard, &unit, &source, true);
         let recovered = recover(&compact, &shard, &unit).unwrap();

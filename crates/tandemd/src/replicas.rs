@@ -513,7 +513,10 @@ impl FileOp {
                     PersistAction::Messages(messages) => {
                         messages.iter().map(|(_, message)| message.size()).sum()
                     }
-                    PersistAction::Reset(_) | PersistAction::Complete | PersistAction::Remove => 0,
+                    PersistAction::Reset(_)
+                    | PersistAction::Complete
+                    | PersistAction::Incomplete
+                    | PersistAction::Remove => 0,
                 },
             }
     }

@@ -201,6 +201,9 @@ pub enum PersistAction {
     Messages(Vec<(u64, StreamMessage)>),
     /// The transfer ended verified (or a promoted primary took the replica as it is).
     Complete,
+    /// The replica failed a digest check: it is no longer a trusted prefix of the primary's
+    /// (promoting it reports a possible loss) until a transfer verifies it again.
+    Incomplete,
     /// The replica is no longer kept here: delete its file.
     Remove,
 }
@@ -2045,6 +2048,12 @@ impl DataPlane {
                         });
                         secondary.verified = false;
                         secondary.want_full = true;
+                        if slot.complete {
+                            slot.complete = false;
+                            self.out
+                                .persist
+                                .push((id.clone(), PersistAction::Incomplete));
+                        }
                     }
                     Ok(())
                 }

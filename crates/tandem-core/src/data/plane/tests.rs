@@ -955,3 +955,66 @@ fn a_step_sends_at_most_its_budget_and_the_rest_follows_after_begin_step() {
         .iter()
         .any(|event| matches!(event, DataEvent::Verified { .. })));
 }
+
+#[test]
+fn a_standby_that_fails_its_digest_check_is_no_longer_complete_until_a_transfer_verifies() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run();
+    let id = ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    };
+    // Node 2 restarts with a replica at the primary's version whose content differs (what a
+    // bug or a corruption the crcs missed would leave): a delta has nothing to send, and the
+    // digest check fails.
+    let mut tampered = net.replica(2).clone();
+    let mut section = tampered.get(b"a").expect("section").clone();
+    section.value = b"X".to_vec();
+    tampered
+        .install_section(b"a".to_vec(), section)
+        .expect("installs");
+    assert_eq!(tampered.version(), net.replica(1).version());
+    let mut restarted = DataPlane::new(NodeId(2), DataConfig::default(), 99);
+    restarted.set_lease(Some(Time::from_millis(1_000_000)));
+    restarted.load(id.clone(), tampered, true);
+    restarted.unit_connected(&unit("u2"), 2);
+    net.planes.insert(2, restarted);
+    net.push_view();
+    net.tick(200);
+    let first = net.persisted.len();
+    // The delta session ends on the mismatch: the replica is marked incomplete, on disk too.
+    net.run();
+    let mismatch = net
+        .events
+        .iter()
+        .position(|event| matches!(event, DataEvent::DigestMismatch { .. }));
+    assert!(mismatch.is_some(), "{:?}", net.events);
+    // The standby follows again (on its timer) for a full transfer.
+    for _ in 0..3 {
+        net.tick(200);
+        net.run();
+    }
+    let actions: Vec<&PersistAction> = net.persisted[first..]
+        .iter()
+        .filter(|(node, replica, _)| *node == 2 && *replica == id)
+        .map(|(_, _, action)| action)
+        .collect();
+    let incomplete = actions
+        .iter()
+        .position(|action| matches!(action, PersistAction::Incomplete))
+        .expect("the replica is marked incomplete on disk");
+    let reset = actions
+        .iter()
+        .position(|action| matches!(action, PersistAction::Reset(_)))
+        .expect("a full transfer follows");
+    assert!(incomplete < reset, "{actions:?}");
+    // The full transfer verifies it again.
+    assert!(net.planes[&2].is_complete(&id));
+    assert_eq!(net.replica(2), net.replica(1));
+    assert!(
+        matches!(actions.last(), Some(PersistAction::Complete)),
+        "{actions:?}"
+    );
+}
