@@ -17,8 +17,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(files, [&proto_dir])?;
     // Maps as BTreeMaps: encoding then follows key order, so the same value always encodes to
     // the same bytes (a HashMap's order is random per process).
+    // Checkpoint values as `bytes::Bytes`: decoded from a received frame they share its
+    // buffer instead of being copied, and the core's ops carry them the same way (an op is
+    // kept in the op log, written to the replica file and sent to each STANDBY).
     prost_build::Config::new()
         .btree_map(["."])
+        .bytes([".tandem.data.Write.value", ".tandem.data.Section.value"])
         .compile_fds(descriptors)?;
     Ok(())
 }

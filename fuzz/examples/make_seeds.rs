@@ -534,7 +534,7 @@ fn data_seeds() {
     let unit = UnitName("u1".into());
     let write = Write {
         key: b"k".to_vec(),
-        value: Some(b"v".to_vec()),
+        value: Some(b"v".to_vec().into()),
         priority: Some(3),
     };
     let op = Op {
@@ -581,7 +581,11 @@ fn data_seeds() {
     write_seed("data_message", "committed", &answer.encode_to_vec());
 
     let mut file = tandem_node::replica_file::header(&shard, &unit);
-    for action in [PersistAction::Op(op), PersistAction::Op(message), PersistAction::Complete] {
+    for action in [
+        PersistAction::Op(op),
+        PersistAction::Op(message),
+        PersistAction::Complete,
+    ] {
         file.extend(tandem_node::replica_file::record(&action).expect("a record"));
     }
     // The target prepends the header itself when the first byte is odd.

@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let bytes = envelope.encode_to_vec();
     assert_eq!(bytes.len(), envelope.encoded_len());
-    let again = tandem_proto::decode_envelope(&bytes).expect("a re-encoded envelope decodes");
+    let again = tandem_proto::decode_envelope(bytes.as_slice()).expect("a re-encoded envelope decodes");
     assert_eq!(again, envelope, "envelope changed across encode/decode");
     assert_eq!(
         again.encode_to_vec(),

@@ -359,7 +359,7 @@ mod tests {
                     OpKind::Commit {
                         writes: vec![Write {
                             key: format!("k{}", seq % 4).into_bytes(),
-                            value: Some(vec![seq as u8; 100]),
+                            value: Some(vec![seq as u8; 100].into()),
                             priority: None,
                         }],
                         consumed: (seq % 3 == 1 && seq > 3).then_some(seq - 1),
@@ -448,7 +448,7 @@ mod tests {
                 kind: OpKind::Commit {
                     writes: vec![Write {
                         key: b"extra".to_vec(),
-                        value: Some(b"x".to_vec()),
+                        value: Some(b"x".to_vec().into()),
                         priority: None,
                     }],
                     consumed: None,

@@ -504,7 +504,7 @@ mod tests {
                 writes: vec![
                     Write {
                         key: b"k".to_vec(),
-                        value: Some(b"v".to_vec()),
+                        value: Some(b"v".to_vec().into()),
                         priority: Some(3),
                     },
                     Write {
@@ -565,7 +565,7 @@ mod tests {
                     Item::Sections(vec![(
                         b"k".to_vec(),
                         Section {
-                            value: b"v".to_vec(),
+                            value: b"v".to_vec().into(),
                             version: 7,
                             priority: None,
                             changes: 4,

@@ -51,8 +51,9 @@ pub struct DecodeError {
     pub source: prost::DecodeError,
 }
 
-/// Decodes a peer envelope from a frame payload.
-pub fn decode_envelope(payload: &[u8]) -> Result<peer::Envelope, DecodeError> {
+/// Decodes a peer envelope from a frame payload. Given a `Bytes`, the checkpoint values in it
+/// share the payload's buffer (given a slice, they are copied).
+pub fn decode_envelope(payload: impl bytes::Buf) -> Result<peer::Envelope, DecodeError> {
     peer::Envelope::decode(payload).map_err(|source| DecodeError {
         what: "peer envelope",
         source,
@@ -92,7 +93,7 @@ pub fn decode_admin_response(payload: &[u8]) -> Result<admin::AdminResponse, Dec
 }
 
 /// Decodes what a unit sent its agent.
-pub fn decode_unit_message(payload: &[u8]) -> Result<sdk::UnitToAgent, DecodeError> {
+pub fn decode_unit_message(payload: impl bytes::Buf) -> Result<sdk::UnitToAgent, DecodeError> {
     sdk::UnitToAgent::decode(payload).map_err(|source| DecodeError {
         what: "unit message",
         source,
@@ -100,7 +101,7 @@ pub fn decode_unit_message(payload: &[u8]) -> Result<sdk::UnitToAgent, DecodeErr
 }
 
 /// Decodes what an agent sent its unit.
-pub fn decode_agent_message(payload: &[u8]) -> Result<sdk::AgentToUnit, DecodeError> {
+pub fn decode_agent_message(payload: impl bytes::Buf) -> Result<sdk::AgentToUnit, DecodeError> {
     sdk::AgentToUnit::decode(payload).map_err(|source| DecodeError {
         what: "agent message",
         source,

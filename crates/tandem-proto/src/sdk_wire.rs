@@ -289,7 +289,7 @@ mod tests {
                 writes: vec![
                     Write {
                         key: b"a".to_vec(),
-                        value: Some(b"1".to_vec()),
+                        value: Some(b"1".to_vec().into()),
                         priority: Some(4),
                     },
                     Write {
@@ -330,7 +330,7 @@ mod tests {
             assert_eq!(decoded, (id as u64, request));
         }
         let section = Section {
-            value: b"v".to_vec(),
+            value: b"v".to_vec().into(),
             version: 5,
             priority: Some(1),
             changes: 2,

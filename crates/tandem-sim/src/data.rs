@@ -367,7 +367,12 @@ impl DataChecker {
                 .as_ref()
                 .is_none_or(|(_, old_seq, old_epoch, _)| (epoch, seq) > (*old_epoch, *old_seq));
             if newer {
-                state.acked = Some((write.value.clone(), seq, epoch, issue));
+                state.acked = Some((
+                    write.value.as_ref().map(|value| value.to_vec()),
+                    seq,
+                    epoch,
+                    issue,
+                ));
             }
         }
     }
@@ -407,7 +412,7 @@ impl DataChecker {
             let held = replica.get(key);
             let ok = match (held, value) {
                 (Some(section), Some(value)) => {
-                    section.version > *seq || (section.version == *seq && &section.value == value)
+                    section.version > *seq || (section.version == *seq && section.value == *value)
                 }
                 (Some(section), None) => section.version > *seq,
                 // A deleted key that is still deleted; or written and deleted again later.

@@ -684,7 +684,7 @@ impl Sim {
             Inbound::Peer(from, Wire(bytes)) => {
                 self.report.messages_delivered += 1;
                 let envelope =
-                    tandem_proto::decode_envelope(&bytes).map_err(|error| Violation {
+                    tandem_proto::decode_envelope(bytes.as_slice()).map_err(|error| Violation {
                         kind: FailureKind::Codec,
                         detail: format!("envelope from {from} to {id}: {error}"),
                     })?;
@@ -1948,12 +1948,12 @@ impl Sim {
             writes: vec![
                 Write {
                     key: applied_key(id),
-                    value: Some(b"1".to_vec()),
+                    value: Some(bytes::Bytes::from_static(b"1")),
                     priority: None,
                 },
                 Write {
                     key: b"last".to_vec(),
-                    value: Some(id.to_string().into_bytes()),
+                    value: Some(id.to_string().into_bytes().into()),
                     priority: Some(10),
                 },
             ],
@@ -2011,7 +2011,7 @@ impl Sim {
         } else {
             Write {
                 key,
-                value: Some(format!("v{value}").into_bytes()),
+                value: Some(format!("v{value}").into_bytes().into()),
                 priority: None,
             }
         };

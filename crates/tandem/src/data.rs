@@ -258,7 +258,7 @@ impl Checkpoint {
             })
             .await?
         {
-            DataReply::Value(section) => Ok(section.map(|section| section.value)),
+            DataReply::Value(section) => Ok(section.map(|section| Vec::from(section.value))),
             other => Err(DataError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -282,7 +282,7 @@ impl Checkpoint {
                     all.extend(
                         sections
                             .into_iter()
-                            .map(|(key, section)| (key, section.value)),
+                            .map(|(key, section)| (key, Vec::from(section.value))),
                     );
                     match next {
                         Some(next) => start = next,
@@ -424,7 +424,8 @@ impl Transaction {
     fn write(mut self, key: Vec<u8>, value: Option<Vec<u8>>, priority: Option<u32>) -> Self {
         self.writes.push(Write {
             key,
-            value,
+            // Takes the Vec's buffer as it is (no copy).
+            value: value.map(bytes::Bytes::from),
             priority,
         });
         self

@@ -426,7 +426,7 @@ async fn read_message(
     let broken = |reason: String| Error::Disconnected { reason };
     loop {
         if let Some(payload) = decoder.decode(buffer).map_err(|e| broken(e.to_string()))? {
-            return tandem_proto::decode_agent_message(&payload)
+            return tandem_proto::decode_agent_message(payload)
                 .map(Some)
                 .map_err(|e| broken(e.to_string()));
         }
@@ -625,7 +625,7 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
                                 version,
                                 writes: writes
                                     .into_iter()
-                                    .map(|write| (write.key, write.value))
+                                    .map(|write| (write.key, write.value.map(Vec::from)))
                                     .collect(),
                                 reset,
                             };

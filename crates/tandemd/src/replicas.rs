@@ -502,7 +502,9 @@ impl FileOp {
                     PersistAction::Op(op) => match &op.kind {
                         OpKind::Commit { writes, .. } => writes
                             .iter()
-                            .map(|write| write.key.len() + write.value.as_ref().map_or(0, Vec::len))
+                            .map(|write| {
+                                write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len)
+                            })
                             .sum(),
                         OpKind::Message(message) => message.size(),
                     },
@@ -1080,7 +1082,7 @@ mod tests {
             kind: OpKind::Commit {
                 writes: vec![Write {
                     key: format!("k{}", seq % 3).into_bytes(),
-                    value: Some(value.to_vec()),
+                    value: Some(value.to_vec().into()),
                     priority: None,
                 }],
                 consumed: None,

@@ -112,7 +112,7 @@ impl Event {
                 ..
             } => writes
                 .iter()
-                .map(|write| write.key.len() + write.value.as_ref().map_or(0, Vec::len))
+                .map(|write| write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len))
                 .sum(),
             Event::Ingress { payload, .. } | Event::IngressReply { payload, .. } => payload.len(),
             _ => 0,

@@ -100,7 +100,7 @@ async fn read_message(
 ) -> Result<Option<sdk::UnitToAgent>, String> {
     loop {
         if let Some(payload) = decoder.decode(buffer).map_err(|error| error.to_string())? {
-            return tandem_proto::decode_unit_message(&payload)
+            return tandem_proto::decode_unit_message(payload)
                 .map(Some)
                 .map_err(|error| error.to_string());
         }

@@ -177,7 +177,7 @@ async fn read_peer(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         while let Some(payload) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
-            let envelope = tandem_proto::decode_envelope(&payload).map_err(|e| e.to_string())?;
+            let envelope = tandem_proto::decode_envelope(payload).map_err(|e| e.to_string())?;
             if envelope.cluster != cluster {
                 return Err(format!(
                     "frame from cluster {:?}, this is {:?}",

@@ -55,8 +55,8 @@ pub const MESSAGE_LEN_MAX: usize = 65_536;
 pub struct Write {
     /// The section.
     pub key: Vec<u8>,
-    /// Its new value; `None` deletes the section.
-    pub value: Option<Vec<u8>>,
+    /// Its new value; `None` deletes the section. Shared, not copied, as the op travels.
+    pub value: Option<bytes::Bytes>,
     /// An explicit state-transfer priority for the section (higher goes first); `None` keeps
     /// the section's current one.
     pub priority: Option<u32>,
@@ -130,7 +130,9 @@ impl Op {
         24 + match &self.kind {
             OpKind::Commit { writes, .. } => writes
                 .iter()
-                .map(|write| write.key.len() + write.value.as_ref().map_or(0, Vec::len) + 16)
+                .map(|write| {
+                    write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len) + 16
+                })
                 .sum(),
             OpKind::Message(message) => message.size(),
         }
@@ -156,7 +158,7 @@ pub fn check_writes(writes: &[Write]) -> Result<(), String> {
                 write.key.len()
             ));
         }
-        let value_len = write.value.as_ref().map_or(0, Vec::len);
+        let value_len = write.value.as_ref().map_or(0, bytes::Bytes::len);
         if value_len > VALUE_LEN_MAX {
             return Err(format!(
                 "section value of {value_len} bytes; at most {VALUE_LEN_MAX}"

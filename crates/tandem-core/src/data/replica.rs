@@ -6,6 +6,15 @@ use std::collections::BTreeMap;
 use super::digest::{consumed_hash, message_hash, section_hash, Digest};
 use super::{check_message, check_writes, Op, OpKind, StreamMessage};
 
+/// A value as a replica keeps it: copied into an allocation of its own. A value decoded from
+/// a received frame shares that frame's buffer; kept for long in a replica, it would keep the
+/// whole buffer alive (and with it every other value the frame held), so memory could grow
+/// many times over the live bytes as sections are overwritten. Ops in flight (op log, file
+/// writes, replication) share; only what the replica keeps is copied, once.
+pub fn own_value(value: &bytes::Bytes) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(value)
+}
+
 /// Most epochs remembered in a replica's history. Older epochs are forgotten; a secondary whose
 /// last op is from a forgotten epoch gets a full state transfer instead of a delta.
 pub const EPOCH_HISTORY_LEN_MAX: usize = 64;
@@ -13,8 +22,9 @@ pub const EPOCH_HISTORY_LEN_MAX: usize = 64;
 /// One checkpoint section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Section {
-    /// Its value.
-    pub value: Vec<u8>,
+    /// Its value. A replica holds it in an allocation of its own (see
+    /// [`own_value`]), never a slice of a received frame, which it would keep alive.
+    pub value: bytes::Bytes,
     /// The seq of the op that last wrote it.
     pub version: u64,
     /// The explicit state-transfer priority the ACTIVE gave it, if any.
@@ -351,7 +361,7 @@ impl ShardReplica {
                 self.sections.insert(
                     write.key.clone(),
                     Section {
-                        value: value.clone(),
+                        value: own_value(value),
                         version: seq,
                         priority,
                         changes,
@@ -436,6 +446,10 @@ impl ShardReplica {
         }
         self.digest.add(section_hash(&key, &section.value));
         self.section_bytes += (key.len() + section.value.len()) as u64;
+        let section = Section {
+            value: own_value(&section.value),
+            ..section
+        };
         self.sections.insert(key, section);
         Ok(())
     }
@@ -463,7 +477,7 @@ mod tests {
     fn put(key: &str, value: &str) -> Write {
         Write {
             key: key.as_bytes().to_vec(),
-            value: Some(value.as_bytes().to_vec()),
+            value: Some(value.as_bytes().to_vec().into()),
             priority: None,
         }
     }
@@ -507,7 +521,7 @@ mod tests {
             replica.pending().map(|(seq, _)| seq).collect::<Vec<_>>(),
             [3]
         );
-        assert_eq!(replica.get(b"a").unwrap().value, b"2");
+        assert_eq!(replica.get(b"a").unwrap().value, &b"2"[..]);
         assert_eq!(replica.get(b"a").unwrap().changes, 2);
         assert_eq!(replica.digest(), replica.compute_digest());
         let delete = Write {
@@ -606,14 +620,14 @@ mod tests {
             .install_section(
                 b"k".to_vec(),
                 Section {
-                    value: b"old".to_vec(),
+                    value: b"old".to_vec().into(),
                     version: 7,
                     priority: None,
                     changes: 1,
                 },
             )
             .unwrap();
-        assert_eq!(target.get(b"k").unwrap().value, b"new");
+        assert_eq!(target.get(b"k").unwrap().value, &b"new"[..]);
         assert_eq!(target.digest(), target.compute_digest());
     }
 
@@ -632,7 +646,7 @@ mod tests {
         next(
             vec![Write {
                 key: b"pinned".to_vec(),
-                value: Some(b"x".to_vec()),
+                value: Some(b"x".to_vec().into()),
                 priority: Some(9),
             }],
             &mut replica,

@@ -19,7 +19,7 @@ fn shard() -> ShardName {
 fn put(key: &str, value: &[u8]) -> Write {
     Write {
         key: key.as_bytes().to_vec(),
-        value: Some(value.to_vec()),
+        value: Some(value.to_vec().into()),
         priority: None,
     }
 }
@@ -292,7 +292,7 @@ fn a_standby_follows_verifies_and_then_holds_back_sync_commits() {
     }
     net.run();
     assert_eq!(net.reply(held), Some(&DataReply::Committed { version: 2 }));
-    assert_eq!(net.replica(2).get(b"b").unwrap().value, b"2");
+    assert_eq!(net.replica(2).get(b"b").unwrap().value, &b"2"[..]);
 }
 
 #[test]
@@ -423,7 +423,7 @@ fn stream_messages_reach_the_active_only_once_replicated_and_survive_a_failover(
         net.delivered(2),
         vec![(2, "m2".to_owned()), (4, "m3".to_owned())]
     );
-    assert_eq!(net.replica(2).get(b"calls").unwrap().value, b"1");
+    assert_eq!(net.replica(2).get(b"calls").unwrap().value, &b"1"[..]);
     // Consuming beyond what was delivered is refused.
     let bad = net.commit(2, 2, vec![], Some(9), true);
     net.collect();
@@ -526,7 +526,7 @@ fn an_in_sync_standby_keeps_its_replica_until_taken_out_of_sync() {
         .any(|event| matches!(event, DataEvent::SessionStarted { full: true, .. })));
     assert_eq!(
         net.replica(2).get(b"a").unwrap().value,
-        b"1",
+        &b"1"[..],
         "emptied while in sync"
     );
     // The primary's claim no longer has it; once committed, the transfer goes ahead.
@@ -971,7 +971,7 @@ fn a_standby_that_fails_its_digest_check_is_no_longer_complete_until_a_transfer_
     // digest check fails.
     let mut tampered = net.replica(2).clone();
     let mut section = tampered.get(b"a").expect("section").clone();
-    section.value = b"X".to_vec();
+    section.value = bytes::Bytes::from_static(b"X");
     tampered
         .install_section(b"a".to_vec(), section)
         .expect("installs");
