@@ -172,6 +172,9 @@ struct MemFileState {
     data: Vec<u8>,
     /// Length of the durable prefix.
     synced_len: usize,
+    /// Which file of that name it is (as an inode number would tell): a file removed, or
+    /// replaced by `write_atomic`, and created again under its name is another file.
+    incarnation: u64,
 }
 
 /// An in-memory directory that can crash. Clones share the same files, so a test (or the
@@ -181,12 +184,20 @@ struct MemFileState {
 pub struct MemDisk {
     /// The files by name.
     files: Rc<RefCell<BTreeMap<String, MemFileState>>>,
+    /// The last file incarnation handed out.
+    incarnations: Rc<std::cell::Cell<u64>>,
 }
 
 impl MemDisk {
     /// An empty disk.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn next_incarnation(&self) -> u64 {
+        let next = self.incarnations.get() + 1;
+        self.incarnations.set(next);
+        next
     }
 
     /// Simulates a crash: every file keeps its durable prefix plus `keep(name, unsynced_len)`
@@ -226,6 +237,8 @@ pub struct MemFile {
     disk: MemDisk,
     /// Its name.
     name: String,
+    /// The incarnation it opened.
+    incarnation: u64,
 }
 
 fn not_found(name: &str) -> io::Error {
@@ -233,12 +246,18 @@ fn not_found(name: &str) -> io::Error {
 }
 
 impl FileSyncer for MemFile {
+    /// Like an fsync of an open descriptor: a file removed (or replaced) since it was opened
+    /// has nothing left to make durable, and the sync succeeds without touching whatever
+    /// file has its name now. (A deferred sync of a log segment that a snapshot made
+    /// obsolete and the storage deleted meanwhile does this.)
     fn sync(&self) -> io::Result<()> {
         let mut files = self.disk.files.borrow_mut();
-        let file = files
+        if let Some(file) = files
             .get_mut(&self.name)
-            .ok_or_else(|| not_found(&self.name))?;
-        file.synced_len = file.data.len();
+            .filter(|file| file.incarnation == self.incarnation)
+        {
+            file.synced_len = file.data.len();
+        }
         Ok(())
     }
 }
@@ -280,10 +299,19 @@ impl Disk for MemDisk {
     }
 
     fn open_append(&self, name: &str) -> io::Result<MemFile> {
-        self.files.borrow_mut().entry(name.to_owned()).or_default();
+        let incarnation = self
+            .files
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_insert_with(|| MemFileState {
+                incarnation: self.next_incarnation(),
+                ..MemFileState::default()
+            })
+            .incarnation;
         Ok(MemFile {
             disk: self.clone(),
             name: name.to_owned(),
+            incarnation,
         })
     }
 
@@ -307,13 +335,46 @@ impl Disk for MemDisk {
     }
 
     fn write_atomic(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let incarnation = self.next_incarnation();
         self.files.borrow_mut().insert(
             name.to_owned(),
             MemFileState {
                 data: data.to_vec(),
                 synced_len: data.len(),
+                incarnation,
             },
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syncer_of_a_removed_file_succeeds_and_leaves_a_new_file_of_its_name_alone() {
+        let disk = MemDisk::new();
+        let mut old = disk.open_append("seg").expect("open");
+        old.append(b"old").expect("append");
+        let syncer = old.syncer().expect("syncer");
+        disk.remove("seg").expect("remove");
+        FileSyncer::sync(&syncer).expect("an fsync of an unlinked file succeeds");
+        // A new file under the same name is another file: the old handle's sync does not
+        // make its bytes durable.
+        let mut new = disk.open_append("seg").expect("open again");
+        new.append(b"new").expect("append");
+        FileSyncer::sync(&syncer).expect("sync");
+        disk.crash(|_, _| 0);
+        assert_eq!(
+            disk.read("seg").expect("read"),
+            b"",
+            "the new file was never synced"
+        );
+        // Its own handle does.
+        new.append(b"new").expect("append");
+        new.sync().expect("sync");
+        disk.crash(|_, _| 0);
+        assert_eq!(disk.read("seg").expect("read"), b"new");
     }
 }

@@ -221,6 +221,13 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          passed for handled (L5 wait for the node) and the still faulted unit was made ACTIVE \
          once its node was back, and never acted (fixed: a down verdict takes no fault number)",
     ),
+    (
+        701702,
+        "disk: a deferred Raft log sync ran after the storage had deleted its segment (a \
+         snapshot made it obsolete); the simulated disk failed the sync of the removed file, \
+         where an fsync of an open descriptor of an unlinked file succeeds (fixed in MemFile)",
+    ),
+    (701843, "disk: the same, in a 5-node cluster"),
 ];
 
 #[test]
