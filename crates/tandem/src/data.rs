@@ -40,10 +40,12 @@ const SCAN_PAGE_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DataError {
     /// Only a unit acting ACTIVE for the shard may write its checkpoint.
-    #[error("unit is not ACTIVE for shard {shard}; only the ACTIVE writes the checkpoint")]
+    #[error("unit is not ACTIVE for shard {shard} ({why}); only the ACTIVE writes the checkpoint")]
     NotActive {
         /// The shard.
         shard: ShardName,
+        /// Why not, as the unit sees it: its role, or its lease (which its node renews).
+        why: String,
     },
     /// A write is malformed or too big (see [`KEY_LEN_MAX`], [`VALUE_LEN_MAX`],
     /// [`COMMIT_WRITES_MAX`]); nothing was written.
@@ -452,7 +454,10 @@ impl Transaction {
             {
                 epoch
             }
-            _ => return Err(DataError::NotActive { shard }),
+            role => {
+                let why = self.checkpoint.ctx.why_not_acting(role);
+                return Err(DataError::NotActive { shard, why });
+            }
         };
         match self
             .checkpoint

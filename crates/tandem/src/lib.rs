@@ -332,6 +332,32 @@ impl Context {
         self.beliefs.lock().belief.is_acting(shard, monotonic_now())
     }
 
+    /// Why the unit may not act for a shard it holds as `role`: the words of
+    /// [`DataError::NotActive`](crate::DataError::NotActive).
+    pub(crate) fn why_not_acting(&self, role: Option<(Role, u64)>) -> String {
+        let lease_until = self.beliefs.lock().belief.lease_until();
+        match role {
+            None => "it holds no role for it".to_owned(),
+            Some((role, epoch)) if !role.is_acting() => {
+                format!("its role is {} at epoch {epoch}", role.name())
+            }
+            Some(_) => match lease_until {
+                None => "its node holds no lease for it".to_owned(),
+                Some(until) => {
+                    let now = monotonic_now();
+                    if until <= now {
+                        format!(
+                            "its lease ran out {:.1} ms ago and was not renewed",
+                            now.saturating_since(until).as_secs_f64() * 1000.0
+                        )
+                    } else {
+                        "it is fenced".to_owned()
+                    }
+                }
+            },
+        }
+    }
+
     /// The role the unit holds for `shard` and the shard's epoch, as last assigned.
     pub fn role(&self, shard: &ShardName) -> Option<(Role, u64)> {
         self.beliefs.lock().belief.role(shard)
