@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tandem_proto::admin::{
     admin_request, NoopReply, OperationDone, ShardStatus, Status, UnitStatus,
@@ -67,6 +67,36 @@ fn free_ports(count: usize) -> Vec<u16> {
         .iter()
         .map(|listener| listener.local_addr().expect("local address").port())
         .collect()
+}
+
+/// A loopback port free for both TCP and UDP, for a shard's ingress address (which binds
+/// both). It is drawn below the kernel's ephemeral range (from
+/// `/proc/sys/net/ipv4/ip_local_port_range`, 32768 by default): a port the kernel hands out
+/// for 0 is also what any outgoing connection of a test running alongside may take as its
+/// local port before the daemon binds it.
+pub fn free_ingress_port() -> u16 {
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_low.saturating_sub(1000));
+    let span = u64::from(ephemeral_low.saturating_sub(low).max(1));
+    let mut draw = u64::from(std::process::id())
+        ^ SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    for _ in 0..1000 {
+        draw = draw
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = low + ((draw >> 33) % span) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no loopback port free for both TCP and UDP below {ephemeral_low}");
 }
 
 /// One node of a test cluster.

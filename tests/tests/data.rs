@@ -241,10 +241,7 @@ fn a_standby_rebuilt_from_scratch_by_state_transfer_under_writes_reaches_digest_
 
 #[test]
 fn the_udp_and_tcp_ingress_follow_the_active_and_vip_commands_run_where_they_move() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .expect("a free port")
-        .port();
+    let port = tandem_e2e::free_ingress_port();
     let services = format!(
         "\n[[services]]\nname = \"pair\"\nmodel = \"2n\"\nshards = [\"{SHARD}\"]\n\
          units = [{{ name = \"pair-a\", node = \"n1\" }}, {{ name = \"pair-b\", node = \"n2\" }}]\n\

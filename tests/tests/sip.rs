@@ -7,7 +7,6 @@
 //! SIPp comes from Debian's `sip-tester` package (`.ci/run` installs it). Without it, these
 //! tests say so and pass only outside CI; with `CI=true` a missing SIPp fails them.
 
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -33,12 +32,9 @@ fn sipp() -> Option<PathBuf> {
     found
 }
 
-/// A free UDP port on loopback.
+/// A loopback port for the shard's ingress (see `free_ingress_port`).
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .expect("a free UDP port")
-        .port()
+    tandem_e2e::free_ingress_port()
 }
 
 fn sip_cluster(port: u16) -> TestCluster {
