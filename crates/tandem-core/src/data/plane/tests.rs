@@ -216,6 +216,26 @@ impl Net {
             .unwrap()
     }
 
+    /// Node `node` restarts (a new plane, its unit reconnected as instance 2) holding
+    /// `replica` as read back from its files, sees the view, and a tick passes.
+    fn restart(&mut self, node: u64, replica: ShardReplica, complete: bool) {
+        let name = unit(&format!("u{node}"));
+        let mut restarted = DataPlane::new(NodeId(node), DataConfig::default(), 99);
+        restarted.set_lease(Some(Time::from_millis(1_000_000)));
+        restarted.load(
+            ReplicaId {
+                shard: shard(),
+                unit: name.clone(),
+            },
+            replica,
+            complete,
+        );
+        restarted.unit_connected(&name, 2);
+        self.planes.insert(node, restarted);
+        self.push_view();
+        self.tick(200);
+    }
+
     /// The primary's claim, committed as the director would.
     fn commit_claim(&mut self, primary: u64) {
         let claims = self.planes[&primary].claims();
@@ -689,20 +709,7 @@ fn a_restarted_secondary_catches_up_with_a_delta() {
     net.commit(1, 1, vec![put("c", b"3")], None, false);
     net.collect();
     net.wire.clear();
-    let mut restarted = DataPlane::new(NodeId(2), DataConfig::default(), 99);
-    restarted.set_lease(Some(Time::from_millis(1_000_000)));
-    restarted.load(
-        ReplicaId {
-            shard: shard(),
-            unit: unit("u2"),
-        },
-        saved,
-        true,
-    );
-    restarted.unit_connected(&unit("u2"), 2);
-    net.planes.insert(2, restarted);
-    net.push_view();
-    net.tick(200);
+    net.restart(2, saved, true);
     net.run();
     let started: Vec<(bool, u64)> = net
         .events
@@ -976,13 +983,7 @@ fn a_standby_that_fails_its_digest_check_is_no_longer_complete_until_a_transfer_
         .install_section(b"a".to_vec(), section)
         .expect("installs");
     assert_eq!(tampered.version(), net.replica(1).version());
-    let mut restarted = DataPlane::new(NodeId(2), DataConfig::default(), 99);
-    restarted.set_lease(Some(Time::from_millis(1_000_000)));
-    restarted.load(id.clone(), tampered, true);
-    restarted.unit_connected(&unit("u2"), 2);
-    net.planes.insert(2, restarted);
-    net.push_view();
-    net.tick(200);
+    net.restart(2, tampered, true);
     let first = net.persisted.len();
     // The delta session ends on the mismatch: the replica is marked incomplete, on disk too.
     net.run();
