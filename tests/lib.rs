@@ -519,5 +519,16 @@ impl Drop for TestCluster {
                 let _ = child.wait();
             }
         }
+        if std::env::var_os("TANDEM_E2E_KEEP").is_some() {
+            // For a look afterwards: the config, every daemon's log, data and unit logs.
+            let dir = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("temporary directory"),
+            );
+            eprintln!(
+                "TANDEM_E2E_KEEP: the cluster's directory stays at {}",
+                dir.keep().display()
+            );
+        }
     }
 }

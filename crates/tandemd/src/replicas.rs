@@ -19,11 +19,13 @@
 //!   files, and reports what is durable to the event loop.
 //!
 //! A disk that cannot keep up pushes back on the data plane's intake, not on the event loop:
-//! once [`INTAKE_PAUSE_AT`] bytes wait for the writer, the loop stops reading data events
-//! (commits, replication, ingress: their senders wait, and TCP carries the wait back to the
-//! primary) until the queue is down to [`INTAKE_RESUME_AT`]; heartbeats, Raft and leases go on.
+//! once [`INTAKE_PAUSE_AT`] bytes are on their way to the disk (the [`Backlog`]: queued for
+//! the writer, or written and not yet msynced), the loop stops reading data events (commits,
+//! replication, ingress: their senders wait, and TCP carries the wait back to the primary)
+//! until the backlog is down to [`INTAKE_RESUME_AT`]; heartbeats, Raft and leases go on.
 //! What a pass already produced is still queued: only past [`WRITES_QUEUED_MAX`] does the loop
-//! itself wait for the writer.
+//! itself wait. Bounding the dirty replica pages keeps the Raft log's fdatasyncs, which share
+//! the disk, short: a lease's floor waits for them.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -47,12 +49,12 @@ const COMPACT_RATIO: u64 = 8;
 const COMPACT_FLOOR: u64 = 16 * 1024 * 1024;
 /// File name suffix.
 const SUFFIX: &str = ".replica";
-/// Most bytes of writes queued for the writer thread before the event loop waits for it.
-pub const WRITES_QUEUED_MAX: usize = 64 * 1024 * 1024;
-/// Bytes queued for the writer at which the event loop stops taking data events...
-pub const INTAKE_PAUSE_AT: usize = 16 * 1024 * 1024;
+/// Most bytes in the [`Backlog`] before the event loop waits for the disk.
+pub const WRITES_QUEUED_MAX: usize = 512 * 1024 * 1024;
+/// Bytes in the [`Backlog`] at which the event loop stops taking data events...
+pub const INTAKE_PAUSE_AT: usize = 128 * 1024 * 1024;
 /// ...and at which it takes them again.
-pub const INTAKE_RESUME_AT: usize = 8 * 1024 * 1024;
+pub const INTAKE_RESUME_AT: usize = 64 * 1024 * 1024;
 
 /// One replica's file, held by the writer thread.
 struct ReplicaFile {
@@ -245,10 +247,21 @@ pub struct SyncJob {
     version: u64,
 }
 
+/// Largest range one msync call covers. The disk's queue then holds at most this much of a
+/// file's writeback at a time, and so does the ext4 journal commit that a Raft log fdatasync
+/// on the same file system waits for (ordered mode writes the data of blocks allocated in
+/// the committing transaction first): one msync of hundreds of MiB made those wait half a
+/// second, and leases lapsed. 4 to 16 MiB measured alike (worst Raft fdatasync 25-170 ms
+/// with 64 KiB commits saturating a shared disk); larger chunks write faster.
+const SYNC_CHUNK: usize = 16 * 1024 * 1024;
+
 impl SyncJob {
     fn run(&self) -> std::io::Result<()> {
-        if self.end > self.start {
-            self.map.flush_range(self.start, self.end - self.start)?;
+        let mut from = self.start;
+        while from < self.end {
+            let len = (self.end - from).min(SYNC_CHUNK);
+            self.map.flush_range(from, len)?;
+            from += len;
         }
         if let Some((offset, len)) = self.stamp {
             self.map.flush_range(offset, len)?;
@@ -294,8 +307,8 @@ impl CompactJob {
     /// Syncs the new file, renames it over the old one, syncs the directory. A file removed
     /// meanwhile (the replica is no longer kept) is not an error: there is nothing to install.
     fn run(self) -> anyhow::Result<Installed> {
-        self.file
-            .sync_all()
+        sync_file_in_chunks(&self.file)
+            .and_then(|()| self.file.sync_all())
             .with_context(|| format!("sync {}", self.tmp.display()))?;
         let installed = match std::fs::rename(&self.tmp, &self.path) {
             Ok(()) => {
@@ -318,6 +331,33 @@ impl CompactJob {
     }
 }
 
+/// Writes `file`'s dirty pages out [`SYNC_CHUNK`] at a time, waiting for each (see there);
+/// the fsync that follows has only the metadata left.
+fn sync_file_in_chunks(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let len = file.metadata()?.len();
+    let mut from = 0;
+    while from < len {
+        let chunk = (len - from).min(SYNC_CHUNK as u64);
+        // SAFETY: sync_file_range on a descriptor we own has no memory-safety conditions.
+        let done = unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                from as libc::off64_t,
+                chunk as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+        };
+        if done != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        from += chunk;
+    }
+    Ok(())
+}
+
 /// A compacted file now in place of the old one (durable at `version`).
 #[derive(Debug)]
 pub struct Installed {
@@ -327,12 +367,13 @@ pub struct Installed {
     installed: bool,
 }
 
-/// Work for the sync thread.
+/// Work for the sync thread. `weight` is what the work counts in the [`Backlog`]: released
+/// once it is done.
 pub enum DiskWork {
     /// msyncs (merged with whatever else queued up).
-    Sync(Vec<SyncJob>),
+    Sync { jobs: Vec<SyncJob>, weight: usize },
     /// Install a compacted file (before any msync gathered with it).
-    Compact(CompactJob),
+    Compact { job: CompactJob, weight: usize },
 }
 
 /// What the writer and sync threads did.
@@ -350,12 +391,15 @@ pub enum DiskReport {
 /// into the next round. It stops when the sender is dropped or `report` returns false.
 pub fn start_syncer(
     interval: Duration,
+    backlog: Backlog,
     report: impl Fn(Result<DiskReport, String>) -> bool + Send + 'static,
 ) -> std::io::Result<std::sync::mpsc::Sender<DiskWork>> {
     let (sender, receiver) = std::sync::mpsc::channel::<DiskWork>();
     std::thread::Builder::new()
         .name("replica-sync".into())
         .spawn(move || {
+            // However the thread ends, the backlog stops: nobody waits for it any more.
+            let backlog = StopOnDrop(backlog);
             // Below the event loop: an msync is the slow part of no commit's answer (STANDBYs
             // acknowledge what they applied), so it takes the CPU only after the loop.
             set_thread_nice(SYNC_THREAD_NICE);
@@ -363,9 +407,16 @@ pub fn start_syncer(
             let mut compactions = Vec::new();
             while let Ok(work) = receiver.recv() {
                 let mut jobs = Vec::new();
+                let mut weight = 0;
                 let mut take = |work: DiskWork| match work {
-                    DiskWork::Sync(more) => jobs.extend(more),
-                    DiskWork::Compact(job) => compactions.push(job),
+                    DiskWork::Sync {
+                        jobs: more,
+                        weight: more_weight,
+                    } => {
+                        jobs.extend(more);
+                        weight += more_weight;
+                    }
+                    DiskWork::Compact { job, weight } => compactions.push((job, weight)),
                 };
                 take(work);
                 let gather_until = last.map(|at| at + interval);
@@ -388,17 +439,24 @@ pub fn start_syncer(
                 }
                 // Compactions first: an msync of the new file gathered with its compaction
                 // must not report versions before the file is in place.
-                for job in compactions.drain(..) {
+                for (job, weight) in compactions.drain(..) {
                     let done = job.run().map_err(|error| format!("{error:#}"));
-                    if !report(done.map(DiskReport::Installed)) {
+                    let failed = done.is_err();
+                    backlog.0.release(weight);
+                    if !report(done.map(DiskReport::Installed)) || failed {
                         return;
                     }
                 }
                 if !jobs.is_empty() {
                     last = Some(std::time::Instant::now());
-                    if !report(sync_merged(jobs).map(DiskReport::Synced)) {
+                    let done = sync_merged(jobs);
+                    let failed = done.is_err();
+                    backlog.0.release(weight);
+                    if !report(done.map(DiskReport::Synced)) || failed {
                         return;
                     }
+                } else {
+                    backlog.0.release(weight);
                 }
             }
         })?;
@@ -666,30 +724,76 @@ impl FileWriter {
     }
 }
 
-/// Bytes queued for the writer thread, and whether it stopped.
+/// Bytes of replica writes not yet durable, and whether the writer or sync thread stopped.
 #[derive(Default)]
 struct Queue {
     bytes: usize,
     stopped: bool,
 }
 
+/// The bytes of replica writes on their way to the disk: queued for the writer thread, or
+/// written to the maps and waiting for their msync. The event loop adds what it queues; the
+/// writer releases what needs no msync, the sync thread what it made durable. Counting up to
+/// the msync keeps the dirty pages, and so the disk's queue, short: a Raft log fdatasync on
+/// the same disk waits behind at most that much replica data (ext4 also writes a file's
+/// newly allocated dirty blocks before the journal commit that an fdatasync waits for).
+#[derive(Clone, Default)]
+pub struct Backlog {
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    /// Woken when the backlog comes down to [`INTAKE_RESUME_AT`], or stops.
+    resumed: Arc<tokio::sync::Notify>,
+}
+
+impl Backlog {
+    /// `weight` bytes are durable (or need no msync).
+    fn release(&self, weight: usize) {
+        if weight == 0 {
+            return;
+        }
+        let (queue, drained) = &*self.queue;
+        let mut queue = queue.lock();
+        let before = queue.bytes;
+        queue.bytes = queue.bytes.saturating_sub(weight);
+        if before > INTAKE_RESUME_AT && queue.bytes <= INTAKE_RESUME_AT {
+            self.resumed.notify_one();
+        }
+        drained.notify_all();
+    }
+
+    /// A thread that releases bytes stopped: nobody may wait for the backlog any more.
+    fn stop(&self) {
+        let (queue, drained) = &*self.queue;
+        queue.lock().stopped = true;
+        drained.notify_all();
+        self.resumed.notify_one();
+    }
+}
+
+/// Stops the backlog when the thread holding it ends, however it ends (so the event loop never
+/// waits for a thread that is gone).
+struct StopOnDrop(Backlog);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// The event loop's handle on the writer thread.
 pub struct Writer {
     sender: std::sync::mpsc::Sender<Vec<FileOp>>,
-    queue: Arc<(Mutex<Queue>, Condvar)>,
-    /// Woken when the queue comes down to [`INTAKE_RESUME_AT`].
-    resumed: Arc<tokio::sync::Notify>,
+    backlog: Backlog,
     /// Data intake is paused (see the module doc).
     paused: bool,
 }
 
 impl Writer {
-    /// Whether the event loop should leave data events waiting, because the writer is
-    /// behind: true from [`INTAKE_PAUSE_AT`] queued bytes until the queue is down to
+    /// Whether the event loop should leave data events waiting, because the disk is
+    /// behind: true from [`INTAKE_PAUSE_AT`] bytes in the [`Backlog`] until it is down to
     /// [`INTAKE_RESUME_AT`] ([`resumed`](Self::resumed) tells when).
     /// A stopped writer pauses nothing: the loop must go on to hear why it stopped.
     pub fn intake_paused(&mut self) -> bool {
-        let queue = self.queue.0.lock();
+        let queue = self.backlog.queue.0.lock();
         let bytes = if queue.stopped { 0 } else { queue.bytes };
         drop(queue);
         self.paused = if self.paused {
@@ -700,31 +804,31 @@ impl Writer {
         self.paused
     }
 
-    /// Bytes queued for the writer now.
+    /// Bytes in the backlog now.
     pub fn queued_bytes(&self) -> usize {
-        self.queue.0.lock().bytes
+        self.backlog.queue.0.lock().bytes
     }
 
-    /// Completes once the queue came down to [`INTAKE_RESUME_AT`] since the last call (or
-    /// the writer stopped).
+    /// Completes once the backlog came down to [`INTAKE_RESUME_AT`] since the last call (or
+    /// a disk thread stopped).
     pub fn resumed(&self) -> impl std::future::Future<Output = ()> + '_ {
-        self.resumed.notified()
+        self.backlog.resumed.notified()
     }
 
     /// Queues `ops` for the writer thread. While more than [`WRITES_QUEUED_MAX`] bytes are
-    /// queued it first waits for the writer to take some; returns how long it waited. Fails
-    /// when the writer stopped (it reported why).
+    /// in the backlog it first waits for the disk; returns how long it waited. Fails when the
+    /// writer or sync thread stopped (it reported why).
     pub fn send(&self, ops: Vec<FileOp>) -> anyhow::Result<Duration> {
         let weight: usize = ops.iter().map(FileOp::weight).sum();
         let started = std::time::Instant::now();
         {
-            let (queue, drained) = &*self.queue;
+            let (queue, drained) = &*self.backlog.queue;
             let mut queue = queue.lock();
             while !queue.stopped && queue.bytes > 0 && queue.bytes + weight > WRITES_QUEUED_MAX {
                 drained.wait(&mut queue);
             }
             if queue.stopped {
-                anyhow::bail!("the replica writer thread stopped");
+                anyhow::bail!("the replica writer or sync thread stopped");
             }
             queue.bytes += weight;
         }
@@ -736,95 +840,67 @@ impl Writer {
     }
 }
 
-/// The writer thread's side of the queue.
-struct Taker {
-    queue: Arc<(Mutex<Queue>, Condvar)>,
-    resumed: Arc<tokio::sync::Notify>,
-}
-
-impl Taker {
-    /// `weight` bytes were taken off the queue.
-    fn took(&self, weight: usize) {
-        let (queue, drained) = &*self.queue;
-        let mut queue = queue.lock();
-        let before = queue.bytes;
-        queue.bytes -= weight;
-        if before > INTAKE_RESUME_AT && queue.bytes <= INTAKE_RESUME_AT {
-            self.resumed.notify_one();
-        }
-        drained.notify_all();
-    }
-}
-
-/// Marks the queue stopped when the writer thread ends, however it ends (so the event loop
-/// never waits for a writer that is gone).
-impl Drop for Taker {
-    fn drop(&mut self) {
-        let (queue, drained) = &*self.queue;
-        queue.lock().stopped = true;
-        drained.notify_all();
-        self.resumed.notify_one();
-    }
-}
-
 /// The writer thread: carries out the queued [`FileOp`]s in order, then hands the msyncs of
 /// what it wrote (and any compacted file to install) to the sync thread `syncer`. A failed
 /// write is reported with `report` and stops the thread. It stops when the [`Writer`] is
 /// dropped.
 pub fn start_writer(
     mut writer: FileWriter,
+    backlog: Backlog,
     syncer: std::sync::mpsc::Sender<DiskWork>,
     report: impl Fn(Result<DiskReport, String>) -> bool + Send + 'static,
 ) -> std::io::Result<Writer> {
     let (sender, receiver) = std::sync::mpsc::channel::<Vec<FileOp>>();
-    let queue: Arc<(Mutex<Queue>, Condvar)> = Arc::default();
-    let resumed = Arc::new(tokio::sync::Notify::new());
-    let taker = Taker {
-        queue: queue.clone(),
-        resumed: resumed.clone(),
-    };
+    let stopper = StopOnDrop(backlog.clone());
     std::thread::Builder::new()
         .name("replica-write".into())
         .spawn(move || {
-            let taker = taker;
+            let stopper = stopper;
             set_thread_nice(WRITER_THREAD_NICE);
+            // The weight of what was written since the last msyncs were handed over.
+            let mut written = 0;
+            let hand_over = |writer: &mut FileWriter, written: &mut usize| {
+                let weight = std::mem::take(written);
+                let jobs = writer.take_sync_jobs();
+                if jobs.is_empty() {
+                    stopper.0.release(weight);
+                    true
+                } else {
+                    syncer.send(DiskWork::Sync { jobs, weight }).is_ok()
+                }
+            };
             while let Ok(ops) = receiver.recv() {
                 let mut batches = vec![ops];
                 batches.extend(receiver.try_iter());
                 for op in batches.into_iter().flatten() {
                     let weight = op.weight();
-                    let outcome = writer.run(op);
-                    taker.took(weight);
-                    match outcome {
-                        Ok(None) => {}
+                    match writer.run(op) {
+                        Ok(None) => written += weight,
                         Ok(Some(job)) => {
                             // What the old file holds needs no msync: the compacted file
                             // replaces it. What was written to other files goes first.
-                            let jobs = writer.take_sync_jobs();
-                            if (!jobs.is_empty() && syncer.send(DiskWork::Sync(jobs)).is_err())
-                                || syncer.send(DiskWork::Compact(job)).is_err()
+                            if !hand_over(&mut writer, &mut written)
+                                || syncer.send(DiskWork::Compact { job, weight }).is_err()
                             {
                                 return;
                             }
                         }
                         Err(error) => {
                             // Stopped first: the report may wait for the loop's data intake.
-                            drop(taker);
+                            drop(stopper);
                             report(Err(format!("replica file write: {error:#}")));
                             return;
                         }
                     }
                 }
-                let jobs = writer.take_sync_jobs();
-                if !jobs.is_empty() && syncer.send(DiskWork::Sync(jobs)).is_err() {
+                if !hand_over(&mut writer, &mut written) {
                     return;
                 }
             }
         })?;
     Ok(Writer {
         sender,
-        queue,
-        resumed,
+        backlog,
         paused: false,
     })
 }
@@ -1214,9 +1290,11 @@ mod tests {
         let path = dir.path().join("replicas");
         let (mut store, _) = Files::open(&path);
         let (reports_tx, reports) = std::sync::mpsc::channel();
-        let syncer = start_syncer(std::time::Duration::from_millis(50), move |outcome| {
-            reports_tx.send(outcome).is_ok()
-        })
+        let syncer = start_syncer(
+            std::time::Duration::from_millis(50),
+            Backlog::default(),
+            move |outcome| reports_tx.send(outcome).is_ok(),
+        )
         .expect("sync thread");
         // Three batches of writes, queued before the thread can take them one by one: the
         // first round syncs at once, the next two are gathered into one round 50 ms later.
@@ -1227,7 +1305,12 @@ mod tests {
         }
         assert_eq!(sent.len(), 3, "one job per batch of writes");
         for job in sent {
-            syncer.send(DiskWork::Sync(vec![job])).expect("queued");
+            syncer
+                .send(DiskWork::Sync {
+                    jobs: vec![job],
+                    weight: 0,
+                })
+                .expect("queued");
         }
         let wait = std::time::Duration::from_secs(10);
         let mut durable = Vec::new();
@@ -1246,11 +1329,19 @@ mod tests {
         let mut snapshot = ShardReplica::new().snapshot();
         snapshot.version = 2;
         store.apply(&id(), &PersistAction::Reset(snapshot));
-        syncer.send(DiskWork::Sync(old)).expect("queued");
+        syncer
+            .send(DiskWork::Sync {
+                jobs: old,
+                weight: 0,
+            })
+            .expect("queued");
         let report = synced(reports.recv_timeout(wait).expect("a report"));
         assert_eq!(store.store.synced(report), Vec::new());
         syncer
-            .send(DiskWork::Sync(store.writer.take_sync_jobs()))
+            .send(DiskWork::Sync {
+                jobs: store.writer.take_sync_jobs(),
+                weight: 0,
+            })
             .expect("queued");
         let report = synced(reports.recv_timeout(wait).expect("a report"));
         assert_eq!(store.store.synced(report), vec![(id(), 2)]);
@@ -1369,6 +1460,53 @@ mod tests {
     }
 
     #[test]
+    fn written_bytes_count_in_the_backlog_until_their_msync_is_done() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opened = ReplicaStore::open(dir.path().join("replicas")).expect("open");
+        let mut store = opened.store;
+        let backlog = Backlog::default();
+        // The writer hands its msyncs to us first, then we pass them on to a sync thread.
+        let (to_us, handed) = std::sync::mpsc::channel();
+        let writer =
+            start_writer(opened.writer, backlog.clone(), to_us, |_| true).expect("writer thread");
+        store.apply(&id(), op(1, &[7; 4096]));
+        let ops = store.take_ops();
+        let weight: usize = ops.iter().map(FileOp::weight).sum();
+        writer.send(ops).expect("queued");
+        let wait = Duration::from_secs(10);
+        let work = handed
+            .recv_timeout(wait)
+            .expect("the writer handed over an msync");
+        assert_eq!(
+            writer.queued_bytes(),
+            weight,
+            "written to the map but not durable: still in the backlog"
+        );
+        let (reports_tx, reports) = std::sync::mpsc::channel();
+        let syncer = start_syncer(Duration::ZERO, backlog, move |outcome| {
+            reports_tx.send(outcome).is_ok()
+        })
+        .expect("sync thread");
+        syncer.send(work).expect("queued");
+        let durable = store.synced(synced(reports.recv_timeout(wait).expect("a report")));
+        assert_eq!(durable, vec![(id(), 1)]);
+        assert_eq!(writer.queued_bytes(), 0, "released once synced");
+        // A sync thread that is gone stops the backlog: the loop never waits for it.
+        drop(syncer);
+        let deadline = std::time::Instant::now() + wait;
+        let mut seq = 2;
+        loop {
+            store.apply(&id(), op(seq, b"value"));
+            seq += 1;
+            if writer.send(store.take_ops()).is_err() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the backlog stopped");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
     fn the_writer_thread_writes_in_order_and_its_failure_stops_the_event_loop_waiting() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
@@ -1376,11 +1514,12 @@ mod tests {
         let mut store = opened.store;
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let sync_reports = reports_tx.clone();
-        let syncer = start_syncer(Duration::ZERO, move |outcome| {
+        let backlog = Backlog::default();
+        let syncer = start_syncer(Duration::ZERO, backlog.clone(), move |outcome| {
             sync_reports.send(outcome).is_ok()
         })
         .expect("sync thread");
-        let writer = start_writer(opened.writer, syncer, move |outcome| {
+        let writer = start_writer(opened.writer, backlog, syncer, move |outcome| {
             reports_tx.send(outcome).is_ok()
         })
         .expect("writer thread");
@@ -1413,8 +1552,9 @@ mod tests {
         let opened = ReplicaStore::open(path.clone()).expect("open");
         let mut store = opened.store;
         let (reports_tx, reports) = std::sync::mpsc::channel();
-        let syncer = start_syncer(Duration::ZERO, |_| true).expect("sync thread");
-        let writer = start_writer(opened.writer, syncer, move |outcome| {
+        let backlog = Backlog::default();
+        let syncer = start_syncer(Duration::ZERO, backlog.clone(), |_| true).expect("sync thread");
+        let writer = start_writer(opened.writer, backlog, syncer, move |outcome| {
             reports_tx.send(outcome).is_ok()
         })
         .expect("writer thread");

@@ -400,8 +400,10 @@ pub async fn run(
     }
     let (events_tx, mut events, mut data_events) = EventSender::new();
     let sync_events = events_tx.clone();
+    let backlog = crate::replicas::Backlog::default();
     let syncer = crate::replicas::start_syncer(
         Duration::from_micros(config.cluster.replica_sync_interval_us),
+        backlog.clone(),
         move |outcome| {
             sync_events
                 .blocking_send(Event::ReplicaDisk(outcome))
@@ -410,12 +412,13 @@ pub async fn run(
     )
     .context("start the replica sync thread")?;
     let write_events = events_tx.clone();
-    let writer = crate::replicas::start_writer(opened_replicas.writer, syncer, move |outcome| {
-        write_events
-            .blocking_send(Event::ReplicaDisk(outcome))
-            .is_ok()
-    })
-    .context("start the replica writer thread")?;
+    let writer =
+        crate::replicas::start_writer(opened_replicas.writer, backlog, syncer, move |outcome| {
+            write_events
+                .blocking_send(Event::ReplicaDisk(outcome))
+                .is_ok()
+        })
+        .context("start the replica writer thread")?;
     let raft_sync_events = events_tx.clone();
     let raft_syncer = start_raft_syncer(move |outcome| {
         raft_sync_events
@@ -631,6 +634,9 @@ struct PassTimes {
     files: Duration,
 }
 
+/// A Raft log fdatasync this slow is worth a warning: a lease's floor waits for it.
+const RAFT_SYNC_SLOW: Duration = Duration::from_millis(100);
+
 /// A Raft log fsync for the sync thread.
 type RaftSyncJob = tandem_raft::SyncJob<tandem_raft::disk::FsSyncer>;
 
@@ -645,9 +651,17 @@ fn start_raft_syncer(
         .name("raft-sync".into())
         .spawn(move || {
             for job in jobs {
-                let outcome = job
-                    .syncer
-                    .sync()
+                let started = Instant::now();
+                let outcome = job.syncer.sync();
+                let took = started.elapsed();
+                if took >= RAFT_SYNC_SLOW {
+                    tracing::warn!(
+                        took_ms = took.as_millis() as u64,
+                        "a raft log fdatasync was slow; commits of cluster decisions, and so \
+                         lease renewals, wait for it (is the disk saturated?)"
+                    );
+                }
+                let outcome = outcome
                     .map(|()| job.number)
                     .map_err(|error| format!("fdatasync of the raft log: {error}"));
                 let failed = outcome.is_err();
