@@ -147,14 +147,15 @@ async fn measure(
     shard: &ShardName,
     sync: bool,
     size: usize,
+    writes: usize,
     count: usize,
 ) -> Result<String, tandem::DataError> {
     let checkpoint = ctx.checkpoint(shard);
     let value = vec![b'x'; size];
     let commit = |index: usize| {
-        let transaction = checkpoint
-            .transaction()
-            .put(format!("bench/{}", index % 64), value.clone());
+        let transaction = (0..writes).fold(checkpoint.transaction(), |transaction, write| {
+            transaction.put(format!("bench/{}/{write}", index % 64), value.clone())
+        });
         async move {
             if sync {
                 transaction.commit_sync().await
@@ -199,11 +200,11 @@ async fn measure(
             [((latencies.len() as f64 * quantile).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
     Ok(format!(
-        "{{\"mode\":\"{}\",\"size\":{size},\"count\":{count},\"p50_us\":{:.1},\"p99_us\":{:.1},\"sequential_per_s\":{sequential:.0},\"pipelined_per_s\":{pipelined:.0},\"pipelined_mib_per_s\":{:.1},\"deep_per_s\":{deep:.0}}}",
+        "{{\"mode\":\"{}\",\"size\":{size},\"writes_per_commit\":{writes},\"count\":{count},\"p50_us\":{:.1},\"p99_us\":{:.1},\"sequential_per_s\":{sequential:.0},\"pipelined_per_s\":{pipelined:.0},\"pipelined_mib_per_s\":{:.1},\"deep_per_s\":{deep:.0}}}",
         if sync { "sync" } else { "async" },
         at(0.5),
         at(0.99),
-        pipelined * size as f64 / (1024.0 * 1024.0)
+        pipelined * (size * writes) as f64 / (1024.0 * 1024.0)
     ))
 }
 
@@ -224,13 +225,16 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut lines = String::new();
-    for (sync, size, count) in [
-        (true, 128, count),
-        (false, 128, count),
-        (true, 65536, count / 4),
-        (false, 65536, count / 4),
+    // (sync, value size, writes per commit, commits)
+    for (sync, size, writes, count) in [
+        (true, 128, 1, count),
+        (false, 128, 1, count),
+        (true, 65536, 1, count / 4),
+        (false, 65536, 1, count / 4),
+        (true, 128, 16, count / 4),
+        (false, 128, 16, count / 4),
     ] {
-        match measure(&ctx, &shard, sync, size, count.max(1)).await {
+        match measure(&ctx, &shard, sync, size, writes, count.max(1)).await {
             Ok(line) => lines.push_str(&line),
             Err(error) => lines.push_str(&format!("{{\"error\":\"{error}\"}}")),
         }

@@ -38,6 +38,8 @@ pub struct Commits {
     pub mode: String,
     /// Value bytes.
     pub size: u64,
+    /// Writes (puts of distinct keys) in each commit.
+    pub writes_per_commit: u64,
     /// Commits measured.
     pub count: u64,
     /// Sequential commit latency, median, µs.
@@ -64,7 +66,7 @@ pub fn checkpoint(count: usize) -> anyhow::Result<Vec<Commits>> {
     let cluster = TestCluster::start_with(3, &service(&env, None));
     let text = wait_for("the unit's checkpoint measurements", DEADLINE * 10, || {
         let text = std::fs::read_to_string(&out).ok()?;
-        (text.lines().count() >= 4 || text.contains("\"error\"")).then_some(text)
+        (text.lines().count() >= 6 || text.contains("\"error\"")).then_some(text)
     });
     if text.contains("\"error\"") {
         eprintln!("{text}");

@@ -343,30 +343,27 @@ impl ShardReplica {
     fn write(&mut self, seq: u64, write: &super::Write) {
         match &write.value {
             Some(value) => {
-                let changes = match self.sections.get(&write.key) {
-                    Some(old) => {
-                        self.digest.remove(section_hash(&write.key, &old.value));
-                        self.section_bytes -= (write.key.len() + old.value.len()) as u64;
-                        old.changes + 1
-                    }
-                    None => 1,
-                };
-                let priority = write.priority.or_else(|| {
-                    self.sections
-                        .get(&write.key)
-                        .and_then(|section| section.priority)
-                });
+                // One search for an update (the common case), no copy of its key.
+                if let Some(section) = self.sections.get_mut(&write.key) {
+                    self.digest.remove(section_hash(&write.key, &section.value));
+                    self.section_bytes -= (write.key.len() + section.value.len()) as u64;
+                    section.value = own_value(value);
+                    section.version = seq;
+                    section.priority = write.priority.or(section.priority);
+                    section.changes += 1;
+                } else {
+                    self.sections.insert(
+                        write.key.clone(),
+                        Section {
+                            value: own_value(value),
+                            version: seq,
+                            priority: write.priority,
+                            changes: 1,
+                        },
+                    );
+                }
                 self.digest.add(section_hash(&write.key, value));
                 self.section_bytes += (write.key.len() + value.len()) as u64;
-                self.sections.insert(
-                    write.key.clone(),
-                    Section {
-                        value: own_value(value),
-                        version: seq,
-                        priority,
-                        changes,
-                    },
-                );
             }
             None => {
                 if let Some(old) = self.sections.remove(&write.key) {
