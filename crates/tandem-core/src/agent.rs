@@ -250,9 +250,10 @@ impl Agent {
         }
     }
 
-    /// The leader granted the heartbeat sent at `sent_at` with its log ending at `floor`.
-    pub fn on_grant(&mut self, sent_at: Time, floor: u64) {
-        self.lease.on_grant(sent_at, floor);
+    /// The leader granted the heartbeat sent at `sent_at` with its log ending at `floor`,
+    /// `shortened_by` less than a whole lease.
+    pub fn on_grant(&mut self, sent_at: Time, floor: u64, shortened_by: std::time::Duration) {
+        self.lease.on_grant(sent_at, floor, shortened_by);
     }
 
     /// The lease's deadline, if it is valid at `now` for an agent that applied `applied`.

@@ -12,6 +12,9 @@
 //! **Leader side** ([`QuorumClock`]). The leader asks a quorum to confirm it (raft read-index)
 //! every half heartbeat interval, remembering when it asked. A confirmation proves that a
 //! majority heard from it after that time, so no other leader can have been elected before it.
+//! A confirmation older than `freshness` still allows a grant, shortened by the excess
+//! (`age − freshness`): a leader whose loop runs late (a loaded host) keeps its nodes leased
+//! for less time instead of not at all, and the bound below holds all the same.
 //!
 //! **Why at most one ACTIVE.** Let ρ bound the rate difference of any two clocks
 //! ([`DRIFT_PPM`], 2 %). A grant to node X answers a heartbeat X sent at s and the leader
@@ -20,7 +23,10 @@
 //! leader after t0, so its election is after t0; it then gives X a full `node_timeout` of grace
 //! before declaring X down, and promotes X's shards elsewhere only after that. X's units stop
 //! acting by s + lease (X's clock). The promotion happens no earlier than t0 + node_timeout, and
-//! X stops no later than t0 + freshness + lease, both in real time within ρ. Hence the rule
+//! X stops no later than t0 + freshness + lease, both in real time within ρ. (A grant made
+//! when the confirmation was `age > freshness` old, on the leader's clock, is shortened by
+//! `age − freshness`: X stops by s + lease − age + freshness ≤ t0 + freshness + lease, as
+//! s ≤ r = t0 + age.) Hence the rule
 //! checked by [`check_fencing_timers`]:
 //! `(freshness + lease) · (1 + ρ) / (1 − ρ) < node_timeout`. The same leader declaring X down
 //! waits node_timeout after r ≥ s, which the rule covers too. The unit process enforces its
@@ -85,16 +91,18 @@ pub fn fencing_bound(heartbeat_interval: Duration, lease: Duration) -> Duration 
 
 /// An agent's lease.
 ///
-/// Every grant is valid on its own: it covers the lease from its heartbeat's send time once
-/// its floor is applied. Under a steady write load the newest grant's floor is usually a few
-/// entries ahead of what the agent has applied, so the agent keeps the last few grants and
-/// the lease runs until the latest deadline among those whose floor it has applied.
+/// Every grant is valid on its own: it covers the lease (less the grant's shortening) from
+/// its heartbeat's send time once its floor is applied. Under a steady write load the newest
+/// grant's floor is usually a few entries ahead of what the agent has applied, so the agent
+/// keeps the last few grants and the lease runs until the latest deadline among those whose
+/// floor it has applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentLease {
     /// Length of a lease.
     lease: Duration,
-    /// The newest grants, oldest first: (heartbeat send time, the leader's last index).
-    grants: std::collections::VecDeque<(Time, u64)>,
+    /// The newest grants, oldest first: (heartbeat send time, the leader's last index, the
+    /// grant's deadline).
+    grants: std::collections::VecDeque<(Time, u64, Time)>,
 }
 
 impl AgentLease {
@@ -107,33 +115,38 @@ impl AgentLease {
     }
 
     /// The leader granted the heartbeat sent at `sent_at` (this agent's clock) when its log
-    /// ended at `floor`. A grant for an older heartbeat than the newest kept is ignored.
-    pub fn on_grant(&mut self, sent_at: Time, floor: u64) {
+    /// ended at `floor`, `shortened_by` less than a whole lease (see [`QuorumClock::grant`]).
+    /// A grant for an older heartbeat than the newest kept is ignored.
+    pub fn on_grant(&mut self, sent_at: Time, floor: u64, shortened_by: Duration) {
         if self
             .grants
             .back()
-            .is_some_and(|(newest, _)| *newest >= sent_at)
+            .is_some_and(|(newest, _, _)| *newest >= sent_at)
         {
             return;
         }
         if self.grants.len() == GRANTS_KEPT {
             self.grants.pop_front();
         }
-        self.grants.push_back((sent_at, floor));
+        let until = sent_at + self.lease.saturating_sub(shortened_by);
+        self.grants.push_back((sent_at, floor, until));
     }
 
     /// The newest grant kept: its heartbeat's send time and its floor (for logs).
     pub fn newest_grant(&self) -> Option<(Time, u64)> {
-        self.grants.back().copied()
+        self.grants
+            .back()
+            .map(|(sent_at, floor, _)| (*sent_at, *floor))
     }
 
-    /// Until when the lease runs, if it runs at all, for an agent that applied `applied`.
+    /// Until when the lease runs, if it runs at all, for an agent that applied `applied`:
+    /// the latest deadline of the grants whose floor it applied.
     pub fn valid_until(&self, now: Time, applied: u64) -> Option<Time> {
         self.grants
             .iter()
-            .rev()
-            .find(|(_, floor)| *floor <= applied)
-            .map(|(sent_at, _)| *sent_at + self.lease)
+            .filter(|(_, floor, _)| *floor <= applied)
+            .map(|(_, _, until)| *until)
+            .max()
             .filter(|until| now < *until)
     }
 
@@ -169,10 +182,13 @@ impl QuorumClock {
         );
     }
 
-    /// Whether the leader may grant leases at `now`.
-    pub fn may_grant(&self, now: Time) -> bool {
-        self.confirmed_asked_at
-            .is_some_and(|asked| now.saturating_since(asked) <= self.freshness)
+    /// Whether the leader may grant a lease of length `lease` at `now`, and if so by how much
+    /// the grant is shortened: by the age of the newest confirmation beyond `freshness`. No
+    /// grant once that leaves nothing of the lease (or before any confirmation).
+    pub fn grant(&self, now: Time, lease: Duration) -> Option<Duration> {
+        let age = now.saturating_since(self.confirmed_asked_at?);
+        let shortened_by = age.saturating_sub(self.freshness);
+        (shortened_by < lease).then_some(shortened_by)
     }
 }
 
@@ -206,7 +222,7 @@ mod tests {
     fn a_lease_runs_from_the_send_time_and_needs_the_floor_applied() {
         let mut lease = AgentLease::new(MS(200));
         assert!(!lease.is_valid(Time::ZERO, 0));
-        lease.on_grant(Time::from_millis(100), 7);
+        lease.on_grant(Time::from_millis(100), 7, Duration::ZERO);
         assert!(
             !lease.is_valid(Time::from_millis(150), 6),
             "floor not applied yet"
@@ -217,12 +233,12 @@ mod tests {
         );
         assert!(!lease.is_valid(Time::from_millis(300), 7), "expired");
         // An older grant arriving late changes nothing.
-        lease.on_grant(Time::from_millis(50), 1);
+        lease.on_grant(Time::from_millis(50), 1, Duration::ZERO);
         assert_eq!(
             lease.valid_until(Time::from_millis(150), 7),
             Some(Time::from_millis(300))
         );
-        lease.on_grant(Time::from_millis(250), 9);
+        lease.on_grant(Time::from_millis(250), 9, Duration::ZERO);
         assert_eq!(
             lease.valid_until(Time::from_millis(260), 7),
             Some(Time::from_millis(300)),
@@ -233,16 +249,55 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_grants_only_with_a_fresh_quorum() {
+    fn a_leader_grants_whole_leases_with_a_fresh_quorum_and_shorter_ones_with_an_older_one() {
+        let lease = MS(200);
         let mut clock = QuorumClock::new(MS(50));
-        assert!(!clock.may_grant(Time::ZERO));
+        assert_eq!(clock.grant(Time::ZERO, lease), None, "no confirmation yet");
         clock.confirmed(Time::from_millis(100));
-        assert!(clock.may_grant(Time::from_millis(150)));
-        assert!(!clock.may_grant(Time::from_millis(151)));
+        assert_eq!(
+            clock.grant(Time::from_millis(150), lease),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(clock.grant(Time::from_millis(151), lease), Some(MS(1)));
+        assert_eq!(clock.grant(Time::from_millis(349), lease), Some(MS(199)));
+        assert_eq!(
+            clock.grant(Time::from_millis(350), lease),
+            None,
+            "nothing of the lease is left"
+        );
         clock.confirmed(Time::from_millis(90));
-        assert!(
-            !clock.may_grant(Time::from_millis(151)),
+        assert_eq!(
+            clock.grant(Time::from_millis(151), lease),
+            Some(MS(1)),
             "an older confirmation does not help"
+        );
+    }
+
+    #[test]
+    fn a_shortened_grant_ends_no_later_than_a_whole_one_made_at_the_confirmation() {
+        // The confirmation was asked at t0 = 100; a heartbeat sent at 180 reached the leader
+        // at 220 (age 120, shortened by 70): the lease ends at 180 + 130 = 310, before
+        // t0 + freshness + lease = 350, the bound the fencing rule covers.
+        let mut clock = QuorumClock::new(MS(50));
+        clock.confirmed(Time::from_millis(100));
+        let shortened_by = clock.grant(Time::from_millis(220), MS(200)).unwrap();
+        let mut lease = AgentLease::new(MS(200));
+        lease.on_grant(Time::from_millis(180), 3, shortened_by);
+        assert_eq!(
+            lease.valid_until(Time::from_millis(200), 3),
+            Some(Time::from_millis(310))
+        );
+        // A later whole grant extends it; an earlier grant that ends later still counts.
+        lease.on_grant(Time::from_millis(200), 4, Duration::ZERO);
+        assert_eq!(
+            lease.valid_until(Time::from_millis(250), 4),
+            Some(Time::from_millis(400))
+        );
+        lease.on_grant(Time::from_millis(260), 5, MS(150));
+        assert_eq!(
+            lease.valid_until(Time::from_millis(270), 5),
+            Some(Time::from_millis(400)),
+            "the latest deadline among applied grants"
         );
     }
 }

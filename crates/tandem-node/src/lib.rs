@@ -58,6 +58,9 @@ pub struct Grant {
     pub floor: u64,
     /// The leader's term.
     pub term: u64,
+    /// How much shorter than a whole lease it is (its quorum confirmation was that much
+    /// older than the freshness window; see `tandem_core::QuorumClock::grant`).
+    pub shortened_by: std::time::Duration,
 }
 
 /// Something that happened to one of this node's unit processes.

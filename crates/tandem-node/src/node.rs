@@ -322,8 +322,9 @@ impl<D: Disk> Node<D> {
     pub fn heartbeat(&mut self, now: Time) {
         let report = self.own_report(now);
         if let Some(leadership) = &mut self.leadership {
-            if leadership.quorum.may_grant(now) {
-                self.agent.on_grant(now, self.replica.last_index());
+            if let Some(shortened_by) = leadership.quorum.grant(now, self.settings.lease) {
+                self.agent
+                    .on_grant(now, self.replica.last_index(), shortened_by);
             }
             let state = self.replica.state();
             let topology_due = state.topology != self.settings.topology
@@ -409,11 +410,15 @@ impl<D: Disk> Node<D> {
                 // that would let the node's units act on the old assignment. Once the node is
                 // committed up again, every failover planned while it was down has a lower
                 // index than the grant's floor.
-                if leadership.quorum.may_grant(now) && self.replica.state().is_up(NodeId(from)) {
+                let shortened_by = leadership.quorum.grant(now, self.settings.lease);
+                if let Some(shortened_by) =
+                    shortened_by.filter(|_| self.replica.state().is_up(NodeId(from)))
+                {
                     let grant = Grant {
                         sent_at: heartbeat.sent_at,
                         floor: self.replica.last_index(),
                         term: self.replica.term(),
+                        shortened_by,
                     };
                     self.pending
                         .messages
@@ -428,7 +433,8 @@ impl<D: Disk> Node<D> {
                 );
             }
             PeerMessage::Grant(grant) => {
-                self.agent.on_grant(grant.sent_at, grant.floor);
+                self.agent
+                    .on_grant(grant.sent_at, grant.floor, grant.shortened_by);
                 self.reconcile_due = true;
             }
             PeerMessage::Report(report) => {

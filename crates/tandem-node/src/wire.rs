@@ -48,6 +48,7 @@ pub fn encode(message: &PeerMessage) -> Body {
             sent_at_us: grant.sent_at.as_micros(),
             floor: grant.floor,
             term: grant.term,
+            shortened_by_us: u64::try_from(grant.shortened_by.as_micros()).unwrap_or(u64::MAX),
         }),
         PeerMessage::Report(report) => Body::Report(encode_report(report)),
     }
@@ -71,6 +72,7 @@ pub fn decode(body: Option<Body>) -> Result<PeerMessage, WireError> {
             sent_at: Time::from_micros(grant.sent_at_us),
             floor: grant.floor,
             term: grant.term,
+            shortened_by: std::time::Duration::from_micros(grant.shortened_by_us),
         }),
         Body::Report(report) => PeerMessage::Report(decode_report(report)?),
         Body::Data(_) => return Err(WireError::DataOnControl),
@@ -260,6 +262,7 @@ mod tests {
                 sent_at: Time::from_micros(123),
                 floor: 8,
                 term: 2,
+                shortened_by: std::time::Duration::from_micros(4_500),
             }),
             PeerMessage::Report(report),
         ];

@@ -74,7 +74,7 @@ impl Harness {
     }
 
     fn grant(&mut self, sent_at: Time) {
-        self.agent.on_grant(sent_at, self.applied);
+        self.agent.on_grant(sent_at, self.applied, Duration::ZERO);
     }
 
     /// Starts unit a's first instance and registers it; returns the generation.
@@ -196,9 +196,9 @@ fn an_expired_lease_fences_the_active_and_a_new_grant_restores_it() {
     );
     h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
     // A grant whose floor is not applied yet does not help.
-    h.agent.on_grant(ms(300), h.applied + 1);
+    h.agent.on_grant(ms(300), h.applied + 1, Duration::ZERO);
     assert!(Harness::sends(&h.reconcile(ms(301))).is_empty());
-    h.agent.on_grant(ms(310), h.applied);
+    h.agent.on_grant(ms(310), h.applied, Duration::ZERO);
     let sends = Harness::sends(&h.reconcile(ms(311)));
     assert!(matches!(
         &sends[0].1,
