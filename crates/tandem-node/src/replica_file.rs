@@ -68,45 +68,27 @@ pub const STAMP_LEN: usize = 8 + 5 * 9;
 
 /// The stamp saying that the file's first `len` bytes hold `replica`.
 pub fn stamp(replica: &ShardReplica, len: usize) -> Vec<u8> {
-    Stamp::of(replica).encode(len)
+    encode_stamp(&Stamp::of(replica), len)
 }
 
 /// What a stamp says of a replica (the file length aside).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    /// The replica's epoch.
-    pub epoch: u64,
-    /// Its version.
-    pub version: u64,
-    /// Its digest.
-    pub digest: u128,
+pub use tandem_core::data::ReplicaStamp as Stamp;
+
+/// The stamp frame ([`STAMP_LEN`] bytes) saying that a file's first `len` bytes hold `stamp`.
+pub fn encode_stamp(stamp: &Stamp, len: usize) -> Vec<u8> {
+    let bytes = frame(&wire::ReplicaStamp {
+        epoch: Some(stamp.epoch),
+        version: Some(stamp.version),
+        digest_high: Some((stamp.digest >> 64) as u64),
+        digest_low: Some(stamp.digest as u64),
+        records_end: Some(len as u64),
+    });
+    debug_assert_eq!(bytes.len(), STAMP_LEN);
+    bytes
 }
 
-impl Stamp {
-    /// The stamp of `replica` as it is.
-    pub fn of(replica: &ShardReplica) -> Self {
-        Self {
-            epoch: replica.epoch(),
-            version: replica.version(),
-            digest: replica.digest().0,
-        }
-    }
-
-    /// The stamp frame ([`STAMP_LEN`] bytes) for a file whose first `len` bytes hold it.
-    pub fn encode(&self, len: usize) -> Vec<u8> {
-        let bytes = frame(&wire::ReplicaStamp {
-            epoch: Some(self.epoch),
-            version: Some(self.version),
-            digest_high: Some((self.digest >> 64) as u64),
-            digest_low: Some(self.digest as u64),
-            records_end: Some(len as u64),
-        });
-        debug_assert_eq!(bytes.len(), STAMP_LEN);
-        bytes
-    }
-}
-
-/// The bytes to append for `action` (`None` for `Remove`, which deletes the file).
+/// The bytes to append for `action` (`None` for `Remove`, which deletes the file, and
+/// `Stamp`, which rewrites the stamp in place).
 pub fn record(action: &PersistAction) -> Option<Vec<u8>> {
     use wire::replica_record::Kind;
     let kind = match action {
@@ -116,7 +98,7 @@ pub fn record(action: &PersistAction) -> Option<Vec<u8>> {
         PersistAction::Messages(messages) => Kind::Messages(encode_messages(messages)),
         PersistAction::Complete => Kind::Complete(true),
         PersistAction::Incomplete => Kind::Incomplete(true),
-        PersistAction::Remove => return None,
+        PersistAction::Remove | PersistAction::Stamp(_) => return None,
     };
     Some(frame(&wire::ReplicaRecord { kind: Some(kind) }))
 }

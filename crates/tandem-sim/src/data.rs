@@ -62,6 +62,15 @@ pub struct ReplicaStore {
 impl ReplicaStore {
     /// Carries out a persist action.
     pub fn apply(&mut self, id: &ReplicaId, action: &PersistAction) {
+        if let PersistAction::Stamp(stamp) = action {
+            // As the daemon's writer does: the records written so far make `stamp`.
+            if let Some(file) = self.files.get_mut(id) {
+                let bytes = replica_file::encode_stamp(stamp, file.bytes.len());
+                let range = file.stamp_range();
+                file.bytes[range].copy_from_slice(&bytes);
+            }
+            return;
+        }
         let Some(record) = replica_file::record(action) else {
             self.files.remove(id);
             self.written.remove(id);
@@ -83,16 +92,6 @@ impl ReplicaStore {
             )
         });
         file.bytes.extend(record);
-    }
-
-    /// Rewrites the stamp of `id`'s file, as the daemon does after a step's records: what is
-    /// written holds `replica`.
-    pub fn stamp(&mut self, id: &ReplicaId, replica: &ShardReplica) {
-        if let Some(file) = self.files.get_mut(id) {
-            let stamp = replica_file::stamp(replica, file.bytes.len());
-            let range = file.stamp_range();
-            file.bytes[range].copy_from_slice(&stamp);
-        }
     }
 
     /// Whether some write is not synced yet.

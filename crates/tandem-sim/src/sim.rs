@@ -837,7 +837,6 @@ impl Sim {
             if output.is_empty() {
                 break;
             }
-            let mut touched = Vec::new();
             for (replica, action) in &output.persist {
                 if self.config.verbose {
                     self.trace(|| {
@@ -848,19 +847,6 @@ impl Sim {
                     });
                 }
                 self.nodes[node].store.apply(replica, action);
-                if !touched.contains(replica) {
-                    touched.push(replica.clone());
-                }
-            }
-            // Each file's stamp after its records, as the daemon does.
-            {
-                let sim_node = &mut self.nodes[node];
-                let plane = sim_node.data.as_ref().expect("checked");
-                for replica in &touched {
-                    if let Some(data) = plane.replica(replica) {
-                        sim_node.store.stamp(replica, data);
-                    }
-                }
             }
             for (to, message) in &output.messages {
                 self.send_data(id, to.0, message);

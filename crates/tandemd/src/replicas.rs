@@ -202,7 +202,7 @@ impl ReplicaFile {
 
     /// Rewrites the stamp: the file's records so far hold `stamp`.
     fn stamp(&mut self, stamp: &Stamp) {
-        let bytes = stamp.encode(self.len);
+        let bytes = replica_file::encode_stamp(stamp, self.len);
         self.write_at(self.stamp_at, &bytes);
         self.stamp_dirty = true;
     }
@@ -576,7 +576,8 @@ impl FileOp {
                     PersistAction::Reset(_)
                     | PersistAction::Complete
                     | PersistAction::Incomplete
-                    | PersistAction::Remove => 0,
+                    | PersistAction::Remove
+                    | PersistAction::Stamp(_) => 0,
                 },
             }
     }
@@ -1018,6 +1019,16 @@ impl ReplicaStore {
 
     /// Queues one persist action for the writer (see [`take_ops`](Self::take_ops)).
     pub fn apply(&mut self, id: &ReplicaId, action: PersistAction) {
+        if let PersistAction::Stamp(stamp) = action {
+            if let Some(book) = self.books.get(id) {
+                self.queued.push(FileOp::Stamp {
+                    id: id.clone(),
+                    generation: book.generation,
+                    stamp,
+                });
+            }
+            return;
+        }
         if matches!(action, PersistAction::Remove) {
             self.books.remove(id);
             self.queued.push(FileOp::Persist {
@@ -1050,18 +1061,6 @@ impl ReplicaStore {
             generation,
             action,
         });
-    }
-
-    /// Queues the rewrite of the stamp of `id`'s file: what was queued for it so far makes
-    /// `replica` (call it after the persist actions that made the replica what it is).
-    pub fn stamp(&mut self, id: &ReplicaId, replica: &ShardReplica) {
-        if let Some(book) = self.books.get(id) {
-            self.queued.push(FileOp::Stamp {
-                id: id.clone(),
-                generation: book.generation,
-                stamp: Stamp::of(replica),
-            });
-        }
     }
 
     /// The operations queued since the last call, in order, for the writer thread.
@@ -1238,7 +1237,7 @@ mod tests {
             replica.apply(op).expect("applies");
         }
         store.apply(&id(), &action);
-        store.store.stamp(&id(), replica);
+        store.apply(&id(), &PersistAction::Stamp(Stamp::of(replica)));
         assert!(store.write().is_empty(), "no compaction");
     }
 

@@ -4,7 +4,7 @@
 //! passes through [`Daemon::handle`] or a timer arm; the decisions are the Node's, this loop
 //! only carries them out (sockets, processes, the clock).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -1094,16 +1094,8 @@ impl Daemon {
             if output.is_empty() {
                 break;
             }
-            let mut stamped = BTreeSet::new();
             for (replica, action) in output.persist {
                 self.replicas.apply(&replica, action);
-                stamped.insert(replica);
-            }
-            // Each file's stamp after its records: the plane's replica now is what they hold.
-            for id in &stamped {
-                if let Some(replica) = self.data.replica(id) {
-                    self.replicas.stamp(id, replica);
-                }
             }
             for (to, message) in &output.messages {
                 let envelope = Envelope {

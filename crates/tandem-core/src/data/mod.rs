@@ -31,7 +31,7 @@ pub mod replica;
 pub use digest::Digest;
 pub use plane::{
     Accepted, DataConfig, DataEvent, DataOutput, DataPlane, DataView, PersistAction, ReplicaId,
-    ShardView,
+    ReplicaStamp, ShardView,
 };
 pub use protocol::{
     DataMessage, DataReply, DataRequest, Delivery, Item, ReplicaStatus, SessionStart,

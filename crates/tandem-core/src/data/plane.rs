@@ -206,6 +206,32 @@ pub enum PersistAction {
     Incomplete,
     /// The replica is no longer kept here: delete its file.
     Remove,
+    /// Rewrite the file's stamp: the records written so far make this replica. The plane
+    /// emits one for each replica it wrote to in an output, after that replica's records.
+    Stamp(ReplicaStamp),
+}
+
+/// What a replica file's stamp says of the replica its records make (the file's length, the
+/// writer's to add).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaStamp {
+    /// The replica's epoch.
+    pub epoch: u64,
+    /// Its version.
+    pub version: u64,
+    /// Its digest.
+    pub digest: u128,
+}
+
+impl ReplicaStamp {
+    /// The stamp of `replica` as it is.
+    pub fn of(replica: &ShardReplica) -> Self {
+        Self {
+            epoch: replica.epoch(),
+            version: replica.version(),
+            digest: replica.digest().0,
+        }
+    }
 }
 
 /// Something worth an event log line.
@@ -2122,7 +2148,26 @@ impl DataPlane {
         for id in dirty {
             self.progress(now, &id);
         }
-        std::mem::take(&mut self.out)
+        let mut out = std::mem::take(&mut self.out);
+        // Each file's stamp after its records: what they make is the replica as it is now.
+        let mut written: Vec<&ReplicaId> = Vec::new();
+        for (id, _) in &out.persist {
+            if !written.contains(&id) {
+                written.push(id);
+            }
+        }
+        let stamps: Vec<(ReplicaId, PersistAction)> = written
+            .into_iter()
+            .filter_map(|id| {
+                let slot = self.slots.get(id)?;
+                Some((
+                    id.clone(),
+                    PersistAction::Stamp(ReplicaStamp::of(&slot.replica)),
+                ))
+            })
+            .collect();
+        out.persist.extend(stamps);
+        out
     }
 
     fn progress(&mut self, now: Time, id: &ReplicaId) {

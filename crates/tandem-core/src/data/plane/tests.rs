@@ -106,6 +106,7 @@ impl Net {
         let now = self.now;
         for (node, plane) in &mut self.planes {
             let mut out = plane.take_output(now);
+            check_stamps(plane, &out.persist);
             let versions: Vec<(ReplicaId, u64)> = plane
                 .replicas()
                 .map(|(id, replica)| (id.clone(), replica.version()))
@@ -114,6 +115,7 @@ impl Net {
                 plane.persisted(&id, version);
             }
             let more = plane.take_output(now);
+            check_stamps(plane, &more.persist);
             out.messages.extend(more.messages);
             out.replies.extend(more.replies);
             out.deliveries.extend(more.deliveries);
@@ -569,6 +571,26 @@ fn sessions_started(net: &Net) -> Vec<(bool, u64)> {
         .collect()
 }
 
+/// Every replica an output wrote to and that is still kept gets its stamp last, saying what
+/// the replica is now.
+fn check_stamps(plane: &DataPlane, persist: &[(ReplicaId, PersistAction)]) {
+    for (id, _) in persist {
+        let Some(replica) = plane.replica(id) else {
+            continue;
+        };
+        let last = persist
+            .iter()
+            .rev()
+            .find(|(written, _)| written == id)
+            .map(|(_, action)| action);
+        assert_eq!(
+            last,
+            Some(&PersistAction::Stamp(ReplicaStamp::of(replica))),
+            "{id:?}: {persist:?}"
+        );
+    }
+}
+
 /// How often node 2 emptied its replica for a full transfer since `net.persisted[first]`.
 fn resets_after(net: &Net, first: usize) -> usize {
     net.persisted[first..]
@@ -823,11 +845,24 @@ fn without_a_standby_a_sync_commit_waits_for_the_local_disk() {
     );
     let out = plane.take_output(now);
     assert!(out.replies.is_empty(), "acknowledged before it was on disk");
-    assert_eq!(out.persist.len(), 1);
     let id = ReplicaId {
         shard: shard(),
         unit: name.clone(),
     };
+    // The op, then the file's stamp: what its records make now.
+    assert_eq!(out.persist.len(), 2, "{:?}", out.persist);
+    assert!(
+        matches!(&out.persist[0], (written, PersistAction::Op(op)) if *written == id && op.seq == 1)
+    );
+    assert_eq!(out.persist[1].0, id);
+    assert_eq!(
+        out.persist[1].1,
+        PersistAction::Stamp(ReplicaStamp {
+            epoch: 1,
+            version: 1,
+            digest: plane.replica(&id).expect("kept").digest().0,
+        })
+    );
     plane.persisted(&id, 1);
     let out = plane.take_output(now);
     assert_eq!(
@@ -999,7 +1034,9 @@ fn a_standby_that_fails_its_digest_check_is_no_longer_complete_until_a_transfer_
     }
     let actions: Vec<&PersistAction> = net.persisted[first..]
         .iter()
-        .filter(|(node, replica, _)| *node == 2 && *replica == id)
+        .filter(|(node, replica, action)| {
+            *node == 2 && *replica == id && !matches!(action, PersistAction::Stamp(_))
+        })
         .map(|(_, _, action)| action)
         .collect();
     let incomplete = actions
