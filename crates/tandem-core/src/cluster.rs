@@ -1360,14 +1360,19 @@ impl ClusterState {
             })
             .map(|shard| shard.name.clone())
             .collect();
+        if memory_lost {
+            // Every shard continued from this unit's memory, whether or not the unit still holds
+            // a role there: an ACTIVE role taken away by an earlier fault (the unit's own,
+            // handled after the daemon restarted) leaves it the shard's `last_active`, and
+            // giving it ACTIVE again would continue from the memory its daemon lost.
+            for shard in self.shards.values_mut() {
+                if shard.synced_this_epoch && shard.last_active.as_ref() == Some(unit_name) {
+                    shard.last_active = None;
+                }
+            }
+        }
         for name in &held {
             let shard = self.shards.get_mut(name).expect("listed");
-            if memory_lost
-                && shard.synced_this_epoch
-                && shard.last_active.as_ref() == Some(unit_name)
-            {
-                shard.last_active = None;
-            }
             if let Some(before) = shard.roles.remove(unit_name) {
                 events.push(ModelEvent::RoleChanged {
                     shard: name.clone(),
@@ -1855,6 +1860,72 @@ pub(crate) mod tests {
         let version = state.shards[&ShardName::from("s0")].version;
         state.apply_with_events(
             6,
+            &set("s0", version, &[("b", Some(Role::Active))]),
+            &mut events,
+        );
+        assert!(events
+            .iter()
+            .any(|event| matches!(event, ModelEvent::PossibleLoss { .. })));
+    }
+
+    #[test]
+    fn a_daemon_restart_reported_after_the_unit_lost_its_role_still_ends_the_continuation() {
+        // b is promoted from in sync (its replica may hold a's writes in memory only), then
+        // loses ACTIVE to a fault of its own, handled after its daemon restarted; the agent's
+        // restart fault then finds b without roles. Giving b ACTIVE again must be reported as
+        // a possible loss: its daemon lost the memory the cluster would continue from.
+        let mut state = two_n_state();
+        state.apply(
+            2,
+            &set(
+                "s0",
+                0,
+                &[("a", Some(Role::Active)), ("b", Some(Role::Standby))],
+            ),
+        );
+        let in_sync = Command::SetInSync {
+            shard: "s0".into(),
+            epoch: 1,
+            units: vec!["b".into()].into_iter().collect(),
+        };
+        assert_eq!(state.apply(3, &in_sync), ApplyOutcome::Changed);
+        let fault = |unit: &str, generation, kind, promotions: Vec<(ShardName, UnitName)>| {
+            Command::UnitFault {
+                unit: unit.into(),
+                fault: FaultId { generation, seq: 1 },
+                kind,
+                at_ms: 1000,
+                promotions,
+            }
+        };
+        let crash = FaultKind::ProcessExit {
+            code: Some(3),
+            signal: None,
+        };
+        state.apply(
+            4,
+            &fault("a", 1, crash.clone(), vec![("s0".into(), "b".into())]),
+        );
+        state.apply(5, &fault("b", 1, crash, vec![]));
+        let s0 = &state.shards[&ShardName::from("s0")];
+        assert_eq!(
+            (s0.roles.get(&UnitName::from("b")), s0.last_active.as_ref()),
+            (None, Some(&UnitName::from("b"))),
+            "a fault of the process alone leaves b's replica to continue from"
+        );
+        let generation = state.units[&UnitName::from("b")].generation;
+        assert_eq!(
+            state.apply(
+                6,
+                &fault("b", generation, FaultKind::AgentRestarted, vec![])
+            ),
+            ApplyOutcome::Changed
+        );
+        assert_eq!(state.shards[&ShardName::from("s0")].last_active, None);
+        let mut events = Vec::new();
+        let version = state.shards[&ShardName::from("s0")].version;
+        state.apply_with_events(
+            7,
             &set("s0", version, &[("b", Some(Role::Active))]),
             &mut events,
         );
