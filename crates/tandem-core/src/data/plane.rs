@@ -19,6 +19,11 @@
 //!   it as in sync and it is not verified in its current session (its primary may have claimed
 //!   it, and the commit of that claim may not have reached this node's view yet); a complete
 //!   replica at the transfer's starting position is kept rather than emptied.
+//! - A primary's session with a STANDBY lasts while the view shows the same unit on the same
+//!   node as the same instance (generation): a new instance means the cluster handled a fault
+//!   of the unit and took its role, even when no view in between showed that (its daemon may
+//!   have restarted without the replica the session verified), so it is claimed in sync only
+//!   after a new session verified it.
 //! - A Follow may arrive late or twice: when the position it gives allows no delta and the
 //!   STANDBY's session here is in step, the new session is a delta from what that session
 //!   acknowledged, not a full transfer.
@@ -116,6 +121,9 @@ pub struct ShardView {
     pub acting: bool,
     /// STANDBY units and their nodes.
     pub standbys: BTreeMap<UnitName, NodeId>,
+    /// The instance (generation) of each STANDBY unit: it changes only when the cluster
+    /// handled a fault of the unit (its daemon's restart among them), which took its role.
+    pub standby_generations: BTreeMap<UnitName, u64>,
     /// STANDBYs the cluster committed as in sync at this epoch.
     pub in_sync: BTreeSet<UnitName>,
     /// Units of the shard's service placed on this node.
@@ -162,6 +170,15 @@ impl DataView {
                 .units_in(Role::Standby)
                 .filter_map(|unit| node_of(unit).map(|node| (unit.clone(), node)))
                 .collect();
+            let standby_generations = shard
+                .units_in(Role::Standby)
+                .filter_map(|unit| {
+                    state
+                        .units
+                        .get(unit)
+                        .map(|record| (unit.clone(), record.generation))
+                })
+                .collect();
             let local_units = state
                 .units
                 .values()
@@ -177,6 +194,7 @@ impl DataView {
                     active: role == Some(Role::Active),
                     acting: role.is_some_and(Role::is_acting),
                     standbys,
+                    standby_generations,
                     in_sync: shard.in_sync.clone(),
                     local_units,
                     async_lag_max: service.checkpoint.async_lag_max_ops,
@@ -394,6 +412,8 @@ struct Transfer {
 #[derive(Debug, Clone)]
 struct Session {
     node: NodeId,
+    /// The STANDBY's instance (generation) in the view when the session began.
+    generation: u64,
     id: u64,
     /// Number of the next item.
     next_n: u64,
@@ -570,7 +590,7 @@ fn error(code: &'static str, message: impl Into<String>) -> DataReply {
 fn open_session(
     now: Time,
     id: u64,
-    node: NodeId,
+    (node, generation): (NodeId, u64),
     replica: &ShardReplica,
     delta: Option<u64>,
 ) -> Session {
@@ -594,6 +614,7 @@ fn open_session(
     };
     Session {
         node,
+        generation,
         id,
         next_n: 1,
         acked_n: 0,
@@ -982,9 +1003,17 @@ impl DataPlane {
         if is_primary {
             match &mut slot.role {
                 SlotRole::Primary(primary) if primary.epoch == view.epoch => {
-                    primary
-                        .sessions
-                        .retain(|unit, session| view.standbys.get(unit) == Some(&session.node));
+                    // A session lasts while its STANDBY does: the same unit on the same node,
+                    // as the same instance. A new instance means the cluster handled a fault of
+                    // the unit and took its role (the view may never have shown it without):
+                    // its daemon may have restarted, and the replica the session verified
+                    // may be gone; kept, the session would have the STANDBY claimed in sync
+                    // again on the strength of it.
+                    primary.sessions.retain(|unit, session| {
+                        view.standbys.get(unit) == Some(&session.node)
+                            && view.standby_generations.get(unit).copied().unwrap_or(0)
+                                == session.generation
+                    });
                 }
                 _ => {
                     let old = std::mem::replace(&mut slot.role, SlotRole::Idle);
@@ -1699,7 +1728,14 @@ impl DataPlane {
             None
         };
         self.next_session += 1;
-        let session = open_session(now, self.next_session, from, &slot.replica, delta);
+        let generation = view.standby_generations.get(&standby).copied().unwrap_or(0);
+        let session = open_session(
+            now,
+            self.next_session,
+            (from, generation),
+            &slot.replica,
+            delta,
+        );
         let standby_id = ReplicaId {
             shard: id.shard.clone(),
             unit: standby.clone(),
@@ -2240,8 +2276,13 @@ impl DataPlane {
                         continue;
                     }
                     self.next_session += 1;
-                    *session =
-                        open_session(now, self.next_session, session.node, &slot.replica, None);
+                    *session = open_session(
+                        now,
+                        self.next_session,
+                        (session.node, session.generation),
+                        &slot.replica,
+                        None,
+                    );
                     let standby_id = ReplicaId {
                         shard: id.shard.clone(),
                         unit: standby.clone(),

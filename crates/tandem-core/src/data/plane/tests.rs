@@ -1056,3 +1056,30 @@ fn a_standby_that_fails_its_digest_check_is_no_longer_complete_until_a_transfer_
         "{actions:?}"
     );
 }
+
+#[test]
+fn a_standby_back_as_a_new_instance_is_not_claimed_on_its_old_session() {
+    // Seed 912357 of the simulation: u2's node restarts; the cluster takes u2's role away
+    // (its restart fault) and gives it back, and the primary's view goes from before to after
+    // in one step. The session verified before the restart must not keep u2 claimed in sync:
+    // the replica it verified may be gone.
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.run();
+    assert_eq!(
+        net.planes[&1].claims()[&shard()].units,
+        BTreeSet::from([unit("u2")])
+    );
+    net.view.standby_generations = BTreeMap::from([(unit("u2"), 2)]);
+    net.push_view();
+    assert!(net.planes[&1].claims()[&shard()].units.is_empty());
+    // u2 is told, follows again, and is verified in a new session.
+    for _ in 0..3 {
+        net.tick(200);
+        net.run();
+    }
+    assert_eq!(
+        net.planes[&1].claims()[&shard()].units,
+        BTreeSet::from([unit("u2")])
+    );
+}
