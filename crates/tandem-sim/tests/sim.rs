@@ -228,6 +228,33 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          where an fsync of an open descriptor of an unlinked file succeeds (fixed in MemFile)",
     ),
     (701843, "disk: the same, in a 5-node cluster"),
+    (
+        902188,
+        "data: a STANDBY acknowledged a full transfer (in memory) and was claimed in sync; its \
+         node crashed before the disk had the transfer and restarted; the claim committed and \
+         the STANDBY was promoted as in sync before the cluster heard of the restart; its plane \
+         took the incomplete replica as the truth and emptied the old ACTIVE's with a transfer, \
+         so a later lossless promotion lacked an acknowledged write (fixed: a replica this run \
+         never saw verified or serving since it was read back or emptied stays passive when the \
+         cluster continues the shard from its memory)",
+    ),
+    (
+        910192,
+        "cluster: an ACTIVE promoted from in sync lost its role to a fault of its own, handled \
+         after its daemon restarted; the restart fault found it without roles and left it the \
+         shard's last ACTIVE, so giving it ACTIVE again was judged lossless, continuing from \
+         memory the daemon had lost (with the fix for 902188 its plane stayed passive: the \
+         shard stalled) (fixed: a daemon restart ends every continuation from the unit's memory)",
+    ),
+    (
+        912357,
+        "data: a STANDBY's daemon restarted; its restart fault took its role and gave it back, \
+         and the primary's view went from before to after in one step: the session verified \
+         before the restart stayed in step and the STANDBY was claimed in sync, then promoted \
+         as such, with a replica read back 4 ops behind (with the fix for 902188 its plane \
+         stayed passive: the shard stalled) (fixed: a session ends when its STANDBY comes back \
+         as a new instance)",
+    ),
 ];
 
 #[test]

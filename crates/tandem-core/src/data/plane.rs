@@ -19,6 +19,16 @@
 //!   it as in sync and it is not verified in its current session (its primary may have claimed
 //!   it, and the commit of that claim may not have reached this node's view yet); a complete
 //!   replica at the transfer's starting position is kept rather than emptied.
+//! - A promoted replica is taken as the shard's truth only if it can be what the cluster judged
+//!   it to be. When the cluster continues the shard from the new primary's memory (it was
+//!   promoted from in sync: no possible loss reported) and this run never saw the replica
+//!   verified by its primary, or serving as the primary, since it was read back from disk,
+//!   created or emptied (a full transfer, a reinitialisation, a failed digest check), the
+//!   in-sync record rests on contents the replica may no longer have (its node crashed after
+//!   acknowledging, before its disk had them): the primary stays passive (no commits, no
+//!   messages, no sessions, no claims) until the cluster gives the shard a new epoch, as one
+//!   inherited from before a restart does. The agent's restart report takes the role away,
+//!   and the next promotion is judged without this replica.
 //! - A primary's session with a STANDBY lasts while the view shows the same unit on the same
 //!   node as the same instance (generation): a new instance means the cluster handled a fault
 //!   of the unit and took its role, even when no view in between showed that (its daemon may
@@ -126,6 +136,11 @@ pub struct ShardView {
     pub standby_generations: BTreeMap<UnitName, u64>,
     /// STANDBYs the cluster committed as in sync at this epoch.
     pub in_sync: BTreeSet<UnitName>,
+    /// The cluster continues the shard at this epoch from what its primary's replica held in
+    /// memory (`ShardRecord::synced_this_epoch`): when the epoch began, the primary was a
+    /// STANDBY recorded in sync (or the previous ACTIVE again after such a promotion), so the
+    /// promotion was judged lossless on the strength of that replica's contents.
+    pub continued_in_memory: bool,
     /// Units of the shard's service placed on this node.
     pub local_units: BTreeSet<UnitName>,
     /// An async commit waits while a member of the wait set lags more ops than this.
@@ -196,6 +211,7 @@ impl DataView {
                     standbys,
                     standby_generations,
                     in_sync: shard.in_sync.clone(),
+                    continued_in_memory: shard.synced_this_epoch,
                     local_units,
                     async_lag_max: service.checkpoint.async_lag_max_ops,
                 },
@@ -449,11 +465,17 @@ impl Session {
 #[derive(Debug, Clone)]
 struct Primary {
     epoch: u64,
-    /// The node restarted while this replica was the primary: its file may miss what the
+    /// It stays passive (no commits, no messages, no sessions, no claims) until the cluster
+    /// gives the shard a new epoch, because its replica cannot be what the cluster takes it
+    /// for: the node restarted while this replica was the primary (its file may miss what the
     /// previous run acknowledged without waiting for the disk, and the ops it would create
-    /// could collide with that run's at the same epoch. It stays passive (no commits, no
-    /// messages, no sessions, no claims) until the cluster gives the shard a new epoch.
-    inherited: bool,
+    /// could collide with that run's at the same epoch), or the cluster continues the shard
+    /// from this replica's memory ([`ShardView::continued_in_memory`]) while the replica is
+    /// [`Slot::suspect`] (read back after a restart, or emptied, since the in-sync record that
+    /// promotion rests on was made). Serving it would lose acknowledged writes with no
+    /// possible loss reported; passive, it waits for the cluster to take the role away (the
+    /// agent reports its restart; the next promotion is judged without it).
+    passive: bool,
     sessions: BTreeMap<UnitName, Session>,
     waiters: VecDeque<Waiter>,
     lag_waiters: VecDeque<Waiter>,
@@ -505,6 +527,13 @@ struct Slot {
     durable: u64,
     /// Read back from disk when the node started.
     loaded: bool,
+    /// This run has not seen the replica verified by its primary, nor served it as the
+    /// shard's primary, since the replica was created, read back from disk or emptied (a full
+    /// transfer, a reinitialisation, a failed digest check). An in-sync record of the cluster
+    /// may still vouch for what the replica held before (in the previous run's memory, or
+    /// before it was emptied): a promotion resting on it must not take this replica as the
+    /// truth.
+    suspect: bool,
 }
 
 impl Slot {
@@ -512,6 +541,7 @@ impl Slot {
         Self {
             durable: replica.version(),
             loaded: false,
+            suspect: true,
             replica,
             oplog: OpLog::default(),
             complete,
@@ -729,10 +759,10 @@ impl DataPlane {
         match &slot.role {
             SlotRole::Idle => format!("idle, durable {}", slot.durable),
             SlotRole::Primary(primary) => format!(
-                "primary epoch {} inherited {} delivered {:?} waiters {} lag-waiters {} \
+                "primary epoch {} passive {} delivered {:?} waiters {} lag-waiters {} \
                  sessions {:?} durable {}",
                 primary.epoch,
-                primary.inherited,
+                primary.passive,
                 primary.delivered,
                 primary.waiters.len(),
                 primary.lag_waiters.len(),
@@ -804,7 +834,7 @@ impl DataPlane {
             let Some(view) = self.view.shards.get(&id.shard) else {
                 continue;
             };
-            if view.epoch != primary.epoch || primary.inherited {
+            if view.epoch != primary.epoch || primary.passive {
                 continue;
             }
             let verified = primary
@@ -931,6 +961,7 @@ impl DataPlane {
             slot.replica = empty.clone();
             slot.oplog.clear();
             slot.complete = false;
+            slot.suspect = true;
             slot.durable = 0;
             self.out
                 .persist
@@ -1017,12 +1048,6 @@ impl DataPlane {
                 }
                 _ => {
                     let old = std::mem::replace(&mut slot.role, SlotRole::Idle);
-                    if !slot.complete {
-                        // Promoted in the middle of a transfer: this replica is the shard's
-                        // truth now (the director reported the failover as a possible loss).
-                        slot.complete = true;
-                        self.out.persist.push((id.clone(), PersistAction::Complete));
-                    }
                     // A primary at an epoch the cluster already had when this node started may
                     // have been this replica's before the restart.
                     let inherited = slot.loaded
@@ -1031,9 +1056,29 @@ impl DataPlane {
                             .as_ref()
                             .and_then(|epochs| epochs.get(&id.shard))
                             .is_some_and(|epoch| view.epoch <= *epoch);
+                    // The cluster judged this promotion lossless because it recorded this
+                    // replica in sync (or it continues the previous ACTIVE's memory), but what
+                    // it recorded was a replica this run no longer has: say the node crashed
+                    // after its STANDBY acknowledged a transfer the disk never got, and the
+                    // claim was committed, and acted on, before the cluster heard of the
+                    // restart. Taken as the truth, it would drop acknowledged writes (and
+                    // copy that loss to the other STANDBYs, which the cluster would then
+                    // record in sync) with no possible loss reported.
+                    let untrusted = view.continued_in_memory && slot.suspect;
+                    let passive = inherited || untrusted;
+                    if !passive {
+                        if !slot.complete {
+                            // Promoted in the middle of a transfer: this replica is the
+                            // shard's truth now (the director reported the failover as a
+                            // possible loss: it did not count the replica in sync).
+                            slot.complete = true;
+                            self.out.persist.push((id.clone(), PersistAction::Complete));
+                        }
+                        slot.suspect = false;
+                    }
                     slot.role = SlotRole::Primary(Primary {
                         epoch: view.epoch,
-                        inherited,
+                        passive,
                         sessions: BTreeMap::new(),
                         waiters: VecDeque::new(),
                         lag_waiters: VecDeque::new(),
@@ -1208,7 +1253,7 @@ impl DataPlane {
                         if view.active
                             && primary.epoch == view.epoch
                             && primary.epoch == epoch
-                            && !primary.inherited =>
+                            && !primary.passive =>
                     {
                         // (Re)start the stream after what is consumed: what was delivered
                         // before and not consumed comes again, in order.
@@ -1255,7 +1300,18 @@ impl DataPlane {
                         format!("unit {} is not ACTIVE for shard {}", id.unit, id.shard),
                     ));
                 };
-                if !view.acting || primary.epoch != view.epoch || primary.inherited {
+                if primary.passive && view.acting && primary.epoch == view.epoch {
+                    return Some(error(
+                        "not_active",
+                        format!(
+                            "the replica of unit {} for shard {} here may miss writes the \
+                             cluster counts on (its node restarted, or it was emptied); it \
+                             takes no commits until the cluster moves the shard on",
+                            id.unit, id.shard
+                        ),
+                    ));
+                }
+                if !view.acting || primary.epoch != view.epoch {
                     return Some(error(
                         "not_active",
                         format!(
@@ -1407,7 +1463,7 @@ impl DataPlane {
     }
 
     /// Whether `unit`'s replica of `shard` here is a primary that takes stream messages (not
-    /// one inherited from before a restart).
+    /// a passive one).
     fn takes_messages(&self, shard: &ShardName, unit: &UnitName) -> bool {
         let id = ReplicaId {
             shard: shard.clone(),
@@ -1415,10 +1471,7 @@ impl DataPlane {
         };
         matches!(
             self.slots.get(&id).map(|slot| &slot.role),
-            Some(SlotRole::Primary(Primary {
-                inherited: false,
-                ..
-            }))
+            Some(SlotRole::Primary(Primary { passive: false, .. }))
         )
     }
 
@@ -1685,7 +1738,7 @@ impl DataPlane {
             ));
             return;
         };
-        if primary.inherited {
+        if primary.passive {
             return;
         }
         if epoch != primary.epoch || view.standbys.get(&standby) != Some(&from) {
@@ -1956,6 +2009,7 @@ impl DataPlane {
                     slot.replica.reset_to(&snapshot);
                     slot.oplog.clear();
                     slot.complete = false;
+                    slot.suspect = true;
                     slot.durable = 0;
                     self.out
                         .persist
@@ -2102,6 +2156,7 @@ impl DataPlane {
                             slot.complete = true;
                             self.out.persist.push((id.clone(), PersistAction::Complete));
                         }
+                        slot.suspect = false;
                         secondary.verified = true;
                     } else {
                         self.out.events.push(DataEvent::DigestMismatch {
@@ -2110,6 +2165,7 @@ impl DataPlane {
                         });
                         secondary.verified = false;
                         secondary.want_full = true;
+                        slot.suspect = true;
                         if slot.complete {
                             slot.complete = false;
                             self.out
@@ -2316,7 +2372,7 @@ impl DataPlane {
                 primary
                     .orphans
                     .retain(|unit, _| view.standbys.contains_key(unit));
-                if !primary.inherited && primary.epoch == view.epoch {
+                if !primary.passive && primary.epoch == view.epoch {
                     for (standby, node) in &view.standbys {
                         if primary.sessions.contains_key(standby) || *standby == id.unit {
                             primary.orphans.remove(standby);

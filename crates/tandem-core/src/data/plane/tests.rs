@@ -1058,6 +1058,151 @@ fn a_standby_that_fails_its_digest_check_is_no_longer_complete_until_a_transfer_
 }
 
 #[test]
+fn a_standby_promoted_in_sync_after_its_node_lost_its_replica_stays_passive() {
+    // Seed 902188 of the simulation: u2 acknowledges a write (in memory) and is recorded in
+    // sync; its node crashes before the disk had the write and restarts; before the cluster
+    // hears of the restart, u1 fails and u2 is promoted as in sync (no possible loss
+    // reported). Taking what node 2 read back as the truth would lose the write, and a full
+    // transfer would empty u1, the one replica that has it.
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.run();
+    net.commit_claim(1);
+    assert_eq!(net.view.in_sync, BTreeSet::from([unit("u2")]));
+    let acked = net.commit(1, 1, vec![put("k", b"v")], None, true);
+    net.run();
+    assert_eq!(net.reply(acked), Some(&DataReply::Committed { version: 1 }));
+    net.restart(2, ShardReplica::new(), true);
+    // (Its unit registers again; the requests below come from instance 1.)
+    net.planes
+        .get_mut(&2)
+        .unwrap()
+        .unit_connected(&unit("u2"), 1);
+    net.collect();
+    net.wire.clear();
+    net.view.continued_in_memory = true;
+    net.assign(2, 2, &[1], &[]);
+    let first = net.persisted.len();
+    for _ in 0..3 {
+        net.tick(200);
+        net.run();
+    }
+    let refused = net.commit(2, 2, vec![put("x", b"1")], None, true);
+    net.collect();
+    assert!(
+        matches!(
+            net.reply(refused),
+            Some(DataReply::Error {
+                code: "not_active",
+                ..
+            })
+        ),
+        "{:?}",
+        net.reply(refused)
+    );
+    assert!(
+        !net.planes[&2].claims().contains_key(&shard()),
+        "a passive primary claims nobody in sync"
+    );
+    assert!(
+        !net.persisted[first..]
+            .iter()
+            .any(|(node, _, action)| *node == 1 && matches!(action, PersistAction::Reset(_))),
+        "u1 was emptied by a transfer from the replica that lost the write"
+    );
+    assert_eq!(net.replica(1).get(b"k").unwrap().value, &b"v"[..]);
+    // The cluster hears of the restart: u2 loses its role and u1, not in sync at epoch 2,
+    // becomes ACTIVE at epoch 3 (a possible loss is reported; nothing is lost). u2 catches up.
+    net.view.continued_in_memory = false;
+    net.assign(3, 1, &[2], &[]);
+    net.tick(200);
+    net.run();
+    let id = ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    };
+    assert!(net.planes[&2].is_verified(&id));
+    assert_eq!(net.replica(2), net.replica(1));
+    // Verified in this run and recorded in sync, u2 is trusted: promoted as in sync, it serves.
+    net.commit_claim(1);
+    net.view.continued_in_memory = true;
+    net.assign(4, 2, &[1], &[]);
+    let served = net.commit(2, 4, vec![put("y", b"2")], None, true);
+    net.run();
+    assert_eq!(
+        net.reply(served),
+        Some(&DataReply::Committed { version: 2 })
+    );
+    assert_eq!(net.replica(2).get(b"k").unwrap().value, &b"v"[..]);
+}
+
+#[test]
+fn a_standby_emptied_for_a_transfer_is_not_trusted_by_a_late_in_sync_record() {
+    // The primary claims u2 in sync while it is verified; the commit of that claim is slow.
+    // Meanwhile a late `Stale` (sent before the session began) ends u2's session, and its next
+    // one is a full transfer (the primary's op log no longer reaches u2's version), which
+    // empties u2's replica: its view does not count it in sync yet, and the session is not
+    // verified. The transfer's items are lost. Then the old claim commits, and u2 is promoted
+    // on its strength: the half-filled replica must not be taken as the truth.
+    let mut net = short_memory();
+    net.assign(1, 1, &[2], &[]);
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run();
+    let claim = net.planes[&1].claims()[&shard()].clone();
+    assert_eq!(claim.units, BTreeSet::from([unit("u2")]));
+    let now = net.now;
+    net.planes.get_mut(&2).unwrap().on_peer(
+        now,
+        NodeId(1),
+        DataMessage::Stale {
+            shard: shard(),
+            epoch: 1,
+            standby: unit("u2"),
+        },
+    );
+    net.commit(1, 1, vec![put("b", b"2")], None, false);
+    net.commit(1, 1, vec![put("c", b"3")], None, false);
+    net.collect();
+    net.wire
+        .retain(|(_, _, message)| !matches!(message, DataMessage::Items { .. }));
+    let first = net.persisted.len();
+    net.tick(200);
+    net.run_with(10_000, |message| {
+        matches!(message, DataMessage::Items { .. })
+    });
+    assert!(
+        resets_after(&net, first) > 0,
+        "{:?}",
+        sessions_started(&net)
+    );
+    let id = ReplicaId {
+        shard: shard(),
+        unit: unit("u2"),
+    };
+    assert!(!net.planes[&2].is_complete(&id));
+    // The old claim commits; u1 fails and u2 is promoted as in sync.
+    net.view.in_sync = claim.units;
+    net.push_view();
+    net.view.continued_in_memory = true;
+    net.assign(2, 2, &[1], &[]);
+    let refused = net.commit(2, 2, vec![put("x", b"1")], None, true);
+    net.run();
+    assert!(matches!(
+        net.reply(refused),
+        Some(DataReply::Error {
+            code: "not_active",
+            ..
+        })
+    ));
+    assert!(!net.planes[&2].claims().contains_key(&shard()));
+    assert_eq!(net.replica(1).get(b"c").unwrap().value, &b"3"[..]);
+    assert!(
+        !net.planes[&2].is_complete(&id),
+        "marked complete while passive"
+    );
+}
+
+#[test]
 fn a_standby_back_as_a_new_instance_is_not_claimed_on_its_old_session() {
     // Seed 912357 of the simulation: u2's node restarts; the cluster takes u2's role away
     // (its restart fault) and gives it back, and the primary's view goes from before to after
