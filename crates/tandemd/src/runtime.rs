@@ -650,11 +650,15 @@ fn start_raft_syncer(
     std::thread::Builder::new()
         .name("raft-sync".into())
         .spawn(move || {
+            let mut last_warning: Option<Instant> = None;
             for job in jobs {
                 let started = Instant::now();
                 let outcome = job.syncer.sync();
                 let took = started.elapsed();
-                if took >= RAFT_SYNC_SLOW {
+                if took >= RAFT_SYNC_SLOW
+                    && last_warning.is_none_or(|at| at.elapsed() > SLOW_WARNING_EVERY)
+                {
+                    last_warning = Some(Instant::now());
                     tracing::warn!(
                         took_ms = took.as_millis() as u64,
                         "a raft log fdatasync was slow; commits of cluster decisions, and so \
