@@ -362,6 +362,7 @@ fn sample_report() -> tandem_core::AgentReport {
                 epoch: 3,
                 version: 5,
                 units: ["counter-b".into()].into(),
+                seq: 2,
             },
         )]
         .into(),

@@ -198,6 +198,9 @@ pub struct ShardRecord {
     /// sync: the previous ACTIVE acknowledged once it had applied the writes, in memory; or
     /// the previous epoch's ACTIVE again, while this was set).
     pub synced_this_epoch: bool,
+    /// The sequence number of the primary's in-sync claim last applied at this epoch (0: none
+    /// yet): a `SetInSync` with a claim not above it is refused.
+    pub in_sync_claim: u64,
     /// Processing restriction: the ACTIVE admits this many new sessions per thousand
     /// (`None`: no restriction).
     pub admitted_permille: Option<u32>,
@@ -216,6 +219,7 @@ impl ShardRecord {
             in_sync: BTreeSet::new(),
             last_active: None,
             synced_this_epoch: false,
+            in_sync_claim: 0,
             admitted_permille: None,
         }
     }
@@ -242,6 +246,7 @@ impl ShardRecord {
         }
         self.last_active = Some(unit.clone());
         self.in_sync.clear();
+        self.in_sync_claim = 0;
         self.synced_this_epoch = memory_only;
     }
 
@@ -403,6 +408,12 @@ pub enum Command {
         epoch: u64,
         /// The STANDBYs in sync.
         units: BTreeSet<UnitName>,
+        /// The primary's claim sequence number at `epoch` ([`crate::report::InSyncClaim::seq`]):
+        /// refused, as unchanged, unless it is above the record's `in_sync_claim`, so that a
+        /// claim still in flight can never apply after a newer one (the primary stops waiting
+        /// for a STANDBY a newer claim dropped once the cluster applied that claim, or a later
+        /// one).
+        claim: u64,
     },
     /// Processing restriction of a shard's ACTIVE (an operator's `tandemctl restrict`).
     Restrict {
@@ -769,18 +780,21 @@ impl ClusterState {
                 shard,
                 epoch,
                 units,
+                claim,
             } => match self.shards.get_mut(shard) {
                 None => refused(format!("shard {shard} does not exist")),
                 Some(record) if record.epoch != *epoch => ApplyOutcome::Unchanged,
+                // An older claim, still in flight: the primary has stopped waiting for the
+                // STANDBYs a newer one dropped.
+                Some(record) if *claim <= record.in_sync_claim => ApplyOutcome::Unchanged,
                 Some(record) => {
                     let units: BTreeSet<UnitName> = units
                         .iter()
                         .filter(|unit| record.roles.get(*unit) == Some(&Role::Standby))
                         .cloned()
                         .collect();
-                    if units == record.in_sync {
-                        ApplyOutcome::Unchanged
-                    } else {
+                    record.in_sync_claim = *claim;
+                    if units != record.in_sync {
                         record.in_sync = units.clone();
                         record.synced_this_epoch |= !units.is_empty();
                         events.push(ModelEvent::InSyncChanged {
@@ -788,8 +802,8 @@ impl ClusterState {
                             epoch: *epoch,
                             units,
                         });
-                        ApplyOutcome::Changed
                     }
+                    ApplyOutcome::Changed
                 }
             },
             Command::Restrict {
@@ -1803,6 +1817,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_older_in_sync_claim_never_applies_after_a_newer_one() {
+        let mut state = two_n_state();
+        state.apply(
+            2,
+            &set(
+                "s0",
+                0,
+                &[("a", Some(Role::Active)), ("b", Some(Role::Standby))],
+            ),
+        );
+        let claim = |units: &[&str], claim: u64| Command::SetInSync {
+            shard: "s0".into(),
+            epoch: 1,
+            units: units.iter().map(|unit| UnitName::from(*unit)).collect(),
+            claim,
+        };
+        let shard = |state: &ClusterState| state.shards[&ShardName::from("s0")].clone();
+        // The primary claimed b (claim 1), then dropped it (claim 2, applied first).
+        assert_eq!(state.apply(3, &claim(&[], 2)), ApplyOutcome::Changed);
+        assert_eq!(shard(&state).in_sync_claim, 2);
+        // Claim 1 arrives late: b must not be recorded in sync.
+        assert_eq!(state.apply(4, &claim(&["b"], 1)), ApplyOutcome::Unchanged);
+        assert!(shard(&state).in_sync.is_empty());
+        assert_eq!(state.apply(5, &claim(&["b"], 2)), ApplyOutcome::Unchanged);
+        assert!(shard(&state).in_sync.is_empty());
+        // A newer claim applies, and moves the record's claim even with the same units.
+        assert_eq!(state.apply(6, &claim(&["b"], 3)), ApplyOutcome::Changed);
+        assert_eq!(shard(&state).in_sync, ["b".into()].into());
+        assert_eq!(state.apply(7, &claim(&["b"], 4)), ApplyOutcome::Changed);
+        assert_eq!(shard(&state).in_sync_claim, 4);
+        assert_eq!(shard(&state).in_sync, ["b".into()].into());
+    }
+
+    #[test]
     fn a_promoted_in_sync_standby_continues_from_memory_and_its_daemon_restart_is_a_loss() {
         let mut state = two_n_state();
         state.apply(
@@ -1817,6 +1865,7 @@ pub(crate) mod tests {
             shard: "s0".into(),
             epoch: 1,
             units: vec!["b".into()].into_iter().collect(),
+            claim: 1,
         };
         assert_eq!(state.apply(3, &in_sync), ApplyOutcome::Changed);
         let fault = |unit: &str, generation, kind, promotions: Vec<(ShardName, UnitName)>| {
@@ -1887,6 +1936,7 @@ pub(crate) mod tests {
             shard: "s0".into(),
             epoch: 1,
             units: vec!["b".into()].into_iter().collect(),
+            claim: 1,
         };
         assert_eq!(state.apply(3, &in_sync), ApplyOutcome::Changed);
         let fault = |unit: &str, generation, kind, promotions: Vec<(ShardName, UnitName)>| {

@@ -34,7 +34,7 @@ pub const RETRY_AFTER: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum PendingKey {
     Shard(ShardName),
-    InSync(ShardName, u64, BTreeSet<UnitName>),
+    InSync(ShardName, u64, BTreeSet<UnitName>, u64),
     Fault(UnitName, FaultId),
     Restart(UnitName, u64),
 }
@@ -128,8 +128,9 @@ impl<'a> View<'a> {
     }
 
     /// What the agent of `shard`'s primary (the unit acting for it, or the QUIESCED unit of a
-    /// handover) claims in sync at the current epoch, limited to current STANDBYs.
-    pub fn claimed_in_sync(&self, shard: &ShardRecord) -> Option<BTreeSet<UnitName>> {
+    /// handover) claims in sync at the current epoch, limited to current STANDBYs, with the
+    /// claim's sequence number.
+    pub fn claimed_in_sync(&self, shard: &ShardRecord) -> Option<(BTreeSet<UnitName>, u64)> {
         let primary = shard
             .acting()
             .next()
@@ -140,14 +141,15 @@ impl<'a> View<'a> {
         if claim.epoch != shard.epoch || claim.version != shard.version {
             return None;
         }
-        Some(
+        Some((
             claim
                 .units
                 .iter()
                 .filter(|unit| shard.roles.get(*unit) == Some(&Role::Standby))
                 .cloned()
                 .collect(),
-        )
+            claim.seq,
+        ))
     }
 
     /// Static preference of a unit: its rank, its node's rank, its place in the config.
@@ -259,13 +261,16 @@ impl Director {
             }
         }
         for shard in state.shards.values() {
-            let Some(units) = view.claimed_in_sync(shard) else {
+            let Some((units, claim)) = view.claimed_in_sync(shard) else {
                 continue;
             };
-            if units == shard.in_sync {
+            // A newer claim with the same units is proposed too: its primary keeps waiting for
+            // a STANDBY it claimed until the cluster applied a claim at least as new (an older
+            // one still in flight could otherwise apply after a claim that dropped it).
+            if units == shard.in_sync && claim <= shard.in_sync_claim {
                 continue;
             }
-            let key = PendingKey::InSync(shard.name.clone(), shard.epoch, units.clone());
+            let key = PendingKey::InSync(shard.name.clone(), shard.epoch, units.clone(), claim);
             if self.is_pending(&key) {
                 continue;
             }
@@ -274,6 +279,7 @@ impl Director {
                 shard: shard.name.clone(),
                 epoch: shard.epoch,
                 units,
+                claim,
             });
         }
         for unit in state.units.values() {
@@ -311,10 +317,10 @@ impl Director {
                 PendingKey::Fault(unit, fault) => state.units.get(unit).is_some_and(|record| {
                     record.generation == fault.generation && record.fault_seen < *fault
                 }),
-                PendingKey::InSync(shard, epoch, units) => state
+                PendingKey::InSync(shard, epoch, _, claim) => state
                     .shards
                     .get(shard)
-                    .is_some_and(|record| record.epoch == *epoch && record.in_sync != *units),
+                    .is_some_and(|record| record.epoch == *epoch && record.in_sync_claim < *claim),
                 PendingKey::Restart(unit, generation) => {
                     state.units.get(unit).is_some_and(|record| {
                         record.generation == *generation && record.restart_pending

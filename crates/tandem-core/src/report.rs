@@ -89,6 +89,10 @@ pub struct InSyncClaim {
     pub version: u64,
     /// The STANDBYs verified in their current session.
     pub units: BTreeSet<UnitName>,
+    /// The primary's claim sequence number at this epoch: it grows whenever `units` changes.
+    /// The cluster applies a claim only when its number is above the last one applied
+    /// (`ShardRecord::in_sync_claim`), so a claim still in flight never undoes a newer one.
+    pub seq: u64,
 }
 
 /// The leader's latest report from each node, with when it arrived.

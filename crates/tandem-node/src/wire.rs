@@ -139,6 +139,7 @@ pub fn encode_report(report: &AgentReport) -> wire::AgentReport {
                 epoch: claim.epoch,
                 version: claim.version,
                 units: claim.units.iter().map(|unit| unit.0.clone()).collect(),
+                seq: claim.seq,
             })
             .collect(),
     }
@@ -195,6 +196,7 @@ pub fn decode_report(report: wire::AgentReport) -> Result<AgentReport, WireError
                     epoch: claim.epoch,
                     version: claim.version,
                     units: claim.units.into_iter().map(UnitName).collect(),
+                    seq: claim.seq,
                 },
             )
         })
@@ -222,6 +224,7 @@ mod tests {
                     epoch: 4,
                     version: 9,
                     units: ["b".into()].into(),
+                    seq: 7,
                 },
             )]
             .into(),

@@ -98,10 +98,12 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
             shard,
             epoch,
             units,
+            claim,
         } => Kind::SetInSync(wire::SetInSync {
             shard: shard.0.clone(),
             epoch: *epoch,
             units: units.iter().map(|unit| unit.0.clone()).collect(),
+            claim: *claim,
         }),
         Command::Restrict {
             shard,
@@ -177,6 +179,7 @@ pub fn decode_command(data: &[u8]) -> Result<Command, CodecError> {
             shard: ShardName(set.shard),
             epoch: set.epoch,
             units: set.units.into_iter().map(UnitName).collect(),
+            claim: set.claim,
         },
         Kind::Restrict(restrict) => Command::Restrict {
             shard: ShardName(restrict.shard),
@@ -694,6 +697,7 @@ pub fn encode_state(state: &ClusterState) -> Vec<u8> {
                 last_active: shard.last_active.as_ref().map(|unit| unit.0.clone()),
                 admitted_permille: shard.admitted_permille,
                 synced_this_epoch: shard.synced_this_epoch,
+                in_sync_claim: shard.in_sync_claim,
             })
             .collect(),
     }
@@ -777,6 +781,7 @@ pub fn decode_state(data: &[u8]) -> Result<ClusterState, CodecError> {
                     in_sync: shard.in_sync.into_iter().map(UnitName).collect(),
                     last_active: shard.last_active.map(UnitName),
                     synced_this_epoch: shard.synced_this_epoch,
+                    in_sync_claim: shard.in_sync_claim,
                     admitted_permille: shard.admitted_permille,
                 },
             ))
@@ -867,6 +872,7 @@ mod tests {
                 shard: "s0".into(),
                 epoch: 4,
                 units: ["b".into()].into(),
+                claim: 9,
             },
             Command::Restrict {
                 shard: "s0".into(),
@@ -963,6 +969,7 @@ mod tests {
                 shard: "s0".into(),
                 epoch: 1,
                 units: ["a".into()].into(),
+                claim: 3,
             },
         );
         state.apply(
@@ -974,6 +981,7 @@ mod tests {
         );
         let shard = &state.shards[&ShardName::from("s0")];
         assert_eq!(shard.in_sync, ["a".into()].into());
+        assert_eq!(shard.in_sync_claim, 3);
         assert_eq!(shard.last_active, Some("b".into()));
         assert_eq!(shard.admitted_permille, Some(500));
         assert_eq!(decode_state(&encode_state(&state)).unwrap(), state);

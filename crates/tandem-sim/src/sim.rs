@@ -909,7 +909,7 @@ impl Sim {
             }
         }
         let sim_node = &mut self.nodes[node];
-        let claims = sim_node.data.as_ref().expect("checked").claims();
+        let claims = sim_node.data.as_mut().expect("checked").claims();
         let n = sim_node.node.as_mut().expect("checked");
         let before = n.own_report(local_now).in_sync;
         n.set_in_sync_claims(claims.clone());

@@ -9,11 +9,14 @@
 //!   a handover) is the primary; the replicas of its STANDBYs follow it. Only a primary at the
 //!   committed epoch, whose unit holds ACTIVE or QUIESCING, while this node holds a lease,
 //!   takes commits from its registered unit.
-//! - The *wait set* of a primary is its verified sessions plus the STANDBYs the cluster
-//!   committed as in sync. A sync commit is answered, and a stream message delivered to the
-//!   ACTIVE, only once every member of the wait set applied it, and only while the node holds
-//!   a lease (without one, its view of the in-sync set may be stale). A member leaves the wait
-//!   set only when the cluster committed it out of sync, so a STANDBY the director may promote
+//! - The *wait set* of a primary is its verified sessions, the STANDBYs the cluster committed
+//!   as in sync, and the STANDBYs a claim of this primary included that the cluster may still
+//!   apply (the claim's sequence number is above the view's `in_sync_claim`). A sync commit is
+//!   answered, and a stream message delivered to the ACTIVE, only once every member of the
+//!   wait set applied it, and only while the node holds a lease (without one, its view of the
+//!   in-sync set may be stale). A member leaves the wait set only when the cluster committed
+//!   it out of sync by a claim at least as new as the last one that included it (the cluster
+//!   never applies an older claim after a newer one), so a STANDBY the director may promote
 //!   as "in sync" always holds every acknowledged sync write.
 //! - A secondary empties its replica for a full transfer only while the cluster does not count
 //!   it as in sync and it is not verified in its current session (its primary may have claimed
@@ -136,6 +139,9 @@ pub struct ShardView {
     pub standby_generations: BTreeMap<UnitName, u64>,
     /// STANDBYs the cluster committed as in sync at this epoch.
     pub in_sync: BTreeSet<UnitName>,
+    /// The sequence number of the primary's claim that set `in_sync` (`ShardRecord::
+    /// in_sync_claim`): no claim up to it can apply any more.
+    pub in_sync_claim: u64,
     /// The cluster continues the shard at this epoch from what its primary's replica held in
     /// memory (`ShardRecord::synced_this_epoch`): when the epoch began, the primary was a
     /// STANDBY recorded in sync (or the previous ACTIVE again after such a promotion), so the
@@ -211,6 +217,7 @@ impl DataView {
                     standbys,
                     standby_generations,
                     in_sync: shard.in_sync.clone(),
+                    in_sync_claim: shard.in_sync_claim,
                     continued_in_memory: shard.synced_this_epoch,
                     local_units,
                     async_lag_max: service.checkpoint.async_lag_max_ops,
@@ -551,6 +558,36 @@ impl Slot {
     }
 }
 
+/// The in-sync claims a primary of one shard made at one epoch (kept by the plane, not the
+/// primary, so that they outlive a primary replaced at the same epoch).
+#[derive(Debug, Clone, Default)]
+struct ClaimLog {
+    epoch: u64,
+    /// The sequence number of the last claim; it grows whenever the claimed units change.
+    seq: u64,
+    /// The units of the last claim (`None`: no claim yet at this sequence number).
+    units: Option<BTreeSet<UnitName>>,
+    /// Each STANDBY ever claimed at this epoch, and the last claim that included it. While the
+    /// view's `in_sync_claim` is below it, that claim may still be applied (recording the
+    /// STANDBY in sync), so the STANDBY stays in the wait set.
+    last_claimed: BTreeMap<UnitName, u64>,
+}
+
+impl ClaimLog {
+    /// STANDBYs a claim of the primary at `view`'s epoch included that the cluster may still
+    /// record in sync.
+    fn pending<'a>(
+        log: Option<&'a Self>,
+        view: &'a ShardView,
+    ) -> impl Iterator<Item = &'a UnitName> + 'a {
+        log.filter(|log| log.epoch == view.epoch)
+            .into_iter()
+            .flat_map(|log| log.last_claimed.iter())
+            .filter(|(_, claim)| **claim > view.in_sync_claim)
+            .map(|(unit, _)| unit)
+    }
+}
+
 /// A node's data plane.
 #[derive(Debug)]
 pub struct DataPlane {
@@ -577,6 +614,8 @@ pub struct DataPlane {
     forwards_seen: BTreeMap<NodeId, (BTreeSet<u64>, VecDeque<u64>)>,
     /// Replicas touched since the last output.
     dirty: BTreeSet<ReplicaId>,
+    /// The in-sync claims of this node's primaries, by shard (the current epoch's).
+    claim_logs: BTreeMap<ShardName, ClaimLog>,
     out: DataOutput,
 }
 
@@ -584,23 +623,36 @@ pub struct DataPlane {
 const FORWARDS_REMEMBERED: usize = 4096;
 
 /// The smallest acknowledged version over a primary's wait set; with an empty wait set, what
-/// is durable on the local disk (nothing else holds the writes then).
-fn safe_version(primary: &Primary, view: &ShardView, version: u64, durable: u64) -> u64 {
+/// is durable on the local disk (nothing else holds the writes then). Besides the sessions in
+/// step and the STANDBYs the view has in sync, the wait set holds the STANDBYs a claim of this
+/// primary included while the cluster may still apply that claim (`claims`): a STANDBY that
+/// left the verified set after it was claimed must not miss writes acknowledged before that
+/// claim is recorded, or a STANDBY recorded in sync could lack them.
+fn safe_version(
+    primary: &Primary,
+    view: &ShardView,
+    claims: Option<&ClaimLog>,
+    version: u64,
+    durable: u64,
+) -> u64 {
+    let claimed: BTreeSet<&UnitName> = ClaimLog::pending(claims, view).collect();
+    let member = |unit: &UnitName| view.in_sync.contains(unit) || claimed.contains(unit);
     let waits = primary
         .sessions
         .iter()
-        .any(|(unit, session)| session.in_step() || view.in_sync.contains(unit))
-        || !view.in_sync.is_empty();
+        .any(|(unit, session)| session.in_step() || member(unit))
+        || !view.in_sync.is_empty()
+        || !claimed.is_empty();
     if !waits {
         return version.min(durable);
     }
     let mut safe = version;
     for (unit, session) in &primary.sessions {
-        if session.in_step() || view.in_sync.contains(unit) {
+        if session.in_step() || member(unit) {
             safe = safe.min(session.acked_version);
         }
     }
-    for unit in &view.in_sync {
+    for unit in view.in_sync.iter().chain(claimed.iter().copied()) {
         if !primary.sessions.contains_key(unit) {
             safe = 0;
         }
@@ -724,6 +776,7 @@ impl DataPlane {
             epochs_at_start: None,
             forwards_seen: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            claim_logs: BTreeMap::new(),
             out: DataOutput::default(),
         }
     }
@@ -824,8 +877,10 @@ impl DataPlane {
     }
 
     /// What each primary here asks the cluster to record as in sync: the STANDBYs verified in
-    /// their current session, at the epoch and shard version of the view.
-    pub fn claims(&self) -> BTreeMap<ShardName, crate::report::InSyncClaim> {
+    /// their current session, at the epoch and shard version of the view, with the claim's
+    /// sequence number (a new one whenever the units change). The primary keeps every STANDBY
+    /// claimed here in its wait set until the view shows a claim at least as new applied.
+    pub fn claims(&mut self) -> BTreeMap<ShardName, crate::report::InSyncClaim> {
         let mut claims = BTreeMap::new();
         for (id, slot) in &self.slots {
             let SlotRole::Primary(primary) = &slot.role else {
@@ -837,7 +892,7 @@ impl DataPlane {
             if view.epoch != primary.epoch || primary.passive {
                 continue;
             }
-            let verified = primary
+            let verified: BTreeSet<UnitName> = primary
                 .sessions
                 .iter()
                 .filter(|(_, session)| {
@@ -845,12 +900,33 @@ impl DataPlane {
                 })
                 .map(|(unit, _)| unit.clone())
                 .collect();
+            let log = self.claim_logs.entry(id.shard.clone()).or_default();
+            if log.epoch != primary.epoch {
+                *log = ClaimLog {
+                    epoch: primary.epoch,
+                    ..ClaimLog::default()
+                };
+            }
+            if log.seq < view.in_sync_claim {
+                // Claims of this epoch applied that this log does not know of (it started
+                // over): the next one must be newer.
+                log.seq = view.in_sync_claim;
+                log.units = None;
+            }
+            if log.units.as_ref() != Some(&verified) {
+                log.seq += 1;
+                log.units = Some(verified.clone());
+            }
+            for unit in &verified {
+                log.last_claimed.insert(unit.clone(), log.seq);
+            }
             claims.insert(
                 id.shard.clone(),
                 crate::report::InSyncClaim {
                     epoch: primary.epoch,
                     version: view.version,
                     units: verified,
+                    seq: log.seq,
                 },
             );
         }
@@ -2398,7 +2474,13 @@ impl DataPlane {
                         session.lagging = false;
                     }
                 }
-                let safe = safe_version(primary, &view, version, slot.durable);
+                let safe = safe_version(
+                    primary,
+                    &view,
+                    self.claim_logs.get(&id.shard),
+                    version,
+                    slot.durable,
+                );
                 // Waiters the wait set has caught up with, while this node holds a lease. Without
                 // one, the view may be far behind the committed state: a STANDBY this primary
                 // claimed may be committed in sync (and even promoted) though the view does not

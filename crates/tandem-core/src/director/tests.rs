@@ -113,17 +113,20 @@ impl Harness {
                     .next()
                     .or_else(|| shard.handover.as_ref().map(|handover| &handover.from));
                 if primary.is_some_and(|unit| self.state.units[unit].node == node.id) {
-                    let verified = shard
+                    let verified: BTreeSet<UnitName> = shard
                         .units_in(Role::Standby)
                         .filter(|unit| !self.unsynced.contains(*unit))
                         .cloned()
                         .collect();
+                    // A new claim whenever the verified units differ from the record.
+                    let seq = shard.in_sync_claim + u64::from(verified != shard.in_sync);
                     report.in_sync.insert(
                         shard.name.clone(),
                         crate::report::InSyncClaim {
                             epoch: shard.epoch,
                             version: shard.version,
                             units: verified,
+                            seq,
                         },
                     );
                 }

@@ -240,10 +240,13 @@ impl Net {
 
     /// The primary's claim, committed as the director would.
     fn commit_claim(&mut self, primary: u64) {
-        let claims = self.planes[&primary].claims();
+        let claims = self.planes.get_mut(&primary).unwrap().claims();
         let claim = claims.get(&shard()).cloned().unwrap_or_default();
         assert_eq!(claim.epoch, self.view.epoch);
-        self.view.in_sync = claim.units;
+        if claim.seq > self.view.in_sync_claim {
+            self.view.in_sync = claim.units;
+            self.view.in_sync_claim = claim.seq;
+        }
         self.push_view();
     }
 
@@ -552,7 +555,9 @@ fn an_in_sync_standby_keeps_its_replica_until_taken_out_of_sync() {
         "emptied while in sync"
     );
     // The primary's claim no longer has it; once committed, the transfer goes ahead.
-    assert!(net.planes[&1].claims()[&shard()].units.is_empty());
+    assert!(net.planes.get_mut(&1).unwrap().claims()[&shard()]
+        .units
+        .is_empty());
     net.commit_claim(1);
     net.tick(200);
     net.run();
@@ -656,7 +661,7 @@ fn a_late_copy_of_a_follow_gets_a_delta_and_never_empties_an_in_step_standby() {
     // The primary claims the STANDBY in sync (the cluster may commit that before the
     // STANDBY's node hears of it); then the late Follow arrives.
     assert_eq!(
-        net.planes[&1].claims()[&shard()].units,
+        net.planes.get_mut(&1).unwrap().claims()[&shard()].units,
         BTreeSet::from([unit("u2")])
     );
     let first = net.persisted.len();
@@ -670,7 +675,7 @@ fn a_late_copy_of_a_follow_gets_a_delta_and_never_empties_an_in_step_standby() {
     }));
     assert_eq!(net.replica(2), net.replica(1));
     assert_eq!(
-        net.planes[&1].claims()[&shard()].units,
+        net.planes.get_mut(&1).unwrap().claims()[&shard()].units,
         BTreeSet::from([unit("u2")])
     );
 }
@@ -808,7 +813,9 @@ fn a_lagging_standby_stops_holding_back_commits_after_the_sync_timeout() {
         .iter()
         .any(|event| matches!(event, DataEvent::Lagging { .. })));
     // Its claim is withdrawn; once the cluster commits that, the commit goes on.
-    assert!(net.planes[&1].claims()[&shard()].units.is_empty());
+    assert!(net.planes.get_mut(&1).unwrap().claims()[&shard()]
+        .units
+        .is_empty());
     assert_eq!(
         net.reply(request),
         None,
@@ -1101,7 +1108,11 @@ fn a_standby_promoted_in_sync_after_its_node_lost_its_replica_stays_passive() {
         net.reply(refused)
     );
     assert!(
-        !net.planes[&2].claims().contains_key(&shard()),
+        !net.planes
+            .get_mut(&2)
+            .unwrap()
+            .claims()
+            .contains_key(&shard()),
         "a passive primary claims nobody in sync"
     );
     assert!(
@@ -1148,7 +1159,7 @@ fn a_standby_emptied_for_a_transfer_is_not_trusted_by_a_late_in_sync_record() {
     net.assign(1, 1, &[2], &[]);
     net.commit(1, 1, vec![put("a", b"1")], None, true);
     net.run();
-    let claim = net.planes[&1].claims()[&shard()].clone();
+    let claim = net.planes.get_mut(&1).unwrap().claims()[&shard()].clone();
     assert_eq!(claim.units, BTreeSet::from([unit("u2")]));
     let now = net.now;
     net.planes.get_mut(&2).unwrap().on_peer(
@@ -1194,7 +1205,12 @@ fn a_standby_emptied_for_a_transfer_is_not_trusted_by_a_late_in_sync_record() {
             ..
         })
     ));
-    assert!(!net.planes[&2].claims().contains_key(&shard()));
+    assert!(!net
+        .planes
+        .get_mut(&2)
+        .unwrap()
+        .claims()
+        .contains_key(&shard()));
     assert_eq!(net.replica(1).get(b"c").unwrap().value, &b"3"[..]);
     assert!(
         !net.planes[&2].is_complete(&id),
@@ -1212,19 +1228,121 @@ fn a_standby_back_as_a_new_instance_is_not_claimed_on_its_old_session() {
     net.assign(1, 1, &[2], &[]);
     net.run();
     assert_eq!(
-        net.planes[&1].claims()[&shard()].units,
+        net.planes.get_mut(&1).unwrap().claims()[&shard()].units,
         BTreeSet::from([unit("u2")])
     );
     net.view.standby_generations = BTreeMap::from([(unit("u2"), 2)]);
     net.push_view();
-    assert!(net.planes[&1].claims()[&shard()].units.is_empty());
+    assert!(net.planes.get_mut(&1).unwrap().claims()[&shard()]
+        .units
+        .is_empty());
     // u2 is told, follows again, and is verified in a new session.
     for _ in 0..3 {
         net.tick(200);
         net.run();
     }
     assert_eq!(
-        net.planes[&1].claims()[&shard()].units,
+        net.planes.get_mut(&1).unwrap().claims()[&shard()].units,
         BTreeSet::from([unit("u2")])
+    );
+}
+
+/// The cluster commits the primary's claim `claim` (one the director proposed earlier, whose
+/// commit reaches the view only now), as `Command::SetInSync` applies it.
+fn commit_old_claim(net: &mut Net, claim: &crate::report::InSyncClaim) {
+    if claim.seq > net.view.in_sync_claim {
+        net.view.in_sync = claim.units.clone();
+        net.view.in_sync_claim = claim.seq;
+    }
+    net.push_view();
+}
+
+#[test]
+fn a_claimed_standby_that_lags_holds_back_commits_until_a_newer_claim_is_committed() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.run();
+    // The primary claims u2; the director's proposal is in flight.
+    let old = net.planes.get_mut(&1).unwrap().claims()[&shard()].clone();
+    assert_eq!(old.units, BTreeSet::from([unit("u2")]));
+    // The standby goes silent and is marked lagging: it leaves the verified set.
+    let request = net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run_with(100, |message| matches!(message, DataMessage::Items { .. }));
+    net.tick(1100);
+    net.run_with(100, |message| matches!(message, DataMessage::Items { .. }));
+    assert!(net
+        .events
+        .iter()
+        .any(|event| matches!(event, DataEvent::Lagging { .. })));
+    net.tick(1);
+    net.run_with(100, |message| matches!(message, DataMessage::Items { .. }));
+    assert_eq!(
+        net.reply(request),
+        None,
+        "acknowledged without a STANDBY whose claim may still be committed"
+    );
+    // The old claim commits: u2 is recorded in sync, and it does not have the write.
+    commit_old_claim(&mut net, &old);
+    net.tick(1);
+    net.collect();
+    assert_eq!(net.reply(request), None);
+    // The newer claim without u2 commits: the write goes on.
+    let new = net.planes.get_mut(&1).unwrap().claims()[&shard()].clone();
+    assert!(new.units.is_empty());
+    assert!(new.seq > old.seq);
+    net.commit_claim(1);
+    net.tick(1);
+    net.collect();
+    assert_eq!(
+        net.reply(request),
+        Some(&DataReply::Committed { version: 1 })
+    );
+    // The old claim arriving again changes nothing.
+    commit_old_claim(&mut net, &old);
+    assert!(net.view.in_sync.is_empty());
+}
+
+#[test]
+fn a_claimed_standby_whose_session_is_replaced_holds_back_commits_until_a_newer_claim() {
+    let mut net = short_memory();
+    let late = verify_with_a_follow_held_back(&mut net, false);
+    // The primary claims u2; the director's proposal is in flight.
+    let old = net.planes.get_mut(&1).unwrap().claims()[&shard()].clone();
+    assert_eq!(old.units, BTreeSet::from([unit("u2")]));
+    // The late Follow replaces the session with a delta that is not verified yet (its Start
+    // never arrives), so u2 is no longer in step.
+    for (from, to, message) in late {
+        let now = net.now;
+        net.planes
+            .get_mut(&to)
+            .unwrap()
+            .on_peer(now, NodeId(from), message);
+    }
+    net.collect();
+    net.wire.clear();
+    assert!(net.planes.get_mut(&1).unwrap().claims()[&shard()]
+        .units
+        .is_empty());
+    let request = net.commit(1, 1, vec![put("c", b"3")], None, true);
+    net.collect();
+    net.wire.clear();
+    assert_eq!(
+        net.reply(request),
+        None,
+        "acknowledged without a STANDBY whose claim may still be committed"
+    );
+    // The old claim commits: u2 is recorded in sync, and it does not have the write.
+    commit_old_claim(&mut net, &old);
+    net.tick(1);
+    net.collect();
+    net.wire.clear();
+    assert_eq!(net.reply(request), None);
+    // The newer claim without u2 commits: the write goes on.
+    net.commit_claim(1);
+    net.tick(1);
+    net.collect();
+    assert_eq!(
+        net.reply(request),
+        Some(&DataReply::Committed { version: 3 })
     );
 }
