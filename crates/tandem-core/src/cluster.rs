@@ -1850,8 +1850,8 @@ pub(crate) mod tests {
         assert_eq!(shard(&state).in_sync, ["b".into()].into());
     }
 
-    #[test]
-    fn a_promoted_in_sync_standby_continues_from_memory_and_its_daemon_restart_is_a_loss() {
+    /// A 2n shard s0 with a ACTIVE and b STANDBY, b committed in sync at epoch 1 (index 3).
+    fn b_in_sync_behind_a() -> ClusterState {
         let mut state = two_n_state();
         state.apply(
             2,
@@ -1868,15 +1868,28 @@ pub(crate) mod tests {
             claim: 1,
         };
         assert_eq!(state.apply(3, &in_sync), ApplyOutcome::Changed);
-        let fault = |unit: &str, generation, kind, promotions: Vec<(ShardName, UnitName)>| {
-            Command::UnitFault {
-                unit: unit.into(),
-                fault: FaultId { generation, seq: 1 },
-                kind,
-                at_ms: 1000,
-                promotions,
-            }
-        };
+        state
+    }
+
+    /// The first fault of `unit`'s instance `generation`, with the STANDBYs it promotes.
+    fn unit_fault(
+        unit: &str,
+        generation: u64,
+        kind: FaultKind,
+        promotions: Vec<(ShardName, UnitName)>,
+    ) -> Command {
+        Command::UnitFault {
+            unit: unit.into(),
+            fault: FaultId { generation, seq: 1 },
+            kind,
+            at_ms: 1000,
+            promotions,
+        }
+    }
+
+    #[test]
+    fn a_promoted_in_sync_standby_continues_from_memory_and_its_daemon_restart_is_a_loss() {
+        let mut state = b_in_sync_behind_a();
         let crash = FaultKind::ProcessExit {
             code: Some(3),
             signal: None,
@@ -1884,7 +1897,7 @@ pub(crate) mod tests {
         let mut events = Vec::new();
         state.apply_with_events(
             4,
-            &fault("a", 1, crash, vec![("s0".into(), "b".into())]),
+            &unit_fault("a", 1, crash, vec![("s0".into(), "b".into())]),
             &mut events,
         );
         assert!(
@@ -1903,7 +1916,7 @@ pub(crate) mod tests {
             "b acknowledged a's writes once applied in memory; its disk may not have them"
         );
         // b's daemon restarts, losing what its disk did not have: b no longer continues s0.
-        state.apply(5, &fault("b", 1, FaultKind::AgentRestarted, vec![]));
+        state.apply(5, &unit_fault("b", 1, FaultKind::AgentRestarted, vec![]));
         assert_eq!(state.shards[&ShardName::from("s0")].last_active, None);
         let mut events = Vec::new();
         let version = state.shards[&ShardName::from("s0")].version;
@@ -1923,40 +1936,16 @@ pub(crate) mod tests {
         // loses ACTIVE to a fault of its own, handled after its daemon restarted; the agent's
         // restart fault then finds b without roles. Giving b ACTIVE again must be reported as
         // a possible loss: its daemon lost the memory the cluster would continue from.
-        let mut state = two_n_state();
-        state.apply(
-            2,
-            &set(
-                "s0",
-                0,
-                &[("a", Some(Role::Active)), ("b", Some(Role::Standby))],
-            ),
-        );
-        let in_sync = Command::SetInSync {
-            shard: "s0".into(),
-            epoch: 1,
-            units: vec!["b".into()].into_iter().collect(),
-            claim: 1,
-        };
-        assert_eq!(state.apply(3, &in_sync), ApplyOutcome::Changed);
-        let fault = |unit: &str, generation, kind, promotions: Vec<(ShardName, UnitName)>| {
-            Command::UnitFault {
-                unit: unit.into(),
-                fault: FaultId { generation, seq: 1 },
-                kind,
-                at_ms: 1000,
-                promotions,
-            }
-        };
+        let mut state = b_in_sync_behind_a();
         let crash = FaultKind::ProcessExit {
             code: Some(3),
             signal: None,
         };
         state.apply(
             4,
-            &fault("a", 1, crash.clone(), vec![("s0".into(), "b".into())]),
+            &unit_fault("a", 1, crash.clone(), vec![("s0".into(), "b".into())]),
         );
-        state.apply(5, &fault("b", 1, crash, vec![]));
+        state.apply(5, &unit_fault("b", 1, crash, vec![]));
         let s0 = &state.shards[&ShardName::from("s0")];
         assert_eq!(
             (s0.roles.get(&UnitName::from("b")), s0.last_active.as_ref()),
@@ -1967,7 +1956,7 @@ pub(crate) mod tests {
         assert_eq!(
             state.apply(
                 6,
-                &fault("b", generation, FaultKind::AgentRestarted, vec![])
+                &unit_fault("b", generation, FaultKind::AgentRestarted, vec![])
             ),
             ApplyOutcome::Changed
         );
