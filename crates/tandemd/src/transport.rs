@@ -110,10 +110,22 @@ async fn outbound(
         }
         warned = false;
         delay = RECONNECT_DELAY_MIN;
-        let (_read, mut write) = stream.into_split();
+        let (mut read, mut write) = stream.into_split();
         let mut batch = BytesMut::new();
+        let mut probe = [0u8; 1];
         loop {
-            let Some(frame) = queue.recv().await else {
+            // The peer never writes on this connection, so a read that completes means it
+            // closed (its daemon died or restarted): reconnect now rather than lose the next
+            // message into a dead socket. A follower rarely writes to another follower, so
+            // without this its first vote answer after a restart would be lost.
+            let frame = tokio::select! {
+                frame = queue.recv() => frame,
+                _closed = read.read(&mut probe) => {
+                    tracing::debug!(peer = id, "peer closed the connection; reconnecting");
+                    break;
+                }
+            };
+            let Some(frame) = frame else {
                 return;
             };
             batch.extend_from_slice(&frame);
