@@ -29,7 +29,11 @@
 //! s ≤ r = t0 + age.) Hence the rule
 //! checked by [`check_fencing_timers`]:
 //! `(freshness + lease) · (1 + ρ) / (1 − ρ) < node_timeout`. The same leader declaring X down
-//! waits node_timeout after r ≥ s, which the rule covers too. The unit process enforces its
+//! waits node_timeout after r ≥ s, which the rule covers too. When X's connection to the
+//! leader closed (its daemon died), the leader waits only `lease · (1 + ρ) / (1 − ρ)` after the
+//! last heartbeat it received from X ([`lease_expiry_bound`]): it grants only in answer to
+//! heartbeats, so every grant X holds from it ends by then; and never less than the fencing
+//! bound after it became leader, which covers its predecessors' grants. The unit process enforces its
 //! lease itself (the SDK quiesces its ACTIVE roles at the deadline), so a paused or killed
 //! daemon cannot keep a unit ACTIVE.
 
@@ -83,8 +87,24 @@ pub const GRANTS_KEPT: usize = 8;
 /// rounded up to the millisecond. A new leader waits this long before judging a node it has
 /// not heard from: no lease an earlier leader granted can still let that node's units act.
 pub fn fencing_bound(heartbeat_interval: Duration, lease: Duration) -> Duration {
-    let micros = (heartbeat_interval + lease).as_micros() * u128::from(1_000_000 + DRIFT_PPM)
-        / u128::from(1_000_000 - DRIFT_PPM);
+    drift_bound(heartbeat_interval + lease)
+}
+
+/// How long, on the leader's clock, after it received a node's heartbeat every lease it
+/// granted that node up to then has surely run out: `lease · (1+ρ)/(1−ρ)`, rounded up to the
+/// millisecond. A grant answers a heartbeat the node sent before the leader received it, and
+/// covers `lease` from that send on the node's clock (less any shortening). The leader judges
+/// a node whose connection to it closed (a killed daemon) down this long after its last
+/// heartbeat instead of a whole `node_timeout` after it (see [`crate::LivenessTracker`]).
+pub fn lease_expiry_bound(lease: Duration) -> Duration {
+    drift_bound(lease)
+}
+
+/// `length · (1+ρ)/(1−ρ)`, rounded up to the millisecond: the longest `length` on one clock
+/// can last on another.
+fn drift_bound(length: Duration) -> Duration {
+    let micros =
+        length.as_micros() * u128::from(1_000_000 + DRIFT_PPM) / u128::from(1_000_000 - DRIFT_PPM);
     let millis = micros.div_ceil(1000);
     Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
 }
@@ -216,6 +236,10 @@ mod tests {
         // (50 + 200) × 1.02 / 0.98 = 260.2 ms, rounded up.
         assert_eq!(fencing_bound(MS(50), MS(200)), MS(261));
         assert!(fencing_bound(MS(10), MS(50)) < MS(80));
+        // 200 × 1.02 / 0.98 = 208.2 ms, rounded up; always inside the node timeout the
+        // fencing rule accepts.
+        assert_eq!(lease_expiry_bound(MS(200)), MS(209));
+        assert!(lease_expiry_bound(MS(50)) < fencing_bound(MS(10), MS(50)));
     }
 
     #[test]

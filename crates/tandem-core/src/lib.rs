@@ -33,7 +33,9 @@ pub use cluster::{
 pub use director::{Director, Refusal, SwitchoverTarget};
 pub use ids::{NodeId, ServiceName, ShardName, UnitName};
 pub use ladder::{FaultKind, FaultRecord, Ladder, Level, RecoveryAction, Severity};
-pub use lease::{check_fencing_timers, fencing_bound, AgentLease, QuorumClock, DRIFT_PPM};
+pub use lease::{
+    check_fencing_timers, fencing_bound, lease_expiry_bound, AgentLease, QuorumClock, DRIFT_PPM,
+};
 pub use liveness::{LivenessConfig, LivenessTracker, NodeReport};
 pub use report::{AgentReport, InSyncClaim, Observations, Presence, Settled, UnitReport};
 pub use time::Time;

@@ -8,6 +8,15 @@
 //! node, so it starts by giving every node a grace period (`first_verdict_after`): long
 //! enough for a live node to find the new leader and send it a heartbeat, and (the fencing
 //! rule) long enough for any lease the old leader granted to have run out.
+//!
+//! A node's daemon that dies (killed, crashed, stopped) closes its connections, and the
+//! kernel tells the leader at once. The leader then need not wait `node_timeout`: it judges the
+//! node down as soon as every lease it granted the node has surely run out
+//! (`link_loss_timeout` after the node's last heartbeat, [`crate::lease_expiry_bound`]), and
+//! never before `first_verdict_after` from the tracker's start, which covers leases of
+//! earlier leaders. A heartbeat heard after the loss (the node reconnected) cancels it. A
+//! silent node whose connections stay open (a partition, a power cut) still waits
+//! `node_timeout`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +33,9 @@ pub struct LivenessConfig {
     /// A node not heard from since this tracker started is judged down after this long; at
     /// most `node_timeout`.
     pub first_verdict_after: Duration,
+    /// A node whose connection to this leader closed is judged down this long after its last
+    /// heartbeat (not before `first_verdict_after` from the start); at most `node_timeout`.
+    pub link_loss_timeout: Duration,
 }
 
 /// Figures a node reported in its last heartbeat.
@@ -48,6 +60,8 @@ struct Observed {
     report: Option<NodeReport>,
     /// A verdict proposed and not yet seen committed, with when it was proposed.
     pending: Option<(bool, Time)>,
+    /// Whether the node's connection to this leader closed after its last heartbeat.
+    link_lost: bool,
 }
 
 /// Leader-side liveness tracker. Sans-IO: time is an input, verdicts are returned as commands.
@@ -59,6 +73,8 @@ pub struct LivenessTracker {
     self_id: NodeId,
     /// Per-node observations, for every member.
     nodes: BTreeMap<NodeId, Observed>,
+    /// When this tracker started (this node became leader).
+    started: Time,
 }
 
 impl LivenessTracker {
@@ -80,6 +96,7 @@ impl LivenessTracker {
                         heard: false,
                         report: None,
                         pending: None,
+                        link_lost: false,
                     },
                 )
             })
@@ -88,6 +105,7 @@ impl LivenessTracker {
             config,
             self_id,
             nodes,
+            started: now,
         }
     }
 
@@ -97,7 +115,37 @@ impl LivenessTracker {
             observed.last_seen = observed.last_seen.max(now);
             observed.heard = true;
             observed.report = Some(report);
+            observed.link_lost = false;
         }
+    }
+
+    /// `node`'s connection to this leader closed: everything it sent before has arrived, and
+    /// nothing more will come until it reconnects. Only the verdict's timing depends on it, so
+    /// a spurious report (a connection reset between live daemons) costs at most an early
+    /// failover of a node that stays silent, never two ACTIVEs.
+    pub fn link_lost(&mut self, node: NodeId) {
+        if node == self.self_id {
+            return;
+        }
+        if let Some(observed) = self.nodes.get_mut(&node) {
+            observed.link_lost = true;
+        }
+    }
+
+    /// When `node` is judged down at the earliest, if nothing more is heard from it.
+    fn down_at(&self, observed: &Observed) -> Time {
+        let config = &self.config;
+        if !observed.heard {
+            return observed.last_seen + config.first_verdict_after.min(config.node_timeout);
+        }
+        if observed.link_lost {
+            let leases_ended = observed.last_seen + config.link_loss_timeout;
+            let earlier_leaders_fenced = self.started + config.first_verdict_after;
+            return leases_ended
+                .max(earlier_leaders_fenced)
+                .min(observed.last_seen + config.node_timeout);
+        }
+        observed.last_seen + config.node_timeout
     }
 
     /// Compares what the tracker sees at `now` with the committed verdicts in `committed` and
@@ -107,15 +155,9 @@ impl LivenessTracker {
     /// ([`crate::director::node_down_promotions`] knows which STANDBYs are ready).
     pub fn decide(&mut self, now: Time, committed: &ClusterState) -> Vec<Command> {
         let mut commands = Vec::new();
-        for (id, observed) in &mut self.nodes {
-            let timeout = if observed.heard {
-                self.config.node_timeout
-            } else {
-                self.config
-                    .first_verdict_after
-                    .min(self.config.node_timeout)
-            };
-            let seen_up = *id == self.self_id || now.saturating_since(observed.last_seen) < timeout;
+        let down_at: Vec<Time> = self.nodes.values().map(|o| self.down_at(o)).collect();
+        for ((id, observed), down_at) in self.nodes.iter_mut().zip(down_at) {
+            let seen_up = *id == self.self_id || now < down_at;
             let committed_up = committed.is_up(*id);
             if seen_up == committed_up {
                 observed.pending = None;
@@ -163,6 +205,7 @@ mod tests {
             LivenessConfig {
                 node_timeout: Duration::from_millis(300),
                 first_verdict_after: Duration::from_millis(300),
+                link_loss_timeout: Duration::from_millis(209),
             },
             NodeId(1),
             [NodeId(1), NodeId(2), NodeId(3)],
@@ -213,6 +256,7 @@ mod tests {
             LivenessConfig {
                 node_timeout: Duration::from_millis(300),
                 first_verdict_after: Duration::from_millis(200),
+                link_loss_timeout: Duration::from_millis(150),
             },
             NodeId(1),
             [NodeId(1), NodeId(2), NodeId(3)],
@@ -232,6 +276,69 @@ mod tests {
             }
         ));
         assert!(tracker.decide(Time::from_millis(449), &state).is_empty());
+    }
+
+    #[test]
+    fn a_node_whose_connection_closed_is_down_once_its_leases_ran_out() {
+        let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let mut tracker = LivenessTracker::new(
+            LivenessConfig {
+                node_timeout: Duration::from_millis(300),
+                first_verdict_after: Duration::from_millis(261),
+                link_loss_timeout: Duration::from_millis(209),
+            },
+            NodeId(1),
+            [NodeId(1), NodeId(2), NodeId(3)],
+            Time::ZERO,
+        );
+        let down = |node| Command::SetNodeLiveness {
+            node,
+            up: false,
+            at_ms: 0,
+            promotions: vec![],
+        };
+        tracker.observe(Time::from_millis(10), NodeId(2), NodeReport::default());
+        tracker.observe(Time::from_millis(200), NodeId(3), NodeReport::default());
+        tracker.link_lost(NodeId(2));
+        tracker.link_lost(NodeId(3));
+        tracker.link_lost(NodeId(1));
+        // Node 2's leases ended at 10 + 209, but leases of an earlier leader may run until
+        // the fencing bound after this one started.
+        assert!(tracker.decide(Time::from_millis(260), &state).is_empty());
+        assert_eq!(
+            tracker.decide(Time::from_millis(261), &state),
+            vec![down(NodeId(2))]
+        );
+        // Node 3: 200 + 209, well before its node timeout at 500.
+        assert!(tracker.decide(Time::from_millis(408), &state).is_empty());
+        assert_eq!(
+            tracker.decide(Time::from_millis(409), &state),
+            vec![down(NodeId(3))]
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_after_a_lost_connection_brings_back_the_node_timeout() {
+        let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let mut tracker = tracker(Time::ZERO);
+        tracker.observe(Time::from_millis(450), NodeId(2), NodeReport::default());
+        tracker.observe(Time::from_millis(400), NodeId(3), NodeReport::default());
+        tracker.link_lost(NodeId(3));
+        // The node reconnected and was heard again: only a whole node timeout of silence
+        // judges it now.
+        tracker.observe(Time::from_millis(450), NodeId(3), NodeReport::default());
+        assert!(tracker.decide(Time::from_millis(749), &state).is_empty());
+        assert_eq!(tracker.decide(Time::from_millis(750), &state).len(), 2);
+    }
+
+    #[test]
+    fn a_lost_connection_of_a_node_never_heard_waits_the_first_verdict_grace() {
+        let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let mut tracker = tracker(Time::ZERO);
+        tracker.observe(Time::from_millis(250), NodeId(2), NodeReport::default());
+        tracker.link_lost(NodeId(3));
+        assert!(tracker.decide(Time::from_millis(299), &state).is_empty());
+        assert_eq!(tracker.decide(Time::from_millis(300), &state).len(), 1);
     }
 
     #[test]

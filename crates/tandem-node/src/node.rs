@@ -381,6 +381,44 @@ impl<D: Disk> Node<D> {
         leadership.plan_due = true;
     }
 
+    /// The connection peer `from` sends to this node on closed (its daemon died or stopped, or
+    /// the connection broke): what it sent before has arrived. The leader judges the peer down
+    /// as soon as its leases have run out instead of after a whole node timeout; a follower
+    /// whose leader this is starts an election at once if it is the first voter, by id, among
+    /// the others the cluster holds up, so that one candidate asks instead of several
+    /// splitting the vote. If that one cannot win (it died too, or its log is behind), the
+    /// usual election timeout follows. (Followers do not talk to each other, so a follower
+    /// cannot tell which of them is still connected; the committed liveness is what all of
+    /// them agree on.) A heartbeat heard from the peer later cancels the leader's haste.
+    pub fn on_link_lost(&mut self, _now: Time, from: u64) {
+        if from == self.id.0 || !self.settings.members.contains(&NodeId(from)) {
+            return;
+        }
+        if let Some(leadership) = &mut self.leadership {
+            leadership.liveness.link_lost(NodeId(from));
+            return;
+        }
+        if self.replica.leader_id() != Some(from) || !self.replica.is_voter(self.id.0) {
+            return;
+        }
+        let first_voter_heard = self
+            .settings
+            .members
+            .iter()
+            .map(|id| id.0)
+            .filter(|id| {
+                *id != from && self.replica.is_voter(*id) && self.replica.state().is_up(NodeId(*id))
+            })
+            .min();
+        if first_voter_heard == Some(self.id.0) {
+            tracing::info!(
+                leader = from,
+                "the leader's connection closed; starting an election now"
+            );
+            self.replica.campaign_now();
+        }
+    }
+
     /// A message from peer `from`.
     pub fn on_peer(&mut self, now: Time, from: u64, message: PeerMessage) {
         match message {
@@ -782,6 +820,7 @@ impl<D: Disk> Node<D> {
                             self.settings.heartbeat_interval,
                             self.settings.lease,
                         ),
+                        link_loss_timeout: tandem_core::lease_expiry_bound(self.settings.lease),
                     },
                     self.id,
                     self.settings.members.iter().copied(),

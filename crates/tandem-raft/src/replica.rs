@@ -642,6 +642,26 @@ impl<D: Disk> Replica<D> {
         }
     }
 
+    /// On a follower that may vote: starts an election now, without pre-vote and past the
+    /// other voters' leader lease (raft-rs's leadership-transfer campaign), because the
+    /// leader's daemon is known to be gone (its connection closed). Raft's safety does not
+    /// depend on when elections start: a voter still grants its vote only to a log at least
+    /// as up to date as its own, once per term. Elsewhere (leader, candidate, learner) this
+    /// does nothing.
+    pub fn campaign_now(&mut self) {
+        if self.raw.raft.state != StateRole::Follower {
+            return;
+        }
+        // A message of term 0 is local; raft-rs answers MsgTimeoutNow with `hup(true)`.
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgTimeoutNow);
+        message.from = self.id();
+        message.to = self.id();
+        if let Err(error) = self.raw.step(message) {
+            tracing::debug!(%error, "raft refused to start an election");
+        }
+    }
+
     /// This node's raft id.
     pub fn id(&self) -> u64 {
         self.raw.raft.id

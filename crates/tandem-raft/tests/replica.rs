@@ -233,3 +233,56 @@ fn deferred_sync_holds_acknowledgements_until_the_log_is_durable_but_not_heartbe
         assert_eq!(replica.applied_index(), last);
     }
 }
+
+#[test]
+fn campaign_now_wins_at_once_past_the_other_voters_leader_lease() {
+    let mut net = Net::new();
+    net.tick(40);
+    net.propose(1);
+    let old_leader = net.leader();
+    let old_term = net.replicas[old_leader].as_ref().unwrap().term();
+    net.replicas[old_leader] = None;
+    let candidate = (0..3).find(|&i| i != old_leader).unwrap();
+    let other = (0..3).find(|&i| i != old_leader && i != candidate).unwrap();
+
+    // An ordinary election would need the candidate's election timeout to pass, and its
+    // pre-vote would be refused by the other voter, which heard the old leader within its
+    // own timeout. No tick passes here.
+    net.replicas[candidate].as_mut().unwrap().campaign_now();
+    net.settle();
+    assert_eq!(net.leader(), candidate);
+    let term = net.replicas[candidate].as_ref().unwrap().term();
+    assert_eq!(term, old_term + 1, "one election, no pre-vote round");
+    assert_eq!(
+        net.replicas[other].as_ref().unwrap().leader_id(),
+        Some(candidate as u64 + 1)
+    );
+    // The new leader commits, and a leader asking again changes nothing.
+    net.propose(2);
+    net.replicas[candidate].as_mut().unwrap().campaign_now();
+    net.settle();
+    assert_eq!(net.replicas[candidate].as_ref().unwrap().term(), term);
+}
+
+#[test]
+fn campaign_now_of_a_stale_follower_does_not_win() {
+    let mut net = Net::new();
+    net.tick(40);
+    let leader = net.leader();
+    let stale = (0..3).find(|&i| i != leader).unwrap();
+    // The stale follower misses entries that the leader and the third voter commit.
+    let kept = net.replicas[stale].take();
+    for nonce in 0..5 {
+        net.propose(nonce);
+    }
+    net.replicas[stale] = kept;
+    let leader_last = net.replicas[leader].as_ref().unwrap().last_index();
+    assert!(net.replicas[stale].as_ref().unwrap().last_index() < leader_last);
+    net.replicas[leader] = None;
+    net.replicas[stale].as_mut().unwrap().campaign_now();
+    net.settle();
+    assert!(
+        !net.replicas[stale].as_ref().unwrap().is_leader(),
+        "a voter with a longer log refuses its vote"
+    );
+}

@@ -145,6 +145,8 @@ pub struct SimReport {
     pub pauses: u64,
     /// Partitions (isolations, splits, one-way cuts).
     pub partitions: u64,
+    /// Closed connections a node was told of (a crashed peer's, or a reset one's).
+    pub links_lost: u64,
     /// Terms that had a leader.
     pub elections: u64,
     /// Highest committed (applied) index.
@@ -269,6 +271,7 @@ impl SimReport {
         self.torn_tails_recovered += other.torn_tails_recovered;
         self.pauses += other.pauses;
         self.partitions += other.partitions;
+        self.links_lost += other.links_lost;
         self.elections += other.elections;
         self.entries_committed += other.entries_committed;
         self.proposals += other.proposals;
@@ -285,7 +288,7 @@ impl fmt::Display for SimReport {
             f,
             "events {}, messages {} sent / {} dropped / {} duplicated, crashes {} ({} mid-write, \
              {} torn, {} garbage), restarts {} ({} torn tails recovered), pauses {}, \
-             partitions {}, elections {}, committed {}, proposals {} ({} acked), liveness \
+             partitions {}, links lost {}, elections {}, committed {}, proposals {} ({} acked), liveness \
              changes {}, snapshots {} taken / {} installed, slowest recovery {:.3} s; units: \
              {} starts, {} crashes, {} hangs, {} reported faults, {} faults handled (by level \
              L0..L5: {:?}), {} node-restart commands, {} promotions, {} handovers, {} \
@@ -305,6 +308,7 @@ impl fmt::Display for SimReport {
             self.torn_tails_recovered,
             self.pauses,
             self.partitions,
+            self.links_lost,
             self.elections,
             self.entries_committed,
             self.proposals,

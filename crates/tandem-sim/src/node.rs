@@ -29,6 +29,9 @@ pub const INBOX_LEN_MAX: usize = 1024;
 pub enum Inbound {
     /// A peer message.
     Peer(u64, Wire),
+    /// The connection a peer sends on closed (the daemon's `transport` reports it after what
+    /// the connection carried; here it may also overtake messages still in flight).
+    LinkLost(u64),
     /// Something from one of its units.
     Unit(UnitEvent),
     /// A unit registering through the SDK.

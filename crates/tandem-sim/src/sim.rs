@@ -65,6 +65,7 @@ const STREAM_WORKLOAD: u64 = 5;
 const STREAM_UNITS: u64 = 6;
 const STREAM_SYNC: u64 = 7;
 const STREAM_STAMP: u64 = 8;
+const STREAM_LINKS: u64 = 9;
 
 /// Something that happens at a point of simulated time.
 #[derive(Debug)]
@@ -174,6 +175,9 @@ struct Params {
     fault_gap_max_us: u64,
     /// Longest gap between client proposals, microseconds.
     client_gap_max_us: u64,
+    /// Whether peers hear of closed connections: a crashed node's at once, and some cut by
+    /// a partition (a reset), while the node behind them lives on.
+    link_loss: bool,
 }
 
 /// How a node goes down.
@@ -291,6 +295,8 @@ pub(crate) struct Sim {
     /// What a crash does to replica file stamps (a stream of its own, so that adding the
     /// stamps left every other draw, and so older seeds, as they were).
     stamp_rng: Rng,
+    /// Which closed connections peers hear of, and when (a stream of its own too).
+    link_rng: Rng,
     workload: Rng,
     unit_rng: Rng,
     checker: Checker,
@@ -333,7 +339,9 @@ impl Sim {
         );
         let seed = config.seed;
         let mut params_rng = Rng::new(seed, STREAM_PARAMS);
+        let mut link_rng = Rng::new(seed, STREAM_LINKS);
         let params = Params {
+            link_loss: link_rng.chance(750_000),
             crashes: params_rng.chance(850_000),
             pauses: params_rng.chance(850_000),
             partitions: params_rng.chance(850_000),
@@ -382,6 +390,7 @@ impl Sim {
             disk_rng: Rng::new(seed, STREAM_DISK),
             sync_rng: Rng::new(seed, STREAM_SYNC),
             stamp_rng: Rng::new(seed, STREAM_STAMP),
+            link_rng,
             workload: Rng::new(seed, STREAM_WORKLOAD),
             unit_rng: Rng::new(seed, STREAM_UNITS),
             report: SimReport {
@@ -721,6 +730,7 @@ impl Sim {
                 }
                 self.nodes[node].node().on_unit(local_now, event)
             }
+            Inbound::LinkLost(from) => self.nodes[node].node().on_link_lost(local_now, from),
             Inbound::Data {
                 unit,
                 generation,
@@ -767,6 +777,24 @@ impl Sim {
             body: Some(tandem_node::wire::encode(message)),
         };
         self.transmit(from, to, Wire(envelope.encode_to_vec()));
+    }
+
+    /// Tells each running node of `to` that `from`'s connection to it closed, within
+    /// `delay_max_us`, if this seed models closed connections.
+    fn links_lost(&mut self, from: u64, to: &[u64], delay_max_us: u64) {
+        if !self.params.link_loss {
+            return;
+        }
+        for to in to {
+            let node = (to - 1) as usize;
+            if self.nodes[node].status == Status::Crashed {
+                continue;
+            }
+            let delay = self.link_rng.between(0, delay_max_us);
+            let life = self.nodes[node].life;
+            self.report.links_lost += 1;
+            self.send_input(node, life, delay, Inbound::LinkLost(from));
+        }
     }
 
     /// Puts bytes on the simulated network (loss, duplication, delay, partitions).
@@ -1289,6 +1317,10 @@ impl Sim {
         });
         self.report.torn_writes += torn;
         self.report.crashes += 1;
+        // The dead daemon's kernel closes its connections: the peers that can still hear
+        // from it learn so within a few milliseconds.
+        let others: Vec<u64> = self.voters.iter().copied().filter(|o| *o != id).collect();
+        self.links_lost(id, &others, 3_000);
         if kind == CrashKind::MidWrite {
             self.report.crashes_mid_write += 1;
         }
@@ -2394,6 +2426,13 @@ impl Sim {
         let partition = self.next_partition;
         self.next_partition += 1;
         self.net.cut(&links);
+        // Some cut connections are reset while both daemons live on (a middlebox, a
+        // keepalive): the receiving side hears of a closed link from a live node.
+        if self.link_rng.chance(300_000) {
+            for (from, to) in links.clone() {
+                self.links_lost(from, &[to], 50_000);
+            }
+        }
         self.partitions.insert(partition, links);
         self.report.partitions += 1;
         self.trace(|| {

@@ -67,6 +67,7 @@ fn fixed_seeds() {
         ("restarts", total.restarts),
         ("pauses", total.pauses),
         ("partitions", total.partitions),
+        ("closed connections heard of", total.links_lost),
         ("duplicated messages", total.messages_duplicated),
         ("snapshots taken", total.snapshots_taken),
         ("snapshots installed", total.snapshots_installed),

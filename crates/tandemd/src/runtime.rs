@@ -48,6 +48,9 @@ use crate::transport::{serve_peers, PeerSender, TransportStats};
 pub enum Event {
     /// An envelope from a peer (already checked for cluster name and destination).
     Peer(Envelope),
+    /// The peer closed a connection that carried its control messages to this node, after
+    /// every envelope read from it (see `transport::read_peer`).
+    PeerLinkLost(u64),
     /// An admin request and where to send its outcome.
     Admin {
         /// The request.
@@ -130,9 +133,11 @@ impl Event {
             | Event::Ingress { .. }
             | Event::IngressReply { .. }
             | Event::ReplicaDisk(_) => true,
-            Event::Admin { .. } | Event::Unit(_) | Event::Register(_) | Event::RaftSynced(_) => {
-                false
-            }
+            Event::Admin { .. }
+            | Event::Unit(_)
+            | Event::Register(_)
+            | Event::RaftSynced(_)
+            | Event::PeerLinkLost(_) => false,
         }
     }
 }
@@ -709,6 +714,10 @@ impl Daemon {
                     tracing::warn!(from = envelope.from, %error, "undecodable peer message dropped")
                 }
             },
+            Event::PeerLinkLost(from) => {
+                tracing::info!(peer = from, "peer closed its connection");
+                self.node.on_link_lost(now, from);
+            }
             Event::Admin { request, reply } => self.on_admin(request, reply),
             Event::Unit(event) => {
                 if let UnitEvent::Exited {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tandem_proto::frame::{message_frame, FrameDecoder};
+use tandem_proto::peer::envelope::Body;
 use tandem_proto::peer::Envelope;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -178,6 +179,11 @@ pub async fn serve_peers(
     }
 }
 
+/// Reads one inbound connection until it ends. When a connection that carried control
+/// messages (Raft, heartbeats, grants) is closed by the peer, the loop hears of it
+/// ([`Event::PeerLinkLost`]) after everything read from it: a killed daemon's connections are
+/// closed by its kernel at once, which lets the cluster act before a whole node timeout. A
+/// connection this side drops (a bad frame) is not reported: the peer is alive.
 async fn read_peer(
     mut stream: TcpStream,
     cluster: &str,
@@ -187,6 +193,8 @@ async fn read_peer(
 ) -> Result<(), String> {
     let decoder = FrameDecoder::new(frame_len_max);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // The peer, once a control message came on this connection.
+    let mut control_from = None;
     loop {
         while let Some(payload) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
             let envelope = tandem_proto::decode_envelope(payload).map_err(|e| e.to_string())?;
@@ -202,12 +210,25 @@ async fn read_peer(
                     envelope.to
                 ));
             }
+            if !matches!(envelope.body, Some(Body::Data(_))) {
+                control_from = Some(envelope.from);
+            }
             if events.send(Event::Peer(envelope)).await.is_err() {
                 return Ok(());
             }
         }
-        let read = stream.read_buf(&mut buf).await.map_err(|e| e.to_string())?;
-        if read == 0 {
+        let closed = match stream.read_buf(&mut buf).await {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => {
+                tracing::debug!(%error, "peer connection failed");
+                true
+            }
+        };
+        if closed {
+            if let Some(from) = control_from {
+                let _ = events.send(Event::PeerLinkLost(from)).await;
+            }
             return Ok(());
         }
     }
