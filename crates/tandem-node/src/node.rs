@@ -401,7 +401,7 @@ impl<D: Disk> Node<D> {
         if self.replica.leader_id() != Some(from) || !self.replica.is_voter(self.id.0) {
             return;
         }
-        let first_voter_heard = self
+        let first_voter_up = self
             .settings
             .members
             .iter()
@@ -410,7 +410,7 @@ impl<D: Disk> Node<D> {
                 *id != from && self.replica.is_voter(*id) && self.replica.state().is_up(NodeId(*id))
             })
             .min();
-        if first_voter_heard == Some(self.id.0) {
+        if first_voter_up == Some(self.id.0) {
             tracing::info!(
                 leader = from,
                 "the leader's connection closed; starting an election now"
