@@ -132,15 +132,15 @@ impl LivenessTracker {
         }
     }
 
-    /// When `node` is judged down at the earliest, if nothing more is heard from it.
-    fn down_at(&self, observed: &Observed) -> Time {
-        let config = &self.config;
+    /// When a node is judged down at the earliest, if nothing more is heard from it, by a
+    /// tracker with `config` that started at `started`.
+    fn down_at(config: &LivenessConfig, started: Time, observed: &Observed) -> Time {
         if !observed.heard {
             return observed.last_seen + config.first_verdict_after.min(config.node_timeout);
         }
         if observed.link_lost {
             let leases_ended = observed.last_seen + config.link_loss_timeout;
-            let earlier_leaders_fenced = self.started + config.first_verdict_after;
+            let earlier_leaders_fenced = started + config.first_verdict_after;
             return leases_ended
                 .max(earlier_leaders_fenced)
                 .min(observed.last_seen + config.node_timeout);
@@ -155,8 +155,8 @@ impl LivenessTracker {
     /// ([`crate::director::node_down_promotions`] knows which STANDBYs are ready).
     pub fn decide(&mut self, now: Time, committed: &ClusterState) -> Vec<Command> {
         let mut commands = Vec::new();
-        let down_at: Vec<Time> = self.nodes.values().map(|o| self.down_at(o)).collect();
-        for ((id, observed), down_at) in self.nodes.iter_mut().zip(down_at) {
+        for (id, observed) in &mut self.nodes {
+            let down_at = Self::down_at(&self.config, self.started, observed);
             let seen_up = *id == self.self_id || now < down_at;
             let committed_up = committed.is_up(*id);
             if seen_up == committed_up {
@@ -201,11 +201,17 @@ mod tests {
     use super::*;
 
     fn tracker(now: Time) -> LivenessTracker {
+        tracker_with(now, 300, 209)
+    }
+
+    /// A tracker on node 1 of three with a 300 ms node timeout and the given grace and
+    /// link-loss timeout, in milliseconds.
+    fn tracker_with(now: Time, first_verdict_after_ms: u64, link_loss_ms: u64) -> LivenessTracker {
         LivenessTracker::new(
             LivenessConfig {
                 node_timeout: Duration::from_millis(300),
-                first_verdict_after: Duration::from_millis(300),
-                link_loss_timeout: Duration::from_millis(209),
+                first_verdict_after: Duration::from_millis(first_verdict_after_ms),
+                link_loss_timeout: Duration::from_millis(link_loss_ms),
             },
             NodeId(1),
             [NodeId(1), NodeId(2), NodeId(3)],
@@ -252,16 +258,7 @@ mod tests {
     #[test]
     fn a_new_leader_judges_unheard_nodes_after_the_first_verdict_grace() {
         let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
-        let mut tracker = LivenessTracker::new(
-            LivenessConfig {
-                node_timeout: Duration::from_millis(300),
-                first_verdict_after: Duration::from_millis(200),
-                link_loss_timeout: Duration::from_millis(150),
-            },
-            NodeId(1),
-            [NodeId(1), NodeId(2), NodeId(3)],
-            Time::ZERO,
-        );
+        let mut tracker = tracker_with(Time::ZERO, 200, 150);
         tracker.observe(Time::from_millis(150), NodeId(2), NodeReport::default());
         assert!(tracker.decide(Time::from_millis(199), &state).is_empty());
         // Node 3 was never heard: down at 200. Node 2 was: its full timeout runs from 150.
@@ -281,16 +278,7 @@ mod tests {
     #[test]
     fn a_node_whose_connection_closed_is_down_once_its_leases_ran_out() {
         let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
-        let mut tracker = LivenessTracker::new(
-            LivenessConfig {
-                node_timeout: Duration::from_millis(300),
-                first_verdict_after: Duration::from_millis(261),
-                link_loss_timeout: Duration::from_millis(209),
-            },
-            NodeId(1),
-            [NodeId(1), NodeId(2), NodeId(3)],
-            Time::ZERO,
-        );
+        let mut tracker = tracker_with(Time::ZERO, 261, 209);
         let down = |node| Command::SetNodeLiveness {
             node,
             up: false,
