@@ -361,10 +361,13 @@ impl DataChecker {
         let keys = self.acked.entry(shard.clone()).or_default();
         for write in writes {
             let state = keys.entry(write.key.clone()).or_default();
+            // At the same version too: commits that arrive together share one op (the
+            // primary merges them), and their answers come in commit order, the last one's
+            // write is the one the op leaves.
             let newer = state
                 .acked
                 .as_ref()
-                .is_none_or(|(_, old_seq, old_epoch, _)| (epoch, seq) > (*old_epoch, *old_seq));
+                .is_none_or(|(_, old_seq, old_epoch, _)| (epoch, seq) >= (*old_epoch, *old_seq));
             if newer {
                 state.acked = Some((
                     write.value.as_ref().map(|value| value.to_vec()),

@@ -195,6 +195,9 @@ pub struct SimReport {
     pub commits: u64,
     /// Sync commits acknowledged.
     pub sync_commits_acked: u64,
+    /// Commits answered with the version of the commit answered just before them on the
+    /// same shard: merged into one op with it (batched intake).
+    pub commits_merged: u64,
     /// Stream messages offered to an ingress.
     pub messages_offered: u64,
     /// Stream messages delivered to an ACTIVE (accepted).
@@ -247,6 +250,7 @@ impl SimReport {
         self.admin_refused += other.admin_refused;
         self.commits += other.commits;
         self.sync_commits_acked += other.sync_commits_acked;
+        self.commits_merged += other.commits_merged;
         self.messages_offered += other.messages_offered;
         self.messages_accepted += other.messages_accepted;
         self.messages_applied += other.messages_applied;
@@ -293,7 +297,7 @@ impl fmt::Display for SimReport {
              {} starts, {} crashes, {} hangs, {} reported faults, {} faults handled (by level \
              L0..L5: {:?}), {} node-restart commands, {} promotions, {} handovers, {} \
              relocations; operator: {} requests, {} done, {} refused; slowest service recovery \
-             {:.3} s; data: {} commits ({} sync acked), {} messages offered / {} accepted / {} \
+             {:.3} s; data: {} commits ({} sync acked, {} merged), {} messages offered / {} accepted / {} \
              applied, {} full transfers, {} deltas, {} verified, {} possible losses, replica \
              tails {} torn / {} cut, {} replica stamps checked, {} data checks",
             self.events,
@@ -333,6 +337,7 @@ impl fmt::Display for SimReport {
             self.service_recovery_time_us as f64 / 1e6,
             self.commits,
             self.sync_commits_acked,
+            self.commits_merged,
             self.messages_offered,
             self.messages_accepted,
             self.messages_applied,

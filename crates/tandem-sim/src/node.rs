@@ -71,6 +71,8 @@ pub struct SimNode {
     pub drift_ppm: i64,
     /// Inputs that arrived while paused, in arrival order.
     pub inbox: Vec<Inbound>,
+    /// A [`Pass`](crate::sim) over data calls taken in is scheduled (batched intake).
+    pub pass_due: bool,
     /// When the disk was armed to crash during a write (it crashes anyway after a while).
     pub armed_at: Option<u64>,
     /// Snapshot index last seen, to count the snapshots the node takes.

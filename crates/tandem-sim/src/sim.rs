@@ -66,6 +66,11 @@ const STREAM_UNITS: u64 = 6;
 const STREAM_SYNC: u64 = 7;
 const STREAM_STAMP: u64 = 8;
 const STREAM_LINKS: u64 = 9;
+const STREAM_INTAKE: u64 = 10;
+const STREAM_INTAKE_DELAY: u64 = 11;
+
+/// Longest a node with batched intake leaves a unit's data call before its next pass.
+const INTAKE_BATCH_US: u64 = 200;
 
 /// Something that happens at a point of simulated time.
 #[derive(Debug)]
@@ -90,6 +95,8 @@ enum Event {
     Restart { node: usize, epoch: u64 },
     /// A paused node resumes.
     Resume { node: usize, epoch: u64 },
+    /// A node's pass over the data calls it took in since its last one (batched intake).
+    Pass { node: usize, life: u64 },
     /// A partition heals.
     Heal { partition: u64 },
     /// Lying mode: everything written becomes durable.
@@ -178,6 +185,10 @@ struct Params {
     /// Whether peers hear of closed connections: a crashed node's at once, and some cut by
     /// a partition (a reset), while the node behind them lives on.
     link_loss: bool,
+    /// Whether nodes take their units' data calls in batches, as tandemd's loop does under
+    /// load: a call waits up to [`INTAKE_BATCH_US`] for the node's next pass, so commits that
+    /// arrive together share one op.
+    batched_intake: bool,
 }
 
 /// How a node goes down.
@@ -297,6 +308,10 @@ pub(crate) struct Sim {
     stamp_rng: Rng,
     /// Which closed connections peers hear of, and when (a stream of its own too).
     link_rng: Rng,
+    /// Batched intake's delays.
+    intake_rng: Rng,
+    /// The last commit answered: shard, epoch, version (to count merged commits).
+    last_committed: Option<(ShardName, u64, u64)>,
     workload: Rng,
     unit_rng: Rng,
     checker: Checker,
@@ -342,6 +357,7 @@ impl Sim {
         let mut link_rng = Rng::new(seed, STREAM_LINKS);
         let params = Params {
             link_loss: link_rng.chance(750_000),
+            batched_intake: Rng::new(seed, STREAM_INTAKE).chance(500_000),
             crashes: params_rng.chance(850_000),
             pauses: params_rng.chance(850_000),
             partitions: params_rng.chance(850_000),
@@ -365,6 +381,7 @@ impl Sim {
                 restarts: 0,
                 drift_ppm: params_rng.between(0, 2 * DRIFT_PPM_MAX) as i64 - DRIFT_PPM_MAX as i64,
                 inbox: Vec::new(),
+                pass_due: false,
                 armed_at: None,
                 snapshot_index: 0,
                 data: None,
@@ -391,6 +408,8 @@ impl Sim {
             sync_rng: Rng::new(seed, STREAM_SYNC),
             stamp_rng: Rng::new(seed, STREAM_STAMP),
             link_rng,
+            intake_rng: Rng::new(seed, STREAM_INTAKE_DELAY),
+            last_committed: None,
             workload: Rng::new(seed, STREAM_WORKLOAD),
             unit_rng: Rng::new(seed, STREAM_UNITS),
             report: SimReport {
@@ -527,6 +546,17 @@ impl Sim {
             Event::Restart { node, epoch } => {
                 if self.nodes[node].status == Status::Crashed && self.nodes[node].epoch == epoch {
                     self.restart(node)?;
+                }
+                Ok(())
+            }
+            Event::Pass { node, life } => {
+                let sim_node = &mut self.nodes[node];
+                if sim_node.life != life {
+                    return Ok(());
+                }
+                sim_node.pass_due = false;
+                if sim_node.status == Status::Running {
+                    self.drive(node)?;
                 }
                 Ok(())
             }
@@ -679,8 +709,17 @@ impl Sim {
                 Ok(())
             }
             Status::Running => {
+                let batched = self.params.batched_intake && matches!(input, Inbound::Data { .. });
                 self.receive(node, input)?;
-                self.drive(node)
+                if !batched {
+                    return self.drive(node);
+                }
+                if !self.nodes[node].pass_due {
+                    self.nodes[node].pass_due = true;
+                    let delay = self.intake_rng.between(0, INTAKE_BATCH_US);
+                    self.schedule(delay, Event::Pass { node, life });
+                }
+                Ok(())
             }
         }
     }
@@ -1278,6 +1317,7 @@ impl Sim {
         sim_node.status = Status::Crashed;
         sim_node.epoch += 1;
         sim_node.life += 1;
+        sim_node.pass_due = false;
         sim_node.armed_at = None;
         let dropped = sim_node
             .inbox
@@ -1771,6 +1811,11 @@ impl Sim {
                 },
                 DataReply::Committed { version },
             ) => {
+                let answered = (shard.clone(), epoch, version);
+                if self.last_committed.as_ref() == Some(&answered) {
+                    self.report.commits_merged += 1;
+                }
+                self.last_committed = Some(answered);
                 if sync {
                     self.report.sync_commits_acked += 1;
                     self.data_checker
@@ -2118,6 +2163,12 @@ impl Sim {
         if self.faults_active {
             if self.workload.chance(400_000) {
                 self.unit_writes();
+            }
+            // Bursts of commits, which a node with batched intake merges into one op.
+            if self.params.batched_intake && self.intake_rng.chance(300_000) {
+                for _ in 0..self.intake_rng.between(2, 6) {
+                    self.unit_writes();
+                }
             }
             if self.workload.chance(300_000) {
                 self.offer_message()?;

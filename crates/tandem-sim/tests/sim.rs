@@ -68,6 +68,7 @@ fn fixed_seeds() {
         ("pauses", total.pauses),
         ("partitions", total.partitions),
         ("closed connections heard of", total.links_lost),
+        ("commits merged into one op", total.commits_merged),
         ("duplicated messages", total.messages_duplicated),
         ("snapshots taken", total.snapshots_taken),
         ("snapshots installed", total.snapshots_installed),

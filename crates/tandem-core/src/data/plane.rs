@@ -660,6 +660,75 @@ fn safe_version(
     safe
 }
 
+/// Most writes a commit merged from several (see [`extend_open_commit`]) may hold.
+const MERGED_WRITES_MAX: usize = 256;
+/// Most bytes (keys and values) a commit merged from several may hold.
+const MERGED_BYTES_MAX: usize = 1024 * 1024;
+
+fn commit_bytes(writes: &[super::Write]) -> usize {
+    writes
+        .iter()
+        .map(|write| write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len))
+        .sum()
+}
+
+/// Merges a commit into the replica's last op when that op is a commit of this primary
+/// (`epoch`) that has not left yet: created since the plane's output was last taken, so no
+/// session has sent it and its file write is still queued in `persist`. Commits that arrive
+/// together (a unit with many in flight) then cost one op: one file record, one item per
+/// STANDBY, one acknowledgement. Applying the merged op is applying its commits in order, so
+/// every replica ends the same; each commit is answered with the merged op's version.
+/// Returns that version, or `None` when the commit needs an op of its own (nothing changed).
+fn extend_open_commit(
+    replica: &mut ShardReplica,
+    oplog: &mut OpLog,
+    persist: &mut [(ReplicaId, PersistAction)],
+    id: &ReplicaId,
+    epoch: u64,
+    writes: &[super::Write],
+    consumed: Option<u64>,
+) -> Result<Option<u64>, super::replica::ApplyError> {
+    let seq = replica.version();
+    let Some(last) = oplog.ops.back_mut() else {
+        return Ok(None);
+    };
+    let OpKind::Commit {
+        writes: held,
+        consumed: held_consumed,
+    } = &mut last.kind
+    else {
+        return Ok(None);
+    };
+    if last.seq != seq
+        || last.epoch != epoch
+        || held.len() + writes.len() > MERGED_WRITES_MAX
+        || commit_bytes(held) + commit_bytes(writes) > MERGED_BYTES_MAX
+    {
+        return Ok(None);
+    }
+    // Its file write is this replica's last queued action: nothing was written after it.
+    let queued = match persist.iter_mut().rev().find(|(queued, _)| queued == id) {
+        Some((_, PersistAction::Op(queued))) if queued.seq == seq && queued.epoch == epoch => {
+            queued
+        }
+        _ => return Ok(None),
+    };
+    let OpKind::Commit {
+        writes: queued_writes,
+        consumed: queued_consumed,
+    } = &mut queued.kind
+    else {
+        return Ok(None);
+    };
+    replica.extend_last_commit(epoch, writes, consumed)?;
+    held.extend_from_slice(writes);
+    queued_writes.extend_from_slice(writes);
+    *held_consumed = (*held_consumed).max(consumed);
+    *queued_consumed = (*queued_consumed).max(consumed);
+    oplog.bytes += commit_bytes(writes) + 16 * writes.len();
+    Ok(Some(seq))
+}
+
 fn error(code: &'static str, message: impl Into<String>) -> DataReply {
     DataReply::Error {
         code,
@@ -1430,19 +1499,35 @@ impl DataPlane {
                         ));
                     }
                 }
-                let op = Op {
-                    seq: slot.replica.version() + 1,
-                    epoch: primary.epoch,
-                    kind: OpKind::Commit { writes, consumed },
+                let merged = extend_open_commit(
+                    &mut slot.replica,
+                    &mut slot.oplog,
+                    &mut self.out.persist,
+                    id,
+                    primary.epoch,
+                    &writes,
+                    consumed,
+                );
+                let seq = match merged {
+                    Ok(Some(seq)) => seq,
+                    Ok(None) => {
+                        let op = Op {
+                            seq: slot.replica.version() + 1,
+                            epoch: primary.epoch,
+                            kind: OpKind::Commit { writes, consumed },
+                        };
+                        if let Err(reason) = slot.replica.apply(&op) {
+                            return Some(error("bad_request", reason.to_string()));
+                        }
+                        let seq = op.seq;
+                        self.out
+                            .persist
+                            .push((id.clone(), PersistAction::Op(op.clone())));
+                        slot.oplog.push(op, self.config.retain_bytes);
+                        seq
+                    }
+                    Err(reason) => return Some(error("bad_request", reason.to_string())),
                 };
-                if let Err(reason) = slot.replica.apply(&op) {
-                    return Some(error("bad_request", reason.to_string()));
-                }
-                let seq = op.seq;
-                self.out
-                    .persist
-                    .push((id.clone(), PersistAction::Op(op.clone())));
-                slot.oplog.push(op, self.config.retain_bytes);
                 let waiter = Waiter {
                     unit: id.unit.clone(),
                     generation,

@@ -15,6 +15,16 @@ pub fn own_value(value: &bytes::Bytes) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(value)
 }
 
+/// A commit at `seq` may consume only messages before itself.
+fn check_consumed(seq: u64, consumed: Option<u64>) -> Result<(), ApplyError> {
+    match consumed {
+        Some(consumed) if consumed >= seq => Err(ApplyError::Invalid(format!(
+            "commit {seq} consumes up to {consumed}, beyond itself"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Most epochs remembered in a replica's history. Older epochs are forgotten; a secondary whose
 /// last op is from a forgotten epoch gets a full state transfer instead of a delta.
 pub const EPOCH_HISTORY_LEN_MAX: usize = 64;
@@ -315,20 +325,8 @@ impl ShardReplica {
         match &op.kind {
             OpKind::Commit { writes, consumed } => {
                 check_writes(writes).map_err(ApplyError::Invalid)?;
-                if let Some(consumed) = consumed {
-                    if *consumed >= op.seq {
-                        return Err(ApplyError::Invalid(format!(
-                            "commit {} consumes up to {consumed}, beyond itself",
-                            op.seq
-                        )));
-                    }
-                }
-                for write in writes {
-                    self.write(op.seq, write);
-                }
-                if let Some(consumed) = consumed {
-                    self.consume(*consumed);
-                }
+                check_consumed(op.seq, *consumed)?;
+                self.apply_commit(op.seq, writes, *consumed);
             }
             OpKind::Message(message) => {
                 check_message(message).map_err(ApplyError::Invalid)?;
@@ -338,6 +336,37 @@ impl ShardReplica {
         self.history.record(op.epoch, op.seq);
         self.version = op.seq;
         Ok(())
+    }
+
+    /// Applies one more commit's `writes` (and consumed position) as part of the last op, a
+    /// commit at `epoch` that is not yet sent or written anywhere: the primary merges commits
+    /// that arrive together into one op. The version stays; the caller extends the op the
+    /// same way (and checked the merged op's limits).
+    pub fn extend_last_commit(
+        &mut self,
+        epoch: u64,
+        writes: &[super::Write],
+        consumed: Option<u64>,
+    ) -> Result<(), ApplyError> {
+        if epoch != self.epoch() {
+            return Err(ApplyError::StaleEpoch {
+                have: self.epoch(),
+                got: epoch,
+            });
+        }
+        check_writes(writes).map_err(ApplyError::Invalid)?;
+        check_consumed(self.version, consumed)?;
+        self.apply_commit(self.version, writes, consumed);
+        Ok(())
+    }
+
+    fn apply_commit(&mut self, seq: u64, writes: &[super::Write], consumed: Option<u64>) {
+        for write in writes {
+            self.write(seq, write);
+        }
+        if let Some(consumed) = consumed {
+            self.consume(consumed);
+        }
     }
 
     fn write(&mut self, seq: u64, write: &super::Write) {

@@ -190,13 +190,32 @@ impl Net {
         consumed: Option<u64>,
         sync: bool,
     ) -> u64 {
-        self.request(
+        let request = self.request(
             node,
             DataRequest::Commit {
                 shard: shard(),
                 epoch,
                 writes,
                 consumed,
+                sync,
+            },
+        );
+        // One owner's pass per commit, so each is an op of its own (commits that arrive
+        // together are merged: `commits_that_arrive_together_share_one_op`).
+        self.collect();
+        request
+    }
+
+    /// A commit handed to the plane without taking its output: the next commits of the same
+    /// pass may join its op.
+    fn commit_in_pass(&mut self, node: u64, writes: Vec<Write>, sync: bool) -> u64 {
+        self.request(
+            node,
+            DataRequest::Commit {
+                shard: shard(),
+                epoch: 1,
+                writes,
+                consumed: None,
                 sync,
             },
         )
@@ -375,9 +394,10 @@ fn lost_items_are_sent_again_and_gaps_are_refused() {
     net.run();
     net.commit_claim(1);
     let mut dropped = 0;
-    let request = net.commit(1, 1, vec![put("a", b"1")], None, true);
+    // One pass: the six commits are one op, in one batch of items.
+    let request = net.commit_in_pass(1, vec![put("a", b"1")], true);
     for i in 0..5 {
-        net.commit(1, 1, vec![put(&format!("x{i}"), b"1")], None, false);
+        net.commit_in_pass(1, vec![put(&format!("x{i}"), b"1")], false);
     }
     // Lose the first batch of items.
     net.run_with(100, |message| {
@@ -1345,4 +1365,59 @@ fn a_claimed_standby_whose_session_is_replaced_holds_back_commits_until_a_newer_
         net.reply(request),
         Some(&DataReply::Committed { version: 3 })
     );
+}
+
+#[test]
+fn commits_that_arrive_together_share_one_op() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.run();
+    net.commit_claim(1);
+    // Three commits in one pass, two of them to the same key: one op, applied in order.
+    let first = net.commit_in_pass(1, vec![put("a", b"1")], true);
+    let second = net.commit_in_pass(1, vec![put("a", b"2")], false);
+    let third = net.commit_in_pass(1, vec![put("b", b"3"), put("c", b"4")], true);
+    net.run();
+    for request in [first, second, third] {
+        assert_eq!(
+            net.reply(request),
+            Some(&DataReply::Committed { version: 1 })
+        );
+    }
+    assert_eq!(net.replica(1).version(), 1);
+    assert_eq!(net.replica(1).get(b"a").unwrap().value, &b"2"[..]);
+    assert_eq!(net.replica(2), net.replica(1));
+    assert_eq!(net.replica(2).digest(), net.replica(1).compute_digest());
+    // A commit after the op left is an op of its own.
+    let later = net.commit(1, 1, vec![put("d", b"5")], None, true);
+    net.run();
+    assert_eq!(net.reply(later), Some(&DataReply::Committed { version: 2 }));
+    // A merged op holds at most MERGED_WRITES_MAX writes; the rest start the next op.
+    let requests: Vec<u64> = (0..MERGED_WRITES_MAX + 1)
+        .map(|i| net.commit_in_pass(1, vec![put(&format!("k{i}"), b"x")], true))
+        .collect();
+    net.run();
+    assert_eq!(
+        net.reply(requests[MERGED_WRITES_MAX - 1]),
+        Some(&DataReply::Committed { version: 3 })
+    );
+    assert_eq!(
+        net.reply(requests[MERGED_WRITES_MAX]),
+        Some(&DataReply::Committed { version: 4 })
+    );
+    assert_eq!(net.replica(2), net.replica(1));
+    // A commit the plane refuses leaves the open op as it was.
+    let good = net.commit_in_pass(1, vec![put("e", b"6")], true);
+    let bad = net.commit_in_pass(1, vec![put("", b"7")], true);
+    net.run();
+    assert!(matches!(
+        net.reply(bad),
+        Some(DataReply::Error {
+            code: "bad_request",
+            ..
+        })
+    ));
+    assert_eq!(net.reply(good), Some(&DataReply::Committed { version: 5 }));
+    assert_eq!(net.replica(2), net.replica(1));
+    assert_eq!(net.replica(2).digest(), net.replica(1).compute_digest());
 }
