@@ -69,6 +69,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use tandem_core::UnitCommand;
+use tandem_io::QuietStream;
 use tandem_proto::frame::{encode_frame, encode_message_frame, FrameDecoder, COALESCE_BYTES_MAX};
 use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent, AgentToUnit, UnitToAgent};
 use tandem_proto::Message as _;
@@ -479,12 +480,17 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
         variable: "TANDEM_GENERATION",
         value: generation_text,
     })?;
-    let mut stream = UnixStream::connect(&socket)
+    let connect_error = |source| Error::Connect {
+        path: socket.clone(),
+        source,
+    };
+    let stream = UnixStream::connect(&socket)
         .await
-        .map_err(|source| Error::Connect {
-            path: socket.clone(),
-            source,
-        })?;
+        .and_then(|stream| stream.into_std())
+        .and_then(QuietStream::new)
+        .map_err(connect_error)?;
+    // Readable events only: a write never wakes this process (see `tandem_io`).
+    let (mut read, mut write) = stream.into_split();
     let register = UnitToAgent {
         kind: Some(unit_to_agent::Kind::Register(sdk::Register {
             unit: name,
@@ -493,14 +499,14 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
             protocol: PROTOCOL_VERSION,
         })),
     };
-    write_message(&mut stream, &register)
+    write_message(&mut write, &register)
         .await
         .map_err(|e| Error::Disconnected {
             reason: e.to_string(),
         })?;
     let decoder = FrameDecoder::new(FRAME_LEN_MAX);
     let mut buffer = BytesMut::new();
-    let welcome = match read_message(&mut stream, &decoder, &mut buffer).await? {
+    let welcome = match read_message(&mut read, &decoder, &mut buffer).await? {
         Some(AgentToUnit {
             kind: Some(agent_to_unit::Kind::Welcome(welcome)),
         }) => welcome,
@@ -533,7 +539,6 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
         subscribers: Arc::new(Mutex::new(Default::default())),
     };
 
-    let (mut read, mut write) = stream.into_split();
     // The writer sends what every part of the unit queued, in order.
     // A burst (many commits in flight) goes out in one write.
     let writer = tokio::spawn(async move {

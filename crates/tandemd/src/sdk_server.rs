@@ -13,6 +13,7 @@ use std::path::Path;
 
 use bytes::BytesMut;
 use tandem_core::UnitName;
+use tandem_io::QuietStream;
 use tandem_node::UnitEvent;
 use tandem_proto::frame::{encode_frame, encode_message_frame, FrameDecoder, COALESCE_BYTES_MAX};
 use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent, AgentToUnit};
@@ -123,16 +124,22 @@ fn refused(reason: impl Into<String>) -> AgentToUnit {
     }
 }
 
-async fn connection(mut stream: UnixStream, events: &EventSender) -> Result<(), String> {
+async fn connection(stream: UnixStream, events: &EventSender) -> Result<(), String> {
+    // Readable events only: an answer written never wakes this daemon (see `tandem_io`).
+    let stream = stream
+        .into_std()
+        .and_then(QuietStream::new)
+        .map_err(|error| format!("register the connection: {error}"))?;
+    let (mut read, mut write) = stream.into_split();
     let decoder = FrameDecoder::new(UNIT_FRAME_LEN_MAX);
     let mut buffer = BytesMut::with_capacity(4096);
-    let first = read_message(&mut stream, &decoder, &mut buffer).await?;
+    let first = read_message(&mut read, &decoder, &mut buffer).await?;
     let Some(sdk::UnitToAgent {
         kind: Some(unit_to_agent::Kind::Register(register)),
     }) = first
     else {
         let _ = write_message(
-            &mut stream,
+            &mut write,
             &refused("the first message must be a registration"),
         )
         .await;
@@ -144,7 +151,7 @@ async fn connection(mut stream: UnixStream, events: &EventSender) -> Result<(), 
              rebuild the unit against the same tandem version",
             register.protocol
         );
-        let _ = write_message(&mut stream, &refused(reason.clone())).await;
+        let _ = write_message(&mut write, &refused(reason.clone())).await;
         return Err(reason);
     }
     let unit = UnitName(register.unit.clone());
@@ -165,7 +172,7 @@ async fn connection(mut stream: UnixStream, events: &EventSender) -> Result<(), 
     let welcome = match answer.await {
         Ok(Ok(welcome)) => welcome,
         Ok(Err(reason)) => {
-            let _ = write_message(&mut stream, &refused(reason.clone())).await;
+            let _ = write_message(&mut write, &refused(reason.clone())).await;
             return Err(format!("registration of unit {unit} refused: {reason}"));
         }
         Err(_) => return Ok(()),
@@ -173,11 +180,10 @@ async fn connection(mut stream: UnixStream, events: &EventSender) -> Result<(), 
     let welcome = AgentToUnit {
         kind: Some(agent_to_unit::Kind::Welcome(welcome)),
     };
-    write_message(&mut stream, &welcome)
+    write_message(&mut write, &welcome)
         .await
         .map_err(|e| e.to_string())?;
 
-    let (mut read, mut write) = stream.into_split();
     let writer = tokio::spawn(async move {
         // Whatever else is queued goes out in the same write: one syscall for a burst of
         // answers and deliveries.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tandem_io::QuietStream;
 use tandem_proto::frame::{message_frame, FrameDecoder};
 use tandem_proto::peer::envelope::Body;
 use tandem_proto::peer::Envelope;
@@ -111,6 +112,16 @@ async fn outbound(
         }
         warned = false;
         delay = RECONNECT_DELAY_MIN;
+        // Readable events only: the peer's acknowledgements of what this task writes never
+        // wake the daemon (see `tandem_io`).
+        let stream = match stream.into_std().and_then(QuietStream::new) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(peer = id, %error, "could not register the peer connection");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
         let (mut read, mut write) = stream.into_split();
         let mut batch = BytesMut::new();
         let mut probe = [0u8; 1];

@@ -1,0 +1,226 @@
+//! Socket streams for tokio that are registered with the reactor for readability only.
+//!
+//! tokio's `TcpStream` and `UnixStream` register every socket for readable *and* writable
+//! events. With edge-triggered epoll, the writable edge fires whenever the peer (or, on TCP, an
+//! acknowledgement) frees room in the send buffer: on a request/answer exchange every message
+//! then wakes its *sender* once more, right when it waits for the answer. On a virtual machine
+//! that wake-up is what costs: measured on a 2-vCPU guest, a Unix socket ping-pong took 70 µs
+//! per round trip with the writable registration and 3.8 µs without (p50; the same program,
+//! only the registration differs). A checkpoint commit makes four such hops.
+//!
+//! [`QuietStream`] registers the socket for readability only and writes with a plain
+//! non-blocking `send`. Only when the send buffer is full does a write register for
+//! writability, through a duplicate of the descriptor that lives until that write went out;
+//! the usual exchange of small messages never does.
+//!
+//! Architecture invariant: no knowledge of tandem's protocols; only sockets.
+
+#![deny(missing_docs)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+/// A connected stream socket (TCP or Unix) registered for readability only; split it into
+/// halves for a reader and a writer task.
+#[derive(Debug)]
+pub struct QuietStream<S: AsRawFd> {
+    fd: Arc<AsyncFd<S>>,
+}
+
+impl<S: AsRawFd + Into<OwnedFd>> QuietStream<S> {
+    /// Takes over a connected socket that owns its descriptor (`std::net::TcpStream`,
+    /// `std::os::unix::net::UnixStream`), made non-blocking here. Must be called within a
+    /// tokio runtime with I/O enabled.
+    pub fn new(socket: S) -> io::Result<Self> {
+        set_nonblocking(socket.as_raw_fd())?;
+        Ok(Self {
+            fd: Arc::new(register(socket, Interest::READABLE)?),
+        })
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &S {
+        self.fd.get_ref()
+    }
+
+    /// A reading half and a writing half, usable from different tasks. The socket closes once
+    /// both are dropped.
+    pub fn into_split(self) -> (ReadHalf<S>, WriteHalf<S>) {
+        (
+            ReadHalf {
+                fd: self.fd.clone(),
+            },
+            WriteHalf {
+                fd: self.fd,
+                writable: None,
+            },
+        )
+    }
+}
+
+/// The reading half of a [`QuietStream`].
+#[derive(Debug)]
+pub struct ReadHalf<S: AsRawFd> {
+    fd: Arc<AsyncFd<S>>,
+}
+
+/// The writing half of a [`QuietStream`].
+#[derive(Debug)]
+pub struct WriteHalf<S: AsRawFd> {
+    fd: Arc<AsyncFd<S>>,
+    /// A duplicate of the descriptor registered for writability while a write waits for room.
+    writable: Option<AsyncFd<OwnedFd>>,
+}
+
+impl<S: AsRawFd> AsyncRead for ReadHalf<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            // SAFETY: recv writes only initialised bytes, and we mark only what it wrote.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            match guard.try_io(|fd| recv(fd.as_raw_fd(), unfilled)) {
+                Ok(Ok(read)) => {
+                    // SAFETY: recv initialised the first `read` bytes of the unfilled part.
+                    unsafe { buf.assume_init(read) };
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(error)) => return Poll::Ready(Err(error)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl<S: AsRawFd> AsyncWrite for WriteHalf<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let fd = this.fd.get_ref().as_raw_fd();
+        loop {
+            let Some(writable) = &this.writable else {
+                match send(fd, buf) {
+                    Ok(sent) => return Poll::Ready(Ok(sent)),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        // The send buffer is full: wait for room, on a registration of our own
+                        // (epoll reports a descriptor that is already writable at once).
+                        let duplicate = duplicate(fd)?;
+                        this.writable = Some(register(duplicate, Interest::WRITABLE)?);
+                        continue;
+                    }
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+            };
+            let mut guard = ready!(writable.poll_write_ready(cx))?;
+            match guard.try_io(|_| send(fd, buf)) {
+                Ok(result) => {
+                    drop(guard);
+                    // Room again: back to no writable registration.
+                    this.writable = None;
+                    return Poll::Ready(result);
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: shutdown on a descriptor we hold has no memory-safety conditions.
+        let done = unsafe { libc::shutdown(self.fd.get_ref().as_raw_fd(), libc::SHUT_WR) };
+        Poll::Ready(if done == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        })
+    }
+}
+
+/// Registers `socket` with the current runtime's reactor for `interest`. The descriptor is
+/// owned by `socket` (an owned std socket or `OwnedFd`), which the `AsyncFd` owns from here on.
+fn register<S: AsRawFd>(socket: S, interest: Interest) -> io::Result<AsyncFd<S>> {
+    // SAFETY: `socket` owns its descriptor, which therefore stays open and the same for as
+    // long as the `AsyncFd` that owns `socket` lives (every caller passes an owning type).
+    Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
+}
+
+impl<S: AsRawFd> Drop for WriteHalf<S> {
+    /// Shuts the writing direction down, as tokio's own write halves do: the peer reads the end
+    /// of the stream even while this side's reading half lives on.
+    fn drop(&mut self) {
+        // SAFETY: shutdown on a descriptor we hold has no memory-safety conditions.
+        unsafe { libc::shutdown(self.fd.get_ref().as_raw_fd(), libc::SHUT_WR) };
+    }
+}
+
+/// Duplicates a descriptor (close-on-exec).
+fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we hold returns a new descriptor we own.
+    let duplicate = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if duplicate < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `duplicate` is a fresh, valid descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we hold has no memory-safety conditions.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn recv(fd: RawFd, into: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `into` is valid for writes of its length.
+        let read = unsafe { libc::recv(fd, into.as_mut_ptr().cast(), into.len(), 0) };
+        if read >= 0 {
+            return Ok(read as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `bytes` is valid for reads of its length. MSG_NOSIGNAL: a closed peer is an
+        // error, never SIGPIPE.
+        let sent =
+            unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

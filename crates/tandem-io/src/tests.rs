@@ -1,0 +1,91 @@
+use std::os::unix::net::UnixStream;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+fn pair() -> (QuietStream<UnixStream>, QuietStream<UnixStream>) {
+    let (a, b) = UnixStream::pair().expect("socket pair");
+    (
+        QuietStream::new(a).expect("register a"),
+        QuietStream::new(b).expect("register b"),
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_larger_than_the_socket_buffer_waits_for_room_and_arrives_whole() {
+    let (a, b) = pair();
+    let (_a_read, mut a_write) = a.into_split();
+    let (mut b_read, _b_write) = b.into_split();
+    // Far more than a Unix socket buffers: the writer must wait for the reader.
+    let sent: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let expected = sent.clone();
+    let writer = tokio::spawn(async move {
+        a_write.write_all(&sent).await.expect("write");
+        a_write.shutdown().await.expect("shutdown");
+        // The writable registration is gone once the write went out.
+        a_write.writable.is_none()
+    });
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 1000];
+    loop {
+        let read = b_read.read(&mut chunk).await.expect("read");
+        if read == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..read]);
+        // A slow reader: the writer finds the buffer full again and again.
+        tokio::task::yield_now().await;
+    }
+    assert!(writer.await.expect("writer task"));
+    assert_eq!(received.len(), expected.len());
+    assert!(received == expected, "bytes differ");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn messages_go_both_ways_between_halves_in_different_tasks() {
+    let (a, b) = pair();
+    let (mut a_read, mut a_write) = a.into_split();
+    let (mut b_read, mut b_write) = b.into_split();
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 8];
+        for _ in 0..1000 {
+            b_read.read_exact(&mut buf).await.expect("echo read");
+            b_write.write_all(&buf).await.expect("echo write");
+        }
+    });
+    for round in 0..1000u64 {
+        a_write
+            .write_all(&round.to_le_bytes())
+            .await
+            .expect("write");
+        let mut buf = [0u8; 8];
+        a_read.read_exact(&mut buf).await.expect("read");
+        assert_eq!(u64::from_le_bytes(buf), round);
+    }
+    echo.await.expect("echo task");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_closed_peer_reads_as_end_of_stream_and_a_write_to_it_fails_without_a_signal() {
+    let (a, b) = pair();
+    let (mut a_read, mut a_write) = a.into_split();
+    drop(b);
+    let mut buf = [0u8; 16];
+    assert_eq!(a_read.read(&mut buf).await.expect("read"), 0);
+    let error = a_write
+        .write_all(b"to nobody")
+        .await
+        .expect_err("the peer is gone");
+    assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_the_writing_half_ends_the_stream_for_the_peer() {
+    let (a, b) = pair();
+    let (_a_read, a_write) = a.into_split();
+    let (mut b_read, _b_write) = b.into_split();
+    drop(a_write);
+    let mut buf = [0u8; 4];
+    assert_eq!(b_read.read(&mut buf).await.expect("read"), 0);
+}
