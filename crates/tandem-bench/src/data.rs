@@ -258,3 +258,107 @@ pub fn stream_switchover(messages: u64) -> anyhow::Result<StreamSwitchover> {
         rate,
     })
 }
+
+/// A long run under load, watched for failovers nobody asked for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Soak {
+    /// Length of the run, s.
+    pub seconds: u64,
+    /// Datagrams sent to the shard's ingress (500/s).
+    pub messages_sent: u64,
+    /// Distinct messages applied (each a sync commit consuming it).
+    pub messages_applied: u64,
+    /// Checkpoint writes the ACTIVE's write loop had acknowledged (a sync commit every 2 ms).
+    pub writes_acked: u64,
+    /// Units that became ACTIVE for the shard during the run (must be 0).
+    pub failovers: u64,
+    /// Liveness changes the cluster committed during the run (must be 0).
+    pub liveness_changes: u64,
+    /// Unit faults the cluster recorded during the run (must be 0).
+    pub faults: u64,
+    /// Lease lapses the daemons logged during the run (must be 0).
+    pub lease_lapses: u64,
+    /// Slow loop passes the daemons warned about during the run.
+    pub slow_passes: u64,
+}
+
+/// Lines of node `index`'s log that contain `needle`.
+fn log_count(cluster: &TestCluster, index: usize, needle: &str) -> u64 {
+    cluster
+        .log(index)
+        .lines()
+        .filter(|line| line.contains(needle))
+        .count() as u64
+}
+
+/// What the three logs hold now: committed liveness changes and faults (as n1 applied them),
+/// lease lapses and slow passes (every daemon's own).
+fn log_counts(cluster: &TestCluster) -> [u64; 4] {
+    let all = |needle: &str| (0..3).map(|index| log_count(cluster, index, needle)).sum();
+    [
+        log_count(cluster, 0, "kind=\"node-liveness\""),
+        log_count(cluster, 0, "kind=\"fault\""),
+        all("lease lapsed"),
+        all("the event loop was busy"),
+    ]
+}
+
+/// `seconds` of load on a settled pair: 500 datagrams/s to the shard's UDP ingress (each
+/// applied with a sync commit) while the ACTIVE also commits a checkpoint write every 2 ms.
+/// Counts what must not happen without a fault: a unit becoming ACTIVE, a liveness change, a
+/// unit fault, a lease lapse (SPEC §7: no spurious failover in a 10-minute run under load).
+pub fn soak(seconds: u64) -> anyhow::Result<Soak> {
+    let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let cluster = TestCluster::start_with(3, &service(", TANDEM_TEST_WRITES = \"1\"", Some(port)));
+    cluster.wait_in_sync(SHARD);
+    let actives_before = cluster
+        .records()
+        .iter()
+        .filter(|r| r.event == "done" && r.role == "ACTIVE")
+        .count() as u64;
+    let [liveness, faults, lapses, slow] = log_counts(&cluster);
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let rate = 500u64;
+    let messages = seconds * rate;
+    let started = Instant::now();
+    for id in 1..=messages {
+        let due = started + Duration::from_micros(id * 1_000_000 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        socket.send_to(format!("m{id}").as_bytes(), ("127.0.0.1", port))?;
+        if id % (rate * 60) == 0 {
+            eprintln!("soak: {} s of {seconds}", id / rate);
+        }
+    }
+    // Every message applied, or nothing more for 3 s.
+    let applied = wait_for("the soak's messages to be applied", DEADLINE, || {
+        std::thread::sleep(Duration::from_millis(200));
+        let applied = cluster
+            .records()
+            .iter()
+            .filter(|r| r.event == "msg")
+            .map(|r| r.role.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64;
+        (applied >= messages || started.elapsed() > Duration::from_secs(seconds + 3))
+            .then_some(applied)
+    });
+    let records = cluster.records();
+    let actives_after = records
+        .iter()
+        .filter(|r| r.event == "done" && r.role == "ACTIVE")
+        .count() as u64;
+    let [liveness_after, faults_after, lapses_after, slow_after] = log_counts(&cluster);
+    Ok(Soak {
+        seconds,
+        messages_sent: messages,
+        messages_applied: applied,
+        writes_acked: records.iter().filter(|r| r.event == "acked").count() as u64,
+        failovers: actives_after - actives_before,
+        liveness_changes: liveness_after - liveness,
+        faults: faults_after - faults,
+        lease_lapses: lapses_after - lapses,
+        slow_passes: slow_after - slow,
+    })
+}
