@@ -10,7 +10,9 @@
 //! A node that stops being the primary keeps the socket a short grace period
 //! ([`RELEASE_GRACE`]) so that the new primary's node can bind the same address meanwhile
 //! (`SO_REUSEPORT`): what still reaches the old node is handed to its data plane, which forwards
-//! it to the new primary or holds it, instead of being refused by the kernel. With a real
+//! it to the new primary or holds it, instead of being refused by the kernel. When the grace
+//! period ends the old socket stops taking new datagrams and hands over those it queued before
+//! it closes (see [`read`]). With a real
 //! virtual IP, `vip_up` / `vip_down` move the address itself.
 
 use std::collections::BTreeMap;
@@ -52,12 +54,31 @@ struct Bound {
     addr: SocketAddr,
     socket: Arc<UdpSocket>,
     reader: tokio::task::JoinHandle<()>,
+    /// Tells the reader to stop taking new datagrams, hand over what is queued and end.
+    release: Option<tokio::sync::oneshot::Sender<()>>,
     tcp: Option<TcpBound>,
     /// When this node stopped being the shard's primary.
     lost_at: Option<Instant>,
 }
 
 impl Bound {
+    /// Gives the address up without losing what already reached this socket: the reader
+    /// steers new datagrams to the other sockets bound to the address and hands over those
+    /// queued (see [`read`]), then ends, and the socket closes with it.
+    fn release(mut self) {
+        if let Some(tcp) = self.tcp.take() {
+            tcp.acceptor.abort();
+            tcp.connections.lock().clear();
+        }
+        let told = self
+            .release
+            .take()
+            .is_some_and(|release| release.send(()).is_ok());
+        if !told {
+            self.reader.abort();
+        }
+    }
+
     fn close(self) {
         self.reader.abort();
         if let Some(tcp) = self.tcp {
@@ -154,7 +175,7 @@ impl Ingress {
                         if now.duration_since(lost_at) >= RELEASE_GRACE {
                             let bound = self.bound.remove(shard).expect("present");
                             let addr = bound.addr;
-                            bound.close();
+                            bound.release();
                             tracing::info!(%shard, %addr, "ingress released");
                             changes.push(VipChange::Down {
                                 shard: shard.clone(),
@@ -168,8 +189,13 @@ impl Ingress {
                     }) {
                         Ok((socket, listener)) => {
                             let socket = Arc::new(socket);
-                            let reader =
-                                tokio::spawn(read(shard.clone(), socket.clone(), events.clone()));
+                            let (release, released) = tokio::sync::oneshot::channel();
+                            let reader = tokio::spawn(read(
+                                shard.clone(),
+                                socket.clone(),
+                                events.clone(),
+                                released,
+                            ));
                             let tcp_bound = listener.map(|listener| {
                                 let connections = Connections::default();
                                 let acceptor = tokio::spawn(accept(
@@ -191,6 +217,7 @@ impl Ingress {
                                     addr: udp,
                                     socket,
                                     reader,
+                                    release: Some(release),
                                     tcp: tcp_bound,
                                     lost_at: None,
                                 },
@@ -329,26 +356,155 @@ async fn connection(
     writer.abort();
 }
 
-/// Hands every datagram of `socket` to the event loop.
-async fn read(shard: ShardName, socket: Arc<UdpSocket>, events: EventSender) {
+/// Hands every datagram of `socket` to the event loop, until `released`. Then it connects the
+/// socket to its own address: a connected UDP socket takes only datagrams from the address it
+/// is connected to, so the kernel delivers every new datagram to the other sockets bound to
+/// the address (the new primary's, through `SO_REUSEPORT`), while those already queued here
+/// stay readable; the reader hands those over too and ends. Aborting it instead would drop
+/// them, and the one it holds while the loop's queue is full: datagrams the ingress received.
+async fn read(
+    shard: ShardName,
+    socket: Arc<UdpSocket>,
+    events: EventSender,
+    mut released: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut buffer = vec![0u8; DATAGRAM_LEN_MAX];
+    let hand_over = |len: usize, peer: SocketAddr, buffer: &[u8]| Event::Ingress {
+        shard: shard.clone(),
+        payload: buffer[..len].to_vec(),
+        peer,
+        tcp: false,
+    };
     loop {
-        match socket.recv_from(&mut buffer).await {
+        tokio::select! {
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok((len, peer)) => {
+                    if events.send(hand_over(len, peer, &buffer)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    // ICMP errors of earlier replies surface here on Linux; keep reading.
+                    tracing::debug!(%shard, %error, "ingress receive error");
+                }
+            },
+            _ = &mut released => break,
+        }
+    }
+    let own = match socket.local_addr() {
+        Ok(addr) if addr.ip().is_unspecified() => {
+            let loopback: std::net::IpAddr = if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            SocketAddr::new(loopback, addr.port())
+        }
+        Ok(addr) => addr,
+        Err(_) => return,
+    };
+    if let Err(error) = socket.connect(own).await {
+        tracing::warn!(%shard, %error, "could not stop the released ingress socket's intake");
+    }
+    // Straight from the socket (non-blocking): tokio's `try_recv_from` answers WouldBlock
+    // until its reactor has seen the socket readable, which it may not have yet.
+    let raw = socket2::SockRef::from(socket.as_ref());
+    let mut handed = 0u64;
+    loop {
+        // SAFETY: `recv_from` only writes initialised bytes into the buffer, which is already
+        // initialised anyway.
+        let into = unsafe {
+            &mut *(buffer.as_mut_slice() as *mut [u8] as *mut [std::mem::MaybeUninit<u8>])
+        };
+        match raw.recv_from(into) {
             Ok((len, peer)) => {
-                let event = Event::Ingress {
-                    shard: shard.clone(),
-                    payload: buffer[..len].to_vec(),
-                    peer,
-                    tcp: false,
+                let Some(peer) = peer.as_socket() else {
+                    continue;
                 };
-                if events.send(event).await.is_err() {
+                if events.send(hand_over(len, peer, &buffer)).await.is_err() {
                     return;
                 }
+                handed += 1;
             }
-            Err(error) => {
-                // ICMP errors of earlier replies surface here on Linux; keep reading.
-                tracing::debug!(%shard, %error, "ingress receive error");
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => tracing::debug!(%shard, %error, "ingress receive error"),
         }
+    }
+    if handed > 0 {
+        tracing::info!(%shard, handed, "released ingress socket handed over its queued datagrams");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(event: Event) -> Vec<u8> {
+        match event {
+            Event::Ingress { payload, .. } => payload,
+            other => panic!("not an ingress event: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_released_socket_hands_over_what_it_queued_and_takes_nothing_new() {
+        let (events, _control, mut data) = EventSender::new();
+        let old = Arc::new(bind("127.0.0.1:0".parse().unwrap()).unwrap());
+        let addr = old.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Queued in the old socket before its reader ever ran: what a loop that fell behind
+        // leaves there when the grace period ends.
+        for n in 0..20 {
+            sender
+                .send_to(format!("queued {n}").as_bytes(), addr)
+                .unwrap();
+        }
+        // The new primary's socket joins the address.
+        let new = bind(addr).unwrap();
+        let (release, released) = tokio::sync::oneshot::channel();
+        let reader = tokio::spawn(read(
+            ShardName("s".into()),
+            old.clone(),
+            events.clone(),
+            released,
+        ));
+        let bound = Bound {
+            addr,
+            socket: old,
+            reader,
+            release: Some(release),
+            tcp: None,
+            lost_at: None,
+        };
+        bound.release();
+        let mut handed = Vec::new();
+        while handed.len() < 20 {
+            let event = tokio::time::timeout(Duration::from_secs(5), data.recv())
+                .await
+                .expect("the released socket hands over every queued datagram")
+                .expect("the queue is open");
+            handed.push(String::from_utf8(payload(event)).unwrap());
+        }
+        let expected: Vec<String> = (0..20).map(|n| format!("queued {n}")).collect();
+        assert_eq!(handed, expected);
+        // From now on the address delivers to the new socket only.
+        for n in 0..20 {
+            sender
+                .send_to(format!("later {n}").as_bytes(), addr)
+                .unwrap();
+        }
+        let mut buffer = [0u8; 64];
+        for n in 0..20 {
+            let (len, _) = tokio::time::timeout(Duration::from_secs(5), new.recv_from(&mut buffer))
+                .await
+                .expect("the new socket gets every later datagram")
+                .unwrap();
+            assert_eq!(&buffer[..len], format!("later {n}").as_bytes());
+        }
+        assert!(
+            data.try_recv().is_err(),
+            "the released socket took a later datagram"
+        );
     }
 }
