@@ -270,8 +270,10 @@ pub struct Soak {
     pub messages_applied: u64,
     /// Checkpoint writes the ACTIVE's write loop had acknowledged (a sync commit every 2 ms).
     pub writes_acked: u64,
-    /// Units that became ACTIVE for the shard during the run (must be 0).
+    /// Times the shard's ACTIVE moved (another unit, or a new epoch) during the run (must be 0).
     pub failovers: u64,
+    /// Times the ACTIVE unit quiesced itself during the run, its lease lapsed (must be 0).
+    pub fenced: u64,
     /// Liveness changes the cluster committed during the run (must be 0).
     pub liveness_changes: u64,
     /// Unit faults the cluster recorded during the run (must be 0).
@@ -306,16 +308,19 @@ fn log_counts(cluster: &TestCluster) -> [u64; 4] {
 /// `seconds` of load on a settled pair: 500 datagrams/s to the shard's UDP ingress (each
 /// applied with a sync commit) while the ACTIVE also commits a checkpoint write every 2 ms.
 /// Counts what must not happen without a fault: a unit becoming ACTIVE, a liveness change, a
-/// unit fault, a lease lapse (SPEC §7: no spurious failover in a 10-minute run under load).
+/// unit fault, a lease lapse, an ACTIVE fencing itself (SPEC §7: no spurious failover in a
+/// 10-minute run under load).
 pub fn soak(seconds: u64) -> anyhow::Result<Soak> {
     let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
     let cluster = TestCluster::start_with(3, &service(", TANDEM_TEST_WRITES = \"1\"", Some(port)));
     cluster.wait_in_sync(SHARD);
-    let actives_before = cluster
-        .records()
+    let before = cluster.records();
+    let active = before
         .iter()
-        .filter(|r| r.event == "done" && r.role == "ACTIVE")
-        .count() as u64;
+        .rev()
+        .find(|r| r.event == "done" && r.role == "ACTIVE")
+        .map(|r| (r.unit.clone(), r.epoch))
+        .context("the shard has no ACTIVE")?;
     let [liveness, faults, lapses, slow] = log_counts(&cluster);
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let rate = 500u64;
@@ -345,9 +350,18 @@ pub fn soak(seconds: u64) -> anyhow::Result<Soak> {
             .then_some(applied)
     });
     let records = cluster.records();
-    let actives_after = records
+    let during = &records[before.len().min(records.len())..];
+    // A move: an ACTIVE hook of another unit, or at another epoch. An ACTIVE whose lease
+    // lapsed quiesces itself and takes ACTIVE again at the same epoch when the lease is back:
+    // counted apart, as fenced.
+    let failovers = during
         .iter()
         .filter(|r| r.event == "done" && r.role == "ACTIVE")
+        .filter(|r| (r.unit.clone(), r.epoch) != active)
+        .count() as u64;
+    let fenced = during
+        .iter()
+        .filter(|r| r.event == "start" && r.role == "QUIESCED" && r.unit == active.0)
         .count() as u64;
     let [liveness_after, faults_after, lapses_after, slow_after] = log_counts(&cluster);
     Ok(Soak {
@@ -355,7 +369,8 @@ pub fn soak(seconds: u64) -> anyhow::Result<Soak> {
         messages_sent: messages,
         messages_applied: applied,
         writes_acked: records.iter().filter(|r| r.event == "acked").count() as u64,
-        failovers: actives_after - actives_before,
+        failovers,
+        fenced,
         liveness_changes: liveness_after - liveness,
         faults: faults_after - faults,
         lease_lapses: lapses_after - lapses,
