@@ -45,11 +45,6 @@ impl<S: AsRawFd + Into<OwnedFd>> QuietStream<S> {
         })
     }
 
-    /// The socket.
-    pub fn get_ref(&self) -> &S {
-        self.fd.get_ref()
-    }
-
     /// A reading half and a writing half, usable from different tasks. The socket closes once
     /// both are dropped.
     pub fn into_split(self) -> (ReadHalf<S>, WriteHalf<S>) {

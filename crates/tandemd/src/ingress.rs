@@ -61,14 +61,22 @@ struct Bound {
     lost_at: Option<Instant>,
 }
 
+impl TcpBound {
+    /// Stops listening and closes every connection.
+    fn close(self) {
+        self.acceptor.abort();
+        // Dropping the senders ends every connection's writer, which closes it.
+        self.connections.lock().clear();
+    }
+}
+
 impl Bound {
     /// Gives the address up without losing what already reached this socket: the reader
     /// steers new datagrams to the other sockets bound to the address and hands over those
     /// queued (see [`read`]), then ends, and the socket closes with it.
     fn release(mut self) {
         if let Some(tcp) = self.tcp.take() {
-            tcp.acceptor.abort();
-            tcp.connections.lock().clear();
+            tcp.close();
         }
         let told = self
             .release
@@ -82,9 +90,7 @@ impl Bound {
     fn close(self) {
         self.reader.abort();
         if let Some(tcp) = self.tcp {
-            tcp.acceptor.abort();
-            // Dropping the senders ends every connection's writer, which closes it.
-            tcp.connections.lock().clear();
+            tcp.close();
         }
     }
 }
@@ -168,8 +174,7 @@ impl Ingress {
                         // from its new node): close them and stop listening at once, so
                         // clients reconnect to the new primary's node.
                         if let Some(tcp) = bound.tcp.take() {
-                            tcp.acceptor.abort();
-                            tcp.connections.lock().clear();
+                            tcp.close();
                         }
                         let lost_at = *bound.lost_at.get_or_insert(now);
                         if now.duration_since(lost_at) >= RELEASE_GRACE {

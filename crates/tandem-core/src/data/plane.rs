@@ -689,35 +689,37 @@ fn extend_open_commit(
     consumed: Option<u64>,
 ) -> Result<Option<u64>, super::replica::ApplyError> {
     let seq = replica.version();
-    let Some(last) = oplog.ops.back_mut() else {
-        return Ok(None);
-    };
-    let OpKind::Commit {
-        writes: held,
-        consumed: held_consumed,
-    } = &mut last.kind
+    /// The writes and consumed position of `op` if it is a commit at `seq` and `epoch`.
+    fn open_commit(
+        op: &mut Op,
+        seq: u64,
+        epoch: u64,
+    ) -> Option<(&mut Vec<super::Write>, &mut Option<u64>)> {
+        match &mut op.kind {
+            OpKind::Commit { writes, consumed } if op.seq == seq && op.epoch == epoch => {
+                Some((writes, consumed))
+            }
+            _ => None,
+        }
+    }
+    let Some((held, held_consumed)) = oplog
+        .ops
+        .back_mut()
+        .and_then(|last| open_commit(last, seq, epoch))
     else {
         return Ok(None);
     };
-    if last.seq != seq
-        || last.epoch != epoch
-        || held.len() + writes.len() > MERGED_WRITES_MAX
+    if held.len() + writes.len() > MERGED_WRITES_MAX
         || commit_bytes(held) + commit_bytes(writes) > MERGED_BYTES_MAX
     {
         return Ok(None);
     }
     // Its file write is this replica's last queued action: nothing was written after it.
     let queued = match persist.iter_mut().rev().find(|(queued, _)| queued == id) {
-        Some((_, PersistAction::Op(queued))) if queued.seq == seq && queued.epoch == epoch => {
-            queued
-        }
-        _ => return Ok(None),
+        Some((_, PersistAction::Op(queued))) => open_commit(queued, seq, epoch),
+        _ => None,
     };
-    let OpKind::Commit {
-        writes: queued_writes,
-        consumed: queued_consumed,
-    } = &mut queued.kind
-    else {
+    let Some((queued_writes, queued_consumed)) = queued else {
         return Ok(None);
     };
     replica.extend_last_commit(epoch, writes, consumed)?;
