@@ -18,7 +18,7 @@
 //! the per-record crc cannot see). A stamp that is torn, or stale (the crash came before it
 //! was rewritten), is only reported.
 
-use tandem_core::data::{PersistAction, ReplicaSnapshot, ShardReplica};
+use tandem_core::data::{PersistAction, ReplicaSnapshot, Section, ShardReplica, StreamMessage};
 use tandem_core::{ShardName, UnitName};
 use tandem_proto::data as wire;
 use tandem_proto::frame::{parse_frame, SliceFrame};
@@ -110,36 +110,82 @@ pub fn compacted(
     replica: &ShardReplica,
     complete: bool,
 ) -> Vec<u8> {
-    use wire::replica_record::Kind;
-    let mut out = header_frame(shard, unit);
-    let stamp_at = out.len();
-    out.extend([0; STAMP_LEN]);
-    let base = Kind::Base(encode_snapshot(&replica.snapshot()));
-    out.extend(frame(&wire::ReplicaRecord { kind: Some(base) }));
-    let sections: Vec<_> = replica
-        .sections()
-        .map(|(key, section)| (key.clone(), section.clone()))
-        .collect();
-    for chunk in sections.chunks(SECTIONS_PER_RECORD) {
-        let kind = Kind::Sections(encode_sections(chunk));
-        out.extend(frame(&wire::ReplicaRecord { kind: Some(kind) }));
+    Compaction::capture(shard, unit, replica, complete).encode()
+}
+
+/// A replica's content at one version, taken for a compacted file: taking it only clones
+/// keys and counts references to values, so the daemon's loop takes it and the writer thread
+/// does the encoding (which copies every byte; for a large replica, far too long for the loop).
+#[derive(Debug, Clone)]
+pub struct Compaction {
+    shard: ShardName,
+    unit: UnitName,
+    base: ReplicaSnapshot,
+    sections: Vec<(Vec<u8>, Section)>,
+    messages: Vec<(u64, StreamMessage)>,
+    complete: bool,
+    stamp: Stamp,
+    value_bytes: usize,
+}
+
+impl Compaction {
+    /// Takes `replica` as it is now.
+    pub fn capture(
+        shard: &ShardName,
+        unit: &UnitName,
+        replica: &ShardReplica,
+        complete: bool,
+    ) -> Self {
+        Self {
+            shard: shard.clone(),
+            unit: unit.clone(),
+            base: replica.snapshot(),
+            sections: replica
+                .sections()
+                .map(|(key, section)| (key.clone(), section.clone()))
+                .collect(),
+            messages: replica
+                .pending()
+                .map(|(seq, message)| (seq, message.clone()))
+                .collect(),
+            complete,
+            stamp: Stamp::of(replica),
+            value_bytes: (replica.section_bytes() + replica.pending_bytes()) as usize,
+        }
     }
-    let messages: Vec<_> = replica
-        .pending()
-        .map(|(seq, message)| (seq, message.clone()))
-        .collect();
-    if !messages.is_empty() {
-        let kind = Kind::Messages(encode_messages(&messages));
-        out.extend(frame(&wire::ReplicaRecord { kind: Some(kind) }));
+
+    /// About the bytes [`encode`](Self::encode) gives (within a few bytes per section).
+    pub fn len_estimate(&self) -> usize {
+        const PER_SECTION: usize = 24;
+        self.value_bytes + self.sections.len() * PER_SECTION + self.messages.len() * PER_SECTION
     }
-    if complete {
-        out.extend(frame(&wire::ReplicaRecord {
-            kind: Some(Kind::Complete(true)),
-        }));
+
+    /// The compacted file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        use wire::replica_record::Kind;
+        let mut out = Vec::with_capacity(self.len_estimate() + 4096);
+        out.extend(header_frame(&self.shard, &self.unit));
+        let stamp_at = out.len();
+        out.extend([0; STAMP_LEN]);
+        let base = Kind::Base(encode_snapshot(&self.base));
+        out.extend(frame(&wire::ReplicaRecord { kind: Some(base) }));
+        for chunk in self.sections.chunks(SECTIONS_PER_RECORD) {
+            let kind = Kind::Sections(encode_sections(chunk));
+            out.extend(frame(&wire::ReplicaRecord { kind: Some(kind) }));
+        }
+        if !self.messages.is_empty() {
+            let kind = Kind::Messages(encode_messages(&self.messages));
+            out.extend(frame(&wire::ReplicaRecord { kind: Some(kind) }));
+        }
+        if self.complete {
+            out.extend(frame(&wire::ReplicaRecord {
+                kind: Some(Kind::Complete(true)),
+            }));
+        }
+        let len = out.len();
+        out[stamp_at..stamp_at + STAMP_LEN].copy_from_slice(&encode_stamp(&self.stamp, len));
+        out
     }
-    let len = out.len();
-    out[stamp_at..stamp_at + STAMP_LEN].copy_from_slice(&stamp(replica, len));
-    out
 }
 
 /// A replica read back from its file.
@@ -503,5 +549,29 @@ mod tests {
                 .unwrap()
                 .complete
         );
+        // A capture is the replica at the moment it was taken, whatever happens to the
+        // replica before it is encoded (the writer thread encodes it later).
+        let image = Compaction::capture(&shard, &unit, &source, true);
+        let captured = source.clone();
+        source
+            .apply(&Op {
+                seq: source.version() + 1,
+                epoch: 9,
+                kind: OpKind::Commit {
+                    writes: vec![Write {
+                        key: b"later".to_vec(),
+                        value: Some(bytes::Bytes::from_static(b"not in the image")),
+                        priority: None,
+                    }],
+                    consumed: None,
+                },
+            })
+            .unwrap();
+        let encoded = image.encode();
+        assert!(image.len_estimate().abs_diff(encoded.len()) < encoded.len() / 2 + 256);
+        let recovered = recover(&encoded, &shard, &unit).unwrap();
+        assert_eq!(recovered.replica, captured);
+        assert_ne!(recovered.replica, source);
+        assert!(recovered.stamp_unchecked.is_none());
     }
 }

@@ -539,11 +539,12 @@ pub enum FileOp {
         generation: u64,
         stamp: Stamp,
     },
-    /// Replace the file of `id` by one holding `bytes`, the replica compacted at `version`.
+    /// Replace the file of `id` by one holding `image`, the replica compacted at `version`
+    /// (encoded by the writer thread).
     Compact {
         id: ReplicaId,
         generation: u64,
-        bytes: Vec<u8>,
+        image: Box<replica_file::Compaction>,
         version: u64,
     },
 }
@@ -554,7 +555,7 @@ impl FileOp {
         const OVERHEAD: usize = 64;
         OVERHEAD
             + match self {
-                FileOp::Compact { bytes, .. } => bytes.len(),
+                FileOp::Compact { image, .. } => image.len_estimate(),
                 FileOp::Stamp { .. } => 0,
                 FileOp::Persist { action, .. } => match action {
                     PersistAction::Op(op) => match &op.kind {
@@ -617,9 +618,11 @@ impl FileWriter {
             FileOp::Compact {
                 id,
                 generation,
-                bytes,
+                image,
                 version,
-            } => self.compact(id, generation, &bytes, version).map(Some),
+            } => self
+                .compact(id, generation, &image.encode(), version)
+                .map(Some),
         }
     }
 
@@ -1102,21 +1105,25 @@ impl ReplicaStore {
         if (book.len as u64) < (COMPACT_RATIO * live).max(COMPACT_FLOOR) {
             return false;
         }
-        let bytes = replica_file::compacted(&id.shard, &id.unit, replica, complete);
+        // The loop only takes the replica's content; the writer thread encodes it.
+        let image = Box::new(replica_file::Compaction::capture(
+            &id.shard, &id.unit, replica, complete,
+        ));
         let generation = self.generation();
         self.books.insert(
             id.clone(),
             Book {
                 generation,
                 written: replica.version(),
-                len: bytes.len(),
+                // Corrected by the first sync of the new file.
+                len: image.len_estimate(),
                 compacting: true,
             },
         );
         self.queued.push(FileOp::Compact {
             id: id.clone(),
             generation,
-            bytes,
+            image,
             version: replica.version(),
         });
         true
