@@ -208,6 +208,48 @@ async fn measure(
     ))
 }
 
+/// The queued (write-behind) benchmark: `count` single-write commits with
+/// `commit_queued`, then a flush (which waits for the STANDBY); the rate counts the flush.
+async fn measure_queued(
+    ctx: &Context,
+    shard: &ShardName,
+    size: usize,
+    count: usize,
+) -> Result<String, tandem::DataError> {
+    let checkpoint = ctx.checkpoint(shard);
+    let value = bytes_of(size);
+    let mut calls = Vec::with_capacity(count);
+    let started = std::time::Instant::now();
+    for index in 0..count {
+        let at = std::time::Instant::now();
+        checkpoint
+            .transaction()
+            .put(format!("queued/{}", index % 4096), value.clone())
+            .commit_queued()
+            .await?;
+        calls.push(at.elapsed().as_secs_f64() * 1e6);
+    }
+    let queued = started.elapsed();
+    checkpoint.flush().await?;
+    let total = started.elapsed();
+    calls.sort_by(f64::total_cmp);
+    let at = |quantile: f64| {
+        calls[((calls.len() as f64 * quantile).ceil() as usize).clamp(1, calls.len()) - 1]
+    };
+    let per_s = count as f64 / total.as_secs_f64();
+    Ok(format!(
+        "{{\"mode\":\"queued\",\"size\":{size},\"count\":{count},\"call_p50_us\":{:.2},\"call_p99_us\":{:.2},\"writes_per_s\":{per_s:.0},\"mib_per_s\":{:.1},\"flush_ms\":{:.1}}}",
+        at(0.5),
+        at(0.99),
+        per_s * size as f64 / (1024.0 * 1024.0),
+        (total - queued).as_secs_f64() * 1000.0
+    ))
+}
+
+fn bytes_of(size: usize) -> Vec<u8> {
+    vec![b'x'; size]
+}
+
 /// The checkpoint benchmark: waits for an in-sync STANDBY, then measures and writes the
 /// results to `out`, one JSON line each.
 async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
@@ -235,6 +277,14 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
         (false, 128, 16, count / 4),
     ] {
         match measure(&ctx, &shard, sync, size, writes, count.max(1)).await {
+            Ok(line) => lines.push_str(&line),
+            Err(error) => lines.push_str(&format!("{{\"error\":\"{error}\"}}")),
+        }
+        lines.push('\n');
+    }
+    // Queued commits: ten times as many small ones (they are that much cheaper), and 64 KiB.
+    for (size, count) in [(128, count * 10), (65536, count / 4)] {
+        match measure_queued(&ctx, &shard, size, count.max(1)).await {
             Ok(line) => lines.push_str(&line),
             Err(error) => lines.push_str(&format!("{{\"error\":\"{error}\"}}")),
         }

@@ -56,8 +56,31 @@ pub struct Commits {
     pub deep_per_s: f64,
 }
 
+/// Queued (write-behind) commits, as the unit reported them.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Queued {
+    /// Value bytes (one write per commit).
+    pub size: u64,
+    /// Commits queued.
+    pub count: u64,
+    /// How long a `commit_queued` call took, median, µs.
+    pub call_p50_us: f64,
+    /// The same, 99th percentile (a call waits when the queue is full).
+    pub call_p99_us: f64,
+    /// Writes per second, from the first call until the final flush returned (the STANDBY
+    /// had every write).
+    pub writes_per_s: f64,
+    /// The same in MiB/s of values.
+    pub mib_per_s: f64,
+    /// The final flush, ms.
+    pub flush_ms: f64,
+}
+
+/// What the unit measured: commits waited for one by one or in flight, and queued commits.
+pub type Measured = (Vec<Commits>, Vec<Queued>);
+
 /// Checkpoint commits of the ACTIVE with an in-sync STANDBY on another daemon.
-pub fn checkpoint(count: usize) -> anyhow::Result<Vec<Commits>> {
+pub fn checkpoint(count: usize) -> anyhow::Result<Measured> {
     let out = tempfile::NamedTempFile::new()?.into_temp_path();
     let env = format!(
         ", TANDEM_TEST_BENCH = \"{count}\", TANDEM_TEST_BENCH_OUT = \"{}\"",
@@ -66,7 +89,7 @@ pub fn checkpoint(count: usize) -> anyhow::Result<Vec<Commits>> {
     let cluster = TestCluster::start_with(3, &service(&env, None));
     let text = wait_for("the unit's checkpoint measurements", DEADLINE * 10, || {
         let text = std::fs::read_to_string(&out).ok()?;
-        (text.lines().count() >= 6 || text.contains("\"error\"")).then_some(text)
+        (text.lines().count() >= 8 || text.contains("\"error\"")).then_some(text)
     });
     if text.contains("\"error\"") {
         eprintln!("{text}");
@@ -80,9 +103,16 @@ pub fn checkpoint(count: usize) -> anyhow::Result<Vec<Commits>> {
         }
     }
     drop(cluster);
-    text.lines()
-        .map(|line| serde_json::from_str(line).with_context(|| format!("the unit reported {line}")))
-        .collect()
+    let mut measured = Measured::default();
+    for line in text.lines() {
+        let context = || format!("the unit reported {line}");
+        if line.contains("\"mode\":\"queued\"") {
+            measured.1.push(serde_json::from_str(line).with_context(context)?);
+        } else {
+            measured.0.push(serde_json::from_str(line).with_context(context)?);
+        }
+    }
+    Ok(measured)
 }
 
 /// A state transfer's figures.

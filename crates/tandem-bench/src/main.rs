@@ -19,7 +19,9 @@
 //! - `checkpoint`: sync and async commits of 128 B and 64 KiB values by the ACTIVE (SDK in the
 //!   unit process) with an in-sync STANDBY on another daemon: sequential latency p50/p99 and
 //!   throughput with 32 and 256 commits in flight; then commits of 16 writes of 128 B each
-//!   (a quarter as many), whose writes per second is the 256-deep rate times 16.
+//!   (a quarter as many), whose writes per second is the 256-deep rate times 16. Then queued
+//!   (write-behind) commits of one write, 128 B (ten times as many) and 64 KiB (a quarter):
+//!   writes per second from the first `commit_queued` until the final flush returned.
 //! - `transfer`: a STANDBY whose replica files were deleted gets `--transfer-mib` MiB (64 KiB
 //!   sections) by full state transfer while the ACTIVE keeps writing, until digests match.
 //! - `stream-switchover`: `--stream-messages` datagrams at 1000/s to the shard's UDP ingress,
@@ -71,6 +73,7 @@ struct Args {
 #[derive(Debug, Serialize)]
 struct DataReport {
     checkpoint: Vec<data::Commits>,
+    queued: Vec<data::Queued>,
     transfer: Option<data::Transfer>,
     stream_switchover: Option<data::StreamSwitchover>,
     soak: Option<data::Soak>,
@@ -384,6 +387,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut data_report = DataReport {
         checkpoint: Vec::new(),
+        queued: Vec::new(),
         transfer: None,
         stream_switchover: None,
         soak: None,
@@ -393,7 +397,7 @@ fn main() -> anyhow::Result<()> {
             "checkpoint: commits with an in-sync STANDBY, {} each",
             args.commits
         );
-        data_report.checkpoint = data::checkpoint(args.commits)?;
+        (data_report.checkpoint, data_report.queued) = data::checkpoint(args.commits)?;
     }
     if wants("data-transfer") {
         eprintln!(
@@ -445,6 +449,25 @@ fn main() -> anyhow::Result<()> {
                 commits.pipelined_mib_per_s,
                 commits.deep_per_s,
                 commits.deep_per_s * commits.writes_per_commit as f64
+            );
+        }
+    }
+    if !data_report.queued.is_empty() {
+        println!(
+            "\n{:<8} {:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>10}",
+            "queued", "value", "count", "call p50 us", "call p99 us", "writes/s", "MiB/s", "flush ms"
+        );
+        for queued in &data_report.queued {
+            println!(
+                "{:<8} {:>8} {:>8} {:>12.2} {:>12.2} {:>12.0} {:>10.1} {:>10.1}",
+                "queued",
+                queued.size,
+                queued.count,
+                queued.call_p50_us,
+                queued.call_p99_us,
+                queued.writes_per_s,
+                queued.mib_per_s,
+                queued.flush_ms
             );
         }
     }

@@ -21,10 +21,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tandem_core::data::{DataReply, DataRequest, Write};
 use tandem_proto::sdk::{unit_to_agent, UnitToAgent};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::queue::{Pushed, QueueState};
 use crate::{Context, Role, ShardName};
 
+pub use crate::queue::{QUEUED_BYTES_MAX, QUEUED_WRITES_MAX};
 pub use tandem_core::data::Origin;
 
 /// Largest key (bytes).
@@ -145,12 +147,79 @@ impl Calls {
 /// Subscribers of replica changes, per shard.
 pub(crate) type Subscribers = Arc<Mutex<HashMap<ShardName, mpsc::UnboundedSender<Change>>>>;
 
+/// A shard's queue of [`Transaction::commit_queued`] commits, and the signal that it changed
+/// (an answer came: room, drained, or a refusal).
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    changed: Notify,
+}
+
+/// The queues, per shard (made on first use).
+pub(crate) type Queues = Arc<Mutex<HashMap<ShardName, Arc<Queue>>>>;
+
+impl Queue {
+    /// Waits until nothing is queued or in flight.
+    async fn drained(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.state.lock().is_drained() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// Sends `queue`'s batches, one at a time, until it finds none.
+async fn run_flusher(ctx: Context, shard: ShardName, queue: Arc<Queue>) {
+    loop {
+        let Some(batch) = queue.state.lock().take() else {
+            return;
+        };
+        let outcome = ctx
+            .call(DataRequest::Commit {
+                shard: shard.clone(),
+                epoch: batch.epoch,
+                writes: batch.writes,
+                consumed: batch.consumed,
+                sync: false,
+            })
+            .await
+            .and_then(|reply| match reply {
+                DataReply::Committed { version } => Ok(version),
+                other => Err(DataError::Unexpected(format!("{other:?}"))),
+            });
+        if let Err(error) = &outcome {
+            tracing::warn!(%shard, %error, "queued commits refused; the next flush reports it");
+        }
+        queue.state.lock().answered(outcome);
+        queue.changed.notify_waiters();
+    }
+}
+
 impl Context {
     /// The checkpoint of `shard` (cheap; make one per use or keep it).
     pub fn checkpoint(&self, shard: &ShardName) -> Checkpoint {
         Checkpoint {
             ctx: self.clone(),
             shard: shard.clone(),
+        }
+    }
+
+    /// The queue of `shard`'s queued commits.
+    fn queue(&self, shard: &ShardName) -> Arc<Queue> {
+        self.queues.lock().entry(shard.clone()).or_default().clone()
+    }
+
+    /// Waits until every commit queued for `shard` was answered (for a planned quiesce: what
+    /// was queued before it reaches the replica before the STANDBY takes over).
+    pub(crate) async fn queued_commits_answered(&self, shard: &ShardName) {
+        let queue = self.queues.lock().get(shard).cloned();
+        if let Some(queue) = queue {
+            queue.drained().await;
         }
     }
 
@@ -323,8 +392,14 @@ impl Checkpoint {
         }
     }
 
-    /// Waits until every earlier `async` commit is where a `sync` one would be.
+    /// Waits until every earlier `async` and queued commit is where a `sync` one would be.
+    /// Returns the replica's version then, or the first refusal of a queued commit since the
+    /// last flush (reported once: the commits queued after the refused one were dropped, see
+    /// [`Transaction::commit_queued`]).
     pub async fn flush(&self) -> Result<u64, DataError> {
+        let queue = self.ctx.queue(&self.shard);
+        queue.drained().await;
+        queue.state.lock().take_outcome()?;
         match self
             .ctx
             .call(DataRequest::Flush {
@@ -386,7 +461,8 @@ impl Checkpoint {
 }
 
 /// Writes (and optionally a stream position) committed together. Nothing is sent before
-/// [`commit_sync`](Self::commit_sync) or [`commit_async`](Self::commit_async).
+/// [`commit_sync`](Self::commit_sync), [`commit_async`](Self::commit_async) or
+/// [`commit_queued`](Self::commit_queued).
 #[derive(Debug, Clone)]
 #[must_use = "a transaction does nothing until it is committed"]
 pub struct Transaction {
@@ -445,20 +521,69 @@ impl Transaction {
         self.commit(false).await
     }
 
+    /// Queues the commit and returns at once, without waiting for tandemd (write-behind): the
+    /// fastest way to write a checkpoint. Queued commits of a shard leave in the background,
+    /// merged into `async` commits of up to 4096 writes, one at a time; what tandemd applies
+    /// is always a prefix of what was queued, in order. Waits only when the shard's queue is
+    /// full ([`QUEUED_WRITES_MAX`], [`QUEUED_BYTES_MAX`]).
+    ///
+    /// Errors come later: when tandemd refuses a queued commit (the unit lost ACTIVE, its
+    /// lease lapsed), the commits queued after it are dropped, and this call fails with that
+    /// refusal until [`Checkpoint::flush`] reports it. Call `flush` where you need to know
+    /// that everything so far is safe (it waits for the STANDBYs, like a `sync` commit). A
+    /// planned quiesce (switchover) waits for the queue before it completes, so a switchover
+    /// loses nothing queued; a failover may lose what the STANDBYs had not received, as with
+    /// any `async` commit.
+    pub async fn commit_queued(self) -> Result<(), DataError> {
+        // Cooperate: a loop of commits that all fit would otherwise never yield, and on a
+        // single-threaded runtime the SDK's own tasks (lease renewals, the flusher) would
+        // starve.
+        tokio::task::consume_budget().await;
+        let epoch = self.acting_epoch()?;
+        let ctx = &self.checkpoint.ctx;
+        let shard = &self.checkpoint.shard;
+        let queue = ctx.queue(shard);
+        let mut writes = self.writes;
+        loop {
+            let changed = queue.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let pushed = queue.state.lock().push(epoch, writes, self.consumed)?;
+            match pushed {
+                Pushed::Queued { wake } => {
+                    if wake {
+                        tokio::spawn(run_flusher(ctx.clone(), shard.clone(), queue.clone()));
+                    }
+                    return Ok(());
+                }
+                Pushed::Full(back) => {
+                    writes = back;
+                    changed.await;
+                }
+            }
+        }
+    }
+
+    /// Checks the writes and that the unit may write now; returns the shard's epoch.
+    fn acting_epoch(&self) -> Result<u64, DataError> {
+        let shard = &self.checkpoint.shard;
+        tandem_core::data::check_writes(&self.writes).map_err(DataError::BadWrite)?;
+        match self.checkpoint.ctx.role(shard) {
+            Some((Role::Active | Role::Quiescing, epoch))
+                if self.checkpoint.ctx.is_active(shard) =>
+            {
+                Ok(epoch)
+            }
+            role => Err(DataError::NotActive {
+                shard: shard.clone(),
+                why: self.checkpoint.ctx.why_not_acting(role),
+            }),
+        }
+    }
+
     async fn commit(self, sync: bool) -> Result<u64, DataError> {
         let shard = self.checkpoint.shard.clone();
-        tandem_core::data::check_writes(&self.writes).map_err(DataError::BadWrite)?;
-        let epoch = match self.checkpoint.ctx.role(&shard) {
-            Some((Role::Active | Role::Quiescing, epoch))
-                if self.checkpoint.ctx.is_active(&shard) =>
-            {
-                epoch
-            }
-            role => {
-                let why = self.checkpoint.ctx.why_not_acting(role);
-                return Err(DataError::NotActive { shard, why });
-            }
-        };
+        let epoch = self.acting_epoch()?;
         match self
             .checkpoint
             .ctx

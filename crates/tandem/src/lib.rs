@@ -59,6 +59,7 @@
 
 pub mod client;
 pub mod data;
+mod queue;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -280,6 +281,7 @@ pub struct Context {
     outbox: mpsc::Sender<UnitToAgent>,
     calls: Arc<Mutex<data::Calls>>,
     subscribers: data::Subscribers,
+    queues: data::Queues,
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock `tandemd` expresses lease deadlines on, the
@@ -537,6 +539,7 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
         outbox,
         calls: Arc::new(Mutex::new(data::Calls::default())),
         subscribers: Arc::new(Mutex::new(Default::default())),
+        queues: Arc::new(Mutex::new(Default::default())),
     };
 
     // The writer sends what every part of the unit queued, in order.
@@ -935,7 +938,12 @@ async fn handle_request<U: Unit>(
                 UnitCommand::Assign { shard, role, epoch } => {
                     unit.assign(ctx, shard, *role, *epoch).await
                 }
-                UnitCommand::Quiesce { shard, .. } => unit.quiesce(ctx, shard).await,
+                UnitCommand::Quiesce { shard, .. } => {
+                    let outcome = unit.quiesce(ctx, shard).await;
+                    // What the unit queued reaches the replica before the switch.
+                    ctx.queued_commits_answered(shard).await;
+                    outcome
+                }
                 UnitCommand::Remove { shard } => unit.remove(ctx, shard).await,
                 UnitCommand::Health => unit.health(ctx).await,
                 UnitCommand::Reset => unit.reset(ctx).await,
