@@ -568,8 +568,13 @@ pub async fn run(
                     }
                 }
             }
-            // Last: items a step's budget held back go out once nothing else is waiting.
-            () = std::future::ready(()), if daemon.data.has_pending_work() => {
+            // Last: items a step's budget held back go out once nothing else is waiting, after
+            // a yield. The daemon runs on one thread: a branch that is always ready would keep
+            // this loop from ever returning to the scheduler, and the tasks that carry leases
+            // to the units, heartbeats to the peers and the peers' acknowledgements back would
+            // not run until the backlog was gone (once the other branches have used up tokio's
+            // budget they stay pending until the loop yields).
+            () = tokio::task::yield_now(), if daemon.data.has_pending_work() => {
                 iteration = Instant::now();
             }
             () = daemon.writer.resumed(), if paused => {
