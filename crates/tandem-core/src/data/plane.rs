@@ -373,7 +373,13 @@ pub enum Accepted {
 #[derive(Debug, Clone, Default)]
 struct OpLog {
     ops: VecDeque<Op>,
+    /// Bytes (as [`Op::size`] counts them) of the ops held.
     bytes: usize,
+    /// For each op held, the bytes pushed before it (counted since the log was made).
+    starts: VecDeque<u64>,
+    /// Bytes pushed since the log was made (an op that grows by a merged commit counts its
+    /// growth here too).
+    total: u64,
 }
 
 impl OpLog {
@@ -383,18 +389,49 @@ impl OpLog {
                 self.clear();
             }
         }
-        self.bytes += op.size();
+        let size = op.size();
+        self.starts.push_back(self.total);
+        self.total += size as u64;
+        self.bytes += size;
         self.ops.push_back(op);
         while self.bytes > retain_bytes && self.ops.len() > 1 {
             if let Some(old) = self.ops.pop_front() {
                 self.bytes -= old.size();
+                self.starts.pop_front();
             }
         }
     }
 
+    /// The last op grew by `bytes` (a commit merged into it).
+    fn grew(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.total += bytes as u64;
+    }
+
     fn clear(&mut self) {
         self.ops.clear();
+        self.starts.clear();
         self.bytes = 0;
+    }
+
+    /// Bytes of the ops after `after` up to and including `upto`; `None` when some of them
+    /// are no longer held (whoever has only `after` is further behind than the log reaches).
+    fn bytes_between(&self, after: u64, upto: u64) -> Option<u64> {
+        if after >= upto {
+            return Some(0);
+        }
+        let first = self.ops.front()?.seq;
+        let last = self.ops.back()?.seq;
+        if after + 1 < first || upto > last {
+            return None;
+        }
+        let start = self.starts[(after + 1 - first) as usize];
+        let end = if upto == last {
+            self.total
+        } else {
+            self.starts[(upto + 1 - first) as usize]
+        };
+        Some(end - start)
     }
 
     /// The op `seq`, if retained.
@@ -727,7 +764,7 @@ fn extend_open_commit(
     queued_writes.extend_from_slice(writes);
     *held_consumed = (*held_consumed).max(consumed);
     *queued_consumed = (*queued_consumed).max(consumed);
-    oplog.bytes += commit_bytes(writes) + 16 * writes.len();
+    oplog.grew(commit_bytes(writes) + 16 * writes.len());
     Ok(Some(seq))
 }
 
@@ -2595,11 +2632,17 @@ impl DataPlane {
                         .replies
                         .push((waiter.unit, waiter.generation, waiter.request, answer));
                 }
-                while primary
-                    .lag_waiters
-                    .front()
-                    .is_some_and(|waiter| waiter.seq.saturating_sub(safe) <= view.async_lag_max)
-                {
+                // An async commit also waits while the wait set lags more than half the op
+                // log's bytes: a STANDBY further behind than the log reaches would need a
+                // whole state transfer (with large values, `async_lag_max` ops are far more).
+                let lag_bytes_max = (config.retain_bytes / 2) as u64;
+                while primary.lag_waiters.front().is_some_and(|waiter| {
+                    waiter.seq.saturating_sub(safe) <= view.async_lag_max
+                        && slot
+                            .oplog
+                            .bytes_between(safe, waiter.seq)
+                            .is_some_and(|bytes| bytes <= lag_bytes_max)
+                }) {
                     let waiter = primary.lag_waiters.pop_front().expect("front exists");
                     self.out.replies.push((
                         waiter.unit,

@@ -1421,3 +1421,46 @@ fn commits_that_arrive_together_share_one_op() {
     assert_eq!(net.replica(2), net.replica(1));
     assert_eq!(net.replica(2).digest(), net.replica(1).compute_digest());
 }
+
+#[test]
+fn async_commits_wait_while_the_standby_lags_half_the_op_log_in_bytes() {
+    // 100 ops of 64 KiB may lag by count, but not by bytes: a STANDBY further behind than
+    // the op log reaches would need a whole state transfer.
+    let config = DataConfig {
+        retain_bytes: 1024 * 1024,
+        ..DataConfig::default()
+    };
+    let mut net = Net::with_config(2, config);
+    net.view.async_lag_max = 100;
+    net.assign(1, 1, &[2], &[]);
+    net.run();
+    net.commit_claim(1);
+    let value = vec![b'v'; 64 * 1024];
+    let requests: Vec<u64> = (0..12)
+        .map(|index| net.commit(1, 1, vec![put(&format!("k{index}"), &value)], None, false))
+        .collect();
+    // The STANDBY hears nothing meanwhile.
+    net.wire.clear();
+    let answered = |net: &Net| {
+        requests
+            .iter()
+            .filter(|request| net.reply(**request).is_some())
+            .count()
+    };
+    // Eight 64 KiB ops make half of the 1 MiB log (each op counts a little more than its
+    // value): the first seven are answered, the rest wait.
+    assert_eq!(answered(&net), 7);
+    // Once the STANDBY has them all (resent after the resend timeout), every commit is
+    // answered and no transfer was needed.
+    net.tick(300);
+    net.run();
+    assert_eq!(answered(&net), 12);
+    for request in &requests {
+        assert!(matches!(
+            net.reply(*request),
+            Some(DataReply::Committed { .. })
+        ));
+    }
+    assert_eq!(net.replica(2), net.replica(1));
+    assert!(!sessions_started(&net).iter().any(|(full, _)| *full));
+}
