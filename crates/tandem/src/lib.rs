@@ -269,6 +269,9 @@ struct Beliefs {
     belief: tandem_core::UnitBelief,
     /// Fraction of new sessions admitted, per restricted shard.
     restrictions: BTreeMap<ShardName, f64>,
+    /// When the last lease renewal was read: a fence tells whether tandemd stopped renewing
+    /// or this process did not read (its runtime was blocked).
+    renewed_at: Option<tandem_core::Time>,
 }
 
 /// The unit's view of itself and its way to talk to `tandemd`. Cheap to clone; safe to use
@@ -579,11 +582,12 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
                     let until = lease
                         .valid_until_monotonic_ns
                         .map(|ns| tandem_core::Time::from_micros(ns / 1000));
-                    let resumed = reader_ctx
-                        .beliefs
-                        .lock()
-                        .belief
-                        .renew_lease(until, monotonic_now());
+                    let now = monotonic_now();
+                    let resumed = {
+                        let mut beliefs = reader_ctx.beliefs.lock();
+                        beliefs.renewed_at = Some(now);
+                        beliefs.belief.renew_lease(until, now)
+                    };
                     if resumed.is_empty() {
                         continue;
                     }
@@ -877,7 +881,21 @@ async fn handle_inbound<U: Unit>(
 async fn fence<U: Unit>(unit: &mut U, ctx: &Context, shards: &[ShardName]) {
     for shard in shards {
         let epoch = ctx.role(shard).map_or(0, |(_, epoch)| epoch);
-        tracing::warn!(%shard, "lease ran out: quiescing");
+        let (until, renewed_at) = {
+            let beliefs = ctx.beliefs.lock();
+            (beliefs.belief.lease_until(), beliefs.renewed_at)
+        };
+        let now = monotonic_now();
+        let ms_ago = |at: Option<tandem_core::Time>| {
+            at.map(|at| now.saturating_since(at).as_secs_f64() * 1000.0)
+        };
+        tracing::warn!(
+            %shard,
+            lease_ended_ms_ago = ms_ago(until),
+            last_renewal_ms_ago = ms_ago(renewed_at),
+            "lease ran out: quiescing (if tandemd logged no lease lapse then, this process did \
+             not read its renewals in time: its runtime was blocked)"
+        );
         let command = UnitCommand::Assign {
             shard: shard.clone(),
             role: Role::Quiesced,
