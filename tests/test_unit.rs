@@ -13,7 +13,10 @@
 //! with the value in the role field; an ACTIVE hook records event `resume` with the value its
 //! replica holds. With `TANDEM_TEST_BULK=<count>` the first ACTIVE also writes `count` sections
 //! of 1 KiB (`b0000000`..; `TANDEM_TEST_BULK_VALUE` sets another size), for state-transfer
-//! tests.
+//! tests. With `TANDEM_TEST_WRITES=queued` it queues the writes instead
+//! (`commit_queued`, 20 values every 2 ms, a flush every 50 rounds), recording event `queued`
+//! with the last value of each round; its quiesce hook stops the queueing for the shard, so
+//! every value recorded `queued` at an epoch was queued before a switchover's quiesce.
 //!
 //! Stream messages (the benchmark's ingress load) are applied by writing `m/<payload>` and
 //! consuming the message in one sync commit, recorded as event `msg` with the payload in the
@@ -35,6 +38,12 @@ struct Recorder {
     path: PathBuf,
     /// Write the checkpoint while ACTIVE (and how many bulk sections), once started.
     writes: Option<u64>,
+    /// Queue the writes (`commit_queued`) instead of committing each.
+    queued: bool,
+    /// Shards (at an epoch) whose quiesce hook ran: no more writes are queued for them by the
+    /// loop. Held by the loop for a whole round, and by the quiesce hook while it queues its
+    /// last values.
+    stopped: Arc<tokio::sync::Mutex<Stopped>>,
     writing: bool,
     /// The checkpoint benchmark to run once ACTIVE: commits per measurement, output file.
     bench: Option<(usize, PathBuf)>,
@@ -54,15 +63,29 @@ async fn stored(ctx: &Context, shard: &ShardName) -> Result<u64, HookError> {
         .unwrap_or(0))
 }
 
+/// What the queueing loop and the quiesce hook share.
+#[derive(Debug, Default)]
+struct Stopped {
+    shards: std::collections::BTreeSet<(ShardName, u64)>,
+    /// The last value queued, per shard.
+    last: BTreeMap<ShardName, u64>,
+}
+
 /// Writes `n` (and the bulk sections once) for every shard the unit acts ACTIVE for.
 async fn write_loop(ctx: Context, recorder: Arc<Recorder>, bulk: u64) {
     let mut next: BTreeMap<ShardName, (u64, u64)> = BTreeMap::new();
+    let mut round = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(2)).await;
+        round += 1;
         for shard in ctx.active_shards() {
             let Some((_, epoch)) = ctx.role(&shard) else {
                 continue;
             };
+            let mut stopped = recorder.stopped.clone().lock_owned().await;
+            if recorder.queued && stopped.shards.contains(&(shard.clone(), epoch)) {
+                continue;
+            }
             let n = match next.get(&shard) {
                 Some((at, n)) if *at == epoch => *n,
                 _ => {
@@ -75,6 +98,44 @@ async fn write_loop(ctx: Context, recorder: Arc<Recorder>, bulk: u64) {
                     held + 1
                 }
             };
+            if recorder.queued {
+                let checkpoint = ctx.checkpoint(&shard);
+                let mut queued = Ok(());
+                for value in n..n + 20 {
+                    queued = checkpoint
+                        .transaction()
+                        .put("n", value.to_string())
+                        .commit_queued()
+                        .await;
+                    if queued.is_err() {
+                        break;
+                    }
+                }
+                if round.is_multiple_of(50) && queued.is_ok() {
+                    queued = checkpoint.flush().await.map(|_| ());
+                }
+                match queued {
+                    Ok(()) => {
+                        stopped.last.insert(shard.clone(), n + 19);
+                        let _ =
+                            recorder.record(&ctx, "queued", &shard, &(n + 19).to_string(), epoch);
+                        next.insert(shard, (epoch, n + 20));
+                    }
+                    Err(error) => {
+                        // Reported (and cleared) by the flush; go on from the replica.
+                        let _ = checkpoint.flush().await;
+                        let _ = recorder.record(
+                            &ctx,
+                            "queue-error",
+                            &shard,
+                            &error.to_string().replace(' ', "_"),
+                            epoch,
+                        );
+                        next.remove(&shard);
+                    }
+                }
+                continue;
+            }
             match ctx.checkpoint(&shard).put("n", n.to_string()).await {
                 Ok(_) => {
                     let _ = recorder.record(&ctx, "acked", &shard, &n.to_string(), epoch);
@@ -334,6 +395,8 @@ impl Unit for Recorder {
                 let recorder = Arc::new(Recorder {
                     path: self.path.clone(),
                     writes: None,
+                    queued: self.queued,
+                    stopped: self.stopped.clone(),
                     writing: false,
                     bench: None,
                     benched: false,
@@ -357,6 +420,25 @@ impl Unit for Recorder {
     async fn quiesce(&mut self, ctx: &Context, shard: &ShardName) -> Result<(), HookError> {
         let epoch = ctx.role(shard).map_or(0, |(_, epoch)| epoch);
         self.record(ctx, "start", shard, "QUIESCED", epoch)?;
+        if self.queued {
+            // Finishing its work: the last 2000 values, queued right before the hook returns
+            // (the switch must wait for them).
+            let mut stopped = self.stopped.lock().await;
+            stopped.shards.insert((shard.clone(), epoch));
+            if let Some(last) = stopped.last.get(shard).copied() {
+                let checkpoint = ctx.checkpoint(shard);
+                for value in last + 1..=last + 2000 {
+                    checkpoint
+                        .transaction()
+                        .put("n", value.to_string())
+                        .commit_queued()
+                        .await
+                        .map_err(|error| HookError::new(error.to_string()))?;
+                }
+                stopped.last.insert(shard.clone(), last + 2000);
+                self.record(ctx, "queued", shard, &(last + 2000).to_string(), epoch)?;
+            }
+        }
         self.record(ctx, "done", shard, "QUIESCED", epoch)
     }
 
@@ -380,8 +462,9 @@ async fn main() {
             eprintln!("tandem-test-unit: child pid {}", child.id());
         }
     }
+    let queued = std::env::var("TANDEM_TEST_WRITES").is_ok_and(|value| value == "queued");
     let writes = std::env::var("TANDEM_TEST_WRITES")
-        .is_ok_and(|value| value == "1")
+        .is_ok_and(|value| value == "1" || value == "queued")
         .then(|| {
             std::env::var("TANDEM_TEST_BULK")
                 .ok()
@@ -395,6 +478,8 @@ async fn main() {
     let recorder = Recorder {
         path: path.into(),
         writes,
+        queued,
+        stopped: Default::default(),
         writing: false,
         bench,
         benched: false,

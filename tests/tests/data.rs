@@ -328,3 +328,59 @@ fn the_udp_and_tcp_ingress_follow_the_active_and_vip_commands_run_where_they_mov
         },
     );
 }
+
+/// The highest value the unit recorded `queued` at `epoch` (0 when none).
+fn queued_at(records: &[Record], epoch: u64) -> u64 {
+    records
+        .iter()
+        .filter(|record| record.event == "queued" && record.shard == SHARD && record.epoch == epoch)
+        .filter_map(|record| record.role.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn queued_commits_made_before_a_switchover_reach_the_new_active() {
+    let service = data_service(0).replace(
+        "TANDEM_TEST_WRITES = \"1\"",
+        "TANDEM_TEST_WRITES = \"queued\"",
+    );
+    assert!(service.contains("\"queued\""));
+    let cluster = TestCluster::start_with(3, &service);
+    let (mut active, _) = cluster.wait_in_sync(SHARD);
+    let mut epoch = shard(&cluster.wait_leader_status(), SHARD).unwrap().epoch;
+    for round in 0..2 {
+        // Enough rounds queued (20 values each, flushes among them) before each switch.
+        wait_for("100 rounds of queued writes", DEADLINE, || {
+            let records = cluster.records();
+            let count = records
+                .iter()
+                .filter(|record| record.event == "queued" && record.epoch == epoch)
+                .count();
+            (count >= 100).then_some(())
+        });
+        cluster
+            .operation(
+                0,
+                admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+            )
+            .expect("switchover");
+        let (next, _) = cluster.wait_in_sync(SHARD);
+        assert_ne!(next, active, "round {round}: the ACTIVE moved");
+        let (next_epoch, held) = wait_resume(&cluster, &next, epoch);
+        // Every value queued before the old ACTIVE's quiesce hook reached the new ACTIVE's
+        // replica: the quiesce waited for the queue.
+        let queued = queued_at(&cluster.records(), epoch);
+        assert!(queued >= 2000, "round {round}: only {queued} values queued");
+        assert!(
+            held >= queued,
+            "round {round}: {next} took ACTIVE with n = {held}, but {queued} was queued at \
+             epoch {epoch} before the switchover"
+        );
+        (active, epoch) = (next, next_epoch);
+    }
+    // The last ACTIVE queues on from what it found.
+    wait_for("queued writes at the last epoch", DEADLINE, || {
+        (queued_at(&cluster.records(), epoch) > 0).then_some(())
+    });
+}

@@ -107,9 +107,13 @@ pub fn checkpoint(count: usize) -> anyhow::Result<Measured> {
     for line in text.lines() {
         let context = || format!("the unit reported {line}");
         if line.contains("\"mode\":\"queued\"") {
-            measured.1.push(serde_json::from_str(line).with_context(context)?);
+            measured
+                .1
+                .push(serde_json::from_str(line).with_context(context)?);
         } else {
-            measured.0.push(serde_json::from_str(line).with_context(context)?);
+            measured
+                .0
+                .push(serde_json::from_str(line).with_context(context)?);
         }
     }
     Ok(measured)

@@ -455,7 +455,14 @@ fn main() -> anyhow::Result<()> {
     if !data_report.queued.is_empty() {
         println!(
             "\n{:<8} {:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>10}",
-            "queued", "value", "count", "call p50 us", "call p99 us", "writes/s", "MiB/s", "flush ms"
+            "queued",
+            "value",
+            "count",
+            "call p50 us",
+            "call p99 us",
+            "writes/s",
+            "MiB/s",
+            "flush ms"
         );
         for queued in &data_report.queued {
             println!(

@@ -188,7 +188,9 @@ pub trait Unit: Send + 'static {
     ) -> impl Future<Output = Result<(), HookError>> + Send;
 
     /// Finish the shard's in-flight work and take no new work; returning means QUIESCED.
-    /// Called before a planned switchover or shutdown.
+    /// Called before a planned switchover or shutdown. Commits queued with
+    /// [`Transaction::commit_queued`] until it returns are applied before the switch goes on
+    /// (the SDK waits for the queue before it answers).
     fn quiesce(
         &mut self,
         ctx: &Context,

@@ -211,7 +211,10 @@ mod tests {
         queue.answered(Ok(10));
         let second = queue.take().unwrap();
         assert_eq!(second.writes, vec![put("b", 2), put("a", 2), put("c", 2)]);
-        assert_eq!((second.epoch, second.consumed, second.bytes), (3, Some(9), 9));
+        assert_eq!(
+            (second.epoch, second.consumed, second.bytes),
+            (3, Some(9), 9)
+        );
         queue.answered(Ok(11));
         assert!(queue.is_drained());
         assert_eq!(queue.take_outcome(), Ok(11));
@@ -223,7 +226,9 @@ mod tests {
         queue.push(1, vec![put("a", 1)], None).unwrap();
         queue.push(2, vec![put("b", 1)], None).unwrap();
         for index in 0..COMMIT_WRITES_MAX {
-            queue.push(2, vec![put(&format!("k{index}"), 1)], None).unwrap();
+            queue
+                .push(2, vec![put(&format!("k{index}"), 1)], None)
+                .unwrap();
         }
         let epochs: Vec<(u64, usize)> = std::iter::from_fn(|| {
             let batch = queue.take()?;
