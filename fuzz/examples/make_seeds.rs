@@ -569,7 +569,7 @@ fn data_seeds() {
     write_seed("data_message", "items", &encoded);
     let call = tandem_proto::sdk_wire::encode_call(
         3,
-        &DataRequest::Commit {
+        DataRequest::Commit {
             shard: shard.clone(),
             epoch: 2,
             writes: vec![write],

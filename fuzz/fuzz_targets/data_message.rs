@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(wire) = sdk::DataCall::decode(data) {
         if let Ok((id, request)) = decode_call(wire) {
-            let again = decode_call(encode_call(id, &request)).expect("re-encoded decodes");
+            let again = decode_call(encode_call(id, request.clone())).expect("re-encoded decodes");
             assert_eq!(again, (id, request), "data call changed across encode/decode");
         }
     }

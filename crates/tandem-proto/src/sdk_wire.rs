@@ -37,8 +37,8 @@ fn shard(name: String) -> Result<ShardName, DataWireError> {
     Ok(ShardName(name))
 }
 
-/// A data call on the wire.
-pub fn encode_call(id: u64, request: &DataRequest) -> wire::DataCall {
+/// A data call on the wire (the request is moved in: a commit's writes are not copied).
+pub fn encode_call(id: u64, request: DataRequest) -> wire::DataCall {
     use wire::data_call::Kind;
     let kind = match request {
         DataRequest::Commit {
@@ -48,39 +48,41 @@ pub fn encode_call(id: u64, request: &DataRequest) -> wire::DataCall {
             consumed,
             sync,
         } => Kind::Commit(wire::CommitCall {
-            shard: shard.0.clone(),
-            epoch: *epoch,
-            writes: encode_writes(writes),
-            consumed: *consumed,
-            sync: *sync,
+            shard: shard.0,
+            epoch,
+            writes: writes
+                .into_iter()
+                .map(|write| crate::data::Write {
+                    key: write.key,
+                    value: write.value,
+                    priority: write.priority,
+                })
+                .collect(),
+            consumed,
+            sync,
         }),
         DataRequest::Get { shard, key } => Kind::Get(wire::GetCall {
-            shard: shard.0.clone(),
-            key: key.clone(),
+            shard: shard.0,
+            key,
         }),
         DataRequest::Scan {
             shard,
             start,
             bytes_max,
         } => Kind::Scan(wire::ScanCall {
-            shard: shard.0.clone(),
-            start: start.clone(),
-            bytes_max: *bytes_max,
+            shard: shard.0,
+            start,
+            bytes_max,
         }),
         DataRequest::Deliver { shard, epoch } => Kind::Deliver(wire::DeliverCall {
-            shard: shard.0.clone(),
-            epoch: *epoch,
+            shard: shard.0,
+            epoch,
         }),
-        DataRequest::Flush { shard } => Kind::Flush(wire::FlushCall {
-            shard: shard.0.clone(),
-        }),
-        DataRequest::Subscribe { shard, on } => Kind::Subscribe(wire::SubscribeCall {
-            shard: shard.0.clone(),
-            on: *on,
-        }),
-        DataRequest::Position { shard } => Kind::Position(wire::PositionCall {
-            shard: shard.0.clone(),
-        }),
+        DataRequest::Flush { shard } => Kind::Flush(wire::FlushCall { shard: shard.0 }),
+        DataRequest::Subscribe { shard, on } => {
+            Kind::Subscribe(wire::SubscribeCall { shard: shard.0, on })
+        }
+        DataRequest::Position { shard } => Kind::Position(wire::PositionCall { shard: shard.0 }),
     };
     wire::DataCall {
         id,
@@ -326,7 +328,7 @@ mod tests {
             },
         ];
         for (id, request) in requests.into_iter().enumerate() {
-            let decoded = decode_call(encode_call(id as u64, &request)).expect("decodes");
+            let decoded = decode_call(encode_call(id as u64, request.clone())).expect("decodes");
             assert_eq!(decoded, (id as u64, request));
         }
         let section = Section {

@@ -16,6 +16,7 @@
 //! applies a message and consumes it in the same commit).
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -201,12 +202,14 @@ async fn run_flusher(ctx: Context, shard: ShardName, queue: Arc<Queue>) {
 }
 
 impl Context {
-    /// The checkpoint of `shard` (cheap; make one per use or keep it).
+    /// The checkpoint of `shard` (cheap; make one per use or keep it: keeping it saves a
+    /// lookup and two copies per transaction, which counts when queueing many commits).
     pub fn checkpoint(&self, shard: &ShardName) -> Checkpoint {
-        Checkpoint {
+        Checkpoint(Arc::new(CheckpointInner {
             ctx: self.clone(),
             shard: shard.clone(),
-        }
+            queue: self.queue(shard),
+        }))
     }
 
     /// The queue of `shard`'s queued commits.
@@ -229,7 +232,7 @@ impl Context {
         let id = self.calls.lock().register(Waiting::Reply(tx));
         let message = UnitToAgent {
             kind: Some(unit_to_agent::Kind::Data(
-                tandem_proto::sdk_wire::encode_call(id, &request),
+                tandem_proto::sdk_wire::encode_call(id, request),
             )),
         };
         if self.outbox.send(message).await.is_err() {
@@ -306,25 +309,31 @@ impl Context {
     }
 }
 
-/// A shard's checkpoint, seen from this unit. See the [module documentation](self).
+/// A shard's checkpoint, seen from this unit. See the [module documentation](self). Cheap to
+/// clone (each [`Transaction`] holds a clone).
 #[derive(Debug, Clone)]
-pub struct Checkpoint {
+pub struct Checkpoint(Arc<CheckpointInner>);
+
+#[derive(Debug)]
+struct CheckpointInner {
     ctx: Context,
     shard: ShardName,
+    queue: Arc<Queue>,
 }
 
 impl Checkpoint {
     /// The shard.
     pub fn shard(&self) -> &ShardName {
-        &self.shard
+        &self.0.shard
     }
 
     /// The value of `key` in the local replica, if any.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, DataError> {
         match self
+            .0
             .ctx
             .call(DataRequest::Get {
-                shard: self.shard.clone(),
+                shard: self.0.shard.clone(),
                 key: key.as_ref().to_vec(),
             })
             .await?
@@ -341,9 +350,10 @@ impl Checkpoint {
         let mut start = Vec::new();
         loop {
             match self
+                .0
                 .ctx
                 .call(DataRequest::Scan {
-                    shard: self.shard.clone(),
+                    shard: self.0.shard.clone(),
                     start,
                     bytes_max: SCAN_PAGE_BYTES,
                 })
@@ -373,13 +383,13 @@ impl Checkpoint {
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
     ) -> Result<u64, DataError> {
-        let sync = !self.ctx.identity.checkpoint_async;
+        let sync = !self.0.ctx.identity.checkpoint_async;
         self.transaction().put(key, value).commit(sync).await
     }
 
     /// Deletes `key`, in a commit of the service's `checkpoint_mode` (see [`put`](Self::put)).
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<u64, DataError> {
-        let sync = !self.ctx.identity.checkpoint_async;
+        let sync = !self.0.ctx.identity.checkpoint_async;
         self.transaction().delete(key).commit(sync).await
     }
 
@@ -397,13 +407,13 @@ impl Checkpoint {
     /// last flush (reported once: the commits queued after the refused one were dropped, see
     /// [`Transaction::commit_queued`]).
     pub async fn flush(&self) -> Result<u64, DataError> {
-        let queue = self.ctx.queue(&self.shard);
-        queue.drained().await;
-        queue.state.lock().take_outcome()?;
+        self.0.queue.drained().await;
+        self.0.queue.state.lock().take_outcome()?;
         match self
+            .0
             .ctx
             .call(DataRequest::Flush {
-                shard: self.shard.clone(),
+                shard: self.0.shard.clone(),
             })
             .await?
         {
@@ -415,9 +425,10 @@ impl Checkpoint {
     /// Where the local replica stands.
     pub async fn position(&self) -> Result<Position, DataError> {
         match self
+            .0
             .ctx
             .call(DataRequest::Position {
-                shard: self.shard.clone(),
+                shard: self.0.shard.clone(),
             })
             .await?
         {
@@ -442,18 +453,23 @@ impl Checkpoint {
     /// arrives on the returned channel. A new subscription replaces an older one.
     pub async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<Change>, DataError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.ctx.subscribers.lock().insert(self.shard.clone(), tx);
+        self.0
+            .ctx
+            .subscribers
+            .lock()
+            .insert(self.0.shard.clone(), tx);
         match self
+            .0
             .ctx
             .call(DataRequest::Subscribe {
-                shard: self.shard.clone(),
+                shard: self.0.shard.clone(),
                 on: true,
             })
             .await
         {
             Ok(_) => Ok(rx),
             Err(error) => {
-                self.ctx.subscribers.lock().remove(&self.shard);
+                self.0.ctx.subscribers.lock().remove(&self.0.shard);
                 Err(error)
             }
         }
@@ -540,25 +556,34 @@ impl Transaction {
         // starve.
         tokio::task::consume_budget().await;
         let epoch = self.acting_epoch()?;
-        let ctx = &self.checkpoint.ctx;
-        let shard = &self.checkpoint.shard;
-        let queue = ctx.queue(shard);
+        let checkpoint = &self.checkpoint;
+        let queue = &checkpoint.0.queue;
         let mut writes = self.writes;
+        // The first try registers no waiter (the common case: there is room).
+        let mut changed: Option<Pin<Box<tokio::sync::futures::Notified<'_>>>> = None;
         loop {
-            let changed = queue.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
+            if let Some(changed) = changed.as_mut() {
+                changed.as_mut().enable();
+            }
             let pushed = queue.state.lock().push(epoch, writes, self.consumed)?;
             match pushed {
                 Pushed::Queued { wake } => {
                     if wake {
-                        tokio::spawn(run_flusher(ctx.clone(), shard.clone(), queue.clone()));
+                        tokio::spawn(run_flusher(
+                            checkpoint.0.ctx.clone(),
+                            checkpoint.0.shard.clone(),
+                            queue.clone(),
+                        ));
                     }
                     return Ok(());
                 }
                 Pushed::Full(back) => {
                     writes = back;
-                    changed.await;
+                    match changed.take() {
+                        // Registered before the last try: an answer since then woke it.
+                        Some(waiting) => waiting.await,
+                        None => changed = Some(Box::pin(queue.changed.notified())),
+                    }
                 }
             }
         }
@@ -566,26 +591,32 @@ impl Transaction {
 
     /// Checks the writes and that the unit may write now; returns the shard's epoch.
     fn acting_epoch(&self) -> Result<u64, DataError> {
-        let shard = &self.checkpoint.shard;
+        let shard = &self.checkpoint.0.shard;
         tandem_core::data::check_writes(&self.writes).map_err(DataError::BadWrite)?;
-        match self.checkpoint.ctx.role(shard) {
-            Some((Role::Active | Role::Quiescing, epoch))
-                if self.checkpoint.ctx.is_active(shard) =>
-            {
-                Ok(epoch)
+        let ctx = &self.checkpoint.0.ctx;
+        let role = {
+            let beliefs = ctx.beliefs.lock();
+            match beliefs.belief.role(shard) {
+                Some((Role::Active | Role::Quiescing, epoch))
+                    if beliefs.belief.is_acting(shard, crate::monotonic_now()) =>
+                {
+                    return Ok(epoch)
+                }
+                role => role,
             }
-            role => Err(DataError::NotActive {
-                shard: shard.clone(),
-                why: self.checkpoint.ctx.why_not_acting(role),
-            }),
-        }
+        };
+        Err(DataError::NotActive {
+            shard: shard.clone(),
+            why: ctx.why_not_acting(role),
+        })
     }
 
     async fn commit(self, sync: bool) -> Result<u64, DataError> {
-        let shard = self.checkpoint.shard.clone();
+        let shard = self.checkpoint.0.shard.clone();
         let epoch = self.acting_epoch()?;
         match self
             .checkpoint
+            .0
             .ctx
             .call(DataRequest::Commit {
                 shard,

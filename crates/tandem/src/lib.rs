@@ -803,7 +803,7 @@ impl Streams {
         let request = tandem_core::data::DataRequest::Deliver { shard, epoch };
         let message = UnitToAgent {
             kind: Some(unit_to_agent::Kind::Data(
-                tandem_proto::sdk_wire::encode_call(id, &request),
+                tandem_proto::sdk_wire::encode_call(id, request),
             )),
         };
         ctx.outbox
