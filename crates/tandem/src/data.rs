@@ -7,6 +7,12 @@
 //! holding the shard (ACTIVE or STANDBY) reads its local replica with [`Checkpoint::get`] and
 //! [`Checkpoint::iterate`]; a hot STANDBY follows changes with [`Checkpoint::subscribe`].
 //!
+//! Three ways to commit, from safest to fastest: [`Transaction::commit_sync`] (returns once
+//! every in-sync STANDBY applied it), [`Transaction::commit_async`] (once the local replica
+//! has it; STANDBYs follow within a bound) and [`Transaction::commit_queued`] (write-behind:
+//! returns at once; [`Checkpoint::flush`] tells when everything queued is safe, or that some
+//! of it was refused).
+//!
 //! **Streams.** Inbound signaling for a shard (from its ingress address, or from
 //! [`crate::client`]) is appended to the shard's stream and replicated before the ACTIVE sees
 //! it. The ACTIVE gets each message once, in order, through [`crate::Unit::message`], and
