@@ -542,7 +542,7 @@ fn data_seeds() {
         seq: 1,
         epoch: 2,
         kind: OpKind::Commit {
-            writes: vec![write.clone()],
+            writes: vec![write.clone()].into(),
             consumed: None,
         },
     };

@@ -389,7 +389,8 @@ mod tests {
                             key: format!("k{}", seq % 4).into_bytes(),
                             value: Some(vec![seq as u8; 100].into()),
                             priority: None,
-                        }],
+                        }]
+                        .into(),
                         consumed: (seq % 3 == 1 && seq > 3).then_some(seq - 1),
                     }
                 },
@@ -478,7 +479,8 @@ mod tests {
                         key: b"extra".to_vec(),
                         value: Some(b"x".to_vec().into()),
                         priority: None,
-                    }],
+                    }]
+                    .into(),
                     consumed: None,
                 },
             })
@@ -562,7 +564,8 @@ mod tests {
                         key: b"later".to_vec(),
                         value: Some(bytes::Bytes::from_static(b"not in the image")),
                         priority: None,
-                    }],
+                    }]
+                    .into(),
                     consumed: None,
                 },
             })

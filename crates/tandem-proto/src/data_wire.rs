@@ -111,7 +111,7 @@ pub fn encode_op(op: &Op) -> wire::Op {
 pub fn decode_op(op: wire::Op) -> Result<Op, DataWireError> {
     let kind = match op.kind.ok_or_else(|| bad("op without a kind"))? {
         wire::op::Kind::Commit(commit) => OpKind::Commit {
-            writes: decode_writes(commit.writes)?,
+            writes: decode_writes(commit.writes)?.into(),
             consumed: commit.consumed,
         },
         wire::op::Kind::Message(message) => OpKind::Message(decode_stream_message(message)?),
@@ -512,7 +512,8 @@ mod tests {
                         value: None,
                         priority: None,
                     },
-                ],
+                ]
+                .into(),
                 consumed: Some(5),
             },
         };

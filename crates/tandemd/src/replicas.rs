@@ -1166,7 +1166,8 @@ mod tests {
                     key: format!("k{}", seq % 3).into_bytes(),
                     value: Some(value.to_vec().into()),
                     priority: None,
-                }],
+                }]
+                .into(),
                 consumed: None,
             },
         })

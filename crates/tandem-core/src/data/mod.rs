@@ -104,8 +104,10 @@ pub enum OpKind {
     /// The ACTIVE's atomic commit: its writes, and (optionally) the stream position it consumed
     /// up to, together.
     Commit {
-        /// Writes, applied in order.
-        writes: Vec<Write>,
+        /// Writes, applied in order. Shared by every clone of the op (its file write, the op
+        /// log, each STANDBY's item): cloning an op counts one reference instead of copying
+        /// every key (thousands per op under queued commits).
+        writes: std::sync::Arc<Vec<Write>>,
         /// Every stream message at or below this seq is consumed.
         consumed: Option<u64>,
     },

@@ -46,6 +46,7 @@
 //!   follow (it may keep a session the primary dropped); the STANDBY then follows again.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::{ClusterState, Role};
@@ -731,7 +732,7 @@ fn extend_open_commit(
         op: &mut Op,
         seq: u64,
         epoch: u64,
-    ) -> Option<(&mut Vec<super::Write>, &mut Option<u64>)> {
+    ) -> Option<(&mut Arc<Vec<super::Write>>, &mut Option<u64>)> {
         match &mut op.kind {
             OpKind::Commit { writes, consumed } if op.seq == seq && op.epoch == epoch => {
                 Some((writes, consumed))
@@ -760,8 +761,12 @@ fn extend_open_commit(
         return Ok(None);
     };
     replica.extend_last_commit(epoch, writes, consumed)?;
-    held.extend_from_slice(writes);
-    queued_writes.extend_from_slice(writes);
+    // The queued file write shares the op log's writes: it lets go of them, so that they are
+    // the op log's alone and grow in place, then shares them again (nothing else holds an op
+    // that has not left; if something did, `make_mut` would copy, still correct).
+    *queued_writes = Arc::default();
+    Arc::make_mut(held).extend_from_slice(writes);
+    *queued_writes = Arc::clone(held);
     *held_consumed = (*held_consumed).max(consumed);
     *queued_consumed = (*queued_consumed).max(consumed);
     oplog.grew(commit_bytes(writes) + 16 * writes.len());
@@ -1553,7 +1558,10 @@ impl DataPlane {
                         let op = Op {
                             seq: slot.replica.version() + 1,
                             epoch: primary.epoch,
-                            kind: OpKind::Commit { writes, consumed },
+                            kind: OpKind::Commit {
+                                writes: writes.into(),
+                                consumed,
+                            },
                         };
                         if let Err(reason) = slot.replica.apply(&op) {
                             return Some(error("bad_request", reason.to_string()));
@@ -2293,7 +2301,7 @@ impl DataPlane {
                     Ok(()) => {
                         if let Some(generation) = slot.subscriber {
                             let writes = match &op.kind {
-                                OpKind::Commit { writes, .. } => writes.clone(),
+                                OpKind::Commit { writes, .. } => writes.to_vec(),
                                 OpKind::Message(_) => Vec::new(),
                             };
                             self.out.deliveries.push((

@@ -512,7 +512,10 @@ mod tests {
         Op {
             seq,
             epoch,
-            kind: OpKind::Commit { writes, consumed },
+            kind: OpKind::Commit {
+                writes: writes.into(),
+                consumed,
+            },
         }
     }
 

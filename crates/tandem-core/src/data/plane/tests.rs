@@ -554,7 +554,7 @@ fn an_in_sync_standby_keeps_its_replica_until_taken_out_of_sync() {
                 seq: 9,
                 epoch: 1,
                 kind: OpKind::Commit {
-                    writes: vec![put("z", b"9")],
+                    writes: vec![put("z", b"9")].into(),
                     consumed: None,
                 },
             })],
