@@ -451,6 +451,8 @@ impl Unit for Recorder {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // The SDK's warnings (a fence and why, refused queued commits) go to the unit's log.
+    tracing_subscriber::fmt().with_ansi(false).init();
     let Some(path) = std::env::var_os("TANDEM_TEST_RECORD") else {
         eprintln!("tandem-test-unit: TANDEM_TEST_RECORD is not set");
         std::process::exit(2);
