@@ -209,12 +209,12 @@ async fn run_flusher(ctx: Context, shard: ShardName, queue: Arc<Queue>) {
 
 impl Context {
     /// The checkpoint of `shard` (cheap; make one per use or keep it: keeping it saves a
-    /// lookup and two copies per transaction, which counts when queueing many commits).
+    /// lookup and a copy of the shard name per commit, which counts when queueing many).
     pub fn checkpoint(&self, shard: &ShardName) -> Checkpoint {
         Checkpoint(Arc::new(CheckpointInner {
             ctx: self.clone(),
             shard: shard.clone(),
-            queue: self.queue(shard),
+            queue: std::sync::OnceLock::new(),
         }))
     }
 
@@ -324,7 +324,15 @@ pub struct Checkpoint(Arc<CheckpointInner>);
 struct CheckpointInner {
     ctx: Context,
     shard: ShardName,
-    queue: Arc<Queue>,
+    /// The shard's queue of queued commits, looked up on first use (most checkpoints made
+    /// for one `put` never need it).
+    queue: std::sync::OnceLock<Arc<Queue>>,
+}
+
+impl CheckpointInner {
+    fn queue(&self) -> &Arc<Queue> {
+        self.queue.get_or_init(|| self.ctx.queue(&self.shard))
+    }
 }
 
 impl Checkpoint {
@@ -413,8 +421,9 @@ impl Checkpoint {
     /// last flush (reported once: the commits queued after the refused one were dropped, see
     /// [`Transaction::commit_queued`]).
     pub async fn flush(&self) -> Result<u64, DataError> {
-        self.0.queue.drained().await;
-        self.0.queue.state.lock().take_outcome()?;
+        let queue = self.0.queue();
+        queue.drained().await;
+        queue.state.lock().take_outcome()?;
         match self
             .0
             .ctx
@@ -563,7 +572,7 @@ impl Transaction {
         tokio::task::consume_budget().await;
         let epoch = self.acting_epoch()?;
         let checkpoint = &self.checkpoint;
-        let queue = &checkpoint.0.queue;
+        let queue = checkpoint.0.queue();
         let mut writes = self.writes;
         // The first try registers no waiter (the common case: there is room).
         let mut changed: Option<Pin<Box<tokio::sync::futures::Notified<'_>>>> = None;

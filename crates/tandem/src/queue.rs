@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use tandem_core::data::{Write, COMMIT_BYTES_MAX, COMMIT_WRITES_MAX};
+use tandem_core::data::{writes_bytes, Write, COMMIT_BYTES_MAX, COMMIT_WRITES_MAX};
 
 use crate::data::DataError;
 
@@ -74,13 +74,6 @@ pub(crate) struct QueueState {
     running: bool,
 }
 
-fn write_bytes(writes: &[Write]) -> usize {
-    writes
-        .iter()
-        .map(|write| write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len))
-        .sum()
-}
-
 impl QueueState {
     /// Queues a commit made at `epoch` (its writes are checked already).
     pub fn push(
@@ -92,7 +85,7 @@ impl QueueState {
         if let Some(error) = &self.error {
             return Err(error.clone());
         }
-        let bytes = write_bytes(&writes);
+        let bytes = writes_bytes(&writes);
         let empty = self.writes == 0 && self.in_flight.is_none();
         // An empty queue takes any commit that is valid on its own.
         if !empty

@@ -559,12 +559,7 @@ impl FileOp {
                 FileOp::Stamp { .. } => 0,
                 FileOp::Persist { action, .. } => match action {
                     PersistAction::Op(op) => match &op.kind {
-                        OpKind::Commit { writes, .. } => writes
-                            .iter()
-                            .map(|write| {
-                                write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len)
-                            })
-                            .sum(),
+                        OpKind::Commit { writes, .. } => tandem_core::data::writes_bytes(writes),
                         OpKind::Message(message) => message.size(),
                     },
                     PersistAction::Sections(sections) => sections

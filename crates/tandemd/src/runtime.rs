@@ -113,10 +113,7 @@ impl Event {
             Event::UnitData {
                 request: DataRequest::Commit { writes, .. },
                 ..
-            } => writes
-                .iter()
-                .map(|write| write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len))
-                .sum(),
+            } => tandem_core::data::writes_bytes(writes),
             Event::Ingress { payload, .. } | Event::IngressReply { payload, .. } => payload.len(),
             _ => 0,
         }

@@ -62,6 +62,15 @@ pub struct Write {
     pub priority: Option<u32>,
 }
 
+/// Bytes of keys and values in `writes` (what the commit limits and the data plane's budgets
+/// count).
+pub fn writes_bytes(writes: &[Write]) -> usize {
+    writes
+        .iter()
+        .map(|write| write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len))
+        .sum()
+}
+
 /// How a stream message reached the primary's node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Origin {
@@ -130,12 +139,7 @@ impl Op {
     /// Bytes it occupies (for windows and limits).
     pub fn size(&self) -> usize {
         24 + match &self.kind {
-            OpKind::Commit { writes, .. } => writes
-                .iter()
-                .map(|write| {
-                    write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len) + 16
-                })
-                .sum(),
+            OpKind::Commit { writes, .. } => writes_bytes(writes) + 16 * writes.len(),
             OpKind::Message(message) => message.size(),
         }
     }

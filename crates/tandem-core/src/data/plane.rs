@@ -374,9 +374,8 @@ pub enum Accepted {
 #[derive(Debug, Clone, Default)]
 struct OpLog {
     ops: VecDeque<Op>,
-    /// Bytes (as [`Op::size`] counts them) of the ops held.
-    bytes: usize,
-    /// For each op held, the bytes pushed before it (counted since the log was made).
+    /// For each op held, the bytes (as [`Op::size`] counts them) pushed before it, counted
+    /// since the log was made.
     starts: VecDeque<u64>,
     /// Bytes pushed since the log was made (an op that grows by a merged commit counts its
     /// growth here too).
@@ -390,29 +389,30 @@ impl OpLog {
                 self.clear();
             }
         }
-        let size = op.size();
         self.starts.push_back(self.total);
-        self.total += size as u64;
-        self.bytes += size;
+        self.total += op.size() as u64;
         self.ops.push_back(op);
-        while self.bytes > retain_bytes && self.ops.len() > 1 {
-            if let Some(old) = self.ops.pop_front() {
-                self.bytes -= old.size();
-                self.starts.pop_front();
-            }
+        while self.bytes() > retain_bytes && self.ops.len() > 1 {
+            self.ops.pop_front();
+            self.starts.pop_front();
         }
+    }
+
+    /// Bytes of the ops held.
+    fn bytes(&self) -> usize {
+        self.starts
+            .front()
+            .map_or(0, |first| (self.total - first) as usize)
     }
 
     /// The last op grew by `bytes` (a commit merged into it).
     fn grew(&mut self, bytes: usize) {
-        self.bytes += bytes;
         self.total += bytes as u64;
     }
 
     fn clear(&mut self) {
         self.ops.clear();
         self.starts.clear();
-        self.bytes = 0;
     }
 
     /// Bytes of the ops after `after` up to and including `upto`; `None` when some of them
@@ -703,13 +703,6 @@ const MERGED_WRITES_MAX: usize = 256;
 /// Most bytes (keys and values) a commit merged from several may hold.
 const MERGED_BYTES_MAX: usize = 1024 * 1024;
 
-fn commit_bytes(writes: &[super::Write]) -> usize {
-    writes
-        .iter()
-        .map(|write| write.key.len() + write.value.as_ref().map_or(0, bytes::Bytes::len))
-        .sum()
-}
-
 /// Merges a commit into the replica's last op when that op is a commit of this primary
 /// (`epoch`) that has not left yet: created since the plane's output was last taken, so no
 /// session has sent it and its file write is still queued in `persist`. Commits that arrive
@@ -748,7 +741,7 @@ fn extend_open_commit(
         return Ok(None);
     };
     if held.len() + writes.len() > MERGED_WRITES_MAX
-        || commit_bytes(held) + commit_bytes(writes) > MERGED_BYTES_MAX
+        || super::writes_bytes(held) + super::writes_bytes(writes) > MERGED_BYTES_MAX
     {
         return Ok(None);
     }
@@ -769,7 +762,7 @@ fn extend_open_commit(
     *queued_writes = Arc::clone(held);
     *held_consumed = (*held_consumed).max(consumed);
     *queued_consumed = (*queued_consumed).max(consumed);
-    oplog.grew(commit_bytes(writes) + 16 * writes.len());
+    oplog.grew(super::writes_bytes(writes) + 16 * writes.len());
     Ok(Some(seq))
 }
 
