@@ -90,6 +90,16 @@ pub fn encode_stamp(stamp: &Stamp, len: usize) -> Vec<u8> {
 /// The bytes to append for `action` (`None` for `Remove`, which deletes the file, and
 /// `Stamp`, which rewrites the stamp in place).
 pub fn record(action: &PersistAction) -> Option<Vec<u8>> {
+    record_message(action).map(|record| frame(&record))
+}
+
+/// The same bytes as [`record`], as parts to write with one gathering write: large values
+/// are not copied (see [`FrameParts`](tandem_proto::frame::FrameParts)).
+pub fn record_parts(action: &PersistAction) -> Option<tandem_proto::frame::FrameParts> {
+    record_message(action).map(|record| tandem_proto::frame::message_frame_parts(&record))
+}
+
+fn record_message(action: &PersistAction) -> Option<wire::ReplicaRecord> {
     use wire::replica_record::Kind;
     let kind = match action {
         PersistAction::Reset(snapshot) => Kind::Reset(encode_snapshot(snapshot)),
@@ -100,7 +110,7 @@ pub fn record(action: &PersistAction) -> Option<Vec<u8>> {
         PersistAction::Incomplete => Kind::Incomplete(true),
         PersistAction::Remove | PersistAction::Stamp(_) => return None,
     };
-    Some(frame(&wire::ReplicaRecord { kind: Some(kind) }))
+    Some(wire::ReplicaRecord { kind: Some(kind) })
 }
 
 /// A compacted file holding `replica` as it is.
@@ -396,6 +406,61 @@ mod tests {
                 },
             })
             .collect()
+    }
+
+    #[test]
+    fn gathered_records_have_the_bytes_of_copied_ones() {
+        let large: bytes::Bytes = vec![5u8; 70_000].into();
+        let op = Op {
+            seq: 9,
+            epoch: 2,
+            kind: OpKind::Commit {
+                writes: vec![
+                    Write {
+                        key: b"big".to_vec(),
+                        value: Some(large.clone()),
+                        priority: Some(1),
+                    },
+                    Write {
+                        key: b"small".to_vec(),
+                        value: Some(b"v".to_vec().into()),
+                        priority: None,
+                    },
+                    Write {
+                        key: b"gone".to_vec(),
+                        value: None,
+                        priority: None,
+                    },
+                ]
+                .into(),
+                consumed: Some(4),
+            },
+        };
+        let section = |value: bytes::Bytes| Section {
+            value,
+            version: 7,
+            priority: None,
+            changes: 3,
+        };
+        let actions = [
+            PersistAction::Op(op),
+            PersistAction::Sections(vec![
+                (b"a".to_vec(), section(large.clone())),
+                (b"b".to_vec(), section(b"x".to_vec().into())),
+            ]),
+            PersistAction::Complete,
+        ];
+        for action in &actions {
+            let parts = record_parts(action).unwrap();
+            assert_eq!(parts.to_vec(), record(action).unwrap(), "{action:?}");
+        }
+        // The large value is written from its own buffer, not copied.
+        let parts = record_parts(&actions[1]).unwrap();
+        assert!(parts
+            .parts()
+            .iter()
+            .any(|part| part.as_ptr() == large.as_ptr()));
+        assert!(record_parts(&PersistAction::Remove).is_none());
     }
 
     #[test]

@@ -79,6 +79,124 @@ pub fn message_frame(message: &impl prost::Message) -> BytesMut {
     out
 }
 
+/// Values at least this long are shared by [`message_frame_parts`], not copied.
+pub const SHARE_MIN: usize = 4096;
+
+/// One frame as buffers to write in order, for a writer that can gather them (`pwritev`):
+/// the first holds the header; the message's `bytes` fields of at least [`SHARE_MIN`] bytes
+/// are their own parts, shared with the message rather than copied (large checkpoint values
+/// are written straight from the buffers they arrived in).
+#[derive(Debug, Clone, Default)]
+pub struct FrameParts {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl FrameParts {
+    /// The buffers, in order.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// Bytes of the whole frame.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame has no bytes (never true: a frame has a header).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frame as one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for part in &self.parts {
+            out.extend_from_slice(part);
+        }
+        out
+    }
+}
+
+/// Encodes into a list of buffers: small fields are copied into the current one, a `bytes`
+/// field of at least [`SHARE_MIN`] bytes becomes a part of its own without a copy (prost puts
+/// a `Bytes` field with `BufMut::put`, and `Bytes::copy_to_bytes` only counts a reference).
+struct GatherBuf {
+    parts: Vec<Bytes>,
+    current: BytesMut,
+    len: usize,
+}
+
+// SAFETY: every method delegates to `current`, a `BytesMut`, whose `chunk_mut` and
+// `advance_mut` uphold the trait's contract; `len` only counts.
+unsafe impl BufMut for GatherBuf {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX - self.len
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller initialised `cnt` bytes of `current`'s chunk.
+        unsafe { self.current.advance_mut(cnt) };
+        self.len += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.current.chunk_mut()
+    }
+
+    fn put<T: Buf>(&mut self, mut src: T)
+    where
+        Self: Sized,
+    {
+        let len = src.remaining();
+        if len >= SHARE_MIN {
+            if !self.current.is_empty() {
+                self.parts.push(self.current.split().freeze());
+            }
+            self.parts.push(src.copy_to_bytes(len));
+            self.len += len;
+        } else {
+            self.current.put(src);
+            self.len += len;
+        }
+    }
+}
+
+/// One frame holding `message`, as parts (see [`FrameParts`]); the same bytes as
+/// [`message_frame`] gives.
+///
+/// # Panics
+/// If the encoded message is longer than `u32::MAX`; callers bound their messages far below.
+pub fn message_frame_parts(message: &impl prost::Message) -> FrameParts {
+    let len = message.encoded_len();
+    let len32 = u32::try_from(len).expect("frame payload fits in u32");
+    let mut body = GatherBuf {
+        parts: Vec::new(),
+        current: BytesMut::with_capacity(len.min(64 * 1024)),
+        len: 0,
+    };
+    message
+        .encode(&mut body)
+        .expect("a gathering buffer takes any message");
+    if !body.current.is_empty() {
+        body.parts.push(body.current.split().freeze());
+    }
+    let mut crc = crc32fast::Hasher::new();
+    for part in &body.parts {
+        crc.update(part);
+    }
+    let mut header = BytesMut::with_capacity(HEADER_LEN);
+    header.put_u32(len32);
+    header.put_u32(crc.finalize());
+    let mut parts = Vec::with_capacity(body.parts.len() + 1);
+    parts.push(header.freeze());
+    parts.extend(body.parts);
+    FrameParts {
+        parts,
+        len: HEADER_LEN + len,
+    }
+}
+
 /// Returns one frame holding `payload` as a fresh buffer.
 pub fn frame_bytes(payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());
@@ -179,6 +297,53 @@ pub fn parse_frame(data: &[u8], frame_len_max: usize) -> SliceFrame<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gathered_frame_has_the_bytes_of_a_copied_one_and_shares_large_values() {
+        use crate::data as wire;
+        let large = Bytes::from(vec![7u8; SHARE_MIN + 1]);
+        let sections = wire::Sections {
+            sections: vec![
+                wire::Section {
+                    key: b"small".to_vec(),
+                    value: Bytes::from_static(b"tiny"),
+                    version: 3,
+                    priority: Some(0),
+                    changes: 9,
+                },
+                wire::Section {
+                    key: vec![b'k'; 1000],
+                    value: large.clone(),
+                    version: 4,
+                    priority: None,
+                    changes: 0,
+                },
+                wire::Section {
+                    key: b"empty".to_vec(),
+                    value: Bytes::new(),
+                    version: 0,
+                    priority: None,
+                    changes: 1,
+                },
+            ],
+        };
+        let gathered = message_frame_parts(&sections);
+        let copied = message_frame(&sections);
+        assert_eq!(gathered.to_vec(), copied.to_vec());
+        assert_eq!(gathered.len(), copied.len());
+        // The header, the bytes before the large value, the value itself, the bytes after.
+        assert_eq!(gathered.parts().len(), 4);
+        assert_eq!(gathered.parts()[2].as_ptr(), large.as_ptr());
+        assert!(matches!(
+            parse_frame(&gathered.to_vec(), usize::MAX),
+            SliceFrame::Frame { consumed, .. } if consumed == copied.len()
+        ));
+        let empty = message_frame_parts(&wire::Sections::default());
+        assert_eq!(
+            empty.to_vec(),
+            message_frame(&wire::Sections::default()).to_vec()
+        );
+    }
 
     #[test]
     fn a_message_encoded_in_place_is_the_frame_of_its_bytes() {

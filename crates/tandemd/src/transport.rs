@@ -30,6 +30,10 @@ const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(5);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(200);
 /// How long a connect may take on loopback before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A frame this long is written from its own buffer rather than copied into the coalescing
+/// one (a transfer chunk or a batch of large values: the copy would cost more than the
+/// extra write).
+const DIRECT_WRITE_MIN: usize = 64 * 1024;
 
 /// Counters of the transport, for status and logs.
 #[derive(Debug, Default)]
@@ -140,20 +144,38 @@ async fn outbound(
             let Some(frame) = frame else {
                 return;
             };
-            batch.extend_from_slice(&frame);
-            // Coalesce whatever else is already queued into one write.
-            while batch.len() < tandem_proto::frame::COALESCE_BYTES_MAX {
-                match queue.try_recv() {
-                    Ok(frame) => batch.extend_from_slice(&frame),
-                    Err(_) => break,
+            // Coalesce whatever else is already queued, in order, into as few writes as
+            // there are large frames (a large frame goes out as it is, not copied again).
+            let mut taken = 0;
+            let mut next = Some(frame);
+            let written: std::io::Result<()> = async {
+                while let Some(frame) = next.take() {
+                    taken += frame.len();
+                    if frame.len() >= DIRECT_WRITE_MIN {
+                        if !batch.is_empty() {
+                            write.write_all(&batch).await?;
+                            batch.clear();
+                        }
+                        write.write_all(&frame).await?;
+                    } else {
+                        batch.extend_from_slice(&frame);
+                    }
+                    if taken < tandem_proto::frame::COALESCE_BYTES_MAX {
+                        next = queue.try_recv().ok();
+                    }
                 }
+                if !batch.is_empty() {
+                    write.write_all(&batch).await?;
+                    batch.clear();
+                }
+                Ok(())
             }
-            if let Err(error) = write.write_all(&batch).await {
+            .await;
+            if let Err(error) = written {
                 tracing::debug!(peer = id, %error, "peer connection lost");
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            batch.clear();
         }
     }
 }
