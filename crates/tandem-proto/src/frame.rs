@@ -118,6 +118,9 @@ impl FrameParts {
     }
 }
 
+/// Bytes of each buffer [`message_frame_parts`] copies small fields into.
+const GATHER_CHUNK: usize = 64 * 1024;
+
 /// Encodes into a list of buffers: small fields are copied into the current one, a `bytes`
 /// field of at least [`SHARE_MIN`] bytes becomes a part of its own without a copy (prost puts
 /// a `Bytes` field with `BufMut::put`, and `Bytes::copy_to_bytes` only counts a reference).
@@ -141,6 +144,13 @@ unsafe impl BufMut for GatherBuf {
     }
 
     fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        if self.current.len() == self.current.capacity() {
+            // Full: a new buffer of its own rather than a grown copy of this one.
+            if !self.current.is_empty() {
+                self.parts.push(self.current.split().freeze());
+            }
+            self.current = BytesMut::with_capacity(GATHER_CHUNK);
+        }
         self.current.chunk_mut()
     }
 
@@ -156,8 +166,14 @@ unsafe impl BufMut for GatherBuf {
             self.parts.push(src.copy_to_bytes(len));
             self.len += len;
         } else {
-            self.current.put(src);
-            self.len += len;
+            // Through `chunk_mut`, which starts a new buffer when this one is full
+            // (`BytesMut::put` would grow it by a copy).
+            while src.has_remaining() {
+                let chunk = src.chunk();
+                let taken = chunk.len();
+                self.put_slice(chunk);
+                src.advance(taken);
+            }
         }
     }
 }
@@ -172,7 +188,7 @@ pub fn message_frame_parts(message: &impl prost::Message) -> FrameParts {
     let len32 = u32::try_from(len).expect("frame payload fits in u32");
     let mut body = GatherBuf {
         parts: Vec::new(),
-        current: BytesMut::with_capacity(len.min(64 * 1024)),
+        current: BytesMut::with_capacity(len.min(GATHER_CHUNK)),
         len: 0,
     };
     message
@@ -338,6 +354,24 @@ mod tests {
             parse_frame(&gathered.to_vec(), usize::MAX),
             SliceFrame::Frame { consumed, .. } if consumed == copied.len()
         ));
+        // Small fields past one buffer's room go on in new buffers, not a grown copy.
+        let many = wire::Sections {
+            sections: (0..3000u32)
+                .map(|n| wire::Section {
+                    key: n.to_be_bytes().to_vec(),
+                    value: Bytes::from(vec![n as u8; 100]),
+                    version: u64::from(n),
+                    priority: None,
+                    changes: 0,
+                })
+                .collect(),
+        };
+        let gathered = message_frame_parts(&many);
+        assert_eq!(gathered.to_vec(), message_frame(&many).to_vec());
+        assert!(gathered.parts().len() > 4);
+        assert!(gathered.parts()[1..]
+            .iter()
+            .all(|part| part.len() <= GATHER_CHUNK));
         let empty = message_frame_parts(&wire::Sections::default());
         assert_eq!(
             empty.to_vec(),
