@@ -337,7 +337,9 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
         (true, 128, 16, count / 4),
         (false, 128, 16, count / 4),
     ] {
-        if std::env::var_os("QONLY").is_some() { continue; }
+        if std::env::var_os("QONLY").is_some() {
+            continue;
+        }
         match measure(&ctx, &shard, sync, size, writes, count.max(1)).await {
             Ok(line) => lines.push_str(&line),
             Err(error) => lines.push_str(&format!("{{\"error\":\"{error}\"}}")),
@@ -346,7 +348,9 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
     }
     // Queued commits: ten times as many small ones (they are that much cheaper), and 64 KiB.
     for (size, count) in [(128, count * 10), (65536, count / 4)] {
-        if std::env::var_os("QONLY").is_some() && size > 128 { continue; }
+        if std::env::var_os("QONLY").is_some() && size > 128 {
+            continue;
+        }
         match measure_queued(&ctx, &shard, size, count.max(1)).await {
             Ok(line) => lines.push_str(&line),
             Err(error) => lines.push_str(&format!("{{\"error\":\"{error}\"}}")),

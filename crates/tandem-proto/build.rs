@@ -19,10 +19,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // the same bytes (a HashMap's order is random per process).
     // Checkpoint values as `bytes::Bytes`: decoded from a received frame they share its
     // buffer instead of being copied, and the core's ops carry them the same way (an op is
-    // kept in the op log, written to the replica file and sent to each STANDBY).
+    // kept in the op log, written to the replica file and sent to each STANDBY). Encoded ops
+    // (`Item.op`, `ReplicaRecord.op`) as `Bytes` too: the daemon encodes them from its own
+    // types (`data_wire::encode_op_bytes`), and a decoded one shares the frame's buffer.
     prost_build::Config::new()
         .btree_map(["."])
-        .bytes([".tandem.data.Write.value", ".tandem.data.Section.value"])
+        .bytes([
+            ".tandem.data.Write.value",
+            ".tandem.data.Section.value",
+            ".tandem.data.Item.op",
+            ".tandem.data.ReplicaRecord.op",
+        ])
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -89,7 +89,14 @@ pub fn checkpoint(count: usize) -> anyhow::Result<Measured> {
     let cluster = TestCluster::start_with(3, &service(&env, None));
     let text = wait_for("the unit's checkpoint measurements", DEADLINE * 10, || {
         let text = std::fs::read_to_string(&out).ok()?;
-        (text.lines().count() >= if std::env::var_os("QONLY").is_some() { 1 } else { 8 } || text.contains("\"error\"")).then_some(text)
+        (text.lines().count()
+            >= if std::env::var_os("QONLY").is_some() {
+                1
+            } else {
+                8
+            }
+            || text.contains("\"error\""))
+        .then_some(text)
     });
     if text.contains("\"error\"") {
         eprintln!("{text}");

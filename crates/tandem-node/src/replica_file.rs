@@ -24,8 +24,8 @@ use tandem_proto::data as wire;
 use tandem_proto::frame::{parse_frame, SliceFrame};
 
 use crate::data_wire::{
-    decode_messages, decode_op, decode_sections, decode_snapshot, encode_messages, encode_op,
-    encode_sections, encode_snapshot,
+    decode_messages, decode_op_bytes, decode_sections, decode_snapshot, encode_messages,
+    encode_op_bytes, encode_sections, encode_snapshot,
 };
 
 /// The header's format string. Files of format 1 (no stamp) are refused: the replica is
@@ -103,7 +103,7 @@ fn record_message(action: &PersistAction) -> Option<wire::ReplicaRecord> {
     use wire::replica_record::Kind;
     let kind = match action {
         PersistAction::Reset(snapshot) => Kind::Reset(encode_snapshot(snapshot)),
-        PersistAction::Op(op) => Kind::Op(encode_op(op)),
+        PersistAction::Op(op) => Kind::Op(encode_op_bytes(op)),
         PersistAction::Sections(sections) => Kind::Sections(encode_sections(sections)),
         PersistAction::Messages(messages) => Kind::Messages(encode_messages(messages)),
         PersistAction::Complete => Kind::Complete(true),
@@ -352,7 +352,7 @@ fn replay(
             *complete = false;
         }
         Kind::Op(op) => {
-            let op = decode_op(op).map_err(|e| e.to_string())?;
+            let op = decode_op_bytes(op).map_err(|e| e.to_string())?;
             replica.apply(&op).map_err(|e| e.to_string())?;
         }
         Kind::Sections(sections) => {

@@ -4,8 +4,8 @@
 
 use crate::data as wire;
 use tandem_core::data::{
-    DataMessage, Digest, EpochHistory, Item, MessageOrigin, Op, OpKind, Origin, ReplicaSnapshot,
-    Section, SessionStart, StreamMessage, Write, COMMIT_WRITES_MAX,
+    DataMessage, Digest, EncodedOp, EpochHistory, Item, MessageOrigin, Op, OpKind, Origin,
+    ReplicaSnapshot, Section, SessionStart, StreamMessage, Write, COMMIT_WRITES_MAX,
 };
 use tandem_core::{ShardName, UnitName};
 
@@ -105,6 +105,179 @@ pub fn encode_op(op: &Op) -> wire::Op {
             OpKind::Message(message) => wire::op::Kind::Message(encode_stream_message(message)),
         }),
     }
+}
+
+/// Protobuf wire types this file encodes by hand.
+const WIRE_VARINT: u64 = 0;
+const WIRE_LEN: u64 = 2;
+
+fn varint_len(value: u64) -> usize {
+    // 7 bits a byte; zero takes one byte.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_varint(out: &mut bytes::BytesMut, mut value: u64) {
+    use bytes::BufMut as _;
+    while value >= 0x80 {
+        out.put_u8((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.put_u8(value as u8);
+}
+
+/// A field's key (every field number here is below 16: one byte).
+fn put_key(out: &mut bytes::BytesMut, field: u64, wire_type: u64) {
+    put_varint(out, (field << 3) | wire_type);
+}
+
+/// Bytes of a length-delimited field of `len` bytes, key and length included.
+fn len_field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+fn put_bytes_field(out: &mut bytes::BytesMut, field: u64, bytes: &[u8]) {
+    use bytes::BufMut as _;
+    put_key(out, field, WIRE_LEN);
+    put_varint(out, bytes.len() as u64);
+    out.put_slice(bytes);
+}
+
+/// Bytes of `write` as a `tandem.data.Write` (without its own key and length).
+fn write_len(write: &Write) -> usize {
+    let key = if write.key.is_empty() {
+        0
+    } else {
+        len_field_len(write.key.len())
+    };
+    let value = write
+        .value
+        .as_ref()
+        .map_or(0, |value| len_field_len(value.len()));
+    let priority = write
+        .priority
+        .map_or(0, |priority| 1 + varint_len(u64::from(priority)));
+    key + value + priority
+}
+
+/// Bytes of `op` as a `tandem.data.Op`, with the message of a stream op encoded already.
+fn op_len(op: &Op, message: Option<&wire::StreamMessage>) -> (usize, usize) {
+    use prost::Message as _;
+    let mut len = 0;
+    if op.seq != 0 {
+        len += 1 + varint_len(op.seq);
+    }
+    if op.epoch != 0 {
+        len += 1 + varint_len(op.epoch);
+    }
+    let kind = match (&op.kind, message) {
+        (OpKind::Commit { writes, consumed }, _) => {
+            writes
+                .iter()
+                .map(|write| len_field_len(write_len(write)))
+                .sum::<usize>()
+                + consumed.map_or(0, |consumed| 1 + varint_len(consumed))
+        }
+        (OpKind::Message(_), Some(message)) => message.encoded_len(),
+        (OpKind::Message(_), None) => unreachable!("a stream op's message is encoded first"),
+    };
+    (len + len_field_len(kind), kind)
+}
+
+/// `op` encoded as a `tandem.data.Op`: the bytes prost gives for [`encode_op`], written
+/// straight from tandem's types. A commit of many writes then costs no reference count per
+/// value and no copy per key, as building the prost structs first did (twice per op on the
+/// primary: once for its file, once for the STANDBY).
+///
+/// A commit's encoding is kept with its writes ([`tandem_core::data::Writes::encoded`]): an
+/// op encoded for the file and for a STANDBY is encoded once.
+pub fn encode_op_bytes(op: &Op) -> bytes::Bytes {
+    if let OpKind::Commit { writes, consumed } = &op.kind {
+        if let Some(kept) = writes.encoded() {
+            if (kept.seq, kept.epoch, kept.consumed) == (op.seq, op.epoch, *consumed) {
+                return kept.bytes.clone();
+            }
+        }
+        let bytes = encode_op_fields(op);
+        writes.keep_encoded(EncodedOp {
+            seq: op.seq,
+            epoch: op.epoch,
+            consumed: *consumed,
+            bytes: bytes.clone(),
+        });
+        return bytes;
+    }
+    encode_op_fields(op)
+}
+
+fn encode_op_fields(op: &Op) -> bytes::Bytes {
+    use prost::Message as _;
+    let message = match &op.kind {
+        OpKind::Message(message) => Some(encode_stream_message(message)),
+        OpKind::Commit { .. } => None,
+    };
+    let (len, kind_len) = op_len(op, message.as_ref());
+    let mut out = bytes::BytesMut::with_capacity(len);
+    if op.seq != 0 {
+        put_key(&mut out, 1, WIRE_VARINT);
+        put_varint(&mut out, op.seq);
+    }
+    if op.epoch != 0 {
+        put_key(&mut out, 2, WIRE_VARINT);
+        put_varint(&mut out, op.epoch);
+    }
+    match (&op.kind, message) {
+        (OpKind::Commit { writes, consumed }, _) => {
+            put_key(&mut out, 3, WIRE_LEN);
+            put_varint(&mut out, kind_len as u64);
+            for write in writes.iter() {
+                put_key(&mut out, 1, WIRE_LEN);
+                put_varint(&mut out, write_len(write) as u64);
+                if !write.key.is_empty() {
+                    put_bytes_field(&mut out, 1, &write.key);
+                }
+                if let Some(value) = &write.value {
+                    put_bytes_field(&mut out, 2, value);
+                }
+                if let Some(priority) = write.priority {
+                    put_key(&mut out, 3, WIRE_VARINT);
+                    put_varint(&mut out, u64::from(priority));
+                }
+            }
+            if let Some(consumed) = consumed {
+                put_key(&mut out, 2, WIRE_VARINT);
+                put_varint(&mut out, *consumed);
+            }
+        }
+        (OpKind::Message(_), Some(message)) => {
+            put_key(&mut out, 4, WIRE_LEN);
+            put_varint(&mut out, kind_len as u64);
+            message
+                .encode(&mut out)
+                .expect("the buffer was sized for the op");
+        }
+        (OpKind::Message(_), None) => unreachable!("a stream op's message is encoded first"),
+    }
+    debug_assert_eq!(out.len(), len);
+    out.freeze()
+}
+
+/// An op from its encoded bytes (a `tandem.data.Op`); given a `Bytes`, its values share them.
+///
+/// A commit keeps the bytes as its encoded form (a STANDBY writes them to its file as they
+/// came): they decode to this op, so they are an encoding of it, canonical or not.
+pub fn decode_op_bytes(bytes: bytes::Bytes) -> Result<Op, DataWireError> {
+    use prost::Message as _;
+    let op = wire::Op::decode(bytes.clone()).map_err(|error| bad(format!("op: {error}")))?;
+    let op = decode_op(op)?;
+    if let OpKind::Commit { writes, consumed } = &op.kind {
+        writes.keep_encoded(EncodedOp {
+            seq: op.seq,
+            epoch: op.epoch,
+            consumed: *consumed,
+            bytes,
+        });
+    }
+    Ok(op)
 }
 
 /// An op from the wire.
@@ -246,7 +419,7 @@ fn encode_item(item: &Item) -> wire::Item {
     use wire::item::Kind;
     wire::Item {
         kind: Some(match item {
-            Item::Op(op) => Kind::Op(encode_op(op)),
+            Item::Op(op) => Kind::Op(encode_op_bytes(op)),
             Item::Sections(sections) => Kind::Sections(encode_sections(sections)),
             Item::Messages(messages) => Kind::Messages(encode_messages(messages)),
             Item::Verify { version, digest } => Kind::Verify(wire::Verify {
@@ -260,7 +433,7 @@ fn encode_item(item: &Item) -> wire::Item {
 fn decode_item(item: wire::Item) -> Result<Item, DataWireError> {
     use wire::item::Kind;
     Ok(match item.kind.ok_or_else(|| bad("item without a kind"))? {
-        Kind::Op(op) => Item::Op(decode_op(op)?),
+        Kind::Op(op) => Item::Op(decode_op_bytes(op)?),
         Kind::Sections(sections) => Item::Sections(decode_sections(sections)?),
         Kind::Messages(messages) => Item::Messages(decode_messages(messages)?),
         Kind::Verify(verify) => Item::Verify {
@@ -493,6 +666,110 @@ mod tests {
                 peer: "127.0.0.1:5062".into(),
             },
         }
+    }
+
+    #[test]
+    fn a_commit_is_encoded_once_and_a_received_one_keeps_its_bytes() {
+        let op = Op {
+            seq: 4,
+            epoch: 2,
+            kind: OpKind::Commit {
+                writes: vec![Write {
+                    key: b"k".to_vec(),
+                    value: Some(b"v".to_vec().into()),
+                    priority: None,
+                }]
+                .into(),
+                consumed: Some(1),
+            },
+        };
+        let first = encode_op_bytes(&op);
+        assert_eq!(encode_op_bytes(&op.clone()).as_ptr(), first.as_ptr());
+        // The same writes in an op with another seq are encoded anew.
+        let moved = Op {
+            seq: 5,
+            ..op.clone()
+        };
+        let other = encode_op_bytes(&moved);
+        assert_ne!(other, first);
+        assert_eq!(decode_op_bytes(other).expect("decodes"), moved);
+        // Changed writes drop what was kept.
+        let mut changed = op.clone();
+        if let OpKind::Commit { writes, .. } = &mut changed.kind {
+            writes.make_mut().push(Write {
+                key: b"k2".to_vec(),
+                value: None,
+                priority: None,
+            });
+        }
+        let again = encode_op_bytes(&changed);
+        assert_eq!(decode_op_bytes(again).expect("decodes"), changed);
+        // A received op is written on as it came.
+        let received = decode_op_bytes(first.clone()).expect("decodes");
+        assert_eq!(encode_op_bytes(&received).as_ptr(), first.as_ptr());
+    }
+
+    #[test]
+    fn hand_encoded_ops_are_the_bytes_prost_gives_and_decode_back() {
+        use prost::Message as _;
+        let values: [Option<bytes::Bytes>; 4] = [
+            None,
+            Some(bytes::Bytes::new()),
+            Some(b"v".to_vec().into()),
+            Some(vec![9u8; 300].into()),
+        ];
+        let mut ops = vec![Op {
+            seq: 7,
+            epoch: 3,
+            kind: OpKind::Message(message()),
+        }];
+        for (n, (seq, epoch)) in [(1, 1), (0, 0), (127, 128), (u64::MAX, 16384)]
+            .into_iter()
+            .enumerate()
+        {
+            let writes: Vec<Write> = (0..n * 3 + 1)
+                .map(|w| Write {
+                    key: if w == 5 {
+                        Vec::new()
+                    } else {
+                        vec![b'k'; w * 50 + 1]
+                    },
+                    value: values[w % 4].clone(),
+                    priority: [None, Some(0), Some(300), Some(u32::MAX)][(w + n) % 4],
+                })
+                .collect();
+            for consumed in [None, Some(0), Some(seq / 2)] {
+                ops.push(Op {
+                    seq,
+                    epoch,
+                    kind: OpKind::Commit {
+                        writes: writes.clone().into(),
+                        consumed,
+                    },
+                });
+            }
+        }
+        ops.push(Op {
+            seq: 2,
+            epoch: 1,
+            kind: OpKind::Commit {
+                writes: Vec::new().into(),
+                consumed: None,
+            },
+        });
+        for op in &ops {
+            let bytes = encode_op_bytes(op);
+            assert_eq!(bytes.to_vec(), encode_op(op).encode_to_vec(), "{op:?}");
+            let valid = op.seq != 0
+                && match &op.kind {
+                    OpKind::Commit { writes, .. } => {
+                        tandem_core::data::check_writes(writes).is_ok()
+                    }
+                    OpKind::Message(_) => true,
+                };
+            assert_eq!(decode_op_bytes(bytes).ok().as_ref(), valid.then_some(op));
+        }
+        assert!(decode_op_bytes(bytes::Bytes::from_static(&[0x1a, 0x05, 0x0a])).is_err());
     }
 
     #[test]

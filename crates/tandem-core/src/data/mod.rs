@@ -107,16 +107,101 @@ impl StreamMessage {
     }
 }
 
+/// A commit's writes, shared by every clone of its op (its file write, the op log, each
+/// STANDBY's item): cloning an op counts one reference instead of copying every key
+/// (thousands per op under queued commits).
+///
+/// They also keep the op's encoded form once someone made it ([`Writes::encoded`]): the
+/// primary encodes an op for its own file and for each STANDBY, and a STANDBY writes to its
+/// file the bytes it received; one encoding serves them all. The core never reads it: it is
+/// the daemon's wire format, opaque here.
+#[derive(Clone, Default)]
+pub struct Writes(std::sync::Arc<WritesInner>);
+
+#[derive(Clone, Default)]
+struct WritesInner {
+    list: Vec<Write>,
+    encoded: std::sync::OnceLock<EncodedOp>,
+}
+
+/// An op's encoded form, with what it was encoded with besides the writes (an op with the
+/// same writes and other fields must not take it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedOp {
+    /// The op's seq.
+    pub seq: u64,
+    /// The op's epoch.
+    pub epoch: u64,
+    /// The op's `consumed`.
+    pub consumed: Option<u64>,
+    /// The bytes.
+    pub bytes: bytes::Bytes,
+}
+
+impl Writes {
+    /// The writes, to change: copied first if another op shares them; the encoded form is
+    /// dropped (it no longer matches).
+    pub fn make_mut(&mut self) -> &mut Vec<Write> {
+        let inner = std::sync::Arc::make_mut(&mut self.0);
+        inner.encoded = std::sync::OnceLock::new();
+        &mut inner.list
+    }
+
+    /// The op's encoded form, if one was kept.
+    pub fn encoded(&self) -> Option<&EncodedOp> {
+        self.0.encoded.get()
+    }
+
+    /// Keeps the op's encoded form (the first one kept stays).
+    pub fn keep_encoded(&self, encoded: EncodedOp) {
+        let _ = self.0.encoded.set(encoded);
+    }
+
+    /// Whether both are the same shared writes (not only equal ones).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for Writes {
+    type Target = [Write];
+
+    fn deref(&self) -> &[Write] {
+        &self.0.list
+    }
+}
+
+impl From<Vec<Write>> for Writes {
+    fn from(list: Vec<Write>) -> Self {
+        Self(std::sync::Arc::new(WritesInner {
+            list,
+            encoded: std::sync::OnceLock::new(),
+        }))
+    }
+}
+
+impl PartialEq for Writes {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.list == other.0.list
+    }
+}
+
+impl Eq for Writes {}
+
+impl std::fmt::Debug for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.list.fmt(f)
+    }
+}
+
 /// What an op does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpKind {
     /// The ACTIVE's atomic commit: its writes, and (optionally) the stream position it consumed
     /// up to, together.
     Commit {
-        /// Writes, applied in order. Shared by every clone of the op (its file write, the op
-        /// log, each STANDBY's item): cloning an op counts one reference instead of copying
-        /// every key (thousands per op under queued commits).
-        writes: std::sync::Arc<Vec<Write>>,
+        /// Writes, applied in order. Shared by every clone of the op (see [`Writes`]).
+        writes: Writes,
         /// Every stream message at or below this seq is consumed.
         consumed: Option<u64>,
     },

@@ -46,7 +46,6 @@
 //!   follow (it may keep a session the primary dropped); the STANDBY then follows again.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::{ClusterState, Role};
@@ -725,7 +724,7 @@ fn extend_open_commit(
         op: &mut Op,
         seq: u64,
         epoch: u64,
-    ) -> Option<(&mut Arc<Vec<super::Write>>, &mut Option<u64>)> {
+    ) -> Option<(&mut super::Writes, &mut Option<u64>)> {
         match &mut op.kind {
             OpKind::Commit { writes, consumed } if op.seq == seq && op.epoch == epoch => {
                 Some((writes, consumed))
@@ -757,9 +756,9 @@ fn extend_open_commit(
     // The queued file write shares the op log's writes: it lets go of them, so that they are
     // the op log's alone and grow in place, then shares them again (nothing else holds an op
     // that has not left; if something did, `make_mut` would copy, still correct).
-    *queued_writes = Arc::default();
-    Arc::make_mut(held).extend_from_slice(writes);
-    *queued_writes = Arc::clone(held);
+    *queued_writes = super::Writes::default();
+    held.make_mut().extend_from_slice(writes);
+    *queued_writes = held.clone();
     *held_consumed = (*held_consumed).max(consumed);
     *queued_consumed = (*queued_consumed).max(consumed);
     oplog.grew(super::writes_bytes(writes) + 16 * writes.len());
