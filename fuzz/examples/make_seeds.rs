@@ -575,6 +575,7 @@ fn data_seeds() {
             writes: vec![write],
             consumed: Some(2),
             sync: true,
+            chain: Some((1, 0)),
         },
     );
     write_seed("data_message", "commit-call", &call.encode_to_vec());

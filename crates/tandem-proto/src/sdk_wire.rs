@@ -47,6 +47,7 @@ pub fn encode_call(id: u64, request: DataRequest) -> wire::DataCall {
             writes,
             consumed,
             sync,
+            chain,
         } => Kind::Commit(wire::CommitCall {
             shard: shard.0,
             epoch,
@@ -60,6 +61,8 @@ pub fn encode_call(id: u64, request: DataRequest) -> wire::DataCall {
                 .collect(),
             consumed,
             sync,
+            chain: chain.map(|(chain, _)| chain),
+            chain_index: chain.map(|(_, index)| index),
         }),
         DataRequest::Get { shard, key } => Kind::Get(wire::GetCall {
             shard: shard.0,
@@ -100,6 +103,11 @@ pub fn decode_call(call: wire::DataCall) -> Result<(u64, DataRequest), DataWireE
             writes: decode_writes(commit.writes)?,
             consumed: commit.consumed,
             sync: commit.sync,
+            chain: match (commit.chain, commit.chain_index) {
+                (Some(chain), Some(index)) => Some((chain, index)),
+                (None, None) => None,
+                _ => return Err(bad("a commit with a chain and no index, or the reverse")),
+            },
         },
         Kind::Get(get) => DataRequest::Get {
             shard: shard(get.shard)?,
@@ -302,6 +310,15 @@ mod tests {
                 ],
                 consumed: Some(9),
                 sync: true,
+                chain: None,
+            },
+            DataRequest::Commit {
+                shard: shard.clone(),
+                epoch: 4,
+                writes: Vec::new(),
+                consumed: None,
+                sync: false,
+                chain: Some((2, 0)),
             },
             DataRequest::Get {
                 shard: shard.clone(),

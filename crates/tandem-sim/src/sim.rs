@@ -2022,6 +2022,7 @@ impl Sim {
             ],
             consumed: Some(seq),
             sync: true,
+            chain: None,
         };
         self.unit_data_request(
             pid,
@@ -2089,6 +2090,7 @@ impl Sim {
                 writes: writes.clone(),
                 consumed: None,
                 sync,
+                chain: None,
             },
             PendingData::Writes {
                 issue,

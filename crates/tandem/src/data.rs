@@ -180,25 +180,38 @@ impl Queue {
     }
 }
 
-/// Sends `queue`'s batches, one at a time, until it finds none.
+/// Sends `queue`'s batches, up to [`crate::queue::IN_FLIGHT_MAX`] at once, and hands it their
+/// answers in order, until nothing is queued or in flight.
 async fn run_flusher(ctx: Context, shard: ShardName, queue: Arc<Queue>) {
+    let mut in_flight = std::collections::VecDeque::new();
     loop {
-        let Some(batch) = queue.state.lock().take() else {
+        loop {
+            let Some((batch, chain)) = queue.state.lock().take() else {
+                break;
+            };
+            let sent = ctx
+                .send_call(DataRequest::Commit {
+                    shard: shard.clone(),
+                    epoch: batch.epoch,
+                    writes: batch.writes,
+                    consumed: batch.consumed,
+                    sync: false,
+                    chain: Some(chain),
+                })
+                .await;
+            in_flight.push_back(sent);
+        }
+        let Some(sent) = in_flight.pop_front() else {
             return;
         };
-        let outcome = ctx
-            .call(DataRequest::Commit {
-                shard: shard.clone(),
-                epoch: batch.epoch,
-                writes: batch.writes,
-                consumed: batch.consumed,
-                sync: false,
-            })
-            .await
-            .and_then(|reply| match reply {
-                DataReply::Committed { version } => Ok(version),
-                other => Err(DataError::Unexpected(format!("{other:?}"))),
-            });
+        let outcome = match sent {
+            Ok(answer) => Context::answer_of(answer).await,
+            Err(error) => Err(error),
+        }
+        .and_then(|reply| match reply {
+            DataReply::Committed { version } => Ok(version),
+            other => Err(DataError::Unexpected(format!("{other:?}"))),
+        });
         if let Err(error) = &outcome {
             tracing::warn!(%shard, %error, "queued commits refused; the next flush reports it");
         }
@@ -234,6 +247,15 @@ impl Context {
 
     /// Sends `request` to tandemd and waits for its answer.
     pub(crate) async fn call(&self, request: DataRequest) -> Result<DataReply, DataError> {
+        Self::answer_of(self.send_call(request).await?).await
+    }
+
+    /// Sends `request` to tandemd; the answer comes on the receiver (see
+    /// [`answer_of`](Self::answer_of)).
+    async fn send_call(
+        &self,
+        request: DataRequest,
+    ) -> Result<oneshot::Receiver<DataReply>, DataError> {
         let (tx, rx) = oneshot::channel();
         let id = self.calls.lock().register(Waiting::Reply(tx));
         let message = UnitToAgent {
@@ -245,7 +267,12 @@ impl Context {
             self.calls.lock().take(id);
             return Err(DataError::Disconnected);
         }
-        match rx.await {
+        Ok(rx)
+    }
+
+    /// The answer to a call [`send_call`](Self::send_call) sent.
+    async fn answer_of(answer: oneshot::Receiver<DataReply>) -> Result<DataReply, DataError> {
+        match answer.await {
             Ok(DataReply::Error { code, message }) => Err(DataError::Refused { code, message }),
             Ok(reply) => Ok(reply),
             Err(_) => Err(DataError::Disconnected),
@@ -554,7 +581,8 @@ impl Transaction {
 
     /// Queues the commit and returns at once, without waiting for tandemd (write-behind): the
     /// fastest way to write a checkpoint. Queued commits of a shard leave in the background,
-    /// merged into `async` commits of up to 4096 writes, one at a time; what tandemd applies
+    /// merged into `async` commits of up to 4096 writes, two at most awaiting their answers
+    /// at once (tandemd applies the second only right after the first); what tandemd applies
     /// is always a prefix of what was queued, in order. Waits only when the shard's queue is
     /// full ([`QUEUED_WRITES_MAX`], [`QUEUED_BYTES_MAX`]).
     ///
@@ -639,6 +667,7 @@ impl Transaction {
                 writes: self.writes,
                 consumed: self.consumed,
                 sync,
+                chain: None,
             })
             .await?
         {

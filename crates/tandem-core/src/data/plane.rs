@@ -527,6 +527,8 @@ struct Primary {
     delivered: Option<(u64, u64)>,
     /// Since when a member of the wait set holds back the oldest waiter.
     held_back_since: Option<Time>,
+    /// The last batch of queued commits applied: (unit instance, chain, index).
+    queued_chain: Option<(u64, u64, u64)>,
     /// The highest version whose effect left this primary: a sync commit (or flush)
     /// answered, or a stream message delivered. A STANDBY is claimed in sync only once it
     /// has acknowledged this far, so that a promotion the cluster deems lossless is.
@@ -1265,6 +1267,7 @@ impl DataPlane {
                         lag_waiters: VecDeque::new(),
                         delivered: None,
                         held_back_since: None,
+                        queued_chain: None,
                         exposed: 0,
                         orphans: BTreeMap::new(),
                     });
@@ -1472,6 +1475,7 @@ impl DataPlane {
                 writes,
                 consumed,
                 sync,
+                chain,
                 ..
             } => {
                 let view = self.view.shards.get(&id.shard)?;
@@ -1481,6 +1485,16 @@ impl DataPlane {
                         format!("unit {} is not ACTIVE for shard {}", id.unit, id.shard),
                     ));
                 };
+                if let Some((chain, index)) = chain {
+                    if index > 0 && primary.queued_chain != Some((generation, chain, index - 1)) {
+                        return Some(error(
+                            "queue_broken",
+                            format!(
+                                "queued batch {index} of chain {chain} does not follow the                                  last batch applied (an earlier one was refused)"
+                            ),
+                        ));
+                    }
+                }
                 if primary.passive && view.acting && primary.epoch == view.epoch {
                     return Some(error(
                         "not_active",
@@ -1567,6 +1581,9 @@ impl DataPlane {
                     }
                     Err(reason) => return Some(error("bad_request", reason.to_string())),
                 };
+                if let Some((chain, index)) = chain {
+                    primary.queued_chain = Some((generation, chain, index));
+                }
                 let waiter = Waiter {
                     unit: id.unit.clone(),
                     generation,

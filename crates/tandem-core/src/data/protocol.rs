@@ -195,6 +195,11 @@ pub enum DataRequest {
         consumed: Option<u64>,
         /// Sync or async.
         sync: bool,
+        /// `(chain, index)` of a batch of queued commits (the SDK sends up to two at once).
+        /// Index 0 starts a chain; a later index applies only right after the one before it
+        /// in the same chain, from the same unit instance, so that what is applied of a queue
+        /// stays a prefix of it: once one batch is refused, the rest of its chain is too.
+        chain: Option<(u64, u64)>,
     },
     /// Read one section of the unit's replica.
     Get {

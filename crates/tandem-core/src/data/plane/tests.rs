@@ -198,6 +198,7 @@ impl Net {
                 writes,
                 consumed,
                 sync,
+                chain: None,
             },
         );
         // One owner's pass per commit, so each is an op of its own (commits that arrive
@@ -217,6 +218,7 @@ impl Net {
                 writes,
                 consumed: None,
                 sync,
+                chain: None,
             },
         )
     }
@@ -817,6 +819,64 @@ fn commits_are_refused_unless_active_at_the_epoch_with_a_lease() {
 }
 
 #[test]
+fn a_queued_batch_applies_only_right_after_the_one_before_it_in_its_chain() {
+    let mut net = Net::new(2);
+    net.assign(3, 1, &[2], &[]);
+    let batch = |net: &mut Net, generation: u64, chain: u64, index: u64, key: &str| {
+        let id = net.next_request;
+        net.next_request += 1;
+        let now = net.now;
+        net.planes.get_mut(&1).unwrap().on_unit(
+            now,
+            &unit("u1"),
+            generation,
+            id,
+            DataRequest::Commit {
+                shard: shard(),
+                epoch: 3,
+                writes: vec![put(key, b"1")],
+                consumed: None,
+                sync: false,
+                chain: Some((chain, index)),
+            },
+        );
+        net.collect();
+        match net.reply(id) {
+            Some(DataReply::Error { code, .. }) => Some(*code),
+            _ => None,
+        }
+    };
+    assert_eq!(batch(&mut net, 1, 1, 0, "a"), None);
+    assert_eq!(batch(&mut net, 1, 1, 1, "b"), None);
+    assert_eq!(net.replica(1).version(), 2);
+    // Not right after the last one applied: again, or one skipped.
+    assert_eq!(batch(&mut net, 1, 1, 1, "b"), Some("queue_broken"));
+    assert_eq!(batch(&mut net, 1, 1, 3, "d"), Some("queue_broken"));
+    // Batch 2 is refused for its own reason; batch 3, sent with it, must not leave a hole.
+    net.planes.get_mut(&1).unwrap().set_lease(Some(Time::ZERO));
+    assert_eq!(batch(&mut net, 1, 1, 2, "c"), Some("no_lease"));
+    net.planes
+        .get_mut(&1)
+        .unwrap()
+        .set_lease(Some(Time::from_millis(1_000_000)));
+    assert_eq!(batch(&mut net, 1, 1, 3, "d"), Some("queue_broken"));
+    assert_eq!(
+        net.replica(1).version(),
+        2,
+        "a refused batch changed the replica"
+    );
+    // A new chain starts at index 0; another instance of the unit cannot continue it.
+    assert_eq!(batch(&mut net, 1, 2, 0, "e"), None);
+    net.planes
+        .get_mut(&1)
+        .unwrap()
+        .unit_connected(&unit("u1"), 2);
+    assert_eq!(batch(&mut net, 2, 2, 1, "f"), Some("queue_broken"));
+    assert_eq!(batch(&mut net, 2, 1, 0, "f"), None);
+    assert_eq!(net.replica(1).version(), 4);
+}
+
+#[test]
 fn a_lagging_standby_stops_holding_back_commits_after_the_sync_timeout() {
     let mut net = Net::new(2);
     net.assign(1, 1, &[2], &[]);
@@ -868,6 +928,7 @@ fn without_a_standby_a_sync_commit_waits_for_the_local_disk() {
             writes: vec![put("a", b"1")],
             consumed: None,
             sync: true,
+            chain: None,
         },
     );
     let out = plane.take_output(now);
