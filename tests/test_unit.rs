@@ -23,7 +23,8 @@
 //! role field; an ingress sender gets `ok <payload>` back. With `TANDEM_TEST_BENCH=<count>` and `TANDEM_TEST_BENCH_OUT=<file>`, the first
 //! ACTIVE measures checkpoint commits once its STANDBY is in sync (sync and async, 128 B and
 //! 64 KiB values, sequential latency and throughput with 32 and 256 commits in flight) and writes one
-//! JSON line per measurement to the file.
+//! JSON line per measurement to the file (with `TANDEM_TEST_BENCH_QUEUED=1` as well, only the
+//! queued commits of 128 B).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -328,6 +329,8 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut lines = String::new();
+    // `TANDEM_TEST_BENCH_QUEUED=1`: only the queued commits of 128 B.
+    let queued_only = std::env::var_os("TANDEM_TEST_BENCH_QUEUED").is_some();
     // (sync, value size, writes per commit, commits)
     for (sync, size, writes, count) in [
         (true, 128, 1, count),
@@ -337,7 +340,7 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
         (true, 128, 16, count / 4),
         (false, 128, 16, count / 4),
     ] {
-        if std::env::var_os("QONLY").is_some() {
+        if queued_only {
             continue;
         }
         match measure(&ctx, &shard, sync, size, writes, count.max(1)).await {
@@ -348,7 +351,7 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
     }
     // Queued commits: ten times as many small ones (they are that much cheaper), and 64 KiB.
     for (size, count) in [(128, count * 10), (65536, count / 4)] {
-        if std::env::var_os("QONLY").is_some() && size > 128 {
+        if queued_only && size > 128 {
             continue;
         }
         match measure_queued(&ctx, &shard, size, count.max(1)).await {

@@ -79,24 +79,22 @@ pub struct Queued {
 /// What the unit measured: commits waited for one by one or in flight, and queued commits.
 pub type Measured = (Vec<Commits>, Vec<Queued>);
 
-/// Checkpoint commits of the ACTIVE with an in-sync STANDBY on another daemon.
-pub fn checkpoint(count: usize) -> anyhow::Result<Measured> {
+/// Checkpoint commits of the ACTIVE with an in-sync STANDBY on another daemon; with
+/// `queued_only`, only the queued commits of 128 B (ten times `count`).
+pub fn checkpoint(count: usize, queued_only: bool) -> anyhow::Result<Measured> {
     let out = tempfile::NamedTempFile::new()?.into_temp_path();
-    let env = format!(
+    let mut env = format!(
         ", TANDEM_TEST_BENCH = \"{count}\", TANDEM_TEST_BENCH_OUT = \"{}\"",
         out.display()
     );
+    if queued_only {
+        env.push_str(", TANDEM_TEST_BENCH_QUEUED = \"1\"");
+    }
+    let lines = if queued_only { 1 } else { 8 };
     let cluster = TestCluster::start_with(3, &service(&env, None));
     let text = wait_for("the unit's checkpoint measurements", DEADLINE * 10, || {
         let text = std::fs::read_to_string(&out).ok()?;
-        (text.lines().count()
-            >= if std::env::var_os("QONLY").is_some() {
-                1
-            } else {
-                8
-            }
-            || text.contains("\"error\""))
-        .then_some(text)
+        (text.lines().count() >= lines || text.contains("\"error\"")).then_some(text)
     });
     if text.contains("\"error\"") {
         eprintln!("{text}");

@@ -22,6 +22,7 @@
 //!   (a quarter as many), whose writes per second is the 256-deep rate times 16. Then queued
 //!   (write-behind) commits of one write, 128 B (ten times as many) and 64 KiB (a quarter):
 //!   writes per second from the first `commit_queued` until the final flush returned.
+//! - `data-queued` (when `data-checkpoint` is not run): only those queued commits of 128 B.
 //! - `transfer`: a STANDBY whose replica files were deleted gets `--transfer-mib` MiB (64 KiB
 //!   sections) by full state transfer while the ACTIVE keeps writing, until digests match.
 //! - `stream-switchover`: `--stream-messages` datagrams at 1000/s to the shard's UDP ingress,
@@ -397,7 +398,13 @@ fn main() -> anyhow::Result<()> {
             "checkpoint: commits with an in-sync STANDBY, {} each",
             args.commits
         );
-        (data_report.checkpoint, data_report.queued) = data::checkpoint(args.commits)?;
+        (data_report.checkpoint, data_report.queued) = data::checkpoint(args.commits, false)?;
+    } else if wants("data-queued") {
+        eprintln!(
+            "queued: {} queued commits of 128 B with an in-sync STANDBY",
+            args.commits * 10
+        );
+        (data_report.checkpoint, data_report.queued) = data::checkpoint(args.commits, true)?;
     }
     if wants("data-transfer") {
         eprintln!(
