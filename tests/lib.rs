@@ -22,6 +22,56 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 /// bounds a failing test's run time, it is not a speed target.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Prefix of the temporary directory each [`TestCluster`] runs in.
+const CLUSTER_DIR_PREFIX: &str = "tandem-e2e-";
+/// File in a cluster directory naming the process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+
+/// A new temporary directory for a cluster, named by its owner (this process). Directories
+/// of owners that died without cleaning up are removed first: a test or benchmark killed by a
+/// signal skips [`TestCluster`]'s `Drop`, and a state-transfer run leaves gigabytes behind.
+fn cluster_dir() -> tempfile::TempDir {
+    remove_abandoned_cluster_dirs(&std::env::temp_dir());
+    let dir = tempfile::Builder::new()
+        .prefix(CLUSTER_DIR_PREFIX)
+        .tempdir()
+        .expect("temporary directory");
+    fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+        .expect("write the cluster directory's owner");
+    dir
+}
+
+/// Removes the cluster directories in `parent` whose owner process is gone. One without an
+/// owner file yet (its owner is writing it) is left alone.
+pub fn remove_abandoned_cluster_dirs(parent: &std::path::Path) -> usize {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(CLUSTER_DIR_PREFIX)
+        {
+            continue;
+        }
+        let Some(owner) = fs::read_to_string(entry.path().join(OWNER_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let gone = unsafe { libc::kill(owner, 0) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Path of a binary built from this workspace, next to the test executable's directory.
 ///
 /// `cargo test --workspace` builds the binaries before any test runs. Testing one package
@@ -278,7 +328,7 @@ impl TestCluster {
 
     /// Like [`TestCluster::start_with`], with `cluster` added to the `[cluster]` table (timers).
     pub fn start_with_cluster(count: usize, cluster: &str, services: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let dir = cluster_dir();
         let ports = free_ports(count * 2);
         let mut toml = format!("[cluster]\nname = \"e2e\"\ndata_dir = \"data\"\n{cluster}");
         let mut nodes = Vec::new();
@@ -354,7 +404,8 @@ impl TestCluster {
             .append(true)
             .open(self.log_path(index))
             .expect("open node log");
-        let child = Command::new(binary("tandemd"))
+        let mut command = Command::new(binary("tandemd"));
+        command
             .arg("--config")
             .arg(&self.config_path)
             .arg("--node")
@@ -362,9 +413,20 @@ impl TestCluster {
             .env("TANDEM_LOG", "info,raft=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tandemd");
+            .stderr(log);
+        // A test or benchmark killed by a signal skips `Drop`: its daemons die with it rather
+        // than run on (and their units with them: tandemd gives units the same signal).
+        // SAFETY: only prctl runs between fork and exec; it is async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawn tandemd");
         self.nodes[index].child = Some(child);
     }
 
@@ -521,6 +583,8 @@ impl Drop for TestCluster {
         }
         if std::env::var_os("TANDEM_E2E_KEEP").is_some() {
             // For a look afterwards: the config, every daemon's log, data and unit logs.
+            // Without an owner, no later run takes it for abandoned.
+            let _ = fs::remove_file(self.dir.path().join(OWNER_FILE));
             let dir = std::mem::replace(
                 &mut self.dir,
                 tempfile::tempdir().expect("temporary directory"),
@@ -530,5 +594,35 @@ impl Drop for TestCluster {
                 dir.keep().display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cluster_directories_of_owners_that_are_gone_are_removed() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        // A process that ran and was reaped: its pid names no process now.
+        let mut child = Command::new("true").spawn().expect("spawn true");
+        let dead = child.id();
+        child.wait().expect("wait");
+        let make = |name: &str, owner: Option<u32>| {
+            let dir = parent.path().join(name);
+            fs::create_dir(&dir).expect("mkdir");
+            fs::write(dir.join("data"), b"x").expect("write");
+            if let Some(owner) = owner {
+                fs::write(dir.join(OWNER_FILE), owner.to_string()).expect("write owner");
+            }
+            dir
+        };
+        let abandoned = make("tandem-e2e-abandoned", Some(dead));
+        let live = make("tandem-e2e-live", Some(std::process::id()));
+        let unowned = make("tandem-e2e-kept", None);
+        let foreign = make("someone-else", Some(dead));
+        assert_eq!(remove_abandoned_cluster_dirs(parent.path()), 1);
+        assert!(!abandoned.exists());
+        assert!(live.exists() && unowned.exists() && foreign.exists());
     }
 }
