@@ -212,8 +212,16 @@ async fn run_flusher(ctx: Context, shard: ShardName, queue: Arc<Queue>) {
             DataReply::Committed { version } => Ok(version),
             other => Err(DataError::Unexpected(format!("{other:?}"))),
         });
-        if let Err(error) = &outcome {
-            tracing::warn!(%shard, %error, "queued commits refused; the next flush reports it");
+        match &outcome {
+            // The batch sent with a refused one: its refusal says nothing new.
+            Err(DataError::Refused {
+                code: "queue_broken",
+                ..
+            }) => {}
+            Err(error) => {
+                tracing::warn!(%shard, %error, "queued commits refused; the next flush reports it");
+            }
+            Ok(_) => {}
         }
         queue.state.lock().answered(outcome);
         queue.changed.notify_waiters();
