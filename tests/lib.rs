@@ -43,7 +43,7 @@ fn cluster_dir() -> tempfile::TempDir {
 
 /// Removes the cluster directories in `parent` whose owner process is gone. One without an
 /// owner file yet (its owner is writing it) is left alone.
-pub fn remove_abandoned_cluster_dirs(parent: &std::path::Path) -> usize {
+fn remove_abandoned_cluster_dirs(parent: &std::path::Path) -> usize {
     let Ok(entries) = fs::read_dir(parent) else {
         return 0;
     };

@@ -88,13 +88,14 @@ pub fn encode_stamp(stamp: &Stamp, len: usize) -> Vec<u8> {
 }
 
 /// The bytes to append for `action` (`None` for `Remove`, which deletes the file, and
-/// `Stamp`, which rewrites the stamp in place).
+/// `Stamp`, which rewrites the stamp in place): [`record_parts`] joined, so the simulation's
+/// in-memory files take the daemon's very encoding.
 pub fn record(action: &PersistAction) -> Option<Vec<u8>> {
-    record_message(action).map(|record| frame(&record))
+    record_parts(action).map(|parts| parts.to_vec())
 }
 
-/// The same bytes as [`record`], as parts to write with one gathering write: large values
-/// are not copied (see [`FrameParts`](tandem_proto::frame::FrameParts)).
+/// The bytes to append for `action`, as parts to write with one gathering write: large
+/// values are not copied (see [`FrameParts`](tandem_proto::frame::FrameParts)).
 pub fn record_parts(action: &PersistAction) -> Option<tandem_proto::frame::FrameParts> {
     record_message(action).map(|record| tandem_proto::frame::message_frame_parts(&record))
 }
@@ -452,7 +453,8 @@ mod tests {
         ];
         for action in &actions {
             let parts = record_parts(action).unwrap();
-            assert_eq!(parts.to_vec(), record(action).unwrap(), "{action:?}");
+            let copied = frame(&record_message(action).unwrap());
+            assert_eq!(parts.to_vec(), copied, "{action:?}");
         }
         // The large value is written from its own buffer, not copied.
         let parts = record_parts(&actions[1]).unwrap();

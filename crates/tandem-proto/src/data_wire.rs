@@ -153,109 +153,84 @@ fn write_len(write: &Write) -> usize {
         .value
         .as_ref()
         .map_or(0, |value| len_field_len(value.len()));
+    // An optional field is written when present, zero or not.
     let priority = write
         .priority
         .map_or(0, |priority| 1 + varint_len(u64::from(priority)));
     key + value + priority
 }
 
-/// Bytes of `op` as a `tandem.data.Op`, with the message of a stream op encoded already.
-fn op_len(op: &Op, message: Option<&wire::StreamMessage>) -> (usize, usize) {
-    use prost::Message as _;
-    let mut len = 0;
-    if op.seq != 0 {
-        len += 1 + varint_len(op.seq);
+/// Bytes of a varint field holding `value` (proto3 leaves a zero out).
+fn varint_field_len(value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        1 + varint_len(value)
     }
-    if op.epoch != 0 {
-        len += 1 + varint_len(op.epoch);
-    }
-    let kind = match (&op.kind, message) {
-        (OpKind::Commit { writes, consumed }, _) => {
-            writes
-                .iter()
-                .map(|write| len_field_len(write_len(write)))
-                .sum::<usize>()
-                + consumed.map_or(0, |consumed| 1 + varint_len(consumed))
-        }
-        (OpKind::Message(_), Some(message)) => message.encoded_len(),
-        (OpKind::Message(_), None) => unreachable!("a stream op's message is encoded first"),
-    };
-    (len + len_field_len(kind), kind)
 }
 
-/// `op` encoded as a `tandem.data.Op`: the bytes prost gives for [`encode_op`], written
-/// straight from tandem's types. A commit of many writes then costs no reference count per
+/// `op` encoded as a `tandem.data.Op`: the bytes prost gives for [`encode_op`]. A commit is
+/// written straight from tandem's types, so one of many writes costs no reference count per
 /// value and no copy per key, as building the prost structs first did (twice per op on the
 /// primary: once for its file, once for the STANDBY).
 ///
 /// A commit's encoding is kept with its writes ([`tandem_core::data::Writes::encoded`]): an
 /// op encoded for the file and for a STANDBY is encoded once.
 pub fn encode_op_bytes(op: &Op) -> bytes::Bytes {
-    if let OpKind::Commit { writes, consumed } = &op.kind {
-        if let Some(kept) = writes.encoded() {
-            if (kept.seq, kept.epoch, kept.consumed) == (op.seq, op.epoch, *consumed) {
-                return kept.bytes.clone();
-            }
+    use prost::Message as _;
+    let OpKind::Commit { writes, consumed } = &op.kind else {
+        // A stream op holds one message: prost's encoder does.
+        return encode_op(op).encode_to_vec().into();
+    };
+    if let Some(kept) = writes.encoded() {
+        if (kept.seq, kept.epoch, kept.consumed) == (op.seq, op.epoch, *consumed) {
+            return kept.bytes.clone();
         }
-        let bytes = encode_op_fields(op);
-        writes.keep_encoded(EncodedOp {
-            seq: op.seq,
-            epoch: op.epoch,
-            consumed: *consumed,
-            bytes: bytes.clone(),
-        });
-        return bytes;
     }
-    encode_op_fields(op)
+    let bytes = encode_commit_op(op.seq, op.epoch, writes, *consumed);
+    writes.keep_encoded(EncodedOp {
+        seq: op.seq,
+        epoch: op.epoch,
+        consumed: *consumed,
+        bytes: bytes.clone(),
+    });
+    bytes
 }
 
-fn encode_op_fields(op: &Op) -> bytes::Bytes {
-    use prost::Message as _;
-    let message = match &op.kind {
-        OpKind::Message(message) => Some(encode_stream_message(message)),
-        OpKind::Commit { .. } => None,
-    };
-    let (len, kind_len) = op_len(op, message.as_ref());
+/// A commit op's `tandem.data.Op` bytes, field by field in prost's order.
+fn encode_commit_op(seq: u64, epoch: u64, writes: &[Write], consumed: Option<u64>) -> bytes::Bytes {
+    let commit_len = writes
+        .iter()
+        .map(|write| len_field_len(write_len(write)))
+        .sum::<usize>()
+        + consumed.map_or(0, |consumed| 1 + varint_len(consumed));
+    let len = varint_field_len(seq) + varint_field_len(epoch) + len_field_len(commit_len);
     let mut out = bytes::BytesMut::with_capacity(len);
-    if op.seq != 0 {
-        put_key(&mut out, 1, WIRE_VARINT);
-        put_varint(&mut out, op.seq);
+    for (field, value) in [(1, seq), (2, epoch)] {
+        if value != 0 {
+            put_key(&mut out, field, WIRE_VARINT);
+            put_varint(&mut out, value);
+        }
     }
-    if op.epoch != 0 {
+    put_key(&mut out, 3, WIRE_LEN);
+    put_varint(&mut out, commit_len as u64);
+    for write in writes {
+        put_key(&mut out, 1, WIRE_LEN);
+        put_varint(&mut out, write_len(write) as u64);
+        if !write.key.is_empty() {
+            put_bytes_field(&mut out, 1, &write.key);
+        }
+        if let Some(value) = &write.value {
+            put_bytes_field(&mut out, 2, value);
+        }
+        if let Some(priority) = write.priority {
+            put_key(&mut out, 3, WIRE_VARINT);
+            put_varint(&mut out, u64::from(priority));
+        }
+    }
+    if let Some(consumed) = consumed {
         put_key(&mut out, 2, WIRE_VARINT);
-        put_varint(&mut out, op.epoch);
-    }
-    match (&op.kind, message) {
-        (OpKind::Commit { writes, consumed }, _) => {
-            put_key(&mut out, 3, WIRE_LEN);
-            put_varint(&mut out, kind_len as u64);
-            for write in writes.iter() {
-                put_key(&mut out, 1, WIRE_LEN);
-                put_varint(&mut out, write_len(write) as u64);
-                if !write.key.is_empty() {
-                    put_bytes_field(&mut out, 1, &write.key);
-                }
-                if let Some(value) = &write.value {
-                    put_bytes_field(&mut out, 2, value);
-                }
-                if let Some(priority) = write.priority {
-                    put_key(&mut out, 3, WIRE_VARINT);
-                    put_varint(&mut out, u64::from(priority));
-                }
-            }
-            if let Some(consumed) = consumed {
-                put_key(&mut out, 2, WIRE_VARINT);
-                put_varint(&mut out, *consumed);
-            }
-        }
-        (OpKind::Message(_), Some(message)) => {
-            put_key(&mut out, 4, WIRE_LEN);
-            put_varint(&mut out, kind_len as u64);
-            message
-                .encode(&mut out)
-                .expect("the buffer was sized for the op");
-        }
-        (OpKind::Message(_), None) => unreachable!("a stream op's message is encoded first"),
+        put_varint(&mut out, consumed);
     }
     debug_assert_eq!(out.len(), len);
     out.freeze()

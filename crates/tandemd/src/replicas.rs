@@ -186,36 +186,24 @@ impl ReplicaFile {
     /// [`write_at`](Self::write_at) writes one buffer: large values go from their own
     /// buffers to the page cache, with no copy into a record buffer first.
     fn write_parts_at(&mut self, at: usize, parts: &[bytes::Bytes]) -> anyhow::Result<()> {
+        use std::io::IoSlice;
         use std::os::fd::AsRawFd as _;
         /// Buffers per call; Linux takes at most 1024 (`IOV_MAX`).
         const IOVECS_MAX: usize = 1024;
         let total: usize = parts.iter().map(|part| part.len()).sum();
         assert!(at + total <= self.map.len(), "write past the mapping");
-        let (mut index, mut skip, mut offset) = (0usize, 0usize, at);
-        while index < parts.len() {
-            if skip == parts[index].len() {
-                (index, skip) = (index + 1, 0);
-                continue;
-            }
-            let iovecs: Vec<libc::iovec> = parts[index..]
-                .iter()
-                .take(IOVECS_MAX)
-                .enumerate()
-                .map(|(n, part)| {
-                    let part = if n == 0 { &part[skip..] } else { &part[..] };
-                    libc::iovec {
-                        iov_base: part.as_ptr() as *mut libc::c_void,
-                        iov_len: part.len(),
-                    }
-                })
-                .collect();
-            // SAFETY: every iovec points into a live `Bytes` of `parts`, which outlives the
-            // call, and pwritev only reads them.
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
+        let mut left = &mut slices[..];
+        IoSlice::advance_slices(&mut left, 0);
+        let mut offset = at;
+        while !left.is_empty() {
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; every slice points into
+            // a live `Bytes` of `parts`, and pwritev only reads them.
             let written = unsafe {
                 libc::pwritev(
                     self.file.as_raw_fd(),
-                    iovecs.as_ptr(),
-                    iovecs.len() as libc::c_int,
+                    left.as_ptr().cast::<libc::iovec>(),
+                    left.len().min(IOVECS_MAX) as libc::c_int,
                     offset as libc::off_t,
                 )
             };
@@ -230,18 +218,8 @@ impl ReplicaFile {
             if written == 0 {
                 anyhow::bail!("write replica file {}: wrote nothing", self.path.display());
             }
-            let mut written = written as usize;
-            offset += written;
-            while written > 0 {
-                let left = parts[index].len() - skip;
-                if written >= left {
-                    written -= left;
-                    (index, skip) = (index + 1, 0);
-                } else {
-                    skip += written;
-                    written = 0;
-                }
-            }
+            offset += written as usize;
+            IoSlice::advance_slices(&mut left, written as usize);
         }
         Ok(())
     }

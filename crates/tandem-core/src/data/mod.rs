@@ -156,11 +156,6 @@ impl Writes {
     pub fn keep_encoded(&self, encoded: EncodedOp) {
         let _ = self.0.encoded.set(encoded);
     }
-
-    /// Whether both are the same shared writes (not only equal ones).
-    pub fn ptr_eq(&self, other: &Self) -> bool {
-        std::sync::Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 impl std::ops::Deref for Writes {
