@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tandem_core::{NodeId, RedundancyModel, ServiceSpec, Topology, UnitSpec};
+use tandem_proto::admin::ShardStatus;
 use tandemd::admin_client;
 use tandemd::config::{self, ClusterConfig, Config, NodeConfig};
 
@@ -457,11 +458,17 @@ struct Progress {
     /// Shards of the configured services that have no confirmed ACTIVE unit yet (as the
     /// leader sees them), including those the leader has not installed yet.
     unassigned: Vec<String>,
+    /// Shards with a confirmed ACTIVE whose model gives them a STANDBY, but that have no
+    /// confirmed STANDBY in sync yet.
+    unprotected: Vec<String>,
 }
 
 impl Progress {
     fn done(&self) -> bool {
-        self.leader.is_some() && self.silent.is_empty() && self.unassigned.is_empty()
+        self.leader.is_some()
+            && self.silent.is_empty()
+            && self.unassigned.is_empty()
+            && self.unprotected.is_empty()
     }
 
     fn describe(&self) -> String {
@@ -476,9 +483,13 @@ impl Progress {
                 "leader {leader}; waiting for {} to answer...",
                 self.silent.join(", ")
             ),
-            Some(leader) => format!(
+            Some(leader) if !self.unassigned.is_empty() => format!(
                 "leader {leader}; waiting for {} to get an ACTIVE unit...",
                 self.unassigned.join(", ")
+            ),
+            Some(leader) => format!(
+                "leader {leader}; waiting for {} to get a STANDBY in sync...",
+                self.unprotected.join(", ")
             ),
         }
     }
@@ -518,16 +529,40 @@ fn probe(config: &Config) -> Progress {
                 progress.silent.push(node.name.clone());
             }
         }
-        // The service is up when each of its shards has an ACTIVE unit that confirmed it.
+        // The service is up when each of its shards has an ACTIVE unit that confirmed it
+        // and, where its model keeps one, a STANDBY that confirmed its role and is in sync:
+        // the first switchover an operator tries after `dev up` then has a target.
+        let confirmed = |shard: &ShardStatus, role: &str| {
+            shard
+                .roles
+                .iter()
+                .filter(|status| status.role == role && status.confirmed)
+                .map(|status| status.unit.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut unprotected = Vec::new();
         progress.unassigned.retain(|name| {
-            !view.shards.iter().any(|shard| {
-                &shard.name == name
-                    && shard
-                        .roles
-                        .iter()
-                        .any(|role| role.role == "ACTIVE" && role.confirmed)
-            })
+            let Some(shard) = view.shards.iter().find(|shard| &shard.name == name) else {
+                return true;
+            };
+            if confirmed(shard, "ACTIVE").is_empty() {
+                return true;
+            }
+            let keeps_standby = config
+                .topology
+                .services
+                .iter()
+                .find(|service| service.shards.iter().any(|shard| &shard.0 == name))
+                .is_some_and(|service| service.model.has_standby() && service.units.len() > 1);
+            let protected = confirmed(shard, "STANDBY")
+                .iter()
+                .any(|unit| shard.in_sync.contains(unit));
+            if keeps_standby && !protected {
+                unprotected.push(name.clone());
+            }
+            false
         });
+        progress.unprotected = unprotected;
     }
     progress
 }
@@ -1074,6 +1109,7 @@ mod tests {
             silent: vec!["n1".into(), "n2".into()],
             leader: None,
             unassigned: vec!["counter-0".into()],
+            unprotected: vec![],
         };
         assert_eq!(progress.describe(), "waiting for the daemons to listen...");
         progress.answered.push(progress.silent.remove(0));
@@ -1093,7 +1129,13 @@ mod tests {
             "leader n1; waiting for counter-0 to get an ACTIVE unit..."
         );
         assert!(!progress.done());
-        progress.unassigned.clear();
+        progress.unprotected = progress.unassigned.drain(..).collect();
+        assert_eq!(
+            progress.describe(),
+            "leader n1; waiting for counter-0 to get a STANDBY in sync..."
+        );
+        assert!(!progress.done());
+        progress.unprotected.clear();
         assert!(progress.done());
     }
 

@@ -102,7 +102,8 @@ fn dev_up_starts_a_cluster_and_dev_down_stops_it() {
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(json["leader"].is_string(), "{json}");
     assert_eq!(json["nodes"].as_array().unwrap().len(), 3);
-    // `dev up` returns once the counter service runs with a confirmed ACTIVE.
+    // `dev up` returns once the counter service runs with a confirmed ACTIVE and a
+    // confirmed STANDBY in sync, so both units run.
     let shard = &json["shards"][0];
     assert_eq!(shard["name"], "counter-0", "{json}");
     assert!(shard["active"]["unit"].is_string(), "{json}");
@@ -112,6 +113,14 @@ fn dev_up_starts_a_cluster_and_dev_down_stops_it() {
             .unwrap()
             .iter()
             .any(|role| role["role"] == "ACTIVE" && role["confirmed"] == true),
+        "{json}"
+    );
+    assert!(
+        shard["roles"].as_array().unwrap().iter().any(|role| {
+            role["role"] == "STANDBY"
+                && role["confirmed"] == true
+                && shard["in_sync"].as_array().unwrap().contains(&role["unit"])
+        }),
         "{json}"
     );
     let pids: Vec<u64> = json["units"]
