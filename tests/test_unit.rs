@@ -23,8 +23,9 @@
 //! role field; an ingress sender gets `ok <payload>` back. With `TANDEM_TEST_BENCH=<count>` and `TANDEM_TEST_BENCH_OUT=<file>`, the first
 //! ACTIVE measures checkpoint commits once its STANDBY is in sync (sync and async, 128 B and
 //! 64 KiB values, sequential latency and throughput with 32 and 256 commits in flight) and writes one
-//! JSON line per measurement to the file (with `TANDEM_TEST_BENCH_QUEUED=1` as well, only the
-//! queued commits of 128 B).
+//! JSON line per measurement to the file (with `TANDEM_TEST_BENCH_ROWS=queued` as well, only the
+//! queued commits of 128 B; with `TANDEM_TEST_BENCH_ROWS=small`, only the sync and async commits
+//! of one 128 B write).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -329,8 +330,11 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut lines = String::new();
-    // `TANDEM_TEST_BENCH_QUEUED=1`: only the queued commits of 128 B.
-    let queued_only = std::env::var_os("TANDEM_TEST_BENCH_QUEUED").is_some();
+    // `TANDEM_TEST_BENCH_ROWS`: `queued` for only the queued commits of 128 B, `small` for
+    // only the sync and async commits of one 128 B write; unset for every row.
+    let rows = std::env::var("TANDEM_TEST_BENCH_ROWS").unwrap_or_default();
+    let queued_only = rows == "queued";
+    let small_only = rows == "small";
     // (sync, value size, writes per commit, commits)
     for (sync, size, writes, count) in [
         (true, 128, 1, count),
@@ -340,7 +344,7 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
         (true, 128, 16, count / 4),
         (false, 128, 16, count / 4),
     ] {
-        if queued_only {
+        if queued_only || (small_only && (size, writes) != (128, 1)) {
             continue;
         }
         match measure(&ctx, &shard, sync, size, writes, count.max(1)).await {
@@ -351,7 +355,7 @@ async fn bench(ctx: Context, shard: ShardName, count: usize, out: PathBuf) {
     }
     // Queued commits: ten times as many small ones (they are that much cheaper), and 64 KiB.
     for (size, count) in [(128, count * 10), (65536, count / 4)] {
-        if queued_only && size > 128 {
+        if small_only || (queued_only && size > 128) {
             continue;
         }
         match measure_queued(&ctx, &shard, size, count.max(1)).await {

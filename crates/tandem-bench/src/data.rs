@@ -79,18 +79,35 @@ pub struct Queued {
 /// What the unit measured: commits waited for one by one or in flight, and queued commits.
 pub type Measured = (Vec<Commits>, Vec<Queued>);
 
-/// Checkpoint commits of the ACTIVE with an in-sync STANDBY on another daemon; with
-/// `queued_only`, only the queued commits of 128 B (ten times `count`).
-pub fn checkpoint(count: usize, queued_only: bool) -> anyhow::Result<Measured> {
+/// Which rows of the checkpoint benchmark run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Every row.
+    All,
+    /// Only the queued commits of 128 B (ten times `count`).
+    Queued,
+    /// Only the sync and async commits of one 128 B write.
+    Small,
+}
+
+/// Checkpoint commits of the ACTIVE with an in-sync STANDBY on another daemon.
+pub fn checkpoint(count: usize, rows: Rows) -> anyhow::Result<Measured> {
     let out = tempfile::NamedTempFile::new()?.into_temp_path();
     let mut env = format!(
         ", TANDEM_TEST_BENCH = \"{count}\", TANDEM_TEST_BENCH_OUT = \"{}\"",
         out.display()
     );
-    if queued_only {
-        env.push_str(", TANDEM_TEST_BENCH_QUEUED = \"1\"");
-    }
-    let lines = if queued_only { 1 } else { 8 };
+    let lines = match rows {
+        Rows::All => 8,
+        Rows::Queued => {
+            env.push_str(", TANDEM_TEST_BENCH_ROWS = \"queued\"");
+            1
+        }
+        Rows::Small => {
+            env.push_str(", TANDEM_TEST_BENCH_ROWS = \"small\"");
+            2
+        }
+    };
     let cluster = TestCluster::start_with(3, &service(&env, None));
     let text = wait_for("the unit's checkpoint measurements", DEADLINE * 10, || {
         let text = std::fs::read_to_string(&out).ok()?;

@@ -23,6 +23,8 @@
 //!   (write-behind) commits of one write, 128 B (ten times as many) and 64 KiB (a quarter):
 //!   writes per second from the first `commit_queued` until the final flush returned.
 //! - `data-queued` (when `data-checkpoint` is not run): only those queued commits of 128 B.
+//! - `data-small` (when neither of those runs): only the sync and async commits of one 128 B
+//!   write (latency and throughput), for profiling the per-commit path.
 //! - `transfer`: a STANDBY whose replica files were deleted gets `--transfer-mib` MiB (64 KiB
 //!   sections) by full state transfer while the ACTIVE keeps writing, until digests match.
 //! - `stream-switchover`: `--stream-messages` datagrams at 1000/s to the shard's UDP ingress,
@@ -398,13 +400,22 @@ fn main() -> anyhow::Result<()> {
             "checkpoint: commits with an in-sync STANDBY, {} each",
             args.commits
         );
-        (data_report.checkpoint, data_report.queued) = data::checkpoint(args.commits, false)?;
+        (data_report.checkpoint, data_report.queued) =
+            data::checkpoint(args.commits, data::Rows::All)?;
     } else if wants("data-queued") {
         eprintln!(
             "queued: {} queued commits of 128 B with an in-sync STANDBY",
             args.commits * 10
         );
-        (data_report.checkpoint, data_report.queued) = data::checkpoint(args.commits, true)?;
+        (data_report.checkpoint, data_report.queued) =
+            data::checkpoint(args.commits, data::Rows::Queued)?;
+    } else if wants("data-small") {
+        eprintln!(
+            "small: sync and async commits of one 128 B write with an in-sync STANDBY, {} each",
+            args.commits
+        );
+        (data_report.checkpoint, data_report.queued) =
+            data::checkpoint(args.commits, data::Rows::Small)?;
     }
     if wants("data-transfer") {
         eprintln!(
