@@ -8,6 +8,7 @@ pub mod admin_client;
 pub mod config;
 pub mod events;
 pub mod ingress;
+pub mod mailbox;
 pub mod replicas;
 pub mod runtime;
 pub mod sdk_server;

@@ -18,6 +18,10 @@
 //! - the sync thread ([`start_syncer`]) msyncs what the writer wrote and installs compacted
 //!   files, and reports what is durable to the event loop.
 //!
+//! Neither disk thread is woken for every commit: each gathers what comes while it lingers
+//! (the writer for [`writer_linger`] after a batch, the sync thread until its next round is
+//! due) through a [`mailbox`], which wakes a lingering receiver only for urgent work.
+//!
 //! A disk that cannot keep up pushes back on the data plane's intake, not on the event loop:
 //! once [`INTAKE_PAUSE_AT`] bytes are on their way to the disk (the [`Backlog`]: queued for
 //! the writer, or written and not yet msynced), the loop stops reading data events (commits,
@@ -41,6 +45,8 @@ use tandem_core::data::{OpKind, PersistAction, ReplicaId, ShardReplica};
 use tandem_core::{ShardName, UnitName};
 use tandem_node::replica_file::{self, Recovered, Stamp};
 
+use crate::mailbox;
+
 /// First size of a file.
 const INITIAL_CAPACITY: usize = 1024 * 1024;
 /// A file is compacted when it holds more than this many times its replica's live bytes...
@@ -55,6 +61,17 @@ pub const WRITES_QUEUED_MAX: usize = 512 * 1024 * 1024;
 pub const INTAKE_PAUSE_AT: usize = 128 * 1024 * 1024;
 /// ...and at which it takes them again.
 pub const INTAKE_RESUME_AT: usize = 64 * 1024 * 1024;
+/// From this many bytes in the [`Backlog`], a batch for the writer wakes it even while it
+/// lingers: past this, gathering for longer saves no wake-up worth the delay.
+pub const WRITE_URGENT_AT: usize = 256 * 1024;
+/// The longest the writer gathers commits before writing them (see [`start_writer`]).
+pub const WRITER_LINGER_MAX: Duration = Duration::from_micros(500);
+
+/// How long the writer gathers before writing, for a sync interval of `interval`: a quarter
+/// of it, at most [`WRITER_LINGER_MAX`] (so it adds little to how late a version is durable).
+pub fn writer_linger(interval: Duration) -> Duration {
+    (interval / 4).min(WRITER_LINGER_MAX)
+}
 
 /// One replica's file, held by the writer thread.
 struct ReplicaFile {
@@ -437,13 +454,14 @@ pub enum DiskReport {
 /// The sync thread: takes batches of [`SyncJob`]s, merges what queued up meanwhile (one msync
 /// per file however many commits wrote to it: a group commit), and reports each batch with
 /// `report`. Two msync rounds are at least `interval` apart: what comes meanwhile is gathered
-/// into the next round. It stops when the sender is dropped or `report` returns false.
+/// into the next round, and a send meanwhile does not wake the thread (see [`mailbox`]). It
+/// stops when the sender is dropped or `report` returns false.
 pub fn start_syncer(
     interval: Duration,
     backlog: Backlog,
     report: impl Fn(Result<DiskReport, String>) -> bool + Send + 'static,
-) -> std::io::Result<std::sync::mpsc::Sender<DiskWork>> {
-    let (sender, receiver) = std::sync::mpsc::channel::<DiskWork>();
+) -> std::io::Result<mailbox::Sender<DiskWork>> {
+    let (sender, receiver) = mailbox::mailbox::<DiskWork>();
     std::thread::Builder::new()
         .name("replica-sync".into())
         .spawn(move || {
@@ -454,36 +472,27 @@ pub fn start_syncer(
             set_thread_nice(SYNC_THREAD_NICE);
             let mut last: Option<std::time::Instant> = None;
             let mut compactions = Vec::new();
-            while let Ok(work) = receiver.recv() {
+            // Woken by the first work after an idle spell; what comes before the round is
+            // due is gathered without waking the thread for each.
+            while let Some(mut works) = receiver.recv_all() {
                 let mut jobs = Vec::new();
                 let mut weight = 0;
-                let mut take = |work: DiskWork| match work {
-                    DiskWork::Sync {
-                        jobs: more,
-                        weight: more_weight,
-                    } => {
-                        jobs.extend(more);
-                        weight += more_weight;
+                if let Some(until) = last.map(|at| at + interval) {
+                    if std::time::Instant::now() < until {
+                        works.extend(receiver.linger_until(until).unwrap_or_default());
                     }
-                    DiskWork::Compact { job, weight } => compactions.push((job, weight)),
-                };
-                take(work);
-                let gather_until = last.map(|at| at + interval);
-                loop {
-                    let more = match gather_until {
-                        Some(until) => {
-                            let left = until.saturating_duration_since(std::time::Instant::now());
-                            if left.is_zero() {
-                                receiver.try_recv().ok()
-                            } else {
-                                receiver.recv_timeout(left).ok()
-                            }
+                }
+                works.extend(receiver.try_recv_all());
+                for work in works {
+                    match work {
+                        DiskWork::Sync {
+                            jobs: more,
+                            weight: more_weight,
+                        } => {
+                            jobs.extend(more);
+                            weight += more_weight;
                         }
-                        None => receiver.try_recv().ok(),
-                    };
-                    match more {
-                        Some(more) => take(more),
-                        None => break,
+                        DiskWork::Compact { job, weight } => compactions.push((job, weight)),
                     }
                 }
                 // Compactions first: an msync of the new file gathered with its compaction
@@ -829,7 +838,7 @@ impl Drop for StopOnDrop {
 
 /// The event loop's handle on the writer thread.
 pub struct Writer {
-    sender: std::sync::mpsc::Sender<Vec<FileOp>>,
+    sender: mailbox::Sender<Vec<FileOp>>,
     backlog: Backlog,
     /// Data intake is paused (see the module doc).
     paused: bool,
@@ -869,7 +878,7 @@ impl Writer {
     pub fn send(&self, ops: Vec<FileOp>) -> anyhow::Result<Duration> {
         let weight: usize = ops.iter().map(FileOp::weight).sum();
         let started = std::time::Instant::now();
-        {
+        let urgent = {
             let (queue, drained) = &*self.backlog.queue;
             let mut queue = queue.lock();
             while !queue.stopped && queue.bytes > 0 && queue.bytes + weight > WRITES_QUEUED_MAX {
@@ -879,26 +888,30 @@ impl Writer {
                 anyhow::bail!("the replica writer or sync thread stopped");
             }
             queue.bytes += weight;
-        }
+            queue.bytes >= WRITE_URGENT_AT
+        };
         let waited = started.elapsed();
         self.sender
-            .send(ops)
+            .send(ops, urgent)
             .map_err(|_| anyhow::anyhow!("the replica writer thread stopped"))?;
         Ok(waited)
     }
 }
 
 /// The writer thread: carries out the queued [`FileOp`]s in order, then hands the msyncs of
-/// what it wrote (and any compacted file to install) to the sync thread `syncer`. A failed
-/// write is reported with `report` and stops the thread. It stops when the [`Writer`] is
-/// dropped.
+/// what it wrote (and any compacted file to install) to the sync thread `syncer`. After a
+/// batch it gathers what comes for up to `linger` before the next (one wake-up for several
+/// commits rather than one each), unless [`WRITE_URGENT_AT`] bytes are in the backlog; a
+/// batch after an idle spell is written at once. A failed write is reported with `report`
+/// and stops the thread. It stops when the [`Writer`] is dropped.
 pub fn start_writer(
     mut writer: FileWriter,
     backlog: Backlog,
-    syncer: std::sync::mpsc::Sender<DiskWork>,
+    syncer: mailbox::Sender<DiskWork>,
+    linger: Duration,
     report: impl Fn(Result<DiskReport, String>) -> bool + Send + 'static,
 ) -> std::io::Result<Writer> {
-    let (sender, receiver) = std::sync::mpsc::channel::<Vec<FileOp>>();
+    let (sender, receiver) = mailbox::mailbox::<Vec<FileOp>>();
     let stopper = StopOnDrop(backlog.clone());
     std::thread::Builder::new()
         .name("replica-write".into())
@@ -914,12 +927,23 @@ pub fn start_writer(
                     stopper.0.release(weight);
                     true
                 } else {
-                    syncer.send(DiskWork::Sync { jobs, weight }).is_ok()
+                    syncer.send(DiskWork::Sync { jobs, weight }, false).is_ok()
                 }
             };
-            while let Ok(ops) = receiver.recv() {
-                let mut batches = vec![ops];
-                batches.extend(receiver.try_iter());
+            let mut linger_until = None;
+            loop {
+                let batches = match linger_until {
+                    None => receiver.recv_all(),
+                    Some(until) => receiver.linger_until(until),
+                };
+                let Some(batches) = batches else {
+                    return;
+                };
+                if batches.is_empty() {
+                    // Nothing came while it lingered: idle until the next batch.
+                    linger_until = None;
+                    continue;
+                }
                 for op in batches.into_iter().flatten() {
                     let weight = op.weight();
                     match writer.run(op) {
@@ -928,7 +952,9 @@ pub fn start_writer(
                             // What the old file holds needs no msync: the compacted file
                             // replaces it. What was written to other files goes first.
                             if !hand_over(&mut writer, &mut written)
-                                || syncer.send(DiskWork::Compact { job, weight }).is_err()
+                                || syncer
+                                    .send(DiskWork::Compact { job, weight }, false)
+                                    .is_err()
                             {
                                 return;
                             }
@@ -944,6 +970,7 @@ pub fn start_writer(
                 if !hand_over(&mut writer, &mut written) {
                     return;
                 }
+                linger_until = (!linger.is_zero()).then(|| std::time::Instant::now() + linger);
             }
         })?;
     Ok(Writer {
@@ -1390,10 +1417,13 @@ mod tests {
         assert_eq!(sent.len(), 3, "one job per batch of writes");
         for job in sent {
             syncer
-                .send(DiskWork::Sync {
-                    jobs: vec![job],
-                    weight: 0,
-                })
+                .send(
+                    DiskWork::Sync {
+                        jobs: vec![job],
+                        weight: 0,
+                    },
+                    false,
+                )
                 .expect("queued");
         }
         let wait = std::time::Duration::from_secs(10);
@@ -1414,18 +1444,24 @@ mod tests {
         snapshot.version = 2;
         store.apply(&id(), &PersistAction::Reset(snapshot));
         syncer
-            .send(DiskWork::Sync {
-                jobs: old,
-                weight: 0,
-            })
+            .send(
+                DiskWork::Sync {
+                    jobs: old,
+                    weight: 0,
+                },
+                false,
+            )
             .expect("queued");
         let report = synced(reports.recv_timeout(wait).expect("a report"));
         assert_eq!(store.store.synced(report), Vec::new());
         syncer
-            .send(DiskWork::Sync {
-                jobs: store.writer.take_sync_jobs(),
-                weight: 0,
-            })
+            .send(
+                DiskWork::Sync {
+                    jobs: store.writer.take_sync_jobs(),
+                    weight: 0,
+                },
+                false,
+            )
             .expect("queued");
         let report = synced(reports.recv_timeout(wait).expect("a report"));
         assert_eq!(store.store.synced(report), vec![(id(), 2)]);
@@ -1550,17 +1586,34 @@ mod tests {
         let mut store = opened.store;
         let backlog = Backlog::default();
         // The writer hands its msyncs to us first, then we pass them on to a sync thread.
-        let (to_us, handed) = std::sync::mpsc::channel();
-        let writer =
-            start_writer(opened.writer, backlog.clone(), to_us, |_| true).expect("writer thread");
+        let (to_us, handed) = mailbox::mailbox();
+        let writer = start_writer(
+            opened.writer,
+            backlog.clone(),
+            to_us,
+            Duration::ZERO,
+            |_| true,
+        )
+        .expect("writer thread");
         store.apply(&id(), op(1, &[7; 4096]));
         let ops = store.take_ops();
         let weight: usize = ops.iter().map(FileOp::weight).sum();
         writer.send(ops).expect("queued");
         let wait = Duration::from_secs(10);
-        let work = handed
-            .recv_timeout(wait)
-            .expect("the writer handed over an msync");
+        let deadline = std::time::Instant::now() + wait;
+        let mut handed_over = loop {
+            let taken = handed.try_recv_all();
+            if !taken.is_empty() {
+                break taken;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer handed over an msync"
+            );
+            std::thread::yield_now();
+        };
+        assert_eq!(handed_over.len(), 1, "one msync for one batch");
+        let work = handed_over.remove(0);
         assert_eq!(
             writer.queued_bytes(),
             weight,
@@ -1571,7 +1624,7 @@ mod tests {
             reports_tx.send(outcome).is_ok()
         })
         .expect("sync thread");
-        syncer.send(work).expect("queued");
+        syncer.send(work, false).expect("queued");
         let durable = store.synced(synced(reports.recv_timeout(wait).expect("a report")));
         assert_eq!(durable, vec![(id(), 1)]);
         assert_eq!(writer.queued_bytes(), 0, "released once synced");
@@ -1603,7 +1656,10 @@ mod tests {
             sync_reports.send(outcome).is_ok()
         })
         .expect("sync thread");
-        let writer = start_writer(opened.writer, backlog, syncer, move |outcome| {
+        // The writer lingers after each batch: the batches that come meanwhile are written
+        // together, in order.
+        let linger = Duration::from_millis(1);
+        let writer = start_writer(opened.writer, backlog, syncer, linger, move |outcome| {
             reports_tx.send(outcome).is_ok()
         })
         .expect("writer thread");
@@ -1638,7 +1694,8 @@ mod tests {
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let backlog = Backlog::default();
         let syncer = start_syncer(Duration::ZERO, backlog.clone(), |_| true).expect("sync thread");
-        let writer = start_writer(opened.writer, backlog, syncer, move |outcome| {
+        let linger = Duration::ZERO;
+        let writer = start_writer(opened.writer, backlog, syncer, linger, move |outcome| {
             reports_tx.send(outcome).is_ok()
         })
         .expect("writer thread");

@@ -403,24 +403,26 @@ pub async fn run(
     let (events_tx, mut events, mut data_events) = EventSender::new();
     let sync_events = events_tx.clone();
     let backlog = crate::replicas::Backlog::default();
-    let syncer = crate::replicas::start_syncer(
-        Duration::from_micros(config.cluster.replica_sync_interval_us),
-        backlog.clone(),
+    let sync_interval = Duration::from_micros(config.cluster.replica_sync_interval_us);
+    let syncer = crate::replicas::start_syncer(sync_interval, backlog.clone(), move |outcome| {
+        sync_events
+            .blocking_send(Event::ReplicaDisk(outcome))
+            .is_ok()
+    })
+    .context("start the replica sync thread")?;
+    let write_events = events_tx.clone();
+    let writer = crate::replicas::start_writer(
+        opened_replicas.writer,
+        backlog,
+        syncer,
+        crate::replicas::writer_linger(sync_interval),
         move |outcome| {
-            sync_events
+            write_events
                 .blocking_send(Event::ReplicaDisk(outcome))
                 .is_ok()
         },
     )
-    .context("start the replica sync thread")?;
-    let write_events = events_tx.clone();
-    let writer =
-        crate::replicas::start_writer(opened_replicas.writer, backlog, syncer, move |outcome| {
-            write_events
-                .blocking_send(Event::ReplicaDisk(outcome))
-                .is_ok()
-        })
-        .context("start the replica writer thread")?;
+    .context("start the replica writer thread")?;
     let raft_sync_events = events_tx.clone();
     let raft_syncer = start_raft_syncer(move |outcome| {
         raft_sync_events
