@@ -156,11 +156,21 @@ pub struct ReplicaSnapshot {
     pub history: EpochHistory,
 }
 
+/// A section as a replica holds it: with its hash, so that overwriting or deleting it takes
+/// its old hash out of the digest without hashing its value again (the hash was most of the
+/// cost of applying a small write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    section: Section,
+    /// `section_hash(key, &section.value)`.
+    hash: u128,
+}
+
 /// One shard's replica.
 #[derive(Debug, Clone, Default)]
 pub struct ShardReplica {
     /// Sections by key.
-    sections: BTreeMap<Vec<u8>, Section>,
+    sections: BTreeMap<Vec<u8>, Held>,
     /// Stream messages not yet consumed, by seq.
     pending: BTreeMap<u64, StreamMessage>,
     /// Every message at or below this seq is consumed.
@@ -237,7 +247,7 @@ impl ShardReplica {
 
     /// One section.
     pub fn get(&self, key: &[u8]) -> Option<&Section> {
-        self.sections.get(key)
+        self.sections.get(key).map(|held| &held.section)
     }
 
     /// Sections in key order, from `start` (inclusive) on.
@@ -247,11 +257,12 @@ impl ShardReplica {
     ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Section)> + 'a {
         self.sections
             .range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .map(|(key, held)| (key, &held.section))
     }
 
     /// Every section in key order.
     pub fn sections(&self) -> impl Iterator<Item = (&Vec<u8>, &Section)> + '_ {
-        self.sections.iter()
+        self.sections.iter().map(|(key, held)| (key, &held.section))
     }
 
     /// Messages not yet consumed, in order.
@@ -284,8 +295,9 @@ impl ShardReplica {
     /// checks the incremental one).
     pub fn compute_digest(&self) -> Digest {
         let mut digest = Digest::default();
-        for (key, section) in &self.sections {
-            digest.add(section_hash(key, &section.value));
+        // Hashed again, not the held hashes: this checks them too.
+        for (key, held) in &self.sections {
+            digest.add(section_hash(key, &held.section.value));
         }
         for (seq, message) in &self.pending {
             digest.add(message_hash(*seq, &message.origin, &message.payload));
@@ -297,7 +309,7 @@ impl ShardReplica {
     /// Keys in state-transfer order: explicit priority first (highest first), then sections
     /// written most often, then key order.
     pub fn transfer_order(&self) -> Vec<Vec<u8>> {
-        let mut keys: Vec<(&Vec<u8>, &Section)> = self.sections.iter().collect();
+        let mut keys: Vec<(&Vec<u8>, &Section)> = self.sections().collect();
         keys.sort_by(|(key_a, a), (key_b, b)| {
             b.priority
                 .cmp(&a.priority)
@@ -372,32 +384,38 @@ impl ShardReplica {
     fn write(&mut self, seq: u64, write: &super::Write) {
         match &write.value {
             Some(value) => {
+                let hash = section_hash(&write.key, value);
                 // One search for an update (the common case), no copy of its key.
-                if let Some(section) = self.sections.get_mut(&write.key) {
-                    self.digest.remove(section_hash(&write.key, &section.value));
+                if let Some(held) = self.sections.get_mut(&write.key) {
+                    self.digest.remove(held.hash);
+                    let section = &mut held.section;
                     self.section_bytes -= (write.key.len() + section.value.len()) as u64;
                     section.value = own_value(value);
                     section.version = seq;
                     section.priority = write.priority.or(section.priority);
                     section.changes += 1;
+                    held.hash = hash;
                 } else {
                     self.sections.insert(
                         write.key.clone(),
-                        Section {
-                            value: own_value(value),
-                            version: seq,
-                            priority: write.priority,
-                            changes: 1,
+                        Held {
+                            section: Section {
+                                value: own_value(value),
+                                version: seq,
+                                priority: write.priority,
+                                changes: 1,
+                            },
+                            hash,
                         },
                     );
                 }
-                self.digest.add(section_hash(&write.key, value));
+                self.digest.add(hash);
                 self.section_bytes += (write.key.len() + value.len()) as u64;
             }
             None => {
                 if let Some(old) = self.sections.remove(&write.key) {
-                    self.digest.remove(section_hash(&write.key, &old.value));
-                    self.section_bytes -= (write.key.len() + old.value.len()) as u64;
+                    self.digest.remove(old.hash);
+                    self.section_bytes -= (write.key.len() + old.section.value.len()) as u64;
                 }
             }
         }
@@ -464,19 +482,20 @@ impl ShardReplica {
         if let Some(old) = self.sections.get(&key) {
             // A newer live write stays; an equal version takes the copy's counters (a live
             // write that reached a section before its copy did counted from zero).
-            if old.version > section.version {
+            if old.section.version > section.version {
                 return Ok(());
             }
-            self.digest.remove(section_hash(&key, &old.value));
-            self.section_bytes -= (key.len() + old.value.len()) as u64;
+            self.digest.remove(old.hash);
+            self.section_bytes -= (key.len() + old.section.value.len()) as u64;
         }
-        self.digest.add(section_hash(&key, &section.value));
+        let hash = section_hash(&key, &section.value);
+        self.digest.add(hash);
         self.section_bytes += (key.len() + section.value.len()) as u64;
         let section = Section {
             value: own_value(&section.value),
             ..section
         };
-        self.sections.insert(key, section);
+        self.sections.insert(key, Held { section, hash });
         Ok(())
     }
 
