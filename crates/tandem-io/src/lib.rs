@@ -98,39 +98,69 @@ impl<S: AsRawFd> AsyncRead for ReadHalf<S> {
     }
 }
 
-impl<S: AsRawFd> AsyncWrite for WriteHalf<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
+impl<S: AsRawFd> WriteHalf<S> {
+    /// One `send` (of `bufs[0]`) or `sendmsg` (of every buffer), waiting for room while the
+    /// socket's send buffer is full.
+    fn poll_send(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let fd = this.fd.get_ref().as_raw_fd();
+        let fd = self.fd.get_ref().as_raw_fd();
+        let send = |fd: RawFd| match bufs {
+            [one] => send(fd, one),
+            _ => send_vectored(fd, bufs),
+        };
         loop {
-            let Some(writable) = &this.writable else {
-                match send(fd, buf) {
+            let Some(writable) = &self.writable else {
+                match send(fd) {
                     Ok(sent) => return Poll::Ready(Ok(sent)),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         // The send buffer is full: wait for room, on a registration of our own
                         // (epoll reports a descriptor that is already writable at once).
                         let duplicate = duplicate(fd)?;
-                        this.writable = Some(register(duplicate, Interest::WRITABLE)?);
+                        self.writable = Some(register(duplicate, Interest::WRITABLE)?);
                         continue;
                     }
                     Err(error) => return Poll::Ready(Err(error)),
                 }
             };
             let mut guard = ready!(writable.poll_write_ready(cx))?;
-            match guard.try_io(|_| send(fd, buf)) {
+            match guard.try_io(|_| send(fd)) {
                 Ok(result) => {
                     drop(guard);
                     // Room again: back to no writable registration.
-                    this.writable = None;
+                    self.writable = None;
                     return Poll::Ready(result);
                 }
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+impl<S: AsRawFd> AsyncWrite for WriteHalf<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_send(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match bufs {
+            [] => Poll::Ready(Ok(0)),
+            _ => self.get_mut().poll_send(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -207,6 +237,54 @@ fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
         // error, never SIGPIPE.
         let sent =
             unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Writes every buffer of `parts`, in order, gathering them into as few `sendmsg` calls as
+/// the socket takes (no buffer is copied into another first).
+pub async fn write_all_parts<W, B>(write: &mut W, parts: &[B]) -> io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    B: AsRef<[u8]>,
+{
+    use tokio::io::AsyncWriteExt;
+    let mut slices: Vec<io::IoSlice<'_>> = parts
+        .iter()
+        .map(|part| io::IoSlice::new(part.as_ref()))
+        .filter(|slice| !slice.is_empty())
+        .collect();
+    let mut left: &mut [io::IoSlice<'_>] = &mut slices;
+    while !left.is_empty() {
+        let sent = write.write_vectored(left).await?;
+        if sent == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut left, sent);
+    }
+    Ok(())
+}
+
+/// Most buffers one `sendmsg` takes (the kernel's `UIO_MAXIOV`); the rest go in the next.
+const IOV_MAX: usize = 1024;
+
+fn send_vectored(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let bufs = &bufs[..bufs.len().min(IOV_MAX)];
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec; sendmsg only reads through it.
+    header.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    header.msg_iovlen = bufs.len() as _;
+    loop {
+        // SAFETY: `header` points at `bufs`, valid for reads for the call. MSG_NOSIGNAL as
+        // in `send`.
+        let sent = unsafe { libc::sendmsg(fd, &header, libc::MSG_NOSIGNAL) };
         if sent >= 0 {
             return Ok(sent as usize);
         }

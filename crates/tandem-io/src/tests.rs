@@ -89,3 +89,31 @@ async fn dropping_the_writing_half_ends_the_stream_for_the_peer() {
     let mut buf = [0u8; 4];
     assert_eq!(b_read.read(&mut buf).await.expect("read"), 0);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn parts_written_together_arrive_whole_and_in_order() {
+    let (a, b) = pair();
+    let (_a_read, mut a_write) = a.into_split();
+    let (mut b_read, _b_write) = b.into_split();
+    // More parts than one sendmsg takes, of varied sizes (some empty), far more bytes than
+    // the socket buffers: partial sends must resume at the right byte.
+    let parts: Vec<Vec<u8>> = (0..3000u32)
+        .map(|index| {
+            let len = (index as usize * 7919) % 9000;
+            (0..len).map(|byte| (byte as u32 ^ index) as u8).collect()
+        })
+        .collect();
+    let expected: Vec<u8> = parts.concat();
+    let writer = tokio::spawn(async move {
+        write_all_parts(&mut a_write, &parts).await.expect("write");
+        a_write.shutdown().await.expect("shutdown");
+    });
+    let mut received = Vec::new();
+    b_read
+        .read_to_end(&mut received)
+        .await
+        .expect("read to the end");
+    writer.await.expect("writer task");
+    assert_eq!(received.len(), expected.len());
+    assert!(received == expected, "bytes differ");
+}

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tandem_io::QuietStream;
-use tandem_proto::frame::{message_frame, FrameDecoder};
+use tandem_proto::frame::{message_frame, message_frame_parts, FrameDecoder, FrameParts};
 use tandem_proto::peer::envelope::Body;
 use tandem_proto::peer::Envelope;
+use tandem_proto::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -30,10 +31,29 @@ const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(5);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(200);
 /// How long a connect may take on loopback before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// A frame this long is written from its own buffer rather than copied into the coalescing
-/// one (a transfer chunk or a batch of large values: the copy would cost more than the
-/// extra write).
+/// A message this long is encoded as gathered parts (its large values shared, not copied
+/// into the frame) and written with one `sendmsg` of them rather than copied into the
+/// coalescing buffer (a transfer chunk or a batch of large values: the copies would cost more
+/// than the extra write).
 const DIRECT_WRITE_MIN: usize = 64 * 1024;
+
+/// One frame queued for a peer.
+#[derive(Debug)]
+enum Frame {
+    /// A small frame, coalesced with the others queued.
+    Whole(Bytes),
+    /// A large frame as parts (see [`tandem_proto::frame::message_frame_parts`]).
+    Parts(FrameParts),
+}
+
+impl Frame {
+    fn len(&self) -> usize {
+        match self {
+            Self::Whole(bytes) => bytes.len(),
+            Self::Parts(parts) => parts.len(),
+        }
+    }
+}
 
 /// Counters of the transport, for status and logs.
 #[derive(Debug, Default)]
@@ -48,7 +68,7 @@ pub struct TransportStats {
 #[derive(Debug, Clone)]
 pub struct PeerSender {
     /// Queue of encoded frames per peer id.
-    queues: BTreeMap<u64, mpsc::Sender<Bytes>>,
+    queues: BTreeMap<u64, mpsc::Sender<Frame>>,
     /// Shared counters.
     stats: Arc<TransportStats>,
 }
@@ -71,7 +91,11 @@ impl PeerSender {
             tracing::warn!(to = envelope.to, "message for an unknown node dropped");
             return false;
         };
-        let frame = message_frame(envelope).freeze();
+        let frame = if envelope.encoded_len() >= DIRECT_WRITE_MIN {
+            Frame::Parts(message_frame_parts(envelope))
+        } else {
+            Frame::Whole(message_frame(envelope).freeze())
+        };
         if queue.try_send(frame).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -83,7 +107,7 @@ impl PeerSender {
 async fn outbound(
     id: u64,
     addr: SocketAddr,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<Frame>,
     stats: Arc<TransportStats>,
 ) {
     let mut delay = RECONNECT_DELAY_MIN;
@@ -151,14 +175,15 @@ async fn outbound(
             let written: std::io::Result<()> = async {
                 while let Some(frame) = next.take() {
                     taken += frame.len();
-                    if frame.len() >= DIRECT_WRITE_MIN {
-                        if !batch.is_empty() {
-                            write.write_all(&batch).await?;
-                            batch.clear();
+                    match frame {
+                        Frame::Parts(parts) => {
+                            if !batch.is_empty() {
+                                write.write_all(&batch).await?;
+                                batch.clear();
+                            }
+                            tandem_io::write_all_parts(&mut write, parts.parts()).await?;
                         }
-                        write.write_all(&frame).await?;
-                    } else {
-                        batch.extend_from_slice(&frame);
+                        Frame::Whole(frame) => batch.extend_from_slice(&frame),
                     }
                     if taken < tandem_proto::frame::COALESCE_BYTES_MAX {
                         next = queue.try_recv().ok();
