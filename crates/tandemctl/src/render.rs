@@ -114,6 +114,31 @@ pub fn status_table(status: &Status) -> String {
     if !status.replicas.is_empty() {
         out.push('\n');
         out.push_str(&replicas_table(&status.replicas));
+        out.push_str(&replica_versions_note(&status.replicas));
+    }
+    out
+}
+
+/// A line for each shard whose replicas' rows show different versions: each node answered
+/// at its own moment, so under writes the rows (and digests) are not of one version; `checkpoint
+/// verify` is what compares them at one.
+fn replica_versions_note(replicas: &[ReplicaInfo]) -> String {
+    let mut versions: std::collections::BTreeMap<&str, std::collections::BTreeSet<u64>> =
+        Default::default();
+    for replica in replicas {
+        versions
+            .entry(&replica.shard)
+            .or_default()
+            .insert(replica.version);
+    }
+    let mut out = String::new();
+    for (shard, versions) in versions {
+        if versions.len() > 1 {
+            out.push_str(&format!(
+                "({shard}: rows at different versions, each as its node answered a moment apart; \
+                 `tandemctl checkpoint verify {shard}` compares digests at one version)\n"
+            ));
+        }
     }
     out
 }
@@ -941,6 +966,29 @@ REPLICA OF  UNIT       NODE  ROLE     VERSION  CONSUMED  PENDING  SECTIONS  BYTE
 counter-0   counter-a  n1    primary  120      7         1        1000      4.0 MiB  0011223344556677
 ";
         assert!(text.ends_with(expected_tail), "{text}");
+    }
+
+    #[test]
+    fn replicas_at_different_versions_are_said_to_be_so() {
+        let replica = |unit: &str, version: u64| ReplicaInfo {
+            shard: "counter-0".into(),
+            unit: unit.into(),
+            version,
+            ..ReplicaInfo::default()
+        };
+        assert_eq!(
+            replica_versions_note(&[replica("counter-a", 7), replica("counter-b", 7)]),
+            ""
+        );
+        let note = replica_versions_note(&[replica("counter-a", 7), replica("counter-b", 8)]);
+        assert!(
+            note.starts_with("(counter-0: rows at different versions"),
+            "{note}"
+        );
+        assert!(
+            note.contains("tandemctl checkpoint verify counter-0"),
+            "{note}"
+        );
     }
 
     #[test]
