@@ -395,27 +395,36 @@ fn main() -> anyhow::Result<()> {
         stream_switchover: None,
         soak: None,
     };
-    if wants("data-checkpoint") {
-        eprintln!(
-            "checkpoint: commits with an in-sync STANDBY, {} each",
-            args.commits
-        );
-        (data_report.checkpoint, data_report.queued) =
-            data::checkpoint(args.commits, data::Rows::All)?;
+    let rows = if wants("data-checkpoint") {
+        Some((
+            data::Rows::All,
+            format!(
+                "checkpoint: commits with an in-sync STANDBY, {} each",
+                args.commits
+            ),
+        ))
     } else if wants("data-queued") {
-        eprintln!(
-            "queued: {} queued commits of 128 B with an in-sync STANDBY",
-            args.commits * 10
-        );
-        (data_report.checkpoint, data_report.queued) =
-            data::checkpoint(args.commits, data::Rows::Queued)?;
+        Some((
+            data::Rows::Queued,
+            format!(
+                "queued: {} queued commits of 128 B with an in-sync STANDBY",
+                args.commits * 10
+            ),
+        ))
     } else if wants("data-small") {
-        eprintln!(
-            "small: sync and async commits of one 128 B write with an in-sync STANDBY, {} each",
-            args.commits
-        );
-        (data_report.checkpoint, data_report.queued) =
-            data::checkpoint(args.commits, data::Rows::Small)?;
+        Some((
+            data::Rows::Small,
+            format!(
+                "small: sync and async commits of one 128 B write with an in-sync STANDBY, {} each",
+                args.commits
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((rows, what)) = rows {
+        eprintln!("{what}");
+        (data_report.checkpoint, data_report.queued) = data::checkpoint(args.commits, rows)?;
     }
     if wants("data-transfer") {
         eprintln!(

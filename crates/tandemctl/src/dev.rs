@@ -532,20 +532,12 @@ fn probe(config: &Config) -> Progress {
         // The service is up when each of its shards has an ACTIVE unit that confirmed it
         // and, where its model keeps one, a STANDBY that confirmed its role and is in sync:
         // the first switchover an operator tries after `dev up` then has a target.
-        let confirmed = |shard: &ShardStatus, role: &str| {
-            shard
-                .roles
-                .iter()
-                .filter(|status| status.role == role && status.confirmed)
-                .map(|status| status.unit.clone())
-                .collect::<Vec<_>>()
-        };
         let mut unprotected = Vec::new();
         progress.unassigned.retain(|name| {
             let Some(shard) = view.shards.iter().find(|shard| &shard.name == name) else {
                 return true;
             };
-            if confirmed(shard, "ACTIVE").is_empty() {
+            if confirmed(shard, "ACTIVE").next().is_none() {
                 return true;
             }
             let keeps_standby = config
@@ -554,9 +546,8 @@ fn probe(config: &Config) -> Progress {
                 .iter()
                 .find(|service| service.shards.iter().any(|shard| &shard.0 == name))
                 .is_some_and(|service| service.model.has_standby() && service.units.len() > 1);
-            let protected = confirmed(shard, "STANDBY")
-                .iter()
-                .any(|unit| shard.in_sync.contains(unit));
+            let protected =
+                confirmed(shard, "STANDBY").any(|unit| shard.in_sync.iter().any(|u| u == unit));
             if keeps_standby && !protected {
                 unprotected.push(name.clone());
             }
@@ -565,6 +556,15 @@ fn probe(config: &Config) -> Progress {
         progress.unprotected = unprotected;
     }
     progress
+}
+
+/// The units that confirmed `role` for `shard`.
+fn confirmed<'a>(shard: &'a ShardStatus, role: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    shard
+        .roles
+        .iter()
+        .filter(move |status| status.role == role && status.confirmed)
+        .map(|status| status.unit.as_str())
 }
 
 /// `tandemctl dev up`.
