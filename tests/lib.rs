@@ -16,6 +16,12 @@ use tandem_proto::admin::{
 };
 use tandemd::admin_client::{self, AdminClientError};
 
+/// How many queued (write-behind) commits of 128 B the checkpoint benchmark's unit makes per
+/// `TANDEM_TEST_BENCH` count: enough for a sustained rate (about a second at a million a
+/// second with the default count of 2000), not the ramp-up of a fresh cluster's first
+/// milliseconds, which a burst of a few thousand would mostly measure.
+pub const QUEUED_SMALL_PER_COUNT: usize = 500;
+
 /// How long one admin call may take in tests.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Deadline for conditions that depend on elections, restarts and catch-up. Generous: it

@@ -67,6 +67,8 @@ pub struct Queued {
     pub call_p50_us: f64,
     /// The same, 99th percentile (a call waits when the queue is full).
     pub call_p99_us: f64,
+    /// The longest call, µs (the longest the queue was full).
+    pub call_max_us: f64,
     /// Writes per second, from the first call until the final flush returned (the STANDBY
     /// had every write).
     pub writes_per_s: f64,
@@ -84,7 +86,7 @@ pub type Measured = (Vec<Commits>, Vec<Queued>);
 pub enum Rows {
     /// Every row.
     All,
-    /// Only the queued commits of 128 B (ten times `count`).
+    /// Only the queued commits of 128 B (`QUEUED_SMALL_PER_COUNT` times `count`).
     Queued,
     /// Only the sync and async commits of one 128 B write.
     Small,

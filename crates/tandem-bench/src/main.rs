@@ -3,6 +3,8 @@
 //! Real `tandemd` processes on loopback, real unit processes (the test unit, which records its
 //! hooks with CLOCK_MONOTONIC timestamps). Each scenario runs its trials and reports min /
 //! median / p99 / max as a table and JSON. The figures are informative, never a pass/fail bar.
+//! The report begins with what the host is (CPUs, kernel, how idle CPUs wait: see `host`),
+//! because microsecond figures in a VM depend on it as much as on tandem.
 //!
 //! Scenarios:
 //! - `leader-failover`: `kill -9` of the Raft leader until a new leader commits a no-op.
@@ -20,8 +22,9 @@
 //!   unit process) with an in-sync STANDBY on another daemon: sequential latency p50/p99 and
 //!   throughput with 32 and 256 commits in flight; then commits of 16 writes of 128 B each
 //!   (a quarter as many), whose writes per second is the 256-deep rate times 16. Then queued
-//!   (write-behind) commits of one write, 128 B (ten times as many) and 64 KiB (a quarter):
-//!   writes per second from the first `commit_queued` until the final flush returned.
+//!   (write-behind) commits of one write, 128 B (500 times as many, for a sustained rate) and
+//!   64 KiB (a quarter): writes per second from the first `commit_queued` until the final
+//!   flush returned.
 //! - `data-queued` (when `data-checkpoint` is not run): only those queued commits of 128 B.
 //! - `data-small` (when neither of those runs): only the sync and async commits of one 128 B
 //!   write (latency and throughput), for profiling the per-commit path.
@@ -37,6 +40,7 @@
 use std::time::{Duration, Instant};
 
 mod data;
+mod host;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
@@ -329,6 +333,8 @@ fn main() -> anyhow::Result<()> {
         bail!("--trials must be at least 1");
     }
     let wants = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
+    let host = host::Host::read();
+    eprintln!("{}", host.line());
     let scenarios: [Scenario; 6] = [
         (
             "leader-failover",
@@ -372,6 +378,10 @@ fn main() -> anyhow::Result<()> {
         );
         summaries.push(summarize(name, description, run(args.trials)?));
     }
+    println!("{}", host.line());
+    if let Some(caveat) = host.caveat() {
+        println!("{caveat}");
+    }
     println!(
         "{:<28} {:<70} {:>6} {:>8} {:>9} {:>8} {:>8}",
         "scenario", "measures", "trials", "min ms", "median ms", "p99 ms", "max ms"
@@ -408,7 +418,7 @@ fn main() -> anyhow::Result<()> {
             data::Rows::Queued,
             format!(
                 "queued: {} queued commits of 128 B with an in-sync STANDBY",
-                args.commits * 10
+                args.commits * tandem_e2e::QUEUED_SMALL_PER_COUNT
             ),
         ))
     } else if wants("data-small") {
@@ -481,24 +491,26 @@ fn main() -> anyhow::Result<()> {
     }
     if !data_report.queued.is_empty() {
         println!(
-            "\n{:<8} {:>8} {:>8} {:>12} {:>12} {:>12} {:>10} {:>10}",
+            "\n{:<8} {:>8} {:>8} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
             "queued",
             "value",
             "count",
             "call p50 us",
             "call p99 us",
+            "call max us",
             "writes/s",
             "MiB/s",
             "flush ms"
         );
         for queued in &data_report.queued {
             println!(
-                "{:<8} {:>8} {:>8} {:>12.2} {:>12.2} {:>12.0} {:>10.1} {:>10.1}",
+                "{:<8} {:>8} {:>8} {:>12.2} {:>12.2} {:>12.0} {:>12.0} {:>10.1} {:>10.1}",
                 "queued",
                 queued.size,
                 queued.count,
                 queued.call_p50_us,
                 queued.call_p99_us,
+                queued.call_max_us,
                 queued.writes_per_s,
                 queued.mib_per_s,
                 queued.flush_ms
@@ -535,6 +547,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let json = serde_json::to_string_pretty(&serde_json::json!({
+        "host": host,
         "failover": summaries,
         "data": data_report,
     }))?;
