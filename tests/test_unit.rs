@@ -467,8 +467,7 @@ impl Unit for Recorder {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
     // The SDK's warnings (a fence and why, refused queued commits) go to the unit's log.
     tracing_subscriber::fmt().with_ansi(false).init();
     let Some(path) = std::env::var_os("TANDEM_TEST_RECORD") else {
@@ -504,7 +503,9 @@ async fn main() {
         bench,
         benched: false,
     };
-    if let Err(error) = tandem::run(recorder).await {
+    // The SDK's runtime: one thread, with the node's idle polling (`cluster.idle_poll_us`).
+    let result = tandem::runtime().and_then(|runtime| runtime.block_on(tandem::run(recorder)));
+    if let Err(error) = result {
         eprintln!("tandem-test-unit: {error}");
         std::process::exit(1);
     }

@@ -153,6 +153,44 @@ fn acknowledged_writes_survive_switchover_unit_kill_and_daemon_kill() {
 }
 
 #[test]
+fn with_idle_polling_daemons_and_units_poll_and_writes_survive_a_switchover() {
+    // The event loops poll before they sleep: timers (Raft ticks, heartbeats, leases) and
+    // every socket must still be served, and the units get the window from their daemon.
+    let cluster = TestCluster::start_with_cluster(3, "idle_poll_us = 200\n", &data_service(0));
+    let (first, _) = cluster.wait_in_sync(SHARD);
+    wait_acked(&cluster, 50);
+    for index in 0..3 {
+        assert!(
+            cluster.log(index).contains("idle polling on"),
+            "n{}: {}",
+            index + 1,
+            cluster.log(index)
+        );
+    }
+    let pid = unit(&cluster.wait_leader_status(), &first).unwrap().pid;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the unit's environment");
+    assert!(
+        environ
+            .split(|byte| *byte == 0)
+            .any(|entry| entry == b"TANDEM_IDLE_POLL_US=200"),
+        "the unit got the node's window"
+    );
+    let epoch = shard(&cluster.wait_leader_status(), SHARD).unwrap().epoch;
+    cluster
+        .operation(
+            0,
+            admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+        )
+        .expect("switchover");
+    let (second, _) = cluster.wait_in_sync(SHARD);
+    assert_ne!(first, second);
+    let (_, held) = wait_resume(&cluster, &second, epoch);
+    assert!(held > 0, "the new ACTIVE found the writes: n = {held}");
+    wait_acked(&cluster, 50);
+    assert!(assert_no_acknowledged_write_lost(&cluster.records()) >= 1);
+}
+
+#[test]
 fn a_standby_rebuilt_from_scratch_by_state_transfer_under_writes_reaches_digest_equality() {
     // 24000 sections of 1 KiB: more than the primary keeps of recent ops (16 MiB), so the
     // empty STANDBY gets a full state transfer of ~24 MiB (not a delta) while writes go on.

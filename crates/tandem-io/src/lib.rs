@@ -17,6 +17,8 @@
 
 #![deny(missing_docs)]
 
+pub mod idle_poll;
+
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -130,6 +130,9 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// [`runtime`] could not build the tokio runtime.
+    #[error("cannot start the tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// A hook's failure. tandem counts it as a fault of the unit.
@@ -472,6 +475,43 @@ async fn read_message(
         {
             return Ok(None);
         }
+    }
+}
+
+/// Builds the tokio runtime to run a unit on (`tandem::runtime()?.block_on(tandem::run(..))`):
+/// one thread, so that the SDK's socket task, its lease timer and your hooks hand work to each
+/// other without waking another thread, and the node's idle polling.
+///
+/// Idle polling is the daemon's `cluster.idle_poll_us`, which `tandemd` passes to its units as
+/// `TANDEM_IDLE_POLL_US` (a service's `env` may set its own; absent means off): before the
+/// thread sleeps, it polls for that long for anything to do, so that an answer from `tandemd`
+/// (a sync commit's acknowledgement, say) finds it running. On a virtual machine that halts
+/// idle vCPUs without polling, that saves a wake-up through the hypervisor per answer (tens
+/// of µs); it costs CPU time for up to the window after each burst of work. See
+/// `tandem_io::idle_poll`.
+///
+/// A multi-threaded runtime (`#[tokio::main]`) works too; it does not poll.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    let window_us = idle_poll_us(std::env::var(IDLE_POLL_VARIABLE).ok())?;
+    let (runtime, polling) =
+        tandem_io::idle_poll::runtime(Duration::from_micros(window_us)).map_err(Error::Runtime)?;
+    if let tandem_io::idle_poll::Polling::Unavailable(reason) = polling {
+        tracing::warn!("idle polling off, though {IDLE_POLL_VARIABLE}={window_us}: {reason}");
+    }
+    Ok(runtime)
+}
+
+const IDLE_POLL_VARIABLE: &str = "TANDEM_IDLE_POLL_US";
+
+/// The idle polling window, µs, from `TANDEM_IDLE_POLL_US`'s value (absent: 0).
+fn idle_poll_us(value: Option<String>) -> Result<u64, Error> {
+    let Some(text) = value else { return Ok(0) };
+    match text.parse::<u64>() {
+        Ok(us) if us <= tandem_io::idle_poll::IDLE_POLL_US_MAX => Ok(us),
+        _ => Err(Error::BadEnvironment {
+            variable: IDLE_POLL_VARIABLE,
+            value: text,
+        }),
     }
 }
 
@@ -994,4 +1034,24 @@ async fn handle_request<U: Unit>(
         })),
     };
     (reply, activated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_poll_window_comes_from_the_environment_within_bounds() {
+        assert_eq!(idle_poll_us(None).unwrap(), 0);
+        assert_eq!(idle_poll_us(Some("200".into())).unwrap(), 200);
+        assert_eq!(idle_poll_us(Some("10000".into())).unwrap(), 10_000);
+        for bad in ["10001", "-1", "fast", ""] {
+            let error = idle_poll_us(Some(bad.into())).unwrap_err();
+            assert!(
+                error.to_string().contains("TANDEM_IDLE_POLL_US")
+                    && error.to_string().contains(bad),
+                "{error}"
+            );
+        }
+    }
 }

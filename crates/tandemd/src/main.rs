@@ -50,10 +50,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     // on one thread those hand-overs wake no other thread (a sync commit's round trip went
     // from 190 to 145 µs at the median with it). The disk's blocking work has threads of its
     // own (see `replicas` and the Raft log sync thread).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the tokio runtime")?;
+    let window = std::time::Duration::from_micros(config.cluster.idle_poll_us);
+    let (runtime, polling) =
+        tandem_io::idle_poll::runtime(window).context("start the tokio runtime")?;
+    match polling {
+        tandem_io::idle_poll::Polling::Off => {}
+        tandem_io::idle_poll::Polling::On => tracing::info!(
+            window_us = config.cluster.idle_poll_us,
+            "idle polling on: the event loop polls this long for work before it sleeps"
+        ),
+        tandem_io::idle_poll::Polling::Unavailable(reason) => {
+            tracing::warn!("idle polling off, though configured: {reason}")
+        }
+    }
     runtime.block_on(tandemd::runtime::run(config, &args.node, shutdown_signal()))
 }
 

@@ -49,6 +49,9 @@ pub mod env {
     pub const REINITIALISE: &str = "TANDEM_REINITIALISE";
     /// For terminate and cleanup commands: the unit's pid.
     pub const PID: &str = "TANDEM_PID";
+    /// The node's `cluster.idle_poll_us`, for the SDK's `tandem::runtime` (a service's own
+    /// `env` may override it).
+    pub const IDLE_POLL_US: &str = "TANDEM_IDLE_POLL_US";
 }
 
 /// What the supervisor knows of one running unit process.
@@ -141,6 +144,8 @@ pub struct Supervisor {
     node: String,
     /// The SDK socket path, for the environment.
     socket: PathBuf,
+    /// `cluster.idle_poll_us`, for the environment.
+    idle_poll_us: u64,
     /// Running processes by (unit, generation).
     children: BTreeMap<(UnitName, u64), Child>,
     /// Where exits are reported.
@@ -180,6 +185,7 @@ impl Supervisor {
         config_dir: PathBuf,
         node: String,
         socket: PathBuf,
+        idle_poll_us: u64,
         events: EventSender,
     ) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
@@ -188,6 +194,7 @@ impl Supervisor {
             config_dir,
             node,
             socket,
+            idle_poll_us,
             children: BTreeMap::new(),
             events,
         })
@@ -258,6 +265,7 @@ impl Supervisor {
         let mut command = std::process::Command::new(resolve(&self.config_dir, program));
         command
             .args(&spec.argv[1..])
+            .env(env::IDLE_POLL_US, self.idle_poll_us.to_string())
             .envs(&spec.env)
             .env(env::SOCKET, &self.socket)
             .env(env::UNIT, unit.as_str())

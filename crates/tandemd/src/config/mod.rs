@@ -58,6 +58,8 @@ pub const DEFAULT_LEASE_MS: u64 = 200;
 pub const DEFAULT_REPLICA_SYNC_INTERVAL_US: u64 = 2000;
 /// Longest accepted `replica_sync_interval_us` (1 s).
 pub const REPLICA_SYNC_INTERVAL_US_MAX: u64 = 1_000_000;
+/// Default idle polling window: off (see [`tandem_io::idle_poll`]).
+pub const DEFAULT_IDLE_POLL_US: u64 = 0;
 /// Smallest accepted `frame_len_max` (64 KiB): below it a snapshot chunk or status reply may
 /// not fit.
 pub const FRAME_LEN_MAX_MIN: usize = 64 * 1024;
@@ -115,6 +117,10 @@ pub struct ClusterConfig {
     /// Shortest time between two msync rounds of the replica files (a group commit); 0 syncs
     /// each batch of writes at once. At most [`REPLICA_SYNC_INTERVAL_US_MAX`].
     pub replica_sync_interval_us: u64,
+    /// How long the event loop's thread polls for work before it sleeps (see
+    /// [`tandem_io::idle_poll`]); 0 turns idle polling off. At most
+    /// [`tandem_io::idle_poll::IDLE_POLL_US_MAX`].
+    pub idle_poll_us: u64,
     /// Optional command an agent runs for an L3 node restart (e.g. a VM reboot).
     pub node_restart: Option<Vec<String>>,
 }
@@ -227,6 +233,7 @@ struct RawCluster {
     voters: Option<Spanned<usize>>,
     lease_ms: Option<Spanned<u64>>,
     replica_sync_interval_us: Option<Spanned<u64>>,
+    idle_poll_us: Option<Spanned<u64>>,
     node_restart: Option<Vec<String>>,
 }
 
@@ -264,6 +271,7 @@ struct OutCluster<'a> {
     voters: usize,
     lease_ms: u64,
     replica_sync_interval_us: u64,
+    idle_poll_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     node_restart: Option<&'a Vec<String>>,
 }
@@ -504,6 +512,22 @@ impl Config {
                 format!(
                     "{replica_sync_interval_us} is too long (at most \
                      {REPLICA_SYNC_INTERVAL_US_MAX}): writes would wait that long for the disk"
+                ),
+            ));
+        }
+        let (idle_poll_us, idle_poll_span) = Checker::value_or(
+            &raw_cluster.idle_poll_us,
+            DEFAULT_IDLE_POLL_US,
+            &cluster_span,
+        );
+        if idle_poll_us > tandem_io::idle_poll::IDLE_POLL_US_MAX {
+            return Err(checker.invalid(
+                Some(idle_poll_span),
+                "cluster.idle_poll_us".into(),
+                format!(
+                    "{idle_poll_us} is too long (at most {}): the event loop would keep its \
+                     CPU busy nearly all the time and its timers late",
+                    tandem_io::idle_poll::IDLE_POLL_US_MAX
                 ),
             ));
         }
@@ -751,6 +775,7 @@ impl Config {
                 voters,
                 lease_ms,
                 replica_sync_interval_us,
+                idle_poll_us,
                 node_restart,
             },
             nodes,
@@ -812,6 +837,7 @@ impl Config {
                 voters: self.cluster.voters,
                 lease_ms: self.cluster.lease_ms,
                 replica_sync_interval_us: self.cluster.replica_sync_interval_us,
+                idle_poll_us: self.cluster.idle_poll_us,
                 node_restart: self.cluster.node_restart.as_ref(),
             },
             nodes: self
@@ -923,6 +949,7 @@ admin_addr = "127.0.0.1:7203"
                 voters: 3,
                 lease_ms: 200,
                 replica_sync_interval_us: 2000,
+                idle_poll_us: 0,
                 node_restart: None,
             }
         );
@@ -1079,6 +1106,10 @@ admin_addr = "127.0.0.1:7203"
         );
         assert_error(&with("voters = 0"), 4, "cluster.voters");
         assert_error(&with("voters = 4"), 4, "cluster.voters");
+        let message = assert_error(&with("idle_poll_us = 10001"), 4, "cluster.idle_poll_us");
+        assert!(message.contains("at most 10000"), "{message}");
+        let config = parse(&with("idle_poll_us = 10000")).unwrap();
+        assert_eq!(config.cluster.idle_poll_us, 10_000);
         // A negative number is a type error from the TOML layer; it still names the line.
         assert_error(
             &with("admin_timeout_ms = -1"),
