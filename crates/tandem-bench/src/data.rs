@@ -93,7 +93,7 @@ pub enum Rows {
 }
 
 /// Checkpoint commits of the ACTIVE with an in-sync STANDBY on another daemon.
-pub fn checkpoint(count: usize, rows: Rows) -> anyhow::Result<Measured> {
+pub fn checkpoint(count: usize, rows: Rows, cluster_toml: &str) -> anyhow::Result<Measured> {
     let out = tempfile::NamedTempFile::new()?.into_temp_path();
     let mut env = format!(
         ", TANDEM_TEST_BENCH = \"{count}\", TANDEM_TEST_BENCH_OUT = \"{}\"",
@@ -110,7 +110,7 @@ pub fn checkpoint(count: usize, rows: Rows) -> anyhow::Result<Measured> {
             2
         }
     };
-    let cluster = TestCluster::start_with(3, &service(&env, None));
+    let cluster = TestCluster::start_with_cluster(3, cluster_toml, &service(&env, None));
     let text = wait_for("the unit's checkpoint measurements", DEADLINE * 10, || {
         let text = std::fs::read_to_string(&out).ok()?;
         (text.lines().count() >= lines || text.contains("\"error\"")).then_some(text)
@@ -169,13 +169,13 @@ fn log_time(line: &str) -> Option<f64> {
 
 /// A STANDBY that lost its replica files gets `mib` MiB (64 KiB sections) by full transfer
 /// while the ACTIVE keeps writing; timed from the primary's log (session start to verified).
-pub fn transfer(mib: u64) -> anyhow::Result<Transfer> {
+pub fn transfer(mib: u64, cluster_toml: &str) -> anyhow::Result<Transfer> {
     let sections = mib * 16;
     let env = format!(
         ", TANDEM_TEST_WRITES = \"1\", TANDEM_TEST_BULK = \"{sections}\", \
          TANDEM_TEST_BULK_VALUE = \"65536\""
     );
-    let mut cluster = TestCluster::start_with(3, &service(&env, None));
+    let mut cluster = TestCluster::start_with_cluster(3, cluster_toml, &service(&env, None));
     cluster.wait_in_sync(SHARD);
     // The bulk is written before the first acknowledged `n`.
     wait_for("the bulk written", DEADLINE * 20, || {
@@ -251,9 +251,9 @@ pub struct StreamSwitchover {
 /// `messages` datagrams at 1000/s to the shard's UDP ingress, with a switchover after each
 /// third of them; counts what the units applied (each applied message is a sync commit that
 /// consumes it, recorded by the unit).
-pub fn stream_switchover(messages: u64) -> anyhow::Result<StreamSwitchover> {
+pub fn stream_switchover(messages: u64, cluster_toml: &str) -> anyhow::Result<StreamSwitchover> {
     let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let cluster = TestCluster::start_with(3, &service("", Some(port)));
+    let cluster = TestCluster::start_with_cluster(3, cluster_toml, &service("", Some(port)));
     cluster.wait_in_sync(SHARD);
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let rate = 1000u64;
@@ -368,9 +368,13 @@ fn log_counts(cluster: &TestCluster) -> [u64; 4] {
 /// Counts what must not happen without a fault: a unit becoming ACTIVE, a liveness change, a
 /// unit fault, a lease lapse, an ACTIVE fencing itself (SPEC §7: no spurious failover in a
 /// 10-minute run under load).
-pub fn soak(seconds: u64) -> anyhow::Result<Soak> {
+pub fn soak(seconds: u64, cluster_toml: &str) -> anyhow::Result<Soak> {
     let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let cluster = TestCluster::start_with(3, &service(", TANDEM_TEST_WRITES = \"1\"", Some(port)));
+    let cluster = TestCluster::start_with_cluster(
+        3,
+        cluster_toml,
+        &service(", TANDEM_TEST_WRITES = \"1\"", Some(port)),
+    );
     cluster.wait_in_sync(SHARD);
     let before = cluster.records();
     let active = before

@@ -17,6 +17,10 @@
 //! - `daemon-kill-follower-tuned`: the same with tuned timers (heartbeat 10 ms, lease 50 ms,
 //!   node timeout 80 ms, Raft tick 5 ms).
 //!
+//! - `wake`: cross-CPU round trips of two threads pinned to CPUs 0 and 1 over a Unix socket
+//!   pair, plain and with `tandemd::idle_poll` spinners (`--idle-poll-us`, else 200 µs): what
+//!   one wake-up of an idle CPU costs on this host and what idle polling saves of it.
+//!
 //! Data plane (one run each, `--only data` for just these):
 //! - `checkpoint`: sync and async commits of 128 B and 64 KiB values by the ACTIVE (SDK in the
 //!   unit process) with an in-sync STANDBY on another daemon: sequential latency p50/p99 and
@@ -41,6 +45,7 @@ use std::time::{Duration, Instant};
 
 mod data;
 mod host;
+mod wake;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
@@ -74,11 +79,17 @@ struct Args {
     /// Seconds of the soak scenario (0, the default: not run; SPEC §7 asks for 600).
     #[arg(long, default_value_t = 0)]
     soak_secs: u64,
+    /// The data-plane scenarios' daemons run with `cluster.idle_poll_us` set to this (0, the
+    /// default: idle polling off, as in tandemd's default configuration).
+    #[arg(long, default_value_t = 0)]
+    idle_poll_us: u64,
 }
 
 /// The data-plane part of the report.
 #[derive(Debug, Serialize)]
 struct DataReport {
+    /// `cluster.idle_poll_us` of the data scenarios' daemons.
+    idle_poll_us: u64,
     checkpoint: Vec<data::Commits>,
     queued: Vec<data::Queued>,
     transfer: Option<data::Transfer>,
@@ -100,12 +111,18 @@ struct Summary {
     samples: Vec<f64>,
 }
 
+/// Round trips of each `wake` row.
+const WAKE_ROUND_TRIPS: usize = 20_000;
+
+/// The `q` quantile (nearest rank) of `sorted`, which is sorted and not empty.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((sorted.len() as f64) * q).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 fn summarize(scenario: &'static str, description: &'static str, mut samples: Vec<f64>) -> Summary {
     samples.sort_by(f64::total_cmp);
-    let at = |quantile: f64| {
-        let rank = ((samples.len() as f64) * quantile).ceil() as usize;
-        samples[rank.clamp(1, samples.len()) - 1]
-    };
+    let at = |q: f64| quantile(&samples, q);
     Summary {
         scenario,
         description,
@@ -399,12 +416,44 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let mut data_report = DataReport {
+        idle_poll_us: args.idle_poll_us,
         checkpoint: Vec::new(),
         queued: Vec::new(),
         transfer: None,
         stream_switchover: None,
         soak: None,
     };
+    let wake = if wants("wake") {
+        let window = if args.idle_poll_us > 0 {
+            args.idle_poll_us
+        } else {
+            200
+        };
+        eprintln!("wake: cross-CPU round trips on a Unix socket pair, plain and with {window} µs idle polling");
+        let rows = wake::wake(window, WAKE_ROUND_TRIPS)?;
+        if rows.is_none() {
+            eprintln!("wake: skipped, this host has one CPU");
+        }
+        rows
+    } else {
+        None
+    };
+    if let Some(rows) = &wake {
+        println!(
+            "\n{:<8} {:>14} {:>12} {:>10} {:>10}",
+            "wake", "idle_poll_us", "round trips", "p50 us", "p99 us"
+        );
+        for row in rows {
+            println!(
+                "{:<8} {:>14} {:>12} {:>10.1} {:>10.1}",
+                "cpu0-1", row.idle_poll_us, row.round_trips, row.p50_us, row.p99_us
+            );
+        }
+    }
+    let data_cluster = format!("idle_poll_us = {}\n", args.idle_poll_us);
+    if wants("data") {
+        eprintln!("data plane: cluster.idle_poll_us = {}", args.idle_poll_us);
+    }
     let rows = if wants("data-checkpoint") {
         Some((
             data::Rows::All,
@@ -434,32 +483,40 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some((rows, what)) = rows {
         eprintln!("{what}");
-        (data_report.checkpoint, data_report.queued) = data::checkpoint(args.commits, rows)?;
+        (data_report.checkpoint, data_report.queued) =
+            data::checkpoint(args.commits, rows, &data_cluster)?;
     }
     if wants("data-transfer") {
         eprintln!(
             "transfer: {} MiB to an emptied STANDBY under writes",
             args.transfer_mib
         );
-        data_report.transfer = Some(data::transfer(args.transfer_mib)?);
+        data_report.transfer = Some(data::transfer(args.transfer_mib, &data_cluster)?);
     }
     if wants("data-stream-switchover") {
         eprintln!(
             "stream-switchover: {} messages at 1000/s, switchovers meanwhile",
             args.stream_messages
         );
-        data_report.stream_switchover = Some(data::stream_switchover(args.stream_messages)?);
+        data_report.stream_switchover = Some(data::stream_switchover(
+            args.stream_messages,
+            &data_cluster,
+        )?);
     }
     if args.soak_secs > 0 && wants("soak") {
         eprintln!(
             "soak: {} s of stream messages and checkpoint writes, watched for failovers",
             args.soak_secs
         );
-        data_report.soak = Some(data::soak(args.soak_secs)?);
+        data_report.soak = Some(data::soak(args.soak_secs, &data_cluster)?);
     }
     if !data_report.checkpoint.is_empty() {
         println!(
-            "\n{:<8} {:>8} {:>6} {:>7} {:>10} {:>10} {:>14} {:>14} {:>12} {:>12} {:>16}",
+            "\ndata plane daemons: cluster.idle_poll_us = {}",
+            args.idle_poll_us
+        );
+        println!(
+            "{:<8} {:>8} {:>6} {:>7} {:>10} {:>10} {:>14} {:>14} {:>12} {:>12} {:>16}",
             "commit",
             "value",
             "writes",
@@ -550,6 +607,7 @@ fn main() -> anyhow::Result<()> {
         "host": host,
         "failover": summaries,
         "data": data_report,
+        "wake": wake,
     }))?;
     println!("{json}");
     if let Some(path) = args.json {
