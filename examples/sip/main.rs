@@ -342,10 +342,11 @@ impl Unit for Sip {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     tracing_subscriber::fmt().with_ansi(false).init();
-    if let Err(error) = tandem::run(Sip).await {
+    // One thread with the node's idle polling (`cluster.idle_poll_us`): see `tandem::runtime`.
+    let result = tandem::runtime().and_then(|runtime| runtime.block_on(tandem::run(Sip)));
+    if let Err(error) = result {
         eprintln!("sip: {error}");
         std::process::exit(1);
     }

@@ -41,10 +41,12 @@
 //!     }
 //! }
 //!
-//! #[tokio::main]
-//! async fn main() {
-//!     // Returns when tandemd closes the connection (it stops or restarts the unit).
-//!     if let Err(error) = tandem::run(Echo).await {
+//! fn main() {
+//!     // `run` returns when tandemd closes the connection (it stops or restarts the unit).
+//!     // `tandem::runtime` builds the runtime units should run on (see there); a
+//!     // `#[tokio::main]` runtime works too.
+//!     let result = tandem::runtime().and_then(|runtime| runtime.block_on(tandem::run(Echo)));
+//!     if let Err(error) = result {
 //!         eprintln!("echo: {error}");
 //!         std::process::exit(1);
 //!     }
