@@ -9,14 +9,15 @@
 //! still *running* when its message arrives needs neither.
 //!
 //! So with idle polling on (the daemon's `cluster.idle_poll_us`, which units get as
-//! `TANDEM_IDLE_POLL_US` and the SDK's `tandem::runtime` applies), the tokio runtime's park hook (which runs just before
-//! the thread would block in `epoll_wait`) asks the runtime's own epoll instance, with a
-//! zero-timeout `poll`, whether anything is ready, again and again until something is or the
-//! window is over; then it returns and the runtime's `epoll_wait` finds the event at once.
-//! An epoll descriptor reads as ready when its ready list is not empty, and nothing sleeps on
-//! it meanwhile, so the sender's kernel wakes no one. tokio does not expose that descriptor:
-//! [`runtime`] finds it as the one `[eventpoll]` descriptor that building the runtime added
-//! to the process.
+//! `TANDEM_IDLE_POLL_US` and the SDK's `tandem::runtime` applies), the tokio runtime's park
+//! hook (which runs just before the thread would block in `epoll_wait`) asks the runtime's
+//! own epoll instance, with a zero-timeout `poll`, whether anything is ready, again and again
+//! until something is or the window is over; then it returns and the runtime's `epoll_wait`
+//! finds the event at once. An epoll descriptor reads as ready when its ready list is not
+//! empty, and nothing sleeps on it meanwhile, so the sender's kernel wakes no one. tokio does
+//! not expose that instance: [`runtime`] finds it as the one epoll instance that building the
+//! runtime added to the process (tokio holds two descriptors of it; any other outcome turns
+//! polling off and says why, [`Polling::Unavailable`]).
 //!
 //! The cost is CPU time, and a little timer lateness: after each burst of work the loop's
 //! thread stays on its CPU for up to the window (it yields the CPU between polls to anything
@@ -25,9 +26,8 @@
 
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
-
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The longest accepted window (10 ms): past that the loop is busy-waiting, not polling.
 pub const IDLE_POLL_US_MAX: u64 = 10_000;
