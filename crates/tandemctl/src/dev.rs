@@ -609,7 +609,8 @@ pub fn up(args: &DevUpArgs) -> anyhow::Result<()> {
         _ => DevApp::Counter(path),
     });
     let counter = matches!(app, Some(DevApp::Counter(_)));
-    let config = dev_config(args.nodes, args.base_port, &dir, app)?;
+    let mut config = dev_config(args.nodes, args.base_port, &dir, app)?;
+    config.cluster.idle_poll_us = args.idle_poll_us;
     check_ports_free(&config)?;
     if args.fresh {
         match fs::remove_dir_all(&config.cluster.data_dir) {
