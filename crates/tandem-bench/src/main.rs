@@ -16,10 +16,10 @@
 //!   ACTIVE's lease had run out first), with the default timers.
 //! - `daemon-kill-follower-tuned`: the same with tuned timers (heartbeat 10 ms, lease 50 ms,
 //!   node timeout 80 ms, Raft tick 5 ms).
-//!
 //! - `wake`: cross-CPU round trips of two threads pinned to CPUs 0 and 1 over a Unix socket
-//!   pair, plain and with `tandemd::idle_poll` spinners (`--idle-poll-us`, else 200 µs): what
-//!   one wake-up of an idle CPU costs on this host and what idle polling saves of it.
+//!   pair, on runtimes built by `tandem_io::idle_poll::runtime`, plain and polling
+//!   (`--idle-poll-us`, else 200 µs): what waking a thread on another CPU costs on this host
+//!   and what idle polling saves of it.
 //!
 //! Data plane (one run each, `--only data` for just these):
 //! - `checkpoint`: sync and async commits of 128 B and 64 KiB values by the ACTIVE (SDK in the
@@ -79,9 +79,9 @@ struct Args {
     /// Seconds of the soak scenario (0, the default: not run; SPEC §7 asks for 600).
     #[arg(long, default_value_t = 0)]
     soak_secs: u64,
-    /// The data-plane scenarios' daemons run with `cluster.idle_poll_us` set to this (0, the
-    /// default: idle polling off, as in tandemd's default configuration).
-    #[arg(long, default_value_t = 0)]
+    /// The data-plane scenarios' daemons (and their units) run with `cluster.idle_poll_us` set
+    /// to this, 0 to 10000 (0, the default: idle polling off, as in tandemd's defaults).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     idle_poll_us: u64,
 }
 
