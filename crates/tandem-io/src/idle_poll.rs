@@ -19,6 +19,11 @@
 //! runtime added to the process (tokio holds two descriptors of it; any other outcome turns
 //! polling off and says why, [`Polling::Unavailable`]).
 //!
+//! The window adapts as the kernel's haltpoll governor adapts its own (see `Adaptive`): it
+//! doubles, up to the configured one, when work came just after a poll gave up, and halves to
+//! nothing when the thread then slept long. So a loop under traffic polls for the whole
+//! window and an idle one hardly at all.
+//!
 //! The cost is CPU time, and a little timer lateness: after each burst of work the loop's
 //! thread stays on its CPU for up to the window (it yields the CPU between polls to anything
 //! else runnable), and a timer that falls due during the window fires when the window ends
@@ -26,6 +31,7 @@
 
 use std::collections::BTreeSet;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,7 +54,7 @@ pub enum Polling {
 }
 
 /// Builds a current-thread tokio runtime (all drivers on); with a window greater than zero
-/// its park hook polls for that long before the thread blocks (see the module's text).
+/// its park hook polls for up to that long before the thread blocks (see the module's text).
 pub fn runtime(window: Duration) -> std::io::Result<(tokio::runtime::Runtime, Polling)> {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
@@ -63,12 +69,14 @@ pub fn runtime(window: Duration) -> std::io::Result<(tokio::runtime::Runtime, Po
     // is filled once the runtime exists (and before the runtime first parks: nothing runs on
     // it until `block_on`).
     let epfd = std::sync::Arc::new(std::sync::OnceLock::<RawFd>::new());
-    let hook_fd = epfd.clone();
+    let adaptive = std::sync::Arc::new(Adaptive::new(window));
+    let (hook_fd, park_state, unpark_state) = (epfd.clone(), adaptive.clone(), adaptive);
     builder.on_thread_park(move || {
         if let Some(&fd) = hook_fd.get() {
-            poll_until_ready(fd, window);
+            park_state.park(fd);
         }
     });
+    builder.on_thread_unpark(move || unpark_state.unparked());
     let runtime = builder.build()?;
     let added: Vec<RawFd> = eventpoll_fds()?.difference(&before).copied().collect();
     match one_instance(&added) {
@@ -128,13 +136,94 @@ fn eventpoll_fds() -> std::io::Result<BTreeSet<RawFd>> {
     Ok(fds)
 }
 
+/// The window a runtime polls for, adapted to how long it then sleeps, as the kernel's
+/// haltpoll governor adapts its own: a window that ended just before the event came (the
+/// sleep after it was shorter than the longest window) doubles, up to the configured one; a
+/// window followed by a long sleep (longer than the configured window: the loop is idle)
+/// halves, and below [`GROW_START`] it is off until a short sleep opens it again. An idle
+/// daemon thus stops polling after a few of its timer wake-ups, and one under traffic polls
+/// for the whole window. Only the runtime's own thread touches it; atomics because the hooks
+/// must be `Sync`.
+struct Adaptive {
+    max_ns: u64,
+    /// The current window.
+    window_ns: AtomicU64,
+    /// When the last poll gave up and the thread went to sleep, as nanoseconds since
+    /// `origin` (0: it did not, the poll found work).
+    slept_at_ns: AtomicU64,
+    origin: Instant,
+}
+
+/// The smallest window an adapting runtime polls for, and where it starts again after it
+/// stopped: 20 µs.
+pub const GROW_START: Duration = Duration::from_micros(20);
+
+impl Adaptive {
+    fn new(max: Duration) -> Self {
+        let max_ns = nanos(max);
+        Adaptive {
+            max_ns,
+            window_ns: AtomicU64::new(max_ns),
+            slept_at_ns: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        nanos(self.origin.elapsed()).max(1)
+    }
+
+    /// Before the thread parks: poll for the current window; note when it gave up.
+    fn park(&self, epfd: RawFd) {
+        let window = Duration::from_nanos(self.window_ns.load(Ordering::Relaxed));
+        let ready = !window.is_zero() && poll_until_ready(epfd, window);
+        let slept_at = if ready { 0 } else { self.now_ns() };
+        self.slept_at_ns.store(slept_at, Ordering::Relaxed);
+    }
+
+    /// After the thread woke: adapt the window to how long it slept.
+    fn unparked(&self) {
+        let slept_at = self.slept_at_ns.swap(0, Ordering::Relaxed);
+        if slept_at == 0 {
+            return;
+        }
+        let slept = self.now_ns().saturating_sub(slept_at);
+        let window = self.window_ns.load(Ordering::Relaxed);
+        self.window_ns
+            .store(adapt(window, slept, self.max_ns), Ordering::Relaxed);
+    }
+}
+
+/// The next window after one of `window_ns` that found nothing and a sleep of `slept_ns`.
+fn adapt(window_ns: u64, slept_ns: u64, max_ns: u64) -> u64 {
+    let start = nanos(GROW_START).min(max_ns);
+    if slept_ns <= max_ns {
+        // Work came soon after the window ended: a longer one would have caught it.
+        window_ns.saturating_mul(2).clamp(start, max_ns)
+    } else {
+        let halved = window_ns / 2;
+        if halved < start {
+            0
+        } else {
+            halved
+        }
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Polls `epfd` with a zero timeout until it is readable (the runtime's epoll instance has
-/// events) or `window` has passed, yielding the CPU between polls.
-fn poll_until_ready(epfd: RawFd, window: Duration) {
+/// events: returns true) or `window` has passed (false), yielding the CPU between polls.
+fn poll_until_ready(epfd: RawFd, window: Duration) -> bool {
     let start = Instant::now();
     loop {
-        if is_ready(epfd) || start.elapsed() >= window {
-            return;
+        if is_ready(epfd) {
+            return true;
+        }
+        if start.elapsed() >= window {
+            return false;
         }
         // Anything else runnable on this CPU (a unit, a disk thread) goes first; with nothing
         // else, this returns at once and the thread polls again.
@@ -157,6 +246,35 @@ fn is_ready(fd: RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_grows_after_short_sleeps_and_closes_after_long_ones() {
+        let max = 200_000;
+        let us = |n: u64| n * 1000;
+        // Short sleeps (work came within the longest window after the poll gave up) double
+        // it, from GROW_START when it was off, up to the configured window.
+        assert_eq!(adapt(0, us(50), max), us(20));
+        assert_eq!(adapt(us(20), us(50), max), us(40));
+        assert_eq!(adapt(us(160), us(1), max), max);
+        assert_eq!(adapt(max, us(200), max), max);
+        // Long sleeps (an idle loop) halve it, and below GROW_START it is off.
+        assert_eq!(adapt(max, us(201), max), us(100));
+        assert_eq!(adapt(us(25), us(10_000), max), 0);
+        assert_eq!(adapt(0, us(10_000), max), 0);
+        // A configured window below GROW_START still opens to exactly itself.
+        assert_eq!(adapt(0, us(5), us(10)), us(10));
+        // From idle (off) to traffic: a few short sleeps open the whole window again.
+        let mut window = 0;
+        for _ in 0..5 {
+            window = adapt(window, us(80), max);
+        }
+        assert_eq!(window, max);
+        // And from traffic to idle: timer wake-ups 10 ms apart close it within a few.
+        for _ in 0..4 {
+            window = adapt(window, us(10_000), max);
+        }
+        assert_eq!(window, 0);
+    }
 
     #[test]
     fn a_window_of_zero_builds_a_plain_runtime() {
@@ -182,7 +300,7 @@ mod tests {
         assert!(!is_ready(epfd), "an empty epoll instance is not ready");
         let window = Duration::from_millis(3);
         let start = Instant::now();
-        poll_until_ready(epfd, window);
+        assert!(!poll_until_ready(epfd, window), "nothing came");
         assert!(start.elapsed() >= window, "it polled for the whole window");
         let mut interest = libc::epoll_event {
             events: libc::EPOLLIN as u32,
@@ -199,7 +317,7 @@ mod tests {
         }
         assert!(is_ready(epfd), "an epoll instance with an event is ready");
         // A window no test could wait out: it returns because the descriptor is ready.
-        poll_until_ready(epfd, Duration::from_secs(3600));
+        assert!(poll_until_ready(epfd, Duration::from_secs(3600)));
         // SAFETY: closes the two descriptors opened above.
         unsafe {
             libc::close(event);

@@ -486,8 +486,9 @@ async fn read_message(
 ///
 /// Idle polling is the daemon's `cluster.idle_poll_us`, which `tandemd` passes to its units as
 /// `TANDEM_IDLE_POLL_US` (a service's `env` may set its own; absent means off): before the
-/// thread sleeps, it polls for that long for anything to do, so that an answer from `tandemd`
-/// (a sync commit's acknowledgement, say) finds it running. On a virtual machine that halts
+/// thread sleeps, it polls for up to that long (the window adapts to how long the thread then
+/// sleeps) for anything to do, so that an answer from `tandemd` (a sync commit's
+/// acknowledgement, say) finds it running. On a virtual machine that halts
 /// idle vCPUs without polling, that saves a wake-up through the hypervisor per answer (tens
 /// of µs); it costs CPU time for up to the window after each burst of work. See
 /// `tandem_io::idle_poll`.
