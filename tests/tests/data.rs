@@ -48,6 +48,23 @@ fn wait_resume(cluster: &TestCluster, unit_name: &str, after: u64) -> (u64, u64)
     )
 }
 
+/// An admin switchover of the shard, which must move its ACTIVE away from `active`: the new
+/// ACTIVE, once it has an in-sync STANDBY.
+fn switch_over(cluster: &TestCluster, active: &str) -> String {
+    cluster
+        .operation(
+            0,
+            admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+        )
+        .expect("switchover");
+    let (next, _) = cluster.wait_in_sync(SHARD);
+    assert_ne!(
+        next, active,
+        "the switchover moved the ACTIVE away from {active}"
+    );
+    next
+}
+
 /// Waits until the ACTIVE has had at least `count` more writes acknowledged.
 fn wait_acked(cluster: &TestCluster, count: usize) {
     let before = acked(&cluster.records()).count();
@@ -97,14 +114,7 @@ fn acknowledged_writes_survive_switchover_unit_kill_and_daemon_kill() {
     let epoch = shard(&cluster.wait_leader_status(), SHARD).unwrap().epoch;
 
     // 1. Switchover (only to an in-sync STANDBY).
-    cluster
-        .operation(
-            0,
-            admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
-        )
-        .expect("switchover");
-    let (second, _) = cluster.wait_in_sync(SHARD);
-    assert_ne!(first, second);
+    let second = switch_over(&cluster, &first);
     let (epoch, held) = wait_resume(&cluster, &second, epoch);
     assert!(held > 0, "the new ACTIVE found the writes: n = {held}");
     wait_acked(&cluster, 50);
@@ -176,14 +186,7 @@ fn with_idle_polling_daemons_and_units_poll_and_writes_survive_a_switchover() {
         "the unit got the node's window"
     );
     let epoch = shard(&cluster.wait_leader_status(), SHARD).unwrap().epoch;
-    cluster
-        .operation(
-            0,
-            admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
-        )
-        .expect("switchover");
-    let (second, _) = cluster.wait_in_sync(SHARD);
-    assert_ne!(first, second);
+    let second = switch_over(&cluster, &first);
     let (_, held) = wait_resume(&cluster, &second, epoch);
     assert!(held > 0, "the new ACTIVE found the writes: n = {held}");
     wait_acked(&cluster, 50);
@@ -320,14 +323,7 @@ fn the_udp_and_tcp_ingress_follow_the_active_and_vip_commands_run_where_they_mov
             .then_some(())
     });
 
-    cluster
-        .operation(
-            0,
-            admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
-        )
-        .expect("switchover");
-    let (second, _) = cluster.wait_in_sync(SHARD);
-    assert_ne!(first, second);
+    let second = switch_over(&cluster, &first);
     let second_node = unit(&cluster.wait_leader_status(), &second)
         .unwrap()
         .node
@@ -397,14 +393,7 @@ fn queued_commits_made_before_a_switchover_reach_the_new_active() {
                 .count();
             (count >= 100).then_some(())
         });
-        cluster
-            .operation(
-                0,
-                admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
-            )
-            .expect("switchover");
-        let (next, _) = cluster.wait_in_sync(SHARD);
-        assert_ne!(next, active, "round {round}: the ACTIVE moved");
+        let next = switch_over(&cluster, &active);
         let (next_epoch, held) = wait_resume(&cluster, &next, epoch);
         // Every value queued before the old ACTIVE's quiesce hook reached the new ACTIVE's
         // replica: the quiesce waited for the queue.
