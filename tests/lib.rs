@@ -114,23 +114,17 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Op
     }
 }
 
-/// Free loopback ports, found by binding them all at once and releasing them.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("local address").port())
-        .collect()
-}
-
-/// A loopback port free for both TCP and UDP, for a shard's ingress address (which binds
-/// both). It is drawn below the kernel's ephemeral range (from
-/// `/proc/sys/net/ipv4/ip_local_port_range`, 32768 by default): a port the kernel hands out
-/// for 0 is also what any outgoing connection of a test running alongside may take as its
-/// local port before the daemon binds it.
-pub fn free_ingress_port() -> u16 {
+/// `count` distinct loopback ports, each free at the time of the call for TCP (and for UDP
+/// too when `udp` is set).
+///
+/// They are drawn at random below the kernel's ephemeral range (read from
+/// `/proc/sys/net/ipv4/ip_local_port_range`, 32768 by default). A port in that range is what
+/// the kernel hands out for a bind to port 0 and for the local end of every outgoing
+/// connection, so between the probe here and the daemon's own bind (or its rebind after a
+/// restart) any test running alongside could take it: that race once left a node of a CI run
+/// unable to start (`bind peer address …: Address already in use`). Below the range only
+/// another explicit draw can collide, and the probe skips ports that are in use.
+fn free_loopback_ports(count: usize, udp: bool) -> Vec<u16> {
     let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
@@ -141,18 +135,36 @@ pub fn free_ingress_port() -> u16 {
         ^ SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64);
-    for _ in 0..1000 {
+    let mut ports = Vec::with_capacity(count);
+    for _ in 0..1000 * count.max(1) {
+        if ports.len() == count {
+            break;
+        }
         draw = draw
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let port = low + ((draw >> 33) % span) as u16;
-        let tcp = TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
-            return port;
+        if ports.contains(&port) {
+            continue;
+        }
+        let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if tcp && (!udp || std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()) {
+            ports.push(port);
         }
     }
-    panic!("no loopback port free for both TCP and UDP below {ephemeral_low}");
+    assert_eq!(
+        ports.len(),
+        count,
+        "found only {} of {count} free loopback ports below {ephemeral_low}",
+        ports.len()
+    );
+    ports
+}
+
+/// A loopback port free for both TCP and UDP, for a shard's ingress address (which binds
+/// both); see [`free_loopback_ports`] for where it is drawn from.
+pub fn free_ingress_port() -> u16 {
+    free_loopback_ports(1, true)[0]
 }
 
 /// One node of a test cluster.
@@ -335,7 +347,7 @@ impl TestCluster {
     /// Like [`TestCluster::start_with`], with `cluster` added to the `[cluster]` table (timers).
     pub fn start_with_cluster(count: usize, cluster: &str, services: &str) -> Self {
         let dir = cluster_dir();
-        let ports = free_ports(count * 2);
+        let ports = free_loopback_ports(count * 2, false);
         let mut toml = format!("[cluster]\nname = \"e2e\"\ndata_dir = \"data\"\n{cluster}");
         let mut nodes = Vec::new();
         for index in 0..count {

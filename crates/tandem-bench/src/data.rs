@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use serde::Serialize;
-use tandem_e2e::{node_data_dir, unit, wait_for, TestCluster, DEADLINE};
+use tandem_e2e::{free_ingress_port, node_data_dir, unit, wait_for, TestCluster, DEADLINE};
 use tandem_proto::admin::switchover_request;
 use tandemd::admin_client;
 
@@ -252,7 +252,7 @@ pub struct StreamSwitchover {
 /// third of them; counts what the units applied (each applied message is a sync commit that
 /// consumes it, recorded by the unit).
 pub fn stream_switchover(messages: u64, cluster_toml: &str) -> anyhow::Result<StreamSwitchover> {
-    let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_ingress_port();
     let cluster = TestCluster::start_with_cluster(3, cluster_toml, &service("", Some(port)));
     cluster.wait_in_sync(SHARD);
     let socket = UdpSocket::bind("127.0.0.1:0")?;
@@ -369,7 +369,7 @@ fn log_counts(cluster: &TestCluster) -> [u64; 4] {
 /// unit fault, a lease lapse, an ACTIVE fencing itself (SPEC §7: no spurious failover in a
 /// 10-minute run under load).
 pub fn soak(seconds: u64, cluster_toml: &str) -> anyhow::Result<Soak> {
-    let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_ingress_port();
     let cluster = TestCluster::start_with_cluster(
         3,
         cluster_toml,
