@@ -86,8 +86,19 @@ impl<S: AsRawFd> AsyncRead for ReadHalf<S> {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             // SAFETY: recv writes only initialised bytes, and we mark only what it wrote.
             let unfilled = unsafe { buf.unfilled_mut() };
+            let room = unfilled.len();
             match guard.try_io(|fd| recv(fd.as_raw_fd(), unfilled)) {
                 Ok(Ok(read)) => {
+                    // A stream socket that filled less than the room it was given had no more
+                    // queued: forget the readiness now rather than learn it from one more
+                    // `recv` that fails with EAGAIN (on a request/answer exchange, that is one
+                    // syscall per message saved). Data that arrives after this `recv` makes a
+                    // new edge, which sets readiness again (tokio's readiness carries a tick,
+                    // so a newer event is never cleared by this); tokio's own streams do the
+                    // same on epoll.
+                    if read > 0 && read < room {
+                        guard.clear_ready();
+                    }
                     // SAFETY: recv initialised the first `read` bytes of the unfilled part.
                     unsafe { buf.assume_init(read) };
                     buf.advance(read);

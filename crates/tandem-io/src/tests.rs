@@ -117,3 +117,79 @@ async fn parts_written_together_arrive_whole_and_in_order() {
     assert_eq!(received.len(), expected.len());
     assert!(received == expected, "bytes differ");
 }
+
+/// Reads into a buffer far larger than each message, so nearly every read is short and clears
+/// the readiness it used: data written from another thread just after such a read must still
+/// wake the reader (a lost edge would leave it waiting until the deadline). Then, with the
+/// reader idle, a tail twice the buffer's size is written and nothing after it: the read that
+/// fills the buffer must keep the readiness, or the rest would wait for an edge that never
+/// comes.
+async fn short_reads_miss_nothing<S: AsRawFd + Into<OwnedFd>>(
+    reader: S,
+    mut writer: impl std::io::Write + Send + 'static,
+) {
+    const MESSAGES: u32 = 20_000;
+    const BUFFER: usize = 16 * 1024;
+    const TAIL: [u8; 2 * BUFFER] = [0xab; 2 * BUFFER];
+    let stream = QuietStream::new(reader).expect("register the reader");
+    let (mut read, _write) = stream.into_split();
+    let (tail_go, tail_wait) = std::sync::mpsc::channel::<()>();
+    let (tail_sent, tail_written) = tokio::sync::oneshot::channel::<()>();
+    let sender = std::thread::spawn(move || {
+        for message in 0..MESSAGES {
+            writer.write_all(&message.to_le_bytes()).expect("write");
+            if message % 7 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        tail_wait.recv().expect("the reader asks for the tail");
+        writer.write_all(&TAIL).expect("write the tail");
+        tail_sent.send(()).expect("the reader waits");
+        writer
+    });
+    let deadline = std::time::Duration::from_secs(60);
+    let mut buffer = vec![0u8; BUFFER];
+    let mut received = Vec::new();
+    let mut read_until = async |received: &mut Vec<u8>, length: usize| {
+        while received.len() < length {
+            let got = tokio::time::timeout(deadline, read.read(&mut buffer))
+                .await
+                .expect("the reader was woken for every byte")
+                .expect("read");
+            assert!(got > 0, "end of stream before every byte arrived");
+            received.extend_from_slice(&buffer[..got]);
+        }
+    };
+    read_until(&mut received, MESSAGES as usize * 4).await;
+    let messages: Vec<u32> = received
+        .chunks_exact(4)
+        .map(|chunk| u32::from_le_bytes(chunk.try_into().expect("4 bytes")))
+        .collect();
+    assert!(
+        messages.iter().copied().eq(0..MESSAGES),
+        "bytes lost or out of order"
+    );
+    tail_go.send(()).expect("the writer waits");
+    // Every edge of the tail comes while the reader waits here.
+    tail_written.await.expect("the tail written");
+    let mut tail = Vec::new();
+    read_until(&mut tail, TAIL.len()).await;
+    assert!(tail == TAIL, "the tail differs");
+    drop(sender.join().expect("writer thread"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn on_a_unix_socket_a_write_right_after_a_short_read_still_wakes_the_reader() {
+    let (reader, writer) = UnixStream::pair().expect("socket pair");
+    short_reads_miss_nothing(reader, writer).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn on_tcp_a_write_right_after_a_short_read_still_wakes_the_reader() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let writer =
+        std::net::TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+    writer.set_nodelay(true).expect("nodelay");
+    let (reader, _) = listener.accept().expect("accept");
+    short_reads_miss_nothing(reader, writer).await;
+}
