@@ -130,7 +130,7 @@ async fn short_reads_miss_nothing<S: AsRawFd + Into<OwnedFd>>(
 ) {
     const MESSAGES: u32 = 20_000;
     const BUFFER: usize = 16 * 1024;
-    const TAIL: [u8; 2 * BUFFER] = [0xab; 2 * BUFFER];
+    static TAIL: [u8; 2 * BUFFER] = [0xab; 2 * BUFFER];
     let stream = QuietStream::new(reader).expect("register the reader");
     let (mut read, _write) = stream.into_split();
     let (tail_go, tail_wait) = std::sync::mpsc::channel::<()>();
