@@ -172,6 +172,7 @@ pub fn dev_config(
             voters: config::default_voters(node_configs.len()),
             lease_ms: config::DEFAULT_LEASE_MS,
             replica_sync_interval_us: config::DEFAULT_REPLICA_SYNC_INTERVAL_US,
+            replica_sync_interval_in_sync_us: config::DEFAULT_REPLICA_SYNC_INTERVAL_IN_SYNC_US,
             idle_poll_us: config::DEFAULT_IDLE_POLL_US,
             node_restart: None,
         },

@@ -451,13 +451,77 @@ pub enum DiskReport {
     Installed(Installed),
 }
 
+/// How far apart the sync thread's msync rounds are: `interval` while a commit here may be
+/// waiting for the local disk (a primary with no STANDBY in step or in sync, see
+/// `DataPlane::awaits_local_durability`), and `in_sync_interval` (never less than `interval`)
+/// while every commit waits for an in-sync STANDBY instead. Fewer rounds then cost no commit
+/// any latency; they save the CPU and the disk notifications of the msyncs, and widen only
+/// what a crash of every replica's node at once could lose.
+#[derive(Debug)]
+pub struct SyncPace {
+    interval: Duration,
+    in_sync_interval: Duration,
+    /// Starts set: until the event loop's first pass says otherwise, a commit may wait.
+    awaited: std::sync::atomic::AtomicBool,
+}
+
+impl SyncPace {
+    /// A pace of `interval` while the disk is awaited and `in_sync_interval` (raised to
+    /// `interval` if shorter) while it is not.
+    pub fn new(interval: Duration, in_sync_interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            interval,
+            in_sync_interval: in_sync_interval.max(interval),
+            awaited: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// The same spacing whatever is awaited.
+    pub fn fixed(interval: Duration) -> Arc<Self> {
+        Self::new(interval, interval)
+    }
+
+    /// Records whether a commit may be waiting for the local disk; true when that just became
+    /// so (the sync thread may be lingering for the longer spacing: nudge it, see
+    /// [`SyncPace::nudge`]).
+    pub fn set_awaited(&self, awaited: bool) -> bool {
+        let was = self
+            .awaited
+            .swap(awaited, std::sync::atomic::Ordering::Relaxed);
+        awaited && !was
+    }
+
+    /// Cuts the sync thread's current wait short, so that it spaces its next round by the
+    /// short interval: an urgent send of no work.
+    pub fn nudge(syncer: &mailbox::Sender<DiskWork>) -> bool {
+        syncer
+            .send(
+                DiskWork::Sync {
+                    jobs: Vec::new(),
+                    weight: 0,
+                },
+                true,
+            )
+            .is_ok()
+    }
+
+    fn spacing(&self) -> Duration {
+        if self.awaited.load(std::sync::atomic::Ordering::Relaxed) {
+            self.interval
+        } else {
+            self.in_sync_interval
+        }
+    }
+}
+
 /// The sync thread: takes batches of [`SyncJob`]s, merges what queued up meanwhile (one msync
 /// per file however many commits wrote to it: a group commit), and reports each batch with
-/// `report`. Two msync rounds are at least `interval` apart: what comes meanwhile is gathered
-/// into the next round, and a send meanwhile does not wake the thread (see [`mailbox`]). It
-/// stops when the sender is dropped or `report` returns false.
+/// `report`. Two msync rounds are at least `pace`'s current spacing apart: what comes
+/// meanwhile is gathered into the next round, and a send meanwhile does not wake the thread
+/// unless it is urgent (see [`mailbox`]), which starts the next round at once. It stops when
+/// the sender is dropped or `report` returns false.
 pub fn start_syncer(
-    interval: Duration,
+    pace: Arc<SyncPace>,
     backlog: Backlog,
     report: impl Fn(Result<DiskReport, String>) -> bool + Send + 'static,
 ) -> std::io::Result<mailbox::Sender<DiskWork>> {
@@ -477,7 +541,7 @@ pub fn start_syncer(
             while let Some(mut works) = receiver.recv_all() {
                 let mut jobs = Vec::new();
                 let mut weight = 0;
-                if let Some(until) = last.map(|at| at + interval) {
+                if let Some(until) = last.map(|at| at + pace.spacing()) {
                     if std::time::Instant::now() < until {
                         works.extend(receiver.linger_until(until).unwrap_or_default());
                     }
@@ -1396,13 +1460,55 @@ mod tests {
     }
 
     #[test]
+    fn while_no_commit_awaits_the_disk_rounds_wait_for_the_long_spacing_until_a_nudge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, _) = Files::open(&dir.path().join("replicas"));
+        let (reports_tx, reports) = std::sync::mpsc::channel();
+        let hour = Duration::from_secs(3600);
+        let pace = SyncPace::new(Duration::ZERO, hour);
+        assert!(!pace.set_awaited(false), "not a change to awaited");
+        let syncer = start_syncer(pace.clone(), Backlog::default(), move |outcome| {
+            reports_tx.send(outcome).is_ok()
+        })
+        .expect("sync thread");
+        let send = |store: &mut Files, seq: u64| {
+            store.apply(&id(), &op(seq, b"value"));
+            let jobs = store.writer.take_sync_jobs();
+            syncer
+                .send(DiskWork::Sync { jobs, weight: 0 }, false)
+                .expect("queued");
+        };
+        let wait = Duration::from_secs(10);
+        // The first round after an idle start is at once.
+        send(&mut store, 1);
+        let report = synced(reports.recv_timeout(wait).expect("a report"));
+        assert_eq!(store.store.synced(report), vec![(id(), 1)]);
+        // The next waits for the in-sync spacing (an hour)...
+        send(&mut store, 2);
+        assert!(
+            reports.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a round before the spacing was up"
+        );
+        // ...until a commit may wait for the disk and the thread is nudged.
+        assert!(pace.set_awaited(true), "a change to awaited");
+        assert!(!pace.set_awaited(true), "no change");
+        assert!(SyncPace::nudge(&syncer));
+        let report = synced(
+            reports
+                .recv_timeout(wait)
+                .expect("a report after the nudge"),
+        );
+        assert_eq!(store.store.synced(report), vec![(id(), 2)]);
+    }
+
+    #[test]
     fn the_sync_thread_merges_queued_jobs_and_a_report_of_a_file_that_started_over_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
         let (mut store, _) = Files::open(&path);
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let syncer = start_syncer(
-            std::time::Duration::from_millis(50),
+            SyncPace::fixed(std::time::Duration::from_millis(50)),
             Backlog::default(),
             move |outcome| reports_tx.send(outcome).is_ok(),
         )
@@ -1620,7 +1726,7 @@ mod tests {
             "written to the map but not durable: still in the backlog"
         );
         let (reports_tx, reports) = std::sync::mpsc::channel();
-        let syncer = start_syncer(Duration::ZERO, backlog, move |outcome| {
+        let syncer = start_syncer(SyncPace::fixed(Duration::ZERO), backlog, move |outcome| {
             reports_tx.send(outcome).is_ok()
         })
         .expect("sync thread");
@@ -1652,9 +1758,11 @@ mod tests {
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let sync_reports = reports_tx.clone();
         let backlog = Backlog::default();
-        let syncer = start_syncer(Duration::ZERO, backlog.clone(), move |outcome| {
-            sync_reports.send(outcome).is_ok()
-        })
+        let syncer = start_syncer(
+            SyncPace::fixed(Duration::ZERO),
+            backlog.clone(),
+            move |outcome| sync_reports.send(outcome).is_ok(),
+        )
         .expect("sync thread");
         // The writer lingers after each batch: the batches that come meanwhile are written
         // together, in order.
@@ -1693,7 +1801,8 @@ mod tests {
         let mut store = opened.store;
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let backlog = Backlog::default();
-        let syncer = start_syncer(Duration::ZERO, backlog.clone(), |_| true).expect("sync thread");
+        let syncer = start_syncer(SyncPace::fixed(Duration::ZERO), backlog.clone(), |_| true)
+            .expect("sync thread");
         let linger = Duration::ZERO;
         let writer = start_writer(opened.writer, backlog, syncer, linger, move |outcome| {
             reports_tx.send(outcome).is_ok()

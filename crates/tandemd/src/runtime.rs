@@ -256,6 +256,10 @@ struct Daemon {
     /// The replica writer thread (copies into the files, and through it the sync thread's
     /// msyncs: the disk off the event loop).
     writer: Writer,
+    /// The msync rounds' spacing, which depends on whether a commit waits for the local disk.
+    sync_pace: Arc<crate::replicas::SyncPace>,
+    /// The sync thread's mailbox, to nudge it when the spacing shortens.
+    sync_nudge: crate::mailbox::Sender<crate::replicas::DiskWork>,
     /// Why a replica file write, sync or compaction failed, if one did: the daemon stops.
     disk_failed: Option<String>,
     /// Why the Raft log sync failed, if it did: the daemon stops to protect the log.
@@ -404,12 +408,18 @@ pub async fn run(
     let sync_events = events_tx.clone();
     let backlog = crate::replicas::Backlog::default();
     let sync_interval = Duration::from_micros(config.cluster.replica_sync_interval_us);
-    let syncer = crate::replicas::start_syncer(sync_interval, backlog.clone(), move |outcome| {
-        sync_events
-            .blocking_send(Event::ReplicaDisk(outcome))
-            .is_ok()
-    })
-    .context("start the replica sync thread")?;
+    let sync_pace = crate::replicas::SyncPace::new(
+        sync_interval,
+        Duration::from_micros(config.cluster.replica_sync_interval_in_sync_us),
+    );
+    let syncer =
+        crate::replicas::start_syncer(sync_pace.clone(), backlog.clone(), move |outcome| {
+            sync_events
+                .blocking_send(Event::ReplicaDisk(outcome))
+                .is_ok()
+        })
+        .context("start the replica sync thread")?;
+    let sync_nudge = syncer.clone();
     let write_events = events_tx.clone();
     let writer = crate::replicas::start_writer(
         opened_replicas.writer,
@@ -498,6 +508,8 @@ pub async fn run(
         data,
         replicas: opened_replicas.store,
         writer,
+        sync_pace,
+        sync_nudge,
         disk_failed: None,
         raft_syncer,
         raft_failed: None,
@@ -1152,6 +1164,14 @@ impl Daemon {
         // Compactions decided on sync reports, when no output followed them.
         self.write_files()?;
         self.node.set_in_sync_claims(self.data.claims());
+        if self
+            .sync_pace
+            .set_awaited(self.data.awaits_local_durability())
+        {
+            // A commit may now wait for the disk: the sync thread must not keep lingering for
+            // the in-sync spacing. A sync thread that is gone shows at the next hand-over.
+            crate::replicas::SyncPace::nudge(&self.sync_nudge);
+        }
         if state_moved || std::mem::take(&mut self.registered) {
             self.send_restrictions();
         }

@@ -676,13 +676,7 @@ fn safe_version(
 ) -> u64 {
     let claimed: BTreeSet<&UnitName> = ClaimLog::pending(claims, view).collect();
     let member = |unit: &UnitName| view.in_sync.contains(unit) || claimed.contains(unit);
-    let waits = primary
-        .sessions
-        .iter()
-        .any(|(unit, session)| session.in_step() || member(unit))
-        || !view.in_sync.is_empty()
-        || !claimed.is_empty();
-    if !waits {
+    if !has_wait_set(primary, view, claims) {
         return version.min(durable);
     }
     let mut safe = version;
@@ -697,6 +691,15 @@ fn safe_version(
         }
     }
     safe
+}
+
+/// Whether a primary's wait set (see [`safe_version`]) has anyone in it: a session in step, a
+/// STANDBY the view has in sync, or one a pending claim included. With nobody, its commits
+/// wait for the local disk instead.
+fn has_wait_set(primary: &Primary, view: &ShardView, claims: Option<&ClaimLog>) -> bool {
+    !view.in_sync.is_empty()
+        || ClaimLog::pending(claims, view).next().is_some()
+        || primary.sessions.values().any(|session| session.in_step())
 }
 
 /// Most writes a commit merged from several (see [`extend_open_commit`]) may hold.
@@ -1038,6 +1041,25 @@ impl DataPlane {
             );
         }
         claims
+    }
+
+    /// Whether a commit of a primary here may be waiting for the local disk: one whose wait set
+    /// is empty (no STANDBY in step or in sync), so that its sync commits and flushes are
+    /// answered only once the replica file's msync reports their version durable (see
+    /// `safe_version`). A primary without a view counts too. While this is false, every
+    /// acknowledged write is also held by a STANDBY, and the daemon may sync its replica files
+    /// less often: that costs no commit any latency, only what a crash of every replica's node
+    /// at once could lose.
+    pub fn awaits_local_durability(&self) -> bool {
+        self.slots.iter().any(|(id, slot)| {
+            let SlotRole::Primary(primary) = &slot.role else {
+                return false;
+            };
+            self.view
+                .shards
+                .get(&id.shard)
+                .is_none_or(|view| !has_wait_set(primary, view, self.claim_logs.get(&id.shard)))
+        })
     }
 
     /// Each primary's sessions, for status.

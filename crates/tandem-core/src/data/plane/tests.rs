@@ -342,6 +342,32 @@ fn a_standby_follows_verifies_and_then_holds_back_sync_commits() {
 }
 
 #[test]
+fn only_a_primary_with_nobody_to_wait_for_awaits_the_local_disk() {
+    let mut net = Net::new(2);
+    assert!(!net.planes[&1].awaits_local_durability(), "no primary yet");
+    net.assign(1, 1, &[2], &[]);
+    assert!(
+        net.planes[&1].awaits_local_durability(),
+        "the STANDBY is not in step yet: a sync commit waits for the disk"
+    );
+    assert!(
+        !net.planes[&2].awaits_local_durability(),
+        "a STANDBY's node has no commit to answer"
+    );
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run();
+    net.commit_claim(1);
+    assert_eq!(net.view.in_sync, BTreeSet::from([unit("u2")]));
+    assert!(
+        !net.planes[&1].awaits_local_durability(),
+        "every commit now waits for the in-sync STANDBY"
+    );
+    // The STANDBY leaves: commits wait for the disk again.
+    net.assign(1, 1, &[], &[]);
+    assert!(net.planes[&1].awaits_local_durability());
+}
+
+#[test]
 fn a_transfer_under_live_writes_ends_with_equal_digests() {
     let mut net = Net::new(2);
     net.assign(1, 1, &[], &[]);
