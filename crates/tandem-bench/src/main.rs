@@ -83,6 +83,30 @@ struct Args {
     /// to this, 0 to 10000 (0, the default: idle polling off, as in tandemd's defaults).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     idle_poll_us: u64,
+    /// A `[cluster]` setting for the data-plane scenarios' daemons, as `KEY=VALUE` in TOML
+    /// (`--cluster replica_sync_interval_in_sync_us=2000`); repeat for more. Checked as tandemd
+    /// checks its config before anything starts.
+    #[arg(long = "cluster", value_name = "KEY=VALUE")]
+    cluster: Vec<String>,
+}
+
+/// The `[cluster]` lines of the data scenarios' config: `idle_poll_us` and each `--cluster`
+/// setting, refused with tandemd's own message when tandemd would refuse them.
+fn data_cluster_lines(idle_poll_us: u64, settings: &[String]) -> anyhow::Result<String> {
+    let mut lines = format!("idle_poll_us = {idle_poll_us}\n");
+    for setting in settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("--cluster {setting}: expected KEY=VALUE");
+        };
+        lines.push_str(&format!("{} = {}\n", key.trim(), value.trim()));
+    }
+    let probe = format!(
+        "[cluster]\nname = \"probe\"\ndata_dir = \"data\"\n{lines}\n[[nodes]]\nname = \"n1\"\n\
+         peer_addr = \"127.0.0.1:1\"\nadmin_addr = \"127.0.0.1:2\"\n"
+    );
+    tandemd::config::Config::parse(&probe, std::path::Path::new("--cluster"))
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    Ok(lines)
 }
 
 /// The data-plane part of the report.
@@ -90,6 +114,8 @@ struct Args {
 struct DataReport {
     /// `cluster.idle_poll_us` of the data scenarios' daemons.
     idle_poll_us: u64,
+    /// The other `[cluster]` settings given with `--cluster`.
+    cluster: Vec<String>,
     checkpoint: Vec<data::Commits>,
     queued: Vec<data::Queued>,
     transfer: Option<data::Transfer>,
@@ -417,6 +443,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut data_report = DataReport {
         idle_poll_us: args.idle_poll_us,
+        cluster: args.cluster.clone(),
         checkpoint: Vec::new(),
         queued: Vec::new(),
         transfer: None,
@@ -450,9 +477,12 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let data_cluster = format!("idle_poll_us = {}\n", args.idle_poll_us);
+    let data_cluster = data_cluster_lines(args.idle_poll_us, &args.cluster)?;
     if wants("data") {
         eprintln!("data plane: cluster.idle_poll_us = {}", args.idle_poll_us);
+        for setting in &args.cluster {
+            eprintln!("data plane: cluster.{}", setting.trim());
+        }
     }
     let rows = if wants("data-checkpoint") {
         Some((
