@@ -243,11 +243,22 @@ impl Ingress {
                             }
                         }
                     },
-                    None => {}
+                    None => {
+                        // Not ours (any more): no bind to retry.
+                        self.warned.remove(shard);
+                    }
                 }
             }
         }
         changes
+    }
+
+    /// Whether [`Ingress::reconcile`] has work that time alone makes due: an address held
+    /// through its release grace, or a bind to retry. Otherwise it changes nothing until the
+    /// view or the topology does, and the event loop skips it (it walks every shard with an
+    /// ingress, which on a node of thousands of shards is not free on every pass).
+    pub fn has_timed_work(&self) -> bool {
+        !self.warned.is_empty() || self.bound.values().any(|bound| bound.lost_at.is_some())
     }
 
     /// Sends a unit's reply: on the peer's TCP connection (`tcp`), or from the shard's UDP

@@ -1093,14 +1093,18 @@ impl Daemon {
                 self.data.set_view(now, view);
             }
         }
-        let changes = self.ingress.reconcile(
-            self.data.view(),
-            &self.node.state().topology,
-            self.node.id(),
-            &self.events_tx,
-        );
-        for change in changes {
-            self.vip(change);
+        // The ingress follows the view and the topology, both of the committed state; between
+        // their changes only its grace periods and bind retries move, on the passes of ticks.
+        if state_moved || self.ingress.has_timed_work() {
+            let changes = self.ingress.reconcile(
+                self.data.view(),
+                &self.node.state().topology,
+                self.node.id(),
+                &self.events_tx,
+            );
+            for change in changes {
+                self.vip(change);
+            }
         }
         let lease = self.node.lease_until(now);
         if lease.is_none() && self.leased && !self.data.active_shards().is_empty() {
