@@ -244,7 +244,7 @@ pub struct DevUpArgs {
     /// an event loop polls for work before it sleeps; 0 (off) to 10000. For virtual machines
     /// that halt idle vCPUs without polling: lower checkpoint latency for CPU time.
     #[arg(long, value_name = "US", default_value_t = 0,
-          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+          value_parser = clap::value_parser!(u64).range(0..=tandemd::config::IDLE_POLL_US_MAX))]
     pub idle_poll_us: u64,
 }
 

@@ -65,6 +65,9 @@ pub const REPLICA_SYNC_INTERVAL_US_MAX: u64 = 1_000_000;
 /// throughput by about 20 %: each msync round costs CPU and disk notifications that the
 /// commits' own processes compete with.
 pub const DEFAULT_REPLICA_SYNC_INTERVAL_IN_SYNC_US: u64 = 20_000;
+/// Longest accepted `idle_poll_us` (the idle poller's own bound, here for the tools that
+/// check the value before it reaches a config).
+pub use tandem_io::idle_poll::IDLE_POLL_US_MAX;
 /// Default idle polling window: off (see [`tandem_io::idle_poll`]).
 pub const DEFAULT_IDLE_POLL_US: u64 = 0;
 /// Smallest accepted `frame_len_max` (64 KiB): below it a snapshot chunk or status reply may
@@ -560,14 +563,13 @@ impl Config {
             DEFAULT_IDLE_POLL_US,
             &cluster_span,
         );
-        if idle_poll_us > tandem_io::idle_poll::IDLE_POLL_US_MAX {
+        if idle_poll_us > IDLE_POLL_US_MAX {
             return Err(checker.invalid(
                 Some(idle_poll_span),
                 "cluster.idle_poll_us".into(),
                 format!(
-                    "{idle_poll_us} is too long (at most {}): the event loop would keep its \
-                     CPU busy nearly all the time and its timers late",
-                    tandem_io::idle_poll::IDLE_POLL_US_MAX
+                    "{idle_poll_us} is too long (at most {IDLE_POLL_US_MAX}): the event loop \
+                     would keep its CPU busy nearly all the time and its timers late"
                 ),
             ));
         }
