@@ -389,6 +389,9 @@ pub enum FailureKind {
     NodeError,
     /// A message's bytes could not be decoded.
     Codec,
+    /// What the data plane keeps per replica as its inputs touch it (the in-sync claims, which
+    /// primaries wait for the disk) differs from a walk over every replica.
+    StaleCache,
     /// The code under test panicked.
     Panic,
     /// The run exceeded its event budget.

@@ -976,7 +976,15 @@ impl Sim {
             }
         }
         let sim_node = &mut self.nodes[node];
-        let claims = sim_node.data.as_mut().expect("checked").claims();
+        let data = sim_node.data.as_mut().expect("checked");
+        let claims = data.take_claims_change();
+        data.check_claim_cache().map_err(|detail| Violation {
+            kind: FailureKind::StaleCache,
+            detail: format!("node {id}: {detail}"),
+        })?;
+        let Some(claims) = claims else {
+            return Ok(false);
+        };
         let n = sim_node.node.as_mut().expect("checked");
         let before = n.own_report(local_now).in_sync;
         n.set_in_sync_claims(claims.clone());

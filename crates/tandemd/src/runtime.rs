@@ -1167,7 +1167,9 @@ impl Daemon {
         }
         // Compactions decided on sync reports, when no output followed them.
         self.write_files()?;
-        self.node.set_in_sync_claims(self.data.claims());
+        if let Some(claims) = self.data.take_claims_change() {
+            self.node.set_in_sync_claims(claims);
+        }
         if self
             .sync_pace
             .set_awaited(self.data.awaits_local_durability())

@@ -368,6 +368,38 @@ fn only_a_primary_with_nobody_to_wait_for_awaits_the_local_disk() {
 }
 
 #[test]
+fn claims_are_handed_over_only_when_they_change() {
+    let mut net = Net::new(2);
+    let first = net.planes.get_mut(&1).unwrap().take_claims_change();
+    assert_eq!(
+        first,
+        Some(BTreeMap::new()),
+        "a new plane hands its (empty) claims once"
+    );
+    assert_eq!(net.planes.get_mut(&1).unwrap().take_claims_change(), None);
+    net.assign(1, 1, &[2], &[]);
+    net.commit(1, 1, vec![put("a", b"1")], None, true);
+    net.run();
+    let claims = net.planes.get_mut(&1).unwrap().take_claims_change();
+    let claim = claims.expect("the STANDBY came in step")[&shard()].clone();
+    assert_eq!(claim.units, BTreeSet::from([unit("u2")]));
+    // More commits move nothing a claim says: nothing to hand over, nor to check.
+    for value in [b"2", b"3"] {
+        net.commit(1, 1, vec![put("a", value)], None, true);
+        net.run();
+        assert_eq!(net.planes.get_mut(&1).unwrap().take_claims_change(), None);
+        net.planes[&1].check_claim_cache().unwrap();
+    }
+    // The STANDBY leaves: the claim changes.
+    net.assign(1, 1, &[], &[]);
+    let claims = net.planes.get_mut(&1).unwrap().take_claims_change();
+    let claim = claims.expect("the STANDBY left")[&shard()].clone();
+    assert!(claim.units.is_empty());
+    assert!(claim.seq > 0);
+    net.planes[&1].check_claim_cache().unwrap();
+}
+
+#[test]
 fn a_transfer_under_live_writes_ends_with_equal_digests() {
     let mut net = Net::new(2);
     net.assign(1, 1, &[], &[]);
