@@ -124,7 +124,7 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Op
 /// restart) any test running alongside could take it: that race once left a node of a CI run
 /// unable to start (`bind peer address …: Address already in use`). Below the range only
 /// another explicit draw can collide, and the probe skips ports that are in use.
-fn free_loopback_ports(count: usize, udp: bool) -> Vec<u16> {
+pub fn free_loopback_ports(count: usize, udp: bool) -> Vec<u16> {
     let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())

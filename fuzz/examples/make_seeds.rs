@@ -522,6 +522,20 @@ fn main() {
     sdk_seeds();
     config_seeds();
     data_seeds();
+    resp_seeds();
+}
+
+/// Redis replies as the benchmark's peer reads them.
+fn resp_seeds() {
+    for (name, reply) in [
+        ("status", &b"+OK\r\n"[..]),
+        ("error", b"-ERR unknown command\r\n"),
+        ("integer", b":1\r\n"),
+        ("bulk", b"$11\r\nrole:master\r\n"),
+        ("null_bulk", b"$-1\r\n"),
+    ] {
+        write_seed("resp_reply", name, reply);
+    }
 }
 
 /// Data messages, data calls and answers, and replica files.

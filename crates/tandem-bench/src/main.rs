@@ -32,6 +32,9 @@
 //! - `data-queued` (when `data-checkpoint` is not run): only those queued commits of 128 B.
 //! - `data-small` (when neither of those runs): only the sync and async commits of one 128 B
 //!   write (latency and throughput), for profiling the per-commit path.
+//! - `peer-redis`: the peer SPEC §7 names, side by side: Redis `SET` + `WAIT 1 0` (and plain
+//!   `SET`) of 128 B values against a primary and one replica on loopback, `--commits` each,
+//!   sequential and 32/256 in flight (see `peer`); skipped when `redis-server` is not installed.
 //! - `transfer`: a STANDBY whose replica files were deleted gets `--transfer-mib` MiB (64 KiB
 //!   sections) by full state transfer while the ACTIVE keeps writing, until digests match.
 //! - `stream-switchover`: `--stream-messages` datagrams at 1000/s to the shard's UDP ingress,
@@ -45,6 +48,8 @@ use std::time::{Duration, Instant};
 
 mod data;
 mod host;
+mod peer;
+mod resp;
 mod wake;
 
 use anyhow::{bail, Context as _};
@@ -118,6 +123,8 @@ struct DataReport {
     cluster: Vec<String>,
     checkpoint: Vec<data::Commits>,
     queued: Vec<data::Queued>,
+    /// The Redis peer's rows, when `redis-server` was there to measure.
+    peer_redis: Option<peer::Redis>,
     transfer: Option<data::Transfer>,
     stream_switchover: Option<data::StreamSwitchover>,
     soak: Option<data::Soak>,
@@ -446,6 +453,7 @@ fn main() -> anyhow::Result<()> {
         cluster: args.cluster.clone(),
         checkpoint: Vec::new(),
         queued: Vec::new(),
+        peer_redis: None,
         transfer: None,
         stream_switchover: None,
         soak: None,
@@ -516,6 +524,18 @@ fn main() -> anyhow::Result<()> {
         (data_report.checkpoint, data_report.queued) =
             data::checkpoint(args.commits, rows, &data_cluster)?;
     }
+    if wants("data-peer-redis") {
+        eprintln!(
+            "peer-redis: SET + WAIT 1 0 and SET of 128 B to a primary and one replica, {} each",
+            args.commits
+        );
+        data_report.peer_redis = peer::redis(args.commits)?;
+        if data_report.peer_redis.is_none() {
+            eprintln!(
+                "peer-redis: skipped, redis-server is not on the PATH (Debian: apt-get install redis-server)"
+            );
+        }
+    }
     if wants("data-transfer") {
         eprintln!(
             "transfer: {} MiB to an emptied STANDBY under writes",
@@ -573,6 +593,38 @@ fn main() -> anyhow::Result<()> {
                 commits.pipelined_mib_per_s,
                 commits.deep_per_s,
                 commits.deep_per_s * commits.writes_per_commit as f64
+            );
+        }
+    }
+    if let Some(redis) = &data_report.peer_redis {
+        println!(
+            "\npeer: {}, a primary and one replica on loopback, persistence off",
+            redis.version
+        );
+        println!(
+            "{:<8} {:<16} {:>6} {:>7} {:>10} {:>10} {:>14} {:>14} {:>12}",
+            "peer",
+            "command",
+            "value",
+            "count",
+            "p50 us",
+            "p99 us",
+            "seq ops/s",
+            "32-deep /s",
+            "256-deep /s"
+        );
+        for row in &redis.rows {
+            println!(
+                "{:<8} {:<16} {:>6} {:>7} {:>10.1} {:>10.1} {:>14.0} {:>14.0} {:>12.0}",
+                format!("redis {}", row.mode),
+                row.command,
+                row.size,
+                row.count,
+                row.p50_us,
+                row.p99_us,
+                row.sequential_per_s,
+                row.pipelined_per_s,
+                row.deep_per_s
             );
         }
     }
