@@ -509,7 +509,7 @@ fn main() {
         bench,
         benched: false,
     };
-    // The SDK's runtime: one thread, with the node's idle polling (`cluster.idle_poll_us`).
+    // The SDK's runtime: one thread, with the node's idle polling (`cluster.unit_idle_poll_us`).
     let result = tandem::runtime().and_then(|runtime| runtime.block_on(tandem::run(recorder)));
     if let Err(error) = result {
         eprintln!("tandem-test-unit: {error}");

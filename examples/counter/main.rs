@@ -102,7 +102,7 @@ async fn read_count(ctx: &Context, shard: &ShardName) -> Result<u64, HookError> 
 fn main() {
     tracing_subscriber::fmt().with_ansi(false).init();
     // `run` returns when tandemd closes the connection; the unit has quiesced by then. The
-    // SDK's runtime is one thread with the node's idle polling (`cluster.idle_poll_us`).
+    // SDK's runtime is one thread with the node's idle polling (`cluster.unit_idle_poll_us`).
     let result = tandem::runtime().and_then(|runtime| runtime.block_on(tandem::run(Counter)));
     if let Err(error) = result {
         eprintln!("counter: {error}");

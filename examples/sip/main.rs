@@ -344,7 +344,7 @@ impl Unit for Sip {
 
 fn main() {
     tracing_subscriber::fmt().with_ansi(false).init();
-    // One thread with the node's idle polling (`cluster.idle_poll_us`): see `tandem::runtime`.
+    // One thread with the node's idle polling (`cluster.unit_idle_poll_us`): see `tandem::runtime`.
     let result = tandem::runtime().and_then(|runtime| runtime.block_on(tandem::run(Sip)));
     if let Err(error) = result {
         eprintln!("sip: {error}");

@@ -165,8 +165,13 @@ fn acknowledged_writes_survive_switchover_unit_kill_and_daemon_kill() {
 #[test]
 fn with_idle_polling_daemons_and_units_poll_and_writes_survive_a_switchover() {
     // The event loops poll before they sleep: timers (Raft ticks, heartbeats, leases) and
-    // every socket must still be served, and the units get the window from their daemon.
-    let cluster = TestCluster::start_with_cluster(3, "idle_poll_us = 200\n", &data_service(0));
+    // every socket must still be served, and the units get their own window
+    // (`unit_idle_poll_us`), not the daemon's.
+    let cluster = TestCluster::start_with_cluster(
+        3,
+        "idle_poll_us = 200\nunit_idle_poll_us = 150\n",
+        &data_service(0),
+    );
     let (first, _) = cluster.wait_in_sync(SHARD);
     wait_acked(&cluster, 50);
     for index in 0..3 {
@@ -182,8 +187,8 @@ fn with_idle_polling_daemons_and_units_poll_and_writes_survive_a_switchover() {
     assert!(
         environ
             .split(|byte| *byte == 0)
-            .any(|entry| entry == b"TANDEM_IDLE_POLL_US=200"),
-        "the unit got the node's window"
+            .any(|entry| entry == b"TANDEM_IDLE_POLL_US=150"),
+        "the unit got the node's unit window"
     );
     let epoch = shard(&cluster.wait_leader_status(), SHARD).unwrap().epoch;
     let second = switch_over(&cluster, &first);

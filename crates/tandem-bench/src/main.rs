@@ -85,8 +85,9 @@ struct Args {
     /// Seconds of the soak scenario (0, the default: not run; SPEC §7 asks for 600).
     #[arg(long, default_value_t = 0)]
     soak_secs: u64,
-    /// The data-plane scenarios' daemons (and their units) run with `cluster.idle_poll_us` set
-    /// to this, 0 to 10000 (0, the default: idle polling off, as in tandemd's defaults).
+    /// The data-plane scenarios' daemons run with `cluster.idle_poll_us` set to this, 0 to
+    /// 10000 (0, the default: idle polling off, as in tandemd's defaults). Their units poll
+    /// only with `--cluster unit_idle_poll_us=N`.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=tandemd::config::IDLE_POLL_US_MAX))]
     idle_poll_us: u64,
     /// A `[cluster]` setting for the data-plane scenarios' daemons, as `KEY=VALUE` in TOML

@@ -8,8 +8,9 @@
 //! takes an inter-processor interrupt, which on that VM costs about 25 µs. A thread that is
 //! still *running* when its message arrives needs neither.
 //!
-//! So with idle polling on (the daemon's `cluster.idle_poll_us`, which units get as
-//! `TANDEM_IDLE_POLL_US` and the SDK's `tandem::runtime` applies), the tokio runtime's park
+//! So with idle polling on (the daemon's `cluster.idle_poll_us`; for units, the node's
+//! `cluster.unit_idle_poll_us`, which they get as `TANDEM_IDLE_POLL_US` and the SDK's
+//! `tandem::runtime` applies), the tokio runtime's park
 //! hook (which runs just before the thread would block in `epoll_wait`) asks the runtime's
 //! own epoll instance, with a zero-timeout `poll`, whether anything is ready, again and again
 //! until something is or the window is over; then it returns and the runtime's `epoll_wait`

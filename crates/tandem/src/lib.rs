@@ -484,8 +484,9 @@ async fn read_message(
 /// one thread, so that the SDK's socket task, its lease timer and your hooks hand work to each
 /// other without waking another thread, and the node's idle polling.
 ///
-/// Idle polling is the daemon's `cluster.idle_poll_us`, which `tandemd` passes to its units as
-/// `TANDEM_IDLE_POLL_US` (a service's `env` may set its own; absent means off): before the
+/// Idle polling is the node's `cluster.unit_idle_poll_us` (off by default, whatever the
+/// daemon's own `idle_poll_us`), which `tandemd` passes to its units as `TANDEM_IDLE_POLL_US`
+/// (a service's `env` may set its own; absent means off): before the
 /// thread sleeps, it polls for up to that long (the window adapts to how long the thread then
 /// sleeps) for anything to do, so that an answer from `tandemd` (a sync commit's
 /// acknowledgement, say) finds it running. On a virtual machine that halts

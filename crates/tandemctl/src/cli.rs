@@ -240,9 +240,10 @@ pub struct DevUpArgs {
     #[arg(long, value_name = "APP", default_value = "counter", value_parser = ["counter", "sip", "none"])]
     pub app: String,
 
-    /// The daemons' (and so the units') idle polling window, `cluster.idle_poll_us`: how long
-    /// an event loop polls for work before it sleeps; 0 (off) to 10000. For virtual machines
-    /// that halt idle vCPUs without polling: lower checkpoint latency for CPU time.
+    /// The daemons' idle polling window, `cluster.idle_poll_us`: how long an event loop polls
+    /// for work before it sleeps; 0 (off) to 10000. For virtual machines that halt idle vCPUs
+    /// without polling: lower checkpoint latency for CPU time. (Units poll only with
+    /// `cluster.unit_idle_poll_us`, off here.)
     #[arg(long, value_name = "US", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=tandemd::config::IDLE_POLL_US_MAX))]
     pub idle_poll_us: u64,

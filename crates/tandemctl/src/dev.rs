@@ -174,6 +174,7 @@ pub fn dev_config(
             replica_sync_interval_us: config::DEFAULT_REPLICA_SYNC_INTERVAL_US,
             replica_sync_interval_in_sync_us: config::DEFAULT_REPLICA_SYNC_INTERVAL_IN_SYNC_US,
             idle_poll_us: config::DEFAULT_IDLE_POLL_US,
+            unit_idle_poll_us: config::DEFAULT_UNIT_IDLE_POLL_US,
             node_restart: None,
         },
         nodes: node_configs,

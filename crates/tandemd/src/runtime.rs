@@ -452,7 +452,7 @@ pub async fn run(
         config_dir,
         node.name.clone(),
         socket.clone(),
-        config.cluster.idle_poll_us,
+        config.cluster.unit_idle_poll_us,
         events_tx.clone(),
     )
     .with_context(|| format!("prepare unit directory in {}", data_dir.display()))?;

@@ -49,7 +49,7 @@ pub mod env {
     pub const REINITIALISE: &str = "TANDEM_REINITIALISE";
     /// For terminate and cleanup commands: the unit's pid.
     pub const PID: &str = "TANDEM_PID";
-    /// The node's `cluster.idle_poll_us`, for the SDK's `tandem::runtime` (a service's own
+    /// The node's `cluster.unit_idle_poll_us`, for the SDK's `tandem::runtime` (a service's own
     /// `env` may override it).
     pub const IDLE_POLL_US: &str = "TANDEM_IDLE_POLL_US";
 }
@@ -144,7 +144,7 @@ pub struct Supervisor {
     node: String,
     /// The SDK socket path, for the environment.
     socket: PathBuf,
-    /// `cluster.idle_poll_us`, for the environment.
+    /// `cluster.unit_idle_poll_us`, for the environment.
     idle_poll_us: u64,
     /// Running processes by (unit, generation).
     children: BTreeMap<(UnitName, u64), Child>,
