@@ -86,9 +86,9 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     soak_secs: u64,
     /// The data-plane scenarios' daemons run with `cluster.idle_poll_us` set to this, 0 to
-    /// 10000 (0, the default: idle polling off, as in tandemd's defaults). Their units poll
-    /// only with `--cluster unit_idle_poll_us=N`.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=tandemd::config::IDLE_POLL_US_MAX))]
+    /// 10000 (0: idle polling off; the default is tandemd's own, 200). Their units poll only
+    /// with `--cluster unit_idle_poll_us=N`.
+    #[arg(long, default_value_t = tandemd::config::DEFAULT_IDLE_POLL_US, value_parser = clap::value_parser!(u64).range(0..=tandemd::config::IDLE_POLL_US_MAX))]
     idle_poll_us: u64,
     /// A `[cluster]` setting for the data-plane scenarios' daemons, as `KEY=VALUE` in TOML
     /// (`--cluster replica_sync_interval_in_sync_us=2000`); repeat for more. Checked as tandemd

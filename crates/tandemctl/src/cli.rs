@@ -241,10 +241,10 @@ pub struct DevUpArgs {
     pub app: String,
 
     /// The daemons' idle polling window, `cluster.idle_poll_us`: how long an event loop polls
-    /// for work before it sleeps; 0 (off) to 10000. For virtual machines that halt idle vCPUs
-    /// without polling: lower checkpoint latency for CPU time. (Units poll only with
-    /// `cluster.unit_idle_poll_us`, off here.)
-    #[arg(long, value_name = "US", default_value_t = 0,
+    /// for work before it sleeps; 0 (off) to 10000, tandemd's default when not given. On
+    /// virtual machines that halt idle vCPUs without polling it buys lower checkpoint latency
+    /// for CPU time. (Units poll only with `cluster.unit_idle_poll_us`, off here.)
+    #[arg(long, value_name = "US", default_value_t = tandemd::config::DEFAULT_IDLE_POLL_US,
           value_parser = clap::value_parser!(u64).range(0..=tandemd::config::IDLE_POLL_US_MAX))]
     pub idle_poll_us: u64,
 }
@@ -388,16 +388,16 @@ mod tests {
                 assert_eq!(args.dir, PathBuf::from(".tandem"));
                 assert_eq!(args.base_port, 7100);
                 assert!(!args.fresh);
-                assert_eq!(args.idle_poll_us, 0);
+                assert_eq!(args.idle_poll_us, 200, "tandemd's default");
                 assert_eq!(args.app, "counter");
             }
             other => panic!("{other:?}"),
         }
-        let cli = Cli::try_parse_from(["tandemctl", "dev", "up", "--idle-poll-us", "200"]).unwrap();
+        let cli = Cli::try_parse_from(["tandemctl", "dev", "up", "--idle-poll-us", "0"]).unwrap();
         assert!(matches!(
             cli.command,
             Command::Dev(DevCommand::Up(DevUpArgs {
-                idle_poll_us: 200,
+                idle_poll_us: 0,
                 ..
             }))
         ));
