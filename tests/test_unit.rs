@@ -204,6 +204,13 @@ impl Recorder {
     }
 }
 
+/// A pipelined row of the checkpoint benchmark runs its `count` commits and then goes on until
+/// it has run this long: a few thousand commits 256 deep take a few milliseconds, so one msync
+/// round or one late wake-up would decide the figure.
+const PIPELINED_RUN_MIN: Duration = Duration::from_millis(500);
+/// ...but never more than this many times `count` commits.
+const PIPELINED_COUNT_FACTOR_MAX: usize = 100;
+
 /// One measurement of the checkpoint benchmark.
 async fn measure(
     ctx: &Context,
@@ -241,12 +248,15 @@ async fn measure(
         latencies.push(at.elapsed().as_secs_f64() * 1e6);
     }
     let sequential = count as f64 / started.elapsed().as_secs_f64();
-    // Throughput with 32 and with 256 commits in flight.
-    let mut pipelined = [0.0; 2];
-    for (depth, rate) in [32, 256].into_iter().zip(&mut pipelined) {
+    // Throughput with 32 and with 256 commits in flight, over at least `PIPELINED_RUN_MIN`.
+    let mut pipelined = [(0.0, 0); 2];
+    for (depth, (rate, issued)) in [32, 256].into_iter().zip(&mut pipelined) {
         let started = std::time::Instant::now();
         let mut in_flight = tokio::task::JoinSet::new();
-        for index in 0..count {
+        let mut index = 0;
+        while index < count.saturating_mul(PIPELINED_COUNT_FACTOR_MAX)
+            && (index < count || started.elapsed() < PIPELINED_RUN_MIN)
+        {
             if in_flight.len() >= depth {
                 in_flight
                     .join_next()
@@ -256,20 +266,22 @@ async fn measure(
             }
             let commit = commit(index);
             in_flight.spawn(async move { commit.await.map(|_| ()) });
+            index += 1;
         }
         while let Some(done) = in_flight.join_next().await {
             done.expect("the commit task ran")?;
         }
-        *rate = count as f64 / started.elapsed().as_secs_f64();
+        *rate = index as f64 / started.elapsed().as_secs_f64();
+        *issued = index;
     }
-    let [pipelined, deep] = pipelined;
+    let [(pipelined, pipelined_count), (deep, deep_count)] = pipelined;
     latencies.sort_by(f64::total_cmp);
     let at = |quantile: f64| {
         latencies
             [((latencies.len() as f64 * quantile).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
     Ok(format!(
-        "{{\"mode\":\"{}\",\"size\":{size},\"writes_per_commit\":{writes},\"count\":{count},\"p50_us\":{:.1},\"p99_us\":{:.1},\"sequential_per_s\":{sequential:.0},\"pipelined_per_s\":{pipelined:.0},\"pipelined_mib_per_s\":{:.1},\"deep_per_s\":{deep:.0}}}",
+        "{{\"mode\":\"{}\",\"size\":{size},\"writes_per_commit\":{writes},\"count\":{count},\"p50_us\":{:.1},\"p99_us\":{:.1},\"sequential_per_s\":{sequential:.0},\"pipelined_per_s\":{pipelined:.0},\"pipelined_mib_per_s\":{:.1},\"deep_per_s\":{deep:.0},\"pipelined_count\":{pipelined_count},\"deep_count\":{deep_count}}}",
         if sync { "sync" } else { "async" },
         at(0.5),
         at(0.99),

@@ -40,7 +40,7 @@ pub struct Commits {
     pub size: u64,
     /// Writes (puts of distinct keys) in each commit.
     pub writes_per_commit: u64,
-    /// Commits measured.
+    /// Commits measured one at a time (the latency figures).
     pub count: u64,
     /// Sequential commit latency, median, µs.
     pub p50_us: f64,
@@ -54,6 +54,10 @@ pub struct Commits {
     pub pipelined_mib_per_s: f64,
     /// Commits per second with 256 in flight.
     pub deep_per_s: f64,
+    /// Commits the 32-deep run made: `count`, or more to run at least half a second.
+    pub pipelined_count: u64,
+    /// The same for the 256-deep run.
+    pub deep_count: u64,
 }
 
 /// Queued (write-behind) commits, as the unit reported them.
