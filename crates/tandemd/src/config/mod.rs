@@ -384,6 +384,28 @@ impl Checker<'_> {
             None => (default, table.clone()),
         }
     }
+
+    /// The value of `key` (`default` when left out), refused above `max` with a message
+    /// that says what `consequence` a longer one would have.
+    fn at_most(
+        &self,
+        option: &Option<Spanned<u64>>,
+        default: u64,
+        max: u64,
+        table: &Range<usize>,
+        key: &str,
+        consequence: &str,
+    ) -> Result<u64, ConfigError> {
+        let (value, span) = Self::value_or(option, default, table);
+        if value > max {
+            return Err(self.invalid(
+                Some(span),
+                key.into(),
+                format!("{value} is too long (at most {max}): {consequence}"),
+            ));
+        }
+        Ok(value)
+    }
 }
 
 /// Best effort: the dotted path of the TOML table that contains byte `offset`, found by
@@ -535,21 +557,14 @@ impl Config {
         );
         let (lease_ms, lease_span) =
             Checker::value_or(&raw_cluster.lease_ms, DEFAULT_LEASE_MS, &cluster_span);
-        let (replica_sync_interval_us, replica_sync_span) = Checker::value_or(
+        let replica_sync_interval_us = checker.at_most(
             &raw_cluster.replica_sync_interval_us,
             DEFAULT_REPLICA_SYNC_INTERVAL_US,
+            REPLICA_SYNC_INTERVAL_US_MAX,
             &cluster_span,
-        );
-        if replica_sync_interval_us > REPLICA_SYNC_INTERVAL_US_MAX {
-            return Err(checker.invalid(
-                Some(replica_sync_span),
-                "cluster.replica_sync_interval_us".into(),
-                format!(
-                    "{replica_sync_interval_us} is too long (at most \
-                     {REPLICA_SYNC_INTERVAL_US_MAX}): writes would wait that long for the disk"
-                ),
-            ));
-        }
+            "cluster.replica_sync_interval_us",
+            "writes would wait that long for the disk",
+        )?;
         let replica_sync_interval_in_sync_us = match &raw_cluster.replica_sync_interval_in_sync_us {
             None => DEFAULT_REPLICA_SYNC_INTERVAL_IN_SYNC_US.max(replica_sync_interval_us),
             Some(set) => {
@@ -577,36 +592,22 @@ impl Config {
                 value
             }
         };
-        let (idle_poll_us, idle_poll_span) = Checker::value_or(
+        let idle_poll_us = checker.at_most(
             &raw_cluster.idle_poll_us,
             DEFAULT_IDLE_POLL_US,
+            IDLE_POLL_US_MAX,
             &cluster_span,
-        );
-        if idle_poll_us > IDLE_POLL_US_MAX {
-            return Err(checker.invalid(
-                Some(idle_poll_span),
-                "cluster.idle_poll_us".into(),
-                format!(
-                    "{idle_poll_us} is too long (at most {IDLE_POLL_US_MAX}): the event loop \
-                     would keep its CPU busy nearly all the time and its timers late"
-                ),
-            ));
-        }
-        let (unit_idle_poll_us, unit_idle_poll_span) = Checker::value_or(
+            "cluster.idle_poll_us",
+            "the event loop would keep its CPU busy nearly all the time and its timers late",
+        )?;
+        let unit_idle_poll_us = checker.at_most(
             &raw_cluster.unit_idle_poll_us,
             DEFAULT_UNIT_IDLE_POLL_US,
+            IDLE_POLL_US_MAX,
             &cluster_span,
-        );
-        if unit_idle_poll_us > IDLE_POLL_US_MAX {
-            return Err(checker.invalid(
-                Some(unit_idle_poll_span),
-                "cluster.unit_idle_poll_us".into(),
-                format!(
-                    "{unit_idle_poll_us} is too long (at most {IDLE_POLL_US_MAX}): each unit \
-                     would keep its CPU busy nearly all the time and its timers late"
-                ),
-            ));
-        }
+            "cluster.unit_idle_poll_us",
+            "each unit would keep its CPU busy nearly all the time and its timers late",
+        )?;
 
         let positive = [
             (
