@@ -1207,6 +1207,9 @@ admin_addr = "127.0.0.1:7203"
         assert!(message.contains("at most 10000"), "{message}");
         let config = parse(&with("unit_idle_poll_us = 200")).unwrap();
         assert_eq!(config.cluster.unit_idle_poll_us, 200);
+        let key = "cluster.replica_sync_interval_us";
+        let message = assert_error(&with("replica_sync_interval_us = 1000001"), 4, key);
+        assert!(message.contains("at most 1000000"), "{message}");
         let key = "cluster.replica_sync_interval_in_sync_us";
         let message = assert_error(&with("replica_sync_interval_in_sync_us = 1000001"), 4, key);
         assert!(message.contains("at most 1000000"), "{message}");
