@@ -72,8 +72,32 @@ fn run(window_us: u64, round_trips: usize) -> anyhow::Result<Wake> {
             Ok(())
         })
     });
-    let runtime = setup(0, window_us)?;
-    let mut samples = runtime.block_on(async move {
+    // The measuring side runs on a thread of its own too: pinning the caller would pin every
+    // process the benchmark starts after this (daemons and units inherit the affinity).
+    let near = std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+        let runtime = setup(0, window_us)?;
+        measure(&runtime, near, round_trips)
+    });
+    let samples = near.join();
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+    let mut samples = samples.map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
+    samples.sort_by(f64::total_cmp);
+    Ok(Wake {
+        idle_poll_us: window_us,
+        round_trips,
+        p50_us: crate::quantile(&samples, 0.5),
+        p99_us: crate::quantile(&samples, 0.99),
+    })
+}
+
+/// `round_trips` timed round trips of 8 bytes through the echo at the far end of `near`.
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    near: std::os::unix::net::UnixStream,
+    round_trips: usize,
+) -> anyhow::Result<Vec<f64>> {
+    runtime.block_on(async move {
         let mut near = tokio::net::UnixStream::from_std(near)?;
         let mut samples = Vec::with_capacity(round_trips);
         let mut buffer = [0u8; 8];
@@ -88,15 +112,6 @@ fn run(window_us: u64, round_trips: usize) -> anyhow::Result<Wake> {
             );
         }
         anyhow::Ok(samples)
-    })?;
-    echo.join()
-        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
-    samples.sort_by(f64::total_cmp);
-    Ok(Wake {
-        idle_poll_us: window_us,
-        round_trips,
-        p50_us: crate::quantile(&samples, 0.5),
-        p99_us: crate::quantile(&samples, 0.99),
     })
 }
 
@@ -109,4 +124,35 @@ pub fn wake(window_us: u64, round_trips: usize) -> anyhow::Result<Option<Vec<Wak
         run(0, round_trips)?,
         run(window_us, round_trips)?,
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPUs the calling thread may run on.
+    fn affinity() -> Vec<usize> {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0);
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    }
+
+    #[test]
+    fn measuring_leaves_the_callers_cpus_alone() {
+        // The processes the benchmark starts after `wake` inherit its main thread's affinity:
+        // pinned to one CPU, every later scenario would measure a one-CPU host.
+        let before = affinity();
+        let rows = wake(200, 100).expect("wake");
+        assert_eq!(affinity(), before);
+        if let Some(rows) = rows {
+            assert_eq!(rows.len(), 2);
+            assert!(rows
+                .iter()
+                .all(|row| row.round_trips == 100 && row.p50_us > 0.0));
+        }
+    }
 }
