@@ -73,7 +73,7 @@ pub use tandem_io::idle_poll::IDLE_POLL_US_MAX;
 /// machine that halts idle vCPUs without polling, every hop of a commit that finds its
 /// receiver asleep costs a wake-up through the hypervisor (75 µs per cross-CPU round trip on
 /// the 2-vCPU development VM, 5.5 µs with this window); there it took a sync 128 B commit's
-/// p50 from 128-145 µs to 36-74 µs. The window adapts, so an idle daemon hardly polls: under
+/// p50 from 118-161 µs to 32-74 µs (4 alternating pairs of runs). The window adapts, so an idle daemon hardly polls: under
 /// the counter example's traffic a daemon used 3.8 % of a CPU instead of 3.2 %.
 pub const DEFAULT_IDLE_POLL_US: u64 = 200;
 /// Default idle polling window of the units (their `TANDEM_IDLE_POLL_US`): off, whatever the
