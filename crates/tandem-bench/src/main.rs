@@ -461,10 +461,11 @@ fn main() -> anyhow::Result<()> {
         soak: None,
     };
     let wake = if wants("wake") {
+        // With polling turned off for the data scenarios, show what tandemd's default does.
         let window = if args.idle_poll_us > 0 {
             args.idle_poll_us
         } else {
-            200
+            tandemd::config::DEFAULT_IDLE_POLL_US
         };
         eprintln!("wake: cross-CPU round trips on a Unix socket pair, plain and with {window} µs idle polling");
         let rows = wake::wake(window, WAKE_ROUND_TRIPS)?;

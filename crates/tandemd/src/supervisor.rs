@@ -145,7 +145,7 @@ pub struct Supervisor {
     /// The SDK socket path, for the environment.
     socket: PathBuf,
     /// `cluster.unit_idle_poll_us`, for the environment.
-    idle_poll_us: u64,
+    unit_idle_poll_us: u64,
     /// Running processes by (unit, generation).
     children: BTreeMap<(UnitName, u64), Child>,
     /// Where exits are reported.
@@ -185,7 +185,7 @@ impl Supervisor {
         config_dir: PathBuf,
         node: String,
         socket: PathBuf,
-        idle_poll_us: u64,
+        unit_idle_poll_us: u64,
         events: EventSender,
     ) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
@@ -194,7 +194,7 @@ impl Supervisor {
             config_dir,
             node,
             socket,
-            idle_poll_us,
+            unit_idle_poll_us,
             children: BTreeMap::new(),
             events,
         })
@@ -265,7 +265,7 @@ impl Supervisor {
         let mut command = std::process::Command::new(resolve(&self.config_dir, program));
         command
             .args(&spec.argv[1..])
-            .env(env::IDLE_POLL_US, self.idle_poll_us.to_string())
+            .env(env::IDLE_POLL_US, self.unit_idle_poll_us.to_string())
             .envs(&spec.env)
             .env(env::SOCKET, &self.socket)
             .env(env::UNIT, unit.as_str())

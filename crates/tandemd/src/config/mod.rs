@@ -73,8 +73,9 @@ pub use tandem_io::idle_poll::IDLE_POLL_US_MAX;
 /// machine that halts idle vCPUs without polling, every hop of a commit that finds its
 /// receiver asleep costs a wake-up through the hypervisor (75 µs per cross-CPU round trip on
 /// the 2-vCPU development VM, 5.5 µs with this window); there it took a sync 128 B commit's
-/// p50 from 118-161 µs to 32-74 µs (4 alternating pairs of runs). The window adapts, so an idle daemon hardly polls: under
-/// the counter example's traffic a daemon used 3.8 % of a CPU instead of 3.2 %.
+/// p50 from 118-161 µs to 32-74 µs (4 alternating pairs of runs). The window adapts, so an
+/// idle daemon hardly polls: under the counter example's traffic a daemon used 3.8 % of a
+/// CPU instead of 3.2 %.
 pub const DEFAULT_IDLE_POLL_US: u64 = 200;
 /// Default idle polling window of the units (their `TANDEM_IDLE_POLL_US`): off, whatever the
 /// daemon's. On the 2-vCPU development VM, with the daemons polling 200 µs, units that also
@@ -145,8 +146,7 @@ pub struct ClusterConfig {
     pub replica_sync_interval_in_sync_us: u64,
     /// How long the event loop's thread polls for work before it sleeps (see
     /// [`tandem_io::idle_poll`]; [`DEFAULT_IDLE_POLL_US`] when left out); 0 turns idle
-    /// polling off. At most
-    /// [`tandem_io::idle_poll::IDLE_POLL_US_MAX`].
+    /// polling off. At most [`tandem_io::idle_poll::IDLE_POLL_US_MAX`].
     pub idle_poll_us: u64,
     /// The idle polling window the node's units get (`TANDEM_IDLE_POLL_US`, which the SDK's
     /// `tandem::runtime` applies; a service's `env` may set its own); 0 turns it off. At most
