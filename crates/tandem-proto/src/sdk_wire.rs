@@ -3,7 +3,7 @@
 //! the SDK and tandemd use it. Decoding never panics and bounds every count through
 //! [`data_wire`](crate::data_wire)'s checks.
 
-use tandem_core::data::{DataReply, DataRequest, Delivery, Digest, Section};
+use tandem_core::data::{DataReply, DataRequest, Delivery, Digest, RefusalCode, Section};
 use tandem_core::ShardName;
 
 use crate::data as data_wire_types;
@@ -13,18 +13,39 @@ use crate::data_wire::{
 };
 use crate::sdk as wire;
 
-/// Every error code tandemd answers a data call with (`DataReply::Error`); an unknown code
-/// from a newer tandemd decodes as `"unknown"`.
-pub const ERROR_CODES: &[&str] = &[
-    "bad_request",
-    "epoch_changed",
-    "no_lease",
-    "no_replica",
-    "not_active",
-    "not_registered",
-    "outcome_unknown",
-    "stale_epoch",
-];
+/// A refusal's code on the wire. Exhaustive both ways: a new [`RefusalCode`] does not compile
+/// until it has its number here.
+pub fn encode_refusal(code: RefusalCode) -> wire::RefusalCode {
+    match code {
+        RefusalCode::BadRequest => wire::RefusalCode::RefusalBadRequest,
+        RefusalCode::NotActive => wire::RefusalCode::RefusalNotActive,
+        RefusalCode::StaleEpoch => wire::RefusalCode::RefusalStaleEpoch,
+        RefusalCode::EpochChanged => wire::RefusalCode::RefusalEpochChanged,
+        RefusalCode::NoLease => wire::RefusalCode::RefusalNoLease,
+        RefusalCode::NoReplica => wire::RefusalCode::RefusalNoReplica,
+        RefusalCode::NotRegistered => wire::RefusalCode::RefusalNotRegistered,
+        RefusalCode::OutcomeUnknown => wire::RefusalCode::RefusalOutcomeUnknown,
+        RefusalCode::QueueBroken => wire::RefusalCode::RefusalQueueBroken,
+        RefusalCode::Unknown => wire::RefusalCode::RefusalUnknown,
+    }
+}
+
+/// A refusal's code from the wire; a number this build does not know (from a newer tandemd)
+/// is [`RefusalCode::Unknown`].
+pub fn decode_refusal(code: i32) -> RefusalCode {
+    match wire::RefusalCode::try_from(code).unwrap_or(wire::RefusalCode::RefusalUnknown) {
+        wire::RefusalCode::RefusalBadRequest => RefusalCode::BadRequest,
+        wire::RefusalCode::RefusalNotActive => RefusalCode::NotActive,
+        wire::RefusalCode::RefusalStaleEpoch => RefusalCode::StaleEpoch,
+        wire::RefusalCode::RefusalEpochChanged => RefusalCode::EpochChanged,
+        wire::RefusalCode::RefusalNoLease => RefusalCode::NoLease,
+        wire::RefusalCode::RefusalNoReplica => RefusalCode::NoReplica,
+        wire::RefusalCode::RefusalNotRegistered => RefusalCode::NotRegistered,
+        wire::RefusalCode::RefusalOutcomeUnknown => RefusalCode::OutcomeUnknown,
+        wire::RefusalCode::RefusalQueueBroken => RefusalCode::QueueBroken,
+        wire::RefusalCode::RefusalUnknown => RefusalCode::Unknown,
+    }
+}
 
 fn bad(what: impl Into<String>) -> DataWireError {
     DataWireError(what.into())
@@ -173,7 +194,7 @@ pub fn encode_answer(id: u64, reply: &DataReply) -> wire::DataAnswer {
             in_sync: *in_sync,
         }),
         DataReply::Error { code, message } => Kind::Error(wire::ErrorAnswer {
-            code: (*code).to_owned(),
+            code: encode_refusal(*code) as i32,
             message: message.clone(),
         }),
     };
@@ -210,11 +231,7 @@ pub fn decode_answer(answer: wire::DataAnswer) -> Result<(u64, DataReply), DataW
             in_sync: position.in_sync,
         },
         Kind::Error(error) => DataReply::Error {
-            code: ERROR_CODES
-                .iter()
-                .find(|code| **code == error.code)
-                .copied()
-                .unwrap_or("unknown"),
+            code: decode_refusal(error.code),
             message: error.message,
         },
     };
@@ -370,11 +387,13 @@ mod tests {
                 sections: 3,
                 in_sync: 1,
             },
-            DataReply::Error {
-                code: "not_active",
-                message: "no".into(),
-            },
         ];
+        let replies = replies
+            .into_iter()
+            .chain(RefusalCode::ALL.map(|code| DataReply::Error {
+                code,
+                message: format!("refused: {code}"),
+            }));
         for reply in replies {
             assert_eq!(
                 decode_answer(encode_answer(4, &reply)).expect("decodes"),
@@ -414,7 +433,7 @@ mod tests {
         let answer = wire::DataAnswer {
             id: 1,
             kind: Some(wire::data_answer::Kind::Error(wire::ErrorAnswer {
-                code: "from_the_future".into(),
+                code: 4242,
                 message: "m".into(),
             })),
         };
@@ -422,7 +441,7 @@ mod tests {
         assert!(matches!(
             reply,
             DataReply::Error {
-                code: "unknown",
+                code: RefusalCode::Unknown,
                 ..
             }
         ));

@@ -1857,7 +1857,7 @@ impl Sim {
             (
                 PendingData::Writes { shard, writes, .. },
                 DataReply::Error {
-                    code: "outcome_unknown",
+                    code: tandem_core::data::RefusalCode::OutcomeUnknown,
                     ..
                 },
             ) => self.data_checker.on_uncertain(&shard, &writes),

@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tandem_core::data::{DataReply, DataRequest, Write};
+use tandem_core::data::{DataReply, DataRequest, RefusalCode, Write};
 use tandem_proto::sdk::{unit_to_agent, UnitToAgent};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -60,15 +60,16 @@ pub enum DataError {
     /// [`COMMIT_WRITES_MAX`]); nothing was written.
     #[error("bad write: {0}")]
     BadWrite(String),
-    /// tandemd refused the call; `code` says why (`not_active`, `stale_epoch`, `no_lease`,
-    /// `no_replica`, `bad_request`, `outcome_unknown`, ...).
+    /// tandemd refused the call; `code` says why ([`RefusalCode`]).
     ///
-    /// `outcome_unknown`: the commit may or may not have been applied (the shard's ACTIVE
-    /// changed while it was in flight); the new ACTIVE's replica tells.
+    /// [`RefusalCode::OutcomeUnknown`]: the commit may or may not have been applied (the
+    /// shard's ACTIVE changed while it was in flight); the new ACTIVE's replica tells.
+    /// [`RefusalCode::QueueBroken`]: a queued commit was refused because one queued before
+    /// it was; [`Checkpoint::flush`] reports the first refusal.
     #[error("tandemd refused the call ({code}): {message}")]
     Refused {
-        /// A stable code.
-        code: &'static str,
+        /// Why.
+        code: RefusalCode,
         /// For humans.
         message: String,
     },
@@ -215,7 +216,7 @@ async fn run_flusher(ctx: Context, shard: ShardName, queue: Arc<Queue>) {
         match &outcome {
             // The batch sent with a refused one: its refusal says nothing new.
             Err(DataError::Refused {
-                code: "queue_broken",
+                code: RefusalCode::QueueBroken,
                 ..
             }) => {}
             Err(error) => {
@@ -280,11 +281,7 @@ impl Context {
 
     /// The answer to a call [`send_call`](Self::send_call) sent.
     async fn answer_of(answer: oneshot::Receiver<DataReply>) -> Result<DataReply, DataError> {
-        match answer.await {
-            Ok(DataReply::Error { code, message }) => Err(DataError::Refused { code, message }),
-            Ok(reply) => Ok(reply),
-            Err(_) => Err(DataError::Disconnected),
-        }
+        answer.await.map_or(Err(DataError::Disconnected), outcome)
     }
 }
 
@@ -681,6 +678,62 @@ impl Transaction {
         {
             DataReply::Committed { version } => Ok(version),
             other => Err(DataError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// A reply as the caller sees it: a refusal is an error carrying its code.
+fn outcome(reply: DataReply) -> Result<DataReply, DataError> {
+    match reply {
+        DataReply::Error { code, message } => Err(DataError::Refused { code, message }),
+        reply => Ok(reply),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use tandem_proto::frame::{encode_message_frame, FrameDecoder};
+    use tandem_proto::sdk::{agent_to_unit, AgentToUnit};
+    use tandem_proto::Message as _;
+
+    use super::*;
+
+    /// Every refusal tandemd can answer reaches the unit's code as itself: framed as the
+    /// daemon frames it, decoded as the SDK's reader decodes it.
+    #[test]
+    fn every_refusal_code_crosses_the_sdk_socket_as_itself() {
+        for code in RefusalCode::ALL {
+            let reply = DataReply::Error {
+                code,
+                message: "why".into(),
+            };
+            let mut bytes = BytesMut::new();
+            encode_message_frame(
+                &AgentToUnit {
+                    kind: Some(agent_to_unit::Kind::Answer(
+                        tandem_proto::sdk_wire::encode_answer(7, &reply),
+                    )),
+                },
+                &mut bytes,
+            );
+            let payload = FrameDecoder::new(crate::FRAME_LEN_MAX)
+                .decode(&mut bytes)
+                .expect("a whole frame")
+                .expect("one frame");
+            let Some(agent_to_unit::Kind::Answer(answer)) =
+                AgentToUnit::decode(payload).expect("decodes").kind
+            else {
+                panic!("not an answer");
+            };
+            let (id, decoded) = tandem_proto::sdk_wire::decode_answer(answer).expect("decodes");
+            assert_eq!(id, 7);
+            match outcome(decoded) {
+                Err(DataError::Refused { code: got, message }) => {
+                    assert_eq!((got, message.as_str()), (code, "why"));
+                }
+                other => panic!("{code}: {other:?}"),
+            }
         }
     }
 }

@@ -81,6 +81,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 pub use data::{Change, Checkpoint, DataError, Message, Position, Transaction};
+pub use tandem_core::data::RefusalCode;
 pub use tandem_core::{Role, Severity, ShardName};
 
 /// The SDK protocol version (checked by `tandemd` at registration).

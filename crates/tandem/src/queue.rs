@@ -212,14 +212,14 @@ mod tests {
 
     fn refused() -> DataError {
         DataError::Refused {
-            code: "no_lease",
+            code: tandem_core::data::RefusalCode::NoLease,
             message: "lapsed".into(),
         }
     }
 
     fn broken() -> DataError {
         DataError::Refused {
-            code: "queue_broken",
+            code: tandem_core::data::RefusalCode::QueueBroken,
             message: "an earlier batch was refused".into(),
         }
     }

@@ -261,7 +261,7 @@ async fn connection(stream: UnixStream, events: &EventSender) -> Result<(), Stri
                         // The application's input (a key too long, a value too big): it gets
                         // the reason, the connection stays.
                         let reply = tandem_core::data::DataReply::Error {
-                            code: "bad_request",
+                            code: tandem_core::data::RefusalCode::BadRequest,
                             message: error.to_string(),
                         };
                         let answer = AgentToUnit {

@@ -34,7 +34,7 @@ pub use plane::{
     ReplicaStamp, ShardView,
 };
 pub use protocol::{
-    DataMessage, DataReply, DataRequest, Delivery, Item, ReplicaStatus, SessionStart,
+    DataMessage, DataReply, DataRequest, Delivery, Item, RefusalCode, ReplicaStatus, SessionStart,
     TransferStatus,
 };
 pub use replica::{ApplyError, EpochHistory, ReplicaSnapshot, Section, ShardReplica};

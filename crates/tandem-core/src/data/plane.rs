@@ -53,7 +53,7 @@ use crate::ids::{NodeId, ShardName, UnitName};
 use crate::time::Time;
 
 use super::protocol::{
-    DataMessage, DataReply, DataRequest, Delivery, Item, ReplicaStatus, SessionStart,
+    DataMessage, DataReply, DataRequest, Delivery, Item, RefusalCode, ReplicaStatus, SessionStart,
     TransferStatus,
 };
 use super::replica::{ReplicaSnapshot, Section, ShardReplica};
@@ -779,7 +779,7 @@ fn extend_open_commit(
     Ok(Some(seq))
 }
 
-fn error(code: &'static str, message: impl Into<String>) -> DataReply {
+fn error(code: RefusalCode, message: impl Into<String>) -> DataReply {
     DataReply::Error {
         code,
         message: message.into(),
@@ -1374,7 +1374,7 @@ impl DataPlane {
                 self.fail_waiters(
                     &id,
                     slot.role,
-                    "no_replica",
+                    RefusalCode::NoReplica,
                     "the replica is gone from here",
                 );
             }
@@ -1462,7 +1462,7 @@ impl DataPlane {
                     self.fail_waiters(
                         id,
                         old,
-                        "epoch_changed",
+                        RefusalCode::EpochChanged,
                         "the shard got a new ACTIVE epoch; commit again if still ACTIVE",
                     );
                 }
@@ -1490,20 +1490,30 @@ impl DataPlane {
                             want_full: false,
                         }),
                     );
-                    self.fail_waiters(id, old, "not_active", "the unit is no longer ACTIVE");
+                    self.fail_waiters(
+                        id,
+                        old,
+                        RefusalCode::NotActive,
+                        "the unit is no longer ACTIVE",
+                    );
                 }
             }
             None => {
                 if !matches!(slot.role, SlotRole::Idle) {
                     let old = std::mem::replace(&mut slot.role, SlotRole::Idle);
-                    self.fail_waiters(id, old, "not_active", "the unit is no longer ACTIVE");
+                    self.fail_waiters(
+                        id,
+                        old,
+                        RefusalCode::NotActive,
+                        "the unit is no longer ACTIVE",
+                    );
                 }
             }
         }
         let _ = now;
     }
 
-    fn fail_waiters(&mut self, id: &ReplicaId, role: SlotRole, code: &'static str, why: &str) {
+    fn fail_waiters(&mut self, id: &ReplicaId, role: SlotRole, code: RefusalCode, why: &str) {
         let SlotRole::Primary(primary) = role else {
             return;
         };
@@ -1514,7 +1524,7 @@ impl DataPlane {
                 // The commit is in the replica already; whether it survives depends on whether
                 // the next ACTIVE got it before the change.
                 error(
-                    "outcome_unknown",
+                    RefusalCode::OutcomeUnknown,
                     format!(
                         "{why} (shard {}) before the commit at version {} was confirmed; it may \
                          or may not be kept: read the section back to know",
@@ -1561,14 +1571,14 @@ impl DataPlane {
     ) -> Option<DataReply> {
         if self.units.get(&id.unit) != Some(&generation) {
             return Some(error(
-                "not_registered",
+                RefusalCode::NotRegistered,
                 "this instance of the unit is not registered with its agent",
             ));
         }
         let leased = self.has_lease(now);
         let Some(slot) = self.slots.get_mut(id) else {
             return Some(error(
-                "no_replica",
+                RefusalCode::NoReplica,
                 format!(
                     "unit {} keeps no replica of shard {} (is the shard in its service, and \
                      does the service use a single-ACTIVE model?)",
@@ -1635,7 +1645,7 @@ impl DataPlane {
                         })
                     }
                     _ => Some(error(
-                        "not_active",
+                        RefusalCode::NotActive,
                         format!(
                             "unit {} is not ACTIVE for shard {} at epoch {epoch}",
                             id.unit, id.shard
@@ -1669,14 +1679,14 @@ impl DataPlane {
                 let view = self.view.shards.get(&id.shard)?;
                 let SlotRole::Primary(primary) = &mut slot.role else {
                     return Some(error(
-                        "not_active",
+                        RefusalCode::NotActive,
                         format!("unit {} is not ACTIVE for shard {}", id.unit, id.shard),
                     ));
                 };
                 if let Some((chain, index)) = chain {
                     if index > 0 && primary.queued_chain != Some((generation, chain, index - 1)) {
                         return Some(error(
-                            "queue_broken",
+                            RefusalCode::QueueBroken,
                             format!(
                                 "queued batch {index} of chain {chain} does not follow the                                  last batch applied (an earlier one was refused)"
                             ),
@@ -1685,7 +1695,7 @@ impl DataPlane {
                 }
                 if primary.passive && view.acting && primary.epoch == view.epoch {
                     return Some(error(
-                        "not_active",
+                        RefusalCode::NotActive,
                         format!(
                             "the replica of unit {} for shard {} here may miss writes the \
                              cluster counts on (its node restarted, or it was emptied); it \
@@ -1696,7 +1706,7 @@ impl DataPlane {
                 }
                 if !view.acting || primary.epoch != view.epoch {
                     return Some(error(
-                        "not_active",
+                        RefusalCode::NotActive,
                         format!(
                             "unit {} no longer acts for shard {} (it is quiesced)",
                             id.unit, id.shard
@@ -1705,7 +1715,7 @@ impl DataPlane {
                 }
                 if epoch != primary.epoch {
                     return Some(error(
-                        "stale_epoch",
+                        RefusalCode::StaleEpoch,
                         format!(
                             "commit at epoch {epoch}, the shard is at epoch {}",
                             primary.epoch
@@ -1714,13 +1724,13 @@ impl DataPlane {
                 }
                 if !leased {
                     return Some(error(
-                        "no_lease",
+                        RefusalCode::NoLease,
                         "this node's lease ran out (it lost the cluster's quorum); the unit \
                          must not act",
                     ));
                 }
                 if let Err(reason) = check_writes(&writes) {
-                    return Some(error("bad_request", reason));
+                    return Some(error(RefusalCode::BadRequest, reason));
                 }
                 if let Some(consumed) = consumed {
                     let delivered = primary
@@ -1729,7 +1739,7 @@ impl DataPlane {
                         .map_or(slot.replica.consumed(), |(_, seq)| seq);
                     if consumed > delivered {
                         return Some(error(
-                            "bad_request",
+                            RefusalCode::BadRequest,
                             format!(
                                 "consumes up to {consumed}, but the last message delivered \
                                  is {delivered}"
@@ -1758,7 +1768,7 @@ impl DataPlane {
                             },
                         };
                         if let Err(reason) = slot.replica.apply(&op) {
-                            return Some(error("bad_request", reason.to_string()));
+                            return Some(error(RefusalCode::BadRequest, reason.to_string()));
                         }
                         let seq = op.seq;
                         self.out
@@ -1767,7 +1777,7 @@ impl DataPlane {
                         slot.oplog.push(op, self.config.retain_bytes);
                         seq
                     }
-                    Err(reason) => return Some(error("bad_request", reason.to_string())),
+                    Err(reason) => return Some(error(RefusalCode::BadRequest, reason.to_string())),
                 };
                 if let Some((chain, index)) = chain {
                     primary.queued_chain = Some((generation, chain, index));

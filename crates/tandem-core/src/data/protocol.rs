@@ -295,16 +295,79 @@ pub enum DataReply {
         /// STANDBY: 1 or 0).
         in_sync: u64,
     },
-    /// Refused; nothing was applied.
+    /// Refused; nothing was applied, except with [`RefusalCode::OutcomeUnknown`].
     Error {
-        /// A short machine-readable code: `not_active`, `stale_epoch`, `no_lease`,
-        /// `bad_request`, `no_replica`, `not_registered` (nothing was applied), or
-        /// `outcome_unknown` (a commit was applied locally, then the shard's ACTIVE changed
-        /// before it was confirmed).
-        code: &'static str,
+        /// Why.
+        code: RefusalCode,
         /// What to do about it.
         message: String,
     },
+}
+
+/// Why the data plane refused a unit's call. Stable: each has its own number on the SDK wire
+/// (`sdk.proto`'s `RefusalCode`) and its own name ([`RefusalCode::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalCode {
+    /// The call was malformed or over a limit; nothing was applied.
+    BadRequest,
+    /// The unit is not (or no longer) the shard's ACTIVE; nothing was applied.
+    NotActive,
+    /// The call named an epoch the shard has left; nothing was applied.
+    StaleEpoch,
+    /// The shard's epoch changed while the call waited; nothing was applied.
+    EpochChanged,
+    /// The unit's lease lapsed; nothing was applied until it is renewed.
+    NoLease,
+    /// This node keeps no replica of the shard.
+    NoReplica,
+    /// The unit has not registered with its daemon.
+    NotRegistered,
+    /// A commit was applied locally, then the shard's ACTIVE changed before it was
+    /// confirmed: it may or may not survive; the new ACTIVE's replica tells.
+    OutcomeUnknown,
+    /// A queued commit was refused because an earlier one of the same queue was: the queue
+    /// must be flushed and started over before more commits are taken.
+    QueueBroken,
+    /// A code this build does not know (sent by a newer daemon).
+    Unknown,
+}
+
+impl RefusalCode {
+    /// Every code, in wire order.
+    pub const ALL: [RefusalCode; 10] = [
+        RefusalCode::BadRequest,
+        RefusalCode::NotActive,
+        RefusalCode::StaleEpoch,
+        RefusalCode::EpochChanged,
+        RefusalCode::NoLease,
+        RefusalCode::NoReplica,
+        RefusalCode::NotRegistered,
+        RefusalCode::OutcomeUnknown,
+        RefusalCode::QueueBroken,
+        RefusalCode::Unknown,
+    ];
+
+    /// Its stable name, in `snake_case`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusalCode::BadRequest => "bad_request",
+            RefusalCode::NotActive => "not_active",
+            RefusalCode::StaleEpoch => "stale_epoch",
+            RefusalCode::EpochChanged => "epoch_changed",
+            RefusalCode::NoLease => "no_lease",
+            RefusalCode::NoReplica => "no_replica",
+            RefusalCode::NotRegistered => "not_registered",
+            RefusalCode::OutcomeUnknown => "outcome_unknown",
+            RefusalCode::QueueBroken => "queue_broken",
+            RefusalCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What the data plane sends a unit without being asked.

@@ -535,7 +535,7 @@ fn stream_messages_reach_the_active_only_once_replicated_and_survive_a_failover(
     assert!(matches!(
         net.reply(bad),
         Some(DataReply::Error {
-            code: "bad_request",
+            code: RefusalCode::BadRequest,
             ..
         })
     ));
@@ -841,21 +841,21 @@ fn commits_are_refused_unless_active_at_the_epoch_with_a_lease() {
     assert!(matches!(
         net.reply(standby),
         Some(DataReply::Error {
-            code: "not_active",
+            code: RefusalCode::NotActive,
             ..
         })
     ));
     assert!(matches!(
         net.reply(stale),
         Some(DataReply::Error {
-            code: "stale_epoch",
+            code: RefusalCode::StaleEpoch,
             ..
         })
     ));
     assert!(matches!(
         net.reply(empty_key),
         Some(DataReply::Error {
-            code: "bad_request",
+            code: RefusalCode::BadRequest,
             ..
         })
     ));
@@ -865,7 +865,7 @@ fn commits_are_refused_unless_active_at_the_epoch_with_a_lease() {
     assert!(matches!(
         net.reply(no_lease),
         Some(DataReply::Error {
-            code: "no_lease",
+            code: RefusalCode::NoLease,
             ..
         })
     ));
@@ -908,16 +908,25 @@ fn a_queued_batch_applies_only_right_after_the_one_before_it_in_its_chain() {
     assert_eq!(batch(&mut net, 1, 1, 1, "b"), None);
     assert_eq!(net.replica(1).version(), 2);
     // Not right after the last one applied: again, or one skipped.
-    assert_eq!(batch(&mut net, 1, 1, 1, "b"), Some("queue_broken"));
-    assert_eq!(batch(&mut net, 1, 1, 3, "d"), Some("queue_broken"));
+    assert_eq!(
+        batch(&mut net, 1, 1, 1, "b"),
+        Some(RefusalCode::QueueBroken)
+    );
+    assert_eq!(
+        batch(&mut net, 1, 1, 3, "d"),
+        Some(RefusalCode::QueueBroken)
+    );
     // Batch 2 is refused for its own reason; batch 3, sent with it, must not leave a hole.
     net.planes.get_mut(&1).unwrap().set_lease(Some(Time::ZERO));
-    assert_eq!(batch(&mut net, 1, 1, 2, "c"), Some("no_lease"));
+    assert_eq!(batch(&mut net, 1, 1, 2, "c"), Some(RefusalCode::NoLease));
     net.planes
         .get_mut(&1)
         .unwrap()
         .set_lease(Some(Time::from_millis(1_000_000)));
-    assert_eq!(batch(&mut net, 1, 1, 3, "d"), Some("queue_broken"));
+    assert_eq!(
+        batch(&mut net, 1, 1, 3, "d"),
+        Some(RefusalCode::QueueBroken)
+    );
     assert_eq!(
         net.replica(1).version(),
         2,
@@ -929,7 +938,10 @@ fn a_queued_batch_applies_only_right_after_the_one_before_it_in_its_chain() {
         .get_mut(&1)
         .unwrap()
         .unit_connected(&unit("u1"), 2);
-    assert_eq!(batch(&mut net, 2, 2, 1, "f"), Some("queue_broken"));
+    assert_eq!(
+        batch(&mut net, 2, 2, 1, "f"),
+        Some(RefusalCode::QueueBroken)
+    );
     assert_eq!(batch(&mut net, 2, 1, 0, "f"), None);
     assert_eq!(net.replica(1).version(), 4);
 }
@@ -1239,7 +1251,7 @@ fn a_standby_promoted_in_sync_after_its_node_lost_its_replica_stays_passive() {
         matches!(
             net.reply(refused),
             Some(DataReply::Error {
-                code: "not_active",
+                code: RefusalCode::NotActive,
                 ..
             })
         ),
@@ -1340,7 +1352,7 @@ fn a_standby_emptied_for_a_transfer_is_not_trusted_by_a_late_in_sync_record() {
     assert!(matches!(
         net.reply(refused),
         Some(DataReply::Error {
-            code: "not_active",
+            code: RefusalCode::NotActive,
             ..
         })
     ));
@@ -1532,7 +1544,7 @@ fn commits_that_arrive_together_share_one_op() {
     assert!(matches!(
         net.reply(bad),
         Some(DataReply::Error {
-            code: "bad_request",
+            code: RefusalCode::BadRequest,
             ..
         })
     ));
