@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tandem_admin::client::{self, AdminClientError};
 use tandem_proto::admin::{
     admin_request, NoopReply, OperationDone, ShardStatus, Status, UnitStatus,
 };
-use tandemd::admin_client::{self, AdminClientError};
 
 /// How many queued (write-behind) commits of 128 B the checkpoint benchmark's unit makes per
 /// `TANDEM_TEST_BENCH` count: enough for a sustained rate (about a second at a million a
@@ -475,12 +475,12 @@ impl TestCluster {
 
     /// Status as node `index` answers it (it forwards to the leader when it knows one).
     pub fn status(&self, index: usize) -> Option<Status> {
-        admin_client::status(self.nodes[index].admin, CALL_TIMEOUT).ok()
+        client::status(self.nodes[index].admin, CALL_TIMEOUT).ok()
     }
 
     /// Commits a no-op through node `index` (forwarded to the leader).
     pub fn noop(&self, index: usize) -> Option<NoopReply> {
-        admin_client::noop(self.nodes[index].admin, CALL_TIMEOUT).ok()
+        client::noop(self.nodes[index].admin, CALL_TIMEOUT).ok()
     }
 
     /// Waits until one of `among` answers with a leader-made status whose leader is in `among`
@@ -542,7 +542,7 @@ impl TestCluster {
         index: usize,
         kind: admin_request::Kind,
     ) -> Result<OperationDone, AdminClientError> {
-        admin_client::operation(self.nodes[index].admin, kind, DEADLINE)
+        client::operation(self.nodes[index].admin, kind, DEADLINE)
     }
 
     /// Every line of the test unit's record file so far.

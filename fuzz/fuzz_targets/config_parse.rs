@@ -1,4 +1,4 @@
-//! The cluster config (TOML, `tandemd::config`), from text an operator wrote.
+//! The cluster config (TOML, `tandem_admin::config`), from text an operator wrote.
 //!
 //! Properties: parsing never panics; an error names the file; a config that parses writes
 //! back (`to_toml`) to text that parses to an equal config.
@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use tandemd::config::Config;
+use tandem_admin::config::Config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use tandem_admin::client::{self, AdminClientError};
 use tandem_e2e::{
     assert_one_active, is_alive, monotonic_ns, pair_service, settled_pair, shard, unit, wait_for,
     TestCluster, DEADLINE,
 };
 use tandem_proto::admin::{operation_request, switchover_request};
-use tandemd::admin_client::{self, AdminClientError};
 
 const SHARD: &str = "pair-0";
 
@@ -34,7 +34,7 @@ fn switchover(
 ) -> Result<tandem_proto::admin::OperationDone, AdminClientError> {
     cluster.operation(
         via,
-        admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+        client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
     )
 }
 
@@ -211,7 +211,7 @@ fn locking_the_active_node_moves_its_work_and_unlocking_brings_a_standby_back() 
     let done = cluster
         .operation(
             0,
-            admin_client::operation_kind(operation_request::Target::Node(node.clone()), "lock"),
+            client::operation_kind(operation_request::Target::Node(node.clone()), "lock"),
         )
         .expect("lock the node");
     assert!(done.message.contains("now locked"), "{done:?}");
@@ -235,7 +235,7 @@ fn locking_the_active_node_moves_its_work_and_unlocking_brings_a_standby_back() 
     cluster
         .operation(
             1,
-            admin_client::operation_kind(operation_request::Target::Node(node), "unlock"),
+            client::operation_kind(operation_request::Target::Node(node), "unlock"),
         )
         .expect("unlock the node");
     let (now_active, now_standby) = cluster.wait_settled(SHARD);
@@ -258,14 +258,14 @@ fn bad_admin_requests_are_refused_and_change_nothing() {
         other => panic!("expected a refusal with {code}, got {other:?}"),
     };
     let unit_op = |name: &str, op: &str| {
-        admin_client::operation_kind(operation_request::Target::Unit(name.into()), op)
+        client::operation_kind(operation_request::Target::Unit(name.into()), op)
     };
     refused(
-        admin_client::switchover_kind(switchover_request::Target::Shard("nope".into())),
+        client::switchover_kind(switchover_request::Target::Shard("nope".into())),
         "not_found",
     );
     refused(
-        admin_client::switchover_kind(switchover_request::Target::Node("n9".into())),
+        client::switchover_kind(switchover_request::Target::Node("n9".into())),
         "not_found",
     );
     refused(unit_op("nope", "lock"), "not_found");
@@ -290,7 +290,7 @@ fn bad_admin_requests_are_refused_and_change_nothing() {
         },
     );
     let message = refused(
-        admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+        client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
         "no_standby",
     );
     assert!(message.contains("has no STANDBY"), "{message}");
@@ -380,10 +380,7 @@ fn terminate_and_cleanup_commands_run_and_instantiation_can_be_locked() {
     let done = cluster
         .operation(
             0,
-            admin_client::operation_kind(
-                operation_request::Target::Unit(standby.clone()),
-                "restart",
-            ),
+            client::operation_kind(operation_request::Target::Unit(standby.clone()), "restart"),
         )
         .expect("restart the standby");
     assert!(done.message.contains("restart"), "{done:?}");
@@ -409,9 +406,8 @@ fn terminate_and_cleanup_commands_run_and_instantiation_can_be_locked() {
 
     // lock-instantiation needs a locked unit; then the process stops, and starts again after
     // unlock-instantiation.
-    let unit_op = |op: &str| {
-        admin_client::operation_kind(operation_request::Target::Unit(standby.clone()), op)
-    };
+    let unit_op =
+        |op: &str| client::operation_kind(operation_request::Target::Unit(standby.clone()), op);
     cluster.operation(1, unit_op("lock")).expect("lock");
     let pid = pid_of(&cluster, &standby);
     cluster

@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use tandem_admin::client;
 use tandem_e2e::{
     data_service, node_data_dir, settled_pair, shard, unit, wait_for, Record, TestCluster, DEADLINE,
 };
 use tandem_proto::admin::switchover_request;
-use tandemd::admin_client;
 
 const SHARD: &str = "pair-0";
 
@@ -54,7 +54,7 @@ fn switch_over(cluster: &TestCluster, active: &str) -> String {
     cluster
         .operation(
             0,
-            admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+            client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
         )
         .expect("switchover");
     let (next, _) = cluster.wait_in_sync(SHARD);
@@ -145,7 +145,7 @@ fn acknowledged_writes_survive_switchover_unit_kill_and_daemon_kill() {
     cluster
         .operation(
             0,
-            admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+            client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
         )
         .expect("switchover to the restarted unit");
     wait_resume(&cluster, &first, epoch);
@@ -239,7 +239,7 @@ fn a_standby_rebuilt_from_scratch_by_state_transfer_under_writes_reaches_digest_
         "the rebuilt STANDBY to be verified in sync",
         DEADLINE,
         || {
-            let local = admin_client::local_status(admin, DEADLINE).ok()?;
+            let local = client::local_status(admin, DEADLINE).ok()?;
             local
                 .sessions
                 .iter()

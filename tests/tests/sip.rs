@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use tandem_admin::client;
 use tandem_e2e::{binary, unit, wait_for, TestCluster, DEADLINE};
 use tandem_proto::admin::switchover_request;
-use tandemd::admin_client;
 
 const SHARD: &str = "sip-0";
 
@@ -91,7 +91,7 @@ fn wait_dialogs(cluster: &TestCluster, dialogs: u64) {
         DEADLINE,
         || {
             cluster.nodes.iter().find_map(|node| {
-                let local = admin_client::local_status(node.admin, DEADLINE).ok()?;
+                let local = client::local_status(node.admin, DEADLINE).ok()?;
                 local
                     .replicas
                     .iter()
@@ -119,7 +119,7 @@ fn sipp_calls_set_up_before_a_switchover_and_a_unit_kill_end_cleanly_after_them(
     cluster
         .operation(
             0,
-            admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+            client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
         )
         .expect("switchover");
     let output = run.join().expect("sipp thread");
@@ -153,7 +153,7 @@ fn a_restricted_shard_answers_new_invites_with_503() {
     let cluster = sip_cluster(port);
     cluster.wait_in_sync(SHARD);
     let restrict = |fraction: Option<u32>| {
-        admin_client::call(
+        client::call(
             cluster.nodes[0].admin,
             &tandem_proto::admin::AdminRequest {
                 forwarded: false,

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use serde::Serialize;
+use tandem_admin::client;
 use tandem_e2e::{free_ingress_port, node_data_dir, unit, wait_for, TestCluster, DEADLINE};
 use tandem_proto::admin::switchover_request;
-use tandemd::admin_client;
 
 const SHARD: &str = "pair-0";
 
@@ -273,9 +273,9 @@ pub fn stream_switchover(messages: u64, cluster_toml: &str) -> anyhow::Result<St
             // From a thread, so the sending goes on at its rate meanwhile.
             let admin = cluster.nodes[0].admin;
             switchovers.push(std::thread::spawn(move || {
-                admin_client::operation(
+                client::operation(
                     admin,
-                    admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+                    client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
                     DEADLINE,
                 )
             }));

@@ -56,9 +56,9 @@ mod wake;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use serde::Serialize;
+use tandem_admin::client;
 use tandem_e2e::{monotonic_ns, pair_service, settled_pair, unit, wait_for, TestCluster, DEADLINE};
 use tandem_proto::admin::switchover_request;
-use tandemd::admin_client;
 
 /// Benchmark options.
 #[derive(Debug, Parser)]
@@ -88,7 +88,7 @@ struct Args {
     /// The data-plane scenarios' daemons run with `cluster.idle_poll_us` set to this, 0 to
     /// 10000 (0: idle polling off; the default is tandemd's own, 200). Their units poll only
     /// with `--cluster unit_idle_poll_us=N`.
-    #[arg(long, default_value_t = tandemd::config::DEFAULT_IDLE_POLL_US, value_parser = clap::value_parser!(u64).range(0..=tandemd::config::IDLE_POLL_US_MAX))]
+    #[arg(long, default_value_t = tandem_admin::config::DEFAULT_IDLE_POLL_US, value_parser = clap::value_parser!(u64).range(0..=tandem_admin::config::IDLE_POLL_US_MAX))]
     idle_poll_us: u64,
     /// A `[cluster]` setting for the data-plane scenarios' daemons, as `KEY=VALUE` in TOML
     /// (`--cluster replica_sync_interval_in_sync_us=2000`); repeat for more. Checked as tandemd
@@ -111,7 +111,7 @@ fn data_cluster_lines(idle_poll_us: u64, settings: &[String]) -> anyhow::Result<
         "[cluster]\nname = \"probe\"\ndata_dir = \"data\"\n{lines}\n[[nodes]]\nname = \"n1\"\n\
          peer_addr = \"127.0.0.1:1\"\nadmin_addr = \"127.0.0.1:2\"\n"
     );
-    tandemd::config::Config::parse(&probe, std::path::Path::new("--cluster"))
+    tandem_admin::config::Config::parse(&probe, std::path::Path::new("--cluster"))
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     Ok(lines)
 }
@@ -190,7 +190,7 @@ fn leader_failover(trials: usize) -> anyhow::Result<Vec<f64>> {
         cluster.kill9(old);
         let elapsed = loop {
             let reply = survivors.iter().find_map(|&index| {
-                admin_client::noop(cluster.nodes[index].admin, Duration::from_millis(250))
+                client::noop(cluster.nodes[index].admin, Duration::from_millis(250))
                     .ok()
                     .filter(|reply| reply.leader != before.leader && reply.term > before.term)
             });
@@ -231,7 +231,7 @@ fn switchover(trials: usize) -> anyhow::Result<Vec<f64>> {
         let done = cluster
             .operation(
                 via,
-                admin_client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
+                client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
             )
             .with_context(|| format!("switchover trial {trial}"))?;
         let millis = started.elapsed().as_secs_f64() * 1000.0;
@@ -319,9 +319,7 @@ fn daemon_kill(trials: usize, leader: bool, timers: &str) -> anyhow::Result<Vec<
                 cluster
                     .operation(
                         via,
-                        admin_client::switchover_kind(switchover_request::Target::Shard(
-                            SHARD.into(),
-                        )),
+                        client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
                     )
                     .context("switchover to arrange the trial")?;
             } else {
@@ -465,7 +463,7 @@ fn main() -> anyhow::Result<()> {
         let window = if args.idle_poll_us > 0 {
             args.idle_poll_us
         } else {
-            tandemd::config::DEFAULT_IDLE_POLL_US
+            tandem_admin::config::DEFAULT_IDLE_POLL_US
         };
         eprintln!("wake: cross-CPU round trips on a Unix socket pair, plain and with {window} µs idle polling");
         let rows = wake::wake(window, WAKE_ROUND_TRIPS)?;

@@ -244,8 +244,8 @@ pub struct DevUpArgs {
     /// for work before it sleeps; 0 (off) to 10000, tandemd's default when not given. On
     /// virtual machines that halt idle vCPUs without polling it buys lower checkpoint latency
     /// for CPU time. (Units poll only with `cluster.unit_idle_poll_us`, off here.)
-    #[arg(long, value_name = "US", default_value_t = tandemd::config::DEFAULT_IDLE_POLL_US,
-          value_parser = clap::value_parser!(u64).range(0..=tandemd::config::IDLE_POLL_US_MAX))]
+    #[arg(long, value_name = "US", default_value_t = tandem_admin::config::DEFAULT_IDLE_POLL_US,
+          value_parser = clap::value_parser!(u64).range(0..=tandem_admin::config::IDLE_POLL_US_MAX))]
     pub idle_poll_us: u64,
 }
 

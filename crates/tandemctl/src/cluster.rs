@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tandemd::admin_client::{self, AdminClientError};
-use tandemd::config::Config;
+use tandem_admin::client::{self, AdminClientError};
+use tandem_admin::config::Config;
 
 use crate::cli::Target;
 
@@ -107,13 +107,13 @@ pub fn ask<T>(
 /// replicas and replication sessions of every node that answers (each node speaks for its
 /// own; a node that does not answer is shown down by the status itself).
 pub fn status(target: &Target, timeout: Duration) -> anyhow::Result<tandem_proto::admin::Status> {
-    let mut status = ask(target, "status", |addr| admin_client::status(addr, timeout))?;
+    let mut status = ask(target, "status", |addr| client::status(addr, timeout))?;
     let endpoints = endpoints(target)?;
     if endpoints.len() > 1 {
         status.replicas.clear();
         status.sessions.clear();
         for endpoint in &endpoints {
-            if let Ok(local) = admin_client::local_status(endpoint.addr, timeout) {
+            if let Ok(local) = client::local_status(endpoint.addr, timeout) {
                 status.replicas.extend(local.replicas);
                 status.sessions.extend(local.sessions);
             }

@@ -15,10 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use tandem_admin::client;
+use tandem_admin::config::{self, ClusterConfig, Config, NodeConfig};
 use tandem_core::{NodeId, RedundancyModel, ServiceSpec, Topology, UnitSpec};
 use tandem_proto::admin::ShardStatus;
-use tandemd::admin_client;
-use tandemd::config::{self, ClusterConfig, Config, NodeConfig};
 
 use crate::cli::{DevDownArgs, DevTrafficArgs, DevUpArgs, DEFAULT_CONFIG};
 use crate::render::say;
@@ -511,7 +511,7 @@ fn probe(config: &Config) -> Progress {
     };
     let mut leader_view = None;
     for node in &config.nodes {
-        match admin_client::status(node.admin_addr, PROBE_TIMEOUT) {
+        match client::status(node.admin_addr, PROBE_TIMEOUT) {
             Ok(status) => {
                 progress.answered.push(node.name.clone());
                 if status.from_leader && !status.leader.is_empty() {

@@ -99,7 +99,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Send(args) => {
             let target = cli::target_from_environment(cli)?;
             let sent = cluster::ask(&target, "send", |addr| {
-                tandemd::admin_client::send(
+                tandem_admin::client::send(
                     addr,
                     cli.timeout(),
                     &args.service,
@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn causes_quoted_by_their_parent_are_said_once() {
         let io = std::io::Error::other("connection refused");
-        let error = tandemd::admin_client::AdminClientError::Connect {
+        let error = tandem_admin::client::AdminClientError::Connect {
             addr: "127.0.0.1:1".parse().unwrap(),
             source: io,
         };

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use tandem_admin::client::{self, AdminClientError, EventItem, EventStream};
 use tandem_proto::admin::{admin_request, operation_request, switchover_request};
-use tandemd::admin_client::{self, AdminClientError, EventItem, EventStream};
 
 use crate::cli::{EventsArgs, OperationArgs, SwitchoverArgs, Target};
 use crate::cluster::{self, Endpoint};
@@ -22,7 +22,7 @@ fn run_operation(
     let endpoints = cluster::endpoints(target)?;
     let mut unreachable: Vec<(Endpoint, AdminClientError)> = Vec::new();
     for endpoint in &endpoints {
-        match admin_client::operation(endpoint.addr, kind.clone(), wait) {
+        match client::operation(endpoint.addr, kind.clone(), wait) {
             Ok(done) => {
                 say(&format!(
                     "{} (by {}, index {})",
@@ -62,7 +62,7 @@ pub fn switchover(target: &Target, args: &SwitchoverArgs) -> anyhow::Result<()> 
     run_operation(
         target,
         &what,
-        admin_client::switchover_kind(switchover_target),
+        client::switchover_kind(switchover_target),
         Duration::from_millis(args.wait_ms),
     )
 }
@@ -108,7 +108,7 @@ pub fn operation(target: &Target, op: &str, args: &OperationArgs) -> anyhow::Res
     run_operation(
         target,
         &what,
-        admin_client::operation_kind(operation_target, op),
+        client::operation_kind(operation_target, op),
         Duration::from_millis(args.wait_ms),
     )
 }

@@ -1,11 +1,9 @@
-//! The tandem daemon's library: configuration, the admin client and server, the peer
+//! The tandem daemon's library: the admin server, the peer
 //! transport, the unit supervisor and SDK endpoint, the event log, and the event loop that
 //! drives a `tandem_node::Node`. The binary (`main.rs`) only parses arguments, sets up
 //! logging and signals, and calls [`runtime::run`].
 
 pub mod admin;
-pub mod admin_client;
-pub mod config;
 pub mod events;
 pub mod ingress;
 pub mod mailbox;
@@ -15,3 +13,6 @@ pub mod sdk_server;
 pub mod status;
 pub mod supervisor;
 pub mod transport;
+
+/// The cluster configuration, shared with `tandemctl` through `tandem-admin`.
+pub use tandem_admin::config;

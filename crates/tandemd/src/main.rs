@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = tandemd::config::Config::load(&args.config)?;
+    let config = tandem_admin::config::Config::load(&args.config)?;
     // One thread: every message crosses from a socket task to the event loop and back, and
     // on one thread those hand-overs wake no other thread (a sync commit's round trip went
     // from 190 to 145 µs at the median with it). The disk's blocking work has threads of its
