@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use tandem::AdminCode;
 use tandem_admin::client::{self, AdminClientError};
 use tandem_e2e::{
     assert_one_active, is_alive, monotonic_ns, pair_service, settled_pair, shard, unit, wait_for,
@@ -250,7 +251,7 @@ fn bad_admin_requests_are_refused_and_change_nothing() {
     let before = shard(&cluster.leader_status().unwrap(), SHARD)
         .unwrap()
         .version;
-    let refused = |kind, code: &str| match cluster.operation(0, kind) {
+    let refused = |kind, code: AdminCode| match cluster.operation(0, kind) {
         Err(AdminClientError::Refused { code: got, message }) => {
             assert_eq!(got, code, "{message}");
             message
@@ -262,17 +263,17 @@ fn bad_admin_requests_are_refused_and_change_nothing() {
     };
     refused(
         client::switchover_kind(switchover_request::Target::Shard("nope".into())),
-        "not_found",
+        AdminCode::NotFound,
     );
     refused(
         client::switchover_kind(switchover_request::Target::Node("n9".into())),
-        "not_found",
+        AdminCode::NotFound,
     );
-    refused(unit_op("nope", "lock"), "not_found");
-    refused(unit_op(&active, "unlock"), "no_op");
-    let message = refused(unit_op(&active, "lock-instantiation"), "invalid");
+    refused(unit_op("nope", "lock"), AdminCode::NotFound);
+    refused(unit_op(&active, "unlock"), AdminCode::NoOp);
+    let message = refused(unit_op(&active, "lock-instantiation"), AdminCode::Invalid);
     assert!(message.contains("lock it first"), "{message}");
-    refused(unit_op(&active, "defenestrate"), "bad_request");
+    refused(unit_op(&active, "defenestrate"), AdminCode::BadRequest);
     // Without a ready STANDBY a switchover is refused with the reason.
     cluster
         .operation(0, unit_op(&standby, "lock"))
@@ -291,7 +292,7 @@ fn bad_admin_requests_are_refused_and_change_nothing() {
     );
     let message = refused(
         client::switchover_kind(switchover_request::Target::Shard(SHARD.into())),
-        "no_standby",
+        AdminCode::NoStandby,
     );
     assert!(message.contains("has no STANDBY"), "{message}");
     let status = cluster.leader_status().unwrap();

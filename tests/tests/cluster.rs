@@ -170,7 +170,10 @@ fn bad_frames_drop_the_connection_and_the_daemon_keeps_serving() {
     let response = tandem_proto::decode_admin_response(&payload).unwrap();
     match response.kind {
         Some(tandem_proto::admin::admin_response::Kind::Error(error)) => {
-            assert_eq!(error.code, "bad_request");
+            assert_eq!(
+                tandem_proto::admin_wire::decode_admin_code(error.code),
+                tandem::AdminCode::BadRequest
+            );
             assert!(
                 error.message.contains("exceeds the limit"),
                 "{}",

@@ -11,11 +11,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use tandem_core::AdminCode;
 use tandem_proto::admin::{
     admin_request, admin_response, AdminRequest, AdminResponse, EventRecord, EventsRequest,
     NoopReply, NoopRequest, OperationDone, OperationRequest, Status, StatusRequest,
     SwitchoverRequest,
 };
+use tandem_proto::admin_wire::decode_admin_code;
 use tandem_proto::frame::{frame_bytes, FrameDecoder, FrameError, DEFAULT_FRAME_LEN_MAX};
 use tandem_proto::{DecodeError, Message};
 
@@ -95,8 +97,8 @@ pub enum AdminClientError {
     /// The daemon answered with an error.
     #[error("tandemd refused the request ({code}): {message}")]
     Refused {
-        /// Machine-readable code, e.g. `no_leader`.
-        code: String,
+        /// Why, for programs.
+        code: AdminCode,
         /// The daemon's explanation.
         message: String,
     },
@@ -264,7 +266,7 @@ fn refused_or(
 ) -> Result<admin_response::Kind, AdminClientError> {
     match response.kind {
         Some(admin_response::Kind::Error(error)) => Err(AdminClientError::Refused {
-            code: error.code,
+            code: decode_admin_code(error.code),
             message: error.message,
         }),
         Some(kind) => Ok(kind),
@@ -452,7 +454,6 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
     use std::thread::JoinHandle;
-    use tandem_proto::admin::AdminError;
 
     const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -548,16 +549,20 @@ mod tests {
 
     #[test]
     fn error_answer_is_refused() {
-        let response = AdminResponse {
-            kind: Some(admin_response::Kind::Error(AdminError {
-                code: "no_leader".into(),
-                message: "no leader yet; retry in a moment".into(),
-            })),
-        };
+        let response = tandem_proto::admin_wire::error_response(
+            AdminCode::NoLeader,
+            "no leader yet; retry in a moment",
+        );
         let (addr, server) = serve_once(reply(response), true);
         let error = status(addr, TIMEOUT).unwrap_err();
         assert!(
-            matches!(&error, AdminClientError::Refused { code, .. } if code == "no_leader"),
+            matches!(
+                &error,
+                AdminClientError::Refused {
+                    code: AdminCode::NoLeader,
+                    ..
+                }
+            ),
             "{error:?}"
         );
         assert!(error.to_string().contains("no leader yet"));

@@ -23,6 +23,7 @@ use crate::cluster::{
     RoleChange, ShardRecord, UnitRecord,
 };
 use crate::ids::{NodeId, ShardName, UnitName};
+use crate::refusal::{AdminCode, Refusal};
 use crate::report::{Observations, Presence, Settled, UnitReport};
 use crate::time::Time;
 use crate::topology::{RedundancyModel, ServiceSpec};
@@ -692,21 +693,8 @@ fn best_candidate(
     candidates.into_iter().next().map(|(_, name)| name)
 }
 
-/// Why an administrative request cannot be carried out. Nothing was changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Refusal {
-    /// Machine-readable code: `not_found`, `no_standby`, `busy`, `no_op`, `invalid`.
-    pub code: &'static str,
-    /// One sentence for a human: what is wrong and what to do.
-    pub message: String,
-}
-
-fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-    }
+fn refusal(code: AdminCode, message: impl Into<String>) -> Refusal {
+    Refusal::new(code, message)
 }
 
 /// What a switchover applies to.
@@ -731,10 +719,13 @@ pub fn plan_switchover(
         SwitchoverTarget::Shard(name) => vec![state
             .shards
             .get(name)
-            .ok_or_else(|| refusal("not_found", format!("there is no shard {name}")))?],
+            .ok_or_else(|| refusal(AdminCode::NotFound, format!("there is no shard {name}")))?],
         SwitchoverTarget::Service(name) => {
             if state.topology.service(name).is_none() {
-                return Err(refusal("not_found", format!("there is no service {name}")));
+                return Err(refusal(
+                    AdminCode::NotFound,
+                    format!("there is no service {name}"),
+                ));
             }
             state
                 .shards
@@ -744,7 +735,10 @@ pub fn plan_switchover(
         }
         SwitchoverTarget::Node(node) => {
             if !state.nodes.contains_key(node) {
-                return Err(refusal("not_found", format!("there is no node {node}")));
+                return Err(refusal(
+                    AdminCode::NotFound,
+                    format!("there is no node {node}"),
+                ));
             }
             let shards: Vec<&ShardRecord> = state
                 .shards
@@ -760,7 +754,7 @@ pub fn plan_switchover(
                 .collect();
             if shards.is_empty() {
                 return Err(refusal(
-                    "no_op",
+                    AdminCode::NoOp,
                     format!("no shard is ACTIVE on node {node}"),
                 ));
             }
@@ -769,13 +763,15 @@ pub fn plan_switchover(
     };
     let mut commands = Vec::new();
     for shard in shards {
-        let service = state
-            .topology
-            .service(&shard.service)
-            .ok_or_else(|| refusal("invalid", format!("shard {} has no service", shard.name)))?;
+        let service = state.topology.service(&shard.service).ok_or_else(|| {
+            refusal(
+                AdminCode::Invalid,
+                format!("shard {} has no service", shard.name),
+            )
+        })?;
         if !service.model.has_standby() {
             return Err(refusal(
-                "invalid",
+                AdminCode::Invalid,
                 format!(
                     "shard {} belongs to service {} with model {}, which has no STANDBY to switch to",
                     shard.name, service.name, service.model
@@ -784,7 +780,7 @@ pub fn plan_switchover(
         }
         if let Some(handover) = &shard.handover {
             return Err(refusal(
-                "busy",
+                AdminCode::Busy,
                 format!(
                     "shard {} is already handing over from {} ({}); wait for it to finish",
                     shard.name,
@@ -795,14 +791,14 @@ pub fn plan_switchover(
         }
         let active = shard.units_in(Role::Active).next().ok_or_else(|| {
             refusal(
-                "invalid",
+                AdminCode::Invalid,
                 format!("shard {} has no ACTIVE to switch over", shard.name),
             )
         })?;
         let active_unit = &state.units[active];
         if view.settled(active_unit, shard) != Some(Role::Active) {
             return Err(refusal(
-                "busy",
+                AdminCode::Busy,
                 format!(
                     "shard {}: ACTIVE unit {active} has not confirmed its role yet; retry in a moment",
                     shard.name
@@ -813,7 +809,7 @@ pub fn plan_switchover(
         if let Some(first) = ready.first() {
             if !shard.in_sync.contains(first) {
                 return Err(refusal(
-                    "not_in_sync",
+                    AdminCode::NotInSync,
                     format!(
                         "shard {} cannot switch over: STANDBY {} is not in sync with the ACTIVE \
                          yet (its replica is being transferred or verified; `tandemctl status` \
@@ -840,7 +836,7 @@ pub fn plan_switchover(
                 detail.join("; ")
             };
             refusal(
-                "no_standby",
+                AdminCode::NoStandby,
                 format!("shard {} cannot switch over: {why}", shard.name),
             )
         })?;

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod ladder;
 pub mod lease;
 pub mod liveness;
+pub mod refusal;
 pub mod report;
 pub mod time;
 pub mod topology;
@@ -30,13 +31,14 @@ pub use cluster::{
     HandoverReason, HandoverUpdate, ModelEvent, NodeRecord, Role, RoleChange, ShardRecord,
     UnitRecord,
 };
-pub use director::{Director, Refusal, SwitchoverTarget};
+pub use director::{Director, SwitchoverTarget};
 pub use ids::{NodeId, ServiceName, ShardName, UnitName};
 pub use ladder::{FaultKind, FaultRecord, Ladder, Level, RecoveryAction, Severity};
 pub use lease::{
     check_fencing_timers, fencing_bound, lease_expiry_bound, AgentLease, QuorumClock, DRIFT_PPM,
 };
 pub use liveness::{LivenessConfig, LivenessTracker, NodeReport};
+pub use refusal::{AdminCode, Refusal};
 pub use report::{AgentReport, InSyncClaim, Observations, Presence, Settled, UnitReport};
 pub use time::Time;
 pub use topology::{

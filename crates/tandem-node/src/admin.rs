@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use tandem_core::cluster::admin_transition;
 use tandem_core::director::{plan_switchover, View};
 use tandem_core::{
-    AdminOp, AdminTarget, ClusterState, Command, Observations, Presence, Refusal, Role, ShardName,
-    SwitchoverTarget, Time, UnitName,
+    AdminCode, AdminOp, AdminTarget, ClusterState, Command, Observations, Presence, Refusal, Role,
+    ShardName, SwitchoverTarget, Time, UnitName,
 };
 
 /// What an operator asks for.
@@ -87,11 +87,8 @@ pub(crate) struct Waiting {
     pub summary: String,
 }
 
-fn refusal(code: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        message: message.into(),
-    }
+fn refusal(code: AdminCode, message: impl Into<String>) -> Refusal {
+    Refusal::new(code, message)
 }
 
 /// Validates `action` and returns its commands and what it waits for.
@@ -113,7 +110,7 @@ pub(crate) fn plan(
         } => {
             let Some(record) = state.shards.get(shard) else {
                 return Err(refusal(
-                    "not_found",
+                    AdminCode::NotFound,
                     format!(
                         "there is no shard {shard} (shards: {})",
                         state
@@ -127,13 +124,13 @@ pub(crate) fn plan(
             };
             if admitted_permille.is_some_and(|permille| permille > 1000) {
                 return Err(refusal(
-                    "bad_request",
+                    AdminCode::BadRequest,
                     "a restriction admits a fraction between 0 and 1 of new sessions",
                 ));
             }
             if record.admitted_permille == *admitted_permille {
                 return Err(refusal(
-                    "no_op",
+                    AdminCode::NoOp,
                     format!("shard {shard} is already restricted so"),
                 ));
             }
@@ -184,7 +181,7 @@ pub(crate) fn plan(
                 AdminTarget::Unit(unit) => {
                     let record = state.units.get(unit).ok_or_else(|| {
                         refusal(
-                            "not_found",
+                            AdminCode::NotFound,
                             format!(
                                 "there is no unit {unit} (units: {})",
                                 state
@@ -199,10 +196,9 @@ pub(crate) fn plan(
                     (record.admin, vec![unit.clone()])
                 }
                 AdminTarget::Node(node) => {
-                    let record = state
-                        .nodes
-                        .get(node)
-                        .ok_or_else(|| refusal("not_found", format!("there is no node {node}")))?;
+                    let record = state.nodes.get(node).ok_or_else(|| {
+                        refusal(AdminCode::NotFound, format!("there is no node {node}"))
+                    })?;
                     (
                         record.admin,
                         state
@@ -214,9 +210,9 @@ pub(crate) fn plan(
             };
             let next = admin_transition(state_now, *op).map_err(|reason| {
                 let code = if reason.starts_with("already") {
-                    "no_op"
+                    AdminCode::NoOp
                 } else {
-                    "invalid"
+                    AdminCode::Invalid
                 };
                 refusal(code, format!("cannot {} {target}: {reason}", op.name()))
             })?;
@@ -227,7 +223,7 @@ pub(crate) fn plan(
                     .find(|u| !u.enabled)
                 {
                     return Err(refusal(
-                        "invalid",
+                        AdminCode::Invalid,
                         format!(
                             "cannot restart unit {}: it is disabled; repair it first",
                             unit.name
@@ -236,7 +232,7 @@ pub(crate) fn plan(
                 }
                 if units.is_empty() {
                     return Err(refusal(
-                        "no_op",
+                        AdminCode::NoOp,
                         format!("{target} has no units to restart"),
                     ));
                 }

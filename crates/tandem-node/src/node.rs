@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use tandem_core::director::{node_down_promotions, View};
 use tandem_core::{
-    Agent, AgentAction, AgentReport, ApplyOutcome, ClusterState, Command, Director, LivenessConfig,
-    LivenessTracker, NodeId, NodeReport, Observations, QuorumClock, Refusal, Time, Topology,
-    UnitName,
+    AdminCode, Agent, AgentAction, AgentReport, ApplyOutcome, ClusterState, Command, Director,
+    LivenessConfig, LivenessTracker, NodeId, NodeReport, Observations, QuorumClock, Refusal, Time,
+    Topology, UnitName,
 };
 use tandem_raft::disk::Disk;
 use tandem_raft::{Applied, Replica, ReplicaConfig, ReplicaError};
@@ -567,7 +567,7 @@ impl<D: Disk> Node<D> {
     ) -> Result<(), Refusal> {
         let Some(leadership) = &mut self.leadership else {
             return Err(Refusal {
-                code: "not_leader",
+                code: AdminCode::NotLeader,
                 message: "this node is not the leader".into(),
             });
         };
@@ -582,7 +582,7 @@ impl<D: Disk> Node<D> {
             if let Err(error) = self.replica.propose(&command, id.to_be_bytes().to_vec()) {
                 if position == 0 {
                     return Err(Refusal {
-                        code: "not_committed",
+                        code: AdminCode::NotCommitted,
                         message: format!("proposal refused: {error}; retry"),
                     });
                 }
@@ -735,7 +735,7 @@ impl<D: Disk> Node<D> {
             step.admin.push((
                 id,
                 Err(Refusal {
-                    code: "refused",
+                    code: AdminCode::Refused,
                     message: format!(
                         "refused when applied (the state changed meanwhile): {reason}"
                     ),
@@ -770,7 +770,7 @@ impl<D: Disk> Node<D> {
                         answers.push((
                             *id,
                             Err(Refusal {
-                                code: "failed",
+                                code: AdminCode::Failed,
                                 message: reason,
                             }),
                         ));
@@ -787,7 +787,7 @@ impl<D: Disk> Node<D> {
                 answers.push((
                     *id,
                     Err(Refusal {
-                        code: "in_progress",
+                        code: AdminCode::InProgress,
                         message: format!(
                             "accepted, but not finished in time; still waiting for {what} \
                              (watch with `tandemctl status`)"
@@ -841,7 +841,7 @@ impl<D: Disk> Node<D> {
                     step.admin.push((
                         *id,
                         Err(Refusal {
-                            code: "aborted",
+                            code: AdminCode::Aborted,
                             message: "leadership changed while the request was in progress; \
                                       what was committed stays, check `tandemctl status`"
                                 .into(),

@@ -4,6 +4,7 @@
 //! `protoc`). Everything that crosses a socket or lands on disk is framed by [`frame`]:
 //! a length, a crc32 of the payload, then the payload, with a hard size limit.
 
+pub mod admin_wire;
 pub mod data_wire;
 pub mod frame;
 pub mod sdk_wire;

@@ -36,8 +36,8 @@ pub enum ClientError {
     /// A node refused the message.
     #[error("tandemd refused the message ({code}): {message}")]
     Refused {
-        /// A stable code (`not_found`, `bad_request`, `refused`, ...).
-        code: String,
+        /// Why ([`AdminCode`](crate::AdminCode): `NotFound`, `BadRequest`, `Refused`, ...).
+        code: tandem_core::AdminCode,
         /// For humans.
         message: String,
     },
@@ -106,7 +106,7 @@ impl Client {
                 }
                 Ok(Ok(admin_response::Kind::Error(error))) => {
                     return Err(ClientError::Refused {
-                        code: error.code,
+                        code: tandem_proto::admin_wire::decode_admin_code(error.code),
                         message: error.message,
                     })
                 }

@@ -82,7 +82,7 @@ use tokio::sync::mpsc;
 
 pub use data::{Change, Checkpoint, DataError, Message, Position, Transaction};
 pub use tandem_core::data::RefusalCode;
-pub use tandem_core::{Role, Severity, ShardName};
+pub use tandem_core::{AdminCode, Role, Severity, ShardName};
 
 /// The SDK protocol version (checked by `tandemd` at registration).
 const PROTOCOL_VERSION: u32 = 1;

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tandem_proto::admin::{
-    admin_request, admin_response, AdminError, AdminRequest, AdminResponse, EventsEnd,
-};
+use tandem_proto::admin::{admin_request, admin_response, AdminRequest, AdminResponse, EventsEnd};
 use tandem_proto::frame::{encode_frame, FrameDecoder};
 use tandem_proto::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+
+use tandem_core::AdminCode;
 
 use crate::events::EventLog;
 use crate::runtime::{admin_wait, Event, EventSender};
@@ -38,15 +38,7 @@ pub enum AdminOutcome {
     },
 }
 
-/// An admin error response.
-pub fn error_response(code: &str, message: impl Into<String>) -> AdminResponse {
-    AdminResponse {
-        kind: Some(admin_response::Kind::Error(AdminError {
-            code: code.to_owned(),
-            message: message.into(),
-        })),
-    }
-}
+pub use tandem_proto::admin_wire::error_response;
 
 /// Serves admin connections until the listener fails.
 pub async fn serve_admin(
@@ -93,7 +85,8 @@ async fn admin_connection(
                 Ok(Some(payload)) => break payload,
                 Ok(None) => {}
                 Err(error) => {
-                    let response = error_response("bad_request", format!("bad frame: {error}"));
+                    let response =
+                        error_response(AdminCode::BadRequest, format!("bad frame: {error}"));
                     let _ = write_response(&mut stream, &response).await;
                     return Err(error.to_string());
                 }
@@ -110,7 +103,7 @@ async fn admin_connection(
             }) => return stream_events(&mut stream, log, ask.since_seq, ask.follow).await,
             Ok(request) => handle(request, request_timeout, events).await,
             Err(error) => {
-                let response = error_response("bad_request", error.to_string());
+                let response = error_response(AdminCode::BadRequest, error.to_string());
                 let _ = write_response(&mut stream, &response).await;
                 return Err(error.to_string());
             }
@@ -162,7 +155,7 @@ async fn stream_events(
                     Ok(record) => record,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                         let response = error_response(
-                            "lagged",
+                            AdminCode::Lagged,
                             format!("{missed} events were missed (the client read too slowly); reconnect"),
                         );
                         let mut out = BytesMut::new();
@@ -200,7 +193,7 @@ async fn handle(
         .is_err()
     {
         return error_response(
-            "shutting_down",
+            AdminCode::ShuttingDown,
             "the daemon is shutting down; retry another node",
         );
     }
@@ -208,13 +201,13 @@ async fn handle(
         Ok(Ok(outcome)) => outcome,
         Ok(Err(_)) => {
             return error_response(
-                "aborted",
+                AdminCode::Aborted,
                 "the request was dropped (leadership changed or the daemon is stopping); retry",
             )
         }
         Err(_) => {
             return error_response(
-                "timeout",
+                AdminCode::Timeout,
                 format!(
                     "no answer within {} ms (is a quorum of nodes up? an operation that was \
                      accepted goes on; check `tandemctl status`)",

@@ -18,8 +18,8 @@ use tandem_core::data::{
     ReplicaId, StreamMessage,
 };
 use tandem_core::{
-    AdminOp, AdminTarget, AgentAction, NodeId, Refusal, ServiceName, ShardName, SwitchoverTarget,
-    Time, UnitCommand, UnitName,
+    AdminCode, AdminOp, AdminTarget, AgentAction, NodeId, Refusal, ServiceName, ShardName,
+    SwitchoverTarget, Time, UnitCommand, UnitName,
 };
 use tandem_node::{AdminAction, AdminResult, Node, NodeEvent, NodeSettings, UnitEvent};
 use tandem_proto::admin::{
@@ -861,7 +861,7 @@ impl Daemon {
         let may_forward = !request.forwarded;
         let Some(kind) = &request.kind else {
             let _ = reply.send(AdminOutcome::Reply(error_response(
-                "bad_request",
+                AdminCode::BadRequest,
                 "empty admin request (client newer than this daemon?)",
             )));
             return;
@@ -895,7 +895,7 @@ impl Daemon {
         }
         if !self.node.is_leader() {
             let no_leader = error_response(
-                "no_leader",
+                AdminCode::NoLeader,
                 format!(
                     "{} knows no reachable leader; a majority of voters must be up and connected",
                     self.name
@@ -947,7 +947,7 @@ impl Daemon {
     /// it is malformed.
     fn admin_action(&self, kind: &admin_request::Kind) -> Result<AdminAction, Refusal> {
         let bad = |message: String| Refusal {
-            code: "bad_request",
+            code: AdminCode::BadRequest,
             message,
         };
         let node_id = |name: &str| {
@@ -955,7 +955,7 @@ impl Daemon {
                 .node(name)
                 .map(|node| NodeId(node.id))
                 .ok_or_else(|| Refusal {
-                    code: "not_found",
+                    code: AdminCode::NotFound,
                     message: format!(
                         "there is no node {name:?} (nodes: {})",
                         self.config
@@ -1284,7 +1284,7 @@ impl Daemon {
         let topology = &self.node.state().topology;
         let Some(service) = topology.service(&ServiceName(request.service.clone())) else {
             return error_response(
-                "not_found",
+                AdminCode::NotFound,
                 format!(
                     "there is no service {:?} (services: {})",
                     request.service,
@@ -1299,7 +1299,7 @@ impl Daemon {
         };
         if service.shards.is_empty() || service.model.multi_active() {
             return error_response(
-                "bad_request",
+                AdminCode::BadRequest,
                 format!(
                     "service {} has no single-ACTIVE shards to take messages",
                     request.service
@@ -1329,7 +1329,7 @@ impl Daemon {
                     })),
                 }
             }
-            Err(reason) => error_response("refused", reason),
+            Err(reason) => error_response(AdminCode::Refused, reason),
         }
     }
 

@@ -243,7 +243,7 @@ fn switchover_quiesces_then_swaps_and_the_old_active_becomes_standby() {
         &SwitchoverTarget::Shard("s0".into()),
     );
     // a is silent, so its ACTIVE is not confirmed: refused, nothing changed.
-    assert_eq!(commands.unwrap_err().code, "busy");
+    assert_eq!(commands.unwrap_err().code, AdminCode::Busy);
     h.silent.clear();
     let observations = h.observations();
     let commands = plan_switchover(
@@ -269,7 +269,7 @@ fn switchover_quiesces_then_swaps_and_the_old_active_becomes_standby() {
         &View::new(&h.state, &observations),
         &SwitchoverTarget::Service("svc".into()),
     );
-    assert_eq!(refused.unwrap_err().code, "not_in_sync");
+    assert_eq!(refused.unwrap_err().code, AdminCode::NotInSync);
     h.settle();
     let observations = h.observations();
     let commands = plan_switchover(
@@ -297,7 +297,7 @@ fn switchover_is_refused_without_a_ready_standby() {
         &SwitchoverTarget::Shard("s0".into()),
     )
     .unwrap_err();
-    assert_eq!(error.code, "no_standby");
+    assert_eq!(error.code, AdminCode::NoStandby);
     assert!(
         error.message.contains("STANDBY b has not confirmed"),
         "{error}"
@@ -307,7 +307,7 @@ fn switchover_is_refused_without_a_ready_standby() {
         &SwitchoverTarget::Shard("nope".into()),
     )
     .unwrap_err();
-    assert_eq!(error.code, "not_found");
+    assert_eq!(error.code, AdminCode::NotFound);
 }
 
 #[test]
@@ -538,7 +538,7 @@ fn the_director_records_claims_and_a_switchover_needs_an_in_sync_standby() {
         &SwitchoverTarget::Shard("s0".into()),
     )
     .unwrap_err();
-    assert_eq!(error.code, "not_in_sync");
+    assert_eq!(error.code, AdminCode::NotInSync);
     assert!(error.message.contains("STANDBY b"), "{error}");
     // Once the ACTIVE's agent verifies b, the director records it and the switchover goes.
     h.unsynced.clear();
