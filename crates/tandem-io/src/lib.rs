@@ -13,7 +13,10 @@
 //! writability, through a duplicate of the descriptor that lives until that write went out;
 //! the usual exchange of small messages never does.
 //!
-//! Architecture invariant: no knowledge of tandem's protocols; only sockets.
+//! It also holds the one reading of the machine's monotonic clock that the daemon and the SDK
+//! share, [`monotonic_ns`].
+//!
+//! Architecture invariant: no knowledge of tandem's protocols; only sockets and the clock.
 
 #![deny(missing_docs)]
 
@@ -28,6 +31,20 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock `tandemd` expresses lease deadlines on for
+/// its units, the same for every process of the machine (what `std::time::Instant` counts on
+/// Linux). Units can timestamp what they do with it so that events of several processes can be
+/// ordered.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
 
 /// A connected stream socket (TCP or Unix) registered for readability only; split it into
 /// halves for a reader and a writer task.

@@ -7,6 +7,8 @@
 pub mod admin_wire;
 pub mod data_wire;
 pub mod frame;
+#[cfg(feature = "tokio")]
+pub mod sdk_stream;
 pub mod sdk_wire;
 
 /// Daemon-to-daemon messages (`proto/peer.proto`).

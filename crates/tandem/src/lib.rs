@@ -73,16 +73,16 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use tandem_core::UnitCommand;
 use tandem_io::QuietStream;
-use tandem_proto::frame::{encode_frame, encode_message_frame, FrameDecoder, COALESCE_BYTES_MAX};
+use tandem_proto::frame::FrameDecoder;
 use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent, AgentToUnit, UnitToAgent};
-use tandem_proto::Message as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tandem_proto::sdk_stream::{read_message, write_message, write_queued};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 pub use data::{Change, Checkpoint, DataError, Message, Position, Transaction};
 pub use tandem_core::data::RefusalCode;
 pub use tandem_core::{AdminCode, Role, Severity, ShardName};
+pub use tandem_io::monotonic_ns;
 
 /// The SDK protocol version (checked by `tandemd` at registration).
 const PROTOCOL_VERSION: u32 = 1;
@@ -295,19 +295,6 @@ pub struct Context {
     queues: data::Queues,
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds: the clock `tandemd` expresses lease deadlines on, the
-/// same for every process of the machine (what `std::time::Instant` counts on Linux). Useful to
-/// timestamp what a unit does so that events of several processes can be ordered.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
 /// [`monotonic_ns`] as the core's `Time` (µs).
 fn monotonic_now() -> tandem_core::Time {
     tandem_core::Time::from_micros(monotonic_ns() / 1000)
@@ -448,36 +435,9 @@ fn env(variable: &'static str) -> Result<String, Error> {
     std::env::var(variable).map_err(|_| Error::NotUnderTandem { variable })
 }
 
-async fn write_message(
-    stream: &mut (impl AsyncWriteExt + Unpin),
-    message: &UnitToAgent,
-) -> std::io::Result<()> {
-    let mut out = BytesMut::new();
-    encode_frame(&message.encode_to_vec(), &mut out);
-    stream.write_all(&out).await
-}
-
-/// Reads one message from `tandemd`; `None` at end of stream.
-async fn read_message(
-    stream: &mut (impl AsyncReadExt + Unpin),
-    decoder: &FrameDecoder,
-    buffer: &mut BytesMut,
-) -> Result<Option<AgentToUnit>, Error> {
-    let broken = |reason: String| Error::Disconnected { reason };
-    loop {
-        if let Some(payload) = decoder.decode(buffer).map_err(|e| broken(e.to_string()))? {
-            return tandem_proto::decode_agent_message(payload)
-                .map(Some)
-                .map_err(|e| broken(e.to_string()));
-        }
-        if stream
-            .read_buf(buffer)
-            .await
-            .map_err(|e| broken(e.to_string()))?
-            == 0
-        {
-            return Ok(None);
-        }
+fn disconnected(error: impl std::fmt::Display) -> Error {
+    Error::Disconnected {
+        reason: error.to_string(),
     }
 }
 
@@ -553,28 +513,30 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
     };
     write_message(&mut write, &register)
         .await
-        .map_err(|e| Error::Disconnected {
-            reason: e.to_string(),
-        })?;
+        .map_err(disconnected)?;
     let decoder = FrameDecoder::new(FRAME_LEN_MAX);
     let mut buffer = BytesMut::new();
-    let welcome = match read_message(&mut read, &decoder, &mut buffer).await? {
-        Some(AgentToUnit {
-            kind: Some(agent_to_unit::Kind::Welcome(welcome)),
-        }) => welcome,
-        Some(AgentToUnit {
-            kind: Some(agent_to_unit::Kind::Refused(refused)),
-        }) => {
-            return Err(Error::Refused {
-                reason: refused.reason,
-            })
-        }
-        _ => {
-            return Err(Error::Disconnected {
-                reason: "tandemd did not answer the registration".into(),
-            })
-        }
-    };
+    let welcome =
+        match read_message::<AgentToUnit>(&mut read, &decoder, &mut buffer, "agent message")
+            .await
+            .map_err(disconnected)?
+        {
+            Some(AgentToUnit {
+                kind: Some(agent_to_unit::Kind::Welcome(welcome)),
+            }) => welcome,
+            Some(AgentToUnit {
+                kind: Some(agent_to_unit::Kind::Refused(refused)),
+            }) => {
+                return Err(Error::Refused {
+                    reason: refused.reason,
+                })
+            }
+            _ => {
+                return Err(Error::Disconnected {
+                    reason: "tandemd did not answer the registration".into(),
+                })
+            }
+        };
     let (outbox, mut outbox_rx) = mpsc::channel::<UnitToAgent>(OUTBOX_LEN_MAX);
     let ctx = Context {
         identity: Arc::new(Identity {
@@ -595,23 +557,9 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
     // The writer sends what every part of the unit queued, in order.
     // A burst (many commits in flight) goes out in one write.
     let writer = tokio::spawn(async move {
-        let mut out = BytesMut::new();
-        while let Some(message) = outbox_rx.recv().await {
-            encode_message_frame(&message, &mut out);
-            while out.len() < COALESCE_BYTES_MAX {
-                match outbox_rx.try_recv() {
-                    Ok(message) => encode_message_frame(&message, &mut out),
-                    Err(_) => break,
-                }
-            }
-            if let Err(error) = write.write_all(&out).await {
-                return Err(Error::Disconnected {
-                    reason: error.to_string(),
-                });
-            }
-            out.clear();
-        }
-        Ok(())
+        write_queued(&mut outbox_rx, &mut write)
+            .await
+            .map_err(disconnected)
     });
     // The reader applies lease updates and answers at once (even while a hook runs) and
     // queues, in arrival order, what the hook runner handles.
@@ -619,7 +567,15 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
     let reader_ctx = ctx.clone();
     let reader = tokio::spawn(async move {
         loop {
-            let message = match read_message(&mut read, &decoder, &mut buffer).await {
+            let message = match read_message::<AgentToUnit>(
+                &mut read,
+                &decoder,
+                &mut buffer,
+                "agent message",
+            )
+            .await
+            .map_err(disconnected)
+            {
                 Ok(Some(message)) => message,
                 Ok(None) => return Ok(()),
                 Err(error) => return Err(error),

@@ -12,31 +12,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tandem_proto::admin::{admin_request, admin_response, AdminRequest, AdminResponse, EventsEnd};
+use tandem_core::{
+    AdminCode, AdminOp, AdminTarget, NodeId, Refusal, ServiceName, ShardName, SwitchoverTarget,
+    UnitName,
+};
+use tandem_node::AdminAction;
+use tandem_proto::admin::{
+    admin_request, admin_response, operation_request, switchover_request, AdminRequest,
+    AdminResponse, EventsEnd,
+};
 use tandem_proto::frame::{encode_frame, FrameDecoder};
 use tandem_proto::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-use tandem_core::AdminCode;
-
-use crate::events::EventLog;
-use crate::runtime::{admin_wait, Event, EventSender};
-
-/// How the event loop disposes of an admin request.
-#[derive(Debug)]
-pub enum AdminOutcome {
-    /// The answer.
-    Reply(AdminResponse),
-    /// Ask the leader at this address instead; if that fails, use the fallback answer.
-    Forward {
-        /// The leader's admin address.
-        leader: SocketAddr,
-        /// What to answer if the leader cannot be reached.
-        fallback: AdminResponse,
-    },
-}
+use crate::config::Config;
+use crate::event::{AdminOutcome, Event, EventSender};
+use crate::event_log::EventLog;
 
 pub use tandem_proto::admin_wire::error_response;
 
@@ -259,4 +252,87 @@ async fn forward(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| "leader did not answer in time".to_owned())?
+}
+
+/// Longest wait a client may ask for on an admin operation.
+const ADMIN_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// How long an admin request may take: what the client asked for (bounded), at least the
+/// daemon's own admin timeout.
+pub fn admin_wait(request: &AdminRequest, default: Duration) -> Duration {
+    Duration::from_millis(u64::from(request.timeout_ms))
+        .max(default)
+        .min(ADMIN_WAIT_MAX)
+}
+
+/// The action an admin request asks for (node names resolved against the config), or why
+/// it is malformed.
+pub fn decode_action(config: &Config, kind: &admin_request::Kind) -> Result<AdminAction, Refusal> {
+    let bad = |message: String| Refusal {
+        code: AdminCode::BadRequest,
+        message,
+    };
+    let node_id = |name: &str| {
+        config
+            .node(name)
+            .map(|node| NodeId(node.id))
+            .ok_or_else(|| Refusal {
+                code: AdminCode::NotFound,
+                message: format!(
+                    "there is no node {name:?} (nodes: {})",
+                    config
+                        .nodes
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    };
+    match kind {
+        admin_request::Kind::Noop(_) => Ok(AdminAction::Noop),
+        admin_request::Kind::Switchover(switchover) => {
+            Ok(AdminAction::Switchover(match &switchover.target {
+                Some(switchover_request::Target::Shard(shard)) => {
+                    SwitchoverTarget::Shard(ShardName(shard.clone()))
+                }
+                Some(switchover_request::Target::Service(service)) => {
+                    SwitchoverTarget::Service(ServiceName(service.clone()))
+                }
+                Some(switchover_request::Target::Node(name)) => {
+                    SwitchoverTarget::Node(node_id(name)?)
+                }
+                None => return Err(bad("the switchover names no shard, service or node".into())),
+            }))
+        }
+        admin_request::Kind::Operation(operation) => {
+            let op = match operation.op.as_str() {
+                "lock" => AdminOp::Lock,
+                "unlock" => AdminOp::Unlock,
+                "shutdown" => AdminOp::Shutdown,
+                "lock-instantiation" => AdminOp::LockInstantiation,
+                "unlock-instantiation" => AdminOp::UnlockInstantiation,
+                "restart" => AdminOp::Restart,
+                "repair" => AdminOp::Repair,
+                other => return Err(bad(format!("unknown operation {other:?}"))),
+            };
+            let target = match &operation.target {
+                Some(operation_request::Target::Unit(unit)) => {
+                    AdminTarget::Unit(UnitName(unit.clone()))
+                }
+                Some(operation_request::Target::Node(name)) => AdminTarget::Node(node_id(name)?),
+                None => return Err(bad("the operation names no unit or node".into())),
+            };
+            Ok(AdminAction::Admin { target, op })
+        }
+        admin_request::Kind::Restrict(restrict) => Ok(AdminAction::Restrict {
+            shard: ShardName(restrict.shard.clone()),
+            admitted_permille: restrict.admitted_permille,
+        }),
+        admin_request::Kind::Status(_)
+        | admin_request::Kind::Events(_)
+        | admin_request::Kind::Send(_) => {
+            Err(bad("not an operation (this is a bug in tandemd)".into()))
+        }
+    }
 }

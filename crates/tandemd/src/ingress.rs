@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::runtime::{Event, EventSender};
+use crate::event::{Event, EventSender};
 
 /// How long a node that gave up a shard keeps its ingress socket.
 pub const RELEASE_GRACE: Duration = Duration::from_millis(1000);

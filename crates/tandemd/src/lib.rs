@@ -4,7 +4,8 @@
 //! logging and signals, and calls [`runtime::run`].
 
 pub mod admin;
-pub mod events;
+pub mod event;
+pub mod event_log;
 pub mod ingress;
 pub mod mailbox;
 pub mod replicas;

@@ -14,17 +14,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use tandem_core::data::{
-    Accepted, DataConfig, DataEvent, DataPlane, DataRequest, DataView, MessageOrigin, Origin,
-    ReplicaId, StreamMessage,
+    Accepted, DataConfig, DataEvent, DataPlane, DataView, MessageOrigin, Origin, ReplicaId,
+    StreamMessage,
 };
 use tandem_core::{
-    AdminCode, AdminOp, AdminTarget, AgentAction, NodeId, Refusal, ServiceName, ShardName,
-    SwitchoverTarget, Time, UnitCommand, UnitName,
+    AdminCode, AgentAction, NodeId, ServiceName, ShardName, Time, UnitCommand, UnitName,
 };
 use tandem_node::{AdminAction, AdminResult, Node, NodeEvent, NodeSettings, UnitEvent};
 use tandem_proto::admin::{
-    admin_request, admin_response, operation_request, switchover_request, AdminRequest,
-    AdminResponse, NoopReply, OperationDone,
+    admin_request, admin_response, AdminRequest, AdminResponse, NoopReply, OperationDone,
 };
 use tandem_proto::peer::envelope::Body;
 use tandem_proto::peer::Envelope;
@@ -34,158 +32,22 @@ use tandem_raft::{ReplicaConfig, WalOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::admin::{error_response, serve_admin, AdminOutcome};
+use tandem_io::monotonic_ns;
+
+use crate::admin::{admin_wait, error_response, serve_admin};
 use crate::config::Config;
-use crate::events::{wall_ms, EventLog};
+use crate::event::{AdminOutcome, Event, EventSender, Registration};
+use crate::event_log::{wall_ms, EventLog};
 use crate::ingress::{Ingress, VipChange};
 use crate::replicas::{DiskReport, ReplicaStore, Writer};
-use crate::sdk_server::{self, Registration};
+use crate::sdk_server;
 use crate::supervisor::{self, Supervisor};
 use crate::transport::{serve_peers, PeerSender, TransportStats};
-
-/// Events the loop consumes, besides its timers.
-#[derive(Debug)]
-pub enum Event {
-    /// An envelope from a peer (already checked for cluster name and destination).
-    Peer(Envelope),
-    /// The peer closed a connection that carried its control messages to this node, after
-    /// every envelope read from it (see `transport::read_peer`).
-    PeerLinkLost(u64),
-    /// An admin request and where to send its outcome.
-    Admin {
-        /// The request.
-        request: AdminRequest,
-        /// Where the outcome goes.
-        reply: oneshot::Sender<AdminOutcome>,
-    },
-    /// Something happened to a unit process (from the supervisor or the SDK endpoint).
-    Unit(UnitEvent),
-    /// A unit registers through the SDK.
-    Register(Registration),
-    /// A datagram (or a TCP frame) arrived on a shard's ingress address.
-    Ingress {
-        /// The shard.
-        shard: ShardName,
-        /// The message.
-        payload: Vec<u8>,
-        /// Its sender.
-        peer: SocketAddr,
-        /// It came on a TCP connection.
-        tcp: bool,
-    },
-    /// A unit's reply to an ingress message's sender.
-    IngressReply {
-        /// The shard whose ingress address it leaves from.
-        shard: ShardName,
-        /// The original sender.
-        peer: SocketAddr,
-        /// The reply.
-        payload: Vec<u8>,
-        /// On the sender's TCP connection.
-        tcp: bool,
-    },
-    /// A unit's checkpoint or stream call.
-    UnitData {
-        /// The unit.
-        unit: UnitName,
-        /// Its instance.
-        generation: u64,
-        /// The call's id, echoed in the answer.
-        id: u64,
-        /// The call.
-        request: DataRequest,
-    },
-    /// The replica sync thread made replica versions durable or wrote a compacted file (or
-    /// failed).
-    ReplicaDisk(Result<DiskReport, String>),
-    /// The Raft log sync thread made the log durable up to a ready number (or failed).
-    RaftSynced(Result<u64, String>),
-}
-
-impl Event {
-    /// About how many bytes of values and messages a data event carries (0 for the rest).
-    fn payload_len(&self) -> usize {
-        match self {
-            Event::Peer(envelope) => match &envelope.body {
-                Some(Body::Data(message)) => tandem_proto::Message::encoded_len(message),
-                _ => 0,
-            },
-            Event::UnitData {
-                request: DataRequest::Commit { writes, .. },
-                ..
-            } => tandem_core::data::writes_bytes(writes),
-            Event::Ingress { payload, .. } | Event::IngressReply { payload, .. } => payload.len(),
-            _ => 0,
-        }
-    }
-
-    /// Whether the event belongs to the data plane (replication, checkpoint calls, stream
-    /// messages, replica syncs). Those queue apart from the control events (Raft, heartbeats,
-    /// leases, admin, unit lifecycle), which the loop always takes first: a burst of data never
-    /// delays a heartbeat long enough to cost a lease.
-    fn is_data(&self) -> bool {
-        match self {
-            Event::Peer(envelope) => matches!(envelope.body, Some(Body::Data(_))),
-            Event::UnitData { .. }
-            | Event::Ingress { .. }
-            | Event::IngressReply { .. }
-            | Event::ReplicaDisk(_) => true,
-            Event::Admin { .. }
-            | Event::Unit(_)
-            | Event::Register(_)
-            | Event::RaftSynced(_)
-            | Event::PeerLinkLost(_) => false,
-        }
-    }
-}
-
-/// Where the daemon's tasks and threads hand events to the loop: one bounded queue for control
-/// events and one for data events (see [`Event::is_data`]).
-#[derive(Debug, Clone)]
-pub struct EventSender {
-    control: mpsc::Sender<Event>,
-    data: mpsc::Sender<Event>,
-}
-
-/// The queue was closed: the loop is gone.
-#[derive(Debug)]
-pub struct LoopGone;
-
-impl EventSender {
-    /// Makes the two queues; the receivers are `(control, data)`.
-    pub fn new() -> (Self, mpsc::Receiver<Event>, mpsc::Receiver<Event>) {
-        let (control, control_rx) = mpsc::channel(EVENT_QUEUE_LEN_MAX);
-        let (data, data_rx) = mpsc::channel(EVENT_QUEUE_LEN_MAX);
-        (Self { control, data }, control_rx, data_rx)
-    }
-
-    fn queue(&self, event: &Event) -> &mpsc::Sender<Event> {
-        if event.is_data() {
-            &self.data
-        } else {
-            &self.control
-        }
-    }
-
-    /// Queues `event`, waiting while its queue is full (backpressure on the reader).
-    pub async fn send(&self, event: Event) -> Result<(), LoopGone> {
-        self.queue(&event).send(event).await.map_err(|_| LoopGone)
-    }
-
-    /// Queues `event` from a thread outside the runtime.
-    pub fn blocking_send(&self, event: Event) -> Result<(), LoopGone> {
-        self.queue(&event)
-            .blocking_send(event)
-            .map_err(|_| LoopGone)
-    }
-}
 
 /// A pass of the event loop longer than this is logged (at most every
 /// [`SLOW_WARNING_EVERY`]).
 const LOOP_SLOW: Duration = Duration::from_millis(50);
 const SLOW_WARNING_EVERY: Duration = Duration::from_secs(1);
-/// Capacity of each event queue; a full queue slows readers down (backpressure).
-const EVENT_QUEUE_LEN_MAX: usize = 8192;
 /// Events handled per wake-up before the node's output is processed.
 const EVENT_BATCH_MAX: usize = 512;
 /// Data events handled per wake-up: the loop looks at control events and timers again after
@@ -199,8 +61,6 @@ const DATA_BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// Drives per wake-up: carrying out an output can feed the node new inputs (a started
 /// process's pid); these are driven at once, a bounded number of times.
 const DRIVES_PER_WAKEUP_MAX: usize = 4;
-/// Longest wait a client may ask for on an admin operation.
-const ADMIN_WAIT_MAX: Duration = Duration::from_secs(300);
 /// Largest frame accepted from a peer's data connection: a commit's 8 MiB of writes plus the
 /// items batched with it.
 const DATA_FRAME_LEN_MAX: usize = 32 * 1024 * 1024;
@@ -283,18 +143,6 @@ struct Daemon {
     pass: PassTimes,
     /// Keeps the data directory's lock held while the daemon runs.
     _lock: File,
-}
-
-/// CLOCK_MONOTONIC now, in ns (what `std::time::Instant` counts on Linux, and what the SDK
-/// compares lease deadlines against).
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Runs the daemon for node `node_name` until `shutdown` resolves.
@@ -911,7 +759,7 @@ impl Daemon {
             let _ = reply.send(outcome);
             return;
         }
-        let action = match self.admin_action(kind) {
+        let action = match crate::admin::decode_action(&self.config, kind) {
             Ok(action) => action,
             Err(refusal) => {
                 let _ = reply.send(AdminOutcome::Reply(error_response(
@@ -939,82 +787,6 @@ impl Daemon {
                     refusal.code,
                     refusal.message,
                 )));
-            }
-        }
-    }
-
-    /// The action an admin request asks for (node names resolved against the config), or why
-    /// it is malformed.
-    fn admin_action(&self, kind: &admin_request::Kind) -> Result<AdminAction, Refusal> {
-        let bad = |message: String| Refusal {
-            code: AdminCode::BadRequest,
-            message,
-        };
-        let node_id = |name: &str| {
-            self.config
-                .node(name)
-                .map(|node| NodeId(node.id))
-                .ok_or_else(|| Refusal {
-                    code: AdminCode::NotFound,
-                    message: format!(
-                        "there is no node {name:?} (nodes: {})",
-                        self.config
-                            .nodes
-                            .iter()
-                            .map(|n| n.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                })
-        };
-        match kind {
-            admin_request::Kind::Noop(_) => Ok(AdminAction::Noop),
-            admin_request::Kind::Switchover(switchover) => {
-                Ok(AdminAction::Switchover(match &switchover.target {
-                    Some(switchover_request::Target::Shard(shard)) => {
-                        SwitchoverTarget::Shard(ShardName(shard.clone()))
-                    }
-                    Some(switchover_request::Target::Service(service)) => {
-                        SwitchoverTarget::Service(ServiceName(service.clone()))
-                    }
-                    Some(switchover_request::Target::Node(name)) => {
-                        SwitchoverTarget::Node(node_id(name)?)
-                    }
-                    None => {
-                        return Err(bad("the switchover names no shard, service or node".into()))
-                    }
-                }))
-            }
-            admin_request::Kind::Operation(operation) => {
-                let op = match operation.op.as_str() {
-                    "lock" => AdminOp::Lock,
-                    "unlock" => AdminOp::Unlock,
-                    "shutdown" => AdminOp::Shutdown,
-                    "lock-instantiation" => AdminOp::LockInstantiation,
-                    "unlock-instantiation" => AdminOp::UnlockInstantiation,
-                    "restart" => AdminOp::Restart,
-                    "repair" => AdminOp::Repair,
-                    other => return Err(bad(format!("unknown operation {other:?}"))),
-                };
-                let target = match &operation.target {
-                    Some(operation_request::Target::Unit(unit)) => {
-                        AdminTarget::Unit(UnitName(unit.clone()))
-                    }
-                    Some(operation_request::Target::Node(name)) => {
-                        AdminTarget::Node(node_id(name)?)
-                    }
-                    None => return Err(bad("the operation names no unit or node".into())),
-                };
-                Ok(AdminAction::Admin { target, op })
-            }
-            admin_request::Kind::Restrict(restrict) => Ok(AdminAction::Restrict {
-                shard: ShardName(restrict.shard.clone()),
-                admitted_permille: restrict.admitted_permille,
-            }),
-            admin_request::Kind::Status(_)
-            | admin_request::Kind::Events(_)
-            | admin_request::Kind::Send(_) => {
-                Err(bad("not an operation (this is a bug in tandemd)".into()))
             }
         }
     }
@@ -1585,14 +1357,6 @@ impl Daemon {
             tracing::warn!(%unit, generation, "unit's queue is full or closed; message dropped");
         }
     }
-}
-
-/// How long an admin request may take: what the client asked for (bounded), at least the
-/// daemon's own admin timeout.
-pub fn admin_wait(request: &AdminRequest, default: Duration) -> Duration {
-    Duration::from_millis(u64::from(request.timeout_ms))
-        .max(default)
-        .min(ADMIN_WAIT_MAX)
 }
 
 /// The shard of `shards` a client key routes to: crc32 of the key, modulo their count (stable

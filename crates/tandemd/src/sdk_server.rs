@@ -15,15 +15,14 @@ use bytes::BytesMut;
 use tandem_core::UnitName;
 use tandem_io::QuietStream;
 use tandem_node::UnitEvent;
-use tandem_proto::frame::{encode_frame, encode_message_frame, FrameDecoder, COALESCE_BYTES_MAX};
-use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent, AgentToUnit};
-use tandem_proto::Message as _;
+use tandem_proto::frame::FrameDecoder;
+use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent, AgentToUnit, UnitToAgent};
+use tandem_proto::sdk_stream::{read_message, write_message, write_queued};
 use tandem_raft::codec::decode_severity;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::{Event, EventSender};
+use crate::event::{Event, EventSender, Registration};
 
 /// Largest frame a unit may send (a reply or report is tiny).
 pub const UNIT_FRAME_LEN_MAX: usize = 16 * 1024 * 1024;
@@ -32,21 +31,6 @@ pub const UNIT_FRAME_LEN_MAX: usize = 16 * 1024 * 1024;
 pub const UNIT_QUEUE_LEN_MAX: usize = 8192;
 /// The SDK protocol version this daemon speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
-
-/// What a registration needs from the event loop.
-#[derive(Debug)]
-pub struct Registration {
-    /// The unit.
-    pub unit: UnitName,
-    /// The instance.
-    pub generation: u64,
-    /// Its proof of identity.
-    pub token: String,
-    /// Where messages for the unit go.
-    pub channel: mpsc::Sender<AgentToUnit>,
-    /// The answer: a welcome, or why not.
-    pub reply: oneshot::Sender<Result<sdk::Welcome, String>>,
-}
 
 /// Binds the node's SDK socket at `path`: its directory is made owner-only, a stale socket file
 /// is removed, and the socket itself is owner-only.
@@ -85,37 +69,6 @@ pub async fn serve(listener: UnixListener, events: EventSender) {
     }
 }
 
-async fn write_message(
-    stream: &mut (impl AsyncWriteExt + Unpin),
-    message: &AgentToUnit,
-) -> std::io::Result<()> {
-    let mut out = BytesMut::new();
-    encode_frame(&message.encode_to_vec(), &mut out);
-    stream.write_all(&out).await
-}
-
-async fn read_message(
-    stream: &mut (impl AsyncReadExt + Unpin),
-    decoder: &FrameDecoder,
-    buffer: &mut BytesMut,
-) -> Result<Option<sdk::UnitToAgent>, String> {
-    loop {
-        if let Some(payload) = decoder.decode(buffer).map_err(|error| error.to_string())? {
-            return tandem_proto::decode_unit_message(payload)
-                .map(Some)
-                .map_err(|error| error.to_string());
-        }
-        if stream
-            .read_buf(buffer)
-            .await
-            .map_err(|error| error.to_string())?
-            == 0
-        {
-            return Ok(None);
-        }
-    }
-}
-
 fn refused(reason: impl Into<String>) -> AgentToUnit {
     AgentToUnit {
         kind: Some(agent_to_unit::Kind::Refused(sdk::Refused {
@@ -133,7 +86,9 @@ async fn connection(stream: UnixStream, events: &EventSender) -> Result<(), Stri
     let (mut read, mut write) = stream.into_split();
     let decoder = FrameDecoder::new(UNIT_FRAME_LEN_MAX);
     let mut buffer = BytesMut::with_capacity(4096);
-    let first = read_message(&mut read, &decoder, &mut buffer).await?;
+    let first = read_message::<UnitToAgent>(&mut read, &decoder, &mut buffer, "unit message")
+        .await
+        .map_err(|error| error.to_string())?;
     let Some(sdk::UnitToAgent {
         kind: Some(unit_to_agent::Kind::Register(register)),
     }) = first
@@ -185,29 +140,18 @@ async fn connection(stream: UnixStream, events: &EventSender) -> Result<(), Stri
         .map_err(|e| e.to_string())?;
 
     let writer = tokio::spawn(async move {
-        // Whatever else is queued goes out in the same write: one syscall for a burst of
-        // answers and deliveries.
-        let mut out = BytesMut::new();
-        while let Some(message) = outbox.recv().await {
-            encode_message_frame(&message, &mut out);
-            while out.len() < COALESCE_BYTES_MAX {
-                match outbox.try_recv() {
-                    Ok(message) => encode_message_frame(&message, &mut out),
-                    Err(_) => break,
-                }
-            }
-            if write.write_all(&out).await.is_err() {
-                break;
-            }
-            out.clear();
-        }
+        let _ = write_queued(&mut outbox, &mut write).await;
     });
     let result = loop {
-        let message = match read_message(&mut read, &decoder, &mut buffer).await {
-            Ok(Some(message)) => message,
-            Ok(None) => break Ok(()),
-            Err(reason) => break Err(format!("unit {unit}: {reason}")),
-        };
+        let message =
+            match read_message::<UnitToAgent>(&mut read, &decoder, &mut buffer, "unit message")
+                .await
+                .map_err(|error| error.to_string())
+            {
+                Ok(Some(message)) => message,
+                Ok(None) => break Ok(()),
+                Err(reason) => break Err(format!("unit {unit}: {reason}")),
+            };
         let event = match message.kind {
             Some(unit_to_agent::Kind::Reply(reply)) => UnitEvent::Reply {
                 unit: unit.clone(),

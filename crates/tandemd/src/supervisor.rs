@@ -29,7 +29,7 @@ use tandem_core::{ProcessSpec, ServiceName, StopSpec, UnitName};
 use tandem_node::UnitEvent;
 use tokio::sync::watch;
 
-use crate::runtime::{Event, EventSender};
+use crate::event::{Event, EventSender};
 
 /// Environment variables tandem gives every unit.
 pub mod env {

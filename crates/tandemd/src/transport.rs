@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::runtime::{Event, EventSender};
+use crate::event::{Event, EventSender};
 
 /// Messages queued per peer before new ones are dropped.
 pub const PEER_QUEUE_LEN_MAX: usize = 4096;
