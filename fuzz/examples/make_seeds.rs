@@ -16,7 +16,7 @@ use tandem_proto::admin::{self, admin_request, admin_response};
 use tandem_proto::frame::encode_frame;
 use tandem_proto::peer::{self, envelope};
 use tandem_proto::Message as _;
-use tandem_raft::codec::{encode_command, encode_state};
+use tandem_proto::state_wire::{encode_command, encode_state};
 use tandem_raft::disk::{Disk, MemDisk};
 use tandem_raft::{encode_raft_message, WalOptions, WalStorage};
 

@@ -1,4 +1,4 @@
-//! The Raft log command and cluster snapshot codec (`tandem_raft::codec`), from bytes in a log
+//! The Raft log command and cluster snapshot codec (`tandem_proto::state_wire`), from bytes in a log
 //! entry or a snapshot.
 //!
 //! Properties:
@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tandem_raft::codec::{decode_command, decode_state, encode_command, encode_state, CodecError};
+use tandem_proto::state_wire::{decode_command, decode_state, encode_command, encode_state, CodecError};
 
 fuzz_target!(|data: &[u8]| {
     let wire = tandem_proto::decode_command(data);

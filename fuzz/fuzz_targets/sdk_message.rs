@@ -27,7 +27,7 @@ where
 fuzz_target!(|data: &[u8]| {
     if let Some(message) = round_trip(data, |bytes| tandem_proto::decode_unit_message(bytes)) {
         if let Some(unit_to_agent::Kind::Fault(fault)) = message.kind {
-            let _ = tandem_raft::codec::decode_severity(fault.severity);
+            let _ = tandem_proto::state_wire::decode_severity(fault.severity);
         }
     }
     round_trip(data, |bytes| tandem_proto::decode_agent_message(bytes));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use tandem_core::{AgentReport, Presence, Settled, ShardName, Time, UnitName, UnitReport};
 use tandem_proto::peer::{self as wire, envelope::Body};
-use tandem_raft::codec::{
+use tandem_proto::state_wire::{
     decode_fault_id, decode_fault_kind, decode_some_role, encode_fault_id, encode_fault_kind,
     encode_role, CodecError,
 };

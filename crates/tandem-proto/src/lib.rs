@@ -10,6 +10,7 @@ pub mod frame;
 #[cfg(feature = "tokio")]
 pub mod sdk_stream;
 pub mod sdk_wire;
+pub mod state_wire;
 
 /// Daemon-to-daemon messages (`proto/peer.proto`).
 pub mod peer {

@@ -8,10 +8,8 @@
 //! - [`replica`]: one node's Raft replica: `RawNode` plus the applied cluster model. It takes
 //!   ticks and messages and returns messages to send and entries applied; it owns no socket,
 //!   thread or clock, so the daemon and the simulation drive the very same code.
-//! - [`codec`]: conversion between core commands/state and the bytes in log entries.
 //! - [`logging`]: raft-rs logs through slog; this bridges it into `tracing`.
 
-pub mod codec;
 pub mod disk;
 pub mod logging;
 pub mod replica;

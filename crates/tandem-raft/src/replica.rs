@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use raft::{ProgressState, RawNode, Ready, SnapshotStatus, StateRole};
 use tandem_core::{ApplyOutcome, ClusterState, Command, ModelEvent, NodeId};
 
-use crate::codec::{decode_command, decode_state, encode_command, encode_state};
 use crate::disk::{Disk, DiskFile};
 use crate::storage::{RecoveryReport, StorageError, WalOptions, WalStorage};
+use tandem_proto::state_wire::{decode_command, decode_state, encode_command, encode_state};
 
 /// What a replica needs to start.
 #[derive(Debug, Clone)]

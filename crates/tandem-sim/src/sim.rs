@@ -2857,7 +2857,7 @@ fn digest(log: &[LoggedEntry]) -> u64 {
         feed(&entry.index.to_be_bytes());
         feed(&entry.term.to_be_bytes());
         match &entry.command {
-            Some(command) => feed(&tandem_raft::codec::encode_command(command)),
+            Some(command) => feed(&tandem_proto::state_wire::encode_command(command)),
             None => feed(b"-"),
         }
         feed(&entry.context);

@@ -404,7 +404,7 @@ impl Context {
         self.beliefs.lock().belief.on_fault();
         let report = UnitToAgent {
             kind: Some(unit_to_agent::Kind::Fault(sdk::ReportFault {
-                severity: tandem_raft_severity(severity),
+                severity: tandem_proto::state_wire::encode_severity(severity) as i32,
                 message: message.into(),
             })),
         };
@@ -419,15 +419,6 @@ impl Context {
             kind: Some(unit_to_agent::Kind::Load(sdk::ReportLoad { load })),
         };
         let _ = self.outbox.try_send(report);
-    }
-}
-
-/// The wire value of a severity (as `proto/state.proto` numbers it).
-fn tandem_raft_severity(severity: Severity) -> i32 {
-    match severity {
-        Severity::Transient => tandem_proto::state::Severity::Transient as i32,
-        Severity::Restart => tandem_proto::state::Severity::Restart as i32,
-        Severity::Node => tandem_proto::state::Severity::Node as i32,
     }
 }
 

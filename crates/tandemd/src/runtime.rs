@@ -1297,7 +1297,7 @@ impl Daemon {
                     UnitCommand::Assign { shard, role, epoch } => {
                         sdk::request::Kind::Assign(sdk::Assign {
                             shard: shard.0,
-                            role: tandem_raft::codec::encode_role(Some(role)) as i32,
+                            role: tandem_proto::state_wire::encode_role(Some(role)) as i32,
                             epoch,
                         })
                     }

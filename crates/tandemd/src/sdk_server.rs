@@ -18,7 +18,7 @@ use tandem_node::UnitEvent;
 use tandem_proto::frame::FrameDecoder;
 use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent, AgentToUnit, UnitToAgent};
 use tandem_proto::sdk_stream::{read_message, write_message, write_queued};
-use tandem_raft::codec::decode_severity;
+use tandem_proto::state_wire::decode_severity;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 

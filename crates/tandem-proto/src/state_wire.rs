@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::state as wire;
+use crate::Message as _;
 use tandem_core::cluster::{AdminOp, AdminState, AdminTarget, HandoverUpdate, RoleChange};
 use tandem_core::ladder::{FaultRecord, Ladder, Level, RecoveryAction};
 use tandem_core::topology::EscalationPolicy;
@@ -13,15 +15,13 @@ use tandem_core::{
     IngressSpec, NodeId, NodeRecord, ProcessSpec, RedundancyModel, Role, ServiceName, ServiceSpec,
     Severity, ShardName, ShardRecord, Topology, UnitName, UnitRecord, UnitSpec, UnitTimeouts,
 };
-use tandem_proto::state as wire;
-use tandem_proto::Message as _;
 
 /// Why log or snapshot bytes could not be turned into core values.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// The protobuf itself is malformed.
     #[error(transparent)]
-    Decode(#[from] tandem_proto::DecodeError),
+    Decode(#[from] crate::DecodeError),
     /// The protobuf is well-formed but names no known command.
     #[error("raft command has no kind (written by a newer tandem?)")]
     EmptyCommand,
@@ -126,7 +126,7 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
 /// Decodes a log entry's data into a command.
 pub fn decode_command(data: &[u8]) -> Result<Command, CodecError> {
     use wire::command::Kind;
-    let command = tandem_proto::decode_command(data)?;
+    let command = crate::decode_command(data)?;
     Ok(match command.kind.ok_or(CodecError::EmptyCommand)? {
         Kind::Noop(noop) => Command::Noop { nonce: noop.nonce },
         Kind::SetNodeLiveness(set) => Command::SetNodeLiveness {
@@ -706,7 +706,7 @@ pub fn encode_state(state: &ClusterState) -> Vec<u8> {
 
 /// Decodes the cluster model from a snapshot.
 pub fn decode_state(data: &[u8]) -> Result<ClusterState, CodecError> {
-    let snapshot = tandem_proto::decode_cluster_snapshot(data)?;
+    let snapshot = crate::decode_cluster_snapshot(data)?;
     let nodes = snapshot
         .nodes
         .into_iter()
