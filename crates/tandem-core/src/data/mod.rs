@@ -21,7 +21,11 @@
 //! The modules: [`digest`] (order-independent replica digest), [`replica`] (one replica and
 //! its epoch history), [`protocol`] (the messages between agents and the requests of units),
 //! [`plane`] (a node's whole data plane: every replica it keeps, primary and secondary
-//! sessions, sync waits, stream delivery).
+//! sessions, sync waits, stream delivery), split by responsibility into `plane::primary`
+//! (commit intake, op log, wait sets), `plane::session` (a replication session to one
+//! STANDBY), `plane::secondary` (following a primary), `plane::stream` (stream forwarding,
+//! holding and delivery), `plane::claims` (in-sync claims) and `plane::view` (the committed
+//! facts it acts on).
 
 pub mod digest;
 pub mod plane;

@@ -3,8 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::primary::MERGED_WRITES_MAX;
 use super::*;
-use crate::data::{MessageOrigin, Origin, Write};
+use crate::data::{Item, MessageOrigin, OpKind, Origin, Write};
 
 const SHARD: &str = "s0";
 
