@@ -440,6 +440,19 @@ pub enum ApplyOutcome {
     Unchanged,
     /// The command was refused; the state is untouched. Every node refuses it alike.
     Refused(String),
+    /// The command would have left a single-ACTIVE shard with two acting units: refused like
+    /// [`ApplyOutcome::Refused`], the state untouched, but a bug in whoever proposed it.
+    Unsafe(String),
+}
+
+impl ApplyOutcome {
+    /// Why the command was not applied, if it was not.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            ApplyOutcome::Refused(reason) | ApplyOutcome::Unsafe(reason) => Some(reason),
+            ApplyOutcome::Changed | ApplyOutcome::Unchanged => None,
+        }
+    }
 }
 
 /// Something that happened to the model, reported by `apply` (the same on every node).
@@ -862,10 +875,38 @@ impl ClusterState {
         if !matches!(outcome, ApplyOutcome::Refused(_)) {
             draft.keep_in_sync_standbys();
             draft.keep_continued_replicas();
+            if let Err(broken) = draft.check_one_acting(&draft_events) {
+                return ApplyOutcome::Unsafe(broken);
+            }
             *self = draft;
             events.extend(draft_events);
         }
         outcome
+    }
+
+    /// Architecture invariant, checked wherever roles change: a shard of a single-ACTIVE
+    /// service has at most one acting (ACTIVE or QUIESCING) unit. Checks the shards whose roles
+    /// `events` changed, so it costs what the command touched.
+    fn check_one_acting(&self, events: &[ModelEvent]) -> Result<(), String> {
+        for event in events {
+            let ModelEvent::RoleChanged { shard, .. } = event else {
+                continue;
+            };
+            let Some(record) = self.shards.get(shard) else {
+                continue;
+            };
+            let single = self
+                .topology
+                .service(&record.service)
+                .is_some_and(|service| !service.model.multi_active());
+            if single && record.acting().nth(1).is_some() {
+                return Err(format!(
+                    "the command would leave shard {shard} with several acting units: {:?}",
+                    record.roles
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A unit is in sync only while it holds STANDBY.
@@ -1767,6 +1808,46 @@ pub(crate) mod tests {
         );
         assert_eq!(state.shards[&ShardName::from("s0")].epoch, 2);
         state.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_change_that_would_leave_two_acting_units_is_refused_as_unsafe_and_undone() {
+        let mut state = two_n_state();
+        state.apply(
+            2,
+            &set(
+                "s0",
+                0,
+                &[("a", Some(Role::Active)), ("b", Some(Role::Standby))],
+            ),
+        );
+        let before = state.clone();
+        let mut events = Vec::new();
+        // Whatever path a bug takes, the transaction's own check catches a second ACTIVE on
+        // the shards it changed.
+        let outcome = state.transact(&mut events, |draft, events| {
+            let shard = ShardName::from("s0");
+            let record = draft.shards.get_mut(&shard).expect("s0");
+            record.roles.insert("b".into(), Role::Active);
+            events.push(ModelEvent::RoleChanged {
+                shard,
+                unit: "b".into(),
+                from: Some(Role::Standby),
+                to: Some(Role::Active),
+                epoch: record.epoch,
+            });
+            ApplyOutcome::Changed
+        });
+        let ApplyOutcome::Unsafe(reason) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(reason.contains("s0"), "{reason}");
+        assert_eq!(state, before, "nothing applied");
+        assert!(events.is_empty(), "nothing reported");
+        assert_eq!(
+            ApplyOutcome::Unsafe(reason.clone()).refusal(),
+            Some(reason.as_str())
+        );
     }
 
     #[test]

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use tandem_core::director::{node_down_promotions, View};
 use tandem_core::{
-    AdminCode, Agent, AgentAction, AgentReport, ApplyOutcome, ClusterState, Command, Director,
-    LivenessConfig, LivenessTracker, NodeId, NodeReport, Observations, QuorumClock, Refusal, Time,
-    Topology, UnitName,
+    AdminCode, Agent, AgentAction, AgentReport, ClusterState, Command, Director, LivenessConfig,
+    LivenessTracker, NodeId, NodeReport, Observations, QuorumClock, Refusal, Time, Topology,
+    UnitName,
 };
 use tandem_raft::disk::Disk;
 use tandem_raft::{Applied, Replica, ReplicaConfig, ReplicaError};
@@ -713,9 +713,7 @@ impl<D: Disk> Node<D> {
     /// An applied entry that answers (part of) an admin request.
     fn note_applied(&mut self, applied: &Applied, step: &mut NodeOutput) {
         let Ok(bytes) = <[u8; 8]>::try_from(applied.context.as_slice()) else {
-            if let (Some(command), ApplyOutcome::Refused(reason)) =
-                (&applied.command, &applied.outcome)
-            {
+            if let (Some(command), Some(reason)) = (&applied.command, applied.outcome.refusal()) {
                 tracing::info!(index = applied.index, ?command, %reason, "command refused at apply");
             }
             return;
@@ -730,7 +728,7 @@ impl<D: Disk> Node<D> {
         waiting.outstanding = waiting.outstanding.saturating_sub(1);
         waiting.index = applied.index;
         waiting.term = applied.term;
-        if let ApplyOutcome::Refused(reason) = &applied.outcome {
+        if let Some(reason) = applied.outcome.refusal() {
             leadership.waiting.remove(&id);
             step.admin.push((
                 id,

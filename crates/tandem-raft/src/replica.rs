@@ -42,6 +42,10 @@ pub struct ReplicaConfig {
     /// instead of running it inside [`Replica::process_ready`]. A daemon runs it on another
     /// thread so that a slow disk never holds up heartbeats and lease renewals.
     pub deferred_sync: bool,
+    /// After every applied entry, check the whole model's invariants
+    /// (`ClusterState::check_invariants`, a walk over every shard) and report a broken one in
+    /// [`Applied::model_broken`]. The simulation's setting; a daemon leaves it off.
+    pub check_model: bool,
 }
 
 /// A log fsync the owner runs (see [`ReplicaConfig::deferred_sync`]): call
@@ -107,6 +111,8 @@ pub struct Applied {
     pub outcome: ApplyOutcome,
     /// What happened to the model (empty unless it changed).
     pub events: Vec<ModelEvent>,
+    /// With [`ReplicaConfig::check_model`]: the invariant the model broke after this entry.
+    pub model_broken: Option<String>,
 }
 
 /// What one round of [`Replica::process_ready`] produced.
@@ -161,6 +167,8 @@ pub struct Replica<D: Disk> {
     snapshots_in_flight: BTreeMap<u64, usize>,
     /// Set when the owner runs the log's fsync ([`ReplicaConfig::deferred_sync`]).
     deferred: Option<DeferredSync>,
+    /// [`ReplicaConfig::check_model`].
+    check_model: bool,
 }
 
 /// Ticks a leader waits for a snapshot's acknowledgement before it counts the send as failed
@@ -233,6 +241,7 @@ impl<D: Disk> Replica<D> {
             last_reset_key: (u64::MAX, StateRole::Follower, u64::MAX),
             snapshots_in_flight: BTreeMap::new(),
             deferred: config.deferred_sync.then(DeferredSync::default),
+            check_model: config.check_model,
         };
         replica.redraw_election_timeout();
         Ok(replica)
@@ -602,6 +611,11 @@ impl<D: Disk> Replica<D> {
                     }
                 }
             };
+            let model_broken = if self.check_model {
+                self.state.check_invariants().err()
+            } else {
+                None
+            };
             output.applied.push(Applied {
                 index: entry.index,
                 term: entry.term,
@@ -609,6 +623,7 @@ impl<D: Disk> Replica<D> {
                 command,
                 outcome,
                 events,
+                model_broken,
             });
         }
     }

@@ -28,6 +28,7 @@ fn config(id: u64) -> ReplicaConfig {
         election_seed: id * 7919,
         wal: WalOptions::default(),
         deferred_sync: false,
+        check_model: true,
     }
 }
 

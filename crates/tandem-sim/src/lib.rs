@@ -413,6 +413,10 @@ impl FailureKind {
                 | Self::TwoActives
                 | Self::LostWrite
                 | Self::LostMessage
+    /// The replicated model broke one of its own invariants after an applied entry
+    /// (`ClusterState::check_invariants`), or `apply` refused a command because it would have
+    /// (`ApplyOutcome::Unsafe`): whoever proposed it is wrong.
+    ModelInvariant,
                 | Self::DuplicateMessage
                 | Self::DigestMismatch
         )
@@ -432,6 +436,7 @@ pub struct SimFailure {
     pub kind: FailureKind,
     /// What was seen.
     pub detail: String,
+                | Self::ModelInvariant
 }
 
 impl fmt::Display for SimFailure {

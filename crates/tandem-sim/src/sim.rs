@@ -1115,6 +1115,21 @@ impl Sim {
         let id = self.nodes[node].id;
         if let Some(index) = output.installed_snapshot {
             self.report.snapshots_installed += 1;
+            if let Some(broken) = &applied.model_broken {
+                return Err(Violation {
+                    kind: FailureKind::ModelInvariant,
+                    detail: format!("node {id} after entry {}: {broken}", applied.index),
+                });
+            }
+            if let tandem_core::ApplyOutcome::Unsafe(reason) = &applied.outcome {
+                return Err(Violation {
+                    kind: FailureKind::ModelInvariant,
+                    detail: format!(
+                        "node {id} refused entry {} ({:?}): {reason}",
+                        applied.index, applied.command
+                    ),
+                });
+            }
             self.checker.on_snapshot_installed(id, index)?;
             self.trace(|| format!("node {id} installed the leader's snapshot at {index}"));
         }
@@ -1210,6 +1225,7 @@ impl Sim {
             learners: Vec::new(),
             heartbeat_ticks: 2,
             election_ticks: 10,
+            check_model: true,
             // Small, so that snapshots, compaction and snapshot transfer happen in every run.
             snapshot_interval_entries: 50,
             election_seed: mix(self.config.seed ^ mix(sim_node.id ^ mix(sim_node.restarts))),

@@ -177,6 +177,8 @@ pub async fn run(
         replica: ReplicaConfig {
             id: node.id,
             voters: config.voter_ids(),
+            // A walk over every shard per entry: the simulation's check, not the daemon's.
+            check_model: false,
             learners: config.learner_ids(),
             heartbeat_ticks: cluster.raft_heartbeat_ticks,
             election_ticks: cluster.raft_election_ticks,
@@ -832,7 +834,9 @@ impl Daemon {
                 self.answer_admin(id, answer);
             }
             for applied in &output.applied {
-                if let tandem_core::ApplyOutcome::Refused(reason) = &applied.outcome {
+                if let tandem_core::ApplyOutcome::Unsafe(reason) = &applied.outcome {
+                    tracing::error!(index = applied.index, command = ?applied.command, %reason, "command refused when applied: it would break the one-ACTIVE invariant (a bug; please report it)");
+                } else if let Some(reason) = applied.outcome.refusal() {
                     tracing::warn!(index = applied.index, command = ?applied.command, %reason, "command refused when applied");
                 }
             }
