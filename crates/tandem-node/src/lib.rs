@@ -11,12 +11,14 @@ pub mod admin;
 pub use tandem_proto::data_wire;
 pub mod node;
 pub mod observe;
+pub mod replica_books;
 pub mod replica_file;
 pub mod wire;
 
 pub use admin::{AdminAction, AdminDone, AdminResult};
-pub use node::{Node, NodeError, NodeOutput, NodeSettings};
+pub use node::{DataRound, DataStepEnd, DataStepStart, Node, NodeError, NodeOutput, NodeSettings};
 pub use observe::{NodeEvent, Observed};
+pub use replica_books::{CompactionPolicy, FileOp, Installed, ReplicaBooks, Synced};
 
 use tandem_core::{AgentReport, Severity, Time, UnitName};
 use tandem_raft::RaftMessage;

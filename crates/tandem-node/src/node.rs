@@ -9,7 +9,12 @@
 //!
 //! After any input the owner calls [`Node::drive`], which makes writes durable, applies
 //! committed entries, lets the agent reconcile and (on the leader) the director plan, and
-//! returns everything to carry out in a [`NodeOutput`].
+//! returns everything to carry out in a [`NodeOutput`]; then it runs a data step (see
+//! [`data_step`]): the node's data plane and replica-file books on what was committed.
+
+mod data_step;
+
+pub use data_step::{DataRound, DataStepEnd, DataStepStart};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,8 +28,11 @@ use tandem_core::{
 use tandem_raft::disk::Disk;
 use tandem_raft::{Applied, Replica, ReplicaConfig, ReplicaError};
 
+use tandem_core::data::{DataConfig, DataPlane};
+
 use crate::admin::{self, AdminAction, AdminDone, AdminResult, Waiting};
 use crate::observe::{self, NodeEvent};
+use crate::replica_books::{CompactionPolicy, ReplicaBooks};
 use crate::{Grant, Heartbeat, PeerMessage, UnitEvent};
 
 /// Context bytes on entries the director and the liveness tracker propose (admin requests use
@@ -53,6 +61,12 @@ pub struct NodeSettings {
     pub members: Vec<NodeId>,
     /// The topology of this node's config; the leader commits it when it differs.
     pub topology: Topology,
+    /// Tuning of the node's data plane.
+    pub data: DataConfig,
+    /// Distinct per run of the node (the data plane draws session and forward ids from it).
+    pub data_incarnation: u64,
+    /// When a replica file is replaced by a compacted one.
+    pub compaction: CompactionPolicy,
 }
 
 /// Why the node must stop.
@@ -138,6 +152,14 @@ pub struct Node<D: Disk> {
     last_report: Option<AgentReport>,
     /// What this node's data plane verified in sync, reported to the leader.
     in_sync_claims: BTreeMap<tandem_core::ShardName, tandem_core::InSyncClaim>,
+    /// The data plane: checkpoint replicas, replication sessions, streams (see `data_step`).
+    data: DataPlane,
+    /// The books of the replica files.
+    books: ReplicaBooks,
+    /// The applied index the data plane's view was built at.
+    data_applied: Option<u64>,
+    /// Whether the data plane had a lease at the last data step.
+    data_leased: bool,
 }
 
 impl<D: Disk> std::fmt::Debug for Node<D> {
@@ -165,6 +187,10 @@ impl<D: Disk> Node<D> {
             last_leader: None,
             last_report: None,
             in_sync_claims: BTreeMap::new(),
+            data: DataPlane::new(id, settings.data.clone(), settings.data_incarnation),
+            books: ReplicaBooks::new(settings.compaction),
+            data_applied: None,
+            data_leased: false,
             settings,
         })
     }
@@ -215,18 +241,6 @@ impl<D: Disk> Node<D> {
             .report(now, self.replica.state(), self.replica.applied_index());
         report.in_sync = self.in_sync_claims.clone();
         report
-    }
-
-    /// What this node's data plane verified in sync; a change is reported to the leader at the
-    /// next drive.
-    pub fn set_in_sync_claims(
-        &mut self,
-        claims: BTreeMap<tandem_core::ShardName, tandem_core::InSyncClaim>,
-    ) {
-        if claims != self.in_sync_claims {
-            self.in_sync_claims = claims;
-            self.reconcile_due = true;
-        }
     }
 
     /// The Raft log fsync to run next when the replica defers them
@@ -289,6 +303,7 @@ impl<D: Disk> Node<D> {
         // Liveness is judged every tick, not every heartbeat interval, so a silent node is
         // declared down within a tick of its timeout.
         self.judge_liveness(now, wall_ms);
+        self.data.tick(now);
     }
 
     /// On the leader: proposes the liveness verdicts due at `now`. A down verdict carries the
@@ -494,6 +509,13 @@ impl<D: Disk> Node<D> {
     /// Something happened to one of this node's units.
     pub fn on_unit(&mut self, _now: Time, event: UnitEvent) {
         self.reconcile_due = true;
+        if let UnitEvent::Exited {
+            unit, generation, ..
+        }
+        | UnitEvent::Disconnected { unit, generation } = &event
+        {
+            self.data.unit_disconnected(unit, *generation);
+        }
         match event {
             UnitEvent::Started {
                 unit,
@@ -553,7 +575,11 @@ impl<D: Disk> Node<D> {
     /// Instance `generation` of `unit` registered through the SDK; false means refuse it.
     pub fn on_registered(&mut self, now: Time, unit: &UnitName, generation: u64) -> bool {
         self.reconcile_due = true;
-        self.agent.on_registered(now, unit, generation)
+        let accepted = self.agent.on_registered(now, unit, generation);
+        if accepted {
+            self.data.unit_connected(unit, generation);
+        }
+        accepted
     }
 
     /// An admin request with id `id`, to be answered by `deadline` at the latest. Only the
@@ -705,6 +731,18 @@ impl<D: Disk> Node<D> {
             output.extend(step);
             if idle || round + 1 == DRIVE_ROUNDS_MAX {
                 break;
+            }
+        }
+        for action in &output.actions {
+            if let AgentAction::Start {
+                unit,
+                reinitialise: true,
+                ..
+            } = action
+            {
+                // Escalation L2: the unit starts from an empty replica, rebuilt by state
+                // transfer.
+                self.data.reinitialise(unit);
             }
         }
         Ok(output)

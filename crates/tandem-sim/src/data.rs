@@ -19,123 +19,228 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tandem_core::data::{PersistAction, ReplicaId, ShardReplica, Write};
 use tandem_core::ShardName;
 use tandem_node::replica_file::{self, Recovered};
+use tandem_node::{FileOp, Installed, Synced};
 
 use crate::check::Violation;
 use crate::rng::Rng;
 use crate::FailureKind;
 
-/// One replica file: its bytes and how much of them is synced, and its stamp (rewritten in
-/// place) as of the last sync.
+/// One replica file: its bytes and how much of them is synced, its stamp (rewritten in
+/// place) as of the last sync, and what the writer knows of it (as tandemd's `ReplicaFile`):
+/// the generation of its content and the version its records reach.
 #[derive(Debug, Clone, Default)]
 struct SimFile {
     bytes: Vec<u8>,
     synced: usize,
     stamp_at: usize,
     stamp_synced: Vec<u8>,
+    generation: u64,
+    written: u64,
 }
 
 impl SimFile {
-    fn new(bytes: Vec<u8>, stamp_at: usize) -> Self {
+    /// A file holding `bytes`, all of them synced.
+    fn new(bytes: Vec<u8>, stamp_at: usize, generation: u64, written: u64) -> Self {
         let stamp_synced = bytes[stamp_at..stamp_at + replica_file::STAMP_LEN].to_vec();
         Self {
             synced: bytes.len(),
             bytes,
             stamp_at,
             stamp_synced,
+            generation,
+            written,
         }
     }
 
     fn stamp_range(&self) -> std::ops::Range<usize> {
         self.stamp_at..self.stamp_at + replica_file::STAMP_LEN
     }
+
+    fn is_synced(&self) -> bool {
+        self.synced == self.bytes.len() && self.bytes[self.stamp_range()] == self.stamp_synced
+    }
+
+    fn sync(&mut self) {
+        self.synced = self.bytes.len();
+        self.stamp_synced = self.bytes[self.stamp_range()].to_vec();
+    }
 }
 
-/// A node's replica files. Appends are buffered until `sync`; a crash keeps, loses or tears
-/// what was not synced.
+/// A compacted file written but not yet put in place.
+#[derive(Debug, Clone)]
+struct Install {
+    /// The file it replaces: what a restart reads until the install.
+    old: SimFile,
+    /// The compaction's generation and version, for the report.
+    generation: u64,
+    version: u64,
+}
+
+/// A node's replica files, written as tandemd's writer and sync threads write them: each
+/// [`FileOp`] the node's books queue is carried out at once (the writer), appends stay
+/// unsynced until a sync round (the sync thread), which first installs the compacted files
+/// written since (unless their install report comes late), then syncs every file and reports
+/// what is durable. A crash keeps, loses or tears what was not synced, and a compacted file
+/// not yet installed is lost whole (the old one stays).
 #[derive(Debug, Clone, Default)]
-pub struct ReplicaStore {
+pub struct ReplicaFiles {
+    /// The file each replica's writes go to (a compacted one not yet installed, if any).
     files: BTreeMap<ReplicaId, SimFile>,
-    /// The version of the last op (or reset) written to each file: what a sync makes durable.
-    written: BTreeMap<ReplicaId, u64>,
+    /// Compactions written and not yet installed.
+    installs: BTreeMap<ReplicaId, Install>,
+    /// Installs of replicas removed meanwhile, still to report (as not installed).
+    orphaned: Vec<Installed>,
 }
 
-impl ReplicaStore {
-    /// Carries out a persist action.
-    pub fn apply(&mut self, id: &ReplicaId, action: &PersistAction) {
-        if let PersistAction::Stamp(stamp) = action {
-            // As the daemon's writer does: the records written so far make `stamp`.
-            if let Some(file) = self.files.get_mut(id) {
-                let bytes = replica_file::encode_stamp(stamp, file.bytes.len());
-                let range = file.stamp_range();
-                file.bytes[range].copy_from_slice(&bytes);
+impl ReplicaFiles {
+    /// Carries out one file operation.
+    pub fn run(&mut self, op: FileOp) {
+        match op {
+            FileOp::Stamp {
+                id,
+                generation,
+                stamp,
+            } => {
+                // As the daemon's writer does: the records written so far make `stamp`.
+                if let Some(file) = self.files.get_mut(&id) {
+                    if file.generation == generation {
+                        let bytes = replica_file::encode_stamp(&stamp, file.bytes.len());
+                        let range = file.stamp_range();
+                        file.bytes[range].copy_from_slice(&bytes);
+                    }
+                }
             }
-            return;
+            FileOp::Persist {
+                id,
+                generation,
+                action,
+            } => {
+                let Some(record) = replica_file::record(&action) else {
+                    self.files.remove(&id);
+                    if let Some(install) = self.installs.remove(&id) {
+                        self.orphaned.push(Installed {
+                            id,
+                            generation: install.generation,
+                            version: install.version,
+                            installed: false,
+                        });
+                    }
+                    return;
+                };
+                // A new file's header is synced when it is created, as tandemd does.
+                let file = self.files.entry(id.clone()).or_insert_with(|| {
+                    SimFile::new(
+                        replica_file::header(&id.shard, &id.unit),
+                        replica_file::stamp_at(&id.shard, &id.unit),
+                        generation,
+                        0,
+                    )
+                });
+                file.generation = generation;
+                match &action {
+                    PersistAction::Op(op) => file.written = op.seq,
+                    PersistAction::Reset(snapshot) => file.written = snapshot.version,
+                    _ => {}
+                }
+                file.bytes.extend(record);
+            }
+            FileOp::Compact {
+                id,
+                generation,
+                image,
+                version,
+            } => {
+                let mut compacted = SimFile::new(
+                    image.encode(),
+                    replica_file::stamp_at(&id.shard, &id.unit),
+                    generation,
+                    version,
+                );
+                compacted.synced = 0;
+                if let Some(old) = self.files.insert(id.clone(), compacted) {
+                    let previous = self.installs.insert(
+                        id,
+                        Install {
+                            old,
+                            generation,
+                            version,
+                        },
+                    );
+                    assert!(previous.is_none(), "two compactions of a file under way");
+                }
+            }
         }
-        let Some(record) = replica_file::record(action) else {
-            self.files.remove(id);
-            self.written.remove(id);
-            return;
-        };
-        match action {
-            PersistAction::Op(op) => {
-                self.written.insert(id.clone(), op.seq);
-            }
-            PersistAction::Reset(snapshot) => {
-                self.written.insert(id.clone(), snapshot.version);
-            }
-            _ => {}
-        }
-        let file = self.files.entry(id.clone()).or_insert_with(|| {
-            SimFile::new(
-                replica_file::header(&id.shard, &id.unit),
-                replica_file::stamp_at(&id.shard, &id.unit),
-            )
-        });
-        file.bytes.extend(record);
     }
 
-    /// Whether some write is not synced yet.
+    /// Compacted files written and not yet installed (a crash now loses them whole).
+    pub fn pending_installs(&self) -> usize {
+        self.installs.len()
+    }
+
+    /// Whether some write is not durable yet.
     pub fn has_unsynced(&self) -> bool {
-        self.files.values().any(|file| {
-            file.synced < file.bytes.len() || file.bytes[file.stamp_range()] != file.stamp_synced
-        })
+        !self.installs.is_empty()
+            || !self.orphaned.is_empty()
+            || self.files.values().any(|file| !file.is_synced())
     }
 
-    /// Makes everything written durable; returns each replica's version now on disk.
-    pub fn sync(&mut self) -> Vec<(ReplicaId, u64)> {
-        for file in self.files.values_mut() {
-            file.synced = file.bytes.len();
-            file.stamp_synced = file.bytes[file.stamp_range()].to_vec();
-        }
-        self.written
+    /// A sync round: the compacted files written since the last one are installed (synced,
+    /// renamed over the old file), except those `late` picks, whose install is reported in a
+    /// later round; then every file is synced. Returns the installs, then the syncs, as the
+    /// sync thread reports them.
+    pub fn sync(&mut self, mut late: impl FnMut() -> bool) -> (Vec<Installed>, Vec<Synced>) {
+        // What was written since the last round is reported synced even when an install
+        // made it durable first (tandemd's writer handed its msync over all the same).
+        let written: BTreeSet<ReplicaId> = self
+            .files
             .iter()
-            .map(|(id, version)| (id.clone(), *version))
-            .collect()
+            .filter(|(_, file)| !file.is_synced())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut installed = std::mem::take(&mut self.orphaned);
+        let ids: Vec<ReplicaId> = self.installs.keys().cloned().collect();
+        for id in ids {
+            if late() {
+                continue;
+            }
+            let install = self.installs.remove(&id).expect("listed");
+            let file = self
+                .files
+                .get_mut(&id)
+                .expect("a compacted file is in the books");
+            file.sync();
+            installed.push(Installed {
+                id,
+                generation: install.generation,
+                version: install.version,
+                installed: true,
+            });
+        }
+        let mut synced = Vec::new();
+        for (id, file) in &mut self.files {
+            if file.is_synced() && !written.contains(id) {
+                continue;
+            }
+            file.sync();
+            synced.push(Synced {
+                id: id.clone(),
+                generation: file.generation,
+                version: file.written,
+                len: file.bytes.len(),
+            });
+        }
+        (installed, synced)
     }
 
-    /// Replaces a file by a compacted one when it grew well past its replica, as the daemon
-    /// does (atomically: write, sync, rename).
-    pub fn compact(&mut self, id: &ReplicaId, replica: &ShardReplica, complete: bool) -> bool {
-        let Some(file) = self.files.get_mut(id) else {
-            return false;
-        };
-        if self.written.get(id) != Some(&replica.version()) {
-            // Ops of the replica are still on their way to the file.
-            return false;
-        }
-        let live = replica.section_bytes() + replica.pending_bytes();
-        if (file.bytes.len() as u64) < 4 * live + 16 * 1024 {
-            return false;
-        }
-        let bytes = replica_file::compacted(&id.shard, &id.unit, replica, complete);
-        *file = SimFile::new(bytes, replica_file::stamp_at(&id.shard, &id.unit));
-        true
-    }
-
-    /// A crash: each file's unsynced tail is kept, lost or torn at a random byte, and a stamp
-    /// rewritten since the last sync is kept, lost or torn, apart from the tail (the kernel
-    /// writes pages back in any order). Returns how many were torn.
+    /// A crash: a compacted file not yet installed is lost and the old file stays; each
+    /// file's unsynced tail is kept, lost or torn at a random byte, and a stamp rewritten
+    /// since the last sync is kept, lost or torn, apart from the tail (the kernel writes pages
+    /// back in any order). Returns how many were torn.
     pub fn crash(&mut self, rng: &mut Rng, stamp_rng: &mut Rng) -> u64 {
+        for (id, install) in std::mem::take(&mut self.installs) {
+            self.files.insert(id, install.old);
+        }
+        self.orphaned.clear();
         let mut torn = 0;
         for file in self.files.values_mut() {
             let range = file.stamp_range();
@@ -170,11 +275,14 @@ impl ReplicaStore {
         torn
     }
 
-    /// Reads every file back (a restart). A file that is not a replica is dropped; a torn tail
-    /// is cut. Returns the replicas and how many files had a tail cut. A file whose records
-    /// replay to another replica than its stamp says is a violation: the daemon would refuse
-    /// it, and the simulation's files are only ever written as the daemon writes them.
-    pub fn recover(&mut self) -> Result<(Vec<(ReplicaId, Recovered)>, u64), Violation> {
+    /// Reads every file back (a restart), as tandemd's `replicas::open` does: a file that is
+    /// not a replica is dropped, a torn tail is cut, and each file gets a distinct generation.
+    /// Returns the replicas with their generation and length, and how many files had a tail
+    /// cut. A file whose records replay to another replica than its stamp says is a
+    /// violation: the daemon would refuse it, and the simulation's files are only ever written
+    /// as the daemon writes them.
+    pub fn recover(&mut self) -> Result<(Vec<RecoveredFile>, u64), Violation> {
+        assert!(self.installs.is_empty(), "recovering after a crash");
         let mut replicas = Vec::new();
         let mut cut = 0;
         let ids: Vec<ReplicaId> = self.files.keys().cloned().collect();
@@ -187,21 +295,38 @@ impl ReplicaStore {
                         file.bytes.truncate(recovered.valid_len);
                         file.synced = file.bytes.len();
                     }
-                    self.written.insert(id.clone(), recovered.replica.version());
-                    replicas.push((id, recovered));
+                    file.generation = replicas.len() as u64;
+                    file.written = recovered.replica.version();
+                    replicas.push(RecoveredFile {
+                        generation: file.generation,
+                        len: file.bytes.len(),
+                        id,
+                        recovered,
+                    });
                 }
                 Err(error) if error.reason.contains("stamp says") => {
                     return Err(violation(FailureKind::DigestMismatch, error.to_string()));
                 }
                 Err(_) => {
                     self.files.remove(&id);
-                    self.written.remove(&id);
                     cut += 1;
                 }
             }
         }
         Ok((replicas, cut))
     }
+}
+
+/// A replica file read back at a restart.
+pub struct RecoveredFile {
+    /// The replica.
+    pub id: ReplicaId,
+    /// What the file holds.
+    pub recovered: Recovered,
+    /// The generation it was given.
+    pub generation: u64,
+    /// Its length in bytes.
+    pub len: usize,
 }
 
 /// A data request of a simulated unit waiting for its answer.

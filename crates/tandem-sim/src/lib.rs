@@ -218,6 +218,14 @@ pub struct SimReport {
     pub replica_tails_torn: u64,
     /// Replica files read back whose stamp covered exactly their records, so was checked.
     pub replica_stamps_checked: u64,
+    /// Compactions of replica files started.
+    pub compactions: u64,
+    /// Compacted files installed.
+    pub installs: u64,
+    /// Installs whose report came a sync round late.
+    pub late_installs: u64,
+    /// Compacted files a crash found written but not installed (lost whole).
+    pub installs_lost: u64,
     /// Data invariant checks made.
     pub data_checks: u64,
     /// Digest of the committed log, for determinism checks.
@@ -260,6 +268,10 @@ impl SimReport {
         self.possible_losses += other.possible_losses;
         self.replica_tails_cut += other.replica_tails_cut;
         self.replica_stamps_checked += other.replica_stamps_checked;
+        self.compactions += other.compactions;
+        self.installs += other.installs;
+        self.late_installs += other.late_installs;
+        self.installs_lost += other.installs_lost;
         self.replica_tails_torn += other.replica_tails_torn;
         self.data_checks += other.data_checks;
         self.events += other.events;
@@ -299,7 +311,8 @@ impl fmt::Display for SimReport {
              relocations; operator: {} requests, {} done, {} refused; slowest service recovery \
              {:.3} s; data: {} commits ({} sync acked, {} merged), {} messages offered / {} accepted / {} \
              applied, {} full transfers, {} deltas, {} verified, {} possible losses, replica \
-             tails {} torn / {} cut, {} replica stamps checked, {} data checks",
+             tails {} torn / {} cut, {} replica stamps checked, {} data checks, compactions {} \
+             started / {} installed / {} late / {} lost to a crash",
             self.events,
             self.messages_sent,
             self.messages_dropped,
@@ -349,6 +362,10 @@ impl fmt::Display for SimReport {
             self.replica_tails_cut,
             self.replica_stamps_checked,
             self.data_checks,
+            self.compactions,
+            self.installs,
+            self.late_installs,
+            self.installs_lost,
         )
     }
 }
@@ -396,6 +413,10 @@ pub enum FailureKind {
     Panic,
     /// The run exceeded its event budget.
     Stuck,
+    /// The replicated model broke one of its own invariants after an applied entry
+    /// (`ClusterState::check_invariants`), or `apply` refused a command because it would have
+    /// (`ApplyOutcome::Unsafe`): whoever proposed it is wrong.
+    ModelInvariant,
 }
 
 impl FailureKind {
@@ -413,12 +434,9 @@ impl FailureKind {
                 | Self::TwoActives
                 | Self::LostWrite
                 | Self::LostMessage
-    /// The replicated model broke one of its own invariants after an applied entry
-    /// (`ClusterState::check_invariants`), or `apply` refused a command because it would have
-    /// (`ApplyOutcome::Unsafe`): whoever proposed it is wrong.
-    ModelInvariant,
                 | Self::DuplicateMessage
                 | Self::DigestMismatch
+                | Self::ModelInvariant
         )
     }
 }
@@ -436,7 +454,6 @@ pub struct SimFailure {
     pub kind: FailureKind,
     /// What was seen.
     pub detail: String,
-                | Self::ModelInvariant
 }
 
 impl fmt::Display for SimFailure {

@@ -1,11 +1,11 @@
 //! One simulated node: its disk (which outlives crashes), its [`tandem_node::Node`] (which does
 //! not), its clock drift and, while it is paused, the inputs waiting for it.
 
-use tandem_core::data::{DataPlane, DataRequest};
+use tandem_core::data::DataRequest;
 use tandem_core::{Time, UnitName};
 use tandem_node::{Node, UnitEvent};
 
-use crate::data::ReplicaStore;
+use crate::data::ReplicaFiles;
 use crate::disk::SimDisk;
 use crate::net::Wire;
 
@@ -77,10 +77,8 @@ pub struct SimNode {
     pub armed_at: Option<u64>,
     /// Snapshot index last seen, to count the snapshots the node takes.
     pub snapshot_index: u64,
-    /// The data plane while the node runs or is paused; dropped by a crash.
-    pub data: Option<DataPlane>,
     /// Its replica files; survive crashes.
-    pub store: ReplicaStore,
+    pub files: ReplicaFiles,
     /// Whether its Raft log fsyncs run apart from its drives, as in tandemd (completed by a
     /// later event), rather than inside them.
     pub deferred_sync: bool,

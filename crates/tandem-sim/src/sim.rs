@@ -7,20 +7,23 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use tandem_core::data::{
-    DataConfig, DataEvent, DataMessage, DataPlane, DataReply, DataRequest, DataView, Delivery,
-    MessageOrigin, Origin, ReplicaId, StreamMessage, Write,
+    DataConfig, DataEvent, DataMessage, DataReply, DataRequest, Delivery, MessageOrigin, Origin,
+    ReplicaId, StreamMessage, Write,
 };
 use tandem_core::{
     AdminOp, AdminState, AdminTarget, AgentAction, Command, EscalationPolicy, ModelEvent, NodeId,
     ProcessSpec, RedundancyModel, Role, ServiceSpec, Severity, ShardName, SwitchoverTarget, Time,
     Topology, UnitCommand, UnitName, UnitSpec, UnitTimeouts,
 };
-use tandem_node::{AdminAction, Node, NodeEvent, NodeOutput, NodeSettings, PeerMessage, UnitEvent};
+use tandem_node::{
+    AdminAction, CompactionPolicy, FileOp, Node, NodeEvent, NodeOutput, NodeSettings, PeerMessage,
+    UnitEvent,
+};
 use tandem_proto::Message as _;
 use tandem_raft::{ReplicaConfig, WalOptions};
 
 use crate::check::{self, Checker, LoggedEntry, Violation, CONTEXT_CLIENT, CONTEXT_PROBE};
-use crate::data::{applied_key, message_id, DataChecker, PendingData, ReplicaStore, UnitData};
+use crate::data::{applied_key, message_id, DataChecker, PendingData, ReplicaFiles, UnitData};
 use crate::disk::SimDisk;
 use crate::net::{Network, Wire};
 use crate::node::{Inbound, SimNode, Status, INBOX_LEN_MAX};
@@ -55,6 +58,9 @@ const UNIT_DATA_PENDING_MAX: usize = 4;
 /// Chance (per million) that a data step leaves its replica writes unsynced until the next
 /// one, so a crash can find (and tear) an unsynced tail.
 const REPLICA_SYNC_DELAY_PPM: u64 = 200_000;
+/// Chance that a sync round leaves a compacted file's install (and its report) for a later
+/// round, after syncs of the compacted file.
+const LATE_INSTALL_PPM: u64 = 250_000;
 
 /// Random streams, one per concern (see [`crate::rng`]).
 const STREAM_PARAMS: u64 = 1;
@@ -68,6 +74,8 @@ const STREAM_STAMP: u64 = 8;
 const STREAM_LINKS: u64 = 9;
 const STREAM_INTAKE: u64 = 10;
 const STREAM_INTAKE_DELAY: u64 = 11;
+const STREAM_COMPACTION: u64 = 12;
+const STREAM_INSTALLS: u64 = 13;
 
 /// Longest a node with batched intake leaves a unit's data call before its next pass.
 const INTAKE_BATCH_US: u64 = 200;
@@ -301,6 +309,11 @@ pub(crate) struct Sim {
     net: Network,
     faults: Rng,
     disk_rng: Rng,
+    /// When an install of a compacted replica file is reported late (a stream of its own).
+    install_rng: Rng,
+    /// When the nodes compact their replica files: the daemon's books, with a ratio and a
+    /// floor drawn per seed, small enough for the simulation's files.
+    compaction: CompactionPolicy,
     /// How long deferred Raft log fsyncs take.
     sync_rng: Rng,
     /// What a crash does to replica file stamps (a stream of its own, so that adding the
@@ -384,8 +397,7 @@ impl Sim {
                 pass_due: false,
                 armed_at: None,
                 snapshot_index: 0,
-                data: None,
-                store: ReplicaStore::default(),
+                files: ReplicaFiles::default(),
                 // Half the nodes (by seed) sync their log as tandemd does, off the drive.
                 deferred_sync: mix(seed ^ 0x5eed_defe ^ mix(*id)) & 1 == 0,
                 raft_sync: None,
@@ -405,6 +417,14 @@ impl Sim {
             net: Network::new(Rng::new(seed, STREAM_NET), delay_max_us),
             faults: Rng::new(seed, STREAM_FAULTS),
             disk_rng: Rng::new(seed, STREAM_DISK),
+            install_rng: Rng::new(seed, STREAM_INSTALLS),
+            compaction: {
+                let mut rng = Rng::new(seed, STREAM_COMPACTION);
+                CompactionPolicy {
+                    ratio: [2, 4, 8][rng.pick(3)],
+                    floor_bytes: [512, 2048, 16 * 1024][rng.pick(3)],
+                }
+            },
             sync_rng: Rng::new(seed, STREAM_SYNC),
             stamp_rng: Rng::new(seed, STREAM_STAMP),
             link_rng,
@@ -658,9 +678,6 @@ impl Sim {
         let local_now = self.nodes[node].local_now(self.now);
         let wall_ms = self.now / 1000;
         self.nodes[node].node().tick(local_now, wall_ms);
-        if let Some(plane) = self.nodes[node].data.as_mut() {
-            plane.tick(local_now);
-        }
         let interval = self.nodes[node].real_duration(TICK_US);
         self.schedule(interval, Event::Tick { node, epoch });
         self.drive(node)
@@ -745,9 +762,9 @@ impl Sim {
                                 detail: format!("data message from {from} to {id}: {error}"),
                             }
                         })?;
-                    if let Some(plane) = self.nodes[node].data.as_mut() {
-                        plane.on_peer(local_now, NodeId(from), message);
-                    }
+                    self.nodes[node]
+                        .node()
+                        .on_data_peer(local_now, NodeId(from), message);
                     return Ok(());
                 }
                 let message =
@@ -757,18 +774,7 @@ impl Sim {
                     })?;
                 self.nodes[node].node().on_peer(local_now, from, message);
             }
-            Inbound::Unit(event) => {
-                if let UnitEvent::Exited {
-                    unit, generation, ..
-                }
-                | UnitEvent::Disconnected { unit, generation } = &event
-                {
-                    if let Some(plane) = self.nodes[node].data.as_mut() {
-                        plane.unit_disconnected(unit, *generation);
-                    }
-                }
-                self.nodes[node].node().on_unit(local_now, event)
-            }
+            Inbound::Unit(event) => self.nodes[node].node().on_unit(local_now, event),
             Inbound::LinkLost(from) => self.nodes[node].node().on_link_lost(local_now, from),
             Inbound::Data {
                 unit,
@@ -776,19 +782,14 @@ impl Sim {
                 request,
                 body,
             } => {
-                if let Some(plane) = self.nodes[node].data.as_mut() {
-                    plane.on_unit(local_now, &unit, generation, request, body);
-                }
+                self.nodes[node]
+                    .node()
+                    .on_unit_data(local_now, &unit, generation, request, body);
             }
             Inbound::Register(unit, generation) => {
                 let accepted = self.nodes[node]
                     .node()
                     .on_registered(local_now, &unit, generation);
-                if accepted {
-                    if let Some(plane) = self.nodes[node].data.as_mut() {
-                        plane.unit_connected(&unit, generation);
-                    }
-                }
                 if !accepted {
                     // A refused instance exits.
                     let pid = self
@@ -869,56 +870,29 @@ impl Sim {
         Ok(())
     }
 
-    /// The data plane of a node: the committed view and lease in, its output carried out
-    /// (messages, answers and deliveries to units, replica file writes). Returns whether its
-    /// in-sync claims changed.
+    /// The data step of a node: its output carried out round by round (messages, answers
+    /// and deliveries to units, then the replica file operations), with the files' sync
+    /// rounds, as tandemd runs it. Returns whether its in-sync claims changed.
     fn data_step(&mut self, node: usize) -> Result<bool, Violation> {
         let id = self.nodes[node].id;
         let local_now = self.nodes[node].local_now(self.now);
-        let sim_node = &mut self.nodes[node];
-        let (Some(n), Some(plane)) = (sim_node.node.as_mut(), sim_node.data.as_mut()) else {
-            return Ok(false);
-        };
-        if sim_node.status != Status::Running {
+        if self.nodes[node].status != Status::Running || self.nodes[node].node.is_none() {
             return Ok(false);
         }
-        let view = DataView::from_state(n.state(), NodeId(id));
-        if plane.view() != &view {
-            plane.set_view(local_now, view);
-        }
-        plane.set_lease(n.lease_until(local_now));
-        plane.begin_step();
+        self.nodes[node].node().begin_data_step(local_now);
         // A sync left for later happens now (by the next input or tick, like an fsync that
         // took a while).
-        if sim_node.store.has_unsynced() {
-            for (replica, version) in sim_node.store.sync() {
-                plane.persisted(&replica, version);
-            }
+        if self.nodes[node].files.has_unsynced() {
+            self.sync_files(node);
         }
         for _ in 0..4 {
-            let output = self.nodes[node]
-                .data
-                .as_mut()
-                .expect("checked")
-                .take_output(local_now);
-            if output.is_empty() {
+            let Some(round) = self.nodes[node].node().take_data_round(local_now) else {
                 break;
-            }
-            for (replica, action) in &output.persist {
-                if self.config.verbose {
-                    self.trace(|| {
-                        format!(
-                            "node {id} persists {}/{}: {action:?}",
-                            replica.shard, replica.unit
-                        )
-                    });
-                }
-                self.nodes[node].store.apply(replica, action);
-            }
-            for (to, message) in &output.messages {
+            };
+            for (to, message) in &round.messages {
                 self.send_data(id, to.0, message);
             }
-            for (unit, generation, request, reply) in output.replies {
+            for (unit, generation, request, reply) in round.replies {
                 if let Some(pid) = self.find_process(node, &unit, generation) {
                     let delay = self.unit_rng.between(20, 200);
                     let now = self.now;
@@ -934,7 +908,7 @@ impl Sim {
                     );
                 }
             }
-            for (unit, generation, delivery) in output.deliveries {
+            for (unit, generation, delivery) in round.deliveries {
                 if let Some(pid) = self.find_process(node, &unit, generation) {
                     if let Delivery::Message { shard, seq, .. } = &delivery {
                         self.trace(|| {
@@ -948,7 +922,7 @@ impl Sim {
                     self.schedule(delay, Event::UnitDelivery { pid, delivery });
                 }
             }
-            for event in &output.events {
+            for event in &round.events {
                 match event {
                     DataEvent::SessionStarted { full: true, .. } => self.report.full_transfers += 1,
                     DataEvent::SessionStarted { full: false, .. } => {
@@ -959,36 +933,53 @@ impl Sim {
                 }
                 self.trace(|| format!("node {id} data: {event:?}"));
             }
+            for op in round.file_ops {
+                if matches!(op, FileOp::Compact { .. }) {
+                    self.report.compactions += 1;
+                }
+                if self.config.verbose {
+                    self.trace(|| format!("node {id} file op: {op:?}"));
+                }
+                self.nodes[node].files.run(op);
+            }
             // Usually the replica writes are synced at once; now and then the sync waits for
             // the next step, so a crash can find an unsynced tail.
             if !self.disk_rng.chance(REPLICA_SYNC_DELAY_PPM) {
-                let sim_node = &mut self.nodes[node];
-                let versions = sim_node.store.sync();
-                let plane = sim_node.data.as_mut().expect("checked");
-                for (replica, version) in versions {
-                    plane.persisted(&replica, version);
-                    if let Some(data) = plane.replica(&replica) {
-                        sim_node
-                            .store
-                            .compact(&replica, data, plane.is_complete(&replica));
-                    }
-                }
+                self.sync_files(node);
             }
         }
         let sim_node = &mut self.nodes[node];
-        let data = sim_node.data.as_mut().expect("checked");
-        let claims = data.take_claims_change();
-        data.check_claim_cache().map_err(|detail| Violation {
+        let n = sim_node.node.as_mut().expect("checked");
+        let end = n.end_data_step();
+        n.check_data_caches().map_err(|detail| Violation {
             kind: FailureKind::StaleCache,
             detail: format!("node {id}: {detail}"),
         })?;
-        let Some(claims) = claims else {
-            return Ok(false);
-        };
-        let n = sim_node.node.as_mut().expect("checked");
-        let before = n.own_report(local_now).in_sync;
-        n.set_in_sync_claims(claims.clone());
-        Ok(before != claims)
+        Ok(end.claims_changed)
+    }
+
+    /// A sync round of a node's replica files, its reports handed to the node in the order
+    /// tandemd's sync thread sends them (installs first). Now and then an install's report
+    /// comes a round late, after syncs of the compacted file it installs.
+    fn sync_files(&mut self, node: usize) {
+        let install_rng = &mut self.install_rng;
+        let mut late = 0;
+        let (installed, synced) = self.nodes[node].files.sync(|| {
+            let is_late = install_rng.chance(LATE_INSTALL_PPM);
+            late += u64::from(is_late);
+            is_late
+        });
+        self.report.late_installs += late;
+        self.report.installs += installed.iter().filter(|done| done.installed).count() as u64;
+        if self.config.verbose && (!installed.is_empty() || !synced.is_empty()) {
+            let id = self.nodes[node].id;
+            self.trace(|| format!("node {id} files synced: {installed:?} then {synced:?}"));
+        }
+        let n = self.nodes[node].node();
+        for done in installed {
+            n.on_compaction_installed(done);
+        }
+        n.on_replicas_synced(synced);
     }
 
     fn send_data(&mut self, from: u64, to: u64, message: &DataMessage) {
@@ -1115,6 +1106,15 @@ impl Sim {
         let id = self.nodes[node].id;
         if let Some(index) = output.installed_snapshot {
             self.report.snapshots_installed += 1;
+            self.checker.on_snapshot_installed(id, index)?;
+            self.trace(|| format!("node {id} installed the leader's snapshot at {index}"));
+        }
+        let sim_node = &self.nodes[node];
+        let replica = sim_node.node.as_ref().expect("driven").replica();
+        let node_term = replica.term();
+        let is_leader = replica.is_leader();
+        for applied in &output.applied {
+            self.checker.on_applied(id, node_term, applied)?;
             if let Some(broken) = &applied.model_broken {
                 return Err(Violation {
                     kind: FailureKind::ModelInvariant,
@@ -1130,15 +1130,6 @@ impl Sim {
                     ),
                 });
             }
-            self.checker.on_snapshot_installed(id, index)?;
-            self.trace(|| format!("node {id} installed the leader's snapshot at {index}"));
-        }
-        let sim_node = &self.nodes[node];
-        let replica = sim_node.node.as_ref().expect("driven").replica();
-        let node_term = replica.term();
-        let is_leader = replica.is_leader();
-        for applied in &output.applied {
-            self.checker.on_applied(id, node_term, applied)?;
             if let Some((kind, nonce)) = check::decode_context(&applied.context) {
                 if kind == CONTEXT_CLIENT && self.proposals.get(&nonce) == Some(&id) {
                     self.proposals.remove(&nonce);
@@ -1225,7 +1216,6 @@ impl Sim {
             learners: Vec::new(),
             heartbeat_ticks: 2,
             election_ticks: 10,
-            check_model: true,
             // Small, so that snapshots, compaction and snapshot transfer happen in every run.
             snapshot_interval_entries: 50,
             election_seed: mix(self.config.seed ^ mix(sim_node.id ^ mix(sim_node.restarts))),
@@ -1235,11 +1225,13 @@ impl Sim {
                 record_len_max: 1024 * 1024,
             },
             deferred_sync: sim_node.deferred_sync,
+            check_model: true,
         }
     }
 
     /// Opens a node on its disk (start or restart).
     fn restart(&mut self, node: usize) -> Result<(), Violation> {
+        let id = self.nodes[node].id;
         let settings = NodeSettings {
             replica: self.replica_config(node),
             heartbeat_interval: Duration::from_micros(HEARTBEAT_US),
@@ -1247,15 +1239,18 @@ impl Sim {
             lease: LEASE,
             members: self.voters.iter().map(|id| NodeId(*id)).collect(),
             topology: self.topology.clone(),
+            data: DataConfig::default(),
+            data_incarnation: mix(self.config.seed ^ mix(id ^ mix(self.nodes[node].restarts + 1)))
+                & 0xffff,
+            compaction: self.compaction,
         };
-        let id = self.nodes[node].id;
         let disk = self.nodes[node].disk.clone();
         // Now and then the node crashes again during recovery's own writes (cutting a torn
         // tail, starting a segment) or, if recovery writes nothing, during its first write.
         if self.faults_active && self.faults.chance(100_000) {
             disk.arm();
         }
-        let opened = match Node::open(settings, disk.clone(), &self.logger) {
+        let mut opened = match Node::open(settings, disk.clone(), &self.logger) {
             Ok(opened) => opened,
             Err(_) if disk.fired() => {
                 self.trace(|| format!("node {id} crashed during recovery"));
@@ -1291,20 +1286,20 @@ impl Sim {
         self.checker.on_restart(id, replica)?;
         let sim_node = &mut self.nodes[node];
         sim_node.snapshot_index = replica.snapshot_index();
-        let mut plane = DataPlane::new(
-            NodeId(id),
-            DataConfig::default(),
-            mix(self.config.seed ^ mix(id ^ mix(sim_node.restarts + 1))) & 0xffff,
-        );
-        let (replicas, cut) = sim_node.store.recover()?;
-        for (replica_id, recovered) in replicas {
-            if recovered.stamp_unchecked.is_none() {
+        let (files, cut) = sim_node.files.recover()?;
+        for found in files {
+            if found.recovered.stamp_unchecked.is_none() {
                 self.report.replica_stamps_checked += 1;
             }
-            plane.load(replica_id, recovered.replica, recovered.complete);
+            opened.load_replica(
+                found.id,
+                found.recovered.replica,
+                found.recovered.complete,
+                found.generation,
+                found.len,
+            );
         }
         self.report.replica_tails_cut += cut;
-        sim_node.data = Some(plane);
         sim_node.node = Some(opened);
         sim_node.restarts += 1;
         self.report.restarts += 1;
@@ -1332,10 +1327,10 @@ impl Sim {
         // including writes buffered but not yet handed to the disk. Its unit processes die
         // with it (the supervisor's parent-death signal).
         sim_node.node = None;
-        sim_node.data = None;
         sim_node.raft_sync = None;
+        self.report.installs_lost += sim_node.files.pending_installs() as u64;
         self.report.replica_tails_torn += sim_node
-            .store
+            .files
             .crash(&mut self.disk_rng, &mut self.stamp_rng);
         let sim_node = &mut self.nodes[node];
         sim_node.status = Status::Crashed;
@@ -1459,16 +1454,8 @@ impl Sim {
         let life = self.nodes[node].life;
         match action {
             AgentAction::Start {
-                unit,
-                generation,
-                reinitialise,
-                ..
+                unit, generation, ..
             } => {
-                if reinitialise {
-                    if let Some(plane) = self.nodes[node].data.as_mut() {
-                        plane.reinitialise(&unit);
-                    }
-                }
                 if self.unit_rng.chance(10_000) {
                     let input = Inbound::Unit(UnitEvent::StartFailed {
                         unit,
@@ -1635,9 +1622,9 @@ impl Sim {
                 unit: unit.clone(),
             };
             if let Some(replica) = self.nodes[node]
-                .data
+                .node
                 .as_ref()
-                .and_then(|plane| plane.replica(&replica_id))
+                .and_then(|n| n.checkpoint_replica(&replica_id))
             {
                 self.data_checker
                     .check_active(shard, *epoch, unit.as_str(), replica)?;
@@ -1979,9 +1966,9 @@ impl Sim {
         };
         let node = process.node;
         if let Some(replica) = self.nodes[node]
-            .data
+            .node
             .as_ref()
-            .and_then(|plane| plane.replica(&replica_id))
+            .and_then(|n| n.checkpoint_replica(&replica_id))
         {
             if replica.get(&applied_key(id)).is_some() {
                 return Err(Violation {
@@ -2142,7 +2129,7 @@ impl Sim {
         }
         let id = self.next_message;
         let local_now = self.nodes[node].local_now(self.now);
-        let Some(plane) = self.nodes[node].data.as_mut() else {
+        let Some(n) = self.nodes[node].node.as_mut() else {
             return Ok(());
         };
         let message = StreamMessage {
@@ -2152,7 +2139,7 @@ impl Sim {
                 peer: format!("127.0.0.1:{}", 5000 + id % 1000),
             },
         };
-        if plane.accept(local_now, &shard, message).is_ok() {
+        if n.accept_message(local_now, &shard, message).is_ok() {
             self.next_message += 1;
             self.report.messages_offered += 1;
         }
@@ -2694,13 +2681,12 @@ impl Sim {
         }
         let replica_of = |sim: &Self, node: Option<u64>, shard: &ShardName, unit: &UnitName| {
             let node = node? as usize - 1;
-            let plane = sim.nodes[node].data.as_ref()?;
-            plane
-                .replica(&ReplicaId {
-                    shard: shard.clone(),
-                    unit: unit.clone(),
-                })
-                .cloned()
+            let n = sim.nodes[node].node.as_ref()?;
+            n.checkpoint_replica(&ReplicaId {
+                shard: shard.clone(),
+                unit: unit.clone(),
+            })
+            .cloned()
         };
         let mut finals = Vec::new();
         for (shard, active, active_node, standbys) in &shards {
@@ -2767,8 +2753,8 @@ impl Sim {
                 .collect::<BTreeMap<_, _>>()
         });
         for node in &self.nodes {
-            let Some(plane) = &node.data else { continue };
-            for (id, replica) in plane.replicas() {
+            let Some(n) = &node.node else { continue };
+            for (id, replica) in n.checkpoint_replicas() {
                 out.push_str(&format!(
                     "  node {} replica {}/{}: version {} consumed {} pending {} digest {} \
                      complete {} verified {} in-sync {:?}: {}\n",
@@ -2779,13 +2765,13 @@ impl Sim {
                     replica.consumed(),
                     replica.pending_count(),
                     replica.digest(),
-                    plane.is_complete(id),
-                    plane.is_verified(id),
+                    n.checkpoint_replica_complete(id),
+                    n.checkpoint_replica_verified(id),
                     in_sync.as_ref().and_then(|map| map.get(&id.shard)),
-                    plane.describe(id),
+                    n.describe_checkpoint_replica(id),
                 ));
             }
-            for status in plane.status(node.local_now(self.now)) {
+            for status in n.replication_status(node.local_now(self.now)) {
                 out.push_str(&format!("  node {} session {status:?}\n", node.id));
             }
         }

@@ -64,6 +64,13 @@ fn fixed_seeds() {
         ("torn unsynced tails", total.torn_writes),
         ("garbage tails", total.garbage_tails),
         ("torn tails recovered", total.torn_tails_recovered),
+        ("replica file compactions", total.compactions),
+        ("compacted files installed", total.installs),
+        ("install reports that came late", total.late_installs),
+        (
+            "compacted files lost to a crash before their install",
+            total.installs_lost,
+        ),
         ("restarts", total.restarts),
         ("pauses", total.pauses),
         ("partitions", total.partitions),

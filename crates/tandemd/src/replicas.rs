@@ -10,8 +10,9 @@
 //! whole.
 //!
 //! Three parties share the work, so that the event loop never waits for the disk:
-//! - the event loop's [`ReplicaStore`] decides: it queues each write as a [`FileOp`] and keeps
-//!   a book of each file (its generation, the version written, its size when last synced);
+//! - the node's `tandem_node::ReplicaBooks` (sans-IO, run by the event loop) decides: it
+//!   queues each write as a [`FileOp`] and keeps a book of each file (its generation, the
+//!   version written, its size when last synced, compactions);
 //! - the writer thread ([`start_writer`]) owns the files ([`FileWriter`]): it encodes the
 //!   records, copies them into the maps (page faults and ext4 journal waits happen here, and
 //!   under writeback they take tens of milliseconds), grows, creates, removes and compacts;
@@ -41,18 +42,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use memmap2::MmapRaw;
 use parking_lot::{Condvar, Mutex};
-use tandem_core::data::{OpKind, PersistAction, ReplicaId, ShardReplica};
+use tandem_core::data::{OpKind, PersistAction, ReplicaId};
 use tandem_core::{ShardName, UnitName};
 use tandem_node::replica_file::{self, Recovered, Stamp};
+use tandem_node::{FileOp, Installed, Synced};
 
 use crate::mailbox;
 
 /// First size of a file.
 const INITIAL_CAPACITY: usize = 1024 * 1024;
-/// A file is compacted when it holds more than this many times its replica's live bytes...
-const COMPACT_RATIO: u64 = 8;
-/// ...and at least this many bytes.
-const COMPACT_FLOOR: u64 = 16 * 1024 * 1024;
 /// File name suffix.
 const SUFFIX: &str = ".replica";
 /// Most bytes in the [`Backlog`] before the event loop waits for the disk.
@@ -92,7 +90,7 @@ struct ReplicaFile {
     written: u64,
     /// Changes when the file's content starts over (created, reset, compacted): a sync of an
     /// older generation says nothing about what the file holds now. The event loop hands
-    /// generations out (see [`ReplicaStore`]).
+    /// generations out (see `tandem_node::ReplicaBooks`).
     generation: u64,
 }
 
@@ -350,11 +348,6 @@ fn set_thread_nice(nice: libc::c_int) {
     }
 }
 
-/// What the sync thread made durable: replica, file generation, version, bytes of records in
-/// the file.
-#[derive(Debug)]
-pub struct Synced(ReplicaId, u64, u64, usize);
-
 /// A compacted replica file for the sync thread to install: the writer wrote it (to the page
 /// cache) as `tmp` and appends to it from then on; the sync thread makes it durable and
 /// renames it over `path`. Until then the old file, whole and synced, is what a restart reads.
@@ -422,15 +415,6 @@ fn sync_file_in_chunks(file: &File) -> std::io::Result<()> {
         from += chunk;
     }
     Ok(())
-}
-
-/// A compacted file now in place of the old one (durable at `version`).
-#[derive(Debug)]
-pub struct Installed {
-    id: ReplicaId,
-    generation: u64,
-    version: u64,
-    installed: bool,
 }
 
 /// Work for the sync thread. `weight` is what the work counts in the [`Backlog`]: released
@@ -611,7 +595,12 @@ fn sync_merged(jobs: Vec<SyncJob>) -> Result<Vec<Synced>, String> {
         job.run().map_err(|error| {
             format!("msync of replica {}@{}: {error}", job.id.shard, job.id.unit)
         })?;
-        done.push(Synced(job.id, job.generation, job.version, job.end));
+        done.push(Synced {
+            id: job.id,
+            generation: job.generation,
+            version: job.version,
+            len: job.end,
+        });
     }
     Ok(done)
 }
@@ -644,61 +633,32 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("sync directory {}", dir.display()))
 }
 
-/// One thing the event loop decided to do to the files, for the writer thread, which carries
-/// the operations out in the order they were queued.
-pub enum FileOp {
-    /// Write `action` to the file of `id` (created when there is none; `Remove` deletes it);
-    /// the file's content is of `generation` from then on.
-    Persist {
-        id: ReplicaId,
-        generation: u64,
-        action: PersistAction,
-    },
-    /// Rewrite the stamp of the file of `id` (if it is still of `generation`): the records
-    /// written so far hold `stamp`.
-    Stamp {
-        id: ReplicaId,
-        generation: u64,
-        stamp: Stamp,
-    },
-    /// Replace the file of `id` by one holding `image`, the replica compacted at `version`
-    /// (encoded by the writer thread).
-    Compact {
-        id: ReplicaId,
-        generation: u64,
-        image: Box<replica_file::Compaction>,
-        version: u64,
-    },
-}
-
-impl FileOp {
-    /// Roughly the bytes it writes: what it counts against [`WRITES_QUEUED_MAX`].
-    fn weight(&self) -> usize {
-        const OVERHEAD: usize = 64;
-        OVERHEAD
-            + match self {
-                FileOp::Compact { image, .. } => image.len_estimate(),
-                FileOp::Stamp { .. } => 0,
-                FileOp::Persist { action, .. } => match action {
-                    PersistAction::Op(op) => match &op.kind {
-                        OpKind::Commit { writes, .. } => tandem_core::data::writes_bytes(writes),
-                        OpKind::Message(message) => message.size(),
-                    },
-                    PersistAction::Sections(sections) => sections
-                        .iter()
-                        .map(|(key, section)| key.len() + section.value.len())
-                        .sum(),
-                    PersistAction::Messages(messages) => {
-                        messages.iter().map(|(_, message)| message.size()).sum()
-                    }
-                    PersistAction::Reset(_)
-                    | PersistAction::Complete
-                    | PersistAction::Incomplete
-                    | PersistAction::Remove
-                    | PersistAction::Stamp(_) => 0,
+/// Roughly the bytes `op` writes: what it counts against [`WRITES_QUEUED_MAX`].
+fn weight(op: &FileOp) -> usize {
+    const OVERHEAD: usize = 64;
+    OVERHEAD
+        + match op {
+            FileOp::Compact { image, .. } => image.len_estimate(),
+            FileOp::Stamp { .. } => 0,
+            FileOp::Persist { action, .. } => match action {
+                PersistAction::Op(op) => match &op.kind {
+                    OpKind::Commit { writes, .. } => tandem_core::data::writes_bytes(writes),
+                    OpKind::Message(message) => message.size(),
                 },
-            }
-    }
+                PersistAction::Sections(sections) => sections
+                    .iter()
+                    .map(|(key, section)| key.len() + section.value.len())
+                    .sum(),
+                PersistAction::Messages(messages) => {
+                    messages.iter().map(|(_, message)| message.size()).sum()
+                }
+                PersistAction::Reset(_)
+                | PersistAction::Complete
+                | PersistAction::Incomplete
+                | PersistAction::Remove
+                | PersistAction::Stamp(_) => 0,
+            },
+        }
 }
 
 /// The replica files themselves, owned by the writer thread.
@@ -940,7 +900,7 @@ impl Writer {
     /// in the backlog it first waits for the disk; returns how long it waited. Fails when the
     /// writer or sync thread stopped (it reported why).
     pub fn send(&self, ops: Vec<FileOp>) -> anyhow::Result<Duration> {
-        let weight: usize = ops.iter().map(FileOp::weight).sum();
+        let weight: usize = ops.iter().map(weight).sum();
         let started = std::time::Instant::now();
         let urgent = {
             let (queue, drained) = &*self.backlog.queue;
@@ -1009,7 +969,7 @@ pub fn start_writer(
                     continue;
                 }
                 for op in batches.into_iter().flatten() {
-                    let weight = op.weight();
+                    let weight = weight(&op);
                     match writer.run(op) {
                         Ok(None) => written += weight,
                         Ok(Some(job)) => {
@@ -1044,246 +1004,95 @@ pub fn start_writer(
     })
 }
 
-/// The event loop's book of one replica file.
-struct Book {
-    /// The generation of its content (see [`ReplicaFile::generation`]).
-    generation: u64,
-    /// Version of the last op or reset queued.
-    written: u64,
-    /// Bytes of records in the file as of its last sync.
-    len: usize,
-    /// A compacted file is being put in place.
-    compacting: bool,
+/// A replica file read back at start.
+pub struct OpenedReplica {
+    /// The replica.
+    pub id: ReplicaId,
+    /// What its file holds.
+    pub recovered: Recovered,
+    /// The generation the file was opened with (distinct per file).
+    pub generation: u64,
+    /// Bytes of records in it.
+    pub len: usize,
 }
 
-/// The event loop's side of the node's replica files: queues writes for the writer thread,
-/// hands out file generations, decides compactions, and turns the sync thread's reports into
-/// the versions durable.
-pub struct ReplicaStore {
-    books: BTreeMap<ReplicaId, Book>,
-    /// The last file generation handed out.
-    next_generation: u64,
-    /// Operations not yet handed to the writer.
-    queued: Vec<FileOp>,
-}
-
-/// What opening the store found.
+/// What opening the replica directory found.
 pub struct Opened {
-    /// The event loop's side.
-    pub store: ReplicaStore,
     /// The files, for the writer thread.
     pub writer: FileWriter,
-    /// Each replica read back.
-    pub replicas: Vec<(ReplicaId, Recovered)>,
+    /// Each replica read back, for the node's data plane and books.
+    pub replicas: Vec<OpenedReplica>,
 }
 
-impl ReplicaStore {
-    /// Opens (creating) `dir` and reads every replica file in it back. A file that is not a
-    /// replica is set aside (renamed `*.bad`); a torn tail is cut.
-    pub fn open(dir: PathBuf) -> anyhow::Result<Opened> {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("create replica directory {}", dir.display()))?;
-        let mut files = BTreeMap::new();
-        let mut books = BTreeMap::new();
-        let mut replicas = Vec::new();
-        let entries = std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))?;
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") {
-                // A compaction that did not finish: the original is still whole.
-                let _ = std::fs::remove_file(entry.path());
-                continue;
-            }
-            let Some(id) = parse_name(&name) else {
-                continue;
-            };
-            let path = entry.path();
-            let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-            match replica_file::recover(&bytes, &id.shard, &id.unit) {
-                Ok(recovered) => {
-                    if let Some(reason) = &recovered.stopped {
-                        if bytes[recovered.valid_len..].iter().any(|byte| *byte != 0) {
-                            tracing::warn!(file = %path.display(), offset = recovered.valid_len, %reason, "replica file: torn tail cut");
-                        }
-                    }
-                    let generation = files.len() as u64;
-                    let version = recovered.replica.version();
-                    if let Some(note) = &recovered.stamp_unchecked {
-                        tracing::info!(file = %path.display(), %note, "replica file stamp not checked");
-                    }
-                    let file = ReplicaFile::open(
-                        path,
-                        recovered.valid_len,
-                        replica_file::stamp_at(&id.shard, &id.unit),
-                        version,
-                        generation,
-                    )?;
-                    files.insert(id.clone(), file);
-                    books.insert(
-                        id.clone(),
-                        Book {
-                            generation,
-                            written: version,
-                            len: recovered.valid_len,
-                            compacting: false,
-                        },
-                    );
-                    replicas.push((id, recovered));
-                }
-                Err(error) => {
-                    let bad = path.with_extension("bad");
-                    tracing::error!(file = %path.display(), %error, moved_to = %bad.display(), "not a replica file; set aside");
-                    std::fs::rename(&path, &bad)
-                        .with_context(|| format!("rename {}", path.display()))?;
-                }
-            }
+/// Opens (creating) `dir` and reads every replica file in it back. A file that is not a
+/// replica is set aside (renamed `*.bad`); a torn tail is cut; a compacted file that was not
+/// put in place (`*.tmp`) is removed: the original is still whole.
+pub fn open(dir: PathBuf) -> anyhow::Result<Opened> {
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("create replica directory {}", dir.display()))?;
+    let mut files = BTreeMap::new();
+    let mut replicas = Vec::new();
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            // A compaction that did not finish: the original is still whole.
+            let _ = std::fs::remove_file(entry.path());
+            continue;
         }
-        Ok(Opened {
-            store: Self {
-                next_generation: files.len() as u64,
-                books,
-                queued: Vec::new(),
-            },
-            writer: FileWriter { dir, files },
-            replicas,
-        })
-    }
-
-    fn generation(&mut self) -> u64 {
-        self.next_generation += 1;
-        self.next_generation
-    }
-
-    /// Queues one persist action for the writer (see [`take_ops`](Self::take_ops)).
-    pub fn apply(&mut self, id: &ReplicaId, action: PersistAction) {
-        if let PersistAction::Stamp(stamp) = action {
-            if let Some(book) = self.books.get(id) {
-                self.queued.push(FileOp::Stamp {
-                    id: id.clone(),
-                    generation: book.generation,
-                    stamp,
+        let Some(id) = parse_name(&name) else {
+            continue;
+        };
+        let path = entry.path();
+        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        match replica_file::recover(&bytes, &id.shard, &id.unit) {
+            Ok(recovered) => {
+                if let Some(reason) = &recovered.stopped {
+                    if bytes[recovered.valid_len..].iter().any(|byte| *byte != 0) {
+                        tracing::warn!(file = %path.display(), offset = recovered.valid_len, %reason, "replica file: torn tail cut");
+                    }
+                }
+                let generation = files.len() as u64;
+                let version = recovered.replica.version();
+                if let Some(note) = &recovered.stamp_unchecked {
+                    tracing::info!(file = %path.display(), %note, "replica file stamp not checked");
+                }
+                let file = ReplicaFile::open(
+                    path,
+                    recovered.valid_len,
+                    replica_file::stamp_at(&id.shard, &id.unit),
+                    version,
+                    generation,
+                )?;
+                files.insert(id.clone(), file);
+                replicas.push(OpenedReplica {
+                    id,
+                    len: recovered.valid_len,
+                    recovered,
+                    generation,
                 });
             }
-            return;
+            Err(error) => {
+                let bad = path.with_extension("bad");
+                tracing::error!(file = %path.display(), %error, moved_to = %bad.display(), "not a replica file; set aside");
+                std::fs::rename(&path, &bad)
+                    .with_context(|| format!("rename {}", path.display()))?;
+            }
         }
-        if matches!(action, PersistAction::Remove) {
-            self.books.remove(id);
-            self.queued.push(FileOp::Persist {
-                id: id.clone(),
-                generation: 0,
-                action,
-            });
-            return;
-        }
-        let fresh = matches!(action, PersistAction::Reset(_)) || !self.books.contains_key(id);
-        let generation = if fresh {
-            self.generation()
-        } else {
-            self.books[id].generation
-        };
-        let book = self.books.entry(id.clone()).or_insert(Book {
-            generation,
-            written: 0,
-            len: 0,
-            compacting: false,
-        });
-        book.generation = generation;
-        match &action {
-            PersistAction::Op(op) => book.written = op.seq,
-            PersistAction::Reset(snapshot) => book.written = snapshot.version,
-            _ => {}
-        }
-        self.queued.push(FileOp::Persist {
-            id: id.clone(),
-            generation,
-            action,
-        });
     }
-
-    /// The operations queued since the last call, in order, for the writer thread.
-    pub fn take_ops(&mut self) -> Vec<FileOp> {
-        std::mem::take(&mut self.queued)
-    }
-
-    /// What the sync thread reported, as the versions now durable per replica (reports of a
-    /// file that started over since are dropped).
-    pub fn synced(&mut self, reports: Vec<Synced>) -> Vec<(ReplicaId, u64)> {
-        reports
-            .into_iter()
-            .filter_map(|Synced(id, generation, version, len)| {
-                let book = self.books.get_mut(&id)?;
-                (book.generation == generation).then(|| {
-                    book.len = len;
-                    (id, version)
-                })
-            })
-            .collect()
-    }
-
-    /// Queues the replacement of the file of `id` by a compacted one when it grew well past
-    /// its replica (and every version of the replica is queued for it). Returns whether it
-    /// did. Versions written to the new file are reported durable only once it is in place.
-    pub fn start_compaction(
-        &mut self,
-        id: &ReplicaId,
-        replica: &ShardReplica,
-        complete: bool,
-    ) -> bool {
-        let Some(book) = self.books.get(id) else {
-            return false;
-        };
-        if book.compacting || book.written != replica.version() {
-            return false;
-        }
-        let live = replica.section_bytes() + replica.pending_bytes();
-        if (book.len as u64) < (COMPACT_RATIO * live).max(COMPACT_FLOOR) {
-            return false;
-        }
-        // The loop only takes the replica's content; the writer thread encodes it.
-        let image = Box::new(replica_file::Compaction::capture(
-            &id.shard, &id.unit, replica, complete,
-        ));
-        let generation = self.generation();
-        self.books.insert(
-            id.clone(),
-            Book {
-                generation,
-                written: replica.version(),
-                // Corrected by the first sync of the new file.
-                len: image.len_estimate(),
-                compacting: true,
-            },
-        );
-        self.queued.push(FileOp::Compact {
-            id: id.clone(),
-            generation,
-            image,
-            version: replica.version(),
-        });
-        true
-    }
-
-    /// What the sync thread reported of a compaction, as the version now durable (None when
-    /// the file started over or was removed meanwhile).
-    pub fn installed(&mut self, done: Installed) -> Option<(ReplicaId, u64)> {
-        let book = self.books.get_mut(&done.id)?;
-        if book.compacting && done.installed {
-            book.compacting = false;
-        }
-        (done.installed && book.generation == done.generation).then_some((done.id, done.version))
-    }
-
-    /// Bytes of records in each file as of its last sync, for status.
-    pub fn file_len(&self, id: &ReplicaId) -> Option<usize> {
-        self.books.get(id).map(|book| book.len)
-    }
+    Ok(Opened {
+        writer: FileWriter { dir, files },
+        replicas,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_core::data::ShardReplica;
     use tandem_core::data::{Op, OpKind, Write};
+    use tandem_node::ReplicaBooks;
 
     fn id() -> ReplicaId {
         ReplicaId {
@@ -1308,16 +1117,46 @@ mod tests {
         })
     }
 
+    /// What [`open`] found, with the books the node would keep of it.
+    struct TestOpened {
+        store: ReplicaBooks,
+        writer: FileWriter,
+        replicas: Vec<(ReplicaId, Recovered)>,
+    }
+
+    fn open_dir(path: PathBuf) -> anyhow::Result<TestOpened> {
+        let opened = open(path)?;
+        let mut store = ReplicaBooks::new(Default::default());
+        let replicas = opened
+            .replicas
+            .into_iter()
+            .map(|found| {
+                store.recovered(
+                    found.id.clone(),
+                    found.generation,
+                    found.recovered.replica.version(),
+                    found.len,
+                );
+                (found.id, found.recovered)
+            })
+            .collect();
+        Ok(TestOpened {
+            store,
+            writer: opened.writer,
+            replicas,
+        })
+    }
+
     /// The event loop's store and the writer's files, run in line: what the daemon runs on
     /// three threads, in the same order.
     struct Files {
-        store: ReplicaStore,
+        store: ReplicaBooks,
         writer: FileWriter,
     }
 
     impl Files {
         fn open(path: &Path) -> (Self, Vec<(ReplicaId, Recovered)>) {
-            let opened = ReplicaStore::open(path.to_owned()).expect("open");
+            let opened = open_dir(path.to_owned()).expect("open");
             let files = Files {
                 store: opened.store,
                 writer: opened.writer,
@@ -1345,7 +1184,12 @@ mod tests {
             let mut reports = Vec::new();
             for job in self.writer.take_sync_jobs() {
                 job.run().expect("msync");
-                reports.push(Synced(job.id, job.generation, job.version, job.end));
+                reports.push(Synced {
+                    id: job.id,
+                    generation: job.generation,
+                    version: job.version,
+                    len: job.end,
+                });
             }
             self.store.synced(reports)
         }
@@ -1415,7 +1259,7 @@ mod tests {
         store.apply(&id(), &op(11, b"more"));
         store.sync_now();
         drop(store);
-        let opened = ReplicaStore::open(path).expect("reopen");
+        let opened = open_dir(path).expect("reopen");
         assert_eq!(opened.replicas[0].1.replica.version(), 11);
     }
 
@@ -1446,7 +1290,7 @@ mod tests {
         store.apply(&id(), &PersistAction::Op(op));
         assert_eq!(store.sync_now(), vec![(id(), 1)]);
         drop(store);
-        let opened = ReplicaStore::open(path).expect("reopen");
+        let opened = open_dir(path).expect("reopen");
         let recovered = &opened.replicas[0].1;
         assert!(recovered.stopped.is_none(), "{:?}", recovered.stopped);
         assert_eq!(recovered.replica, expected);
@@ -1588,7 +1432,7 @@ mod tests {
         let after = store.store.file_len(&id()).expect("file");
         assert!(after * 10 < before, "compacted {before} -> {after}");
         drop(store);
-        let opened = ReplicaStore::open(path).expect("reopen");
+        let opened = open_dir(path).expect("reopen");
         let (_, recovered) = &opened.replicas[0];
         assert!(recovered.complete);
         assert_eq!(recovered.replica.version(), 300);
@@ -1618,7 +1462,7 @@ mod tests {
         );
         store.sync_now();
         drop(store);
-        let opened = ReplicaStore::open(path).expect("reopen");
+        let opened = open_dir(path).expect("reopen");
         let (_, recovered) = &opened.replicas[0];
         assert_eq!(recovered.replica.version(), 305);
         assert_eq!(recovered.replica.digest(), replica.digest());
@@ -1658,7 +1502,7 @@ mod tests {
         );
         store.sync_now();
         drop(store);
-        let opened = ReplicaStore::open(path).expect("reopen");
+        let opened = open_dir(path).expect("reopen");
         assert_eq!(
             opened.replicas[0].1.replica.version(),
             7,
@@ -1679,16 +1523,13 @@ mod tests {
         let done = job.run().expect("nothing to install is no error");
         assert_eq!(store.store.installed(done), None);
         drop(store);
-        assert!(ReplicaStore::open(path)
-            .expect("reopen")
-            .replicas
-            .is_empty());
+        assert!(open_dir(path).expect("reopen").replicas.is_empty());
     }
 
     #[test]
     fn written_bytes_count_in_the_backlog_until_their_msync_is_done() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opened = ReplicaStore::open(dir.path().join("replicas")).expect("open");
+        let opened = open_dir(dir.path().join("replicas")).expect("open");
         let mut store = opened.store;
         let backlog = Backlog::default();
         // The writer hands its msyncs to us first, then we pass them on to a sync thread.
@@ -1703,7 +1544,7 @@ mod tests {
         .expect("writer thread");
         store.apply(&id(), op(1, &[7; 4096]));
         let ops = store.take_ops();
-        let weight: usize = ops.iter().map(FileOp::weight).sum();
+        let weight: usize = ops.iter().map(weight).sum();
         writer.send(ops).expect("queued");
         let wait = Duration::from_secs(10);
         let deadline = std::time::Instant::now() + wait;
@@ -1753,7 +1594,7 @@ mod tests {
     fn the_writer_thread_writes_in_order_and_its_failure_stops_the_event_loop_waiting() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("replicas");
-        let opened = ReplicaStore::open(path.clone()).expect("open");
+        let opened = open_dir(path.clone()).expect("open");
         let mut store = opened.store;
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let sync_reports = reports_tx.clone();
@@ -1793,11 +1634,11 @@ mod tests {
             "durable versions only grow: {durable:?}"
         );
         drop(writer);
-        let (_, recovered) = &ReplicaStore::open(path.clone()).expect("reopen").replicas[0];
+        let (_, recovered) = &open_dir(path.clone()).expect("reopen").replicas[0];
         assert_eq!(recovered.replica.version(), 20);
         // A write that fails (the directory is gone, so a new file cannot be created) is
         // reported, and the event loop's next hand-over fails instead of waiting.
-        let opened = ReplicaStore::open(path.clone()).expect("open");
+        let opened = open_dir(path.clone()).expect("open");
         let mut store = opened.store;
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let backlog = Backlog::default();
@@ -1837,7 +1678,7 @@ mod tests {
         let path = dir.path().join("replicas");
         std::fs::create_dir_all(&path).expect("mkdir");
         std::fs::write(path.join(file_name(&id())), b"hello").expect("write");
-        let opened = ReplicaStore::open(path.clone()).expect("open");
+        let opened = open_dir(path.clone()).expect("open");
         assert!(opened.replicas.is_empty());
         assert!(path.join("s0@u1.bad").exists());
     }

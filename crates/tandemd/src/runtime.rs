@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use tandem_core::data::{
-    Accepted, DataConfig, DataEvent, DataPlane, DataView, MessageOrigin, Origin, ReplicaId,
-    StreamMessage,
-};
+use tandem_core::data::{Accepted, DataConfig, DataEvent, MessageOrigin, Origin, StreamMessage};
 use tandem_core::{
     AdminCode, AgentAction, NodeId, ServiceName, ShardName, Time, UnitCommand, UnitName,
 };
-use tandem_node::{AdminAction, AdminResult, Node, NodeEvent, NodeSettings, UnitEvent};
+use tandem_node::{
+    AdminAction, AdminResult, CompactionPolicy, FileOp, Node, NodeEvent, NodeSettings, UnitEvent,
+};
 use tandem_proto::admin::{
     admin_request, admin_response, AdminRequest, AdminResponse, NoopReply, OperationDone,
 };
@@ -39,7 +38,7 @@ use crate::config::Config;
 use crate::event::{AdminOutcome, Event, EventSender, Registration};
 use crate::event_log::{wall_ms, EventLog};
 use crate::ingress::{Ingress, VipChange};
-use crate::replicas::{DiskReport, ReplicaStore, Writer};
+use crate::replicas::{DiskReport, Writer};
 use crate::sdk_server;
 use crate::supervisor::{self, Supervisor};
 use crate::transport::{serve_peers, PeerSender, TransportStats};
@@ -109,10 +108,6 @@ struct Daemon {
     started_monotonic_ns: u64,
     /// Whether carrying out an output gave the node new inputs.
     inputs_pending: bool,
-    /// The data plane: replicas, replication sessions, streams.
-    data: DataPlane,
-    /// The replicas' files.
-    replicas: ReplicaStore,
     /// The replica writer thread (copies into the files, and through it the sync thread's
     /// msyncs: the disk off the event loop).
     writer: Writer,
@@ -133,12 +128,8 @@ struct Daemon {
     ingress: Ingress,
     /// Where ingress sockets hand their datagrams.
     events_tx: EventSender,
-    /// The applied index the data plane's view was last built at.
-    data_applied: Option<u64>,
     /// A unit registered since the restrictions were last sent.
     registered: bool,
-    /// The node held a lease at the last data step.
-    leased: bool,
     /// Where the current loop pass spent its time (for the slow-pass warning).
     pass: PassTimes,
     /// Keeps the data directory's lock held while the daemon runs.
@@ -177,8 +168,6 @@ pub async fn run(
         replica: ReplicaConfig {
             id: node.id,
             voters: config.voter_ids(),
-            // A walk over every shard per entry: the simulation's check, not the daemon's.
-            check_model: false,
             learners: config.learner_ids(),
             heartbeat_ticks: cluster.raft_heartbeat_ticks,
             election_ticks: cluster.raft_election_ticks,
@@ -188,15 +177,21 @@ pub async fn run(
             // The log's fsync runs on its own thread: heartbeats and lease renewals go on
             // while the disk is slow.
             deferred_sync: true,
+            // A walk over every shard per entry: the simulation's check, not the daemon's.
+            check_model: false,
         },
         heartbeat_interval: Duration::from_millis(cluster.heartbeat_interval_ms),
         node_timeout: Duration::from_millis(cluster.node_timeout_ms),
         lease: Duration::from_millis(cluster.lease_ms),
         members: config.nodes.iter().map(|node| NodeId(node.id)).collect(),
         topology: config.topology.clone(),
+        data: DataConfig::default(),
+        // Distinct per run (session and forward ids are drawn from it), 24 bits.
+        data_incarnation: entropy(node.id) & 0xff_ffff,
+        compaction: CompactionPolicy::default(),
     };
     let logger = tandem_raft::logging::raft_logger(node.id);
-    let opened = Node::open(settings, disk, &logger).context("open raft log")?;
+    let mut opened = Node::open(settings, disk, &logger).context("open raft log")?;
     let recovery = opened.replica().recovery().clone();
     if let Some((file, offset, dropped)) = &recovery.torn_tail {
         tracing::warn!(%file, offset, dropped_bytes = dropped, "recovered from a torn raft log tail");
@@ -243,16 +238,16 @@ pub async fn run(
         .collect();
     let data_peers = PeerSender::start(peer_addrs.clone(), stats.clone());
     let peers = PeerSender::start(peer_addrs, stats.clone());
-    let opened_replicas = ReplicaStore::open(data_dir.join("replicas"))?;
-    let mut data = DataPlane::new(
-        NodeId(node.id),
-        DataConfig::default(),
-        // Distinct per run (session and forward ids are drawn from it), 24 bits.
-        entropy(node.id) & 0xff_ffff,
-    );
-    for (id, recovered) in opened_replicas.replicas {
-        tracing::info!(shard = %id.shard, unit = %id.unit, version = recovered.replica.version(), complete = recovered.complete, "replica read back");
-        data.load(id, recovered.replica, recovered.complete);
+    let opened_replicas = crate::replicas::open(data_dir.join("replicas"))?;
+    for found in opened_replicas.replicas {
+        tracing::info!(shard = %found.id.shard, unit = %found.id.unit, version = found.recovered.replica.version(), complete = found.recovered.complete, "replica read back");
+        opened.load_replica(
+            found.id,
+            found.recovered.replica,
+            found.recovered.complete,
+            found.generation,
+            found.len,
+        );
     }
     let (events_tx, mut events, mut data_events) = EventSender::new();
     let sync_events = events_tx.clone();
@@ -355,8 +350,6 @@ pub async fn run(
         started,
         started_monotonic_ns: monotonic_ns(),
         inputs_pending: false,
-        data,
-        replicas: opened_replicas.store,
         writer,
         sync_pace,
         sync_nudge,
@@ -366,9 +359,7 @@ pub async fn run(
         data_peers,
         ingress: Ingress::default(),
         events_tx: events_tx.clone(),
-        data_applied: None,
         registered: false,
-        leased: false,
         pass: PassTimes::default(),
         _lock: lock,
     };
@@ -405,7 +396,6 @@ pub async fn run(
                 iteration = Instant::now();
                 let now = daemon.now();
                 daemon.node.tick(now, wall_ms());
-                daemon.data.tick(now);
             }
             _ = heartbeat.tick() => {
                 iteration = Instant::now();
@@ -436,7 +426,7 @@ pub async fn run(
             // to the units, heartbeats to the peers and the peers' acknowledgements back would
             // not run until the backlog was gone (once the other branches have used up tokio's
             // budget they stay pending until the loop yields).
-            () = tokio::task::yield_now(), if daemon.data.has_pending_work() => {
+            () = tokio::task::yield_now(), if daemon.node.has_data_work() => {
                 iteration = Instant::now();
             }
             () = daemon.writer.resumed(), if paused => {
@@ -570,7 +560,7 @@ impl Daemon {
                 body: Some(Body::Data(message)),
                 ..
             }) => match tandem_proto::data_wire::decode_message(message) {
-                Ok(message) => self.data.on_peer(now, NodeId(from), message),
+                Ok(message) => self.node.on_data_peer(now, NodeId(from), message),
                 Err(error) => {
                     tracing::warn!(from, %error, "undecodable data message dropped")
                 }
@@ -586,23 +576,14 @@ impl Daemon {
                 self.node.on_link_lost(now, from);
             }
             Event::Admin { request, reply } => self.on_admin(request, reply),
-            Event::Unit(event) => {
-                if let UnitEvent::Exited {
-                    unit, generation, ..
-                }
-                | UnitEvent::Disconnected { unit, generation } = &event
-                {
-                    self.data.unit_disconnected(unit, *generation);
-                }
-                self.node.on_unit(now, event)
-            }
+            Event::Unit(event) => self.node.on_unit(now, event),
             Event::Register(registration) => self.on_register(registration),
             Event::UnitData {
                 unit,
                 generation,
                 id,
                 request,
-            } => self.data.on_unit(now, &unit, generation, id, request),
+            } => self.node.on_unit_data(now, &unit, generation, id, request),
             Event::Ingress {
                 shard,
                 payload,
@@ -616,20 +597,15 @@ impl Daemon {
                         peer: peer.to_string(),
                     },
                 };
-                if let Err(reason) = self.data.accept(now, &shard, message) {
+                if let Err(reason) = self.node.accept_message(now, &shard, message) {
                     tracing::debug!(%shard, %peer, %reason, "ingress datagram dropped");
                 }
             }
             Event::ReplicaDisk(Ok(DiskReport::Synced(reports))) => {
-                for (replica, version) in self.replicas.synced(reports) {
-                    self.data.persisted(&replica, version);
-                    self.compact(&replica);
-                }
+                self.node.on_replicas_synced(reports)
             }
             Event::ReplicaDisk(Ok(DiskReport::Installed(done))) => {
-                if let Some((replica, version)) = self.replicas.installed(done) {
-                    self.data.persisted(&replica, version);
-                }
+                self.node.on_compaction_installed(done)
             }
             Event::ReplicaDisk(Err(error)) => {
                 self.disk_failed = Some(format!("replica files: {error}"))
@@ -667,7 +643,6 @@ impl Daemon {
             {
                 if self.node.on_registered(now, &unit, generation) {
                     connection.channel = Some(channel);
-                    self.data.unit_connected(&unit, generation);
                     self.registered = true;
                     Ok(sdk::Welcome {
                         unit: unit.0.clone(),
@@ -723,13 +698,7 @@ impl Daemon {
         }
         if let admin_request::Kind::Status(_) = kind {
             let mut status = crate::status::build(&self.config, &self.name, &self.node, self.now());
-            crate::status::add_data(
-                &mut status,
-                &self.name,
-                &self.data,
-                &self.replicas,
-                self.now(),
-            );
+            crate::status::add_data(&mut status, &self.name, &self.node, self.now());
             let own = AdminResponse {
                 kind: Some(admin_response::Kind::Status(status)),
             };
@@ -850,30 +819,20 @@ impl Daemon {
         Ok(())
     }
 
-    /// Runs the data plane on what the node committed: its view and lease, then carries out
-    /// its output (file writes, messages to peers, answers and deliveries to units, then the
-    /// msync whose versions it hears as durable) and hands its in-sync claims to the node.
+    /// Runs the node's data step on what it committed, carrying out each round of its output
+    /// (messages to peers, answers and deliveries to units, events, then the file operations
+    /// for the writer thread).
     fn data_step(&mut self) -> anyhow::Result<()> {
         if let Some(error) = &self.disk_failed {
             bail!("{error}; stopping");
         }
         let now = self.now();
-        // The view and the restrictions follow the committed state: rebuilt only when it
-        // moved (or a unit registered), not on every event.
-        let applied = self.node.replica().applied_index();
-        let state_moved = self.data_applied != Some(applied);
-        if state_moved {
-            self.data_applied = Some(applied);
-            let view = DataView::from_state(self.node.state(), self.node.id());
-            if self.data.view() != &view {
-                self.data.set_view(now, view);
-            }
-        }
+        let start = self.node.begin_data_step(now);
         // The ingress follows the view and the topology, both of the committed state; between
         // their changes only its grace periods and bind retries move, on the passes of ticks.
-        if state_moved || self.ingress.has_timed_work() {
+        if start.state_moved || self.ingress.has_timed_work() {
             let changes = self.ingress.reconcile(
-                self.data.view(),
+                self.node.data_view(),
                 &self.node.state().topology,
                 self.node.id(),
                 &self.events_tx,
@@ -882,8 +841,7 @@ impl Daemon {
                 self.vip(change);
             }
         }
-        let lease = self.node.lease_until(now);
-        if lease.is_none() && self.leased && !self.data.active_shards().is_empty() {
+        if start.lease_lapsed {
             // Units here act ACTIVE: losing the lease stops them; say why.
             let applied = self.node.replica().applied_index();
             match self.node.newest_grant() {
@@ -896,18 +854,11 @@ impl Daemon {
                 None => tracing::warn!(applied, "this node's lease lapsed (no grant kept)"),
             }
         }
-        self.leased = lease.is_some();
-        self.data.set_lease(lease);
-        self.data.begin_step();
         for _ in 0..DRIVES_PER_WAKEUP_MAX {
-            let output = self.data.take_output(now);
-            if output.is_empty() {
+            let Some(round) = self.node.take_data_round(now) else {
                 break;
-            }
-            for (replica, action) in output.persist {
-                self.replicas.apply(&replica, action);
-            }
-            for (to, message) in &output.messages {
+            };
+            for (to, message) in &round.messages {
                 let envelope = Envelope {
                     cluster: self.config.cluster.name.clone(),
                     from: self.node.id().0,
@@ -916,14 +867,14 @@ impl Daemon {
                 };
                 self.data_peers.send(&envelope);
             }
-            for (unit, generation, id, reply) in &output.replies {
+            for (unit, generation, id, reply) in &round.replies {
                 self.send_to_unit(
                     unit,
                     *generation,
                     agent_to_unit::Kind::Answer(tandem_proto::sdk_wire::encode_answer(*id, reply)),
                 );
             }
-            for (unit, generation, delivery) in &output.deliveries {
+            for (unit, generation, delivery) in &round.deliveries {
                 self.send_to_unit(
                     unit,
                     *generation,
@@ -932,29 +883,22 @@ impl Daemon {
                     )),
                 );
             }
-            for event in &output.events {
+            for event in &round.events {
                 self.log_data_event(event);
             }
             // The disk last, off the loop: what goes out now does not depend on it (a commit
-            // waiting for the local disk is answered after `persisted`, when the sync thread
-            // reports), and the copies sent to STANDBYs are written there meanwhile (the
-            // simulation runs this order, with syncs that come late).
-            self.write_files()?;
+            // waiting for the local disk is answered after a sync is reported), and the
+            // copies sent to STANDBYs are written there meanwhile (the simulation runs this
+            // order, with syncs that come late).
+            self.write_files(round.file_ops)?;
         }
-        // Compactions decided on sync reports, when no output followed them.
-        self.write_files()?;
-        if let Some(claims) = self.data.take_claims_change() {
-            self.node.set_in_sync_claims(claims);
-        }
-        if self
-            .sync_pace
-            .set_awaited(self.data.awaits_local_durability())
-        {
+        let end = self.node.end_data_step();
+        if self.sync_pace.set_awaited(end.awaits_local_durability) {
             // A commit may now wait for the disk: the sync thread must not keep lingering for
             // the in-sync spacing. A sync thread that is gone shows at the next hand-over.
             crate::replicas::SyncPace::nudge(&self.sync_nudge);
         }
-        if state_moved || std::mem::take(&mut self.registered) {
+        if start.state_moved || std::mem::take(&mut self.registered) {
             self.send_restrictions();
         }
         Ok(())
@@ -963,8 +907,7 @@ impl Daemon {
     /// Hands the queued replica file operations to the writer thread. It waits only when the
     /// writer is [`WRITES_QUEUED_MAX`](crate::replicas::WRITES_QUEUED_MAX) behind: that wait
     /// is the pass's `files` time.
-    fn write_files(&mut self) -> anyhow::Result<()> {
-        let ops = self.replicas.take_ops();
+    fn write_files(&mut self, ops: Vec<FileOp>) -> anyhow::Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -977,16 +920,6 @@ impl Daemon {
             })?;
         self.pass.files += waited;
         Ok(())
-    }
-
-    /// Starts replacing the file of `replica` by a compacted one when it grew well past the
-    /// replica; the writer writes it and the sync thread makes it durable and puts it in place.
-    fn compact(&mut self, replica: &ReplicaId) {
-        let Some(held) = self.data.replica(replica) else {
-            return;
-        };
-        let complete = self.data.is_complete(replica);
-        self.replicas.start_compaction(replica, held, complete);
     }
 
     /// Tells each local unit holding a shard its committed processing restriction whenever it
@@ -1090,7 +1023,7 @@ impl Daemon {
                 peer: String::new(),
             },
         };
-        match self.data.accept(now, &shard, message) {
+        match self.node.accept_message(now, &shard, message) {
             Ok(accepted) => {
                 let (outcome, seq) = match accepted {
                     Accepted::Appended(seq) => ("appended", seq),
@@ -1231,11 +1164,6 @@ impl Daemon {
                             (cleanup, Duration::from_millis(spec.timeouts.cleanup_ms))
                         })
                     });
-                if reinitialise {
-                    // Escalation L2: the unit starts from an empty replica, rebuilt by state
-                    // transfer.
-                    self.data.reinitialise(&unit);
-                }
                 let started = supervisor::new_token().and_then(|token| {
                     let pid = self.supervisor.start(
                         &unit,

@@ -5,6 +5,7 @@
 
 use tandem_core::director::View;
 use tandem_core::{ClusterState, NodeId, Observations, Role, Time};
+use tandem_node::Node;
 use tandem_proto::admin::{
     NodeStatus, RoleStatus, ServiceStatus, ShardStatus, Status, UnitRef, UnitStatus,
 };
@@ -227,15 +228,9 @@ fn shards(
 
 /// Adds this node's checkpoint replicas and the replication sessions of the shards it is
 /// primary for.
-pub fn add_data(
-    status: &mut Status,
-    node_name: &str,
-    plane: &tandem_core::data::DataPlane,
-    store: &crate::replicas::ReplicaStore,
-    now: Time,
-) {
-    let view = plane.view();
-    for (id, replica) in plane.replicas() {
+pub fn add_data(status: &mut Status, node_name: &str, node: &Node<FsDisk>, now: Time) {
+    let view = node.data_view();
+    for (id, replica) in node.checkpoint_replicas() {
         let shard_view = view.shards.get(&id.shard);
         let role = match shard_view {
             Some(shard)
@@ -258,13 +253,13 @@ pub fn add_data(
             consumed: replica.consumed(),
             digest: tandem_proto::sdk_wire::digest_hex(replica.digest()),
             sections: replica.section_count() as u64,
-            complete: plane.is_complete(id),
+            complete: node.checkpoint_replica_complete(id),
             bytes: replica.section_bytes(),
             pending: replica.pending_count() as u64,
-            file_bytes: store.file_len(id).unwrap_or(0) as u64,
+            file_bytes: node.replica_file_len(id).unwrap_or(0) as u64,
         });
     }
-    for session in plane.status(now) {
+    for session in node.replication_status(now) {
         status.sessions.push(tandem_proto::admin::SessionInfo {
             node: node_name.to_owned(),
             shard: session.shard.0,
