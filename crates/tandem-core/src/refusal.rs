@@ -34,7 +34,8 @@ pub enum AdminCode {
     NoOp,
     /// It is not allowed in the current state (e.g. unlock-instantiation of an unlocked unit).
     Invalid,
-    /// Another operation on the same target is under way.
+    /// The target is busy: another operation on it is under way, or (a client send) its shard
+    /// holds as many messages as it may until an ACTIVE takes them. Retry later.
     Busy,
     /// A switchover found no STANDBY to switch to.
     NoStandby,

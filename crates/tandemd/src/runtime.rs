@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use tandem_core::data::{Accepted, DataConfig, DataEvent, MessageOrigin, Origin, StreamMessage};
+use tandem_core::data::{
+    Accepted, DataConfig, DataEvent, MessageOrigin, NotAccepted, Origin, StreamMessage,
+};
 use tandem_core::{
     AdminCode, AgentAction, NodeId, ServiceName, ShardName, Time, UnitCommand, UnitName,
 };
@@ -1038,7 +1040,14 @@ impl Daemon {
                     })),
                 }
             }
-            Err(reason) => error_response(AdminCode::Refused, reason),
+            Err(reason) => {
+                let code = match &reason {
+                    NotAccepted::Invalid(_) => AdminCode::BadRequest,
+                    NotAccepted::NoShard(_) => AdminCode::NotFound,
+                    NotAccepted::TooManyHeld { .. } => AdminCode::Busy,
+                };
+                error_response(code, reason.to_string())
+            }
         }
     }
 

@@ -34,8 +34,8 @@ pub mod replica;
 
 pub use digest::Digest;
 pub use plane::{
-    Accepted, DataConfig, DataEvent, DataOutput, DataPlane, DataView, PersistAction, ReplicaId,
-    ReplicaStamp, ShardView,
+    Accepted, DataConfig, DataEvent, DataOutput, DataPlane, DataView, NotAccepted, PersistAction,
+    ReplicaId, ReplicaStamp, ShardView,
 };
 pub use protocol::{
     DataMessage, DataReply, DataRequest, Delivery, Item, RefusalCode, ReplicaStatus, SessionStart,

@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use tandem_core::data::{
-    Accepted, DataEvent, DataMessage, DataReply, DataRequest, DataView, Delivery, ReplicaId,
-    ReplicaStatus, ShardReplica, StreamMessage,
+    Accepted, DataEvent, DataMessage, DataReply, DataRequest, DataView, Delivery, NotAccepted,
+    ReplicaId, ReplicaStatus, ShardReplica, StreamMessage,
 };
 use tandem_core::{NodeId, ShardName, Time, UnitName};
 use tandem_raft::disk::Disk;
@@ -99,7 +99,7 @@ impl<D: Disk> Node<D> {
         now: Time,
         shard: &ShardName,
         message: StreamMessage,
-    ) -> Result<Accepted, String> {
+    ) -> Result<Accepted, NotAccepted> {
         self.data.accept(now, shard, message)
     }
 

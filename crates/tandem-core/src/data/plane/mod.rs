@@ -277,6 +277,25 @@ pub enum Accepted {
     Held,
 }
 
+/// Why an inbound stream message was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAccepted {
+    /// The message is over a limit.
+    #[error("{0}")]
+    Invalid(String),
+    /// No shard of that name has a stream.
+    #[error("there is no shard {0} with a stream")]
+    NoShard(ShardName),
+    /// No ACTIVE takes the shard's messages and the plane holds as many as it may.
+    #[error("shard {shard} has no ACTIVE taking messages and {held} are held already")]
+    TooManyHeld {
+        /// The shard.
+        shard: ShardName,
+        /// Messages held.
+        held: usize,
+    },
+}
+
 #[derive(Debug, Clone)]
 enum SlotRole {
     Idle,

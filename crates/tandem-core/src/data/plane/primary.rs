@@ -286,11 +286,12 @@ fn check_commit(
     if let Some((chain, index)) = chain {
         if index > 0 && primary.queued_chain != Some((generation, chain, index - 1)) {
             return Err(error(
-                    RefusalCode::QueueBroken,
-                    format!(
-                        "queued batch {index} of chain {chain} does not follow the                                  last batch applied (an earlier one was refused)"
-                    ),
-                ));
+                RefusalCode::QueueBroken,
+                format!(
+                    "queued batch {index} of chain {chain} does not follow the last batch \
+                         applied (an earlier one was refused)"
+                ),
+            ));
         }
     }
     if primary.passive && view.acting && primary.epoch == view.epoch {

@@ -434,7 +434,9 @@ impl DataPlane {
             return;
         };
         if session > current {
-            // The Start of a newer session went missing: ask again.
+            // The Start of a newer session went missing: ask again. `verified` stays: until
+            // the new session starts, this replica may be the one the cluster counts in sync,
+            // and `on_start` must not empty it for a full transfer (see there).
             secondary.session = None;
             secondary.follow_sent = None;
             self.dirty.insert(id);

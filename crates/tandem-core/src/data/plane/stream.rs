@@ -13,7 +13,9 @@ use crate::time::Time;
 
 use super::primary::Primary;
 use super::view::ShardView;
-use super::{error, Accepted, DataEvent, DataPlane, PersistAction, ReplicaId, SlotRole};
+use super::{
+    error, Accepted, DataEvent, DataPlane, NotAccepted, PersistAction, ReplicaId, SlotRole,
+};
 
 /// Times a stream message may be forwarded between nodes before it is dropped (a bound on
 /// loops while the nodes' views of the primary disagree).
@@ -29,7 +31,7 @@ impl DataPlane {
         now: Time,
         shard: &ShardName,
         message: StreamMessage,
-    ) -> Result<Accepted, String> {
+    ) -> Result<Accepted, NotAccepted> {
         self.accept_hops(now, shard, message, 0, None)
     }
 
@@ -43,10 +45,10 @@ impl DataPlane {
         message: StreamMessage,
         hops: u32,
         from: Option<NodeId>,
-    ) -> Result<Accepted, String> {
-        check_message(&message)?;
+    ) -> Result<Accepted, NotAccepted> {
+        check_message(&message).map_err(NotAccepted::Invalid)?;
         let Some(view) = self.view.shards.get(shard) else {
-            return Err(format!("there is no shard {shard} with a stream"));
+            return Err(NotAccepted::NoShard(shard.clone()));
         };
         let held_count = self.held.get(shard).map_or(0, VecDeque::len);
         // A primary creates ops only while its node holds a lease: without one it may have
@@ -84,10 +86,10 @@ impl DataPlane {
             _ => {
                 let held = self.held.entry(shard.clone()).or_default();
                 if held.len() >= self.config.held_max {
-                    return Err(format!(
-                        "shard {shard} has no ACTIVE taking messages and {} are held already",
-                        held.len()
-                    ));
+                    return Err(NotAccepted::TooManyHeld {
+                        shard: shard.clone(),
+                        held: held.len(),
+                    });
                 }
                 held.push_back((message, hops));
                 let _ = now;
@@ -218,10 +220,9 @@ impl DataPlane {
             self.out.events.push(DataEvent::Dropped {
                 shard,
                 count: 1,
-                reason: if reason.contains("held") {
-                    "too many messages held"
-                } else {
-                    "refused"
+                reason: match reason {
+                    NotAccepted::TooManyHeld { .. } => "too many messages held",
+                    NotAccepted::Invalid(_) | NotAccepted::NoShard(_) => "refused",
                 },
             });
         }

@@ -278,22 +278,22 @@ impl Net {
     }
 
     fn accept(&mut self, node: u64, payload: &str) -> Accepted {
+        self.try_accept(node, payload).expect("accepted")
+    }
+
+    fn try_accept(&mut self, node: u64, payload: &str) -> Result<Accepted, NotAccepted> {
         let now = self.now;
-        self.planes
-            .get_mut(&node)
-            .unwrap()
-            .accept(
-                now,
-                &shard(),
-                StreamMessage {
-                    payload: payload.as_bytes().to_vec(),
-                    origin: MessageOrigin {
-                        origin: Origin::Udp,
-                        peer: "127.0.0.1:5062".into(),
-                    },
+        self.planes.get_mut(&node).unwrap().accept(
+            now,
+            &shard(),
+            StreamMessage {
+                payload: payload.as_bytes().to_vec(),
+                origin: MessageOrigin {
+                    origin: Origin::Udp,
+                    peer: "127.0.0.1:5062".into(),
                 },
-            )
-            .unwrap()
+            },
+        )
     }
 
     fn delivered(&self, node: u64) -> Vec<(u64, String)> {

@@ -66,3 +66,36 @@ fn stream_messages_reach_the_active_only_once_replicated_and_survive_a_failover(
         })
     ));
 }
+
+#[test]
+fn messages_without_an_active_are_held_up_to_the_limit_then_refused_as_such() {
+    let mut net = Net::with_config(
+        1,
+        DataConfig {
+            held_max: 2,
+            ..DataConfig::default()
+        },
+    );
+    assert!(matches!(
+        net.try_accept(1, "m0"),
+        Err(NotAccepted::NoShard(_))
+    ));
+    // The primary's node has no lease: it takes no messages, they are held.
+    net.assign(1, 1, &[], &[]);
+    net.run();
+    net.planes.get_mut(&1).unwrap().set_lease(None);
+    assert_eq!(net.try_accept(1, "m1"), Ok(Accepted::Held));
+    assert_eq!(net.try_accept(1, "m2"), Ok(Accepted::Held));
+    assert_eq!(
+        net.try_accept(1, "m3"),
+        Err(NotAccepted::TooManyHeld {
+            shard: shard(),
+            held: 2
+        })
+    );
+    let too_long = "x".repeat(crate::data::MESSAGE_LEN_MAX + 1);
+    assert!(matches!(
+        net.try_accept(1, &too_long),
+        Err(NotAccepted::Invalid(_))
+    ));
+}
