@@ -76,8 +76,8 @@ impl Host {
         (self.guest_halt_poll_ns == Some(0)).then(|| {
             "note: this VM's idle vCPUs halt without polling (guest_halt_poll_ns 0): every \
              wakeup of a process on another vCPU exits to the hypervisor, which bounds the \
-             microsecond latencies below; the kernel's default is 200000 (see the README on \
-             checkpoint latency)"
+             microsecond latencies below; the kernel's default is 200000 (see \
+             docs/performance.md on wake-ups)"
                 .to_string()
         })
     }

@@ -177,7 +177,8 @@ pub struct ServiceSpec {
     /// Addresses that follow each shard's ACTIVE.
     pub ingress: BTreeMap<ShardName, IngressSpec>,
     /// Optional commands run on a node when it takes or gives up a shard's ingress (e.g. to
-    /// move a real virtual IP). They get `TANDEM_SHARD`, `TANDEM_UDP` and `TANDEM_TCP`.
+    /// move a real virtual IP). They get `TANDEM_SHARD`, `TANDEM_UDP`, `TANDEM_VIP`
+    /// (`up` or `down`) and `TANDEM_NODE`.
     pub vip_up: Option<ProcessSpec>,
     /// See `vip_up`.
     pub vip_down: Option<ProcessSpec>,

@@ -3,8 +3,8 @@
 //! records, compacted form) and how they are read back is `tandem_node::replica_file`'s; this
 //! module only maps, appends, syncs and renames.
 //!
-//! A file is pre-allocated (zeros) and grown by doubling; records are copied into the map and
-//! made durable with `msync` of the dirty range before the data plane hears that a version is
+//! A file is pre-allocated (zeros) and grown by doubling; records are written (`pwritev`) into
+//! the page cache the map shares and made durable with `msync` of the dirty range before the data plane hears that a version is
 //! on disk. A file that grew well past its replica is replaced by a compacted one (written to
 //! a temporary file, synced, renamed over, directory synced), so a crash leaves either file
 //! whole.

@@ -936,7 +936,9 @@ impl Config {
         // Serializing plain strings and integers into TOML cannot fail; a failure would be a
         // bug in this function's output types.
         let body = toml::to_string(&out).expect("config output types serialize to TOML");
-        format!("# tandem cluster configuration (written by tandem; see Config in tandemd)\n{body}")
+        format!(
+            "# tandem cluster configuration (written by tandem; see tandem_admin::config)\n{body}"
+        )
     }
 
     /// `data_dir` as it must appear in the file so that parsing resolves it back to itself:
