@@ -1,4 +1,5 @@
 //! `cargo run --release -p tandem-bench -- [--trials N] [--only NAME] [--json FILE]`
+//! (`--report A.json B.json ...` prints saved runs side by side instead: see `report`)
 //!
 //! Real `tandemd` processes on loopback, real unit processes (the test unit, which records its
 //! hooks with CLOCK_MONOTONIC timestamps). Each scenario runs its trials and reports min /
@@ -50,6 +51,7 @@ use std::time::{Duration, Instant};
 mod data;
 mod host;
 mod peer;
+mod report;
 mod resp;
 mod wake;
 
@@ -95,6 +97,10 @@ struct Args {
     /// checks its config before anything starts.
     #[arg(long = "cluster", value_name = "KEY=VALUE")]
     cluster: Vec<String>,
+    /// Run nothing: print the headline figures of these saved JSON reports (`--json FILE`)
+    /// side by side, as a Markdown table (one column per file).
+    #[arg(long, value_name = "JSON", num_args = 1..)]
+    report: Vec<std::path::PathBuf>,
 }
 
 /// The `[cluster]` lines of the data scenarios' config: `idle_poll_us` and each `--cluster`
@@ -379,6 +385,10 @@ type Scenario = (
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.report.is_empty() {
+        print!("{}", report::markdown(&args.report)?);
+        return Ok(());
+    }
     if args.trials == 0 {
         bail!("--trials must be at least 1");
     }
