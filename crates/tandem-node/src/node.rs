@@ -1,11 +1,16 @@
-//! The node: replica + liveness tracker + quorum clock + director + agent, driven sans-IO.
+//! The node: Raft replica + liveness tracker + quorum clock + director + agent + data plane
+//! and replica-file books, driven sans-IO.
 //!
 //! Inputs, each with the node's monotonic `now`:
 //! - [`Node::tick`] every Raft tick;
 //! - [`Node::heartbeat`] every heartbeat interval (liveness, leases, reports, planning);
 //! - [`Node::on_peer`] for every message from a peer;
 //! - [`Node::on_unit`] and [`Node::on_registered`] for what happens to this node's units;
-//! - [`Node::admin`] for operator requests (on the leader).
+//! - [`Node::admin`] for operator requests (on the leader);
+//! - [`Node::on_data_peer`], [`Node::on_unit_data`] and [`Node::accept_message`] for the data
+//!   plane (replication, checkpoint and stream calls, inbound stream messages);
+//! - [`Node::on_replicas_synced`] and [`Node::on_compaction_installed`] for what the replica
+//!   files made durable.
 //!
 //! After any input the owner calls [`Node::drive`], which makes writes durable, applies
 //! committed entries, lets the agent reconcile and (on the leader) the director plan, and
