@@ -204,10 +204,8 @@ impl ReplicaBooks {
             book.held = None;
         }
         book.generation = generation;
-        match &action {
-            PersistAction::Op(op) => book.written = op.seq,
-            PersistAction::Reset(snapshot) => book.written = snapshot.version,
-            _ => {}
+        if let Some(version) = action.version() {
+            book.written = version;
         }
         self.queued.push(FileOp::Persist {
             id: id.clone(),

@@ -745,10 +745,8 @@ impl FileWriter {
         // tell its version.
         file.generation = generation;
         file.append_parts(&record)?;
-        match action {
-            PersistAction::Op(op) => file.written = op.seq,
-            PersistAction::Reset(snapshot) => file.written = snapshot.version,
-            _ => {}
+        if let Some(version) = action.version() {
+            file.written = version;
         }
         Ok(())
     }

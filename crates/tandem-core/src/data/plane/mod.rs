@@ -160,6 +160,23 @@ pub enum PersistAction {
     Stamp(ReplicaStamp),
 }
 
+impl PersistAction {
+    /// The replica version its file's records reach once this is written, when it sets one
+    /// (an op, or a reset to a snapshot).
+    pub fn version(&self) -> Option<u64> {
+        match self {
+            PersistAction::Op(op) => Some(op.seq),
+            PersistAction::Reset(snapshot) => Some(snapshot.version),
+            PersistAction::Sections(_)
+            | PersistAction::Messages(_)
+            | PersistAction::Complete
+            | PersistAction::Incomplete
+            | PersistAction::Remove
+            | PersistAction::Stamp(_) => None,
+        }
+    }
+}
+
 /// What a replica file's stamp says of the replica its records make (the file's length, the
 /// writer's to add).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
