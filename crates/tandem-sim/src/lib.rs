@@ -34,9 +34,10 @@ pub mod net;
 pub mod node;
 pub mod rng;
 mod sim;
+mod topology;
 pub mod unit;
 
-pub use sim::topology;
+pub use topology::topology;
 
 use std::fmt;
 use std::time::Duration;

@@ -11,9 +11,8 @@ use tandem_core::data::{
     ReplicaId, StreamMessage, Write,
 };
 use tandem_core::{
-    AdminOp, AdminState, AdminTarget, AgentAction, Command, EscalationPolicy, ModelEvent, NodeId,
-    ProcessSpec, RedundancyModel, Role, ServiceSpec, Severity, ShardName, SwitchoverTarget, Time,
-    Topology, UnitCommand, UnitName, UnitSpec, UnitTimeouts,
+    AdminOp, AdminState, AdminTarget, AgentAction, Command, ModelEvent, NodeId, Role, Severity,
+    ShardName, SwitchoverTarget, Time, Topology, UnitCommand, UnitName,
 };
 use tandem_node::{
     AdminAction, CompactionPolicy, FileOp, Node, NodeEvent, NodeOutput, NodeSettings, PeerMessage,
@@ -28,6 +27,7 @@ use crate::disk::SimDisk;
 use crate::net::{Network, Wire};
 use crate::node::{Inbound, SimNode, Status, INBOX_LEN_MAX};
 use crate::rng::{mix, Rng};
+use crate::topology::topology;
 use crate::unit::SimUnit;
 use crate::{FailureKind, SimConfig, SimFailure, SimReport};
 
@@ -206,89 +206,6 @@ enum CrashKind {
     Idle,
     /// During a write: the fsync of the last append never returned.
     MidWrite,
-}
-
-/// The topology every run uses: a 2n pair and a no-redundancy singleton on 3 nodes, plus an
-/// n+m pool and an n-way-active front end on 5; a node-restart command for ladder L3.
-pub fn topology(nodes: usize) -> Topology {
-    let service = |name: &str, model, units: &[(&str, u64)], shards: &[&str]| {
-        let mut spec = ServiceSpec::new(
-            name,
-            model,
-            units
-                .iter()
-                .map(|(unit, node)| UnitSpec {
-                    name: (*unit).into(),
-                    node: NodeId(*node),
-                    rank: 0,
-                })
-                .collect(),
-            shards.iter().map(|shard| (*shard).into()).collect(),
-            vec![format!("/sim/{name}")],
-        );
-        spec.timeouts = UnitTimeouts {
-            instantiate_ms: 1_000,
-            terminate_ms: 100,
-            cleanup_ms: 100,
-            health_interval_ms: 100,
-            health_timeout_ms: 300,
-            callback_ms: 500,
-        };
-        spec.escalation = EscalationPolicy {
-            window_ms: 2_000,
-            ..EscalationPolicy::default()
-        };
-        spec
-    };
-    // The singleton climbs its ladder quickly (one fault per level in a long window), so runs
-    // reach L2, L3 (node restart) and L5.
-    let mut solo = service(
-        "solo",
-        RedundancyModel::NoRedundancy,
-        &[("s1", 3)],
-        &["solo-0"],
-    );
-    solo.escalation = EscalationPolicy {
-        reset_max: 1,
-        restart_max: 1,
-        reinitialise_max: 1,
-        node_restart_max: 1,
-        window_ms: 10_000,
-        relocate: true,
-    };
-    let mut services = vec![
-        service(
-            "pair",
-            RedundancyModel::TwoN,
-            &[("p1", 1), ("p2", 2)],
-            &["pair-0", "pair-1"],
-        ),
-        solo,
-    ];
-    if nodes >= 5 {
-        services.push(service(
-            "pool",
-            RedundancyModel::NPlusM { active_units: 2 },
-            &[("u1", 1), ("u2", 2), ("u3", 3)],
-            &["pool-0", "pool-1", "pool-2", "pool-3"],
-        ));
-        services.push(service(
-            "front",
-            RedundancyModel::NWayActive {
-                actives_per_shard: 0,
-            },
-            &[("f1", 4), ("f2", 5)],
-            &["front-0"],
-        ));
-    }
-    Topology {
-        services,
-        node_restart: Some(ProcessSpec {
-            argv: vec!["/sim/reboot".into()],
-            ..ProcessSpec::default()
-        }),
-        ..Topology::default()
-    }
 }
 
 /// The whole simulated world.
