@@ -21,7 +21,7 @@ use tandem_core::ShardName;
 use tandem_node::replica_file::{self, Recovered};
 use tandem_node::{FileOp, Installed, Synced};
 
-use crate::check::Violation;
+use crate::checks::{violation, Violation};
 use crate::rng::Rng;
 use crate::FailureKind;
 
@@ -415,10 +415,6 @@ pub fn message_id(payload: &[u8]) -> Option<u64> {
         .strip_prefix('m')?
         .parse()
         .ok()
-}
-
-fn violation(kind: FailureKind, detail: String) -> Violation {
-    Violation { kind, detail }
 }
 
 /// What the checker knows of one key.

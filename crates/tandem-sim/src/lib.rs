@@ -17,7 +17,7 @@
 //! - **workload**: clients propose `Noop`s with unique nonces to the leader, and every node
 //!   sends liveness heartbeats to the leader, whose tracker commits `SetNodeLiveness`.
 //!
-//! The checkers ([`check`]) verify election safety, leader completeness, that committed
+//! The checkers ([`checks`]) verify election safety, leader completeness, that committed
 //! entries are never lost or changed, ordered progress per node and equal cluster models.
 //! After the fault phase the world calms down (partitions heal, crashed nodes restart, no
 //! more loss or pauses) and the run must show liveness within `liveness_bound` (see
@@ -27,7 +27,7 @@
 //! so a failing seed replays exactly:
 //! `TANDEM_SEED=<seed> cargo test -p tandem-sim --test sim -- replay --nocapture`.
 
-pub mod check;
+pub mod checks;
 pub mod data;
 pub mod disk;
 pub mod net;
@@ -42,7 +42,7 @@ pub use topology::topology;
 use std::fmt;
 use std::time::Duration;
 
-pub use check::LoggedEntry;
+pub use checks::raft::LoggedEntry;
 
 /// What to simulate. Build it with [`SimConfig::for_seed`], which is also what the replay
 /// command uses, so only the seed needs to be reported.

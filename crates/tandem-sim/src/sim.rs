@@ -21,7 +21,8 @@ use tandem_node::{
 use tandem_proto::Message as _;
 use tandem_raft::{ReplicaConfig, WalOptions};
 
-use crate::check::{self, Checker, LoggedEntry, Violation, CONTEXT_CLIENT, CONTEXT_PROBE};
+use crate::checks::raft::{self, Checker, LoggedEntry, CONTEXT_CLIENT, CONTEXT_PROBE};
+use crate::checks::Violation;
 use crate::data::{applied_key, message_id, DataChecker, PendingData, ReplicaFiles, UnitData};
 use crate::disk::SimDisk;
 use crate::net::{Network, Wire};
@@ -1047,7 +1048,7 @@ impl Sim {
                     ),
                 });
             }
-            if let Some((kind, nonce)) = check::decode_context(&applied.context) {
+            if let Some((kind, nonce)) = raft::decode_context(&applied.context) {
                 if kind == CONTEXT_CLIENT && self.proposals.get(&nonce) == Some(&id) {
                     self.proposals.remove(&nonce);
                     self.report.proposals_acknowledged += 1;
@@ -2126,7 +2127,7 @@ impl Sim {
         if node
             .propose_raw(
                 &Command::Noop { nonce },
-                check::encode_context(CONTEXT_CLIENT, nonce),
+                raft::encode_context(CONTEXT_CLIENT, nonce),
             )
             .is_ok()
         {
@@ -2460,7 +2461,7 @@ impl Sim {
         let nonce = PROBE_NONCE_BASE + self.probes.len() as u64;
         let proposed = self.nodes[leader].node().propose_raw(
             &Command::Noop { nonce },
-            check::encode_context(CONTEXT_PROBE, nonce),
+            raft::encode_context(CONTEXT_PROBE, nonce),
         );
         if proposed.is_ok() {
             self.probes.push(nonce);

@@ -1,4 +1,4 @@
-//! The safety checkers. They watch what every replica reports and compare it against a global
+//! The Raft checker. It watches what every replica reports and compare it against a global
 //! record kept across the whole run, crashes included.
 //!
 //! - Election safety: at most one leader per term.
@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use tandem_core::{ClusterState, Command, NodeId};
 use tandem_raft::{Applied, Replica};
 
+use crate::checks::{violation, Violation};
 use crate::disk::SimDisk;
 use crate::FailureKind;
 
@@ -36,19 +37,6 @@ pub struct LoggedEntry {
     pub command: Option<Command>,
     /// The proposer's context bytes.
     pub context: Vec<u8>,
-}
-
-/// A broken invariant, before the simulation adds seed and time.
-#[derive(Debug)]
-pub struct Violation {
-    /// Which invariant.
-    pub kind: FailureKind,
-    /// What was seen.
-    pub detail: String,
-}
-
-fn violation(kind: FailureKind, detail: String) -> Violation {
-    Violation { kind, detail }
 }
 
 /// Context bytes the simulation's clients put on their proposals: a kind byte and a nonce.
