@@ -14,7 +14,7 @@
 //! - **Replicas agree at quiescent points**: at the end, every STANDBY is in sync, at the
 //!   ACTIVE's version, with the same digest; each digest equals one computed from scratch.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tandem_core::data::{PersistAction, ReplicaId, ShardReplica, Write};
 use tandem_core::ShardName;
@@ -23,6 +23,7 @@ use tandem_node::{FileOp, Installed, Synced};
 
 use crate::checks::{violation, Violation};
 use crate::rng::Rng;
+use crate::workload::stream::applied_key;
 use crate::FailureKind;
 
 /// One replica file: its bytes and how much of them is synced, its stamp (rewritten in
@@ -327,94 +328,6 @@ pub struct RecoveredFile {
     pub generation: u64,
     /// Its length in bytes.
     pub len: usize,
-}
-
-/// A data request of a simulated unit waiting for its answer.
-#[derive(Debug, Clone)]
-pub enum PendingData {
-    /// A commit of the write workload.
-    Writes {
-        /// The checker's issue number.
-        issue: u64,
-        /// The shard.
-        shard: ShardName,
-        /// The epoch it was made at.
-        epoch: u64,
-        /// What it wrote.
-        writes: Vec<Write>,
-        /// Sync or async.
-        sync: bool,
-    },
-    /// The commit applying a stream message.
-    Apply {
-        /// The shard.
-        shard: ShardName,
-        /// The epoch it was made at.
-        epoch: u64,
-        /// The message's id.
-        id: u64,
-        /// Its stream position.
-        seq: u64,
-    },
-    /// The request to start delivering a shard's stream.
-    Deliver {
-        /// The shard.
-        shard: ShardName,
-    },
-}
-
-/// What a simulated unit remembers about the data plane.
-#[derive(Debug, Clone, Default)]
-pub struct UnitData {
-    /// Requests waiting for answers, by request id.
-    pub pending: BTreeMap<u64, PendingData>,
-    /// Deliveries waiting to be applied, per shard: (seq, message id).
-    pub queue: BTreeMap<ShardName, VecDeque<(u64, u64)>>,
-    /// Shards with a message being applied.
-    pub busy: BTreeSet<ShardName>,
-    /// Last seq delivered, per shard.
-    pub last_delivered: BTreeMap<ShardName, u64>,
-    /// Shards whose stream the unit asked for and whose answer has not come: deliveries
-    /// before it belong to an older round and are dropped.
-    pub awaiting: BTreeSet<ShardName>,
-    /// The request id of the newest `Deliver` per shard: only its answer starts the round (an
-    /// answer to an older one is followed by that older round's deliveries).
-    pub round: BTreeMap<ShardName, u64>,
-    /// Last seq whose application was acknowledged, and the epoch of that commit, per shard.
-    pub last_applied: BTreeMap<ShardName, (u64, u64)>,
-    /// When the last message on the unit's SDK socket towards the unit arrives (simulated
-    /// time): the socket keeps order, so later ones arrive after it.
-    pub inbound_at: u64,
-    /// The same for messages from the unit to its agent.
-    pub outbound_at: u64,
-}
-
-impl UnitData {
-    /// When a message sent now with `delay` arrives, keeping the socket's order.
-    pub fn inbound(&mut self, now: u64, delay: u64) -> u64 {
-        self.inbound_at = (now + delay).max(self.inbound_at + 1);
-        self.inbound_at - now
-    }
-
-    /// The same towards the agent.
-    pub fn outbound(&mut self, now: u64, delay: u64) -> u64 {
-        self.outbound_at = (now + delay).max(self.outbound_at + 1);
-        self.outbound_at - now
-    }
-}
-
-/// The section a unit writes when it applies message `id`.
-pub fn applied_key(id: u64) -> Vec<u8> {
-    format!("applied/{id:012}").into_bytes()
-}
-
-/// The id in a stream message's payload.
-pub fn message_id(payload: &[u8]) -> Option<u64> {
-    std::str::from_utf8(payload)
-        .ok()?
-        .strip_prefix('m')?
-        .parse()
-        .ok()
 }
 
 /// What the checker knows of one key.

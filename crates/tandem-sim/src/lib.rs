@@ -35,7 +35,7 @@ pub mod node;
 pub mod rng;
 mod sim;
 mod topology;
-pub mod unit;
+pub mod workload;
 
 pub use topology::topology;
 

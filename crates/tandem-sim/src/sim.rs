@@ -2,34 +2,31 @@
 //! generator and the workload.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use tandem_core::data::{
-    DataConfig, DataEvent, DataMessage, DataReply, DataRequest, Delivery, MessageOrigin, Origin,
-    ReplicaId, StreamMessage, Write,
-};
+use tandem_core::data::{DataConfig, DataEvent, DataMessage, DataReply, Delivery, ReplicaId};
 use tandem_core::{
-    AdminOp, AdminState, AdminTarget, AgentAction, Command, ModelEvent, NodeId, Role, Severity,
-    ShardName, SwitchoverTarget, Time, Topology, UnitCommand, UnitName,
+    AgentAction, Command, ModelEvent, NodeId, Role, Severity, ShardName, Time, Topology,
+    UnitCommand, UnitName,
 };
 use tandem_node::{
-    AdminAction, CompactionPolicy, FileOp, Node, NodeEvent, NodeOutput, NodeSettings, PeerMessage,
-    UnitEvent,
+    CompactionPolicy, FileOp, Node, NodeEvent, NodeOutput, NodeSettings, PeerMessage, UnitEvent,
 };
 use tandem_proto::Message as _;
 use tandem_raft::{ReplicaConfig, WalOptions};
 
 use crate::checks::raft::{self, Checker, LoggedEntry, CONTEXT_CLIENT, CONTEXT_PROBE};
 use crate::checks::Violation;
-use crate::data::{applied_key, message_id, DataChecker, PendingData, ReplicaFiles, UnitData};
+use crate::data::{DataChecker, ReplicaFiles};
 use crate::disk::SimDisk;
 use crate::net::{Network, Wire};
 use crate::node::{Inbound, SimNode, Status, INBOX_LEN_MAX};
 use crate::rng::{mix, Rng};
 use crate::topology::topology;
-use crate::unit::SimUnit;
+use crate::workload::operator::ADMIN_ID_BASE;
+use crate::workload::units::{SimUnit, UnitData};
 use crate::{FailureKind, SimConfig, SimFailure, SimReport};
 
 /// A node's raft tick, in microseconds of its own clock.
@@ -52,10 +49,6 @@ const DRIFT_PPM_MAX: u64 = 10_000;
 const PROBE_NONCE_BASE: u64 = 1 << 62;
 /// A run handling more events than this is stuck in a loop.
 const EVENTS_MAX: u64 = 20_000_000;
-/// Admin request ids of the simulated operator start here.
-const ADMIN_ID_BASE: u64 = 1 << 40;
-/// Data requests a unit keeps outstanding at most (the write workload waits beyond).
-const UNIT_DATA_PENDING_MAX: usize = 4;
 /// Chance (per million) that a data step leaves its replica writes unsynced until the next
 /// one, so a crash can find (and tear) an unsynced tail.
 const REPLICA_SYNC_DELAY_PPM: u64 = 200_000;
@@ -83,7 +76,7 @@ const INTAKE_BATCH_US: u64 = 200;
 
 /// Something that happens at a point of simulated time.
 #[derive(Debug)]
-enum Event {
+pub(crate) enum Event {
     /// A node's raft tick.
     Tick { node: usize, epoch: u64 },
     /// A node's heartbeat timer.
@@ -180,29 +173,29 @@ impl Ord for Scheduled {
 /// Per-seed knobs ("swarm testing": each seed enables its own mix of faults, so some runs
 /// hammer one kind of fault instead of diluting every kind).
 #[derive(Debug)]
-struct Params {
-    crashes: bool,
-    pauses: bool,
-    partitions: bool,
-    weather: bool,
-    unit_faults: bool,
-    operator: bool,
+pub(crate) struct Params {
+    pub(crate) crashes: bool,
+    pub(crate) pauses: bool,
+    pub(crate) partitions: bool,
+    pub(crate) weather: bool,
+    pub(crate) unit_faults: bool,
+    pub(crate) operator: bool,
     /// Longest gap between fault actions, microseconds.
-    fault_gap_max_us: u64,
+    pub(crate) fault_gap_max_us: u64,
     /// Longest gap between client proposals, microseconds.
-    client_gap_max_us: u64,
+    pub(crate) client_gap_max_us: u64,
     /// Whether peers hear of closed connections: a crashed node's at once, and some cut by
     /// a partition (a reset), while the node behind them lives on.
-    link_loss: bool,
+    pub(crate) link_loss: bool,
     /// Whether nodes take their units' data calls in batches, as tandemd's loop does under
     /// load: a call waits up to [`INTAKE_BATCH_US`] for the node's next pass, so commits that
     /// arrive together share one op.
-    batched_intake: bool,
+    pub(crate) batched_intake: bool,
 }
 
 /// How a node goes down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CrashKind {
+pub(crate) enum CrashKind {
     /// Between two events: nothing unsynced is on the disk (unless garbage is added).
     Idle,
     /// During a write: the fsync of the last append never returned.
@@ -211,18 +204,18 @@ enum CrashKind {
 
 /// The whole simulated world.
 pub(crate) struct Sim {
-    config: SimConfig,
-    params: Params,
-    topology: Topology,
+    pub(crate) config: SimConfig,
+    pub(crate) params: Params,
+    pub(crate) topology: Topology,
     /// Simulated time, microseconds.
-    now: u64,
+    pub(crate) now: u64,
     /// Scheduling counter, the tie-breaker of the queue.
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
-    nodes: Vec<SimNode>,
+    pub(crate) nodes: Vec<SimNode>,
     voters: Vec<u64>,
     /// Unit processes by pid.
-    processes: BTreeMap<u32, SimUnit>,
+    pub(crate) processes: BTreeMap<u32, SimUnit>,
     next_pid: u32,
     net: Network,
     faults: Rng,
@@ -240,41 +233,41 @@ pub(crate) struct Sim {
     /// Which closed connections peers hear of, and when (a stream of its own too).
     link_rng: Rng,
     /// Batched intake's delays.
-    intake_rng: Rng,
+    pub(crate) intake_rng: Rng,
     /// The last commit answered: shard, epoch, version (to count merged commits).
-    last_committed: Option<(ShardName, u64, u64)>,
-    workload: Rng,
-    unit_rng: Rng,
+    pub(crate) last_committed: Option<(ShardName, u64, u64)>,
+    pub(crate) workload: Rng,
+    pub(crate) unit_rng: Rng,
     checker: Checker,
-    report: SimReport,
+    pub(crate) report: SimReport,
     logger: slog::Logger,
     /// Whether faults are still being injected.
-    faults_active: bool,
+    pub(crate) faults_active: bool,
     /// When the fault phase ended.
     calm_since: Option<u64>,
     /// The next client nonce.
-    next_nonce: u64,
+    pub(crate) next_nonce: u64,
     /// Client nonce → the node that accepted the proposal, until that node applies it.
-    proposals: BTreeMap<u64, u64>,
+    pub(crate) proposals: BTreeMap<u64, u64>,
     /// Nonces of the probes proposed after the fault phase.
     probes: Vec<u64>,
     /// Set once a probe was applied on every node.
     probe_done: bool,
     /// Active partitions: id → cut links.
-    partitions: BTreeMap<u64, Vec<(u64, u64)>>,
+    pub(crate) partitions: BTreeMap<u64, Vec<(u64, u64)>>,
     next_partition: u64,
     /// Next admin request id.
-    next_admin: u64,
+    pub(crate) next_admin: u64,
     /// Set when the run's goals after the faults are met: the run is over.
-    done: bool,
+    pub(crate) done: bool,
     /// The data invariants.
-    data_checker: DataChecker,
+    pub(crate) data_checker: DataChecker,
     /// Next data request id (unique in the run).
-    next_data_request: u64,
+    pub(crate) next_data_request: u64,
     /// Next stream message id.
-    next_message: u64,
+    pub(crate) next_message: u64,
     /// Next value written by the write workload.
-    next_value: u64,
+    pub(crate) next_value: u64,
 }
 
 impl Sim {
@@ -450,7 +443,7 @@ impl Sim {
         })
     }
 
-    fn schedule(&mut self, delay_us: u64, event: Event) {
+    pub(crate) fn schedule(&mut self, delay_us: u64, event: Event) {
         self.seq += 1;
         self.queue.push(Reverse(Scheduled {
             at: self.now + delay_us,
@@ -459,7 +452,7 @@ impl Sim {
         }));
     }
 
-    fn trace(&self, message: impl FnOnce() -> String) {
+    pub(crate) fn trace(&self, message: impl FnOnce() -> String) {
         if self.config.verbose {
             eprintln!(
                 "[{:>14}] {}",
@@ -551,20 +544,7 @@ impl Sim {
                 ok,
             } => self.on_unit_answer(pid, request, command, ok),
             Event::UnitExit { pid } => {
-                if let Some(process) = self.processes.remove(&pid) {
-                    let unit = self.unit_of(&process);
-                    self.send_input(
-                        process.node,
-                        process.life,
-                        0,
-                        Inbound::Unit(UnitEvent::Exited {
-                            unit,
-                            generation: process.generation,
-                            code: Some(0),
-                            signal: None,
-                        }),
-                    );
-                }
+                self.on_unit_exit(pid);
                 Ok(())
             }
             Event::NodeInput { node, life, input } => self.on_node_input(node, life, input),
@@ -624,7 +604,12 @@ impl Sim {
 
     /// An input for a node: handled now if it runs, queued if paused, dropped if crashed (or
     /// if it belongs to a previous life of the node).
-    fn on_node_input(&mut self, node: usize, life: u64, input: Inbound) -> Result<(), Violation> {
+    pub(crate) fn on_node_input(
+        &mut self,
+        node: usize,
+        life: u64,
+        input: Inbound,
+    ) -> Result<(), Violation> {
         if self.nodes[node].life != life {
             return Ok(());
         }
@@ -778,7 +763,7 @@ impl Sim {
 
     /// Drives a node and its data plane; when the data plane's in-sync claims change, the node
     /// is driven again so its report goes out at once.
-    fn drive(&mut self, node: usize) -> Result<(), Violation> {
+    pub(crate) fn drive(&mut self, node: usize) -> Result<(), Violation> {
         for _ in 0..3 {
             self.drive_node(node)?;
             if !self.data_step(node)? {
@@ -1237,7 +1222,7 @@ impl Sim {
         self.schedule(timer, Event::Timer { node, epoch });
     }
 
-    fn crash(&mut self, node: usize, kind: CrashKind) {
+    pub(crate) fn crash(&mut self, node: usize, kind: CrashKind) {
         let id = self.nodes[node].id;
         let disk = self.nodes[node].disk.clone();
         let sim_node = &mut self.nodes[node];
@@ -1349,22 +1334,9 @@ impl Sim {
         self.drive(node)
     }
 
-    // ----- unit processes -----
-
-    fn unit_of(&self, process: &SimUnit) -> UnitName {
-        process.unit.clone()
-    }
-
     /// Schedules an input for a node from its own units or supervisor, `delay_us` later.
-    fn send_input(&mut self, node: usize, life: u64, delay_us: u64, input: Inbound) {
+    pub(crate) fn send_input(&mut self, node: usize, life: u64, delay_us: u64, input: Inbound) {
         self.schedule(delay_us, Event::NodeInput { node, life, input });
-    }
-
-    fn find_process(&self, node: usize, unit: &UnitName, generation: u64) -> Option<u32> {
-        self.processes
-            .iter()
-            .find(|(_, p)| p.node == node && &p.unit == unit && p.generation == generation)
-            .map(|(pid, _)| *pid)
     }
 
     /// Carries out an agent's action in the simulated world.
@@ -1502,140 +1474,6 @@ impl Sim {
         }
     }
 
-    fn on_unit_register(&mut self, pid: u32) -> Result<(), Violation> {
-        let Some(process) = self.processes.get(&pid) else {
-            return Ok(());
-        };
-        if process.hung {
-            return Ok(());
-        }
-        let input = Inbound::Register(process.unit.clone(), process.generation);
-        let (node, life) = (process.node, process.life);
-        self.on_node_input(node, life, input)
-    }
-
-    fn on_unit_request(
-        &mut self,
-        pid: u32,
-        request: u64,
-        command: UnitCommand,
-    ) -> Result<(), Violation> {
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return Ok(());
-        };
-        if process.hung {
-            return Ok(());
-        }
-        if let UnitCommand::Assign {
-            shard,
-            role: Role::Active,
-            epoch,
-        } = &command
-        {
-            // From here the unit acts ACTIVE (its hook runs): its replica must hold every
-            // acknowledged sync write.
-            let (node, unit) = (process.node, process.unit.clone());
-            let replica_id = ReplicaId {
-                shard: shard.clone(),
-                unit: unit.clone(),
-            };
-            if let Some(replica) = self.nodes[node]
-                .node
-                .as_ref()
-                .and_then(|n| n.checkpoint_replica(&replica_id))
-            {
-                self.data_checker
-                    .check_active(shard, *epoch, unit.as_str(), replica)?;
-            }
-        }
-        let process = self.processes.get_mut(&pid).expect("exists");
-        match &command {
-            UnitCommand::Assign { shard, role, .. } if *role != Role::Active => {
-                process.data.queue.remove(shard);
-            }
-            UnitCommand::Assign { shard, .. } => {
-                // Until the hook is done and the unit asked for the stream, what arrives is
-                // from an older round.
-                process.data.queue.remove(shard);
-                process.data.awaiting.insert(shard.clone());
-            }
-            UnitCommand::Quiesce { shard, .. } | UnitCommand::Remove { shard } => {
-                process.data.queue.remove(shard);
-            }
-            _ => {}
-        }
-        process.belief.on_request(&command);
-        let rng = &mut self.unit_rng;
-        let (delay, ok) = if command == UnitCommand::Health {
-            (rng.between(100, 2_000), true)
-        } else if rng.chance(30_000) {
-            // Slower than the hook timeout (500 ms) now and then.
-            (rng.between(100_000, 900_000), true)
-        } else {
-            (rng.between(100, 10_000), !rng.chance(5_000))
-        };
-        self.schedule(
-            delay,
-            Event::UnitAnswer {
-                pid,
-                request,
-                command,
-                ok,
-            },
-        );
-        Ok(())
-    }
-
-    fn on_unit_answer(
-        &mut self,
-        pid: u32,
-        request: u64,
-        command: UnitCommand,
-        ok: bool,
-    ) -> Result<(), Violation> {
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return Ok(());
-        };
-        if process.hung {
-            return Ok(());
-        }
-        if ok {
-            process.belief.on_done(&command);
-            if let UnitCommand::Assign {
-                shard,
-                role: Role::Active,
-                epoch,
-            } = &command
-            {
-                self.start_delivery_round(pid, shard, *epoch);
-            }
-        }
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return Ok(());
-        };
-        if command != UnitCommand::Health && self.config.verbose {
-            let unit = process.unit.clone();
-            self.trace(|| format!("{unit} (pid {pid}) answers #{request} ok={ok}"));
-        }
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return Ok(());
-        };
-        let input = Inbound::Unit(UnitEvent::Reply {
-            unit: process.unit.clone(),
-            generation: process.generation,
-            request,
-            result: if ok {
-                Ok(())
-            } else {
-                Err("simulated hook error".into())
-            },
-        });
-        let (node, life) = (process.node, process.life);
-        let delay = self.unit_rng.between(50, 300);
-        self.send_input(node, life, delay, input);
-        Ok(())
-    }
-
     /// At most one unit acts for a shard of a single-ACTIVE model at any instant, judged by
     /// what the units believe (on their own clocks).
     fn check_one_active(&self) -> Result<(), Violation> {
@@ -1680,400 +1518,7 @@ impl Sim {
         Ok(())
     }
 
-    // ----- units and the data plane -----
-
-    /// Sends a data request from unit process `pid` to its agent.
-    /// Sends a data request of a unit; returns its id.
-    fn unit_data_request(
-        &mut self,
-        pid: u32,
-        body: DataRequest,
-        pending: PendingData,
-    ) -> Option<u64> {
-        let process = self.processes.get_mut(&pid)?;
-        let request = self.next_data_request;
-        self.next_data_request += 1;
-        process.data.pending.insert(request, pending);
-        let input = Inbound::Data {
-            unit: process.unit.clone(),
-            generation: process.generation,
-            request,
-            body,
-        };
-        let (node, life) = (process.node, process.life);
-        let delay = self.unit_rng.between(20, 200);
-        let delay = process.data.outbound(self.now, delay);
-        self.send_input(node, life, delay, input);
-        Some(request)
-    }
-
-    fn on_unit_data_reply(
-        &mut self,
-        pid: u32,
-        request: u64,
-        reply: DataReply,
-    ) -> Result<(), Violation> {
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return Ok(());
-        };
-        if process.hung {
-            return Ok(());
-        }
-        let Some(pending) = process.data.pending.remove(&request) else {
-            return Ok(());
-        };
-        if self.config.verbose {
-            let unit = process.unit.clone();
-            self.trace(|| format!("{unit} (pid {pid}) data #{request} {pending:?} -> {reply:?}"));
-        }
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return Ok(());
-        };
-        match (pending, reply) {
-            (
-                PendingData::Writes {
-                    issue,
-                    shard,
-                    epoch,
-                    writes,
-                    sync,
-                },
-                DataReply::Committed { version },
-            ) => {
-                let answered = (shard.clone(), epoch, version);
-                if self.last_committed.as_ref() == Some(&answered) {
-                    self.report.commits_merged += 1;
-                }
-                self.last_committed = Some(answered);
-                if sync {
-                    self.report.sync_commits_acked += 1;
-                    self.data_checker
-                        .on_acked(&shard, epoch, version, &writes, issue);
-                }
-            }
-            (
-                PendingData::Apply {
-                    shard,
-                    epoch,
-                    id,
-                    seq,
-                },
-                DataReply::Committed { .. },
-            ) => {
-                self.report.messages_applied += 1;
-                process.data.busy.remove(&shard);
-                process
-                    .data
-                    .last_applied
-                    .insert(shard.clone(), (seq, epoch));
-                self.trace(|| format!("pid {pid} applied m{id} on {shard}"));
-                self.apply_next(pid, &shard);
-            }
-            (PendingData::Apply { shard, .. }, _) => {
-                // No longer ACTIVE (or the epoch changed): whatever was queued is redelivered
-                // to whoever is ACTIVE next.
-                process.data.busy.remove(&shard);
-                process.data.queue.remove(&shard);
-            }
-            (
-                PendingData::Writes { shard, writes, .. },
-                DataReply::Error {
-                    code: tandem_core::data::RefusalCode::OutcomeUnknown,
-                    ..
-                },
-            ) => self.data_checker.on_uncertain(&shard, &writes),
-            (PendingData::Deliver { shard }, _) => {
-                // The answer to an older `Deliver` than the newest is followed by that older
-                // round's deliveries; the round the unit asked for last starts with its own.
-                if process.data.round.get(&shard) == Some(&request) {
-                    process.data.awaiting.remove(&shard);
-                }
-            }
-            (PendingData::Writes { .. }, _) => {}
-        }
-        Ok(())
-    }
-
-    /// The unit (again) takes the stream of `shard`, from the first message not consumed:
-    /// what was queued or dropped before comes again.
-    fn start_delivery_round(&mut self, pid: u32, shard: &ShardName, epoch: u64) {
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return;
-        };
-        process.data.queue.remove(shard);
-        // The round starts after what this unit applied: the plane delivers from the replica's
-        // consumed position, which holds every acknowledged application (each is a sync
-        // commit). Unless the cluster reported a possible loss since that application: the
-        // stream then continues from the new ACTIVE's replica, whose positions are a different
-        // history and may be below the old one's (seqs compare only within one history). A
-        // message applied before is still caught then, by its mark in the replica.
-        let applied = match process.data.last_applied.get(shard) {
-            Some(&(seq, applied_epoch)) if !self.data_checker.loss_after(shard, applied_epoch) => {
-                seq
-            }
-            _ => 0,
-        };
-        process.data.last_delivered.insert(shard.clone(), applied);
-        process.data.awaiting.insert(shard.clone());
-        if let Some(request) = self.unit_data_request(
-            pid,
-            DataRequest::Deliver {
-                shard: shard.clone(),
-                epoch,
-            },
-            PendingData::Deliver {
-                shard: shard.clone(),
-            },
-        ) {
-            let process = self.processes.get_mut(&pid).expect("checked");
-            process.data.round.insert(shard.clone(), request);
-        }
-    }
-
-    fn on_unit_delivery(&mut self, pid: u32, delivery: Delivery) -> Result<(), Violation> {
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return Ok(());
-        };
-        if process.hung {
-            return Ok(());
-        }
-        let Delivery::Message {
-            shard,
-            seq,
-            message,
-            ..
-        } = delivery
-        else {
-            return Ok(());
-        };
-        // Deliveries of an older round, or while the unit does not act for the shard, are
-        // dropped (the SDK does the same); they come again in the next round.
-        let local_now = self.nodes[process.node].local_now(self.now);
-        if process.data.awaiting.contains(&shard) || !process.belief.is_acting(&shard, local_now) {
-            let awaiting = process.data.awaiting.contains(&shard);
-            self.trace(|| {
-                format!("pid {pid} drops delivery of seq {seq} on {shard} (awaiting {awaiting})")
-            });
-            return Ok(());
-        }
-        let Some(id) = message_id(&message.payload) else {
-            return Err(Violation {
-                kind: FailureKind::Codec,
-                detail: format!("a stream message of {shard} with a foreign payload"),
-            });
-        };
-        let last = process
-            .data
-            .last_delivered
-            .get(&shard)
-            .copied()
-            .unwrap_or(0);
-        if seq <= last {
-            return Err(Violation {
-                kind: FailureKind::DuplicateMessage,
-                detail: format!(
-                    "shard {shard}: {} (pid {pid}) got message m{id} at seq {seq} after seq {last}",
-                    process.unit
-                ),
-            });
-        }
-        process.data.last_delivered.insert(shard.clone(), seq);
-        let replica_id = ReplicaId {
-            shard: shard.clone(),
-            unit: process.unit.clone(),
-        };
-        let node = process.node;
-        if let Some(replica) = self.nodes[node]
-            .node
-            .as_ref()
-            .and_then(|n| n.checkpoint_replica(&replica_id))
-        {
-            if replica.get(&applied_key(id)).is_some() {
-                return Err(Violation {
-                    kind: FailureKind::DuplicateMessage,
-                    detail: format!(
-                        "shard {shard}: message m{id} (seq {seq}) delivered to {} again, though \
-                         its replica shows it applied (consumed {})",
-                        replica_id.unit,
-                        replica.consumed()
-                    ),
-                });
-            }
-        }
-        self.report.messages_accepted += 1;
-        self.data_checker.on_delivered(&shard, id, self.now);
-        let process = self.processes.get_mut(&pid).expect("checked");
-        process
-            .data
-            .queue
-            .entry(shard.clone())
-            .or_default()
-            .push_back((seq, id));
-        self.apply_next(pid, &shard);
-        Ok(())
-    }
-
-    /// A unit applies its next queued message of `shard`, if it is not busy with one: its
-    /// state change (a mark per message) and the stream position, in one sync commit.
-    fn apply_next(&mut self, pid: u32, shard: &ShardName) {
-        let Some(process) = self.processes.get_mut(&pid) else {
-            return;
-        };
-        if process.data.busy.contains(shard) {
-            return;
-        }
-        let Some((seq, id)) = process
-            .data
-            .queue
-            .get_mut(shard)
-            .and_then(VecDeque::pop_front)
-        else {
-            return;
-        };
-        let Some((_, epoch)) = process.belief.role(shard) else {
-            return;
-        };
-        process.data.busy.insert(shard.clone());
-        let body = DataRequest::Commit {
-            shard: shard.clone(),
-            epoch,
-            writes: vec![
-                Write {
-                    key: applied_key(id),
-                    value: Some(bytes::Bytes::from_static(b"1")),
-                    priority: None,
-                },
-                Write {
-                    key: b"last".to_vec(),
-                    value: Some(id.to_string().into_bytes().into()),
-                    priority: Some(10),
-                },
-            ],
-            consumed: Some(seq),
-            sync: true,
-            chain: None,
-        };
-        self.unit_data_request(
-            pid,
-            body,
-            PendingData::Apply {
-                shard: shard.clone(),
-                epoch,
-                id,
-                seq,
-            },
-        );
-    }
-
-    /// The write workload: a unit acting ACTIVE for a shard commits a few writes.
-    fn unit_writes(&mut self) {
-        let candidates: Vec<(u32, ShardName, u64)> = self
-            .processes
-            .iter()
-            .filter(|(_, process)| {
-                !process.hung && process.data.pending.len() < UNIT_DATA_PENDING_MAX
-            })
-            .flat_map(|(pid, process)| {
-                let local_now = self.nodes[process.node].local_now(self.now);
-                process
-                    .belief
-                    .roles()
-                    .filter(move |(shard, _, _)| process.belief.is_acting(shard, local_now))
-                    .filter(|(shard, _, _)| self.is_data_shard(shard))
-                    .map(|(shard, _, epoch)| (*pid, shard.clone(), epoch))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        if candidates.is_empty() {
-            return;
-        }
-        let (pid, shard, epoch) = candidates[self.workload.pick(candidates.len())].clone();
-        let value = self.next_value;
-        self.next_value += 1;
-        // Async writes use keys of their own: the checker holds sync writes to their promise,
-        // and an async write acknowledged later may or may not survive a failover.
-        let sync = !self.workload.chance(150_000);
-        let prefix = if sync { "k" } else { "async" };
-        let key = format!("{prefix}{}", self.workload.below(8)).into_bytes();
-        let write = if self.workload.chance(100_000) {
-            Write {
-                key,
-                value: None,
-                priority: None,
-            }
-        } else {
-            Write {
-                key,
-                value: Some(format!("v{value}").into_bytes().into()),
-                priority: None,
-            }
-        };
-        self.report.commits += 1;
-        let writes = vec![write];
-        let issue = self.data_checker.on_issued(&shard, &writes);
-        self.unit_data_request(
-            pid,
-            DataRequest::Commit {
-                shard: shard.clone(),
-                epoch,
-                writes: writes.clone(),
-                consumed: None,
-                sync,
-                chain: None,
-            },
-            PendingData::Writes {
-                issue,
-                shard,
-                epoch,
-                writes,
-                sync,
-            },
-        );
-    }
-
-    /// The stream workload: a message for a random shard reaches a random node's ingress.
-    fn offer_message(&mut self) -> Result<(), Violation> {
-        let shards: Vec<ShardName> = self
-            .topology
-            .services
-            .iter()
-            .filter(|service| !service.model.multi_active())
-            .flat_map(|service| service.shards.iter().cloned())
-            .collect();
-        let shard = shards[self.workload.pick(shards.len())].clone();
-        let node = self.workload.pick(self.nodes.len());
-        if self.nodes[node].status != Status::Running {
-            return Ok(());
-        }
-        let id = self.next_message;
-        let local_now = self.nodes[node].local_now(self.now);
-        let Some(n) = self.nodes[node].node.as_mut() else {
-            return Ok(());
-        };
-        let message = StreamMessage {
-            payload: format!("m{id}").into_bytes(),
-            origin: MessageOrigin {
-                origin: Origin::Udp,
-                peer: format!("127.0.0.1:{}", 5000 + id % 1000),
-            },
-        };
-        if n.accept_message(local_now, &shard, message).is_ok() {
-            self.next_message += 1;
-            self.report.messages_offered += 1;
-        }
-        self.drive(node)
-    }
-
-    fn is_data_shard(&self, shard: &ShardName) -> bool {
-        self.topology
-            .services
-            .iter()
-            .any(|service| !service.model.multi_active() && service.shards.contains(shard))
-    }
-
-    // ----- workload -----
-
-    fn leader(&self) -> Option<usize> {
+    pub(crate) fn leader(&self) -> Option<usize> {
         (0..self.nodes.len())
             .filter(|node| {
                 self.nodes[*node].status == Status::Running
@@ -2085,133 +1530,7 @@ impl Sim {
             .max_by_key(|node| self.nodes[*node].node.as_ref().map(|n| n.replica().term()))
     }
 
-    fn on_client(&mut self) -> Result<(), Violation> {
-        let gap = self.workload.between(1_000, self.params.client_gap_max_us);
-        self.schedule(gap, Event::Client);
-        if self.params.operator && self.faults_active && self.workload.chance(15_000) {
-            self.operator_action()?;
-        }
-        if self.faults_active {
-            if self.workload.chance(400_000) {
-                self.unit_writes();
-            }
-            // Bursts of commits, which a node with batched intake merges into one op.
-            if self.params.batched_intake && self.intake_rng.chance(300_000) {
-                for _ in 0..self.intake_rng.between(2, 6) {
-                    self.unit_writes();
-                }
-            }
-            if self.workload.chance(300_000) {
-                self.offer_message()?;
-            }
-        }
-        // The client asks a random node; a follower that knows the leader redirects it once.
-        let mut target = self.workload.pick(self.nodes.len());
-        let Some(node) = self.running_node(target) else {
-            return Ok(());
-        };
-        if !node.is_leader() {
-            match node.replica().leader_id() {
-                Some(leader) => target = (leader - 1) as usize,
-                None => return Ok(()),
-            }
-        }
-        let nonce = self.next_nonce;
-        if self.nodes[target].status != Status::Running {
-            return Ok(());
-        }
-        let Some(node) = self.nodes[target].node.as_mut() else {
-            return Ok(());
-        };
-        // `NotLeader` (a stale hint) and dropped proposals are normal; the client moves on.
-        if node
-            .propose_raw(
-                &Command::Noop { nonce },
-                raft::encode_context(CONTEXT_CLIENT, nonce),
-            )
-            .is_ok()
-        {
-            self.next_nonce += 1;
-            self.report.proposals += 1;
-            self.proposals.insert(nonce, self.nodes[target].id);
-            // Drive now, so the proposal goes out without waiting for the next tick.
-            return self.drive(target);
-        }
-        Ok(())
-    }
-
-    /// A simulated operator: switchovers, locks and unlocks, restarts.
-    fn operator_action(&mut self) -> Result<(), Violation> {
-        let Some(leader) = self.leader() else {
-            return Ok(());
-        };
-        let units: Vec<UnitName> = self
-            .topology
-            .services
-            .iter()
-            .flat_map(|service| service.units.iter().map(|unit| unit.name.clone()))
-            .collect();
-        let shards: Vec<ShardName> = self
-            .topology
-            .services
-            .iter()
-            .filter(|service| service.model.has_standby())
-            .flat_map(|service| service.shards.iter().cloned())
-            .collect();
-        let state = self.nodes[leader]
-            .node
-            .as_ref()
-            .expect("leader runs")
-            .state();
-        let action = match self.workload.below(4) {
-            0 | 1 => AdminAction::Switchover(SwitchoverTarget::Shard(
-                shards[self.workload.pick(shards.len())].clone(),
-            )),
-            2 => {
-                let unit = units[self.workload.pick(units.len())].clone();
-                let op = match state.units.get(&unit).map(|record| record.admin) {
-                    Some(AdminState::Unlocked) => {
-                        if self.workload.chance(500_000) {
-                            AdminOp::Lock
-                        } else {
-                            AdminOp::Shutdown
-                        }
-                    }
-                    _ => AdminOp::Unlock,
-                };
-                AdminAction::Admin {
-                    target: AdminTarget::Unit(unit),
-                    op,
-                }
-            }
-            _ => AdminAction::Admin {
-                target: AdminTarget::Unit(units[self.workload.pick(units.len())].clone()),
-                op: AdminOp::Restart,
-            },
-        };
-        self.admin(leader, action)
-    }
-
-    fn admin(&mut self, leader: usize, action: AdminAction) -> Result<(), Violation> {
-        let id = self.next_admin;
-        self.next_admin += 1;
-        let local_now = self.nodes[leader].local_now(self.now);
-        let deadline = local_now + Duration::from_secs(5);
-        self.trace(|| format!("operator: {action:?}"));
-        match self.nodes[leader]
-            .node()
-            .admin(local_now, id, action, deadline)
-        {
-            Ok(()) => self.report.admin_requests += 1,
-            Err(refusal) => {
-                self.report.admin_refused += 1;
-                self.trace(|| format!("operator refused: {}", refusal.message));
-            }
-        }
-        self.drive(leader)
-    }
-
-    fn running_node(&self, node: usize) -> Option<&Node<SimDisk>> {
+    pub(crate) fn running_node(&self, node: usize) -> Option<&Node<SimDisk>> {
         let sim_node = &self.nodes[node];
         sim_node
             .node
@@ -2471,47 +1790,6 @@ impl Sim {
         // A probe can be lost with a leader change; propose a fresh one now and then.
         self.schedule(500_000, Event::Probe);
         self.drive(leader)
-    }
-
-    /// The operator puts back in service what the workload or the ladder took out.
-    fn on_tidy(&mut self) -> Result<(), Violation> {
-        if self.done {
-            return Ok(());
-        }
-        self.schedule(300_000, Event::Tidy);
-        let Some(leader) = self.leader() else {
-            return Ok(());
-        };
-        let state = self.nodes[leader]
-            .node
-            .as_ref()
-            .expect("leader runs")
-            .state();
-        let mut actions = Vec::new();
-        for unit in state.units.values() {
-            let target = AdminTarget::Unit(unit.name.clone());
-            match unit.admin {
-                AdminState::Unlocked => {}
-                AdminState::LockedInstantiation => actions.push(AdminAction::Admin {
-                    target: target.clone(),
-                    op: AdminOp::UnlockInstantiation,
-                }),
-                AdminState::Locked | AdminState::ShuttingDown => actions.push(AdminAction::Admin {
-                    target: target.clone(),
-                    op: AdminOp::Unlock,
-                }),
-            }
-            if !unit.enabled {
-                actions.push(AdminAction::Admin {
-                    target,
-                    op: AdminOp::Repair,
-                });
-            }
-        }
-        for action in actions {
-            self.admin(leader, action)?;
-        }
-        Ok(())
     }
 
     /// Ends the run once some probe is applied on every node and every shard has a unit
