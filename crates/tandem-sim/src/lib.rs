@@ -28,10 +28,10 @@
 //! `TANDEM_SEED=<seed> cargo test -p tandem-sim --test sim -- replay --nocapture`.
 
 pub mod checks;
-pub mod data;
 pub mod disk;
 pub mod net;
 pub mod node;
+pub mod replica_files;
 pub mod rng;
 mod sim;
 mod topology;

@@ -5,9 +5,9 @@ use tandem_core::data::DataRequest;
 use tandem_core::{Time, UnitName};
 use tandem_node::{Node, UnitEvent};
 
-use crate::data::ReplicaFiles;
 use crate::disk::SimDisk;
 use crate::net::Wire;
+use crate::replica_files::ReplicaFiles;
 
 /// Whether a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

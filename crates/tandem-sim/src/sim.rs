@@ -17,12 +17,13 @@ use tandem_node::{
 use tandem_proto::Message as _;
 use tandem_raft::{ReplicaConfig, WalOptions};
 
+use crate::checks::data::DataChecker;
 use crate::checks::raft::{self, Checker, LoggedEntry, CONTEXT_CLIENT, CONTEXT_PROBE};
 use crate::checks::Violation;
-use crate::data::{DataChecker, ReplicaFiles};
 use crate::disk::SimDisk;
 use crate::net::{Network, Wire};
 use crate::node::{Inbound, SimNode, Status, INBOX_LEN_MAX};
+use crate::replica_files::ReplicaFiles;
 use crate::rng::{mix, Rng};
 use crate::topology::topology;
 use crate::workload::operator::ADMIN_ID_BASE;

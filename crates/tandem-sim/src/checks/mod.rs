@@ -2,8 +2,11 @@
 //! they report.
 //!
 //! - [`raft`]: election safety, leader completeness, committed entries never change (nor
-//!   commit twice), ordered progress per node, equal models at equal indexes.
+//!   commit twice), ordered progress per node, equal models at equal indexes;
+//! - [`data`]: no acknowledged sync write lost, stream messages applied exactly once and in
+//!   order, replicas agree at quiescent points.
 
+pub mod data;
 pub mod raft;
 
 use crate::FailureKind;
