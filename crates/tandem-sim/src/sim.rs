@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tandem_core::data::{DataConfig, DataEvent, DataMessage, DataReply, Delivery, ReplicaId};
 use tandem_core::{
-    AgentAction, Command, ModelEvent, NodeId, Role, Severity, ShardName, Time, Topology,
-    UnitCommand, UnitName,
+    AgentAction, Command, ModelEvent, NodeId, Role, ShardName, Time, Topology, UnitCommand,
+    UnitName,
 };
 use tandem_node::{
     CompactionPolicy, FileOp, Node, NodeEvent, NodeOutput, NodeSettings, PeerMessage, UnitEvent,
@@ -21,6 +21,7 @@ use crate::checks::data::DataChecker;
 use crate::checks::raft::{self, Checker, LoggedEntry, CONTEXT_CLIENT, CONTEXT_PROBE};
 use crate::checks::Violation;
 use crate::disk::SimDisk;
+use crate::faults::CrashKind;
 use crate::net::{Network, Wire};
 use crate::node::{Inbound, SimNode, Status, INBOX_LEN_MAX};
 use crate::replica_files::ReplicaFiles;
@@ -194,15 +195,6 @@ pub(crate) struct Params {
     pub(crate) batched_intake: bool,
 }
 
-/// How a node goes down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CrashKind {
-    /// Between two events: nothing unsynced is on the disk (unless garbage is added).
-    Idle,
-    /// During a write: the fsync of the last append never returned.
-    MidWrite,
-}
-
 /// The whole simulated world.
 pub(crate) struct Sim {
     pub(crate) config: SimConfig,
@@ -214,13 +206,13 @@ pub(crate) struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     pub(crate) nodes: Vec<SimNode>,
-    voters: Vec<u64>,
+    pub(crate) voters: Vec<u64>,
     /// Unit processes by pid.
     pub(crate) processes: BTreeMap<u32, SimUnit>,
     next_pid: u32,
-    net: Network,
-    faults: Rng,
-    disk_rng: Rng,
+    pub(crate) net: Network,
+    pub(crate) faults: Rng,
+    pub(crate) disk_rng: Rng,
     /// When an install of a compacted replica file is reported late (a stream of its own).
     install_rng: Rng,
     /// When the nodes compact their replica files: the daemon's books, with a ratio and a
@@ -230,9 +222,9 @@ pub(crate) struct Sim {
     sync_rng: Rng,
     /// What a crash does to replica file stamps (a stream of its own, so that adding the
     /// stamps left every other draw, and so older seeds, as they were).
-    stamp_rng: Rng,
+    pub(crate) stamp_rng: Rng,
     /// Which closed connections peers hear of, and when (a stream of its own too).
-    link_rng: Rng,
+    pub(crate) link_rng: Rng,
     /// Batched intake's delays.
     pub(crate) intake_rng: Rng,
     /// The last commit answered: shard, epoch, version (to count merged commits).
@@ -245,7 +237,7 @@ pub(crate) struct Sim {
     /// Whether faults are still being injected.
     pub(crate) faults_active: bool,
     /// When the fault phase ended.
-    calm_since: Option<u64>,
+    pub(crate) calm_since: Option<u64>,
     /// The next client nonce.
     pub(crate) next_nonce: u64,
     /// Client nonce → the node that accepted the proposal, until that node applies it.
@@ -256,7 +248,7 @@ pub(crate) struct Sim {
     probe_done: bool,
     /// Active partitions: id → cut links.
     pub(crate) partitions: BTreeMap<u64, Vec<(u64, u64)>>,
-    next_partition: u64,
+    pub(crate) next_partition: u64,
     /// Next admin request id.
     pub(crate) next_admin: u64,
     /// Set when the run's goals after the faults are met: the run is over.
@@ -646,7 +638,7 @@ impl Sim {
     }
 
     /// Hands one input to a running node.
-    fn receive(&mut self, node: usize, input: Inbound) -> Result<(), Violation> {
+    pub(crate) fn receive(&mut self, node: usize, input: Inbound) -> Result<(), Violation> {
         let local_now = self.nodes[node].local_now(self.now);
         let id = self.nodes[node].id;
         match input {
@@ -725,7 +717,7 @@ impl Sim {
 
     /// Tells each running node of `to` that `from`'s connection to it closed, within
     /// `delay_max_us`, if this seed models closed connections.
-    fn links_lost(&mut self, from: u64, to: &[u64], delay_max_us: u64) {
+    pub(crate) fn links_lost(&mut self, from: u64, to: &[u64], delay_max_us: u64) {
         if !self.params.link_loss {
             return;
         }
@@ -935,25 +927,6 @@ impl Sim {
         self.follow_leadership(node)
     }
 
-    /// A node's write (a drive, or a deferred log sync) failed: the simulated crash armed on
-    /// its disk struck inside it, so the node dies with nothing the write would have
-    /// acknowledged sent; any other failure is a bug.
-    fn write_failed(
-        &mut self,
-        node: usize,
-        what: &str,
-        error: &dyn std::fmt::Display,
-    ) -> Result<(), Violation> {
-        if self.nodes[node].disk.fired() {
-            self.crash(node, CrashKind::MidWrite);
-            return Ok(());
-        }
-        Err(Violation {
-            kind: FailureKind::NodeError,
-            detail: format!("node {}: {what} failed: {error}", self.nodes[node].id),
-        })
-    }
-
     /// Hands out the node's next deferred log fsync, if one is due; it completes a little
     /// later (an `RaftSynced` event), unless the node crashes first.
     fn start_raft_sync(&mut self, node: usize) -> Result<(), Violation> {
@@ -1134,7 +1107,7 @@ impl Sim {
     }
 
     /// Opens a node on its disk (start or restart).
-    fn restart(&mut self, node: usize) -> Result<(), Violation> {
+    pub(crate) fn restart(&mut self, node: usize) -> Result<(), Violation> {
         let id = self.nodes[node].id;
         let settings = NodeSettings {
             replica: self.replica_config(node),
@@ -1212,7 +1185,7 @@ impl Sim {
     }
 
     /// Puts a node in the running state and starts its timers at a random phase.
-    fn start_timers(&mut self, node: usize) {
+    pub(crate) fn start_timers(&mut self, node: usize) {
         let sim_node = &mut self.nodes[node];
         sim_node.status = Status::Running;
         sim_node.epoch += 1;
@@ -1221,118 +1194,6 @@ impl Sim {
         let timer = self.workload.below(HEARTBEAT_US);
         self.schedule(tick, Event::Tick { node, epoch });
         self.schedule(timer, Event::Timer { node, epoch });
-    }
-
-    pub(crate) fn crash(&mut self, node: usize, kind: CrashKind) {
-        let id = self.nodes[node].id;
-        let disk = self.nodes[node].disk.clone();
-        let sim_node = &mut self.nodes[node];
-        // Dropping the Node is the crash of the daemon: everything in memory is gone,
-        // including writes buffered but not yet handed to the disk. Its unit processes die
-        // with it (the supervisor's parent-death signal).
-        sim_node.node = None;
-        sim_node.raft_sync = None;
-        self.report.installs_lost += sim_node.files.pending_installs() as u64;
-        self.report.replica_tails_torn += sim_node
-            .files
-            .crash(&mut self.disk_rng, &mut self.stamp_rng);
-        let sim_node = &mut self.nodes[node];
-        sim_node.status = Status::Crashed;
-        sim_node.epoch += 1;
-        sim_node.life += 1;
-        sim_node.pass_due = false;
-        sim_node.armed_at = None;
-        let dropped = sim_node
-            .inbox
-            .iter()
-            .filter(|input| matches!(input, Inbound::Peer(..)))
-            .count();
-        self.report.messages_dropped += dropped as u64;
-        sim_node.inbox.clear();
-        let epoch = sim_node.epoch;
-        self.processes.retain(|_, process| process.node != node);
-        let mut garbage = None;
-        if self.disk_rng.chance(100_000) {
-            let len = self.disk_rng.between(1, 64) as usize;
-            let bytes: Vec<u8> = (0..len).map(|_| self.disk_rng.next_u64() as u8).collect();
-            if let Some(file) = disk.append_garbage(&bytes) {
-                self.report.garbage_tails += 1;
-                garbage = Some((file, len));
-            }
-        }
-        let rng = &mut self.disk_rng;
-        let mut torn = 0;
-        let lying = self.config.lying_disk;
-        disk.crash(|_, unsynced| {
-            if unsynced == 0 || lying {
-                // A lying disk loses everything since its last write-back.
-                return 0;
-            }
-            match rng.below(3) {
-                0 => 0,
-                1 => unsynced,
-                _ if unsynced < 2 => unsynced,
-                _ => {
-                    torn += 1;
-                    rng.between(1, unsynced as u64 - 1) as usize
-                }
-            }
-        });
-        self.report.torn_writes += torn;
-        self.report.crashes += 1;
-        // The dead daemon's kernel closes its connections: the peers that can still hear
-        // from it learn so within a few milliseconds.
-        let others: Vec<u64> = self.voters.iter().copied().filter(|o| *o != id).collect();
-        self.links_lost(id, &others, 3_000);
-        if kind == CrashKind::MidWrite {
-            self.report.crashes_mid_write += 1;
-        }
-        self.trace(|| {
-            let garbage = garbage
-                .map(|(file, len)| format!(", {len} bytes of garbage after {file}"))
-                .unwrap_or_default();
-            format!("node {id} crashed ({kind:?}{garbage}, {torn} unsynced tails torn)")
-        });
-        let delay = if self.faults_active {
-            self.faults.between(20_000, 1_500_000)
-        } else {
-            1_000
-        };
-        self.schedule(delay, Event::Restart { node, epoch });
-    }
-
-    fn pause(&mut self, node: usize) {
-        let sim_node = &mut self.nodes[node];
-        sim_node.status = Status::Paused;
-        sim_node.epoch += 1;
-        let epoch = sim_node.epoch;
-        let id = sim_node.id;
-        let duration = self.faults.between(50_000, 1_500_000);
-        self.report.pauses += 1;
-        self.trace(|| format!("node {id} paused for {} ms", duration / 1000));
-        self.schedule(duration, Event::Resume { node, epoch });
-    }
-
-    fn resume(&mut self, node: usize) -> Result<(), Violation> {
-        let id = self.nodes[node].id;
-        let inbox = std::mem::take(&mut self.nodes[node].inbox);
-        self.trace(|| format!("node {id} resumed with {} queued inputs", inbox.len()));
-        self.start_timers(node);
-        if let Some(number) = self.nodes[node].raft_sync.as_ref().map(|job| job.number) {
-            let epoch = self.nodes[node].epoch;
-            self.schedule(
-                0,
-                Event::RaftSynced {
-                    node,
-                    epoch,
-                    number,
-                },
-            );
-        }
-        for input in inbox {
-            self.receive(node, input)?;
-        }
-        self.drive(node)
     }
 
     /// Schedules an input for a node from its own units or supervisor, `delay_us` later.
@@ -1537,237 +1398,6 @@ impl Sim {
             .node
             .as_ref()
             .filter(|_| sim_node.status == Status::Running)
-    }
-
-    // ----- faults -----
-
-    fn on_fault(&mut self) -> Result<(), Violation> {
-        if !self.faults_active {
-            return Ok(());
-        }
-        let gap = self.faults.between(10_000, self.params.fault_gap_max_us);
-        self.schedule(gap, Event::Fault);
-        let down = self
-            .nodes
-            .iter()
-            .filter(|node| node.status != Status::Running)
-            .count();
-        // Usually keep a majority up so the cluster makes progress between faults; now and
-        // then take it down further (even all nodes), which tests durability across a
-        // whole-cluster crash.
-        let minority = (self.nodes.len() - 1) / 2;
-        let may_take_down = down < minority || self.faults.chance(150_000);
-        match self.faults.below(100) {
-            0..=19 if self.params.crashes && may_take_down => {
-                let Some(node) = self.pick_node(|node| node.status != Status::Crashed) else {
-                    return Ok(());
-                };
-                let sim_node = &self.nodes[node];
-                if sim_node.status == Status::Running
-                    && sim_node.armed_at.is_none()
-                    && self.faults.chance(500_000)
-                {
-                    // Crash during the node's next write.
-                    sim_node.disk.arm();
-                    let id = sim_node.id;
-                    self.nodes[node].armed_at = Some(self.now);
-                    self.trace(|| format!("node {id} will crash during its next write"));
-                } else {
-                    self.crash(node, CrashKind::Idle);
-                }
-            }
-            20..=31 if self.params.pauses && may_take_down => {
-                if let Some(node) = self.pick_node(|node| node.status == Status::Running) {
-                    self.pause(node);
-                }
-            }
-            32..=51 if self.params.partitions => self.partition(),
-            52..=59 if self.params.weather => {
-                self.net.loss_per_million = [0, 0, 10_000, 50_000, 200_000][self.faults.pick(5)];
-                self.net.duplicate_per_million = [0, 10_000, 50_000][self.faults.pick(3)];
-                let (loss, duplicate) = (self.net.loss_per_million, self.net.duplicate_per_million);
-                self.trace(|| {
-                    format!(
-                        "network weather: {}% loss, {}% duplication",
-                        loss / 10_000,
-                        duplicate / 10_000
-                    )
-                });
-            }
-            60..=84 if self.params.unit_faults => self.unit_fault()?,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    /// Hurts a unit process: crash, hang, or a fault it reports itself.
-    fn unit_fault(&mut self) -> Result<(), Violation> {
-        let pids: Vec<u32> = self.processes.keys().copied().collect();
-        if pids.is_empty() {
-            return Ok(());
-        }
-        let pid = pids[self.faults.pick(pids.len())];
-        let process = self.processes[&pid].clone();
-        let (node, life, unit, generation) = (
-            process.node,
-            process.life,
-            process.unit.clone(),
-            process.generation,
-        );
-        match self.faults.below(10) {
-            0..=4 => {
-                self.processes.remove(&pid);
-                self.report.unit_crashes += 1;
-                self.trace(|| format!("unit {unit} (pid {pid}) crashed"));
-                let input = Inbound::Unit(UnitEvent::Exited {
-                    unit,
-                    generation,
-                    code: None,
-                    signal: Some(11),
-                });
-                self.send_input(node, life, 0, input);
-            }
-            5..=6 => {
-                self.processes.get_mut(&pid).expect("listed").hung = true;
-                self.report.unit_hangs += 1;
-                self.trace(|| format!("unit {unit} (pid {pid}) hangs"));
-            }
-            _ => {
-                if process.hung {
-                    return Ok(());
-                }
-                self.processes
-                    .get_mut(&pid)
-                    .expect("listed")
-                    .belief
-                    .on_fault();
-                let severity =
-                    [Severity::Transient, Severity::Restart, Severity::Node][self.faults.pick(3)];
-                self.report.unit_reported_faults += 1;
-                self.trace(|| {
-                    format!(
-                        "unit {unit} (pid {pid}) reports a {} fault",
-                        severity.name()
-                    )
-                });
-                let input = Inbound::Unit(UnitEvent::Fault {
-                    unit,
-                    generation,
-                    severity,
-                });
-                self.send_input(node, life, 100, input);
-            }
-        }
-        Ok(())
-    }
-
-    /// A node matching `filter`; half of the time the leader if it matches (leaders are the
-    /// most interesting nodes to hit).
-    fn pick_node(&mut self, filter: impl Fn(&SimNode) -> bool) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.nodes.len())
-            .filter(|node| filter(&self.nodes[*node]))
-            .collect();
-        if candidates.is_empty() {
-            return None;
-        }
-        if self.faults.chance(500_000) {
-            if let Some(leader) = candidates.iter().copied().find(|node| {
-                self.nodes[*node]
-                    .node
-                    .as_ref()
-                    .is_some_and(|node| node.is_leader())
-            }) {
-                return Some(leader);
-            }
-        }
-        Some(candidates[self.faults.pick(candidates.len())])
-    }
-
-    fn partition(&mut self) {
-        let ids = self.voters.clone();
-        let mut links = Vec::new();
-        let description = match self.faults.below(3) {
-            0 => {
-                let node = self.pick_node(|_| true).expect("clusters are not empty");
-                let isolated = ids[node];
-                for other in ids.iter().copied().filter(|other| *other != isolated) {
-                    links.push((isolated, other));
-                    links.push((other, isolated));
-                }
-                format!("node {isolated} isolated")
-            }
-            1 => {
-                let mut shuffled = ids.clone();
-                for position in (1..shuffled.len()).rev() {
-                    let other = self.faults.pick(position + 1);
-                    shuffled.swap(position, other);
-                }
-                let size = self.faults.between(1, (ids.len() / 2) as u64) as usize;
-                let (side, rest) = shuffled.split_at(size);
-                for a in side {
-                    for b in rest {
-                        links.push((*a, *b));
-                        links.push((*b, *a));
-                    }
-                }
-                format!("split {side:?} | {rest:?}")
-            }
-            _ => {
-                let count = self.faults.between(1, ids.len() as u64);
-                for _ in 0..count {
-                    let from = ids[self.faults.pick(ids.len())];
-                    let to = ids[self.faults.pick(ids.len())];
-                    if from != to {
-                        links.push((from, to));
-                    }
-                }
-                format!("one-way cuts {links:?}")
-            }
-        };
-        let duration = self.faults.between(100_000, 1_500_000);
-        let partition = self.next_partition;
-        self.next_partition += 1;
-        self.net.cut(&links);
-        // Some cut connections are reset while both daemons live on (a middlebox, a
-        // keepalive): the receiving side hears of a closed link from a live node.
-        if self.link_rng.chance(300_000) {
-            for (from, to) in links.clone() {
-                self.links_lost(from, &[to], 50_000);
-            }
-        }
-        self.partitions.insert(partition, links);
-        self.report.partitions += 1;
-        self.trace(|| {
-            format!(
-                "partition #{partition}: {description} for {} ms",
-                duration / 1000
-            )
-        });
-        self.schedule(duration, Event::Heal { partition });
-    }
-
-    /// The end of the fault phase: heal everything, restart everyone, un-hang every unit
-    /// (a hung one is killed by its agent anyway), then probe and tidy up.
-    fn end_faults(&mut self) -> Result<(), Violation> {
-        self.faults_active = false;
-        self.calm_since = Some(self.now);
-        self.trace(|| "faults end: partitions healed, loss stopped, every node up".to_owned());
-        self.net.calm();
-        self.partitions.clear();
-        for node in 0..self.nodes.len() {
-            if self.nodes[node].disk.is_armed() {
-                // Crash it now rather than leave a crash pending in the calm phase.
-                self.crash(node, CrashKind::Idle);
-            }
-            match self.nodes[node].status {
-                Status::Running => {}
-                Status::Paused => self.resume(node)?,
-                Status::Crashed => self.restart(node)?,
-            }
-        }
-        self.schedule(0, Event::Probe);
-        self.schedule(0, Event::Tidy);
-        Ok(())
     }
 
     fn on_probe(&mut self) -> Result<(), Violation> {
