@@ -5,10 +5,20 @@
 //! A partition is a set of cut *directed* links, so one-way partitions are as easy to make as
 //! symmetric ones. A link is checked when a message is sent and again when it would arrive:
 //! messages in flight when a partition starts are lost, as they would be on a real network.
+//!
+//! The simulation's side of it (the `impl Sim` at the end) encodes what nodes send as the
+//! daemon's peer envelopes, puts them on the [`Network`], and tells nodes of closed
+//! connections.
 
 use std::collections::BTreeMap;
 
+use tandem_core::data::DataMessage;
+use tandem_node::PeerMessage;
+use tandem_proto::Message as _;
+
+use crate::node::{Inbound, Status};
 use crate::rng::Rng;
+use crate::sim::{Event, Sim};
 
 /// What travels between simulated nodes: a peer envelope as the daemon writes it (prost, with
 /// raft-rs messages inside in raft-rs's own codec). It is decoded on arrival, so every codec is
@@ -100,5 +110,70 @@ impl Network {
                 delay
             })
             .collect()
+    }
+}
+
+impl Sim {
+    pub(crate) fn send(&mut self, from: u64, to: u64, message: &PeerMessage) {
+        self.report.messages_sent += 1;
+        let envelope = tandem_proto::peer::Envelope {
+            cluster: "sim".into(),
+            from,
+            to,
+            body: Some(tandem_node::wire::encode(message)),
+        };
+        self.transmit(from, to, Wire(envelope.encode_to_vec()));
+    }
+
+    pub(crate) fn send_data(&mut self, from: u64, to: u64, message: &DataMessage) {
+        self.report.messages_sent += 1;
+        let envelope = tandem_proto::peer::Envelope {
+            cluster: "sim".into(),
+            from,
+            to,
+            body: Some(tandem_proto::peer::envelope::Body::Data(
+                tandem_node::data_wire::encode_message(message),
+            )),
+        };
+        self.transmit(from, to, Wire(envelope.encode_to_vec()));
+    }
+
+    /// Puts bytes on the simulated network (loss, duplication, delay, partitions).
+    fn transmit(&mut self, from: u64, to: u64, wire: Wire) {
+        if self.net.is_cut(from, to) {
+            self.report.messages_dropped += 1;
+            return;
+        }
+        let delays = self.net.transmit();
+        match delays.len() {
+            0 => self.report.messages_dropped += 1,
+            1 => {}
+            _ => self.report.messages_duplicated += 1,
+        }
+        if let Some((last, copies)) = delays.split_last() {
+            for delay in copies {
+                let wire = wire.clone();
+                self.schedule(*delay, Event::Deliver { from, to, wire });
+            }
+            self.schedule(*last, Event::Deliver { from, to, wire });
+        }
+    }
+
+    /// Tells each running node of `to` that `from`'s connection to it closed, within
+    /// `delay_max_us`, if this seed models closed connections.
+    pub(crate) fn links_lost(&mut self, from: u64, to: &[u64], delay_max_us: u64) {
+        if !self.params.link_loss {
+            return;
+        }
+        for to in to {
+            let node = (to - 1) as usize;
+            if self.nodes[node].status == Status::Crashed {
+                continue;
+            }
+            let delay = self.link_rng.between(0, delay_max_us);
+            let life = self.nodes[node].life;
+            self.report.links_lost += 1;
+            self.send_input(node, life, delay, Inbound::LinkLost(from));
+        }
     }
 }

@@ -6,15 +6,12 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use tandem_core::data::{DataConfig, DataEvent, DataMessage, DataReply, Delivery, ReplicaId};
+use tandem_core::data::{DataConfig, DataEvent, DataReply, Delivery, ReplicaId};
 use tandem_core::{
     AgentAction, Command, ModelEvent, NodeId, Role, ShardName, Time, Topology, UnitCommand,
     UnitName,
 };
-use tandem_node::{
-    CompactionPolicy, FileOp, Node, NodeEvent, NodeOutput, NodeSettings, PeerMessage, UnitEvent,
-};
-use tandem_proto::Message as _;
+use tandem_node::{CompactionPolicy, FileOp, Node, NodeEvent, NodeOutput, NodeSettings, UnitEvent};
 use tandem_raft::{ReplicaConfig, WalOptions};
 
 use crate::checks::data::DataChecker;
@@ -704,56 +701,6 @@ impl Sim {
         Ok(())
     }
 
-    fn send(&mut self, from: u64, to: u64, message: &PeerMessage) {
-        self.report.messages_sent += 1;
-        let envelope = tandem_proto::peer::Envelope {
-            cluster: "sim".into(),
-            from,
-            to,
-            body: Some(tandem_node::wire::encode(message)),
-        };
-        self.transmit(from, to, Wire(envelope.encode_to_vec()));
-    }
-
-    /// Tells each running node of `to` that `from`'s connection to it closed, within
-    /// `delay_max_us`, if this seed models closed connections.
-    pub(crate) fn links_lost(&mut self, from: u64, to: &[u64], delay_max_us: u64) {
-        if !self.params.link_loss {
-            return;
-        }
-        for to in to {
-            let node = (to - 1) as usize;
-            if self.nodes[node].status == Status::Crashed {
-                continue;
-            }
-            let delay = self.link_rng.between(0, delay_max_us);
-            let life = self.nodes[node].life;
-            self.report.links_lost += 1;
-            self.send_input(node, life, delay, Inbound::LinkLost(from));
-        }
-    }
-
-    /// Puts bytes on the simulated network (loss, duplication, delay, partitions).
-    fn transmit(&mut self, from: u64, to: u64, wire: Wire) {
-        if self.net.is_cut(from, to) {
-            self.report.messages_dropped += 1;
-            return;
-        }
-        let delays = self.net.transmit();
-        match delays.len() {
-            0 => self.report.messages_dropped += 1,
-            1 => {}
-            _ => self.report.messages_duplicated += 1,
-        }
-        if let Some((last, copies)) = delays.split_last() {
-            for delay in copies {
-                let wire = wire.clone();
-                self.schedule(*delay, Event::Deliver { from, to, wire });
-            }
-            self.schedule(*last, Event::Deliver { from, to, wire });
-        }
-    }
-
     /// Drives a node and its data plane; when the data plane's in-sync claims change, the node
     /// is driven again so its report goes out at once.
     pub(crate) fn drive(&mut self, node: usize) -> Result<(), Violation> {
@@ -876,19 +823,6 @@ impl Sim {
             n.on_compaction_installed(done);
         }
         n.on_replicas_synced(synced);
-    }
-
-    fn send_data(&mut self, from: u64, to: u64, message: &DataMessage) {
-        self.report.messages_sent += 1;
-        let envelope = tandem_proto::peer::Envelope {
-            cluster: "sim".into(),
-            from,
-            to,
-            body: Some(tandem_proto::peer::envelope::Body::Data(
-                tandem_node::data_wire::encode_message(message),
-            )),
-        };
-        self.transmit(from, to, Wire(envelope.encode_to_vec()));
     }
 
     /// Drives a node: durable writes, sends, applies, agent actions; checks what it reports
