@@ -6,16 +6,13 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use tandem_core::data::{DataConfig, DataEvent, DataReply, Delivery, ReplicaId};
-use tandem_core::{
-    AgentAction, Command, ModelEvent, NodeId, Role, ShardName, Time, Topology, UnitCommand,
-    UnitName,
-};
-use tandem_node::{CompactionPolicy, FileOp, Node, NodeEvent, NodeOutput, NodeSettings, UnitEvent};
+use tandem_core::data::{DataConfig, DataEvent, DataReply, Delivery};
+use tandem_core::{AgentAction, NodeId, ShardName, Time, Topology, UnitCommand};
+use tandem_node::{CompactionPolicy, FileOp, Node, NodeSettings, UnitEvent};
 use tandem_raft::{ReplicaConfig, WalOptions};
 
 use crate::checks::data::DataChecker;
-use crate::checks::raft::{self, Checker, LoggedEntry, CONTEXT_CLIENT, CONTEXT_PROBE};
+use crate::checks::raft::{Checker, LoggedEntry};
 use crate::checks::Violation;
 use crate::disk::SimDisk;
 use crate::faults::CrashKind;
@@ -44,8 +41,6 @@ const WRITE_BACK_US: u64 = 1_000_000;
 /// Clock drift bound per node, parts per million (±1 %): any two clocks then differ in rate by
 /// at most 2 %, the bound tandem's leases assume (`tandem_core::DRIFT_PPM`).
 const DRIFT_PPM_MAX: u64 = 10_000;
-/// Nonces of the liveness probes start here, far from the clients' nonces.
-const PROBE_NONCE_BASE: u64 = 1 << 62;
 /// A run handling more events than this is stuck in a loop.
 const EVENTS_MAX: u64 = 20_000_000;
 /// Chance (per million) that a data step leaves its replica writes unsynced until the next
@@ -228,7 +223,7 @@ pub(crate) struct Sim {
     pub(crate) last_committed: Option<(ShardName, u64, u64)>,
     pub(crate) workload: Rng,
     pub(crate) unit_rng: Rng,
-    checker: Checker,
+    pub(crate) checker: Checker,
     pub(crate) report: SimReport,
     logger: slog::Logger,
     /// Whether faults are still being injected.
@@ -240,9 +235,9 @@ pub(crate) struct Sim {
     /// Client nonce → the node that accepted the proposal, until that node applies it.
     pub(crate) proposals: BTreeMap<u64, u64>,
     /// Nonces of the probes proposed after the fault phase.
-    probes: Vec<u64>,
+    pub(crate) probes: Vec<u64>,
     /// Set once a probe was applied on every node.
-    probe_done: bool,
+    pub(crate) probe_done: bool,
     /// Active partitions: id → cut links.
     pub(crate) partitions: BTreeMap<u64, Vec<(u64, u64)>>,
     pub(crate) next_partition: u64,
@@ -504,23 +499,7 @@ impl Sim {
             Event::EndFaults => self.end_faults(),
             Event::Probe => self.on_probe(),
             Event::Tidy => self.on_tidy(),
-            Event::Deadline => Err(Violation {
-                kind: FailureKind::Liveness,
-                detail: format!(
-                    "within {:?} after the faults ended, {}\n{}",
-                    self.config.liveness_bound,
-                    if self.probe_done {
-                        format!(
-                            "not every shard got an ACTIVE unit, or the data plane did not \
-                             settle:\n{}",
-                            self.data_dump()
-                        )
-                    } else {
-                        "no probe was applied on every node".to_owned()
-                    },
-                    self.dump()
-                ),
-            }),
+            Event::Deadline => Err(self.deadline_passed()),
             Event::UnitRegister { pid } => self.on_unit_register(pid),
             Event::UnitRequest {
                 pid,
@@ -912,100 +891,6 @@ impl Sim {
         self.drive(node)
     }
 
-    /// Feeds the checkers with what a drive produced.
-    fn check_output(&mut self, node: usize, output: &NodeOutput) -> Result<(), Violation> {
-        let id = self.nodes[node].id;
-        if let Some(index) = output.installed_snapshot {
-            self.report.snapshots_installed += 1;
-            self.checker.on_snapshot_installed(id, index)?;
-            self.trace(|| format!("node {id} installed the leader's snapshot at {index}"));
-        }
-        let sim_node = &self.nodes[node];
-        let replica = sim_node.node.as_ref().expect("driven").replica();
-        let node_term = replica.term();
-        let is_leader = replica.is_leader();
-        for applied in &output.applied {
-            self.checker.on_applied(id, node_term, applied)?;
-            if let Some(broken) = &applied.model_broken {
-                return Err(Violation {
-                    kind: FailureKind::ModelInvariant,
-                    detail: format!("node {id} after entry {}: {broken}", applied.index),
-                });
-            }
-            if let tandem_core::ApplyOutcome::Unsafe(reason) = &applied.outcome {
-                return Err(Violation {
-                    kind: FailureKind::ModelInvariant,
-                    detail: format!(
-                        "node {id} refused entry {} ({:?}): {reason}",
-                        applied.index, applied.command
-                    ),
-                });
-            }
-            if let Some((kind, nonce)) = raft::decode_context(&applied.context) {
-                if kind == CONTEXT_CLIENT && self.proposals.get(&nonce) == Some(&id) {
-                    self.proposals.remove(&nonce);
-                    self.report.proposals_acknowledged += 1;
-                }
-            }
-            for event in &applied.events {
-                if let ModelEvent::PossibleLoss { shard, epoch, .. } = event {
-                    self.data_checker.on_loss(shard, *epoch, self.now);
-                }
-            }
-            if !is_leader {
-                continue;
-            }
-            // Count what every node applies once, on the leader.
-            for event in &applied.events {
-                match event {
-                    ModelEvent::NodeLiveness { .. } => self.report.liveness_changes += 1,
-                    ModelEvent::RoleChanged {
-                        from: Some(Role::Standby),
-                        to: Some(Role::Active),
-                        ..
-                    } => self.report.promotions += 1,
-                    ModelEvent::UnitFaulted { record, .. } => {
-                        self.report.unit_faults_handled += 1;
-                        self.report.ladder_levels[record.level as usize] += 1;
-                    }
-                    ModelEvent::HandoverEnded { moved: true, .. } => self.report.handovers += 1,
-                    ModelEvent::UnitRelocated { .. } => self.report.relocations += 1,
-                    ModelEvent::PossibleLoss { .. } => self.report.possible_losses += 1,
-                    _ => {}
-                }
-                if self.config.verbose {
-                    let index = applied.index;
-                    self.trace(|| format!("index {index}: {event}"));
-                }
-            }
-        }
-        for (request, answer) in &output.admin {
-            if *request >= ADMIN_ID_BASE {
-                match answer {
-                    Ok(_) => self.report.admin_done += 1,
-                    Err(_) => self.report.admin_refused += 1,
-                }
-            }
-        }
-        if self.config.verbose {
-            for event in &output.events {
-                if matches!(event, NodeEvent::Observed { .. }) {
-                    self.trace(|| format!("node {id} observed: {event}"));
-                }
-            }
-        }
-        let replica = self.nodes[node].node.as_ref().expect("driven").replica();
-        self.checker.on_round(id, replica)?;
-        let snapshot_index = replica.snapshot_index();
-        if snapshot_index != self.nodes[node].snapshot_index {
-            if output.installed_snapshot != Some(snapshot_index) {
-                self.report.snapshots_taken += 1;
-            }
-            self.nodes[node].snapshot_index = snapshot_index;
-        }
-        Ok(())
-    }
-
     fn follow_leadership(&mut self, node: usize) -> Result<(), Violation> {
         let id = self.nodes[node].id;
         let Some(sim_node) = self.nodes[node].node.as_ref() else {
@@ -1270,50 +1155,6 @@ impl Sim {
         }
     }
 
-    /// At most one unit acts for a shard of a single-ACTIVE model at any instant, judged by
-    /// what the units believe (on their own clocks).
-    fn check_one_active(&self) -> Result<(), Violation> {
-        let mut acting: BTreeMap<&ShardName, Vec<(u32, &UnitName)>> = BTreeMap::new();
-        for (pid, process) in &self.processes {
-            let local_now = self.nodes[process.node].local_now(self.now);
-            for (shard, _, _) in process.belief.roles() {
-                if process.belief.is_acting(shard, local_now) {
-                    acting.entry(shard).or_default().push((*pid, &process.unit));
-                }
-            }
-        }
-        for (shard, units) in acting {
-            let multi = self
-                .topology
-                .services
-                .iter()
-                .find(|service| service.shards.contains(shard))
-                .is_some_and(|service| service.model.multi_active());
-            if !multi && units.len() > 1 {
-                return Err(Violation {
-                    kind: FailureKind::TwoActives,
-                    detail: format!(
-                        "shard {shard} has {} units acting ACTIVE at once: {}",
-                        units.len(),
-                        units
-                            .iter()
-                            .map(|(pid, unit)| {
-                                let process = &self.processes[pid];
-                                format!(
-                                    "{unit} (pid {pid}, node {}, belief {:?})",
-                                    process.node + 1,
-                                    process.belief
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
     pub(crate) fn leader(&self) -> Option<usize> {
         (0..self.nodes.len())
             .filter(|node| {
@@ -1334,173 +1175,8 @@ impl Sim {
             .filter(|_| sim_node.status == Status::Running)
     }
 
-    fn on_probe(&mut self) -> Result<(), Violation> {
-        if self.probe_done {
-            return Ok(());
-        }
-        let Some(leader) = self.leader() else {
-            self.schedule(50_000, Event::Probe);
-            return Ok(());
-        };
-        let nonce = PROBE_NONCE_BASE + self.probes.len() as u64;
-        let proposed = self.nodes[leader].node().propose_raw(
-            &Command::Noop { nonce },
-            raft::encode_context(CONTEXT_PROBE, nonce),
-        );
-        if proposed.is_ok() {
-            self.probes.push(nonce);
-            let id = self.nodes[leader].id;
-            self.trace(|| format!("probe {nonce} proposed on leader {id}"));
-        }
-        // A probe can be lost with a leader change; propose a fresh one now and then.
-        self.schedule(500_000, Event::Probe);
-        self.drive(leader)
-    }
-
-    /// Ends the run once some probe is applied on every node and every shard has a unit
-    /// acting ACTIVE for it, as the leader's committed state says and the unit believes.
-    fn check_done(&mut self) -> Result<(), Violation> {
-        if !self.probe_done {
-            for nonce in &self.probes {
-                let Some(index) = self.checker.nonce_index(*nonce) else {
-                    continue;
-                };
-                let everywhere = self.nodes.iter().all(|node| {
-                    node.status == Status::Running
-                        && node
-                            .node
-                            .as_ref()
-                            .is_some_and(|n| n.replica().applied_index() >= index)
-                });
-                if everywhere {
-                    self.probe_done = true;
-                    let calm_since = self.calm_since.expect("probes run after the faults");
-                    self.report.recovery_time_us = self.now - calm_since;
-                    self.trace(|| format!("probe {nonce} applied on every node at index {index}"));
-                    break;
-                }
-            }
-        }
-        if !self.probe_done {
-            return Ok(());
-        }
-        let Some(leader) = self.leader() else {
-            return Ok(());
-        };
-        let state = self.nodes[leader]
-            .node
-            .as_ref()
-            .expect("leader runs")
-            .state();
-        let all_active = state.shards.values().all(|shard| {
-            shard.units_in(Role::Active).any(|unit| {
-                self.processes.values().any(|process| {
-                    &process.unit == unit
-                        && process
-                            .belief
-                            .is_acting(&shard.name, self.nodes[process.node].local_now(self.now))
-                })
-            })
-        });
-        if all_active && !state.shards.is_empty() && self.data_settled(leader)? {
-            let calm_since = self.calm_since.expect("after the faults");
-            self.report.service_recovery_time_us = self.now - calm_since;
-            self.done = true;
-            self.trace(|| "every shard has an ACTIVE unit".to_owned());
-        }
-        Ok(())
-    }
-
-    /// Whether the data plane is quiescent: every shard's ACTIVE consumed its stream, every
-    /// STANDBY is in sync at the ACTIVE's version with the same digest. Checks the digests
-    /// and, once quiescent, that every accepted message was applied.
-    fn data_settled(&mut self, leader: usize) -> Result<bool, Violation> {
-        let state = self.nodes[leader]
-            .node
-            .as_ref()
-            .expect("leader runs")
-            .state();
-        let mut shards = Vec::new();
-        for shard in state.shards.values() {
-            if !self.is_data_shard(&shard.name) {
-                continue;
-            }
-            let Some(active) = shard.units_in(Role::Active).next() else {
-                return Ok(false);
-            };
-            let node_of = |unit: &UnitName| state.units.get(unit).map(|record| record.node.0);
-            let standbys: Vec<(UnitName, Option<u64>, bool)> = shard
-                .units_in(Role::Standby)
-                .map(|unit| (unit.clone(), node_of(unit), shard.in_sync.contains(unit)))
-                .collect();
-            shards.push((
-                shard.name.clone(),
-                active.clone(),
-                node_of(active),
-                standbys,
-            ));
-        }
-        let replica_of = |sim: &Self, node: Option<u64>, shard: &ShardName, unit: &UnitName| {
-            let node = node? as usize - 1;
-            let n = sim.nodes[node].node.as_ref()?;
-            n.checkpoint_replica(&ReplicaId {
-                shard: shard.clone(),
-                unit: unit.clone(),
-            })
-            .cloned()
-        };
-        let mut finals = Vec::new();
-        for (shard, active, active_node, standbys) in &shards {
-            let Some(primary) = replica_of(self, *active_node, shard, active) else {
-                return Ok(false);
-            };
-            if primary.digest() != primary.compute_digest() {
-                return Err(Violation {
-                    kind: FailureKind::DigestMismatch,
-                    detail: format!(
-                        "shard {shard}: the ACTIVE {active}'s replica keeps digest {} but has {}",
-                        primary.digest(),
-                        primary.compute_digest()
-                    ),
-                });
-            }
-            if primary.pending_count() > 0 {
-                return Ok(false);
-            }
-            for (standby, node, in_sync) in standbys {
-                let Some(replica) = replica_of(self, *node, shard, standby) else {
-                    return Ok(false);
-                };
-                if !in_sync || replica.version() != primary.version() {
-                    return Ok(false);
-                }
-                if replica.digest() != primary.digest()
-                    || replica.digest() != replica.compute_digest()
-                {
-                    return Err(Violation {
-                        kind: FailureKind::DigestMismatch,
-                        detail: format!(
-                            "shard {shard}: STANDBY {standby} (in sync) at version {} has digest \
-                             {} (computed {}), the ACTIVE {active} has {}",
-                            replica.version(),
-                            replica.digest(),
-                            replica.compute_digest(),
-                            primary.digest()
-                        ),
-                    });
-                }
-            }
-            finals.push((shard.clone(), primary));
-        }
-        for (shard, primary) in finals {
-            self.data_checker.check_final(&shard, &primary)?;
-        }
-        self.report.data_checks = self.data_checker.checks;
-        Ok(true)
-    }
-
     /// Every replica of every node, for failure messages.
-    fn data_dump(&self) -> String {
+    pub(crate) fn data_dump(&self) -> String {
         let mut out = String::new();
         let in_sync = self.leader().map(|leader| {
             self.nodes[leader]
@@ -1540,7 +1216,7 @@ impl Sim {
     }
 
     /// Every node's state and every unit process, for failure messages.
-    fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         let mut out = String::new();
         for node in &self.nodes {
             let line = match &node.node {
