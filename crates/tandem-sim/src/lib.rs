@@ -29,6 +29,7 @@
 
 pub mod checks;
 pub mod disk;
+mod dump;
 mod faults;
 pub mod net;
 pub mod node;
