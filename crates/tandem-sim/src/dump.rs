@@ -91,7 +91,7 @@ impl Sim {
                 ));
             }
         }
-        for (pid, process) in &self.processes {
+        for (pid, process) in &self.units.processes {
             out.push_str(&format!(
                 "  process {pid}: unit {} gen {} on node {} hung {} belief {:?}\n",
                 process.unit,

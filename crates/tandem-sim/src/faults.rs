@@ -82,12 +82,12 @@ impl Sim {
 
     /// Hurts a unit process: crash, hang, or a fault it reports itself.
     fn unit_fault(&mut self) -> Result<(), Violation> {
-        let pids: Vec<u32> = self.processes.keys().copied().collect();
+        let pids: Vec<u32> = self.units.processes.keys().copied().collect();
         if pids.is_empty() {
             return Ok(());
         }
         let pid = pids[self.faults.pick(pids.len())];
-        let process = self.processes[&pid].clone();
+        let process = self.units.processes[&pid].clone();
         let (node, life, unit, generation) = (
             process.node,
             process.life,
@@ -96,7 +96,7 @@ impl Sim {
         );
         match self.faults.below(10) {
             0..=4 => {
-                self.processes.remove(&pid);
+                self.units.processes.remove(&pid);
                 self.report.unit_crashes += 1;
                 self.trace(|| format!("unit {unit} (pid {pid}) crashed"));
                 let input = Inbound::Unit(UnitEvent::Exited {
@@ -108,7 +108,7 @@ impl Sim {
                 self.send_input(node, life, 0, input);
             }
             5..=6 => {
-                self.processes.get_mut(&pid).expect("listed").hung = true;
+                self.units.processes.get_mut(&pid).expect("listed").hung = true;
                 self.report.unit_hangs += 1;
                 self.trace(|| format!("unit {unit} (pid {pid}) hangs"));
             }
@@ -116,7 +116,8 @@ impl Sim {
                 if process.hung {
                     return Ok(());
                 }
-                self.processes
+                self.units
+                    .processes
                     .get_mut(&pid)
                     .expect("listed")
                     .belief
@@ -253,7 +254,9 @@ impl Sim {
         self.report.messages_dropped += dropped as u64;
         sim_node.inbox.clear();
         let epoch = sim_node.epoch;
-        self.processes.retain(|_, process| process.node != node);
+        self.units
+            .processes
+            .retain(|_, process| process.node != node);
         let mut garbage = None;
         if self.disk_rng.chance(100_000) {
             let len = self.disk_rng.between(1, 64) as usize;

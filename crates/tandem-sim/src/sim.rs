@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use tandem_core::data::{DataConfig, DataEvent, DataReply, Delivery};
-use tandem_core::{AgentAction, NodeId, ShardName, Time, Topology, UnitCommand};
+use tandem_core::{AgentAction, NodeId, Time, Topology, UnitCommand};
 use tandem_node::{CompactionPolicy, FileOp, Node, NodeSettings, UnitEvent};
 use tandem_raft::{ReplicaConfig, WalOptions};
 
@@ -22,7 +22,7 @@ use crate::replica_files::ReplicaFiles;
 use crate::rng::{mix, Rng};
 use crate::topology::topology;
 use crate::workload::operator::ADMIN_ID_BASE;
-use crate::workload::units::{SimUnit, UnitData};
+use crate::workload::units::Units;
 use crate::{FailureKind, SimConfig, SimFailure, SimReport};
 
 /// A node's raft tick, in microseconds of its own clock.
@@ -198,10 +198,9 @@ pub(crate) struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     pub(crate) nodes: Vec<SimNode>,
+    /// The unit processes and the unit workload's bookkeeping.
+    pub(crate) units: Units,
     pub(crate) voters: Vec<u64>,
-    /// Unit processes by pid.
-    pub(crate) processes: BTreeMap<u32, SimUnit>,
-    next_pid: u32,
     pub(crate) net: Network,
     pub(crate) faults: Rng,
     pub(crate) disk_rng: Rng,
@@ -219,8 +218,6 @@ pub(crate) struct Sim {
     pub(crate) link_rng: Rng,
     /// Batched intake's delays.
     pub(crate) intake_rng: Rng,
-    /// The last commit answered: shard, epoch, version (to count merged commits).
-    pub(crate) last_committed: Option<(ShardName, u64, u64)>,
     pub(crate) workload: Rng,
     pub(crate) unit_rng: Rng,
     pub(crate) checker: Checker,
@@ -247,12 +244,8 @@ pub(crate) struct Sim {
     pub(crate) done: bool,
     /// The data invariants.
     pub(crate) data_checker: DataChecker,
-    /// Next data request id (unique in the run).
-    pub(crate) next_data_request: u64,
     /// Next stream message id.
     pub(crate) next_message: u64,
-    /// Next value written by the write workload.
-    pub(crate) next_value: u64,
 }
 
 impl Sim {
@@ -306,10 +299,9 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             nodes,
+            units: Units::new(),
             checker: Checker::new(&voters),
             voters,
-            processes: BTreeMap::new(),
-            next_pid: 100,
             net: Network::new(Rng::new(seed, STREAM_NET), delay_max_us),
             faults: Rng::new(seed, STREAM_FAULTS),
             disk_rng: Rng::new(seed, STREAM_DISK),
@@ -325,7 +317,6 @@ impl Sim {
             stamp_rng: Rng::new(seed, STREAM_STAMP),
             link_rng,
             intake_rng: Rng::new(seed, STREAM_INTAKE_DELAY),
-            last_committed: None,
             workload: Rng::new(seed, STREAM_WORKLOAD),
             unit_rng: Rng::new(seed, STREAM_UNITS),
             report: SimReport {
@@ -345,9 +336,7 @@ impl Sim {
             next_admin: ADMIN_ID_BASE,
             done: false,
             data_checker: DataChecker::default(),
-            next_data_request: 1,
             next_message: 1,
-            next_value: 1,
             config,
         }
     }
@@ -664,14 +653,7 @@ impl Sim {
                     .on_registered(local_now, &unit, generation);
                 if !accepted {
                     // A refused instance exits.
-                    let pid = self
-                        .processes
-                        .iter()
-                        .find(|(_, p)| {
-                            p.node == node && p.generation == generation && self.unit_of(p) == unit
-                        })
-                        .map(|(pid, _)| *pid);
-                    if let Some(pid) = pid {
+                    if let Some(pid) = self.units.find(node, &unit, generation) {
                         self.schedule(1_000, Event::UnitExit { pid });
                     }
                 }
@@ -715,10 +697,10 @@ impl Sim {
                 self.send_data(id, to.0, message);
             }
             for (unit, generation, request, reply) in round.replies {
-                if let Some(pid) = self.find_process(node, &unit, generation) {
+                if let Some(pid) = self.units.find(node, &unit, generation) {
                     let delay = self.unit_rng.between(20, 200);
                     let now = self.now;
-                    let process = self.processes.get_mut(&pid).expect("found");
+                    let process = self.units.processes.get_mut(&pid).expect("found");
                     let delay = process.data.inbound(now, delay);
                     self.schedule(
                         delay,
@@ -731,7 +713,7 @@ impl Sim {
                 }
             }
             for (unit, generation, delivery) in round.deliveries {
-                if let Some(pid) = self.find_process(node, &unit, generation) {
+                if let Some(pid) = self.units.find(node, &unit, generation) {
                     if let Delivery::Message { shard, seq, .. } = &delivery {
                         self.trace(|| {
                             format!("node {node} delivers seq {seq} of {shard} to pid {pid}")
@@ -739,7 +721,7 @@ impl Sim {
                     }
                     let delay = self.unit_rng.between(20, 200);
                     let now = self.now;
-                    let process = self.processes.get_mut(&pid).expect("found");
+                    let process = self.units.processes.get_mut(&pid).expect("found");
                     let delay = process.data.inbound(now, delay);
                     self.schedule(delay, Event::UnitDelivery { pid, delivery });
                 }
@@ -1036,22 +1018,8 @@ impl Sim {
                     self.send_input(node, life, 1_000, input);
                     return;
                 }
-                let pid = self.next_pid;
-                self.next_pid += 1;
+                let pid = self.units.start(unit.clone(), node, life, generation);
                 self.report.unit_starts += 1;
-                self.processes.insert(
-                    pid,
-                    SimUnit {
-                        unit: unit.clone(),
-                        node,
-                        life,
-                        generation,
-                        pid,
-                        belief: tandem_core::UnitBelief::new(),
-                        hung: false,
-                        data: UnitData::default(),
-                    },
-                );
                 self.send_input(
                     node,
                     life,
@@ -1073,9 +1041,9 @@ impl Sim {
                 generation,
                 how,
             } => {
-                match self.find_process(node, &unit, generation) {
+                match self.units.find(node, &unit, generation) {
                     Some(pid) if how.kill => {
-                        self.processes.remove(&pid);
+                        self.units.processes.remove(&pid);
                         let input = Inbound::Unit(UnitEvent::Exited {
                             unit,
                             generation,
@@ -1115,8 +1083,8 @@ impl Sim {
                         )
                     });
                 }
-                if let Some(pid) = self.find_process(node, &unit, generation) {
-                    if !self.processes[&pid].hung {
+                if let Some(pid) = self.units.find(node, &unit, generation) {
+                    if !self.units.processes[&pid].hung {
                         let delay = self.unit_rng.between(50, 300);
                         self.schedule(
                             delay,
@@ -1134,9 +1102,9 @@ impl Sim {
                 generation,
                 valid_until,
             } => {
-                if let Some(pid) = self.find_process(node, &unit, generation) {
+                if let Some(pid) = self.units.find(node, &unit, generation) {
                     let ignore = self.config.units_ignore_lease;
-                    let process = self.processes.get_mut(&pid).expect("found");
+                    let process = self.units.processes.get_mut(&pid).expect("found");
                     if ignore {
                         // Mutation: the unit treats any lease as forever.
                         process

@@ -14,7 +14,7 @@ impl Sim {
     /// what the units believe (on their own clocks).
     pub(crate) fn check_one_active(&self) -> Result<(), Violation> {
         let mut acting: BTreeMap<&ShardName, Vec<(u32, &UnitName)>> = BTreeMap::new();
-        for (pid, process) in &self.processes {
+        for (pid, process) in &self.units.processes {
             let local_now = self.nodes[process.node].local_now(self.now);
             for (shard, _, _) in process.belief.roles() {
                 if process.belief.is_acting(shard, local_now) {
@@ -38,7 +38,7 @@ impl Sim {
                         units
                             .iter()
                             .map(|(pid, unit)| {
-                                let process = &self.processes[pid];
+                                let process = &self.units.processes[pid];
                                 format!(
                                     "{unit} (pid {pid}, node {}, belief {:?})",
                                     process.node + 1,

@@ -76,7 +76,7 @@ impl Sim {
             .state();
         let all_active = state.shards.values().all(|shard| {
             shard.units_in(Role::Active).any(|unit| {
-                self.processes.values().any(|process| {
+                self.units.processes.values().any(|process| {
                     &process.unit == unit
                         && process
                             .belief

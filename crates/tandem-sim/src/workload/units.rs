@@ -20,6 +20,63 @@ use crate::FailureKind;
 /// Data requests a unit keeps outstanding at most (the write workload waits beyond).
 const UNIT_DATA_PENDING_MAX: usize = 4;
 
+/// The unit processes and the unit workload's own bookkeeping.
+#[derive(Debug)]
+pub(crate) struct Units {
+    /// Unit processes by pid.
+    pub(crate) processes: BTreeMap<u32, SimUnit>,
+    /// The next pid.
+    next_pid: u32,
+    /// Next data request id (unique in the run).
+    next_data_request: u64,
+    /// Next value written by the write workload.
+    next_value: u64,
+    /// The last commit answered: shard, epoch, version (to count merged commits).
+    last_committed: Option<(ShardName, u64, u64)>,
+}
+
+impl Units {
+    /// No process yet.
+    pub(crate) fn new() -> Self {
+        Self {
+            processes: BTreeMap::new(),
+            next_pid: 100,
+            next_data_request: 1,
+            next_value: 1,
+            last_committed: None,
+        }
+    }
+
+    /// The pid of `unit`'s instance `generation` on `node`, if it runs.
+    pub(crate) fn find(&self, node: usize, unit: &UnitName, generation: u64) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|(_, p)| p.node == node && &p.unit == unit && p.generation == generation)
+            .map(|(pid, _)| *pid)
+    }
+
+    /// Starts instance `generation` of `unit` on `node` (in the node's `life`); returns its
+    /// pid.
+    pub(crate) fn start(&mut self, unit: UnitName, node: usize, life: u64, generation: u64) -> u32 {
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        self.processes.insert(
+            pid,
+            SimUnit {
+                unit,
+                node,
+                life,
+                generation,
+                pid,
+                belief: UnitBelief::new(),
+                hung: false,
+                data: UnitData::default(),
+            },
+        );
+        pid
+    }
+}
+
 /// One unit process. A unit may briefly have two (an old instance stopping on one node while a
 /// relocated one starts on another), so processes are known by pid.
 #[derive(Debug, Clone)]
@@ -118,24 +175,8 @@ impl UnitData {
 }
 
 impl Sim {
-    pub(crate) fn unit_of(&self, process: &SimUnit) -> UnitName {
-        process.unit.clone()
-    }
-
-    pub(crate) fn find_process(
-        &self,
-        node: usize,
-        unit: &UnitName,
-        generation: u64,
-    ) -> Option<u32> {
-        self.processes
-            .iter()
-            .find(|(_, p)| p.node == node && &p.unit == unit && p.generation == generation)
-            .map(|(pid, _)| *pid)
-    }
-
     pub(crate) fn on_unit_register(&mut self, pid: u32) -> Result<(), Violation> {
-        let Some(process) = self.processes.get(&pid) else {
+        let Some(process) = self.units.processes.get(&pid) else {
             return Ok(());
         };
         if process.hung {
@@ -148,8 +189,8 @@ impl Sim {
 
     /// A unit process exits (a graceful stop finished); its supervisor tells the node.
     pub(crate) fn on_unit_exit(&mut self, pid: u32) {
-        if let Some(process) = self.processes.remove(&pid) {
-            let unit = self.unit_of(&process);
+        if let Some(process) = self.units.processes.remove(&pid) {
+            let unit = process.unit.clone();
             self.send_input(
                 process.node,
                 process.life,
@@ -170,7 +211,7 @@ impl Sim {
         request: u64,
         command: UnitCommand,
     ) -> Result<(), Violation> {
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
             return Ok(());
         };
         if process.hung {
@@ -198,7 +239,7 @@ impl Sim {
                     .check_active(shard, *epoch, unit.as_str(), replica)?;
             }
         }
-        let process = self.processes.get_mut(&pid).expect("exists");
+        let process = self.units.processes.get_mut(&pid).expect("exists");
         match &command {
             UnitCommand::Assign { shard, role, .. } if *role != Role::Active => {
                 process.data.queue.remove(shard);
@@ -243,7 +284,7 @@ impl Sim {
         command: UnitCommand,
         ok: bool,
     ) -> Result<(), Violation> {
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
             return Ok(());
         };
         if process.hung {
@@ -260,14 +301,14 @@ impl Sim {
                 self.start_delivery_round(pid, shard, *epoch);
             }
         }
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
             return Ok(());
         };
         if command != UnitCommand::Health && self.config.verbose {
             let unit = process.unit.clone();
             self.trace(|| format!("{unit} (pid {pid}) answers #{request} ok={ok}"));
         }
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
             return Ok(());
         };
         let input = Inbound::Unit(UnitEvent::Reply {
@@ -294,9 +335,9 @@ impl Sim {
         body: DataRequest,
         pending: PendingData,
     ) -> Option<u64> {
-        let process = self.processes.get_mut(&pid)?;
-        let request = self.next_data_request;
-        self.next_data_request += 1;
+        let process = self.units.processes.get_mut(&pid)?;
+        let request = self.units.next_data_request;
+        self.units.next_data_request += 1;
         process.data.pending.insert(request, pending);
         let input = Inbound::Data {
             unit: process.unit.clone(),
@@ -317,7 +358,7 @@ impl Sim {
         request: u64,
         reply: DataReply,
     ) -> Result<(), Violation> {
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
             return Ok(());
         };
         if process.hung {
@@ -330,7 +371,7 @@ impl Sim {
             let unit = process.unit.clone();
             self.trace(|| format!("{unit} (pid {pid}) data #{request} {pending:?} -> {reply:?}"));
         }
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
             return Ok(());
         };
         match (pending, reply) {
@@ -345,10 +386,10 @@ impl Sim {
                 DataReply::Committed { version },
             ) => {
                 let answered = (shard.clone(), epoch, version);
-                if self.last_committed.as_ref() == Some(&answered) {
+                if self.units.last_committed.as_ref() == Some(&answered) {
                     self.report.commits_merged += 1;
                 }
-                self.last_committed = Some(answered);
+                self.units.last_committed = Some(answered);
                 if sync {
                     self.report.sync_commits_acked += 1;
                     self.data_checker
@@ -401,7 +442,7 @@ impl Sim {
     /// The unit (again) takes the stream of `shard`, from the first message not consumed:
     /// what was queued or dropped before comes again.
     pub(crate) fn start_delivery_round(&mut self, pid: u32, shard: &ShardName, epoch: u64) {
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
             return;
         };
         process.data.queue.remove(shard);
@@ -429,7 +470,7 @@ impl Sim {
                 shard: shard.clone(),
             },
         ) {
-            let process = self.processes.get_mut(&pid).expect("checked");
+            let process = self.units.processes.get_mut(&pid).expect("checked");
             process.data.round.insert(shard.clone(), request);
         }
     }
@@ -439,7 +480,7 @@ impl Sim {
         pid: u32,
         delivery: Delivery,
     ) -> Result<(), Violation> {
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
             return Ok(());
         };
         if process.hung {
@@ -510,7 +551,7 @@ impl Sim {
         }
         self.report.messages_accepted += 1;
         self.data_checker.on_delivered(&shard, id, self.now);
-        let process = self.processes.get_mut(&pid).expect("checked");
+        let process = self.units.processes.get_mut(&pid).expect("checked");
         process
             .data
             .queue
@@ -524,7 +565,7 @@ impl Sim {
     /// A unit applies its next queued message of `shard`, if it is not busy with one: its
     /// state change (a mark per message) and the stream position, in one sync commit.
     fn apply_next(&mut self, pid: u32, shard: &ShardName) {
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
             return;
         };
         if process.data.busy.contains(shard) {
@@ -576,6 +617,7 @@ impl Sim {
     /// The write workload: a unit acting ACTIVE for a shard commits a few writes.
     pub(crate) fn unit_writes(&mut self) {
         let candidates: Vec<(u32, ShardName, u64)> = self
+            .units
             .processes
             .iter()
             .filter(|(_, process)| {
@@ -596,8 +638,8 @@ impl Sim {
             return;
         }
         let (pid, shard, epoch) = candidates[self.workload.pick(candidates.len())].clone();
-        let value = self.next_value;
-        self.next_value += 1;
+        let value = self.units.next_value;
+        self.units.next_value += 1;
         // Async writes use keys of their own: the checker holds sync writes to their promise,
         // and an async write acknowledged later may or may not survive a failover.
         let sync = !self.workload.chance(150_000);
