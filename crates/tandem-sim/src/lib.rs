@@ -26,6 +26,28 @@
 //! Everything is drawn from the seed (no thread RNG, no wall clock, no hash-map iteration),
 //! so a failing seed replays exactly:
 //! `TANDEM_SEED=<seed> cargo test -p tandem-sim --test sim -- replay --nocapture`.
+//!
+//! # Module map
+//!
+//! The layout follows TigerBeetle's VOPR and FoundationDB's workloads: one driver, the world
+//! it simulates, the workloads, fault injection from one place, and one checker per
+//! invariant. `Sim` is a single struct; its methods live in `impl Sim` blocks in the module
+//! of the part they belong to.
+//!
+//! - `sim`: the driver: `Sim`, the event queue, node inputs, driving a node (its Raft and
+//!   data steps, deferred log syncs), restarts, and carrying out agents' actions;
+//! - the simulated world: [`node`] (one node: status, clock drift, inbox), [`disk`] (its
+//!   Raft disk), [`replica_files`] (its replica files), [`net`] (the network, and the
+//!   driver's sending over it), `topology` (the services every run deploys), [`rng`];
+//! - [`workload`]: [`workload::units`] (the simulated unit processes), [`workload::stream`]
+//!   (stream messages), [`workload::operator`] (clients and the operator);
+//! - `faults`: the fault generator, crashes, pauses, partitions, unit faults, the end of the
+//!   fault phase;
+//! - [`checks`]: [`checks::raft`] (election safety, leader completeness, committed entries
+//!   never change, equal models), [`checks::data`] (no acknowledged write lost, stream
+//!   exactly once in order, replicas agree), `checks::one_active` (one ACTIVE per shard),
+//!   `checks::settled` (liveness after the faults);
+//! - `dump`: diagnostics for failure messages.
 
 pub mod checks;
 pub mod disk;

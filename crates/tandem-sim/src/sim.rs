@@ -1,5 +1,9 @@
-//! The simulation engine: the event queue, the nodes and their unit processes, the fault
-//! generator and the workload.
+//! The driver: the whole simulated world (`Sim`), its event queue and the run loop; node
+//! inputs (ticks, timers, peer messages, unit and data inputs, queued while a node is
+//! paused); driving a node (its Raft drive, its data step with the replica files' sync
+//! rounds, deferred Raft log syncs); restarts; and carrying out agents' actions on unit
+//! processes. The workloads, fault injection, checkers and diagnostics add their own
+//! `impl Sim` blocks in their modules (see the crate's module map).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
