@@ -21,6 +21,8 @@ pub(crate) enum CrashKind {
 }
 
 impl Sim {
+    /// The fault generator acts: one fault of the kinds this seed enables, then the next one is
+    /// scheduled.
     pub(crate) fn on_fault(&mut self) -> Result<(), Violation> {
         if !self.faults_active {
             return Ok(());
@@ -164,6 +166,7 @@ impl Sim {
         Some(candidates[self.faults.pick(candidates.len())])
     }
 
+    /// Cuts links for a while: one node isolated, the cluster split in two, or one-way cuts.
     fn partition(&mut self) {
         let ids = self.voters.clone();
         let mut links = Vec::new();
@@ -227,6 +230,8 @@ impl Sim {
         self.schedule(duration, Event::Heal { partition });
     }
 
+    /// Crashes a node: its memory, unit processes and inbox are gone; its disk and replica files
+    /// keep, lose or tear what was not synced. It restarts later.
     pub(crate) fn crash(&mut self, node: usize, kind: CrashKind) {
         let id = self.nodes[node].id;
         let disk = self.nodes[node].disk.clone();
@@ -307,6 +312,7 @@ impl Sim {
         self.schedule(delay, Event::Restart { node, epoch });
     }
 
+    /// Pauses a node (SIGSTOP-like) for a while: no ticks, and its inputs wait in its inbox.
     fn pause(&mut self, node: usize) {
         let sim_node = &mut self.nodes[node];
         sim_node.status = Status::Paused;
@@ -319,6 +325,7 @@ impl Sim {
         self.schedule(duration, Event::Resume { node, epoch });
     }
 
+    /// Resumes a paused node: its timers restart and it takes in what waited in its inbox.
     pub(crate) fn resume(&mut self, node: usize) -> Result<(), Violation> {
         let id = self.nodes[node].id;
         let inbox = std::mem::take(&mut self.nodes[node].inbox);

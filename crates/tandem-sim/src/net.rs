@@ -114,6 +114,7 @@ impl Network {
 }
 
 impl Sim {
+    /// Sends a peer message in a peer envelope, as the daemon encodes it.
     pub(crate) fn send(&mut self, from: u64, to: u64, message: &PeerMessage) {
         self.report.messages_sent += 1;
         let envelope = tandem_proto::peer::Envelope {
@@ -125,6 +126,7 @@ impl Sim {
         self.transmit(from, to, Wire(envelope.encode_to_vec()));
     }
 
+    /// Sends a data-plane message (replication) as the daemon encodes it.
     pub(crate) fn send_data(&mut self, from: u64, to: u64, message: &DataMessage) {
         self.report.messages_sent += 1;
         let envelope = tandem_proto::peer::Envelope {

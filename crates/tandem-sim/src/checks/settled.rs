@@ -16,6 +16,8 @@ use crate::FailureKind;
 const PROBE_NONCE_BASE: u64 = 1 << 62;
 
 impl Sim {
+    /// After the faults: proposes a liveness probe through the leader, again every 500 ms until
+    /// one is applied everywhere.
     pub(crate) fn on_probe(&mut self) -> Result<(), Violation> {
         if self.probe_done {
             return Ok(());

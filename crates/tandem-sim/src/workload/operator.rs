@@ -19,6 +19,8 @@ use crate::sim::{Event, Sim};
 pub(crate) const ADMIN_ID_BASE: u64 = 1 << 40;
 
 impl Sim {
+    /// A client proposes a `Noop` (during the faults, now and then the operator acts and the unit
+    /// and stream workloads run first).
     pub(crate) fn on_client(&mut self) -> Result<(), Violation> {
         let gap = self.workload.between(1_000, self.params.client_gap_max_us);
         self.schedule(gap, Event::Client);
@@ -126,6 +128,7 @@ impl Sim {
         self.admin(leader, action)
     }
 
+    /// Hands an admin request to the leader, with a 5 s deadline.
     fn admin(&mut self, leader: usize, action: AdminAction) -> Result<(), Violation> {
         let id = self.next_admin;
         self.next_admin += 1;

@@ -175,6 +175,7 @@ impl UnitData {
 }
 
 impl Sim {
+    /// A unit process registers with its agent through the SDK.
     pub(crate) fn on_unit_register(&mut self, pid: u32) -> Result<(), Violation> {
         let Some(process) = self.units.processes.get(&pid) else {
             return Ok(());
@@ -205,6 +206,8 @@ impl Sim {
         }
     }
 
+    /// A request of its agent reaches a unit process: it updates its beliefs, and its hook
+    /// answers after a while (now and then late, or with an error).
     pub(crate) fn on_unit_request(
         &mut self,
         pid: u32,
@@ -277,6 +280,7 @@ impl Sim {
         Ok(())
     }
 
+    /// A unit process's hook completes: it answers its agent.
     pub(crate) fn on_unit_answer(
         &mut self,
         pid: u32,
@@ -327,8 +331,7 @@ impl Sim {
         Ok(())
     }
 
-    /// Sends a data request from unit process `pid` to its agent.
-    /// Sends a data request of a unit; returns its id.
+    /// Sends a data request of unit process `pid` to its agent; returns its id.
     fn unit_data_request(
         &mut self,
         pid: u32,
@@ -352,6 +355,7 @@ impl Sim {
         Some(request)
     }
 
+    /// The answer to one of a unit's data requests reaches it.
     pub(crate) fn on_unit_data_reply(
         &mut self,
         pid: u32,
@@ -475,6 +479,8 @@ impl Sim {
         }
     }
 
+    /// A stream delivery reaches a unit: checked for order and duplicates, then queued to be
+    /// applied.
     pub(crate) fn on_unit_delivery(
         &mut self,
         pid: u32,
@@ -614,7 +620,8 @@ impl Sim {
         );
     }
 
-    /// The write workload: a unit acting ACTIVE for a shard commits a few writes.
+    /// The write workload: a unit acting ACTIVE for a shard commits one write (sync or async,
+    /// a value or a deletion).
     pub(crate) fn unit_writes(&mut self) {
         let candidates: Vec<(u32, ShardName, u64)> = self
             .units
@@ -681,6 +688,7 @@ impl Sim {
         );
     }
 
+    /// Whether `shard` has a data plane (it belongs to a single-ACTIVE model).
     pub(crate) fn is_data_shard(&self, shard: &ShardName) -> bool {
         self.topology
             .services
