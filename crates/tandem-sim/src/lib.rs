@@ -249,6 +249,8 @@ pub struct SimReport {
     pub installs: u64,
     /// Installs whose report came a sync round late.
     pub late_installs: u64,
+    /// Installs of a compacted file whose replica had started over (a reset) since.
+    pub installs_started_over: u64,
     /// Compacted files a crash found written but not installed (lost whole).
     pub installs_lost: u64,
     /// Data invariant checks made.
@@ -296,6 +298,7 @@ impl SimReport {
         self.compactions += other.compactions;
         self.installs += other.installs;
         self.late_installs += other.late_installs;
+        self.installs_started_over += other.installs_started_over;
         self.installs_lost += other.installs_lost;
         self.replica_tails_torn += other.replica_tails_torn;
         self.data_checks += other.data_checks;
@@ -337,7 +340,8 @@ impl fmt::Display for SimReport {
              {:.3} s; data: {} commits ({} sync acked, {} merged), {} messages offered / {} accepted / {} \
              applied, {} full transfers, {} deltas, {} verified, {} possible losses, replica \
              tails {} torn / {} cut, {} replica stamps checked, {} data checks, compactions {} \
-             started / {} installed / {} late / {} lost to a crash",
+             started / {} installed / {} late / {} of a replica that started over / {} lost to a \
+             crash",
             self.events,
             self.messages_sent,
             self.messages_dropped,
@@ -390,6 +394,7 @@ impl fmt::Display for SimReport {
             self.compactions,
             self.installs,
             self.late_installs,
+            self.installs_started_over,
             self.installs_lost,
         )
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tandem_core::data::{PersistAction, ReplicaId};
+use tandem_core::data::ReplicaId;
 use tandem_node::replica_file::{self, Recovered};
 use tandem_node::{FileOp, Installed, Synced};
 
@@ -77,6 +77,8 @@ pub struct ReplicaFiles {
     installs: BTreeMap<ReplicaId, Install>,
     /// Installs of replicas removed meanwhile, still to report (as not installed).
     orphaned: Vec<Installed>,
+    /// Installs of a compacted file whose replica started over after the compaction.
+    pub installs_started_over: u64,
 }
 
 impl ReplicaFiles {
@@ -124,10 +126,8 @@ impl ReplicaFiles {
                     )
                 });
                 file.generation = generation;
-                match &action {
-                    PersistAction::Op(op) => file.written = op.seq,
-                    PersistAction::Reset(snapshot) => file.written = snapshot.version,
-                    _ => {}
+                if let Some(version) = action.version() {
+                    file.written = version;
                 }
                 file.bytes.extend(record);
             }
@@ -195,6 +195,11 @@ impl ReplicaFiles {
                 .files
                 .get_mut(&id)
                 .expect("a compacted file is in the books");
+            if file.generation != install.generation {
+                // The replica started over (a reset) after the compaction: the install puts
+                // the new content in place, and its report must not count the old version.
+                self.installs_started_over += 1;
+            }
             file.sync();
             installed.push(Installed {
                 id,

@@ -50,9 +50,10 @@ const EVENTS_MAX: u64 = 20_000_000;
 /// Chance (per million) that a data step leaves its replica writes unsynced until the next
 /// one, so a crash can find (and tear) an unsynced tail.
 const REPLICA_SYNC_DELAY_PPM: u64 = 200_000;
-/// Chance that a sync round leaves a compacted file's install (and its report) for a later
-/// round, after syncs of the compacted file.
-const LATE_INSTALL_PPM: u64 = 250_000;
+/// Chances, one drawn per seed, that a sync round leaves a compacted file's install (and its
+/// report) for a later round, after syncs of the compacted file: the highest keeps installs
+/// pending for about ten rounds, long enough for a replica to start over meanwhile.
+const LATE_INSTALL_PPM: [u64; 3] = [250_000, 600_000, 900_000];
 
 /// Random streams, one per concern (see [`crate::rng`]).
 const STREAM_PARAMS: u64 = 1;
@@ -213,6 +214,8 @@ pub(crate) struct Sim {
     /// When the nodes compact their replica files: the daemon's books, with a ratio and a
     /// floor drawn per seed, small enough for the simulation's files.
     compaction: CompactionPolicy,
+    /// Chance that a sync round leaves an install for later (one of [`LATE_INSTALL_PPM`]).
+    late_install_ppm: u64,
     /// How long deferred Raft log fsyncs take.
     sync_rng: Rng,
     /// What a crash does to replica file stamps (a stream of its own, so that adding the
@@ -296,6 +299,7 @@ impl Sim {
                 raft_sync: None,
             })
             .collect();
+        let mut compaction_rng = Rng::new(seed, STREAM_COMPACTION);
         Self {
             params,
             topology: topology(config.nodes),
@@ -310,13 +314,11 @@ impl Sim {
             faults: Rng::new(seed, STREAM_FAULTS),
             disk_rng: Rng::new(seed, STREAM_DISK),
             install_rng: Rng::new(seed, STREAM_INSTALLS),
-            compaction: {
-                let mut rng = Rng::new(seed, STREAM_COMPACTION);
-                CompactionPolicy {
-                    ratio: [2, 4, 8][rng.pick(3)],
-                    floor_bytes: [512, 2048, 16 * 1024][rng.pick(3)],
-                }
+            compaction: CompactionPolicy {
+                ratio: [2, 4, 8][compaction_rng.pick(3)],
+                floor_bytes: [512, 2048, 16 * 1024][compaction_rng.pick(3)],
             },
+            late_install_ppm: LATE_INSTALL_PPM[compaction_rng.pick(LATE_INSTALL_PPM.len())],
             sync_rng: Rng::new(seed, STREAM_SYNC),
             stamp_rng: Rng::new(seed, STREAM_STAMP),
             link_rng,
@@ -771,13 +773,17 @@ impl Sim {
     /// comes a round late, after syncs of the compacted file it installs.
     fn sync_files(&mut self, node: usize) {
         let install_rng = &mut self.install_rng;
+        let late_install_ppm = self.late_install_ppm;
         let mut late = 0;
+        let started_over = self.nodes[node].files.installs_started_over;
         let (installed, synced) = self.nodes[node].files.sync(|| {
-            let is_late = install_rng.chance(LATE_INSTALL_PPM);
+            let is_late = install_rng.chance(late_install_ppm);
             late += u64::from(is_late);
             is_late
         });
         self.report.late_installs += late;
+        self.report.installs_started_over +=
+            self.nodes[node].files.installs_started_over - started_over;
         self.report.installs += installed.iter().filter(|done| done.installed).count() as u64;
         if self.config.verbose && (!installed.is_empty() || !synced.is_empty()) {
             let id = self.nodes[node].id;

@@ -68,6 +68,10 @@ fn fixed_seeds() {
         ("compacted files installed", total.installs),
         ("install reports that came late", total.late_installs),
         (
+            "installs of a replica that started over meanwhile",
+            total.installs_started_over,
+        ),
+        (
             "compacted files lost to a crash before their install",
             total.installs_lost,
         ),
