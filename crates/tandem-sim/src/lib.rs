@@ -1,24 +1,30 @@
 //! Deterministic simulation of whole tandem clusters in one thread, from one `u64` seed.
 //!
-//! Every node runs the real [`tandem_raft::Replica`] (raft-rs over tandem's WAL storage) and
-//! the real [`tandem_core::LivenessTracker`]; only the world around them is simulated:
+//! Every node runs the real [`tandem_node::Node`], as tandemd does: the Raft replica (raft-rs
+//! over tandem's WAL storage), the leader's liveness tracker, quorum clock and director, the
+//! agent, the data plane and the replica-file books. Only the world around them is simulated:
 //!
 //! - **time**: one event queue ordered by (time, sequence number); each node ticks every
 //!   10 ms of its own clock, which drifts by up to ±3 % ([`node`]);
 //! - **network**: per-message delay (1 ms to a per-seed maximum of 5–20 ms, a few messages
 //!   held back up to 200 ms more), loss, duplication, and partitions made of cut directed
-//!   links (symmetric and one-way), healed later ([`net`]). Raft messages travel as the bytes
-//!   of raft-rs's codec;
-//! - **disk**: each node has a [`tandem_raft::disk::MemDisk`]; a crash drops the replica
-//!   (all memory) and keeps, loses or tears each file's unsynced tail. Crashes can strike in
-//!   the middle of a write, and now and then leave garbage after the last record ([`disk`]);
+//!   links (symmetric and one-way), healed later ([`net`]). Messages travel as the bytes of
+//!   their wire codecs;
+//! - **disk**: each node has a [`tandem_raft::disk::MemDisk`] for its Raft log ([`disk`]) and
+//!   simulated replica files ([`replica_files`]) written as tandemd's writer and sync threads
+//!   write them; a crash drops all memory and keeps, loses or tears each file's unsynced tail,
+//!   can strike in the middle of a write, and loses a compacted replica file not yet installed;
+//! - **units**: simulated unit processes that answer hooks (late, with errors, or never),
+//!   crash, report faults, fence themselves on their own clocks, write checkpoints and consume
+//!   streams ([`workload`]);
 //! - **faults**: crashes and restarts, pauses (SIGSTOP-like: no ticks, messages queue),
 //!   partitions and bad network weather, drawn from the seed for a `fault_duration`;
-//! - **workload**: clients propose `Noop`s with unique nonces to the leader, and every node
-//!   sends liveness heartbeats to the leader, whose tracker commits `SetNodeLiveness`.
+//! - **operator and clients**: admin operations, client proposals and stream messages.
 //!
 //! The checkers ([`checks`]) verify election safety, leader completeness, that committed
-//! entries are never lost or changed, ordered progress per node and equal cluster models.
+//! entries are never lost or changed, equal cluster models, the model's own invariants after
+//! every applied entry, at most one ACTIVE per shard (judged by what units believe), no
+//! acknowledged write lost, streams applied exactly once in order, and replicas that agree.
 //! After the fault phase the world calms down (partitions heal, crashed nodes restart, no
 //! more loss or pauses) and the run must show liveness within `liveness_bound` (see
 //! [`SimConfig::liveness_bound`]).
