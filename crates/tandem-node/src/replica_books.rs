@@ -12,10 +12,11 @@
 //!   created. A report about an older generation says nothing of the new content: dropped.
 //! - A file that holds [`CompactionPolicy::ratio`] times its replica's live bytes (and at least
 //!   [`CompactionPolicy::floor_bytes`]) is replaced by a compacted one, written under a new
-//!   generation and installed (synced, renamed over the old file) later. Until the install is
-//!   reported, a restart reads the old file: no version of the new generation is reported
-//!   durable before [`Installed`], even when a sync of the new file is reported first; such a
-//!   report is held and counted at the install.
+//!   generation and installed (synced, renamed over the old file) later; every later write of
+//!   the replica goes to the new file, even one that starts it over again. Until the install
+//!   is reported, a restart reads the old file: while a compaction is pending no sync of the
+//!   replica's file counts, even one reported first (its content is in the new file); the
+//!   newest is held and counted at the install.
 //!
 //! Architecture invariant: no files, no threads, no clock: the same books run in tandemd and in
 //! the simulation.
@@ -121,7 +122,8 @@ struct Book {
     len: usize,
     /// The generation of a compacted file not yet installed.
     compacting: Option<u64>,
-    /// The newest sync of the compacted file reported before its install: (version, len).
+    /// The newest sync of the current generation reported while a compaction is pending:
+    /// (version, len); it counts at the install.
     held: Option<(u64, usize)>,
 }
 
@@ -241,7 +243,8 @@ impl ReplicaBooks {
             if book.generation != generation {
                 continue;
             }
-            if book.compacting == Some(generation) {
+            if book.compacting.is_some() {
+                // In the compacted file, which a crash before its install loses whole.
                 let (held_version, held_len) = book.held.get_or_insert((version, len));
                 *held_version = (*held_version).max(version);
                 *held_len = (*held_len).max(len);
@@ -297,9 +300,9 @@ impl ReplicaBooks {
         true
     }
 
-    /// A compaction's install reported, as the version now durable: the compacted one, or a
-    /// sync of the new file held meanwhile. None when the file started over or was removed
-    /// since.
+    /// A compaction's install reported, as the version now durable: the compacted one (unless
+    /// the replica started over since), or the newest sync held meanwhile. None when neither
+    /// counts, or the replica was removed.
     pub fn installed(&mut self, done: Installed) -> Option<(ReplicaId, u64)> {
         let book = self.books.get_mut(&done.id)?;
         if book.compacting != Some(done.generation) {
@@ -307,14 +310,18 @@ impl ReplicaBooks {
         }
         book.compacting = None;
         let held = book.held.take();
-        if !done.installed || book.generation != done.generation {
+        if !done.installed {
             return None;
         }
-        let (version, len) = match held {
-            Some((version, len)) => (version.max(done.version), len),
-            None => (done.version, book.len),
+        let compacted = (book.generation == done.generation).then_some(done.version);
+        let version = match (compacted, held) {
+            (None, None) => return None,
+            (Some(version), None) => version,
+            (compacted, Some((version, len))) => {
+                book.len = len;
+                version.max(compacted.unwrap_or(0))
+            }
         };
-        book.len = len;
         Some((done.id, version))
     }
 
@@ -324,7 +331,8 @@ impl ReplicaBooks {
     }
 
     /// Whether a compacted file of `id` waits to be installed.
-    pub fn is_compacting(&self, id: &ReplicaId) -> bool {
+    #[cfg(test)]
+    fn is_compacting(&self, id: &ReplicaId) -> bool {
         self.books
             .get(id)
             .is_some_and(|book| book.compacting.is_some())
@@ -470,6 +478,46 @@ mod tests {
         };
         assert_eq!(books.installed(done), None);
         assert!(!books.is_compacting(&id()), "the next compaction may start");
+    }
+
+    #[test]
+    fn a_reset_written_to_a_compacted_file_counts_only_once_that_file_is_installed() {
+        let (mut books, replica, _) = books_at(4);
+        assert!(books.start_compaction(&id(), &replica, true));
+        let FileOp::Compact { generation, .. } = books.take_ops().remove(0) else {
+            panic!("a compaction")
+        };
+        // The replica starts over; the reset and what follows go to the compacted file,
+        // which a crash before its install loses whole.
+        let mut snapshot = ShardReplica::new().snapshot();
+        snapshot.version = 2;
+        books.apply(&id(), PersistAction::Reset(snapshot));
+        books.apply(&id(), op(3));
+        let FileOp::Persist {
+            generation: reset, ..
+        } = books.take_ops().remove(0)
+        else {
+            panic!("a persist")
+        };
+        assert!(reset > generation);
+        assert_eq!(
+            books.synced(vec![synced(reset, 3, 300)]),
+            vec![],
+            "not durable before the install"
+        );
+        let done = Installed {
+            id: id(),
+            generation,
+            version: 4,
+            installed: true,
+        };
+        assert_eq!(
+            books.installed(done),
+            Some((id(), 3)),
+            "the held sync counts at the install, the compacted version 4 does not"
+        );
+        assert_eq!(books.file_len(&id()), Some(300));
+        assert_eq!(books.synced(vec![synced(reset, 3, 310)]), vec![(id(), 3)]);
     }
 
     #[test]

@@ -10,8 +10,6 @@
 //! file operations), then [`Node::end_data_step`], whose in-sync claims the node already took
 //! into its next report.
 
-use std::collections::BTreeMap;
-
 use tandem_core::data::{
     Accepted, DataEvent, DataMessage, DataReply, DataRequest, DataView, Delivery, NotAccepted,
     ReplicaId, ReplicaStatus, ShardReplica, StreamMessage,
@@ -226,11 +224,6 @@ impl<D: Disk> Node<D> {
     /// Bytes of records in the replica file of `id` as of its last sync.
     pub fn replica_file_len(&self, id: &ReplicaId) -> Option<usize> {
         self.books.file_len(id)
-    }
-
-    /// The in-sync claims this node's report carries.
-    pub fn in_sync_claims(&self) -> &BTreeMap<ShardName, tandem_core::InSyncClaim> {
-        &self.in_sync_claims
     }
 
     /// Checks the data plane's per-replica caches against a walk over every replica (for the
