@@ -445,6 +445,15 @@ pub enum ApplyOutcome {
     Unsafe(String),
 }
 
+/// Which shards a transaction checks for two acting units.
+#[derive(Debug, Clone, Copy)]
+enum Checked {
+    /// Those whose roles it changed.
+    RolesChanged,
+    /// All of them (the topology changed: a model can change under roles that stay).
+    AllShards,
+}
+
 impl ApplyOutcome {
     /// Why the command was not applied, if it was not.
     pub fn refusal(&self) -> Option<&str> {
@@ -767,7 +776,10 @@ impl ClusterState {
                 }),
             },
             Command::SetTopology(topology) => {
-                self.transact(events, |state, events| state.set_topology(topology, events))
+                // A service's model can change under roles that stay: every shard is checked.
+                self.transact_checked(events, Checked::AllShards, |state, events| {
+                    state.set_topology(topology, events)
+                })
             }
             Command::Admin { target, op } => {
                 self.transact(events, |state, events| state.admin(target, *op, events))
@@ -869,13 +881,32 @@ impl ClusterState {
         events: &mut Vec<ModelEvent>,
         change: impl FnOnce(&mut ClusterState, &mut Vec<ModelEvent>) -> ApplyOutcome,
     ) -> ApplyOutcome {
+        self.transact_checked(events, Checked::RolesChanged, change)
+    }
+
+    /// [`transact`](Self::transact), checking the one-acting-unit rule on `checked` shards.
+    fn transact_checked(
+        &mut self,
+        events: &mut Vec<ModelEvent>,
+        checked: Checked,
+        change: impl FnOnce(&mut ClusterState, &mut Vec<ModelEvent>) -> ApplyOutcome,
+    ) -> ApplyOutcome {
         let mut draft = self.clone();
         let mut draft_events = Vec::new();
         let outcome = change(&mut draft, &mut draft_events);
         if !matches!(outcome, ApplyOutcome::Refused(_)) {
             draft.keep_in_sync_standbys();
             draft.keep_continued_replicas();
-            if let Err(broken) = draft.check_one_acting(&draft_events) {
+            let broken = match checked {
+                Checked::RolesChanged => {
+                    draft.check_one_acting(draft_events.iter().filter_map(|event| match event {
+                        ModelEvent::RoleChanged { shard, .. } => Some(shard),
+                        _ => None,
+                    }))
+                }
+                Checked::AllShards => draft.check_one_acting(draft.shards.keys()),
+            };
+            if let Err(broken) = broken {
                 return ApplyOutcome::Unsafe(broken);
             }
             *self = draft;
@@ -884,14 +915,14 @@ impl ClusterState {
         outcome
     }
 
-    /// Architecture invariant, checked wherever roles change: a shard of a single-ACTIVE
-    /// service has at most one acting (ACTIVE or QUIESCING) unit. Checks the shards whose roles
-    /// `events` changed, so it costs what the command touched.
-    fn check_one_acting(&self, events: &[ModelEvent]) -> Result<(), String> {
-        for event in events {
-            let ModelEvent::RoleChanged { shard, .. } = event else {
-                continue;
-            };
+    /// Architecture invariant, checked wherever roles or models change: a shard of a
+    /// single-ACTIVE service has at most one acting (ACTIVE or QUIESCING) unit. Checks
+    /// `shards`, so a command that changes roles pays for the shards it touched.
+    fn check_one_acting<'a>(
+        &self,
+        shards: impl Iterator<Item = &'a ShardName>,
+    ) -> Result<(), String> {
+        for shard in shards {
             let Some(record) = self.shards.get(shard) else {
                 continue;
             };
@@ -1848,6 +1879,39 @@ pub(crate) mod tests {
             ApplyOutcome::Unsafe(reason.clone()).refusal(),
             Some(reason.as_str())
         );
+    }
+
+    #[test]
+    fn a_model_change_under_two_actives_is_refused_as_unsafe() {
+        let mut state = two_n_state();
+        let mut topology = state.topology.clone();
+        topology.services[0].model = RedundancyModel::NWayActive {
+            actives_per_shard: 0,
+        };
+        assert_eq!(
+            state.apply(2, &Command::SetTopology(topology.clone())),
+            ApplyOutcome::Changed
+        );
+        assert_eq!(
+            state.apply(
+                3,
+                &set(
+                    "s0",
+                    0,
+                    &[("a", Some(Role::Active)), ("b", Some(Role::Active))]
+                )
+            ),
+            ApplyOutcome::Changed
+        );
+        // Back to 2n with both units still ACTIVE: no role changes, but two ACTIVEs.
+        let before = state.clone();
+        topology.services[0].model = RedundancyModel::TwoN;
+        let outcome = state.apply(4, &Command::SetTopology(topology));
+        assert!(
+            matches!(&outcome, ApplyOutcome::Unsafe(reason) if reason.contains("s0")),
+            "{outcome:?}"
+        );
+        assert_eq!(state, before);
     }
 
     #[test]

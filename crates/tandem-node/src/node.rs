@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use tandem_core::director::{node_down_promotions, View};
 use tandem_core::{
-    AdminCode, Agent, AgentAction, AgentReport, ClusterState, Command, Director, LivenessConfig,
-    LivenessTracker, NodeId, NodeReport, Observations, QuorumClock, Refusal, Time, Topology,
-    UnitName,
+    AdminCode, Agent, AgentAction, AgentReport, ApplyOutcome, ClusterState, Command, Director,
+    LivenessConfig, LivenessTracker, NodeId, NodeReport, Observations, QuorumClock, Refusal, Time,
+    Topology, UnitName,
 };
 use tandem_raft::disk::Disk;
 use tandem_raft::{Applied, Replica, ReplicaConfig, ReplicaError};
@@ -771,15 +771,18 @@ impl<D: Disk> Node<D> {
         waiting.outstanding = waiting.outstanding.saturating_sub(1);
         waiting.index = applied.index;
         waiting.term = applied.term;
+        let why = match &applied.outcome {
+            ApplyOutcome::Refused(_) => "the state changed meanwhile",
+            ApplyOutcome::Unsafe(_) => "it would break the one-ACTIVE rule: a bug, nothing changed",
+            ApplyOutcome::Changed | ApplyOutcome::Unchanged => return,
+        };
         if let Some(reason) = applied.outcome.refusal() {
             leadership.waiting.remove(&id);
             step.admin.push((
                 id,
                 Err(Refusal {
                     code: AdminCode::Refused,
-                    message: format!(
-                        "refused when applied (the state changed meanwhile): {reason}"
-                    ),
+                    message: format!("refused when applied ({why}): {reason}"),
                 }),
             ));
         }

@@ -32,10 +32,7 @@ impl Harness {
     fn apply(&mut self, command: Command) {
         self.applied += 1;
         let outcome = self.state.apply(self.applied, &command);
-        assert!(
-            !matches!(outcome, crate::cluster::ApplyOutcome::Refused(_)),
-            "{outcome:?}"
-        );
+        assert!(outcome.refusal().is_none(), "{outcome:?}");
     }
 
     fn set_role(&mut self, shard: &str, role: Option<Role>) {

@@ -141,7 +141,7 @@ impl Harness {
             self.index += 1;
             let outcome = self.state.apply(self.index, command);
             assert!(
-                !matches!(outcome, ApplyOutcome::Refused(_)),
+                outcome.refusal().is_none(),
                 "{command:?} was refused: {outcome:?}"
             );
             if let Command::UnitFault { unit, .. } = command {
