@@ -318,7 +318,8 @@ fn admin_seeds() {
     write_seed("admin_request", "noop-response", &response.encode_to_vec());
     let response = admin::AdminResponse {
         kind: Some(admin_response::Kind::Error(admin::AdminError {
-            code: admin::AdminCode::AdminNoLeader as i32,
+            code: "no_leader".to_owned(),
+            kind: admin::AdminCode::AdminNoLeader as i32,
             message: "no leader is known; retry in a moment".to_owned(),
         })),
     };

@@ -171,7 +171,7 @@ fn bad_frames_drop_the_connection_and_the_daemon_keeps_serving() {
     match response.kind {
         Some(tandem_proto::admin::admin_response::Kind::Error(error)) => {
             assert_eq!(
-                tandem_proto::admin_wire::decode_admin_code(error.code),
+                tandem_proto::admin_wire::decode_admin_code(&error),
                 tandem::AdminCode::BadRequest
             );
             assert!(

@@ -266,7 +266,7 @@ fn refused_or(
 ) -> Result<admin_response::Kind, AdminClientError> {
     match response.kind {
         Some(admin_response::Kind::Error(error)) => Err(AdminClientError::Refused {
-            code: decode_admin_code(error.code),
+            code: decode_admin_code(&error),
             message: error.message,
         }),
         Some(kind) => Ok(kind),

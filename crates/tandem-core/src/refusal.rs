@@ -88,6 +88,11 @@ impl AdminCode {
         AdminCode::Unknown,
     ];
 
+    /// The code of a stable name ([`AdminCode::name`]), if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|code| code.name() == name)
+    }
+
     /// Its stable name, in `snake_case`.
     pub fn name(self) -> &'static str {
         match self {

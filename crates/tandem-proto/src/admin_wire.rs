@@ -30,10 +30,13 @@ pub fn encode_admin_code(code: AdminCode) -> wire::AdminCode {
     }
 }
 
-/// An admin code from the wire; a number this build does not know (from a newer tandemd) is
-/// [`AdminCode::Unknown`].
-pub fn decode_admin_code(code: i32) -> AdminCode {
-    match wire::AdminCode::try_from(code).unwrap_or(wire::AdminCode::AdminUnknown) {
+/// An admin error's code: its enum `kind`, or, when that is unset (a tandemd from before it),
+/// its name; what this build does not know (from a newer tandemd) is [`AdminCode::Unknown`].
+pub fn decode_admin_code(error: &wire::AdminError) -> AdminCode {
+    match wire::AdminCode::try_from(error.kind).unwrap_or(wire::AdminCode::AdminUnknown) {
+        wire::AdminCode::AdminUnknown => {
+            AdminCode::from_name(&error.code).unwrap_or(AdminCode::Unknown)
+        }
         wire::AdminCode::AdminBadRequest => AdminCode::BadRequest,
         wire::AdminCode::AdminNotFound => AdminCode::NotFound,
         wire::AdminCode::AdminNoOp => AdminCode::NoOp,
@@ -51,7 +54,6 @@ pub fn decode_admin_code(code: i32) -> AdminCode {
         wire::AdminCode::AdminTimeout => AdminCode::Timeout,
         wire::AdminCode::AdminShuttingDown => AdminCode::ShuttingDown,
         wire::AdminCode::AdminLagged => AdminCode::Lagged,
-        wire::AdminCode::AdminUnknown => AdminCode::Unknown,
     }
 }
 
@@ -59,8 +61,9 @@ pub fn decode_admin_code(code: i32) -> AdminCode {
 pub fn error_response(code: AdminCode, message: impl Into<String>) -> wire::AdminResponse {
     wire::AdminResponse {
         kind: Some(wire::admin_response::Kind::Error(wire::AdminError {
-            code: encode_admin_code(code) as i32,
+            code: code.name().to_owned(),
             message: message.into(),
+            kind: encode_admin_code(code) as i32,
         })),
     }
 }
@@ -70,11 +73,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_admin_code_crosses_the_wire_as_itself() {
+    fn every_admin_code_crosses_the_wire_as_itself_by_enum_and_by_name() {
+        let error = |kind: i32, code: &str| wire::AdminError {
+            code: code.into(),
+            kind,
+            message: String::new(),
+        };
         for code in AdminCode::ALL {
-            assert_eq!(decode_admin_code(encode_admin_code(code) as i32), code);
+            let Some(wire::admin_response::Kind::Error(sent)) = error_response(code, "m").kind
+            else {
+                panic!("an error answer")
+            };
+            assert_eq!(decode_admin_code(&sent), code);
+            // From a tandemd before the enum: the name alone.
+            assert_eq!(decode_admin_code(&error(0, code.name())), code);
         }
-        assert_eq!(decode_admin_code(4242), AdminCode::Unknown);
-        assert_eq!(decode_admin_code(-1), AdminCode::Unknown);
+        assert_eq!(decode_admin_code(&error(4242, "")), AdminCode::Unknown);
+        assert_eq!(
+            decode_admin_code(&error(-1, "from_the_future")),
+            AdminCode::Unknown
+        );
     }
 }

@@ -30,10 +30,14 @@ pub fn encode_refusal(code: RefusalCode) -> wire::RefusalCode {
     }
 }
 
-/// A refusal's code from the wire; a number this build does not know (from a newer tandemd)
-/// is [`RefusalCode::Unknown`].
-pub fn decode_refusal(code: i32) -> RefusalCode {
-    match wire::RefusalCode::try_from(code).unwrap_or(wire::RefusalCode::RefusalUnknown) {
+/// A refusal's code from the wire: its enum `kind`, or, when that is unset (a tandemd from
+/// before it), its name; what this build does not know (from a newer tandemd) is
+/// [`RefusalCode::Unknown`].
+pub fn decode_refusal(kind: i32, name: &str) -> RefusalCode {
+    match wire::RefusalCode::try_from(kind).unwrap_or(wire::RefusalCode::RefusalUnknown) {
+        wire::RefusalCode::RefusalUnknown => {
+            RefusalCode::from_name(name).unwrap_or(RefusalCode::Unknown)
+        }
         wire::RefusalCode::RefusalBadRequest => RefusalCode::BadRequest,
         wire::RefusalCode::RefusalNotActive => RefusalCode::NotActive,
         wire::RefusalCode::RefusalStaleEpoch => RefusalCode::StaleEpoch,
@@ -43,7 +47,6 @@ pub fn decode_refusal(code: i32) -> RefusalCode {
         wire::RefusalCode::RefusalNotRegistered => RefusalCode::NotRegistered,
         wire::RefusalCode::RefusalOutcomeUnknown => RefusalCode::OutcomeUnknown,
         wire::RefusalCode::RefusalQueueBroken => RefusalCode::QueueBroken,
-        wire::RefusalCode::RefusalUnknown => RefusalCode::Unknown,
     }
 }
 
@@ -194,8 +197,9 @@ pub fn encode_answer(id: u64, reply: &DataReply) -> wire::DataAnswer {
             in_sync: *in_sync,
         }),
         DataReply::Error { code, message } => Kind::Error(wire::ErrorAnswer {
-            code: encode_refusal(*code) as i32,
+            code: code.name().to_owned(),
             message: message.clone(),
+            kind: encode_refusal(*code) as i32,
         }),
     };
     wire::DataAnswer {
@@ -231,7 +235,7 @@ pub fn decode_answer(answer: wire::DataAnswer) -> Result<(u64, DataReply), DataW
             in_sync: position.in_sync,
         },
         Kind::Error(error) => DataReply::Error {
-            code: decode_refusal(error.code),
+            code: decode_refusal(error.kind, &error.code),
             message: error.message,
         },
     };
@@ -433,7 +437,8 @@ mod tests {
         let answer = wire::DataAnswer {
             id: 1,
             kind: Some(wire::data_answer::Kind::Error(wire::ErrorAnswer {
-                code: 4242,
+                code: "from_the_future".into(),
+                kind: 4242,
                 message: "m".into(),
             })),
         };
@@ -445,6 +450,22 @@ mod tests {
                 ..
             }
         ));
+        // A tandemd from before the enum sends only the name; every name still decodes.
+        for code in RefusalCode::ALL {
+            let answer = wire::DataAnswer {
+                id: 1,
+                kind: Some(wire::data_answer::Kind::Error(wire::ErrorAnswer {
+                    code: code.name().into(),
+                    kind: 0,
+                    message: "m".into(),
+                })),
+            };
+            let (_, reply) = decode_answer(answer).expect("decodes");
+            assert!(
+                matches!(reply, DataReply::Error { code: got, .. } if got == code),
+                "{code}"
+            );
+        }
         let answer = wire::DataAnswer {
             id: 1,
             kind: Some(wire::data_answer::Kind::Position(wire::PositionAnswer {

@@ -106,7 +106,7 @@ impl Client {
                 }
                 Ok(Ok(admin_response::Kind::Error(error))) => {
                     return Err(ClientError::Refused {
-                        code: tandem_proto::admin_wire::decode_admin_code(error.code),
+                        code: tandem_proto::admin_wire::decode_admin_code(&error),
                         message: error.message,
                     })
                 }

@@ -347,6 +347,11 @@ impl RefusalCode {
         RefusalCode::Unknown,
     ];
 
+    /// The code of a stable name ([`RefusalCode::name`]), if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|code| code.name() == name)
+    }
+
     /// Its stable name, in `snake_case`.
     pub fn name(self) -> &'static str {
         match self {
