@@ -5,7 +5,7 @@
 //! agent, the data plane and the replica-file books. Only the world around them is simulated:
 //!
 //! - **time**: one event queue ordered by (time, sequence number); each node ticks every
-//!   10 ms of its own clock, which drifts by up to ±3 % ([`node`]);
+//!   10 ms of its own clock, which drifts by up to ±1 % ([`node`]);
 //! - **network**: per-message delay (1 ms to a per-seed maximum of 5–20 ms, a few messages
 //!   held back up to 200 ms more), loss, duplication, and partitions made of cut directed
 //!   links (symmetric and one-way), healed later ([`net`]). Messages travel as the bytes of
@@ -35,9 +35,8 @@
 //!
 //! # Module map
 //!
-//! The layout follows TigerBeetle's VOPR and FoundationDB's workloads: one driver, the world
-//! it simulates, the workloads, fault injection from one place, and one checker per
-//! invariant. `Sim` is a single struct; its methods live in `impl Sim` blocks in the module
+//! The layout: one driver, the world it simulates, the workloads, fault injection from one
+//! place, and one checker per invariant. `Sim` is a single struct; its methods live in `impl Sim` blocks in the module
 //! of the part they belong to.
 //!
 //! - `sim`: the driver: `Sim`, the event queue, node inputs, driving a node (its Raft and

@@ -3,9 +3,9 @@
 //! records, compacted form) and how they are read back is `tandem_node::replica_file`'s; this
 //! module only maps, appends, syncs and renames.
 //!
-//! A file is pre-allocated (zeros) and grown by doubling; records are written (`pwritev`) into
-//! the page cache the map shares and made durable with `msync` of the dirty range before the data plane hears that a version is
-//! on disk. A file that grew well past its replica is replaced by a compacted one (written to
+//! A file is pre-allocated (zeros) and grown by doubling; records are written (`pwritev`)
+//! into the page cache the map shares, and made durable with `msync` of the dirty range
+//! before the data plane hears that a version is on disk. A file that grew well past its replica is replaced by a compacted one (written to
 //! a temporary file, synced, renamed over, directory synced), so a crash leaves either file
 //! whole.
 //!
@@ -14,8 +14,9 @@
 //!   queues each write as a [`FileOp`] and keeps a book of each file (its generation, the
 //!   version written, its size when last synced, compactions);
 //! - the writer thread ([`start_writer`]) owns the files ([`FileWriter`]): it encodes the
-//!   records, copies them into the maps (page faults and ext4 journal waits happen here, and
-//!   under writeback they take tens of milliseconds), grows, creates, removes and compacts;
+//!   records and writes them into the files' page cache (page faults and ext4 journal waits
+//!   happen here, and under writeback they take tens of milliseconds), grows, creates,
+//!   removes and compacts;
 //! - the sync thread ([`start_syncer`]) msyncs what the writer wrote and installs compacted
 //!   files, and reports what is durable to the event loop.
 //!
