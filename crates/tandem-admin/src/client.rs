@@ -258,6 +258,26 @@ fn describe(kind: &Option<admin_response::Kind>) -> String {
     }
 }
 
+impl AdminClientError {
+    /// Whether another daemon of the cluster would answer the same: a refusal on the
+    /// request's merits (`not_found`, `bad_request`, `invalid`, ...), not one of this daemon's
+    /// moment (no leader, shutting down, no answer in time).
+    pub fn is_final(&self) -> bool {
+        match self {
+            AdminClientError::Refused { code, .. } => !matches!(
+                code,
+                AdminCode::NoLeader
+                    | AdminCode::NotLeader
+                    | AdminCode::Timeout
+                    | AdminCode::ShuttingDown
+                    | AdminCode::Lagged
+                    | AdminCode::Unknown
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Turns an error answer into [`AdminClientError::Refused`], an empty one into
 /// [`AdminClientError::UnexpectedReply`], and passes other answers on.
 fn refused_or(

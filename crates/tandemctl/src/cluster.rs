@@ -50,7 +50,8 @@ pub fn endpoints(target: &Target) -> anyhow::Result<Vec<Endpoint>> {
 }
 
 /// Calls `ask` on each endpoint in order and returns the first answer. When every endpoint
-/// fails, returns each one's error, in order.
+/// fails, or one refuses the request on its merits (another would refuse it alike), returns
+/// each tried one's error, in order.
 pub fn first_answer<T>(
     endpoints: &[Endpoint],
     mut ask: impl FnMut(SocketAddr) -> Result<T, AdminClientError>,
@@ -59,7 +60,13 @@ pub fn first_answer<T>(
     for endpoint in endpoints {
         match ask(endpoint.addr) {
             Ok(answer) => return Ok(answer),
-            Err(error) => failures.push((endpoint.clone(), error)),
+            Err(error) => {
+                let last = error.is_final();
+                failures.push((endpoint.clone(), error));
+                if last {
+                    break;
+                }
+            }
         }
     }
     Err(failures)
@@ -81,6 +88,10 @@ pub fn ask<T>(
                     .pop()
                     .context("no endpoint was tried (this is a bug)")?;
                 Err(error).with_context(|| format!("get {what}"))
+            }
+            Target::Config(_) if failures.last().is_some_and(|(_, error)| error.is_final()) => {
+                let (endpoint, error) = failures.pop().context("a final refusal")?;
+                Err(error).with_context(|| format!("{what}: {endpoint}"))
             }
             Target::Config(path) => {
                 for (endpoint, error) in &failures {
@@ -147,6 +158,28 @@ mod tests {
         });
         assert_eq!(answer.unwrap(), "n2 answered");
         assert_eq!(tried, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_refusal_on_the_requests_merits_is_not_asked_of_the_next_node() {
+        let endpoints = [endpoint("n1", 1), endpoint("n2", 2), endpoint("n3", 3)];
+        let mut tried = Vec::new();
+        let failures = first_answer::<()>(&endpoints, |addr| {
+            tried.push(addr.port());
+            Err(match addr.port() {
+                1 => AdminClientError::Refused {
+                    code: tandem_core::AdminCode::NoLeader,
+                    message: "no leader yet".into(),
+                },
+                _ => AdminClientError::Refused {
+                    code: tandem_core::AdminCode::NotFound,
+                    message: "there is no service nosuch".into(),
+                },
+            })
+        })
+        .unwrap_err();
+        assert_eq!(tried, vec![1, 2], "n3 is not asked");
+        assert_eq!(failures.len(), 2);
     }
 
     #[test]
