@@ -93,6 +93,10 @@ struct ReplicaFile {
     /// older generation says nothing about what the file holds now. The event loop hands
     /// generations out (see `tandem_node::ReplicaBooks`).
     generation: u64,
+    /// The temporary name this file was written under as a compaction, until the sync thread
+    /// renames it over `path` (named by generation, so that two compactions of one replica
+    /// never share it).
+    tmp: Option<PathBuf>,
 }
 
 fn map_file(file: &File, path: &Path) -> anyhow::Result<Arc<MmapRaw>> {
@@ -130,6 +134,7 @@ impl ReplicaFile {
             dirty_from: None,
             stamp_at,
             stamp_dirty: false,
+            tmp: None,
             written: 0,
             generation,
         };
@@ -180,6 +185,7 @@ impl ReplicaFile {
             dirty_from: None,
             stamp_at,
             stamp_dirty: false,
+            tmp: None,
             written,
             generation,
         })
@@ -715,8 +721,7 @@ impl FileWriter {
                 drop(file.map);
                 // A compacted file not yet in place first, so that the sync thread cannot
                 // rename it over the path after the path was removed.
-                let tmp = self.dir.join(format!("{}.tmp", file_name(id)));
-                for path in [&tmp, &file.path] {
+                for path in file.tmp.iter().chain([&file.path]) {
                     match std::fs::remove_file(path) {
                         Ok(()) => {}
                         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -762,7 +767,9 @@ impl FileWriter {
         version: u64,
     ) -> anyhow::Result<CompactJob> {
         let path = self.dir.join(file_name(&id));
-        let tmp = self.dir.join(format!("{}.tmp", file_name(&id)));
+        let tmp = self
+            .dir
+            .join(format!("{}.{generation}.tmp", file_name(&id)));
         {
             let mut out =
                 File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
@@ -778,6 +785,7 @@ impl FileWriter {
         )?;
         // Later operations on the file (growth, removal) name it by its final path.
         compacted.path = path.clone();
+        compacted.tmp = Some(tmp.clone());
         let job = CompactJob {
             id: id.clone(),
             generation,
@@ -1507,6 +1515,33 @@ mod tests {
             7,
             "the reset stands"
         );
+    }
+
+    #[test]
+    fn two_compactions_of_a_replica_removed_in_between_never_share_a_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("replicas");
+        let (mut store, _) = Files::open(&path);
+        let replica = fill(&mut store);
+        let first = store
+            .start_compaction(&replica)
+            .expect("the file is big enough to compact");
+        // The replica goes and comes back, compacted again, before the sync thread ran the
+        // first job: each job must install its own file, or none.
+        store.apply(&id(), &PersistAction::Remove);
+        let again = fill(&mut store);
+        let second = store
+            .start_compaction(&again)
+            .expect("the new file is big enough to compact");
+        let done = first.run().expect("nothing to install is no error");
+        assert!(!done.installed, "the first file went with its replica");
+        assert_eq!(store.store.installed(done), None);
+        let done = second.run().expect("installed");
+        assert!(done.installed, "the second job found its own file");
+        assert_eq!(store.store.installed(done), Some((id(), 300)));
+        drop(store);
+        let opened = open_dir(path).expect("reopen");
+        assert_eq!(opened.replicas[0].1.replica.digest(), again.digest());
     }
 
     #[test]
