@@ -17,6 +17,7 @@ use std::fmt;
 
 use crate::ids::{NodeId, ServiceName, ShardName, UnitName};
 use crate::ladder::{FaultKind, FaultRecord, Ladder, RecoveryAction};
+use crate::table::{Indexer, Table};
 use crate::topology::{RedundancyModel, ServiceSpec, Topology};
 
 /// AMF administrative state of a unit or a node.
@@ -445,15 +446,6 @@ pub enum ApplyOutcome {
     Unsafe(String),
 }
 
-/// Which shards a transaction checks for two acting units.
-#[derive(Debug, Clone, Copy)]
-enum Checked {
-    /// Those whose roles it changed.
-    RolesChanged,
-    /// All of them (the topology changed: a model can change under roles that stay).
-    AllShards,
-}
-
 impl ApplyOutcome {
     /// Why the command was not applied, if it was not.
     pub fn refusal(&self) -> Option<&str> {
@@ -704,17 +696,133 @@ impl ModelEvent {
 }
 
 /// The replicated cluster model.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+///
+/// Its tables are [`Table`]s: every command applies in a transaction whose journal keeps the
+/// originals of the records it touches, so a refusal undoes exactly those, and the shard table
+/// keeps a [`ShardIndex`] of which shards mention each unit. Architecture invariant: applying
+/// a command costs in proportion to the records it touches, not to the number of shards
+/// (`SetTopology` excepted: it may touch them all).
+#[derive(Debug, Clone, Default)]
 pub struct ClusterState {
     /// Every configured node, by id. Nodes start `up` at bootstrap: the first leader's liveness
     /// tracker gives each one a full timeout to prove itself before it is declared down.
-    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub nodes: Table<NodeId, NodeRecord>,
     /// The committed topology (empty until the first leader installs its config's).
     pub topology: Topology,
     /// Every unit of the topology, by name.
-    pub units: BTreeMap<UnitName, UnitRecord>,
-    /// Every shard of the topology, by name.
-    pub shards: BTreeMap<ShardName, ShardRecord>,
+    pub units: Table<UnitName, UnitRecord>,
+    /// Every shard of the topology, by name, indexed by unit.
+    pub shards: Table<ShardName, ShardRecord, ShardIndex>,
+    /// The topology changed since the last [`ClusterState::take_changes`].
+    topology_changed: bool,
+}
+
+impl PartialEq for ClusterState {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes == other.nodes
+            && self.topology == other.topology
+            && self.units == other.units
+            && self.shards == other.shards
+    }
+}
+
+impl Eq for ClusterState {}
+
+/// What committed commands changed since the last [`ClusterState::take_changes`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Shards whose record changed (or appeared, or went).
+    pub shards: BTreeSet<ShardName>,
+    /// Units whose record changed.
+    pub units: BTreeSet<UnitName>,
+    /// Nodes whose record changed.
+    pub nodes: BTreeSet<NodeId>,
+    /// The topology changed: anything may have.
+    pub topology: bool,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty() && self.units.is_empty() && self.nodes.is_empty() && !self.topology
+    }
+
+    /// Adds `other`.
+    pub fn extend(&mut self, other: Changes) {
+        self.shards.extend(other.shards);
+        self.units.extend(other.units);
+        self.nodes.extend(other.nodes);
+        self.topology |= other.topology;
+    }
+}
+
+/// What one unit holds across shards, kept by [`ShardIndex`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitShards {
+    /// Shards that name the unit: it holds a role there, is a side of its handover, or is
+    /// its `last_active`.
+    pub mentioned: BTreeSet<ShardName>,
+    /// Shards where it holds ACTIVE or QUIESCING.
+    pub acting: usize,
+    /// Shards where it holds STANDBY.
+    pub standby: usize,
+    /// Shards where it holds any role.
+    pub roles: usize,
+}
+
+/// The shard table's index: for each unit, the shards that name it and its role counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardIndex {
+    /// By unit.
+    pub units: BTreeMap<UnitName, UnitShards>,
+}
+
+impl ShardIndex {
+    /// What `unit` holds (empty when nothing names it).
+    pub fn of(&self, unit: &UnitName) -> Option<&UnitShards> {
+        self.units.get(unit)
+    }
+
+    fn named(record: &ShardRecord) -> BTreeSet<&UnitName> {
+        let mut named: BTreeSet<&UnitName> = record.roles.keys().collect();
+        if let Some(handover) = &record.handover {
+            named.insert(&handover.from);
+            named.extend(handover.to.as_ref());
+        }
+        named.extend(record.last_active.as_ref());
+        named
+    }
+}
+
+impl Indexer<ShardName, ShardRecord> for ShardIndex {
+    fn add(&mut self, key: &ShardName, record: &ShardRecord) {
+        for unit in Self::named(record) {
+            let entry = self.units.entry(unit.clone()).or_default();
+            entry.mentioned.insert(key.clone());
+            if let Some(role) = record.roles.get(unit) {
+                entry.roles += 1;
+                entry.acting += usize::from(role.is_acting());
+                entry.standby += usize::from(*role == Role::Standby);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &ShardName, record: &ShardRecord) {
+        for unit in Self::named(record) {
+            let Some(entry) = self.units.get_mut(unit) else {
+                continue;
+            };
+            entry.mentioned.remove(key);
+            if let Some(role) = record.roles.get(unit) {
+                entry.roles -= 1;
+                entry.acting -= usize::from(role.is_acting());
+                entry.standby -= usize::from(*role == Role::Standby);
+            }
+            if entry.mentioned.is_empty() {
+                self.units.remove(unit);
+            }
+        }
+    }
 }
 
 fn refused(reason: impl Into<String>) -> ApplyOutcome {
@@ -745,6 +853,22 @@ impl ClusterState {
         }
     }
 
+    /// A state made of these records (a decoded snapshot). Everything counts as changed.
+    pub fn from_parts(
+        nodes: BTreeMap<NodeId, NodeRecord>,
+        topology: Topology,
+        units: BTreeMap<UnitName, UnitRecord>,
+        shards: BTreeMap<ShardName, ShardRecord>,
+    ) -> Self {
+        Self {
+            nodes: nodes.into(),
+            topology,
+            units: units.into(),
+            shards: shards.into(),
+            topology_changed: true,
+        }
+    }
+
     /// Applies the command committed at `index`. Deterministic: every node gets the same outcome.
     pub fn apply(&mut self, index: u64, command: &Command) -> ApplyOutcome {
         let mut events = Vec::new();
@@ -752,15 +876,84 @@ impl ClusterState {
     }
 
     /// Like [`ClusterState::apply`], and reports what happened to `events`. A refused command
-    /// reports nothing and changes nothing.
+    /// reports nothing and changes nothing: every command runs in a transaction (see
+    /// [`Table`]) that is rolled back when it is refused.
     pub fn apply_with_events(
         &mut self,
         index: u64,
         command: &Command,
         events: &mut Vec<ModelEvent>,
     ) -> ApplyOutcome {
-        // Work on a copy for commands that change several records, so that a refusal half-way
-        // leaves nothing behind. Commands touching one field change it only after checking.
+        let whole = matches!(command, Command::SetTopology(_));
+        self.transact(whole, events, |state, events| {
+            state.apply_command(index, command, events)
+        })
+    }
+
+    /// Runs `change` in a transaction and keeps what it did only if it was not refused and
+    /// leaves no shard with two acting units. `whole`: the change may touch every record (a
+    /// new topology: a service's model can change under roles that stay, so every shard is
+    /// checked).
+    fn transact(
+        &mut self,
+        whole: bool,
+        events: &mut Vec<ModelEvent>,
+        change: impl FnOnce(&mut Self, &mut Vec<ModelEvent>) -> ApplyOutcome,
+    ) -> ApplyOutcome {
+        let topology_before = whole.then(|| self.topology.clone());
+        self.nodes.begin();
+        self.units.begin();
+        self.shards.begin();
+        let mut draft_events = Vec::new();
+        let mut outcome = change(self, &mut draft_events);
+        if outcome.refusal().is_none() {
+            self.keep_in_sync_standbys();
+            self.keep_continued_replicas();
+            let broken = if whole {
+                self.check_one_acting(self.shards.keys())
+            } else {
+                self.check_one_acting(self.shards.touched())
+            };
+            if let Err(broken) = broken {
+                outcome = ApplyOutcome::Unsafe(broken);
+            }
+        }
+        if outcome.refusal().is_some() {
+            self.nodes.rollback();
+            self.units.rollback();
+            self.shards.rollback();
+            if let Some(topology) = topology_before {
+                self.topology = topology;
+            }
+        } else {
+            self.nodes.commit();
+            self.units.commit();
+            self.shards.commit();
+            if topology_before.is_some_and(|before| before != self.topology) {
+                self.topology_changed = true;
+            }
+            events.extend(draft_events);
+        }
+        outcome
+    }
+
+    /// What committed commands changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        Changes {
+            shards: self.shards.take_changed(),
+            units: self.units.take_changed(),
+            nodes: self.nodes.take_changed(),
+            topology: std::mem::take(&mut self.topology_changed),
+        }
+    }
+
+    /// Applies `command` inside the open transaction.
+    fn apply_command(
+        &mut self,
+        index: u64,
+        command: &Command,
+        events: &mut Vec<ModelEvent>,
+    ) -> ApplyOutcome {
         match command {
             Command::Noop { .. } => ApplyOutcome::Unchanged,
             Command::SetNodeLiveness {
@@ -771,36 +964,23 @@ impl ClusterState {
             } => match self.nodes.get(node) {
                 None => refused(format!("node {node} is not a member")),
                 Some(record) if record.up == *up => ApplyOutcome::Unchanged,
-                Some(_) => self.transact(events, |state, events| {
-                    state.set_liveness(index, *node, *up, *at_ms, promotions, events)
-                }),
+                Some(_) => self.set_liveness(index, *node, *up, *at_ms, promotions, events),
             },
-            Command::SetTopology(topology) => {
-                // A service's model can change under roles that stay: every shard is checked.
-                self.transact_checked(events, Checked::AllShards, |state, events| {
-                    state.set_topology(topology, events)
-                })
-            }
-            Command::Admin { target, op } => {
-                self.transact(events, |state, events| state.admin(target, *op, events))
-            }
+            Command::SetTopology(topology) => self.set_topology(topology, events),
+            Command::Admin { target, op } => self.admin(target, *op, events),
             Command::Reassign {
                 shard,
                 expected_version,
                 changes,
                 handover,
-            } => self.transact(events, |state, events| {
-                state.reassign(shard, *expected_version, changes, handover, events)
-            }),
+            } => self.reassign(shard, *expected_version, changes, handover, events),
             Command::UnitFault {
                 unit,
                 fault,
                 kind,
                 at_ms,
                 promotions,
-            } => self.transact(events, |state, events| {
-                state.unit_fault(unit, *fault, kind, *at_ms, promotions, events)
-            }),
+            } => self.unit_fault(unit, *fault, kind, *at_ms, promotions, events),
             Command::SetInSync {
                 shard,
                 epoch,
@@ -812,7 +992,7 @@ impl ClusterState {
                 // An older claim, still in flight: the primary has stopped waiting for the
                 // STANDBYs a newer one dropped.
                 Some(record) if *claim <= record.in_sync_claim => ApplyOutcome::Unchanged,
-                Some(record) => {
+                Some(mut record) => {
                     let units: BTreeSet<UnitName> = units
                         .iter()
                         .filter(|unit| record.roles.get(*unit) == Some(&Role::Standby))
@@ -842,7 +1022,7 @@ impl ClusterState {
                 Some(record) if record.admitted_permille == *admitted_permille => {
                     ApplyOutcome::Unchanged
                 }
-                Some(record) => {
+                Some(mut record) => {
                     record.admitted_permille = *admitted_permille;
                     events.push(ModelEvent::Restricted {
                         shard: shard.clone(),
@@ -861,7 +1041,7 @@ impl ClusterState {
                 {
                     ApplyOutcome::Unchanged
                 }
-                Some(record) => {
+                Some(mut record) => {
                     record.restart_pending = false;
                     record.generation += 1;
                     record.reinitialise = false;
@@ -873,46 +1053,6 @@ impl ClusterState {
                 }
             },
         }
-    }
-
-    /// Runs `change` on a copy and keeps it only if the command was not refused.
-    fn transact(
-        &mut self,
-        events: &mut Vec<ModelEvent>,
-        change: impl FnOnce(&mut ClusterState, &mut Vec<ModelEvent>) -> ApplyOutcome,
-    ) -> ApplyOutcome {
-        self.transact_checked(events, Checked::RolesChanged, change)
-    }
-
-    /// [`transact`](Self::transact), checking the one-acting-unit rule on `checked` shards.
-    fn transact_checked(
-        &mut self,
-        events: &mut Vec<ModelEvent>,
-        checked: Checked,
-        change: impl FnOnce(&mut ClusterState, &mut Vec<ModelEvent>) -> ApplyOutcome,
-    ) -> ApplyOutcome {
-        let mut draft = self.clone();
-        let mut draft_events = Vec::new();
-        let outcome = change(&mut draft, &mut draft_events);
-        if !matches!(outcome, ApplyOutcome::Refused(_)) {
-            draft.keep_in_sync_standbys();
-            draft.keep_continued_replicas();
-            let broken = match checked {
-                Checked::RolesChanged => {
-                    draft.check_one_acting(draft_events.iter().filter_map(|event| match event {
-                        ModelEvent::RoleChanged { shard, .. } => Some(shard),
-                        _ => None,
-                    }))
-                }
-                Checked::AllShards => draft.check_one_acting(draft.shards.keys()),
-            };
-            if let Err(broken) = broken {
-                return ApplyOutcome::Unsafe(broken);
-            }
-            *self = draft;
-            events.extend(draft_events);
-        }
-        outcome
     }
 
     /// Architecture invariant, checked wherever roles or models change: a shard of a
@@ -940,10 +1080,25 @@ impl ClusterState {
         Ok(())
     }
 
-    /// A unit is in sync only while it holds STANDBY.
+    /// A unit is in sync only while it holds STANDBY (checked on the shards the open
+    /// transaction touched: only a change of a shard's roles can break it).
     fn keep_in_sync_standbys(&mut self) {
-        for shard in self.shards.values_mut() {
-            let roles = &shard.roles;
+        let broken: Vec<ShardName> = self
+            .shards
+            .touched()
+            .filter(|name| {
+                self.shards.get(*name).is_some_and(|shard| {
+                    shard
+                        .in_sync
+                        .iter()
+                        .any(|unit| shard.roles.get(unit) != Some(&Role::Standby))
+                })
+            })
+            .cloned()
+            .collect();
+        for name in &broken {
+            let mut shard = self.shards.get_mut(name).expect("listed");
+            let roles = shard.roles.clone();
             shard
                 .in_sync
                 .retain(|unit| roles.get(unit) == Some(&Role::Standby));
@@ -954,17 +1109,48 @@ impl ClusterState {
     /// instance rebuilt them when it started, and a later start of the same instance (its
     /// daemon restarted while the unit held no role, so no fault replaced the instance) must
     /// not empty them again, or writes acknowledged since would be lost with no possible loss
-    /// reported.
+    /// reported. Only the shards and units the open transaction touched can break it.
     fn keep_continued_replicas(&mut self) {
-        for shard in self.shards.values() {
-            if let Some(unit) = shard
-                .last_active
-                .as_ref()
-                .and_then(|unit| self.units.get_mut(unit))
-            {
-                unit.reinitialise = false;
+        let mut continued: BTreeSet<UnitName> = self
+            .shards
+            .touched()
+            .filter_map(|name| self.shards.get(name)?.last_active.clone())
+            .collect();
+        continued.extend(
+            self.units
+                .touched()
+                .filter(|unit| self.is_last_active_anywhere(unit))
+                .cloned(),
+        );
+        for name in &continued {
+            if self.units.get(name).is_some_and(|unit| unit.reinitialise) {
+                self.units.get_mut(name).expect("checked").reinitialise = false;
             }
         }
+    }
+
+    /// Whether `unit` is some shard's `last_active`.
+    fn is_last_active_anywhere(&self, unit: &UnitName) -> bool {
+        self.shards.index().of(unit).is_some_and(|held| {
+            held.mentioned.iter().any(|shard| {
+                self.shards
+                    .get(shard)
+                    .is_some_and(|record| record.last_active.as_ref() == Some(unit))
+            })
+        })
+    }
+
+    /// Shards that name `unit` (see [`UnitShards::mentioned`]).
+    pub fn shards_naming<'a>(
+        &'a self,
+        unit: &UnitName,
+    ) -> impl Iterator<Item = &'a ShardRecord> + 'a {
+        self.shards
+            .index()
+            .of(unit)
+            .into_iter()
+            .flat_map(|held| held.mentioned.iter())
+            .filter_map(|shard| self.shards.get(shard))
     }
 
     /// Whether `node` is a member and currently judged up.
@@ -983,13 +1169,12 @@ impl ClusterState {
         self.units.values().filter(move |unit| unit.node == node)
     }
 
-    /// Every (shard, role) held by `unit`.
+    /// Every (shard, role) held by `unit`, by shard name. Costs what the unit holds.
     pub fn roles_of<'a>(
         &'a self,
         unit: &'a UnitName,
     ) -> impl Iterator<Item = (&'a ShardName, Role)> + 'a {
-        self.shards
-            .values()
+        self.shards_naming(unit)
             .filter_map(move |shard| shard.roles.get(unit).map(|role| (&shard.name, *role)))
     }
 
@@ -1045,10 +1230,20 @@ impl ClusterState {
         }
         // A unit that may be doing a shard's work cannot just vanish: its process would keep
         // acting while the shard is given to another unit.
+        let placed: BTreeSet<(&ServiceName, &ShardName)> = topology
+            .services
+            .iter()
+            .flat_map(|service| {
+                service
+                    .shards
+                    .iter()
+                    .map(move |shard| (&service.name, shard))
+            })
+            .collect();
         for shard in self.shards.values() {
             for unit in shard.acting() {
                 let kept = topology.service(&shard.service).is_some_and(|service| {
-                    service.unit(unit).is_some() && service.shards.contains(&shard.name)
+                    service.unit(unit).is_some() && placed.contains(&(&shard.service, &shard.name))
                 });
                 if !kept {
                     return refused(format!(
@@ -1120,8 +1315,21 @@ impl ClusterState {
                 shards.insert(name.clone(), record);
             }
         }
-        self.units = units;
-        self.shards = shards;
+        // Whatever the new topology dropped goes; the rest is (re)placed, journaled.
+        let dropped_units: Vec<UnitName> = self.units.keys().cloned().collect();
+        for name in dropped_units {
+            self.units.remove(&name);
+        }
+        let dropped_shards: Vec<ShardName> = self.shards.keys().cloned().collect();
+        for name in dropped_shards {
+            self.shards.remove(&name);
+        }
+        for (name, record) in units {
+            self.units.insert(name, record);
+        }
+        for (name, record) in shards {
+            self.shards.insert(name, record);
+        }
         events.push(ModelEvent::TopologySet {
             services: topology.services.len(),
             units: self.units.len(),
@@ -1160,7 +1368,7 @@ impl ClusterState {
         match op {
             AdminOp::Restart => {
                 for unit in &units {
-                    let record = self.units.get_mut(unit).expect("listed above");
+                    let mut record = self.units.get_mut(unit).expect("listed above");
                     if record.enabled && record.admin != AdminState::LockedInstantiation {
                         record.restart_pending = true;
                     }
@@ -1168,7 +1376,7 @@ impl ClusterState {
             }
             AdminOp::Repair => {
                 for unit in &units {
-                    let record = self.units.get_mut(unit).expect("listed above");
+                    let mut record = self.units.get_mut(unit).expect("listed above");
                     if !record.enabled {
                         events.push(ModelEvent::UnitEnabled {
                             unit: unit.clone(),
@@ -1196,36 +1404,43 @@ impl ClusterState {
 
     /// Units and nodes shutting down that hold no assignments any more become locked.
     fn settle_shutdowns(&mut self, events: &mut Vec<ModelEvent>) {
-        let holding: BTreeSet<UnitName> = self
-            .shards
-            .values()
-            .flat_map(|shard| shard.roles.keys().cloned())
-            .collect();
-        for unit in self.units.values_mut() {
-            if unit.admin == AdminState::ShuttingDown && !holding.contains(&unit.name) {
-                unit.admin = AdminState::Locked;
-                events.push(ModelEvent::AdminChanged {
-                    target: AdminTarget::Unit(unit.name.clone()),
-                    op: AdminOp::Shutdown,
-                    state: AdminState::Locked,
-                });
-            }
-        }
-        let busy_nodes: BTreeSet<NodeId> = self
+        let holds = |state: &Self, unit: &UnitName| {
+            state
+                .shards
+                .index()
+                .of(unit)
+                .is_some_and(|held| held.roles > 0)
+        };
+        let settled: Vec<UnitName> = self
             .units
             .values()
-            .filter(|unit| holding.contains(&unit.name))
-            .map(|unit| unit.node)
+            .filter(|unit| unit.admin == AdminState::ShuttingDown && !holds(self, &unit.name))
+            .map(|unit| unit.name.clone())
             .collect();
-        for node in self.nodes.values_mut() {
-            if node.admin == AdminState::ShuttingDown && !busy_nodes.contains(&node.id) {
-                node.admin = AdminState::Locked;
-                events.push(ModelEvent::AdminChanged {
-                    target: AdminTarget::Node(node.id),
-                    op: AdminOp::Shutdown,
-                    state: AdminState::Locked,
-                });
+        for name in settled {
+            self.units.get_mut(&name).expect("listed").admin = AdminState::Locked;
+            events.push(ModelEvent::AdminChanged {
+                target: AdminTarget::Unit(name),
+                op: AdminOp::Shutdown,
+                state: AdminState::Locked,
+            });
+        }
+        let shutting: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|node| node.admin == AdminState::ShuttingDown)
+            .map(|node| node.id)
+            .collect();
+        for node in shutting {
+            if self.units_on(node).any(|unit| holds(self, &unit.name)) {
+                continue;
             }
+            self.nodes.get_mut(&node).expect("listed").admin = AdminState::Locked;
+            events.push(ModelEvent::AdminChanged {
+                target: AdminTarget::Node(node),
+                op: AdminOp::Shutdown,
+                state: AdminState::Locked,
+            });
         }
     }
 
@@ -1271,7 +1486,7 @@ impl ClusterState {
         }
         let model = service.model;
         let unit_count = service.units.len();
-        let shard = self.shards.get_mut(shard_name).expect("checked");
+        let mut shard = self.shards.get_mut(shard_name).expect("checked");
         let mut changed = false;
         for change in changes {
             let before = shard.roles.get(&change.unit).copied();
@@ -1341,6 +1556,7 @@ impl ClusterState {
             return ApplyOutcome::Unchanged;
         }
         shard.version += 1;
+        drop(shard);
         self.settle_shutdowns(events);
         ApplyOutcome::Changed
     }
@@ -1371,9 +1587,10 @@ impl ClusterState {
         promotions: &[(ShardName, UnitName)],
         events: &mut Vec<ModelEvent>,
     ) -> ApplyOutcome {
-        let record = self.nodes.get_mut(&node).expect("checked by the caller");
+        let mut record = self.nodes.get_mut(&node).expect("checked by the caller");
         record.up = up;
         record.changed_at_index = index;
+        drop(record);
         events.push(ModelEvent::NodeLiveness { node, up });
         if up {
             return ApplyOutcome::Changed;
@@ -1435,8 +1652,7 @@ impl ClusterState {
         events: &mut Vec<ModelEvent>,
     ) {
         let held: Vec<ShardName> = self
-            .shards
-            .values()
+            .shards_naming(unit_name)
             .filter(|shard| {
                 shard.roles.contains_key(unit_name)
                     || shard
@@ -1451,14 +1667,19 @@ impl ClusterState {
             // a role there: an ACTIVE role taken away by an earlier fault (the unit's own,
             // handled after the daemon restarted) leaves it the shard's `last_active`, and
             // giving it ACTIVE again would continue from the memory its daemon lost.
-            for shard in self.shards.values_mut() {
-                if shard.synced_this_epoch && shard.last_active.as_ref() == Some(unit_name) {
-                    shard.last_active = None;
-                }
+            let continued: Vec<ShardName> = self
+                .shards_naming(unit_name)
+                .filter(|shard| {
+                    shard.synced_this_epoch && shard.last_active.as_ref() == Some(unit_name)
+                })
+                .map(|shard| shard.name.clone())
+                .collect();
+            for name in &continued {
+                self.shards.get_mut(name).expect("listed").last_active = None;
             }
         }
         for name in &held {
-            let shard = self.shards.get_mut(name).expect("listed");
+            let mut shard = self.shards.get_mut(name).expect("listed");
             if let Some(before) = shard.roles.remove(unit_name) {
                 events.push(ModelEvent::RoleChanged {
                     shard: name.clone(),
@@ -1491,7 +1712,7 @@ impl ClusterState {
     /// STANDBYs take over where the proposer planned it and it is still possible.
     fn promote(&mut self, promotions: &[(ShardName, UnitName)], events: &mut Vec<ModelEvent>) {
         for (shard_name, standby) in promotions {
-            let Some(shard) = self.shards.get_mut(shard_name) else {
+            let Some(mut shard) = self.shards.get_mut(shard_name) else {
                 continue;
             };
             let multi = self
@@ -1534,13 +1755,14 @@ impl ClusterState {
             .unwrap_or_default();
         let relocation = self.relocation_target(unit);
         let node = unit.node;
-        let unit = self.units.get_mut(unit_name).expect("checked");
+        let mut unit = self.units.get_mut(unit_name).expect("checked");
         if let Some(fault) = fault {
             unit.fault_seen = fault;
         }
         let record = unit
             .ladder
             .escalate(&policy, kind.clone(), at_ms, relocation);
+        drop(unit);
         events.push(ModelEvent::UnitFaulted {
             unit: unit_name.clone(),
             record: record.clone(),
@@ -1551,13 +1773,16 @@ impl ClusterState {
         ) {
             // The unit's local replicas are rebuilt or left behind: whoever is ACTIVE next is
             // not continuing from them.
-            for shard in self.shards.values_mut() {
-                if shard.last_active.as_ref() == Some(unit_name) {
-                    shard.last_active = None;
-                }
+            let continued: Vec<ShardName> = self
+                .shards_naming(unit_name)
+                .filter(|shard| shard.last_active.as_ref() == Some(unit_name))
+                .map(|shard| shard.name.clone())
+                .collect();
+            for name in &continued {
+                self.shards.get_mut(name).expect("listed").last_active = None;
             }
         }
-        let unit = self.units.get_mut(unit_name).expect("checked");
+        let mut unit = self.units.get_mut(unit_name).expect("checked");
         match record.action {
             RecoveryAction::Reset => unit.reset_requests += 1,
             RecoveryAction::Restart | RecoveryAction::Reinitialise => {
@@ -1578,12 +1803,16 @@ impl ClusterState {
                     unit: unit_name.clone(),
                     generation: unit.generation,
                 });
-                for other in self.units.values_mut() {
-                    if other.node == node && &other.name != unit_name && other.enabled {
-                        other.restart_pending = true;
-                    }
+                drop(unit);
+                let others: Vec<UnitName> = self
+                    .units_on(node)
+                    .filter(|other| &other.name != unit_name && other.enabled)
+                    .map(|other| other.name.clone())
+                    .collect();
+                for other in &others {
+                    self.units.get_mut(other).expect("listed").restart_pending = true;
                 }
-                if let Some(node) = self.nodes.get_mut(&node) {
+                if let Some(mut node) = self.nodes.get_mut(&node) {
                     node.restart_generation += 1;
                 }
             }
@@ -1856,12 +2085,12 @@ pub(crate) mod tests {
         let mut events = Vec::new();
         // Whatever path a bug takes, the transaction's own check catches a second ACTIVE on
         // the shards it changed.
-        let outcome = state.transact(&mut events, |draft, events| {
+        let outcome = state.transact(false, &mut events, |draft, events| {
             let shard = ShardName::from("s0");
-            let record = draft.shards.get_mut(&shard).expect("s0");
+            let mut record = draft.shards.get_mut(&shard).expect("s0");
             record.roles.insert("b".into(), Role::Active);
             events.push(ModelEvent::RoleChanged {
-                shard,
+                shard: shard.clone(),
                 unit: "b".into(),
                 from: Some(Role::Standby),
                 to: Some(Role::Active),

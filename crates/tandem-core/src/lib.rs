@@ -21,6 +21,7 @@ pub mod lease;
 pub mod liveness;
 pub mod refusal;
 pub mod report;
+pub mod table;
 pub mod time;
 pub mod topology;
 

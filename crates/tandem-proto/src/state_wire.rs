@@ -787,12 +787,7 @@ pub fn decode_state(data: &[u8]) -> Result<ClusterState, CodecError> {
             ))
         })
         .collect::<Result<_, CodecError>>()?;
-    Ok(ClusterState {
-        nodes,
-        topology,
-        units,
-        shards,
-    })
+    Ok(ClusterState::from_parts(nodes, topology, units, shards))
 }
 
 #[cfg(test)]
