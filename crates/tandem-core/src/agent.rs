@@ -26,11 +26,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::cluster::{ClusterState, FaultId, Role};
+use crate::cluster::{Changes, ClusterState, FaultId, Role};
 use crate::ids::{NodeId, ServiceName, ShardName, UnitName};
 use crate::ladder::{FaultKind, Severity};
 use crate::lease::AgentLease;
-use crate::report::{AgentReport, Presence, Settled, UnitReport};
+use crate::report::{AgentReport, Presence, SettledRoles, UnitReport};
 use crate::time::Time;
 use crate::topology::{ProcessSpec, UnitTimeouts};
 
@@ -180,6 +180,101 @@ struct Instance {
     kill: StopSpec,
     /// It reported a fault and was not reset since: its hooks cannot make it act again.
     faulted: bool,
+    /// Shards where what it confirmed differs from what it should hold (see `differs`),
+    /// as of the last refresh. Kept up to date from what changed, so that finding the next
+    /// hook and reporting cost what is unsettled, not what the unit holds.
+    diff: BTreeSet<ShardName>,
+    /// Shards whose place in `diff` must be worked out again.
+    stale: BTreeSet<ShardName>,
+    /// `diff` must be worked out again for every shard.
+    all_stale: bool,
+    /// The `may_act` that `diff` was worked out with.
+    diff_may_act: Option<bool>,
+}
+
+impl Instance {
+    fn new(generation: u64, now: Time, reset_seen: u64, kill: StopSpec) -> Self {
+        Self {
+            generation,
+            phase: Phase::Starting { since: now },
+            pid: None,
+            confirmed: BTreeMap::new(),
+            hook: None,
+            health: None,
+            next_health: now,
+            reset_seen,
+            lease_sent: None,
+            kill,
+            faulted: false,
+            diff: BTreeSet::new(),
+            stale: BTreeSet::new(),
+            all_stale: true,
+            diff_may_act: None,
+        }
+    }
+
+    /// Brings `diff` up to date with the committed `state` for unit `name`.
+    fn refresh_diff(&mut self, state: &ClusterState, name: &UnitName, may_act: bool) {
+        if self.all_stale || self.diff_may_act != Some(may_act) {
+            self.all_stale = false;
+            self.stale.clear();
+            self.diff_may_act = Some(may_act);
+            let shards: BTreeSet<ShardName> = state
+                .roles_of(name)
+                .map(|(shard, _)| shard.clone())
+                .chain(self.confirmed.keys().cloned())
+                .collect();
+            self.diff = shards
+                .into_iter()
+                .filter(|shard| differs(state, name, &self.confirmed, shard, may_act))
+                .collect();
+            return;
+        }
+        for shard in std::mem::take(&mut self.stale) {
+            if differs(state, name, &self.confirmed, &shard, may_act) {
+                self.diff.insert(shard);
+            } else {
+                self.diff.remove(&shard);
+            }
+        }
+    }
+
+    /// The confirmed role of `shard` changed.
+    fn confirmed_changed(&mut self, shard: &ShardName) {
+        self.stale.insert(shard.clone());
+    }
+}
+
+/// The role `name` should hold for `shard` by the committed `state`: acting roles become
+/// QUIESCED when it may not act.
+fn wanted_role(
+    state: &ClusterState,
+    name: &UnitName,
+    shard: &ShardName,
+    may_act: bool,
+) -> Option<Role> {
+    let role = *state.shards.get(shard)?.roles.get(name)?;
+    Some(if role.is_acting() && !may_act {
+        Role::Quiesced
+    } else {
+        role
+    })
+}
+
+/// Whether what the unit confirmed for `shard` differs from what it should hold (a QUIESCING
+/// role is held once the unit confirmed QUIESCED).
+fn differs(
+    state: &ClusterState,
+    name: &UnitName,
+    confirmed: &BTreeMap<ShardName, Role>,
+    shard: &ShardName,
+    may_act: bool,
+) -> bool {
+    let held = confirmed.get(shard).copied();
+    match wanted_role(state, name, shard, may_act) {
+        None => held.is_some(),
+        Some(role) => held != Some(crate::report::confirmed_role(role)),
+    }
 }
 
 /// What the agent knows of one unit.
@@ -266,6 +361,30 @@ impl Agent {
         self.lease.newest_grant()
     }
 
+    /// The committed `state` changed by `changes` (applied since the last call): the shards
+    /// whose roles a unit must compare with what it confirmed. Costs the changed shards times
+    /// the node's units, never the shards a unit holds.
+    pub fn on_changes(&mut self, state: &ClusterState, changes: &Changes) {
+        for (name, slot) in &mut self.units {
+            let Some(instance) = &mut slot.instance else {
+                continue;
+            };
+            if changes.topology {
+                instance.all_stale = true;
+                continue;
+            }
+            for shard in &changes.shards {
+                let holds = state
+                    .shards
+                    .get(shard)
+                    .is_some_and(|record| record.roles.contains_key(name));
+                if holds || instance.confirmed.contains_key(shard) {
+                    instance.stale.insert(shard.clone());
+                }
+            }
+        }
+    }
+
     /// Reconciles the node's units with the committed `state` (applied up to `applied`) at
     /// `now`, and returns what to do.
     pub fn reconcile(&mut self, now: Time, state: &ClusterState, applied: u64) -> Vec<AgentAction> {
@@ -283,7 +402,7 @@ impl Agent {
             // replica may hold acknowledged writes in memory only: the fault tells the cluster
             // that the replica no longer has them.
             for unit in state.units_on(self.node) {
-                let continued_in_memory = state.shards.values().any(|shard| {
+                let continued_in_memory = state.shards_naming(&unit.name).any(|shard| {
                     shard.synced_this_epoch && shard.last_active.as_ref() == Some(&unit.name)
                 });
                 if state.roles_of(&unit.name).next().is_some() || continued_in_memory {
@@ -368,19 +487,12 @@ impl Agent {
 
         let Some(instance) = &mut slot.instance else {
             if caught_up && should_run && !slot.has_fault_for(record.generation) {
-                slot.instance = Some(Instance {
-                    generation: record.generation,
-                    phase: Phase::Starting { since: now },
-                    pid: None,
-                    confirmed: BTreeMap::new(),
-                    hook: None,
-                    health: None,
-                    next_health: now,
-                    reset_seen: record.reset_requests,
-                    lease_sent: None,
-                    kill: stop_spec(true),
-                    faulted: false,
-                });
+                slot.instance = Some(Instance::new(
+                    record.generation,
+                    now,
+                    record.reset_requests,
+                    stop_spec(true),
+                ));
                 actions.push(AgentAction::Start {
                     unit: name.clone(),
                     service: record.service.clone(),
@@ -450,8 +562,9 @@ impl Agent {
             .faults
             .iter()
             .any(|(id, _)| id.generation == record.generation);
+        let may_act = lease_until.is_some() && !faulted && !instance.faulted;
+        instance.refresh_diff(state, name, may_act);
         if instance.hook.is_none() {
-            let may_act = lease_until.is_some() && !faulted && !instance.faulted;
             if let Some((command, outcome)) =
                 next_hook(state, name, instance, record.reset_requests, may_act)
             {
@@ -604,9 +717,11 @@ impl Agent {
                         } else {
                             role
                         };
+                        instance.confirmed_changed(&shard);
                         instance.confirmed.insert(shard, role);
                     }
                     HookOutcome::Role(shard, None) => {
+                        instance.confirmed_changed(&shard);
                         instance.confirmed.remove(&shard);
                     }
                     HookOutcome::Reset(number) => {
@@ -650,6 +765,7 @@ impl Agent {
                 *role = Role::Quiesced;
             }
         }
+        instance.all_stale = true;
         instance.faulted = true;
         let id = slot.next_fault_id(generation);
         slot.faults.push((id, FaultKind::Reported(severity)));
@@ -666,6 +782,7 @@ impl Agent {
             if let Some(role) = instance.confirmed.get_mut(shard) {
                 if role.is_acting() {
                     *role = Role::Quiesced;
+                    instance.stale.insert(shard.clone());
                 }
             }
         }
@@ -726,7 +843,7 @@ impl Agent {
                 generation: record.generation,
                 presence: Presence::Stopped,
                 pid: None,
-                settled: BTreeMap::new(),
+                settled: None,
                 faults: slot.faults.clone(),
                 load: slot.load,
             };
@@ -739,35 +856,40 @@ impl Agent {
                     Phase::Stopping { .. } => Presence::Stopping,
                 };
                 if instance.generation == record.generation && instance.phase == Phase::Running {
-                    for (shard, committed) in state.roles_of(name) {
-                        let expected = if committed == Role::Quiescing {
-                            Role::Quiesced
-                        } else {
-                            committed
-                        };
-                        let faulted = instance.faulted || !slot.faults.is_empty();
-                        if expected.is_acting() && (!lease_valid || faulted) {
-                            continue;
+                    let faulted = instance.faulted || !slot.faults.is_empty();
+                    // Conservative while `diff` is not up to date: everything the committed
+                    // state may have changed since, and the shard of a hook in flight (the
+                    // unit may already act on an ACTIVE it was just given), is unsettled.
+                    let mut unsettled: BTreeSet<ShardName> = match instance.diff_may_act {
+                        Some(may_act) if !instance.all_stale => {
+                            let mut unsettled = instance.diff.clone();
+                            for shard in &instance.stale {
+                                if differs(state, name, &instance.confirmed, shard, may_act) {
+                                    unsettled.insert(shard.clone());
+                                } else {
+                                    unsettled.remove(shard);
+                                }
+                            }
+                            unsettled
                         }
-                        // A hook in flight for the shard may be changing what the unit holds
-                        // (it may already act on an ACTIVE it was just given): nothing about
-                        // the shard is settled until it answers.
-                        let in_flight = instance.hook.as_ref().is_some_and(|hook| {
-                            matches!(&hook.outcome, HookOutcome::Role(target, _) if target == shard)
-                        });
-                        if in_flight {
-                            continue;
-                        }
-                        if instance.confirmed.get(shard) == Some(&expected) {
-                            unit_report.settled.insert(
-                                shard.clone(),
-                                Settled {
-                                    role: expected,
-                                    version: state.shards[shard].version,
-                                },
-                            );
-                        }
+                        _ => state
+                            .roles_of(name)
+                            .map(|(shard, _)| shard.clone())
+                            .collect(),
+                    };
+                    if let Some(Hook {
+                        outcome: HookOutcome::Role(shard, _),
+                        ..
+                    }) = &instance.hook
+                    {
+                        unsettled.insert(shard.clone());
                     }
+                    unit_report.settled = Some(SettledRoles {
+                        unsettled,
+                        acting_withheld: !lease_valid
+                            || faulted
+                            || instance.diff_may_act != Some(true),
+                    });
                 }
             }
             report.units.insert(name.clone(), unit_report);
@@ -794,42 +916,9 @@ fn next_hook(
     reset_requests: u64,
     may_act: bool,
 ) -> Option<(UnitCommand, HookOutcome)> {
-    let mut wanted: BTreeMap<ShardName, Role> = BTreeMap::new();
-    for (shard, role) in state.roles_of(name) {
-        let role = if role.is_acting() && !may_act {
-            // Fenced: nothing else is safe.
-            Role::Quiesced
-        } else {
-            role
-        };
-        wanted.insert(shard.clone(), role);
-    }
     let epoch = |shard: &ShardName| state.shards.get(shard).map_or(0, |record| record.epoch);
     // (priority, shard, command, outcome); lower priority goes first.
     let mut candidates: Vec<(u8, ShardName, UnitCommand, HookOutcome)> = Vec::new();
-    for (shard, held) in &instance.confirmed {
-        if !wanted.contains_key(shard) {
-            candidates.push((
-                0,
-                shard.clone(),
-                UnitCommand::Remove {
-                    shard: shard.clone(),
-                },
-                HookOutcome::Role(shard.clone(), None),
-            ));
-        } else if held.is_acting() && wanted[shard] == Role::Quiesced {
-            candidates.push((
-                0,
-                shard.clone(),
-                UnitCommand::Assign {
-                    shard: shard.clone(),
-                    role: Role::Quiesced,
-                    epoch: epoch(shard),
-                },
-                HookOutcome::Role(shard.clone(), Some(Role::Quiesced)),
-            ));
-        }
-    }
     if reset_requests > instance.reset_seen {
         candidates.push((
             1,
@@ -838,8 +927,22 @@ fn next_hook(
             HookOutcome::Reset(reset_requests),
         ));
     }
-    for (shard, role) in &wanted {
+    // Only the shards where the unit's confirmed role differs from what it should hold.
+    for shard in &instance.diff {
         let held = instance.confirmed.get(shard).copied();
+        let Some(role) = wanted_role(state, name, shard, may_act) else {
+            if held.is_some() {
+                candidates.push((
+                    0,
+                    shard.clone(),
+                    UnitCommand::Remove {
+                        shard: shard.clone(),
+                    },
+                    HookOutcome::Role(shard.clone(), None),
+                ));
+            }
+            continue;
+        };
         let (priority, command, outcome) = match role {
             Role::Quiescing => {
                 if held == Some(Role::Quiesced) {
@@ -854,7 +957,7 @@ fn next_hook(
                     Role::Quiesced,
                 )
             }
-            role if held == Some(*role) => continue,
+            role if held == Some(role) => continue,
             Role::Quiesced => (
                 0,
                 assign(shard, Role::Quiesced, epoch(shard)),
@@ -870,10 +973,9 @@ fn next_hook(
             HookOutcome::Role(shard.clone(), Some(outcome)),
         ));
     }
-    candidates.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     candidates
         .into_iter()
-        .next()
+        .min_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
         .map(|(_, _, command, outcome)| (command, outcome))
 }
 

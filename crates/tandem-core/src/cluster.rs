@@ -423,6 +423,10 @@ pub enum Command {
         /// New sessions admitted per thousand; `None` lifts the restriction.
         admitted_permille: Option<u32>,
     },
+    /// Several commands in one log entry, each applied on its own in order (a refusal of one
+    /// leaves the others be). The director batches a round's decisions so that thousands of
+    /// shards cost a few entries. Never nested: a batch inside a batch is refused.
+    Batch(Vec<Command>),
     /// A restart that waited for handovers goes ahead: the unit's generation grows.
     RestartUnit {
         /// The unit.
@@ -884,6 +888,9 @@ impl ClusterState {
         command: &Command,
         events: &mut Vec<ModelEvent>,
     ) -> ApplyOutcome {
+        if let Command::Batch(commands) = command {
+            return self.apply_batch(index, commands, events);
+        }
         let whole = matches!(command, Command::SetTopology(_));
         self.transact(whole, events, |state, events| {
             state.apply_command(index, command, events)
@@ -937,6 +944,30 @@ impl ClusterState {
         outcome
     }
 
+    /// Applies each command of a batch (see [`Command::Batch`]): `Changed` if any did.
+    /// Callers that need each command's outcome apply them one by one, as the Raft replica
+    /// does.
+    fn apply_batch(
+        &mut self,
+        index: u64,
+        commands: &[Command],
+        events: &mut Vec<ModelEvent>,
+    ) -> ApplyOutcome {
+        if commands
+            .iter()
+            .any(|command| matches!(command, Command::Batch(_)))
+        {
+            return refused("a batch inside a batch");
+        }
+        let mut outcome = ApplyOutcome::Unchanged;
+        for command in commands {
+            if self.apply_with_events(index, command, events) == ApplyOutcome::Changed {
+                outcome = ApplyOutcome::Changed;
+            }
+        }
+        outcome
+    }
+
     /// What committed commands changed since the last call.
     pub fn take_changes(&mut self) -> Changes {
         Changes {
@@ -956,6 +987,7 @@ impl ClusterState {
     ) -> ApplyOutcome {
         match command {
             Command::Noop { .. } => ApplyOutcome::Unchanged,
+            Command::Batch(_) => refused("a batch inside a batch"),
             Command::SetNodeLiveness {
                 node,
                 up,
@@ -1843,9 +1875,52 @@ impl ClusterState {
         }
     }
 
-    /// For tests and the simulation: every single-ACTIVE shard has at most one acting unit.
+    /// For the simulation, after each command: [`ClusterState::check_invariants`] on the
+    /// records changed since the last [`ClusterState::take_changes`] (on every record after a
+    /// topology change), plus the shard index against the records it names.
+    pub fn check_changed_invariants(&self) -> Result<(), String> {
+        if self.topology_changed {
+            return self.check_invariants();
+        }
+        self.check_shards(self.shards.changed().iter())?;
+        for name in self.shards.changed() {
+            let Some(shard) = self.shards.get(name) else {
+                continue;
+            };
+            for unit in ShardIndex::named(shard) {
+                let indexed = self
+                    .shards
+                    .index()
+                    .of(unit)
+                    .is_some_and(|held| held.mentioned.contains(name));
+                if !indexed {
+                    return Err(format!(
+                        "the shard index misses unit {unit} in shard {name}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// For tests and the simulation: every single-ACTIVE shard has at most one acting unit,
+    /// and only units of its service hold roles.
     pub fn check_invariants(&self) -> Result<(), String> {
-        for shard in self.shards.values() {
+        self.check_shards(self.shards.keys())?;
+        let rebuilt = Table::<ShardName, ShardRecord, ShardIndex>::from(
+            self.shards
+                .iter()
+                .map(|(name, record)| (name.clone(), record.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        );
+        if rebuilt.index() != self.shards.index() {
+            return Err("the shard index differs from one rebuilt from the records".into());
+        }
+        Ok(())
+    }
+
+    fn check_shards<'a>(&self, names: impl Iterator<Item = &'a ShardName>) -> Result<(), String> {
+        for shard in names.filter_map(|name| self.shards.get(name)) {
             let Some(service) = self.topology.service(&shard.service) else {
                 return Err(format!("shard {} has no service", shard.name));
             };

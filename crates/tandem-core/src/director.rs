@@ -19,12 +19,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::cluster::{
-    AdminState, ClusterState, Command, FaultId, Handover, HandoverReason, HandoverUpdate, Role,
-    RoleChange, ShardRecord, UnitRecord,
+    AdminState, Changes, ClusterState, Command, FaultId, Handover, HandoverReason, HandoverUpdate,
+    Role, RoleChange, ShardRecord, UnitRecord,
 };
-use crate::ids::{NodeId, ShardName, UnitName};
+use crate::ids::{NodeId, ServiceName, ShardName, UnitName};
 use crate::refusal::{AdminCode, Refusal};
-use crate::report::{Observations, Presence, Settled, UnitReport};
+use crate::report::{confirmed_role, AgentReport, Observations, Presence, UnitReport};
 use crate::time::Time;
 use crate::topology::{RedundancyModel, ServiceSpec};
 
@@ -40,11 +40,37 @@ enum PendingKey {
     Restart(UnitName, u64),
 }
 
-/// The leader's director. Keeps only the proposals in flight.
-#[derive(Debug, Default, Clone)]
+/// Shards planned in one round at most: a round's cost is bounded whatever is dirty; the
+/// rest waits for the next round (see [`Director::has_more`]).
+pub const PLAN_SHARDS_MAX: usize = 2048;
+
+/// The leader's director. Keeps the proposals in flight and which shards to look at: those
+/// that changed (committed, or observed) and those not yet where they should be. A steady
+/// shard is never looked at, so a round costs what changed, not the number of shards.
+#[derive(Debug, Clone)]
 pub struct Director {
     /// Proposals made and not yet seen committed: key → (when, the shard version planned from).
     pending: BTreeMap<PendingKey, (Time, u64)>,
+    /// Every shard is to be planned (a new director knows nothing yet).
+    everything: bool,
+    /// Shards to plan at the next round.
+    dirty: BTreeSet<ShardName>,
+    /// Shards not yet complete and settled: planned again whenever an agent's report changes.
+    waiting: BTreeSet<ShardName>,
+    /// An agent's report changed since the last round.
+    reports_changed: bool,
+}
+
+impl Default for Director {
+    fn default() -> Self {
+        Self {
+            pending: BTreeMap::new(),
+            everything: true,
+            dirty: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            reports_changed: false,
+        }
+    }
 }
 
 /// A read-only view joining the committed state with the observations.
@@ -89,11 +115,11 @@ impl<'a> View<'a> {
 
     /// The role `unit` confirmed for `shard` at the shard's current version.
     pub fn settled(&self, unit: &UnitRecord, shard: &ShardRecord) -> Option<Role> {
-        let report = self.report(unit)?;
-        match report.settled.get(&shard.name) {
-            Some(Settled { role, version }) if *version == shard.version => Some(*role),
-            _ => None,
-        }
+        self.report(unit)?;
+        let role = *shard.roles.get(&unit.name)?;
+        self.observations
+            .settled(unit.node, &unit.name, &shard.name, role)
+            .then_some(confirmed_role(role))
     }
 
     /// The unit record of `name`.
@@ -173,23 +199,17 @@ struct Load {
 }
 
 impl Load {
+    /// The committed role counts of the units of `service` (from the shard index: costs the
+    /// service's units).
     fn of(state: &ClusterState, service: &ServiceSpec) -> Self {
         let mut load = Load::default();
-        for shard in state
-            .shards
-            .values()
-            .filter(|shard| shard.service == service.name)
-        {
-            for (unit, role) in &shard.roles {
-                *load.total.entry(unit.clone()).or_default() += 1;
-                match role {
-                    Role::Active | Role::Quiescing => {
-                        *load.actives.entry(unit.clone()).or_default() += 1
-                    }
-                    Role::Standby => *load.standbys.entry(unit.clone()).or_default() += 1,
-                    Role::Quiesced => {}
-                }
-            }
+        for spec in &service.units {
+            let Some(held) = state.shards.index().of(&spec.name) else {
+                continue;
+            };
+            load.total.insert(spec.name.clone(), held.roles);
+            load.actives.insert(spec.name.clone(), held.acting);
+            load.standbys.insert(spec.name.clone(), held.standby);
         }
         load
     }
@@ -218,9 +238,83 @@ impl Director {
         Self::default()
     }
 
+    /// The committed state changed by `changes`: the shards to plan again. A changed unit or
+    /// node can change what every shard of its service may be given.
+    pub fn note_changes(&mut self, state: &ClusterState, changes: &Changes) {
+        if changes.topology {
+            self.everything = true;
+            return;
+        }
+        self.dirty.extend(changes.shards.iter().cloned());
+        let mut services: BTreeSet<&ServiceName> = BTreeSet::new();
+        for unit in &changes.units {
+            if let Some(record) = state.units.get(unit) {
+                services.insert(&record.service);
+            }
+        }
+        for node in &changes.nodes {
+            services.extend(state.units_on(*node).map(|unit| &unit.service));
+        }
+        self.dirty_services(state, services);
+    }
+
+    /// Node `node`'s report changed from `before` to `after`: a unit that started, stopped,
+    /// faulted or changed instance can change what every shard of its service may be given;
+    /// anything else (roles settled) matters to the shards waiting for it.
+    pub fn note_report(
+        &mut self,
+        state: &ClusterState,
+        before: Option<&AgentReport>,
+        after: &AgentReport,
+    ) {
+        self.reports_changed = true;
+        let mut services: BTreeSet<&ServiceName> = BTreeSet::new();
+        for (name, unit) in &after.units {
+            let was = before.and_then(|before| before.units.get(name));
+            let same_process = was.is_some_and(|was| {
+                was.generation == unit.generation
+                    && was.presence == unit.presence
+                    && was.faults == unit.faults
+            });
+            if !same_process {
+                if let Some(record) = state.units.get(name) {
+                    services.insert(&record.service);
+                }
+            }
+        }
+        for name in before.iter().flat_map(|before| before.units.keys()) {
+            if !after.units.contains_key(name) {
+                if let Some(record) = state.units.get(name) {
+                    services.insert(&record.service);
+                }
+            }
+        }
+        self.dirty_services(state, services);
+    }
+
+    fn dirty_services(&mut self, state: &ClusterState, services: BTreeSet<&ServiceName>) {
+        for service in services {
+            if let Some(spec) = state.topology.service(service) {
+                self.dirty.extend(spec.shards.iter().cloned());
+            }
+        }
+    }
+
+    /// The leader applied more of the log: reports made at the new index can now be judged,
+    /// so the waiting shards are looked at again.
+    pub fn note_progress(&mut self) {
+        self.reports_changed = true;
+    }
+
+    /// Whether shards are left to plan (the last round stopped at [`PLAN_SHARDS_MAX`]).
+    pub fn has_more(&self) -> bool {
+        self.everything || !self.dirty.is_empty()
+    }
+
     /// Plans one round: the commands to propose now, given the committed `state`, the agents'
     /// `observations`, the local time `now` and the wall clock `wall_ms` (ms since the Unix
-    /// epoch, stamped on faults for the ladder's probation windows).
+    /// epoch, stamped on faults for the ladder's probation windows). Looks at the dirty
+    /// shards (at most [`PLAN_SHARDS_MAX`]), and at the waiting ones when a report changed.
     pub fn plan(
         &mut self,
         now: Time,
@@ -235,23 +329,37 @@ impl Director {
         let mut touched: BTreeSet<ShardName> = BTreeSet::new();
 
         self.plan_faults(now, &view, wall_ms, &mut commands, &mut touched);
+        if std::mem::take(&mut self.everything) {
+            self.dirty.extend(state.shards.keys().cloned());
+        }
+        if std::mem::take(&mut self.reports_changed) {
+            self.dirty.extend(self.waiting.iter().cloned());
+        }
+        let round: Vec<ShardName> = self.dirty.iter().take(PLAN_SHARDS_MAX).cloned().collect();
+        for shard in &round {
+            self.dirty.remove(shard);
+        }
         // Role counts per service, updated with this round's plans so that shards planned in
         // one round spread over the units instead of all picking the same one.
-        let mut loads: BTreeMap<crate::ids::ServiceName, Load> = state
-            .topology
-            .services
-            .iter()
-            .map(|service| (service.name.clone(), Load::of(state, service)))
-            .collect();
-        for shard in state.shards.values() {
+        let mut loads: BTreeMap<ServiceName, Load> = BTreeMap::new();
+        for name in &round {
+            let Some(shard) = state.shards.get(name) else {
+                self.waiting.remove(name);
+                continue;
+            };
             if touched.contains(&shard.name)
                 || self.is_pending(&PendingKey::Shard(shard.name.clone()))
             {
+                // Planned again when its proposal commits (a change) or expires.
+                self.waiting.insert(name.clone());
                 continue;
             }
-            let Some(load) = loads.get_mut(&shard.service) else {
+            let Some(service) = state.topology.service(&shard.service) else {
                 continue;
             };
+            let load = loads
+                .entry(shard.service.clone())
+                .or_insert_with(|| Load::of(state, service));
             if let Some(command) = plan_shard(&view, shard, load) {
                 if let Command::Reassign { changes, .. } = &command {
                     load.note(changes);
@@ -259,29 +367,41 @@ impl Director {
                 self.pending
                     .insert(PendingKey::Shard(shard.name.clone()), (now, shard.version));
                 commands.push(command);
+                self.waiting.insert(name.clone());
+            } else if quiet(&view, service, shard) {
+                self.waiting.remove(name);
+            } else {
+                self.waiting.insert(name.clone());
             }
         }
-        for shard in state.shards.values() {
-            let Some((units, claim)) = view.claimed_in_sync(shard) else {
-                continue;
-            };
-            // A newer claim with the same units is proposed too: its primary keeps waiting for
-            // a STANDBY it claimed until the cluster applied a claim at least as new (an older
-            // one still in flight could otherwise apply after a claim that dropped it).
-            if units == shard.in_sync && claim <= shard.in_sync_claim {
-                continue;
+        for (_, report) in observations.nodes.values() {
+            for name in report.in_sync.keys() {
+                let Some(shard) = state.shards.get(name) else {
+                    continue;
+                };
+                let Some((units, claim_seq)) = view.claimed_in_sync(shard) else {
+                    continue;
+                };
+                // A newer claim with the same units is proposed too: its primary keeps
+                // waiting for a STANDBY it claimed until the cluster applied a claim at least
+                // as new (an older one still in flight could otherwise apply after a claim
+                // that dropped it).
+                if units == shard.in_sync && claim_seq <= shard.in_sync_claim {
+                    continue;
+                }
+                let key =
+                    PendingKey::InSync(shard.name.clone(), shard.epoch, units.clone(), claim_seq);
+                if self.is_pending(&key) {
+                    continue;
+                }
+                self.pending.insert(key, (now, 0));
+                commands.push(Command::SetInSync {
+                    shard: shard.name.clone(),
+                    epoch: shard.epoch,
+                    units,
+                    claim: claim_seq,
+                });
             }
-            let key = PendingKey::InSync(shard.name.clone(), shard.epoch, units.clone(), claim);
-            if self.is_pending(&key) {
-                continue;
-            }
-            self.pending.insert(key, (now, 0));
-            commands.push(Command::SetInSync {
-                shard: shard.name.clone(),
-                epoch: shard.epoch,
-                units,
-                claim,
-            });
         }
         for unit in state.units.values() {
             if !unit.restart_pending || state.roles_of(&unit.name).next().is_some() {
@@ -306,8 +426,12 @@ impl Director {
 
     /// Forgets proposals that committed (the state moved on) or that had their time.
     fn expire(&mut self, now: Time, state: &ClusterState) {
+        let dirty = &mut self.dirty;
         self.pending.retain(|key, (at, version)| {
             if now.saturating_since(*at) >= RETRY_AFTER {
+                if let PendingKey::Shard(shard) = key {
+                    dirty.insert(shard.clone());
+                }
                 return false;
             }
             match key {
@@ -374,7 +498,12 @@ impl Director {
 fn promotions_for(view: &View<'_>, leaving: &[UnitName]) -> Vec<(ShardName, UnitName)> {
     let state = view.state;
     let mut promotions = Vec::new();
-    for shard in state.shards.values() {
+    let shards: BTreeSet<&ShardName> = leaving
+        .iter()
+        .flat_map(|unit| state.shards_naming(unit))
+        .map(|shard| &shard.name)
+        .collect();
+    for shard in shards.into_iter().filter_map(|name| state.shards.get(name)) {
         let acting: Vec<&UnitName> = shard.acting().collect();
         if acting.is_empty() || !acting.iter().all(|unit| leaving.contains(unit)) {
             continue;
@@ -409,6 +538,31 @@ pub fn node_down_promotions(view: &View<'_>, node: NodeId) -> Vec<(ShardName, Un
         .map(|unit| unit.name.clone())
         .collect();
     promotions_for(view, &leaving)
+}
+
+/// Whether `shard` is where it should be: no handover, as many ACTIVEs and STANDBYs as its
+/// model wants, every role settled by its unit. A quiet shard needs nothing until something
+/// about it changes.
+fn quiet(view: &View<'_>, service: &ServiceSpec, shard: &ShardRecord) -> bool {
+    if shard.handover.is_some() {
+        return false;
+    }
+    let (actives_wanted, standbys_wanted) =
+        crate::cluster::wanted_counts(service.model, service.units.len());
+    let acting = shard.units_in(Role::Active).count();
+    let standbys = shard.units_in(Role::Standby).count();
+    if acting != actives_wanted
+        || standbys != standbys_wanted
+        || shard.roles.len() != acting + standbys
+    {
+        return false;
+    }
+    shard.roles.iter().all(|(name, role)| {
+        view.state
+            .units
+            .get(name)
+            .is_some_and(|unit| view.settled(unit, shard) == Some(*role))
+    })
 }
 
 /// Plans one shard: at most one `Reassign` bringing it one step closer to a complete, valid

@@ -40,7 +40,9 @@ pub use lease::{
 };
 pub use liveness::{LivenessConfig, LivenessTracker, NodeReport};
 pub use refusal::{AdminCode, Refusal};
-pub use report::{AgentReport, InSyncClaim, Observations, Presence, Settled, UnitReport};
+pub use report::{
+    confirmed_role, AgentReport, InSyncClaim, Observations, Presence, SettledRoles, UnitReport,
+};
 pub use time::Time;
 pub use topology::{
     CheckpointSpec, EscalationPolicy, IngressSpec, ProcessSpec, RedundancyModel, ServiceSpec,

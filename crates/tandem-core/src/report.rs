@@ -38,14 +38,37 @@ impl Presence {
     }
 }
 
-/// A role the unit confirmed (its hook returned) and that is still the committed role at the
-/// shard version the agent had applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settled {
-    /// The role.
-    pub role: Role,
-    /// The shard's version at which the agent saw it settled.
-    pub version: u64,
+/// What a running unit confirmed, summarised: every role the committed state gave it at the
+/// report's `applied_index` is settled (the unit's hook for it returned, and nothing is in
+/// flight), except the shards listed. A summary costs what is unsettled, not what the unit
+/// holds, so a steady unit with thousands of shards reports a few bytes.
+///
+/// A QUIESCING role counts as settled once the unit confirmed QUIESCED.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SettledRoles {
+    /// Shards whose committed role (at the report's applied index) the unit has not
+    /// confirmed, or for which a hook is in flight.
+    pub unsettled: BTreeSet<ShardName>,
+    /// The unit may not act (its node's lease is not valid, or it has an unhandled fault):
+    /// none of its ACTIVE roles counts as settled (a QUIESCING one, confirmed QUIESCED, does).
+    pub acting_withheld: bool,
+}
+
+impl SettledRoles {
+    /// Whether `role`, committed for `shard` at the report's applied index, is settled.
+    pub fn settled(&self, shard: &ShardName, role: Role) -> bool {
+        let withheld = confirmed_role(role).is_acting() && self.acting_withheld;
+        !self.unsettled.contains(shard) && !withheld
+    }
+}
+
+/// The role a unit confirms for a committed `role`: QUIESCED for QUIESCING, else the same.
+pub fn confirmed_role(role: Role) -> Role {
+    if role == Role::Quiescing {
+        Role::Quiesced
+    } else {
+        role
+    }
 }
 
 /// One unit in an agent's report.
@@ -57,9 +80,8 @@ pub struct UnitReport {
     pub presence: Presence,
     /// Its process id, while it has one.
     pub pid: Option<u32>,
-    /// Roles the unit confirmed, by shard. A unit that was fenced (lease lost) reports nothing
-    /// for the shards it gave up.
-    pub settled: BTreeMap<ShardName, Settled>,
+    /// Roles the unit confirmed, summarised; `None` unless the current instance runs.
+    pub settled: Option<SettledRoles>,
     /// Faults of this instance not yet seen committed, oldest first. The unit can no longer act
     /// when a fault is listed: it is dead, was killed, or stopped acting before reporting.
     pub faults: Vec<(FaultId, FaultKind)>,
@@ -74,8 +96,9 @@ pub struct AgentReport {
     pub applied_index: u64,
     /// Every unit placed on the agent's node, by name.
     pub units: BTreeMap<UnitName, UnitReport>,
-    /// For each shard whose primary replica is on the node: the STANDBYs its data plane
-    /// verified in sync (the director records them with `SetInSync`).
+    /// For shards whose primary replica is on the node: the STANDBYs its data plane verified
+    /// in sync (the director records them with `SetInSync`). Only claims the committed state
+    /// does not hold yet (a newer sequence number at the current epoch) are listed.
     pub in_sync: BTreeMap<ShardName, InSyncClaim>,
 }
 
@@ -95,21 +118,75 @@ pub struct InSyncClaim {
     pub seq: u64,
 }
 
-/// The leader's latest report from each node, with when it arrived.
+/// The leader's latest report from each node, with when it arrived, and what it needs to
+/// judge them: the applied index of each shard's last change.
 #[derive(Debug, Clone, Default)]
 pub struct Observations {
     /// Node → (arrival time, report).
     pub nodes: BTreeMap<NodeId, (Time, AgentReport)>,
+    /// The leader's applied index.
+    applied: u64,
+    /// The leader's applied index when these observations began: a shard not in `changed_at`
+    /// last changed no later.
+    since: u64,
+    /// The applied index at which each shard changed last, for shards changed since `since`.
+    changed_at: BTreeMap<ShardName, u64>,
 }
 
 impl Observations {
+    /// Observations of a leader whose model is applied up to `applied`.
+    pub fn new(applied: u64) -> Self {
+        Self {
+            applied,
+            since: applied,
+            ..Self::default()
+        }
+    }
+
     /// Records a report from `node` received at `now`.
     pub fn record(&mut self, now: Time, node: NodeId, report: AgentReport) {
         self.nodes.insert(node, (now, report));
     }
 
+    /// The leader applied up to `applied`, changing `shards` (all of them with `everything`).
+    pub fn applied(&mut self, applied: u64, shards: &BTreeSet<ShardName>, everything: bool) {
+        self.applied = applied;
+        if everything {
+            self.since = applied;
+            self.changed_at.clear();
+        }
+        for shard in shards {
+            self.changed_at.insert(shard.clone(), applied);
+        }
+    }
+
+    /// The leader's applied index these observations are judged at.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
     /// What `node` last said about `unit`, if anything.
     pub fn unit(&self, node: NodeId, unit: &UnitName) -> Option<&UnitReport> {
         self.nodes.get(&node)?.1.units.get(unit)
+    }
+
+    /// Whether `unit` (on `node`) settled `role`, the committed role it holds for `shard`:
+    /// its agent's report was made at an applied index the leader has reached, after the
+    /// shard last changed, and does not list the shard as unsettled.
+    pub fn settled(&self, node: NodeId, unit: &UnitName, shard: &ShardName, role: Role) -> bool {
+        let Some((_, report)) = self.nodes.get(&node) else {
+            return false;
+        };
+        let Some(summary) = report
+            .units
+            .get(unit)
+            .and_then(|unit| unit.settled.as_ref())
+        else {
+            return false;
+        };
+        let changed_at = self.changed_at.get(shard).copied().unwrap_or(self.since);
+        report.applied_index <= self.applied
+            && report.applied_index >= changed_at
+            && summary.settled(shard, role)
     }
 }

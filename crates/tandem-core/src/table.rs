@@ -163,6 +163,11 @@ impl<K: Ord + Clone, V: Clone, I: Indexer<K, V>> Table<K, V, I> {
         }
     }
 
+    /// Keys changed by committed transactions since the last `take_changed`.
+    pub fn changed(&self) -> &BTreeSet<K> {
+        &self.changed
+    }
+
     /// Keys changed by committed transactions since the last call.
     pub fn take_changed(&mut self) -> BTreeSet<K> {
         std::mem::take(&mut self.changed)

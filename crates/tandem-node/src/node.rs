@@ -47,6 +47,9 @@ const CONTEXT_INTERNAL: &[u8] = b"tandem";
 /// How often the leader proposes its config's topology again while the committed one differs.
 const TOPOLOGY_RETRY: Duration = Duration::from_secs(2);
 
+/// Director commands per Raft entry at most (each is tens of bytes).
+const BATCH_COMMANDS: usize = 512;
+
 /// Ready rounds per drive: proposals made while driving (director plans) go out in the same
 /// call instead of waiting for the next input.
 const DRIVE_ROUNDS_MAX: usize = 4;
@@ -165,6 +168,8 @@ pub struct Node<D: Disk> {
     data_applied: Option<u64>,
     /// Whether the data plane had a lease at the last data step.
     data_leased: bool,
+    /// What applied entries changed since the data plane's view was last updated.
+    data_changes: tandem_core::cluster::Changes,
 }
 
 impl<D: Disk> std::fmt::Debug for Node<D> {
@@ -196,6 +201,7 @@ impl<D: Disk> Node<D> {
             books: ReplicaBooks::new(settings.compaction),
             data_applied: None,
             data_leased: false,
+            data_changes: Default::default(),
             settings,
         })
     }
@@ -244,7 +250,18 @@ impl<D: Disk> Node<D> {
         let mut report = self
             .agent
             .report(now, self.replica.state(), self.replica.applied_index());
-        report.in_sync = self.in_sync_claims.clone();
+        // Only claims the committed state does not hold yet: a steady primary reports none.
+        let state = self.replica.state();
+        report.in_sync = self
+            .in_sync_claims
+            .iter()
+            .filter(|(shard, claim)| {
+                state.shards.get(*shard).is_some_and(|record| {
+                    record.epoch == claim.epoch && claim.seq > record.in_sync_claim
+                })
+            })
+            .map(|(shard, claim)| (shard.clone(), claim.clone()))
+            .collect();
         report
     }
 
@@ -357,8 +374,15 @@ impl<D: Disk> Node<D> {
                 let command = Command::SetTopology(self.settings.topology.clone());
                 let _ = self.replica.propose(&command, CONTEXT_INTERNAL.to_vec());
             }
-            Self::record_report(leadership, &mut self.pending.events, now, self.id, report);
-            leadership.plan_due = true;
+            let state = self.replica.state();
+            Self::record_report(
+                leadership,
+                state,
+                &mut self.pending.events,
+                now,
+                self.id,
+                report,
+            );
             return;
         }
         if let Some(leader) = self.replica.leader_id() {
@@ -377,6 +401,7 @@ impl<D: Disk> Node<D> {
 
     fn record_report(
         leadership: &mut Leadership,
+        state: &ClusterState,
         events: &mut Vec<NodeEvent>,
         now: Time,
         node: NodeId,
@@ -387,9 +412,15 @@ impl<D: Disk> Node<D> {
             .nodes
             .get(&node)
             .map(|(_, report)| report);
+        if before == Some(&report) {
+            // The same report again (reports are repeated with every heartbeat): only its
+            // arrival time is news.
+            leadership.observations.record(now, node, report);
+            return;
+        }
         for (unit, unit_report) in &report.units {
             let previous = before.and_then(|before| before.units.get(unit));
-            for change in observe::diff(previous, unit_report) {
+            for change in observe::diff(state, unit, previous, unit_report) {
                 events.push(NodeEvent::Observed {
                     node,
                     unit: unit.clone(),
@@ -397,6 +428,7 @@ impl<D: Disk> Node<D> {
                 });
             }
         }
+        leadership.director.note_report(state, before, &report);
         leadership.observations.record(now, node, report);
         leadership.plan_due = true;
     }
@@ -484,6 +516,7 @@ impl<D: Disk> Node<D> {
                 }
                 Self::record_report(
                     leadership,
+                    self.replica.state(),
                     &mut self.pending.events,
                     now,
                     NodeId(from),
@@ -500,6 +533,7 @@ impl<D: Disk> Node<D> {
                     if self.settings.members.contains(&NodeId(from)) {
                         Self::record_report(
                             leadership,
+                            self.replica.state(),
                             &mut self.pending.events,
                             now,
                             NodeId(from),
@@ -689,6 +723,7 @@ impl<D: Disk> Node<D> {
             }
             step.applied = ready.applied;
             self.follow_leadership(now, &mut step);
+            self.take_changes();
 
             if self.reconcile_due {
                 self.reconcile_due = false;
@@ -701,9 +736,14 @@ impl<D: Disk> Node<D> {
                 if self.last_report.as_ref() != Some(&report) {
                     self.last_report = Some(report.clone());
                     match &mut self.leadership {
-                        Some(leadership) => {
-                            Self::record_report(leadership, &mut step.events, now, self.id, report)
-                        }
+                        Some(leadership) => Self::record_report(
+                            leadership,
+                            self.replica.state(),
+                            &mut step.events,
+                            now,
+                            self.id,
+                            report,
+                        ),
                         None => {
                             if let Some(leader) = self.replica.leader_id() {
                                 step.messages.push((leader, PeerMessage::Report(report)));
@@ -715,20 +755,15 @@ impl<D: Disk> Node<D> {
             let mut proposed = false;
             if let Some(leadership) = &mut self.leadership {
                 if leadership.plan_due {
-                    leadership.plan_due = false;
                     let commands = leadership.director.plan(
                         now,
                         self.replica.state(),
                         &leadership.observations,
                         wall_ms,
                     );
-                    for command in commands {
-                        tracing::debug!(?command, "director proposes");
-                        proposed |= self
-                            .replica
-                            .propose(&command, CONTEXT_INTERNAL.to_vec())
-                            .is_ok();
-                    }
+                    // Shards left for the next round keep the plan due.
+                    leadership.plan_due = leadership.director.has_more();
+                    proposed |= Self::propose_batched(&mut self.replica, commands);
                 }
                 Self::check_waiting(leadership, self.replica.state(), now, &mut step.admin);
             }
@@ -751,6 +786,49 @@ impl<D: Disk> Node<D> {
             }
         }
         Ok(output)
+    }
+
+    /// Proposes the director's `commands`, many to an entry (see [`Command::Batch`]).
+    /// Returns whether anything was proposed.
+    fn propose_batched(replica: &mut Replica<D>, commands: Vec<Command>) -> bool {
+        let mut proposed = false;
+        let mut commands = commands.into_iter().peekable();
+        while commands.peek().is_some() {
+            let mut batch: Vec<Command> = commands.by_ref().take(BATCH_COMMANDS).collect();
+            tracing::debug!(commands = batch.len(), "director proposes");
+            let command = if batch.len() == 1 {
+                batch.pop().expect("one")
+            } else {
+                Command::Batch(batch)
+            };
+            proposed |= replica.propose(&command, CONTEXT_INTERNAL.to_vec()).is_ok();
+        }
+        proposed
+    }
+
+    /// Hands what the applied entries changed to those who act on it: the agent, the
+    /// leader's director and observations, and (at the next data step) the data plane.
+    fn take_changes(&mut self) {
+        let changes = self.replica.take_changes();
+        let applied = self.replica.applied_index();
+        let state = self.replica.state();
+        if let Some(leadership) = &mut self.leadership {
+            if leadership.observations.applied_index() != applied {
+                // Reports made at the new index can now be judged: waiting shards may have
+                // settled even though nothing changed.
+                leadership
+                    .observations
+                    .applied(applied, &changes.shards, changes.topology);
+                leadership.director.note_changes(state, &changes);
+                leadership.director.note_progress();
+                leadership.plan_due = true;
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        self.agent.on_changes(state, &changes);
+        self.data_changes.extend(changes);
     }
 
     /// An applied entry that answers (part of) an admin request.
@@ -872,7 +950,7 @@ impl<D: Disk> Node<D> {
                 ),
                 director: Director::new(),
                 quorum: QuorumClock::new(self.settings.heartbeat_interval),
-                observations: Observations::default(),
+                observations: Observations::new(self.replica.applied_index()),
                 quorum_asked_at: None,
                 topology_proposed_at: None,
                 plan_due: true,

@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use tandem_core::{FaultKind, ModelEvent, NodeId, Presence, Role, ShardName, UnitName, UnitReport};
+use tandem_core::{
+    ClusterState, FaultKind, ModelEvent, NodeId, Presence, Role, ShardName, UnitName, UnitReport,
+};
 
 /// A change in what an agent reports about a unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +106,12 @@ impl fmt::Display for NodeEvent {
 }
 
 /// The changes between a unit's previous report and its new one.
-pub fn diff(before: Option<&UnitReport>, after: &UnitReport) -> Vec<Observed> {
+pub fn diff(
+    state: &ClusterState,
+    unit: &UnitName,
+    before: Option<&UnitReport>,
+    after: &UnitReport,
+) -> Vec<Observed> {
     let mut changes = Vec::new();
     let presence_changed = before.is_none_or(|before| {
         before.presence != after.presence
@@ -118,15 +125,22 @@ pub fn diff(before: Option<&UnitReport>, after: &UnitReport) -> Vec<Observed> {
             generation: after.generation,
         });
     }
-    for (shard, settled) in &after.settled {
-        let was = before
-            .and_then(|before| before.settled.get(shard))
-            .map(|s| s.role);
-        if was != Some(settled.role) {
-            changes.push(Observed::Confirmed {
-                shard: shard.clone(),
-                role: settled.role,
-            });
+    // A shard the unit listed as unsettled and no longer does: it confirmed its role.
+    if let (Some(was), Some(now)) = (
+        before.and_then(|before| before.settled.as_ref()),
+        after.settled.as_ref(),
+    ) {
+        for shard in was.unsettled.difference(&now.unsettled) {
+            if let Some(role) = state
+                .shards
+                .get(shard)
+                .and_then(|record| record.roles.get(unit))
+            {
+                changes.push(Observed::Confirmed {
+                    shard: shard.clone(),
+                    role: tandem_core::confirmed_role(*role),
+                });
+            }
         }
     }
     for (id, kind) in &after.faults {

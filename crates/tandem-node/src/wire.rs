@@ -3,11 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use tandem_core::{AgentReport, Presence, Settled, ShardName, Time, UnitName, UnitReport};
+use tandem_core::{AgentReport, Presence, SettledRoles, ShardName, Time, UnitName, UnitReport};
 use tandem_proto::peer::{self as wire, envelope::Body};
 use tandem_proto::state_wire::{
-    decode_fault_id, decode_fault_kind, decode_some_role, encode_fault_id, encode_fault_kind,
-    encode_role, CodecError,
+    decode_fault_id, decode_fault_kind, encode_fault_id, encode_fault_kind, CodecError,
 };
 
 use crate::{Grant, Heartbeat, PeerMessage};
@@ -111,15 +110,14 @@ pub fn encode_report(report: &AgentReport) -> wire::AgentReport {
                 generation: unit.generation,
                 presence: encode_presence(unit.presence) as i32,
                 pid: unit.pid,
-                settled: unit
-                    .settled
-                    .iter()
-                    .map(|(shard, settled)| wire::SettledRole {
-                        shard: shard.0.clone(),
-                        role: encode_role(Some(settled.role)) as i32,
-                        version: settled.version,
-                    })
-                    .collect(),
+                settled: unit.settled.as_ref().map(|settled| wire::SettledRoles {
+                    unsettled: settled
+                        .unsettled
+                        .iter()
+                        .map(|shard| shard.0.clone())
+                        .collect(),
+                    acting_withheld: settled.acting_withheld,
+                }),
                 faults: unit
                     .faults
                     .iter()
@@ -152,16 +150,10 @@ pub fn decode_report(report: wire::AgentReport) -> Result<AgentReport, WireError
     }
     let mut units = BTreeMap::new();
     for unit in report.units {
-        let mut settled = BTreeMap::new();
-        for role in unit.settled {
-            settled.insert(
-                ShardName(role.shard),
-                Settled {
-                    role: decode_some_role(role.role)?,
-                    version: role.version,
-                },
-            );
-        }
+        let settled = unit.settled.map(|settled| SettledRoles {
+            unsettled: settled.unsettled.into_iter().map(ShardName).collect(),
+            acting_withheld: settled.acting_withheld,
+        });
         let faults = unit
             .faults
             .into_iter()
@@ -211,7 +203,7 @@ pub fn decode_report(report: wire::AgentReport) -> Result<AgentReport, WireError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_core::{FaultId, FaultKind, Role};
+    use tandem_core::{FaultId, FaultKind};
 
     #[test]
     fn messages_round_trip() {
@@ -235,14 +227,10 @@ mod tests {
                 generation: 3,
                 presence: Presence::Running,
                 pid: Some(77),
-                settled: [(
-                    ShardName::from("s0"),
-                    Settled {
-                        role: Role::Standby,
-                        version: 9,
-                    },
-                )]
-                .into(),
+                settled: Some(SettledRoles {
+                    unsettled: [ShardName::from("s0")].into(),
+                    acting_withheld: true,
+                }),
                 faults: vec![(
                     FaultId {
                         generation: 3,

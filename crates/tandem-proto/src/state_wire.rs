@@ -34,10 +34,20 @@ fn invalid(what: &'static str) -> CodecError {
     CodecError::Invalid(what)
 }
 
+/// Commands in one batch at most.
+pub const BATCH_COMMANDS_MAX: usize = 4096;
+
 /// Encodes a command as a log entry's data.
 pub fn encode_command(command: &Command) -> Vec<u8> {
+    command_to_wire(command).encode_to_vec()
+}
+
+fn command_to_wire(command: &Command) -> wire::Command {
     use wire::command::Kind;
     let kind = match command {
+        Command::Batch(commands) => Kind::Batch(wire::Batch {
+            commands: commands.iter().map(command_to_wire).collect(),
+        }),
         Command::Noop { nonce } => Kind::Noop(wire::Noop { nonce: *nonce }),
         Command::SetNodeLiveness {
             node,
@@ -120,14 +130,28 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
             expected_generation: *expected_generation,
         }),
     };
-    wire::Command { kind: Some(kind) }.encode_to_vec()
+    wire::Command { kind: Some(kind) }
 }
 
 /// Decodes a log entry's data into a command.
 pub fn decode_command(data: &[u8]) -> Result<Command, CodecError> {
+    command_from_wire(crate::decode_command(data)?, false)
+}
+
+fn command_from_wire(command: wire::Command, in_batch: bool) -> Result<Command, CodecError> {
     use wire::command::Kind;
-    let command = crate::decode_command(data)?;
     Ok(match command.kind.ok_or(CodecError::EmptyCommand)? {
+        Kind::Batch(_) if in_batch => return Err(invalid("a batch inside a batch")),
+        Kind::Batch(batch) if batch.commands.len() > BATCH_COMMANDS_MAX => {
+            return Err(invalid("a batch of more than BATCH_COMMANDS_MAX commands"))
+        }
+        Kind::Batch(batch) => Command::Batch(
+            batch
+                .commands
+                .into_iter()
+                .map(|command| command_from_wire(command, true))
+                .collect::<Result<_, CodecError>>()?,
+        ),
         Kind::Noop(noop) => Command::Noop { nonce: noop.nonce },
         Kind::SetNodeLiveness(set) => Command::SetNodeLiveness {
             node: NodeId(set.node),

@@ -588,43 +588,58 @@ impl<D: Disk> Replica<D> {
                 "committed entries must be applied in order without gaps"
             );
             self.applied_index = entry.index;
-            let mut events = Vec::new();
-            let (command, outcome) = if entry.get_entry_type() != EntryType::EntryNormal
-                || entry.data.is_empty()
-            {
-                // raft-rs's own empty entry at the start of a term, or a configuration change
-                // (not proposed by this version): nothing for the model.
-                (None, ApplyOutcome::Unchanged)
-            } else {
-                match decode_command(&entry.data) {
-                    Ok(command) => {
-                        let outcome =
-                            self.state
-                                .apply_with_events(entry.index, &command, &mut events);
-                        (Some(command), outcome)
-                    }
-                    Err(error) => {
-                        // Every node holds the same bytes and refuses them alike, so the models
-                        // stay equal; the entry is skipped loudly.
-                        tracing::error!(index = entry.index, %error, "undecodable raft entry skipped");
-                        (None, ApplyOutcome::Refused(error.to_string()))
-                    }
+            let command =
+                if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                    // raft-rs's own empty entry at the start of a term, or a configuration change
+                    // (not proposed by this version): nothing for the model.
+                    Ok(None)
+                } else {
+                    decode_command(&entry.data).map(Some)
+                };
+            let commands = match command {
+                Ok(Some(Command::Batch(commands))) => commands.into_iter().map(Some).collect(),
+                Ok(command) => vec![command],
+                Err(error) => {
+                    // Every node holds the same bytes and refuses them alike, so the models
+                    // stay equal; the entry is skipped loudly.
+                    tracing::error!(index = entry.index, %error, "undecodable raft entry skipped");
+                    output.applied.push(Applied {
+                        index: entry.index,
+                        term: entry.term,
+                        context: entry.context.to_vec(),
+                        command: None,
+                        outcome: ApplyOutcome::Refused(error.to_string()),
+                        events: Vec::new(),
+                        model_broken: None,
+                    });
+                    continue;
                 }
             };
-            let model_broken = if self.check_model {
-                self.state.check_invariants().err()
-            } else {
-                None
-            };
-            output.applied.push(Applied {
-                index: entry.index,
-                term: entry.term,
-                context: entry.context.to_vec(),
-                command,
-                outcome,
-                events,
-                model_broken,
-            });
+            // A batch's commands apply one by one, each reported as if it had the entry.
+            for command in commands {
+                let mut events = Vec::new();
+                let outcome = match &command {
+                    Some(command) => {
+                        self.state
+                            .apply_with_events(entry.index, command, &mut events)
+                    }
+                    None => ApplyOutcome::Unchanged,
+                };
+                let model_broken = if self.check_model {
+                    self.state.check_changed_invariants().err()
+                } else {
+                    None
+                };
+                output.applied.push(Applied {
+                    index: entry.index,
+                    term: entry.term,
+                    context: entry.context.to_vec(),
+                    command,
+                    outcome,
+                    events,
+                    model_broken,
+                });
+            }
         }
     }
 
@@ -685,6 +700,12 @@ impl<D: Disk> Replica<D> {
     /// The applied cluster model.
     pub fn state(&self) -> &ClusterState {
         &self.state
+    }
+
+    /// What applied entries (or an installed snapshot: everything) changed since the last
+    /// call.
+    pub fn take_changes(&mut self) -> tandem_core::cluster::Changes {
+        self.state.take_changes()
     }
 
     /// Current term.

@@ -33,6 +33,8 @@ impl Harness {
         self.applied += 1;
         let outcome = self.state.apply(self.applied, &command);
         assert!(outcome.refusal().is_none(), "{outcome:?}");
+        let changes = self.state.take_changes();
+        self.agent.on_changes(&self.state, &changes);
     }
 
     fn set_role(&mut self, shard: &str, role: Option<Role>) {
@@ -151,9 +153,10 @@ fn roles_are_assigned_one_hook_at_a_time_and_settle_when_answered() {
     ));
     h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
     let report = h.agent.report(ms(3), &h.state, h.applied);
-    let settled = &report.units[&a()].settled;
-    assert_eq!(settled.len(), 2);
-    assert_eq!(settled[&ShardName::from("s0")].role, Role::Active);
+    let settled = report.units[&a()].settled.as_ref().expect("running");
+    assert!(settled.unsettled.is_empty(), "{settled:?}");
+    assert!(!settled.acting_withheld);
+    assert_eq!(h.state.roles_of(&a()).count(), 2);
     assert!(
         Harness::sends(&h.reconcile(ms(4))).is_empty(),
         "nothing left to do"
@@ -188,7 +191,11 @@ fn an_expired_lease_fences_the_active_and_a_new_grant_restores_it() {
     );
     let report = h.agent.report(ms(200), &h.state, h.applied);
     assert!(
-        report.units[&a()].settled.is_empty(),
+        report.units[&a()]
+            .settled
+            .as_ref()
+            .expect("running")
+            .acting_withheld,
         "a fenced ACTIVE is not settled"
     );
     h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));

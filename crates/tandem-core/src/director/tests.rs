@@ -63,7 +63,7 @@ impl Harness {
     /// What the agents report: every unit on an up node runs and has settled its committed
     /// roles (QUIESCING settles as QUIESCED), except silent ones.
     fn observations(&self) -> Observations {
-        let mut observations = Observations::default();
+        let mut observations = Observations::new(self.index);
         for node in self.state.nodes.values().filter(|node| node.up) {
             let mut report = AgentReport {
                 applied_index: self.index,
@@ -90,20 +90,7 @@ impl Harness {
                     ));
                 }
                 if !self.silent.contains(&unit.name) {
-                    for (shard, role) in self.state.roles_of(&unit.name) {
-                        let role = if role == Role::Quiescing {
-                            Role::Quiesced
-                        } else {
-                            role
-                        };
-                        unit_report.settled.insert(
-                            shard.clone(),
-                            Settled {
-                                role,
-                                version: self.state.shards[shard].version,
-                            },
-                        );
-                    }
+                    unit_report.settled = Some(crate::report::SettledRoles::default());
                 }
                 report.units.insert(unit.name.clone(), unit_report);
             }
@@ -151,9 +138,19 @@ impl Harness {
         self.state.check_invariants().unwrap();
     }
 
+    /// Tells the director what changed: the committed state, and every report as new.
+    fn note(&mut self, observations: &Observations) {
+        let changes = self.state.take_changes();
+        self.director.note_changes(&self.state, &changes);
+        for (_, report) in observations.nodes.values() {
+            self.director.note_report(&self.state, None, report);
+        }
+    }
+
     /// One round: plan, commit everything planned, move time on.
     fn round(&mut self) -> Vec<Command> {
         let observations = self.observations();
+        self.note(&observations);
         let commands = self
             .director
             .plan(self.now, &self.state, &observations, 1_000_000);
@@ -583,6 +580,7 @@ fn a_failover_to_a_standby_out_of_sync_is_reported_as_a_possible_loss() {
             },
         );
         let observations = h.observations();
+        h.note(&observations);
         let commands = h.director.plan(h.now, &h.state, &observations, 1_000_000);
         let mut events = Vec::new();
         for command in &commands {

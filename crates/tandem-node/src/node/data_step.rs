@@ -131,11 +131,19 @@ impl<D: Disk> Node<D> {
         let applied = self.replica.applied_index();
         let state_moved = self.data_applied != Some(applied);
         if state_moved {
-            self.data_applied = Some(applied);
-            let view = DataView::from_state(self.replica.state(), self.id);
-            if self.data.view() != &view {
+            let changes = std::mem::take(&mut self.data_changes);
+            if self.data_applied.is_none() {
+                let view = DataView::from_state(self.replica.state(), self.id);
                 self.data.set_view(now, view);
+            } else {
+                // Only what the applied entries changed: a step costs the shards they touched.
+                let mut view = self.data.view().clone();
+                let changed = view.update(self.replica.state(), self.id, &changes);
+                if !changed.is_empty() {
+                    self.data.update_view(now, changed);
+                }
             }
+            self.data_applied = Some(applied);
         }
         let lease = self.lease_until(now);
         let lease_lapsed =

@@ -15,8 +15,9 @@ mod one_active;
 pub mod raft;
 mod settled;
 
-use tandem_core::{ModelEvent, Role};
+use tandem_core::{Command, ModelEvent, Role};
 use tandem_node::{NodeEvent, NodeOutput};
+use tandem_raft::Applied;
 
 use crate::checks::raft::CONTEXT_CLIENT;
 use crate::sim::Sim;
@@ -37,6 +38,27 @@ pub(crate) fn violation(kind: FailureKind, detail: String) -> Violation {
     Violation { kind, detail }
 }
 
+/// One [`Applied`] per log entry, as the Raft checker follows the log: the commands of a
+/// batch, which the replica reports one by one, joined into their batch again.
+fn log_entries(applied: &[Applied]) -> Vec<Applied> {
+    let mut entries: Vec<Applied> = Vec::new();
+    for applied in applied {
+        match entries.last_mut() {
+            Some(last) if last.index == applied.index => {
+                let first = last.command.take();
+                let mut commands = match first {
+                    Some(Command::Batch(commands)) => commands,
+                    other => other.into_iter().collect(),
+                };
+                commands.extend(applied.command.clone());
+                last.command = Some(Command::Batch(commands));
+            }
+            _ => entries.push(applied.clone()),
+        }
+    }
+    entries
+}
+
 impl Sim {
     /// Feeds the checkers with what a drive produced.
     pub(crate) fn check_output(
@@ -54,8 +76,10 @@ impl Sim {
         let replica = sim_node.node.as_ref().expect("driven").replica();
         let node_term = replica.term();
         let is_leader = replica.is_leader();
+        for entry in log_entries(&output.applied) {
+            self.checker.on_applied(id, node_term, &entry)?;
+        }
         for applied in &output.applied {
-            self.checker.on_applied(id, node_term, applied)?;
             if let Some(broken) = &applied.model_broken {
                 return Err(Violation {
                     kind: FailureKind::ModelInvariant,

@@ -653,7 +653,7 @@ impl DataPlane {
         }
     }
 
-    /// The committed facts changed (or the node caught up).
+    /// The committed facts changed (or the node caught up): a whole new view.
     pub fn set_view(&mut self, now: Time, view: DataView) {
         if self.epochs_at_start.is_none() {
             self.epochs_at_start = Some(
@@ -663,11 +663,46 @@ impl DataPlane {
                     .collect(),
             );
         }
-        self.view = view;
-        let wanted: BTreeSet<ReplicaId> = self
-            .view
+        let shards: BTreeSet<ShardName> = view
             .shards
+            .keys()
+            .chain(self.view.shards.keys())
+            .cloned()
+            .collect();
+        self.view = view;
+        self.view_changed(now, &shards);
+    }
+
+    /// The committed facts of some shards changed (see [`DataView::update`]): `changed`
+    /// holds their new views (`None`: gone). Costs those shards' replicas, not the node's.
+    pub fn update_view(&mut self, now: Time, changed: BTreeMap<ShardName, Option<ShardView>>) {
+        if self.epochs_at_start.is_none() {
+            // Never had a view: this is the first one.
+            let mut view = self.view.clone();
+            for (shard, shard_view) in changed {
+                match shard_view {
+                    Some(shard_view) => view.shards.insert(shard, shard_view),
+                    None => view.shards.remove(&shard),
+                };
+            }
+            self.set_view(now, view);
+            return;
+        }
+        let shards: BTreeSet<ShardName> = changed.keys().cloned().collect();
+        for (shard, shard_view) in changed {
+            match shard_view {
+                Some(shard_view) => self.view.shards.insert(shard, shard_view),
+                None => self.view.shards.remove(&shard),
+            };
+        }
+        self.view_changed(now, &shards);
+    }
+
+    /// Replicas of `shards` follow the view: created, removed, or given their new role.
+    fn view_changed(&mut self, now: Time, shards: &BTreeSet<ShardName>) {
+        let wanted: BTreeSet<ReplicaId> = shards
             .iter()
+            .filter_map(|shard| Some((shard, self.view.shards.get(shard)?)))
             .flat_map(|(shard, view)| {
                 view.local_units.iter().map(|unit| ReplicaId {
                     shard: shard.clone(),
@@ -675,10 +710,19 @@ impl DataPlane {
                 })
             })
             .collect();
-        let gone: Vec<ReplicaId> = self
-            .slots
-            .keys()
-            .filter(|id| !wanted.contains(id))
+        let gone: Vec<ReplicaId> = shards
+            .iter()
+            .flat_map(|shard| {
+                let from = ReplicaId {
+                    shard: shard.clone(),
+                    unit: UnitName::default(),
+                };
+                self.slots
+                    .range(from..)
+                    .take_while(move |(id, _)| &id.shard == shard)
+                    .map(|(id, _)| id)
+            })
+            .filter(|id| !wanted.contains(*id))
             .cloned()
             .collect();
         for id in gone {

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::{ClusterState, Role};
-use crate::ids::{NodeId, ShardName, UnitName};
+use crate::cluster::{Changes, ClusterState, Role, ShardRecord};
+use crate::ids::{NodeId, ServiceName, ShardName, UnitName};
 
 /// The committed facts about one shard that the data plane acts on.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -51,67 +51,144 @@ pub struct DataView {
 impl DataView {
     /// The view of node `node` from the committed state.
     pub fn from_state(state: &ClusterState, node: NodeId) -> Self {
-        let mut shards = BTreeMap::new();
-        for shard in state.shards.values() {
-            let Some(service) = state.topology.service(&shard.service) else {
-                continue;
-            };
-            if service.model.multi_active() {
-                continue;
-            }
-            let node_of = |unit: &UnitName| state.units.get(unit).map(|record| record.node);
-            let acting = shard
-                .roles
-                .iter()
-                .find(|(_, role)| role.is_acting())
-                .map(|(unit, role)| (unit.clone(), *role));
-            let handover_from = shard.handover.as_ref().and_then(|handover| {
-                (shard.roles.get(&handover.from) == Some(&Role::Quiesced))
-                    .then(|| handover.from.clone())
-            });
-            let (primary, role) = match (acting, handover_from) {
-                (Some((unit, role)), _) => (Some(unit), Some(role)),
-                (None, Some(unit)) => (Some(unit), Some(Role::Quiesced)),
-                (None, None) => (None, None),
-            };
-            let primary = primary.and_then(|unit| node_of(&unit).map(|node| (unit, node)));
-            let standbys = shard
-                .units_in(Role::Standby)
-                .filter_map(|unit| node_of(unit).map(|node| (unit.clone(), node)))
-                .collect();
-            let standby_generations = shard
-                .units_in(Role::Standby)
-                .filter_map(|unit| {
-                    state
-                        .units
-                        .get(unit)
-                        .map(|record| (unit.clone(), record.generation))
-                })
-                .collect();
-            let local_units = state
-                .units
-                .values()
-                .filter(|unit| unit.service == shard.service && unit.node == node)
-                .map(|unit| unit.name.clone())
-                .collect();
-            shards.insert(
-                shard.name.clone(),
-                ShardView {
-                    epoch: shard.epoch,
-                    version: shard.version,
-                    primary,
-                    active: role == Some(Role::Active),
-                    acting: role.is_some_and(Role::is_acting),
-                    standbys,
-                    standby_generations,
-                    in_sync: shard.in_sync.clone(),
-                    in_sync_claim: shard.in_sync_claim,
-                    continued_in_memory: shard.synced_this_epoch,
-                    local_units,
-                    async_lag_max: service.checkpoint.async_lag_max_ops,
-                },
-            );
-        }
+        let mut local = LocalUnits::default();
+        let shards = state
+            .shards
+            .values()
+            .filter_map(|shard| {
+                Some((
+                    shard.name.clone(),
+                    shard_view(state, node, shard, &mut local)?,
+                ))
+            })
+            .collect();
         Self { shards }
     }
+
+    /// Brings the view up to date with `state` after `changes`, looking only at what they
+    /// can have changed: the changed shards, and every shard of a service whose units
+    /// changed (a unit's node or instance shows in its shards' views). Returns the shards
+    /// whose view changed, with the new view (`None`: gone). With a new topology, every shard.
+    pub fn update(
+        &mut self,
+        state: &ClusterState,
+        node: NodeId,
+        changes: &Changes,
+    ) -> BTreeMap<ShardName, Option<ShardView>> {
+        let candidates: BTreeSet<ShardName> = if changes.topology {
+            state
+                .shards
+                .keys()
+                .chain(self.shards.keys())
+                .cloned()
+                .collect()
+        } else {
+            let mut candidates = changes.shards.clone();
+            for unit in &changes.units {
+                let service = state.units.get(unit).map(|record| &record.service);
+                if let Some(spec) = service.and_then(|service| state.topology.service(service)) {
+                    candidates.extend(spec.shards.iter().cloned());
+                }
+                candidates.extend(state.shards_naming(unit).map(|shard| shard.name.clone()));
+            }
+            candidates
+        };
+        let mut local = LocalUnits::default();
+        let mut changed = BTreeMap::new();
+        for name in candidates {
+            let view = state
+                .shards
+                .get(&name)
+                .and_then(|shard| shard_view(state, node, shard, &mut local));
+            if self.shards.get(&name) == view.as_ref() {
+                continue;
+            }
+            match &view {
+                Some(view) => self.shards.insert(name.clone(), view.clone()),
+                None => self.shards.remove(&name),
+            };
+            changed.insert(name, view);
+        }
+        changed
+    }
+}
+
+/// Units of each service placed on the node, worked out once per service.
+#[derive(Default)]
+struct LocalUnits(BTreeMap<ServiceName, BTreeSet<UnitName>>);
+
+impl LocalUnits {
+    fn of(
+        &mut self,
+        state: &ClusterState,
+        node: NodeId,
+        service: &ServiceName,
+    ) -> BTreeSet<UnitName> {
+        self.0
+            .entry(service.clone())
+            .or_insert_with(|| {
+                state
+                    .units
+                    .values()
+                    .filter(|unit| &unit.service == service && unit.node == node)
+                    .map(|unit| unit.name.clone())
+                    .collect()
+            })
+            .clone()
+    }
+}
+
+/// The view of one shard from node `node`; `None` for shards of multi-ACTIVE services.
+fn shard_view(
+    state: &ClusterState,
+    node: NodeId,
+    shard: &ShardRecord,
+    local: &mut LocalUnits,
+) -> Option<ShardView> {
+    let service = state.topology.service(&shard.service)?;
+    if service.model.multi_active() {
+        return None;
+    }
+    let node_of = |unit: &UnitName| state.units.get(unit).map(|record| record.node);
+    let acting = shard
+        .roles
+        .iter()
+        .find(|(_, role)| role.is_acting())
+        .map(|(unit, role)| (unit.clone(), *role));
+    let handover_from = shard.handover.as_ref().and_then(|handover| {
+        (shard.roles.get(&handover.from) == Some(&Role::Quiesced)).then(|| handover.from.clone())
+    });
+    let (primary, role) = match (acting, handover_from) {
+        (Some((unit, role)), _) => (Some(unit), Some(role)),
+        (None, Some(unit)) => (Some(unit), Some(Role::Quiesced)),
+        (None, None) => (None, None),
+    };
+    let primary = primary.and_then(|unit| node_of(&unit).map(|node| (unit, node)));
+    let standbys = shard
+        .units_in(Role::Standby)
+        .filter_map(|unit| node_of(unit).map(|node| (unit.clone(), node)))
+        .collect();
+    let standby_generations = shard
+        .units_in(Role::Standby)
+        .filter_map(|unit| {
+            state
+                .units
+                .get(unit)
+                .map(|record| (unit.clone(), record.generation))
+        })
+        .collect();
+    Some(ShardView {
+        epoch: shard.epoch,
+        version: shard.version,
+        primary,
+        active: role == Some(Role::Active),
+        acting: role.is_some_and(Role::is_acting),
+        standbys,
+        standby_generations,
+        in_sync: shard.in_sync.clone(),
+        in_sync_claim: shard.in_sync_claim,
+        continued_in_memory: shard.synced_this_epoch,
+        local_units: local.of(state, node, &shard.service),
+        async_lag_max: service.checkpoint.async_lag_max_ops,
+    })
 }
