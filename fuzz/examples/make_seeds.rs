@@ -257,9 +257,25 @@ fn admin_seeds() {
     let status = admin::AdminRequest {
         forwarded: false,
         timeout_ms: 0,
-        kind: Some(admin_request::Kind::Status(admin::StatusRequest {})),
+        kind: Some(admin_request::Kind::Status(admin::StatusRequest::default())),
     };
     write_seed("admin_request", "status-request", &status.encode_to_vec());
+    let summary = admin::AdminRequest {
+        forwarded: false,
+        timeout_ms: 0,
+        kind: Some(admin_request::Kind::Status(admin::StatusRequest {
+            shard_glob: "counter-*".to_owned(),
+            service: "counter".to_owned(),
+            summarise_above: Some(50),
+            shards_max: 100,
+            data_only: false,
+        })),
+    };
+    write_seed(
+        "admin_request",
+        "status-request-summary",
+        &summary.encode_to_vec(),
+    );
     let noop_forwarded = admin::AdminRequest {
         forwarded: true,
         timeout_ms: 0,
@@ -301,6 +317,7 @@ fn admin_seeds() {
             services: Vec::new(),
             units: Vec::new(),
             shards: Vec::new(),
+            summary: None,
         })),
     };
     write_seed(

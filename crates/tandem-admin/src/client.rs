@@ -297,22 +297,31 @@ fn refused_or(
     }
 }
 
-/// Asks the daemon at `addr` for the cluster status (it forwards to the leader when it can).
+/// Asks the daemon at `addr` for the cluster status (it forwards to the leader when it can):
+/// every shard.
 pub fn status(addr: SocketAddr, timeout: Duration) -> Result<Status, AdminClientError> {
-    status_of(addr, timeout, false)
+    status_with(addr, timeout, StatusRequest::default(), false)
 }
 
 /// Asks the daemon at `addr` for the status as it sees it, never forwarded: how to reach
 /// every node's own checkpoint replicas.
 pub fn local_status(addr: SocketAddr, timeout: Duration) -> Result<Status, AdminClientError> {
-    status_of(addr, timeout, true)
+    status_with(addr, timeout, StatusRequest::default(), true)
 }
 
-fn status_of(addr: SocketAddr, timeout: Duration, local: bool) -> Result<Status, AdminClientError> {
+/// Asks the daemon at `addr` for the status `request` describes (filters, a summary), from
+/// the leader or, with `local`, as that daemon sees it. A daemon from before the filters
+/// existed answers with every shard and no `summary`: see [`crate::status_view::narrow`].
+pub fn status_with(
+    addr: SocketAddr,
+    timeout: Duration,
+    request: StatusRequest,
+    local: bool,
+) -> Result<Status, AdminClientError> {
     let request = AdminRequest {
         forwarded: local,
         timeout_ms: 0,
-        kind: Some(admin_request::Kind::Status(StatusRequest {})),
+        kind: Some(admin_request::Kind::Status(request)),
     };
     match refused_or(call(addr, &request, timeout)?, "status")? {
         admin_response::Kind::Status(status) => Ok(status),
@@ -532,6 +541,7 @@ mod tests {
             shards: Vec::new(),
             replicas: Vec::new(),
             sessions: Vec::new(),
+            summary: None,
         }
     }
 
@@ -546,7 +556,7 @@ mod tests {
         let request = server.join().unwrap().unwrap();
         assert!(matches!(
             request.kind,
-            Some(admin_request::Kind::Status(StatusRequest {}))
+            Some(admin_request::Kind::Status(StatusRequest { .. }))
         ));
         assert!(!request.forwarded);
     }

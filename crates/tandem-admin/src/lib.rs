@@ -3,7 +3,10 @@
 //!
 //! - [`config`]: the cluster configuration (one TOML file for every daemon and for
 //!   `tandemctl`), checked with file, line and key in every error;
-//! - [`client`]: the blocking client of a daemon's admin endpoint.
+//! - [`client`]: the blocking client of a daemon's admin endpoint;
+//! - [`status_view`]: the status filters (`--shard GLOB`, `--service`), what makes a shard
+//!   healthy, and the counts of a summary.
 
 pub mod client;
 pub mod config;
+pub mod status_view;

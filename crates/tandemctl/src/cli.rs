@@ -183,11 +183,25 @@ pub struct EventsArgs {
 }
 
 /// Options of `status`.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
+#[command(after_help = "\
+With more than 50 matching shards the table is a summary: counts per service and per unit \
+and role, and only the shards that are not healthy (no ACTIVE, no in-sync STANDBY where the \
+model wants one, a handover in progress, a QUIESCING unit or a role not confirmed). --all \
+lists every shard. --json never summarises. Filters combine.")]
 pub struct StatusArgs {
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object instead of a table (every field of every matching shard).
     #[arg(long)]
     pub json: bool,
+    /// Only shards whose name matches GLOB (`*` any run of characters, `?` one; quote it).
+    #[arg(long, value_name = "GLOB")]
+    pub shard: Option<String>,
+    /// Only shards and units of this service.
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// List every matching shard, however many (with their checkpoint replicas and sessions).
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// The `dev` subcommands.
@@ -374,8 +388,31 @@ mod tests {
         assert_eq!(cli.endpoint, Some(ADDR.parse().unwrap()));
         assert!(matches!(
             cli.command,
-            Command::Status(StatusArgs { json: true })
+            Command::Status(StatusArgs {
+                json: true,
+                all: false,
+                shard: None,
+                service: None
+            })
         ));
+        let cli = Cli::try_parse_from([
+            "tandemctl",
+            "status",
+            "--shard",
+            "s-1*",
+            "--service",
+            "svc",
+            "--all",
+        ])
+        .unwrap();
+        match &cli.command {
+            Command::Status(args) => {
+                assert_eq!(args.shard.as_deref(), Some("s-1*"));
+                assert_eq!(args.service.as_deref(), Some("svc"));
+                assert!(args.all && !args.json);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(cli.timeout(), Duration::from_secs(5));
 
         let cli = Cli::try_parse_from(["tandemctl", "--config", "c.toml", "status"]).unwrap();

@@ -1,11 +1,14 @@
 //! Reaching a cluster: one endpoint, or each node of a config file in turn.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tandem_admin::client::{self, AdminClientError};
 use tandem_admin::config::Config;
+use tandem_admin::status_view::{self, ShardFilter};
+use tandem_proto::admin::{Status, StatusRequest};
 
 use crate::cli::Target;
 
@@ -114,23 +117,113 @@ pub fn ask<T>(
     }
 }
 
-/// The cluster status from the first daemon of `target` that answers, with the checkpoint
-/// replicas and replication sessions of every node that answers (each node speaks for its
-/// own; a node that does not answer is shown down by the status itself).
-pub fn status(target: &Target, timeout: Duration) -> anyhow::Result<tandem_proto::admin::Status> {
-    let mut status = ask(target, "status", |addr| client::status(addr, timeout))?;
+/// Above this many matching shards, the `status` table is a summary.
+pub const SUMMARY_ABOVE: u32 = 50;
+/// A summary lists at most this many unhealthy shards.
+pub const UNHEALTHY_LISTED_MAX: u32 = 100;
+
+/// Which shards a status asks for, and whether it may be a summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusQuery {
+    /// `--shard GLOB`.
+    pub shard: Option<String>,
+    /// `--service NAME`.
+    pub service: Option<String>,
+    /// A summary when more than [`SUMMARY_ABOVE`] shards match.
+    pub summary: bool,
+}
+
+impl StatusQuery {
+    /// The request to the leader.
+    pub fn request(&self) -> StatusRequest {
+        StatusRequest {
+            shard_glob: self.shard.clone().unwrap_or_default(),
+            service: self.service.clone().unwrap_or_default(),
+            summarise_above: self.summary.then_some(SUMMARY_ABOVE),
+            shards_max: if self.summary {
+                UNHEALTHY_LISTED_MAX
+            } else {
+                0
+            },
+            data_only: false,
+        }
+    }
+
+    /// The filter it applies.
+    pub fn filter(&self) -> ShardFilter {
+        ShardFilter::of(&self.request())
+    }
+}
+
+/// The status `query` asks for from the first daemon of `target` that answers (it forwards
+/// to the leader). Unless it is a summary, it carries the checkpoint replicas and
+/// replication sessions of the listed shards from every node that answers (each node speaks
+/// for its own; a node that does not answer is shown down by the status itself). A daemon
+/// that does not know the filters answers with everything; it is narrowed here the same way.
+pub fn status_of(
+    target: &Target,
+    timeout: Duration,
+    query: &StatusQuery,
+) -> anyhow::Result<Status> {
+    let request = query.request();
+    let mut status = ask(target, "status", |addr| {
+        client::status_with(addr, timeout, request.clone(), false)
+    })?;
+    if !status_view::answers(&status, &request) {
+        status_view::narrow(&mut status, &request);
+    }
+    if status
+        .summary
+        .as_ref()
+        .is_some_and(|summary| summary.summarised)
+    {
+        return Ok(status);
+    }
     let endpoints = endpoints(target)?;
     if endpoints.len() > 1 {
         status.replicas.clear();
         status.sessions.clear();
+        let data_request = StatusRequest {
+            data_only: true,
+            ..request
+        };
         for endpoint in &endpoints {
-            if let Ok(local) = client::local_status(endpoint.addr, timeout) {
+            if let Ok(local) =
+                client::status_with(endpoint.addr, timeout, data_request.clone(), true)
+            {
                 status.replicas.extend(local.replicas);
                 status.sessions.extend(local.sessions);
             }
         }
     }
+    // A daemon that does not know `data_only` answered with all of its replicas.
+    let listed: BTreeSet<&str> = status
+        .shards
+        .iter()
+        .map(|shard| shard.name.as_str())
+        .collect();
+    let keep_replica = |shard: &str| listed.contains(shard);
+    status
+        .replicas
+        .retain(|replica| keep_replica(&replica.shard));
+    status
+        .sessions
+        .retain(|session| keep_replica(&session.shard));
     Ok(status)
+}
+
+/// The status without shards, from the first daemon that answers (it forwards to the
+/// leader): its nodes and units, for finding the leader. Cheap for the daemon however many
+/// shards there are: a summary listing one.
+pub fn leader_view(target: &Target, timeout: Duration) -> anyhow::Result<Status> {
+    let request = StatusRequest {
+        summarise_above: Some(0),
+        shards_max: 1,
+        ..StatusRequest::default()
+    };
+    ask(target, "status", |addr| {
+        client::status_with(addr, timeout, request.clone(), false)
+    })
 }
 
 #[cfg(test)]

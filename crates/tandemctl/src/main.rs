@@ -60,11 +60,34 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Status(args) => {
             let target = cli::target_from_environment(cli)?;
-            let status = cluster::status(&target, cli.timeout())?;
+            let query = cluster::StatusQuery {
+                shard: args.shard.clone(),
+                service: args.service.clone(),
+                summary: !args.all && !args.json,
+            };
+            let mut status = cluster::status_of(&target, cli.timeout(), &query)?;
+            let filter = query.filter();
+            if let Some(service) = &filter.service {
+                if !status.services.iter().any(|known| known.name == *service) {
+                    anyhow::bail!(
+                        "there is no service {service:?} (services: {})",
+                        status
+                            .services
+                            .iter()
+                            .map(|known| known.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                status.services.retain(|known| known.name == *service);
+            }
             let text = if args.json {
+                if status.shards.is_empty() && !filter.is_empty() {
+                    eprint!("{}", render::no_match(&status, &filter));
+                }
                 render::status_json(&status)
             } else {
-                render::status_table(&status)
+                render::status_table(&status, &filter)
             };
             render::emit(&text)
         }

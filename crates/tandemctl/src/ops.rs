@@ -118,7 +118,7 @@ fn leader_addr(
     target: &Target,
     timeout: Duration,
 ) -> anyhow::Result<(String, std::net::SocketAddr)> {
-    let status = cluster::status(target, timeout)?;
+    let status = cluster::leader_view(target, timeout)?;
     let leader = status
         .nodes
         .iter()
@@ -188,17 +188,19 @@ pub fn verify_checkpoint(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let status = cluster::status(target, timeout)?;
+        let query = cluster::StatusQuery {
+            shard: Some(args.shard.clone()),
+            ..cluster::StatusQuery::default()
+        };
+        let status = cluster::status_of(target, timeout, &query)?;
         let Some(shard) = status.shards.iter().find(|shard| shard.name == args.shard) else {
             bail!(
-                "there is no shard {:?} (shards: {})",
+                "there is no shard {:?} (the cluster has {} shards; `tandemctl status` lists them)",
                 args.shard,
                 status
-                    .shards
-                    .iter()
-                    .map(|shard| shard.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                    .summary
+                    .as_ref()
+                    .map_or(0, |summary| summary.shards_total)
             );
         };
         let Some(active) = &shard.active else {

@@ -2,10 +2,13 @@
 
 use std::io::Write;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
+use tandem_admin::status_view::{ShardFacts, ShardFilter};
 use tandem_proto::admin::{
-    EventRecord, NodeStatus, ReplicaInfo, SessionInfo, ShardStatus, Status, TransferInfo, UnitRef,
-    UnitStatus,
+    EventRecord, NodeStatus, ReplicaInfo, SessionInfo, ShardStatus, Status, StatusSummary,
+    TransferInfo, UnitRef, UnitRoles, UnitStatus,
 };
 
 /// Lays out rows as left-aligned columns separated by two spaces, without trailing spaces.
@@ -38,9 +41,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The human view of `status`: a summary line, a warning when the figures are not the
-/// leader's, and one row per node.
-pub fn status_table(status: &Status) -> String {
+/// The human view of `status` (narrowed by `filter`): a header line, a warning when the
+/// figures are not the leader's, one row per node, then the shards (or, for a summary, the
+/// counts and the unhealthy shards), the units, and the replication sessions and checkpoint
+/// replicas of the shards listed.
+pub fn status_table(status: &Status, filter: &ShardFilter) -> String {
     let leader = if status.leader.is_empty() {
         "none"
     } else {
@@ -99,13 +104,27 @@ pub fn status_table(status: &Status) -> String {
         })
         .collect();
     out.push_str(&table(&header, &rows));
-    if !status.shards.is_empty() {
+    let summarised = status.summary.as_ref().filter(|summary| summary.summarised);
+    if let Some(summary) = summarised {
         out.push('\n');
-        out.push_str(&shards_table(&status.shards));
+        out.push_str(&summary_section(status, summary, filter));
+    } else if !status.shards.is_empty() {
+        out.push('\n');
+        out.push_str(&shards_table(&status.shards, None));
+    } else if !filter.is_empty() {
+        out.push('\n');
+        out.push_str(&no_match(status, filter));
     }
     if !status.units.is_empty() {
         out.push('\n');
-        out.push_str(&units_table(&status.units));
+        out.push_str(&units_table(&status.units, summarised));
+    }
+    if let Some(summary) = summarised {
+        out.push_str(&format!(
+            "\n(a summary, {} shards match: --all lists every one, with their checkpoint \
+             replicas and replication sessions)\n",
+            summary.shards
+        ));
     }
     if !status.sessions.is_empty() {
         out.push('\n');
@@ -115,6 +134,96 @@ pub fn status_table(status: &Status) -> String {
         out.push('\n');
         out.push_str(&replicas_table(&status.replicas));
         out.push_str(&replica_versions_note(&status.replicas));
+    }
+    out
+}
+
+/// The line saying that `filter` matches no shard.
+pub fn no_match(status: &Status, filter: &ShardFilter) -> String {
+    let total = status
+        .summary
+        .as_ref()
+        .map(|summary| summary.shards_total.to_string())
+        .unwrap_or_else(|| "?".to_owned());
+    format!(
+        "no shard matches {} (the cluster has {total} shards)\n",
+        filter.describe()
+    )
+}
+
+/// The model of each service, by name.
+fn models(status: &Status) -> BTreeMap<&str, &str> {
+    status
+        .services
+        .iter()
+        .map(|service| (service.name.as_str(), service.model.as_str()))
+        .collect()
+}
+
+/// A summary's shard counts: a line, a row per service, and the unhealthy shards.
+fn summary_section(status: &Status, summary: &StatusSummary, filter: &ShardFilter) -> String {
+    let matching = if filter.is_empty() {
+        format!("{} shards", summary.shards)
+    } else {
+        format!(
+            "{} of {} shards match {}",
+            summary.shards,
+            summary.shards_total,
+            filter.describe()
+        )
+    };
+    let unhealthy = summary.shards - summary.healthy;
+    let mut out = format!(
+        "{matching}: {} healthy, {unhealthy} not (healthy: an ACTIVE, an in-sync STANDBY where \
+         the model wants one, every role confirmed, no handover)\n",
+        summary.healthy
+    );
+    let rows: Vec<Vec<String>> = summary
+        .services
+        .iter()
+        .map(|service| {
+            vec![
+                service.name.clone(),
+                service.model.clone(),
+                service.shards.to_string(),
+                service.healthy.to_string(),
+                service.active.to_string(),
+                if tandem_admin::status_view::wants_standby(&service.model) {
+                    service.in_sync.to_string()
+                } else {
+                    "-".to_owned()
+                },
+                service.handover.to_string(),
+                service.unconfirmed.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "SERVICE",
+            "MODEL",
+            "SHARDS",
+            "HEALTHY",
+            "ACTIVE",
+            "ACTIVE+IN-SYNC STANDBY",
+            "HANDOVER",
+            "UNCONFIRMED",
+        ],
+        &rows,
+    ));
+    if unhealthy == 0 {
+        out.push_str("\nevery shard is healthy\n");
+        return out;
+    }
+    out.push_str(&format!("\nnot healthy ({unhealthy}):\n"));
+    let models = models(status);
+    out.push_str(&shards_table(&status.shards, Some(&models)));
+    if summary.unlisted > 0 {
+        out.push_str(&format!(
+            "... and {} more not healthy: narrow with --shard GLOB or --service NAME, or list \
+             every shard with --all\n",
+            summary.unlisted
+        ));
     }
     out
 }
@@ -276,8 +385,9 @@ fn placed(unit: &str, node: &str, confirmed: bool) -> String {
     format!("{unit}@{node}{}", if confirmed { "" } else { "?" })
 }
 
-/// One row per shard: its ACTIVE(s), STANDBYs, epoch and handover.
-fn shards_table(shards: &[ShardStatus]) -> String {
+/// One row per shard: its ACTIVE(s), STANDBYs, epoch and handover; with the services'
+/// `models`, also what is wrong with it.
+fn shards_table(shards: &[ShardStatus], models: Option<&BTreeMap<&str, &str>>) -> String {
     let rows: Vec<Vec<String>> = shards
         .iter()
         .map(|shard| {
@@ -321,7 +431,7 @@ fn shards_table(shards: &[ShardStatus]) -> String {
                     permille % 10
                 ));
             }
-            vec![
+            let mut row = vec![
                 shard.name.clone(),
                 shard.service.clone(),
                 active,
@@ -332,20 +442,34 @@ fn shards_table(shards: &[ShardStatus]) -> String {
                     shard.in_sync.join(" ")
                 },
                 shard.epoch.to_string(),
-                if other.is_empty() {
+            ];
+            if let Some(models) = models {
+                let model = models.get(shard.service.as_str()).copied().unwrap_or("");
+                let problems: Vec<&str> = ShardFacts::of_status(shard, model)
+                    .problems()
+                    .into_iter()
+                    .map(|problem| problem.text())
+                    .collect();
+                row.push(if problems.is_empty() {
                     "-".to_owned()
                 } else {
-                    other.join("; ")
-                },
-            ]
+                    problems.join(", ")
+                });
+            }
+            row.push(if other.is_empty() {
+                "-".to_owned()
+            } else {
+                other.join("; ")
+            });
+            row
         })
         .collect();
-    let mut out = table(
-        &[
-            "SHARD", "SERVICE", "ACTIVE", "STANDBY", "IN SYNC", "EPOCH", "NOTES",
-        ],
-        &rows,
-    );
+    let mut header = vec!["SHARD", "SERVICE", "ACTIVE", "STANDBY", "IN SYNC", "EPOCH"];
+    if models.is_some() {
+        header.push("PROBLEM");
+    }
+    header.push("NOTES");
+    let mut out = table(&header, &rows);
     if shards
         .iter()
         .any(|shard| shard.roles.iter().any(|role| !role.confirmed))
@@ -355,8 +479,36 @@ fn shards_table(shards: &[ShardStatus]) -> String {
     out
 }
 
-/// One row per unit: process, admin state, escalation.
-fn units_table(units: &[UnitStatus]) -> String {
+/// How many shards a unit holds each role for, in a few words.
+fn roles_held(roles: &UnitRoles) -> String {
+    let mut held = Vec::new();
+    for (count, role) in [
+        (roles.active, "ACTIVE"),
+        (roles.standby, "STANDBY"),
+        (roles.quiescing, "QUIESCING"),
+    ] {
+        if count > 0 {
+            held.push(format!("{count} {role}"));
+        }
+    }
+    if held.is_empty() {
+        return "-".to_owned();
+    }
+    let mut text = held.join(", ");
+    if roles.unconfirmed > 0 {
+        text.push_str(&format!(" ({} unconfirmed)", roles.unconfirmed));
+    }
+    text
+}
+
+/// One row per unit: process, admin state, escalation; with a summary, the roles it holds.
+fn units_table(units: &[UnitStatus], summary: Option<&StatusSummary>) -> String {
+    let roles: BTreeMap<&str, &UnitRoles> = summary
+        .iter()
+        .flat_map(|summary| &summary.services)
+        .flat_map(|service| &service.units)
+        .map(|roles| (roles.unit.as_str(), roles))
+        .collect();
     let rows: Vec<Vec<String>> = units
         .iter()
         .map(|unit| {
@@ -367,7 +519,7 @@ fn units_table(units: &[UnitStatus]) -> String {
             if unit.restart_pending {
                 state.push_str(" (restart pending)");
             }
-            vec![
+            let mut row = vec![
                 unit.name.clone(),
                 unit.service.clone(),
                 unit.node.clone(),
@@ -380,28 +532,30 @@ fn units_table(units: &[UnitStatus]) -> String {
                 unit.admin.clone(),
                 unit.generation.to_string(),
                 ladder(unit),
-                if unit.last_fault.is_empty() {
-                    "-".into()
-                } else {
-                    unit.last_fault.clone()
-                },
-            ]
+            ];
+            if summary.is_some() {
+                row.push(
+                    roles
+                        .get(unit.name.as_str())
+                        .map_or_else(|| "-".to_owned(), |roles| roles_held(roles)),
+                );
+            }
+            row.push(if unit.last_fault.is_empty() {
+                "-".into()
+            } else {
+                unit.last_fault.clone()
+            });
+            row
         })
         .collect();
-    table(
-        &[
-            "UNIT",
-            "SERVICE",
-            "NODE",
-            "PROCESS",
-            "PID",
-            "ADMIN",
-            "INSTANCE",
-            "FAULTS",
-            "LAST FAULT",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "UNIT", "SERVICE", "NODE", "PROCESS", "PID", "ADMIN", "INSTANCE", "FAULTS",
+    ];
+    if summary.is_some() {
+        header.push("ROLES");
+    }
+    header.push("LAST FAULT");
+    table(&header, &rows)
 }
 
 /// `total (L1:2 L5:1)`: faults since the last repair, and the counters of the window.
@@ -435,6 +589,76 @@ struct StatusJson<'a> {
     units: Vec<UnitJson<'a>>,
     shards: Vec<ShardJson<'a>>,
     replicas: Vec<ReplicaJson<'a>>,
+    /// Counts over the matching shards; `None` when the daemon sent none.
+    summary: Option<SummaryJson<'a>>,
+}
+
+/// JSON shape of the counts over the matching shards.
+#[derive(Debug, Serialize)]
+struct SummaryJson<'a> {
+    shards_total: u64,
+    shards: u64,
+    healthy: u64,
+    services: Vec<ServiceSummaryJson<'a>>,
+}
+
+/// JSON shape of one service's counts.
+#[derive(Debug, Serialize)]
+struct ServiceSummaryJson<'a> {
+    name: &'a str,
+    model: &'a str,
+    shards: u64,
+    healthy: u64,
+    active: u64,
+    in_sync: u64,
+    handover: u64,
+    unconfirmed: u64,
+    units: Vec<UnitRolesJson<'a>>,
+}
+
+/// JSON shape of the roles one unit holds.
+#[derive(Debug, Serialize)]
+struct UnitRolesJson<'a> {
+    unit: &'a str,
+    active: u64,
+    standby: u64,
+    quiescing: u64,
+    unconfirmed: u64,
+}
+
+impl<'a> From<&'a StatusSummary> for SummaryJson<'a> {
+    fn from(summary: &'a StatusSummary) -> Self {
+        Self {
+            shards_total: summary.shards_total,
+            shards: summary.shards,
+            healthy: summary.healthy,
+            services: summary
+                .services
+                .iter()
+                .map(|service| ServiceSummaryJson {
+                    name: &service.name,
+                    model: &service.model,
+                    shards: service.shards,
+                    healthy: service.healthy,
+                    active: service.active,
+                    in_sync: service.in_sync,
+                    handover: service.handover,
+                    unconfirmed: service.unconfirmed,
+                    units: service
+                        .units
+                        .iter()
+                        .map(|roles| UnitRolesJson {
+                            unit: &roles.unit,
+                            active: roles.active,
+                            standby: roles.standby,
+                            quiescing: roles.quiescing,
+                            unconfirmed: roles.unconfirmed,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// JSON shape of one checkpoint replica.
@@ -576,6 +800,11 @@ impl<'a> From<&'a NodeStatus> for NodeJson<'a> {
 
 /// The machine view of `status`: one pretty-printed JSON object, ending with a newline.
 pub fn status_json(status: &Status) -> String {
+    // Each shard's sessions, found once (a shard per session, not a scan per shard).
+    let mut sessions: BTreeMap<&str, Vec<&SessionInfo>> = BTreeMap::new();
+    for session in &status.sessions {
+        sessions.entry(&session.shard).or_default().push(session);
+    }
     let view = StatusJson {
         cluster: &status.cluster,
         answered_by: &status.answered_by,
@@ -647,10 +876,10 @@ pub fn status_json(status: &Status) -> String {
                 handover: Some(shard.handover.as_str()).filter(|handover| !handover.is_empty()),
                 in_sync: &shard.in_sync,
                 admitted_permille: shard.admitted_permille,
-                sync: status
-                    .sessions
-                    .iter()
-                    .filter(|session| session.shard == shard.name)
+                sync: sessions
+                    .get(shard.name.as_str())
+                    .into_iter()
+                    .flatten()
                     .map(|session| SyncJson {
                         standby: &session.standby,
                         state: session_state(session),
@@ -703,6 +932,7 @@ pub fn status_json(status: &Status) -> String {
                 digest: &replica.digest,
             })
             .collect(),
+        summary: status.summary.as_ref().map(SummaryJson::from),
     };
     // Strings, integers, booleans and options always serialize; failing would be a bug here.
     let mut out = serde_json::to_string_pretty(&view).expect("status view serializes to JSON");
@@ -844,6 +1074,7 @@ mod tests {
             shards: vec![],
             replicas: vec![],
             sessions: vec![],
+            summary: None,
         }
     }
 
@@ -949,7 +1180,7 @@ mod tests {
 
     #[test]
     fn table_shows_shards_and_units() {
-        let text = status_table(&with_service(sample(true)));
+        let text = status_table(&with_service(sample(true)), &ShardFilter::default());
         let expected_tail = "\
 SHARD      SERVICE  ACTIVE        STANDBY        IN SYNC  EPOCH  NOTES
 counter-0  counter  counter-a@n1  counter-b@n2?  -        3      -
@@ -966,6 +1197,124 @@ REPLICA OF  UNIT       NODE  ROLE     VERSION  CONSUMED  PENDING  SECTIONS  BYTE
 counter-0   counter-a  n1    primary  120      7         1        1000      4.0 MiB  0011223344556677
 ";
         assert!(text.ends_with(expected_tail), "{text}");
+    }
+
+    /// `with_service` with `count` shards, all healthy but `counter-7` (its STANDBY is not in
+    /// sync) and `counter-8` (its STANDBY did not confirm).
+    fn many(count: usize) -> Status {
+        let mut status = with_service(sample(true));
+        let template = status.shards[0].clone();
+        status.shards = (0..count)
+            .map(|index| {
+                let mut shard = template.clone();
+                shard.name = format!("counter-{index}");
+                shard.roles[1].confirmed = index != 8;
+                shard.in_sync = if index == 7 {
+                    vec![]
+                } else {
+                    vec!["counter-b".into()]
+                };
+                shard
+            })
+            .collect();
+        status.services[0].shards = status.shards.iter().map(|s| s.name.clone()).collect();
+        status
+    }
+
+    fn summary_request(shards_max: u32) -> tandem_proto::admin::StatusRequest {
+        tandem_proto::admin::StatusRequest {
+            summarise_above: Some(50),
+            shards_max,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn many_shards_make_a_summary_listing_the_unhealthy_ones() {
+        let mut status = many(60);
+        tandem_admin::status_view::narrow(&mut status, &summary_request(1));
+        let text = status_table(&status, &ShardFilter::default());
+        let expected_tail = "\
+60 shards: 58 healthy, 2 not (healthy: an ACTIVE, an in-sync STANDBY where the model wants one, every role confirmed, no handover)
+SERVICE  MODEL  SHARDS  HEALTHY  ACTIVE  ACTIVE+IN-SYNC STANDBY  HANDOVER  UNCONFIRMED
+counter  2n     60      58       60      58                      0         1
+
+not healthy (2):
+SHARD      SERVICE  ACTIVE        STANDBY       IN SYNC  EPOCH  PROBLEM             NOTES
+counter-7  counter  counter-a@n1  counter-b@n2  -        3      no in-sync STANDBY  -
+... and 1 more not healthy: narrow with --shard GLOB or --service NAME, or list every shard with --all
+
+UNIT       SERVICE  NODE  PROCESS  PID   ADMIN     INSTANCE  FAULTS    ROLES                       LAST FAULT
+counter-a  counter  n1    running  4242  unlocked  1         0         60 ACTIVE                   -
+counter-b  counter  n2    running  4343  unlocked  2         1 (L1:1)  60 STANDBY (1 unconfirmed)  process exited with code 1 -> L1 restart
+
+(a summary, 60 shards match: --all lists every one, with their checkpoint replicas and replication sessions)
+";
+        assert!(text.ends_with(expected_tail), "{text}");
+        // No replica or session rows in a summary.
+        assert!(!text.contains("REPLICA OF"), "{text}");
+    }
+
+    #[test]
+    fn a_summary_of_healthy_shards_says_so() {
+        let mut status = many(60);
+        for shard in &mut status.shards {
+            shard.roles[1].confirmed = true;
+            shard.in_sync = vec!["counter-b".into()];
+        }
+        tandem_admin::status_view::narrow(&mut status, &summary_request(100));
+        let text = status_table(&status, &ShardFilter::default());
+        assert!(text.contains("60 shards: 60 healthy, 0 not"), "{text}");
+        assert!(text.contains("\nevery shard is healthy\n"), "{text}");
+        assert!(!text.contains("SHARD "), "{text}");
+    }
+
+    #[test]
+    fn a_filter_narrows_the_table_and_says_when_nothing_matches() {
+        let mut status = many(60);
+        let request = tandem_proto::admin::StatusRequest {
+            shard_glob: "counter-5?".into(),
+            ..summary_request(100)
+        };
+        tandem_admin::status_view::narrow(&mut status, &request);
+        let filter = ShardFilter::of(&request);
+        let text = status_table(&status, &filter);
+        // Ten shards: a table of each, no summary.
+        assert!(text.contains("counter-50  counter"), "{text}");
+        assert!(text.contains("counter-59  counter"), "{text}");
+        assert!(!text.contains("counter-7 "), "{text}");
+        assert!(!text.contains("a summary"), "{text}");
+
+        let mut status = many(60);
+        let request = tandem_proto::admin::StatusRequest {
+            shard_glob: "nothing*".into(),
+            service: "counter".into(),
+            ..summary_request(100)
+        };
+        tandem_admin::status_view::narrow(&mut status, &request);
+        let text = status_table(&status, &ShardFilter::of(&request));
+        assert!(
+            text.contains(
+                "no shard matches --shard 'nothing*' --service counter (the cluster has 60 shards)\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("SHARD "), "{text}");
+    }
+
+    #[test]
+    fn json_carries_the_summary_counts() {
+        let mut status = many(60);
+        tandem_admin::status_view::narrow(&mut status, &Default::default());
+        let value: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
+        assert_eq!(value["shards"].as_array().unwrap().len(), 60);
+        let summary = &value["summary"];
+        assert_eq!(summary["shards_total"], 60);
+        assert_eq!(summary["healthy"], 58);
+        assert_eq!(summary["services"][0]["in_sync"], 58);
+        assert_eq!(summary["services"][0]["units"][1]["unit"], "counter-b");
+        assert_eq!(summary["services"][0]["units"][1]["standby"], 60);
+        assert_eq!(summary["services"][0]["units"][1]["unconfirmed"], 1);
     }
 
     #[test]
@@ -1048,12 +1397,15 @@ n1    1   up    leader    voter       3     42      42       42     -           
 n2    2   up    follower  voter       3     42      42       42     12 ms ago       127.0.0.1:7102  127.0.0.1:7202
 n3    3   down  follower  learner     3     17      17       17     1520 ms ago     127.0.0.1:7103  127.0.0.1:7203
 ";
-        assert_eq!(status_table(&sample(true)), expected);
+        assert_eq!(
+            status_table(&sample(true), &ShardFilter::default()),
+            expected
+        );
     }
 
     #[test]
     fn table_without_leader_warns() {
-        let text = status_table(&sample(false));
+        let text = status_table(&sample(false), &ShardFilter::default());
         let mut lines = text.lines();
         assert_eq!(
             lines.next(),
@@ -1070,7 +1422,12 @@ n3    3   down  follower  learner     3     17      17       17     1520 ms ago 
     fn table_with_no_nodes_has_a_header_only() {
         let mut status = sample(true);
         status.nodes.clear();
-        assert_eq!(status_table(&status).lines().count(), 2);
+        assert_eq!(
+            status_table(&status, &ShardFilter::default())
+                .lines()
+                .count(),
+            2
+        );
     }
 
     #[test]
@@ -1102,6 +1459,7 @@ n3    3   down  follower  learner     3     17      17       17     1520 ms ago 
             "units": [],
             "shards": [],
             "replicas": [],
+            "summary": null,
         });
         assert_eq!(value, expected);
     }

@@ -170,3 +170,141 @@ fn dev_up_starts_a_cluster_and_dev_down_stops_it() {
         );
     }
 }
+
+/// A 2n service `many` of the test unit with `count` shards `many-0`.. on n1 and n2.
+fn many_service(count: usize) -> String {
+    let shards: Vec<String> = (0..count)
+        .map(|index| format!("\"many-{index}\""))
+        .collect();
+    format!(
+        "\n[[services]]\nname = \"many\"\nmodel = \"2n\"\nshards = [{}]\n\
+         units = [{{ name = \"many-a\", node = \"n1\" }}, {{ name = \"many-b\", node = \"n2\" }}]\n\
+         instantiate = [\"{{unit_bin}}\"]\n\
+         env = {{ TANDEM_TEST_RECORD = \"{{record}}\" }}\n",
+        shards.join(", ")
+    )
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn status_summarises_many_shards_and_filters_them() {
+    let cluster = TestCluster::start_with(3, &many_service(60));
+    let config = cluster.config_path.to_str().unwrap().to_owned();
+    // What the benchmark asks for: counts and at most one unhealthy shard.
+    let summary_request = tandem_proto::admin::StatusRequest {
+        summarise_above: Some(0),
+        shards_max: 1,
+        ..Default::default()
+    };
+    let status = wait_for("every shard to be healthy", DEADLINE, || {
+        let status = tandem_admin::client::status_with(
+            cluster.nodes[2].admin,
+            tandem_e2e::CALL_TIMEOUT,
+            summary_request.clone(),
+            false,
+        )
+        .ok()?;
+        let healthy = status.summary.as_ref()?.healthy;
+        (status.from_leader && healthy == 60).then_some(status)
+    });
+    let summary = status.summary.as_ref().unwrap();
+    assert!(summary.summarised && status.shards.is_empty());
+    assert!(status.replicas.is_empty() && status.sessions.is_empty());
+    assert!(status.services[0].shards.is_empty());
+    assert_eq!(summary.services[0].in_sync, 60);
+
+    // The table of 60 shards is a summary.
+    let output = tandemctl(&["--config", &config, "status"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("60 shards: 60 healthy, 0 not"), "{text}");
+    assert!(text.contains("every shard is healthy"), "{text}");
+    assert!(text.contains("60 ACTIVE"), "{text}");
+    assert!(text.contains("60 STANDBY"), "{text}");
+    assert!(!text.contains("many-17"), "{text}");
+
+    // --all lists each, with the checkpoint replicas of both nodes.
+    let text = stdout(&tandemctl(&["--config", &config, "status", "--all"]));
+    assert!(text.contains("many-17  many"), "{text}");
+    assert!(!text.contains("a summary"), "{text}");
+    assert!(text.contains("REPLICA OF"), "{text}");
+
+    // A glob picks ten shards: few enough for a table.
+    let text = stdout(&tandemctl(&[
+        "--config", &config, "status", "--shard", "many-1?",
+    ]));
+    for index in 10..20 {
+        assert!(text.contains(&format!("many-{index}  many")), "{text}");
+    }
+    assert!(!text.contains("many-2  "), "{text}");
+    assert!(!text.contains("many-20"), "{text}");
+
+    // JSON honours the filters, keeps every field, and replicas only of those shards.
+    let output = tandemctl(&[
+        "--config",
+        &config,
+        "status",
+        "--json",
+        "--shard",
+        "many-?",
+        "--service",
+        "many",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let shards = json["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 10, "{json}");
+    assert!(shards.iter().all(|shard| shard["roles"].is_array()));
+    assert_eq!(json["summary"]["shards"], 10);
+    assert_eq!(json["summary"]["shards_total"], 60);
+    assert_eq!(json["services"][0]["shards"].as_array().unwrap().len(), 10);
+    let replicas = json["replicas"].as_array().unwrap();
+    assert_eq!(
+        replicas.len(),
+        20,
+        "an ACTIVE's and a STANDBY's replica each: {json}"
+    );
+    assert!(replicas
+        .iter()
+        .all(|replica| replica["shard"].as_str().unwrap().len() == "many-0".len()));
+
+    // A filter that matches nothing says so.
+    let output = tandemctl(&["--config", &config, "status", "--shard", "other-*"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("no shard matches --shard 'other-*' (the cluster has 60 shards)"),
+        "{text}"
+    );
+    let output = tandemctl(&[
+        "--config", &config, "status", "--json", "--shard", "other-*",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no shard matches"),
+        "{}",
+        stderr(&output)
+    );
+
+    // An unknown service is an error naming the services there are.
+    let output = tandemctl(&["--config", &config, "status", "--service", "nosuch"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("there is no service \"nosuch\" (services: many)"),
+        "{}",
+        stderr(&output)
+    );
+
+    // An old client's request (no field set) still gets every shard from a follower.
+    let leader = cluster.wait_leader(&[0, 1, 2]).leader;
+    let follower = (0..3)
+        .find(|index| cluster.nodes[*index].name != leader)
+        .unwrap();
+    let status = cluster.status(follower).expect("status from a follower");
+    assert!(status.from_leader);
+    assert_eq!(status.shards.len(), 60);
+    assert_eq!(status.services[0].shards.len(), 60);
+}

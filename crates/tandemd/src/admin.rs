@@ -173,41 +173,11 @@ async fn handle(
     events: &EventSender,
 ) -> AdminResponse {
     let request_timeout = admin_wait(&request, request_timeout);
-    let (reply, outcome) = oneshot::channel();
     let forwarded = request.forwarded;
     // The request is kept for forwarding.
-    let for_loop = request.clone();
-    if events
-        .send(Event::Admin {
-            request: for_loop,
-            reply,
-        })
-        .await
-        .is_err()
-    {
-        return error_response(
-            AdminCode::ShuttingDown,
-            "the daemon is shutting down; retry another node",
-        );
-    }
-    let outcome = match tokio::time::timeout(request_timeout, outcome).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(_)) => {
-            return error_response(
-                AdminCode::Aborted,
-                "the request was dropped (leadership changed or the daemon is stopping); retry",
-            )
-        }
-        Err(_) => {
-            return error_response(
-                AdminCode::Timeout,
-                format!(
-                    "no answer within {} ms (is a quorum of nodes up? an operation that was \
-                     accepted goes on; check `tandemctl status`)",
-                    request_timeout.as_millis()
-                ),
-            )
-        }
+    let outcome = match ask_loop(request.clone(), request_timeout, events).await {
+        Ok(outcome) => outcome,
+        Err(response) => return response,
     };
     match outcome {
         AdminOutcome::Reply(response) => response,
@@ -219,10 +189,53 @@ async fn handle(
                 Ok(response) => response,
                 Err(reason) => {
                     tracing::debug!(%leader, %reason, "forwarding an admin request failed");
-                    fallback
+                    match fallback {
+                        Some(fallback) => fallback,
+                        // This node's own answer, asked for only now that it is needed; marked
+                        // forwarded, it is answered locally.
+                        None => match ask_loop(forwarded_request, request_timeout, events).await {
+                            Ok(AdminOutcome::Reply(response)) => response,
+                            Ok(AdminOutcome::Forward { .. }) => error_response(
+                                AdminCode::Failed,
+                                "a forwarded request was forwarded again (this is a bug in tandemd)",
+                            ),
+                            Err(response) => response,
+                        },
+                    }
                 }
             }
         }
+    }
+}
+
+/// Hands `request` to the event loop and waits at most `request_timeout` for its outcome; the
+/// error is the answer to give instead.
+async fn ask_loop(
+    request: AdminRequest,
+    request_timeout: Duration,
+    events: &EventSender,
+) -> Result<AdminOutcome, AdminResponse> {
+    let (reply, outcome) = oneshot::channel();
+    if events.send(Event::Admin { request, reply }).await.is_err() {
+        return Err(error_response(
+            AdminCode::ShuttingDown,
+            "the daemon is shutting down; retry another node",
+        ));
+    }
+    match tokio::time::timeout(request_timeout, outcome).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(_)) => Err(error_response(
+            AdminCode::Aborted,
+            "the request was dropped (leadership changed or the daemon is stopping); retry",
+        )),
+        Err(_) => Err(error_response(
+            AdminCode::Timeout,
+            format!(
+                "no answer within {} ms (is a quorum of nodes up? an operation that was \
+                 accepted goes on; check `tandemctl status`)",
+                request_timeout.as_millis()
+            ),
+        )),
     }
 }
 

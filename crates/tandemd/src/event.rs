@@ -166,8 +166,9 @@ pub enum AdminOutcome {
     Forward {
         /// The leader's admin address.
         leader: SocketAddr,
-        /// What to answer if the leader cannot be reached.
-        fallback: AdminResponse,
+        /// What to answer if the leader cannot be reached; `None`: ask the event loop again,
+        /// marked `forwarded`, for this node's own answer (a status, built only if needed).
+        fallback: Option<AdminResponse>,
     },
 }
 

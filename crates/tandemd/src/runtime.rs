@@ -698,18 +698,28 @@ impl Daemon {
             let _ = reply.send(AdminOutcome::Reply(response));
             return;
         }
-        if let admin_request::Kind::Status(_) = kind {
-            let mut status = crate::status::build(&self.config, &self.name, &self.node, self.now());
-            crate::status::add_data(&mut status, &self.name, &self.node, self.now());
-            let own = AdminResponse {
-                kind: Some(admin_response::Kind::Status(status)),
-            };
+        if let admin_request::Kind::Status(ask) = kind {
             let outcome = match leader_addr {
-                Some(leader) if may_forward && !self.node.is_leader() => AdminOutcome::Forward {
-                    leader,
-                    fallback: own,
-                },
-                _ => AdminOutcome::Reply(own),
+                // The leader's answer is the one wanted; this node's own is built only if the
+                // leader cannot be reached (the admin task then asks again, `forwarded`).
+                Some(leader) if may_forward && !ask.data_only && !self.node.is_leader() => {
+                    AdminOutcome::Forward {
+                        leader,
+                        fallback: None,
+                    }
+                }
+                _ => {
+                    let status = crate::status::answer(
+                        &self.config,
+                        &self.name,
+                        &self.node,
+                        self.now(),
+                        ask,
+                    );
+                    AdminOutcome::Reply(AdminResponse {
+                        kind: Some(admin_response::Kind::Status(status)),
+                    })
+                }
             };
             let _ = reply.send(outcome);
             return;
@@ -725,7 +735,7 @@ impl Daemon {
             let outcome = match leader_addr {
                 Some(leader) if may_forward => AdminOutcome::Forward {
                     leader,
-                    fallback: no_leader,
+                    fallback: Some(no_leader),
                 },
                 _ => AdminOutcome::Reply(no_leader),
             };
