@@ -370,7 +370,7 @@ fn command_seeds() {
 
 /// An agent report with one unit in each interesting state.
 fn sample_report() -> tandem_core::AgentReport {
-    use tandem_core::{FaultId, FaultKind, Presence, Role, Settled, UnitReport};
+    use tandem_core::{FaultId, FaultKind, Presence, SettledRoles, UnitReport};
     let mut report = tandem_core::AgentReport {
         applied_index: 9,
         units: Default::default(),
@@ -391,14 +391,10 @@ fn sample_report() -> tandem_core::AgentReport {
             generation: 2,
             presence: Presence::Running,
             pid: Some(4242),
-            settled: [(
-                "counter-0".into(),
-                Settled {
-                    role: Role::Active,
-                    version: 5,
-                },
-            )]
-            .into(),
+            settled: Some(SettledRoles {
+                unsettled: ["counter-1".into()].into(),
+                acting_withheld: false,
+            }),
             faults: vec![],
             load: Some(30),
         },
