@@ -17,11 +17,11 @@ use std::fmt;
 
 use crate::ids::{NodeId, ServiceName, ShardName, UnitName};
 use crate::ladder::{FaultKind, FaultRecord, Ladder, RecoveryAction};
-use crate::table::{Indexer, Table};
+use crate::table::{Indexer, RecordDigest, Table};
 use crate::topology::{RedundancyModel, ServiceSpec, Topology};
 
 /// AMF administrative state of a unit or a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub enum AdminState {
     /// In service.
     #[default]
@@ -47,7 +47,7 @@ impl AdminState {
 }
 
 /// A unit's HA state for one shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     /// Does the shard's work.
     Active,
@@ -84,7 +84,7 @@ impl fmt::Display for Role {
 }
 
 /// What the cluster agreed about one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeRecord {
     /// The node's id.
     pub id: NodeId,
@@ -101,7 +101,7 @@ pub struct NodeRecord {
 
 /// A fault's identity: the unit instance (generation) and a per-instance sequence number, so a
 /// fault reported again (it is repeated until committed) is applied once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct FaultId {
     /// The instance's generation.
     pub generation: u64,
@@ -110,7 +110,7 @@ pub struct FaultId {
 }
 
 /// What the cluster agreed about one unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UnitRecord {
     /// Its name.
     pub name: UnitName,
@@ -138,7 +138,7 @@ pub struct UnitRecord {
 }
 
 /// A planned move of a shard's ACTIVE away from a unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Handover {
     /// The unit giving the ACTIVE up (QUIESCING or QUIESCED while the handover runs).
     pub from: UnitName,
@@ -149,7 +149,7 @@ pub struct Handover {
 }
 
 /// Why a handover runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HandoverReason {
     /// An operator's switchover.
     Switchover,
@@ -171,7 +171,7 @@ impl HandoverReason {
 }
 
 /// What the cluster agreed about one shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShardRecord {
     /// Its name.
     pub name: ShardName,
@@ -710,15 +710,20 @@ impl ModelEvent {
 pub struct ClusterState {
     /// Every configured node, by id. Nodes start `up` at bootstrap: the first leader's liveness
     /// tracker gives each one a full timeout to prove itself before it is declared down.
-    pub nodes: Table<NodeId, NodeRecord>,
+    pub nodes: Table<NodeId, NodeRecord, RecordDigest>,
     /// The committed topology (empty until the first leader installs its config's).
     pub topology: Topology,
     /// Every unit of the topology, by name.
-    pub units: Table<UnitName, UnitRecord>,
+    pub units: Table<UnitName, UnitRecord, RecordDigest>,
     /// Every shard of the topology, by name, indexed by unit.
     pub shards: Table<ShardName, ShardRecord, ShardIndex>,
     /// The topology changed since the last [`ClusterState::take_changes`].
     topology_changed: bool,
+    /// The topology's hash, worked out once per topology (see `digest`).
+    topology_hash: std::cell::Cell<Option<u64>>,
+    /// Shards the last committed transaction touched, or `None` when it may have touched
+    /// them all (for `check_changed_invariants`).
+    last_touched: Option<Vec<ShardName>>,
 }
 
 impl PartialEq for ClusterState {
@@ -774,11 +779,14 @@ pub struct UnitShards {
     pub roles: usize,
 }
 
-/// The shard table's index: for each unit, the shards that name it and its role counts.
+/// The shard table's index: for each unit, the shards that name it and its role counts; and
+/// the records' digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardIndex {
     /// By unit.
     pub units: BTreeMap<UnitName, UnitShards>,
+    /// The digest of every shard record.
+    pub digest: RecordDigest,
 }
 
 impl ShardIndex {
@@ -800,6 +808,7 @@ impl ShardIndex {
 
 impl Indexer<ShardName, ShardRecord> for ShardIndex {
     fn add(&mut self, key: &ShardName, record: &ShardRecord) {
+        self.digest.add(key, record);
         for unit in Self::named(record) {
             let entry = self.units.entry(unit.clone()).or_default();
             entry.mentioned.insert(key.clone());
@@ -812,6 +821,7 @@ impl Indexer<ShardName, ShardRecord> for ShardIndex {
     }
 
     fn remove(&mut self, key: &ShardName, record: &ShardRecord) {
+        self.digest.remove(key, record);
         for unit in Self::named(record) {
             let Some(entry) = self.units.get_mut(unit) else {
                 continue;
@@ -870,6 +880,8 @@ impl ClusterState {
             units: units.into(),
             shards: shards.into(),
             topology_changed: true,
+            topology_hash: Default::default(),
+            last_touched: None,
         }
     }
 
@@ -931,13 +943,16 @@ impl ClusterState {
             self.shards.rollback();
             if let Some(topology) = topology_before {
                 self.topology = topology;
+                self.topology_hash.set(None);
             }
         } else {
+            self.last_touched = (!whole).then(|| self.shards.touched().cloned().collect());
             self.nodes.commit();
             self.units.commit();
             self.shards.commit();
             if topology_before.is_some_and(|before| before != self.topology) {
                 self.topology_changed = true;
+                self.topology_hash.set(None);
             }
             events.extend(draft_events);
         }
@@ -966,6 +981,32 @@ impl ClusterState {
             }
         }
         outcome
+    }
+
+    /// A digest of the whole state, kept as records change: equal states have equal digests
+    /// (the simulation compares every node's state with the committed log's this way).
+    /// Costs nothing but a hash of the topology once per topology.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (
+            self.nodes.index().0,
+            self.units.index().0,
+            self.shards.index().digest.0,
+            self.topology_digest(),
+        )
+            .hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The topology lists every shard: it is hashed once, where it is set.
+    fn topology_digest(&self) -> u64 {
+        if let Some(digest) = self.topology_hash.get() {
+            return digest;
+        }
+        let digest = RecordDigest::of(&0u8, &self.topology);
+        self.topology_hash.set(Some(digest));
+        digest
     }
 
     /// What committed commands changed since the last call.
@@ -1876,14 +1917,14 @@ impl ClusterState {
     }
 
     /// For the simulation, after each command: [`ClusterState::check_invariants`] on the
-    /// records changed since the last [`ClusterState::take_changes`] (on every record after a
-    /// topology change), plus the shard index against the records it names.
+    /// shards the last committed command touched (on every record after a new topology),
+    /// plus the shard index against the records it names.
     pub fn check_changed_invariants(&self) -> Result<(), String> {
-        if self.topology_changed {
+        let Some(touched) = &self.last_touched else {
             return self.check_invariants();
-        }
-        self.check_shards(self.shards.changed().iter())?;
-        for name in self.shards.changed() {
+        };
+        self.check_shards(touched.iter())?;
+        for name in touched {
             let Some(shard) = self.shards.get(name) else {
                 continue;
             };
@@ -1915,6 +1956,21 @@ impl ClusterState {
         );
         if rebuilt.index() != self.shards.index() {
             return Err("the shard index differs from one rebuilt from the records".into());
+        }
+        let nodes = Table::<NodeId, NodeRecord, RecordDigest>::from(
+            self.nodes
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        );
+        let units = Table::<UnitName, UnitRecord, RecordDigest>::from(
+            self.units
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        );
+        if nodes.index() != self.nodes.index() || units.index() != self.units.index() {
+            return Err("a table's digest differs from one rebuilt from its records".into());
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ use crate::cluster::{
 };
 use crate::ids::{NodeId, ServiceName, ShardName, UnitName};
 use crate::refusal::{AdminCode, Refusal};
-use crate::report::{confirmed_role, AgentReport, Observations, Presence, UnitReport};
+use crate::report::{confirmed_role, Judged, Observations, Presence, UnitReport};
 use crate::time::Time;
 use crate::topology::{RedundancyModel, ServiceSpec};
 
@@ -44,6 +44,9 @@ enum PendingKey {
 /// rest waits for the next round (see [`Director::has_more`]).
 pub const PLAN_SHARDS_MAX: usize = 2048;
 
+/// Waiting shards planned again each round in turn, whatever was observed.
+pub const WAITING_SWEEP: usize = 32;
+
 /// The leader's director. Keeps the proposals in flight and which shards to look at: those
 /// that changed (committed, or observed) and those not yet where they should be. A steady
 /// shard is never looked at, so a round costs what changed, not the number of shards.
@@ -55,10 +58,14 @@ pub struct Director {
     everything: bool,
     /// Shards to plan at the next round.
     dirty: BTreeSet<ShardName>,
-    /// Shards not yet complete and settled: planned again whenever an agent's report changes.
+    /// Shards not yet complete and settled. They are planned again when something they
+    /// wait for is observed, and a few a round in turn ([`WAITING_SWEEP`]), so that a
+    /// shard a missed observation left behind is not left for good.
     waiting: BTreeSet<ShardName>,
-    /// An agent's report changed since the last round.
-    reports_changed: bool,
+    /// Where the sweep of `waiting` goes on from.
+    sweep_from: Option<ShardName>,
+    /// Shards the last round planned (for tests and the simulation's step-cost check).
+    planned_last_round: usize,
 }
 
 impl Default for Director {
@@ -68,7 +75,8 @@ impl Default for Director {
             everything: true,
             dirty: BTreeSet::new(),
             waiting: BTreeSet::new(),
-            reports_changed: false,
+            sweep_from: None,
+            planned_last_round: 0,
         }
     }
 }
@@ -258,29 +266,43 @@ impl Director {
         self.dirty_services(state, services);
     }
 
-    /// Node `node`'s report changed from `before` to `after`: a unit that started, stopped,
-    /// faulted or changed instance can change what every shard of its service may be given;
-    /// anything else (roles settled) matters to the shards waiting for it.
+    /// A report became the one the leader judges its node by (see [`Judged`]): the shards
+    /// whose settled state it may have changed are planned again. A unit that started,
+    /// stopped, faulted, changed instance or may act again or no more can change what every
+    /// shard of its service may be given; otherwise only the shards that entered or left its
+    /// unsettled list, and those that changed at an index the previous report had not seen.
     pub fn note_report(
         &mut self,
         state: &ClusterState,
-        before: Option<&AgentReport>,
-        after: &AgentReport,
+        observations: &Observations,
+        judged: &Judged,
     ) {
-        self.reports_changed = true;
+        let Some((_, after)) = observations.nodes.get(&judged.node) else {
+            return;
+        };
+        let before = judged.before.as_ref();
         let mut services: BTreeSet<&ServiceName> = BTreeSet::new();
+        let empty = BTreeSet::new();
         for (name, unit) in &after.units {
             let was = before.and_then(|before| before.units.get(name));
             let same_process = was.is_some_and(|was| {
                 was.generation == unit.generation
                     && was.presence == unit.presence
                     && was.faults == unit.faults
+                    && was.settled.as_ref().map(|s| s.acting_withheld)
+                        == unit.settled.as_ref().map(|s| s.acting_withheld)
             });
             if !same_process {
                 if let Some(record) = state.units.get(name) {
                     services.insert(&record.service);
                 }
+                continue;
             }
+            self.dirty.extend(
+                unsettled(was, &empty)
+                    .symmetric_difference(unsettled(Some(unit), &empty))
+                    .cloned(),
+            );
         }
         for name in before.iter().flat_map(|before| before.units.keys()) {
             if !after.units.contains_key(name) {
@@ -289,7 +311,36 @@ impl Director {
                 }
             }
         }
+        let from = before.map_or(0, |before| before.applied_index);
+        match observations.changed_between(from, after.applied_index) {
+            Some(shards) => self.dirty.extend(shards.into_iter().cloned()),
+            // The history no longer reaches back: every shard waiting may have settled.
+            None => self.dirty.extend(self.waiting.iter().cloned()),
+        }
         self.dirty_services(state, services);
+    }
+
+    /// Marks the next few waiting shards dirty, in turn.
+    fn sweep_waiting(&mut self) {
+        let start = self.sweep_from.take();
+        let mut next: Vec<ShardName> = match &start {
+            Some(from) => self
+                .waiting
+                .range::<ShardName, _>((
+                    std::ops::Bound::Excluded(from),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take(WAITING_SWEEP)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        if next.len() < WAITING_SWEEP {
+            let more = WAITING_SWEEP - next.len();
+            next.extend(self.waiting.iter().take(more).cloned());
+        }
+        self.sweep_from = next.last().cloned();
+        self.dirty.extend(next);
     }
 
     fn dirty_services(&mut self, state: &ClusterState, services: BTreeSet<&ServiceName>) {
@@ -300,10 +351,10 @@ impl Director {
         }
     }
 
-    /// The leader applied more of the log: reports made at the new index can now be judged,
-    /// so the waiting shards are looked at again.
-    pub fn note_progress(&mut self) {
-        self.reports_changed = true;
+    /// How many shards the last round looked at: what changed and what waits, never the
+    /// steady rest.
+    pub fn planned_last_round(&self) -> usize {
+        self.planned_last_round
     }
 
     /// Whether shards are left to plan (the last round stopped at [`PLAN_SHARDS_MAX`]).
@@ -332,10 +383,9 @@ impl Director {
         if std::mem::take(&mut self.everything) {
             self.dirty.extend(state.shards.keys().cloned());
         }
-        if std::mem::take(&mut self.reports_changed) {
-            self.dirty.extend(self.waiting.iter().cloned());
-        }
+        self.sweep_waiting();
         let round: Vec<ShardName> = self.dirty.iter().take(PLAN_SHARDS_MAX).cloned().collect();
+        self.planned_last_round = round.len();
         for shard in &round {
             self.dirty.remove(shard);
         }
@@ -538,6 +588,16 @@ pub fn node_down_promotions(view: &View<'_>, node: NodeId) -> Vec<(ShardName, Un
         .map(|unit| unit.name.clone())
         .collect();
     promotions_for(view, &leaving)
+}
+
+/// The shards `report` lists as unsettled (`empty` when it has no summary).
+fn unsettled<'a>(
+    report: Option<&'a UnitReport>,
+    empty: &'a BTreeSet<ShardName>,
+) -> &'a BTreeSet<ShardName> {
+    report
+        .and_then(|report| report.settled.as_ref())
+        .map_or(empty, |settled| &settled.unsettled)
 }
 
 /// Whether `shard` is where it should be: no handover, as many ACTIVEs and STANDBYs as its

@@ -23,7 +23,7 @@ use crate::ids::NodeId;
 use crate::topology::EscalationPolicy;
 
 /// How badly a unit says it failed (`report_fault`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
     /// A part of the unit failed; resetting it in place may do (starts at L0).
     Transient,
@@ -45,7 +45,7 @@ impl Severity {
 }
 
 /// What went wrong with a unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FaultKind {
     /// The process exited without being asked to (exit code or signal).
     ProcessExit {
@@ -118,7 +118,7 @@ impl fmt::Display for FaultKind {
 }
 
 /// A ladder level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     /// L0.
     Reset = 0,
@@ -160,7 +160,7 @@ impl Level {
 }
 
 /// The recovery chosen for a fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecoveryAction {
     /// Ask the unit to reset in place.
     Reset,
@@ -196,7 +196,7 @@ impl fmt::Display for RecoveryAction {
 }
 
 /// One handled fault, as the ladder remembers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FaultRecord {
     /// What went wrong.
     pub kind: FaultKind,
@@ -209,7 +209,7 @@ pub struct FaultRecord {
 }
 
 /// A unit's escalation state.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
 pub struct Ladder {
     /// Start of the current probation window; `None` before the first fault.
     pub window_start_ms: Option<u64>,

@@ -41,7 +41,8 @@ pub use lease::{
 pub use liveness::{LivenessConfig, LivenessTracker, NodeReport};
 pub use refusal::{AdminCode, Refusal};
 pub use report::{
-    confirmed_role, AgentReport, InSyncClaim, Observations, Presence, SettledRoles, UnitReport,
+    confirmed_role, AgentReport, InSyncClaim, Judged, Observations, Presence, SettledRoles,
+    UnitReport,
 };
 pub use time::Time;
 pub use topology::{

@@ -119,11 +119,17 @@ pub struct InSyncClaim {
 }
 
 /// The leader's latest report from each node, with when it arrived, and what it needs to
-/// judge them: the applied index of each shard's last change.
+/// judge them: the applied index at which each shard last changed.
+///
+/// Architecture invariant: every report in `nodes` was made at an applied index the leader
+/// has reached; a report from further on waits aside until the leader gets there, so that
+/// what a report says can be judged when it is recorded ([`Judged`]).
 #[derive(Debug, Clone, Default)]
 pub struct Observations {
     /// Node → (arrival time, report).
     pub nodes: BTreeMap<NodeId, (Time, AgentReport)>,
+    /// Reports made at an applied index the leader has not reached yet.
+    ahead: BTreeMap<NodeId, (Time, AgentReport)>,
     /// The leader's applied index.
     applied: u64,
     /// The leader's applied index when these observations began: a shard not in `changed_at`
@@ -131,7 +137,23 @@ pub struct Observations {
     since: u64,
     /// The applied index at which each shard changed last, for shards changed since `since`.
     changed_at: BTreeMap<ShardName, u64>,
+    /// Shards changed at each applied index above `log_from`.
+    changed_log: BTreeMap<u64, BTreeSet<ShardName>>,
+    /// `changed_log` holds every index above this one.
+    log_from: u64,
 }
+
+/// A report that became the one the leader judges a node by, and the one it replaced.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    /// The node.
+    pub node: NodeId,
+    /// Its previous judged report.
+    pub before: Option<AgentReport>,
+}
+
+/// Applied indexes of change history kept at most, for judging what a new report settles.
+const CHANGED_LOG_MAX: usize = 65_536;
 
 impl Observations {
     /// Observations of a leader whose model is applied up to `applied`.
@@ -139,30 +161,104 @@ impl Observations {
         Self {
             applied,
             since: applied,
+            log_from: applied,
             ..Self::default()
         }
     }
 
-    /// Records a report from `node` received at `now`.
-    pub fn record(&mut self, now: Time, node: NodeId, report: AgentReport) {
-        self.nodes.insert(node, (now, report));
+    /// Records a report from `node` received at `now`. Returns what became judged (nothing
+    /// while the report is ahead of the leader's applied index).
+    pub fn record(&mut self, now: Time, node: NodeId, report: AgentReport) -> Option<Judged> {
+        if report.applied_index > self.applied {
+            self.ahead.insert(node, (now, report));
+            return None;
+        }
+        self.ahead.remove(&node);
+        let before = self
+            .nodes
+            .insert(node, (now, report))
+            .map(|(_, report)| report);
+        Some(Judged { node, before })
+    }
+
+    /// The newest report from `node`, judged or waiting aside.
+    pub fn latest(&self, node: NodeId) -> Option<&AgentReport> {
+        self.ahead
+            .get(&node)
+            .or_else(|| self.nodes.get(&node))
+            .map(|(_, report)| report)
     }
 
     /// The leader applied up to `applied`, changing `shards` (all of them with `everything`).
-    pub fn applied(&mut self, applied: u64, shards: &BTreeSet<ShardName>, everything: bool) {
+    /// Returns the reports that waited for this index.
+    pub fn applied(
+        &mut self,
+        applied: u64,
+        shards: &BTreeSet<ShardName>,
+        everything: bool,
+    ) -> Vec<Judged> {
         self.applied = applied;
         if everything {
             self.since = applied;
             self.changed_at.clear();
+            self.changed_log.clear();
+            self.log_from = applied;
         }
         for shard in shards {
             self.changed_at.insert(shard.clone(), applied);
         }
+        if !shards.is_empty() && !everything {
+            self.changed_log
+                .entry(applied)
+                .or_default()
+                .extend(shards.iter().cloned());
+        }
+        // Only what some judged report has not seen yet is worth keeping.
+        let oldest = self
+            .nodes
+            .values()
+            .map(|(_, report)| report.applied_index)
+            .min()
+            .unwrap_or(applied);
+        while let Some((&index, _)) = self.changed_log.first_key_value() {
+            if index > oldest && self.changed_log.len() <= CHANGED_LOG_MAX {
+                break;
+            }
+            self.changed_log.pop_first();
+            self.log_from = self.log_from.max(index);
+        }
+        let ready: Vec<NodeId> = self
+            .ahead
+            .iter()
+            .filter(|(_, (_, report))| report.applied_index <= applied)
+            .map(|(node, _)| *node)
+            .collect();
+        ready
+            .into_iter()
+            .filter_map(|node| {
+                let (now, report) = self.ahead.remove(&node)?;
+                self.record(now, node, report)
+            })
+            .collect()
     }
 
     /// The leader's applied index these observations are judged at.
     pub fn applied_index(&self) -> u64 {
         self.applied
+    }
+
+    /// Shards that changed at an applied index in `(from, to]`; `None` when that history is
+    /// no longer kept.
+    pub fn changed_between(&self, from: u64, to: u64) -> Option<BTreeSet<&ShardName>> {
+        if from < self.log_from || from >= to {
+            return (from >= to).then(BTreeSet::new);
+        }
+        Some(
+            self.changed_log
+                .range(from + 1..=to)
+                .flat_map(|(_, shards)| shards)
+                .collect(),
+        )
     }
 
     /// What `node` last said about `unit`, if anything.
@@ -171,8 +267,8 @@ impl Observations {
     }
 
     /// Whether `unit` (on `node`) settled `role`, the committed role it holds for `shard`:
-    /// its agent's report was made at an applied index the leader has reached, after the
-    /// shard last changed, and does not list the shard as unsettled.
+    /// its agent's report was made after the shard last changed, and does not list the shard
+    /// as unsettled.
     pub fn settled(&self, node: NodeId, unit: &UnitName, shard: &ShardName, role: Role) -> bool {
         let Some((_, report)) = self.nodes.get(&node) else {
             return false;
@@ -185,8 +281,10 @@ impl Observations {
             return false;
         };
         let changed_at = self.changed_at.get(shard).copied().unwrap_or(self.since);
-        report.applied_index <= self.applied
-            && report.applied_index >= changed_at
-            && summary.settled(shard, role)
+        debug_assert!(
+            report.applied_index <= self.applied,
+            "judged reports are not ahead"
+        );
+        report.applied_index >= changed_at && summary.settled(shard, role)
     }
 }

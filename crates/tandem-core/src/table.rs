@@ -11,6 +11,7 @@
 //! [`Table::insert`] and [`Table::remove`], so no change can bypass the journal or the index.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::ops::{Deref, DerefMut};
 
 /// A derived index over a table's records, updated on every change.
@@ -28,6 +29,31 @@ pub struct NoIndex;
 impl<K, V> Indexer<K, V> for NoIndex {
     fn add(&mut self, _: &K, _: &V) {}
     fn remove(&mut self, _: &K, _: &V) {}
+}
+
+/// A digest of a table's records, kept as they change: the wrapping sum of a hash of each
+/// (key, record). Two tables with equal records have equal digests, so comparing whole
+/// states (the simulation does, at every index) costs nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordDigest(pub u64);
+
+impl RecordDigest {
+    /// The hash of one record. SipHash with fixed keys: the same on every run and node.
+    pub fn of<K: Hash, V: Hash>(key: &K, value: &V) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        value.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+impl<K: Hash, V: Hash> Indexer<K, V> for RecordDigest {
+    fn add(&mut self, key: &K, value: &V) {
+        self.0 = self.0.wrapping_add(Self::of(key, value));
+    }
+    fn remove(&mut self, key: &K, value: &V) {
+        self.0 = self.0.wrapping_sub(Self::of(key, value));
+    }
 }
 
 /// A journaled map with a derived index.

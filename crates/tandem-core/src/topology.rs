@@ -10,7 +10,7 @@ use std::fmt;
 use crate::ids::{is_valid_name, NodeId, ServiceName, ShardName, UnitName};
 
 /// How a service's shards are assigned to its units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RedundancyModel {
     /// One ACTIVE and one STANDBY unit for every shard; all shards share the same ACTIVE unit
     /// and the same STANDBY unit. Further units are spares.
@@ -61,7 +61,7 @@ impl fmt::Display for RedundancyModel {
 }
 
 /// A command the agent runs: argv, extra environment and working directory.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
 pub struct ProcessSpec {
     /// Program and arguments; never empty.
     pub argv: Vec<String>,
@@ -72,7 +72,7 @@ pub struct ProcessSpec {
 }
 
 /// Timers of a service's units, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UnitTimeouts {
     /// From process start until the unit must have registered through the SDK.
     pub instantiate_ms: u64,
@@ -105,7 +105,7 @@ impl Default for UnitTimeouts {
 /// A service's restart-escalation policy (SPEC 4.3, seed 004). Each level's counter counts the
 /// faults handled at that level within `window_ms`; a fault that would exceed the level's
 /// maximum is handled one level up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EscalationPolicy {
     /// Faults handled by `reset` (L0) within the window before escalating.
     pub reset_max: u32,
@@ -137,7 +137,7 @@ impl Default for EscalationPolicy {
 }
 
 /// One unit of a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UnitSpec {
     /// Unique name in the cluster.
     pub name: UnitName,
@@ -148,7 +148,7 @@ pub struct UnitSpec {
 }
 
 /// One service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceSpec {
     /// Unique name.
     pub name: ServiceName,
@@ -185,7 +185,7 @@ pub struct ServiceSpec {
 }
 
 /// How a service's checkpoints replicate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CheckpointSpec {
     /// A commit without an explicit mode waits for every in-sync STANDBY (`true`) or returns
     /// at once (`false`).
@@ -204,7 +204,7 @@ impl Default for CheckpointSpec {
 }
 
 /// Addresses bound by the agent of a shard's ACTIVE.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
 pub struct IngressSpec {
     /// A UDP address (`ip:port`).
     pub udp: Option<String>,
@@ -213,7 +213,7 @@ pub struct IngressSpec {
 }
 
 /// The whole topology.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
 pub struct Topology {
     /// Services, in config order.
     pub services: Vec<ServiceSpec>,
@@ -226,7 +226,7 @@ pub struct Topology {
 }
 
 /// Why a topology is not acceptable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Hash)]
 #[error("{path}: {message}")]
 pub struct TopologyError {
     /// Where, as a config key (e.g. `services[0].units[1].node`).

@@ -407,11 +407,7 @@ impl<D: Disk> Node<D> {
         node: NodeId,
         report: AgentReport,
     ) {
-        let before = leadership
-            .observations
-            .nodes
-            .get(&node)
-            .map(|(_, report)| report);
+        let before = leadership.observations.latest(node);
         if before == Some(&report) {
             // The same report again (reports are repeated with every heartbeat): only its
             // arrival time is news.
@@ -428,9 +424,12 @@ impl<D: Disk> Node<D> {
                 });
             }
         }
-        leadership.director.note_report(state, before, &report);
-        leadership.observations.record(now, node, report);
-        leadership.plan_due = true;
+        if let Some(judged) = leadership.observations.record(now, node, report) {
+            leadership
+                .director
+                .note_report(state, &leadership.observations, &judged);
+            leadership.plan_due = true;
+        }
     }
 
     /// The connection peer `from` sends to this node on closed (its daemon died or stopped, or
@@ -814,13 +813,17 @@ impl<D: Disk> Node<D> {
         let state = self.replica.state();
         if let Some(leadership) = &mut self.leadership {
             if leadership.observations.applied_index() != applied {
-                // Reports made at the new index can now be judged: waiting shards may have
-                // settled even though nothing changed.
-                leadership
-                    .observations
-                    .applied(applied, &changes.shards, changes.topology);
+                // Reports that waited for this index are judged now.
+                let judged =
+                    leadership
+                        .observations
+                        .applied(applied, &changes.shards, changes.topology);
                 leadership.director.note_changes(state, &changes);
-                leadership.director.note_progress();
+                for judged in &judged {
+                    leadership
+                        .director
+                        .note_report(state, &leadership.observations, judged);
+                }
                 leadership.plan_due = true;
             }
         }

@@ -29,19 +29,33 @@ impl Sim {
         }
         let gap = self.faults.between(10_000, self.params.fault_gap_max_us);
         self.schedule(gap, Event::Fault);
-        let down = self
-            .nodes
-            .iter()
-            .filter(|node| node.status != Status::Running)
-            .count();
-        // Usually keep a majority up so the cluster makes progress between faults; now and
-        // then take it down further (even all nodes), which tests durability across a
-        // whole-cluster crash.
-        let minority = (self.nodes.len() - 1) / 2;
-        let may_take_down = down < minority || self.faults.chance(150_000);
+        // Usually keep a majority of the voters up so the cluster makes progress between
+        // faults; now and then take it down further (even all nodes), which tests durability
+        // across a whole-cluster crash. Learners (at scale) go down up to half of them.
+        let voters = self.config.voters;
+        let down = |nodes: &[SimNode]| {
+            nodes
+                .iter()
+                .filter(|node| node.status != Status::Running)
+                .count()
+        };
+        let voters_down = down(&self.nodes[..voters]);
+        let learners_down = down(&self.nodes[voters..]);
+        let voter_ok = voters_down < (voters - 1) / 2 || self.faults.chance(150_000);
+        let learner_ok = learners_down < (self.nodes.len() - voters) / 2;
+        let may_take_down = voter_ok || learner_ok;
+        let allowed = move |node: &SimNode| {
+            if (node.id as usize) <= voters {
+                voter_ok
+            } else {
+                learner_ok
+            }
+        };
         match self.faults.below(100) {
             0..=19 if self.params.crashes && may_take_down => {
-                let Some(node) = self.pick_node(|node| node.status != Status::Crashed) else {
+                let Some(node) =
+                    self.pick_node(|node| node.status != Status::Crashed && allowed(node))
+                else {
                     return Ok(());
                 };
                 let sim_node = &self.nodes[node];
@@ -59,7 +73,9 @@ impl Sim {
                 }
             }
             20..=31 if self.params.pauses && may_take_down => {
-                if let Some(node) = self.pick_node(|node| node.status == Status::Running) {
+                if let Some(node) =
+                    self.pick_node(|node| node.status == Status::Running && allowed(node))
+                {
                     self.pause(node);
                 }
             }

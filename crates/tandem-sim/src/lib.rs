@@ -79,8 +79,13 @@ pub use checks::raft::LoggedEntry;
 pub struct SimConfig {
     /// Everything random in the run derives from this.
     pub seed: u64,
-    /// Cluster size (3 or 5 voters).
+    /// Cluster size: 3 or 5 nodes, or 16 to 64 at scale.
     pub nodes: usize,
+    /// Raft voters: the first this many nodes; the others are learners (all are members).
+    pub voters: usize,
+    /// Shards of the wide services (2n pairs over neighbouring nodes) on top of the standard
+    /// topology's; 0 for the standard runs, thousands at scale.
+    pub wide_shards: usize,
     /// How long faults are injected, in simulated time.
     pub fault_duration: Duration,
     /// After the fault phase ends, within this much simulated time there must be a leader and
@@ -103,14 +108,31 @@ impl SimConfig {
     /// The standard configuration for `seed`: 3 nodes for even seeds, 5 for odd ones, 4 s of
     /// faults, a 10 s liveness bound.
     pub fn for_seed(seed: u64) -> Self {
+        let nodes = if seed.is_multiple_of(2) { 3 } else { 5 };
         Self {
             seed,
-            nodes: if seed.is_multiple_of(2) { 3 } else { 5 },
+            nodes,
+            voters: nodes,
+            wide_shards: 0,
             fault_duration: Duration::from_secs(4),
             liveness_bound: Duration::from_secs(10),
             lying_disk: false,
             units_ignore_lease: false,
             verbose: false,
+        }
+    }
+
+    /// A run at scale for `seed`: 16 to 64 nodes (5 voting), 1,000 to 3,000 shards of wide
+    /// services besides the standard ones, the standard faults and operator actions, and a
+    /// 20 s liveness bound (thousands of role hooks take simulated time).
+    pub fn at_scale(seed: u64) -> Self {
+        let draw = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        Self {
+            nodes: 16 + (draw % 49) as usize,
+            voters: 5,
+            wide_shards: 1_000 + (draw / 49 % 3) as usize * 1_000,
+            liveness_bound: Duration::from_secs(20),
+            ..Self::for_seed(seed)
         }
     }
 
@@ -122,19 +144,30 @@ impl SimConfig {
             (false, true) => "TANDEM_NO_FENCING=1 ",
             (false, false) => "",
         };
+        let base = if self.wide_shards > 0 {
+            Self::at_scale(self.seed)
+        } else {
+            Self::for_seed(self.seed)
+        };
+        let scale = if self.wide_shards > 0 {
+            "TANDEM_SCALE=1 "
+        } else {
+            ""
+        };
         let standard = Self {
             lying_disk: self.lying_disk,
             units_ignore_lease: self.units_ignore_lease,
             verbose: self.verbose,
-            ..Self::for_seed(self.seed)
+            ..base
         };
         let note = if *self == standard {
             ""
         } else {
-            " (the test replays SimConfig::for_seed; this run used a different config)"
+            " (the test replays SimConfig::for_seed or at_scale; this run used a different config)"
         };
         format!(
-            "{lying}TANDEM_SEED={} cargo test -p tandem-sim --test sim -- replay --nocapture{note}",
+            "{lying}{scale}TANDEM_SEED={} cargo test --release -p tandem-sim --test sim -- replay \
+             --nocapture{note}",
             self.seed
         )
     }

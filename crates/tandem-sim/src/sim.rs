@@ -6,12 +6,12 @@
 //! `impl Sim` blocks in their modules (see the crate's module map).
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use tandem_core::data::{DataConfig, DataEvent, DataReply, Delivery};
-use tandem_core::{AgentAction, NodeId, Time, Topology, UnitCommand};
+use tandem_core::{AgentAction, NodeId, ShardName, Time, Topology, UnitCommand};
 use tandem_node::{CompactionPolicy, FileOp, Node, NodeSettings, UnitEvent};
 use tandem_raft::{ReplicaConfig, WalOptions};
 
@@ -253,13 +253,19 @@ pub(crate) struct Sim {
     pub(crate) data_checker: DataChecker,
     /// Next stream message id.
     pub(crate) next_message: u64,
+    /// Data steps run, for sampling the data caches' check at scale.
+    pub(crate) cache_steps: u64,
+    /// Shards some unit's belief about changed since the last one-ACTIVE check.
+    pub(crate) acting_dirty: BTreeSet<ShardName>,
+    /// Shards of multi-ACTIVE services (several acting units are fine there).
+    pub(crate) multi_active: BTreeSet<ShardName>,
 }
 
 impl Sim {
     pub(crate) fn new(config: SimConfig) -> Self {
         assert!(
-            (1..=9).contains(&config.nodes),
-            "a simulated cluster has 1 to 9 nodes"
+            (1..=64).contains(&config.nodes) && (1..=config.nodes).contains(&config.voters),
+            "a simulated cluster has 1 to 64 nodes, of which 1 or more vote"
         );
         let seed = config.seed;
         let mut params_rng = Rng::new(seed, STREAM_PARAMS);
@@ -302,7 +308,7 @@ impl Sim {
         let mut compaction_rng = Rng::new(seed, STREAM_COMPACTION);
         Self {
             params,
-            topology: topology(config.nodes),
+            topology: topology(config.nodes, config.wide_shards),
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -343,6 +349,14 @@ impl Sim {
             done: false,
             data_checker: DataChecker::default(),
             next_message: 1,
+            cache_steps: 0,
+            acting_dirty: BTreeSet::new(),
+            multi_active: topology(config.nodes, config.wide_shards)
+                .services
+                .iter()
+                .filter(|service| service.model.multi_active())
+                .flat_map(|service| service.shards.iter().cloned())
+                .collect(),
             config,
         }
     }
@@ -761,10 +775,14 @@ impl Sim {
         let sim_node = &mut self.nodes[node];
         let n = sim_node.node.as_mut().expect("checked");
         let end = n.end_data_step();
-        n.check_data_caches().map_err(|detail| Violation {
-            kind: FailureKind::StaleCache,
-            detail: format!("node {id}: {detail}"),
-        })?;
+        // The cache check walks every replica of the node: at scale, every 16th step.
+        self.cache_steps += 1;
+        if self.config.wide_shards == 0 || self.cache_steps.is_multiple_of(16) {
+            n.check_data_caches().map_err(|detail| Violation {
+                kind: FailureKind::StaleCache,
+                detail: format!("node {id}: {detail}"),
+            })?;
+        }
         Ok(end.claims_changed)
     }
 
@@ -900,12 +918,17 @@ impl Sim {
         let sim_node = &self.nodes[node];
         ReplicaConfig {
             id: sim_node.id,
-            voters: self.voters.clone(),
-            learners: Vec::new(),
+            voters: self.voters[..self.config.voters].to_vec(),
+            learners: self.voters[self.config.voters..].to_vec(),
             heartbeat_ticks: 2,
             election_ticks: 10,
-            // Small, so that snapshots, compaction and snapshot transfer happen in every run.
-            snapshot_interval_entries: 50,
+            // Small, so that snapshots, compaction and snapshot transfer happen in every run
+            // (less small at scale, where a snapshot holds thousands of shards).
+            snapshot_interval_entries: if self.config.wide_shards == 0 {
+                50
+            } else {
+                400
+            },
             election_seed: mix(self.config.seed ^ mix(sim_node.id ^ mix(sim_node.restarts))),
             wal: WalOptions {
                 // Small, so that segments rotate and old ones are deleted.
@@ -1120,9 +1143,28 @@ impl Sim {
                         process
                             .belief
                             .on_lease(Some(Time::from_micros(u64::MAX / 2)));
+                        let held: Vec<ShardName> = process
+                            .belief
+                            .roles()
+                            .map(|(shard, _, _)| shard.clone())
+                            .collect();
+                        self.note_acting(&held);
                     } else if !process.hung {
                         let local_now = self.nodes[node].local_now(self.now);
+                        let was_valid = process
+                            .belief
+                            .lease_until()
+                            .is_some_and(|until| local_now < until);
                         let resumed = process.belief.renew_lease(valid_until, local_now);
+                        if !was_valid {
+                            // Every acting role (QUIESCING too) may act again.
+                            let held: Vec<ShardName> = process
+                                .belief
+                                .roles()
+                                .map(|(shard, _, _)| shard.clone())
+                                .collect();
+                            self.note_acting(&held);
+                        }
                         for (shard, epoch) in resumed {
                             self.start_delivery_round(pid, &shard, epoch);
                         }

@@ -7,8 +7,10 @@ use tandem_core::{
 };
 
 /// The topology every run uses: a 2n pair and a no-redundancy singleton on 3 nodes, plus an
-/// n+m pool and an n-way-active front end on 5; a node-restart command for ladder L3.
-pub fn topology(nodes: usize) -> Topology {
+/// n+m pool and an n-way-active front end on 5; a node-restart command for ladder L3. With
+/// `wide_shards`, also 2n services `w<k>` with units on nodes `2k+1` and `2k+2`, sharing that
+/// many shards between them.
+pub fn topology(nodes: usize, wide_shards: usize) -> Topology {
     let service = |name: &str, model, units: &[(&str, u64)], shards: &[&str]| {
         let mut spec = ServiceSpec::new(
             name,
@@ -77,6 +79,20 @@ pub fn topology(nodes: usize) -> Topology {
             },
             &[("f1", 4), ("f2", 5)],
             &["front-0"],
+        ));
+    }
+    let pairs = nodes / 2;
+    for pair in 0..pairs.min(wide_shards) {
+        let count = wide_shards / pairs + usize::from(pair < wide_shards % pairs);
+        let shards: Vec<String> = (0..count).map(|shard| format!("w{pair}-{shard}")).collect();
+        let shards: Vec<&str> = shards.iter().map(String::as_str).collect();
+        let (a, b) = (format!("w{pair}a"), format!("w{pair}b"));
+        let first = 2 * pair as u64 + 1;
+        services.push(service(
+            &format!("w{pair}"),
+            RedundancyModel::TwoN,
+            &[(&a, first), (&b, first + 1)],
+            &shards,
         ));
     }
     Topology {

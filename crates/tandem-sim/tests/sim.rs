@@ -2,7 +2,9 @@
 //! it: `TANDEM_SEED=<seed> cargo test -p tandem-sim --test sim -- replay --nocapture`.
 //!
 //! The long sweep: `cargo test --release -p tandem-sim --test sim -- --ignored sweep --nocapture`
-//! (`TANDEM_SWEEP_SEEDS`, default 10000, seeds from `TANDEM_SWEEP_START`, default 0).
+//! (`TANDEM_SWEEP_SEEDS`, default 10000, seeds from `TANDEM_SWEEP_START`, default 0;
+//! `TANDEM_SWEEP_SCALE=1` sweeps runs at scale instead, `SimConfig::at_scale`: 16 to 64
+//! nodes and 1,000 to 3,000 more shards, one to several minutes a seed).
 
 use std::time::Instant;
 
@@ -303,11 +305,16 @@ fn replay() {
     let Some(seed) = env_u64("TANDEM_SEED") else {
         return;
     };
+    let base = if std::env::var("TANDEM_SCALE").is_ok_and(|value| value == "1") {
+        SimConfig::at_scale(seed)
+    } else {
+        SimConfig::for_seed(seed)
+    };
     let config = SimConfig {
-        verbose: true,
+        verbose: std::env::var("TANDEM_QUIET").is_err(),
         lying_disk: std::env::var("TANDEM_LYING_DISK").is_ok_and(|value| value == "1"),
         units_ignore_lease: std::env::var("TANDEM_NO_FENCING").is_ok_and(|value| value == "1"),
-        ..SimConfig::for_seed(seed)
+        ..base
     };
     println!("replaying {config:?}");
     match run(config) {
@@ -324,8 +331,14 @@ fn sweep() {
     let started = Instant::now();
     let mut total = SimReport::default();
     let mut failures = Vec::new();
+    let scale = std::env::var("TANDEM_SWEEP_SCALE").is_ok_and(|value| value == "1");
     for seed in start..start + seeds {
-        match run(SimConfig::for_seed(seed)) {
+        let config = if scale {
+            SimConfig::at_scale(seed)
+        } else {
+            SimConfig::for_seed(seed)
+        };
+        match run(config) {
             Ok(report) => total.accumulate(&report),
             Err(failure) => {
                 println!("{failure}");

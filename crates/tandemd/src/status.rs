@@ -86,7 +86,7 @@ pub fn build(
     let observations: &Observations = match node.observations() {
         Some(observations) => observations,
         None => {
-            let mut single = Observations::default();
+            let mut single = Observations::new(node.replica().applied_index());
             single.record(now, node.id(), node.own_report(now));
             own = single;
             &own

@@ -376,7 +376,7 @@ fn a_fault_reported_before_its_node_was_declared_down_is_handled_when_the_node_r
             .collect::<Vec<_>>(),
         vec![FaultKind::Reported(Severity::Node)]
     );
-    let mut observations = crate::report::Observations::default();
+    let mut observations = crate::report::Observations::new(h.applied);
     observations.record(ms(2), NodeId(1), report);
     let commands = crate::director::Director::new().plan(ms(2), &h.state, &observations, 0);
     assert!(

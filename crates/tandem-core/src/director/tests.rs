@@ -142,8 +142,13 @@ impl Harness {
     fn note(&mut self, observations: &Observations) {
         let changes = self.state.take_changes();
         self.director.note_changes(&self.state, &changes);
-        for (_, report) in observations.nodes.values() {
-            self.director.note_report(&self.state, None, report);
+        for node in observations.nodes.keys() {
+            let judged = crate::report::Judged {
+                node: *node,
+                before: None,
+            };
+            self.director
+                .note_report(&self.state, observations, &judged);
         }
     }
 
@@ -594,5 +599,44 @@ fn a_failover_to_a_standby_out_of_sync_is_reported_as_a_possible_loss() {
         assert_eq!(loss, !in_sync, "in_sync {in_sync}: {events:?}");
         // The new epoch starts with nobody in sync.
         assert!(h.shard("s0").in_sync.is_empty());
+    }
+}
+
+#[test]
+fn a_round_looks_at_the_shards_that_changed_not_at_the_steady_rest() {
+    for count in [10, 2_000] {
+        let names: Vec<String> = (0..count).map(|shard| format!("s{shard}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut h = Harness::new(
+            spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &names),
+            3,
+        );
+        h.settle();
+        let observations = h.observations();
+        // Nothing changed since the last round: nothing is looked at.
+        let changes = h.state.take_changes();
+        h.director.note_changes(&h.state, &changes);
+        assert!(h
+            .director
+            .plan(h.now, &h.state, &observations, 0)
+            .is_empty());
+        assert_eq!(h.director.planned_last_round(), 0, "{count} shards");
+        // A switchover of one shard: the next round looks at that shard alone.
+        let commands = plan_switchover(
+            &View::new(&h.state, &observations),
+            &SwitchoverTarget::Shard("s7".into()),
+        )
+        .unwrap();
+        h.apply(&commands);
+        let changes = h.state.take_changes();
+        assert_eq!(changes.shards.len(), 1);
+        h.director.note_changes(&h.state, &changes);
+        let observations = h.observations();
+        let planned = h.director.plan(h.now, &h.state, &observations, 0);
+        assert_eq!(h.director.planned_last_round(), 1, "{count} shards");
+        assert!(
+            matches!(&planned[..], [Command::Reassign { shard, .. }] if shard.as_str() == "s7"),
+            "{planned:?}"
+        );
     }
 }

@@ -137,8 +137,10 @@ impl<D: Disk> Node<D> {
                 self.data.set_view(now, view);
             } else {
                 // Only what the applied entries changed: a step costs the shards they touched.
-                let mut view = self.data.view().clone();
-                let changed = view.update(self.replica.state(), self.id, &changes);
+                let changed = self
+                    .data
+                    .view()
+                    .changes(self.replica.state(), self.id, &changes);
                 if !changed.is_empty() {
                     self.data.update_view(now, changed);
                 }

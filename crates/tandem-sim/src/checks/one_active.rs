@@ -12,23 +12,27 @@ use crate::FailureKind;
 impl Sim {
     /// At most one unit acts for a shard of a single-ACTIVE model at any instant, judged by
     /// what the units believe (on their own clocks).
-    pub(crate) fn check_one_active(&self) -> Result<(), Violation> {
+    ///
+    /// A unit starts acting for a shard only when its belief about the shard changes (a hook)
+    /// or its lease comes back; time only ends acting. So only the shards noted since the last
+    /// check ([`Sim::note_belief`], [`Sim::note_acting`]) are looked at: the check costs what
+    /// changed, whatever the number of shards.
+    pub(crate) fn check_one_active(&mut self) -> Result<(), Violation> {
+        if self.acting_dirty.is_empty() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.acting_dirty);
         let mut acting: BTreeMap<&ShardName, Vec<(u32, &UnitName)>> = BTreeMap::new();
         for (pid, process) in &self.units.processes {
             let local_now = self.nodes[process.node].local_now(self.now);
-            for (shard, _, _) in process.belief.roles() {
+            for shard in &dirty {
                 if process.belief.is_acting(shard, local_now) {
                     acting.entry(shard).or_default().push((*pid, &process.unit));
                 }
             }
         }
         for (shard, units) in acting {
-            let multi = self
-                .topology
-                .services
-                .iter()
-                .find(|service| service.shards.contains(shard))
-                .is_some_and(|service| service.model.multi_active());
+            let multi = self.multi_active.contains(shard);
             if !multi && units.len() > 1 {
                 return Err(Violation {
                     kind: FailureKind::TwoActives,
@@ -52,5 +56,23 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// A unit's belief about the shard `command` names changed.
+    pub(crate) fn note_belief(&mut self, command: &tandem_core::UnitCommand) {
+        use tandem_core::UnitCommand;
+        match command {
+            UnitCommand::Assign { shard, .. }
+            | UnitCommand::Quiesce { shard, .. }
+            | UnitCommand::Remove { shard } => {
+                self.acting_dirty.insert(shard.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// A unit may act again for these shards (its lease came back).
+    pub(crate) fn note_acting<'a>(&mut self, shards: impl IntoIterator<Item = &'a ShardName>) {
+        self.acting_dirty.extend(shards.into_iter().cloned());
     }
 }

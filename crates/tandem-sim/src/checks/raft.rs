@@ -76,11 +76,19 @@ pub struct Checker {
     /// index → the lowest current term of a node seen applying it: an upper bound of the term
     /// in which it was committed.
     commit_term: BTreeMap<u64, u64>,
-    /// `model[i]`: the bootstrap state with global entries `1..=i` applied. Grows while the
-    /// global log has no gap.
-    model: Vec<ClusterState>,
-    /// States nodes reported at indexes the model has not reached, first report per index.
-    reported: BTreeMap<u64, (u64, ClusterState)>,
+    /// The bootstrap state with global entries `1..=model_digests.len() - 1` applied. Grows
+    /// while the global log has no gap.
+    model: ClusterState,
+    /// `model_digests[i]`: the digest of the model at index `i` (a digest, not a copy: at
+    /// thousands of shards a copy per index would not fit; the state keeps its digest as
+    /// its records change, so taking one costs nothing).
+    model_digests: Vec<StateDigest>,
+    /// Digests of states nodes reported at indexes the model has not reached, first report
+    /// per index.
+    reported: BTreeMap<u64, (u64, StateDigest)>,
+    /// The applied index each node's state was last checked at: a state is checked once per
+    /// index it reaches, not every round.
+    checked_at: BTreeMap<u64, u64>,
     /// Client and probe nonce → index where it was committed.
     nonces: BTreeMap<u64, u64>,
     /// Progress by node id.
@@ -94,10 +102,12 @@ impl Checker {
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
             commit_term: BTreeMap::new(),
-            model: vec![ClusterState::bootstrap(
+            model: ClusterState::bootstrap(members.iter().map(|id| NodeId(*id))),
+            model_digests: vec![digest(&ClusterState::bootstrap(
                 members.iter().map(|id| NodeId(*id)),
-            )],
+            ))],
             reported: BTreeMap::new(),
+            checked_at: BTreeMap::new(),
             nonces: BTreeMap::new(),
             progress: BTreeMap::new(),
         }
@@ -229,37 +239,50 @@ impl Checker {
     /// Applies the global log to the model as far as it has no gap, checking the states nodes
     /// reported ahead of it.
     fn advance_model(&mut self) -> Result<(), Violation> {
-        while let Some(entry) = self.committed.get(&(self.model.len() as u64)) {
-            let mut state = self.model.last().expect("model has the bootstrap").clone();
+        while let Some(entry) = self.committed.get(&(self.model_digests.len() as u64)) {
             if let Some(command) = &entry.command {
-                state.apply(entry.index, command);
+                self.model.apply(entry.index, command);
             }
-            self.model.push(state);
+            self.model.take_changes();
+            self.model_digests.push(digest(&self.model));
         }
-        let reached = self.model.len() as u64;
+        let reached = self.model_digests.len() as u64;
         while let Some(entry) = self.reported.first_entry() {
             if *entry.key() >= reached {
                 break;
             }
             let (index, (node, state)) = entry.remove_entry();
-            self.compare_with_model(node, index, &state)?;
+            self.compare_with_model(node, index, state, None)?;
         }
         Ok(())
     }
 
+    /// Compares the digest of a node's state at `index` with the model's; `state`, when at
+    /// hand, goes into the report.
     fn compare_with_model(
         &self,
         node: u64,
         index: u64,
-        state: &ClusterState,
+        held: StateDigest,
+        state: Option<&ClusterState>,
     ) -> Result<(), Violation> {
-        let expected = &self.model[index as usize];
-        if expected != state {
+        let expected = self.model_digests[index as usize];
+        if expected != held {
+            let latest = self.model_digests.len() - 1;
+            let model = if latest as u64 == index {
+                format!("{:?}", self.model)
+            } else {
+                format!("a state of digest {expected:x} (the model is at {latest} now)")
+            };
             return Err(violation(
                 FailureKind::StateDiverged,
                 format!(
-                    "node {node} at applied index {index} holds {state:?}, but the committed \
-                     log gives {expected:?}"
+                    "node {node} at applied index {index} holds {}, but the committed \
+                     log gives {model}",
+                    state.map_or_else(
+                        || format!("a state of digest {held:x}"),
+                        |s| format!("{s:?}")
+                    )
                 ),
             ));
         }
@@ -268,6 +291,7 @@ impl Checker {
 
     /// A node installed a leader's snapshot at `index`.
     pub fn on_snapshot_installed(&mut self, node: u64, index: u64) -> Result<(), Violation> {
+        self.checked_at.remove(&node);
         let progress = self.progress.entry(node).or_default();
         if index <= progress.applied {
             return Err(violation(
@@ -312,6 +336,8 @@ impl Checker {
 
     /// A node restarted: its progress starts over from what it recovered.
     pub fn on_restart(&mut self, node: u64, replica: &Replica<SimDisk>) -> Result<(), Violation> {
+        // A recovered state is checked even at an index checked before the crash.
+        self.checked_at.remove(&node);
         self.progress.insert(
             node,
             Progress {
@@ -328,26 +354,38 @@ impl Checker {
         index: u64,
         state: &ClusterState,
     ) -> Result<(), Violation> {
-        if (index as usize) < self.model.len() {
-            return self.compare_with_model(node, index, state);
+        if self.checked_at.insert(node, index) == Some(index) {
+            return Ok(());
+        }
+        let held = digest(state);
+        if (index as usize) < self.model_digests.len() {
+            return self.compare_with_model(node, index, held, Some(state));
         }
         match self.reported.entry(index) {
             MapEntry::Occupied(seen) => {
-                let (other, other_state) = seen.get();
-                if other_state != state {
+                let (other, other_held) = *seen.get();
+                if other_held != held {
                     return Err(violation(
                         FailureKind::StateDiverged,
                         format!(
                             "at applied index {index} node {node} holds {state:?} but node \
-                             {other} held {other_state:?}"
+                             {other} held another state (digest {other_held:x})"
                         ),
                     ));
                 }
             }
             MapEntry::Vacant(vacant) => {
-                vacant.insert((node, state.clone()));
+                vacant.insert((node, held));
             }
         }
         Ok(())
     }
+}
+
+/// A digest of a cluster state ([`ClusterState::digest`], kept as its records change):
+/// equal states have equal digests.
+type StateDigest = u64;
+
+fn digest(state: &ClusterState) -> StateDigest {
+    state.digest()
 }

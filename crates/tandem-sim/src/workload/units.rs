@@ -259,6 +259,7 @@ impl Sim {
             _ => {}
         }
         process.belief.on_request(&command);
+        self.note_belief(&command);
         let rng = &mut self.unit_rng;
         let (delay, ok) = if command == UnitCommand::Health {
             (rng.between(100, 2_000), true)
@@ -296,6 +297,7 @@ impl Sim {
         }
         if ok {
             process.belief.on_done(&command);
+            self.note_belief(&command);
             if let UnitCommand::Assign {
                 shard,
                 role: Role::Active,

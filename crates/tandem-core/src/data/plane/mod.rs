@@ -673,7 +673,7 @@ impl DataPlane {
         self.view_changed(now, &shards);
     }
 
-    /// The committed facts of some shards changed (see [`DataView::update`]): `changed`
+    /// The committed facts of some shards changed (see [`DataView::changes`]): `changed`
     /// holds their new views (`None`: gone). Costs those shards' replicas, not the node's.
     pub fn update_view(&mut self, now: Time, changed: BTreeMap<ShardName, Option<ShardView>>) {
         if self.epochs_at_start.is_none() {

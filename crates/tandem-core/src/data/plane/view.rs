@@ -65,12 +65,13 @@ impl DataView {
         Self { shards }
     }
 
-    /// Brings the view up to date with `state` after `changes`, looking only at what they
-    /// can have changed: the changed shards, and every shard of a service whose units
-    /// changed (a unit's node or instance shows in its shards' views). Returns the shards
-    /// whose view changed, with the new view (`None`: gone). With a new topology, every shard.
-    pub fn update(
-        &mut self,
+    /// What `changes` did to this view, given the new `state`, looking only at what they can
+    /// have changed: the changed shards, and every shard of a service whose units changed (a
+    /// unit's node or instance shows in its shards' views); with a new topology, every shard.
+    /// Returns the shards whose view differs, with the new view (`None`: gone); apply them
+    /// with `DataPlane::update_view`.
+    pub fn changes(
+        &self,
         state: &ClusterState,
         node: NodeId,
         changes: &Changes,
@@ -100,14 +101,9 @@ impl DataView {
                 .shards
                 .get(&name)
                 .and_then(|shard| shard_view(state, node, shard, &mut local));
-            if self.shards.get(&name) == view.as_ref() {
-                continue;
+            if self.shards.get(&name) != view.as_ref() {
+                changed.insert(name, view);
             }
-            match &view {
-                Some(view) => self.shards.insert(name.clone(), view.clone()),
-                None => self.shards.remove(&name),
-            };
-            changed.insert(name, view);
         }
         changed
     }
