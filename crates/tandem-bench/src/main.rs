@@ -45,6 +45,19 @@
 //!   checkpoint write every 2 ms; counts failovers (the ACTIVE moved), times the ACTIVE fenced
 //!   itself, liveness changes, unit faults and lease lapses during the run (all must be 0; SPEC
 //!   §7 asks for a 10-minute run).
+//!
+//! Scale (only with `--only scale`, never in a full run; see `scale`):
+//! - `scale`: `--scale-nodes` daemons (16), `--scale-shards` shards (10000) in one 2n service
+//!   of the test unit per pair of neighbouring nodes. Measures the time from the start until
+//!   every shard has a confirmed ACTIVE and an in-sync STANDBY; over `--scale-idle-secs` (60)
+//!   of quiet, Raft entries per second and each daemon's CPU and resident memory, and the role
+//!   changes, liveness verdicts, faults, leader changes and lease lapses that must not happen;
+//!   then `--scale-trials` (5) each of `kill -9` of a follower holding ACTIVEs, `kill -9` of
+//!   the leader, and SIGSTOP of a follower, until every shard the victim held ACTIVE is ACTIVE
+//!   elsewhere and confirmed (p50/p99), the cluster healthy again after each. Status is
+//!   polled as a summary every `--scale-poll-ms` (250), never during the quiet window. Waits
+//!   are bounded by `--scale-settle-secs` (1800) and `--scale-failover-secs` (120). Its
+//!   daemons take `--idle-poll-us` and `--cluster` as the data-plane scenarios' do.
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +66,7 @@ mod host;
 mod peer;
 mod report;
 mod resp;
+mod scale;
 mod wake;
 
 use anyhow::{bail, Context as _};
@@ -97,6 +111,27 @@ struct Args {
     /// checks its config before anything starts.
     #[arg(long = "cluster", value_name = "KEY=VALUE")]
     cluster: Vec<String>,
+    /// `--only scale`: daemons on loopback.
+    #[arg(long, default_value_t = 16)]
+    scale_nodes: usize,
+    /// `--only scale`: shards, over all services.
+    #[arg(long, default_value_t = 10_000)]
+    scale_shards: usize,
+    /// `--only scale`: trials of each failover (kill -9 of a follower, of the leader, SIGSTOP).
+    #[arg(long, default_value_t = 5)]
+    scale_trials: usize,
+    /// `--only scale`: seconds of quiet over which idle costs and spurious events are counted.
+    #[arg(long, default_value_t = 60)]
+    scale_idle_secs: u64,
+    /// `--only scale`: longest wait for every shard to be healthy (at the start, after a trial).
+    #[arg(long, default_value_t = 1800)]
+    scale_settle_secs: u64,
+    /// `--only scale`: longest wait for one failover.
+    #[arg(long, default_value_t = 120)]
+    scale_failover_secs: u64,
+    /// `--only scale`: milliseconds between two status polls (a summary each).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(50..))]
+    scale_poll_ms: u64,
     /// Run nothing: print the headline figures of these saved JSON reports (`--json FILE`)
     /// side by side, as a Markdown table (one column per file).
     #[arg(long, value_name = "JSON", num_args = 1..)]
@@ -564,6 +599,23 @@ fn main() -> anyhow::Result<()> {
             &data_cluster,
         )?);
     }
+    let scale = if args.only.is_some() && wants("scale") {
+        if args.scale_trials == 0 {
+            bail!("--scale-trials must be at least 1");
+        }
+        Some(scale::scale(scale::Options {
+            nodes: args.scale_nodes,
+            shards: args.scale_shards,
+            trials: args.scale_trials,
+            idle: Duration::from_secs(args.scale_idle_secs),
+            settle: Duration::from_secs(args.scale_settle_secs),
+            failover: Duration::from_secs(args.scale_failover_secs),
+            poll: Duration::from_millis(args.scale_poll_ms),
+            cluster_toml: data_cluster.clone(),
+        })?)
+    } else {
+        None
+    };
     if args.soak_secs > 0 && wants("soak") {
         eprintln!(
             "soak: {} s of stream messages and checkpoint writes, watched for failovers",
@@ -696,11 +748,15 @@ fn main() -> anyhow::Result<()> {
             soak.slow_passes
         );
     }
+    if let Some(scale) = &scale {
+        scale::print(scale);
+    }
     let json = serde_json::to_string_pretty(&serde_json::json!({
         "host": host,
         "failover": summaries,
         "data": data_report,
         "wake": wake,
+        "scale": scale,
     }))?;
     println!("{json}");
     if let Some(path) = args.json {

@@ -107,6 +107,76 @@ fn add_run(table: &mut Table, run: &str, report: &Value) {
             format!("{lost} / {duplicated}"),
         );
     }
+    add_scale(table, run, &report["scale"]);
+}
+
+/// The `--only scale` figures, named by the cluster's size.
+fn add_scale(table: &mut Table, run: &str, scale: &Value) {
+    let (Some(nodes), Some(shards)) = (scale["nodes"].as_u64(), scale["shards"].as_u64()) else {
+        return;
+    };
+    let name = format!("scale {nodes} nodes, {shards} shards");
+    if let Some(settle) = number(scale, "settle_s") {
+        table.put(
+            format!("{name}: start until every shard healthy (s)"),
+            run,
+            show(settle),
+        );
+    }
+    let idle = &scale["idle"];
+    if let Some(entries) = number(idle, "raft_entries_per_s") {
+        table.put(format!("{name}: idle Raft entries/s"), run, show(entries));
+    }
+    if let (Some(max), Some(median)) = (number(idle, "cpu_pct_max"), number(idle, "cpu_pct_median"))
+    {
+        table.put(
+            format!("{name}: idle daemon CPU, max / median (% of one CPU)"),
+            run,
+            format!("{} / {}", show(max), show(median)),
+        );
+    }
+    if let (Some(max), Some(median)) = (number(idle, "rss_mib_max"), number(idle, "rss_mib_median"))
+    {
+        table.put(
+            format!("{name}: daemon RSS, max / median (MiB)"),
+            run,
+            format!("{} / {}", show(max), show(median)),
+        );
+    }
+    let quiet = &scale["quiet"];
+    let spurious: Option<u64> = [
+        "role_changes",
+        "liveness_verdicts",
+        "faults",
+        "other_events",
+        "leader_changes",
+        "lease_lapses",
+    ]
+    .iter()
+    .map(|key| quiet[*key].as_u64())
+    .sum();
+    if let Some(spurious) = spurious {
+        table.put(
+            format!("{name}: spurious events when quiet"),
+            run,
+            spurious.to_string(),
+        );
+    }
+    for failover in scale["failovers"].as_array().into_iter().flatten() {
+        let Some(kind) = failover["kind"].as_str() else {
+            continue;
+        };
+        if let (Some(p50), Some(p99)) = (
+            number(failover, "confirmed_p50_ms"),
+            number(failover, "confirmed_p99_ms"),
+        ) {
+            table.put(
+                format!("{name}: {kind} until confirmed, p50 / p99 (ms)"),
+                run,
+                format!("{} / {}", show(p50), show(p99)),
+            );
+        }
+    }
 }
 
 /// The Markdown table of the reports at `paths`, one column per file (named by its stem).
@@ -177,6 +247,31 @@ mod tests {
         ));
         assert!(lines.contains(&"| state transfer: MiB/s | 1200 |  |"));
         assert!(lines.contains(&"| switchover under stream load: lost / duplicated |  | 0 / 0 |"));
+    }
+
+    #[test]
+    fn scale_figures_are_named_by_the_cluster_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("scale.json");
+        std::fs::write(
+            &path,
+            r#"{"failover": [], "data": {}, "scale": {"nodes": 4, "shards": 200,
+                "settle_s": 3.25, "idle": {"raft_entries_per_s": 0.0, "cpu_pct_max": 2.5,
+                "cpu_pct_median": 1.0, "rss_mib_max": 31.0, "rss_mib_median": 30.0},
+                "quiet": {"role_changes": 0, "liveness_verdicts": 0, "faults": 0,
+                "other_events": 0, "leader_changes": 0, "lease_lapses": 1},
+                "failovers": [{"kind": "kill-follower", "confirmed_p50_ms": 510.0,
+                "confirmed_p99_ms": 760.0}]}}"#,
+        )
+        .unwrap();
+        let table = markdown(&[path]).expect("a table");
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines
+            .contains(&"| scale 4 nodes, 200 shards: start until every shard healthy (s) | 3.2 |"));
+        assert!(lines.contains(&"| scale 4 nodes, 200 shards: spurious events when quiet | 1 |"));
+        assert!(lines.contains(
+            &"| scale 4 nodes, 200 shards: kill-follower until confirmed, p50 / p99 (ms) | 510 / 760 |"
+        ));
     }
 
     #[test]
