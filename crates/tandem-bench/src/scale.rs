@@ -85,6 +85,9 @@ pub struct Scale {
 #[derive(Debug, Serialize)]
 pub struct Idle {
     pub seconds: f64,
+    /// The Raft leader at the start of the window, and its CPU % (it does the most).
+    pub leader: String,
+    pub leader_cpu_pct: f64,
     /// Raft entries applied per second (the leader's applied index).
     pub raft_entries_per_s: f64,
     /// CPU time of each daemon over the window, % of one CPU, in node order.
@@ -686,6 +689,8 @@ fn quiet_window(bench: &mut Bench) -> anyhow::Result<(Idle, Quiet)> {
     };
     let idle = Idle {
         seconds: elapsed,
+        leader: before.status.leader.clone(),
+        leader_cpu_pct: cpu_pct[log_node],
         raft_entries_per_s: after
             .status
             .applied_index
@@ -887,11 +892,13 @@ pub fn print(scale: &Scale) {
         scale.nodes, scale.shards, scale.services, scale.unit, scale.settle_s
     );
     println!(
-        "quiet {:.0} s: {:.1} Raft entries/s; daemon CPU % of one CPU: max {:.2}, median {:.2}; RSS MiB: max {:.1}, median {:.1}",
+        "quiet {:.0} s: {:.1} Raft entries/s; daemon CPU % of one CPU: max {:.2}, median {:.2}, leader ({}) {:.2}; RSS MiB: max {:.1}, median {:.1}",
         scale.idle.seconds,
         scale.idle.raft_entries_per_s,
         scale.idle.cpu_pct_max,
         scale.idle.cpu_pct_median,
+        scale.idle.leader,
+        scale.idle.leader_cpu_pct,
         scale.idle.rss_mib_max,
         scale.idle.rss_mib_median
     );
@@ -907,7 +914,7 @@ pub fn print(scale: &Scale) {
         quiet.slow_passes
     );
     println!(
-        "{:<16} {:>6} {:>8} {:>15} {:>15} {:>16} {:>16} {:>14}",
+        "{:<16} {:>6} {:>8} {:>15} {:>15} {:>16} {:>16} {:>15} {:>15}",
         "failover",
         "trials",
         "shards",
@@ -915,7 +922,8 @@ pub fn print(scale: &Scale) {
         "takeover p99 ms",
         "confirmed p50 ms",
         "confirmed p99 ms",
-        "recovered p50 s"
+        "recovered p50 s",
+        "recovered max s"
     );
     for failover in &scale.failovers {
         let moved: Vec<f64> = failover
@@ -925,7 +933,7 @@ pub fn print(scale: &Scale) {
             .collect();
         let moved = quantile(&moved, 0.5);
         println!(
-            "{:<16} {:>6} {:>8.0} {:>15.0} {:>15.0} {:>16.0} {:>16.0} {:>14.1}",
+            "{:<16} {:>6} {:>8.0} {:>15.0} {:>15.0} {:>16.0} {:>16.0} {:>15.1} {:>15.1}",
             failover.kind,
             failover.trials,
             moved,
@@ -933,7 +941,8 @@ pub fn print(scale: &Scale) {
             failover.takeover_p99_ms,
             failover.confirmed_p50_ms,
             failover.confirmed_p99_ms,
-            quantile(&failover.recovered_s, 0.5)
+            quantile(&failover.recovered_s, 0.5),
+            quantile(&failover.recovered_s, 1.0)
         );
     }
 }
