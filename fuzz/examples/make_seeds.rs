@@ -393,6 +393,7 @@ fn sample_report() -> tandem_core::AgentReport {
             pid: Some(4242),
             settled: Some(SettledRoles {
                 unsettled: ["counter-1".into()].into(),
+                unsettled_after: None,
                 acting_withheld: false,
             }),
             faults: vec![],

@@ -860,36 +860,44 @@ impl Agent {
                     // Conservative while `diff` is not up to date: everything the committed
                     // state may have changed since, and the shard of a hook in flight (the
                     // unit may already act on an ACTIVE it was just given), is unsettled.
-                    let mut unsettled: BTreeSet<ShardName> = match instance.diff_may_act {
-                        Some(may_act) if !instance.all_stale => {
-                            let mut unsettled = instance.diff.clone();
-                            for shard in &instance.stale {
-                                if differs(state, name, &instance.confirmed, shard, may_act) {
-                                    unsettled.insert(shard.clone());
-                                } else {
-                                    unsettled.remove(shard);
-                                }
-                            }
-                            unsettled
-                        }
-                        _ => state
-                            .roles_of(name)
-                            .map(|(shard, _)| shard.clone())
-                            .collect(),
+                    // In name order, cut at UNSETTLED_LISTED_MAX: conservative while `diff` is
+                    // not up to date (everything the committed state may have changed since is
+                    // worked out here, or counted unsettled), and the shard of a hook in
+                    // flight is unsettled (the unit may already act on an ACTIVE it was just
+                    // given).
+                    let in_flight = match &instance.hook {
+                        Some(Hook {
+                            outcome: HookOutcome::Role(shard, _),
+                            ..
+                        }) => Some(shard),
+                        _ => None,
                     };
-                    if let Some(Hook {
-                        outcome: HookOutcome::Role(shard, _),
-                        ..
-                    }) = &instance.hook
+                    let unsettled: Box<dyn Iterator<Item = ShardName> + '_> = match instance
+                        .diff_may_act
                     {
-                        unsettled.insert(shard.clone());
-                    }
-                    unit_report.settled = Some(SettledRoles {
-                        unsettled,
-                        acting_withheld: !lease_valid
-                            || faulted
-                            || instance.diff_may_act != Some(true),
-                    });
+                        Some(may_act) if !instance.all_stale => Box::new(
+                            instance
+                                .diff
+                                .union(&instance.stale)
+                                .filter(move |shard| {
+                                    in_flight == Some(*shard)
+                                        || !instance.stale.contains(*shard)
+                                        || differs(state, name, &instance.confirmed, shard, may_act)
+                                })
+                                .cloned(),
+                        ),
+                        _ => Box::new(state.roles_of(name).map(|(shard, _)| shard.clone())),
+                    };
+                    // Both iterators run in name order: the first MAX + 1 are enough to list
+                    // the first MAX, with the hook's shard wherever it falls.
+                    let mut unsettled: BTreeSet<ShardName> = unsettled
+                        .take(crate::report::UNSETTLED_LISTED_MAX + 1)
+                        .collect();
+                    unsettled.extend(in_flight.cloned());
+                    unit_report.settled = Some(SettledRoles::listing(
+                        unsettled.into_iter(),
+                        !lease_valid || faulted || instance.diff_may_act != Some(true),
+                    ));
                 }
             }
             report.units.insert(name.clone(), unit_report);

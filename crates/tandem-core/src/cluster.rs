@@ -719,6 +719,8 @@ pub struct ClusterState {
     pub shards: Table<ShardName, ShardRecord, ShardIndex>,
     /// The topology changed since the last [`ClusterState::take_changes`].
     topology_changed: bool,
+    /// Shards whose version moved since the last [`ClusterState::take_changes`].
+    roles_changed: BTreeSet<ShardName>,
     /// The topology's hash, worked out once per topology (see `digest`).
     topology_hash: std::cell::Cell<Option<u64>>,
     /// Shards the last committed transaction touched, or `None` when it may have touched
@@ -746,6 +748,9 @@ pub struct Changes {
     pub units: BTreeSet<UnitName>,
     /// Nodes whose record changed.
     pub nodes: BTreeSet<NodeId>,
+    /// Shards whose roles changed (their version moved, or they appeared or went): a subset
+    /// of `shards`.
+    pub roles: BTreeSet<ShardName>,
     /// The topology changed: anything may have.
     pub topology: bool,
 }
@@ -753,7 +758,11 @@ pub struct Changes {
 impl Changes {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.shards.is_empty() && self.units.is_empty() && self.nodes.is_empty() && !self.topology
+        self.shards.is_empty()
+            && self.units.is_empty()
+            && self.nodes.is_empty()
+            && self.roles.is_empty()
+            && !self.topology
     }
 
     /// Adds `other`.
@@ -761,6 +770,7 @@ impl Changes {
         self.shards.extend(other.shards);
         self.units.extend(other.units);
         self.nodes.extend(other.nodes);
+        self.roles.extend(other.roles);
         self.topology |= other.topology;
     }
 }
@@ -880,6 +890,7 @@ impl ClusterState {
             units: units.into(),
             shards: shards.into(),
             topology_changed: true,
+            roles_changed: BTreeSet::new(),
             topology_hash: Default::default(),
             last_touched: None,
         }
@@ -947,6 +958,16 @@ impl ClusterState {
             }
         } else {
             self.last_touched = (!whole).then(|| self.shards.touched().cloned().collect());
+            let moved: Vec<ShardName> = self
+                .shards
+                .touched()
+                .filter(|name| {
+                    let before = self.shards.original(name).flatten().map(|r| r.version);
+                    before != self.shards.get(*name).map(|record| record.version)
+                })
+                .cloned()
+                .collect();
+            self.roles_changed.extend(moved);
             self.nodes.commit();
             self.units.commit();
             self.shards.commit();
@@ -1015,6 +1036,7 @@ impl ClusterState {
             shards: self.shards.take_changed(),
             units: self.units.take_changed(),
             nodes: self.nodes.take_changed(),
+            roles: std::mem::take(&mut self.roles_changed),
             topology: std::mem::take(&mut self.topology_changed),
         }
     }

@@ -42,7 +42,7 @@ enum PendingKey {
 
 /// Shards planned in one round at most: a round's cost is bounded whatever is dirty; the
 /// rest waits for the next round (see [`Director::has_more`]).
-pub const PLAN_SHARDS_MAX: usize = 2048;
+pub const PLAN_SHARDS_MAX: usize = 512;
 
 /// Waiting shards planned again each round in turn, whatever was observed.
 pub const WAITING_SWEEP: usize = 32;
@@ -64,6 +64,8 @@ pub struct Director {
     waiting: BTreeSet<ShardName>,
     /// Where the sweep of `waiting` goes on from.
     sweep_from: Option<ShardName>,
+    /// Where the next round's dirty shards begin.
+    plan_from: Option<ShardName>,
     /// Shards the last round planned (for tests and the simulation's step-cost check).
     planned_last_round: usize,
 }
@@ -76,6 +78,7 @@ impl Default for Director {
             dirty: BTreeSet::new(),
             waiting: BTreeSet::new(),
             sweep_from: None,
+            plan_from: None,
             planned_last_round: 0,
         }
     }
@@ -303,6 +306,35 @@ impl Director {
                     .symmetric_difference(unsettled(Some(unit), &empty))
                     .cloned(),
             );
+            // A cut list: the shards between the two cuts may have changed too.
+            let cut = |report: Option<&UnitReport>| {
+                report
+                    .and_then(|report| report.settled.as_ref())
+                    .and_then(|settled| settled.unsettled_after.clone())
+            };
+            let (old_cut, new_cut) = (cut(was), cut(Some(unit)));
+            if old_cut != new_cut {
+                let low = match (&old_cut, &new_cut) {
+                    (Some(a), Some(b)) => Some(a.min(b).clone()),
+                    (Some(a), None) | (None, Some(a)) => Some(a.clone()),
+                    (None, None) => None,
+                };
+                let high = match (&old_cut, &new_cut) {
+                    (Some(a), Some(b)) => Some(a.max(b).clone()),
+                    _ => None,
+                };
+                if let (Some(low), Some(held)) = (low, state.shards.index().of(name)) {
+                    let upper = match &high {
+                        Some(high) => std::ops::Bound::Included(high),
+                        None => std::ops::Bound::Unbounded,
+                    };
+                    self.dirty.extend(
+                        held.mentioned
+                            .range::<ShardName, _>((std::ops::Bound::Excluded(&low), upper))
+                            .cloned(),
+                    );
+                }
+            }
         }
         for name in before.iter().flat_map(|before| before.units.keys()) {
             if !after.units.contains_key(name) {
@@ -384,7 +416,33 @@ impl Director {
             self.dirty.extend(state.shards.keys().cloned());
         }
         self.sweep_waiting();
-        let round: Vec<ShardName> = self.dirty.iter().take(PLAN_SHARDS_MAX).cloned().collect();
+        // In turn from where the last round stopped, so that shards made dirty again and
+        // again cannot keep the others waiting.
+        let after = self.plan_from.take();
+        let mut round: Vec<ShardName> = match &after {
+            Some(from) => self
+                .dirty
+                .range::<ShardName, _>((
+                    std::ops::Bound::Excluded(from),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take(PLAN_SHARDS_MAX)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        if round.len() < PLAN_SHARDS_MAX {
+            let more = PLAN_SHARDS_MAX - round.len();
+            let wrapped: Vec<ShardName> = self
+                .dirty
+                .iter()
+                .take_while(|shard| after.as_ref().is_none_or(|after| *shard <= after))
+                .take(more)
+                .cloned()
+                .collect();
+            round.extend(wrapped);
+        }
+        self.plan_from = round.last().cloned();
         self.planned_last_round = round.len();
         for shard in &round {
             self.dirty.remove(shard);

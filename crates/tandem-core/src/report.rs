@@ -47,16 +47,57 @@ impl Presence {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SettledRoles {
     /// Shards whose committed role (at the report's applied index) the unit has not
-    /// confirmed, or for which a hook is in flight.
+    /// confirmed, or for which a hook is in flight: the first [`UNSETTLED_LISTED_MAX`] by name.
     pub unsettled: BTreeSet<ShardName>,
+    /// When the list was cut: every shard named after this one is unsettled too. A unit given
+    /// thousands of roles at once reports a few hundred names, not thousands, while it works
+    /// through them (in name order).
+    pub unsettled_after: Option<ShardName>,
     /// The unit may not act (its node's lease is not valid, or it has an unhandled fault):
     /// none of its ACTIVE roles counts as settled (a QUIESCING one, confirmed QUIESCED, does).
     pub acting_withheld: bool,
 }
 
+/// Unsettled shards a report names at most (see [`SettledRoles::unsettled_after`]).
+pub const UNSETTLED_LISTED_MAX: usize = 256;
+
 impl SettledRoles {
+    /// The summary of `unsettled` (in name order), cut at [`UNSETTLED_LISTED_MAX`] names.
+    pub fn listing(unsettled: impl Iterator<Item = ShardName>, acting_withheld: bool) -> Self {
+        let mut listed = BTreeSet::new();
+        let mut unsettled_after = None;
+        for shard in unsettled {
+            if listed.len() == UNSETTLED_LISTED_MAX {
+                unsettled_after = listed.last().cloned();
+                break;
+            }
+            listed.insert(shard);
+        }
+        Self {
+            unsettled: listed,
+            unsettled_after,
+            acting_withheld,
+        }
+    }
+
+    /// Whether the summary says `shard` is unsettled (whatever its role).
+    pub fn lists(&self, shard: &ShardName) -> bool {
+        self.unsettled.contains(shard)
+            || self
+                .unsettled_after
+                .as_ref()
+                .is_some_and(|after| shard > after)
+    }
+
     /// Whether `role`, committed for `shard` at the report's applied index, is settled.
     pub fn settled(&self, shard: &ShardName, role: Role) -> bool {
+        if self
+            .unsettled_after
+            .as_ref()
+            .is_some_and(|after| shard > after)
+        {
+            return false;
+        }
         let withheld = confirmed_role(role).is_acting() && self.acting_withheld;
         !self.unsettled.contains(shard) && !withheld
     }
@@ -189,8 +230,9 @@ impl Observations {
             .map(|(_, report)| report)
     }
 
-    /// The leader applied up to `applied`, changing `shards` (all of them with `everything`).
-    /// Returns the reports that waited for this index.
+    /// The leader applied up to `applied`, changing the roles of `shards` (all of them with
+    /// `everything`). Returns the reports that waited for this index. Only a change of roles
+    /// (a new version) makes what a unit confirmed before stale: an in-sync record does not.
     pub fn applied(
         &mut self,
         applied: u64,
@@ -286,5 +328,34 @@ impl Observations {
             "judged reports are not ahead"
         );
         report.applied_index >= changed_at && summary.settled(shard, role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_unsettled_list_is_cut_and_everything_after_the_cut_counts_unsettled() {
+        let names: Vec<ShardName> = (0..1000)
+            .map(|i| ShardName::from(format!("s{i:04}").as_str()))
+            .collect();
+        let summary = SettledRoles::listing(names.iter().skip(1).step_by(2).cloned(), false);
+        assert_eq!(summary.unsettled.len(), UNSETTLED_LISTED_MAX);
+        let cut = summary.unsettled_after.clone().expect("cut");
+        for (index, shard) in names.iter().enumerate() {
+            let listed_odd = index % 2 == 1;
+            // Below the cut, exactly the odd ones; above it, everything.
+            let expected = listed_odd || *shard > cut;
+            assert_eq!(summary.lists(shard), expected, "{shard}");
+            assert_eq!(summary.settled(shard, Role::Standby), !expected, "{shard}");
+        }
+        let short = SettledRoles::listing(names.iter().take(3).cloned(), true);
+        assert_eq!(short.unsettled_after, None);
+        assert!(!short.settled(&names[5], Role::Active), "ACTIVE withheld");
+        assert!(
+            short.settled(&names[5], Role::Quiescing),
+            "QUIESCED is not acting"
+        );
     }
 }

@@ -169,6 +169,12 @@ impl<K: Ord + Clone, V: Clone, I: Indexer<K, V>> Table<K, V, I> {
         self.journal.iter().flat_map(|journal| journal.keys())
     }
 
+    /// The original (before the open transaction) of a key it touched: `Some(None)` when the
+    /// key was absent, `None` when the transaction did not touch it.
+    pub fn original(&self, key: &K) -> Option<Option<&V>> {
+        self.journal.as_ref()?.get(key).map(Option::as_ref)
+    }
+
     /// Keeps the open transaction's changes.
     pub fn commit(&mut self) {
         let journal = self.journal.take().expect("no transaction is open");

@@ -817,7 +817,7 @@ impl<D: Disk> Node<D> {
                 let judged =
                     leadership
                         .observations
-                        .applied(applied, &changes.shards, changes.topology);
+                        .applied(applied, &changes.roles, changes.topology);
                 leadership.director.note_changes(state, &changes);
                 for judged in &judged {
                     leadership
@@ -838,7 +838,7 @@ impl<D: Disk> Node<D> {
     fn note_applied(&mut self, applied: &Applied, step: &mut NodeOutput) {
         let Ok(bytes) = <[u8; 8]>::try_from(applied.context.as_slice()) else {
             if let (Some(command), Some(reason)) = (&applied.command, applied.outcome.refusal()) {
-                tracing::info!(index = applied.index, ?command, %reason, "command refused at apply");
+                tracing::debug!(index = applied.index, ?command, %reason, "command refused at apply");
             }
             return;
         };

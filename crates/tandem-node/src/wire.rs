@@ -117,6 +117,10 @@ pub fn encode_report(report: &AgentReport) -> wire::AgentReport {
                         .map(|shard| shard.0.clone())
                         .collect(),
                     acting_withheld: settled.acting_withheld,
+                    unsettled_after: settled
+                        .unsettled_after
+                        .as_ref()
+                        .map(|shard| shard.0.clone()),
                 }),
                 faults: unit
                     .faults
@@ -150,8 +154,14 @@ pub fn decode_report(report: wire::AgentReport) -> Result<AgentReport, WireError
     }
     let mut units = BTreeMap::new();
     for unit in report.units {
+        if unit.settled.as_ref().is_some_and(|settled| {
+            settled.unsettled.len() > tandem_core::report::UNSETTLED_LISTED_MAX
+        }) {
+            return Err(CodecError::Invalid("agent report (too many unsettled shards)").into());
+        }
         let settled = unit.settled.map(|settled| SettledRoles {
             unsettled: settled.unsettled.into_iter().map(ShardName).collect(),
+            unsettled_after: settled.unsettled_after.map(ShardName),
             acting_withheld: settled.acting_withheld,
         });
         let faults = unit
@@ -229,6 +239,7 @@ mod tests {
                 pid: Some(77),
                 settled: Some(SettledRoles {
                     unsettled: [ShardName::from("s0")].into(),
+                    unsettled_after: Some(ShardName::from("s9")),
                     acting_withheld: true,
                 }),
                 faults: vec![(

@@ -814,12 +814,23 @@ impl Daemon {
             for (id, answer) in output.admin {
                 self.answer_admin(id, answer);
             }
+            // A refused command is normal (a plan made on a state that moved on, every node
+            // refuses it alike): counted per drive, each one only at debug level, so that a
+            // leader change amid thousands of plans does not flood the log.
+            let mut refused = 0usize;
             for applied in &output.applied {
                 if let tandem_core::ApplyOutcome::Unsafe(reason) = &applied.outcome {
                     tracing::error!(index = applied.index, command = ?applied.command, %reason, "command refused when applied: it would break the one-ACTIVE invariant (a bug; please report it)");
                 } else if let Some(reason) = applied.outcome.refusal() {
-                    tracing::warn!(index = applied.index, command = ?applied.command, %reason, "command refused when applied");
+                    refused += 1;
+                    tracing::debug!(index = applied.index, command = ?applied.command, %reason, "command refused when applied");
                 }
+            }
+            if refused > 0 {
+                tracing::info!(
+                    refused,
+                    "commands refused when applied (planned on a state that moved on)"
+                );
             }
             let started = Instant::now();
             self.data_step()?;

@@ -20,6 +20,8 @@ struct Harness {
     /// STANDBYs the primaries' data planes have not verified (every other STANDBY is claimed
     /// in sync, as a data plane with nothing to transfer would at once).
     unsynced: BTreeSet<UnitName>,
+    /// The observations the director was last told about.
+    last_observations: Option<Observations>,
 }
 
 fn spec(model: RedundancyModel, units: &[(&str, u64)], shards: &[&str]) -> ServiceSpec {
@@ -45,6 +47,7 @@ impl Harness {
             silent: BTreeSet::new(),
             faults: BTreeMap::new(),
             unsynced: BTreeSet::new(),
+            last_observations: None,
         }
     }
 
@@ -143,13 +146,19 @@ impl Harness {
         let changes = self.state.take_changes();
         self.director.note_changes(&self.state, &changes);
         for node in observations.nodes.keys() {
+            let before = self
+                .last_observations
+                .as_ref()
+                .and_then(|last| last.nodes.get(node))
+                .map(|(_, report)| report.clone());
             let judged = crate::report::Judged {
                 node: *node,
-                before: None,
+                before,
             };
             self.director
                 .note_report(&self.state, observations, &judged);
         }
+        self.last_observations = Some(observations.clone());
     }
 
     /// One round: plan, commit everything planned, move time on.
@@ -167,7 +176,7 @@ impl Harness {
     /// Rounds until the director has nothing more to do (bounded).
     fn settle(&mut self) -> usize {
         for round in 0..50 {
-            if self.round().is_empty() {
+            if self.round().is_empty() && !self.director.has_more() {
                 return round;
             }
         }

@@ -81,6 +81,11 @@ use primary::{safe_version, CommitRequest, OpLog, Primary};
 use secondary::Secondary;
 use session::Sending;
 
+/// Replicas a tick looks at at most (in turn): time-driven work (follow retries, lag
+/// watches) waits at most `replicas / TICK_REPLICAS_MAX` ticks, and a tick costs the same
+/// whether the node holds a hundred replicas or ten thousand.
+pub const TICK_REPLICAS_MAX: usize = 256;
+
 /// Identity of a replica: a shard as seen by one unit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ReplicaId {
@@ -374,6 +379,8 @@ pub struct DataPlane {
     pump_budget: usize,
     /// Replicas whose sessions stopped on the budget, processed again in the next step.
     pump_deferred: BTreeSet<ReplicaId>,
+    /// Where the next tick's slice of replicas begins (see [`TICK_REPLICAS_MAX`]).
+    tick_from: Option<ReplicaId>,
     /// Each shard's epoch in the first view after the node started (what it may have known
     /// before a restart).
     epochs_at_start: Option<BTreeMap<ShardName, u64>>,
@@ -454,6 +461,7 @@ impl DataPlane {
             next_session: incarnation << 24,
             pump_budget: 0,
             pump_deferred: BTreeSet::new(),
+            tick_from: None,
             next_forward: incarnation << 32,
             epochs_at_start: None,
             forwards_seen: BTreeMap::new(),
@@ -1070,7 +1078,34 @@ impl DataPlane {
     /// Time passes: resends, follows, lag checks.
     pub fn tick(&mut self, now: Time) {
         self.pump_deferred.clear();
-        let ids: Vec<ReplicaId> = self.slots.keys().cloned().collect();
+        // The next slice of replicas, in turn: a tick costs at most TICK_REPLICAS_MAX
+        // replicas however many the node holds, and each is looked at every
+        // replicas / TICK_REPLICAS_MAX ticks (every tick up to that many).
+        let after = self.tick_from.take();
+        let mut ids: Vec<ReplicaId> = match &after {
+            Some(from) => self
+                .slots
+                .range::<ReplicaId, _>((
+                    std::ops::Bound::Excluded(from),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take(TICK_REPLICAS_MAX)
+                .map(|(id, _)| id.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        if ids.len() < TICK_REPLICAS_MAX {
+            let more = (TICK_REPLICAS_MAX - ids.len()).min(self.slots.len());
+            let wrapped: Vec<ReplicaId> = self
+                .slots
+                .keys()
+                .take(more)
+                .filter(|id| after.as_ref().is_none_or(|after| *id <= after))
+                .cloned()
+                .collect();
+            ids.extend(wrapped);
+        }
+        self.tick_from = ids.last().cloned();
         self.dirty.extend(ids);
         self.release_held(now);
     }
@@ -1100,12 +1135,7 @@ impl DataPlane {
         }
         let mut out = std::mem::take(&mut self.out);
         // Each file's stamp after its records: what they make is the replica as it is now.
-        let mut written: Vec<&ReplicaId> = Vec::new();
-        for (id, _) in &out.persist {
-            if !written.contains(&id) {
-                written.push(id);
-            }
-        }
+        let written: BTreeSet<&ReplicaId> = out.persist.iter().map(|(id, _)| id).collect();
         let stamps: Vec<(ReplicaId, PersistAction)> = written
             .into_iter()
             .filter_map(|id| {
