@@ -415,12 +415,32 @@ impl Bench {
                 .cluster
                 .index_of(&view.status.leader)
                 .context("the leader is not in the config")?;
-            client::operation(
-                self.cluster.nodes[leader].admin,
-                client::switchover_kind(switchover_request::Target::Service(service.name.clone())),
-                self.options.settle,
-            )
-            .with_context(|| format!("switch service {} back to {first}", service.name))?;
+            // A role confirmed a moment ago may be confirmed again at a newer report
+            // (`busy`): retried, within the settle time.
+            let deadline = Instant::now() + self.options.settle;
+            loop {
+                let answer = client::operation(
+                    self.cluster.nodes[leader].admin,
+                    client::switchover_kind(switchover_request::Target::Service(
+                        service.name.clone(),
+                    )),
+                    self.options.settle,
+                );
+                match answer {
+                    Err(client::AdminClientError::Refused {
+                        code: tandem_core::AdminCode::Busy,
+                        ..
+                    }) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    other => {
+                        other.with_context(|| {
+                            format!("switch service {} back to {first}", service.name)
+                        })?;
+                        break;
+                    }
+                }
+            }
             moved += 1;
         }
         Ok(moved)

@@ -260,14 +260,17 @@ impl Sim {
         }
         process.belief.on_request(&command);
         self.note_belief(&command);
+        // At scale a unit answers hundreds of hooks in a row: hook faults are a hundred times
+        // rarer there, or no unit would get through its roles before the next one.
+        let rarer = if self.config.wide_shards > 0 { 100 } else { 1 };
         let rng = &mut self.unit_rng;
         let (delay, ok) = if command == UnitCommand::Health {
             (rng.between(100, 2_000), true)
-        } else if rng.chance(30_000) {
+        } else if rng.chance(30_000 / rarer) {
             // Slower than the hook timeout (500 ms) now and then.
             (rng.between(100_000, 900_000), true)
         } else {
-            (rng.between(100, 10_000), !rng.chance(5_000))
+            (rng.between(100, 10_000), !rng.chance(5_000 / rarer))
         };
         self.schedule(
             delay,
