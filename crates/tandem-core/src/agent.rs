@@ -184,6 +184,11 @@ struct Instance {
     /// as of the last refresh. Kept up to date from what changed, so that finding the next
     /// hook and reporting cost what is unsettled, not what the unit holds.
     diff: BTreeSet<ShardName>,
+    /// `diff` by hook priority, then name: the next hook is the first entry, found without a
+    /// walk over `diff` (a unit given thousands of roles at once answers them one by one).
+    queue: BTreeSet<(u8, ShardName)>,
+    /// Each shard's priority in `queue`.
+    queued: BTreeMap<ShardName, u8>,
     /// Shards whose place in `diff` must be worked out again.
     stale: BTreeSet<ShardName>,
     /// `diff` must be worked out again for every shard.
@@ -207,6 +212,8 @@ impl Instance {
             kill,
             faulted: false,
             diff: BTreeSet::new(),
+            queue: BTreeSet::new(),
+            queued: BTreeMap::new(),
             stale: BTreeSet::new(),
             all_stale: true,
             diff_may_act: None,
@@ -219,21 +226,38 @@ impl Instance {
             self.all_stale = false;
             self.stale.clear();
             self.diff_may_act = Some(may_act);
+            self.diff.clear();
+            self.queue.clear();
+            self.queued.clear();
             let shards: BTreeSet<ShardName> = state
                 .roles_of(name)
                 .map(|(shard, _)| shard.clone())
                 .chain(self.confirmed.keys().cloned())
                 .collect();
-            self.diff = shards
-                .into_iter()
-                .filter(|shard| differs(state, name, &self.confirmed, shard, may_act))
-                .collect();
+            for shard in shards {
+                let priority = hook_priority(state, name, &self.confirmed, &shard, may_act);
+                self.place(shard, priority);
+            }
             return;
         }
         for shard in std::mem::take(&mut self.stale) {
-            if differs(state, name, &self.confirmed, &shard, may_act) {
+            let priority = hook_priority(state, name, &self.confirmed, &shard, may_act);
+            self.place(shard, priority);
+        }
+    }
+
+    /// Puts `shard` in `diff` and `queue` with `priority`, or takes it out (`None`).
+    fn place(&mut self, shard: ShardName, priority: Option<u8>) {
+        if let Some(old) = self.queued.remove(&shard) {
+            self.queue.remove(&(old, shard.clone()));
+        }
+        match priority {
+            Some(priority) => {
+                self.queue.insert((priority, shard.clone()));
+                self.queued.insert(shard.clone(), priority);
                 self.diff.insert(shard);
-            } else {
+            }
+            None => {
                 self.diff.remove(&shard);
             }
         }
@@ -258,6 +282,30 @@ fn wanted_role(
         Role::Quiesced
     } else {
         role
+    })
+}
+
+/// The priority of the hook that brings what the unit confirmed for `shard` to what it should
+/// hold (lower goes first: taking roles away and quiescing, then STANDBY, then ACTIVE), or
+/// `None` when nothing differs (a QUIESCING role is held once the unit confirmed QUIESCED).
+fn hook_priority(
+    state: &ClusterState,
+    name: &UnitName,
+    confirmed: &BTreeMap<ShardName, Role>,
+    shard: &ShardName,
+    may_act: bool,
+) -> Option<u8> {
+    let held = confirmed.get(shard).copied();
+    let Some(role) = wanted_role(state, name, shard, may_act) else {
+        return held.map(|_| 0);
+    };
+    if held == Some(crate::report::confirmed_role(role)) {
+        return None;
+    }
+    Some(match role {
+        Role::Quiescing | Role::Quiesced => 0,
+        Role::Standby => 2,
+        Role::Active => 3,
     })
 }
 
@@ -935,8 +983,9 @@ fn next_hook(
             HookOutcome::Reset(reset_requests),
         ));
     }
-    // Only the shards where the unit's confirmed role differs from what it should hold.
-    for shard in &instance.diff {
+    // Only the shards where the unit's confirmed role differs from what it should hold, best
+    // first: the first that makes a hook is the one (the reset competes at priority 1).
+    for (_, shard) in &instance.queue {
         let held = instance.confirmed.get(shard).copied();
         let Some(role) = wanted_role(state, name, shard, may_act) else {
             if held.is_some() {
@@ -948,6 +997,7 @@ fn next_hook(
                     },
                     HookOutcome::Role(shard.clone(), None),
                 ));
+                break;
             }
             continue;
         };
@@ -980,6 +1030,8 @@ fn next_hook(
             command,
             HookOutcome::Role(shard.clone(), Some(outcome)),
         ));
+        // The queue is in (priority, name) order, as candidates are compared.
+        break;
     }
     candidates
         .into_iter()
