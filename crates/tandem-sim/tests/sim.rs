@@ -111,6 +111,32 @@ fn fixed_seeds() {
     );
 }
 
+/// Runs at scale in every test run (`SimConfig::at_scale`): seed 38 is 16 nodes (5 voting)
+/// with 2,000 wide shards besides the standard services, under the standard faults. More
+/// in the sweep (`TANDEM_SWEEP_SCALE=1`); each takes from half a minute to a few minutes.
+const SCALE_SEEDS: &[u64] = &[38];
+
+#[test]
+fn scale_seeds() {
+    for seed in SCALE_SEEDS {
+        let config = SimConfig::at_scale(*seed);
+        assert!(
+            config.nodes >= 16 && config.wide_shards >= 1_000,
+            "{config:?}"
+        );
+        match run(config) {
+            Ok(report) => {
+                assert!(
+                    report.promotions > 0,
+                    "seed {seed} failed nothing over: {report}"
+                );
+                println!("scale seed {seed}: {report}");
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+}
+
 /// Seeds run with the fixed ones because they exercise a rare path the first 200 may miss
 /// (found by sweeping), so that the coverage checks of `fixed_seeds` do not hang on timing.
 const COVERAGE_SEEDS: &[(u64, &str)] = &[(
