@@ -136,6 +136,8 @@ struct Leadership {
     quorum_asked_at: Option<Time>,
     /// When the config's topology was last proposed.
     topology_proposed_at: Option<Time>,
+    /// The committed topology was found equal to the config's and has not changed since.
+    topology_matches: bool,
     /// Whether the director should plan at the next drive.
     plan_due: bool,
     /// Admin requests waiting, by id.
@@ -364,7 +366,11 @@ impl<D: Disk> Node<D> {
                     .on_grant(now, self.replica.last_index(), shortened_by);
             }
             let state = self.replica.state();
-            let topology_due = state.topology != self.settings.topology
+            // The topology lists every shard: compared again only after it changed.
+            if !leadership.topology_matches {
+                leadership.topology_matches = state.topology == self.settings.topology;
+            }
+            let topology_due = !leadership.topology_matches
                 && leadership
                     .topology_proposed_at
                     .is_none_or(|at| now.saturating_since(at) >= TOPOLOGY_RETRY);
@@ -812,6 +818,9 @@ impl<D: Disk> Node<D> {
         let applied = self.replica.applied_index();
         let state = self.replica.state();
         if let Some(leadership) = &mut self.leadership {
+            if changes.topology {
+                leadership.topology_matches = false;
+            }
             if leadership.observations.applied_index() != applied {
                 // Reports that waited for this index are judged now.
                 let judged =
@@ -956,6 +965,7 @@ impl<D: Disk> Node<D> {
                 observations: Observations::new(self.replica.applied_index()),
                 quorum_asked_at: None,
                 topology_proposed_at: None,
+                topology_matches: false,
                 plan_due: true,
                 waiting: BTreeMap::new(),
             });
