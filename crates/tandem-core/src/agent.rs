@@ -180,20 +180,19 @@ struct Instance {
     kill: StopSpec,
     /// It reported a fault and was not reset since: its hooks cannot make it act again.
     faulted: bool,
-    /// Shards where what it confirmed differs from what it should hold (see `differs`),
-    /// as of the last refresh. Kept up to date from what changed, so that finding the next
-    /// hook and reporting cost what is unsettled, not what the unit holds.
-    diff: BTreeSet<ShardName>,
-    /// `diff` by hook priority, then name: the next hook is the first entry, found without a
-    /// walk over `diff` (a unit given thousands of roles at once answers them one by one).
-    queue: BTreeSet<(u8, ShardName)>,
-    /// Each shard's priority in `queue`.
+    /// Shards where what it confirmed differs from what it should hold (see `differs`), with
+    /// the priority of the hook that mends it, as of the last refresh: "the diff". Kept up to
+    /// date from what changed, so that finding the next hook and reporting cost what is
+    /// unsettled, not what the unit holds.
     queued: BTreeMap<ShardName, u8>,
-    /// Shards whose place in `diff` must be worked out again.
+    /// The diff by hook priority, then name: the next hook is the first entry, found without
+    /// a walk (a unit given thousands of roles at once answers them one by one).
+    queue: BTreeSet<(u8, ShardName)>,
+    /// Shards whose place in the diff must be worked out again.
     stale: BTreeSet<ShardName>,
-    /// `diff` must be worked out again for every shard.
+    /// The diff must be worked out again for every shard.
     all_stale: bool,
-    /// The `may_act` that `diff` was worked out with.
+    /// The `may_act` that the diff was worked out with.
     diff_may_act: Option<bool>,
 }
 
@@ -211,7 +210,6 @@ impl Instance {
             lease_sent: None,
             kill,
             faulted: false,
-            diff: BTreeSet::new(),
             queue: BTreeSet::new(),
             queued: BTreeMap::new(),
             stale: BTreeSet::new(),
@@ -220,13 +218,12 @@ impl Instance {
         }
     }
 
-    /// Brings `diff` up to date with the committed `state` for unit `name`.
+    /// Brings the diff up to date with the committed `state` for unit `name`.
     fn refresh_diff(&mut self, state: &ClusterState, name: &UnitName, may_act: bool) {
         if self.all_stale || self.diff_may_act != Some(may_act) {
             self.all_stale = false;
             self.stale.clear();
             self.diff_may_act = Some(may_act);
-            self.diff.clear();
             self.queue.clear();
             self.queued.clear();
             let shards: BTreeSet<ShardName> = state
@@ -246,20 +243,14 @@ impl Instance {
         }
     }
 
-    /// Puts `shard` in `diff` and `queue` with `priority`, or takes it out (`None`).
+    /// Puts `shard` in the diff with `priority`, or takes it out (`None`).
     fn place(&mut self, shard: ShardName, priority: Option<u8>) {
         if let Some(old) = self.queued.remove(&shard) {
             self.queue.remove(&(old, shard.clone()));
         }
-        match priority {
-            Some(priority) => {
-                self.queue.insert((priority, shard.clone()));
-                self.queued.insert(shard.clone(), priority);
-                self.diff.insert(shard);
-            }
-            None => {
-                self.diff.remove(&shard);
-            }
+        if let Some(priority) = priority {
+            self.queue.insert((priority, shard.clone()));
+            self.queued.insert(shard, priority);
         }
     }
 
@@ -905,10 +896,7 @@ impl Agent {
                 };
                 if instance.generation == record.generation && instance.phase == Phase::Running {
                     let faulted = instance.faulted || !slot.faults.is_empty();
-                    // Conservative while `diff` is not up to date: everything the committed
-                    // state may have changed since, and the shard of a hook in flight (the
-                    // unit may already act on an ACTIVE it was just given), is unsettled.
-                    // In name order, cut at UNSETTLED_LISTED_MAX: conservative while `diff` is
+                    // In name order, cut at UNSETTLED_LISTED_MAX: conservative while the diff is
                     // not up to date (everything the committed state may have changed since is
                     // worked out here, or counted unsettled), and the shard of a hook in
                     // flight is unsettled (the unit may already act on an ACTIVE it was just
@@ -920,27 +908,32 @@ impl Agent {
                         }) => Some(shard),
                         _ => None,
                     };
-                    let unsettled: Box<dyn Iterator<Item = ShardName> + '_> = match instance
-                        .diff_may_act
-                    {
-                        Some(may_act) if !instance.all_stale => Box::new(
-                            instance
-                                .diff
-                                .union(&instance.stale)
-                                .filter(move |shard| {
-                                    in_flight == Some(*shard)
-                                        || !instance.stale.contains(*shard)
-                                        || differs(state, name, &instance.confirmed, shard, may_act)
+                    // Each run is in name order, so the first MAX + 1 of each hold the first
+                    // MAX + 1 of all, which is enough to list the first MAX; the hook's shard
+                    // goes in wherever it falls.
+                    let listed = crate::report::UNSETTLED_LISTED_MAX + 1;
+                    let mut unsettled: BTreeSet<ShardName> = match instance.diff_may_act {
+                        Some(may_act) if !instance.all_stale => {
+                            let differing = instance
+                                .queued
+                                .keys()
+                                .filter(|shard| !instance.stale.contains(*shard))
+                                .take(listed);
+                            let worked_out = instance
+                                .stale
+                                .iter()
+                                .filter(|shard| {
+                                    differs(state, name, &instance.confirmed, shard, may_act)
                                 })
-                                .cloned(),
-                        ),
-                        _ => Box::new(state.roles_of(name).map(|(shard, _)| shard.clone())),
+                                .take(listed);
+                            differing.chain(worked_out).cloned().collect()
+                        }
+                        _ => state
+                            .roles_of(name)
+                            .map(|(shard, _)| shard.clone())
+                            .take(listed)
+                            .collect(),
                     };
-                    // Both iterators run in name order: the first MAX + 1 are enough to list
-                    // the first MAX, with the hook's shard wherever it falls.
-                    let mut unsettled: BTreeSet<ShardName> = unsettled
-                        .take(crate::report::UNSETTLED_LISTED_MAX + 1)
-                        .collect();
                     unsettled.extend(in_flight.cloned());
                     unit_report.settled = Some(SettledRoles::listing(
                         unsettled.into_iter(),
