@@ -17,6 +17,13 @@
 //! earlier leaders. A heartbeat heard after the loss (the node reconnected) cancels it. A
 //! silent node whose connections stay open (a partition, a power cut) still waits
 //! `node_timeout`.
+//!
+//! Silence counts only while the leader itself listens. When two verdict rounds are further
+//! apart than `pause_after`, the leader was paused (its process stopped, starved of CPU, or
+//! busy in one long pass) and the heartbeats sent meanwhile wait unread in its sockets; the
+//! excess is not counted against any node still connected. Without this, a leader back from
+//! a pause longer than `node_timeout` would declare every node down at once. A later verdict
+//! is never less safe: the fencing rule asks only that a verdict comes late enough.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,6 +43,9 @@ pub struct LivenessConfig {
     /// A node whose connection to this leader closed is judged down this long after its last
     /// heartbeat (not before `first_verdict_after` from the start); at most `node_timeout`.
     pub link_loss_timeout: Duration,
+    /// Two calls of [`LivenessTracker::decide`] further apart than this mean the leader was
+    /// paused; the excess does not count as silence of nodes still connected.
+    pub pause_after: Duration,
 }
 
 /// Figures a node reported in its last heartbeat.
@@ -73,8 +83,12 @@ pub struct LivenessTracker {
     self_id: NodeId,
     /// Per-node observations, for every member.
     nodes: BTreeMap<NodeId, Observed>,
-    /// When this tracker started (this node became leader).
+    /// When this tracker started (this node became leader), moved on by the leader's pauses.
     started: Time,
+    /// When `decide` last ran.
+    last_decided: Time,
+    /// The leader's pauses so far, for logs and tests.
+    paused: Duration,
 }
 
 impl LivenessTracker {
@@ -106,7 +120,36 @@ impl LivenessTracker {
             self_id,
             nodes,
             started: now,
+            last_decided: now,
+            paused: Duration::ZERO,
         }
+    }
+
+    /// The leader was not listening between the last verdict round and `now` beyond
+    /// `pause_after`: the excess is forgiven to every node whose connection is open (a closed
+    /// connection is the kernel's word that nothing more is coming, so it keeps its time).
+    fn forgive_pause(&mut self, now: Time) {
+        let gap = now.saturating_since(self.last_decided);
+        self.last_decided = self.last_decided.max(now);
+        let Some(excess) = gap.checked_sub(self.config.pause_after) else {
+            return;
+        };
+        if excess.is_zero() {
+            return;
+        }
+        self.paused += excess;
+        self.started = self.started + excess;
+        for observed in self.nodes.values_mut() {
+            if !observed.link_lost {
+                observed.last_seen = observed.last_seen + excess;
+            }
+        }
+    }
+
+    /// How long the leader was paused in all (beyond `pause_after` each time) since this
+    /// tracker started.
+    pub fn paused(&self) -> Duration {
+        self.paused
     }
 
     /// Records a heartbeat from `node` at `now`. Heartbeats from non-members are ignored.
@@ -154,6 +197,7 @@ impl LivenessTracker {
     /// verdict comes without promotions and with `at_ms` 0: the proposer fills them in
     /// ([`crate::director::node_down_promotions`] knows which STANDBYs are ready).
     pub fn decide(&mut self, now: Time, committed: &ClusterState) -> Vec<Command> {
+        self.forgive_pause(now);
         let mut commands = Vec::new();
         for (id, observed) in &mut self.nodes {
             let down_at = Self::down_at(&self.config, self.started, observed);
@@ -205,13 +249,24 @@ mod tests {
     }
 
     /// A tracker on node 1 of three with a 300 ms node timeout and the given grace and
-    /// link-loss timeout, in milliseconds.
+    /// link-loss timeout, in milliseconds; pauses are forgiven only past 1 s, so these tests
+    /// may call `decide` sparsely.
     fn tracker_with(now: Time, first_verdict_after_ms: u64, link_loss_ms: u64) -> LivenessTracker {
+        tracker_pausing(now, first_verdict_after_ms, link_loss_ms, 1000)
+    }
+
+    fn tracker_pausing(
+        now: Time,
+        first_verdict_after_ms: u64,
+        link_loss_ms: u64,
+        pause_after_ms: u64,
+    ) -> LivenessTracker {
         LivenessTracker::new(
             LivenessConfig {
                 node_timeout: Duration::from_millis(300),
                 first_verdict_after: Duration::from_millis(first_verdict_after_ms),
                 link_loss_timeout: Duration::from_millis(link_loss_ms),
+                pause_after: Duration::from_millis(pause_after_ms),
             },
             NodeId(1),
             [NodeId(1), NodeId(2), NodeId(3)],
@@ -344,5 +399,79 @@ mod tests {
             tracker.heartbeat_age(Time::from_millis(1000), NodeId(1)),
             None
         );
+    }
+
+    /// Verdict rounds every `step_ms` from `from_ms` up to `to_ms` (inclusive), the commands
+    /// of all of them.
+    fn rounds(
+        tracker: &mut LivenessTracker,
+        state: &ClusterState,
+        from_ms: u64,
+        to_ms: u64,
+        step_ms: u64,
+    ) -> Vec<Command> {
+        (from_ms..=to_ms)
+            .step_by(step_ms as usize)
+            .flat_map(|at| tracker.decide(Time::from_millis(at), state))
+            .collect()
+    }
+
+    #[test]
+    fn a_leader_back_from_a_pause_does_not_count_it_as_anyone_s_silence() {
+        let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let mut tracker = tracker_pausing(Time::ZERO, 300, 209, 50);
+        tracker.observe(Time::from_millis(10), NodeId(2), NodeReport::default());
+        tracker.observe(Time::from_millis(10), NodeId(3), NodeReport::default());
+        assert!(rounds(&mut tracker, &state, 0, 100, 10).is_empty());
+        // The leader stalls from 100 to 900 ms: 750 ms beyond the 50 ms allowance.
+        assert!(tracker.decide(Time::from_millis(900), &state).is_empty());
+        assert_eq!(tracker.paused(), Duration::from_millis(750));
+        // Node 2's heartbeats, read after the pause, keep it up; node 3 stays silent and is
+        // judged after the 300 ms it was silent while the leader listened: 10 + 300 + 750.
+        tracker.observe(Time::from_millis(901), NodeId(2), NodeReport::default());
+        assert!(rounds(&mut tracker, &state, 910, 1050, 10).is_empty());
+        assert_eq!(
+            tracker.decide(Time::from_millis(1060), &state),
+            vec![Command::SetNodeLiveness {
+                node: NodeId(3),
+                up: false,
+                at_ms: 0,
+                promotions: vec![],
+            }]
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_keeps_its_time_through_a_pause() {
+        let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let mut tracker = tracker_pausing(Time::ZERO, 100, 209, 50);
+        tracker.observe(Time::from_millis(10), NodeId(2), NodeReport::default());
+        tracker.observe(Time::from_millis(10), NodeId(3), NodeReport::default());
+        assert!(rounds(&mut tracker, &state, 0, 100, 10).is_empty());
+        tracker.link_lost(NodeId(3));
+        // Back from a pause at 600: node 3's leases ran out at 10 + 209, so it is down at
+        // once; node 2, still connected, is not.
+        let commands = tracker.decide(Time::from_millis(600), &state);
+        assert_eq!(
+            commands,
+            vec![Command::SetNodeLiveness {
+                node: NodeId(3),
+                up: false,
+                at_ms: 0,
+                promotions: vec![],
+            }]
+        );
+    }
+
+    #[test]
+    fn rounds_within_the_allowance_are_no_pause() {
+        let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let mut tracker = tracker_pausing(Time::ZERO, 300, 209, 50);
+        tracker.observe(Time::from_millis(10), NodeId(2), NodeReport::default());
+        tracker.observe(Time::from_millis(10), NodeId(3), NodeReport::default());
+        // Rounds 50 ms apart: silence counts in full, both are down at 310.
+        assert!(rounds(&mut tracker, &state, 0, 300, 50).is_empty());
+        assert_eq!(tracker.decide(Time::from_millis(350), &state).len(), 2);
+        assert_eq!(tracker.paused(), Duration::ZERO);
     }
 }

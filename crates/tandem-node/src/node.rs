@@ -955,6 +955,9 @@ impl<D: Disk> Node<D> {
                             self.settings.lease,
                         ),
                         link_loss_timeout: tandem_core::lease_expiry_bound(self.settings.lease),
+                        // Agents send a heartbeat every interval: a leader that runs less
+                        // often than that was paused, and did not listen.
+                        pause_after: self.settings.heartbeat_interval,
                     },
                     self.id,
                     self.settings.members.iter().copied(),
