@@ -27,8 +27,8 @@ use std::time::Duration;
 use tandem_core::director::{node_down_promotions, View};
 use tandem_core::{
     AdminCode, Agent, AgentAction, AgentReport, ApplyOutcome, ClusterState, Command, Director,
-    LivenessConfig, LivenessTracker, NodeId, NodeReport, Observations, QuorumClock, Refusal, Time,
-    Topology, UnitName,
+    InSyncClaim, LivenessConfig, LivenessTracker, NodeId, NodeReport, Observations, QuorumClock,
+    Refusal, ShardName, Time, Topology, UnitName,
 };
 use tandem_raft::disk::Disk;
 use tandem_raft::{Applied, Replica, ReplicaConfig, ReplicaError};
@@ -162,6 +162,10 @@ pub struct Node<D: Disk> {
     last_report: Option<AgentReport>,
     /// What this node's data plane verified in sync, reported to the leader.
     in_sync_claims: BTreeMap<tandem_core::ShardName, tandem_core::InSyncClaim>,
+    /// The claims of `in_sync_claims` the committed state does not hold yet (what the report
+    /// carries). A claim leaves only by a commit (its sequence number, or a new epoch), so a
+    /// commit is checked against the shards it touched; new claims rebuild it.
+    pending_claims: BTreeMap<tandem_core::ShardName, tandem_core::InSyncClaim>,
     /// The data plane: checkpoint replicas, replication sessions, streams (see `data_step`).
     data: DataPlane,
     /// The books of the replica files.
@@ -199,6 +203,7 @@ impl<D: Disk> Node<D> {
             last_leader: None,
             last_report: None,
             in_sync_claims: BTreeMap::new(),
+            pending_claims: BTreeMap::new(),
             data: DataPlane::new(id, settings.data.clone(), settings.data_incarnation),
             books: ReplicaBooks::new(settings.compaction),
             data_applied: None,
@@ -253,18 +258,27 @@ impl<D: Disk> Node<D> {
             .agent
             .report(now, self.replica.state(), self.replica.applied_index());
         // Only claims the committed state does not hold yet: a steady primary reports none.
+        report.in_sync = self.pending_claims.clone();
+        report
+    }
+
+    /// Whether the committed `state` does not hold `claim` for `shard` yet.
+    fn claim_pending(state: &ClusterState, shard: &ShardName, claim: &InSyncClaim) -> bool {
+        state
+            .shards
+            .get(shard)
+            .is_some_and(|record| record.epoch == claim.epoch && claim.seq > record.in_sync_claim)
+    }
+
+    /// Rebuilds the pending claims from every claim (when the claims or the topology changed).
+    pub(crate) fn refresh_pending_claims(&mut self) {
         let state = self.replica.state();
-        report.in_sync = self
+        self.pending_claims = self
             .in_sync_claims
             .iter()
-            .filter(|(shard, claim)| {
-                state.shards.get(*shard).is_some_and(|record| {
-                    record.epoch == claim.epoch && claim.seq > record.in_sync_claim
-                })
-            })
+            .filter(|(shard, claim)| Self::claim_pending(state, shard, claim))
             .map(|(shard, claim)| (shard.clone(), claim.clone()))
             .collect();
-        report
     }
 
     /// The Raft log fsync to run next when the replica defers them
@@ -839,6 +853,18 @@ impl<D: Disk> Node<D> {
         if changes.is_empty() {
             return;
         }
+        if changes.topology {
+            self.refresh_pending_claims();
+        } else if !self.pending_claims.is_empty() {
+            for shard in &changes.shards {
+                if let Some(claim) = self.pending_claims.get(shard) {
+                    if !Self::claim_pending(state, shard, claim) {
+                        self.pending_claims.remove(shard);
+                    }
+                }
+            }
+        }
+        let state = self.replica.state();
         self.agent.on_changes(state, &changes);
         self.data_changes.extend(changes);
     }

@@ -183,6 +183,7 @@ impl<D: Disk> Node<D> {
         let claims_changed = match self.data.take_claims_change() {
             Some(claims) if claims != self.in_sync_claims => {
                 self.in_sync_claims = claims;
+                self.refresh_pending_claims();
                 self.reconcile_due = true;
                 true
             }
