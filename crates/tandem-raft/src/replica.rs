@@ -19,6 +19,10 @@ use crate::disk::{Disk, DiskFile};
 use crate::storage::{RecoveryReport, StorageError, WalOptions, WalStorage};
 use tandem_proto::state_wire::{decode_command, decode_state, encode_command, encode_state};
 
+/// Most bytes of committed entries one Ready applies (raft-rs's
+/// `max_committed_size_per_ready`; an entry larger than this is applied alone). A director
+/// batch of a few hundred commands is a few tens of KiB.
+pub const APPLY_BYTES_PER_READY_MAX: u64 = 64 * 1024;
 /// What a replica needs to start.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -224,6 +228,10 @@ impl<D: Disk> Replica<D> {
             applied: snapshot_index,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
+            // A Ready applies this much of the log at most (and always at least one entry),
+            // so the event loop gets back to heartbeats and leases between chunks of a
+            // backlog instead of applying all of it in one pass.
+            max_committed_size_per_ready: APPLY_BYTES_PER_READY_MAX,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()
@@ -700,6 +708,13 @@ impl<D: Disk> Replica<D> {
     /// The applied cluster model.
     pub fn state(&self) -> &ClusterState {
         &self.state
+    }
+
+    /// Whether committed entries are left to apply (a Ready applies at most
+    /// [`APPLY_BYTES_PER_READY_MAX`] of them): drive again soon, after other work had a turn.
+    pub fn has_unapplied(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        log.applied < log.committed.min(log.persisted)
     }
 
     /// What applied entries (or an installed snapshot: everything) changed since the last

@@ -422,13 +422,16 @@ pub async fn run(
                     }
                 }
             }
-            // Last: items a step's budget held back go out once nothing else is waiting, after
-            // a yield. The daemon runs on one thread: a branch that is always ready would keep
-            // this loop from ever returning to the scheduler, and the tasks that carry leases
-            // to the units, heartbeats to the peers and the peers' acknowledgements back would
-            // not run until the backlog was gone (once the other branches have used up tokio's
-            // budget they stay pending until the loop yields).
-            () = tokio::task::yield_now(), if daemon.node.has_data_work() => {
+            // Last: what a step's budget held back (data work, committed entries left to
+            // apply) goes on once nothing else is waiting, after a yield. The daemon runs on
+            // one thread: a branch that is always ready would keep this loop from ever
+            // returning to the scheduler, and the tasks that carry leases to the units,
+            // heartbeats to the peers and the peers' acknowledgements back would not run
+            // until the backlog was gone (once the other branches have used up tokio's budget
+            // they stay pending until the loop yields).
+            () = tokio::task::yield_now(),
+                if daemon.node.has_data_work() || daemon.node.has_raft_work() =>
+            {
                 iteration = Instant::now();
             }
             () = daemon.writer.resumed(), if paused => {

@@ -125,6 +125,12 @@ impl<D: Disk> Node<D> {
         self.data.has_pending_work()
     }
 
+    /// Whether committed Raft entries wait to be applied (a drive applies a bounded amount):
+    /// drive again once timers and messages had their turn.
+    pub fn has_raft_work(&self) -> bool {
+        self.replica.has_unapplied()
+    }
+
     /// Starts a data step on what the node committed: the data view (rebuilt only when the
     /// applied index moved) and the lease.
     pub fn begin_data_step(&mut self, now: Time) -> DataStepStart {
