@@ -81,10 +81,15 @@ use primary::{safe_version, CommitRequest, OpLog, Primary};
 use secondary::Secondary;
 use session::Sending;
 
-/// Replicas a tick looks at at most (in turn): time-driven work (follow retries, lag
-/// watches) waits at most `replicas / TICK_REPLICAS_MAX` ticks, and a tick costs the same
-/// whether the node holds a hundred replicas or ten thousand.
+/// Busy replicas a tick looks at at most (in turn): time-driven work (follow retries,
+/// resends, lag watches) waits at most `busy replicas / TICK_REPLICAS_MAX` ticks, and a tick
+/// costs the same whether the node holds a hundred busy replicas or ten thousand.
 pub const TICK_REPLICAS_MAX: usize = 256;
+
+/// Every replica, busy or quiet, is looked at at least once in this many ticks (a sweep in
+/// turn, `replicas / SWEEP_TICKS` a tick): a quiet replica has no timer running, and the
+/// sweep is the backstop should one have been missed.
+pub const SWEEP_TICKS: usize = 100;
 
 /// Identity of a replica: a shard as seen by one unit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -347,7 +352,58 @@ struct Slot {
     suspect: bool,
 }
 
+/// `count` keys of `map` in turn: those after `cursor`, wrapping around to the first (each
+/// at most once), and `cursor` moved to the last one taken.
+fn in_turn<V>(
+    map: &BTreeMap<ReplicaId, V>,
+    cursor: &mut Option<ReplicaId>,
+    count: usize,
+) -> Vec<ReplicaId> {
+    let after = cursor.take();
+    let mut ids: Vec<ReplicaId> = match &after {
+        Some(from) => map
+            .range::<ReplicaId, _>((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded))
+            .take(count)
+            .map(|(id, _)| id.clone())
+            .collect(),
+        None => Vec::new(),
+    };
+    if ids.len() < count {
+        let more = (count - ids.len()).min(map.len());
+        let wrapped = map
+            .keys()
+            .take(more)
+            .filter(|id| after.as_ref().is_none_or(|after| *id <= after))
+            .cloned();
+        ids.extend(wrapped);
+    }
+    *cursor = ids.last().cloned();
+    ids
+}
+
 impl Slot {
+    /// Whether nothing here waits on a timer: a secondary with a session, a primary whose
+    /// sessions have nothing unacknowledged, that has no waiters, no orphans, no commit held
+    /// back and no stream message left to deliver. Events (a commit, an acknowledgement, a
+    /// new view, a unit's request) make a quiet replica busy again; the sweep looks at it
+    /// anyway now and then.
+    fn quiet(&self) -> bool {
+        match &self.role {
+            SlotRole::Idle => true,
+            SlotRole::Secondary(secondary) => secondary.session.is_some(),
+            SlotRole::Primary(primary) => {
+                primary.waiters.is_empty()
+                    && primary.lag_waiters.is_empty()
+                    && primary.orphans.is_empty()
+                    && primary.held_back_since.is_none()
+                    && primary.sessions.values().all(session::Session::quiet)
+                    && primary
+                        .delivered
+                        .is_none_or(|(_, seq)| self.replica.pending_after(seq).next().is_none())
+            }
+        }
+    }
+
     fn new(replica: ShardReplica, complete: bool) -> Self {
         Self {
             durable: replica.version(),
@@ -379,8 +435,14 @@ pub struct DataPlane {
     pump_budget: usize,
     /// Replicas whose sessions stopped on the budget, processed again in the next step.
     pump_deferred: BTreeSet<ReplicaId>,
-    /// Where the next tick's slice of replicas begins (see [`TICK_REPLICAS_MAX`]).
-    tick_from: Option<ReplicaId>,
+    /// Replicas with time-driven work (see [`Slot::quiet`]): a tick looks at them in turn,
+    /// [`TICK_REPLICAS_MAX`] at most; an idle node looks at almost nothing.
+    busy: BTreeMap<ReplicaId, ()>,
+    /// Where the next tick's slice of busy replicas begins.
+    busy_from: Option<ReplicaId>,
+    /// Where the next tick's slice of the sweep over every replica begins (see
+    /// [`SWEEP_TICKS`]).
+    sweep_from: Option<ReplicaId>,
     /// Each shard's epoch in the first view after the node started (what it may have known
     /// before a restart).
     epochs_at_start: Option<BTreeMap<ShardName, u64>>,
@@ -461,7 +523,9 @@ impl DataPlane {
             next_session: incarnation << 24,
             pump_budget: 0,
             pump_deferred: BTreeSet::new(),
-            tick_from: None,
+            busy: BTreeMap::new(),
+            busy_from: None,
+            sweep_from: None,
             next_forward: incarnation << 32,
             epochs_at_start: None,
             forwards_seen: BTreeMap::new(),
@@ -1075,38 +1139,20 @@ impl DataPlane {
         }
     }
 
-    /// Time passes: resends, follows, lag checks.
+    /// Time passes: resends, follows, lag checks, for the busy replicas and a slice of the
+    /// sweep over all of them.
     pub fn tick(&mut self, now: Time) {
-        self.pump_deferred.clear();
-        // The next slice of replicas, in turn: a tick costs at most TICK_REPLICAS_MAX
-        // replicas however many the node holds, and each is looked at every
-        // replicas / TICK_REPLICAS_MAX ticks (every tick up to that many).
-        let after = self.tick_from.take();
-        let mut ids: Vec<ReplicaId> = match &after {
-            Some(from) => self
-                .slots
-                .range::<ReplicaId, _>((
-                    std::ops::Bound::Excluded(from),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take(TICK_REPLICAS_MAX)
-                .map(|(id, _)| id.clone())
-                .collect(),
-            None => Vec::new(),
-        };
-        if ids.len() < TICK_REPLICAS_MAX {
-            let more = (TICK_REPLICAS_MAX - ids.len()).min(self.slots.len());
-            let wrapped: Vec<ReplicaId> = self
-                .slots
-                .keys()
-                .take(more)
-                .filter(|id| after.as_ref().is_none_or(|after| *id <= after))
-                .cloned()
-                .collect();
-            ids.extend(wrapped);
-        }
-        self.tick_from = ids.last().cloned();
-        self.dirty.extend(ids);
+        let deferred = std::mem::take(&mut self.pump_deferred);
+        self.dirty.extend(deferred);
+        let busy = in_turn(&self.busy, &mut self.busy_from, TICK_REPLICAS_MAX);
+        self.dirty.extend(busy);
+        let sweep = self
+            .slots
+            .len()
+            .div_ceil(SWEEP_TICKS)
+            .min(TICK_REPLICAS_MAX);
+        let swept = in_turn(&self.slots, &mut self.sweep_from, sweep);
+        self.dirty.extend(swept);
         self.release_held(now);
     }
 
@@ -1132,6 +1178,15 @@ impl DataPlane {
         for id in dirty {
             self.progress(now, &id);
             self.refresh_claim(&id);
+            let busy = self
+                .slots
+                .get(&id)
+                .is_some_and(|slot| !slot.quiet() || self.pump_deferred.contains(&id));
+            if busy {
+                self.busy.insert(id, ());
+            } else {
+                self.busy.remove(&id);
+            }
         }
         let mut out = std::mem::take(&mut self.out);
         // Each file's stamp after its records: what they make is the replica as it is now.
@@ -1154,12 +1209,12 @@ impl DataPlane {
     /// sessions have to send, tells orphaned STANDBYs, answers the waiters its wait set
     /// caught up with, watches for lagging STANDBYs and delivers stream messages.
     fn progress(&mut self, now: Time, id: &ReplicaId) {
-        let Some(view) = self.view.shards.get(&id.shard).cloned() else {
-            return;
-        };
         let registered = self.units.get(&id.unit).copied();
         let leased = self.has_lease(now);
-        let config = self.config.clone();
+        let Some(view) = self.view.shards.get(&id.shard) else {
+            return;
+        };
+        let config = &self.config;
         let Some(slot) = self.slots.get_mut(id) else {
             return;
         };
@@ -1179,7 +1234,7 @@ impl DataPlane {
             SlotRole::Primary(primary) => primary,
         };
         let mut sending = Sending {
-            config: &config,
+            config,
             replica: &slot.replica,
             oplog: &slot.oplog,
             id,
@@ -1191,12 +1246,12 @@ impl DataPlane {
         if held_back {
             self.pump_deferred.insert(id.clone());
         }
-        primary.tell_orphans(now, &view, id, config.resend_after, &mut self.out.messages);
+        primary.tell_orphans(now, view, id, config.resend_after, &mut self.out.messages);
         let version = slot.replica.version();
         primary.end_lagging(version);
         let safe = safe_version(
             primary,
-            &view,
+            view,
             self.claim_logs.get(&id.shard),
             version,
             slot.durable,
@@ -1213,7 +1268,7 @@ impl DataPlane {
         primary.deliver(
             registered,
             leased,
-            &view,
+            view,
             &slot.replica,
             id,
             (safe, config.delivery_window),

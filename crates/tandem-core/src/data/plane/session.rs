@@ -175,6 +175,12 @@ impl Session {
         self.verified && !self.lagging
     }
 
+    /// Whether nothing of the session waits on a timer: nothing unacknowledged, no transfer,
+    /// not lagging and not lost (see [`super::Slot::quiet`]).
+    pub(super) fn quiet(&self) -> bool {
+        self.inflight.is_empty() && self.transfer.is_none() && !self.lagging && !self.is_lost()
+    }
+
     /// Whether the STANDBY fell further behind than the op log reaches: the session must
     /// start over as a full transfer ([`Session::restart_full`]).
     pub(super) fn is_lost(&self) -> bool {
