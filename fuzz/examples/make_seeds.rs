@@ -468,7 +468,7 @@ fn frame_seeds() {
 }
 
 /// Seeds for the SDK protocol: a registration, a reply with an error, a fault report, a
-/// request and a lease.
+/// request, a batch of requests and a lease.
 fn sdk_seeds() {
     use tandem_proto::sdk::{self, agent_to_unit, unit_to_agent};
     let register = sdk::UnitToAgent {
@@ -476,7 +476,7 @@ fn sdk_seeds() {
             unit: "counter-a".into(),
             generation: 3,
             token: "00112233445566778899aabbccddeeff".into(),
-            protocol: 1,
+            protocol: 2,
         })),
     };
     write_seed("sdk_message", "register", &register.encode_to_vec());
@@ -505,6 +505,21 @@ fn sdk_seeds() {
         })),
     };
     write_seed("sdk_message", "assign-active", &request.encode_to_vec());
+    let batch = sdk::AgentToUnit {
+        kind: Some(agent_to_unit::Kind::Request(sdk::Request {
+            id: 19,
+            kind: Some(sdk::request::Kind::Batch(sdk::AssignBatch {
+                assigns: (0..3)
+                    .map(|index| sdk::Assign {
+                        shard: format!("counter-{index}"),
+                        role: 1,
+                        epoch: 4,
+                    })
+                    .collect(),
+            })),
+        })),
+    };
+    write_seed("sdk_message", "assign-batch", &batch.encode_to_vec());
     let lease = sdk::AgentToUnit {
         kind: Some(agent_to_unit::Kind::Lease(sdk::Lease {
             valid_until_monotonic_ns: Some(123_456_789_000),

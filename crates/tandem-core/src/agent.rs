@@ -62,6 +62,25 @@ pub enum UnitCommand {
     Health,
     /// Reset the failing part in place (ladder L0).
     Reset,
+    /// Several [`UnitCommand::Assign`]s of different shards, carried out in order and answered
+    /// once (at most [`ASSIGN_BATCH_MAX`]). A unit given hundreds of roles at once (a start, a
+    /// failover onto it, its lease back after a lapse) gets them in a few requests instead of
+    /// one request per shard.
+    Batch(Vec<UnitCommand>),
+}
+
+/// Assignments one [`UnitCommand::Batch`] carries at most. The unit's callback timeout covers
+/// the whole batch.
+pub const ASSIGN_BATCH_MAX: usize = 64;
+
+impl UnitCommand {
+    /// The commands this one carries out, in order: a batch's items, or the command itself.
+    pub fn parts(&self) -> &[UnitCommand] {
+        match self {
+            UnitCommand::Batch(items) => items,
+            single => std::slice::from_ref(single),
+        }
+    }
 }
 
 /// How a stop should go.
@@ -148,16 +167,38 @@ enum Phase {
 enum HookOutcome {
     /// The unit now holds this role for the shard (`None`: removed).
     Role(ShardName, Option<Role>),
+    /// The unit now holds these roles (a [`UnitCommand::Batch`]).
+    Roles(Vec<(ShardName, Role)>),
     /// The reset request with this number is done.
     Reset(u64),
 }
+
+/// Hooks a unit may have been sent and not answered yet. The SDK runs a unit's hooks one at
+/// a time, in the order they were sent; sending the next ones before the answer saves a round
+/// trip through the daemon's loop per hook, which is what a unit given hundreds of roles at
+/// once (a start, a failover, a lease back after a lapse) would otherwise wait for.
+pub const HOOKS_IN_FLIGHT_MAX: usize = 32;
 
 /// A hook waiting for its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Hook {
     id: u64,
-    deadline: Time,
+    /// When the unit began to work on it, as far as the agent can tell: when it was sent, or
+    /// when the hook ahead of it was answered. Its timeout runs from there.
+    started: Option<Time>,
     outcome: HookOutcome,
+}
+
+impl Hook {
+    /// The shards whose roles this hook changes.
+    fn shards(&self) -> impl Iterator<Item = &ShardName> {
+        let (one, many) = match &self.outcome {
+            HookOutcome::Role(shard, _) => (Some(shard), &[][..]),
+            HookOutcome::Roles(roles) => (None, &roles[..]),
+            HookOutcome::Reset(_) => (None, &[][..]),
+        };
+        one.into_iter().chain(many.iter().map(|(shard, _)| shard))
+    }
 }
 
 /// One running (or starting, or stopping) process of a unit.
@@ -168,7 +209,9 @@ struct Instance {
     pid: Option<u32>,
     /// Roles the unit acknowledged, by shard.
     confirmed: BTreeMap<ShardName, Role>,
-    hook: Option<Hook>,
+    /// Hooks sent and not answered, oldest first (the unit works on the first); at most
+    /// [`HOOKS_IN_FLIGHT_MAX`], at most one per shard.
+    hooks: std::collections::VecDeque<Hook>,
     /// An outstanding health check: (request id, deadline).
     health: Option<(u64, Time)>,
     next_health: Time,
@@ -203,7 +246,7 @@ impl Instance {
             phase: Phase::Starting { since: now },
             pid: None,
             confirmed: BTreeMap::new(),
-            hook: None,
+            hooks: std::collections::VecDeque::new(),
             health: None,
             next_health: now,
             reset_seen,
@@ -578,13 +621,13 @@ impl Agent {
             kill_with(instance, FaultKind::HealthTimeout, actions);
             return;
         }
-        if instance
-            .hook
-            .as_ref()
-            .is_some_and(|hook| now >= hook.deadline)
-        {
-            kill_with(instance, FaultKind::CallbackFailed, actions);
-            return;
+        let callback_timeout = Duration::from_millis(timeouts.callback_ms);
+        if let Some(front) = instance.hooks.front_mut() {
+            let started = *front.started.get_or_insert(now);
+            if now.saturating_since(started) >= callback_timeout {
+                kill_with(instance, FaultKind::CallbackFailed, actions);
+                return;
+            }
         }
 
         // The lease first, so that a unit told ACTIVE already knows until when.
@@ -603,26 +646,30 @@ impl Agent {
             .any(|(id, _)| id.generation == record.generation);
         let may_act = lease_until.is_some() && !faulted && !instance.faulted;
         instance.refresh_diff(state, name, may_act);
-        if instance.hook.is_none() {
-            if let Some((command, outcome)) =
+        while instance.hooks.len() < HOOKS_IN_FLIGHT_MAX {
+            let Some((command, outcome)) =
                 next_hook(state, name, instance, record.reset_requests, may_act)
-            {
-                let id = self.next_request;
-                self.next_request += 1;
-                instance.hook = Some(Hook {
-                    id,
-                    deadline: now + Duration::from_millis(timeouts.callback_ms),
-                    outcome,
-                });
-                actions.push(AgentAction::Send {
-                    unit: name.clone(),
-                    generation: instance.generation,
-                    request: id,
-                    command,
-                });
-            }
+            else {
+                break;
+            };
+            let id = self.next_request;
+            self.next_request += 1;
+            // The first hook starts now; the others when the one ahead is answered.
+            let started = instance.hooks.is_empty().then_some(now);
+            instance.hooks.push_back(Hook {
+                id,
+                started,
+                outcome,
+            });
+            actions.push(AgentAction::Send {
+                unit: name.clone(),
+                generation: instance.generation,
+                request: id,
+                command,
+            });
         }
-        if instance.health.is_none() && now >= instance.next_health {
+        // A health check would wait behind the hooks, which have their own timeout.
+        if instance.health.is_none() && instance.hooks.is_empty() && now >= instance.next_health {
             let id = self.next_request;
             self.next_request += 1;
             instance.health = Some((id, now + Duration::from_millis(timeouts.health_timeout_ms)));
@@ -744,20 +791,36 @@ impl Agent {
             instance.health = None;
             return None;
         }
-        let hook = instance.hook.take_if(|hook| hook.id == request)?;
+        let position = instance.hooks.iter().position(|hook| hook.id == request)?;
+        let hook = instance.hooks.remove(position).expect("found above");
+        if position == 0 {
+            // The next one's timeout runs from the next reconcile (within a tick).
+            if let Some(next) = instance.hooks.front_mut() {
+                next.started = None;
+            }
+        }
         match result {
             Ok(()) => {
+                // A unit that reported a fault does not act again before its reset, even when
+                // an ACTIVE hook sent earlier completes.
+                let faulted = instance.faulted;
+                let held = |role: Role| {
+                    if faulted && role.is_acting() {
+                        Role::Quiesced
+                    } else {
+                        role
+                    }
+                };
                 match hook.outcome {
                     HookOutcome::Role(shard, Some(role)) => {
-                        // A unit that reported a fault does not act again before its reset,
-                        // even when an ACTIVE hook sent earlier completes.
-                        let role = if instance.faulted && role.is_acting() {
-                            Role::Quiesced
-                        } else {
-                            role
-                        };
                         instance.confirmed_changed(&shard);
-                        instance.confirmed.insert(shard, role);
+                        instance.confirmed.insert(shard, held(role));
+                    }
+                    HookOutcome::Roles(roles) => {
+                        for (shard, role) in roles {
+                            instance.confirmed_changed(&shard);
+                            instance.confirmed.insert(shard, held(role));
+                        }
                     }
                     HookOutcome::Role(shard, None) => {
                         instance.confirmed_changed(&shard);
@@ -901,13 +964,7 @@ impl Agent {
                     // worked out here, or counted unsettled), and the shard of a hook in
                     // flight is unsettled (the unit may already act on an ACTIVE it was just
                     // given).
-                    let in_flight = match &instance.hook {
-                        Some(Hook {
-                            outcome: HookOutcome::Role(shard, _),
-                            ..
-                        }) => Some(shard),
-                        _ => None,
-                    };
+                    let in_flight = instance.hooks.iter().flat_map(Hook::shards);
                     // Each run is in name order, so the first MAX + 1 of each hold the first
                     // MAX + 1 of all, which is enough to list the first MAX; the hook's shard
                     // goes in wherever it falls.
@@ -968,7 +1025,17 @@ fn next_hook(
     let epoch = |shard: &ShardName| state.shards.get(shard).map_or(0, |record| record.epoch);
     // (priority, shard, command, outcome); lower priority goes first.
     let mut candidates: Vec<(u8, ShardName, UnitCommand, HookOutcome)> = Vec::new();
-    if reset_requests > instance.reset_seen {
+    let reset_in_flight = instance
+        .hooks
+        .iter()
+        .any(|hook| matches!(hook.outcome, HookOutcome::Reset(_)));
+    let in_flight = |shard: &ShardName| {
+        instance
+            .hooks
+            .iter()
+            .any(|hook| hook.shards().any(|held| held == shard))
+    };
+    if reset_requests > instance.reset_seen && !reset_in_flight {
         candidates.push((
             1,
             ShardName::default(),
@@ -978,7 +1045,12 @@ fn next_hook(
     }
     // Only the shards where the unit's confirmed role differs from what it should hold, best
     // first: the first that makes a hook is the one (the reset competes at priority 1).
+    // A shard with a hook in flight waits for its answer.
+    let mut batch: Vec<(u8, UnitCommand, (ShardName, Role))> = Vec::new();
     for (_, shard) in &instance.queue {
+        if in_flight(shard) {
+            continue;
+        }
         let held = instance.confirmed.get(shard).copied();
         let Some(role) = wanted_role(state, name, shard, may_act) else {
             if held.is_some() {
@@ -1017,14 +1089,46 @@ fn next_hook(
             Role::Standby => (2, assign(shard, Role::Standby, epoch(shard)), Role::Standby),
             Role::Active => (3, assign(shard, Role::Active, epoch(shard)), Role::Active),
         };
-        candidates.push((
-            priority,
-            shard.clone(),
-            command,
-            HookOutcome::Role(shard.clone(), Some(outcome)),
-        ));
-        // The queue is in (priority, name) order, as candidates are compared.
-        break;
+        // The queue is in (priority, name) order, as candidates are compared: the first
+        // candidate is the best, and the assignments right behind it at the same priority go
+        // in the same batch.
+        match batch.first() {
+            None => {}
+            Some((first, _, _))
+                if *first == priority && matches!(command, UnitCommand::Assign { .. }) =>
+            {
+                batch.push((priority, command, (shard.clone(), outcome)));
+                if batch.len() == ASSIGN_BATCH_MAX {
+                    break;
+                }
+                continue;
+            }
+            Some(_) => break,
+        }
+        if !matches!(command, UnitCommand::Assign { .. }) {
+            candidates.push((
+                priority,
+                shard.clone(),
+                command,
+                HookOutcome::Role(shard.clone(), Some(outcome)),
+            ));
+            break;
+        }
+        batch.push((priority, command, (shard.clone(), outcome)));
+    }
+    if let Some((priority, _, (shard, _))) = batch.first() {
+        let (priority, shard) = (*priority, shard.clone());
+        let (command, outcome) = if batch.len() == 1 {
+            let (_, command, (shard, role)) = batch.pop().expect("one");
+            (command, HookOutcome::Role(shard, Some(role)))
+        } else {
+            let (commands, roles) = batch
+                .into_iter()
+                .map(|(_, command, role)| (command, role))
+                .unzip();
+            (UnitCommand::Batch(commands), HookOutcome::Roles(roles))
+        };
+        candidates.push((priority, shard, command, outcome));
     }
     candidates
         .into_iter()

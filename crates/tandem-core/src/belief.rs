@@ -33,6 +33,11 @@ impl UnitBelief {
     /// A request arrived (before the application's hook runs).
     pub fn on_request(&mut self, command: &UnitCommand) {
         match command {
+            UnitCommand::Batch(items) => {
+                for item in items {
+                    self.on_request(item);
+                }
+            }
             UnitCommand::Assign {
                 shard,
                 role: Role::Active,
@@ -54,6 +59,11 @@ impl UnitBelief {
     /// The application's hook for `command` completed successfully.
     pub fn on_done(&mut self, command: &UnitCommand) {
         match command {
+            UnitCommand::Batch(items) => {
+                for item in items {
+                    self.on_done(item);
+                }
+            }
             UnitCommand::Assign { shard, role, epoch } => {
                 // A unit that reported a fault does not take up work again before its reset.
                 let role = if self.faulted && role.is_acting() {

@@ -25,7 +25,7 @@ pub mod table;
 pub mod time;
 pub mod topology;
 
-pub use agent::{Agent, AgentAction, StopSpec, UnitCommand};
+pub use agent::{Agent, AgentAction, StopSpec, UnitCommand, ASSIGN_BATCH_MAX, HOOKS_IN_FLIGHT_MAX};
 pub use belief::UnitBelief;
 pub use cluster::{
     AdminOp, AdminState, AdminTarget, ApplyOutcome, ClusterState, Command, FaultId, Handover,

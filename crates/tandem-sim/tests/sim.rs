@@ -140,7 +140,7 @@ fn scale_seeds() {
 /// Seeds run with the fixed ones because they exercise a rare path the first 200 may miss
 /// (found by sweeping), so that the coverage checks of `fixed_seeds` do not hang on timing.
 const COVERAGE_SEEDS: &[(u64, &str)] = &[(
-    840,
+    3952,
     "a compacted replica file's install reported after the replica started over",
 )];
 

@@ -84,8 +84,9 @@ pub use tandem_core::data::RefusalCode;
 pub use tandem_core::{AdminCode, Role, Severity, ShardName};
 pub use tandem_io::monotonic_ns;
 
-/// The SDK protocol version (checked by `tandemd` at registration).
-const PROTOCOL_VERSION: u32 = 1;
+/// The SDK protocol version (checked by `tandemd` at registration). 2: batches of
+/// assignments (`AssignBatch`).
+const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame accepted from `tandemd`.
 const FRAME_LEN_MAX: usize = 16 * 1024 * 1024;
 /// Messages (answers, reports, data calls) queued for sending; a full queue makes callers
@@ -823,7 +824,7 @@ async fn handle_inbound<U: Unit>(
                 .map_err(|_| Error::Disconnected {
                     reason: "the writer stopped".into(),
                 })?;
-            if let Some((shard, epoch)) = activated {
+            for (shard, epoch) in activated {
                 streams.start_round(ctx, shard, epoch).await?;
             }
         }
@@ -914,22 +915,44 @@ fn role_from_wire(value: i32) -> Option<Role> {
     }
 }
 
-/// Runs the hook a request asks for and builds the reply.
-/// Also returns the shard and epoch when the unit just took ACTIVE (its stream is asked for).
+/// The assignment `assign` names, or why it cannot be carried out.
+fn assign_from_wire(assign: sdk::Assign) -> Result<UnitCommand, String> {
+    match role_from_wire(assign.role) {
+        Some(role) => Ok(UnitCommand::Assign {
+            shard: ShardName(assign.shard),
+            role,
+            epoch: assign.epoch,
+        }),
+        None => Err(format!("tandemd sent an unknown role {}", assign.role)),
+    }
+}
+
+/// Runs the hook a request asks for (each hook of a batch, in order) and builds the reply.
+/// Also returns the shards and epochs the unit just took ACTIVE (their streams are asked
+/// for).
 async fn handle_request<U: Unit>(
     unit: &mut U,
     ctx: &Context,
     request: sdk::Request,
-) -> (UnitToAgent, Option<(ShardName, u64)>) {
+) -> (UnitToAgent, Vec<(ShardName, u64)>) {
     let command = match request.kind {
-        Some(sdk::request::Kind::Assign(assign)) => match role_from_wire(assign.role) {
-            Some(role) => Ok(UnitCommand::Assign {
-                shard: ShardName(assign.shard),
-                role,
-                epoch: assign.epoch,
-            }),
-            None => Err(format!("tandemd sent an unknown role {}", assign.role)),
-        },
+        Some(sdk::request::Kind::Assign(assign)) => assign_from_wire(assign),
+        Some(sdk::request::Kind::Batch(batch)) => {
+            if batch.assigns.is_empty() || batch.assigns.len() > tandem_core::ASSIGN_BATCH_MAX {
+                Err(format!(
+                    "tandemd sent a batch of {} assignments (1 to {} expected)",
+                    batch.assigns.len(),
+                    tandem_core::ASSIGN_BATCH_MAX
+                ))
+            } else {
+                batch
+                    .assigns
+                    .into_iter()
+                    .map(assign_from_wire)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(UnitCommand::Batch)
+            }
+        }
         Some(sdk::request::Kind::Quiesce(quiesce)) => Ok(UnitCommand::Quiesce {
             shard: ShardName(quiesce.shard),
             epoch: quiesce.epoch,
@@ -941,42 +964,18 @@ async fn handle_request<U: Unit>(
         Some(sdk::request::Kind::Reset(_)) => Ok(UnitCommand::Reset),
         None => Err("tandemd sent an empty request (is this SDK older than tandemd?)".to_owned()),
     };
-    let mut activated = None;
+    let mut activated = Vec::new();
     let result = match command {
         Err(message) => Err(message),
         Ok(command) => {
-            ctx.beliefs.lock().belief.on_request(&command);
-            let outcome = match &command {
-                UnitCommand::Assign { shard, role, epoch } => {
-                    unit.assign(ctx, shard, *role, *epoch).await
+            let mut result = Ok(());
+            for part in command.parts() {
+                result = run_hook(unit, ctx, part, &mut activated).await;
+                if result.is_err() {
+                    break;
                 }
-                UnitCommand::Quiesce { shard, .. } => {
-                    let outcome = unit.quiesce(ctx, shard).await;
-                    // What the unit queued reaches the replica before the switch.
-                    ctx.queued_commits_answered(shard).await;
-                    outcome
-                }
-                UnitCommand::Remove { shard } => unit.remove(ctx, shard).await,
-                UnitCommand::Health => unit.health(ctx).await,
-                UnitCommand::Reset => unit.reset(ctx).await,
-            };
-            match outcome {
-                Ok(()) => {
-                    ctx.beliefs.lock().belief.on_done(&command);
-                    if let UnitCommand::Assign {
-                        shard,
-                        role: Role::Active,
-                        epoch,
-                    } = &command
-                    {
-                        if ctx.role(shard) == Some((Role::Active, *epoch)) {
-                            activated = Some((shard.clone(), *epoch));
-                        }
-                    }
-                    Ok(())
-                }
-                Err(error) => Err(error.0),
             }
+            result
         }
     };
     let reply = UnitToAgent {
@@ -986,6 +985,46 @@ async fn handle_request<U: Unit>(
         })),
     };
     (reply, activated)
+}
+
+/// Runs the application's hook for one command (never a batch), keeping the unit's beliefs.
+async fn run_hook<U: Unit>(
+    unit: &mut U,
+    ctx: &Context,
+    command: &UnitCommand,
+    activated: &mut Vec<(ShardName, u64)>,
+) -> Result<(), String> {
+    ctx.beliefs.lock().belief.on_request(command);
+    let outcome = match command {
+        UnitCommand::Assign { shard, role, epoch } => unit.assign(ctx, shard, *role, *epoch).await,
+        UnitCommand::Quiesce { shard, .. } => {
+            let outcome = unit.quiesce(ctx, shard).await;
+            // What the unit queued reaches the replica before the switch.
+            ctx.queued_commits_answered(shard).await;
+            outcome
+        }
+        UnitCommand::Remove { shard } => unit.remove(ctx, shard).await,
+        UnitCommand::Health => unit.health(ctx).await,
+        UnitCommand::Reset => unit.reset(ctx).await,
+        UnitCommand::Batch(_) => unreachable!("a batch is run part by part"),
+    };
+    match outcome {
+        Ok(()) => {
+            ctx.beliefs.lock().belief.on_done(command);
+            if let UnitCommand::Assign {
+                shard,
+                role: Role::Active,
+                epoch,
+            } = command
+            {
+                if ctx.role(shard) == Some((Role::Active, *epoch)) {
+                    activated.push((shard.clone(), *epoch));
+                }
+            }
+            Ok(())
+        }
+        Err(error) => Err(error.0),
+    }
 }
 
 #[cfg(test)]

@@ -1258,14 +1258,30 @@ impl Daemon {
                 request,
                 command,
             } => {
+                let wire_assign =
+                    |shard: ShardName, role: tandem_core::Role, epoch: u64| sdk::Assign {
+                        shard: shard.0,
+                        role: tandem_proto::state_wire::encode_role(Some(role)) as i32,
+                        epoch,
+                    };
                 let kind = match command {
                     UnitCommand::Assign { shard, role, epoch } => {
-                        sdk::request::Kind::Assign(sdk::Assign {
-                            shard: shard.0,
-                            role: tandem_proto::state_wire::encode_role(Some(role)) as i32,
-                            epoch,
-                        })
+                        sdk::request::Kind::Assign(wire_assign(shard, role, epoch))
                     }
+                    UnitCommand::Batch(items) => sdk::request::Kind::Batch(sdk::AssignBatch {
+                        assigns: items
+                            .into_iter()
+                            .filter_map(|item| match item {
+                                UnitCommand::Assign { shard, role, epoch } => {
+                                    Some(wire_assign(shard, role, epoch))
+                                }
+                                other => {
+                                    debug_assert!(false, "a batch holds assignments: {other:?}");
+                                    None
+                                }
+                            })
+                            .collect(),
+                    }),
                     UnitCommand::Quiesce { shard, epoch } => {
                         sdk::request::Kind::Quiesce(sdk::Quiesce {
                             shard: shard.0,

@@ -29,8 +29,8 @@ pub const UNIT_FRAME_LEN_MAX: usize = 16 * 1024 * 1024;
 /// Messages queued for one unit before new ones are dropped (a unit this far behind misses its
 /// hook deadlines anyway).
 pub const UNIT_QUEUE_LEN_MAX: usize = 8192;
-/// The SDK protocol version this daemon speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The SDK protocol version this daemon speaks (2: batches of assignments).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Binds the node's SDK socket at `path`: its directory is made owner-only, a stale socket file
 /// is removed, and the socket itself is owner-only.

@@ -29,6 +29,33 @@ impl Harness {
         }
     }
 
+    /// The 2n state of [`Harness::new`] with shards `s0`..`s{count - 1}`.
+    fn with_shards(count: usize) -> Self {
+        let mut state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
+        let names: Vec<String> = (0..count).map(|index| format!("s{index}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let service = crate::topology::tests::service(
+            "counter",
+            crate::topology::RedundancyModel::TwoN,
+            &[("a", 1), ("b", 2)],
+            &names,
+        );
+        let topology = crate::topology::Topology {
+            services: vec![service],
+            ..crate::topology::Topology::default()
+        };
+        assert_eq!(
+            state.apply(1, &Command::SetTopology(topology)),
+            crate::cluster::ApplyOutcome::Changed
+        );
+        state.take_changes();
+        Self {
+            agent: Agent::new(NodeId(1), LEASE),
+            state,
+            applied: 1,
+        }
+    }
+
     fn apply(&mut self, command: Command) {
         self.applied += 1;
         let outcome = self.state.apply(self.applied, &command);
@@ -115,7 +142,7 @@ fn nothing_starts_before_the_first_lease_and_then_the_unit_starts() {
 }
 
 #[test]
-fn roles_are_assigned_one_hook_at_a_time_and_settle_when_answered() {
+fn roles_are_sent_in_priority_order_and_settle_when_answered() {
     let mut h = Harness::new();
     let generation = h.running(ms(0));
     h.set_role("s0", Some(Role::Active));
@@ -128,9 +155,9 @@ fn roles_are_assigned_one_hook_at_a_time_and_settle_when_answered() {
             ..
         }
     )));
+    // Both hooks go out at once (the unit runs them in order), STANDBY before ACTIVE.
     let sends = Harness::sends(&actions);
-    assert_eq!(sends.len(), 1, "one hook at a time: {sends:?}");
-    // STANDBY before ACTIVE.
+    assert_eq!(sends.len(), 2, "{sends:?}");
     assert!(matches!(
         &sends[0].1,
         UnitCommand::Assign {
@@ -138,20 +165,28 @@ fn roles_are_assigned_one_hook_at_a_time_and_settle_when_answered() {
             ..
         }
     ));
-    assert!(h
-        .agent
-        .on_reply(&a(), generation, sends[0].0, Ok(()))
-        .is_none());
-    let sends = Harness::sends(&h.reconcile(ms(2)));
     assert!(matches!(
-        &sends[0].1,
+        &sends[1].1,
         UnitCommand::Assign {
             role: Role::Active,
             epoch: 1,
             ..
         }
     ));
-    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    // Nothing is sent twice while the answers are awaited.
+    assert!(Harness::sends(&h.reconcile(ms(2))).is_empty());
+    assert!(h
+        .agent
+        .on_reply(&a(), generation, sends[0].0, Ok(()))
+        .is_none());
+    let report = h.agent.report(ms(2), &h.state, h.applied);
+    let settled = report.units[&a()].settled.as_ref().expect("running");
+    assert_eq!(
+        settled.unsettled.iter().collect::<Vec<_>>(),
+        vec![&ShardName::from("s0")],
+        "the ACTIVE hook in flight is unsettled"
+    );
+    h.agent.on_reply(&a(), generation, sends[1].0, Ok(()));
     let report = h.agent.report(ms(3), &h.state, h.applied);
     let settled = report.units[&a()].settled.as_ref().expect("running");
     assert!(settled.unsettled.is_empty(), "{settled:?}");
@@ -161,6 +196,75 @@ fn roles_are_assigned_one_hook_at_a_time_and_settle_when_answered() {
         Harness::sends(&h.reconcile(ms(4))).is_empty(),
         "nothing left to do"
     );
+}
+
+#[test]
+fn assignments_of_one_priority_go_in_one_batch_confirmed_by_one_answer() {
+    let mut h = Harness::with_shards(5);
+    let generation = h.running(ms(0));
+    for shard in ["s0", "s1", "s2"] {
+        h.set_role(shard, Some(Role::Active));
+    }
+    h.set_role("s3", Some(Role::Standby));
+    let sends = Harness::sends(&h.reconcile(ms(1)));
+    // STANDBY first (alone), then the three ACTIVEs in one batch, in name order.
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    let epoch = |h: &Harness, shard: &str| h.state.shards[&ShardName::from(shard)].epoch;
+    assert_eq!(
+        sends[0].1,
+        assign(&"s3".into(), Role::Standby, epoch(&h, "s3"))
+    );
+    assert_eq!(
+        sends[1].1,
+        UnitCommand::Batch(
+            ["s0", "s1", "s2"]
+                .iter()
+                .map(|shard| assign(&(*shard).into(), Role::Active, epoch(&h, shard)))
+                .collect()
+        )
+    );
+    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    h.agent.on_reply(&a(), generation, sends[1].0, Ok(()));
+    let confirmed = h.agent.confirmed(&a());
+    for shard in ["s0", "s1", "s2"] {
+        assert_eq!(confirmed[&ShardName::from(shard)], Role::Active, "{shard}");
+    }
+    let report = h.agent.report(ms(2), &h.state, h.applied);
+    let settled = report.units[&a()].settled.as_ref().expect("running");
+    assert!(settled.unsettled.is_empty(), "{settled:?}");
+}
+
+#[test]
+fn hooks_in_flight_are_bounded_and_each_times_out_from_when_the_one_ahead_answered() {
+    let count = HOOKS_IN_FLIGHT_MAX * ASSIGN_BATCH_MAX + 3;
+    let mut h = Harness::with_shards(count);
+    let generation = h.running(ms(0));
+    for index in 0..count {
+        h.set_role(&format!("s{index}"), Some(Role::Standby));
+    }
+    let first = Harness::sends(&h.reconcile(ms(1)));
+    assert_eq!(first.len(), HOOKS_IN_FLIGHT_MAX);
+    assert!(first.iter().all(
+        |(_, command)| matches!(command, UnitCommand::Batch(items) if items.len() == ASSIGN_BATCH_MAX)
+    ));
+    // The first hook's timeout runs from 1 ms; the second's only from the first's answer.
+    h.agent.on_reply(&a(), generation, first[0].0, Ok(()));
+    let more = Harness::sends(&h.reconcile(ms(400)));
+    assert_eq!(more.len(), 1, "one slot freed: {more:?}");
+    assert!(matches!(&more[0].1, UnitCommand::Batch(items) if items.len() == 3));
+    // The callback timeout is 2 s: at 2399 ms the second hook (running since 400) is still
+    // within it, at 2400 it is not.
+    assert!(!h
+        .reconcile(ms(2399))
+        .iter()
+        .any(|action| matches!(action, AgentAction::Stop { .. })));
+    assert!(h.reconcile(ms(2400)).iter().any(|action| matches!(
+        action,
+        AgentAction::Stop {
+            how: StopSpec { kill: true, .. },
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -329,12 +433,17 @@ fn a_reported_fault_quiesces_the_unit_until_the_fault_is_handled() {
         at_ms: 0,
         promotions: vec![],
     });
-    // L0: the committed fault took the role away and asks for a reset.
+    // L0: the committed fault took the role away and asks for a reset: the removal first,
+    // the reset behind it.
     let sends = Harness::sends(&h.reconcile(ms(3)));
-    assert_eq!(sends[0].1, UnitCommand::Remove { shard: "s0".into() });
-    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
-    let sends = Harness::sends(&h.reconcile(ms(4)));
-    assert_eq!(sends[0].1, UnitCommand::Reset);
+    let commands: Vec<&UnitCommand> = sends.iter().map(|(_, command)| command).collect();
+    assert_eq!(
+        commands,
+        [
+            &UnitCommand::Remove { shard: "s0".into() },
+            &UnitCommand::Reset
+        ]
+    );
 }
 
 #[test]

@@ -61,13 +61,15 @@ impl Sim {
     /// A unit's belief about the shard `command` names changed.
     pub(crate) fn note_belief(&mut self, command: &tandem_core::UnitCommand) {
         use tandem_core::UnitCommand;
-        match command {
-            UnitCommand::Assign { shard, .. }
-            | UnitCommand::Quiesce { shard, .. }
-            | UnitCommand::Remove { shard } => {
-                self.acting_dirty.insert(shard.clone());
+        for part in command.parts() {
+            match part {
+                UnitCommand::Assign { shard, .. }
+                | UnitCommand::Quiesce { shard, .. }
+                | UnitCommand::Remove { shard } => {
+                    self.acting_dirty.insert(shard.clone());
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
 

@@ -70,6 +70,8 @@ impl Units {
                 pid,
                 belief: UnitBelief::new(),
                 hung: false,
+                hooks: VecDeque::new(),
+                hook_running: false,
                 data: UnitData::default(),
             },
         );
@@ -96,6 +98,11 @@ pub struct SimUnit {
     /// A hung unit answers nothing and takes in nothing new; its beliefs freeze (its lease
     /// still runs out on its clock).
     pub hung: bool,
+    /// Requests that arrived while a hook ran, in order: like the SDK, a unit runs one hook
+    /// at a time, in the order its agent sent them.
+    pub hooks: VecDeque<(u64, UnitCommand)>,
+    /// A hook is running.
+    pub hook_running: bool,
     /// Its data requests and stream deliveries.
     pub data: UnitData,
 }
@@ -206,8 +213,8 @@ impl Sim {
         }
     }
 
-    /// A request of its agent reaches a unit process: it updates its beliefs, and its hook
-    /// answers after a while (now and then late, or with an error).
+    /// A request of its agent reaches a unit process: it waits for the hook running, if any,
+    /// and the ones that came before it.
     pub(crate) fn on_unit_request(
         &mut self,
         pid: u32,
@@ -220,44 +227,66 @@ impl Sim {
         if process.hung {
             return Ok(());
         }
-        if let UnitCommand::Assign {
-            shard,
-            role: Role::Active,
-            epoch,
-        } = &command
-        {
-            // From here the unit acts ACTIVE (its hook runs): its replica must hold every
-            // acknowledged sync write.
-            let (node, unit) = (process.node, process.unit.clone());
-            let replica_id = ReplicaId {
-                shard: shard.clone(),
-                unit: unit.clone(),
-            };
-            if let Some(replica) = self.nodes[node]
-                .node
-                .as_ref()
-                .and_then(|n| n.checkpoint_replica(&replica_id))
+        if process.hook_running {
+            process.hooks.push_back((request, command));
+            return Ok(());
+        }
+        self.start_hook(pid, request, command)
+    }
+
+    /// A unit process starts its hook for `request`: it updates its beliefs, and the hook
+    /// answers after a while (now and then late, or with an error).
+    fn start_hook(
+        &mut self,
+        pid: u32,
+        request: u64,
+        command: UnitCommand,
+    ) -> Result<(), Violation> {
+        let Some(process) = self.units.processes.get_mut(&pid) else {
+            return Ok(());
+        };
+        process.hook_running = true;
+        let (node, unit) = (process.node, process.unit.clone());
+        for part in command.parts() {
+            if let UnitCommand::Assign {
+                shard,
+                role: Role::Active,
+                epoch,
+            } = part
             {
-                self.data_checker
-                    .check_active(shard, *epoch, unit.as_str(), replica)?;
+                // From here the unit acts ACTIVE (its hook runs): its replica must hold every
+                // acknowledged sync write.
+                let replica_id = ReplicaId {
+                    shard: shard.clone(),
+                    unit: unit.clone(),
+                };
+                if let Some(replica) = self.nodes[node]
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.checkpoint_replica(&replica_id))
+                {
+                    self.data_checker
+                        .check_active(shard, *epoch, unit.as_str(), replica)?;
+                }
+            }
+            let process = self.units.processes.get_mut(&pid).expect("exists");
+            match part {
+                UnitCommand::Assign { shard, role, .. } if *role != Role::Active => {
+                    process.data.queue.remove(shard);
+                }
+                UnitCommand::Assign { shard, .. } => {
+                    // Until the hook is done and the unit asked for the stream, what arrives
+                    // is from an older round.
+                    process.data.queue.remove(shard);
+                    process.data.awaiting.insert(shard.clone());
+                }
+                UnitCommand::Quiesce { shard, .. } | UnitCommand::Remove { shard } => {
+                    process.data.queue.remove(shard);
+                }
+                _ => {}
             }
         }
         let process = self.units.processes.get_mut(&pid).expect("exists");
-        match &command {
-            UnitCommand::Assign { shard, role, .. } if *role != Role::Active => {
-                process.data.queue.remove(shard);
-            }
-            UnitCommand::Assign { shard, .. } => {
-                // Until the hook is done and the unit asked for the stream, what arrives is
-                // from an older round.
-                process.data.queue.remove(shard);
-                process.data.awaiting.insert(shard.clone());
-            }
-            UnitCommand::Quiesce { shard, .. } | UnitCommand::Remove { shard } => {
-                process.data.queue.remove(shard);
-            }
-            _ => {}
-        }
         process.belief.on_request(&command);
         self.note_belief(&command);
         // At scale a unit answers hundreds of hooks in a row: hook faults are a hundred times
@@ -301,13 +330,15 @@ impl Sim {
         if ok {
             process.belief.on_done(&command);
             self.note_belief(&command);
-            if let UnitCommand::Assign {
-                shard,
-                role: Role::Active,
-                epoch,
-            } = &command
-            {
-                self.start_delivery_round(pid, shard, *epoch);
+            for part in command.parts() {
+                if let UnitCommand::Assign {
+                    shard,
+                    role: Role::Active,
+                    epoch,
+                } = part
+                {
+                    self.start_delivery_round(pid, shard, *epoch);
+                }
             }
         }
         let Some(process) = self.units.processes.get_mut(&pid) else {
@@ -333,7 +364,14 @@ impl Sim {
         let (node, life) = (process.node, process.life);
         let delay = self.unit_rng.between(50, 300);
         self.send_input(node, life, delay, input);
-        Ok(())
+        let Some(process) = self.units.processes.get_mut(&pid) else {
+            return Ok(());
+        };
+        process.hook_running = false;
+        match process.hooks.pop_front() {
+            Some((request, command)) => self.start_hook(pid, request, command),
+            None => Ok(()),
+        }
     }
 
     /// Sends a data request of unit process `pid` to its agent; returns its id.
