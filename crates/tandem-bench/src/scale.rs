@@ -403,42 +403,61 @@ impl Bench {
         let mut moved = 0;
         for service in &view.summary.services {
             let first = format!("{}-a", service.name);
-            let on_first = service
-                .units
-                .iter()
-                .find(|roles| roles.unit == first)
-                .map_or(0, |roles| roles.active);
-            if on_first == service.shards {
+            let on_first = |view: &View| {
+                view.summary
+                    .services
+                    .iter()
+                    .find(|other| other.name == service.name)
+                    .and_then(|service| service.units.iter().find(|roles| roles.unit == first))
+                    .map_or(0, |roles| roles.active)
+                    == service.shards
+            };
+            if on_first(view) {
                 continue;
             }
-            let leader = self
-                .cluster
-                .index_of(&view.status.leader)
-                .context("the leader is not in the config")?;
             // A role confirmed a moment ago may be confirmed again at a newer report
-            // (`busy`): retried, within the settle time.
+            // (`busy`); a leader change aborts the request, committed or not (the next
+            // summary tells): retried, within the settle time.
             let deadline = Instant::now() + self.options.settle;
+            let mut leader = view.status.leader.clone();
             loop {
+                let index = self
+                    .cluster
+                    .index_of(&leader)
+                    .context("the leader is not in the config")?;
                 let answer = client::operation(
-                    self.cluster.nodes[leader].admin,
+                    self.cluster.nodes[index].admin,
                     client::switchover_kind(switchover_request::Target::Service(
                         service.name.clone(),
                     )),
                     self.options.settle,
                 );
-                match answer {
+                let retry = matches!(
+                    &answer,
                     Err(client::AdminClientError::Refused {
-                        code: tandem_core::AdminCode::Busy,
+                        code: tandem_core::AdminCode::Busy
+                            | tandem_core::AdminCode::Aborted
+                            | tandem_core::AdminCode::NoLeader
+                            | tandem_core::AdminCode::NotLeader,
                         ..
-                    }) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    other => {
-                        other.with_context(|| {
-                            format!("switch service {} back to {first}", service.name)
-                        })?;
+                    })
+                );
+                if !retry || Instant::now() >= deadline {
+                    answer.with_context(|| {
+                        format!("switch service {} back to {first}", service.name)
+                    })?;
+                    break;
+                }
+                eprintln!(
+                    "scale: switching {} back to {first}: {answer:?}; again",
+                    service.name
+                );
+                std::thread::sleep(Duration::from_millis(100));
+                if let Some(now) = self.view(0) {
+                    if on_first(&now) {
                         break;
                     }
+                    leader = now.status.leader.clone();
                 }
             }
             moved += 1;
