@@ -1142,13 +1142,53 @@ impl Daemon {
         self.events.push(kind, text, 0);
     }
 
+    /// Records `event` in the node's event log (`tandemctl events`), and logs it: at INFO on
+    /// the leader and when it concerns this node, at DEBUG otherwise. Every daemon applies
+    /// every committed event; a role change of another node's unit would otherwise be written
+    /// to every node's log (10,000 shards starting: 20,000 lines on each of them).
     fn log_event(&self, event: &NodeEvent) {
         let index = match event {
             NodeEvent::Model { index, .. } => *index,
             _ => 0,
         };
-        tracing::info!(kind = event.kind(), index, "{event}");
-        self.events.push(event.kind(), event.to_string(), index);
+        let text = event.to_string();
+        if self.concerns_this_node(event) {
+            tracing::info!(kind = event.kind(), index, "{text}");
+        } else {
+            tracing::debug!(kind = event.kind(), index, "{text}");
+        }
+        self.events.push(event.kind(), text, index);
+    }
+
+    /// Whether `event` is this node's to log at INFO (see [`Daemon::log_event`]).
+    fn concerns_this_node(&self, event: &NodeEvent) -> bool {
+        if self.node.is_leader() {
+            return true;
+        }
+        let state = self.node.state();
+        let here = |unit: &tandem_core::UnitName| {
+            state
+                .units
+                .get(unit)
+                .is_some_and(|record| record.node == self.node.id())
+        };
+        match event {
+            NodeEvent::Model {
+                event: tandem_core::ModelEvent::RoleChanged { unit, .. },
+                ..
+            } => here(unit),
+            NodeEvent::Model {
+                event:
+                    tandem_core::ModelEvent::InSyncChanged { shard, .. }
+                    | tandem_core::ModelEvent::HandoverStarted { shard, .. }
+                    | tandem_core::ModelEvent::HandoverEnded { shard, .. },
+                ..
+            } => state
+                .shards
+                .get(shard)
+                .is_some_and(|record| record.roles.keys().any(here)),
+            _ => true,
+        }
     }
 
     fn answer_admin(&mut self, id: u64, answer: AdminResult) {
