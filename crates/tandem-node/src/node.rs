@@ -47,8 +47,9 @@ const CONTEXT_INTERNAL: &[u8] = b"tandem";
 /// How often the leader proposes its config's topology again while the committed one differs.
 const TOPOLOGY_RETRY: Duration = Duration::from_secs(2);
 
-/// Director commands per Raft entry at most (each is tens of bytes).
-const BATCH_COMMANDS: usize = 512;
+/// Director commands per Raft entry at most (each is tens of bytes): an entry is applied in
+/// one piece, on every node, so it stays a few KiB.
+const BATCH_COMMANDS: usize = 128;
 
 /// Ready rounds per drive: proposals made while driving (director plans) go out in the same
 /// call instead of waiting for the next input.
@@ -787,8 +788,12 @@ impl<D: Disk> Node<D> {
                 Self::check_waiting(leadership, self.replica.state(), now, &mut step.admin);
             }
             let idle = step.is_empty() && !proposed;
+            let applied_some = !step.applied.is_empty();
             output.extend(step);
-            if idle || round + 1 == DRIVE_ROUNDS_MAX {
+            // A backlog of committed entries is applied one Ready per pass: the event loop
+            // sends heartbeats and answers leases between them (see `has_raft_work`).
+            let backlog = applied_some && self.replica.has_unapplied();
+            if idle || backlog || round + 1 == DRIVE_ROUNDS_MAX {
                 break;
             }
         }

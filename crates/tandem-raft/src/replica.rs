@@ -21,8 +21,8 @@ use tandem_proto::state_wire::{decode_command, decode_state, encode_command, enc
 
 /// Most bytes of committed entries one Ready applies (raft-rs's
 /// `max_committed_size_per_ready`; an entry larger than this is applied alone). A director
-/// batch of a few hundred commands is a few tens of KiB.
-pub const APPLY_BYTES_PER_READY_MAX: u64 = 64 * 1024;
+/// batch of 128 commands is a few KiB.
+pub const APPLY_BYTES_PER_READY_MAX: u64 = 16 * 1024;
 /// What a replica needs to start.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
