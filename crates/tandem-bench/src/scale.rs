@@ -417,7 +417,8 @@ impl Bench {
             }
             // A role confirmed a moment ago may be confirmed again at a newer report
             // (`busy`); a leader change aborts the request, committed or not (the next
-            // summary tells): retried, within the settle time.
+            // summary tells); a shard that lost its ACTIVE meanwhile (a lease lapse under
+            // load) fails it: retried, within the settle time.
             let deadline = Instant::now() + self.options.settle;
             let mut leader = view.status.leader.clone();
             loop {
@@ -437,6 +438,7 @@ impl Bench {
                     Err(client::AdminClientError::Refused {
                         code: tandem_core::AdminCode::Busy
                             | tandem_core::AdminCode::Aborted
+                            | tandem_core::AdminCode::Failed
                             | tandem_core::AdminCode::NoLeader
                             | tandem_core::AdminCode::NotLeader,
                         ..
