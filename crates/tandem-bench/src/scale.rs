@@ -415,10 +415,11 @@ impl Bench {
             if on_first(view) {
                 continue;
             }
-            // A role confirmed a moment ago may be confirmed again at a newer report
-            // (`busy`); a leader change aborts the request, committed or not (the next
-            // summary tells); a shard that lost its ACTIVE meanwhile (a lease lapse under
-            // load) fails it: retried, within the settle time.
+            // Refusals here are transient under load: a role confirmed a moment ago may be
+            // confirmed again at a newer report (busy), a leader change aborts the request
+            // (committed or not), a shard may lose its ACTIVE or its STANDBY's sync meanwhile
+            // (a lease lapse). Each is retried once every shard is healthy again, within the
+            // settle time; the summary tells whether an earlier attempt did the job.
             let deadline = Instant::now() + self.options.settle;
             let mut leader = view.status.leader.clone();
             loop {
@@ -433,33 +434,30 @@ impl Bench {
                     )),
                     self.options.settle,
                 );
-                let retry = matches!(
-                    &answer,
-                    Err(client::AdminClientError::Refused {
-                        code: tandem_core::AdminCode::Busy
-                            | tandem_core::AdminCode::Aborted
-                            | tandem_core::AdminCode::Failed
-                            | tandem_core::AdminCode::NoLeader
-                            | tandem_core::AdminCode::NotLeader,
-                        ..
-                    })
-                );
-                if !retry || Instant::now() >= deadline {
+                let refused = matches!(&answer, Err(client::AdminClientError::Refused { .. }));
+                if !refused || Instant::now() >= deadline {
                     answer.with_context(|| {
                         format!("switch service {} back to {first}", service.name)
                     })?;
                     break;
                 }
                 eprintln!(
-                    "scale: switching {} back to {first}: {answer:?}; again",
+                    "scale: switching {} back to {first}: {answer:?}; again once healthy",
                     service.name
                 );
-                std::thread::sleep(Duration::from_millis(100));
+                while Instant::now() < deadline {
+                    std::thread::sleep(self.options.poll);
+                    if let Some(now) = self.view(0) {
+                        leader = now.status.leader.clone();
+                        if now.healthy() {
+                            break;
+                        }
+                    }
+                }
                 if let Some(now) = self.view(0) {
                     if on_first(&now) {
                         break;
                     }
-                    leader = now.status.leader.clone();
                 }
             }
             moved += 1;
