@@ -83,6 +83,41 @@ fn lost_items_are_sent_again_and_gaps_are_refused() {
 }
 
 #[test]
+fn only_replicas_waiting_on_a_timer_are_busy() {
+    let mut net = Net::new(2);
+    net.assign(1, 1, &[2], &[]);
+    net.run();
+    net.commit_claim(1);
+    net.run();
+    // In step and verified: nothing waits on a timer, a tick looks at no replica but the
+    // backstop sweep's slice.
+    for (node, plane) in &net.planes {
+        assert!(plane.busy.is_empty(), "node {node}: {:?}", plane.busy);
+    }
+    // Items lost on the way: the primary waits to resend them, so it is busy until the
+    // STANDBY acknowledged what the resend carried.
+    let mut dropped = false;
+    let request = net.commit_in_pass(1, vec![put("a", b"1")], true);
+    net.run_with(100, |message| {
+        let lose = matches!(message, DataMessage::Items { .. }) && !dropped;
+        dropped |= lose;
+        lose
+    });
+    assert!(dropped);
+    assert_eq!(net.reply(request), None);
+    assert_eq!(net.planes[&1].busy.len(), 1, "the primary waits to resend");
+    net.tick(300);
+    net.run();
+    assert_eq!(
+        net.reply(request),
+        Some(&DataReply::Committed { version: 1 })
+    );
+    for (node, plane) in &net.planes {
+        assert!(plane.busy.is_empty(), "node {node}: {:?}", plane.busy);
+    }
+}
+
+#[test]
 fn a_diverged_old_active_gets_a_full_transfer_and_a_close_one_a_delta() {
     let mut net = Net::new(3);
     net.assign(1, 1, &[2, 3], &[]);
