@@ -834,6 +834,7 @@ impl Config {
                 ..ProcessSpec::default()
             }),
         )?;
+        check_topology_size(&checker, &topology, frame_len_max)?;
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -970,6 +971,53 @@ impl fmt::Display for NodeConfig {
     }
 }
 
+/// Most shards a config may declare in all its services: ten times what the benchmark runs
+/// on 16 daemons (10,000), the most the simulation is built to reach.
+pub const TOPOLOGY_SHARDS_MAX: usize = 100_000;
+
+/// Refuses services that the cluster could not carry: more than [`TOPOLOGY_SHARDS_MAX`]
+/// shards, or a topology whose Raft entry would not fit in half a peer frame
+/// (`frame_len_max`): the leader could never replicate it, and the cluster would run
+/// without it, retrying for ever.
+fn check_topology_size(
+    checker: &Checker<'_>,
+    topology: &Topology,
+    frame_len_max: usize,
+) -> Result<(), ConfigError> {
+    let shards: usize = topology
+        .services
+        .iter()
+        .map(|service| service.shards.len())
+        .sum();
+    if shards > TOPOLOGY_SHARDS_MAX {
+        return Err(checker.invalid(
+            None,
+            "services".into(),
+            format!(
+                "{shards} shards in all services, more than the {TOPOLOGY_SHARDS_MAX} a cluster \
+                 may hold (every node applies and keeps every shard's record)"
+            ),
+        ));
+    }
+    let entry = tandem_proto::state_wire::encode_command(&tandem_core::Command::SetTopology(
+        topology.clone(),
+    ))
+    .len();
+    let room = frame_len_max / 2;
+    if entry > room {
+        return Err(checker.invalid(
+            None,
+            "services".into(),
+            format!(
+                "the services make a Raft entry of {entry} bytes, more than half a peer frame \
+                 ({room} of cluster.frame_len_max = {frame_len_max}): the leader could not \
+                 replicate it; raise cluster.frame_len_max or declare fewer shards"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,6 +1058,41 @@ admin_addr = "127.0.0.1:7203"
         assert!(!message.contains('\n'), "multi-line message {message:?}");
         assert_eq!(error.line(), Some(line));
         message
+    }
+
+    /// `EXAMPLE` with one 2n service of `shards` shards, and `cluster` lines added.
+    fn with_shards(shards: usize, cluster: &str) -> String {
+        let names: Vec<String> = (0..shards).map(|index| format!("\"s-{index}\"")).collect();
+        let example = EXAMPLE.replace(
+            "data_dir = \"/var/lib/tandem\"\n",
+            &format!("data_dir = \"/var/lib/tandem\"\n{cluster}"),
+        );
+        format!(
+            "{example}\n[[services]]\nname = \"s\"\nmodel = \"2n\"\nshards = [{}]\n\
+             units = [{{ name = \"a\", node = \"n1\" }}, {{ name = \"b\", node = \"n2\" }}]\n\
+             instantiate = [\"/bin/true\"]\n",
+            names.join(", ")
+        )
+    }
+
+    #[test]
+    fn too_many_shards_are_refused_with_the_count_and_the_limit() {
+        assert!(parse(&with_shards(10_000, "")).is_ok());
+        let message = parse(&with_shards(TOPOLOGY_SHARDS_MAX + 1, ""))
+            .expect_err("over the limit")
+            .to_string();
+        assert!(message.contains("100001 shards"), "{message}");
+        assert!(message.contains("100000"), "{message}");
+    }
+
+    #[test]
+    fn a_topology_larger_than_half_a_frame_is_refused_with_its_size() {
+        // 10,000 shards make an entry of about 100 KiB: not in half of a 64 KiB frame.
+        let text = with_shards(10_000, "frame_len_max = 65536\n");
+        let message = parse(&text).expect_err("too big").to_string();
+        assert!(message.contains("Raft entry of"), "{message}");
+        assert!(message.contains("frame_len_max = 65536"), "{message}");
+        assert!(parse(&with_shards(1_000, "frame_len_max = 65536\n")).is_ok());
     }
 
     #[test]
