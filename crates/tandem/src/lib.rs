@@ -15,7 +15,10 @@
 //!
 //! **Hooks and deadlines.** A hook must finish within the service's `callback_timeout_ms`
 //! (health checks within `health_timeout_ms`), or tandem counts a fault and restarts the unit.
-//! A hook that returns an error is a fault too. Hooks run one at a time, never concurrently.
+//! A hook that returns an error is a fault too. Hooks run one at a time, never concurrently,
+//! in the order tandemd sent them. When tandemd hands a unit many roles at once (a start, a
+//! failover onto it), it sends up to 64 assignments as one batch: `assign` runs for each in
+//! turn, and the timeout covers the batch.
 //!
 //! **Faults.** [`Context::report_fault`] tells tandem something is wrong; the unit stops acting
 //! ACTIVE at once, and tandem's restart-escalation ladder decides what happens next (a reset
