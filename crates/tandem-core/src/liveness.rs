@@ -244,6 +244,16 @@ impl LivenessTracker {
 mod tests {
     use super::*;
 
+    /// The verdict the tracker proposes for `node` (the proposer fills in the rest).
+    fn verdict(node: NodeId, up: bool) -> Command {
+        Command::SetNodeLiveness {
+            node,
+            up,
+            at_ms: 0,
+            promotions: vec![],
+        }
+    }
+
     fn tracker(now: Time) -> LivenessTracker {
         tracker_with(now, 300, 209)
     }
@@ -282,15 +292,7 @@ mod tests {
         assert!(tracker.decide(Time::from_millis(299), &state).is_empty());
         tracker.observe(Time::from_millis(250), NodeId(2), NodeReport::default());
         let commands = tracker.decide(Time::from_millis(300), &state);
-        assert_eq!(
-            commands,
-            vec![Command::SetNodeLiveness {
-                node: NodeId(3),
-                up: false,
-                at_ms: 0,
-                promotions: vec![],
-            }]
-        );
+        assert_eq!(commands, vec![verdict(NodeId(3), false)]);
         // Not proposed again while pending, until a further timeout passes.
         assert!(tracker.decide(Time::from_millis(400), &state).is_empty());
         assert_eq!(tracker.decide(Time::from_millis(600), &state).len(), 2);
@@ -301,12 +303,7 @@ mod tests {
         tracker.observe(Time::from_millis(700), NodeId(2), NodeReport::default());
         assert_eq!(
             tracker.decide(Time::from_millis(701), &state),
-            vec![Command::SetNodeLiveness {
-                node: NodeId(3),
-                up: true,
-                at_ms: 0,
-                promotions: vec![],
-            }]
+            vec![verdict(NodeId(3), true)]
         );
     }
 
@@ -334,12 +331,7 @@ mod tests {
     fn a_node_whose_connection_closed_is_down_once_its_leases_ran_out() {
         let state = ClusterState::bootstrap([NodeId(1), NodeId(2), NodeId(3)]);
         let mut tracker = tracker_with(Time::ZERO, 261, 209);
-        let down = |node| Command::SetNodeLiveness {
-            node,
-            up: false,
-            at_ms: 0,
-            promotions: vec![],
-        };
+        let down = |node| verdict(node, false);
         tracker.observe(Time::from_millis(10), NodeId(2), NodeReport::default());
         tracker.observe(Time::from_millis(200), NodeId(3), NodeReport::default());
         tracker.link_lost(NodeId(2));
@@ -432,12 +424,7 @@ mod tests {
         assert!(rounds(&mut tracker, &state, 910, 1050, 10).is_empty());
         assert_eq!(
             tracker.decide(Time::from_millis(1060), &state),
-            vec![Command::SetNodeLiveness {
-                node: NodeId(3),
-                up: false,
-                at_ms: 0,
-                promotions: vec![],
-            }]
+            vec![verdict(NodeId(3), false)]
         );
     }
 
@@ -452,15 +439,7 @@ mod tests {
         // Back from a pause at 600: node 3's leases ran out at 10 + 209, so it is down at
         // once; node 2, still connected, is not.
         let commands = tracker.decide(Time::from_millis(600), &state);
-        assert_eq!(
-            commands,
-            vec![Command::SetNodeLiveness {
-                node: NodeId(3),
-                up: false,
-                at_ms: 0,
-                promotions: vec![],
-            }]
-        );
+        assert_eq!(commands, vec![verdict(NodeId(3), false)]);
     }
 
     #[test]
