@@ -354,24 +354,7 @@ impl Director {
 
     /// Marks the next few waiting shards dirty, in turn.
     fn sweep_waiting(&mut self) {
-        let start = self.sweep_from.take();
-        let mut next: Vec<ShardName> = match &start {
-            Some(from) => self
-                .waiting
-                .range::<ShardName, _>((
-                    std::ops::Bound::Excluded(from),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take(WAITING_SWEEP)
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
-        if next.len() < WAITING_SWEEP {
-            let more = WAITING_SWEEP - next.len();
-            next.extend(self.waiting.iter().take(more).cloned());
-        }
-        self.sweep_from = next.last().cloned();
+        let next = crate::turn::set_in_turn(&self.waiting, &mut self.sweep_from, WAITING_SWEEP);
         self.dirty.extend(next);
     }
 
@@ -418,31 +401,7 @@ impl Director {
         self.sweep_waiting();
         // In turn from where the last round stopped, so that shards made dirty again and
         // again cannot keep the others waiting.
-        let after = self.plan_from.take();
-        let mut round: Vec<ShardName> = match &after {
-            Some(from) => self
-                .dirty
-                .range::<ShardName, _>((
-                    std::ops::Bound::Excluded(from),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take(PLAN_SHARDS_MAX)
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
-        if round.len() < PLAN_SHARDS_MAX {
-            let more = PLAN_SHARDS_MAX - round.len();
-            let wrapped: Vec<ShardName> = self
-                .dirty
-                .iter()
-                .take_while(|shard| after.as_ref().is_none_or(|after| *shard <= after))
-                .take(more)
-                .cloned()
-                .collect();
-            round.extend(wrapped);
-        }
-        self.plan_from = round.last().cloned();
+        let round = crate::turn::set_in_turn(&self.dirty, &mut self.plan_from, PLAN_SHARDS_MAX);
         self.planned_last_round = round.len();
         for shard in &round {
             self.dirty.remove(shard);

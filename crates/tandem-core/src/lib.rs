@@ -24,6 +24,7 @@ pub mod report;
 pub mod table;
 pub mod time;
 pub mod topology;
+mod turn;
 
 pub use agent::{Agent, AgentAction, StopSpec, UnitCommand, ASSIGN_BATCH_MAX, HOOKS_IN_FLIGHT_MAX};
 pub use belief::UnitBelief;

@@ -352,35 +352,6 @@ struct Slot {
     suspect: bool,
 }
 
-/// `count` keys of `map` in turn: those after `cursor`, wrapping around to the first (each
-/// at most once), and `cursor` moved to the last one taken.
-fn in_turn<V>(
-    map: &BTreeMap<ReplicaId, V>,
-    cursor: &mut Option<ReplicaId>,
-    count: usize,
-) -> Vec<ReplicaId> {
-    let after = cursor.take();
-    let mut ids: Vec<ReplicaId> = match &after {
-        Some(from) => map
-            .range::<ReplicaId, _>((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded))
-            .take(count)
-            .map(|(id, _)| id.clone())
-            .collect(),
-        None => Vec::new(),
-    };
-    if ids.len() < count {
-        let more = (count - ids.len()).min(map.len());
-        let wrapped = map
-            .keys()
-            .take(more)
-            .filter(|id| after.as_ref().is_none_or(|after| *id <= after))
-            .cloned();
-        ids.extend(wrapped);
-    }
-    *cursor = ids.last().cloned();
-    ids
-}
-
 impl Slot {
     /// Whether nothing here waits on a timer: a secondary with a session, a primary whose
     /// sessions have nothing unacknowledged, that has no waiters, no orphans, no commit held
@@ -437,7 +408,7 @@ pub struct DataPlane {
     pump_deferred: BTreeSet<ReplicaId>,
     /// Replicas with time-driven work (see [`Slot::quiet`]): a tick looks at them in turn,
     /// [`TICK_REPLICAS_MAX`] at most; an idle node looks at almost nothing.
-    busy: BTreeMap<ReplicaId, ()>,
+    busy: BTreeSet<ReplicaId>,
     /// Where the next tick's slice of busy replicas begins.
     busy_from: Option<ReplicaId>,
     /// Where the next tick's slice of the sweep over every replica begins (see
@@ -523,7 +494,7 @@ impl DataPlane {
             next_session: incarnation << 24,
             pump_budget: 0,
             pump_deferred: BTreeSet::new(),
-            busy: BTreeMap::new(),
+            busy: BTreeSet::new(),
             busy_from: None,
             sweep_from: None,
             next_forward: incarnation << 32,
@@ -1144,14 +1115,14 @@ impl DataPlane {
     pub fn tick(&mut self, now: Time) {
         let deferred = std::mem::take(&mut self.pump_deferred);
         self.dirty.extend(deferred);
-        let busy = in_turn(&self.busy, &mut self.busy_from, TICK_REPLICAS_MAX);
+        let busy = crate::turn::set_in_turn(&self.busy, &mut self.busy_from, TICK_REPLICAS_MAX);
         self.dirty.extend(busy);
         let sweep = self
             .slots
             .len()
             .div_ceil(SWEEP_TICKS)
             .min(TICK_REPLICAS_MAX);
-        let swept = in_turn(&self.slots, &mut self.sweep_from, sweep);
+        let swept = crate::turn::keys_in_turn(&self.slots, &mut self.sweep_from, sweep);
         self.dirty.extend(swept);
         self.release_held(now);
     }
@@ -1183,7 +1154,7 @@ impl DataPlane {
                 .get(&id)
                 .is_some_and(|slot| !slot.quiet() || self.pump_deferred.contains(&id));
             if busy {
-                self.busy.insert(id, ());
+                self.busy.insert(id);
             } else {
                 self.busy.remove(&id);
             }
