@@ -212,6 +212,9 @@ struct Instance {
     /// Hooks sent and not answered, oldest first (the unit works on the first); at most
     /// [`HOOKS_IN_FLIGHT_MAX`], at most one per shard.
     hooks: std::collections::VecDeque<Hook>,
+    /// The shards of `hooks` (up to `HOOKS_IN_FLIGHT_MAX × ASSIGN_BATCH_MAX` of them): finding
+    /// the next hook skips them at the cost of a lookup each.
+    in_flight: BTreeSet<ShardName>,
     /// An outstanding health check: (request id, deadline).
     health: Option<(u64, Time)>,
     next_health: Time,
@@ -247,6 +250,7 @@ impl Instance {
             pid: None,
             confirmed: BTreeMap::new(),
             hooks: std::collections::VecDeque::new(),
+            in_flight: BTreeSet::new(),
             health: None,
             next_health: now,
             reset_seen,
@@ -656,11 +660,13 @@ impl Agent {
             self.next_request += 1;
             // The first hook starts now; the others when the one ahead is answered.
             let started = instance.hooks.is_empty().then_some(now);
-            instance.hooks.push_back(Hook {
+            let hook = Hook {
                 id,
                 started,
                 outcome,
-            });
+            };
+            instance.in_flight.extend(hook.shards().cloned());
+            instance.hooks.push_back(hook);
             actions.push(AgentAction::Send {
                 unit: name.clone(),
                 generation: instance.generation,
@@ -793,6 +799,9 @@ impl Agent {
         }
         let position = instance.hooks.iter().position(|hook| hook.id == request)?;
         let hook = instance.hooks.remove(position).expect("found above");
+        for shard in hook.shards() {
+            instance.in_flight.remove(shard);
+        }
         if position == 0 {
             // The next one's timeout runs from the next reconcile (within a tick).
             if let Some(next) = instance.hooks.front_mut() {
@@ -964,7 +973,7 @@ impl Agent {
                     // worked out here, or counted unsettled), and the shard of a hook in
                     // flight is unsettled (the unit may already act on an ACTIVE it was just
                     // given).
-                    let in_flight = instance.hooks.iter().flat_map(Hook::shards);
+                    let in_flight = instance.in_flight.iter();
                     // Each run is in name order, so the first MAX + 1 of each hold the first
                     // MAX + 1 of all, which is enough to list the first MAX; the hook's shard
                     // goes in wherever it falls.
@@ -1029,12 +1038,6 @@ fn next_hook(
         .hooks
         .iter()
         .any(|hook| matches!(hook.outcome, HookOutcome::Reset(_)));
-    let in_flight = |shard: &ShardName| {
-        instance
-            .hooks
-            .iter()
-            .any(|hook| hook.shards().any(|held| held == shard))
-    };
     if reset_requests > instance.reset_seen && !reset_in_flight {
         candidates.push((
             1,
@@ -1048,7 +1051,7 @@ fn next_hook(
     // A shard with a hook in flight waits for its answer.
     let mut batch: Vec<(u8, UnitCommand, (ShardName, Role))> = Vec::new();
     for (_, shard) in &instance.queue {
-        if in_flight(shard) {
+        if instance.in_flight.contains(shard) {
             continue;
         }
         let held = instance.confirmed.get(shard).copied();
