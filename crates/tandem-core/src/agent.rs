@@ -212,8 +212,9 @@ struct Instance {
     /// Hooks sent and not answered, oldest first (the unit works on the first); at most
     /// [`HOOKS_IN_FLIGHT_MAX`], at most one per shard.
     hooks: std::collections::VecDeque<Hook>,
-    /// The shards of `hooks` (up to `HOOKS_IN_FLIGHT_MAX × ASSIGN_BATCH_MAX` of them): finding
-    /// the next hook skips them at the cost of a lookup each.
+    /// The shards of `hooks` (up to `HOOKS_IN_FLIGHT_MAX × ASSIGN_BATCH_MAX` of them). They
+    /// stay in the diff (`queued`: the report counts them unsettled) but leave `queue` until
+    /// their hook is answered, so finding the next hook never walks past them.
     in_flight: BTreeSet<ShardName>,
     /// An outstanding health check: (request id, deadline).
     health: Option<(u64, Time)>,
@@ -231,8 +232,9 @@ struct Instance {
     /// date from what changed, so that finding the next hook and reporting cost what is
     /// unsettled, not what the unit holds.
     queued: BTreeMap<ShardName, u8>,
-    /// The diff by hook priority, then name: the next hook is the first entry, found without
-    /// a walk (a unit given thousands of roles at once answers them one by one).
+    /// The diff by hook priority, then name, less the shards in flight: the next hook is the
+    /// first entry, found without a walk (a unit given thousands of roles at once answers
+    /// them one by one).
     queue: BTreeSet<(u8, ShardName)>,
     /// Shards whose place in the diff must be worked out again.
     stale: BTreeSet<ShardName>,
@@ -296,8 +298,31 @@ impl Instance {
             self.queue.remove(&(old, shard.clone()));
         }
         if let Some(priority) = priority {
-            self.queue.insert((priority, shard.clone()));
+            if !self.in_flight.contains(&shard) {
+                self.queue.insert((priority, shard.clone()));
+            }
             self.queued.insert(shard, priority);
+        }
+    }
+
+    /// `hook` was sent: its shards leave the queue until it is answered.
+    fn sent(&mut self, hook: Hook) {
+        for shard in hook.shards() {
+            if let Some(priority) = self.queued.get(shard) {
+                self.queue.remove(&(*priority, shard.clone()));
+            }
+            self.in_flight.insert(shard.clone());
+        }
+        self.hooks.push_back(hook);
+    }
+
+    /// `hook` was answered: its shards may have their next hook.
+    fn answered(&mut self, hook: &Hook) {
+        for shard in hook.shards() {
+            self.in_flight.remove(shard);
+            if let Some(priority) = self.queued.get(shard) {
+                self.queue.insert((*priority, shard.clone()));
+            }
         }
     }
 
@@ -665,8 +690,7 @@ impl Agent {
                 started,
                 outcome,
             };
-            instance.in_flight.extend(hook.shards().cloned());
-            instance.hooks.push_back(hook);
+            instance.sent(hook);
             actions.push(AgentAction::Send {
                 unit: name.clone(),
                 generation: instance.generation,
@@ -799,9 +823,7 @@ impl Agent {
         }
         let position = instance.hooks.iter().position(|hook| hook.id == request)?;
         let hook = instance.hooks.remove(position).expect("found above");
-        for shard in hook.shards() {
-            instance.in_flight.remove(shard);
-        }
+        instance.answered(&hook);
         if position == 0 {
             // The next one's timeout runs from the next reconcile (within a tick).
             if let Some(next) = instance.hooks.front_mut() {
@@ -1048,12 +1070,13 @@ fn next_hook(
     }
     // Only the shards where the unit's confirmed role differs from what it should hold, best
     // first: the first that makes a hook is the one (the reset competes at priority 1).
-    // A shard with a hook in flight waits for its answer.
+    // A shard with a hook in flight is out of the queue until its answer.
     let mut batch: Vec<(u8, UnitCommand, (ShardName, Role))> = Vec::new();
     for (_, shard) in &instance.queue {
-        if instance.in_flight.contains(shard) {
-            continue;
-        }
+        debug_assert!(
+            !instance.in_flight.contains(shard),
+            "a shard in flight is out of the queue"
+        );
         let held = instance.confirmed.get(shard).copied();
         let Some(role) = wanted_role(state, name, shard, may_act) else {
             if held.is_some() {
