@@ -16,7 +16,9 @@ pub mod replica_file;
 pub mod wire;
 
 pub use admin::{AdminAction, AdminDone, AdminResult};
-pub use node::{DataRound, DataStepEnd, DataStepStart, Node, NodeError, NodeOutput, NodeSettings};
+pub use node::{
+    DataRound, DataStepEnd, DataStepStart, MovedShards, Node, NodeError, NodeOutput, NodeSettings,
+};
 pub use observe::{NodeEvent, Observed};
 pub use replica_books::{CompactionPolicy, FileOp, Installed, ReplicaBooks, Synced};
 

@@ -177,6 +177,18 @@ pub struct Node<D: Disk> {
     data_leased: bool,
     /// What applied entries changed since the data plane's view was last updated.
     data_changes: tandem_core::cluster::Changes,
+    /// Shards whose committed record moved since the owner last took them (see
+    /// [`Node::take_moved_shards`]).
+    moved_shards: MovedShards,
+}
+
+/// Shards whose committed record changed over some stretch of applied entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MovedShards {
+    /// These ones (perhaps none).
+    Some(std::collections::BTreeSet<tandem_core::ShardName>),
+    /// Any of them: the topology changed, or nothing was taken yet.
+    All,
 }
 
 impl<D: Disk> std::fmt::Debug for Node<D> {
@@ -210,6 +222,7 @@ impl<D: Disk> Node<D> {
             data_applied: None,
             data_leased: false,
             data_changes: Default::default(),
+            moved_shards: MovedShards::All,
             settings,
         })
     }

@@ -17,10 +17,12 @@ use tandem_core::data::{
     Accepted, DataConfig, DataEvent, MessageOrigin, NotAccepted, Origin, StreamMessage,
 };
 use tandem_core::{
-    AdminCode, AgentAction, NodeId, ServiceName, ShardName, Time, UnitCommand, UnitName,
+    AdminCode, AgentAction, NodeId, ServiceName, ShardName, ShardRecord, Time, UnitCommand,
+    UnitName,
 };
 use tandem_node::{
-    AdminAction, AdminResult, CompactionPolicy, FileOp, Node, NodeEvent, NodeSettings, UnitEvent,
+    AdminAction, AdminResult, CompactionPolicy, FileOp, MovedShards, Node, NodeEvent, NodeSettings,
+    UnitEvent,
 };
 use tandem_proto::admin::{
     admin_request, admin_response, AdminRequest, AdminResponse, NoopReply, OperationDone,
@@ -83,6 +85,8 @@ struct UnitConnection {
     channel: Option<mpsc::Sender<AgentToUnit>>,
     /// The restriction last sent per shard.
     restrictions: BTreeMap<ShardName, Option<u32>>,
+    /// It registered and was not told its restrictions yet.
+    restrictions_due: bool,
 }
 
 /// An admin request waiting for the Node's answer.
@@ -648,6 +652,7 @@ impl Daemon {
             {
                 if self.node.on_registered(now, &unit, generation) {
                     connection.channel = Some(channel);
+                    connection.restrictions_due = true;
                     self.registered = true;
                     Ok(sdk::Welcome {
                         unit: unit.0.clone(),
@@ -949,34 +954,60 @@ impl Daemon {
     }
 
     /// Tells each local unit holding a shard its committed processing restriction whenever it
-    /// changes (and once after the unit registered).
+    /// changes, and all of them once after the unit registered. Costs the shards that moved
+    /// (and, for a unit that just registered, the shards it holds), not every shard.
     fn send_restrictions(&mut self) {
+        let moved = self.node.take_moved_shards();
         let state = self.node.state();
         let mut messages = Vec::new();
         for (unit, connection) in &mut self.units {
             if connection.channel.is_none() {
                 continue;
             }
-            for shard in state.shards.values() {
-                if !shard.roles.contains_key(unit) {
-                    connection.restrictions.remove(&shard.name);
-                    continue;
-                }
+            let mut tell = |connection: &mut UnitConnection, shard: &ShardRecord| {
                 let known = connection.restrictions.get(&shard.name);
-                if known == Some(&shard.admitted_permille) {
-                    continue;
+                if known != Some(&shard.admitted_permille) {
+                    connection
+                        .restrictions
+                        .insert(shard.name.clone(), shard.admitted_permille);
+                    messages.push((
+                        unit.clone(),
+                        connection.generation,
+                        sdk::Restriction {
+                            shard: shard.name.0.clone(),
+                            admitted_permille: shard.admitted_permille,
+                        },
+                    ));
                 }
-                connection
-                    .restrictions
-                    .insert(shard.name.clone(), shard.admitted_permille);
-                messages.push((
-                    unit.clone(),
-                    connection.generation,
-                    sdk::Restriction {
-                        shard: shard.name.0.clone(),
-                        admitted_permille: shard.admitted_permille,
-                    },
-                ));
+            };
+            let holds = |shard: &ShardName| {
+                state
+                    .shards
+                    .get(shard)
+                    .filter(|record| record.roles.contains_key(unit))
+            };
+            match &moved {
+                MovedShards::Some(moved) if !connection.restrictions_due => {
+                    for shard in moved {
+                        match holds(shard) {
+                            Some(record) => tell(connection, record),
+                            None => {
+                                connection.restrictions.remove(shard);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    connection.restrictions_due = false;
+                    connection
+                        .restrictions
+                        .retain(|shard, _| holds(shard).is_some());
+                    for record in state.shards_naming(unit) {
+                        if record.roles.contains_key(unit) {
+                            tell(connection, record);
+                        }
+                    }
+                }
             }
         }
         for (unit, generation, restriction) in messages {
@@ -1261,6 +1292,7 @@ impl Daemon {
                                 reinitialise,
                                 channel: None,
                                 restrictions: BTreeMap::new(),
+                                restrictions_due: false,
                             },
                         );
                         UnitEvent::Started {

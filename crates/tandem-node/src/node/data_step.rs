@@ -17,7 +17,7 @@ use tandem_core::data::{
 use tandem_core::{NodeId, ShardName, Time, UnitName};
 use tandem_raft::disk::Disk;
 
-use super::Node;
+use super::{MovedShards, Node};
 use crate::replica_books::{FileOp, Installed, Synced};
 
 /// What [`Node::begin_data_step`] found.
@@ -138,6 +138,11 @@ impl<D: Disk> Node<D> {
         let state_moved = self.data_applied != Some(applied);
         if state_moved {
             let changes = std::mem::take(&mut self.data_changes);
+            match &mut self.moved_shards {
+                MovedShards::Some(_) if changes.topology => self.moved_shards = MovedShards::All,
+                MovedShards::Some(moved) => moved.extend(changes.shards.iter().cloned()),
+                MovedShards::All => {}
+            }
             if self.data_applied.is_none() {
                 let view = DataView::from_state(self.replica.state(), self.id);
                 self.data.set_view(now, view);
@@ -163,6 +168,17 @@ impl<D: Disk> Node<D> {
             state_moved,
             lease_lapsed,
         }
+    }
+
+    /// The shards whose committed record moved since the last call (every shard at the first
+    /// call and after a topology change), as of the last [`Node::begin_data_step`]: what
+    /// follows the committed shards outside the node (such as the processing restrictions
+    /// told to units) follows these.
+    pub fn take_moved_shards(&mut self) -> MovedShards {
+        std::mem::replace(
+            &mut self.moved_shards,
+            MovedShards::Some(std::collections::BTreeSet::new()),
+        )
     }
 
     /// The next round of the data step's output, with the file operations it queued; `None`
