@@ -125,20 +125,30 @@ pub fn diff(
             generation: after.generation,
         });
     }
-    // A shard the unit listed as unsettled and no longer does: it confirmed its role.
+    // A shard the unit listed as unsettled and no longer does (nor counts past its cut): it
+    // confirmed its role, or QUIESCED for an ACTIVE one while it may not act.
     if let (Some(was), Some(now)) = (
         before.and_then(|before| before.settled.as_ref()),
         after.settled.as_ref(),
     ) {
         for shard in was.unsettled.difference(&now.unsettled) {
+            if now.lists(shard) {
+                continue;
+            }
             if let Some(role) = state
                 .shards
                 .get(shard)
                 .and_then(|record| record.roles.get(unit))
             {
+                let role = tandem_core::confirmed_role(*role);
+                let role = if role.is_acting() && now.acting_withheld {
+                    Role::Quiesced
+                } else {
+                    role
+                };
                 changes.push(Observed::Confirmed {
                     shard: shard.clone(),
-                    role: tandem_core::confirmed_role(*role),
+                    role,
                 });
             }
         }
@@ -150,4 +160,155 @@ pub fn diff(
         }
     }
     changes
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_core::{
+        ApplyOutcome, Command, HandoverUpdate, RedundancyModel, RoleChange, ServiceSpec,
+        SettledRoles, Topology, UnitSpec,
+    };
+
+    use super::*;
+
+    /// One 2N service whose unit `a` (node 1) is ACTIVE for shards `s0`..`s{count}`.
+    fn state_with_actives(count: usize) -> ClusterState {
+        let mut state = ClusterState::bootstrap([NodeId(1), NodeId(2)]);
+        let shards: Vec<ShardName> = (0..count)
+            .map(|i| format!("s{i}").as_str().into())
+            .collect();
+        let units = vec![
+            UnitSpec {
+                name: "a".into(),
+                node: NodeId(1),
+                rank: 0,
+            },
+            UnitSpec {
+                name: "b".into(),
+                node: NodeId(2),
+                rank: 0,
+            },
+        ];
+        let service = ServiceSpec::new(
+            "svc",
+            RedundancyModel::TwoN,
+            units,
+            shards.clone(),
+            vec!["/bin/true".into()],
+        );
+        let topology = Topology {
+            services: vec![service],
+            ..Topology::default()
+        };
+        assert_eq!(
+            state.apply(1, &Command::SetTopology(topology)),
+            ApplyOutcome::Changed
+        );
+        for (index, shard) in shards.into_iter().enumerate() {
+            let version = state.shards.get(&shard).expect("shard").version;
+            let command = Command::Reassign {
+                shard,
+                expected_version: version,
+                changes: vec![RoleChange {
+                    unit: "a".into(),
+                    role: Some(Role::Active),
+                }],
+                handover: HandoverUpdate::Keep,
+            };
+            assert_eq!(
+                state.apply(2 + index as u64, &command),
+                ApplyOutcome::Changed
+            );
+        }
+        state
+    }
+
+    fn report(unsettled: &[&str], acting_withheld: bool) -> UnitReport {
+        UnitReport {
+            generation: 1,
+            presence: Presence::Running,
+            settled: Some(SettledRoles::listing(
+                unsettled.iter().map(|shard| (*shard).into()),
+                acting_withheld,
+            )),
+            ..UnitReport::default()
+        }
+    }
+
+    fn confirmed(changes: &[Observed]) -> Vec<(String, Role)> {
+        changes
+            .iter()
+            .filter_map(|change| match change {
+                Observed::Confirmed { shard, role } => Some((shard.to_string(), *role)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shard_leaving_the_unsettled_list_is_confirmed() {
+        let state = state_with_actives(2);
+        let unit = "a".into();
+        let changes = diff(
+            &state,
+            &unit,
+            Some(&report(&["s0", "s1"], false)),
+            &report(&["s1"], false),
+        );
+        assert_eq!(confirmed(&changes), vec![("s0".to_string(), Role::Active)]);
+    }
+
+    #[test]
+    fn an_active_settled_while_the_unit_may_not_act_is_confirmed_quiesced() {
+        let state = state_with_actives(1);
+        let unit = "a".into();
+        let changes = diff(
+            &state,
+            &unit,
+            Some(&report(&["s0"], true)),
+            &report(&[], true),
+        );
+        assert_eq!(
+            confirmed(&changes),
+            vec![("s0".to_string(), Role::Quiesced)]
+        );
+    }
+
+    #[test]
+    fn a_shard_pushed_past_the_cut_of_the_list_is_not_confirmed() {
+        let max = tandem_core::report::UNSETTLED_LISTED_MAX;
+        let state = state_with_actives(max + 1);
+        // Names in the list's order (by name): the last of them falls past the cut once a
+        // shard with a smaller name becomes unsettled too.
+        let mut names: Vec<String> = (0..=max).map(|i| format!("s{i}")).collect();
+        names.sort();
+        let first = names[0].clone();
+        let rest: Vec<&str> = names[1..].iter().map(String::as_str).collect();
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        let before = report(&rest, false);
+        let after = report(&all, false);
+        assert_eq!(
+            after
+                .settled
+                .as_ref()
+                .and_then(|s| s.unsettled_after.clone()),
+            Some(names[max - 1].as_str().into())
+        );
+        assert!(!after
+            .settled
+            .as_ref()
+            .expect("settled")
+            .unsettled
+            .contains(&names[max].as_str().into()));
+        let changes = diff(&state, &unit_a(), Some(&before), &after);
+        assert_eq!(
+            confirmed(&changes),
+            Vec::new(),
+            "{first} became unsettled, nothing settled"
+        );
+    }
+
+    fn unit_a() -> UnitName {
+        "a".into()
+    }
 }
