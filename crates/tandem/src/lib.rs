@@ -875,10 +875,10 @@ async fn handle_inbound<U: Unit>(
     Ok(())
 }
 
-/// Tells the unit to quiesce `shards` because its lease ran out (no answer is owed).
+/// Tells the unit to quiesce `shards` because its lease ran out (no answer is owed). Logs one
+/// warning for all of them: a unit with thousands of ACTIVE shards fences them all at once.
 async fn fence<U: Unit>(unit: &mut U, ctx: &Context, shards: &[ShardName]) {
-    for shard in shards {
-        let epoch = ctx.role(shard).map_or(0, |(_, epoch)| epoch);
+    if let Some(first) = shards.first() {
         let (until, renewed_at) = {
             let beliefs = ctx.beliefs.lock();
             (beliefs.belief.lease_until(), beliefs.renewed_at)
@@ -888,12 +888,16 @@ async fn fence<U: Unit>(unit: &mut U, ctx: &Context, shards: &[ShardName]) {
             at.map(|at| now.saturating_since(at).as_secs_f64() * 1000.0)
         };
         tracing::warn!(
-            %shard,
+            shards = shards.len(),
+            %first,
             lease_ended_ms_ago = ms_ago(until),
             last_renewal_ms_ago = ms_ago(renewed_at),
-            "lease ran out: quiescing (if tandemd logged no lease lapse then, this process did \
-             not read its renewals in time: its runtime was blocked)"
+            "lease ran out: quiescing every ACTIVE shard (if tandemd logged no lease lapse \
+             then, this process did not read its renewals in time: its runtime was blocked)"
         );
+    }
+    for shard in shards {
+        let epoch = ctx.role(shard).map_or(0, |(_, epoch)| epoch);
         let command = UnitCommand::Assign {
             shard: shard.clone(),
             role: Role::Quiesced,
