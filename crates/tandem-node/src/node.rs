@@ -135,6 +135,8 @@ struct Leadership {
     observations: Observations,
     /// When the last quorum confirmation was asked for.
     quorum_asked_at: Option<Time>,
+    /// Ticks since then.
+    ticks_since_ask: usize,
     /// When the config's topology was last proposed.
     topology_proposed_at: Option<Time>,
     /// The committed topology was found equal to the config's and has not changed since.
@@ -204,7 +206,15 @@ impl<D: Disk> std::fmt::Debug for Node<D> {
 impl<D: Disk> Node<D> {
     /// Opens the node's replica on `disk` (bootstrapping an empty one).
     pub fn open(settings: NodeSettings, disk: D, logger: &slog::Logger) -> Result<Self, NodeError> {
-        let replica = Replica::open(&settings.replica, disk, logger)?;
+        // The leader's quorum confirmations (see `tick`) are Raft heartbeats sent at least
+        // every `heartbeat_ticks`: raft-rs's own heartbeats are left as a backstop, at the
+        // longest period it accepts, instead of doubling the leader's heartbeat traffic.
+        let mut replica_config = settings.replica.clone();
+        replica_config.heartbeat_ticks = replica_config
+            .election_ticks
+            .saturating_sub(1)
+            .max(replica_config.heartbeat_ticks);
+        let replica = Replica::open(&replica_config, disk, logger)?;
         let id = NodeId(settings.replica.id);
         Ok(Self {
             agent: Agent::new(id, settings.lease),
@@ -337,17 +347,22 @@ impl<D: Disk> Node<D> {
     // ----- inputs -----
 
     /// One Raft tick. On the leader, also asks the quorum to confirm it every half heartbeat
-    /// interval.
+    /// interval, and at least every Raft heartbeat period: a confirmation is a Raft heartbeat
+    /// to every member (raft-rs's read index), so it stands in for raft-rs's own.
     pub fn tick(&mut self, now: Time, wall_ms: u64) {
         self.replica.tick();
         self.reconcile_due = true;
         let half = self.settings.heartbeat_interval / 2;
+        let heartbeat_ticks = self.settings.replica.heartbeat_ticks;
         if let Some(leadership) = &mut self.leadership {
-            let due = leadership
-                .quorum_asked_at
-                .is_none_or(|asked| now.saturating_since(asked) >= half);
+            leadership.ticks_since_ask += 1;
+            let due = leadership.ticks_since_ask >= heartbeat_ticks
+                || leadership
+                    .quorum_asked_at
+                    .is_none_or(|asked| now.saturating_since(asked) >= half);
             if due {
                 leadership.quorum_asked_at = Some(now);
+                leadership.ticks_since_ask = 0;
                 self.replica
                     .confirm_quorum(now.as_micros().to_be_bytes().to_vec());
             }
@@ -1011,6 +1026,7 @@ impl<D: Disk> Node<D> {
                 quorum: QuorumClock::new(self.settings.heartbeat_interval),
                 observations: Observations::new(self.replica.applied_index()),
                 quorum_asked_at: None,
+                ticks_since_ask: 0,
                 topology_proposed_at: None,
                 topology_matches: false,
                 plan_due: true,

@@ -118,7 +118,7 @@ pub struct ClusterConfig {
     pub node_timeout_ms: u64,
     /// Length of one Raft logical tick.
     pub raft_tick_ms: u64,
-    /// The leader sends a Raft heartbeat every this many ticks.
+    /// The leader sends a Raft heartbeat (a quorum confirmation) at least every this many ticks.
     pub raft_heartbeat_ticks: usize,
     /// Minimum election timeout in ticks (randomized in `[n, 2n)`); greater than
     /// `raft_heartbeat_ticks`.
