@@ -292,14 +292,28 @@ impl Director {
                 was.generation == unit.generation
                     && was.presence == unit.presence
                     && was.faults == unit.faults
-                    && was.settled.as_ref().map(|s| s.acting_withheld)
-                        == unit.settled.as_ref().map(|s| s.acting_withheld)
+                    && was.settled.is_some() == unit.settled.is_some()
             });
             if !same_process {
                 if let Some(record) = state.units.get(name) {
                     services.insert(&record.service);
                 }
                 continue;
+            }
+            let withheld = |report: Option<&UnitReport>| {
+                report
+                    .and_then(|report| report.settled.as_ref())
+                    .map(|settled| settled.acting_withheld)
+            };
+            if withheld(was) != withheld(Some(unit)) {
+                // The unit may act again, or no longer (its lease, a fault): only its acting
+                // roles are settled or not by that.
+                self.dirty.extend(
+                    state
+                        .roles_of(name)
+                        .filter(|(_, role)| role.is_acting())
+                        .map(|(shard, _)| shard.clone()),
+                );
             }
             self.dirty.extend(
                 unsettled(was, &empty)

@@ -649,3 +649,50 @@ fn a_round_looks_at_the_shards_that_changed_not_at_the_steady_rest() {
         );
     }
 }
+
+#[test]
+fn a_unit_that_may_no_longer_act_dirties_the_shards_it_acts_for_not_its_service() {
+    let names: Vec<String> = (0..10).map(|shard| format!("s{shard}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &names),
+        3,
+    );
+    h.settle();
+    let mut observations = h.observations();
+    let changes = h.state.take_changes();
+    h.director.note_changes(&h.state, &changes);
+    h.director.plan(h.now, &h.state, &observations, 0);
+    assert!(h.director.dirty.is_empty());
+    for (node, unit) in [(2, "b"), (1, "a")] {
+        let acting: BTreeSet<ShardName> = h
+            .state
+            .roles_of(&UnitName::from(unit))
+            .filter(|(_, role)| role.is_acting())
+            .map(|(shard, _)| shard.clone())
+            .collect();
+        // Its lease lapsed: the same process reports that it may not act.
+        let mut report = observations.latest(NodeId(node)).expect("reported").clone();
+        report
+            .units
+            .get_mut(&UnitName::from(unit))
+            .and_then(|unit| unit.settled.as_mut())
+            .expect("settled")
+            .acting_withheld = true;
+        let judged = observations
+            .record(h.now, NodeId(node), report)
+            .expect("a new report is judged");
+        h.director.note_report(&h.state, &observations, &judged);
+        assert_eq!(h.director.dirty, acting, "unit {unit}");
+        h.director.dirty.clear();
+    }
+    // One unit acts for every shard, the other for none.
+    assert!(
+        h.state
+            .roles_of(&UnitName::from("a"))
+            .all(|(_, role)| role.is_acting())
+            != h.state
+                .roles_of(&UnitName::from("b"))
+                .all(|(_, role)| role.is_acting())
+    );
+}
