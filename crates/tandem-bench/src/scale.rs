@@ -74,6 +74,9 @@ pub struct Scale {
     pub shards: usize,
     pub services: usize,
     pub unit: &'static str,
+    /// The `[cluster]` settings the daemons ran with besides their name and directory (the
+    /// others at tandemd's defaults), as TOML lines.
+    pub cluster: Vec<String>,
     /// From starting the daemons until every shard was healthy, seconds.
     pub settle_s: f64,
     pub idle: Idle,
@@ -650,6 +653,14 @@ pub fn scale(options: Options) -> anyhow::Result<Scale> {
         shards: bench.options.shards,
         services: bench.layout.services.len(),
         unit: "tandem-test-unit",
+        cluster: bench
+            .options
+            .cluster_toml
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect(),
         settle_s,
         idle,
         quiet,
@@ -929,6 +940,14 @@ pub fn print(scale: &Scale) {
     println!(
         "\nscale: {} daemons, {} shards in {} 2n services ({}), start until every shard healthy: {:.1} s",
         scale.nodes, scale.shards, scale.services, scale.unit, scale.settle_s
+    );
+    println!(
+        "[cluster] settings: {} (the others at tandemd's defaults)",
+        if scale.cluster.is_empty() {
+            "none".to_owned()
+        } else {
+            scale.cluster.join(", ")
+        }
     );
     println!(
         "quiet {:.0} s: {:.1} Raft entries/s; daemon CPU % of one CPU: max {:.2}, median {:.2}, leader ({}) {:.2}; RSS MiB: max {:.1}, median {:.1}",
