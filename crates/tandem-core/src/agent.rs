@@ -269,6 +269,18 @@ impl Instance {
 
     /// Brings the diff up to date with the committed `state` for unit `name`.
     fn refresh_diff(&mut self, state: &ClusterState, name: &UnitName, may_act: bool) {
+        if !self.all_stale && self.diff_may_act.is_some_and(|before| before != may_act) {
+            // Whether the unit may act changes only what it should hold where its committed
+            // role is acting (ACTIVE or QUIESCING becomes QUIESCED): a lease lapse costs the
+            // shards it acts for, not every shard it holds.
+            self.diff_may_act = Some(may_act);
+            self.stale.extend(
+                state
+                    .roles_of(name)
+                    .filter(|(_, role)| role.is_acting())
+                    .map(|(shard, _)| shard.clone()),
+            );
+        }
         if self.all_stale || self.diff_may_act != Some(may_act) {
             self.all_stale = false;
             self.stale.clear();

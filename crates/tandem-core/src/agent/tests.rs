@@ -563,3 +563,57 @@ fn registration_of_an_unexpected_instance_is_refused() {
     assert!(!h.agent.on_registered(ms(1), &a(), generation + 1));
     assert!(!h.agent.on_registered(ms(1), &"zz".into(), 1));
 }
+
+#[test]
+fn a_lease_lapse_reworks_the_acting_shards_and_leaves_the_diff_a_rebuild_would_make() {
+    let mut h = Harness::with_shards(4);
+    let generation = h.running(ms(0));
+    h.set_role("s0", Some(Role::Active));
+    for shard in ["s1", "s2", "s3"] {
+        h.set_role(shard, Some(Role::Standby));
+    }
+    h.grant(ms(0));
+    // Every hook answered: the unit holds what it should.
+    for now in 1..10 {
+        let sends = Harness::sends(&h.reconcile(ms(now)));
+        if sends.is_empty() {
+            break;
+        }
+        for (request, _) in sends {
+            h.agent.on_reply(&a(), generation, request, Ok(()));
+        }
+    }
+    assert!(Harness::sends(&h.reconcile(ms(10))).is_empty());
+    // The lease (granted for a heartbeat sent at 0) ends at 200: the ACTIVE alone is
+    // quiesced, and the diff is what working it all out again gives.
+    let sends = Harness::sends(&h.reconcile(ms(200)));
+    assert!(
+        matches!(
+            &sends[..],
+            [(_, UnitCommand::Assign { shard, role: Role::Quiesced, .. })] if shard.as_str() == "s0"
+        ),
+        "{sends:?}"
+    );
+    let check = |h: &Harness, may_act: bool| {
+        let instance = h.agent.units[&a()].instance.clone().expect("running");
+        let mut rebuilt = instance.clone();
+        rebuilt.all_stale = true;
+        rebuilt.refresh_diff(&h.state, &a(), may_act);
+        assert_eq!(instance.queued, rebuilt.queued);
+        assert_eq!(instance.queue, rebuilt.queue);
+    };
+    check(&h, false);
+    for (request, _) in sends {
+        h.agent.on_reply(&a(), generation, request, Ok(()));
+    }
+    h.grant(ms(300));
+    let sends = Harness::sends(&h.reconcile(ms(301)));
+    assert!(
+        matches!(
+            &sends[..],
+            [(_, UnitCommand::Assign { shard, role: Role::Active, .. })] if shard.as_str() == "s0"
+        ),
+        "{sends:?}"
+    );
+    check(&h, true);
+}
