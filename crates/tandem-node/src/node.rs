@@ -481,6 +481,16 @@ impl<D: Disk> Node<D> {
         }
     }
 
+    /// The lease grants made since the last drive, taken out of its output so that the owner
+    /// sends them at once (each answers a heartbeat just handled; nothing else waits on them).
+    pub fn take_grants(&mut self) -> Vec<(u64, PeerMessage)> {
+        let (grants, rest) = std::mem::take(&mut self.pending.messages)
+            .into_iter()
+            .partition(|(_, message)| matches!(message, PeerMessage::Grant(_)));
+        self.pending.messages = rest;
+        grants
+    }
+
     /// The connection peer `from` sends to this node on closed (its daemon died or stopped, or
     /// the connection broke): what it sent before has arrived. The leader judges the peer down
     /// as soon as its leases have run out instead of after a whole node timeout; a follower

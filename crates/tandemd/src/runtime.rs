@@ -22,7 +22,7 @@ use tandem_core::{
 };
 use tandem_node::{
     AdminAction, AdminResult, CompactionPolicy, FileOp, MovedShards, Node, NodeEvent, NodeSettings,
-    UnitEvent,
+    PeerMessage, UnitEvent,
 };
 use tandem_proto::admin::{
     admin_request, admin_response, AdminRequest, AdminResponse, NoopReply, OperationDone,
@@ -561,6 +561,19 @@ impl Daemon {
         Time::from_micros(self.started.elapsed().as_micros() as u64)
     }
 
+    /// Sends messages to peers (each in an envelope from this node).
+    fn send_peer_messages(&self, messages: &[(u64, PeerMessage)]) {
+        for (to, message) in messages {
+            let envelope = Envelope {
+                cluster: self.config.cluster.name.clone(),
+                from: self.node.id().0,
+                to: *to,
+                body: Some(tandem_node::wire::encode(message)),
+            };
+            self.peers.send(&envelope);
+        }
+    }
+
     fn handle(&mut self, event: Event) {
         let now = self.now();
         match event {
@@ -575,7 +588,16 @@ impl Daemon {
                 }
             },
             Event::Peer(envelope) => match tandem_node::wire::decode(envelope.body) {
-                Ok(message) => self.node.on_peer(now, envelope.from, message),
+                Ok(message) => {
+                    let heartbeat = matches!(message, PeerMessage::Heartbeat(_));
+                    self.node.on_peer(now, envelope.from, message);
+                    if heartbeat {
+                        // A lease grant leaves now, not after the rest of this pass: under
+                        // load a pass takes tens of milliseconds, all of it off the lease.
+                        let grants = self.node.take_grants();
+                        self.send_peer_messages(&grants);
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(from = envelope.from, %error, "undecodable peer message dropped")
                 }
@@ -804,15 +826,7 @@ impl Daemon {
                     bail!("the raft log sync thread stopped");
                 }
             }
-            for (to, message) in &output.messages {
-                let envelope = Envelope {
-                    cluster: self.config.cluster.name.clone(),
-                    from: self.node.id().0,
-                    to: *to,
-                    body: Some(tandem_node::wire::encode(message)),
-                };
-                self.peers.send(&envelope);
-            }
+            self.send_peer_messages(&output.messages);
             for action in output.actions {
                 self.carry_out(action);
             }
