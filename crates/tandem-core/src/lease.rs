@@ -202,6 +202,12 @@ impl QuorumClock {
         );
     }
 
+    /// How old the newest confirmation is at `now` (since it was asked for), if there is one.
+    pub fn age(&self, now: Time) -> Option<Duration> {
+        self.confirmed_asked_at
+            .map(|asked| now.saturating_since(asked))
+    }
+
     /// Whether the leader may grant a lease of length `lease` at `now`, and if so by how much
     /// the grant is shortened: by the age of the newest confirmation beyond `freshness`. No
     /// grant once that leaves nothing of the lease (or before any confirmation).

@@ -24,6 +24,7 @@ pub use data_step::{DataRound, DataStepEnd, DataStepStart};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use raft::eraftpb::MessageType;
 use tandem_core::director::{node_down_promotions, View};
 use tandem_core::{
     AdminCode, Agent, AgentAction, AgentReport, ApplyOutcome, ClusterState, Command, Director,
@@ -133,6 +134,8 @@ struct Leadership {
     director: Director,
     quorum: QuorumClock,
     observations: Observations,
+    /// When the leader last warned that its grants shrink.
+    grants_warned_at: Option<Time>,
     /// When the last quorum confirmation was asked for.
     quorum_asked_at: Option<Time>,
     /// Ticks since then.
@@ -145,6 +148,61 @@ struct Leadership {
     plan_due: bool,
     /// Admin requests waiting, by id.
     waiting: BTreeMap<u64, Waiting>,
+}
+
+/// How often the leader says at most that its lease grants shrink.
+const GRANTS_WARNING_EVERY: Duration = Duration::from_secs(1);
+
+impl Leadership {
+    /// Quorum confirmations completed, by their context (the time each was asked for).
+    fn note_confirmed(&mut self, contexts: &[Vec<u8>]) {
+        for context in contexts {
+            if let Ok(bytes) = <[u8; 8]>::try_from(context.as_slice()) {
+                self.quorum
+                    .confirmed(Time::from_micros(u64::from_be_bytes(bytes)));
+            }
+        }
+    }
+
+    /// Warns (at most every [`GRANTS_WARNING_EVERY`]) when a grant made now is cut by more
+    /// than a quarter of the lease, or withheld, because the newest quorum confirmation is
+    /// old: the quorum answers late (its voters' loops are busy or starved), and the nodes'
+    /// leases may lapse.
+    fn warn_if_grants_shrink(
+        &mut self,
+        now: Time,
+        shortened_by: Option<Duration>,
+        lease: Duration,
+    ) {
+        // (A new leader grants nothing before its first confirmation: nothing to say then.)
+        let Some(age) = self.quorum.age(now) else {
+            return;
+        };
+        if shortened_by.is_some_and(|cut| cut <= lease / 4) {
+            return;
+        }
+        if self
+            .grants_warned_at
+            .is_some_and(|at| now.saturating_since(at) < GRANTS_WARNING_EVERY)
+        {
+            return;
+        }
+        self.grants_warned_at = Some(now);
+        let age_ms = age.as_millis() as u64;
+        match shortened_by {
+            Some(cut) => tracing::warn!(
+                confirmation_age_ms = age_ms,
+                cut_ms = cut.as_millis() as u64,
+                lease_ms = lease.as_millis() as u64,
+                "lease grants are cut short: the newest quorum confirmation is old (voters answer late)"
+            ),
+            None => tracing::warn!(
+                confirmation_age_ms = age_ms,
+                lease_ms = lease.as_millis() as u64,
+                "no lease grants: the newest quorum confirmation is older than a lease (voters answer late)"
+            ),
+        }
+    }
 }
 
 /// One node.
@@ -481,14 +539,19 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    /// The lease grants made since the last drive, taken out of its output so that the owner
-    /// sends them at once (each answers a heartbeat just handled; nothing else waits on them).
-    pub fn take_grants(&mut self) -> Vec<(u64, PeerMessage)> {
-        let (grants, rest) = std::mem::take(&mut self.pending.messages)
+    /// The messages of the liveness path made since the last drive (lease grants, answers to
+    /// the leader's heartbeats), taken out of its output so that the owner sends them at
+    /// once: each answers a message just handled, and a lease ages while it waits.
+    pub fn take_urgent(&mut self) -> Vec<(u64, PeerMessage)> {
+        let (urgent, rest) = std::mem::take(&mut self.pending.messages)
             .into_iter()
-            .partition(|(_, message)| matches!(message, PeerMessage::Grant(_)));
+            .partition(|(_, message)| match message {
+                PeerMessage::Grant(_) => true,
+                PeerMessage::Raft(raft) => raft.get_msg_type() == MessageType::MsgHeartbeatResponse,
+                _ => false,
+            });
         self.pending.messages = rest;
-        grants
+        urgent
     }
 
     /// The connection peer `from` sends to this node on closed (its daemon died or stopped, or
@@ -533,8 +596,23 @@ impl<D: Disk> Node<D> {
     pub fn on_peer(&mut self, now: Time, from: u64, message: PeerMessage) {
         match message {
             PeerMessage::Raft(raft) => {
+                let kind = raft.get_msg_type();
                 if let Err(error) = self.replica.step(raft) {
                     tracing::debug!(from, %error, "raft refused a message");
+                }
+                // Heartbeats carry the leader's quorum confirmations: answered, and the
+                // answers counted, as they are read rather than after the pass.
+                if kind == MessageType::MsgHeartbeat {
+                    for response in self.replica.take_heartbeat_responses() {
+                        self.pending
+                            .messages
+                            .push((response.to, PeerMessage::Raft(response)));
+                    }
+                } else if kind == MessageType::MsgHeartbeatResponse {
+                    let confirmed = self.replica.take_quorum_confirmed();
+                    if let Some(leadership) = &mut self.leadership {
+                        leadership.note_confirmed(&confirmed);
+                    }
                 }
             }
             PeerMessage::Heartbeat(heartbeat) => {
@@ -559,6 +637,7 @@ impl<D: Disk> Node<D> {
                 // committed up again, every failover planned while it was down has a lower
                 // index than the grant's floor.
                 let shortened_by = leadership.quorum.grant(now, self.settings.lease);
+                leadership.warn_if_grants_shrink(now, shortened_by, self.settings.lease);
                 if let Some(shortened_by) =
                     shortened_by.filter(|_| self.replica.state().is_up(NodeId(from)))
                 {
@@ -756,13 +835,7 @@ impl<D: Disk> Node<D> {
             );
             step.installed_snapshot = ready.installed_snapshot;
             if let Some(leadership) = &mut self.leadership {
-                for context in &ready.quorum_confirmed {
-                    if let Ok(bytes) = <[u8; 8]>::try_from(context.as_slice()) {
-                        leadership
-                            .quorum
-                            .confirmed(Time::from_micros(u64::from_be_bytes(bytes)));
-                    }
-                }
+                leadership.note_confirmed(&ready.quorum_confirmed);
             }
             if !ready.applied.is_empty() || ready.installed_snapshot.is_some() {
                 self.reconcile_due = true;
@@ -1037,6 +1110,7 @@ impl<D: Disk> Node<D> {
                 observations: Observations::new(self.replica.applied_index()),
                 quorum_asked_at: None,
                 ticks_since_ask: 0,
+                grants_warned_at: None,
                 topology_proposed_at: None,
                 topology_matches: false,
                 plan_due: true,

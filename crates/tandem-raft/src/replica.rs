@@ -351,6 +351,26 @@ impl<D: Disk> Replica<D> {
         result.map_err(ReplicaError::from)
     }
 
+    /// The heartbeat answers stepping queued: they wait for no write, so the owner may send
+    /// them now instead of after the next Ready (a leader's quorum confirmations are
+    /// heartbeats; an answer that waits for the rest of a busy pass ages its leases).
+    pub fn take_heartbeat_responses(&mut self) -> Vec<Message> {
+        let (responses, rest) = std::mem::take(&mut self.raw.raft.msgs)
+            .into_iter()
+            .partition(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse);
+        self.raw.raft.msgs = rest;
+        responses
+    }
+
+    /// The quorum confirmations ([`Replica::confirm_quorum`]) that stepping completed, by
+    /// their context, taken now instead of at the next Ready.
+    pub fn take_quorum_confirmed(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.raw.raft.read_states)
+            .into_iter()
+            .map(|state| state.request_ctx)
+            .collect()
+    }
+
     /// On the leader: `node` reports that its log ends at `last_index`, below what it had
     /// acknowledged. Lowering the match index is safe (the commit index never decreases; the
     /// leader only resends), and probing from there lets the node catch up.

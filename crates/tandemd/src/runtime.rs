@@ -589,14 +589,12 @@ impl Daemon {
             },
             Event::Peer(envelope) => match tandem_node::wire::decode(envelope.body) {
                 Ok(message) => {
-                    let heartbeat = matches!(message, PeerMessage::Heartbeat(_));
                     self.node.on_peer(now, envelope.from, message);
-                    if heartbeat {
-                        // A lease grant leaves now, not after the rest of this pass: under
-                        // load a pass takes tens of milliseconds, all of it off the lease.
-                        let grants = self.node.take_grants();
-                        self.send_peer_messages(&grants);
-                    }
+                    // A lease grant or a heartbeat's answer leaves now, not after the rest of
+                    // this pass: under load a pass takes tens of milliseconds, all of it off
+                    // the leases.
+                    let urgent = self.node.take_urgent();
+                    self.send_peer_messages(&urgent);
                 }
                 Err(error) => {
                     tracing::warn!(from = envelope.from, %error, "undecodable peer message dropped")
