@@ -943,11 +943,7 @@ pub fn print(scale: &Scale) {
     );
     println!(
         "[cluster] settings: {} (the others at tandemd's defaults)",
-        if scale.cluster.is_empty() {
-            "none".to_owned()
-        } else {
-            scale.cluster.join(", ")
-        }
+        scale.cluster.join(", ")
     );
     println!(
         "quiet {:.0} s: {:.1} Raft entries/s; daemon CPU % of one CPU: max {:.2}, median {:.2}, leader ({}) {:.2}; RSS MiB: max {:.1}, median {:.1}",

@@ -166,8 +166,8 @@ impl Leadership {
 
     /// Warns (at most every [`GRANTS_WARNING_EVERY`]) when a grant made now is cut by more
     /// than a quarter of the lease, or withheld, because the newest quorum confirmation is
-    /// old: the quorum answers late (its voters' loops are busy or starved), and the nodes'
-    /// leases may lapse.
+    /// old: the confirmations or their answers wait on busy or starved loops (the leader's or
+    /// the voters'), and the nodes' leases may lapse.
     fn warn_if_grants_shrink(
         &mut self,
         now: Time,
@@ -194,12 +194,12 @@ impl Leadership {
                 confirmation_age_ms = age_ms,
                 cut_ms = cut.as_millis() as u64,
                 lease_ms = lease.as_millis() as u64,
-                "lease grants are cut short: the newest quorum confirmation is old (voters answer late)"
+                "lease grants are cut short: the newest quorum confirmation is old (the leader's or the voters' loops are busy)"
             ),
             None => tracing::warn!(
                 confirmation_age_ms = age_ms,
                 lease_ms = lease.as_millis() as u64,
-                "no lease grants: the newest quorum confirmation is older than a lease (voters answer late)"
+                "no lease grants: the newest quorum confirmation is older than a lease (the leader's or the voters' loops are busy)"
             ),
         }
     }
