@@ -543,15 +543,20 @@ impl<D: Disk> Node<D> {
     /// the leader's heartbeats), taken out of its output so that the owner sends them at
     /// once: each answers a message just handled, and a lease ages while it waits.
     pub fn take_urgent(&mut self) -> Vec<(u64, PeerMessage)> {
-        let (urgent, rest) = std::mem::take(&mut self.pending.messages)
+        let urgent = |(_, message): &(u64, PeerMessage)| match message {
+            PeerMessage::Grant(_) => true,
+            PeerMessage::Raft(raft) => raft.get_msg_type() == MessageType::MsgHeartbeatResponse,
+            _ => false,
+        };
+        // Called after every peer message: most leave nothing urgent.
+        if !self.pending.messages.iter().any(urgent) {
+            return Vec::new();
+        }
+        let (taken, rest) = std::mem::take(&mut self.pending.messages)
             .into_iter()
-            .partition(|(_, message)| match message {
-                PeerMessage::Grant(_) => true,
-                PeerMessage::Raft(raft) => raft.get_msg_type() == MessageType::MsgHeartbeatResponse,
-                _ => false,
-            });
+            .partition(urgent);
         self.pending.messages = rest;
-        urgent
+        taken
     }
 
     /// The connection peer `from` sends to this node on closed (its daemon died or stopped, or

@@ -134,8 +134,6 @@ struct Daemon {
     ingress: Ingress,
     /// Where ingress sockets hand their datagrams.
     events_tx: EventSender,
-    /// A unit registered since the restrictions were last sent.
-    registered: bool,
     /// Where the current loop pass spent its time (for the slow-pass warning).
     pass: PassTimes,
     /// Keeps the data directory's lock held while the daemon runs.
@@ -365,7 +363,6 @@ pub async fn run(
         data_peers,
         ingress: Ingress::default(),
         events_tx: events_tx.clone(),
-        registered: false,
         pass: PassTimes::default(),
         _lock: lock,
     };
@@ -673,7 +670,6 @@ impl Daemon {
                 if self.node.on_registered(now, &unit, generation) {
                     connection.channel = Some(channel);
                     connection.restrictions_due = true;
-                    self.registered = true;
                     Ok(sdk::Welcome {
                         unit: unit.0.clone(),
                         service: connection.service.0.clone(),
@@ -941,7 +937,11 @@ impl Daemon {
             // the in-sync spacing. A sync thread that is gone shows at the next hand-over.
             crate::replicas::SyncPace::nudge(&self.sync_nudge);
         }
-        if start.state_moved || std::mem::take(&mut self.registered) {
+        let registered = self
+            .units
+            .values()
+            .any(|connection| connection.restrictions_due);
+        if start.state_moved || registered {
             self.send_restrictions();
         }
         Ok(())
