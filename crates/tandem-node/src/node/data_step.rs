@@ -202,15 +202,30 @@ impl<D: Disk> Node<D> {
 
     /// Ends the data step: the data plane's in-sync claims go into the node's report.
     pub fn end_data_step(&mut self) -> DataStepEnd {
-        let claims_changed = match self.data.take_claims_change() {
-            Some(claims) if claims != self.in_sync_claims => {
-                self.in_sync_claims = claims;
-                self.refresh_pending_claims();
-                self.reconcile_due = true;
-                true
+        let mut claims_changed = false;
+        for (shard, claim) in self.data.take_claims_change() {
+            if self.in_sync_claims.get(&shard) == claim.as_ref() {
+                continue;
             }
-            _ => false,
-        };
+            claims_changed = true;
+            match claim {
+                Some(claim) => {
+                    if Self::claim_pending(self.replica.state(), &shard, &claim) {
+                        self.pending_claims.insert(shard.clone(), claim.clone());
+                    } else {
+                        self.pending_claims.remove(&shard);
+                    }
+                    self.in_sync_claims.insert(shard, claim);
+                }
+                None => {
+                    self.pending_claims.remove(&shard);
+                    self.in_sync_claims.remove(&shard);
+                }
+            }
+        }
+        if claims_changed {
+            self.reconcile_due = true;
+        }
         DataStepEnd {
             claims_changed,
             awaits_local_durability: self.data.awaits_local_durability(),
@@ -262,6 +277,25 @@ impl<D: Disk> Node<D> {
     /// Checks the data plane's per-replica caches against a walk over every replica (for the
     /// simulation; costs a walk).
     pub fn check_data_caches(&self) -> Result<(), String> {
-        self.data.check_claim_cache()
+        self.data.check_claim_cache()?;
+        let claims = self.data.cached_claims();
+        if claims != self.in_sync_claims {
+            return Err(format!(
+                "the node's in-sync claims {:?} are not its data plane's {claims:?}",
+                self.in_sync_claims
+            ));
+        }
+        let state = self.replica.state();
+        let pending: std::collections::BTreeMap<_, _> = claims
+            .into_iter()
+            .filter(|(shard, claim)| Self::claim_pending(state, shard, claim))
+            .collect();
+        if pending != self.pending_claims {
+            return Err(format!(
+                "the node's pending claims {:?} are not {pending:?}",
+                self.pending_claims
+            ));
+        }
+        Ok(())
     }
 }

@@ -60,28 +60,52 @@ impl DataPlane {
     /// their current session, at the epoch and shard version of the view, with the claim's
     /// sequence number (a new one whenever the units change). The primary keeps every STANDBY
     /// claimed here in its wait set until the view shows a claim at least as new applied.
+    /// Costs a walk over every primary here; passes take [`DataPlane::take_claims_change`].
     pub fn claims(&mut self) -> BTreeMap<ShardName, crate::report::InSyncClaim> {
         self.refresh_pending_claims();
-        self.claims_changed = false;
-        self.claims_by_shard()
+        self.claims_changed.clear();
+        self.cached_claims()
     }
 
-    /// [`DataPlane::claims`], but only when they changed since the last call of either (a new
-    /// plane: at its first call). The owner's every pass asks; a pass refreshes only the
-    /// replicas its inputs touched, so that a commit costs the same whatever the number of
-    /// shards here.
-    pub fn take_claims_change(
-        &mut self,
-    ) -> Option<BTreeMap<ShardName, crate::report::InSyncClaim>> {
-        self.refresh_pending_claims();
-        std::mem::take(&mut self.claims_changed).then(|| self.claims_by_shard())
-    }
-
-    fn claims_by_shard(&self) -> BTreeMap<ShardName, crate::report::InSyncClaim> {
+    /// The claims as last refreshed (what [`DataPlane::claims`] gives once the replicas
+    /// touched since are refreshed), for the simulation's cache checks.
+    pub fn cached_claims(&self) -> BTreeMap<ShardName, crate::report::InSyncClaim> {
         self.claim_cache
             .iter()
             .map(|(id, claim)| (id.shard.clone(), claim.clone()))
             .collect()
+    }
+
+    /// What changed in [`DataPlane::claims`] since the last call of either: each shard whose
+    /// claim changed, with its claim now (`None`: it has none any more). Empty when nothing
+    /// changed. The owner's every pass asks; a pass refreshes only the replicas its inputs
+    /// touched and hands over only the claims that moved, so that a pass costs the same
+    /// whatever the number of shards here.
+    pub fn take_claims_change(
+        &mut self,
+    ) -> BTreeMap<ShardName, Option<crate::report::InSyncClaim>> {
+        self.refresh_pending_claims();
+        std::mem::take(&mut self.claims_changed)
+            .into_iter()
+            .map(|shard| {
+                let claim = self.claim_of(&shard).cloned();
+                (shard, claim)
+            })
+            .collect()
+    }
+
+    /// The claim of `shard` as [`DataPlane::claims`] gives it: of the last of its primaries
+    /// here (one, but for a unit handover between two on one node).
+    fn claim_of(&self, shard: &ShardName) -> Option<&crate::report::InSyncClaim> {
+        let from = ReplicaId {
+            shard: shard.clone(),
+            unit: UnitName::default(),
+        };
+        self.claim_cache
+            .range(from..)
+            .take_while(|(id, _)| &id.shard == shard)
+            .last()
+            .map(|(_, claim)| claim)
     }
 
     /// Refreshes the claims of replicas touched but not yet processed by
@@ -101,12 +125,12 @@ impl DataPlane {
             Ok(Some(claim)) => {
                 if self.claim_cache.get(id) != Some(&claim) {
                     self.claim_cache.insert(id.clone(), claim);
-                    self.claims_changed = true;
+                    self.claims_changed.insert(id.shard.clone());
                 }
             }
             Ok(None) => {
                 if self.claim_cache.remove(id).is_some() {
-                    self.claims_changed = true;
+                    self.claims_changed.insert(id.shard.clone());
                 }
             }
         }

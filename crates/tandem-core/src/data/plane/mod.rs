@@ -427,8 +427,8 @@ pub struct DataPlane {
     claim_logs: BTreeMap<ShardName, ClaimLog>,
     /// Each primary's claim as last refreshed (see [`DataPlane::take_claims_change`]).
     claim_cache: BTreeMap<ReplicaId, crate::report::InSyncClaim>,
-    /// Whether `claim_cache` changed since the claims were last taken.
-    claims_changed: bool,
+    /// Shards whose entry in `claim_cache` changed since the claims were last taken.
+    claims_changed: BTreeSet<ShardName>,
     /// The primaries here whose commits may wait for the local disk, as last refreshed.
     awaiting_disk: BTreeSet<ReplicaId>,
     out: DataOutput,
@@ -503,7 +503,7 @@ impl DataPlane {
             dirty: BTreeSet::new(),
             claim_logs: BTreeMap::new(),
             claim_cache: BTreeMap::new(),
-            claims_changed: true,
+            claims_changed: BTreeSet::new(),
             awaiting_disk: BTreeSet::new(),
             out: DataOutput::default(),
         }
@@ -771,7 +771,7 @@ impl DataPlane {
         for id in gone {
             self.awaiting_disk.remove(&id);
             if self.claim_cache.remove(&id).is_some() {
-                self.claims_changed = true;
+                self.claims_changed.insert(id.shard.clone());
             }
             if let Some(slot) = self.slots.remove(&id) {
                 self.fail_waiters(

@@ -33,32 +33,39 @@ fn only_a_primary_with_nobody_to_wait_for_awaits_the_local_disk() {
 fn claims_are_handed_over_only_when_they_change() {
     let mut net = Net::new(2);
     let first = net.planes.get_mut(&1).unwrap().take_claims_change();
-    assert_eq!(
-        first,
-        Some(BTreeMap::new()),
-        "a new plane hands its (empty) claims once"
-    );
-    assert_eq!(net.planes.get_mut(&1).unwrap().take_claims_change(), None);
+    assert!(first.is_empty(), "a new plane has no claims: {first:?}");
     net.assign(1, 1, &[2], &[]);
     net.commit(1, 1, vec![put("a", b"1")], None, true);
     net.run();
     let claims = net.planes.get_mut(&1).unwrap().take_claims_change();
-    let claim = claims.expect("the STANDBY came in step")[&shard()].clone();
+    assert_eq!(claims.len(), 1, "one shard's claim moved: {claims:?}");
+    let claim = claims[&shard()].clone().expect("the STANDBY came in step");
     assert_eq!(claim.units, BTreeSet::from([unit("u2")]));
     // More commits move nothing a claim says: nothing to hand over, nor to check.
     for value in [b"2", b"3"] {
         net.commit(1, 1, vec![put("a", value)], None, true);
         net.run();
-        assert_eq!(net.planes.get_mut(&1).unwrap().take_claims_change(), None);
+        assert_eq!(
+            net.planes.get_mut(&1).unwrap().take_claims_change(),
+            BTreeMap::new()
+        );
         net.planes[&1].check_claim_cache().unwrap();
     }
-    // The STANDBY leaves: the claim changes.
+    // The STANDBY leaves: the claim changes, and what was handed over is what `claims` says.
     net.assign(1, 1, &[], &[]);
     let claims = net.planes.get_mut(&1).unwrap().take_claims_change();
-    let claim = claims.expect("the STANDBY left")[&shard()].clone();
+    let claim = claims[&shard()]
+        .clone()
+        .expect("the shard still has a primary here");
     assert!(claim.units.is_empty());
     assert!(claim.seq > 0);
+    assert_eq!(net.planes.get_mut(&1).unwrap().claims()[&shard()], claim);
     net.planes[&1].check_claim_cache().unwrap();
+    // The primary leaves: the claim goes, handed over as `None`.
+    net.assign(2, 2, &[], &[]);
+    let claims = net.planes.get_mut(&1).unwrap().take_claims_change();
+    assert_eq!(claims.get(&shard()), Some(&None), "{claims:?}");
+    assert!(net.planes.get_mut(&1).unwrap().claims().is_empty());
 }
 
 #[test]
