@@ -1007,11 +1007,11 @@ impl Agent {
                     // worked out here, or counted unsettled), and the shard of a hook in
                     // flight is unsettled (the unit may already act on an ACTIVE it was just
                     // given).
-                    let in_flight = instance.in_flight.iter();
                     // Each run is in name order, so the first MAX + 1 of each hold the first
-                    // MAX + 1 of all, which is enough to list the first MAX; the hook's shard
-                    // goes in wherever it falls.
+                    // MAX + 1 of all, which is enough to list the first MAX (thousands of
+                    // hooks may be in flight at a start).
                     let listed = crate::report::UNSETTLED_LISTED_MAX + 1;
+                    let in_flight = instance.in_flight.iter().take(listed);
                     let mut unsettled: BTreeSet<ShardName> = match instance.diff_may_act {
                         Some(may_act) if !instance.all_stale => {
                             let differing = instance
