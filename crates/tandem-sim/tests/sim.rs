@@ -337,6 +337,9 @@ fn replay() {
         SimConfig::for_seed(seed)
     };
     let config = SimConfig {
+        nodes: env_u64("TANDEM_NODES").map_or(base.nodes, |nodes| nodes as usize),
+        wide_shards: env_u64("TANDEM_WIDE_SHARDS")
+            .map_or(base.wide_shards, |shards| shards as usize),
         verbose: std::env::var("TANDEM_QUIET").is_err(),
         lying_disk: std::env::var("TANDEM_LYING_DISK").is_ok_and(|value| value == "1"),
         units_ignore_lease: std::env::var("TANDEM_NO_FENCING").is_ok_and(|value| value == "1"),

@@ -2,7 +2,6 @@
 //! their payloads: `m<id>`, which a unit marks applied by writing `applied/<id>`.
 
 use tandem_core::data::{MessageOrigin, Origin, StreamMessage};
-use tandem_core::ShardName;
 
 use crate::checks::Violation;
 use crate::node::Status;
@@ -25,13 +24,7 @@ pub fn message_id(payload: &[u8]) -> Option<u64> {
 impl Sim {
     /// The stream workload: a message for a random shard reaches a random node's ingress.
     pub(crate) fn offer_message(&mut self) -> Result<(), Violation> {
-        let shards: Vec<ShardName> = self
-            .topology
-            .services
-            .iter()
-            .filter(|service| !service.model.multi_active())
-            .flat_map(|service| service.shards.iter().cloned())
-            .collect();
+        let shards = &self.data_shard_list;
         let shard = shards[self.workload.pick(shards.len())].clone();
         let node = self.workload.pick(self.nodes.len());
         if self.nodes[node].status != Status::Running {

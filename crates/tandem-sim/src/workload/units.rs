@@ -733,9 +733,6 @@ impl Sim {
 
     /// Whether `shard` has a data plane (it belongs to a single-ACTIVE model).
     pub(crate) fn is_data_shard(&self, shard: &ShardName) -> bool {
-        self.topology
-            .services
-            .iter()
-            .any(|service| !service.model.multi_active() && service.shards.contains(shard))
+        self.data_shards.contains(shard)
     }
 }
