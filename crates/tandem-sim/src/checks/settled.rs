@@ -3,7 +3,6 @@
 //! data plane settles (every ACTIVE consumed its stream, every STANDBY is in sync with the
 //! same digest, every accepted message is applied). Reaching this ends the run.
 
-use tandem_core::cluster::ShardRecord;
 use tandem_core::data::ReplicaId;
 use tandem_core::{Command, Role, ShardName, UnitName};
 
@@ -42,8 +41,8 @@ impl Sim {
         self.drive(leader)
     }
 
-    /// Ends the run once some probe is applied on every node and every shard has a unit
-    /// acting ACTIVE for it, as the leader's committed state says and the unit believes.
+    /// Ends the run once some probe is applied on every node and every shard is settled
+    /// ([`Sim::shard_data`]).
     pub(crate) fn check_done(&mut self) -> Result<(), Violation> {
         if !self.probe_done {
             for nonce in &self.probes {
@@ -72,130 +71,128 @@ impl Sim {
         let Some(leader) = self.leader() else {
             return Ok(());
         };
-        let state = self.nodes[leader]
-            .node
-            .as_ref()
-            .expect("leader runs")
-            .state();
-        let has_active = |shard: &ShardRecord| {
-            shard.units_in(Role::Active).any(|unit| {
-                self.units.processes.values().any(|process| {
-                    &process.unit == unit
-                        && process
-                            .belief
-                            .is_acting(&shard.name, self.nodes[process.node].local_now(self.now))
-                })
-            })
-        };
-        // The same answer as checking every shard, at the cost of one while the witness lacks
-        // its ACTIVE (a run at scale has tens of thousands of shards and millions of events).
-        if let Some(witness) = self
-            .unsettled_witness
-            .as_ref()
-            .and_then(|w| state.shards.get(w))
-        {
-            if !has_active(witness) {
+        // The same answer as checking every shard, at the cost of one while the shard last
+        // found unsettled stays so (a run at scale has thousands of shards and millions of
+        // events). A digest the full walk would have found wrong on another shard meanwhile
+        // is found by the walk that ends the run.
+        if let Some(witness) = self.unsettled_witness.clone() {
+            if !self.shard_settled(leader, &witness)? {
                 return Ok(());
             }
         }
-        let unsettled = state.shards.values().find(|shard| !has_active(shard));
-        self.unsettled_witness = unsettled.map(|shard| shard.name.clone());
-        let all_active = unsettled.is_none();
-        if all_active && !state.shards.is_empty() && self.data_settled(leader)? {
-            let calm_since = self.calm_since.expect("after the faults");
-            self.report.service_recovery_time_us = self.now - calm_since;
-            self.done = true;
-            self.trace(|| "every shard has an ACTIVE unit".to_owned());
-        }
-        Ok(())
-    }
-
-    /// Whether the data plane is quiescent: every shard's ACTIVE consumed its stream, every
-    /// STANDBY is in sync at the ACTIVE's version with the same digest. Checks the digests
-    /// and, once quiescent, that every accepted message was applied.
-    fn data_settled(&mut self, leader: usize) -> Result<bool, Violation> {
         let state = self.nodes[leader]
             .node
             .as_ref()
             .expect("leader runs")
             .state();
-        let mut shards = Vec::new();
-        for shard in state.shards.values() {
-            if !self.is_data_shard(&shard.name) {
-                continue;
-            }
-            let Some(active) = shard.units_in(Role::Active).next() else {
-                return Ok(false);
-            };
-            let node_of = |unit: &UnitName| state.units.get(unit).map(|record| record.node.0);
-            let standbys: Vec<(UnitName, Option<u64>, bool)> = shard
-                .units_in(Role::Standby)
-                .map(|unit| (unit.clone(), node_of(unit), shard.in_sync.contains(unit)))
-                .collect();
-            shards.push((
-                shard.name.clone(),
-                active.clone(),
-                node_of(active),
-                standbys,
-            ));
+        if state.shards.is_empty() {
+            return Ok(());
         }
-        let replica_of = |sim: &Self, node: Option<u64>, shard: &ShardName, unit: &UnitName| {
-            let node = node? as usize - 1;
-            let n = sim.nodes[node].node.as_ref()?;
-            n.checkpoint_replica(&ReplicaId {
-                shard: shard.clone(),
-                unit: unit.clone(),
-            })
-            .cloned()
-        };
-        let mut finals = Vec::new();
-        for (shard, active, active_node, standbys) in &shards {
-            let Some(primary) = replica_of(self, *active_node, shard, active) else {
-                return Ok(false);
-            };
-            if primary.digest() != primary.compute_digest() {
-                return Err(Violation {
-                    kind: FailureKind::DigestMismatch,
-                    detail: format!(
-                        "shard {shard}: the ACTIVE {active}'s replica keeps digest {} but has {}",
-                        primary.digest(),
-                        primary.compute_digest()
-                    ),
-                });
-            }
-            if primary.pending_count() > 0 {
-                return Ok(false);
-            }
-            for (standby, node, in_sync) in standbys {
-                let Some(replica) = replica_of(self, *node, shard, standby) else {
-                    return Ok(false);
-                };
-                if !in_sync || replica.version() != primary.version() {
-                    return Ok(false);
+        let names: Vec<ShardName> = state.shards.keys().cloned().collect();
+        let mut primaries = Vec::new();
+        for name in names {
+            match self.shard_data(leader, &name)? {
+                Settled::No => {
+                    self.unsettled_witness = Some(name);
+                    return Ok(());
                 }
-                if replica.digest() != primary.digest()
-                    || replica.digest() != replica.compute_digest()
-                {
-                    return Err(Violation {
-                        kind: FailureKind::DigestMismatch,
-                        detail: format!(
-                            "shard {shard}: STANDBY {standby} (in sync) at version {} has digest \
-                             {} (computed {}), the ACTIVE {active} has {}",
-                            replica.version(),
-                            replica.digest(),
-                            replica.compute_digest(),
-                            primary.digest()
-                        ),
-                    });
-                }
+                Settled::Yes(primary) => primaries.extend(primary.map(|p| (name, p))),
             }
-            finals.push((shard.clone(), primary));
         }
-        for (shard, primary) in finals {
+        self.unsettled_witness = None;
+        for (shard, primary) in primaries {
             self.data_checker.check_final(&shard, &primary)?;
         }
         self.report.data_checks = self.data_checker.checks;
-        Ok(true)
+        let calm_since = self.calm_since.expect("after the faults");
+        self.report.service_recovery_time_us = self.now - calm_since;
+        self.done = true;
+        self.trace(|| "every shard has an ACTIVE unit and the data plane is quiet".to_owned());
+        Ok(())
+    }
+
+    fn shard_settled(&self, leader: usize, shard: &ShardName) -> Result<bool, Violation> {
+        Ok(matches!(self.shard_data(leader, shard)?, Settled::Yes(_)))
+    }
+
+    /// Whether `shard` is settled, as the leader's committed state says: a unit acting
+    /// ACTIVE for it believes so, and for a data shard, its ACTIVE consumed its stream and
+    /// every STANDBY is in sync at the ACTIVE's version with the same digest (with the
+    /// ACTIVE's replica, for the final checks). Checks the digests on the way.
+    fn shard_data(&self, leader: usize, name: &ShardName) -> Result<Settled, Violation> {
+        let state = self.nodes[leader]
+            .node
+            .as_ref()
+            .expect("leader runs")
+            .state();
+        let Some(shard) = state.shards.get(name) else {
+            return Ok(Settled::No);
+        };
+        let has_active = shard.units_in(Role::Active).any(|unit| {
+            self.units.processes.values().any(|process| {
+                &process.unit == unit
+                    && process
+                        .belief
+                        .is_acting(&shard.name, self.nodes[process.node].local_now(self.now))
+            })
+        });
+        if !has_active {
+            return Ok(Settled::No);
+        }
+        if !self.is_data_shard(name) {
+            return Ok(Settled::Yes(None));
+        }
+        let Some(active) = shard.units_in(Role::Active).next() else {
+            return Ok(Settled::No);
+        };
+        let node_of = |unit: &UnitName| state.units.get(unit).map(|record| record.node.0);
+        let replica_of = |node: Option<u64>, unit: &UnitName| {
+            let node = node? as usize - 1;
+            let n = self.nodes[node].node.as_ref()?;
+            n.checkpoint_replica(&ReplicaId {
+                shard: name.clone(),
+                unit: unit.clone(),
+            })
+        };
+        let Some(primary) = replica_of(node_of(active), active) else {
+            return Ok(Settled::No);
+        };
+        if primary.digest() != primary.compute_digest() {
+            return Err(Violation {
+                kind: FailureKind::DigestMismatch,
+                detail: format!(
+                    "shard {name}: the ACTIVE {active}'s replica keeps digest {} but has {}",
+                    primary.digest(),
+                    primary.compute_digest()
+                ),
+            });
+        }
+        if primary.pending_count() > 0 {
+            return Ok(Settled::No);
+        }
+        for standby in shard.units_in(Role::Standby) {
+            let Some(replica) = replica_of(node_of(standby), standby) else {
+                return Ok(Settled::No);
+            };
+            if !shard.in_sync.contains(standby) || replica.version() != primary.version() {
+                return Ok(Settled::No);
+            }
+            if replica.digest() != primary.digest() || replica.digest() != replica.compute_digest()
+            {
+                return Err(Violation {
+                    kind: FailureKind::DigestMismatch,
+                    detail: format!(
+                        "shard {name}: STANDBY {standby} (in sync) at version {} has digest {} \
+                         (computed {}), the ACTIVE {active} has {}",
+                        replica.version(),
+                        replica.digest(),
+                        replica.compute_digest(),
+                        primary.digest()
+                    ),
+                });
+            }
+        }
+        Ok(Settled::Yes(Some(primary.clone())))
     }
 
     /// The liveness bound passed before the run's goals after the faults were met.
@@ -218,4 +215,10 @@ impl Sim {
             ),
         }
     }
+}
+
+/// Whether a shard is settled, with its ACTIVE's replica for a data shard.
+enum Settled {
+    No,
+    Yes(Option<tandem_core::data::ShardReplica>),
 }
