@@ -102,6 +102,10 @@ pub struct SimConfig {
     pub units_ignore_lease: bool,
     /// Print every fault, election, recovery and the liveness probe to stderr.
     pub verbose: bool,
+    /// After the run's goals are met, keep the cluster running this long with no faults, no
+    /// client and no workload, measuring the nodes' work per event ([`run_metered`]) after
+    /// its first second; zero (the standard) ends the run there.
+    pub idle_tail: Duration,
 }
 
 impl SimConfig {
@@ -119,6 +123,7 @@ impl SimConfig {
             lying_disk: false,
             units_ignore_lease: false,
             verbose: false,
+            idle_tail: Duration::ZERO,
         }
     }
 
@@ -513,7 +518,7 @@ impl FailureKind {
 #[derive(Debug, Clone)]
 pub struct SimFailure {
     /// The configuration of the run (its seed first of all).
-    pub config: SimConfig,
+    pub config: Box<SimConfig>,
     /// Simulated time of the failure, microseconds.
     pub time_us: u64,
     /// Number of the event being handled.
@@ -550,6 +555,62 @@ impl std::error::Error for SimFailure {}
 /// Runs one simulation.
 pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
     run_with_log(config).map(|(report, _)| report)
+}
+
+/// Reads a counter of the work done so far on this thread (for instance, allocations
+/// counted by a test's global allocator).
+pub type Meter = fn() -> u64;
+
+/// The nodes' work per event in a run's idle tail, as a [`Meter`] counts it: what the nodes
+/// do with their inputs, passes and data steps, not what the simulation's checks cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepCosts {
+    /// Events handled in the tail.
+    pub events: u64,
+    /// Their summed cost.
+    pub total: u64,
+    /// The costliest event's cost, and its kind.
+    pub max: (u64, &'static str),
+}
+
+impl StepCosts {
+    pub(crate) fn note(&mut self, cost: u64, kind: &'static str) {
+        self.events += 1;
+        self.total += cost;
+        if cost > self.max.0 {
+            self.max = (cost, kind);
+        }
+    }
+
+    /// The mean cost of an event.
+    pub fn mean(&self) -> f64 {
+        self.total as f64 / self.events.max(1) as f64
+    }
+}
+
+impl fmt::Display for StepCosts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} events, mean {:.1}, max {} ({})",
+            self.events,
+            self.mean(),
+            self.max.0,
+            self.max.1
+        )
+    }
+}
+
+/// Runs one simulation with a nonzero [`SimConfig::idle_tail`], measuring the nodes' work
+/// per event in the tail with `meter`.
+pub fn run_metered(config: SimConfig, meter: Meter) -> Result<(SimReport, StepCosts), SimFailure> {
+    assert!(
+        !config.idle_tail.is_zero(),
+        "a metered run needs an idle tail"
+    );
+    let mut sim = sim::Sim::new(config);
+    sim.set_meter(meter);
+    sim.run_metered()
 }
 
 /// Runs one simulation and also returns the committed log it produced.

@@ -45,6 +45,9 @@ const WRITE_BACK_US: u64 = 1_000_000;
 /// Clock drift bound per node, parts per million (±1 %): any two clocks then differ in rate by
 /// at most 2 %, the bound tandem's leases assume (`tandem_core::DRIFT_PPM`).
 const DRIFT_PPM_MAX: u64 = 10_000;
+/// The first second of an idle tail is not measured: the last of the start's work may
+/// still commit in it (an entry settling a thousand shards costs every node a thousand).
+const TAIL_SETTLE_US: u64 = 1_000_000;
 /// A run handling more events than this is stuck in a loop.
 const EVENTS_MAX: u64 = 20_000_000;
 /// Chance (per million) that a data step leaves its replica writes unsynced until the next
@@ -141,6 +144,36 @@ pub(crate) enum Event {
         life: u64,
         input: Inbound,
     },
+}
+
+impl Event {
+    /// The event's kind, for reports.
+    fn kind(&self) -> &'static str {
+        match self {
+            Event::Tick { .. } => "tick",
+            Event::Timer { .. } => "timer",
+            Event::Deliver { .. } => "delivery",
+            Event::Client => "client",
+            Event::Fault => "fault",
+            Event::RaftSynced { .. } => "raft log synced",
+            Event::Restart { .. } => "restart",
+            Event::Resume { .. } => "resume",
+            Event::Pass { .. } => "pass",
+            Event::Heal { .. } => "heal",
+            Event::WriteBack => "write-back",
+            Event::EndFaults => "end of faults",
+            Event::Probe => "probe",
+            Event::Tidy => "tidy",
+            Event::Deadline => "deadline",
+            Event::UnitRegister { .. } => "unit registers",
+            Event::UnitRequest { .. } => "unit request",
+            Event::UnitAnswer { .. } => "unit answer",
+            Event::UnitExit { .. } => "unit exit",
+            Event::UnitDataReply { .. } => "unit data reply",
+            Event::UnitDelivery { .. } => "unit delivery",
+            Event::NodeInput { .. } => "node input",
+        }
+    }
 }
 
 /// An event in the queue, ordered by time and then by scheduling order, so ties break the
@@ -266,6 +299,14 @@ pub(crate) struct Sim {
     /// topology's order, and as a set.
     pub(crate) data_shard_list: Vec<ShardName>,
     pub(crate) data_shards: BTreeSet<ShardName>,
+    /// What measures the nodes' work (see [`crate::run_metered`]).
+    meter: Option<crate::Meter>,
+    /// The nodes' work in the event being handled, by `meter`.
+    event_cost: u64,
+    /// When the idle tail after the run's goals ends, once it started.
+    tail_until: Option<u64>,
+    /// The nodes' work per event in the idle tail.
+    pub(crate) step_costs: crate::StepCosts,
 }
 
 impl Sim {
@@ -373,12 +414,33 @@ impl Sim {
                 .collect(),
             data_shards: data_shard_list.iter().cloned().collect(),
             data_shard_list,
+            meter: None,
+            event_cost: 0,
+            tail_until: None,
+            step_costs: crate::StepCosts::default(),
             config,
         }
     }
 
+    /// Measures the nodes' work in the idle tail with `meter`.
+    pub(crate) fn set_meter(&mut self, meter: crate::Meter) {
+        self.meter = Some(meter);
+    }
+
+    /// [`Sim::run`], returning the idle tail's costs instead of the log.
+    pub(crate) fn run_metered(self) -> Result<(SimReport, crate::StepCosts), SimFailure> {
+        self.run_measured()
+            .map(|(report, _, costs)| (report, costs))
+    }
+
     /// Runs to the end; a panic in the code under test becomes a failure with the seed.
-    pub(crate) fn run(mut self) -> Result<(SimReport, Vec<LoggedEntry>), SimFailure> {
+    pub(crate) fn run(self) -> Result<(SimReport, Vec<LoggedEntry>), SimFailure> {
+        self.run_measured().map(|(report, log, _)| (report, log))
+    }
+
+    fn run_measured(
+        mut self,
+    ) -> Result<(SimReport, Vec<LoggedEntry>, crate::StepCosts), SimFailure> {
         let outcome = catch_unwind(AssertUnwindSafe(|| self.run_events()));
         let violation = match outcome {
             Ok(Ok(())) => {
@@ -387,7 +449,7 @@ impl Sim {
                 self.report.entries_committed = self.checker.max_committed();
                 let log = self.checker.committed_log();
                 self.report.log_digest = digest(&log);
-                return Ok((self.report, log));
+                return Ok((self.report, log, self.step_costs));
             }
             Ok(Err(violation)) => violation,
             Err(panic) => {
@@ -406,7 +468,7 @@ impl Sim {
             eprintln!("{}", self.dump());
         }
         Err(SimFailure {
-            config: self.config.clone(),
+            config: Box::new(self.config.clone()),
             time_us: self.now,
             event: self.report.events,
             kind: violation.kind,
@@ -438,12 +500,28 @@ impl Sim {
                     detail: format!("more than {EVENTS_MAX} events"),
                 });
             }
+            self.event_cost = 0;
+            let what = self.tail_until.is_some().then(|| scheduled.event.kind());
             self.handle(scheduled.event)?;
             self.check_one_active()?;
-            if self.calm_since.is_some() {
+            if let Some(until) = self.tail_until {
+                let tail = duration_us(self.config.idle_tail);
+                if self.now + tail.saturating_sub(TAIL_SETTLE_US) >= until {
+                    self.step_costs
+                        .note(self.event_cost, what.unwrap_or_default());
+                }
+                if self.now >= until {
+                    return Ok(());
+                }
+            } else if self.calm_since.is_some() {
                 self.check_done()?;
                 if self.done {
-                    return Ok(());
+                    let tail = duration_us(self.config.idle_tail);
+                    if tail == 0 {
+                        return Ok(());
+                    }
+                    self.trace(|| format!("idle for {:?}, measuring", self.config.idle_tail));
+                    self.tail_until = Some(self.now + tail);
                 }
             }
         }
@@ -451,6 +529,16 @@ impl Sim {
             kind: FailureKind::Stuck,
             detail: "the event queue ran dry".to_owned(),
         })
+    }
+
+    /// The meter's reading now (0 without one).
+    fn meter_read(&self) -> u64 {
+        self.meter.map_or(0, |meter| meter())
+    }
+
+    /// Charges the nodes' work since `start` (a [`Sim::meter_read`]) to the current event.
+    fn charge(&mut self, start: u64) {
+        self.event_cost += self.meter_read().saturating_sub(start);
     }
 
     pub(crate) fn schedule(&mut self, delay_us: u64, event: Event) {
@@ -524,6 +612,8 @@ impl Sim {
             Event::EndFaults => self.end_faults(),
             Event::Probe => self.on_probe(),
             Event::Tidy => self.on_tidy(),
+            // The deadline is for the run's goals; the idle tail comes after them.
+            Event::Deadline if self.tail_until.is_some() => Ok(()),
             Event::Deadline => Err(self.deadline_passed()),
             Event::UnitRegister { pid } => self.on_unit_register(pid),
             Event::UnitRequest {
@@ -640,6 +730,13 @@ impl Sim {
 
     /// Hands one input to a running node.
     pub(crate) fn receive(&mut self, node: usize, input: Inbound) -> Result<(), Violation> {
+        let start = self.meter_read();
+        let received = self.receive_unmetered(node, input);
+        self.charge(start);
+        received
+    }
+
+    fn receive_unmetered(&mut self, node: usize, input: Inbound) -> Result<(), Violation> {
         let local_now = self.nodes[node].local_now(self.now);
         let id = self.nodes[node].id;
         match input {
@@ -719,14 +816,19 @@ impl Sim {
         if self.nodes[node].status != Status::Running || self.nodes[node].node.is_none() {
             return Ok(false);
         }
+        let start = self.meter_read();
         self.nodes[node].node().begin_data_step(local_now);
+        self.charge(start);
         // A sync left for later happens now (by the next input or tick, like an fsync that
         // took a while).
         if self.nodes[node].files.has_unsynced() {
             self.sync_files(node);
         }
         for _ in 0..4 {
-            let Some(round) = self.nodes[node].node().take_data_round(local_now) else {
+            let start = self.meter_read();
+            let round = self.nodes[node].node().take_data_round(local_now);
+            self.charge(start);
+            let Some(round) = round else {
                 break;
             };
             for (to, message) in &round.messages {
@@ -788,9 +890,10 @@ impl Sim {
                 self.sync_files(node);
             }
         }
-        let sim_node = &mut self.nodes[node];
-        let n = sim_node.node.as_mut().expect("checked");
-        let end = n.end_data_step();
+        let start = self.meter_read();
+        let end = self.nodes[node].node().end_data_step();
+        self.charge(start);
+        let n = self.nodes[node].node.as_mut().expect("checked");
         // The cache check walks every replica of the node: at scale, every 16th step, and
         // less often still past 2,000 shards (so that the check costs what the run does).
         self.cache_steps += 1;
@@ -838,10 +941,13 @@ impl Sim {
         let id = self.nodes[node].id;
         let local_now = self.nodes[node].local_now(self.now);
         let wall_ms = self.now / 1000;
+        let start = self.meter_read();
         let Some(sim_node) = self.nodes[node].node.as_mut() else {
             return Ok(());
         };
-        let mut output = match sim_node.drive(local_now, wall_ms) {
+        let driven = sim_node.drive(local_now, wall_ms);
+        self.charge(start);
+        let mut output = match driven {
             Ok(output) => output,
             Err(error) => return self.write_failed(node, "drive", &error),
         };

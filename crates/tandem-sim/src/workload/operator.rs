@@ -22,6 +22,10 @@ impl Sim {
     /// A client proposes a `Noop` (during the faults, now and then the operator acts and the unit
     /// and stream workloads run first).
     pub(crate) fn on_client(&mut self) -> Result<(), Violation> {
+        if self.done {
+            // The idle tail: nothing but the cluster's own work.
+            return Ok(());
+        }
         let gap = self.workload.between(1_000, self.params.client_gap_max_us);
         self.schedule(gap, Event::Client);
         if self.params.operator && self.faults_active && self.workload.chance(15_000) {
