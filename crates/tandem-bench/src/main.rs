@@ -52,7 +52,8 @@
 //!   every shard has a confirmed ACTIVE and an in-sync STANDBY; over `--scale-idle-secs` (60)
 //!   of quiet, Raft entries per second and each daemon's CPU and resident memory, and the role
 //!   changes, liveness verdicts, faults, leader changes and lease lapses that must not happen;
-//!   then `--scale-trials` (5) each of `kill -9` of a follower holding ACTIVEs, `kill -9` of
+//!   the same again under `--scale-traffic` (100) stream messages a second to the first shard
+//!   of every service (0: skipped); then `--scale-trials` (5) each of `kill -9` of a follower holding ACTIVEs, `kill -9` of
 //!   the leader, and SIGSTOP of a follower, until every shard the victim held ACTIVE is ACTIVE
 //!   elsewhere and confirmed (p50/p99), the cluster healthy again after each. Status is
 //!   polled as a summary every `--scale-poll-ms` (250), never during the quiet window. Waits
@@ -129,6 +130,10 @@ struct Args {
     /// `--only scale`: longest wait for one failover.
     #[arg(long, default_value_t = 120)]
     scale_failover_secs: u64,
+    /// `--only scale`: datagrams a second of light traffic in a second window as long as the
+    /// quiet one (0: no such window).
+    #[arg(long, default_value_t = 100)]
+    scale_traffic: u64,
     /// `--only scale`: milliseconds between two status polls (a summary each).
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(50..))]
     scale_poll_ms: u64,
@@ -611,6 +616,7 @@ fn main() -> anyhow::Result<()> {
             settle: Duration::from_secs(args.scale_settle_secs),
             failover: Duration::from_secs(args.scale_failover_secs),
             poll: Duration::from_millis(args.scale_poll_ms),
+            traffic: args.scale_traffic,
             cluster_toml: data_cluster.clone(),
         })?)
     } else {

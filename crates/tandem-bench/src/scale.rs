@@ -6,7 +6,7 @@
 //! hooks only append a line to the record file, with no call back into its daemon, which makes
 //! it lighter per shard than the counter example (whose every `assign` reads the checkpoint
 //! through the daemon). Units are not relocated and restart however often they fail, as in the
-//! other failover scenarios. No traffic.
+//! other failover scenarios. Traffic only in the loaded window (see 4).
 //!
 //! Measured:
 //! 1. from starting the daemons until every shard is healthy (a confirmed ACTIVE and a
@@ -18,7 +18,11 @@
 //!    verdicts, faults, relocations, handovers, possible losses (the event log of the node that
 //!    led at the start, which logs every committed event), leader changes, and lease lapses (every
 //!    daemon's log); slow loop passes are counted too;
-//! 4. `--scale-trials` times each: `kill -9` of a daemon holding ACTIVEs that is not the Raft
+//! 4. unless `--scale-traffic` is 0, the same over a second window of the same length under
+//!    light traffic: `--scale-traffic` datagrams a second (100) sent in turn to the UDP ingress
+//!    of the first shard of every service, each applied by its ACTIVE with a sync commit
+//!    (replicated to its STANDBY); how many were applied within 5 s after the window;
+//! 5. `--scale-trials` times each: `kill -9` of a daemon holding ACTIVEs that is not the Raft
 //!    leader, `kill -9` of the leader (which holds ACTIVEs too), and SIGSTOP of a follower
 //!    holding ACTIVEs (SIGCONT after the measurement): until every shard it held ACTIVE is
 //!    ACTIVE on another unit and confirmed. Two figures: `takeover` from the kill until the last
@@ -31,7 +35,7 @@
 //!
 //! Status is polled only as a summary (counts and at most a few unhealthy shards, built by the
 //! daemon without a message per shard), a few times a second at most, and not at all during the
-//! quiet window. Every wait has a deadline and names what did not happen. The cluster (its
+//! quiet and loaded windows. Every wait has a deadline and names what did not happen. The cluster (its
 //! processes and its directory) goes away with the `TestCluster` when the scenario returns, on
 //! error too.
 
@@ -63,6 +67,8 @@ pub struct Options {
     pub failover: Duration,
     /// Time between two status polls.
     pub poll: Duration,
+    /// Datagrams a second of the loaded window's light traffic (0: no loaded window).
+    pub traffic: u64,
     /// `[cluster]` lines for the daemons (idle polling and `--cluster` settings).
     pub cluster_toml: String,
 }
@@ -81,10 +87,26 @@ pub struct Scale {
     pub settle_s: f64,
     pub idle: Idle,
     pub quiet: Quiet,
+    /// The same window again, under light traffic (`--scale-traffic`, unless 0).
+    pub loaded: Option<Loaded>,
     pub failovers: Vec<Failovers>,
 }
 
-/// The quiet window's costs.
+/// A window as long as the quiet one, under light traffic: stream messages to the first shard
+/// of every service (each applied by its ACTIVE with a sync commit, so replicated to its
+/// STANDBY), sent at an even rate round the services.
+#[derive(Debug, Serialize)]
+pub struct Loaded {
+    /// Datagrams a second.
+    pub traffic_per_s: u64,
+    /// Datagrams sent, and applied (recorded by an ACTIVE) within 5 s after the window.
+    pub messages_sent: u64,
+    pub messages_applied: u64,
+    pub costs: Idle,
+    pub events: Quiet,
+}
+
+/// A window's costs (the quiet one's, or the loaded one's).
 #[derive(Debug, Serialize)]
 pub struct Idle {
     pub seconds: f64,
@@ -209,8 +231,16 @@ impl Layout {
         }
     }
 
-    /// The `[[services]]` of the config.
-    fn toml(&self) -> String {
+    /// The first shard of every service, which takes the light traffic.
+    fn traffic_shards(&self) -> Vec<&str> {
+        self.services
+            .iter()
+            .map(|(name, _, _)| self.shards[name][0].as_str())
+            .collect()
+    }
+
+    /// The `[[services]]` of the config; the shards of `ingress` with their UDP ingress port.
+    fn toml(&self, ingress: &BTreeMap<String, u16>) -> String {
         let mut toml = String::new();
         for (name, first, second) in &self.services {
             let shards: Vec<String> = self.shards[name]
@@ -228,6 +258,13 @@ impl Layout {
                 first + 1,
                 second + 1
             ));
+            for shard in &self.shards[name] {
+                if let Some(port) = ingress.get(shard) {
+                    toml.push_str(&format!(
+                        "[services.ingress.\"{shard}\"]\nudp = \"127.0.0.1:{port}\"\n"
+                    ));
+                }
+            }
         }
         toml
     }
@@ -250,6 +287,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 struct Bench {
     cluster: TestCluster,
     layout: Layout,
+    /// The shards with a UDP ingress, and its port.
+    ingress: BTreeMap<String, u16>,
     options: Options,
     /// Nodes not to ask (a stopped daemon would not answer).
     silent: BTreeSet<usize>,
@@ -614,13 +653,23 @@ pub fn scale(options: Options) -> anyhow::Result<Scale> {
         options.shards,
         layout.services.len()
     );
-    let services_toml = layout.toml();
+    let ingress: BTreeMap<String, u16> = if options.traffic > 0 {
+        layout
+            .traffic_shards()
+            .into_iter()
+            .map(|shard| (shard.to_owned(), tandem_e2e::free_ingress_port()))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let services_toml = layout.toml(&ingress);
     let started = Instant::now();
     let cluster =
         TestCluster::start_with_cluster(options.nodes, &options.cluster_toml, &services_toml);
     let mut bench = Bench {
         cluster,
         layout,
+        ingress,
         options,
         silent: BTreeSet::new(),
         ask_first: 0,
@@ -633,7 +682,7 @@ pub fn scale(options: Options) -> anyhow::Result<Scale> {
         bench.wait_healthy("every shard to be healthy after switching back")?;
     }
 
-    let (idle, quiet) = quiet_window(&mut bench)?;
+    let (idle, quiet, _) = window(&mut bench, 0)?;
     eprintln!(
         "scale: quiet {:.0} s: {:.1} Raft entries/s, daemon CPU max {:.1} % median {:.1} %, RSS max {:.0} MiB; {} spurious events",
         idle.seconds,
@@ -643,6 +692,29 @@ pub fn scale(options: Options) -> anyhow::Result<Scale> {
         idle.rss_mib_max,
         quiet.spurious()
     );
+
+    let loaded = if bench.options.traffic > 0 {
+        let rate = bench.options.traffic;
+        let (costs, events, messages) = window(&mut bench, rate)?;
+        let (messages_sent, messages_applied) = messages;
+        eprintln!(
+            "scale: loaded {:.0} s: {messages_applied} of {messages_sent} messages applied, \
+             daemon CPU max {:.1} % median {:.1} %; {} spurious events",
+            costs.seconds,
+            costs.cpu_pct_max,
+            costs.cpu_pct_median,
+            events.spurious()
+        );
+        Some(Loaded {
+            traffic_per_s: rate,
+            messages_sent,
+            messages_applied,
+            costs,
+            events,
+        })
+    } else {
+        None
+    };
 
     let mut failovers = Vec::new();
     for fault in [Fault::KillFollower, Fault::KillLeader, Fault::StopFollower] {
@@ -664,12 +736,14 @@ pub fn scale(options: Options) -> anyhow::Result<Scale> {
         settle_s,
         idle,
         quiet,
+        loaded,
         failovers,
     })
 }
 
-/// The quiet window: costs and what must not happen.
-fn quiet_window(bench: &mut Bench) -> anyhow::Result<(Idle, Quiet)> {
+/// A window of `--scale-idle-secs`, quiet or (`rate` > 0) under light traffic: its costs,
+/// what must not happen, and the messages sent and applied.
+fn window(bench: &mut Bench, rate: u64) -> anyhow::Result<(Idle, Quiet, (u64, u64))> {
     let seconds = bench.options.idle;
     let before = bench
         .view(1)
@@ -689,12 +763,22 @@ fn quiet_window(bench: &mut Bench) -> anyhow::Result<(Idle, Quiet)> {
         .iter()
         .map(|pid| cpu_ticks(*pid))
         .collect::<anyhow::Result<_>>()?;
+    let records_from = record_offset(&bench.cluster);
     let window_start = Instant::now();
-    eprintln!(
-        "scale: quiet window of {} s (no polling meanwhile)",
-        seconds.as_secs()
-    );
-    std::thread::sleep(seconds);
+    let sent = if rate == 0 {
+        eprintln!(
+            "scale: quiet window of {} s (no polling meanwhile)",
+            seconds.as_secs()
+        );
+        std::thread::sleep(seconds);
+        0
+    } else {
+        eprintln!(
+            "scale: loaded window of {} s, {rate} messages/s (no polling meanwhile)",
+            seconds.as_secs()
+        );
+        send_traffic(&bench.ingress, rate, seconds)?
+    };
     let ticks_after: Vec<u64> = pids
         .iter()
         .map(|pid| cpu_ticks(*pid))
@@ -753,7 +837,59 @@ fn quiet_window(bench: &mut Bench) -> anyhow::Result<(Idle, Quiet)> {
         rss_mib_max,
         rss_mib_median,
     };
-    Ok((idle, quiet))
+    // Every message applied, or 5 s more (outside the window's costs).
+    let mut applied = messages_applied(&bench.cluster, records_from)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while applied < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        applied = messages_applied(&bench.cluster, records_from)?;
+    }
+    Ok((idle, quiet, (sent, applied)))
+}
+
+/// Sends `rate` datagrams a second for `seconds`, in turn to each of `ingress`; returns how
+/// many it sent. Payloads are `t<n>`, unique.
+fn send_traffic(
+    ingress: &BTreeMap<String, u16>,
+    rate: u64,
+    seconds: Duration,
+) -> anyhow::Result<u64> {
+    let ports: Vec<u16> = ingress.values().copied().collect();
+    anyhow::ensure!(!ports.is_empty(), "no ingress to send traffic to");
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("bind the traffic socket")?;
+    let messages = seconds.as_secs() * rate;
+    let started = Instant::now();
+    for id in 1..=messages {
+        let due = started + Duration::from_micros(id * 1_000_000 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let port = ports[id as usize % ports.len()];
+        socket
+            .send_to(format!("t{id}").as_bytes(), ("127.0.0.1", port))
+            .context("send a datagram")?;
+    }
+    Ok(messages)
+}
+
+/// Distinct traffic messages (`t<n>`) an ACTIVE recorded applied, in the record file from
+/// `offset` on.
+fn messages_applied(cluster: &TestCluster, offset: u64) -> anyhow::Result<u64> {
+    let mut file = fs::File::open(cluster.dir.path().join("record.log")).context("open records")?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let applied: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            match fields[..] {
+                [_, _, _, _, "msg", _, payload, _] if payload.starts_with('t') => Some(payload),
+                _ => None,
+            }
+        })
+        .collect();
+    Ok(applied.len() as u64)
 }
 
 /// `trials` failovers of one kind.
@@ -967,6 +1103,32 @@ pub fn print(scale: &Scale) {
         quiet.lease_lapses,
         quiet.slow_passes
     );
+    if let Some(loaded) = &scale.loaded {
+        let costs = &loaded.costs;
+        let events = &loaded.events;
+        println!(
+            "loaded {:.0} s, {} messages/s to {} shards: {} of {} applied; {:.1} Raft entries/s; daemon CPU %: max {:.2}, median {:.2}, leader {:.2}",
+            costs.seconds,
+            loaded.traffic_per_s,
+            scale.services,
+            loaded.messages_applied,
+            loaded.messages_sent,
+            costs.raft_entries_per_s,
+            costs.cpu_pct_max,
+            costs.cpu_pct_median,
+            costs.leader_cpu_pct
+        );
+        println!(
+            "loaded window: {} role changes, {} liveness verdicts, {} faults, {} other events, {} leader changes, {} lease lapses (all must be 0); {} slow loop passes",
+            events.role_changes,
+            events.liveness_verdicts,
+            events.faults,
+            events.other_events,
+            events.leader_changes,
+            events.lease_lapses,
+            events.slow_passes
+        );
+    }
     println!(
         "{:<16} {:>6} {:>8} {:>15} {:>15} {:>16} {:>16} {:>15} {:>15}",
         "failover",
@@ -1019,10 +1181,15 @@ mod tests {
         );
         assert_eq!(layout.shards["s0"], vec!["s0-0", "s0-1", "s0-2"]);
         assert_eq!(layout.shards["s3"], vec!["s3-0", "s3-1"]);
-        let toml = layout.toml();
+        let toml = layout.toml(&BTreeMap::from([("s1-0".to_owned(), 4000)]));
         assert!(toml.contains(
             "units = [{ name = \"s3-a\", node = \"n4\" }, { name = \"s3-b\", node = \"n1\" }]"
         ));
+        assert!(toml.contains("[services.ingress.\"s1-0\"]\nudp = \"127.0.0.1:4000\"\n"));
+        assert_eq!(
+            layout.traffic_shards(),
+            vec!["s0-0", "s1-0", "s2-0", "s3-0"]
+        );
         // Two nodes: one pair.
         assert_eq!(Layout::new(2, 4).services.len(), 1);
     }
