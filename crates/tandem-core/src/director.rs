@@ -68,6 +68,9 @@ pub struct Director {
     plan_from: Option<ShardName>,
     /// Shards the last round planned (for tests and the simulation's step-cost check).
     planned_last_round: usize,
+    /// Shards whose in-sync claim is to be looked at next round: a report brought a new
+    /// claim, the shard's record changed, or a proposal of its claim had its time.
+    claims_due: BTreeSet<ShardName>,
 }
 
 impl Default for Director {
@@ -80,6 +83,7 @@ impl Default for Director {
             sweep_from: None,
             plan_from: None,
             planned_last_round: 0,
+            claims_due: BTreeSet::new(),
         }
     }
 }
@@ -257,6 +261,7 @@ impl Director {
             return;
         }
         self.dirty.extend(changes.shards.iter().cloned());
+        self.claims_due.extend(changes.shards.iter().cloned());
         let mut services: BTreeSet<&ServiceName> = BTreeSet::new();
         for unit in &changes.units {
             if let Some(record) = state.units.get(unit) {
@@ -284,6 +289,17 @@ impl Director {
             return;
         };
         let before = judged.before.as_ref();
+        // Claims new or changed since the report before (a report carries every claim its
+        // node has not seen committed, most of them unchanged).
+        self.claims_due.extend(
+            after
+                .in_sync
+                .iter()
+                .filter(|(shard, claim)| {
+                    before.and_then(|before| before.in_sync.get(*shard)) != Some(*claim)
+                })
+                .map(|(shard, _)| shard.clone()),
+        );
         let mut services: BTreeSet<&ServiceName> = BTreeSet::new();
         let empty = BTreeSet::new();
         for (name, unit) in &after.units {
@@ -411,6 +427,9 @@ impl Director {
         self.plan_faults(now, &view, wall_ms, &mut commands, &mut touched);
         if std::mem::take(&mut self.everything) {
             self.dirty.extend(state.shards.keys().cloned());
+            for (_, report) in observations.nodes.values() {
+                self.claims_due.extend(report.in_sync.keys().cloned());
+            }
         }
         self.sweep_waiting();
         // In turn from where the last round stopped, so that shards made dirty again and
@@ -455,34 +474,31 @@ impl Director {
                 self.waiting.insert(name.clone());
             }
         }
-        for (_, report) in observations.nodes.values() {
-            for name in report.in_sync.keys() {
-                let Some(shard) = state.shards.get(name) else {
-                    continue;
-                };
-                let Some((units, claim_seq)) = view.claimed_in_sync(shard) else {
-                    continue;
-                };
-                // A newer claim with the same units is proposed too: its primary keeps
-                // waiting for a STANDBY it claimed until the cluster applied a claim at least
-                // as new (an older one still in flight could otherwise apply after a claim
-                // that dropped it).
-                if units == shard.in_sync && claim_seq <= shard.in_sync_claim {
-                    continue;
-                }
-                let key =
-                    PendingKey::InSync(shard.name.clone(), shard.epoch, units.clone(), claim_seq);
-                if self.is_pending(&key) {
-                    continue;
-                }
-                self.pending.insert(key, (now, 0));
-                commands.push(Command::SetInSync {
-                    shard: shard.name.clone(),
-                    epoch: shard.epoch,
-                    units,
-                    claim: claim_seq,
-                });
+        for name in std::mem::take(&mut self.claims_due) {
+            let Some(shard) = state.shards.get(&name) else {
+                continue;
+            };
+            let Some((units, claim_seq)) = view.claimed_in_sync(shard) else {
+                continue;
+            };
+            // A newer claim with the same units is proposed too: its primary keeps
+            // waiting for a STANDBY it claimed until the cluster applied a claim at least
+            // as new (an older one still in flight could otherwise apply after a claim
+            // that dropped it).
+            if units == shard.in_sync && claim_seq <= shard.in_sync_claim {
+                continue;
             }
+            let key = PendingKey::InSync(shard.name.clone(), shard.epoch, units.clone(), claim_seq);
+            if self.is_pending(&key) {
+                continue;
+            }
+            self.pending.insert(key, (now, 0));
+            commands.push(Command::SetInSync {
+                shard: shard.name.clone(),
+                epoch: shard.epoch,
+                units,
+                claim: claim_seq,
+            });
         }
         for unit in state.units.values() {
             if !unit.restart_pending || state.roles_of(&unit.name).next().is_some() {
@@ -508,10 +524,17 @@ impl Director {
     /// Forgets proposals that committed (the state moved on) or that had their time.
     fn expire(&mut self, now: Time, state: &ClusterState) {
         let dirty = &mut self.dirty;
+        let claims_due = &mut self.claims_due;
         self.pending.retain(|key, (at, version)| {
             if now.saturating_since(*at) >= RETRY_AFTER {
-                if let PendingKey::Shard(shard) = key {
-                    dirty.insert(shard.clone());
+                match key {
+                    PendingKey::Shard(shard) => {
+                        dirty.insert(shard.clone());
+                    }
+                    PendingKey::InSync(shard, ..) => {
+                        claims_due.insert(shard.clone());
+                    }
+                    PendingKey::Fault(..) | PendingKey::Restart(..) => {}
                 }
                 return false;
             }

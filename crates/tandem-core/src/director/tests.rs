@@ -521,6 +521,40 @@ fn a_proposal_in_flight_is_not_repeated_until_it_expires() {
 }
 
 #[test]
+fn an_in_sync_claim_is_looked_at_when_it_changes_or_its_proposal_expires() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        2,
+    );
+    h.unsynced.insert("b".into());
+    h.settle();
+    assert!(h.shard("s0").in_sync.is_empty());
+    let claims = |commands: &[Command]| {
+        commands
+            .iter()
+            .filter(|command| matches!(command, Command::SetInSync { .. }))
+            .count()
+    };
+    // The ACTIVE's agent verifies b: its report's claim changes, and is proposed.
+    h.unsynced.clear();
+    let observations = h.observations();
+    h.note(&observations);
+    let first = h.director.plan(h.now, &h.state, &observations, 0);
+    assert_eq!(claims(&first), 1, "{first:?}");
+    // Not committed (lost, say), and the same report again: nothing to look at.
+    h.note(&observations);
+    let again = h.director.plan(h.now, &h.state, &observations, 0);
+    assert_eq!(claims(&again), 0, "{again:?}");
+    // Its proposal had its time: the claim comes back though no report changed.
+    h.note(&observations);
+    let later = h.now + RETRY_AFTER;
+    let retried = h.director.plan(later, &h.state, &observations, 0);
+    assert_eq!(claims(&retried), 1, "{retried:?}");
+    h.apply(&retried);
+    assert_eq!(h.shard("s0").in_sync, ["b".into()].into());
+}
+
+#[test]
 fn nothing_is_assigned_to_units_the_agents_have_not_reported() {
     let mut h = Harness::new(
         spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
