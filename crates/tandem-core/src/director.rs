@@ -52,8 +52,8 @@ pub const WAITING_SWEEP: usize = 32;
 /// shard is never looked at, so a round costs what changed, not the number of shards.
 #[derive(Debug, Clone)]
 pub struct Director {
-    /// Proposals made and not yet seen committed: key → (when, the shard version planned from).
-    pending: BTreeMap<PendingKey, (Time, u64)>,
+    /// Proposals made and not yet seen committed or expired.
+    pending: pending::Pending,
     /// Every shard is to be planned (a new director knows nothing yet).
     everything: bool,
     /// Shards to plan at the next round.
@@ -76,7 +76,7 @@ pub struct Director {
 impl Default for Director {
     fn default() -> Self {
         Self {
-            pending: BTreeMap::new(),
+            pending: pending::Pending::default(),
             everything: true,
             dirty: BTreeSet::new(),
             waiting: BTreeSet::new(),
@@ -256,6 +256,7 @@ impl Director {
     /// The committed state changed by `changes`: the shards to plan again. A changed unit or
     /// node can change what every shard of its service may be given.
     pub fn note_changes(&mut self, state: &ClusterState, changes: &Changes) {
+        self.pending.note_changes(changes);
         if changes.topology {
             self.everything = true;
             return;
@@ -465,7 +466,7 @@ impl Director {
                     load.note(changes);
                 }
                 self.pending
-                    .insert(PendingKey::Shard(shard.name.clone()), (now, shard.version));
+                    .insert(PendingKey::Shard(shard.name.clone()), now, shard.version);
                 commands.push(command);
                 self.waiting.insert(name.clone());
             } else if quiet(&view, service, shard) {
@@ -492,7 +493,7 @@ impl Director {
             if self.is_pending(&key) {
                 continue;
             }
-            self.pending.insert(key, (now, 0));
+            self.pending.insert(key, now, 0);
             commands.push(Command::SetInSync {
                 shard: shard.name.clone(),
                 epoch: shard.epoch,
@@ -508,7 +509,7 @@ impl Director {
             if self.is_pending(&key) {
                 continue;
             }
-            self.pending.insert(key, (now, 0));
+            self.pending.insert(key, now, 0);
             commands.push(Command::RestartUnit {
                 unit: unit.name.clone(),
                 expected_generation: unit.generation,
@@ -518,44 +519,22 @@ impl Director {
     }
 
     fn is_pending(&self, key: &PendingKey) -> bool {
-        self.pending.contains_key(key)
+        self.pending.contains(key)
     }
 
-    /// Forgets proposals that committed (the state moved on) or that had their time.
+    /// Forgets proposals that committed (the state moved on) or that had their time; those
+    /// that had their time are looked at again.
     fn expire(&mut self, now: Time, state: &ClusterState) {
         let dirty = &mut self.dirty;
         let claims_due = &mut self.claims_due;
-        self.pending.retain(|key, (at, version)| {
-            if now.saturating_since(*at) >= RETRY_AFTER {
-                match key {
-                    PendingKey::Shard(shard) => {
-                        dirty.insert(shard.clone());
-                    }
-                    PendingKey::InSync(shard, ..) => {
-                        claims_due.insert(shard.clone());
-                    }
-                    PendingKey::Fault(..) | PendingKey::Restart(..) => {}
-                }
-                return false;
+        self.pending.expire(now, state, |key| match key {
+            PendingKey::Shard(shard) => {
+                dirty.insert(shard.clone());
             }
-            match key {
-                PendingKey::Shard(shard) => state
-                    .shards
-                    .get(shard)
-                    .is_some_and(|record| record.version == *version),
-                PendingKey::Fault(unit, fault) => state.units.get(unit).is_some_and(|record| {
-                    record.generation == fault.generation && record.fault_seen < *fault
-                }),
-                PendingKey::InSync(shard, epoch, _, claim) => state
-                    .shards
-                    .get(shard)
-                    .is_some_and(|record| record.epoch == *epoch && record.in_sync_claim < *claim),
-                PendingKey::Restart(unit, generation) => {
-                    state.units.get(unit).is_some_and(|record| {
-                        record.generation == *generation && record.restart_pending
-                    })
-                }
+            PendingKey::InSync(shard, ..) => {
+                claims_due.insert(shard.clone());
             }
+            PendingKey::Fault(..) | PendingKey::Restart(..) => {}
         });
     }
 
@@ -583,7 +562,7 @@ impl Director {
             if self.is_pending(&key) {
                 continue;
             }
-            self.pending.insert(key, (now, 0));
+            self.pending.insert(key, now, 0);
             touched.extend(state.roles_of(&unit.name).map(|(shard, _)| shard.clone()));
             let promotions = promotions_for(view, std::slice::from_ref(&unit.name));
             commands.push(Command::UnitFault {
@@ -1149,6 +1128,8 @@ fn describe_unready(view: &View<'_>, unit: &UnitRecord, shard: &ShardRecord) -> 
         Some(_) => format!("STANDBY {name} is not ready"),
     }
 }
+
+mod pending;
 
 #[cfg(test)]
 mod tests;

@@ -168,6 +168,8 @@ impl Harness {
         let commands = self
             .director
             .plan(self.now, &self.state, &observations, 1_000_000);
+        // The proposals kept are the ones neither committed nor expired, as a walk finds.
+        self.director.pending.check(self.now, &self.state).unwrap();
         self.apply(&commands);
         self.now = self.now + Duration::from_millis(10);
         commands
@@ -552,6 +554,51 @@ fn an_in_sync_claim_is_looked_at_when_it_changes_or_its_proposal_expires() {
     assert_eq!(claims(&retried), 1, "{retried:?}");
     h.apply(&retried);
     assert_eq!(h.shard("s0").in_sync, ["b".into()].into());
+}
+
+#[test]
+fn a_proposal_made_again_is_kept_past_the_time_of_the_first() {
+    let mut h = Harness::new(
+        spec(RedundancyModel::TwoN, &[("a", 1), ("b", 2)], &["s0"]),
+        2,
+    );
+    let key = PendingKey::Shard("s0".into());
+    let version = h.shard("s0").version;
+    h.director.pending.insert(key.clone(), h.now, version);
+    // It expires, is planned again, and proposed again a little later.
+    let mut expired = Vec::new();
+    let later = h.now + RETRY_AFTER;
+    h.director
+        .pending
+        .expire(later, &h.state, |key| expired.push(key.clone()));
+    assert_eq!(expired, vec![key.clone()]);
+    assert!(!h.director.pending.contains(&key));
+    h.director.pending.insert(key.clone(), later, version);
+    // The first proposal's time passing again forgets nothing: the second is its own.
+    let mut expired = Vec::new();
+    h.director
+        .pending
+        .expire(later + Duration::from_millis(1), &h.state, |key| {
+            expired.push(key.clone())
+        });
+    assert!(expired.is_empty());
+    assert!(h.director.pending.contains(&key));
+    // A change of another shard's record leaves it; the shard's own version moving forgets it.
+    let mut changes = crate::cluster::Changes::default();
+    changes.shards.insert("s1".into());
+    h.director.pending.note_changes(&changes);
+    h.director.pending.expire(later, &h.state, |_| {});
+    assert!(h.director.pending.contains(&key));
+    h.director
+        .pending
+        .insert(key.clone(), later, version.wrapping_add(1));
+    changes.shards.insert("s0".into());
+    h.director.pending.note_changes(&changes);
+    h.director.pending.expire(later, &h.state, |_| {});
+    assert!(
+        !h.director.pending.contains(&key),
+        "planned from another version"
+    );
 }
 
 #[test]
