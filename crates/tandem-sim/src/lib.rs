@@ -562,7 +562,8 @@ pub fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
 pub type Meter = fn() -> u64;
 
 /// The nodes' work per event in a run's idle tail, as a [`Meter`] counts it: what the nodes
-/// do with their inputs, passes and data steps, not what the simulation's checks cost.
+/// do with their inputs, ticks, heartbeats, passes, data steps and syncs, not what the
+/// simulation's checks cost.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepCosts {
     /// Events handled in the tail.

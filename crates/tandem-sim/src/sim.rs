@@ -659,7 +659,9 @@ impl Sim {
         }
         let local_now = self.nodes[node].local_now(self.now);
         let wall_ms = self.now / 1000;
+        let start = self.meter_read();
         self.nodes[node].node().tick(local_now, wall_ms);
+        self.charge(start);
         let interval = self.nodes[node].real_duration(TICK_US);
         self.schedule(interval, Event::Tick { node, epoch });
         self.drive(node)
@@ -672,7 +674,9 @@ impl Sim {
         let interval = self.nodes[node].real_duration(HEARTBEAT_US);
         self.schedule(interval, Event::Timer { node, epoch });
         let local_now = self.nodes[node].local_now(self.now);
+        let start = self.meter_read();
         self.nodes[node].node().heartbeat(local_now);
+        self.charge(start);
         self.drive(node)
     }
 
@@ -928,11 +932,13 @@ impl Sim {
             let id = self.nodes[node].id;
             self.trace(|| format!("node {id} files synced: {installed:?} then {synced:?}"));
         }
+        let start = self.meter_read();
         let n = self.nodes[node].node();
         for done in installed {
             n.on_compaction_installed(done);
         }
         n.on_replicas_synced(synced);
+        self.charge(start);
     }
 
     /// Drives a node: durable writes, sends, applies, agent actions; checks what it reports
@@ -978,14 +984,17 @@ impl Sim {
     /// later (an `RaftSynced` event), unless the node crashes first.
     fn start_raft_sync(&mut self, node: usize) -> Result<(), Violation> {
         let id = self.nodes[node].id;
-        let sim_node = &mut self.nodes[node];
-        let Some(n) = sim_node.node.as_mut() else {
+        let start = self.meter_read();
+        let Some(n) = self.nodes[node].node.as_mut() else {
             return Ok(());
         };
-        let job = n.take_sync().map_err(|error| Violation {
+        let job = n.take_sync();
+        self.charge(start);
+        let job = job.map_err(|error| Violation {
             kind: FailureKind::NodeError,
             detail: format!("node {id}: taking a log sync failed: {error}"),
         })?;
+        let sim_node = &mut self.nodes[node];
         if let Some(job) = job {
             let number = job.number;
             sim_node.raft_sync = Some(job);
@@ -1021,7 +1030,9 @@ impl Sim {
             return self.write_failed(node, "log sync", &error);
         }
         self.trace(|| format!("node {id} synced its log up to ready {number}"));
+        let start = self.meter_read();
         self.nodes[node].node().synced(number);
+        self.charge(start);
         self.drive(node)
     }
 

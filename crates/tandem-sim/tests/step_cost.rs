@@ -91,7 +91,9 @@ fn idle_work_per_event_does_not_grow_with_shards() {
         assert!(costs.events > 10_000, "the tail ran: {costs}");
         assert!(costs.total > 0, "the meter counts: {costs}");
     }
-    // 3,000 more shards: a walk over them on any event would cost thousands more.
+    // 3,000 more shards: a walk over them on any event would cost thousands more. The mean
+    // may grow a little: a data-plane tick looks at a slice of every replica (a sweep in
+    // 1/SWEEP_TICKS parts, so that a missed timer is found): 10.3 against 12.7 allocations.
     assert!(
         large.mean() <= small.mean() * 1.25 + 5.0,
         "the mean event costs more with 4x the shards: {small} vs {large}"
