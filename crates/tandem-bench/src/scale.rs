@@ -654,11 +654,10 @@ pub fn scale(options: Options) -> anyhow::Result<Scale> {
         layout.services.len()
     );
     let ingress: BTreeMap<String, u16> = if options.traffic > 0 {
-        layout
-            .traffic_shards()
-            .into_iter()
-            .map(|shard| (shard.to_owned(), tandem_e2e::free_ingress_port()))
-            .collect()
+        // Drawn in one call, so that no two services get the same port.
+        let shards = layout.traffic_shards();
+        let ports = tandem_e2e::free_loopback_ports(shards.len(), true);
+        shards.into_iter().map(str::to_owned).zip(ports).collect()
     } else {
         BTreeMap::new()
     };
@@ -747,7 +746,7 @@ fn window(bench: &mut Bench, rate: u64) -> anyhow::Result<(Idle, Quiet, (u64, u6
     let seconds = bench.options.idle;
     let before = bench
         .view(1)
-        .context("no leader answered before the quiet window")?;
+        .context("no leader answered before the window")?;
     let log_node = bench
         .cluster
         .index_of(&before.status.leader)
@@ -790,7 +789,7 @@ fn window(bench: &mut Bench, rate: u64) -> anyhow::Result<(Idle, Quiet, (u64, u6
         .collect::<anyhow::Result<_>>()?;
     let after = bench
         .view(1)
-        .context("no leader answered after the quiet window")?;
+        .context("no leader answered after the window")?;
     let (events, _) = events_since(&bench.cluster, log_node, since_seq)?;
     let tick = ticks_per_second();
     let cpu_pct: Vec<f64> = ticks_before
