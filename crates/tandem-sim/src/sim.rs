@@ -296,9 +296,8 @@ pub(crate) struct Sim {
     /// Shards of multi-ACTIVE services (several acting units are fine there).
     pub(crate) multi_active: BTreeSet<ShardName>,
     /// The shards of services with one ACTIVE, which keep checkpoints and streams, in the
-    /// topology's order, and as a set.
-    pub(crate) data_shard_list: Vec<ShardName>,
-    pub(crate) data_shards: BTreeSet<ShardName>,
+    /// topology's order (every other shard is in `multi_active`).
+    pub(crate) data_shards: Vec<ShardName>,
     /// What measures the nodes' work (see [`crate::run_metered`]).
     meter: Option<crate::Meter>,
     /// The nodes' work in the event being handled, by `meter`.
@@ -316,10 +315,17 @@ impl Sim {
             "a simulated cluster has 1 to 64 nodes, of which 1 or more vote"
         );
         let seed = config.seed;
-        let data_shard_list: Vec<ShardName> = topology(config.nodes, config.wide_shards)
+        let topology = topology(config.nodes, config.wide_shards);
+        let (multi, single): (Vec<_>, Vec<_>) = topology
             .services
             .iter()
-            .filter(|service| !service.model.multi_active())
+            .partition(|service| service.model.multi_active());
+        let multi_active: BTreeSet<ShardName> = multi
+            .iter()
+            .flat_map(|service| service.shards.iter().cloned())
+            .collect();
+        let data_shards: Vec<ShardName> = single
+            .iter()
             .flat_map(|service| service.shards.iter().cloned())
             .collect();
         let mut params_rng = Rng::new(seed, STREAM_PARAMS);
@@ -362,7 +368,7 @@ impl Sim {
         let mut compaction_rng = Rng::new(seed, STREAM_COMPACTION);
         Self {
             params,
-            topology: topology(config.nodes, config.wide_shards),
+            topology,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -406,14 +412,8 @@ impl Sim {
             next_message: 1,
             cache_steps: 0,
             acting_dirty: BTreeSet::new(),
-            multi_active: topology(config.nodes, config.wide_shards)
-                .services
-                .iter()
-                .filter(|service| service.model.multi_active())
-                .flat_map(|service| service.shards.iter().cloned())
-                .collect(),
-            data_shards: data_shard_list.iter().cloned().collect(),
-            data_shard_list,
+            multi_active,
+            data_shards,
             meter: None,
             event_cost: 0,
             tail_until: None,
@@ -541,6 +541,15 @@ impl Sim {
         self.event_cost += self.meter_read().saturating_sub(start);
     }
 
+    /// Calls `call` on the `Node` of `node` (which runs), charging its work to the current
+    /// event.
+    fn metered<T>(&mut self, node: usize, call: impl FnOnce(&mut Node<SimDisk>) -> T) -> T {
+        let start = self.meter_read();
+        let out = call(self.nodes[node].node());
+        self.charge(start);
+        out
+    }
+
     pub(crate) fn schedule(&mut self, delay_us: u64, event: Event) {
         self.seq += 1;
         self.queue.push(Reverse(Scheduled {
@@ -659,9 +668,7 @@ impl Sim {
         }
         let local_now = self.nodes[node].local_now(self.now);
         let wall_ms = self.now / 1000;
-        let start = self.meter_read();
-        self.nodes[node].node().tick(local_now, wall_ms);
-        self.charge(start);
+        self.metered(node, |n| n.tick(local_now, wall_ms));
         let interval = self.nodes[node].real_duration(TICK_US);
         self.schedule(interval, Event::Tick { node, epoch });
         self.drive(node)
@@ -674,9 +681,7 @@ impl Sim {
         let interval = self.nodes[node].real_duration(HEARTBEAT_US);
         self.schedule(interval, Event::Timer { node, epoch });
         let local_now = self.nodes[node].local_now(self.now);
-        let start = self.meter_read();
-        self.nodes[node].node().heartbeat(local_now);
-        self.charge(start);
+        self.metered(node, |n| n.heartbeat(local_now));
         self.drive(node)
     }
 
@@ -820,19 +825,14 @@ impl Sim {
         if self.nodes[node].status != Status::Running || self.nodes[node].node.is_none() {
             return Ok(false);
         }
-        let start = self.meter_read();
-        self.nodes[node].node().begin_data_step(local_now);
-        self.charge(start);
+        self.metered(node, |n| n.begin_data_step(local_now));
         // A sync left for later happens now (by the next input or tick, like an fsync that
         // took a while).
         if self.nodes[node].files.has_unsynced() {
             self.sync_files(node);
         }
         for _ in 0..4 {
-            let start = self.meter_read();
-            let round = self.nodes[node].node().take_data_round(local_now);
-            self.charge(start);
-            let Some(round) = round else {
+            let Some(round) = self.metered(node, |n| n.take_data_round(local_now)) else {
                 break;
             };
             for (to, message) in &round.messages {
@@ -894,9 +894,7 @@ impl Sim {
                 self.sync_files(node);
             }
         }
-        let start = self.meter_read();
-        let end = self.nodes[node].node().end_data_step();
-        self.charge(start);
+        let end = self.metered(node, |n| n.end_data_step());
         let n = self.nodes[node].node.as_mut().expect("checked");
         // The cache check walks every replica of the node: at scale, every 16th step, and
         // less often still past 2,000 shards (so that the check costs what the run does).
@@ -932,13 +930,12 @@ impl Sim {
             let id = self.nodes[node].id;
             self.trace(|| format!("node {id} files synced: {installed:?} then {synced:?}"));
         }
-        let start = self.meter_read();
-        let n = self.nodes[node].node();
-        for done in installed {
-            n.on_compaction_installed(done);
-        }
-        n.on_replicas_synced(synced);
-        self.charge(start);
+        self.metered(node, |n| {
+            for done in installed {
+                n.on_compaction_installed(done);
+            }
+            n.on_replicas_synced(synced);
+        });
     }
 
     /// Drives a node: durable writes, sends, applies, agent actions; checks what it reports
@@ -1030,9 +1027,7 @@ impl Sim {
             return self.write_failed(node, "log sync", &error);
         }
         self.trace(|| format!("node {id} synced its log up to ready {number}"));
-        let start = self.meter_read();
-        self.nodes[node].node().synced(number);
-        self.charge(start);
+        self.metered(node, |n| n.synced(number));
         self.drive(node)
     }
 

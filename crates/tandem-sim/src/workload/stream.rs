@@ -24,7 +24,7 @@ pub fn message_id(payload: &[u8]) -> Option<u64> {
 impl Sim {
     /// The stream workload: a message for a random shard reaches a random node's ingress.
     pub(crate) fn offer_message(&mut self) -> Result<(), Violation> {
-        let shards = &self.data_shard_list;
+        let shards = &self.data_shards;
         let shard = shards[self.workload.pick(shards.len())].clone();
         let node = self.workload.pick(self.nodes.len());
         if self.nodes[node].status != Status::Running {

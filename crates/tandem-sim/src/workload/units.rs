@@ -731,8 +731,9 @@ impl Sim {
         );
     }
 
-    /// Whether `shard` has a data plane (it belongs to a single-ACTIVE model).
+    /// Whether `shard` (of the topology) has a data plane: it belongs to a single-ACTIVE
+    /// model.
     pub(crate) fn is_data_shard(&self, shard: &ShardName) -> bool {
-        self.data_shards.contains(shard)
+        !self.multi_active.contains(shard)
     }
 }
