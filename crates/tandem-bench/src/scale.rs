@@ -145,6 +145,20 @@ pub struct Quiet {
 }
 
 impl Quiet {
+    /// The counts, in one line of the printed report.
+    fn line(&self) -> String {
+        format!(
+            "{} role changes, {} liveness verdicts, {} faults, {} other events, {} leader changes, {} lease lapses (all must be 0); {} slow loop passes",
+            self.role_changes,
+            self.liveness_verdicts,
+            self.faults,
+            self.other_events,
+            self.leader_changes,
+            self.lease_lapses,
+            self.slow_passes
+        )
+    }
+
     /// The count of what must be 0.
     pub fn spurious(&self) -> u64 {
         self.role_changes
@@ -597,6 +611,15 @@ fn record_offset(cluster: &TestCluster) -> u64 {
     fs::metadata(cluster.dir.path().join("record.log")).map_or(0, |meta| meta.len())
 }
 
+/// The record file from `offset` on.
+fn records_from(cluster: &TestCluster, offset: u64) -> anyhow::Result<String> {
+    let mut file = fs::File::open(cluster.dir.path().join("record.log")).context("open records")?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// For each of `shards`, the first time after `since_ns` a unit finished taking it ACTIVE,
 /// from the record file's part from `offset` on.
 fn active_hooks_done(
@@ -605,10 +628,7 @@ fn active_hooks_done(
     since_ns: u64,
     shards: &BTreeSet<&str>,
 ) -> anyhow::Result<BTreeMap<String, u64>> {
-    let mut file = fs::File::open(cluster.dir.path().join("record.log")).context("open records")?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
+    let text = records_from(cluster, offset)?;
     let mut done: BTreeMap<String, u64> = BTreeMap::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -874,10 +894,7 @@ fn send_traffic(
 /// Distinct traffic messages (`t<n>`) an ACTIVE recorded applied, in the record file from
 /// `offset` on.
 fn messages_applied(cluster: &TestCluster, offset: u64) -> anyhow::Result<u64> {
-    let mut file = fs::File::open(cluster.dir.path().join("record.log")).context("open records")?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
+    let text = records_from(cluster, offset)?;
     let applied: BTreeSet<&str> = text
         .lines()
         .filter_map(|line| {
@@ -1091,17 +1108,7 @@ pub fn print(scale: &Scale) {
         scale.idle.rss_mib_max,
         scale.idle.rss_mib_median
     );
-    let quiet = &scale.quiet;
-    println!(
-        "quiet window: {} role changes, {} liveness verdicts, {} faults, {} other events, {} leader changes, {} lease lapses (all must be 0); {} slow loop passes",
-        quiet.role_changes,
-        quiet.liveness_verdicts,
-        quiet.faults,
-        quiet.other_events,
-        quiet.leader_changes,
-        quiet.lease_lapses,
-        quiet.slow_passes
-    );
+    println!("quiet window: {}", scale.quiet.line());
     if let Some(loaded) = &scale.loaded {
         let costs = &loaded.costs;
         let events = &loaded.events;
@@ -1117,16 +1124,7 @@ pub fn print(scale: &Scale) {
             costs.cpu_pct_median,
             costs.leader_cpu_pct
         );
-        println!(
-            "loaded window: {} role changes, {} liveness verdicts, {} faults, {} other events, {} leader changes, {} lease lapses (all must be 0); {} slow loop passes",
-            events.role_changes,
-            events.liveness_verdicts,
-            events.faults,
-            events.other_events,
-            events.leader_changes,
-            events.lease_lapses,
-            events.slow_passes
-        );
+        println!("loaded window: {}", events.line());
     }
     println!(
         "{:<16} {:>6} {:>8} {:>15} {:>15} {:>16} {:>16} {:>15} {:>15}",
