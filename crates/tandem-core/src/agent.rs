@@ -11,9 +11,14 @@
 //!   instance (generation) the state names; a newer generation means "restart".
 //! - Each unit has at most one hook outstanding. Demotions and removals go first, then STANDBY,
 //!   then ACTIVE, so a unit gives up work before it takes more.
-//! - A unit may hold ACTIVE or QUIESCING only while the agent's lease is valid and the unit has
-//!   no unhandled fault; otherwise the agent fences it (asks it for QUIESCED), and the unit's
-//!   SDK enforces the same lease deadline by itself.
+//! - A unit acts for its ACTIVE or QUIESCING roles only while its lease is valid: the agent
+//!   passes its own lease on, and the unit's SDK enforces the deadline by itself. A lapse
+//!   suspends the roles (the SDK quiesces the application) without a hook or a change of what
+//!   the agent reports as confirmed, only that the acting roles are withheld; the lease alone
+//!   resumes them. A unit whose lease ran out gets it back only once it cannot believe in an
+//!   ACTIVE the committed state no longer gives it at that epoch (`Instance::may_act_stale`):
+//!   it is first told the roles that changed meanwhile, and answers.
+//! - A unit with an unhandled fault is asked for QUIESCED on its acting roles.
 //! - A fault is reported only once the unit can no longer act: after its process exited (a
 //!   unit that misses a health check or a hook deadline is killed first), or after it reported
 //!   the fault itself (the SDK quiesces before reporting). Faults are repeated in every report
@@ -165,10 +170,10 @@ enum Phase {
 /// What a hook's success means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HookOutcome {
-    /// The unit now holds this role for the shard (`None`: removed).
-    Role(ShardName, Option<Role>),
-    /// The unit now holds these roles (a [`UnitCommand::Batch`]).
-    Roles(Vec<(ShardName, Role)>),
+    /// The unit now holds this role for the shard at this epoch (`None`: removed).
+    Role(ShardName, Option<(Role, u64)>),
+    /// The unit now holds these roles at these epochs (a [`UnitCommand::Batch`]).
+    Roles(Vec<(ShardName, Role, u64)>),
     /// The reset request with this number is done.
     Reset(u64),
 }
@@ -197,7 +202,25 @@ impl Hook {
             HookOutcome::Roles(roles) => (None, &roles[..]),
             HookOutcome::Reset(_) => (None, &[][..]),
         };
-        one.into_iter().chain(many.iter().map(|(shard, _)| shard))
+        one.into_iter()
+            .chain(many.iter().map(|(shard, _, _)| shard))
+    }
+
+    /// The shards this hook makes ACTIVE, with the epoch: once it ran, the unit believes it
+    /// may act for them.
+    fn activates(&self) -> impl Iterator<Item = (&ShardName, u64)> {
+        let (one, many) = match &self.outcome {
+            HookOutcome::Role(shard, Some((Role::Active, epoch))) => {
+                (Some((shard, *epoch)), &[][..])
+            }
+            HookOutcome::Roles(roles) => (None, &roles[..]),
+            HookOutcome::Role(..) | HookOutcome::Reset(_) => (None, &[][..]),
+        };
+        one.into_iter().chain(
+            many.iter()
+                .filter(|(_, role, _)| *role == Role::Active)
+                .map(|(shard, _, epoch)| (shard, *epoch)),
+        )
     }
 }
 
@@ -209,6 +232,12 @@ struct Instance {
     pid: Option<u32>,
     /// Roles the unit acknowledged, by shard.
     confirmed: BTreeMap<ShardName, Role>,
+    /// The epoch of each confirmed ACTIVE role: a unit that missed a new epoch of a shard it
+    /// holds ACTIVE is told it again (single-ACTIVE services; an n-way-active shard gets a new
+    /// epoch whenever a unit joins, which changes nothing for the others).
+    active_epochs: BTreeMap<ShardName, u64>,
+    /// Whether the unit's service has one ACTIVE per shard.
+    single_active: bool,
     /// Hooks sent and not answered, oldest first (the unit works on the first); at most
     /// [`HOOKS_IN_FLIGHT_MAX`], at most one per shard.
     hooks: std::collections::VecDeque<Hook>,
@@ -251,6 +280,8 @@ impl Instance {
             phase: Phase::Starting { since: now },
             pid: None,
             confirmed: BTreeMap::new(),
+            active_epochs: BTreeMap::new(),
+            single_active: true,
             hooks: std::collections::VecDeque::new(),
             in_flight: BTreeSet::new(),
             health: None,
@@ -271,8 +302,8 @@ impl Instance {
     fn refresh_diff(&mut self, state: &ClusterState, name: &UnitName, may_act: bool) {
         if !self.all_stale && self.diff_may_act.is_some_and(|before| before != may_act) {
             // Whether the unit may act changes only what it should hold where its committed
-            // role is acting (ACTIVE or QUIESCING becomes QUIESCED): a lease lapse costs the
-            // shards it acts for, not every shard it holds.
+            // role is acting (ACTIVE or QUIESCING becomes QUIESCED): a fault costs the shards
+            // it acts for, not every shard it holds.
             self.diff_may_act = Some(may_act);
             self.stale.extend(
                 state
@@ -293,13 +324,13 @@ impl Instance {
                 .chain(self.confirmed.keys().cloned())
                 .collect();
             for shard in shards {
-                let priority = hook_priority(state, name, &self.confirmed, &shard, may_act);
+                let priority = hook_priority(state, name, self, &shard, may_act);
                 self.place(shard, priority);
             }
             return;
         }
         for shard in std::mem::take(&mut self.stale) {
-            let priority = hook_priority(state, name, &self.confirmed, &shard, may_act);
+            let priority = hook_priority(state, name, self, &shard, may_act);
             self.place(shard, priority);
         }
     }
@@ -342,6 +373,17 @@ impl Instance {
     fn confirmed_changed(&mut self, shard: &ShardName) {
         self.stale.insert(shard.clone());
     }
+
+    /// The unit confirmed `role` for `shard` at `epoch`.
+    fn confirm(&mut self, shard: ShardName, role: Role, epoch: u64) {
+        self.confirmed_changed(&shard);
+        if role == Role::Active {
+            self.active_epochs.insert(shard.clone(), epoch);
+        } else {
+            self.active_epochs.remove(&shard);
+        }
+        self.confirmed.insert(shard, role);
+    }
 }
 
 /// The role `name` should hold for `shard` by the committed `state`: acting roles become
@@ -362,41 +404,73 @@ fn wanted_role(
 
 /// The priority of the hook that brings what the unit confirmed for `shard` to what it should
 /// hold (lower goes first: taking roles away and quiescing, then STANDBY, then ACTIVE), or
-/// `None` when nothing differs (a QUIESCING role is held once the unit confirmed QUIESCED).
+/// `None` when nothing differs (see [`Instance::holds`]).
 fn hook_priority(
     state: &ClusterState,
     name: &UnitName,
-    confirmed: &BTreeMap<ShardName, Role>,
+    instance: &Instance,
     shard: &ShardName,
     may_act: bool,
 ) -> Option<u8> {
-    let held = confirmed.get(shard).copied();
-    let Some(role) = wanted_role(state, name, shard, may_act) else {
-        return held.map(|_| 0);
-    };
-    if held == Some(crate::report::confirmed_role(role)) {
+    let wanted = wanted_role(state, name, shard, may_act);
+    if instance.holds(state, shard, wanted) {
         return None;
     }
-    Some(match role {
-        Role::Quiescing | Role::Quiesced => 0,
-        Role::Standby => 2,
-        Role::Active => 3,
+    Some(match wanted {
+        None | Some(Role::Quiescing | Role::Quiesced) => 0,
+        Some(Role::Standby) => 2,
+        Some(Role::Active) => 3,
     })
 }
 
-/// Whether what the unit confirmed for `shard` differs from what it should hold (a QUIESCING
-/// role is held once the unit confirmed QUIESCED).
-fn differs(
-    state: &ClusterState,
-    name: &UnitName,
-    confirmed: &BTreeMap<ShardName, Role>,
-    shard: &ShardName,
-    may_act: bool,
-) -> bool {
-    let held = confirmed.get(shard).copied();
-    match wanted_role(state, name, shard, may_act) {
-        None => held.is_some(),
-        Some(role) => held != Some(crate::report::confirmed_role(role)),
+impl Instance {
+    /// Whether what the unit confirmed for `shard` is what it should hold, `wanted` (`None`:
+    /// nothing): a QUIESCING role is held once the unit confirmed QUIESCED, and an ACTIVE role
+    /// of a single-ACTIVE service only at the shard's committed epoch.
+    fn holds(&self, state: &ClusterState, shard: &ShardName, wanted: Option<Role>) -> bool {
+        let held = self.confirmed.get(shard).copied();
+        match wanted {
+            None => held.is_none(),
+            Some(Role::Active) if self.single_active => {
+                held == Some(Role::Active)
+                    && self.active_epochs.get(shard)
+                        == state.shards.get(shard).map(|record| &record.epoch)
+            }
+            Some(role) => held == Some(crate::report::confirmed_role(role)),
+        }
+    }
+
+    /// Whether what the unit confirmed for `shard` differs from what it should hold.
+    fn differs(
+        &self,
+        state: &ClusterState,
+        name: &UnitName,
+        shard: &ShardName,
+        may_act: bool,
+    ) -> bool {
+        !self.holds(state, shard, wanted_role(state, name, shard, may_act))
+    }
+
+    /// Whether the unit may believe it acts for a shard that the committed `state` does not
+    /// have it act for at that epoch: a confirmed ACTIVE the diff holds against it, or a hook
+    /// in flight that makes it ACTIVE at another epoch (or where it should not be ACTIVE at
+    /// all). Costs the diff and the hooks in flight.
+    fn may_act_stale(&self, state: &ClusterState, name: &UnitName) -> bool {
+        let acting_at = |shard: &ShardName, epoch: Option<u64>| {
+            state.shards.get(shard).is_some_and(|record| {
+                record.roles.get(name).is_some_and(|role| role.is_acting())
+                    && (!self.single_active || Some(record.epoch) == epoch)
+            })
+        };
+        let confirmed_stale = self.queued.keys().any(|shard| {
+            self.confirmed.get(shard) == Some(&Role::Active)
+                && !acting_at(shard, self.active_epochs.get(shard).copied())
+        });
+        confirmed_stale
+            || self.hooks.iter().any(|hook| {
+                hook.activates()
+                    .any(|(shard, epoch)| !acting_at(shard, Some(epoch)))
+            })
     }
 }
 
@@ -671,22 +745,38 @@ impl Agent {
             }
         }
 
-        // The lease first, so that a unit told ACTIVE already knows until when.
-        if instance.lease_sent != Some(lease_until) {
-            instance.lease_sent = Some(lease_until);
-            actions.push(AgentAction::Lease {
-                unit: name.clone(),
-                generation: instance.generation,
-                valid_until: lease_until,
-            });
-        }
-
         let faulted = slot
             .faults
             .iter()
             .any(|(id, _)| id.generation == record.generation);
-        let may_act = lease_until.is_some() && !faulted && !instance.faulted;
+        let may_act = !faulted && !instance.faulted;
+        let single_active = !matches!(
+            service.model,
+            crate::topology::RedundancyModel::NWayActive { .. }
+        );
+        if instance.single_active != single_active {
+            instance.single_active = single_active;
+            instance.all_stale = true;
+        }
         instance.refresh_diff(state, name, may_act);
+
+        // The lease first, so that a unit told ACTIVE already knows until when. A unit whose
+        // lease ran out keeps its roles, suspended (its SDK stopped it acting); it gets a lease
+        // again only once it cannot believe in an ACTIVE the cluster moved meanwhile.
+        let unit_leased = instance
+            .lease_sent
+            .flatten()
+            .is_some_and(|until| now < until);
+        let unit_lease =
+            lease_until.filter(|_| unit_leased || !instance.may_act_stale(state, name));
+        if instance.lease_sent != Some(unit_lease) {
+            instance.lease_sent = Some(unit_lease);
+            actions.push(AgentAction::Lease {
+                unit: name.clone(),
+                generation: instance.generation,
+                valid_until: unit_lease,
+            });
+        }
         while instance.hooks.len() < HOOKS_IN_FLIGHT_MAX {
             let Some((command, outcome)) =
                 next_hook(state, name, instance, record.reset_requests, may_act)
@@ -855,19 +945,18 @@ impl Agent {
                     }
                 };
                 match hook.outcome {
-                    HookOutcome::Role(shard, Some(role)) => {
-                        instance.confirmed_changed(&shard);
-                        instance.confirmed.insert(shard, held(role));
+                    HookOutcome::Role(shard, Some((role, epoch))) => {
+                        instance.confirm(shard, held(role), epoch);
                     }
                     HookOutcome::Roles(roles) => {
-                        for (shard, role) in roles {
-                            instance.confirmed_changed(&shard);
-                            instance.confirmed.insert(shard, held(role));
+                        for (shard, role, epoch) in roles {
+                            instance.confirm(shard, held(role), epoch);
                         }
                     }
                     HookOutcome::Role(shard, None) => {
                         instance.confirmed_changed(&shard);
                         instance.confirmed.remove(&shard);
+                        instance.active_epochs.remove(&shard);
                     }
                     HookOutcome::Reset(number) => {
                         instance.reset_seen = number;
@@ -910,27 +999,11 @@ impl Agent {
                 *role = Role::Quiesced;
             }
         }
+        instance.active_epochs.clear();
         instance.all_stale = true;
         instance.faulted = true;
         let id = slot.next_fault_id(generation);
         slot.faults.push((id, FaultKind::Reported(severity)));
-    }
-
-    /// The unit's lease ran out and it quiesced `shards` by itself (its SDK enforces the lease
-    /// on its own clock): those roles count as QUIESCED, so the agent asks for ACTIVE again once
-    /// the lease is back.
-    pub fn on_fenced(&mut self, unit: &UnitName, generation: u64, shards: &[ShardName]) {
-        let Some(instance) = self.instance_mut(unit, generation) else {
-            return;
-        };
-        for shard in shards {
-            if let Some(role) = instance.confirmed.get_mut(shard) {
-                if role.is_acting() {
-                    *role = Role::Quiesced;
-                    instance.stale.insert(shard.clone());
-                }
-            }
-        }
     }
 
     /// The unit reported its load.
@@ -1022,9 +1095,7 @@ impl Agent {
                             let worked_out = instance
                                 .stale
                                 .iter()
-                                .filter(|shard| {
-                                    differs(state, name, &instance.confirmed, shard, may_act)
-                                })
+                                .filter(|shard| instance.differs(state, name, shard, may_act))
                                 .take(listed);
                             differing.chain(worked_out).cloned().collect()
                         }
@@ -1035,9 +1106,16 @@ impl Agent {
                             .collect(),
                     };
                     unsettled.extend(in_flight.cloned());
+                    let unit_leased = instance
+                        .lease_sent
+                        .flatten()
+                        .is_some_and(|until| now < until);
                     unit_report.settled = Some(SettledRoles::listing(
                         unsettled.into_iter(),
-                        !lease_valid || faulted || instance.diff_may_act != Some(true),
+                        !lease_valid
+                            || !unit_leased
+                            || faulted
+                            || instance.diff_may_act != Some(true),
                     ));
                 }
             }
@@ -1057,7 +1135,7 @@ impl Agent {
 }
 
 /// The next hook for a running unit, if its confirmed roles differ from what it should hold.
-/// `may_act`: whether it may hold ACTIVE or QUIESCING now (lease valid, no unhandled fault).
+/// `may_act`: whether it may hold ACTIVE or QUIESCING (no unhandled fault).
 fn next_hook(
     state: &ClusterState,
     name: &UnitName,
@@ -1083,42 +1161,36 @@ fn next_hook(
     // Only the shards where the unit's confirmed role differs from what it should hold, best
     // first: the first that makes a hook is the one (the reset competes at priority 1).
     // A shard with a hook in flight is out of the queue until its answer.
-    let mut batch: Vec<(u8, UnitCommand, (ShardName, Role))> = Vec::new();
+    let mut batch: Vec<(u8, UnitCommand, (ShardName, Role, u64))> = Vec::new();
     for (_, shard) in &instance.queue {
         debug_assert!(
             !instance.in_flight.contains(shard),
             "a shard in flight is out of the queue"
         );
-        let held = instance.confirmed.get(shard).copied();
-        let Some(role) = wanted_role(state, name, shard, may_act) else {
-            if held.is_some() {
-                candidates.push((
-                    0,
-                    shard.clone(),
-                    UnitCommand::Remove {
-                        shard: shard.clone(),
-                    },
-                    HookOutcome::Role(shard.clone(), None),
-                ));
-                break;
-            }
+        let wanted = wanted_role(state, name, shard, may_act);
+        if instance.holds(state, shard, wanted) {
             continue;
+        }
+        let Some(role) = wanted else {
+            candidates.push((
+                0,
+                shard.clone(),
+                UnitCommand::Remove {
+                    shard: shard.clone(),
+                },
+                HookOutcome::Role(shard.clone(), None),
+            ));
+            break;
         };
         let (priority, command, outcome) = match role {
-            Role::Quiescing => {
-                if held == Some(Role::Quiesced) {
-                    continue;
-                }
-                (
-                    0,
-                    UnitCommand::Quiesce {
-                        shard: shard.clone(),
-                        epoch: epoch(shard),
-                    },
-                    Role::Quiesced,
-                )
-            }
-            role if held == Some(role) => continue,
+            Role::Quiescing => (
+                0,
+                UnitCommand::Quiesce {
+                    shard: shard.clone(),
+                    epoch: epoch(shard),
+                },
+                Role::Quiesced,
+            ),
             Role::Quiesced => (
                 0,
                 assign(shard, Role::Quiesced, epoch(shard)),
@@ -1135,7 +1207,7 @@ fn next_hook(
             Some((first, _, _))
                 if *first == priority && matches!(command, UnitCommand::Assign { .. }) =>
             {
-                batch.push((priority, command, (shard.clone(), outcome)));
+                batch.push((priority, command, (shard.clone(), outcome, epoch(shard))));
                 if batch.len() == ASSIGN_BATCH_MAX {
                     break;
                 }
@@ -1148,17 +1220,17 @@ fn next_hook(
                 priority,
                 shard.clone(),
                 command,
-                HookOutcome::Role(shard.clone(), Some(outcome)),
+                HookOutcome::Role(shard.clone(), Some((outcome, epoch(shard)))),
             ));
             break;
         }
-        batch.push((priority, command, (shard.clone(), outcome)));
+        batch.push((priority, command, (shard.clone(), outcome, epoch(shard))));
     }
-    if let Some((priority, _, (shard, _))) = batch.first() {
+    if let Some((priority, _, (shard, _, _))) = batch.first() {
         let (priority, shard) = (*priority, shard.clone());
         let (command, outcome) = if batch.len() == 1 {
-            let (_, command, (shard, role)) = batch.pop().expect("one");
-            (command, HookOutcome::Role(shard, Some(role)))
+            let (_, command, (shard, role, epoch)) = batch.pop().expect("one");
+            (command, HookOutcome::Role(shard, Some((role, epoch))))
         } else {
             let (commands, roles) = batch
                 .into_iter()

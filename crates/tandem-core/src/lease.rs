@@ -35,7 +35,10 @@
 //! heartbeats, so every grant X holds from it ends by then; and never less than the fencing
 //! bound after it became leader, which covers its predecessors' grants. The unit process enforces its
 //! lease itself (the SDK quiesces its ACTIVE roles at the deadline), so a paused or killed
-//! daemon cannot keep a unit ACTIVE.
+//! daemon cannot keep a unit ACTIVE. The roles stay suspended in the unit; a lease given to
+//! it again would resume them, so the agent withholds it while the unit may still believe in
+//! an ACTIVE that the log it applied moved away (see `agent`): the floor makes the agent see
+//! every move made before the grant, and the unit hears of them before it may act again.
 
 use std::time::Duration;
 

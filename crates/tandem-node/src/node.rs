@@ -745,11 +745,9 @@ impl<D: Disk> Node<D> {
                 generation,
                 load,
             } => self.agent.on_load(&unit, generation, load),
-            UnitEvent::Fenced {
-                unit,
-                generation,
-                shards,
-            } => self.agent.on_fenced(&unit, generation, &shards),
+            // The unit's SDK stopped it acting when its lease ran out; its roles stay, and the
+            // agent sends it a lease again once that is safe. Nothing to decide here.
+            UnitEvent::Fenced { .. } => {}
         }
     }
 

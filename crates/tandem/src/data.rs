@@ -646,7 +646,7 @@ impl Transaction {
             let beliefs = ctx.beliefs.lock();
             match beliefs.belief.role(shard) {
                 Some((Role::Active | Role::Quiescing, epoch))
-                    if beliefs.belief.is_acting(shard, crate::monotonic_now()) =>
+                    if beliefs.is_active(shard, crate::monotonic_now()) =>
                 {
                     return Ok(epoch)
                 }

@@ -9,9 +9,13 @@
 //! **Acting safely.** A unit may do ACTIVE work only while its node holds a lease from the
 //! cluster's quorum. The SDK enforces the lease on its own clock: when it runs out (the node
 //! lost its quorum, or its daemon is paused or dead), [`Context::is_active`] turns false at
-//! once and your `assign` hook is called with [`Role::Quiesced`] for every ACTIVE shard. Check
-//! [`Context::is_active`] before anything visible outside your process (replying to a client,
-//! writing to a shared store), and two units will never act ACTIVE for one shard at once.
+//! once and your `assign` hook is called with [`Role::Quiesced`] for every ACTIVE shard. The
+//! roles stay the unit's, suspended: when the lease comes back, `assign` is called with
+//! [`Role::Active`] again for those the cluster did not move meanwhile (tandemd first tells the
+//! unit about those it did move). An ACTIVE role given while the node holds no lease waits
+//! suspended the same way. Check [`Context::is_active`] before anything visible outside your
+//! process (replying to a client, writing to a shared store), and two units will never act
+//! ACTIVE for one shard at once.
 //!
 //! **Hooks and deadlines.** A hook must finish within the service's `callback_timeout_ms`
 //! (health checks within `health_timeout_ms`), or tandem counts a fault and restarts the unit.
@@ -66,7 +70,7 @@ pub mod client;
 pub mod data;
 mod queue;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -284,6 +288,17 @@ struct Beliefs {
     /// When the last lease renewal was read: a fence tells whether tandemd stopped renewing
     /// or this process did not read (its runtime was blocked).
     renewed_at: Option<tandem_core::Time>,
+    /// Shards held ACTIVE that the application was told to stop (the lease ran out) or not
+    /// yet told to start (assigned while the node held no lease): they resume when the lease
+    /// is back.
+    suspended: BTreeSet<ShardName>,
+}
+
+impl Beliefs {
+    /// Whether the unit may act for `shard` at `now`.
+    fn is_active(&self, shard: &ShardName, now: tandem_core::Time) -> bool {
+        self.belief.is_acting(shard, now) && !self.suspended.contains(shard)
+    }
 }
 
 /// The unit's view of itself and its way to talk to `tandemd`. Cheap to clone; safe to use
@@ -334,7 +349,7 @@ impl Context {
     /// Whether the unit may act ACTIVE for `shard` right now: it holds ACTIVE (or is finishing
     /// in-flight work while QUIESCING) and its lease has not run out.
     pub fn is_active(&self, shard: &ShardName) -> bool {
-        self.beliefs.lock().belief.is_acting(shard, monotonic_now())
+        self.beliefs.lock().is_active(shard, monotonic_now())
     }
 
     /// Why the unit may not act for a shard it holds as `role`: the words of
@@ -356,7 +371,9 @@ impl Context {
                             now.saturating_since(until).as_secs_f64() * 1000.0
                         )
                     } else {
-                        "it is fenced".to_owned()
+                        "its ACTIVE role is suspended since its lease last ran out, and not \
+                         resumed yet"
+                            .to_owned()
                     }
                 }
             },
@@ -396,7 +413,7 @@ impl Context {
         beliefs
             .belief
             .roles()
-            .filter(|(shard, _, _)| beliefs.belief.is_acting(shard, now))
+            .filter(|(shard, _, _)| beliefs.is_active(shard, now))
             .map(|(shard, _, _)| shard.clone())
             .collect()
     }
@@ -685,11 +702,15 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
 
     let mut streams = Streams::default();
     let result = loop {
-        // Wake at the lease deadline to quiesce what the lease no longer covers.
+        // Wake at the lease deadline (at once without a lease) to stop what the lease no
+        // longer covers.
         let deadline = {
             let beliefs = ctx.beliefs.lock();
-            let holds_acting = beliefs.belief.roles().any(|(_, role, _)| role.is_acting());
-            beliefs.belief.lease_until().filter(|_| holds_acting)
+            let holds_acting = beliefs
+                .belief
+                .roles()
+                .any(|(shard, role, _)| role.is_acting() && !beliefs.suspended.contains(shard));
+            holds_acting.then(|| beliefs.belief.lease_until().unwrap_or_else(monotonic_now))
         };
         let sleep = match deadline {
             Some(until) => Duration::from_micros(
@@ -707,9 +728,17 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
                 }
             }
             _ = tokio::time::sleep(sleep) => {
-                let fenced = ctx.beliefs.lock().belief.fenced(monotonic_now());
+                let fenced: Vec<ShardName> = {
+                    let beliefs = ctx.beliefs.lock();
+                    beliefs
+                        .belief
+                        .fenced(monotonic_now())
+                        .into_iter()
+                        .filter(|shard| !beliefs.suspended.contains(shard))
+                        .collect()
+                };
                 if !fenced.is_empty() {
-                    fence(&mut unit, &ctx, &fenced).await;
+                    fence(&mut unit, &ctx, &fenced, Fence::Suspend).await;
                     let message = UnitToAgent {
                         kind: Some(unit_to_agent::Kind::Fenced(sdk::Fenced {
                             shards: fenced.iter().map(|shard| shard.0.clone()).collect(),
@@ -744,7 +773,7 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
             .map(|(shard, _, _)| shard.clone())
             .collect()
     };
-    fence(&mut unit, &ctx, &acting).await;
+    fence(&mut unit, &ctx, &acting, Fence::Quiesce).await;
     match result {
         Ok(()) => Err(Error::Disconnected {
             reason: "tandemd closed the connection".into(),
@@ -758,7 +787,8 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
 enum Inbound {
     /// Run a hook.
     Request(sdk::Request),
-    /// The lease is valid again: ask for these ACTIVE shards' streams again.
+    /// The lease is valid again: resume these ACTIVE shards (those suspended are assigned
+    /// ACTIVE again) and ask for their streams again.
     Resume(Vec<(ShardName, u64)>),
     /// tandemd answered the request (call `id`) of a delivery round.
     RoundStarted { shard: ShardName, id: u64, ok: bool },
@@ -833,9 +863,27 @@ async fn handle_inbound<U: Unit>(
         }
         Inbound::Resume(shards) => {
             for (shard, epoch) in shards {
-                if ctx.role(&shard) == Some((Role::Active, epoch)) {
-                    streams.start_round(ctx, shard, epoch).await?;
+                if ctx.role(&shard) != Some((Role::Active, epoch)) {
+                    continue;
                 }
+                let suspended = ctx.beliefs.lock().suspended.contains(&shard);
+                if suspended {
+                    if let Err(error) = unit.assign(ctx, &shard, Role::Active, epoch).await {
+                        // As a failed ACTIVE hook tandemd sent would be: a fault.
+                        ctx.report_fault(
+                            Severity::Restart,
+                            format!("the assign hook failed resuming {shard} ACTIVE: {error}"),
+                        );
+                        return Ok(());
+                    }
+                    let mut beliefs = ctx.beliefs.lock();
+                    // A fence or a new role may have come meanwhile.
+                    if beliefs.belief.role(&shard) != Some((Role::Active, epoch)) {
+                        continue;
+                    }
+                    beliefs.suspended.remove(&shard);
+                }
+                streams.start_round(ctx, shard, epoch).await?;
             }
         }
         Inbound::Restrict { shard, admit } => {
@@ -875,9 +923,19 @@ async fn handle_inbound<U: Unit>(
     Ok(())
 }
 
-/// Tells the unit to quiesce `shards` because its lease ran out (no answer is owed). Logs one
-/// warning for all of them: a unit with thousands of ACTIVE shards fences them all at once.
-async fn fence<U: Unit>(unit: &mut U, ctx: &Context, shards: &[ShardName]) {
+/// What a fence does to the roles it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    /// The lease ran out: the roles stay, suspended, and resume when the lease is back.
+    Suspend,
+    /// The connection to tandemd ended: the roles are given up.
+    Quiesce,
+}
+
+/// Tells the unit to quiesce `shards` (its `assign` hook with QUIESCED; no answer is owed to
+/// tandemd). Logs one warning for all of them: a unit with thousands of ACTIVE shards fences
+/// them all at once.
+async fn fence<U: Unit>(unit: &mut U, ctx: &Context, shards: &[ShardName], how: Fence) {
     if let Some(first) = shards.first() {
         let (until, renewed_at) = {
             let beliefs = ctx.beliefs.lock();
@@ -892,21 +950,27 @@ async fn fence<U: Unit>(unit: &mut U, ctx: &Context, shards: &[ShardName]) {
             %first,
             lease_ended_ms_ago = ms_ago(until),
             last_renewal_ms_ago = ms_ago(renewed_at),
+            suspended = how == Fence::Suspend,
             "lease ran out: quiescing every ACTIVE shard (if tandemd logged no lease lapse \
              then, this process did not read its renewals in time: its runtime was blocked)"
         );
     }
     for shard in shards {
         let epoch = ctx.role(shard).map_or(0, |(_, epoch)| epoch);
-        let command = UnitCommand::Assign {
-            shard: shard.clone(),
-            role: Role::Quiesced,
-            epoch,
-        };
+        if how == Fence::Suspend {
+            ctx.beliefs.lock().suspended.insert(shard.clone());
+        }
         if let Err(error) = unit.assign(ctx, shard, Role::Quiesced, epoch).await {
             tracing::warn!(%shard, %error, "the quiesce hook failed while fencing");
         }
-        ctx.beliefs.lock().belief.on_done(&command);
+        if how == Fence::Quiesce {
+            let command = UnitCommand::Assign {
+                shard: shard.clone(),
+                role: Role::Quiesced,
+                epoch,
+            };
+            ctx.beliefs.lock().belief.on_done(&command);
+        }
     }
 }
 
@@ -1001,8 +1065,44 @@ async fn run_hook<U: Unit>(
     command: &UnitCommand,
     activated: &mut Vec<(ShardName, u64)>,
 ) -> Result<(), String> {
-    ctx.beliefs.lock().belief.on_request(command);
+    // Whether the role is held suspended now (ACTIVE without a lease), or was until this
+    // command.
+    let (hold, was_suspended) = {
+        let mut beliefs = ctx.beliefs.lock();
+        beliefs.belief.on_request(command);
+        let shard = match command {
+            UnitCommand::Assign { shard, .. }
+            | UnitCommand::Quiesce { shard, .. }
+            | UnitCommand::Remove { shard } => Some(shard),
+            _ => None,
+        };
+        match (command, shard) {
+            // ACTIVE without a lease: held suspended until the lease is back (the Resume).
+            (
+                UnitCommand::Assign {
+                    role: Role::Active, ..
+                },
+                Some(shard),
+            ) if beliefs
+                .belief
+                .lease_until()
+                .is_none_or(|until| monotonic_now() >= until) =>
+            {
+                (true, !beliefs.suspended.insert(shard.clone()))
+            }
+            (_, Some(shard)) => (false, beliefs.suspended.remove(shard)),
+            (_, None) => (false, false),
+        }
+    };
     let outcome = match command {
+        // The application hears of the role when the lease is back (the Resume).
+        UnitCommand::Assign { .. } if hold => Ok(()),
+        // The application was told QUIESCED when the role was suspended (or never told
+        // ACTIVE).
+        UnitCommand::Quiesce { shard, .. } if was_suspended => {
+            ctx.queued_commits_answered(shard).await;
+            Ok(())
+        }
         UnitCommand::Assign { shard, role, epoch } => unit.assign(ctx, shard, *role, *epoch).await,
         UnitCommand::Quiesce { shard, .. } => {
             let outcome = unit.quiesce(ctx, shard).await;
@@ -1024,7 +1124,7 @@ async fn run_hook<U: Unit>(
                 epoch,
             } = command
             {
-                if ctx.role(shard) == Some((Role::Active, *epoch)) {
+                if !hold && ctx.role(shard) == Some((Role::Active, *epoch)) {
                     activated.push((shard.clone(), *epoch));
                 }
             }

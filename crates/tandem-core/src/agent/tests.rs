@@ -268,53 +268,141 @@ fn hooks_in_flight_are_bounded_and_each_times_out_from_when_the_one_ahead_answer
 }
 
 #[test]
-fn an_expired_lease_fences_the_active_and_a_new_grant_restores_it() {
+fn an_expired_lease_suspends_the_active_without_hooks_and_a_new_grant_resumes_it() {
     let mut h = Harness::new();
     let generation = h.running(ms(0));
     h.set_role("s0", Some(Role::Active));
     h.grant(ms(0));
     let sends = Harness::sends(&h.reconcile(ms(1)));
     h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
-    // The lease (granted for a heartbeat sent at 0) ends at 200.
+    let settled = |h: &Harness, now: u64| {
+        let report = h.agent.report(ms(now), &h.state, h.applied);
+        let settled = report.units[&a()].settled.clone().expect("running");
+        settled.settled(&ShardName::from("s0"), Role::Active)
+    };
+    assert!(settled(&h, 2));
+    // The lease (granted for a heartbeat sent at 0) ends at 200: the unit is told, and its
+    // SDK suspends the role by itself; the agent sends no hook, and the role stays.
     let actions = h.reconcile(ms(200));
     assert!(actions.contains(&AgentAction::Lease {
         unit: a(),
         generation,
         valid_until: None
     }));
-    let sends = Harness::sends(&actions);
-    assert!(
-        matches!(
-            &sends[0].1,
-            UnitCommand::Assign {
-                role: Role::Quiesced,
-                ..
-            }
-        ),
-        "{sends:?}"
+    assert!(Harness::sends(&actions).is_empty(), "{actions:?}");
+    assert_eq!(
+        h.agent.confirmed(&a())[&ShardName::from("s0")],
+        Role::Active
     );
-    let report = h.agent.report(ms(200), &h.state, h.applied);
-    assert!(
-        report.units[&a()]
-            .settled
-            .as_ref()
-            .expect("running")
-            .acting_withheld,
-        "a fenced ACTIVE is not settled"
-    );
-    h.agent.on_reply(&a(), generation, sends[0].0, Ok(()));
+    assert!(!settled(&h, 200), "a suspended ACTIVE is not settled");
     // A grant whose floor is not applied yet does not help.
     h.agent.on_grant(ms(300), h.applied + 1, Duration::ZERO);
-    assert!(Harness::sends(&h.reconcile(ms(301))).is_empty());
+    let actions = h.reconcile(ms(301));
+    assert!(
+        !actions.iter().any(|action| matches!(
+            action,
+            AgentAction::Lease {
+                valid_until: Some(_),
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
     h.agent.on_grant(ms(310), h.applied, Duration::ZERO);
-    let sends = Harness::sends(&h.reconcile(ms(311)));
-    assert!(matches!(
-        &sends[0].1,
-        UnitCommand::Assign {
-            role: Role::Active,
-            ..
-        }
-    ));
+    let actions = h.reconcile(ms(311));
+    assert_eq!(
+        actions,
+        vec![AgentAction::Lease {
+            unit: a(),
+            generation,
+            valid_until: Some(ms(510)),
+        }],
+        "the lease alone resumes the role"
+    );
+    assert!(settled(&h, 311));
+}
+
+/// Runs the hooks `actions` sent and answers them; returns the commands.
+fn answer_all(h: &mut Harness, generation: u64, actions: &[AgentAction]) -> Vec<UnitCommand> {
+    let sends = Harness::sends(actions);
+    for (request, _) in &sends {
+        h.agent.on_reply(&a(), generation, *request, Ok(()));
+    }
+    sends.into_iter().map(|(_, command)| command).collect()
+}
+
+fn leases(actions: &[AgentAction]) -> Vec<Option<Time>> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            AgentAction::Lease { valid_until, .. } => Some(*valid_until),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_lapsed_unit_gets_its_lease_back_only_once_it_cannot_believe_in_a_moved_active() {
+    let mut h = Harness::new();
+    let generation = h.running(ms(0));
+    h.set_role("s0", Some(Role::Active));
+    h.set_role("s1", Some(Role::Active));
+    h.grant(ms(0));
+    let actions = h.reconcile(ms(1));
+    answer_all(&mut h, generation, &actions);
+    let epoch = h.state.shards[&ShardName::from("s1")].epoch;
+    // The lease lapses; meanwhile the cluster gives s0 a STANDBY role, and moves s1 to b and
+    // back to a (a new epoch).
+    assert_eq!(leases(&h.reconcile(ms(200))), vec![None]);
+    h.set_role("s0", Some(Role::Standby));
+    for (a_role, b_role) in [(None, Some(Role::Active)), (Some(Role::Active), None)] {
+        let version = h.state.shards[&ShardName::from("s1")].version;
+        h.apply(Command::Reassign {
+            shard: "s1".into(),
+            expected_version: version,
+            changes: vec![
+                RoleChange {
+                    unit: a(),
+                    role: a_role,
+                },
+                RoleChange {
+                    unit: "b".into(),
+                    role: b_role,
+                },
+            ],
+            handover: HandoverUpdate::Keep,
+        });
+    }
+    assert!(h.state.shards[&ShardName::from("s1")].epoch > epoch);
+    // The grant comes back: the unit, which may still believe in both ACTIVEs at the old
+    // epochs, is told the new roles first and gets no lease until it answered them.
+    h.grant(ms(300));
+    let actions = h.reconcile(ms(301));
+    assert_eq!(leases(&actions), Vec::<Option<Time>>::new(), "{actions:?}");
+    let sends = Harness::sends(&actions);
+    assert!(
+        sends.iter().any(|(_, command)| matches!(
+            command,
+            UnitCommand::Assign { shard, role: Role::Standby, .. } if shard.as_str() == "s0"
+        )),
+        "{sends:?}"
+    );
+    let commands = answer_all(&mut h, generation, &actions);
+    let mut actions = h.reconcile(ms(302));
+    let mut all = commands;
+    all.extend(answer_all(&mut h, generation, &actions));
+    let new_epoch = h.state.shards[&ShardName::from("s1")].epoch;
+    assert!(
+        all.iter().any(|command| matches!(
+            command,
+            UnitCommand::Assign { shard, role: Role::Active, epoch } if shard.as_str() == "s1" && *epoch == new_epoch
+        )),
+        "s1 is assigned ACTIVE at its new epoch: {all:?}"
+    );
+    if leases(&actions).is_empty() {
+        actions = h.reconcile(ms(303));
+    }
+    assert_eq!(leases(&actions), vec![Some(ms(500))], "{actions:?}");
 }
 
 #[test]
@@ -562,58 +650,4 @@ fn registration_of_an_unexpected_instance_is_refused() {
     );
     assert!(!h.agent.on_registered(ms(1), &a(), generation + 1));
     assert!(!h.agent.on_registered(ms(1), &"zz".into(), 1));
-}
-
-#[test]
-fn a_lease_lapse_reworks_the_acting_shards_and_leaves_the_diff_a_rebuild_would_make() {
-    let mut h = Harness::with_shards(4);
-    let generation = h.running(ms(0));
-    h.set_role("s0", Some(Role::Active));
-    for shard in ["s1", "s2", "s3"] {
-        h.set_role(shard, Some(Role::Standby));
-    }
-    h.grant(ms(0));
-    // Every hook answered: the unit holds what it should.
-    for now in 1..10 {
-        let sends = Harness::sends(&h.reconcile(ms(now)));
-        if sends.is_empty() {
-            break;
-        }
-        for (request, _) in sends {
-            h.agent.on_reply(&a(), generation, request, Ok(()));
-        }
-    }
-    assert!(Harness::sends(&h.reconcile(ms(10))).is_empty());
-    // The lease (granted for a heartbeat sent at 0) ends at 200: the ACTIVE alone is
-    // quiesced, and the diff is what working it all out again gives.
-    let sends = Harness::sends(&h.reconcile(ms(200)));
-    assert!(
-        matches!(
-            &sends[..],
-            [(_, UnitCommand::Assign { shard, role: Role::Quiesced, .. })] if shard.as_str() == "s0"
-        ),
-        "{sends:?}"
-    );
-    let check = |h: &Harness, may_act: bool| {
-        let instance = h.agent.units[&a()].instance.clone().expect("running");
-        let mut rebuilt = instance.clone();
-        rebuilt.all_stale = true;
-        rebuilt.refresh_diff(&h.state, &a(), may_act);
-        assert_eq!(instance.queued, rebuilt.queued);
-        assert_eq!(instance.queue, rebuilt.queue);
-    };
-    check(&h, false);
-    for (request, _) in sends {
-        h.agent.on_reply(&a(), generation, request, Ok(()));
-    }
-    h.grant(ms(300));
-    let sends = Harness::sends(&h.reconcile(ms(301)));
-    assert!(
-        matches!(
-            &sends[..],
-            [(_, UnitCommand::Assign { shard, role: Role::Active, .. })] if shard.as_str() == "s0"
-        ),
-        "{sends:?}"
-    );
-    check(&h, true);
 }
