@@ -38,7 +38,8 @@ use std::time::Duration;
 use tandem::{monotonic_ns, Context, HookError, Role, ShardName, Unit};
 
 struct Recorder {
-    path: PathBuf,
+    /// The record file, opened once for appending (every line is one write).
+    file: Arc<RecordFile>,
     /// Write the checkpoint while ACTIVE (and how many bulk sections), once started.
     writes: Option<u64>,
     /// Queue the writes (`commit_queued`) instead of committing each.
@@ -178,6 +179,13 @@ async fn write_bulk(ctx: &Context, shard: &ShardName, count: u64) -> Result<(), 
     Ok(())
 }
 
+/// The record file every unit of a test appends to.
+#[derive(Debug)]
+struct RecordFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
 impl Recorder {
     /// Appends one line with a single write, so lines of several processes never interleave.
     fn record(
@@ -195,13 +203,10 @@ impl Recorder {
             ctx.generation(),
             std::process::id()
         );
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|error| HookError::new(format!("open {}: {error}", self.path.display())))?;
-        file.write_all(line.as_bytes())
-            .map_err(|error| HookError::new(format!("write {}: {error}", self.path.display())))
+        let RecordFile { path, file } = &*self.file;
+        (&*file)
+            .write_all(line.as_bytes())
+            .map_err(|error| HookError::new(format!("write {}: {error}", path.display())))
     }
 }
 
@@ -443,7 +448,7 @@ impl Unit for Recorder {
             if !self.writing {
                 self.writing = true;
                 let recorder = Arc::new(Recorder {
-                    path: self.path.clone(),
+                    file: self.file.clone(),
                     writes: None,
                     queued: self.queued,
                     stopped: self.stopped.clone(),
@@ -526,8 +531,16 @@ fn main() {
         .ok()
         .and_then(|count| count.parse().ok())
         .zip(std::env::var_os("TANDEM_TEST_BENCH_OUT").map(PathBuf::from));
+    let path = PathBuf::from(path);
+    let file = match OpenOptions::new().create(true).append(true).open(&path) {
+        Ok(file) => file,
+        Err(error) => {
+            eprintln!("tandem-test-unit: open {}: {error}", path.display());
+            std::process::exit(1);
+        }
+    };
     let recorder = Recorder {
-        path: path.into(),
+        file: Arc::new(RecordFile { path, file }),
         writes,
         queued,
         stopped: Default::default(),
