@@ -70,7 +70,7 @@ pub mod client;
 pub mod data;
 mod queue;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -434,6 +434,24 @@ impl Context {
         }
     }
 
+    /// [`Context::report_fault`], waiting for room in the queue to tandemd instead of dropping
+    /// the report when it is full.
+    async fn send_fault(&self, severity: Severity, message: String) -> Result<(), Error> {
+        self.beliefs.lock().belief.on_fault();
+        let report = UnitToAgent {
+            kind: Some(unit_to_agent::Kind::Fault(sdk::ReportFault {
+                severity: tandem_proto::state_wire::encode_severity(severity) as i32,
+                message,
+            })),
+        };
+        self.outbox
+            .send(report)
+            .await
+            .map_err(|_| Error::Disconnected {
+                reason: "the writer stopped".into(),
+            })
+    }
+
     /// Reports the unit's load on its own scale (e.g. percent of capacity).
     pub fn report_load(&self, load: u32) {
         let report = UnitToAgent {
@@ -701,6 +719,10 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
     });
 
     let mut streams = Streams::default();
+    // What the SDK tells the application by itself (a lease ran out, or came back), one shard
+    // at a time and after what tandemd sent: a health check never waits behind hundreds of
+    // these.
+    let mut local: VecDeque<Local> = VecDeque::new();
     let result = loop {
         // Wake at the lease deadline (at once without a lease) to stop what the lease no
         // longer covers.
@@ -721,32 +743,33 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
             None => Duration::from_secs(3600),
         };
         tokio::select! {
+            biased;
             item = inbound.recv() => {
                 let Some(item) = item else { break Ok(()) };
-                if let Err(error) = handle_inbound(&mut unit, &ctx, &mut streams, item).await {
+                if let Err(error) =
+                    handle_inbound(&mut unit, &ctx, &mut streams, &mut local, item).await
+                {
                     break Err(error);
                 }
             }
             _ = tokio::time::sleep(sleep) => {
-                let fenced: Vec<ShardName> = {
-                    let beliefs = ctx.beliefs.lock();
-                    beliefs
-                        .belief
-                        .fenced(monotonic_now())
-                        .into_iter()
-                        .filter(|shard| !beliefs.suspended.contains(shard))
-                        .collect()
-                };
+                let fenced = suspend(&ctx);
                 if !fenced.is_empty() {
-                    fence(&mut unit, &ctx, &fenced, Fence::Suspend).await;
+                    local.extend(fenced.iter().map(|(shard, epoch)| Local::Quiesce(shard.clone(), *epoch)));
                     let message = UnitToAgent {
                         kind: Some(unit_to_agent::Kind::Fenced(sdk::Fenced {
-                            shards: fenced.iter().map(|shard| shard.0.clone()).collect(),
+                            shards: fenced.into_iter().map(|(shard, _)| shard.0).collect(),
                         })),
                     };
                     if ctx.outbox.send(message).await.is_err() {
                         break Err(Error::Disconnected { reason: "the writer stopped".into() });
                     }
+                }
+            }
+            _ = std::future::ready(()), if !local.is_empty() => {
+                let work = local.pop_front().expect("not empty");
+                if let Err(error) = run_local(&mut unit, &ctx, &mut streams, work).await {
+                    break Err(error);
                 }
             }
         }
@@ -773,7 +796,7 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
             .map(|(shard, _, _)| shard.clone())
             .collect()
     };
-    fence(&mut unit, &ctx, &acting, Fence::Quiesce).await;
+    quiesce_all(&mut unit, &ctx, &acting).await;
     match result {
         Ok(()) => Err(Error::Disconnected {
             reason: "tandemd closed the connection".into(),
@@ -846,6 +869,7 @@ async fn handle_inbound<U: Unit>(
     unit: &mut U,
     ctx: &Context,
     streams: &mut Streams,
+    local: &mut VecDeque<Local>,
     item: Inbound,
 ) -> Result<(), Error> {
     match item {
@@ -868,22 +892,10 @@ async fn handle_inbound<U: Unit>(
                 }
                 let suspended = ctx.beliefs.lock().suspended.contains(&shard);
                 if suspended {
-                    if let Err(error) = unit.assign(ctx, &shard, Role::Active, epoch).await {
-                        // As a failed ACTIVE hook tandemd sent would be: a fault.
-                        ctx.report_fault(
-                            Severity::Restart,
-                            format!("the assign hook failed resuming {shard} ACTIVE: {error}"),
-                        );
-                        return Ok(());
-                    }
-                    let mut beliefs = ctx.beliefs.lock();
-                    // A fence or a new role may have come meanwhile.
-                    if beliefs.belief.role(&shard) != Some((Role::Active, epoch)) {
-                        continue;
-                    }
-                    beliefs.suspended.remove(&shard);
+                    local.push_back(Local::Resume(shard, epoch));
+                } else {
+                    streams.start_round(ctx, shard, epoch).await?;
                 }
-                streams.start_round(ctx, shard, epoch).await?;
             }
         }
         Inbound::Restrict { shard, admit } => {
@@ -923,54 +935,120 @@ async fn handle_inbound<U: Unit>(
     Ok(())
 }
 
-/// What a fence does to the roles it stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fence {
-    /// The lease ran out: the roles stay, suspended, and resume when the lease is back.
-    Suspend,
-    /// The connection to tandemd ended: the roles are given up.
-    Quiesce,
+/// What the SDK tells the application by itself, queued behind what tandemd sends.
+#[derive(Debug)]
+enum Local {
+    /// The lease ran out: `assign(QUIESCED)` for a suspended ACTIVE role (at this epoch).
+    Quiesce(ShardName, u64),
+    /// The lease is back: `assign(ACTIVE)` for a suspended role still held at this epoch,
+    /// which then acts again.
+    Resume(ShardName, u64),
 }
 
-/// Tells the unit to quiesce `shards` (its `assign` hook with QUIESCED; no answer is owed to
-/// tandemd). Logs one warning for all of them: a unit with thousands of ACTIVE shards fences
-/// them all at once.
-async fn fence<U: Unit>(unit: &mut U, ctx: &Context, shards: &[ShardName], how: Fence) {
-    if let Some(first) = shards.first() {
-        let (until, renewed_at) = {
-            let beliefs = ctx.beliefs.lock();
-            (beliefs.belief.lease_until(), beliefs.renewed_at)
-        };
-        let now = monotonic_now();
+/// The lease ran out: suspends every acting role not suspended yet (the unit stops acting
+/// for them at once) and returns them, to be quiesced one by one. Logs one warning for all
+/// of them: a unit with thousands of ACTIVE shards fences them all at once.
+fn suspend(ctx: &Context) -> Vec<(ShardName, u64)> {
+    let now = monotonic_now();
+    let mut beliefs = ctx.beliefs.lock();
+    let fenced: Vec<(ShardName, u64)> = beliefs
+        .belief
+        .fenced(now)
+        .into_iter()
+        .filter(|shard| !beliefs.suspended.contains(shard))
+        .map(|shard| {
+            let epoch = beliefs.belief.role(&shard).map_or(0, |(_, epoch)| epoch);
+            (shard, epoch)
+        })
+        .collect();
+    beliefs
+        .suspended
+        .extend(fenced.iter().map(|(shard, _)| shard.clone()));
+    if let Some((first, _)) = fenced.first() {
         let ms_ago = |at: Option<tandem_core::Time>| {
             at.map(|at| now.saturating_since(at).as_secs_f64() * 1000.0)
         };
         tracing::warn!(
+            shards = fenced.len(),
+            %first,
+            lease_ended_ms_ago = ms_ago(beliefs.belief.lease_until()),
+            last_renewal_ms_ago = ms_ago(beliefs.renewed_at),
+            "lease ran out: every ACTIVE shard is suspended and quiesced until the lease is \
+             back (if tandemd logged no lease lapse then, this process did not read its \
+             renewals in time: its runtime was blocked)"
+        );
+    }
+    fenced
+}
+
+/// Tells the application what the SDK decided by itself (see [`Local`]).
+async fn run_local<U: Unit>(
+    unit: &mut U,
+    ctx: &Context,
+    streams: &mut Streams,
+    work: Local,
+) -> Result<(), Error> {
+    match work {
+        Local::Quiesce(shard, epoch) => {
+            // Unless a hook from tandemd changed the role meanwhile, or it resumed.
+            if !ctx.beliefs.lock().suspended.contains(&shard) {
+                return Ok(());
+            }
+            if let Err(error) = unit.assign(ctx, &shard, Role::Quiesced, epoch).await {
+                tracing::warn!(%shard, %error, "the quiesce hook failed while fencing");
+            }
+        }
+        Local::Resume(shard, epoch) => {
+            {
+                let beliefs = ctx.beliefs.lock();
+                if !beliefs.suspended.contains(&shard)
+                    || beliefs.belief.role(&shard) != Some((Role::Active, epoch))
+                {
+                    return Ok(());
+                }
+            }
+            let outcome = unit.assign(ctx, &shard, Role::Active, epoch).await;
+            // The application was told ACTIVE (or failed to take it): the role is no longer
+            // suspended either way.
+            ctx.beliefs.lock().suspended.remove(&shard);
+            if let Err(error) = outcome {
+                // As a failed ACTIVE hook that tandemd sent would be: a fault, sent reliably.
+                return ctx
+                    .send_fault(
+                        Severity::Restart,
+                        format!("the assign hook failed resuming {shard} ACTIVE: {error}"),
+                    )
+                    .await;
+            }
+            if ctx.role(&shard) == Some((Role::Active, epoch)) {
+                streams.start_round(ctx, shard, epoch).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The connection to tandemd ended: quiesces `shards` for good (their `assign` hook with
+/// QUIESCED), nothing may keep acting.
+async fn quiesce_all<U: Unit>(unit: &mut U, ctx: &Context, shards: &[ShardName]) {
+    if let Some(first) = shards.first() {
+        tracing::warn!(
             shards = shards.len(),
             %first,
-            lease_ended_ms_ago = ms_ago(until),
-            last_renewal_ms_ago = ms_ago(renewed_at),
-            suspended = how == Fence::Suspend,
-            "lease ran out: quiescing every ACTIVE shard (if tandemd logged no lease lapse \
-             then, this process did not read its renewals in time: its runtime was blocked)"
+            "the connection to tandemd ended: quiescing every ACTIVE shard"
         );
     }
     for shard in shards {
         let epoch = ctx.role(shard).map_or(0, |(_, epoch)| epoch);
-        if how == Fence::Suspend {
-            ctx.beliefs.lock().suspended.insert(shard.clone());
-        }
         if let Err(error) = unit.assign(ctx, shard, Role::Quiesced, epoch).await {
             tracing::warn!(%shard, %error, "the quiesce hook failed while fencing");
         }
-        if how == Fence::Quiesce {
-            let command = UnitCommand::Assign {
-                shard: shard.clone(),
-                role: Role::Quiesced,
-                epoch,
-            };
-            ctx.beliefs.lock().belief.on_done(&command);
-        }
+        let command = UnitCommand::Assign {
+            shard: shard.clone(),
+            role: Role::Quiesced,
+            epoch,
+        };
+        ctx.beliefs.lock().belief.on_done(&command);
     }
 }
 
@@ -1058,6 +1136,16 @@ async fn handle_request<U: Unit>(
     (reply, activated)
 }
 
+/// The shard a command (never a batch) is about.
+fn command_shard(command: &UnitCommand) -> Option<&ShardName> {
+    match command {
+        UnitCommand::Assign { shard, .. }
+        | UnitCommand::Quiesce { shard, .. }
+        | UnitCommand::Remove { shard } => Some(shard),
+        UnitCommand::Health | UnitCommand::Reset | UnitCommand::Batch(_) => None,
+    }
+}
+
 /// Runs the application's hook for one command (never a batch), keeping the unit's beliefs.
 async fn run_hook<U: Unit>(
     unit: &mut U,
@@ -1070,13 +1158,7 @@ async fn run_hook<U: Unit>(
     let (hold, was_suspended) = {
         let mut beliefs = ctx.beliefs.lock();
         beliefs.belief.on_request(command);
-        let shard = match command {
-            UnitCommand::Assign { shard, .. }
-            | UnitCommand::Quiesce { shard, .. }
-            | UnitCommand::Remove { shard } => Some(shard),
-            _ => None,
-        };
-        match (command, shard) {
+        match (command, command_shard(command)) {
             // ACTIVE without a lease: held suspended until the lease is back (the Resume).
             (
                 UnitCommand::Assign {
@@ -1090,19 +1172,14 @@ async fn run_hook<U: Unit>(
             {
                 (true, !beliefs.suspended.insert(shard.clone()))
             }
-            (_, Some(shard)) => (false, beliefs.suspended.remove(shard)),
+            // Suspended until the application heard of the new role.
+            (_, Some(shard)) => (false, beliefs.suspended.contains(shard)),
             (_, None) => (false, false),
         }
     };
     let outcome = match command {
         // The application hears of the role when the lease is back (the Resume).
         UnitCommand::Assign { .. } if hold => Ok(()),
-        // The application was told QUIESCED when the role was suspended (or never told
-        // ACTIVE).
-        UnitCommand::Quiesce { shard, .. } if was_suspended => {
-            ctx.queued_commits_answered(shard).await;
-            Ok(())
-        }
         UnitCommand::Assign { shard, role, epoch } => unit.assign(ctx, shard, *role, *epoch).await,
         UnitCommand::Quiesce { shard, .. } => {
             let outcome = unit.quiesce(ctx, shard).await;
@@ -1117,7 +1194,16 @@ async fn run_hook<U: Unit>(
     };
     match outcome {
         Ok(()) => {
-            ctx.beliefs.lock().belief.on_done(command);
+            {
+                let mut beliefs = ctx.beliefs.lock();
+                beliefs.belief.on_done(command);
+                // The application heard of the role that replaces the suspended one.
+                if was_suspended && !hold {
+                    if let Some(shard) = command_shard(command) {
+                        beliefs.suspended.remove(shard);
+                    }
+                }
+            }
             if let UnitCommand::Assign {
                 shard,
                 role: Role::Active,
