@@ -315,7 +315,7 @@ impl Sim {
             "a simulated cluster has 1 to 64 nodes, of which 1 or more vote"
         );
         let seed = config.seed;
-        let topology = topology(config.nodes, config.wide_shards);
+        let topology = topology(config.nodes, config.wide_shards, config.pinned_pair);
         let (multi, single): (Vec<_>, Vec<_>) = topology
             .services
             .iter()

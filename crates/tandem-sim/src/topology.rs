@@ -9,8 +9,9 @@ use tandem_core::{
 /// The topology every run uses: a 2n pair and a no-redundancy singleton on 3 nodes, plus an
 /// n+m pool and an n-way-active front end on 5; a node-restart command for ladder L3. With
 /// `wide_shards`, also 2n services `w<k>` with units on nodes `2k+1` and `2k+2`, sharing that
-/// many shards between them.
-pub fn topology(nodes: usize, wide_shards: usize) -> Topology {
+/// many shards between them. With `pinned_pair`, the pair's units are never relocated: a node
+/// declared down keeps them, roles taken away, until it returns (ladder `AwaitNode`).
+pub fn topology(nodes: usize, wide_shards: usize, pinned_pair: bool) -> Topology {
     let service = |name: &str, model, units: &[(&str, u64)], shards: &[&str]| {
         let mut spec = ServiceSpec::new(
             name,
@@ -56,15 +57,14 @@ pub fn topology(nodes: usize, wide_shards: usize) -> Topology {
         window_ms: 10_000,
         relocate: true,
     };
-    let mut services = vec![
-        service(
-            "pair",
-            RedundancyModel::TwoN,
-            &[("p1", 1), ("p2", 2)],
-            &["pair-0", "pair-1"],
-        ),
-        solo,
-    ];
+    let mut pair = service(
+        "pair",
+        RedundancyModel::TwoN,
+        &[("p1", 1), ("p2", 2)],
+        &["pair-0", "pair-1"],
+    );
+    pair.escalation.relocate = !pinned_pair;
+    let mut services = vec![pair, solo];
     if nodes >= 5 {
         services.push(service(
             "pool",

@@ -311,6 +311,14 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          stayed passive: the shard stalled) (fixed: a session ends when its STANDBY comes back \
          as a new instance)",
     ),
+    (
+        30027,
+        "agent: a unit's lease lapsed and its node was declared down; its units stayed (the \
+         pair is pinned) with their roles taken away. On the next lease the unit resumed its \
+         suspended ACTIVE before it heard that the shard had moved: two ACTIVEs (found by \
+         sweeping without the agent's lease withholding, which this seed keeps checked)",
+    ),
+    (30111, "agent: the same, on the pair's other unit"),
 ];
 
 #[test]
