@@ -725,8 +725,11 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
     let mut local: VecDeque<Local> = VecDeque::new();
     let result = loop {
         // Wake at the lease deadline (at once without a lease) to stop what the lease no
-        // longer covers.
-        let deadline = {
+        // longer covers; looked at once the local work is done (a walk over the roles), as
+        // what it would stop cannot act anyway once the deadline passed.
+        let deadline = if !local.is_empty() {
+            None
+        } else {
             let beliefs = ctx.beliefs.lock();
             let holds_acting = beliefs
                 .belief
@@ -771,6 +774,8 @@ pub async fn run<U: Unit>(mut unit: U) -> Result<(), Error> {
                 if let Err(error) = run_local(&mut unit, &ctx, &mut streams, work).await {
                     break Err(error);
                 }
+                // Let the reader and the writer run: this branch is always ready.
+                tokio::task::yield_now().await;
             }
         }
     };
