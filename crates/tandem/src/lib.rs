@@ -1006,7 +1006,14 @@ async fn run_local<U: Unit>(
         Local::Resume(shard, epoch) => {
             {
                 let beliefs = ctx.beliefs.lock();
-                if !beliefs.suspended.contains(&shard)
+                // A lease that ran out again leaves the role suspended: the next one resumes
+                // it.
+                let leased = beliefs
+                    .belief
+                    .lease_until()
+                    .is_some_and(|until| monotonic_now() < until);
+                if !leased
+                    || !beliefs.suspended.contains(&shard)
                     || beliefs.belief.role(&shard) != Some((Role::Active, epoch))
                 {
                     return Ok(());
