@@ -86,6 +86,16 @@ impl UnitCommand {
             single => std::slice::from_ref(single),
         }
     }
+
+    /// The shard a single command is about (`None` for a health check, a reset or a batch).
+    pub fn shard(&self) -> Option<&ShardName> {
+        match self {
+            UnitCommand::Assign { shard, .. }
+            | UnitCommand::Quiesce { shard, .. }
+            | UnitCommand::Remove { shard } => Some(shard),
+            UnitCommand::Health | UnitCommand::Reset | UnitCommand::Batch(_) => None,
+        }
+    }
 }
 
 /// How a stop should go.
@@ -372,6 +382,11 @@ impl Instance {
     /// The confirmed role of `shard` changed.
     fn confirmed_changed(&mut self, shard: &ShardName) {
         self.stale.insert(shard.clone());
+    }
+
+    /// Whether the last lease deadline sent to the unit is still ahead at `now`.
+    fn leased(&self, now: Time) -> bool {
+        self.lease_sent.flatten().is_some_and(|until| now < until)
     }
 
     /// The unit confirmed `role` for `shard` at `epoch`.
@@ -763,12 +778,8 @@ impl Agent {
         // The lease first, so that a unit told ACTIVE already knows until when. A unit whose
         // lease ran out keeps its roles, suspended (its SDK stopped it acting); it gets a lease
         // again only once it cannot believe in an ACTIVE the cluster moved meanwhile.
-        let unit_leased = instance
-            .lease_sent
-            .flatten()
-            .is_some_and(|until| now < until);
         let unit_lease =
-            lease_until.filter(|_| unit_leased || !instance.may_act_stale(state, name));
+            lease_until.filter(|_| instance.leased(now) || !instance.may_act_stale(state, name));
         if instance.lease_sent != Some(unit_lease) {
             instance.lease_sent = Some(unit_lease);
             actions.push(AgentAction::Lease {
@@ -1106,14 +1117,10 @@ impl Agent {
                             .collect(),
                     };
                     unsettled.extend(in_flight.cloned());
-                    let unit_leased = instance
-                        .lease_sent
-                        .flatten()
-                        .is_some_and(|until| now < until);
                     unit_report.settled = Some(SettledRoles::listing(
                         unsettled.into_iter(),
                         !lease_valid
-                            || !unit_leased
+                            || !instance.leased(now)
                             || faulted
                             || instance.diff_may_act != Some(true),
                     ));

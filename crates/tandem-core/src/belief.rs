@@ -94,10 +94,9 @@ impl UnitBelief {
     /// valid again. Stream messages that reached it while it could not act were dropped, so
     /// it asks for the stream again for these (a new delivery round).
     pub fn renew_lease(&mut self, until: Option<Time>, now: Time) -> Vec<(ShardName, u64)> {
-        let was_valid = self.lease_until.is_some_and(|old| now < old);
+        let was_valid = self.has_lease(now);
         self.lease_until = until;
-        let valid = until.is_some_and(|new| now < new);
-        if was_valid || !valid || self.faulted {
+        if was_valid || !self.has_lease(now) || self.faulted {
             return Vec::new();
         }
         self.roles
@@ -118,10 +117,14 @@ impl UnitBelief {
         }
     }
 
+    /// Whether the unit's lease is valid at `now` (on its own clock).
+    pub fn has_lease(&self, now: Time) -> bool {
+        self.lease_until.is_some_and(|until| now < until)
+    }
+
     /// Whether the unit may act for `shard` at `now`.
     pub fn is_acting(&self, shard: &ShardName, now: Time) -> bool {
-        let lease_ok = self.lease_until.is_some_and(|until| now < until);
-        lease_ok
+        self.has_lease(now)
             && self
                 .roles
                 .get(shard)
@@ -148,7 +151,7 @@ impl UnitBelief {
     /// Shards the unit believes ACTIVE or QUIESCING but may not act for any more at `now`
     /// (the lease ran out): the SDK tells the application to quiesce them.
     pub fn fenced(&self, now: Time) -> Vec<ShardName> {
-        if self.lease_until.is_some_and(|until| now < until) {
+        if self.has_lease(now) {
             return Vec::new();
         }
         self.roles

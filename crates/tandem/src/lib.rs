@@ -1008,11 +1008,7 @@ async fn run_local<U: Unit>(
                 let beliefs = ctx.beliefs.lock();
                 // A lease that ran out again leaves the role suspended: the next one resumes
                 // it.
-                let leased = beliefs
-                    .belief
-                    .lease_until()
-                    .is_some_and(|until| monotonic_now() < until);
-                if !leased
+                if !beliefs.belief.has_lease(monotonic_now())
                     || !beliefs.suspended.contains(&shard)
                     || beliefs.belief.role(&shard) != Some((Role::Active, epoch))
                 {
@@ -1148,16 +1144,6 @@ async fn handle_request<U: Unit>(
     (reply, activated)
 }
 
-/// The shard a command (never a batch) is about.
-fn command_shard(command: &UnitCommand) -> Option<&ShardName> {
-    match command {
-        UnitCommand::Assign { shard, .. }
-        | UnitCommand::Quiesce { shard, .. }
-        | UnitCommand::Remove { shard } => Some(shard),
-        UnitCommand::Health | UnitCommand::Reset | UnitCommand::Batch(_) => None,
-    }
-}
-
 /// Runs the application's hook for one command (never a batch), keeping the unit's beliefs.
 async fn run_hook<U: Unit>(
     unit: &mut U,
@@ -1170,18 +1156,14 @@ async fn run_hook<U: Unit>(
     let (hold, was_suspended) = {
         let mut beliefs = ctx.beliefs.lock();
         beliefs.belief.on_request(command);
-        match (command, command_shard(command)) {
+        match (command, command.shard()) {
             // ACTIVE without a lease: held suspended until the lease is back (the Resume).
             (
                 UnitCommand::Assign {
                     role: Role::Active, ..
                 },
                 Some(shard),
-            ) if beliefs
-                .belief
-                .lease_until()
-                .is_none_or(|until| monotonic_now() >= until) =>
-            {
+            ) if !beliefs.belief.has_lease(monotonic_now()) => {
                 (true, !beliefs.suspended.insert(shard.clone()))
             }
             // Suspended until the application heard of the new role.
@@ -1211,7 +1193,7 @@ async fn run_hook<U: Unit>(
                 beliefs.belief.on_done(command);
                 // The application heard of the role that replaces the suspended one.
                 if was_suspended && !hold {
-                    if let Some(shard) = command_shard(command) {
+                    if let Some(shard) = command.shard() {
                         beliefs.suspended.remove(shard);
                     }
                 }

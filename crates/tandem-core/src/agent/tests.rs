@@ -128,6 +128,27 @@ impl Harness {
             })
             .collect()
     }
+
+    /// The lease deadlines sent in `actions`.
+    fn leases(actions: &[AgentAction]) -> Vec<Option<Time>> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                AgentAction::Lease { valid_until, .. } => Some(*valid_until),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Answers the hooks `actions` sent to instance `generation` of unit a; returns the
+    /// commands.
+    fn answer_all(&mut self, generation: u64, actions: &[AgentAction]) -> Vec<UnitCommand> {
+        let sends = Self::sends(actions);
+        for (request, _) in &sends {
+            self.agent.on_reply(&a(), generation, *request, Ok(()));
+        }
+        sends.into_iter().map(|(_, command)| command).collect()
+    }
 }
 
 #[test]
@@ -299,13 +320,7 @@ fn an_expired_lease_suspends_the_active_without_hooks_and_a_new_grant_resumes_it
     h.agent.on_grant(ms(300), h.applied + 1, Duration::ZERO);
     let actions = h.reconcile(ms(301));
     assert!(
-        !actions.iter().any(|action| matches!(
-            action,
-            AgentAction::Lease {
-                valid_until: Some(_),
-                ..
-            }
-        )),
+        !Harness::leases(&actions).iter().any(Option::is_some),
         "{actions:?}"
     );
     h.agent.on_grant(ms(310), h.applied, Duration::ZERO);
@@ -322,25 +337,6 @@ fn an_expired_lease_suspends_the_active_without_hooks_and_a_new_grant_resumes_it
     assert!(settled(&h, 311));
 }
 
-/// Runs the hooks `actions` sent and answers them; returns the commands.
-fn answer_all(h: &mut Harness, generation: u64, actions: &[AgentAction]) -> Vec<UnitCommand> {
-    let sends = Harness::sends(actions);
-    for (request, _) in &sends {
-        h.agent.on_reply(&a(), generation, *request, Ok(()));
-    }
-    sends.into_iter().map(|(_, command)| command).collect()
-}
-
-fn leases(actions: &[AgentAction]) -> Vec<Option<Time>> {
-    actions
-        .iter()
-        .filter_map(|action| match action {
-            AgentAction::Lease { valid_until, .. } => Some(*valid_until),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn a_lapsed_unit_gets_its_lease_back_only_once_it_cannot_believe_in_a_moved_active() {
     let mut h = Harness::new();
@@ -349,11 +345,11 @@ fn a_lapsed_unit_gets_its_lease_back_only_once_it_cannot_believe_in_a_moved_acti
     h.set_role("s1", Some(Role::Active));
     h.grant(ms(0));
     let actions = h.reconcile(ms(1));
-    answer_all(&mut h, generation, &actions);
+    h.answer_all(generation, &actions);
     let epoch = h.state.shards[&ShardName::from("s1")].epoch;
     // The lease lapses; meanwhile the cluster gives s0 a STANDBY role, and moves s1 to b and
     // back to a (a new epoch).
-    assert_eq!(leases(&h.reconcile(ms(200))), vec![None]);
+    assert_eq!(Harness::leases(&h.reconcile(ms(200))), vec![None]);
     h.set_role("s0", Some(Role::Standby));
     for (a_role, b_role) in [(None, Some(Role::Active)), (Some(Role::Active), None)] {
         let version = h.state.shards[&ShardName::from("s1")].version;
@@ -381,7 +377,7 @@ fn a_lapsed_unit_gets_its_lease_back_only_once_it_cannot_believe_in_a_moved_acti
     let mut lease = Vec::new();
     for now in 301..320 {
         let actions = h.reconcile(ms(now));
-        lease = leases(&actions);
+        lease = Harness::leases(&actions);
         if !lease.is_empty() {
             break;
         }
@@ -392,11 +388,11 @@ fn a_lapsed_unit_gets_its_lease_back_only_once_it_cannot_believe_in_a_moved_acti
         );
         let again = h.reconcile(ms(now));
         assert!(
-            leases(&again).is_empty(),
+            Harness::leases(&again).is_empty(),
             "a lease with hooks unanswered: {again:?}"
         );
-        all.extend(answer_all(&mut h, generation, &actions));
-        answer_all(&mut h, generation, &again);
+        all.extend(h.answer_all(generation, &actions));
+        h.answer_all(generation, &again);
     }
     assert_eq!(lease, vec![Some(ms(500))]);
     assert!(
@@ -685,20 +681,20 @@ fn an_active_hook_in_flight_for_a_role_moved_meanwhile_keeps_a_lapsed_unit_unlea
         "{activate:?}"
     );
     // The lease lapses and the cluster takes the role away meanwhile.
-    assert_eq!(leases(&h.reconcile(ms(200))), vec![None]);
+    assert_eq!(Harness::leases(&h.reconcile(ms(200))), vec![None]);
     h.set_role("s0", None);
     h.grant(ms(300));
     let actions = h.reconcile(ms(301));
-    assert!(leases(&actions).is_empty(), "{actions:?}");
+    assert!(Harness::leases(&actions).is_empty(), "{actions:?}");
     // Answered, the ACTIVE is confirmed and differs from the committed state: the removal
     // goes out, and the lease comes back once it is answered.
     h.agent.on_reply(&a(), generation, activate[0].0, Ok(()));
     let actions = h.reconcile(ms(302));
-    assert!(leases(&actions).is_empty(), "{actions:?}");
-    let commands = answer_all(&mut h, generation, &actions);
+    assert!(Harness::leases(&actions).is_empty(), "{actions:?}");
+    let commands = h.answer_all(generation, &actions);
     assert!(
         matches!(&commands[..], [UnitCommand::Remove { .. }]),
         "{commands:?}"
     );
-    assert_eq!(leases(&h.reconcile(ms(303))), vec![Some(ms(500))]);
+    assert_eq!(Harness::leases(&h.reconcile(ms(303))), vec![Some(ms(500))]);
 }
