@@ -346,6 +346,15 @@ impl TestCluster {
 
     /// Like [`TestCluster::start_with`], with `cluster` added to the `[cluster]` table (timers).
     pub fn start_with_cluster(count: usize, cluster: &str, services: &str) -> Self {
+        let mut cluster = Self::configure(count, cluster, services);
+        for index in 0..count {
+            cluster.spawn(index);
+        }
+        cluster
+    }
+
+    /// Writes the config [`TestCluster::start_with_cluster`] would, and starts no daemon.
+    pub fn configure(count: usize, cluster: &str, services: &str) -> Self {
         let dir = cluster_dir();
         let ports = free_loopback_ports(count * 2, false);
         let mut toml = format!("[cluster]\nname = \"e2e\"\ndata_dir = \"data\"\n{cluster}");
@@ -378,15 +387,11 @@ impl TestCluster {
         let config_path = dir.path().join("tandem.toml");
         fs::write(&config_path, toml).expect("write config");
         fs::create_dir_all(dir.path().join("logs")).expect("create logs dir");
-        let mut cluster = Self {
+        Self {
             dir,
             config_path,
             nodes,
-        };
-        for index in 0..count {
-            cluster.spawn(index);
         }
-        cluster
     }
 
     /// Log file of node `index`.
@@ -402,6 +407,21 @@ impl TestCluster {
         fs::read_to_string(self.log_path(index)).unwrap_or_default()
     }
 
+    /// Waits until node `index`'s log, from byte `from` on, holds `needle`, and returns that
+    /// part. The daemon writes its log from a thread of its own, up to a few milliseconds
+    /// after the fact: a line about something that just happened may not be there yet.
+    pub fn wait_log(&self, index: usize, from: usize, needle: &str) -> String {
+        wait_for(
+            &format!("{needle:?} in the log of node {index}"),
+            DEADLINE,
+            || {
+                let log = self.log(index);
+                let part = log.get(from..)?;
+                part.contains(needle).then(|| part.to_owned())
+            },
+        )
+    }
+
     /// Raft directory of node `index`.
     pub fn raft_dir(&self, index: usize) -> PathBuf {
         self.dir
@@ -413,15 +433,21 @@ impl TestCluster {
 
     /// Starts node `index`'s daemon (its log is appended to).
     pub fn spawn(&mut self, index: usize) {
-        assert!(
-            self.nodes[index].child.is_none(),
-            "node {index} already running"
-        );
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path(index))
             .expect("open node log");
+        self.spawn_logging_to(index, log);
+    }
+
+    /// Starts node `index`'s daemon with its stdout and stderr on `log`.
+    pub fn spawn_logging_to(&mut self, index: usize, log: impl Into<std::os::fd::OwnedFd>) {
+        assert!(
+            self.nodes[index].child.is_none(),
+            "node {index} already running"
+        );
+        let log = File::from(log.into());
         let mut command = Command::new(binary("tandemd"));
         command
             .arg("--config")

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod event;
 pub mod event_log;
 pub mod ingress;
+pub mod log_writer;
 pub mod mailbox;
 pub mod replicas;
 pub mod runtime;

@@ -21,12 +21,21 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The event loop hands log lines to a writer thread (see `log_writer`); the guard lets it
+    // write out the last ones when `main` returns.
+    let (writer, _flush_on_exit) = match tandemd::log_writer::LogWriter::start() {
+        Ok(started) => started,
+        Err(error) => {
+            eprintln!("tandemd: cannot start the log writer thread: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // Colour codes only for a person at a terminal; log files stay greppable.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
