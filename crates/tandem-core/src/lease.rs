@@ -1,8 +1,9 @@
 //! Fencing by leases: an ACTIVE unit may act only while its node holds a lease from the current
 //! quorum.
 //!
-//! **Agent side** ([`AgentLease`]). Every heartbeat an agent sends to the leader carries its
-//! local send time. The leader answers with a grant only while a quorum confirmed its
+//! **Agent side** ([`AgentLease`]). Every heartbeat an agent sends to the leader (about one
+//! an interval, riding with its answer to the leader's own heartbeat) carries its local send
+//! time. The leader answers with a grant only while a quorum confirmed its
 //! leadership within the last `freshness` (see [`QuorumClock`]). A grant makes the lease valid
 //! until `send time + lease` on the agent's own clock, measured from the *send*, so message
 //! delays only shorten it. A grant also carries the leader's last log index (`floor`): the

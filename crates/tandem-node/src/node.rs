@@ -138,8 +138,6 @@ struct Leadership {
     grants_warned_at: Option<Time>,
     /// When the last quorum confirmation was asked for.
     quorum_asked_at: Option<Time>,
-    /// Ticks since then.
-    ticks_since_ask: usize,
     /// When the config's topology was last proposed.
     topology_proposed_at: Option<Time>,
     /// The committed topology was found equal to the config's and has not changed since.
@@ -148,6 +146,13 @@ struct Leadership {
     plan_due: bool,
     /// Admin requests waiting, by id.
     waiting: BTreeMap<u64, Waiting>,
+}
+
+/// How long a follower waits for the leader's heartbeat before it sends its own regardless:
+/// a quarter interval beyond the interval, so that a leader's heartbeat a little late still
+/// carries the follower's along instead of finding it just sent.
+fn heartbeat_fallback(interval: Duration) -> Duration {
+    interval + interval / 4
 }
 
 /// How often the leader says at most that its lease grants shrink.
@@ -221,6 +226,8 @@ pub struct Node<D: Disk> {
     /// The agent's last report sent to the leader (or recorded, on the leader), to send a new
     /// one as soon as anything in it changes.
     last_report: Option<AgentReport>,
+    /// When this follower last sent the leader a heartbeat (see [`Node::heartbeat`]).
+    heartbeat_sent_at: Option<Time>,
     /// What this node's data plane verified in sync, reported to the leader.
     in_sync_claims: BTreeMap<tandem_core::ShardName, tandem_core::InSyncClaim>,
     /// The claims of `in_sync_claims` the committed state does not hold yet (what the report
@@ -283,6 +290,7 @@ impl<D: Disk> Node<D> {
             reconcile_due: true,
             last_leader: None,
             last_report: None,
+            heartbeat_sent_at: None,
             in_sync_claims: BTreeMap::new(),
             pending_claims: BTreeMap::new(),
             data: DataPlane::new(id, settings.data.clone(), settings.data_incarnation),
@@ -407,24 +415,30 @@ impl<D: Disk> Node<D> {
     /// One Raft tick. On the leader, also asks the quorum to confirm it every half heartbeat
     /// interval, and at least every Raft heartbeat period: a confirmation is a Raft heartbeat
     /// to every member (raft-rs's read index), so it stands in for raft-rs's own.
+    ///
+    /// The periodic asks keep in step with raft-rs's own heartbeat (every `election_ticks − 1`
+    /// ticks, a backstop, see [`Node::open`]): one falls on the tick it goes out, so both reach
+    /// a peer in one write and their answers come back in one, instead of a third exchange.
     pub fn tick(&mut self, now: Time, wall_ms: u64) {
         self.replica.tick();
         self.reconcile_due = true;
         let half = self.settings.heartbeat_interval / 2;
-        let heartbeat_ticks = self.settings.replica.heartbeat_ticks;
+        let heartbeat_ticks = self.settings.replica.heartbeat_ticks.max(1);
         if let Some(leadership) = &mut self.leadership {
-            leadership.ticks_since_ask += 1;
-            let due = leadership.ticks_since_ask >= heartbeat_ticks
+            let due = self
+                .replica
+                .heartbeat_elapsed()
+                .is_multiple_of(heartbeat_ticks)
                 || leadership
                     .quorum_asked_at
                     .is_none_or(|asked| now.saturating_since(asked) >= half);
             if due {
                 leadership.quorum_asked_at = Some(now);
-                leadership.ticks_since_ask = 0;
                 self.replica
                     .confirm_quorum(now.as_micros().to_be_bytes().to_vec());
             }
         }
+        self.follower_heartbeat(now, heartbeat_fallback(self.settings.heartbeat_interval));
         // Liveness is judged every tick, not every heartbeat interval, so a silent node is
         // declared down within a tick of its timeout.
         self.judge_liveness(now, wall_ms);
@@ -457,9 +471,20 @@ impl<D: Disk> Node<D> {
         }
     }
 
-    /// The heartbeat timer: a follower's agent sends its heartbeat to the leader; the leader
-    /// grants its own agent a lease, installs its config's topology if needed, and plans.
+    /// The heartbeat timer: the leader grants its own agent a lease, installs its config's
+    /// topology if needed, and plans; a follower's agent sends its heartbeat to the leader if
+    /// it sent none for a while.
+    ///
+    /// A follower's heartbeat rides with its answer to the leader's own heartbeat (its quorum
+    /// confirmation) when three quarters of an interval passed since its last one: one message
+    /// each way instead of two unrelated ones, which is most of an idle leader's work at 16
+    /// nodes. The timer and the tick send one only when the leader's are late by more than a
+    /// quarter interval ([`heartbeat_fallback`]).
     pub fn heartbeat(&mut self, now: Time) {
+        if self.leadership.is_none() {
+            self.follower_heartbeat(now, heartbeat_fallback(self.settings.heartbeat_interval));
+            return;
+        }
         let report = self.own_report(now);
         if let Some(leadership) = &mut self.leadership {
             if let Some(shortened_by) = leadership.quorum.grant(now, self.settings.lease) {
@@ -490,20 +515,32 @@ impl<D: Disk> Node<D> {
                 self.id,
                 report,
             );
+        }
+    }
+
+    /// On a follower: sends the leader a heartbeat unless one left less than `gap` ago.
+    fn follower_heartbeat(&mut self, now: Time, gap: Duration) {
+        if self.leadership.is_some()
+            || self
+                .heartbeat_sent_at
+                .is_some_and(|sent| now.saturating_since(sent) < gap)
+        {
             return;
         }
-        if let Some(leader) = self.replica.leader_id() {
-            let heartbeat = Heartbeat {
-                term: self.replica.term(),
-                commit_index: self.replica.commit_index(),
-                applied_index: self.replica.applied_index(),
-                sent_at: now,
-                report,
-            };
-            self.pending
-                .messages
-                .push((leader, PeerMessage::Heartbeat(heartbeat)));
-        }
+        let Some(leader) = self.replica.leader_id() else {
+            return;
+        };
+        self.heartbeat_sent_at = Some(now);
+        let heartbeat = Heartbeat {
+            term: self.replica.term(),
+            commit_index: self.replica.commit_index(),
+            applied_index: self.replica.applied_index(),
+            sent_at: now,
+            report: self.own_report(now),
+        };
+        self.pending
+            .messages
+            .push((leader, PeerMessage::Heartbeat(heartbeat)));
     }
 
     fn record_report(
@@ -544,7 +581,7 @@ impl<D: Disk> Node<D> {
     /// once: each answers a message just handled, and a lease ages while it waits.
     pub fn take_urgent(&mut self) -> Vec<(u64, PeerMessage)> {
         let urgent = |(_, message): &(u64, PeerMessage)| match message {
-            PeerMessage::Grant(_) => true,
+            PeerMessage::Grant(_) | PeerMessage::Heartbeat(_) => true,
             PeerMessage::Raft(raft) => raft.get_msg_type() == MessageType::MsgHeartbeatResponse,
             _ => false,
         };
@@ -613,6 +650,10 @@ impl<D: Disk> Node<D> {
                             .messages
                             .push((response.to, PeerMessage::Raft(response)));
                     }
+                    // This node's own heartbeat rides along when one is nearly due (see
+                    // `heartbeat`).
+                    let interval = self.settings.heartbeat_interval;
+                    self.follower_heartbeat(now, interval - interval / 4);
                 } else if kind == MessageType::MsgHeartbeatResponse {
                     let confirmed = self.replica.take_quorum_confirmed();
                     if let Some(leadership) = &mut self.leadership {
@@ -1112,7 +1153,6 @@ impl<D: Disk> Node<D> {
                 quorum: QuorumClock::new(self.settings.heartbeat_interval),
                 observations: Observations::new(self.replica.applied_index()),
                 quorum_asked_at: None,
-                ticks_since_ask: 0,
                 grants_warned_at: None,
                 topology_proposed_at: None,
                 topology_matches: false,

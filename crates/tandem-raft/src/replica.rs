@@ -280,6 +280,16 @@ impl<D: Disk> Replica<D> {
         self.expire_snapshots_in_flight();
     }
 
+    /// On a leader: ticks since raft-rs last broadcast its own heartbeat (it does so on the
+    /// tick this returns to 0); 0 elsewhere.
+    pub fn heartbeat_elapsed(&self) -> usize {
+        if self.is_leader() {
+            self.raw.raft.heartbeat_elapsed()
+        } else {
+            0
+        }
+    }
+
     fn expire_snapshots_in_flight(&mut self) {
         if self.snapshots_in_flight.is_empty() {
             return;
