@@ -189,7 +189,8 @@ fn bytes_from(data: &[u8]) -> bytes::BytesMut {
 }
 
 /// A daemon whose stderr nobody reads (a stalled journal, a pipe whose reader hung) keeps
-/// serving: its event loop hands log lines to a writer thread and never blocks on them. The
+/// serving, and exits when told: its event loop hands log lines to a writer thread and never
+/// blocks on them. The
 /// start of 2,000 shards logs far more than a pipe holds (64 KiB on Linux); a daemon that
 /// wrote from its event loop would stop at the first full pipe and never answer again.
 #[test]
@@ -236,5 +237,10 @@ fn a_daemon_whose_stderr_blocks_keeps_serving() {
     );
     let committed = wait_for("a no-op to commit", DEADLINE, || cluster.noop(0));
     assert!(committed.index > 0);
+    // And it still exits on SIGTERM: the log's last lines wait for the pipe a second at most.
+    assert!(
+        cluster.terminate(0),
+        "clean exit on SIGTERM with stderr stalled"
+    );
     drop(unread);
 }

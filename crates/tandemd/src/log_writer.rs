@@ -11,7 +11,8 @@
 //! Bounded: when the thread falls [`BUFFER_BYTES_MAX`] behind, new lines are dropped and
 //! counted, and the next write starts with a line saying how many. Lines still in the buffer
 //! when the process is killed (at most about [`FLUSH_EVERY`] of them) are lost; a normal exit
-//! and a panic write them first ([`LogWriter::start`]'s guard and panic hook).
+//! and a panic write them first ([`LogWriter::start`]'s guard and panic hook). At exit the
+//! guard waits at most [`EXIT_FLUSH_MAX`] for a stalled stderr.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -26,6 +27,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
 pub const FLUSH_BYTES: usize = 64 * 1024;
 /// Buffered bytes past which lines are dropped.
 pub const BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Longest the guard waits at exit for the writer thread to write out the rest: a stderr that
+/// stays stalled must not keep the daemon from exiting (and its supervisor from restarting it).
+pub const EXIT_FLUSH_MAX: Duration = Duration::from_secs(1);
 
 /// What the formatter writes to (see the module's text). Cloning shares the buffer.
 #[derive(Clone)]
@@ -43,7 +47,10 @@ struct State {
     buffer: Vec<u8>,
     /// Lines dropped since the last write.
     dropped: u64,
+    /// The guard asked the thread to write out the rest and end.
     closed: bool,
+    /// The thread ended.
+    finished: bool,
 }
 
 impl State {
@@ -75,8 +82,22 @@ pub struct FlushGuard {
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
-        self.shared.state.lock().closed = true;
-        self.shared.wake.notify_one();
+        let mut state = self.shared.state.lock();
+        state.closed = true;
+        self.shared.wake.notify_all();
+        let deadline = std::time::Instant::now() + EXIT_FLUSH_MAX;
+        while !state.finished {
+            if self
+                .shared
+                .wake
+                .wait_until(&mut state, deadline)
+                .timed_out()
+            {
+                // Stderr is stalled: leave the thread to it rather than hang the exit.
+                return;
+            }
+        }
+        drop(state);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -100,9 +121,11 @@ impl LogWriter {
         let hook_shared = Arc::clone(&shared);
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            // try_lock: a panic while the lock is held must not deadlock its own report.
-            if let Some(mut state) = hook_shared.state.try_lock() {
-                let bytes = state.take();
+            // try_lock: a panic while the lock is held must not deadlock its own report; the
+            // write happens after the lock is released, so a stalled stderr blocks only the
+            // panicking thread.
+            let bytes = hook_shared.state.try_lock().map(|mut state| state.take());
+            if let Some(bytes) = bytes {
                 let _ = std::io::stderr().write_all(&bytes);
             }
             previous(info);
@@ -119,6 +142,12 @@ impl LogWriter {
     /// [`FLUSH_BYTES`].
     fn append(&self, line: &[u8]) {
         let mut state = self.shared.state.lock();
+        if state.closed {
+            // The process is exiting and the thread may be gone: written at once.
+            drop(state);
+            let _ = std::io::stderr().write_all(line);
+            return;
+        }
         if state.buffer.len() + line.len() > BUFFER_BYTES_MAX {
             state.dropped += 1;
             return;
@@ -126,7 +155,7 @@ impl LogWriter {
         let before = state.buffer.len();
         state.buffer.extend_from_slice(line);
         if before == 0 || (before < FLUSH_BYTES && state.buffer.len() >= FLUSH_BYTES) {
-            self.shared.wake.notify_one();
+            self.shared.wake.notify_all();
         }
     }
 }
@@ -152,6 +181,8 @@ fn write_out(shared: &Shared) {
             let _ = stderr.write_all(&bytes);
         }
         if closed {
+            shared.state.lock().finished = true;
+            shared.wake.notify_all();
             return;
         }
     }
@@ -255,7 +286,7 @@ mod tests {
         log(&writer, &[b"log_writer test line\n"]);
         drop(guard);
         let state = writer.shared.state.lock();
-        assert!(state.closed);
+        assert!(state.closed && state.finished);
         assert!(state.buffer.is_empty());
     }
 }

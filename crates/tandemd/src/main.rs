@@ -22,8 +22,8 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     // The event loop hands log lines to a writer thread (see `log_writer`); the guard lets it
-    // write out the last ones when `main` returns.
-    let (writer, _flush_on_exit) = match tandemd::log_writer::LogWriter::start() {
+    // write out the last ones before the process exits.
+    let (writer, flush_on_exit) = match tandemd::log_writer::LogWriter::start() {
         Ok(started) => started,
         Err(error) => {
             eprintln!("tandemd: cannot start the log writer thread: {error}");
@@ -39,10 +39,15 @@ fn main() -> ExitCode {
         // Colour codes only for a person at a terminal; log files stay greppable.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(args) {
+    let outcome = run(args);
+    if let Err(error) = &outcome {
+        tracing::error!("{error:#}");
+    }
+    // The log's last lines first, then the one-line reason below them.
+    drop(flush_on_exit);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
             eprintln!("tandemd: {error:#}");
             ExitCode::FAILURE
         }
