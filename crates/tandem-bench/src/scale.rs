@@ -467,7 +467,15 @@ impl Bench {
             }
             view = self.wait_healthy("every shard to be healthy after switching back")?;
         }
-        bail!("services still split between their units after {SWITCH_BACK_ROUNDS_MAX} rounds of switching back")
+        let split = split_services(&view);
+        if !split.is_empty() {
+            bail!(
+                "services still split between their units after {SWITCH_BACK_ROUNDS_MAX} rounds of \
+                 switching back: {}",
+                split.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// Switches every service whose ACTIVEs are not all on its first unit back to it.
@@ -475,15 +483,7 @@ impl Bench {
         let mut moved = 0;
         for service in &view.summary.services {
             let first = format!("{}-a", service.name);
-            let on_first = |view: &View| {
-                view.summary
-                    .services
-                    .iter()
-                    .find(|other| other.name == service.name)
-                    .and_then(|service| service.units.iter().find(|roles| roles.unit == first))
-                    .map_or(0, |roles| roles.active)
-                    == service.shards
-            };
+            let on_first = |view: &View| on_first_unit(view, &service.name);
             if on_first(view) {
                 continue;
             }
@@ -536,6 +536,33 @@ impl Bench {
         }
         Ok(moved)
     }
+}
+
+/// Whether every ACTIVE of service `name` is on its first unit (`NAME-a`).
+fn on_first_unit(view: &View, name: &str) -> bool {
+    let first = format!("{name}-a");
+    view.summary
+        .services
+        .iter()
+        .find(|service| service.name == name)
+        .is_some_and(|service| {
+            service
+                .units
+                .iter()
+                .find(|roles| roles.unit == first)
+                .map_or(0, |roles| roles.active)
+                == service.shards
+        })
+}
+
+/// The services whose ACTIVEs are not all on their first unit.
+fn split_services(view: &View) -> Vec<String> {
+    view.summary
+        .services
+        .iter()
+        .filter(|service| !on_first_unit(view, &service.name))
+        .map(|service| service.name.clone())
+        .collect()
 }
 
 /// Utime + stime of process `pid`, in clock ticks.
