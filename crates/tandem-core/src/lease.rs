@@ -50,20 +50,31 @@ use crate::time::Time;
 /// about 0.01 %; the margin covers NTP slewing and virtual machines.
 pub const DRIFT_PPM: u64 = 20_000;
 
+/// The longest a follower waits between two of its heartbeats while it knows a leader:
+/// 1¼ intervals. It sends one with its answer to a leader's heartbeat, and on its own only
+/// when this long passed since its last (see `tandem_node`'s `Node::heartbeat`).
+pub fn heartbeat_gap_max(heartbeat_interval: Duration) -> Duration {
+    heartbeat_interval + heartbeat_interval / 4
+}
+
 /// Checks that leases fence in time: `(freshness + lease) · (1 + ρ)/(1 − ρ) < node_timeout`,
-/// where `freshness` is the heartbeat interval. Also asks the lease to outlive two heartbeat
-/// intervals, so one lost heartbeat does not fence a healthy node.
+/// where `freshness` is the heartbeat interval. Also asks the lease to outlive two of the
+/// longest gaps between a follower's heartbeats ([`heartbeat_gap_max`], 2½ intervals), so one
+/// lost heartbeat does not fence a healthy node.
 pub fn check_fencing_timers(
     heartbeat_interval: Duration,
     lease: Duration,
     node_timeout: Duration,
 ) -> Result<(), String> {
-    if lease <= heartbeat_interval * 2 {
+    let two_gaps = heartbeat_gap_max(heartbeat_interval) * 2;
+    if lease <= two_gaps {
         return Err(format!(
-            "lease_ms ({}) must be more than twice heartbeat_interval_ms ({}), or a single lost \
-             heartbeat would fence a healthy node",
+            "lease_ms ({}) must be more than 2.5 × heartbeat_interval_ms ({}) = {} ms: a \
+             node's heartbeats may be 1.25 intervals apart, and a single lost heartbeat would \
+             otherwise fence a healthy node",
             lease.as_millis(),
-            heartbeat_interval.as_millis()
+            heartbeat_interval.as_millis(),
+            two_gaps.as_secs_f64() * 1000.0
         ));
     }
     let fenced_by = (heartbeat_interval + lease).as_micros() * u128::from(1_000_000 + DRIFT_PPM)
@@ -237,8 +248,12 @@ mod tests {
             error.contains("node_timeout_ms (300) must exceed"),
             "{error}"
         );
+        // A follower's heartbeats may be 62.5 ms apart: the lease outlives two such gaps.
+        let error = check_fencing_timers(MS(50), MS(125), MS(300)).unwrap_err();
+        assert!(error.contains("= 125 ms"), "{error}");
+        check_fencing_timers(MS(50), MS(126), MS(300)).unwrap();
         let error = check_fencing_timers(MS(50), MS(100), MS(300)).unwrap_err();
-        assert!(error.contains("more than twice"), "{error}");
+        assert!(error.contains("more than 2.5 ×"), "{error}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The leader's view of node liveness.
 //!
-//! Every agent sends a heartbeat to the node it believes is the leader every
-//! `heartbeat_interval`. The leader feeds them to this tracker; when a node's last heartbeat
+//! Every agent sends a heartbeat to the node it believes is the leader about every
+//! `heartbeat_interval` (with its answer to the leader's own heartbeat; on its own when those
+//! stop, at most 1¼ intervals after its last). The leader feeds them to this tracker; when a node's last heartbeat
 //! is older than `node_timeout`, or a node judged down is heard again, the tracker asks for a
 //! `SetNodeLiveness` command. The verdict takes effect when that command commits, so every
 //! node agrees on it. A new leader does not know when its predecessor last heard from each

@@ -148,13 +148,6 @@ struct Leadership {
     waiting: BTreeMap<u64, Waiting>,
 }
 
-/// How long a follower waits for the leader's heartbeat before it sends its own regardless:
-/// a quarter interval beyond the interval, so that a leader's heartbeat a little late still
-/// carries the follower's along instead of finding it just sent.
-fn heartbeat_fallback(interval: Duration) -> Duration {
-    interval + interval / 4
-}
-
 /// How often the leader says at most that its lease grants shrink.
 const GRANTS_WARNING_EVERY: Duration = Duration::from_secs(1);
 
@@ -438,7 +431,10 @@ impl<D: Disk> Node<D> {
                     .confirm_quorum(now.as_micros().to_be_bytes().to_vec());
             }
         }
-        self.follower_heartbeat(now, heartbeat_fallback(self.settings.heartbeat_interval));
+        self.follower_heartbeat(
+            now,
+            tandem_core::heartbeat_gap_max(self.settings.heartbeat_interval),
+        );
         // Liveness is judged every tick, not every heartbeat interval, so a silent node is
         // declared down within a tick of its timeout.
         self.judge_liveness(now, wall_ms);
@@ -478,11 +474,14 @@ impl<D: Disk> Node<D> {
     /// A follower's heartbeat rides with its answer to the leader's own heartbeat (its quorum
     /// confirmation) when three quarters of an interval passed since its last one: one message
     /// each way instead of two unrelated ones, which is most of an idle leader's work at 16
-    /// nodes. The timer and the tick send one only when the leader's are late by more than a
-    /// quarter interval ([`heartbeat_fallback`]).
+    /// nodes. The timer and the tick send one only when 1¼ intervals passed since the last
+    /// ([`tandem_core::heartbeat_gap_max`]): the leader's heartbeats stopped or came late.
     pub fn heartbeat(&mut self, now: Time) {
         if self.leadership.is_none() {
-            self.follower_heartbeat(now, heartbeat_fallback(self.settings.heartbeat_interval));
+            self.follower_heartbeat(
+                now,
+                tandem_core::heartbeat_gap_max(self.settings.heartbeat_interval),
+            );
             return;
         }
         let report = self.own_report(now);
@@ -1141,8 +1140,9 @@ impl<D: Disk> Node<D> {
                             self.settings.lease,
                         ),
                         link_loss_timeout: tandem_core::lease_expiry_bound(self.settings.lease),
-                        // Agents send a heartbeat every interval: a leader that runs less
-                        // often than that was paused, and did not listen.
+                        // A leader whose loop runs less often than every interval was
+                        // paused, and did not listen (agents send a heartbeat about every
+                        // interval).
                         pause_after: self.settings.heartbeat_interval,
                     },
                     self.id,

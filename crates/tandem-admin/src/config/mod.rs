@@ -1145,7 +1145,7 @@ admin_addr = "127.0.0.1:7203"
             "data_dir = \"/d\"\nheartbeat_interval_ms = 20\nnode_timeout_ms = 100\n\
              raft_tick_ms = 5\nraft_heartbeat_ticks = 2\nraft_election_ticks = 10\n\
              snapshot_interval_entries = 50\nframe_len_max = 65536\nadmin_timeout_ms = 700\n\
-             voters = 1\nlease_ms = 50\n",
+             voters = 1\nlease_ms = 55\n",
         );
         let config = parse(&text).unwrap();
         assert_eq!(config.cluster.heartbeat_interval_ms, 20);
@@ -1156,7 +1156,7 @@ admin_addr = "127.0.0.1:7203"
         assert_eq!(config.cluster.snapshot_interval_entries, 50);
         assert_eq!(config.cluster.frame_len_max, 65536);
         assert_eq!(config.cluster.admin_timeout_ms, 700);
-        assert_eq!(config.cluster.lease_ms, 50);
+        assert_eq!(config.cluster.lease_ms, 55);
         assert_eq!(config.voter_ids(), vec![1]);
         assert_eq!(config.learner_ids(), vec![2, 3]);
     }
