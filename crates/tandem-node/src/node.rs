@@ -472,9 +472,9 @@ impl<D: Disk> Node<D> {
     /// it sent none for a while.
     ///
     /// A follower's heartbeat rides with its answer to the leader's own heartbeat (its quorum
-    /// confirmation) when three quarters of an interval passed since its last one: one message
-    /// each way instead of two unrelated ones, which is most of an idle leader's work at 16
-    /// nodes. The timer and the tick send one only when 1¼ intervals passed since the last
+    /// confirmation) when three quarters of an interval passed since its last one
+    /// ([`tandem_core::heartbeat_ride_gap`]): one message each way instead of two unrelated
+    /// ones, which is most of an idle leader's work at 16 nodes. The timer and the tick send one only when 1¼ intervals passed since the last
     /// ([`tandem_core::heartbeat_gap_max`]): the leader's heartbeats stopped or came late.
     pub fn heartbeat(&mut self, now: Time) {
         if self.leadership.is_none() {
@@ -651,8 +651,10 @@ impl<D: Disk> Node<D> {
                     }
                     // This node's own heartbeat rides along when one is nearly due (see
                     // `heartbeat`).
-                    let interval = self.settings.heartbeat_interval;
-                    self.follower_heartbeat(now, interval - interval / 4);
+                    self.follower_heartbeat(
+                        now,
+                        tandem_core::heartbeat_ride_gap(self.settings.heartbeat_interval),
+                    );
                 } else if kind == MessageType::MsgHeartbeatResponse {
                     let confirmed = self.replica.take_quorum_confirmed();
                     if let Some(leadership) = &mut self.leadership {

@@ -2,11 +2,11 @@
 //!
 //! tracing's formatter hands each line to [`LogWriter`], which appends it to a shared buffer;
 //! a thread of its own, asleep while the buffer is empty, writes it to stderr in large
-//! writes: a line waits at most [`FLUSH_EVERY`], less once [`FLUSH_BYTES`] are waiting. Writing each line with its own `write(2)` from the
-//! event loop cost the loop tens of milliseconds whenever thousands of shards changed at once
-//! (a start at 10,000 shards logs about 30,000 lines per daemon), and a stderr that blocks (a
-//! pipe to a busy journal, a full disk) would have stopped the loop, and with it the node's
-//! leases. Now only the writer thread waits.
+//! writes: a line waits at most [`FLUSH_EVERY`], less once [`FLUSH_BYTES`] are waiting.
+//! Writing each line with its own `write(2)` from the event loop put that cost on the loop
+//! whenever thousands of shards changed at once (a start at 10,000 shards logs about 30,000
+//! lines per daemon), and a stderr that blocks (a pipe to a busy journal, a full disk) would
+//! have stopped the loop, and with it the node's leases. Now only the writer thread waits.
 //!
 //! Bounded: when the thread falls [`BUFFER_BYTES_MAX`] behind, new lines are dropped and
 //! counted, and the next write starts with a line saying how many. Lines still in the buffer
@@ -56,19 +56,15 @@ struct State {
 impl State {
     /// Takes what is to be written: the drop notice, then the buffer.
     fn take(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.dropped > 0 {
-            out = format!(
-                "tandemd: {} log lines dropped: stderr fell {} MiB behind\n",
-                self.dropped,
-                BUFFER_BYTES_MAX / (1024 * 1024)
-            )
-            .into_bytes();
-            self.dropped = 0;
-        }
-        if out.is_empty() {
+        if self.dropped == 0 {
             return std::mem::take(&mut self.buffer);
         }
+        let mut out = format!(
+            "tandemd: {} log lines dropped: stderr fell {} MiB behind\n",
+            std::mem::take(&mut self.dropped),
+            BUFFER_BYTES_MAX / (1024 * 1024)
+        )
+        .into_bytes();
         out.append(&mut self.buffer);
         out
     }
