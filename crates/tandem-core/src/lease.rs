@@ -4,14 +4,17 @@
 //! **Agent side** ([`AgentLease`]). Every heartbeat an agent sends to the leader (about one
 //! an interval, riding with its answer to the leader's own heartbeat) carries its local send
 //! time. The leader answers with a grant only while a quorum confirmed its
-//! leadership within the last `freshness` (see [`QuorumClock`]). A grant makes the lease valid
+//! leadership within the last `freshness` (see [`QuorumClock`]); the grant rides with the
+//! leader's next heartbeat to the node while the node's previous grant runs long
+//! ([`GrantBook`]). A grant makes the lease valid
 //! until `send time + lease` on the agent's own clock, measured from the *send*, so message
 //! delays only shorten it. A grant also carries the leader's last log index (`floor`): the
 //! lease counts only once the agent has applied that far, so an agent coming back from a
 //! partition never lets a unit act on an assignment the cluster already moved.
 //!
 //! **Leader side** ([`QuorumClock`]). The leader asks a quorum to confirm it (raft read-index)
-//! every half heartbeat interval, remembering when it asked. A confirmation proves that a
+//! every Raft heartbeat period and at least every heartbeat interval, remembering when it
+//! asked. A confirmation proves that a
 //! majority heard from it after that time, so no other leader can have been elected before it.
 //! A confirmation older than `freshness` still allows a grant, shortened by the excess
 //! (`age − freshness`): a leader whose loop runs late (a loaded host) keeps its nodes leased
@@ -25,10 +28,10 @@
 //! before declaring X down, and promotes X's shards elsewhere only after that. X's units stop
 //! acting by s + lease (X's clock). The promotion happens no earlier than t0 + node_timeout, and
 //! X stops no later than t0 + freshness + lease, both in real time within ρ. (A grant made
-//! when the confirmation was `age > freshness` old, on the leader's clock, is shortened by
-//! `age − freshness`: X stops by s + lease − age + freshness ≤ t0 + freshness + lease, as
-//! s ≤ r = t0 + age.) Hence the rule
-//! checked by [`check_fencing_timers`]:
+//! at g ≥ r, which may be the leader's next heartbeat, when the confirmation was
+//! `age = g − t0 > freshness` old on the leader's clock, is shortened by `age − freshness`:
+//! X stops by s + lease − age + freshness ≤ t0 + freshness + lease, as s ≤ r ≤ g = t0 + age.)
+//! Hence the rule checked by [`check_fencing_timers`]:
 //! `(freshness + lease) · (1 + ρ) / (1 − ρ) < node_timeout`. The same leader declaring X down
 //! waits node_timeout after r ≥ s, which the rule covers too. When X's connection to the
 //! leader closed (its daemon died), the leader waits only `lease · (1 + ρ) / (1 − ρ)` after the
@@ -60,7 +63,8 @@ pub fn heartbeat_gap_max(heartbeat_interval: Duration) -> Duration {
 
 /// How long after its last heartbeat a follower's next one may ride with its answer to a
 /// leader's heartbeat: ¾ of an interval, so that at the default Raft timers (a leader
-/// heartbeat every 30 ms, an interval of 50 ms) every second one carries it.
+/// heartbeat every 40 to 50 ms, an interval of 50 ms) every one carries it, and with shorter
+/// Raft heartbeats (a tuned cluster) one in two or three.
 pub fn heartbeat_ride_gap(heartbeat_interval: Duration) -> Duration {
     heartbeat_interval - heartbeat_interval / 4
 }
@@ -241,6 +245,105 @@ impl QuorumClock {
     }
 }
 
+/// The leader's book of lease grants to the other nodes: which grants wait to ride with its
+/// next heartbeat, and until about when each node's last grant runs.
+///
+/// A grant answers a node's heartbeat. Sent at once it costs the leader a write and the node a
+/// wake-up for every heartbeat; held until the leader's next heartbeat to that node (its next
+/// quorum ask, at most a Raft heartbeat period away) it shares that write. The wait only
+/// shortens what is left of the lease when it arrives (a lease runs from the heartbeat's send
+/// time), so a grant waits only while the node's previous one still has more than half a lease
+/// to run, and while the leader keeps up (its newest quorum confirmation is fresh enough for a
+/// whole grant). Otherwise (a new leader, a node back, a late heartbeat, a busy leader or
+/// busy voters) it goes at once: under load the next ask may be a long pass away, and a
+/// heartbeat may have waited long before the leader read it, which the estimate of what is
+/// left of the last grant does not see.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantBook {
+    nodes: std::collections::BTreeMap<crate::NodeId, GrantSlot>,
+}
+
+/// One node's entry in a [`GrantBook`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct GrantSlot {
+    /// About when (the leader's clock) the last grant sent to the node runs out: its
+    /// heartbeat's arrival plus the lease less the grant's shortening. An over-estimate by the
+    /// heartbeat's transit time, which the half-lease margin absorbs.
+    until: Option<Time>,
+    /// The heartbeat whose grant waits for the next ask: its send time (the node's clock) and
+    /// its arrival (the leader's).
+    due: Option<(Time, Time)>,
+}
+
+/// What to do with a grant for a heartbeat just received (see [`GrantBook::on_heartbeat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantTiming {
+    /// Send it now: the node's last grant runs out within half a lease, there is none, or
+    /// the leader does not keep up.
+    Now,
+    /// Kept; it leaves with the leader's next heartbeat ([`GrantBook::take_due`]).
+    WithNextAsk,
+}
+
+impl GrantBook {
+    /// A heartbeat from `node`, sent at `sent_at` on its clock, arrived at `now`: whether its
+    /// grant goes now or waits. `keeping_up`: a grant made now would be whole (see
+    /// [`QuorumClock::grant`]). A newer heartbeat replaces one whose grant still waits.
+    pub fn on_heartbeat(
+        &mut self,
+        now: Time,
+        node: crate::NodeId,
+        sent_at: Time,
+        lease: Duration,
+        keeping_up: bool,
+    ) -> GrantTiming {
+        let slot = self.nodes.entry(node).or_default();
+        let runs_long = slot
+            .until
+            .is_some_and(|until| until.saturating_since(now) > lease / 2);
+        if runs_long && keeping_up {
+            if slot
+                .due
+                .is_none_or(|(due_sent_at, _)| due_sent_at < sent_at)
+            {
+                slot.due = Some((sent_at, now));
+            }
+            GrantTiming::WithNextAsk
+        } else {
+            slot.due = None;
+            GrantTiming::Now
+        }
+    }
+
+    /// The leader sent `node` a grant for a heartbeat that arrived at `received_at`, cut by
+    /// `shortened_by`.
+    pub fn sent(
+        &mut self,
+        node: crate::NodeId,
+        received_at: Time,
+        lease: Duration,
+        shortened_by: Duration,
+    ) {
+        let until = received_at + lease.saturating_sub(shortened_by);
+        let slot = self.nodes.entry(node).or_default();
+        slot.until = Some(slot.until.map_or(until, |before| before.max(until)));
+    }
+
+    /// The grants waiting for the leader's next heartbeat, taken: (node, the heartbeat's send
+    /// time, its arrival). The caller grants each (or not, if the node is judged down
+    /// meanwhile) and records what it sent with [`GrantBook::sent`].
+    pub fn take_due(&mut self) -> Vec<(crate::NodeId, Time, Time)> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|(node, slot)| {
+                slot.due
+                    .take()
+                    .map(|(sent_at, received_at)| (*node, sent_at, received_at))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +458,60 @@ mod tests {
             lease.valid_until(Time::from_millis(270), 5),
             Some(Time::from_millis(400)),
             "the latest deadline among applied grants"
+        );
+    }
+
+    #[test]
+    fn a_grant_waits_for_the_next_ask_only_while_the_last_one_runs_long() {
+        let n2 = crate::NodeId(2);
+        let at = Time::from_millis;
+        let mut book = GrantBook::default();
+        // No grant sent yet (a new leader): at once.
+        assert_eq!(
+            book.on_heartbeat(at(0), n2, at(0), MS(200), true),
+            GrantTiming::Now
+        );
+        book.sent(n2, at(0), MS(200), Duration::ZERO);
+        // 60 ms later the last grant still runs 140 ms: the next one waits.
+        assert_eq!(
+            book.on_heartbeat(at(60), n2, at(59), MS(200), true),
+            GrantTiming::WithNextAsk
+        );
+        // A newer heartbeat replaces it; an older one does not.
+        book.on_heartbeat(at(70), n2, at(69), MS(200), true);
+        book.on_heartbeat(at(71), n2, at(50), MS(200), true);
+        assert_eq!(book.take_due(), vec![(n2, at(69), at(70))]);
+        assert!(book.take_due().is_empty(), "taken once");
+        book.sent(n2, at(70), MS(200), MS(10));
+        // The last grant runs until 260: at 160 exactly half a lease is left, so at once.
+        assert_eq!(
+            book.on_heartbeat(at(159), n2, at(158), MS(200), true),
+            GrantTiming::WithNextAsk
+        );
+        assert_eq!(
+            book.on_heartbeat(at(160), n2, at(160), MS(200), true),
+            GrantTiming::Now
+        );
+        assert!(
+            book.take_due().is_empty(),
+            "a grant sent now drops the waiting one"
+        );
+        // An older, longer grant sent late does not pull `until` back.
+        book.sent(n2, at(160), MS(200), Duration::ZERO);
+        book.sent(n2, at(100), MS(200), Duration::ZERO);
+        assert_eq!(
+            book.on_heartbeat(at(250), n2, at(250), MS(200), true),
+            GrantTiming::WithNextAsk,
+            "runs until 360"
+        );
+        // A leader whose confirmations are old grants at once, however long the last runs.
+        assert_eq!(
+            book.on_heartbeat(at(251), n2, at(251), MS(200), false),
+            GrantTiming::Now
+        );
+        assert!(
+            book.take_due().is_empty(),
+            "a grant sent now drops the waiting one"
         );
     }
 }

@@ -38,7 +38,7 @@ pub use ids::{NodeId, ServiceName, ShardName, UnitName};
 pub use ladder::{FaultKind, FaultRecord, Ladder, Level, RecoveryAction, Severity};
 pub use lease::{
     check_fencing_timers, fencing_bound, heartbeat_gap_max, heartbeat_ride_gap, lease_expiry_bound,
-    AgentLease, QuorumClock, DRIFT_PPM,
+    AgentLease, GrantBook, GrantTiming, QuorumClock, DRIFT_PPM,
 };
 pub use liveness::{LivenessConfig, LivenessTracker, NodeReport};
 pub use refusal::{AdminCode, Refusal};

@@ -28,8 +28,8 @@ use raft::eraftpb::MessageType;
 use tandem_core::director::{node_down_promotions, View};
 use tandem_core::{
     AdminCode, Agent, AgentAction, AgentReport, ApplyOutcome, ClusterState, Command, Director,
-    InSyncClaim, LivenessConfig, LivenessTracker, NodeId, NodeReport, Observations, QuorumClock,
-    Refusal, ShardName, Time, Topology, UnitName,
+    GrantBook, GrantTiming, InSyncClaim, LivenessConfig, LivenessTracker, NodeId, NodeReport,
+    Observations, QuorumClock, Refusal, ShardName, Time, Topology, UnitName,
 };
 use tandem_raft::disk::Disk;
 use tandem_raft::{Applied, Replica, ReplicaConfig, ReplicaError};
@@ -133,6 +133,8 @@ struct Leadership {
     liveness: LivenessTracker,
     director: Director,
     quorum: QuorumClock,
+    /// Grants waiting to ride with the next quorum ask, and when each node's last one ends.
+    grants: GrantBook,
     observations: Observations,
     /// When the leader last warned that its grants shrink.
     grants_warned_at: Option<Time>,
@@ -405,9 +407,10 @@ impl<D: Disk> Node<D> {
 
     // ----- inputs -----
 
-    /// One Raft tick. On the leader, also asks the quorum to confirm it every half heartbeat
-    /// interval, and at least every Raft heartbeat period: a confirmation is a Raft heartbeat
-    /// to every member (raft-rs's read index), so it stands in for raft-rs's own.
+    /// One Raft tick. On the leader, also asks the quorum to confirm it every Raft heartbeat
+    /// period, and at least every heartbeat interval (the freshness a grant needs to be
+    /// whole): a confirmation is a Raft heartbeat to every member (raft-rs's read index), so
+    /// it stands in for raft-rs's own. Each ask also carries the grants waiting for it.
     ///
     /// The periodic asks keep in step with raft-rs's own heartbeat (every `election_ticks − 1`
     /// ticks, a backstop, see [`Node::open`]): one falls on the tick it goes out, so both reach
@@ -415,7 +418,7 @@ impl<D: Disk> Node<D> {
     pub fn tick(&mut self, now: Time, wall_ms: u64) {
         self.replica.tick();
         self.reconcile_due = true;
-        let half = self.settings.heartbeat_interval / 2;
+        let interval = self.settings.heartbeat_interval;
         let heartbeat_ticks = self.settings.replica.heartbeat_ticks.max(1);
         if let Some(leadership) = &mut self.leadership {
             let due = self
@@ -424,11 +427,23 @@ impl<D: Disk> Node<D> {
                 .is_multiple_of(heartbeat_ticks)
                 || leadership
                     .quorum_asked_at
-                    .is_none_or(|asked| now.saturating_since(asked) >= half);
+                    .is_none_or(|asked| now.saturating_since(asked) >= interval);
             if due {
                 leadership.quorum_asked_at = Some(now);
                 self.replica
                     .confirm_quorum(now.as_micros().to_be_bytes().to_vec());
+                // The waiting grants leave in the same drive as the ask, so each shares its
+                // node's write (the newest confirmation is still the previous ask's).
+                for heartbeat in leadership.grants.take_due() {
+                    Self::grant(
+                        leadership,
+                        &self.replica,
+                        &mut self.pending.messages,
+                        now,
+                        self.settings.lease,
+                        heartbeat,
+                    );
+                }
             }
         }
         self.follower_heartbeat(
@@ -473,9 +488,11 @@ impl<D: Disk> Node<D> {
     ///
     /// A follower's heartbeat rides with its answer to the leader's own heartbeat (its quorum
     /// confirmation) when three quarters of an interval passed since its last one
-    /// ([`tandem_core::heartbeat_ride_gap`]): one message each way instead of two unrelated
-    /// ones, which is most of an idle leader's work at 16 nodes. The timer and the tick send one only when 1¼ intervals passed since the last
-    /// ([`tandem_core::heartbeat_gap_max`]): the leader's heartbeats stopped or came late.
+    /// ([`tandem_core::heartbeat_ride_gap`]), and the leader's grant for it rides with the
+    /// leader's next heartbeat ([`GrantBook`]): one message each way instead of four, which is
+    /// most of an idle leader's work at 16 nodes. The timer and the tick send one only when 1¼
+    /// intervals passed since the last ([`tandem_core::heartbeat_gap_max`]): the leader's
+    /// heartbeats stopped or came late.
     pub fn heartbeat(&mut self, now: Time) {
         if self.leadership.is_none() {
             self.follower_heartbeat(
@@ -515,6 +532,38 @@ impl<D: Disk> Node<D> {
                 report,
             );
         }
+    }
+
+    /// On the leader: grants `node` a lease for its heartbeat sent at `sent_at` (its clock)
+    /// that arrived at `received_at`, if the newest quorum confirmation allows one at `now`
+    /// and the node is committed up. No lease for a node judged down until its return is
+    /// committed: the director may be failing its shards over right now, and a lease whose
+    /// floor predates that would let the node's units act on the old assignment. Once the
+    /// node is committed up again, every failover planned while it was down has a lower index
+    /// than the grant's floor.
+    fn grant(
+        leadership: &mut Leadership,
+        replica: &Replica<D>,
+        messages: &mut Vec<(u64, PeerMessage)>,
+        now: Time,
+        lease: Duration,
+        (node, sent_at, received_at): (NodeId, Time, Time),
+    ) {
+        let shortened_by = leadership.quorum.grant(now, lease);
+        leadership.warn_if_grants_shrink(now, shortened_by, lease);
+        let Some(shortened_by) = shortened_by.filter(|_| replica.state().is_up(node)) else {
+            return;
+        };
+        let grant = Grant {
+            sent_at,
+            floor: replica.last_index(),
+            term: replica.term(),
+            shortened_by,
+        };
+        messages.push((node.0, PeerMessage::Grant(grant)));
+        leadership
+            .grants
+            .sent(node, received_at, lease, shortened_by);
     }
 
     /// On a follower: sends the leader a heartbeat unless one left less than `gap` ago.
@@ -678,25 +727,27 @@ impl<D: Disk> Node<D> {
                 if !self.settings.members.contains(&NodeId(from)) {
                     return;
                 }
-                // No lease for a node judged down until its return is committed: the director
-                // may be failing its shards over right now, and a lease whose floor predates
-                // that would let the node's units act on the old assignment. Once the node is
-                // committed up again, every failover planned while it was down has a lower
-                // index than the grant's floor.
-                let shortened_by = leadership.quorum.grant(now, self.settings.lease);
-                leadership.warn_if_grants_shrink(now, shortened_by, self.settings.lease);
-                if let Some(shortened_by) =
-                    shortened_by.filter(|_| self.replica.state().is_up(NodeId(from)))
-                {
-                    let grant = Grant {
-                        sent_at: heartbeat.sent_at,
-                        floor: self.replica.last_index(),
-                        term: self.replica.term(),
-                        shortened_by,
-                    };
-                    self.pending
-                        .messages
-                        .push((from, PeerMessage::Grant(grant)));
+                // While the node's last grant runs long and the leader keeps up, this one
+                // waits for the next quorum ask to the node and shares its write (see
+                // `GrantBook`).
+                let keeping_up =
+                    leadership.quorum.grant(now, self.settings.lease) == Some(Duration::ZERO);
+                let timing = leadership.grants.on_heartbeat(
+                    now,
+                    NodeId(from),
+                    heartbeat.sent_at,
+                    self.settings.lease,
+                    keeping_up,
+                );
+                if timing == GrantTiming::Now {
+                    Self::grant(
+                        leadership,
+                        &self.replica,
+                        &mut self.pending.messages,
+                        now,
+                        self.settings.lease,
+                        (NodeId(from), heartbeat.sent_at, now),
+                    );
                 }
                 Self::record_report(
                     leadership,
@@ -1153,6 +1204,7 @@ impl<D: Disk> Node<D> {
                 ),
                 director: Director::new(),
                 quorum: QuorumClock::new(self.settings.heartbeat_interval),
+                grants: GrantBook::default(),
                 observations: Observations::new(self.replica.applied_index()),
                 quorum_asked_at: None,
                 grants_warned_at: None,

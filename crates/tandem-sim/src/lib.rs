@@ -96,6 +96,10 @@ pub struct SimConfig {
     /// than an election (100–200 ms timeouts) plus catching up a restarted node by snapshot
     /// needs; a run that takes longer is stuck, not slow.
     pub liveness_bound: Duration,
+    /// The Raft leader's heartbeat period in 10 ms ticks, which is also how often it asks
+    /// the quorum to confirm it and sends the lease grants that wait for an ask: 5 (the
+    /// daemon's default, one heartbeat interval) or 2.
+    pub heartbeat_ticks: usize,
     /// Mutation mode for testing the checkers: `fsync` lies, so a crash can lose writes that
     /// were acknowledged (they become durable only at a write-back every second). Runs in
     /// this mode are expected to fail.
@@ -113,7 +117,9 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// The standard configuration for `seed`: 3 nodes for even seeds, 5 for odd ones, the
-    /// pair pinned for every other pair of seeds, 4 s of faults, a 10 s liveness bound.
+    /// pair pinned for every other pair of seeds, the daemon's Raft heartbeat period for
+    /// every other four seeds (a shorter one for the others), 4 s of faults, a 10 s liveness
+    /// bound.
     pub fn for_seed(seed: u64) -> Self {
         let nodes = if seed.is_multiple_of(2) { 3 } else { 5 };
         Self {
@@ -122,6 +128,7 @@ impl SimConfig {
             voters: nodes,
             wide_shards: 0,
             pinned_pair: (seed / 2) % 2 == 1,
+            heartbeat_ticks: if (seed / 4) % 2 == 1 { 5 } else { 2 },
             fault_duration: Duration::from_secs(4),
             liveness_bound: Duration::from_secs(10),
             lying_disk: false,

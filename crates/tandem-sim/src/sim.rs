@@ -1050,7 +1050,7 @@ impl Sim {
             id: sim_node.id,
             voters: self.voters[..self.config.voters].to_vec(),
             learners: self.voters[self.config.voters..].to_vec(),
-            heartbeat_ticks: 2,
+            heartbeat_ticks: self.config.heartbeat_ticks,
             election_ticks: 10,
             // Small, so that snapshots, compaction and snapshot transfer happen in every run
             // (less small at scale, where a snapshot holds thousands of shards).

@@ -40,7 +40,7 @@ pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 300;
 /// Default length of one Raft logical tick.
 pub const DEFAULT_RAFT_TICK_MS: u64 = 10;
 /// Default number of ticks between leader heartbeats.
-pub const DEFAULT_RAFT_HEARTBEAT_TICKS: usize = 3;
+pub const DEFAULT_RAFT_HEARTBEAT_TICKS: usize = 5;
 /// Default minimum election timeout in ticks (randomized in `[n, 2n)`).
 pub const DEFAULT_RAFT_ELECTION_TICKS: usize = 10;
 /// Default number of applied entries between snapshots.
@@ -1107,7 +1107,7 @@ admin_addr = "127.0.0.1:7203"
                 heartbeat_interval_ms: 50,
                 node_timeout_ms: 300,
                 raft_tick_ms: 10,
-                raft_heartbeat_ticks: 3,
+                raft_heartbeat_ticks: 5,
                 raft_election_ticks: 10,
                 snapshot_interval_entries: 10_000,
                 frame_len_max: 4 * 1024 * 1024,
