@@ -478,63 +478,123 @@ impl Bench {
         Ok(())
     }
 
-    /// Switches every service whose ACTIVEs are not all on its first unit back to it.
+    /// Switches every service whose ACTIVEs are not all on its first unit back to it: the
+    /// whole service when none is there, else (a split service, which a switchover of the
+    /// whole service would only invert) the shards whose ACTIVE is elsewhere, one by one.
     fn rebalance(&mut self, view: &View) -> anyhow::Result<usize> {
         let mut moved = 0;
         for service in &view.summary.services {
             let first = format!("{}-a", service.name);
-            let on_first = |view: &View| on_first_unit(view, &service.name);
-            if on_first(view) {
+            if on_first_unit(view, &service.name) {
                 continue;
             }
-            // Refusals here are transient under load: a role confirmed a moment ago may be
-            // confirmed again at a newer report (busy), a leader change aborts the request
-            // (committed or not), a shard may lose its ACTIVE or its STANDBY's sync meanwhile
-            // (a lease lapse). Each is retried once every shard is healthy again, within the
-            // settle time; the summary tells whether an earlier attempt did the job.
-            let deadline = Instant::now() + self.options.settle;
-            let mut leader = view.status.leader.clone();
-            loop {
-                let index = self
-                    .cluster
-                    .index_of(&leader)
-                    .context("the leader is not in the config")?;
-                let answer = client::operation(
-                    self.cluster.nodes[index].admin,
-                    client::switchover_kind(switchover_request::Target::Service(
-                        service.name.clone(),
-                    )),
-                    self.options.settle,
-                );
-                let refused = matches!(&answer, Err(client::AdminClientError::Refused { .. }));
-                if !refused || Instant::now() >= deadline {
-                    answer.with_context(|| {
-                        format!("switch service {} back to {first}", service.name)
-                    })?;
-                    break;
-                }
-                eprintln!(
-                    "scale: switching {} back to {first}: {answer:?}; again once healthy",
-                    service.name
-                );
-                while Instant::now() < deadline {
-                    std::thread::sleep(self.options.poll);
-                    if let Some(now) = self.view(0) {
-                        leader = now.status.leader.clone();
-                        if now.healthy() {
-                            break;
-                        }
-                    }
-                }
+            let on_first = service
+                .units
+                .iter()
+                .find(|roles| roles.unit == first)
+                .map_or(0, |roles| roles.active);
+            let targets = if on_first == 0 {
+                vec![switchover_request::Target::Service(service.name.clone())]
+            } else {
+                self.stray_shards(view, &service.name, &first)?
+                    .into_iter()
+                    .map(switchover_request::Target::Shard)
+                    .collect()
+            };
+            for target in targets {
+                self.switch_back_one(view, &service.name, target)?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// The shards of service `name` whose ACTIVE is not unit `first`, as the leader lists them.
+    fn stray_shards(&self, view: &View, name: &str, first: &str) -> anyhow::Result<Vec<String>> {
+        let index = self
+            .cluster
+            .index_of(&view.status.leader)
+            .context("the leader is not in the config")?;
+        let status = client::status_with(
+            self.cluster.nodes[index].admin,
+            CALL_TIMEOUT,
+            StatusRequest {
+                service: name.to_owned(),
+                ..StatusRequest::default()
+            },
+            false,
+        )
+        .with_context(|| format!("list the shards of service {name}"))?;
+        Ok(status
+            .shards
+            .into_iter()
+            .filter(|shard| {
+                shard
+                    .active
+                    .as_ref()
+                    .is_none_or(|active| active.unit != first)
+            })
+            .map(|shard| shard.name)
+            .collect())
+    }
+
+    /// One switchover of `target` (of service `name`), retried while refused (see below)
+    /// until the settle time is up or the service is back on its first unit.
+    fn switch_back_one(
+        &mut self,
+        view: &View,
+        name: &str,
+        target: switchover_request::Target,
+    ) -> anyhow::Result<()> {
+        let first = format!("{name}-a");
+        let what = match &target {
+            switchover_request::Target::Shard(shard) => format!("shard {shard}"),
+            _ => format!("service {name}"),
+        };
+        // Refusals here are transient under load: a role confirmed a moment ago may be
+        // confirmed again at a newer report (busy), a leader change aborts the request
+        // (committed or not), a shard may lose its ACTIVE or its STANDBY's sync meanwhile
+        // (a lease lapse). Each is retried once every shard is healthy again, within the
+        // settle time; the summary tells whether an earlier attempt did the job.
+        let deadline = Instant::now() + self.options.settle;
+        let mut leader = view.status.leader.clone();
+        loop {
+            let index = self
+                .cluster
+                .index_of(&leader)
+                .context("the leader is not in the config")?;
+            let answer = client::operation(
+                self.cluster.nodes[index].admin,
+                client::switchover_kind(target.clone()),
+                self.options.settle,
+            );
+            let refused = matches!(&answer, Err(client::AdminClientError::Refused { .. }));
+            if !refused || Instant::now() >= deadline {
+                answer.with_context(|| format!("switch {what} back to {first}"))?;
+                return Ok(());
+            }
+            eprintln!("scale: switching {what} back to {first}: {answer:?}; again once healthy");
+            while Instant::now() < deadline {
+                std::thread::sleep(self.options.poll);
                 if let Some(now) = self.view(0) {
-                    if on_first(&now) {
+                    leader = now.status.leader.clone();
+                    if now.healthy() {
                         break;
                     }
                 }
             }
-            moved += 1;
+            if let Some(now) = self.view(0) {
+                if on_first_unit(&now, name) {
+                    return Ok(());
+                }
+                // A shard's switchover swaps its roles: not again if it moved back meanwhile.
+                if let switchover_request::Target::Shard(shard) = &target {
+                    if !self.stray_shards(&now, name, &first)?.contains(shard) {
+                        return Ok(());
+                    }
+                }
+            }
         }
-        Ok(moved)
     }
 }
 
