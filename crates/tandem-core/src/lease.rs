@@ -253,10 +253,11 @@ impl QuorumClock {
 /// quorum ask, at most a Raft heartbeat period away) it shares that write. The wait only
 /// shortens what is left of the lease when it arrives (a lease runs from the heartbeat's send
 /// time), so a grant waits only while the node's previous one still has more than half a lease
-/// to run, and while the leader keeps up (its newest quorum confirmation is fresh enough for a
-/// whole grant). Otherwise (a new leader, a node back, a late heartbeat, a busy leader or
-/// busy voters) it goes at once: under load the next ask may be a long pass away, and a
-/// heartbeat may have waited long before the leader read it, which the estimate of what is
+/// to run, and while the leader keeps up (the caller's judgement: in `tandem_node`, a newest
+/// quorum confirmation fresh enough for a whole grant and no log entries in flight).
+/// Otherwise (a new leader, a node back, a late heartbeat, a busy leader or busy voters, a
+/// failover under way) it goes at once: under load the next ask may be a long pass away, and
+/// a heartbeat may have waited long before the leader read it, which the estimate of what is
 /// left of the last grant does not see.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrantBook {

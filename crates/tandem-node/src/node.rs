@@ -140,6 +140,8 @@ struct Leadership {
     grants_warned_at: Option<Time>,
     /// When the last quorum confirmation was asked for.
     quorum_asked_at: Option<Time>,
+    /// The log's last index when it was.
+    index_at_ask: u64,
     /// When the config's topology was last proposed.
     topology_proposed_at: Option<Time>,
     /// The committed topology was found equal to the config's and has not changed since.
@@ -430,6 +432,7 @@ impl<D: Disk> Node<D> {
                     .is_none_or(|asked| now.saturating_since(asked) >= interval);
             if due {
                 leadership.quorum_asked_at = Some(now);
+                leadership.index_at_ask = self.replica.last_index();
                 self.replica
                     .confirm_quorum(now.as_micros().to_be_bytes().to_vec());
                 // The waiting grants leave in the same drive as the ask, so each shares its
@@ -729,9 +732,13 @@ impl<D: Disk> Node<D> {
                 }
                 // While the node's last grant runs long and the leader keeps up, this one
                 // waits for the next quorum ask to the node and shares its write (see
-                // `GrantBook`).
-                let keeping_up =
-                    leadership.quorum.grant(now, self.settings.lease) == Some(Duration::ZERO);
+                // `GrantBook`). Keeping up: a grant now would be whole, and the log is still
+                // since the last ask (all of it applied); entries in flight (a failover, an
+                // operation) mean long passes ahead, which a waiting grant would sit behind.
+                let log_still = self.replica.last_index() == self.replica.applied_index()
+                    && self.replica.last_index() == leadership.index_at_ask;
+                let keeping_up = log_still
+                    && leadership.quorum.grant(now, self.settings.lease) == Some(Duration::ZERO);
                 let timing = leadership.grants.on_heartbeat(
                     now,
                     NodeId(from),
@@ -1207,6 +1214,7 @@ impl<D: Disk> Node<D> {
                 grants: GrantBook::default(),
                 observations: Observations::new(self.replica.applied_index()),
                 quorum_asked_at: None,
+                index_at_ask: 0,
                 grants_warned_at: None,
                 topology_proposed_at: None,
                 topology_matches: false,
