@@ -330,6 +330,12 @@ impl GrantBook {
         slot.until = Some(slot.until.map_or(until, |before| before.max(until)));
     }
 
+    /// `node`'s connection to the leader closed (its daemon died or restarted): its waiting
+    /// grant answers a heartbeat of a process that is gone, and its next grant goes at once.
+    pub fn forget(&mut self, node: crate::NodeId) {
+        self.nodes.remove(&node);
+    }
+
     /// The grants waiting for the leader's next heartbeat, taken: (node, the heartbeat's send
     /// time, its arrival). The caller grants each (or not, if the node is judged down
     /// meanwhile) and records what it sent with [`GrantBook::sent`].
@@ -496,6 +502,14 @@ mod tests {
         assert!(
             book.take_due().is_empty(),
             "a grant sent now drops the waiting one"
+        );
+        // A node whose connection closed: nothing waits, and its next grant goes at once.
+        book.on_heartbeat(at(170), n2, at(170), MS(200), true);
+        book.forget(n2);
+        assert!(book.take_due().is_empty());
+        assert_eq!(
+            book.on_heartbeat(at(171), n2, at(171), MS(200), true),
+            GrantTiming::Now
         );
         // An older, longer grant sent late does not pull `until` back.
         book.sent(n2, at(160), MS(200), Duration::ZERO);

@@ -662,6 +662,7 @@ impl<D: Disk> Node<D> {
         }
         if let Some(leadership) = &mut self.leadership {
             leadership.liveness.link_lost(NodeId(from));
+            leadership.grants.forget(NodeId(from));
             return;
         }
         if self.replica.leader_id() != Some(from) || !self.replica.is_voter(self.id.0) {
@@ -766,6 +767,20 @@ impl<D: Disk> Node<D> {
                 );
             }
             PeerMessage::Grant(grant) => {
+                // A grant answers a heartbeat this node sent, so its send time is in this
+                // node's past. One from the future answers a heartbeat of an earlier run of this
+                // node on another clock (a reboot, another host) and says nothing about this
+                // one; taken, it would outlast every real grant.
+                if grant.sent_at > now {
+                    tracing::warn!(
+                        from,
+                        sent_at_us = grant.sent_at.as_micros(),
+                        now_us = now.as_micros(),
+                        "a lease grant for a heartbeat from this node's future dropped (one \
+                         for an earlier run of this node)"
+                    );
+                    return;
+                }
                 self.agent
                     .on_grant(grant.sent_at, grant.floor, grant.shortened_by);
                 self.reconcile_due = true;

@@ -108,10 +108,6 @@ struct Daemon {
     units: BTreeMap<UnitName, UnitConnection>,
     pending_admin: BTreeMap<u64, PendingAdmin>,
     next_request_id: u64,
-    /// Origin of the monotonic `Time` handed to the node.
-    started: Instant,
-    /// CLOCK_MONOTONIC at `started`, in ns, to express lease deadlines for units.
-    started_monotonic_ns: u64,
     /// Whether carrying out an output gave the node new inputs.
     inputs_pending: bool,
     /// The replica writer thread (copies into the files, and through it the sync thread's
@@ -340,7 +336,6 @@ pub async fn run(
         .map(|service| Duration::from_millis(service.timeouts.terminate_ms))
         .max()
         .unwrap_or_default();
-    let started = Instant::now();
     let mut daemon = Daemon {
         name: node.name.clone(),
         config,
@@ -351,8 +346,6 @@ pub async fn run(
         units: BTreeMap::new(),
         pending_admin: BTreeMap::new(),
         next_request_id: 1,
-        started,
-        started_monotonic_ns: monotonic_ns(),
         inputs_pending: false,
         writer,
         sync_pace,
@@ -554,8 +547,12 @@ fn entropy(node_id: u64) -> u64 {
 }
 
 impl Daemon {
+    /// The node's `Time`: CLOCK_MONOTONIC, in µs. Not the time since this process started:
+    /// a lease grant answers a heartbeat by its send time, and one that reaches a restarted
+    /// daemon (queued for the process before) must read as old to the new process, not as
+    /// sent a moment ago or in its future (see `Node::on_peer`).
     fn now(&self) -> Time {
-        Time::from_micros(self.started.elapsed().as_micros() as u64)
+        Time::from_micros(monotonic_ns() / 1000)
     }
 
     /// Sends messages to peers (each in an envelope from this node).
@@ -1392,8 +1389,8 @@ impl Daemon {
                 generation,
                 valid_until,
             } => {
-                let valid_until_monotonic_ns =
-                    valid_until.map(|until| self.started_monotonic_ns + until.as_micros() * 1000);
+                // `Time` is CLOCK_MONOTONIC (see `Daemon::now`), as the unit's deadline is.
+                let valid_until_monotonic_ns = valid_until.map(|until| until.as_micros() * 1000);
                 self.send_to_unit(
                     &unit,
                     generation,
