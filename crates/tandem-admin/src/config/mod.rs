@@ -644,6 +644,24 @@ impl Config {
                 ));
             }
         }
+        if raft_tick_ms > heartbeat_interval_ms {
+            // The leader asks its quorum to confirm it, and sends the lease grants that wait
+            // for an ask, on ticks: at least once a heartbeat interval only if a tick fits in one.
+            let (span, key) = if raw_cluster.raft_tick_ms.is_some() {
+                (raft_tick_span, "cluster.raft_tick_ms")
+            } else {
+                (heartbeat_span, "cluster.heartbeat_interval_ms")
+            };
+            return Err(checker.invalid(
+                Some(span),
+                key.into(),
+                format!(
+                    "raft_tick_ms ({raft_tick_ms}) must not exceed heartbeat_interval_ms \
+                     ({heartbeat_interval_ms}): the leader confirms its leadership and renews \
+                     leases on Raft ticks, at least once a heartbeat interval"
+                ),
+            ));
+        }
         if node_timeout_ms <= heartbeat_interval_ms && raw_cluster.node_timeout_ms.is_none() {
             // Only the heartbeat was set: point at the value the operator wrote.
             return Err(checker.invalid(
@@ -1250,6 +1268,11 @@ admin_addr = "127.0.0.1:7203"
             )
         };
         assert_error(&with("raft_tick_ms = 0"), 4, "cluster.raft_tick_ms");
+        let message = assert_error(&with("raft_tick_ms = 60"), 4, "cluster.raft_tick_ms");
+        assert!(
+            message.contains("must not exceed heartbeat_interval_ms (50)"),
+            "{message}"
+        );
         assert_error(&with("node_timeout_ms = 50"), 4, "cluster.node_timeout_ms");
         assert_error(
             &with("heartbeat_interval_ms = 400"),
