@@ -525,6 +525,9 @@ impl Bench {
             false,
         )
         .with_context(|| format!("list the shards of service {name}"))?;
+        if !status.from_leader {
+            bail!("list the shards of service {name}: the answer is not the leader's");
+        }
         Ok(status
             .shards
             .into_iter()
@@ -583,16 +586,28 @@ impl Bench {
                     }
                 }
             }
-            if let Some(now) = self.view(0) {
-                if on_first_unit(&now, name) {
-                    return Ok(());
-                }
-                // A shard's switchover swaps its roles: not again if it moved back meanwhile.
-                if let switchover_request::Target::Shard(shard) = &target {
-                    if !self.stray_shards(&now, name, &first)?.contains(shard) {
+            // A shard's switchover swaps its roles (and a refused one may still have been
+            // committed, by a leader that changed): sent again only once the leader says the
+            // shard is still away from the first unit.
+            loop {
+                if let Some(now) = self.view(0) {
+                    if on_first_unit(&now, name) {
                         return Ok(());
                     }
+                    let switchover_request::Target::Shard(shard) = &target else {
+                        break;
+                    };
+                    if let Ok(stray) = self.stray_shards(&now, name, &first) {
+                        if !stray.contains(shard) {
+                            return Ok(());
+                        }
+                        break;
+                    }
                 }
+                if Instant::now() >= deadline {
+                    bail!("switch {what} back to {first}: no answer from the leader in time");
+                }
+                std::thread::sleep(self.options.poll);
             }
         }
     }
