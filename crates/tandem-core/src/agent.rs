@@ -559,8 +559,23 @@ impl Agent {
 
     /// The leader granted the heartbeat sent at `sent_at` with its log ending at `floor`,
     /// `shortened_by` less than a whole lease.
-    pub fn on_grant(&mut self, sent_at: Time, floor: u64, shortened_by: std::time::Duration) {
+    ///
+    /// Returns false, taking nothing, for a grant of a heartbeat sent after `now`: a grant
+    /// answers a heartbeat this node sent, so one from its future answers a heartbeat of an
+    /// earlier run of the node on another clock (a reboot, another host). Taken, it would
+    /// outlast every real grant (those would all look older).
+    pub fn on_grant(
+        &mut self,
+        now: Time,
+        sent_at: Time,
+        floor: u64,
+        shortened_by: std::time::Duration,
+    ) -> bool {
+        if sent_at > now {
+            return false;
+        }
         self.lease.on_grant(sent_at, floor, shortened_by);
+        true
     }
 
     /// The lease's deadline, if it is valid at `now` for an agent that applied `applied`.

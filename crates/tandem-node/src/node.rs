@@ -508,7 +508,7 @@ impl<D: Disk> Node<D> {
         if let Some(leadership) = &mut self.leadership {
             if let Some(shortened_by) = leadership.quorum.grant(now, self.settings.lease) {
                 self.agent
-                    .on_grant(now, self.replica.last_index(), shortened_by);
+                    .on_grant(now, now, self.replica.last_index(), shortened_by);
             }
             let state = self.replica.state();
             // The topology lists every shard: compared again only after it changed.
@@ -767,11 +767,10 @@ impl<D: Disk> Node<D> {
                 );
             }
             PeerMessage::Grant(grant) => {
-                // A grant answers a heartbeat this node sent, so its send time is in this
-                // node's past. One from the future answers a heartbeat of an earlier run of this
-                // node on another clock (a reboot, another host) and says nothing about this
-                // one; taken, it would outlast every real grant.
-                if grant.sent_at > now {
+                let taken =
+                    self.agent
+                        .on_grant(now, grant.sent_at, grant.floor, grant.shortened_by);
+                if !taken {
                     tracing::warn!(
                         from,
                         sent_at_us = grant.sent_at.as_micros(),
@@ -781,8 +780,6 @@ impl<D: Disk> Node<D> {
                     );
                     return;
                 }
-                self.agent
-                    .on_grant(grant.sent_at, grant.floor, grant.shortened_by);
                 self.reconcile_due = true;
             }
             PeerMessage::Report(report) => {

@@ -100,7 +100,9 @@ impl Harness {
     }
 
     fn grant(&mut self, sent_at: Time) {
-        self.agent.on_grant(sent_at, self.applied, Duration::ZERO);
+        assert!(self
+            .agent
+            .on_grant(sent_at, sent_at, self.applied, Duration::ZERO));
     }
 
     /// Starts unit a's first instance and registers it; returns the generation.
@@ -317,13 +319,26 @@ fn an_expired_lease_suspends_the_active_without_hooks_and_a_new_grant_resumes_it
     );
     assert!(!settled(&h, 200), "a suspended ACTIVE is not settled");
     // A grant whose floor is not applied yet does not help.
-    h.agent.on_grant(ms(300), h.applied + 1, Duration::ZERO);
+    h.agent
+        .on_grant(ms(300), ms(300), h.applied + 1, Duration::ZERO);
     let actions = h.reconcile(ms(301));
     assert!(
         !Harness::leases(&actions).iter().any(Option::is_some),
         "{actions:?}"
     );
-    h.agent.on_grant(ms(310), h.applied, Duration::ZERO);
+    // A grant for a heartbeat from this node's future (an earlier run on another clock) is
+    // refused: taken, it would run until 10 s and hide every real grant.
+    assert!(!h
+        .agent
+        .on_grant(ms(305), ms(9_800), h.applied, Duration::ZERO));
+    assert!(
+        !Harness::leases(&h.reconcile(ms(306)))
+            .iter()
+            .any(Option::is_some),
+        "no lease from the future"
+    );
+    h.agent
+        .on_grant(ms(310), ms(310), h.applied, Duration::ZERO);
     let actions = h.reconcile(ms(311));
     assert_eq!(
         actions,
