@@ -259,8 +259,10 @@ impl QuorumClock {
 /// failover under way) it goes at once: under load the next ask may be a long pass away, and
 /// a heartbeat may have waited long before the leader read it, which the estimate of what is
 /// left of the last grant does not see.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantBook {
+    /// Length of a lease.
+    lease: Duration,
     nodes: std::collections::BTreeMap<crate::NodeId, GrantSlot>,
 }
 
@@ -287,6 +289,14 @@ pub enum GrantTiming {
 }
 
 impl GrantBook {
+    /// A book with nothing granted yet, for leases of length `lease`.
+    pub fn new(lease: Duration) -> Self {
+        Self {
+            lease,
+            nodes: std::collections::BTreeMap::new(),
+        }
+    }
+
     /// A heartbeat from `node`, sent at `sent_at` on its clock, arrived at `now`: whether its
     /// grant goes now or waits. `keeping_up`: a grant made now would be whole (see
     /// [`QuorumClock::grant`]). A newer heartbeat replaces one whose grant still waits.
@@ -295,13 +305,13 @@ impl GrantBook {
         now: Time,
         node: crate::NodeId,
         sent_at: Time,
-        lease: Duration,
         keeping_up: bool,
     ) -> GrantTiming {
+        let half = self.lease / 2;
         let slot = self.nodes.entry(node).or_default();
         let runs_long = slot
             .until
-            .is_some_and(|until| until.saturating_since(now) > lease / 2);
+            .is_some_and(|until| until.saturating_since(now) > half);
         if runs_long && keeping_up {
             if slot
                 .due
@@ -318,14 +328,8 @@ impl GrantBook {
 
     /// The leader sent `node` a grant for a heartbeat that arrived at `received_at`, cut by
     /// `shortened_by`.
-    pub fn sent(
-        &mut self,
-        node: crate::NodeId,
-        received_at: Time,
-        lease: Duration,
-        shortened_by: Duration,
-    ) {
-        let until = received_at + lease.saturating_sub(shortened_by);
+    pub fn sent(&mut self, node: crate::NodeId, received_at: Time, shortened_by: Duration) {
+        let until = received_at + self.lease.saturating_sub(shortened_by);
         let slot = self.nodes.entry(node).or_default();
         slot.until = Some(slot.until.map_or(until, |before| before.max(until)));
     }
@@ -472,31 +476,28 @@ mod tests {
     fn a_grant_waits_for_the_next_ask_only_while_the_last_one_runs_long() {
         let n2 = crate::NodeId(2);
         let at = Time::from_millis;
-        let mut book = GrantBook::default();
+        let mut book = GrantBook::new(MS(200));
         // No grant sent yet (a new leader): at once.
-        assert_eq!(
-            book.on_heartbeat(at(0), n2, at(0), MS(200), true),
-            GrantTiming::Now
-        );
-        book.sent(n2, at(0), MS(200), Duration::ZERO);
+        assert_eq!(book.on_heartbeat(at(0), n2, at(0), true), GrantTiming::Now);
+        book.sent(n2, at(0), Duration::ZERO);
         // 60 ms later the last grant still runs 140 ms: the next one waits.
         assert_eq!(
-            book.on_heartbeat(at(60), n2, at(59), MS(200), true),
+            book.on_heartbeat(at(60), n2, at(59), true),
             GrantTiming::WithNextAsk
         );
         // A newer heartbeat replaces it; an older one does not.
-        book.on_heartbeat(at(70), n2, at(69), MS(200), true);
-        book.on_heartbeat(at(71), n2, at(50), MS(200), true);
+        book.on_heartbeat(at(70), n2, at(69), true);
+        book.on_heartbeat(at(71), n2, at(50), true);
         assert_eq!(book.take_due(), vec![(n2, at(69), at(70))]);
         assert!(book.take_due().is_empty(), "taken once");
-        book.sent(n2, at(70), MS(200), MS(10));
+        book.sent(n2, at(70), MS(10));
         // The last grant runs until 260: at 160 exactly half a lease is left, so at once.
         assert_eq!(
-            book.on_heartbeat(at(159), n2, at(158), MS(200), true),
+            book.on_heartbeat(at(159), n2, at(158), true),
             GrantTiming::WithNextAsk
         );
         assert_eq!(
-            book.on_heartbeat(at(160), n2, at(160), MS(200), true),
+            book.on_heartbeat(at(160), n2, at(160), true),
             GrantTiming::Now
         );
         assert!(
@@ -504,24 +505,24 @@ mod tests {
             "a grant sent now drops the waiting one"
         );
         // A node whose connection closed: nothing waits, and its next grant goes at once.
-        book.on_heartbeat(at(170), n2, at(170), MS(200), true);
+        book.on_heartbeat(at(170), n2, at(170), true);
         book.forget(n2);
         assert!(book.take_due().is_empty());
         assert_eq!(
-            book.on_heartbeat(at(171), n2, at(171), MS(200), true),
+            book.on_heartbeat(at(171), n2, at(171), true),
             GrantTiming::Now
         );
         // An older, longer grant sent late does not pull `until` back.
-        book.sent(n2, at(160), MS(200), Duration::ZERO);
-        book.sent(n2, at(100), MS(200), Duration::ZERO);
+        book.sent(n2, at(160), Duration::ZERO);
+        book.sent(n2, at(100), Duration::ZERO);
         assert_eq!(
-            book.on_heartbeat(at(250), n2, at(250), MS(200), true),
+            book.on_heartbeat(at(250), n2, at(250), true),
             GrantTiming::WithNextAsk,
             "runs until 360"
         );
         // A leader whose confirmations are old grants at once, however long the last runs.
         assert_eq!(
-            book.on_heartbeat(at(251), n2, at(251), MS(200), false),
+            book.on_heartbeat(at(251), n2, at(251), false),
             GrantTiming::Now
         );
         assert!(

@@ -564,9 +564,7 @@ impl<D: Disk> Node<D> {
             shortened_by,
         };
         messages.push((node.0, PeerMessage::Grant(grant)));
-        leadership
-            .grants
-            .sent(node, received_at, lease, shortened_by);
+        leadership.grants.sent(node, received_at, shortened_by);
     }
 
     /// On a follower: sends the leader a heartbeat unless one left less than `gap` ago.
@@ -744,7 +742,6 @@ impl<D: Disk> Node<D> {
                     now,
                     NodeId(from),
                     heartbeat.sent_at,
-                    self.settings.lease,
                     keeping_up,
                 );
                 if timing == GrantTiming::Now {
@@ -1223,7 +1220,7 @@ impl<D: Disk> Node<D> {
                 ),
                 director: Director::new(),
                 quorum: QuorumClock::new(self.settings.heartbeat_interval),
-                grants: GrantBook::default(),
+                grants: GrantBook::new(self.settings.lease),
                 observations: Observations::new(self.replica.applied_index()),
                 quorum_asked_at: None,
                 index_at_ask: 0,
